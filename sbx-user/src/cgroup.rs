@@ -1,0 +1,250 @@
+//! Finding, checking, creating and emptying cgroup v2 directories.
+//!
+//! The cgroup2 mount is read from `/proc/self/mountinfo`, never assumed to
+//! be `/sys/fs/cgroup` (hybrid hosts mount v1 controllers there).
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// `CGROUP2_SUPER_MAGIC` from include/uapi/linux/magic.h.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// A cgroup problem, with the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 filesystem is mounted.
+    #[error("cgroup v2 is not mounted (no cgroup2 entry in /proc/self/mountinfo); mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup-parent")]
+    NoCgroup2,
+    /// The path is not a directory on a cgroup2 filesystem.
+    #[error("{path} is not a cgroup v2 directory: {reason}")]
+    NotCgroup2 {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An I/O operation on a cgroup file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Processes stayed in the cgroup after it was killed.
+    #[error("processes are still in {path} after killing them; it was left in place")]
+    NotEmpty {
+        /// The cgroup.
+        path: PathBuf,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_owned();
+    move |source| CgroupError::Io { action, path, source }
+}
+
+/// Mount point of the cgroup2 filesystem, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
+    find_mount(&info, "cgroup2").ok_or(CgroupError::NoCgroup2)
+}
+
+/// The first mount point of filesystem type `fstype` in mountinfo text.
+#[must_use]
+pub fn find_mount(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == fstype)
+            .then(|| left.split_whitespace().nth(4).map(|p| PathBuf::from(unescape_mount(p))))
+            .flatten()
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for space).
+fn unescape_mount(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A checked cgroup v2 directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Canonical path.
+    pub path: PathBuf,
+    /// The kernel's cgroup id (the directory's inode number on cgroup2).
+    pub id: u64,
+}
+
+impl Cgroup {
+    /// Checks that `path` is a directory on a cgroup2 filesystem.
+    pub fn open(path: &Path) -> Result<Self, CgroupError> {
+        let not = |reason: String| CgroupError::NotCgroup2 { path: path.to_owned(), reason };
+        let canonical = fs::canonicalize(path).map_err(|e| not(e.to_string()))?;
+        let meta = fs::metadata(&canonical).map_err(|e| not(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(not("not a directory".into()));
+        }
+        let magic = statfs_magic(&canonical).map_err(|e| not(e.to_string()))?;
+        if magic != CGROUP2_SUPER_MAGIC {
+            let hint = cgroup2_mount().map_or_else(
+                |_| String::new(),
+                |m| format!("; the cgroup2 hierarchy is mounted at {}", m.display()),
+            );
+            return Err(not(format!("it is on a filesystem of type {magic:#x}, not cgroup2{hint}")));
+        }
+        Ok(Self { path: canonical, id: meta.ino() })
+    }
+
+    /// Creates `parent/name` (and `parent` if needed) and opens it.
+    pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
+        if !parent.exists() {
+            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        Self::open(parent)?;
+        let path = parent.join(name);
+        fs::create_dir(&path).map_err(io_err("creating", &path))?;
+        Self::open(&path)
+    }
+
+    /// Opens the directory itself, as the attach target for BPF links.
+    pub fn dir_fd(&self) -> Result<fs::File, CgroupError> {
+        fs::File::open(&self.path).map_err(io_err("opening", &self.path))
+    }
+
+    /// Path of `cgroup.procs`.
+    #[must_use]
+    pub fn procs_path(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// Pids currently in the cgroup (not its descendants).
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let p = self.procs_path();
+        let text = fs::read_to_string(&p).map_err(io_err("reading", &p))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Whether any process is in the cgroup or its descendants.
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        let p = self.path.join("cgroup.events");
+        let text = fs::read_to_string(&p).map_err(io_err("reading", &p))?;
+        Ok(text.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// Kills every process in the cgroup and its descendants and waits up
+    /// to `timeout` for it to empty.
+    pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let kill = self.path.join("cgroup.kill");
+        if kill.exists() {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&kill)
+                .and_then(|mut f| f.write_all(b"1"))
+                .map_err(io_err("writing", &kill))?;
+        }
+        let deadline = Instant::now() + timeout;
+        while self.populated()? {
+            // Without cgroup.kill (before 5.14), or for processes forked
+            // while the kill ran: signal what is listed, until empty.
+            for pid in self.pids()? {
+                // SAFETY: kill(2) with a pid read from cgroup.procs; a
+                // stale pid at worst returns ESRCH.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::NotEmpty { path: self.path.clone() });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Removes the (empty) cgroup directory, and any empty child cgroups.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        remove_tree(&self.path)
+    }
+}
+
+fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    for entry in fs::read_dir(path).map_err(io_err("listing", path))? {
+        let entry = entry.map_err(io_err("listing", path))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            // The kernel frees a cgroup asynchronously after its last task
+            // exits; rmdir says EBUSY for a moment.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(io_err("removing", path)(e)),
+        }
+    }
+}
+
+fn statfs_magic(path: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a valid C string and `st` a writable statfs buffer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[expect(clippy::cast_lossless, reason = "f_type is a signed word on every target")]
+    Ok(st.f_type as i64)
+}
+
+/// Filesystem magic of `path`, for checking bpffs.
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    statfs_magic(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_mountinfo() {
+        let info = "25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                    42 25 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(find_mount(info, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(find_mount(info, "bpf"), None);
+    }
+
+    #[test]
+    fn unescapes_spaces_in_mount_points() {
+        let info = "41 31 0:38 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_mount(info, "cgroup2"), Some(PathBuf::from("/mnt/my cg")));
+    }
+}

@@ -1,0 +1,44 @@
+//! `sbx-user run`: run a command in a fresh sandbox.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::Args;
+
+use super::{GlobalArgs, PolicyArgs};
+use crate::run::{run as run_sandboxed, RunOptions, EXIT_SETUP_FAILED};
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Parent cgroup for the sandbox (default: `sbx` under the cgroup2 mount).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_parent: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Runs the command; returns the exit status to exit with.
+pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
+    let policy = match args.policy.policy() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sbx-user: error: {e}");
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    if let Err(e) = super::require_root("run") {
+        eprintln!("sbx-user: error: {e}");
+        return EXIT_SETUP_FAILED;
+    }
+    let opts = RunOptions { cgroup_parent: args.cgroup_parent.clone(), max_entries: args.policy.max_rules };
+    match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sbx-user: error: {e}");
+            e.exit_code()
+        }
+    }
+}

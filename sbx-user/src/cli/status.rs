@@ -1,0 +1,118 @@
+//! `sbx-user status`: what sbx has attached where.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::GlobalArgs;
+use crate::{
+    cgroup::Cgroup,
+    loader::{self, HOOKS},
+    policy::Policy,
+    state::Record,
+};
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this cgroup.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    cgroup: Option<PathBuf>,
+    cgroup_id: u64,
+    /// Hooks where the kernel reports an sbx program on this cgroup.
+    enforcing_hooks: Vec<String>,
+    /// Hooks with no sbx program: enforcement is incomplete.
+    missing_hooks: Vec<String>,
+    by: Option<String>,
+    runner_pid: Option<u32>,
+    attached_at: Option<u64>,
+    dest_entries: Option<usize>,
+    policy: Option<Policy>,
+    problem: Option<String>,
+}
+
+/// Reports each sandbox, checking the kernel rather than trusting records.
+pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    super::require_root("status")?;
+    let paths = global.paths();
+    let mut ids = loader::pinned_sandboxes(&paths);
+    let records = Record::load_all(&paths)?;
+    ids.extend(records.iter().map(|r| r.cgroup_id));
+    ids.sort_unstable();
+    ids.dedup();
+    if let Some(path) = &args.cgroup {
+        let cg = Cgroup::open(path)?;
+        ids.retain(|&id| id == cg.id);
+        if ids.is_empty() {
+            anyhow::bail!("sbx is not attached to {}", cg.path.display());
+        }
+    }
+    let entries: Vec<Entry> = ids
+        .into_iter()
+        .map(|id| {
+            let rec = records.iter().find(|r| r.cgroup_id == id);
+            let mut e = Entry {
+                cgroup: rec.map(|r| r.cgroup.clone()),
+                cgroup_id: id,
+                enforcing_hooks: Vec::new(),
+                missing_hooks: HOOKS.iter().map(|h| h.2.to_owned()).collect(),
+                by: rec.map(|r| r.by.clone()),
+                runner_pid: rec.and_then(|r| r.runner_pid),
+                attached_at: rec.map(|r| r.attached_at),
+                dest_entries: rec.map(|r| r.dest_entries),
+                policy: rec.map(|r| r.policy.clone()),
+                problem: None,
+            };
+            match rec.map(|r| Cgroup::open(&r.cgroup)) {
+                None => e.problem = Some("no record of this sandbox (pins only)".into()),
+                Some(Err(err)) => e.problem = Some(format!("cgroup is gone: {err}")),
+                Some(Ok(cg)) if cg.id != id => e.problem = Some("cgroup path now names a different cgroup".into()),
+                Some(Ok(cg)) => match loader::query(&cg) {
+                    Ok(q) => {
+                        let (on, off): (Vec<_>, Vec<_>) =
+                            q.into_iter().partition(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")));
+                        e.enforcing_hooks = on.into_iter().map(|(h, _)| h.to_owned()).collect();
+                        e.missing_hooks = off.into_iter().map(|(h, _)| h.to_owned()).collect();
+                        if !e.missing_hooks.is_empty() {
+                            e.problem = Some(format!("not enforcing at {}", e.missing_hooks.join(", ")));
+                        }
+                    }
+                    Err(err) => e.problem = Some(err.to_string()),
+                },
+            }
+            e
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no sandboxes");
+    }
+    for e in &entries {
+        let path = e.cgroup.as_ref().map_or_else(|| "?".to_owned(), |p| p.display().to_string());
+        let state = if e.problem.is_none() { "enforcing" } else { "PROBLEM" };
+        println!("{path} (cgroup id {}): {state}", e.cgroup_id);
+        if let Some(p) = &e.problem {
+            println!("  problem: {p}");
+        }
+        if let (Some(by), Some(n)) = (&e.by, e.dest_entries) {
+            let pid = e.runner_pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+            println!("  by {by}{pid}; {n} destination entries; hooks: {}", e.enforcing_hooks.join(" "));
+        }
+        if let Some(policy) = &e.policy {
+            super::print_summary(policy);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The one module that touches aya: load the programs, fill the maps,
+//! attach to a cgroup with bpf_link, pin, query, replace and detach.
+//!
+//! Attaching is all-or-nothing: the six links are created in memory first
+//! and only pinned once every one succeeded; if anything fails, the links
+//! made so far are dropped (which detaches them) and the pins removed.
+
+use std::{
+    fs,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    Ebpf, EbpfLoader,
+};
+use sbx_common::{PortTable, TrieAddr, TrieValue, MAP_BIND, MAP_DEST, MAP_PORTS, PROGRAMS};
+
+use crate::{
+    cgroup::{fs_magic, Cgroup},
+    compile::Compiled,
+    state::Paths,
+    sys::{self, AttachType},
+};
+
+/// The compiled eBPF object, built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sbx"));
+
+/// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Hook of each program, in [`PROGRAMS`] order.
+pub const HOOKS: [(&str, AttachType, &str); 6] = [
+    (PROGRAMS[0], AttachType::Connect4, "connect4"),
+    (PROGRAMS[1], AttachType::Connect6, "connect6"),
+    (PROGRAMS[2], AttachType::Sendmsg4, "sendmsg4"),
+    (PROGRAMS[3], AttachType::Sendmsg6, "sendmsg6"),
+    (PROGRAMS[4], AttachType::Bind4, "bind4"),
+    (PROGRAMS[5], AttachType::Bind6, "bind6"),
+];
+
+/// A kernel-side failure, with what a user needs to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The object or a map could not be created.
+    #[error("loading the sbx eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program failed verification or loading.
+    #[error("loading program {program} failed: {detail}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// The error, with the verifier log when there is one.
+        detail: String,
+    },
+    /// A map update failed.
+    #[error("filling map {map} failed: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        source: aya::maps::MapError,
+    },
+    /// Attaching a program to the cgroup failed; nothing was left attached.
+    #[error("attaching {hook} to {cgroup} failed: {detail}; nothing was left attached")]
+    Attach {
+        /// Hook name.
+        hook: &'static str,
+        /// The cgroup.
+        cgroup: PathBuf,
+        /// The error.
+        detail: String,
+    },
+    /// sbx programs are already attached to this cgroup.
+    #[error("sbx is already attached to {cgroup} ({detail}); pass --replace to swap the policy, or run `sbx-user detach --cgroup {cgroup}`")]
+    AlreadyAttached {
+        /// The cgroup.
+        cgroup: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// Nothing of sbx's is attached to this cgroup.
+    #[error("sbx is not attached to {0}")]
+    NotAttached(PathBuf),
+    /// Pinning or unpinning failed; for an attach, nothing was left attached.
+    #[error("{action} {path} failed: {detail}")]
+    Pin {
+        /// What was being done.
+        action: &'static str,
+        /// The pin path.
+        path: PathBuf,
+        /// The error.
+        detail: String,
+    },
+    /// bpffs is missing and could not be mounted.
+    #[error("bpffs is not mounted at {path} and mounting it failed: {source}; mount it (mount -t bpf bpf {path}) or pass --bpffs")]
+    Bpffs {
+        /// Mount point.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A kernel query failed.
+    #[error("querying programs attached to {cgroup} failed: {source}")]
+    Query {
+        /// The cgroup.
+        cgroup: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The cgroup could not be opened.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+/// Options for [`attach`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    /// Capacity of each trie.
+    pub max_entries: u32,
+    /// Swap the programs of an existing sbx attachment atomically.
+    pub replace: bool,
+}
+
+/// What [`attach`] did.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+    /// Whether an existing attachment was replaced in place.
+    pub replaced: bool,
+    /// Kernel program ids, in [`HOOKS`] order.
+    pub prog_ids: Vec<u32>,
+}
+
+fn pin_name_link(program: &str) -> String {
+    format!("link_{program}")
+}
+
+fn pin_name_map(map: &str) -> String {
+    format!("map_{map}")
+}
+
+/// Makes sure bpffs is mounted at `paths.bpffs`, mounting it if not.
+pub fn ensure_bpffs(paths: &Paths) -> Result<(), LoaderError> {
+    let path = &paths.bpffs;
+    if fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    let err = |source| LoaderError::Bpffs { path: path.clone(), source };
+    fs::create_dir_all(path).map_err(err)?;
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let target = c(path.to_str().ok_or_else(|| err(std::io::Error::other("path is not UTF-8")))?);
+    let (src, fstype) = (c("bpf"), c("bpf"));
+    // SAFETY: valid C strings; no mount data.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    log::info!("mounted bpffs at {}", path.display());
+    Ok(())
+}
+
+/// Loads the object and fills its maps with `compiled`.
+fn load(compiled: &Compiled, max_entries: u32) -> Result<Ebpf, LoaderError> {
+    let tables = u32::try_from(compiled.tables.len().max(1)).expect("tables fit u32");
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(MAP_DEST, max_entries)
+        .map_max_entries(MAP_BIND, max_entries)
+        .map_max_entries(MAP_PORTS, tables)
+        .load(OBJECT)
+        .map_err(LoaderError::Load)?;
+    fill_trie(&mut ebpf, MAP_DEST, &compiled.dest)?;
+    fill_trie(&mut ebpf, MAP_BIND, &compiled.bind)?;
+    {
+        let map = ebpf.map_mut(MAP_PORTS).expect("object defines SBX_PORTS");
+        let mut ports: Array<&mut MapData, PortTable> =
+            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
+        for (i, t) in compiled.tables.iter().enumerate() {
+            let i = u32::try_from(i).expect("index fits u32");
+            ports.set(i, t, 0).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
+        }
+    }
+    for (name, _, _) in HOOKS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .expect("object defines every program")
+            .try_into()
+            .expect("sock_addr program");
+        prog.load().map_err(|e| LoaderError::Program { program: name, detail: program_error(&e) })?;
+    }
+    Ok(ebpf)
+}
+
+fn program_error(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            // The full log is thousands of lines; the end says why.
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            log::debug!("full verifier log:\n{log}");
+            format!("{io_error}; end of the verifier log (-vv for all of it):\n{tail}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn fill_trie(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: &[crate::compile::TrieEntry],
+) -> Result<(), LoaderError> {
+    let map = ebpf.map_mut(name).expect("object defines the tries");
+    let mut trie: LpmTrie<&mut MapData, TrieAddr, TrieValue> =
+        LpmTrie::try_from(map).map_err(|source| LoaderError::Map { map: name, source })?;
+    for e in entries {
+        trie.insert(&Key::new(e.prefix_len, e.addr), TrieValue { table: e.table }, 0)
+            .map_err(|source| LoaderError::Map { map: name, source })?;
+    }
+    Ok(())
+}
+
+fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut CgroupSockAddr {
+    ebpf.program_mut(name)
+        .expect("object defines every program")
+        .try_into()
+        .expect("sock_addr program")
+}
+
+/// Names of the programs attached directly to `cg` at each hook.
+pub fn query(cg: &Cgroup) -> Result<Vec<(&'static str, Vec<String>)>, LoaderError> {
+    let dir = cg.dir_fd()?;
+    let mut names = std::collections::HashMap::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        names.insert(info.id(), info.name_as_str().unwrap_or("?").to_owned());
+    }
+    HOOKS
+        .iter()
+        .map(|&(_, ty, hook)| {
+            let ids = sys::prog_query(dir.as_fd(), ty, 0)
+                .map_err(|source| LoaderError::Query { cgroup: cg.path.clone(), source })?;
+            let progs = ids
+                .iter()
+                .map(|id| names.get(id).cloned().unwrap_or_else(|| format!("id {id}")))
+                .collect();
+            Ok((hook, progs))
+        })
+        .collect()
+}
+
+/// Whether sbx has anything on `cg`: pins, or programs the kernel reports.
+pub fn existing(cg: &Cgroup, paths: &Paths) -> Result<Option<String>, LoaderError> {
+    let pin_dir = paths.pin_dir(cg.id);
+    if pin_dir.exists() {
+        return Ok(Some(format!("pins in {}", pin_dir.display())));
+    }
+    let attached: Vec<String> = query(cg)?
+        .into_iter()
+        .filter(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")))
+        .map(|(hook, _)| hook.to_owned())
+        .collect();
+    Ok((!attached.is_empty()).then(|| format!("sbx programs on {} without pins, probably a running `sbx-user run`", attached.join(", "))))
+}
+
+/// Loads `compiled`, attaches it to `cg` and pins links and maps.
+pub fn attach(
+    cg: &Cgroup,
+    compiled: &Compiled,
+    opts: AttachOptions,
+    paths: &Paths,
+) -> Result<Attached, LoaderError> {
+    ensure_bpffs(paths)?;
+    let existing = existing(cg, paths)?;
+    if let Some(detail) = &existing {
+        if !opts.replace {
+            return Err(LoaderError::AlreadyAttached { cgroup: cg.path.clone(), detail: detail.clone() });
+        }
+    }
+    let mut ebpf = load(compiled, opts.max_entries)?;
+    let pin_dir = paths.pin_dir(cg.id);
+    let prog_ids = HOOKS
+        .iter()
+        .map(|&(name, _, _)| prog(&mut ebpf, name).info().map(|i| i.id()).unwrap_or(0))
+        .collect();
+    if existing.is_some() && pin_dir.exists() {
+        replace_in_place(&mut ebpf, &pin_dir)?;
+        return Ok(Attached { pin_dir, replaced: true, prog_ids });
+    }
+    if existing.is_some() {
+        return Err(LoaderError::AlreadyAttached {
+            cgroup: cg.path.clone(),
+            detail: "unpinned sbx programs cannot be replaced; stop the `sbx-user run` that owns them".into(),
+        });
+    }
+
+    let dir = cg.dir_fd()?;
+    let mut links = Vec::with_capacity(HOOKS.len());
+    for (name, _, hook) in HOOKS {
+        let p = prog(&mut ebpf, name);
+        let attach_err = |detail: String| LoaderError::Attach { hook, cgroup: cg.path.clone(), detail };
+        let id = p.attach(&dir, CgroupAttachMode::Single).map_err(|e| attach_err(e.to_string()))?;
+        let link = p.take_link(id).map_err(|e| attach_err(e.to_string()))?;
+        let link = FdLink::try_from(link).map_err(|e| attach_err(e.to_string()))?;
+        links.push((name, link));
+    }
+    // Every hook is attached (in memory). Pin them; on any failure, undo.
+    let mut pin_all = || -> Result<(), LoaderError> {
+        let pin_err = |path: &Path, detail: String| LoaderError::Pin { action: "pinning", path: path.to_owned(), detail };
+        fs::create_dir_all(&pin_dir).map_err(|e| pin_err(&pin_dir, e.to_string()))?;
+        for map in [MAP_DEST, MAP_BIND, MAP_PORTS] {
+            let path = pin_dir.join(pin_name_map(map));
+            ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
+        }
+        for (name, link) in links.drain(..) {
+            let path = pin_dir.join(pin_name_link(name));
+            // The pinned link is dropped right away: the pin holds it.
+            link.pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = pin_all() {
+        // Detach pinned links explicitly; unpinned ones detach on drop.
+        let _ = remove_pins(&pin_dir);
+        return Err(e);
+    }
+    Ok(Attached { pin_dir, replaced: false, prog_ids })
+}
+
+/// Points each pinned link at the new programs (atomic per hook), then
+/// swaps the map pins.
+fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoaderError> {
+    let pin_err = |action, path: &Path, detail: String| LoaderError::Pin { action, path: path.to_owned(), detail };
+    let mut link_fds = Vec::new();
+    for (name, _, _) in HOOKS {
+        let path = pin_dir.join(pin_name_link(name));
+        let fd = sys::obj_get(&path).map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
+        link_fds.push((name, path, fd));
+    }
+    for (name, path, fd) in &link_fds {
+        let p = prog(ebpf, name);
+        let prog_fd = p.fd().map_err(|e| pin_err("updating link", path, e.to_string()))?;
+        sys::link_update(fd.as_fd(), prog_fd.as_fd())
+            .map_err(|e| pin_err("updating link", path, e.to_string()))?;
+    }
+    for map in [MAP_DEST, MAP_BIND, MAP_PORTS] {
+        let path = pin_dir.join(pin_name_map(map));
+        let _ = fs::remove_file(&path);
+        ebpf.map(map)
+            .expect("defined")
+            .pin(&path)
+            .map_err(|e| pin_err("pinning", &path, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Detaches every pinned link in `pin_dir` at once (not when the last
+/// reference happens to go away) and removes the directory.
+fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
+    let entries = match fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(LoaderError::Pin { action: "listing", path: pin_dir.to_owned(), detail: e.to_string() }),
+    };
+    let mut first_err = None;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_link = entry.file_name().to_string_lossy().starts_with("link_");
+        if is_link {
+            match sys::obj_get(&path).and_then(|fd| sys::link_detach(fd.as_fd())) {
+                Ok(()) => {}
+                Err(e) => {
+                    first_err.get_or_insert(LoaderError::Pin { action: "detaching", path: path.clone(), detail: e.to_string() });
+                }
+            }
+        }
+        if let Err(e) = fs::remove_file(&path) {
+            first_err.get_or_insert(LoaderError::Pin { action: "unpinning", path: path.clone(), detail: e.to_string() });
+        }
+    }
+    if let Err(e) = fs::remove_dir(pin_dir) {
+        first_err.get_or_insert(LoaderError::Pin { action: "removing", path: pin_dir.to_owned(), detail: e.to_string() });
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Detaches sbx from the cgroup with id `cgroup_id` and removes its pins.
+pub fn detach(cgroup_id: u64, cgroup_path: &Path, paths: &Paths) -> Result<(), LoaderError> {
+    let pin_dir = paths.pin_dir(cgroup_id);
+    if !pin_dir.exists() {
+        return Err(LoaderError::NotAttached(cgroup_path.to_owned()));
+    }
+    remove_pins(&pin_dir)
+}
+
+/// Ids of the sandboxes that have a pin directory.
+pub fn pinned_sandboxes(paths: &Paths) -> Vec<u64> {
+    let mut ids: Vec<u64> = fs::read_dir(paths.pin_root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
+}

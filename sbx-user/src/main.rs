@@ -1,0 +1,29 @@
+//! The `sbx-user` command: parse arguments, dispatch to [`sbx_user::cli`].
+
+use clap::Parser as _;
+use sbx_user::cli::{self, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.global.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
+    let result = match &cli.command {
+        Command::Attach(a) => cli::attach::run(a, &cli.global),
+        Command::Detach(a) => cli::detach::run(a, &cli.global),
+        Command::Status(a) => cli::status::run(a, &cli.global),
+        Command::Check(a) => cli::check::run(a),
+        Command::Profiles(a) => {
+            cli::profiles::run(a);
+            Ok(())
+        }
+        Command::Run(a) => std::process::exit(cli::run::run(a, &cli.global)),
+    };
+    if let Err(e) = result {
+        eprintln!("sbx-user: error: {e:#}");
+        std::process::exit(1);
+    }
+}

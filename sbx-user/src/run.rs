@@ -1,0 +1,200 @@
+//! `run`: a fresh sandbox cgroup for one command, torn down when it ends.
+//!
+//! Order matters for "no instruction of the command runs outside the
+//! policy": the cgroup is created and the programs attached first; the
+//! child then moves itself into the cgroup between fork and exec (writing
+//! `0` to `cgroup.procs` in `pre_exec`), so the new program image starts
+//! inside the enforced cgroup. The links are pinned like `attach`'s: if
+//! `sbx-user run` itself is killed, the child dies with it
+//! (`PR_SET_PDEATHSIG`) and anything it left behind stays enforced.
+
+use std::{
+    ffi::OsString,
+    io,
+    os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::{Command, ExitStatus},
+    time::Duration,
+};
+
+use crate::{
+    cgroup::{cgroup2_mount, Cgroup, CgroupError},
+    loader::AttachOptions,
+    policy::Policy,
+    sandbox::{install, uninstall, Owner, SandboxError},
+    state::Paths,
+};
+
+/// Exit status when sbx fails before the command starts (as env(1) and
+/// timeout(1) use 125).
+pub const EXIT_SETUP_FAILED: i32 = 125;
+/// Exit status when the command cannot be executed.
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+/// Exit status when the command is not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Creating or using the cgroup failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Attaching failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The command could not be started.
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl RunError {
+    /// Exit status for this failure.
+    #[must_use]
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+            Self::Spawn { .. } => EXIT_CANNOT_EXEC,
+            _ => EXIT_SETUP_FAILED,
+        }
+    }
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Parent directory for the sandbox cgroup; default `<cgroup2>/sbx`.
+    pub cgroup_parent: Option<PathBuf>,
+    /// Map capacity.
+    pub max_entries: u32,
+}
+
+/// Signals forwarded to the child.
+const FORWARDED: [libc::c_int; 8] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+];
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Runs `command` under `policy`; returns its exit status (128+N when
+/// killed by signal N).
+pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Paths) -> Result<i32, RunError> {
+    let parent = match &opts.cgroup_parent {
+        Some(p) => p.clone(),
+        None => cgroup2_mount()?.join("sbx"),
+    };
+    let pid = std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
+    log::info!("sandbox cgroup {}", cg.path.display());
+    let attach = AttachOptions { max_entries: opts.max_entries, replace: false };
+    if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
+        let _ = cg.remove();
+        return Err(e.into());
+    }
+    let result = spawn_and_wait(command, policy, &cg);
+    if let Err(e) = teardown(&cg, paths) {
+        eprintln!("sbx-user: warning: cleaning up {} failed: {e}", cg.path.display());
+    }
+    let status = result?;
+    Ok(status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt as _;
+        128 + status.signal().unwrap_or(0)
+    }))
+}
+
+fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>> {
+    cg.kill_all(Duration::from_secs(5))?;
+    uninstall(cg.id, &cg.path, paths)?;
+    cg.remove()?;
+    Ok(())
+}
+
+fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
+    let Some(proxy) = policy.proxy else { return Vec::new() };
+    let url = format!("http://{proxy}");
+    ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
+        .into_iter()
+        .map(|k| (k, url.clone()))
+        .collect()
+}
+
+fn spawn_and_wait(command: &[OsString], policy: &Policy, cg: &Cgroup) -> Result<ExitStatus, RunError> {
+    let procs_path = cg.procs_path();
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&procs_path)
+        .map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?;
+    let procs_fd = procs.as_raw_fd();
+    // SAFETY: getpid has no preconditions.
+    let parent_pid = unsafe { libc::getpid() };
+
+    let (program, args) = command.split_first().expect("clap requires a command");
+    let mut cmd = Command::new(program);
+    cmd.args(args).envs(proxy_env(policy));
+    let set = signal_set();
+    // SAFETY: the closure runs between fork and exec in the child and only
+    // makes async-signal-safe system calls on values captured by copy.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The runner blocks the forwarded signals; the command must not
+            // inherit that mask (std does not reset it on this path).
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            // Die with the runner, so nothing outlives cleanup unnoticed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent_pid {
+                return Err(io::Error::last_os_error());
+            }
+            // Enter the sandbox cgroup before the first instruction of the
+            // command runs. If this fails, exec never happens.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    // Block the forwarded signals in this thread (and so in the forwarding
+    // thread); the child unblocks them in `pre_exec`.
+    // SAFETY: `set` is an initialised sigset; the old mask is not needed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+        command: program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    drop(procs);
+    let child_pid = i32::try_from(child.id()).expect("pids fit i32");
+    std::thread::spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: `set` is initialised and `sig` is writable.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            // SAFETY: kill(2); if the child is gone this returns ESRCH.
+            unsafe { libc::kill(child_pid, sig) };
+        }
+    });
+    child.wait().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })
+}

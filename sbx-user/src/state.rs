@@ -1,0 +1,148 @@
+//! What sbx has attached where: pins under bpffs and a record per sandbox.
+//!
+//! Layout, keyed by the cgroup id so that a renamed path still matches:
+//! - `<bpffs>/sbx/<cgroup-id>/link_<program>`: the six pinned links. These
+//!   keep enforcement in place with no sbx process running.
+//! - `<bpffs>/sbx/<cgroup-id>/map_<MAP>`: the pinned policy maps.
+//! - `<state-dir>/<cgroup-id>.json`: a [`Record`] with the cgroup path and
+//!   the policy, for `status` (bpffs cannot hold regular files).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+
+/// Default bpffs mount point.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+/// Default directory for sandbox records.
+pub const DEFAULT_STATE_DIR: &str = "/run/sbx";
+
+/// Where pins and records live.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// bpffs mount point.
+    pub bpffs: PathBuf,
+    /// Record directory.
+    pub state_dir: PathBuf,
+}
+
+impl Paths {
+    /// sbx's directory inside bpffs.
+    #[must_use]
+    pub fn pin_root(&self) -> PathBuf {
+        self.bpffs.join("sbx")
+    }
+
+    /// Pin directory of one sandbox.
+    #[must_use]
+    pub fn pin_dir(&self, cgroup_id: u64) -> PathBuf {
+        self.pin_root().join(cgroup_id.to_string())
+    }
+
+    /// Record file of one sandbox.
+    #[must_use]
+    pub fn record_path(&self, cgroup_id: u64) -> PathBuf {
+        self.state_dir.join(format!("{cgroup_id}.json"))
+    }
+}
+
+/// One attached sandbox, as `status` reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    /// The cgroup directory.
+    pub cgroup: PathBuf,
+    /// Its kernel id.
+    pub cgroup_id: u64,
+    /// The policy in force.
+    pub policy: Policy,
+    /// Unix time of the attach.
+    pub attached_at: u64,
+    /// `attach` or `run`.
+    pub by: String,
+    /// For `run`: the pid of the `sbx-user run` process.
+    pub runner_pid: Option<u32>,
+    /// Entries in the destination trie.
+    pub dest_entries: usize,
+    /// Entries in the bind trie.
+    pub bind_entries: usize,
+    /// Port tables.
+    pub tables: usize,
+    /// Capacity of each trie.
+    pub max_entries: u32,
+}
+
+/// A record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} sandbox record {path}: {source}")]
+pub struct StateError {
+    action: &'static str,
+    path: PathBuf,
+    source: io::Error,
+}
+
+impl Record {
+    /// Writes the record atomically (temp file and rename).
+    pub fn save(&self, paths: &Paths) -> Result<(), StateError> {
+        let path = paths.record_path(self.cgroup_id);
+        let err = |action| {
+            let path = path.clone();
+            move |source| StateError { action, path, source }
+        };
+        fs::create_dir_all(&paths.state_dir).map_err(err("creating the directory of"))?;
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).expect("records serialise");
+        fs::write(&tmp, text).map_err(err("writing"))?;
+        fs::rename(&tmp, &path).map_err(err("writing"))
+    }
+
+    /// Reads one sandbox's record, if there is one.
+    pub fn load(paths: &Paths, cgroup_id: u64) -> Result<Option<Self>, StateError> {
+        read_record(&paths.record_path(cgroup_id))
+    }
+
+    /// Every record in the state directory.
+    pub fn load_all(paths: &Paths) -> Result<Vec<Self>, StateError> {
+        let dir = match fs::read_dir(&paths.state_dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StateError { action: "listing", path: paths.state_dir.clone(), source }),
+        };
+        let mut out = Vec::new();
+        for entry in dir.flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "json") {
+                if let Some(r) = read_record(&p)? {
+                    out.push(r);
+                }
+            }
+        }
+        out.sort_by_key(|r| r.cgroup_id);
+        Ok(out)
+    }
+
+    /// Removes one sandbox's record.
+    pub fn remove(paths: &Paths, cgroup_id: u64) -> Result<(), StateError> {
+        let path = paths.record_path(cgroup_id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError { action: "removing", path, source }),
+        }
+    }
+}
+
+fn read_record(path: &Path) -> Result<Option<Record>, StateError> {
+    match fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| StateError {
+            action: "parsing",
+            path: path.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError { action: "reading", path: path.to_owned(), source }),
+    }
+}

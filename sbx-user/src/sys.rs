@@ -1,0 +1,138 @@
+//! The few `bpf(2)` commands aya 0.14 does not expose: querying what is
+//! attached to a cgroup, and atomically replacing a link's program.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+/// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// `enum bpf_attach_type` values of the hooks sbx uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AttachType {
+    /// `BPF_CGROUP_INET4_BIND`.
+    Bind4 = 8,
+    /// `BPF_CGROUP_INET6_BIND`.
+    Bind6 = 9,
+    /// `BPF_CGROUP_INET4_CONNECT`.
+    Connect4 = 10,
+    /// `BPF_CGROUP_INET6_CONNECT`.
+    Connect6 = 11,
+    /// `BPF_CGROUP_UDP4_SENDMSG`.
+    Sendmsg4 = 14,
+    /// `BPF_CGROUP_UDP6_SENDMSG`.
+    Sendmsg6 = 15,
+}
+
+/// `BPF_F_QUERY_EFFECTIVE`: include programs inherited from ancestors.
+pub const QUERY_EFFECTIVE: u32 = 1;
+
+/// The `query` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+const _: () = assert!(std::mem::size_of::<QueryAttr>() == 64);
+
+/// The `link_update` member of `union bpf_attr`.
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: `attr` is a valid, initialised `#[repr(C)]` prefix of
+    // `union bpf_attr` for `cmd`; the kernel reads and writes at most
+    // `size_of::<T>()` bytes of it, and any pointers inside it point to
+    // live buffers the caller owns.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<T>())
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("open file descriptors are non-negative")
+}
+
+/// IDs of the programs attached to `cgroup` at `attach_type`.
+pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: AttachType, flags: u32) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: fd_u32(cgroup),
+        attach_type: attach_type as u32,
+        query_flags: flags,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: u32::try_from(ids.len()).expect("64"),
+        ..QueryAttr::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    ids.truncate(attr.prog_cnt as usize);
+    Ok(ids)
+}
+
+/// Atomically makes `link` run `new_prog` instead of its current program.
+/// Traffic is judged by the old program or the new one, never by neither.
+pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr { link_fd: fd_u32(link), new_prog_fd: fd_u32(new_prog), flags: 0, old_prog_fd: 0 };
+    bpf(BPF_LINK_UPDATE, &mut attr)
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// The `obj_pin`/`obj_get` member of `union bpf_attr`.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Opens a pinned BPF object.
+pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    // SAFETY: as in `bpf`; `c` outlives the call. BPF_OBJ_GET returns a new fd.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, std::ptr::from_mut(&mut attr), std::mem::size_of::<ObjAttr>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Detaches a link from its hook now, whoever else holds it.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = fd_u32(link);
+    bpf(BPF_LINK_DETACH, &mut attr)
+}
