@@ -1,1 +1,948 @@
+//! Table-driven tests of rule parsing, normalisation, error messages,
+//! TOML files, flags, proxy-only mode, profiles and layering.
 
+#![expect(clippy::too_many_lines, reason = "tables of cases read best in one place")]
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+fn origin() -> Origin {
+    Origin::flag("--allow")
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap_or_else(|e| panic!("test literal {s}: {e}"))
+}
+
+fn nets_of(list: &[&str]) -> Vec<IpNet> {
+    list.iter().map(|s| net(s)).collect()
+}
+
+const fn pr(lo: u16, hi: u16) -> PortRange {
+    PortRange { lo, hi }
+}
+
+fn rule_in(text: &str, ctx: RuleContext) -> Rule {
+    parse_rule(text, Action::Allow, &origin(), ctx)
+        .unwrap_or_else(|e| panic!("`{text}` should parse in {ctx:?} context: {e}"))
+}
+
+fn rule(text: &str) -> Rule {
+    rule_in(text, RuleContext::Destination)
+}
+
+fn rule_err_in(text: &str, ctx: RuleContext) -> String {
+    match parse_rule(text, Action::Deny, &origin(), ctx) {
+        Ok(r) => panic!("`{text}` should be rejected in {ctx:?} context, parsed as {r:?}"),
+        Err(e) => {
+            assert!(
+                matches!(&e, PolicyError::Invalid { value, .. } if value == text),
+                "`{text}`: error should be Invalid and quote the rule: {e:?}"
+            );
+            e.to_string()
+        }
+    }
+}
+
+fn rule_err(text: &str) -> String {
+    rule_err_in(text, RuleContext::Destination)
+}
+
+fn layer(src: &str) -> Layer {
+    parse_toml(src, "policy.toml").unwrap_or_else(|e| panic!("TOML should parse: {e}\n{src}"))
+}
+
+fn toml_err(src: &str) -> PolicyError {
+    match parse_toml(src, "policy.toml") {
+        Ok(l) => panic!("TOML should be rejected, got {l:?}\n{src}"),
+        Err(e) => e,
+    }
+}
+
+fn build(layers: Vec<Layer>) -> Result<Policy, PolicyError> {
+    let mut b = PolicyBuilder::new();
+    for l in layers {
+        b.apply(l);
+    }
+    b.build()
+}
+
+fn policy_toml(src: &str) -> Policy {
+    build(vec![layer(src)]).unwrap_or_else(|e| panic!("policy should build: {e}\n{src}"))
+}
+
+fn flags_layer(flags: &FlagInput) -> Layer {
+    flags.to_layer().unwrap_or_else(|e| panic!("flags should parse: {e}\n{flags:?}"))
+}
+
+fn proxy_flags(proxy: &str) -> FlagInput {
+    FlagInput { proxy: Some(proxy.to_owned()), ..FlagInput::default() }
+}
+
+// ---------------------------------------------------------------------------
+// Rule parsing.
+
+#[test]
+fn parses_rules() {
+    let all = vec![PortRange::ALL];
+    let cases: &[(&str, Protocols, &[&str], Vec<PortRange>)] = &[
+        ("10.0.0.1", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        ("10.0.0.0/8", Protocols::BOTH, &["10.0.0.0/8"], all.clone()),
+        ("10.0.0.1:443", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(443, 443)]),
+        ("tcp://10.0.0.1:443", Protocols::TCP, &["10.0.0.1/32"], vec![pr(443, 443)]),
+        ("udp://10.0.0.0/24:53", Protocols::UDP, &["10.0.0.0/24"], vec![pr(53, 53)]),
+        ("TCP://10.0.0.1", Protocols::TCP, &["10.0.0.1/32"], all.clone()),
+        ("Udp://10.0.0.1", Protocols::UDP, &["10.0.0.1/32"], all.clone()),
+        ("  10.0.0.1:80  ", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
+        ("10.0.0.1:*", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        ("10.0.0.1:0", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(0, 0)]),
+        ("10.0.0.1:65535", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(65535, 65535)]),
+        ("10.0.0.1:0-65535", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        ("10.0.0.1:8000-8100", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(8000, 8100)]),
+        ("10.0.0.1:5-5", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(5, 5)]),
+        ("10.0.0.1:443,80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80), pr(443, 443)]),
+        ("10.0.0.1: 80 , 443 ", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80), pr(443, 443)]),
+        // Overlapping and adjacent ranges merge; duplicates vanish.
+        ("10.0.0.1:443,80,81-90,85", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 90), pr(443, 443)]),
+        ("10.0.0.1:1-5,6-10", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(1, 10)]),
+        ("10.0.0.1:1-5,7-10", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(1, 5), pr(7, 10)]),
+        ("10.0.0.1:80,80,80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
+        ("10.0.0.1:80,*", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        ("10.0.0.1:65535,0-65534", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        // Bracketed IPv6, with and without ports and prefix.
+        ("[2001:db8::1]:443", Protocols::BOTH, &["2001:db8::1/128"], vec![pr(443, 443)]),
+        ("tcp://[2001:db8::1]:80,443", Protocols::TCP, &["2001:db8::1/128"], vec![pr(80, 80), pr(443, 443)]),
+        ("[2001:db8::/32]:8000-8100", Protocols::BOTH, &["2001:db8::/32"], vec![pr(8000, 8100)]),
+        ("[2001:db8::1]", Protocols::BOTH, &["2001:db8::1/128"], all.clone()),
+        ("[10.0.0.1]:80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
+        // Bare IPv6 carries no ports.
+        ("2001:db8::1", Protocols::BOTH, &["2001:db8::1/128"], all.clone()),
+        ("udp://2001:db8::/48", Protocols::UDP, &["2001:db8::/48"], all.clone()),
+        ("fd00::/8", Protocols::BOTH, &["fd00::/8"], all.clone()),
+        // An empty target is any host.
+        (":25", Protocols::BOTH, &["0.0.0.0/0", "::/0"], vec![pr(25, 25)]),
+        ("tcp://:25,587", Protocols::TCP, &["0.0.0.0/0", "::/0"], vec![pr(25, 25), pr(587, 587)]),
+        // Tokens, any case.
+        ("any", Protocols::BOTH, &["0.0.0.0/0", "::/0"], all.clone()),
+        ("ANY:53", Protocols::BOTH, &["0.0.0.0/0", "::/0"], vec![pr(53, 53)]),
+        ("udp://any:53", Protocols::UDP, &["0.0.0.0/0", "::/0"], vec![pr(53, 53)]),
+        (
+            "private",
+            Protocols::BOTH,
+            &[
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "169.254.0.0/16",
+                "fc00::/7",
+                "fe80::/10",
+            ],
+            all.clone(),
+        ),
+        ("Private:22", Protocols::BOTH, &PRIVATE_NETS, vec![pr(22, 22)]),
+        ("metadata", Protocols::BOTH, &["169.254.169.254/32", "fd00:ec2::254/128"], all.clone()),
+        ("tcp://metadata:80", Protocols::TCP, &METADATA_NETS, vec![pr(80, 80)]),
+        // Addresses near, but not in, the local host ranges.
+        ("126.255.255.255", Protocols::BOTH, &["126.255.255.255/32"], all.clone()),
+        ("128.0.0.1", Protocols::BOTH, &["128.0.0.1/32"], all.clone()),
+        ("0.0.0.0/0", Protocols::BOTH, &["0.0.0.0/0"], all.clone()),
+        ("0.0.0.0/8", Protocols::BOTH, &["0.0.0.0/8"], all.clone()),
+        ("::2", Protocols::BOTH, &["::2/128"], all.clone()),
+        ("[::/127]:80", Protocols::BOTH, &["::/127"], vec![pr(80, 80)]),
+        ("[64:ff9b:1::/48]:80", Protocols::BOTH, &["64:ff9b:1::/48"], vec![pr(80, 80)]),
+        ("2001::/16", Protocols::BOTH, &["2001::/16"], all.clone()),
+    ];
+    for (text, protocols, want_nets, ports) in cases {
+        let r = rule(text);
+        assert_eq!(r.protocols, *protocols, "protocols of `{text}`");
+        assert_eq!(r.nets, nets_of(want_nets), "nets of `{text}`");
+        assert_eq!(&r.ports, ports, "ports of `{text}`");
+        assert_eq!(r.text, text.trim(), "text of `{text}` is kept as written (trimmed)");
+        assert_eq!(r.action, Action::Allow);
+        assert_eq!(r.origin, origin());
+    }
+}
+
+#[test]
+fn parse_rule_keeps_action_and_origin() {
+    let at = Origin { source: "p.toml".into(), line: Some(7) };
+    for action in [Action::Allow, Action::Deny] {
+        let r = parse_rule("10.0.0.1", action, &at, RuleContext::Destination).expect("valid");
+        assert_eq!(r.action, action);
+        assert_eq!(r.origin, at);
+    }
+}
+
+#[test]
+fn normalises_networks() {
+    let cases: &[(&str, &str)] = &[
+        ("10.0.0.1/8", "10.0.0.0/8"),
+        ("10.1.2.3/16", "10.1.0.0/16"),
+        ("10.1.2.3/31", "10.1.2.2/31"),
+        ("10.1.2.3/0", "0.0.0.0/0"),
+        ("192.168.1.255/24", "192.168.1.0/24"),
+        ("2001:db8::1/32", "2001:db8::/32"),
+        ("2001:db8:ffff::1/33", "2001:db8:8000::/33"),
+        // IPv4-mapped IPv6 is IPv4.
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:10.1.2.3/104", "10.0.0.0/8"),
+        ("::ffff:10.1.2.3", "10.1.2.3/32"),
+        ("::ffff:10.1.2.3/128", "10.1.2.3/32"),
+        ("[::ffff:10.1.2.3]", "10.1.2.3/32"),
+        ("::ffff:a01:203", "10.1.2.3/32"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        ("::ffff:192.168.0.0/112", "192.168.0.0/16"),
+        // Shorter than /96 it is an IPv6 network, not IPv4.
+        ("::ffff:0:0/95", "::fffe:0:0/95"),
+    ];
+    for (text, want) in cases {
+        assert_eq!(rule(text).nets, vec![net(want)], "`{text}` normalises to {want}");
+    }
+    let r = rule("[::ffff:10.0.0.1]:80");
+    assert_eq!((r.nets, r.ports), (vec![net("10.0.0.1/32")], vec![pr(80, 80)]));
+}
+
+#[test]
+fn rejects_bad_rules() {
+    // (rule, words the message must contain)
+    let cases: &[(&str, &[&str])] = &[
+        ("", &["empty rule"]),
+        ("   ", &["empty rule"]),
+        // Hostnames.
+        ("example.com", &["hostname", "example.com"]),
+        ("example.com:443", &["hostname"]),
+        ("tcp://api.github.com:443", &["hostname"]),
+        ("localhost", &["hostname"]),
+        ("my-host", &["hostname"]),
+        ("[example.com]:80", &["hostname"]),
+        // Not addresses at all.
+        ("10.0.0.300", &["not an IP address"]),
+        ("1.2.3", &["not an IP address"]),
+        ("*", &["not an IP address"]),
+        ("10.0.0.1 80", &["not an IP address"]),
+        ("fe80::1%eth0", &["not an IP address"]),
+        ("10.0.0.1:80:90", &["not an IP address"]),
+        // Bad CIDRs.
+        ("10.0.0.0/33", &["not a valid CIDR", "/0-/32"]),
+        ("10.0.0.0/", &["not a valid CIDR"]),
+        ("10.0.0.0/x", &["not a valid CIDR"]),
+        ("10.0.0.0/8/8", &["not a valid CIDR"]),
+        ("2001:db8::/129", &["not a valid CIDR", "/0-/128"]),
+        ("[2001:db8::/129]:80", &["not a valid CIDR"]),
+        ("example.com/24", &["not a valid CIDR"]),
+        // Ports.
+        ("10.0.0.1:65536", &["out of range", "65536"]),
+        ("10.0.0.1:99999999999999999999", &["out of range"]),
+        ("10.0.0.1:80,70000", &["out of range", "70000"]),
+        ("10.0.0.1:1-65536", &["out of range"]),
+        ("10.0.0.1:http", &["not a port number"]),
+        ("10.0.0.1:-5", &["not a port number"]),
+        ("10.0.0.1:5-", &["not a port number"]),
+        ("10.0.0.1:1-2-3", &["not a port number"]),
+        ("10.0.0.1:80,,443", &["not a port number"]),
+        ("10.0.0.1:**", &["not a port number"]),
+        ("10.0.0.1:90-80", &["runs backwards", "80-90"]),
+        ("10.0.0.1:", &["empty port list"]),
+        ("10.0.0.1: ", &["empty port list"]),
+        ("[2001:db8::1]:", &["empty port list"]),
+        // Protocols.
+        ("http://10.0.0.1", &["unknown protocol", "http://"]),
+        ("icmp://10.0.0.1", &["unknown protocol"]),
+        ("://10.0.0.1", &["unknown protocol"]),
+        ("sctp://[2001:db8::1]:80", &["unknown protocol"]),
+        // Brackets.
+        ("[2001:db8::1", &["missing `]`"]),
+        ("[2001:db8::1]80", &["unexpected `80` after `]`"]),
+        ("[2001:db8::1]/64", &["unexpected"]),
+        // Loopback and unspecified destinations belong to `loopback`.
+        ("127.0.0.1", &["loopback", "`loopback`"]),
+        ("127.0.0.1:5432", &["`loopback`"]),
+        ("tcp://127.1.2.3:80", &["`loopback`"]),
+        ("127.0.0.0/8", &["`loopback`"]),
+        ("127.0.0.0/16", &["`loopback`"]),
+        ("127.255.255.255/8", &["`loopback`"]),
+        ("0.0.0.0", &["`loopback`"]),
+        ("0.0.0.0:80", &["`loopback`"]),
+        ("::1", &["`loopback`"]),
+        ("[::1]:8080", &["`loopback`"]),
+        ("::", &["`loopback`"]),
+        ("[::]:80", &["`loopback`"]),
+        ("::ffff:127.0.0.1", &["`loopback`"]),
+        ("[::ffff:127.0.0.1]:5432", &["`loopback`"]),
+        ("::ffff:0.0.0.0", &["`loopback`"]),
+        ("::ffff:127.0.0.0/104", &["`loopback`"]),
+        // Embedded-IPv4 ranges are judged by the IPv4 address.
+        ("64:ff9b::1.2.3.4", &["NAT64", "IPv4"]),
+        ("[64:ff9b::a01:203]:443", &["NAT64"]),
+        ("64:ff9b::/96", &["NAT64"]),
+        ("64:ff9b::/120", &["NAT64"]),
+        ("2002:c000:204::1", &["6to4"]),
+        ("2002::/16", &["6to4"]),
+        ("[2002:a00::/24]:80", &["6to4"]),
+    ];
+    for (text, words) in cases {
+        let msg = rule_err(text);
+        assert!(msg.starts_with("--allow: "), "`{text}`: message should start with the origin: {msg}");
+        for w in *words {
+            assert!(msg.contains(w), "`{text}`: message should mention {w:?}: {msg}");
+        }
+    }
+}
+
+#[test]
+fn hostname_message_suggests_ip() {
+    let msg = rule_err("example.com");
+    assert_eq!(
+        msg,
+        "--allow: `example.com`: `example.com` is a hostname; rules take IP addresses, CIDRs or the tokens any, private, metadata (resolve the name yourself, or wait for pinned domains)"
+    );
+}
+
+#[test]
+fn loopback_message_points_at_setting() {
+    let msg = rule_err("127.0.0.1:5432");
+    assert!(msg.contains("loopback = [5432]") && msg.contains("--loopback"), "{msg}");
+}
+
+#[test]
+fn ipv6_supernets_of_embedded_ipv4_ranges() {
+    // Rules that merely contain the NAT64 or 6to4 space are ordinary IPv6
+    // rules: the embedded-IPv4 addresses inside them are judged by IPv4
+    // rules, as the IPv4-mapped space inside `::/0` is. `[::/0]` must mean
+    // the same as the IPv6 half of `any`.
+    let cases: &[(&str, &str)] = &[
+        ("::/0", "::/0"),
+        ("[::/0]:443", "::/0"),
+        ("2000::/3", "2000::/3"),
+        ("64::/16", "64::/16"),
+        ("::/1", "::/1"),
+        ("64:ff9b::/64", "64:ff9b::/64"),
+        ("2002::/15", "2002::/15"),
+    ];
+    for (text, want) in cases {
+        assert_eq!(rule(text).nets, vec![net(want)], "`{text}`");
+    }
+}
+
+#[test]
+fn bind_rules_accept_local_addresses() {
+    let cases: &[(&str, &str, Vec<PortRange>)] = &[
+        ("127.0.0.1:8080", "127.0.0.1/32", vec![pr(8080, 8080)]),
+        ("127.0.0.0/8", "127.0.0.0/8", vec![PortRange::ALL]),
+        ("0.0.0.0:8080", "0.0.0.0/32", vec![pr(8080, 8080)]),
+        ("[::1]:8080", "::1/128", vec![pr(8080, 8080)]),
+        ("[::]:0", "::/128", vec![pr(0, 0)]),
+        ("::ffff:127.0.0.1", "127.0.0.1/32", vec![PortRange::ALL]),
+        ("10.0.0.1:9000-9100", "10.0.0.1/32", vec![pr(9000, 9100)]),
+    ];
+    for (text, want, ports) in cases {
+        let r = rule_in(text, RuleContext::Bind);
+        assert_eq!((&r.nets, &r.ports), (&vec![net(want)], ports), "bind rule `{text}`");
+    }
+    // Everything else is validated as for destinations.
+    for (text, word) in [("example.com:80", "hostname"), ("2002::1", "6to4"), ("1.2.3.4:0-", "not a port")] {
+        let msg = rule_err_in(text, RuleContext::Bind);
+        assert!(msg.contains(word), "bind rule `{text}`: {msg}");
+    }
+}
+
+#[test]
+fn parse_ports_table() {
+    let ok: &[(&str, &[PortRange])] = &[
+        ("*", &[PortRange::ALL]),
+        ("80", &[pr(80, 80)]),
+        (" 80 ", &[pr(80, 80)]),
+        ("80-80", &[pr(80, 80)]),
+        ("443,80", &[pr(80, 80), pr(443, 443)]),
+        ("10-20,15-30,31", &[pr(10, 31)]),
+        ("10-20,22-30", &[pr(10, 20), pr(22, 30)]),
+        ("0", &[pr(0, 0)]),
+        ("0-65535", &[PortRange::ALL]),
+        ("65535,0", &[pr(0, 0), pr(65535, 65535)]),
+        ("1,2,3,4", &[pr(1, 4)]),
+        ("100-200,150", &[pr(100, 200)]),
+        ("5 - 10", &[pr(5, 10)]),
+    ];
+    for (text, want) in ok {
+        assert_eq!(parse_ports(text).as_deref(), Ok(*want), "ports `{text}`");
+    }
+    let bad: &[(&str, &str)] = &[
+        ("", "empty port list"),
+        (",", "not a port number"),
+        ("80,", "not a port number"),
+        ("65536", "out of range"),
+        ("10-5", "runs backwards; write `5-10`"),
+        ("abc", "not a port number"),
+        ("-1", "not a port number"),
+        ("1.5", "not a port number"),
+    ];
+    for (text, word) in bad {
+        let e = parse_ports(text).expect_err(text);
+        assert!(e.contains(word), "ports `{text}`: {e}");
+    }
+}
+
+#[test]
+fn merge_ranges_table() {
+    let cases: &[(&[PortRange], &[PortRange])] = &[
+        (&[], &[]),
+        (&[pr(5, 5)], &[pr(5, 5)]),
+        (&[pr(5, 5), pr(3, 3)], &[pr(3, 3), pr(5, 5)]),
+        (&[pr(5, 5), pr(4, 4)], &[pr(4, 5)]),
+        (&[pr(1, 10), pr(2, 3)], &[pr(1, 10)]),
+        (&[pr(1, 10), pr(10, 20)], &[pr(1, 20)]),
+        (&[pr(1, 10), pr(11, 20)], &[pr(1, 20)]),
+        (&[pr(1, 10), pr(12, 20)], &[pr(1, 10), pr(12, 20)]),
+        (&[pr(65535, 65535), pr(0, 65534)], &[PortRange::ALL]),
+        (&[pr(65535, 65535), pr(65535, 65535)], &[pr(65535, 65535)]),
+        (&[pr(30, 40), pr(0, 5), pr(6, 29)], &[pr(0, 40)]),
+    ];
+    for (input, want) in cases {
+        assert_eq!(merge_ranges(input.to_vec()), *want, "merge {input:?}");
+    }
+}
+
+#[test]
+fn port_range_display() {
+    for (r, text) in [(PortRange::ALL, "*"), (pr(80, 80), "80"), (pr(8000, 8100), "8000-8100"), (pr(0, 0), "0")] {
+        assert_eq!(r.to_string(), text);
+    }
+    assert_eq!(ports_text(&[pr(80, 80), pr(443, 443), pr(8000, 8100)]), "80,443,8000-8100");
+    assert_eq!(ports_text(&[]), "");
+}
+
+#[test]
+fn split_rule_list_table() {
+    let cases: &[(&str, &[&str])] = &[
+        ("10.0.0.1", &["10.0.0.1"]),
+        ("10.0.0.1:80,443", &["10.0.0.1:80,443"]),
+        ("10.0.0.1:80,10.0.0.2", &["10.0.0.1:80", "10.0.0.2"]),
+        ("10.0.0.1,10.0.0.2", &["10.0.0.1", "10.0.0.2"]),
+        ("10.0.0.1, 10.0.0.2 ", &["10.0.0.1", "10.0.0.2"]),
+        ("10.0.0.1:80,443,8000-8100,*", &["10.0.0.1:80,443,8000-8100,*"]),
+        ("10.0.0.1:80,443,10.0.0.2:53", &["10.0.0.1:80,443", "10.0.0.2:53"]),
+        ("tcp://10.0.0.1:80,443,udp://10.0.0.2:53,5353", &["tcp://10.0.0.1:80,443", "udp://10.0.0.2:53,5353"]),
+        ("[2001:db8::1]:80,443,2001:db8::2", &["[2001:db8::1]:80,443", "2001:db8::2"]),
+        ("2001:db8::1,2001:db8::2", &["2001:db8::1", "2001:db8::2"]),
+        (":25,587", &[":25,587"]),
+        ("private,metadata", &["private", "metadata"]),
+        ("any:53,any:853", &["any:53", "any:853"]),
+        // A number after a rule without ports is a rule of its own (and
+        // then fails to parse), not a port of the previous rule.
+        ("10.0.0.1,443", &["10.0.0.1", "443"]),
+        ("2001:db8::1,443", &["2001:db8::1", "443"]),
+        ("", &[""]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(split_rule_list(text), *want, "split `{text}`");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Flags.
+
+#[test]
+fn flags_parse_into_a_layer() {
+    let flags = FlagInput {
+        allow: vec!["10.0.0.1:80,443,10.0.0.2".into(), "udp://any:53".into()],
+        deny: vec!["private".into()],
+        default: Some("allow".into()),
+        loopback: Some("5432, 8000-8100".into()),
+        proxy: None,
+        bind: Some("127.0.0.1:8080,0.0.0.0:9000".into()),
+    };
+    let l = flags_layer(&flags);
+    let texts: Vec<_> = l.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.to_string())).collect();
+    assert_eq!(
+        texts,
+        [
+            (Action::Allow, "10.0.0.1:80,443", "--allow".to_owned()),
+            (Action::Allow, "10.0.0.2", "--allow".to_owned()),
+            (Action::Allow, "udp://any:53", "--allow".to_owned()),
+            (Action::Deny, "private", "--deny".to_owned()),
+        ]
+    );
+    assert_eq!(l.default, Some((Action::Allow, Origin::flag("--default"))));
+    assert_eq!(l.loopback, Some(Loopback::Ports(vec![pr(5432, 5432), pr(8000, 8100)])));
+    let Some(Bind::Rules(bind)) = &l.bind else { panic!("bind rules expected: {:?}", l.bind) };
+    let bind: Vec<_> = bind.iter().map(|r| (r.nets.clone(), r.ports.clone(), r.action)).collect();
+    assert_eq!(
+        bind,
+        [
+            (vec![net("127.0.0.1/32")], vec![pr(8080, 8080)], Action::Allow),
+            (vec![net("0.0.0.0/32")], vec![pr(9000, 9000)], Action::Allow),
+        ]
+    );
+}
+
+#[test]
+fn flag_scalars() {
+    for (text, want) in [("any", Loopback::Any), ("none", Loopback::None), (" none ", Loopback::None)] {
+        let l = flags_layer(&FlagInput { loopback: Some(text.into()), ..FlagInput::default() });
+        assert_eq!(l.loopback, Some(want), "--loopback {text}");
+    }
+    for (text, want) in [("loopback", Bind::Loopback), ("any", Bind::Any), (" any ", Bind::Any)] {
+        let l = flags_layer(&FlagInput { bind: Some(text.into()), ..FlagInput::default() });
+        assert_eq!(l.bind, Some(want), "--bind {text}");
+    }
+    for (text, want) in [("deny", Action::Deny), ("allow", Action::Allow), (" allow ", Action::Allow)] {
+        let l = flags_layer(&FlagInput { default: Some(text.into()), ..FlagInput::default() });
+        assert_eq!(l.default.map(|(a, _)| a), Some(want), "--default {text}");
+    }
+    let proxies = [
+        ("127.0.0.1:3128", "127.0.0.1:3128"),
+        ("[::1]:3128", "[::1]:3128"),
+        ("10.0.0.5:8080", "10.0.0.5:8080"),
+        // A v4-mapped proxy is an IPv4 proxy.
+        ("[::ffff:127.0.0.1]:3128", "127.0.0.1:3128"),
+        (" 10.0.0.5:8080 ", "10.0.0.5:8080"),
+    ];
+    for (text, want) in proxies {
+        let l = flags_layer(&proxy_flags(text));
+        let want: SocketAddr = want.parse().expect("literal");
+        assert_eq!(l.proxy, Some((want, Origin::flag("--proxy"))), "--proxy {text}");
+    }
+}
+
+#[test]
+fn flag_errors() {
+    let cases: Vec<(FlagInput, &[&str])> = vec![
+        (FlagInput { allow: vec!["example.com".into()], ..FlagInput::default() }, &["--allow:", "hostname"]),
+        (FlagInput { deny: vec!["10.0.0.0/33".into()], ..FlagInput::default() }, &["--deny:", "CIDR"]),
+        (FlagInput { deny: vec!["127.0.0.1".into()], ..FlagInput::default() }, &["--deny:", "`loopback`"]),
+        (FlagInput { allow: vec!["10.0.0.1,443".into()], ..FlagInput::default() }, &["`443`", "not an IP address"]),
+        (FlagInput { allow: vec!["10.0.0.1:80,".into()], ..FlagInput::default() }, &["empty rule"]),
+        (FlagInput { default: Some("maybe".into()), ..FlagInput::default() }, &["--default:", "`maybe`", "\"deny\" or \"allow\""]),
+        (FlagInput { default: Some("Allow".into()), ..FlagInput::default() }, &["--default:"]),
+        (FlagInput { loopback: Some("all".into()), ..FlagInput::default() }, &["--loopback:", "\"any\", \"none\" or a port list"]),
+        (FlagInput { loopback: Some("70000".into()), ..FlagInput::default() }, &["--loopback:", "out of range"]),
+        (FlagInput { loopback: Some(String::new()), ..FlagInput::default() }, &["--loopback:", "empty port list"]),
+        (proxy_flags("127.0.0.1"), &["--proxy:", "ADDRESS:PORT"]),
+        (proxy_flags("localhost:3128"), &["--proxy:", "ADDRESS:PORT"]),
+        (proxy_flags("::1:3128"), &["--proxy:", "ADDRESS:PORT"]),
+        (proxy_flags("127.0.0.1:0"), &["--proxy:", "port 0"]),
+        (proxy_flags("0.0.0.0:3128"), &["--proxy:", "not 0.0.0.0 or ::"]),
+        (proxy_flags("[::]:3128"), &["--proxy:", "not 0.0.0.0 or ::"]),
+        (FlagInput { bind: Some("example.com:80".into()), ..FlagInput::default() }, &["--bind:", "hostname"]),
+        (FlagInput { bind: Some("everywhere".into()), ..FlagInput::default() }, &["--bind:", "hostname"]),
+    ];
+    for (flags, words) in cases {
+        let e = flags.to_layer().expect_err(&format!("{flags:?} should be rejected"));
+        let msg = e.to_string();
+        assert!(matches!(e, PolicyError::Invalid { .. }), "{flags:?}: Invalid expected: {e:?}");
+        for w in words {
+            assert!(msg.contains(w), "{flags:?}: message should mention {w:?}: {msg}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TOML files.
+
+#[test]
+fn toml_full_file() {
+    let src = r#"# comment
+[network]
+default = "deny"
+loopback = [5432, "8000-8100", "3000"]
+allow = [
+  "tcp://10.1.2.3:5432",
+  "[2001:db8::/32]:443",
+]
+deny = ["private"]
+bind = ["127.0.0.1:8080", "0.0.0.0:9000"]
+"#;
+    let l = layer(src);
+    assert_eq!(l.default, Some((Action::Deny, Origin { source: "policy.toml".into(), line: Some(3) })));
+    assert_eq!(l.loopback, Some(Loopback::Ports(vec![pr(3000, 3000), pr(5432, 5432), pr(8000, 8100)])));
+    assert_eq!(l.proxy, None);
+    let rules: Vec<_> = l.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.line)).collect();
+    assert_eq!(
+        rules,
+        [
+            (Action::Allow, "tcp://10.1.2.3:5432", Some(6)),
+            (Action::Allow, "[2001:db8::/32]:443", Some(7)),
+            (Action::Deny, "private", Some(9)),
+        ]
+    );
+    assert_eq!(l.rules[0].origin.to_string(), "policy.toml:6");
+    let Some(Bind::Rules(bind)) = &l.bind else { panic!("bind rules expected: {:?}", l.bind) };
+    assert_eq!(bind.len(), 2);
+    assert_eq!(bind[1].nets, vec![net("0.0.0.0/32")]);
+    assert_eq!(bind[1].origin.line, Some(10));
+}
+
+#[test]
+fn toml_scalar_forms() {
+    let cases: &[(&str, Option<Loopback>, Option<Bind>)] = &[
+        ("", None, None),
+        ("[network]\n", None, None),
+        ("[network]\nloopback = \"any\"\n", Some(Loopback::Any), None),
+        ("[network]\nloopback = \"none\"\n", Some(Loopback::None), None),
+        ("[network]\nloopback = []\n", Some(Loopback::Ports(vec![])), None),
+        ("[network]\nloopback = [443, 80, 81]\n", Some(Loopback::Ports(vec![pr(80, 81), pr(443, 443)])), None),
+        ("[network]\nloopback = [\"80,443\"]\n", Some(Loopback::Ports(vec![pr(80, 80), pr(443, 443)])), None),
+        ("[network]\nbind = \"loopback\"\n", None, Some(Bind::Loopback)),
+        ("[network]\nbind = \"any\"\n", None, Some(Bind::Any)),
+        ("[network]\nbind = []\n", None, Some(Bind::Rules(vec![]))),
+        ("network = {}\n", None, None),
+    ];
+    for (src, loopback, bind) in cases {
+        let l = layer(src);
+        assert_eq!(&l.loopback, loopback, "loopback of {src:?}");
+        assert_eq!(&l.bind, bind, "bind of {src:?}");
+        assert!(l.rules.is_empty() && l.default.is_none() && l.proxy.is_none(), "{src:?}");
+    }
+    let l = layer("[network]\nproxy = \"127.0.0.1:3128\"\n");
+    assert_eq!(
+        l.proxy,
+        Some(("127.0.0.1:3128".parse().expect("literal"), Origin { source: "policy.toml".into(), line: Some(2) }))
+    );
+}
+
+#[test]
+fn toml_errors_carry_the_line() {
+    // (source, line in the Display text, words the message must contain)
+    let cases: &[(&str, usize, &[&str])] = &[
+        ("[network]\nallow = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n", 4, &["hostname"]),
+        ("[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n", 4, &["not a valid CIDR"]),
+        ("[network]\n\n\ndeny = [\n\"127.0.0.1\"]\n", 5, &["`loopback`"]),
+        ("[network]\ndefault = \"maybe\"\n", 2, &["\"deny\" or \"allow\""]),
+        ("\n[network]\ndefault = \"allow\"\nloopback = \"some\"\n", 4, &["loopback is"]),
+        ("[network]\nloopback = 3128\n", 2, &["loopback is"]),
+        ("[network]\nloopback = [\"x\"]\n", 2, &["not a port number"]),
+        ("[network]\nloopback = [70000]\n", 2, &["out of range"]),
+        ("[network]\nloopback = [-1]\n", 2, &["not a port number"]),
+        ("[network]\nloopback = [1.5]\n", 2, &["ports are numbers"]),
+        ("[network]\nproxy = \"localhost:3128\"\n", 2, &["ADDRESS:PORT"]),
+        ("[network]\nbind = \"everywhere\"\n", 2, &["bind is"]),
+        ("[network]\nbind = [8080]\n", 2, &["bind rules are strings"]),
+        ("[network]\n\nbind = [\"example.com:80\"]\n", 3, &["hostname"]),
+        ("[network]\nallow = [\"http://10.0.0.1\"]\n", 2, &["unknown protocol"]),
+        ("[network]\nallow = [\"10.0.0.1:90-80\"]\n", 2, &["runs backwards"]),
+        ("[network]\nallow = [\"64:ff9b::1.2.3.4\"]\n", 2, &["NAT64"]),
+    ];
+    for (src, line, words) in cases {
+        let e = toml_err(src);
+        let msg = e.to_string();
+        assert!(matches!(e, PolicyError::Invalid { .. }), "{src:?}: Invalid expected: {e:?}");
+        assert!(msg.starts_with(&format!("policy.toml:{line}: ")), "{src:?}: line {line} expected: {msg}");
+        for w in *words {
+            assert!(msg.contains(w), "{src:?}: message should mention {w:?}: {msg}");
+        }
+    }
+}
+
+#[test]
+fn toml_syntax_and_unknown_keys() {
+    // (source, line, words the message must contain)
+    let cases: &[(&str, usize, &[&str])] = &[
+        ("[network]\ndefault = \"deny\"\nfoo = 1\n", 3, &["unknown field `foo`"]),
+        ("[network]\ndefault = \"deny\"\n\nallows = [\"10.0.0.1\"]\n", 4, &["unknown field `allows`"]),
+        ("[netwrk]\ndefault = \"deny\"\n", 1, &["unknown field `netwrk`"]),
+        ("default = \"deny\"\n", 1, &["unknown field `default`"]),
+        ("[network]\n[network.extra]\n", 2, &["unknown field `extra`"]),
+        // Unterminated array: the parser notices at the end of the input.
+        ("[network]\ndefault = \"deny\"\nallow = [\"10.0.0.1\"\n", 4, &["expected `]`"]),
+        ("[network]\ndefault = deny\n", 2, &[]),
+        ("[network]\nallow = \"10.0.0.1\"\n", 2, &["sequence"]),
+        ("[network]\nallow = [1]\n", 2, &[]),
+        ("[network]\ndefault = 1\n", 2, &[]),
+        ("[network]\ndefault = \"deny\"\ndefault = \"allow\"\n", 3, &[]),
+    ];
+    for (src, line, words) in cases {
+        let e = toml_err(src);
+        let PolicyError::Syntax { path, line: got, message } = &e else {
+            panic!("{src:?}: Syntax expected: {e:?}")
+        };
+        assert_eq!(path, "policy.toml");
+        assert_eq!(got, line, "{src:?}: {message}");
+        assert!(e.to_string().starts_with(&format!("policy.toml:{line}: ")), "{e}");
+        for w in *words {
+            assert!(message.contains(w), "{src:?}: message should mention {w:?}: {message}");
+        }
+    }
+}
+
+#[test]
+fn load_file_reports_path() {
+    let dir = std::env::temp_dir().join(format!("sbx-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("p.toml");
+    std::fs::write(&path, "[network]\n\nallow = [\"example.com\"]\n").expect("write");
+    let msg = load_file(&path).expect_err("hostname rejected").to_string();
+    let missing = dir.join("missing.toml");
+    let read = load_file(&missing).expect_err("missing file");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert!(msg.starts_with(&format!("{}:3: ", path.display())), "{msg}");
+    assert!(matches!(read, PolicyError::Read { .. }), "{read:?}");
+    assert!(read.to_string().contains("missing.toml"), "{read}");
+}
+
+// ---------------------------------------------------------------------------
+// Building, proxy-only mode, profiles, layering.
+
+#[test]
+fn empty_policy_defaults() {
+    let p = build(vec![]).expect("empty policy");
+    assert_eq!(
+        p,
+        Policy { default: Action::Deny, loopback: Loopback::Any, proxy: None, rules: vec![], bind: Bind::Loopback }
+    );
+    let from_sources = Policy::from_sources(None, None, &FlagInput::default()).expect("empty");
+    assert_eq!(from_sources, p);
+    assert_eq!(policy_toml(""), p);
+}
+
+#[test]
+fn proxy_only_mode() {
+    let lo = |ports: &[PortRange]| Loopback::Ports(ports.to_vec());
+    // (file text, loopback expected)
+    let cases: &[(&str, Loopback)] = &[
+        ("proxy = \"127.0.0.1:3128\"", lo(&[pr(3128, 3128)])),
+        ("proxy = \"127.0.0.1:3128\"\ndefault = \"deny\"", lo(&[pr(3128, 3128)])),
+        ("proxy = \"127.0.0.53:3128\"", lo(&[pr(3128, 3128)])),
+        ("proxy = \"[::1]:8080\"", lo(&[pr(8080, 8080)])),
+        ("proxy = \"[::ffff:127.0.0.1]:3128\"", lo(&[pr(3128, 3128)])),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = \"any\"", Loopback::Any),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = [5432]", lo(&[pr(3128, 3128), pr(5432, 5432)])),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = [3128]", lo(&[pr(3128, 3128)])),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = [\"3000-3200\"]", lo(&[pr(3000, 3200)])),
+        ("proxy = \"127.0.0.1:3129\"\nloopback = [3128]", lo(&[pr(3128, 3129)])),
+        // A proxy elsewhere leaves loopback closed unless asked.
+        ("proxy = \"10.0.0.5:3128\"", Loopback::None),
+        ("proxy = \"10.0.0.5:3128\"\nloopback = \"any\"", Loopback::Any),
+        ("proxy = \"10.0.0.5:3128\"\nloopback = \"none\"", Loopback::None),
+        ("proxy = \"10.0.0.5:3128\"\nloopback = [53]", lo(&[pr(53, 53)])),
+    ];
+    for (body, loopback) in cases {
+        let p = policy_toml(&format!("[network]\n{body}\n"));
+        assert_eq!(p.default, Action::Deny, "{body}");
+        assert_eq!(&p.loopback, loopback, "{body}");
+        assert!(p.proxy.is_some(), "{body}");
+    }
+}
+
+#[test]
+fn remote_proxy_adds_a_tcp_allow_rule() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("10.0.0.5:3128", "10.0.0.5/32", "tcp://10.0.0.5:3128"),
+        ("[2001:db8::5]:3128", "2001:db8::5/128", "tcp://[2001:db8::5]:3128"),
+        ("[::ffff:10.0.0.5]:3128", "10.0.0.5/32", "tcp://10.0.0.5:3128"),
+    ];
+    for (proxy, want_net, want_text) in cases {
+        let l = flags_layer(&FlagInput { deny: vec!["private".into()], ..proxy_flags(proxy) });
+        let p = build(vec![l]).unwrap_or_else(|e| panic!("{proxy}: {e}"));
+        assert_eq!(p.rules.len(), 2, "{proxy}");
+        let r = &p.rules[1];
+        assert_eq!(r.text, *want_text);
+        assert_eq!(r.action, Action::Allow);
+        assert_eq!(r.protocols, Protocols::TCP);
+        assert_eq!(r.nets, vec![net(want_net)]);
+        assert_eq!(r.ports, vec![pr(3128, 3128)]);
+        assert_eq!(r.origin, Origin::flag("--proxy"));
+        assert_eq!(p.loopback, Loopback::None);
+        assert_eq!(p.default, Action::Deny);
+    }
+    // A proxy at a NAT64 address cannot be expressed as a rule.
+    let l = flags_layer(&proxy_flags("[64:ff9b::a00:5]:3128"));
+    let e = build(vec![l]).expect_err("NAT64 proxy");
+    assert!(matches!(&e, PolicyError::Conflict(m) if m.contains("NAT64")), "{e:?}");
+}
+
+#[test]
+fn proxy_conflicts() {
+    let file = layer("[network]\ndefault = \"allow\"\n");
+    let e = build(vec![file, flags_layer(&proxy_flags("127.0.0.1:3128"))]).expect_err("allow + proxy");
+    let msg = e.to_string();
+    assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
+    for w in ["policy.toml:2", "default = \"allow\"", "--proxy", "127.0.0.1:3128", "proxy-only"] {
+        assert!(msg.contains(w), "message should mention {w:?}: {msg}");
+    }
+
+    let e = build(vec![layer("[network]\nproxy = \"127.0.0.1:3128\"\nloopback = \"none\"\n")])
+        .expect_err("loopback none + loopback proxy");
+    let msg = e.to_string();
+    assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
+    for w in ["loopback = \"none\"", "127.0.0.1:3128", "policy.toml:2", "loopback = [3128]"] {
+        assert!(msg.contains(w), "message should mention {w:?}: {msg}");
+    }
+
+    // A later `default = "deny"` clears the conflict; a later "allow" makes it.
+    let ok = build(vec![
+        layer("[network]\ndefault = \"allow\"\nproxy = \"127.0.0.1:3128\"\n"),
+        flags_layer(&FlagInput { default: Some("deny".into()), ..FlagInput::default() }),
+    ]);
+    assert!(ok.is_ok(), "{ok:?}");
+    let bad = build(vec![
+        layer("[network]\nproxy = \"127.0.0.1:3128\"\n"),
+        flags_layer(&FlagInput { default: Some("allow".into()), ..FlagInput::default() }),
+    ]);
+    assert!(matches!(bad, Err(PolicyError::Conflict(_))), "{bad:?}");
+}
+
+#[test]
+fn profiles() {
+    let agent = build(vec![profile("agent").expect("agent")]).expect("agent builds");
+    assert_eq!(agent.default, Action::Deny);
+    assert_eq!(agent.loopback, Loopback::Any);
+    assert_eq!(agent.proxy, Some("127.0.0.1:3128".parse().expect("literal")));
+    assert_eq!(agent.bind, Bind::Loopback);
+    let rules: Vec<_> = agent.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.to_string())).collect();
+    assert_eq!(
+        rules,
+        [
+            (Action::Deny, "private", "profile agent:4".to_owned()),
+            (Action::Deny, "metadata", "profile agent:4".to_owned()),
+        ]
+    );
+
+    let offline = build(vec![profile("offline").expect("offline")]).expect("offline builds");
+    assert_eq!(
+        offline,
+        Policy { default: Action::Deny, loopback: Loopback::Any, proxy: None, rules: vec![], bind: Bind::Loopback }
+    );
+
+    let open = build(vec![profile("open").expect("open")]).expect("open builds");
+    assert_eq!((open.default, open.rules.len(), open.proxy), (Action::Allow, 2, None));
+
+    // Every built-in profile parses and builds on its own.
+    for p in PROFILES {
+        let l = profile(p.name).unwrap_or_else(|e| panic!("profile {}: {e}", p.name));
+        build(vec![l]).unwrap_or_else(|e| panic!("profile {}: {e}", p.name));
+        assert!(!p.summary.is_empty());
+    }
+
+    let e = profile("agnet").expect_err("unknown profile");
+    let msg = e.to_string();
+    assert!(matches!(e, PolicyError::Invalid { .. }), "{e:?}");
+    for w in ["--profile", "`agnet`", "no such profile", "agent", "offline", "open"] {
+        assert!(msg.contains(w), "message should mention {w:?}: {msg}");
+    }
+    assert!(Policy::from_sources(Some("nope"), None, &FlagInput::default()).is_err());
+}
+
+#[test]
+fn layering() {
+    // Flags override file scalars and add rules after the file's.
+    let file = layer(
+        "[network]\ndefault = \"allow\"\nloopback = \"none\"\nbind = \"any\"\ndeny = [\"10.0.0.0/8\"]\n",
+    );
+    let flags = flags_layer(&FlagInput {
+        allow: vec!["10.1.2.3:5432".into()],
+        default: Some("deny".into()),
+        loopback: Some("5432".into()),
+        ..FlagInput::default()
+    });
+    let p = build(vec![file, flags]).expect("layers");
+    assert_eq!(p.default, Action::Deny);
+    assert_eq!(p.loopback, Loopback::Ports(vec![pr(5432, 5432)]));
+    assert_eq!(p.bind, Bind::Any, "a layer that does not say keeps the earlier setting");
+    let rules: Vec<_> = p.rules.iter().map(|r| (r.action, r.text.as_str())).collect();
+    assert_eq!(rules, [(Action::Deny, "10.0.0.0/8"), (Action::Allow, "10.1.2.3:5432")]);
+
+    // Profile, then flags: the flags layer wins and conflicts are checked on
+    // the merged result.
+    let e = Policy::from_sources(
+        Some("agent"),
+        None,
+        &FlagInput { loopback: Some("none".into()), ..FlagInput::default() },
+    )
+    .expect_err("agent + --loopback none blocks the proxy");
+    assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
+    let p = Policy::from_sources(
+        Some("agent"),
+        None,
+        &FlagInput { loopback: Some("5432".into()), allow: vec!["tcp://10.1.2.3:5432".into()], ..FlagInput::default() },
+    )
+    .expect("agent + flags");
+    assert_eq!(p.loopback, Loopback::Ports(vec![pr(3128, 3128), pr(5432, 5432)]));
+    assert_eq!(p.rules.len(), 3);
+    let p = Policy::from_sources(
+        Some("open"),
+        None,
+        &FlagInput { default: Some("deny".into()), ..FlagInput::default() },
+    )
+    .expect("open + --default deny");
+    assert_eq!(p.default, Action::Deny);
+
+    // Later proxy replaces an earlier one.
+    let p = build(vec![
+        layer("[network]\nproxy = \"127.0.0.1:3128\"\n"),
+        flags_layer(&proxy_flags("10.0.0.5:8080")),
+    ])
+    .expect("proxy override");
+    assert_eq!(p.proxy, Some("10.0.0.5:8080".parse().expect("literal")));
+    assert_eq!(p.loopback, Loopback::None);
+    assert_eq!(p.rules.len(), 1);
+}
+
+#[test]
+fn from_sources_reads_the_file() {
+    let dir = std::env::temp_dir().join(format!("sbx-policy-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("p.toml");
+    std::fs::write(&path, "[network]\ndefault = \"allow\"\ndeny = [\"metadata\"]\n").expect("write");
+    let p = Policy::from_sources(
+        Some("offline"),
+        Some(&path),
+        &FlagInput { deny: vec!["private".into()], ..FlagInput::default() },
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    let p = p.expect("profile + file + flags");
+    assert_eq!(p.default, Action::Allow, "the file overrides the profile");
+    let rules: Vec<_> = p.rules.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(rules, ["metadata", "private"]);
+    assert_eq!(p.rules[0].origin.to_string(), format!("{}:3", path.display()));
+}
+
+#[test]
+fn summary_lines() {
+    let p = build(vec![
+        profile("agent").expect("agent"),
+        flags_layer(&FlagInput { bind: Some("127.0.0.1:8080".into()), ..FlagInput::default() }),
+    ])
+    .expect("agent");
+    assert_eq!(
+        p.summary(),
+        [
+            "default: deny",
+            "loopback: any port",
+            "proxy: 127.0.0.1:3128 (proxy-only mode)",
+            "deny private",
+            "deny metadata",
+            "bind: 127.0.0.1:8080",
+        ]
+    );
+    let p = policy_toml("[network]\nloopback = [80, \"8000-8100\"]\nallow = [\"tcp://10.0.0.1:443\"]\n");
+    assert_eq!(
+        p.summary(),
+        [
+            "default: deny",
+            "loopback: 80,8000-8100",
+            "allow tcp://10.0.0.1:443",
+            "bind: loopback (unspecified address with port 0 only)",
+        ]
+    );
+}
+
+#[test]
+fn v4_mapped_space_is_ffff_96() {
+    assert_eq!(v4_mapped_space(), "::ffff:0:0/96".parse::<Ipv6Net>().expect("literal"));
+}
+
+#[test]
+fn policy_serde_round_trip() {
+    let p = Policy::from_sources(
+        Some("agent"),
+        None,
+        &FlagInput { allow: vec!["udp://[2001:db8::1]:53".into()], bind: Some("0.0.0.0:80".into()), ..FlagInput::default() },
+    )
+    .expect("policy");
+    let text = serde_json::to_string(&p).expect("serialise");
+    let back: Policy = serde_json::from_str(&text).expect("deserialise");
+    assert_eq!(back, p);
+}
