@@ -38,14 +38,24 @@ pub const PROG_BIND4: &str = "sbx_bind4";
 /// See [`PROG_CONNECT4`].
 pub const PROG_BIND6: &str = "sbx_bind6";
 
+/// `cgroup/sock_create`: which sockets may be created at all.
+pub const PROG_SOCK_CREATE: &str = "sbx_sock_create";
+/// `cgroup/setsockopt`: refuses options that redirect packets.
+pub const PROG_SETSOCKOPT: &str = "sbx_setsockopt";
+/// `cgroup_skb/egress`: the backstop on the packets actually sent.
+pub const PROG_EGRESS: &str = "sbx_egress";
+
 /// Every program sbx attaches, in attach order.
-pub const PROGRAMS: [&str; 6] = [
+pub const PROGRAMS: [&str; 9] = [
     PROG_CONNECT4,
     PROG_CONNECT6,
     PROG_SENDMSG4,
     PROG_SENDMSG6,
     PROG_BIND4,
     PROG_BIND6,
+    PROG_SOCK_CREATE,
+    PROG_SETSOCKOPT,
+    PROG_EGRESS,
 ];
 
 /// Verdict value: reject the call with `EPERM`. Zero, so that zeroed memory

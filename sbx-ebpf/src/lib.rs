@@ -5,3 +5,8 @@
 //! This empty library exists so that `sbx-user` can name this crate as a
 //! build dependency and be rebuilt when it changes.
 #![no_std]
+
+// The dependencies serve the binary target; name them so the lint that
+// checks for unused crates sees them used.
+use aya_ebpf as _;
+use sbx_common as _;

@@ -23,6 +23,9 @@
 #[cfg(target_arch = "bpf")]
 mod programs;
 
+// The library target exists for build-dependency tracking only.
+use sbx_ebpf as _;
+
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
     // Host builds (clippy, `cargo check --workspace`) only type-check the

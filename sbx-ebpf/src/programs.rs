@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
     maps::{lpm_trie::Key, Array, LpmTrie},
-    programs::SockAddrContext,
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use sbx_common::{
     PortTable, TrieAddr, TrieValue, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, VERDICT_ALLOW,
@@ -43,7 +43,7 @@ enum Direction {
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn sbx_connect4(ctx: SockAddrContext) -> i32 {
+fn sbx_connect4(ctx: SockAddrContext) -> i32 {
     match judge4(&ctx, Direction::Dest) {
         Ok(true) => PASS,
         Ok(false) | Err(()) => REJECT,
@@ -51,7 +51,7 @@ pub fn sbx_connect4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn sbx_connect6(ctx: SockAddrContext) -> i32 {
+fn sbx_connect6(ctx: SockAddrContext) -> i32 {
     match judge6(&ctx, Direction::Dest) {
         Ok(true) => PASS,
         Ok(false) | Err(()) => REJECT,
@@ -59,7 +59,7 @@ pub fn sbx_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
+fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
     match judge4(&ctx, Direction::Dest) {
         Ok(true) => PASS,
         Ok(false) | Err(()) => REJECT,
@@ -67,7 +67,7 @@ pub fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
+fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
     match judge6(&ctx, Direction::Dest) {
         Ok(true) => PASS,
         Ok(false) | Err(()) => REJECT,
@@ -75,7 +75,7 @@ pub fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(bind4)]
-pub fn sbx_bind4(ctx: SockAddrContext) -> i32 {
+fn sbx_bind4(ctx: SockAddrContext) -> i32 {
     match judge4(&ctx, Direction::Bind) {
         Ok(true) => PASS,
         Ok(false) | Err(()) => REJECT,
@@ -83,11 +83,134 @@ pub fn sbx_bind4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(bind6)]
-pub fn sbx_bind6(ctx: SockAddrContext) -> i32 {
+fn sbx_bind6(ctx: SockAddrContext) -> i32 {
     match judge6(&ctx, Direction::Bind) {
         Ok(true) => PASS,
         Ok(false) | Err(()) => REJECT,
     }
+}
+
+/// `socket()` for AF_INET/AF_INET6: only TCP stream and UDP datagram
+/// sockets may be created. Raw, ICMP ping, SCTP, UDP-Lite, MPTCP and any
+/// other inet socket has no sock_addr hook to judge its traffic, so it is
+/// refused at creation (`EPERM`). Other families never reach this hook;
+/// the seccomp filter of `sbx-user run` handles them.
+#[cgroup_sock(sock_create)]
+fn sbx_sock_create(ctx: SockContext) -> i32 {
+    let sk = ctx.sock.cast_const();
+    // SAFETY: field addresses of the context; the verifier checks reads.
+    let (ty, proto) = unsafe {
+        (ctx_u32(core::ptr::addr_of!((*sk).type_)), ctx_u32(core::ptr::addr_of!((*sk).protocol)))
+    };
+    match (ty, proto) {
+        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => PASS,
+        _ => REJECT,
+    }
+}
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOL_IP: i32 = 0;
+const IP_OPTIONS: i32 = 4;
+const SOL_IPV6: i32 = 41;
+const IPV6_2292RTHDR: i32 = 5;
+const IPV6_RTHDR: i32 = 57;
+
+/// `setsockopt()`: refuses the options that make packets travel somewhere
+/// other than the address the connect/sendmsg hooks judged: IPv4 options
+/// (loose/strict source routing) and IPv6 routing headers.
+#[cgroup_sockopt(setsockopt)]
+fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt.cast_const();
+    // SAFETY: as in `sbx_sock_create`; both fields are 4-byte ints.
+    let (level, name) = unsafe { ((*so).level, (*so).optname) };
+    match (level, name) {
+        (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR) => REJECT,
+        _ => PASS,
+    }
+}
+
+/// `ETH_P_IP` and `ETH_P_IPV6` as `__sk_buff.protocol` holds them (network
+/// byte order in a u32).
+const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
+const ETH_P_IPV6_BE: u32 = (0x86DDu16).to_be() as u32;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_DEST: u8 = 60;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Egress backstop: every packet the sandbox's sockets send, judged on the
+/// destination in its header. It drops IPv4 packets with options and IPv6
+/// packets with a routing header (source routing, also when set through a
+/// `sendmsg` control message the setsockopt hook never sees), and judges
+/// TCP SYNs and UDP datagrams by their real destination with the same maps
+/// as connect. Replies (SYN-ACK, established traffic) are not judged again.
+#[cgroup_skb(egress)]
+fn sbx_egress(ctx: SkBuffContext) -> i32 {
+    match egress(&ctx) {
+        Ok(true) => PASS,
+        Ok(false) | Err(()) => REJECT,
+    }
+}
+
+#[inline(always)]
+fn egress(ctx: &SkBuffContext) -> Result<bool, ()> {
+    // SAFETY: reading a field of the context.
+    let proto = unsafe { (*ctx.skb.skb).protocol };
+    if proto == ETH_P_IP_BE {
+        let vihl: u8 = ctx.load(0).map_err(|_| ())?;
+        if vihl & 0x0f != 5 {
+            return Ok(false);
+        }
+        let l4: u8 = ctx.load(9).map_err(|_| ())?;
+        // Fixed-size loads: `load_bytes` clamps its length to the packet,
+        // which the verifier rejects ("R4 invalid zero-sized read").
+        let v4: [u8; 4] = ctx.load(16).map_err(|_| ())?;
+        return judge_packet(ctx, &mapped(v4), l4, 20);
+    }
+    if proto == ETH_P_IPV6_BE {
+        let mut next: u8 = ctx.load(6).map_err(|_| ())?;
+        let addr: [u8; 16] = ctx.load(24).map_err(|_| ())?;
+        let mut off = 40usize;
+        let mut i = 0;
+        while i < 4 {
+            if next == NEXTHDR_ROUTING {
+                return Ok(false);
+            }
+            if next != NEXTHDR_HOP && next != NEXTHDR_DEST {
+                break;
+            }
+            let hdr: [u8; 2] = ctx.load(off).map_err(|_| ())?;
+            next = hdr[0];
+            off += (usize::from(hdr[1]) + 1) * 8;
+            i += 1;
+        }
+        if next == NEXTHDR_ROUTING || next == NEXTHDR_HOP || next == NEXTHDR_DEST {
+            return Ok(false);
+        }
+        let addr = embedded_v4(&addr).map_or(addr, mapped);
+        return judge_packet(ctx, &addr, next, off);
+    }
+    Ok(true)
+}
+
+#[inline(always)]
+fn judge_packet(ctx: &SkBuffContext, addr: &TrieAddr, l4: u8, off: usize) -> Result<bool, ()> {
+    let l4 = u32::from(l4);
+    if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
+        // ICMP errors and the like; sock_create allows no socket that
+        // sends other protocols.
+        return Ok(true);
+    }
+    let port: u16 = u16::from_be(ctx.load(off + 2).map_err(|_| ())?);
+    if l4 == IPPROTO_TCP {
+        let flags: u8 = ctx.load(off + 13).map_err(|_| ())?;
+        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+            return Ok(true);
+        }
+    }
+    decide(addr, port, l4, Direction::Dest)
 }
 
 /// Reads a 4-byte field of `bpf_sock_addr`.

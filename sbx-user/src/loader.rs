@@ -7,13 +7,13 @@
 
 use std::{
     fs,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    programs::Program,
     Ebpf, EbpfLoader,
 };
 use sbx_common::{PortTable, TrieAddr, TrieValue, MAP_BIND, MAP_DEST, MAP_PORTS, PROGRAMS};
@@ -31,14 +31,18 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sb
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Hook of each program, in [`PROGRAMS`] order.
-pub const HOOKS: [(&str, AttachType, &str); 6] = [
+/// Hook of each program, in [`PROGRAMS`] order: program name, attach
+/// type, and the name users see.
+pub const HOOKS: [(&str, AttachType, &str); 9] = [
     (PROGRAMS[0], AttachType::Connect4, "connect4"),
     (PROGRAMS[1], AttachType::Connect6, "connect6"),
     (PROGRAMS[2], AttachType::Sendmsg4, "sendmsg4"),
     (PROGRAMS[3], AttachType::Sendmsg6, "sendmsg6"),
     (PROGRAMS[4], AttachType::Bind4, "bind4"),
     (PROGRAMS[5], AttachType::Bind6, "bind6"),
+    (PROGRAMS[6], AttachType::SockCreate, "sock_create"),
+    (PROGRAMS[7], AttachType::Setsockopt, "setsockopt"),
+    (PROGRAMS[8], AttachType::Egress, "egress"),
 ];
 
 /// A kernel-side failure, with what a user needs to act on it.
@@ -184,12 +188,14 @@ fn load(compiled: &Compiled, max_entries: u32) -> Result<Ebpf, LoaderError> {
         }
     }
     for (name, _, _) in HOOKS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .expect("object defines every program")
-            .try_into()
-            .expect("sock_addr program");
-        prog.load().map_err(|e| LoaderError::Program { program: name, detail: program_error(&e) })?;
+        let loaded = match ebpf.program_mut(name).expect("object defines every program") {
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::CgroupSock(p) => p.load(),
+            Program::CgroupSockopt(p) => p.load(),
+            Program::CgroupSkb(p) => p.load(),
+            other => unreachable!("unexpected program type {:?}", other.prog_type()),
+        };
+        loaded.map_err(|e| LoaderError::Program { program: name, detail: program_error(&e) })?;
     }
     Ok(ebpf)
 }
@@ -223,11 +229,16 @@ fn fill_trie(
     Ok(())
 }
 
-fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut CgroupSockAddr {
-    ebpf.program_mut(name)
-        .expect("object defines every program")
-        .try_into()
-        .expect("sock_addr program")
+fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Program {
+    ebpf.program_mut(name).expect("object defines every program")
+}
+
+/// Attaches one program with bpf_link and returns the link fd. aya 0.14
+/// cannot turn every cgroup link type into a pinnable `FdLink` (sockopt
+/// links, for one), so all nine go through the same raw `BPF_LINK_CREATE`.
+fn attach_one(p: &Program, ty: AttachType, dir: &fs::File) -> Result<OwnedFd, String> {
+    let fd = p.fd().map_err(|e| e.to_string())?;
+    sys::link_create(fd.as_fd(), dir.as_fd(), ty).map_err(|e| e.to_string())
 }
 
 /// Names of the programs attached directly to `cg` at each hook.
@@ -298,12 +309,9 @@ pub fn attach(
 
     let dir = cg.dir_fd()?;
     let mut links = Vec::with_capacity(HOOKS.len());
-    for (name, _, hook) in HOOKS {
-        let p = prog(&mut ebpf, name);
-        let attach_err = |detail: String| LoaderError::Attach { hook, cgroup: cg.path.clone(), detail };
-        let id = p.attach(&dir, CgroupAttachMode::Single).map_err(|e| attach_err(e.to_string()))?;
-        let link = p.take_link(id).map_err(|e| attach_err(e.to_string()))?;
-        let link = FdLink::try_from(link).map_err(|e| attach_err(e.to_string()))?;
+    for (name, ty, hook) in HOOKS {
+        let link = attach_one(prog(&mut ebpf, name), ty, &dir)
+            .map_err(|detail| LoaderError::Attach { hook, cgroup: cg.path.clone(), detail })?;
         links.push((name, link));
     }
     // Every hook is attached (in memory). Pin them; on any failure, undo.
@@ -316,8 +324,8 @@ pub fn attach(
         }
         for (name, link) in links.drain(..) {
             let path = pin_dir.join(pin_name_link(name));
-            // The pinned link is dropped right away: the pin holds it.
-            link.pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
+            // The link fd is closed right away: the pin holds the link.
+            sys::obj_pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e.to_string()))?;
         }
         Ok(())
     };

@@ -26,6 +26,12 @@ pub enum AttachType {
     Sendmsg4 = 14,
     /// `BPF_CGROUP_UDP6_SENDMSG`.
     Sendmsg6 = 15,
+    /// `BPF_CGROUP_INET_SOCK_CREATE`.
+    SockCreate = 2,
+    /// `BPF_CGROUP_SETSOCKOPT`.
+    Setsockopt = 22,
+    /// `BPF_CGROUP_INET_EGRESS`.
+    Egress = 1,
 }
 
 /// `BPF_F_QUERY_EFFECTIVE`: include programs inherited from ancestors.
@@ -135,4 +141,51 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
 pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = fd_u32(link);
     bpf(BPF_LINK_DETACH, &mut attr)
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// The leading members of `link_create` in `union bpf_attr`.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// Attaches `prog` to `cgroup` at `attach_type` with a bpf_link. The link
+/// lives as long as the returned fd or a pin of it.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: AttachType,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let mut attr = LinkCreateAttr {
+        prog_fd: fd_u32(prog),
+        target_fd: fd_u32(cgroup),
+        attach_type: attach_type as u32,
+        flags: 0,
+    };
+    // SAFETY: as in `bpf`; BPF_LINK_CREATE returns a new fd.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, std::ptr::from_mut(&mut attr), std::mem::size_of::<LinkCreateAttr>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins a BPF object (link, map, program) at `path` on bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd_u32(fd), file_flags: 0, path_fd: 0, _pad: 0 };
+    bpf(BPF_OBJ_PIN, &mut attr)
 }
