@@ -2,6 +2,8 @@
 //! bpf-linker) and leaves the object in `OUT_DIR` for `include_bytes_aligned!`.
 //! `cargo xtask setup` installs what this needs.
 use anyhow::{anyhow, Context as _};
+// A build dependency only so cargo reruns this script when it changes.
+use sbx_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

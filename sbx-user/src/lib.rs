@@ -29,6 +29,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod compile;
+pub mod confine;
 pub mod loader;
 pub mod policy;
 pub mod run;

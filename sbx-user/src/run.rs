@@ -20,6 +20,7 @@ use std::{
 
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
+    confine::{Confinement, Identity},
     loader::AttachOptions,
     policy::Policy,
     sandbox::{install, uninstall, Owner, SandboxError},
@@ -43,6 +44,9 @@ pub enum RunError {
     /// Attaching failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The child's confinement could not be prepared.
+    #[error("cannot confine the command: {0}")]
+    Confine(io::Error),
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -72,6 +76,10 @@ pub struct RunOptions {
     pub cgroup_parent: Option<PathBuf>,
     /// Map capacity.
     pub max_entries: u32,
+    /// Run the command as this uid/gid instead of the caller's.
+    pub identity: Option<Identity>,
+    /// Inherited descriptors (above 2) to leave open.
+    pub keep_fds: Vec<u32>,
 }
 
 /// Signals forwarded to the child.
@@ -116,7 +124,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         let _ = cg.remove();
         return Err(e.into());
     }
-    let result = spawn_and_wait(command, policy, &cg);
+    let result = spawn_and_wait(command, policy, &cg, opts);
     if let Err(e) = teardown(&cg, paths) {
         eprintln!("sbx-user: warning: cleaning up {} failed: {e}", cg.path.display());
     }
@@ -143,7 +151,13 @@ fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
         .collect()
 }
 
-fn spawn_and_wait(command: &[OsString], policy: &Policy, cg: &Cgroup) -> Result<ExitStatus, RunError> {
+fn spawn_and_wait(
+    command: &[OsString],
+    policy: &Policy,
+    cg: &Cgroup,
+    opts: &RunOptions,
+) -> Result<ExitStatus, RunError> {
+    let confinement = Confinement::prepare(opts.identity, &opts.keep_fds).map_err(RunError::Confine)?;
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -174,7 +188,7 @@ fn spawn_and_wait(command: &[OsString], policy: &Policy, cg: &Cgroup) -> Result<
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(())
+            confinement.apply()
         });
     }
 

@@ -15,6 +15,14 @@ pub struct RunArgs {
     /// Parent cgroup for the sandbox (default: `sbx` under the cgroup2 mount).
     #[arg(long, value_name = "DIR")]
     pub cgroup_parent: Option<PathBuf>,
+    /// Run the command as UID[:GID] (numeric). Without it the command keeps
+    /// the caller's uid, with every capability dropped.
+    #[arg(long, value_name = "UID[:GID]", value_parser = crate::confine::parse_identity)]
+    pub user: Option<crate::confine::Identity>,
+    /// Leave this inherited file descriptor open in the command (all
+    /// others above 2 are closed); repeatable.
+    #[arg(long, value_name = "N")]
+    pub keep_fd: Vec<u32>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -33,7 +41,12 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         eprintln!("sbx-user: error: {e}");
         return EXIT_SETUP_FAILED;
     }
-    let opts = RunOptions { cgroup_parent: args.cgroup_parent.clone(), max_entries: args.policy.max_rules };
+    let opts = RunOptions {
+        cgroup_parent: args.cgroup_parent.clone(),
+        max_entries: args.policy.max_rules,
+        identity: args.user,
+        keep_fds: args.keep_fd.clone(),
+    };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,182 @@
+//! What `run` does to the child between `fork` and `exec`, beyond entering
+//! the cgroup: a private mount namespace in which the cgroup filesystems,
+//! bpffs, `/sys` and `/proc/sys` are read-only; an optional switch to
+//! another uid/gid; dropping every capability; marking inherited file
+//! descriptors close-on-exec; `no_new_privs`.
+//!
+//! Everything is computed in the parent ([`Confinement::prepare`]); the
+//! child side ([`Confinement::apply`]) only makes system calls on data
+//! prepared in advance, with no allocation, as code between `fork` and
+//! `exec` must.
+
+use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::PathBuf};
+
+/// The target identity for `--user UID[:GID]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub uid: u32,
+    /// Group id (defaults to the uid).
+    pub gid: u32,
+}
+
+/// Parses `UID[:GID]` (numeric).
+pub fn parse_identity(s: &str) -> Result<Identity, String> {
+    let num = |v: &str, what: &str| {
+        v.parse::<u32>().map_err(|_| format!("--user `{s}`: {what} `{v}` is not a number; give UID[:GID], e.g. 65534:65534"))
+    };
+    match s.split_once(':') {
+        Some((u, g)) => Ok(Identity { uid: num(u, "uid")?, gid: num(g, "gid")? }),
+        None => {
+            let uid = num(s, "uid")?;
+            Ok(Identity { uid, gid: uid })
+        }
+    }
+}
+
+/// Child-side setup, prepared in the parent.
+#[derive(Debug)]
+pub struct Confinement {
+    /// Mount points made read-only (recursively) in the child's namespace.
+    read_only: Vec<CString>,
+    /// Paths bind-mounted onto themselves first so they can be made
+    /// read-only (they are not mount points of their own).
+    bind_first: Vec<CString>,
+    identity: Option<Identity>,
+    /// Descriptors above 2 that stay open across exec, sorted.
+    keep_fds: Vec<u32>,
+}
+
+/// Filesystem types whose mounts the sandbox must never write to.
+const PROTECTED_FS: [&str; 3] = ["cgroup2", "cgroup", "bpf"];
+
+impl Confinement {
+    /// Computes the setup: which mounts to protect (from
+    /// `/proc/self/mountinfo`), the identity, and the descriptors to keep.
+    pub fn prepare(identity: Option<Identity>, keep_fds: &[u32]) -> io::Result<Self> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let mut ro: Vec<PathBuf> = vec![PathBuf::from("/sys")];
+        for line in info.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let fstype = right.split_whitespace().next().unwrap_or("");
+            if PROTECTED_FS.contains(&fstype) {
+                if let Some(mp) = left.split_whitespace().nth(4) {
+                    let mp = PathBuf::from(mp.replace("\\040", " "));
+                    if !mp.starts_with("/sys") {
+                        ro.push(mp);
+                    }
+                }
+            }
+        }
+        let c = |p: &PathBuf| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+        let read_only = ro.iter().map(c).collect::<io::Result<Vec<_>>>()?;
+        let bind_first = vec![CString::new("/proc/sys").expect("literal")];
+        for &fd in keep_fds {
+            // SAFETY: F_GETFD on an arbitrary number only queries flags.
+            if unsafe { libc::fcntl(i32::try_from(fd).unwrap_or(-1), libc::F_GETFD) } < 0 {
+                return Err(io::Error::other(format!("--keep-fd {fd}: no such open file descriptor")));
+            }
+        }
+        let mut keep_fds: Vec<u32> = keep_fds.iter().copied().filter(|&f| f > 2).collect();
+        keep_fds.sort_unstable();
+        keep_fds.dedup();
+        Ok(Self { read_only, bind_first, identity, keep_fds })
+    }
+
+    /// Applies the setup in the child. Async-signal-safe: system calls on
+    /// prepared data only.
+    pub fn apply(&self) -> io::Result<()> {
+        let Self { read_only, bind_first, identity, keep_fds } = self;
+        let check = |rc: libc::c_long| if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        // SAFETY (whole block): plain system calls with pointers to
+        // NUL-terminated strings and structs that outlive each call.
+        unsafe {
+            // A private mount namespace: the remounts below are the child's
+            // alone, and without capabilities it cannot undo them. Private,
+            // not slave: a mount the host adds later must not appear here
+            // writable.
+            check(libc::unshare(libc::CLONE_NEWNS).into())?;
+            check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()).into())?;
+            for p in bind_first {
+                check(libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()).into())?;
+            }
+            let attr = MountAttr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+            for p in read_only.iter().chain(bind_first) {
+                check(libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    p.as_ptr(),
+                    libc::AT_RECURSIVE,
+                    std::ptr::from_ref(&attr),
+                    std::mem::size_of::<MountAttr>(),
+                ))?;
+            }
+            if let Some(id) = identity {
+                let gid = id.gid;
+                check(libc::setgroups(1, &gid).into())?;
+                check(libc::setresgid(gid, gid, gid).into())?;
+                check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
+            }
+            // Drop every capability: bounding set (so exec cannot regain
+            // them, even as uid 0), ambient, and the current sets.
+            for cap in 0..64 {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+            check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
+            let header = CapHeader { version: 0x2008_0522, pid: 0 };
+            let data = [CapData::default(); 2];
+            check(libc::syscall(libc::SYS_capset, std::ptr::from_ref(&header), data.as_ptr()))?;
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
+            // Every inherited descriptor above stderr closes at exec,
+            // except those kept on purpose. CLOEXEC rather than closing, so
+            // std's own exec-error pipe keeps working.
+            let mut first = 3u32;
+            for &fd in keep_fds {
+                if fd > first {
+                    check(libc::close_range(first, fd - 1, libc::CLOSE_RANGE_CLOEXEC as i32).into())?;
+                }
+                first = fd + 1;
+            }
+            check(libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32).into())?;
+        }
+        Ok(())
+    }
+}
+
+/// `struct mount_attr` (include/uapi/linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_identities() {
+        assert_eq!(parse_identity("1000"), Ok(Identity { uid: 1000, gid: 1000 }));
+        assert_eq!(parse_identity("65534:100"), Ok(Identity { uid: 65534, gid: 100 }));
+        assert!(parse_identity("nobody").unwrap_err().contains("not a number"));
+        assert!(parse_identity("1:x").unwrap_err().contains("gid"));
+    }
+}
