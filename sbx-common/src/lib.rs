@@ -24,6 +24,108 @@ pub const MAP_DEST: &str = "SBX_DEST";
 pub const MAP_BIND: &str = "SBX_BIND";
 /// Name of the port-table array shared by both tries.
 pub const MAP_PORTS: &str = "SBX_PORTS";
+/// Name of the one-entry [`Config`] array.
+pub const MAP_CONFIG: &str = "SBX_CONFIG";
+/// Name of the deny-event ring buffer ([`Event`] records).
+pub const MAP_EVENTS: &str = "SBX_EVENTS";
+/// Name of the per-CPU counter array (see [`counter_index`]).
+pub const MAP_COUNTERS: &str = "SBX_COUNTERS";
+/// Name of the per-CPU event rate limiter state.
+pub const MAP_RATE: &str = "SBX_RATE";
+
+/// Every map sbx pins, in a fixed order.
+pub const MAPS: [&str; 7] = [MAP_DEST, MAP_BIND, MAP_PORTS, MAP_CONFIG, MAP_EVENTS, MAP_COUNTERS, MAP_RATE];
+
+/// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
+/// in [`PROGRAMS`] order.
+pub const HOOK_NAMES: [&str; 9] =
+    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress"];
+/// Number of hooks.
+pub const NUM_HOOKS: u32 = 9;
+
+/// Index in [`MAP_COUNTERS`] of the count of calls at `hook` that were
+/// allowed (`denied == 0`) or denied (`denied == 1`, including audit-mode
+/// would-be denials).
+#[must_use]
+pub const fn counter_index(hook: u32, denied: u32) -> u32 {
+    hook * 2 + denied
+}
+/// Index in [`MAP_COUNTERS`] of events lost to the rate limit or a full
+/// ring buffer.
+pub const COUNTER_EVENTS_DROPPED: u32 = NUM_HOOKS * 2;
+/// Number of entries in [`MAP_COUNTERS`].
+pub const NUM_COUNTERS: u32 = NUM_HOOKS * 2 + 1;
+
+/// [`Config::flags`] bit: audit mode. Nothing is blocked; every decision
+/// enforce mode would have denied is reported as an event.
+pub const FLAG_AUDIT: u32 = 1;
+
+/// Sandbox-wide settings, the single entry of [`MAP_CONFIG`]. Written by
+/// `sbx-user` before the programs are attached; read by every program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Policy generation, copied into events so userspace can tell which
+    /// policy decided.
+    pub generation: u32,
+    /// Events each CPU may emit per second (token bucket refill rate).
+    pub events_per_sec: u32,
+    /// Token bucket size: the burst a CPU may emit at once.
+    pub events_burst: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Per-CPU token bucket of the event rate limiter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RateState {
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+    /// Tokens left, scaled by 10^9 (one event costs 10^9).
+    pub tokens: u64,
+}
+const _: () = assert!(core::mem::size_of::<RateState>() == 16);
+
+/// [`Event::verdict`]: the call was refused.
+pub const EVENT_DENIED: u32 = 0;
+/// [`Event::verdict`]: audit mode; enforce mode would have refused it.
+pub const EVENT_AUDIT: u32 = 1;
+
+/// One denial (or audit-mode would-be denial), sent through
+/// [`MAP_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Cgroup id of the caller (0 where the hook cannot tell).
+    pub cgroup_id: u64,
+    /// Thread group id (0 in the egress hook, which has no task).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Task name, NUL-padded.
+    pub comm: [u8; 16],
+    /// Index into [`HOOK_NAMES`].
+    pub hook: u32,
+    /// IP protocol (6 TCP, 17 UDP), or the socket protocol at sock_create.
+    pub protocol: u32,
+    /// Destination (local, for bind) address, IPv4 mapped into IPv6,
+    /// network byte order. For sock_create: zero. For setsockopt: zero.
+    pub addr: [u8; 16],
+    /// Port, host byte order. For sock_create: the socket type. For
+    /// setsockopt: the option name.
+    pub port: u32,
+    /// [`EVENT_DENIED`] or [`EVENT_AUDIT`].
+    pub verdict: u32,
+    /// [`Config::generation`] when the decision was made.
+    pub generation: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
 
 /// Program names, one per hook. The kernel keeps 15 bytes of a program name.
 pub const PROG_CONNECT4: &str = "sbx_connect4";
@@ -145,4 +247,8 @@ mod pod {
     unsafe impl aya::Pod for super::TrieValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortTable {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateState {}
 }

@@ -2,13 +2,15 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
-    maps::{lpm_trie::Key, Array, LpmTrie},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use sbx_common::{
-    PortTable, TrieAddr, TrieValue, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, VERDICT_ALLOW,
-    VERDICT_DENY,
+    counter_index, Config, Event, PortTable, RateState, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
+    EVENT_AUDIT, EVENT_DENIED, FLAG_AUDIT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS,
+    VERDICT_ALLOW, VERDICT_DENY,
 };
 
 /// Destination policy for connect and sendmsg. Written by `sbx-user` when it
@@ -27,6 +29,133 @@ static SBX_BIND: LpmTrie<TrieAddr, TrieValue> = LpmTrie::with_max_entries(1, 0);
 #[map(name = "SBX_PORTS")]
 static SBX_PORTS: Array<PortTable> = Array::with_max_entries(1, 0);
 
+/// Sandbox settings (audit flag, policy generation, event rate). Written by
+/// `sbx-user` before attach; read by every program.
+#[map(name = "SBX_CONFIG")]
+static SBX_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Deny events for `sbx-user events`/`run --log-denials`. Written by every
+/// program (rate-limited); read by `sbx-user`. Size set at load time.
+#[map(name = "SBX_EVENTS")]
+static SBX_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Allowed/denied counts per hook and dropped events, per CPU. Written by
+/// every program; summed by `sbx-user status`.
+#[map(name = "SBX_COUNTERS")]
+static SBX_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// Token buckets of the event rate limiter, per CPU. Programs only.
+#[map(name = "SBX_RATE")]
+static SBX_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Hook numbers, as in `sbx_common::HOOK_NAMES`.
+const HOOK_CONNECT4: u32 = 0;
+const HOOK_CONNECT6: u32 = 1;
+const HOOK_SENDMSG4: u32 = 2;
+const HOOK_SENDMSG6: u32 = 3;
+const HOOK_BIND4: u32 = 4;
+const HOOK_BIND6: u32 = 5;
+const HOOK_SOCK_CREATE: u32 = 6;
+const HOOK_SETSOCKOPT: u32 = 7;
+const HOOK_EGRESS: u32 = 8;
+
+/// Whether the caller's context can name a task (not the egress hook,
+/// which may run in softirq context).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Current,
+    Unknown,
+}
+
+/// Counts a decision and, for a denial, reports it. Returns whether the
+/// call may proceed: an allow, or a denial in audit mode.
+#[inline(always)]
+fn settle(allowed: bool, hook: u32, protocol: u32, addr: &TrieAddr, port: u32, task: Task) -> bool {
+    bump(counter_index(hook, u32::from(!allowed)));
+    if allowed {
+        return true;
+    }
+    let (audit, generation) = match SBX_CONFIG.get(0) {
+        Some(c) => (c.flags & FLAG_AUDIT != 0, c.generation),
+        None => (false, 0),
+    };
+    let verdict = if audit { EVENT_AUDIT } else { EVENT_DENIED };
+    if take_token() {
+        if let Some(mut entry) = SBX_EVENTS.reserve::<Event>(0) {
+            // SAFETY: the helpers have no preconditions here.
+            let (ts_ns, pid_tgid, cgroup_id, comm) = unsafe {
+                let now = bpf_ktime_get_ns();
+                if task == Task::Current {
+                    (now, bpf_get_current_pid_tgid(), bpf_get_current_cgroup_id(), bpf_get_current_comm().unwrap_or([0; 16]))
+                } else {
+                    (now, 0, 0, [0u8; 16])
+                }
+            };
+            #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32s")]
+            entry.write(Event {
+                ts_ns,
+                cgroup_id,
+                pid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                comm: comm.map(|c| c as u8),
+                hook,
+                protocol,
+                addr: *addr,
+                port,
+                verdict,
+                generation,
+                _pad: 0,
+            });
+            entry.submit(0);
+        } else {
+            bump(COUNTER_EVENTS_DROPPED);
+        }
+    } else {
+        bump(COUNTER_EVENTS_DROPPED);
+    }
+    audit
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(c) = SBX_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; programs on this CPU do not run
+        // concurrently with each other for the same slot.
+        unsafe { *c += 1 };
+    }
+}
+
+/// One event costs this many tokens; the bucket holds `burst * SCALE`.
+const SCALE: u64 = 1_000_000_000;
+
+/// Per-CPU token bucket: refills `events_per_sec` per second up to
+/// `events_burst`, so a flood of denials cannot flood the host.
+#[inline(always)]
+fn take_token() -> bool {
+    let (rate, burst) = match SBX_CONFIG.get(0) {
+        Some(c) => (u64::from(c.events_per_sec), u64::from(c.events_burst)),
+        None => return false,
+    };
+    let Some(state) = SBX_RATE.get_ptr_mut(0) else { return false };
+    // SAFETY: helper without preconditions; `state` is this CPU's slot.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        let elapsed = now.saturating_sub((*state).last_ns);
+        let cap = burst * SCALE;
+        // elapsed (ns) * rate (events/s) = tokens scaled by 10^9.
+        let refill = if elapsed >= SCALE { cap } else { elapsed * rate };
+        let tokens = (*state).tokens.saturating_add(refill).min(cap);
+        (*state).last_ns = now;
+        if tokens >= SCALE {
+            (*state).tokens = tokens - SCALE;
+            true
+        } else {
+            (*state).tokens = tokens;
+            false
+        }
+    }
+}
+
 /// Return value that lets the call proceed. The entry points return only
 /// these two constants: a verdict computed in a helper and returned through
 /// memory fails verification with "At program exit the register R0 has
@@ -44,49 +173,55 @@ enum Direction {
 
 #[cgroup_sock_addr(connect4)]
 fn sbx_connect4(ctx: SockAddrContext) -> i32 {
-    match judge4(&ctx, Direction::Dest) {
-        Ok(true) => PASS,
-        Ok(false) | Err(()) => REJECT,
+    if judge4(&ctx, Direction::Dest, HOOK_CONNECT4) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
 #[cgroup_sock_addr(connect6)]
 fn sbx_connect6(ctx: SockAddrContext) -> i32 {
-    match judge6(&ctx, Direction::Dest) {
-        Ok(true) => PASS,
-        Ok(false) | Err(()) => REJECT,
+    if judge6(&ctx, Direction::Dest, HOOK_CONNECT6) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    match judge4(&ctx, Direction::Dest) {
-        Ok(true) => PASS,
-        Ok(false) | Err(()) => REJECT,
+    if judge4(&ctx, Direction::Dest, HOOK_SENDMSG4) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
-    match judge6(&ctx, Direction::Dest) {
-        Ok(true) => PASS,
-        Ok(false) | Err(()) => REJECT,
+    if judge6(&ctx, Direction::Dest, HOOK_SENDMSG6) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
 #[cgroup_sock_addr(bind4)]
 fn sbx_bind4(ctx: SockAddrContext) -> i32 {
-    match judge4(&ctx, Direction::Bind) {
-        Ok(true) => PASS,
-        Ok(false) | Err(()) => REJECT,
+    if judge4(&ctx, Direction::Bind, HOOK_BIND4) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
 #[cgroup_sock_addr(bind6)]
 fn sbx_bind6(ctx: SockAddrContext) -> i32 {
-    match judge6(&ctx, Direction::Bind) {
-        Ok(true) => PASS,
-        Ok(false) | Err(()) => REJECT,
+    if judge6(&ctx, Direction::Bind, HOOK_BIND6) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
@@ -102,9 +237,11 @@ fn sbx_sock_create(ctx: SockContext) -> i32 {
     let (ty, proto) = unsafe {
         (ctx_u32(core::ptr::addr_of!((*sk).type_)), ctx_u32(core::ptr::addr_of!((*sk).protocol)))
     };
-    match (ty, proto) {
-        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP) => PASS,
-        _ => REJECT,
+    let allowed = matches!((ty, proto), (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP));
+    if settle(allowed, HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
@@ -124,9 +261,13 @@ fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
     let so = ctx.sockopt.cast_const();
     // SAFETY: as in `sbx_sock_create`; both fields are 4-byte ints.
     let (level, name) = unsafe { ((*so).level, (*so).optname) };
-    match (level, name) {
-        (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR) => REJECT,
-        _ => PASS,
+    let refused = matches!((level, name), (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR));
+    #[expect(clippy::cast_sign_loss, reason = "reported as raw numbers")]
+    let (level, name) = (level as u32, name as u32);
+    if settle(!refused, HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
@@ -148,69 +289,86 @@ const TCP_FLAG_ACK: u8 = 0x10;
 /// as connect. Replies (SYN-ACK, established traffic) are not judged again.
 #[cgroup_skb(egress)]
 fn sbx_egress(ctx: SkBuffContext) -> i32 {
-    match egress(&ctx) {
-        Ok(true) => PASS,
-        Ok(false) | Err(()) => REJECT,
+    if egress(&ctx) {
+        PASS
+    } else {
+        REJECT
     }
 }
 
 #[inline(always)]
-fn egress(ctx: &SkBuffContext) -> Result<bool, ()> {
+fn egress(ctx: &SkBuffContext) -> bool {
     // SAFETY: reading a field of the context.
     let proto = unsafe { (*ctx.skb.skb).protocol };
-    if proto == ETH_P_IP_BE {
-        let vihl: u8 = ctx.load(0).map_err(|_| ())?;
-        if vihl & 0x0f != 5 {
-            return Ok(false);
-        }
-        let l4: u8 = ctx.load(9).map_err(|_| ())?;
-        // Fixed-size loads: `load_bytes` clamps its length to the packet,
-        // which the verifier rejects ("R4 invalid zero-sized read").
-        let v4: [u8; 4] = ctx.load(16).map_err(|_| ())?;
-        return judge_packet(ctx, &mapped(v4), l4, 20);
-    }
-    if proto == ETH_P_IPV6_BE {
-        let mut next: u8 = ctx.load(6).map_err(|_| ())?;
-        let addr: [u8; 16] = ctx.load(24).map_err(|_| ())?;
-        let mut off = 40usize;
-        let mut i = 0;
-        while i < 4 {
-            if next == NEXTHDR_ROUTING {
-                return Ok(false);
-            }
-            if next != NEXTHDR_HOP && next != NEXTHDR_DEST {
-                break;
-            }
-            let hdr: [u8; 2] = ctx.load(off).map_err(|_| ())?;
-            next = hdr[0];
-            off += (usize::from(hdr[1]) + 1) * 8;
-            i += 1;
-        }
-        if next == NEXTHDR_ROUTING || next == NEXTHDR_HOP || next == NEXTHDR_DEST {
-            return Ok(false);
-        }
-        let addr = embedded_v4(&addr).map_or(addr, mapped);
-        return judge_packet(ctx, &addr, next, off);
-    }
-    Ok(true)
-}
-
-#[inline(always)]
-fn judge_packet(ctx: &SkBuffContext, addr: &TrieAddr, l4: u8, off: usize) -> Result<bool, ()> {
+    let Ok((addr, l4, off)) = (if proto == ETH_P_IP_BE {
+        parse_v4(ctx)
+    } else if proto == ETH_P_IPV6_BE {
+        parse_v6(ctx)
+    } else {
+        return true;
+    }) else {
+        return conclude(Err(()), HOOK_EGRESS, 0, &[0; 16], 0, Task::Unknown);
+    };
+    let Some(off) = off else {
+        // Source routing: refused whatever the destination.
+        return conclude(Ok(false), HOOK_EGRESS, u32::from(l4), &addr, 0, Task::Unknown);
+    };
     let l4 = u32::from(l4);
     if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
         // ICMP errors and the like; sock_create allows no socket that
         // sends other protocols.
-        return Ok(true);
+        return true;
     }
-    let port: u16 = u16::from_be(ctx.load(off + 2).map_err(|_| ())?);
+    let Ok(port) = ctx.load::<u16>(off + 2).map(u16::from_be) else {
+        return conclude(Err(()), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
+    };
     if l4 == IPPROTO_TCP {
-        let flags: u8 = ctx.load(off + 13).map_err(|_| ())?;
-        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
-            return Ok(true);
+        match ctx.load::<u8>(off + 13) {
+            Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN => return true,
+            Ok(_) => {}
+            Err(_) => return conclude(Err(()), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown),
         }
     }
-    decide(addr, port, l4, Direction::Dest)
+    conclude(decide(&addr, port, l4, Direction::Dest), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown)
+}
+
+/// Destination, L4 protocol, and L4 offset (`None` when the header carries
+/// IPv4 options, which may route the packet elsewhere).
+#[inline(always)]
+fn parse_v4(ctx: &SkBuffContext) -> Result<(TrieAddr, u8, Option<usize>), ()> {
+    let vihl: u8 = ctx.load(0).map_err(|_| ())?;
+    let l4: u8 = ctx.load(9).map_err(|_| ())?;
+    // Fixed-size loads: `load_bytes` clamps its length to the packet,
+    // which the verifier rejects ("R4 invalid zero-sized read").
+    let v4: [u8; 4] = ctx.load(16).map_err(|_| ())?;
+    Ok((mapped(v4), l4, (vihl & 0x0f == 5).then_some(20)))
+}
+
+/// As [`parse_v4`]; `None` when a routing header is present. Hop-by-hop
+/// and destination options headers are skipped (at most four).
+#[inline(always)]
+fn parse_v6(ctx: &SkBuffContext) -> Result<(TrieAddr, u8, Option<usize>), ()> {
+    let mut next: u8 = ctx.load(6).map_err(|_| ())?;
+    let mut addr: [u8; 16] = ctx.load(24).map_err(|_| ())?;
+    if let Some(v4) = embedded_v4(&addr) {
+        addr = mapped(v4);
+    }
+    let mut off = 40usize;
+    let mut i = 0;
+    while i < 4 {
+        if next == NEXTHDR_ROUTING {
+            return Ok((addr, next, None));
+        }
+        if next != NEXTHDR_HOP && next != NEXTHDR_DEST {
+            return Ok((addr, next, Some(off)));
+        }
+        let hdr: [u8; 2] = ctx.load(off).map_err(|_| ())?;
+        next = hdr[0];
+        off += (usize::from(hdr[1]) + 1) * 8;
+        i += 1;
+    }
+    // Deeper option chains than any real sender uses: refuse.
+    Ok((addr, next, None))
 }
 
 /// Reads a 4-byte field of `bpf_sock_addr`.
@@ -245,17 +403,18 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 }
 
 #[inline(always)]
-fn judge4(ctx: &SockAddrContext, dir: Direction) -> Result<bool, ()> {
+fn judge4(ctx: &SockAddrContext, dir: Direction, hook: u32) -> bool {
     let sa = ctx.sock_addr.cast_const();
     // SAFETY: as in `port`. `user_ip4` is in network byte order, so its
     // in-memory bytes are the address octets in order.
     let ip = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes();
     let addr = mapped(ip);
-    decide(&addr, port(sa), protocol(sa), dir)
+    let (port, proto) = (port(sa), protocol(sa));
+    conclude(decide(&addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current)
 }
 
 #[inline(always)]
-fn judge6(ctx: &SockAddrContext, dir: Direction) -> Result<bool, ()> {
+fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32) -> bool {
     let sa = ctx.sock_addr.cast_const();
     let mut addr = [0u8; 16];
     let mut i = 0;
@@ -265,8 +424,31 @@ fn judge6(ctx: &SockAddrContext, dir: Direction) -> Result<bool, ()> {
         addr[i * 4..i * 4 + 4].copy_from_slice(&word);
         i += 1;
     }
-    let addr = embedded_v4(&addr).map_or(addr, mapped);
-    decide(&addr, port(sa), protocol(sa), dir)
+    let (port, proto) = (port(sa), protocol(sa));
+    let verdict = match embedded_v4(&addr) {
+        // A NAT64/6to4 form of a local address leaves the host; it is
+        // not loopback, and it is nothing a policy can name. Refuse it.
+        Some(v4) if v4[0] == 127 || v4[0] == 0 => Ok(false),
+        Some(v4) => {
+            addr = mapped(v4);
+            decide(&addr, port, proto, dir)
+        }
+        None => decide(&addr, port, proto, dir),
+    };
+    conclude(verdict, hook, proto, &addr, u32::from(port), Task::Current)
+}
+
+/// Turns a decision into the program's answer, counting and reporting it.
+/// An internal error rejects, in audit mode too.
+#[inline(always)]
+fn conclude(verdict: Result<bool, ()>, hook: u32, proto: u32, addr: &TrieAddr, port: u32, task: Task) -> bool {
+    match verdict {
+        Ok(allowed) => settle(allowed, hook, proto, addr, port, task),
+        Err(()) => {
+            settle(false, hook, proto, addr, port, task);
+            false
+        }
+    }
 }
 
 /// `::ffff:a.b.c.d`, the trie's encoding of an IPv4 address.

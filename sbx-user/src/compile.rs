@@ -415,7 +415,9 @@ fn lower(rules: &[Rule]) -> Vec<CRule> {
 
 /// Compiles `policy` for tries of capacity `max_entries`.
 pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileError> {
-    let Policy { default, loopback, proxy: _, rules, bind } = policy;
+    // `mode` goes to the config map and `filesystem` to Landlock; neither
+    // changes the tries.
+    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _ } = policy;
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);

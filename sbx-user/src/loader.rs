@@ -16,7 +16,7 @@ use aya::{
     programs::Program,
     Ebpf, EbpfLoader,
 };
-use sbx_common::{PortTable, TrieAddr, TrieValue, MAP_BIND, MAP_DEST, MAP_PORTS, PROGRAMS};
+use sbx_common::{Config, PortTable, TrieAddr, TrieValue, MAPS, MAP_BIND, MAP_CONFIG, MAP_DEST, MAP_EVENTS, MAP_PORTS, PROGRAMS};
 
 use crate::{
     cgroup::{fs_magic, Cgroup},
@@ -126,7 +126,14 @@ pub struct AttachOptions {
     pub max_entries: u32,
     /// Swap the programs of an existing sbx attachment atomically.
     pub replace: bool,
+    /// The sandbox settings the programs read.
+    pub config: Config,
+    /// Size of the event ring buffer in bytes (a power of two, at least a page).
+    pub events_bytes: u32,
 }
+
+/// Default event ring buffer size: 64 KiB, about 800 events.
+pub const DEFAULT_EVENTS_BYTES: u32 = 64 * 1024;
 
 /// What [`attach`] did.
 #[derive(Clone, Debug)]
@@ -143,7 +150,9 @@ fn pin_name_link(program: &str) -> String {
     format!("link_{program}")
 }
 
-fn pin_name_map(map: &str) -> String {
+/// Pin file name of map `map`.
+#[must_use]
+pub fn pin_name_map(map: &str) -> String {
     format!("map_{map}")
 }
 
@@ -168,14 +177,21 @@ pub fn ensure_bpffs(paths: &Paths) -> Result<(), LoaderError> {
 }
 
 /// Loads the object and fills its maps with `compiled`.
-fn load(compiled: &Compiled, max_entries: u32) -> Result<Ebpf, LoaderError> {
+fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
     let tables = u32::try_from(compiled.tables.len().max(1)).expect("tables fit u32");
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(MAP_DEST, max_entries)
-        .map_max_entries(MAP_BIND, max_entries)
+        .map_max_entries(MAP_DEST, opts.max_entries)
+        .map_max_entries(MAP_BIND, opts.max_entries)
         .map_max_entries(MAP_PORTS, tables)
+        .map_max_entries(MAP_EVENTS, opts.events_bytes)
         .load(OBJECT)
         .map_err(LoaderError::Load)?;
+    {
+        let map = ebpf.map_mut(MAP_CONFIG).expect("object defines SBX_CONFIG");
+        let mut config: Array<&mut MapData, Config> =
+            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
+        config.set(0, opts.config, 0).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
+    }
     fill_trie(&mut ebpf, MAP_DEST, &compiled.dest)?;
     fill_trie(&mut ebpf, MAP_BIND, &compiled.bind)?;
     {
@@ -290,7 +306,7 @@ pub fn attach(
             return Err(LoaderError::AlreadyAttached { cgroup: cg.path.clone(), detail: detail.clone() });
         }
     }
-    let mut ebpf = load(compiled, opts.max_entries)?;
+    let mut ebpf = load(compiled, opts)?;
     let pin_dir = paths.pin_dir(cg.id);
     let prog_ids = HOOKS
         .iter()
@@ -318,7 +334,7 @@ pub fn attach(
     let mut pin_all = || -> Result<(), LoaderError> {
         let pin_err = |path: &Path, detail: String| LoaderError::Pin { action: "pinning", path: path.to_owned(), detail };
         fs::create_dir_all(&pin_dir).map_err(|e| pin_err(&pin_dir, e.to_string()))?;
-        for map in [MAP_DEST, MAP_BIND, MAP_PORTS] {
+        for map in MAPS {
             let path = pin_dir.join(pin_name_map(map));
             ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
         }
@@ -353,7 +369,7 @@ fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoaderError> 
         sys::link_update(fd.as_fd(), prog_fd.as_fd())
             .map_err(|e| pin_err("updating link", path, e.to_string()))?;
     }
-    for map in [MAP_DEST, MAP_BIND, MAP_PORTS] {
+    for map in MAPS {
         let path = pin_dir.join(pin_name_map(map));
         let _ = fs::remove_file(&path);
         ebpf.map(map)

@@ -15,7 +15,7 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -158,6 +158,26 @@ pub enum Bind {
     Rules(Vec<Rule>),
 }
 
+/// Enforce or only report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse what the policy denies.
+    #[default]
+    Enforce,
+    /// Refuse nothing; report every call enforce mode would refuse.
+    Audit,
+}
+
+/// Landlock filesystem rules for `run`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsPolicy {
+    /// Canonical paths readable and executable.
+    pub read: Vec<PathBuf>,
+    /// Canonical paths readable, writable, creatable, removable.
+    pub write: Vec<PathBuf>,
+}
+
 /// A complete, validated egress policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -172,6 +192,12 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Bind policy.
     pub bind: Bind,
+    /// Enforce or audit.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Filesystem rules (`run` only); `None` when none were given.
+    #[serde(default)]
+    pub filesystem: Option<FsPolicy>,
 }
 
 /// A policy input problem, with where it was and what was wrong.
@@ -264,6 +290,9 @@ pub fn parse_rule(
                 ))
             }
         };
+        if rest.is_empty() {
+            return Err(invalid(origin, text, format!("nothing after `{scheme}://`; write a target such as `{scheme}://any`, `{scheme}://:53` or `{scheme}://10.0.0.0/8:443`")));
+        }
         (protocols, rest)
     } else {
         (Protocols::BOTH, trimmed)
@@ -332,7 +361,8 @@ pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
 
 fn parse_port(s: &str) -> Result<u16, String> {
     let s = s.trim();
-    s.parse::<u16>().map_err(|_| {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    s.parse::<u16>().ok().filter(|_| digits).ok_or_else(|| {
         if s.chars().all(|c| c.is_ascii_digit()) && !s.is_empty() {
             format!("port `{s}` is out of range (0-65535)")
         } else {
@@ -444,6 +474,9 @@ pub struct Layer {
     proxy: Option<(SocketAddr, Origin)>,
     rules: Vec<Rule>,
     bind: Option<Bind>,
+    mode: Option<Mode>,
+    fs_read: Vec<PathBuf>,
+    fs_write: Vec<PathBuf>,
 }
 
 /// Builds a [`Policy`] from layers applied in order; later layers override
@@ -462,8 +495,13 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind } = layer;
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write } = layer;
         let m = &mut self.merged;
+        if mode.is_some() {
+            m.mode = mode;
+        }
+        m.fs_read.extend(fs_read);
+        m.fs_write.extend(fs_write);
         if default.is_some() {
             m.default = default;
         }
@@ -482,9 +520,12 @@ impl PolicyBuilder {
 
     /// Checks the merged settings against each other and produces the policy.
     pub fn build(&self) -> Result<Policy, PolicyError> {
-        let Layer { default, loopback, proxy, rules, bind } = self.merged.clone();
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write } = self.merged.clone();
         let mut rules = rules;
         let bind = bind.unwrap_or(Bind::Loopback);
+        let mode = mode.unwrap_or_default();
+        let filesystem = (!fs_read.is_empty() || !fs_write.is_empty())
+            .then(|| FsPolicy { read: dedup(fs_read), write: dedup(fs_write) });
         let Some((proxy_addr, proxy_origin)) = proxy else {
             return Ok(Policy {
                 default: default.map_or(Action::Deny, |(a, _)| a),
@@ -492,6 +533,8 @@ impl PolicyBuilder {
                 proxy: None,
                 rules,
                 bind,
+                mode,
+                filesystem,
             });
         };
         if let Some((Action::Allow, origin)) = &default {
@@ -527,8 +570,24 @@ impl PolicyBuilder {
             });
             loopback.unwrap_or(Loopback::None)
         };
-        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind })
+        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem })
     }
+}
+
+fn dedup(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Canonicalises a filesystem rule path, which must exist.
+fn fs_path(raw: &str, origin: &Origin) -> Result<PathBuf, PolicyError> {
+    if raw.trim().is_empty() {
+        return Err(invalid(origin, raw, "empty path"));
+    }
+    std::fs::canonicalize(raw).map_err(|e| {
+        invalid(origin, raw, format!("{e}; filesystem rules must name existing paths"))
+    })
 }
 
 /// Command-line policy flags, already split into their raw values.
@@ -547,6 +606,12 @@ pub struct FlagInput {
     pub proxy: Option<String>,
     /// `--bind`.
     pub bind: Option<String>,
+    /// `--audit`.
+    pub audit: bool,
+    /// `--fs-read`.
+    pub fs_read: Vec<String>,
+    /// `--fs-write`.
+    pub fs_write: Vec<String>,
 }
 
 /// Splits a flag value holding several rules separated by commas.
@@ -602,6 +667,15 @@ impl FlagInput {
         if let Some(p) = &self.proxy {
             let origin = Origin::flag("--proxy");
             layer.proxy = Some((parse_proxy(p, &origin)?, origin));
+        }
+        if self.audit {
+            layer.mode = Some(Mode::Audit);
+        }
+        for (flag, values, out) in [("--fs-read", &self.fs_read, &mut layer.fs_read), ("--fs-write", &self.fs_write, &mut layer.fs_write)] {
+            let origin = Origin::flag(flag);
+            for v in values {
+                out.push(fs_path(v, &origin)?);
+            }
         }
         if let Some(b) = &self.bind {
             let origin = Origin::flag("--bind");
@@ -667,6 +741,16 @@ fn parse_proxy(s: &str, origin: &Origin) -> Result<SocketAddr, PolicyError> {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     network: Option<RawNetwork>,
+    filesystem: Option<RawFilesystem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilesystem {
+    #[serde(default)]
+    read: Vec<Spanned<String>>,
+    #[serde(default)]
+    write: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -680,6 +764,7 @@ struct RawNetwork {
     #[serde(default)]
     deny: Vec<Spanned<String>>,
     bind: Option<Spanned<toml::Value>>,
+    mode: Option<Spanned<String>>,
 }
 
 fn line_of(src: &str, offset: usize) -> usize {
@@ -702,9 +787,24 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         message: e.message().trim().to_owned(),
     })?;
     let mut layer = Layer::default();
-    let Some(net) = raw.network else { return Ok(layer) };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind } = net;
     let at = |span: std::ops::Range<usize>| Origin { source: name.to_owned(), line: Some(line_of(src, span.start)) };
+    if let Some(fs) = raw.filesystem {
+        let RawFilesystem { read, write } = fs;
+        for (list, out) in [(read, &mut layer.fs_read), (write, &mut layer.fs_write)] {
+            for item in list {
+                out.push(fs_path(item.get_ref(), &at(item.span()))?);
+            }
+        }
+    }
+    let Some(net) = raw.network else { return Ok(layer) };
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode } = net;
+    if let Some(m) = mode {
+        layer.mode = Some(match m.get_ref().as_str() {
+            "enforce" => Mode::Enforce,
+            "audit" => Mode::Audit,
+            other => return Err(invalid(&at(m.span()), other, "mode must be \"enforce\" or \"audit\"")),
+        });
+    }
     if let Some(d) = default {
         let origin = at(d.span());
         layer.default = Some((parse_action(d.get_ref(), &origin)?, origin));
@@ -852,8 +952,11 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem } = self;
         let mut out = vec![format!("default: {default}")];
+        if *mode == Mode::Audit {
+            out.push("mode: AUDIT (nothing is blocked; would-be denials are reported)".to_owned());
+        }
         out.push(format!(
             "loopback: {}",
             match loopback {
@@ -876,6 +979,11 @@ impl Policy {
                 Bind::Rules(r) => r.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join(", "),
             }
         ));
+        if let Some(fs) = filesystem {
+            let list = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            out.push(format!("filesystem read: {}", list(&fs.read)));
+            out.push(format!("filesystem write: {}", list(&fs.write)));
+        }
         out
     }
 }

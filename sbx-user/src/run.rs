@@ -21,9 +21,8 @@ use std::{
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
     confine::{Confinement, Identity},
-    loader::AttachOptions,
     policy::Policy,
-    sandbox::{install, uninstall, Owner, SandboxError},
+    sandbox::{default_options, install, uninstall, Owner, SandboxError},
     state::Paths,
 };
 
@@ -119,7 +118,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         .map_or(0, |d| d.subsec_nanos());
     let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
-    let attach = AttachOptions { max_entries: opts.max_entries, replace: false };
+    let attach = default_options(opts.max_entries, false);
     if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
         let _ = cg.remove();
         return Err(e.into());

@@ -3,11 +3,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sbx_common::{Config, FLAG_AUDIT};
+
 use crate::{
     cgroup::Cgroup,
     compile::{compile, CompileError},
     loader::{self, AttachOptions, Attached, LoaderError},
-    policy::Policy,
+    policy::{Mode, Policy},
     state::{Paths, Record, StateError},
 };
 
@@ -34,6 +36,20 @@ pub enum Owner {
     Run(u32),
 }
 
+/// Default event rate limit per CPU (events per second, and burst).
+pub const DEFAULT_EVENT_RATE: u32 = 1000;
+
+/// Attach options with sbx's defaults.
+#[must_use]
+pub fn default_options(max_entries: u32, replace: bool) -> AttachOptions {
+    AttachOptions {
+        max_entries,
+        replace,
+        config: Config { flags: 0, generation: 0, events_per_sec: DEFAULT_EVENT_RATE, events_burst: DEFAULT_EVENT_RATE },
+        events_bytes: loader::DEFAULT_EVENTS_BYTES,
+    }
+}
+
 /// Compiles `policy`, attaches it to `cg` and records it. Nothing is left
 /// attached if any step fails.
 pub fn install(
@@ -44,6 +60,13 @@ pub fn install(
     owner: Owner,
 ) -> Result<(Attached, Record), SandboxError> {
     let compiled = compile(policy, opts.max_entries)?;
+    let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
+    let mut opts = opts;
+    opts.config = Config {
+        flags: if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 },
+        generation,
+        ..opts.config
+    };
     let attached = loader::attach(cg, &compiled, opts, paths)?;
     let (by, runner_pid) = match owner {
         Owner::Attach => ("attach", None),
@@ -60,6 +83,7 @@ pub fn install(
         bind_entries: compiled.bind.len(),
         tables: compiled.tables.len(),
         max_entries: opts.max_entries,
+        generation,
     };
     if let Err(e) = record.save(paths) {
         if !attached.replaced {

@@ -73,6 +73,9 @@ pub struct Record {
     pub tables: usize,
     /// Capacity of each trie.
     pub max_entries: u32,
+    /// Policy generation, bumped by every update; events carry it.
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// A record could not be read or written.

@@ -8,8 +8,8 @@ use clap::Args;
 use super::{GlobalArgs, PolicyArgs};
 use crate::{
     cgroup::Cgroup,
-    loader::{AttachOptions, HOOKS},
-    sandbox::{install, Owner},
+    loader::HOOKS,
+    sandbox::{default_options, install, Owner},
 };
 
 /// Arguments of `attach`.
@@ -28,9 +28,10 @@ pub struct AttachArgs {
 /// Validates, attaches, pins and reports.
 pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let policy = args.policy.policy()?;
+    super::no_filesystem_rules(&policy, "attach")?;
     super::require_root("attach")?;
     let cg = Cgroup::open(&args.cgroup)?;
-    let opts = AttachOptions { max_entries: args.policy.max_rules, replace: args.replace };
+    let opts = default_options(args.policy.max_rules, args.replace);
     let (attached, record) = install(&cg, &policy, opts, &global.paths(), Owner::Attach)
         .with_context(|| format!("no policy was attached to {}", cg.path.display()))?;
     println!(

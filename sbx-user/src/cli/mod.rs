@@ -17,6 +17,7 @@ pub mod detach;
 pub mod profiles;
 pub mod run;
 pub mod status;
+pub mod update;
 
 const POLICY_HELP: &str = "\
 POLICY FILE (TOML):
@@ -27,6 +28,11 @@ POLICY FILE (TOML):
   allow    = [\"10.1.2.3:5432\", \"192.168.0.0/16:80,443\", \"[2001:db8::/32]:443\", \"udp://10.0.0.53:53\"]
   deny     = [\"private\", \"metadata\", \":25\", \"tcp://0.0.0.0/0:6000-6063\"]
   bind     = \"loopback\"            # \"loopback\" | \"any\" | [\"0.0.0.0:8080\", ...]
+  mode     = \"enforce\"             # \"enforce\" | \"audit\" (block nothing, report)
+
+  [filesystem]                     # Landlock, `run` only
+  read  = [\"/usr\", \"/etc\", \"/lib\", \"/lib64\", \"/bin\"]   # read and execute
+  write = [\"/tmp\", \".\"]                                  # read, write, create, remove
 
 RULES: [tcp://|udp://]TARGET[:PORTS]
   TARGET  IPv4/IPv6 address, CIDR ([v6/len] when ports follow), empty for any
@@ -119,6 +125,10 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Remove sbx's programs and pins from a cgroup.
     Detach(detach::DetachArgs),
+    /// Replace the policy of an attached sandbox, atomically per hook,
+    /// without restarting anything in it.
+    #[command(after_long_help = POLICY_HELP)]
+    Update(update::UpdateArgs),
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
@@ -158,6 +168,15 @@ pub struct PolicyArgs {
     /// Where the sandbox may bind: loopback, any, or a rule list.
     #[arg(long, value_name = "loopback|any|RULES")]
     pub bind: Option<String>,
+    /// Audit mode: block nothing, report every call the policy would deny.
+    #[arg(long)]
+    pub audit: bool,
+    /// Landlock: readable and executable path (run only); repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub fs_read: Vec<String>,
+    /// Landlock: writable path (run only); repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub fs_write: Vec<String>,
     /// Capacity of each policy trie (rules after expansion).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_MAX_ENTRIES)))]
@@ -174,6 +193,9 @@ impl PolicyArgs {
             loopback: self.loopback.clone(),
             proxy: self.proxy.clone(),
             bind: self.bind.clone(),
+            audit: self.audit,
+            fs_read: self.fs_read.clone(),
+            fs_write: self.fs_write.clone(),
         };
         Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
     }
@@ -185,6 +207,17 @@ pub fn require_root(what: &str) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
             "{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach cgroup programs)\nHint: run it with sudo; the sandboxed command itself gets no privileges"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses filesystem rules where they cannot apply: Landlock restricts a
+/// process sbx starts, not a cgroup.
+pub fn no_filesystem_rules(policy: &Policy, command: &str) -> anyhow::Result<()> {
+    if policy.filesystem.is_some() {
+        anyhow::bail!(
+            "filesystem rules ([filesystem], --fs-read, --fs-write) apply only to `sbx-user run`: Landlock restricts a process sbx starts, not a cgroup; `{command}` cannot enforce them"
         );
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! Table-driven tests of rule parsing, normalisation, error messages,
 //! TOML files, flags, proxy-only mode, profiles and layering.
 
-#![expect(clippy::too_many_lines, reason = "tables of cases read best in one place")]
+#![expect(clippy::too_many_lines, reason = "tables of cases read best whole")]
 
 use super::*;
 
@@ -13,7 +13,8 @@ fn origin() -> Origin {
 }
 
 fn net(s: &str) -> IpNet {
-    s.parse().unwrap_or_else(|e| panic!("test literal {s}: {e}"))
+    s.parse()
+        .unwrap_or_else(|e| panic!("test literal {s}: {e}"))
 }
 
 fn nets_of(list: &[&str]) -> Vec<IpNet> {
@@ -74,11 +75,16 @@ fn policy_toml(src: &str) -> Policy {
 }
 
 fn flags_layer(flags: &FlagInput) -> Layer {
-    flags.to_layer().unwrap_or_else(|e| panic!("flags should parse: {e}\n{flags:?}"))
+    flags
+        .to_layer()
+        .unwrap_or_else(|e| panic!("flags should parse: {e}\n{flags:?}"))
 }
 
 fn proxy_flags(proxy: &str) -> FlagInput {
-    FlagInput { proxy: Some(proxy.to_owned()), ..FlagInput::default() }
+    FlagInput {
+        proxy: Some(proxy.to_owned()),
+        ..FlagInput::default()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -90,44 +96,194 @@ fn parses_rules() {
     let cases: &[(&str, Protocols, &[&str], Vec<PortRange>)] = &[
         ("10.0.0.1", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
         ("10.0.0.0/8", Protocols::BOTH, &["10.0.0.0/8"], all.clone()),
-        ("10.0.0.1:443", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(443, 443)]),
-        ("tcp://10.0.0.1:443", Protocols::TCP, &["10.0.0.1/32"], vec![pr(443, 443)]),
-        ("udp://10.0.0.0/24:53", Protocols::UDP, &["10.0.0.0/24"], vec![pr(53, 53)]),
-        ("TCP://10.0.0.1", Protocols::TCP, &["10.0.0.1/32"], all.clone()),
-        ("Udp://10.0.0.1", Protocols::UDP, &["10.0.0.1/32"], all.clone()),
-        ("  10.0.0.1:80  ", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
+        (
+            "10.0.0.1:443",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(443, 443)],
+        ),
+        (
+            "tcp://10.0.0.1:443",
+            Protocols::TCP,
+            &["10.0.0.1/32"],
+            vec![pr(443, 443)],
+        ),
+        (
+            "udp://10.0.0.0/24:53",
+            Protocols::UDP,
+            &["10.0.0.0/24"],
+            vec![pr(53, 53)],
+        ),
+        (
+            "TCP://10.0.0.1",
+            Protocols::TCP,
+            &["10.0.0.1/32"],
+            all.clone(),
+        ),
+        (
+            "Udp://10.0.0.1",
+            Protocols::UDP,
+            &["10.0.0.1/32"],
+            all.clone(),
+        ),
+        (
+            "  10.0.0.1:80  ",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(80, 80)],
+        ),
         ("10.0.0.1:*", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
-        ("10.0.0.1:0", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(0, 0)]),
-        ("10.0.0.1:65535", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(65535, 65535)]),
-        ("10.0.0.1:0-65535", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
-        ("10.0.0.1:8000-8100", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(8000, 8100)]),
-        ("10.0.0.1:5-5", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(5, 5)]),
-        ("10.0.0.1:443,80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80), pr(443, 443)]),
-        ("10.0.0.1: 80 , 443 ", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80), pr(443, 443)]),
+        (
+            "10.0.0.1:0",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(0, 0)],
+        ),
+        (
+            "10.0.0.1:65535",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(65535, 65535)],
+        ),
+        (
+            "10.0.0.1:0-65535",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            all.clone(),
+        ),
+        (
+            "10.0.0.1:8000-8100",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(8000, 8100)],
+        ),
+        (
+            "10.0.0.1:5-5",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(5, 5)],
+        ),
+        (
+            "10.0.0.1:443,80",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(80, 80), pr(443, 443)],
+        ),
+        (
+            "10.0.0.1: 80 , 443 ",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(80, 80), pr(443, 443)],
+        ),
         // Overlapping and adjacent ranges merge; duplicates vanish.
-        ("10.0.0.1:443,80,81-90,85", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 90), pr(443, 443)]),
-        ("10.0.0.1:1-5,6-10", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(1, 10)]),
-        ("10.0.0.1:1-5,7-10", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(1, 5), pr(7, 10)]),
-        ("10.0.0.1:80,80,80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
-        ("10.0.0.1:80,*", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
-        ("10.0.0.1:65535,0-65534", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        (
+            "10.0.0.1:443,80,81-90,85",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(80, 90), pr(443, 443)],
+        ),
+        (
+            "10.0.0.1:1-5,6-10",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(1, 10)],
+        ),
+        (
+            "10.0.0.1:1-5,7-10",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(1, 5), pr(7, 10)],
+        ),
+        (
+            "10.0.0.1:80,80,80",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(80, 80)],
+        ),
+        (
+            "10.0.0.1:80,*",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            all.clone(),
+        ),
+        (
+            "10.0.0.1:65535,0-65534",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            all.clone(),
+        ),
         // Bracketed IPv6, with and without ports and prefix.
-        ("[2001:db8::1]:443", Protocols::BOTH, &["2001:db8::1/128"], vec![pr(443, 443)]),
-        ("tcp://[2001:db8::1]:80,443", Protocols::TCP, &["2001:db8::1/128"], vec![pr(80, 80), pr(443, 443)]),
-        ("[2001:db8::/32]:8000-8100", Protocols::BOTH, &["2001:db8::/32"], vec![pr(8000, 8100)]),
-        ("[2001:db8::1]", Protocols::BOTH, &["2001:db8::1/128"], all.clone()),
-        ("[10.0.0.1]:80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
+        (
+            "[2001:db8::1]:443",
+            Protocols::BOTH,
+            &["2001:db8::1/128"],
+            vec![pr(443, 443)],
+        ),
+        (
+            "tcp://[2001:db8::1]:80,443",
+            Protocols::TCP,
+            &["2001:db8::1/128"],
+            vec![pr(80, 80), pr(443, 443)],
+        ),
+        (
+            "[2001:db8::/32]:8000-8100",
+            Protocols::BOTH,
+            &["2001:db8::/32"],
+            vec![pr(8000, 8100)],
+        ),
+        (
+            "[2001:db8::1]",
+            Protocols::BOTH,
+            &["2001:db8::1/128"],
+            all.clone(),
+        ),
+        (
+            "[10.0.0.1]:80",
+            Protocols::BOTH,
+            &["10.0.0.1/32"],
+            vec![pr(80, 80)],
+        ),
         // Bare IPv6 carries no ports.
-        ("2001:db8::1", Protocols::BOTH, &["2001:db8::1/128"], all.clone()),
-        ("udp://2001:db8::/48", Protocols::UDP, &["2001:db8::/48"], all.clone()),
+        (
+            "2001:db8::1",
+            Protocols::BOTH,
+            &["2001:db8::1/128"],
+            all.clone(),
+        ),
+        (
+            "udp://2001:db8::/48",
+            Protocols::UDP,
+            &["2001:db8::/48"],
+            all.clone(),
+        ),
         ("fd00::/8", Protocols::BOTH, &["fd00::/8"], all.clone()),
         // An empty target is any host.
-        (":25", Protocols::BOTH, &["0.0.0.0/0", "::/0"], vec![pr(25, 25)]),
-        ("tcp://:25,587", Protocols::TCP, &["0.0.0.0/0", "::/0"], vec![pr(25, 25), pr(587, 587)]),
+        (
+            ":25",
+            Protocols::BOTH,
+            &["0.0.0.0/0", "::/0"],
+            vec![pr(25, 25)],
+        ),
+        (
+            "tcp://:25,587",
+            Protocols::TCP,
+            &["0.0.0.0/0", "::/0"],
+            vec![pr(25, 25), pr(587, 587)],
+        ),
         // Tokens, any case.
         ("any", Protocols::BOTH, &["0.0.0.0/0", "::/0"], all.clone()),
-        ("ANY:53", Protocols::BOTH, &["0.0.0.0/0", "::/0"], vec![pr(53, 53)]),
-        ("udp://any:53", Protocols::UDP, &["0.0.0.0/0", "::/0"], vec![pr(53, 53)]),
+        (
+            "ANY:53",
+            Protocols::BOTH,
+            &["0.0.0.0/0", "::/0"],
+            vec![pr(53, 53)],
+        ),
+        (
+            "udp://any:53",
+            Protocols::UDP,
+            &["0.0.0.0/0", "::/0"],
+            vec![pr(53, 53)],
+        ),
         (
             "private",
             Protocols::BOTH,
@@ -142,17 +298,47 @@ fn parses_rules() {
             ],
             all.clone(),
         ),
-        ("Private:22", Protocols::BOTH, &PRIVATE_NETS, vec![pr(22, 22)]),
-        ("metadata", Protocols::BOTH, &["169.254.169.254/32", "fd00:ec2::254/128"], all.clone()),
-        ("tcp://metadata:80", Protocols::TCP, &METADATA_NETS, vec![pr(80, 80)]),
+        (
+            "Private:22",
+            Protocols::BOTH,
+            &PRIVATE_NETS,
+            vec![pr(22, 22)],
+        ),
+        (
+            "metadata",
+            Protocols::BOTH,
+            &["169.254.169.254/32", "fd00:ec2::254/128"],
+            all.clone(),
+        ),
+        (
+            "tcp://metadata:80",
+            Protocols::TCP,
+            &METADATA_NETS,
+            vec![pr(80, 80)],
+        ),
         // Addresses near, but not in, the local host ranges.
-        ("126.255.255.255", Protocols::BOTH, &["126.255.255.255/32"], all.clone()),
+        (
+            "126.255.255.255",
+            Protocols::BOTH,
+            &["126.255.255.255/32"],
+            all.clone(),
+        ),
         ("128.0.0.1", Protocols::BOTH, &["128.0.0.1/32"], all.clone()),
         ("0.0.0.0/0", Protocols::BOTH, &["0.0.0.0/0"], all.clone()),
         ("0.0.0.0/8", Protocols::BOTH, &["0.0.0.0/8"], all.clone()),
         ("::2", Protocols::BOTH, &["::2/128"], all.clone()),
-        ("[::/127]:80", Protocols::BOTH, &["::/127"], vec![pr(80, 80)]),
-        ("[64:ff9b:1::/48]:80", Protocols::BOTH, &["64:ff9b:1::/48"], vec![pr(80, 80)]),
+        (
+            "[::/127]:80",
+            Protocols::BOTH,
+            &["::/127"],
+            vec![pr(80, 80)],
+        ),
+        (
+            "[64:ff9b:1::/48]:80",
+            Protocols::BOTH,
+            &["64:ff9b:1::/48"],
+            vec![pr(80, 80)],
+        ),
         ("2001::/16", Protocols::BOTH, &["2001::/16"], all.clone()),
     ];
     for (text, protocols, want_nets, ports) in cases {
@@ -160,7 +346,11 @@ fn parses_rules() {
         assert_eq!(r.protocols, *protocols, "protocols of `{text}`");
         assert_eq!(r.nets, nets_of(want_nets), "nets of `{text}`");
         assert_eq!(&r.ports, ports, "ports of `{text}`");
-        assert_eq!(r.text, text.trim(), "text of `{text}` is kept as written (trimmed)");
+        assert_eq!(
+            r.text,
+            text.trim(),
+            "text of `{text}` is kept as written (trimmed)"
+        );
         assert_eq!(r.action, Action::Allow);
         assert_eq!(r.origin, origin());
     }
@@ -168,7 +358,10 @@ fn parses_rules() {
 
 #[test]
 fn parse_rule_keeps_action_and_origin() {
-    let at = Origin { source: "p.toml".into(), line: Some(7) };
+    let at = Origin {
+        source: "p.toml".into(),
+        line: Some(7),
+    };
     for action in [Action::Allow, Action::Deny] {
         let r = parse_rule("10.0.0.1", action, &at, RuleContext::Destination).expect("valid");
         assert_eq!(r.action, action);
@@ -199,10 +392,17 @@ fn normalises_networks() {
         ("::ffff:0:0/95", "::fffe:0:0/95"),
     ];
     for (text, want) in cases {
-        assert_eq!(rule(text).nets, vec![net(want)], "`{text}` normalises to {want}");
+        assert_eq!(
+            rule(text).nets,
+            vec![net(want)],
+            "`{text}` normalises to {want}"
+        );
     }
     let r = rule("[::ffff:10.0.0.1]:80");
-    assert_eq!((r.nets, r.ports), (vec![net("10.0.0.1/32")], vec![pr(80, 80)]));
+    assert_eq!(
+        (r.nets, r.ports),
+        (vec![net("10.0.0.1/32")], vec![pr(80, 80)])
+    );
 }
 
 #[test]
@@ -285,9 +485,15 @@ fn rejects_bad_rules() {
     ];
     for (text, words) in cases {
         let msg = rule_err(text);
-        assert!(msg.starts_with("--allow: "), "`{text}`: message should start with the origin: {msg}");
+        assert!(
+            msg.starts_with("--allow: "),
+            "`{text}`: message should start with the origin: {msg}"
+        );
         for w in *words {
-            assert!(msg.contains(w), "`{text}`: message should mention {w:?}: {msg}");
+            assert!(
+                msg.contains(w),
+                "`{text}`: message should mention {w:?}: {msg}"
+            );
         }
     }
 }
@@ -304,7 +510,10 @@ fn hostname_message_suggests_ip() {
 #[test]
 fn loopback_message_points_at_setting() {
     let msg = rule_err("127.0.0.1:5432");
-    assert!(msg.contains("loopback = [5432]") && msg.contains("--loopback"), "{msg}");
+    assert!(
+        msg.contains("loopback = [5432]") && msg.contains("--loopback"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -340,10 +549,18 @@ fn bind_rules_accept_local_addresses() {
     ];
     for (text, want, ports) in cases {
         let r = rule_in(text, RuleContext::Bind);
-        assert_eq!((&r.nets, &r.ports), (&vec![net(want)], ports), "bind rule `{text}`");
+        assert_eq!(
+            (&r.nets, &r.ports),
+            (&vec![net(want)], ports),
+            "bind rule `{text}`"
+        );
     }
     // Everything else is validated as for destinations.
-    for (text, word) in [("example.com:80", "hostname"), ("2002::1", "6to4"), ("1.2.3.4:0-", "not a port")] {
+    for (text, word) in [
+        ("example.com:80", "hostname"),
+        ("2002::1", "6to4"),
+        ("1.2.3.4:0-", "not a port"),
+    ] {
         let msg = rule_err_in(text, RuleContext::Bind);
         assert!(msg.contains(word), "bind rule `{text}`: {msg}");
     }
@@ -407,10 +624,18 @@ fn merge_ranges_table() {
 
 #[test]
 fn port_range_display() {
-    for (r, text) in [(PortRange::ALL, "*"), (pr(80, 80), "80"), (pr(8000, 8100), "8000-8100"), (pr(0, 0), "0")] {
+    for (r, text) in [
+        (PortRange::ALL, "*"),
+        (pr(80, 80), "80"),
+        (pr(8000, 8100), "8000-8100"),
+        (pr(0, 0), "0"),
+    ] {
         assert_eq!(r.to_string(), text);
     }
-    assert_eq!(ports_text(&[pr(80, 80), pr(443, 443), pr(8000, 8100)]), "80,443,8000-8100");
+    assert_eq!(
+        ports_text(&[pr(80, 80), pr(443, 443), pr(8000, 8100)]),
+        "80,443,8000-8100"
+    );
     assert_eq!(ports_text(&[]), "");
 }
 
@@ -422,10 +647,22 @@ fn split_rule_list_table() {
         ("10.0.0.1:80,10.0.0.2", &["10.0.0.1:80", "10.0.0.2"]),
         ("10.0.0.1,10.0.0.2", &["10.0.0.1", "10.0.0.2"]),
         ("10.0.0.1, 10.0.0.2 ", &["10.0.0.1", "10.0.0.2"]),
-        ("10.0.0.1:80,443,8000-8100,*", &["10.0.0.1:80,443,8000-8100,*"]),
-        ("10.0.0.1:80,443,10.0.0.2:53", &["10.0.0.1:80,443", "10.0.0.2:53"]),
-        ("tcp://10.0.0.1:80,443,udp://10.0.0.2:53,5353", &["tcp://10.0.0.1:80,443", "udp://10.0.0.2:53,5353"]),
-        ("[2001:db8::1]:80,443,2001:db8::2", &["[2001:db8::1]:80,443", "2001:db8::2"]),
+        (
+            "10.0.0.1:80,443,8000-8100,*",
+            &["10.0.0.1:80,443,8000-8100,*"],
+        ),
+        (
+            "10.0.0.1:80,443,10.0.0.2:53",
+            &["10.0.0.1:80,443", "10.0.0.2:53"],
+        ),
+        (
+            "tcp://10.0.0.1:80,443,udp://10.0.0.2:53,5353",
+            &["tcp://10.0.0.1:80,443", "udp://10.0.0.2:53,5353"],
+        ),
+        (
+            "[2001:db8::1]:80,443,2001:db8::2",
+            &["[2001:db8::1]:80,443", "2001:db8::2"],
+        ),
         ("2001:db8::1,2001:db8::2", &["2001:db8::1", "2001:db8::2"]),
         (":25,587", &[":25,587"]),
         ("private,metadata", &["private", "metadata"]),
@@ -455,7 +692,11 @@ fn flags_parse_into_a_layer() {
         bind: Some("127.0.0.1:8080,0.0.0.0:9000".into()),
     };
     let l = flags_layer(&flags);
-    let texts: Vec<_> = l.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.to_string())).collect();
+    let texts: Vec<_> = l
+        .rules
+        .iter()
+        .map(|r| (r.action, r.text.as_str(), r.origin.to_string()))
+        .collect();
     assert_eq!(
         texts,
         [
@@ -466,13 +707,25 @@ fn flags_parse_into_a_layer() {
         ]
     );
     assert_eq!(l.default, Some((Action::Allow, Origin::flag("--default"))));
-    assert_eq!(l.loopback, Some(Loopback::Ports(vec![pr(5432, 5432), pr(8000, 8100)])));
-    let Some(Bind::Rules(bind)) = &l.bind else { panic!("bind rules expected: {:?}", l.bind) };
-    let bind: Vec<_> = bind.iter().map(|r| (r.nets.clone(), r.ports.clone(), r.action)).collect();
+    assert_eq!(
+        l.loopback,
+        Some(Loopback::Ports(vec![pr(5432, 5432), pr(8000, 8100)]))
+    );
+    let Some(Bind::Rules(bind)) = &l.bind else {
+        panic!("bind rules expected: {:?}", l.bind)
+    };
+    let bind: Vec<_> = bind
+        .iter()
+        .map(|r| (r.nets.clone(), r.ports.clone(), r.action))
+        .collect();
     assert_eq!(
         bind,
         [
-            (vec![net("127.0.0.1/32")], vec![pr(8080, 8080)], Action::Allow),
+            (
+                vec![net("127.0.0.1/32")],
+                vec![pr(8080, 8080)],
+                Action::Allow
+            ),
             (vec![net("0.0.0.0/32")], vec![pr(9000, 9000)], Action::Allow),
         ]
     );
@@ -480,16 +733,37 @@ fn flags_parse_into_a_layer() {
 
 #[test]
 fn flag_scalars() {
-    for (text, want) in [("any", Loopback::Any), ("none", Loopback::None), (" none ", Loopback::None)] {
-        let l = flags_layer(&FlagInput { loopback: Some(text.into()), ..FlagInput::default() });
+    for (text, want) in [
+        ("any", Loopback::Any),
+        ("none", Loopback::None),
+        (" none ", Loopback::None),
+    ] {
+        let l = flags_layer(&FlagInput {
+            loopback: Some(text.into()),
+            ..FlagInput::default()
+        });
         assert_eq!(l.loopback, Some(want), "--loopback {text}");
     }
-    for (text, want) in [("loopback", Bind::Loopback), ("any", Bind::Any), (" any ", Bind::Any)] {
-        let l = flags_layer(&FlagInput { bind: Some(text.into()), ..FlagInput::default() });
+    for (text, want) in [
+        ("loopback", Bind::Loopback),
+        ("any", Bind::Any),
+        (" any ", Bind::Any),
+    ] {
+        let l = flags_layer(&FlagInput {
+            bind: Some(text.into()),
+            ..FlagInput::default()
+        });
         assert_eq!(l.bind, Some(want), "--bind {text}");
     }
-    for (text, want) in [("deny", Action::Deny), ("allow", Action::Allow), (" allow ", Action::Allow)] {
-        let l = flags_layer(&FlagInput { default: Some(text.into()), ..FlagInput::default() });
+    for (text, want) in [
+        ("deny", Action::Deny),
+        ("allow", Action::Allow),
+        (" allow ", Action::Allow),
+    ] {
+        let l = flags_layer(&FlagInput {
+            default: Some(text.into()),
+            ..FlagInput::default()
+        });
         assert_eq!(l.default.map(|(a, _)| a), Some(want), "--default {text}");
     }
     let proxies = [
@@ -503,38 +777,125 @@ fn flag_scalars() {
     for (text, want) in proxies {
         let l = flags_layer(&proxy_flags(text));
         let want: SocketAddr = want.parse().expect("literal");
-        assert_eq!(l.proxy, Some((want, Origin::flag("--proxy"))), "--proxy {text}");
+        assert_eq!(
+            l.proxy,
+            Some((want, Origin::flag("--proxy"))),
+            "--proxy {text}"
+        );
     }
 }
 
 #[test]
 fn flag_errors() {
     let cases: Vec<(FlagInput, &[&str])> = vec![
-        (FlagInput { allow: vec!["example.com".into()], ..FlagInput::default() }, &["--allow:", "hostname"]),
-        (FlagInput { deny: vec!["10.0.0.0/33".into()], ..FlagInput::default() }, &["--deny:", "CIDR"]),
-        (FlagInput { deny: vec!["127.0.0.1".into()], ..FlagInput::default() }, &["--deny:", "`loopback`"]),
-        (FlagInput { allow: vec!["10.0.0.1,443".into()], ..FlagInput::default() }, &["`443`", "not an IP address"]),
-        (FlagInput { allow: vec!["10.0.0.1:80,".into()], ..FlagInput::default() }, &["empty rule"]),
-        (FlagInput { default: Some("maybe".into()), ..FlagInput::default() }, &["--default:", "`maybe`", "\"deny\" or \"allow\""]),
-        (FlagInput { default: Some("Allow".into()), ..FlagInput::default() }, &["--default:"]),
-        (FlagInput { loopback: Some("all".into()), ..FlagInput::default() }, &["--loopback:", "\"any\", \"none\" or a port list"]),
-        (FlagInput { loopback: Some("70000".into()), ..FlagInput::default() }, &["--loopback:", "out of range"]),
-        (FlagInput { loopback: Some(String::new()), ..FlagInput::default() }, &["--loopback:", "empty port list"]),
+        (
+            FlagInput {
+                allow: vec!["example.com".into()],
+                ..FlagInput::default()
+            },
+            &["--allow:", "hostname"],
+        ),
+        (
+            FlagInput {
+                deny: vec!["10.0.0.0/33".into()],
+                ..FlagInput::default()
+            },
+            &["--deny:", "CIDR"],
+        ),
+        (
+            FlagInput {
+                deny: vec!["127.0.0.1".into()],
+                ..FlagInput::default()
+            },
+            &["--deny:", "`loopback`"],
+        ),
+        (
+            FlagInput {
+                allow: vec!["10.0.0.1,443".into()],
+                ..FlagInput::default()
+            },
+            &["`443`", "not an IP address"],
+        ),
+        (
+            FlagInput {
+                allow: vec!["10.0.0.1:80,".into()],
+                ..FlagInput::default()
+            },
+            &["empty rule"],
+        ),
+        (
+            FlagInput {
+                default: Some("maybe".into()),
+                ..FlagInput::default()
+            },
+            &["--default:", "`maybe`", "\"deny\" or \"allow\""],
+        ),
+        (
+            FlagInput {
+                default: Some("Allow".into()),
+                ..FlagInput::default()
+            },
+            &["--default:"],
+        ),
+        (
+            FlagInput {
+                loopback: Some("all".into()),
+                ..FlagInput::default()
+            },
+            &["--loopback:", "\"any\", \"none\" or a port list"],
+        ),
+        (
+            FlagInput {
+                loopback: Some("70000".into()),
+                ..FlagInput::default()
+            },
+            &["--loopback:", "out of range"],
+        ),
+        (
+            FlagInput {
+                loopback: Some(String::new()),
+                ..FlagInput::default()
+            },
+            &["--loopback:", "empty port list"],
+        ),
         (proxy_flags("127.0.0.1"), &["--proxy:", "ADDRESS:PORT"]),
         (proxy_flags("localhost:3128"), &["--proxy:", "ADDRESS:PORT"]),
         (proxy_flags("::1:3128"), &["--proxy:", "ADDRESS:PORT"]),
         (proxy_flags("127.0.0.1:0"), &["--proxy:", "port 0"]),
-        (proxy_flags("0.0.0.0:3128"), &["--proxy:", "not 0.0.0.0 or ::"]),
+        (
+            proxy_flags("0.0.0.0:3128"),
+            &["--proxy:", "not 0.0.0.0 or ::"],
+        ),
         (proxy_flags("[::]:3128"), &["--proxy:", "not 0.0.0.0 or ::"]),
-        (FlagInput { bind: Some("example.com:80".into()), ..FlagInput::default() }, &["--bind:", "hostname"]),
-        (FlagInput { bind: Some("everywhere".into()), ..FlagInput::default() }, &["--bind:", "hostname"]),
+        (
+            FlagInput {
+                bind: Some("example.com:80".into()),
+                ..FlagInput::default()
+            },
+            &["--bind:", "hostname"],
+        ),
+        (
+            FlagInput {
+                bind: Some("everywhere".into()),
+                ..FlagInput::default()
+            },
+            &["--bind:", "hostname"],
+        ),
     ];
     for (flags, words) in cases {
-        let e = flags.to_layer().expect_err(&format!("{flags:?} should be rejected"));
+        let e = flags
+            .to_layer()
+            .expect_err(&format!("{flags:?} should be rejected"));
         let msg = e.to_string();
-        assert!(matches!(e, PolicyError::Invalid { .. }), "{flags:?}: Invalid expected: {e:?}");
+        assert!(
+            matches!(e, PolicyError::Invalid { .. }),
+            "{flags:?}: Invalid expected: {e:?}"
+        );
         for w in words {
-            assert!(msg.contains(w), "{flags:?}: message should mention {w:?}: {msg}");
+            assert!(
+                msg.contains(w),
+                "{flags:?}: message should mention {w:?}: {msg}"
+            );
         }
     }
 }
@@ -556,10 +917,30 @@ deny = ["private"]
 bind = ["127.0.0.1:8080", "0.0.0.0:9000"]
 "#;
     let l = layer(src);
-    assert_eq!(l.default, Some((Action::Deny, Origin { source: "policy.toml".into(), line: Some(3) })));
-    assert_eq!(l.loopback, Some(Loopback::Ports(vec![pr(3000, 3000), pr(5432, 5432), pr(8000, 8100)])));
+    assert_eq!(
+        l.default,
+        Some((
+            Action::Deny,
+            Origin {
+                source: "policy.toml".into(),
+                line: Some(3)
+            }
+        ))
+    );
+    assert_eq!(
+        l.loopback,
+        Some(Loopback::Ports(vec![
+            pr(3000, 3000),
+            pr(5432, 5432),
+            pr(8000, 8100)
+        ]))
+    );
     assert_eq!(l.proxy, None);
-    let rules: Vec<_> = l.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.line)).collect();
+    let rules: Vec<_> = l
+        .rules
+        .iter()
+        .map(|r| (r.action, r.text.as_str(), r.origin.line))
+        .collect();
     assert_eq!(
         rules,
         [
@@ -569,7 +950,9 @@ bind = ["127.0.0.1:8080", "0.0.0.0:9000"]
         ]
     );
     assert_eq!(l.rules[0].origin.to_string(), "policy.toml:6");
-    let Some(Bind::Rules(bind)) = &l.bind else { panic!("bind rules expected: {:?}", l.bind) };
+    let Some(Bind::Rules(bind)) = &l.bind else {
+        panic!("bind rules expected: {:?}", l.bind)
+    };
     assert_eq!(bind.len(), 2);
     assert_eq!(bind[1].nets, vec![net("0.0.0.0/32")]);
     assert_eq!(bind[1].origin.line, Some(10));
@@ -581,11 +964,31 @@ fn toml_scalar_forms() {
         ("", None, None),
         ("[network]\n", None, None),
         ("[network]\nloopback = \"any\"\n", Some(Loopback::Any), None),
-        ("[network]\nloopback = \"none\"\n", Some(Loopback::None), None),
-        ("[network]\nloopback = []\n", Some(Loopback::Ports(vec![])), None),
-        ("[network]\nloopback = [443, 80, 81]\n", Some(Loopback::Ports(vec![pr(80, 81), pr(443, 443)])), None),
-        ("[network]\nloopback = [\"80,443\"]\n", Some(Loopback::Ports(vec![pr(80, 80), pr(443, 443)])), None),
-        ("[network]\nbind = \"loopback\"\n", None, Some(Bind::Loopback)),
+        (
+            "[network]\nloopback = \"none\"\n",
+            Some(Loopback::None),
+            None,
+        ),
+        (
+            "[network]\nloopback = []\n",
+            Some(Loopback::Ports(vec![])),
+            None,
+        ),
+        (
+            "[network]\nloopback = [443, 80, 81]\n",
+            Some(Loopback::Ports(vec![pr(80, 81), pr(443, 443)])),
+            None,
+        ),
+        (
+            "[network]\nloopback = [\"80,443\"]\n",
+            Some(Loopback::Ports(vec![pr(80, 80), pr(443, 443)])),
+            None,
+        ),
+        (
+            "[network]\nbind = \"loopback\"\n",
+            None,
+            Some(Bind::Loopback),
+        ),
         ("[network]\nbind = \"any\"\n", None, Some(Bind::Any)),
         ("[network]\nbind = []\n", None, Some(Bind::Rules(vec![]))),
         ("network = {}\n", None, None),
@@ -594,12 +997,21 @@ fn toml_scalar_forms() {
         let l = layer(src);
         assert_eq!(&l.loopback, loopback, "loopback of {src:?}");
         assert_eq!(&l.bind, bind, "bind of {src:?}");
-        assert!(l.rules.is_empty() && l.default.is_none() && l.proxy.is_none(), "{src:?}");
+        assert!(
+            l.rules.is_empty() && l.default.is_none() && l.proxy.is_none(),
+            "{src:?}"
+        );
     }
     let l = layer("[network]\nproxy = \"127.0.0.1:3128\"\n");
     assert_eq!(
         l.proxy,
-        Some(("127.0.0.1:3128".parse().expect("literal"), Origin { source: "policy.toml".into(), line: Some(2) }))
+        Some((
+            "127.0.0.1:3128".parse().expect("literal"),
+            Origin {
+                source: "policy.toml".into(),
+                line: Some(2)
+            }
+        ))
     );
 }
 
@@ -607,31 +1019,76 @@ fn toml_scalar_forms() {
 fn toml_errors_carry_the_line() {
     // (source, line in the Display text, words the message must contain)
     let cases: &[(&str, usize, &[&str])] = &[
-        ("[network]\nallow = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n", 4, &["hostname"]),
-        ("[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n", 4, &["not a valid CIDR"]),
-        ("[network]\n\n\ndeny = [\n\"127.0.0.1\"]\n", 5, &["`loopback`"]),
-        ("[network]\ndefault = \"maybe\"\n", 2, &["\"deny\" or \"allow\""]),
-        ("\n[network]\ndefault = \"allow\"\nloopback = \"some\"\n", 4, &["loopback is"]),
+        (
+            "[network]\nallow = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n",
+            4,
+            &["hostname"],
+        ),
+        (
+            "[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n",
+            4,
+            &["not a valid CIDR"],
+        ),
+        (
+            "[network]\n\n\ndeny = [\n\"127.0.0.1\"]\n",
+            5,
+            &["`loopback`"],
+        ),
+        (
+            "[network]\ndefault = \"maybe\"\n",
+            2,
+            &["\"deny\" or \"allow\""],
+        ),
+        (
+            "\n[network]\ndefault = \"allow\"\nloopback = \"some\"\n",
+            4,
+            &["loopback is"],
+        ),
         ("[network]\nloopback = 3128\n", 2, &["loopback is"]),
         ("[network]\nloopback = [\"x\"]\n", 2, &["not a port number"]),
         ("[network]\nloopback = [70000]\n", 2, &["out of range"]),
         ("[network]\nloopback = [-1]\n", 2, &["not a port number"]),
         ("[network]\nloopback = [1.5]\n", 2, &["ports are numbers"]),
-        ("[network]\nproxy = \"localhost:3128\"\n", 2, &["ADDRESS:PORT"]),
+        (
+            "[network]\nproxy = \"localhost:3128\"\n",
+            2,
+            &["ADDRESS:PORT"],
+        ),
         ("[network]\nbind = \"everywhere\"\n", 2, &["bind is"]),
         ("[network]\nbind = [8080]\n", 2, &["bind rules are strings"]),
-        ("[network]\n\nbind = [\"example.com:80\"]\n", 3, &["hostname"]),
-        ("[network]\nallow = [\"http://10.0.0.1\"]\n", 2, &["unknown protocol"]),
-        ("[network]\nallow = [\"10.0.0.1:90-80\"]\n", 2, &["runs backwards"]),
+        (
+            "[network]\n\nbind = [\"example.com:80\"]\n",
+            3,
+            &["hostname"],
+        ),
+        (
+            "[network]\nallow = [\"http://10.0.0.1\"]\n",
+            2,
+            &["unknown protocol"],
+        ),
+        (
+            "[network]\nallow = [\"10.0.0.1:90-80\"]\n",
+            2,
+            &["runs backwards"],
+        ),
         ("[network]\nallow = [\"64:ff9b::1.2.3.4\"]\n", 2, &["NAT64"]),
     ];
     for (src, line, words) in cases {
         let e = toml_err(src);
         let msg = e.to_string();
-        assert!(matches!(e, PolicyError::Invalid { .. }), "{src:?}: Invalid expected: {e:?}");
-        assert!(msg.starts_with(&format!("policy.toml:{line}: ")), "{src:?}: line {line} expected: {msg}");
+        assert!(
+            matches!(e, PolicyError::Invalid { .. }),
+            "{src:?}: Invalid expected: {e:?}"
+        );
+        assert!(
+            msg.starts_with(&format!("policy.toml:{line}: ")),
+            "{src:?}: line {line} expected: {msg}"
+        );
         for w in *words {
-            assert!(msg.contains(w), "{src:?}: message should mention {w:?}: {msg}");
+            assert!(
+                msg.contains(w),
+                "{src:?}: message should mention {w:?}: {msg}"
+            );
         }
     }
 }
@@ -640,29 +1097,64 @@ fn toml_errors_carry_the_line() {
 fn toml_syntax_and_unknown_keys() {
     // (source, line, words the message must contain)
     let cases: &[(&str, usize, &[&str])] = &[
-        ("[network]\ndefault = \"deny\"\nfoo = 1\n", 3, &["unknown field `foo`"]),
-        ("[network]\ndefault = \"deny\"\n\nallows = [\"10.0.0.1\"]\n", 4, &["unknown field `allows`"]),
-        ("[netwrk]\ndefault = \"deny\"\n", 1, &["unknown field `netwrk`"]),
+        (
+            "[network]\ndefault = \"deny\"\nfoo = 1\n",
+            3,
+            &["unknown field `foo`"],
+        ),
+        (
+            "[network]\ndefault = \"deny\"\n\nallows = [\"10.0.0.1\"]\n",
+            4,
+            &["unknown field `allows`"],
+        ),
+        (
+            "[netwrk]\ndefault = \"deny\"\n",
+            1,
+            &["unknown field `netwrk`"],
+        ),
         ("default = \"deny\"\n", 1, &["unknown field `default`"]),
-        ("[network]\n[network.extra]\n", 2, &["unknown field `extra`"]),
+        (
+            "[network]\n[network.extra]\n",
+            2,
+            &["unknown field `extra`"],
+        ),
         // Unterminated array: the parser notices at the end of the input.
-        ("[network]\ndefault = \"deny\"\nallow = [\"10.0.0.1\"\n", 4, &["expected `]`"]),
+        (
+            "[network]\ndefault = \"deny\"\nallow = [\"10.0.0.1\"\n",
+            4,
+            &["expected `]`"],
+        ),
         ("[network]\ndefault = deny\n", 2, &[]),
         ("[network]\nallow = \"10.0.0.1\"\n", 2, &["sequence"]),
         ("[network]\nallow = [1]\n", 2, &[]),
         ("[network]\ndefault = 1\n", 2, &[]),
-        ("[network]\ndefault = \"deny\"\ndefault = \"allow\"\n", 3, &[]),
+        (
+            "[network]\ndefault = \"deny\"\ndefault = \"allow\"\n",
+            3,
+            &[],
+        ),
     ];
     for (src, line, words) in cases {
         let e = toml_err(src);
-        let PolicyError::Syntax { path, line: got, message } = &e else {
+        let PolicyError::Syntax {
+            path,
+            line: got,
+            message,
+        } = &e
+        else {
             panic!("{src:?}: Syntax expected: {e:?}")
         };
         assert_eq!(path, "policy.toml");
         assert_eq!(got, line, "{src:?}: {message}");
-        assert!(e.to_string().starts_with(&format!("policy.toml:{line}: ")), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("policy.toml:{line}: ")),
+            "{e}"
+        );
         for w in *words {
-            assert!(message.contains(w), "{src:?}: message should mention {w:?}: {message}");
+            assert!(
+                message.contains(w),
+                "{src:?}: message should mention {w:?}: {message}"
+            );
         }
     }
 }
@@ -690,7 +1182,13 @@ fn empty_policy_defaults() {
     let p = build(vec![]).expect("empty policy");
     assert_eq!(
         p,
-        Policy { default: Action::Deny, loopback: Loopback::Any, proxy: None, rules: vec![], bind: Bind::Loopback }
+        Policy {
+            default: Action::Deny,
+            loopback: Loopback::Any,
+            proxy: None,
+            rules: vec![],
+            bind: Bind::Loopback
+        }
     );
     let from_sources = Policy::from_sources(None, None, &FlagInput::default()).expect("empty");
     assert_eq!(from_sources, p);
@@ -703,20 +1201,47 @@ fn proxy_only_mode() {
     // (file text, loopback expected)
     let cases: &[(&str, Loopback)] = &[
         ("proxy = \"127.0.0.1:3128\"", lo(&[pr(3128, 3128)])),
-        ("proxy = \"127.0.0.1:3128\"\ndefault = \"deny\"", lo(&[pr(3128, 3128)])),
+        (
+            "proxy = \"127.0.0.1:3128\"\ndefault = \"deny\"",
+            lo(&[pr(3128, 3128)]),
+        ),
         ("proxy = \"127.0.0.53:3128\"", lo(&[pr(3128, 3128)])),
         ("proxy = \"[::1]:8080\"", lo(&[pr(8080, 8080)])),
         ("proxy = \"[::ffff:127.0.0.1]:3128\"", lo(&[pr(3128, 3128)])),
-        ("proxy = \"127.0.0.1:3128\"\nloopback = \"any\"", Loopback::Any),
-        ("proxy = \"127.0.0.1:3128\"\nloopback = [5432]", lo(&[pr(3128, 3128), pr(5432, 5432)])),
-        ("proxy = \"127.0.0.1:3128\"\nloopback = [3128]", lo(&[pr(3128, 3128)])),
-        ("proxy = \"127.0.0.1:3128\"\nloopback = [\"3000-3200\"]", lo(&[pr(3000, 3200)])),
-        ("proxy = \"127.0.0.1:3129\"\nloopback = [3128]", lo(&[pr(3128, 3129)])),
+        (
+            "proxy = \"127.0.0.1:3128\"\nloopback = \"any\"",
+            Loopback::Any,
+        ),
+        (
+            "proxy = \"127.0.0.1:3128\"\nloopback = [5432]",
+            lo(&[pr(3128, 3128), pr(5432, 5432)]),
+        ),
+        (
+            "proxy = \"127.0.0.1:3128\"\nloopback = [3128]",
+            lo(&[pr(3128, 3128)]),
+        ),
+        (
+            "proxy = \"127.0.0.1:3128\"\nloopback = [\"3000-3200\"]",
+            lo(&[pr(3000, 3200)]),
+        ),
+        (
+            "proxy = \"127.0.0.1:3129\"\nloopback = [3128]",
+            lo(&[pr(3128, 3129)]),
+        ),
         // A proxy elsewhere leaves loopback closed unless asked.
         ("proxy = \"10.0.0.5:3128\"", Loopback::None),
-        ("proxy = \"10.0.0.5:3128\"\nloopback = \"any\"", Loopback::Any),
-        ("proxy = \"10.0.0.5:3128\"\nloopback = \"none\"", Loopback::None),
-        ("proxy = \"10.0.0.5:3128\"\nloopback = [53]", lo(&[pr(53, 53)])),
+        (
+            "proxy = \"10.0.0.5:3128\"\nloopback = \"any\"",
+            Loopback::Any,
+        ),
+        (
+            "proxy = \"10.0.0.5:3128\"\nloopback = \"none\"",
+            Loopback::None,
+        ),
+        (
+            "proxy = \"10.0.0.5:3128\"\nloopback = [53]",
+            lo(&[pr(53, 53)]),
+        ),
     ];
     for (body, loopback) in cases {
         let p = policy_toml(&format!("[network]\n{body}\n"));
@@ -730,11 +1255,22 @@ fn proxy_only_mode() {
 fn remote_proxy_adds_a_tcp_allow_rule() {
     let cases: &[(&str, &str, &str)] = &[
         ("10.0.0.5:3128", "10.0.0.5/32", "tcp://10.0.0.5:3128"),
-        ("[2001:db8::5]:3128", "2001:db8::5/128", "tcp://[2001:db8::5]:3128"),
-        ("[::ffff:10.0.0.5]:3128", "10.0.0.5/32", "tcp://10.0.0.5:3128"),
+        (
+            "[2001:db8::5]:3128",
+            "2001:db8::5/128",
+            "tcp://[2001:db8::5]:3128",
+        ),
+        (
+            "[::ffff:10.0.0.5]:3128",
+            "10.0.0.5/32",
+            "tcp://10.0.0.5:3128",
+        ),
     ];
     for (proxy, want_net, want_text) in cases {
-        let l = flags_layer(&FlagInput { deny: vec!["private".into()], ..proxy_flags(proxy) });
+        let l = flags_layer(&FlagInput {
+            deny: vec!["private".into()],
+            ..proxy_flags(proxy)
+        });
         let p = build(vec![l]).unwrap_or_else(|e| panic!("{proxy}: {e}"));
         assert_eq!(p.rules.len(), 2, "{proxy}");
         let r = &p.rules[1];
@@ -750,36 +1286,59 @@ fn remote_proxy_adds_a_tcp_allow_rule() {
     // A proxy at a NAT64 address cannot be expressed as a rule.
     let l = flags_layer(&proxy_flags("[64:ff9b::a00:5]:3128"));
     let e = build(vec![l]).expect_err("NAT64 proxy");
-    assert!(matches!(&e, PolicyError::Conflict(m) if m.contains("NAT64")), "{e:?}");
+    assert!(
+        matches!(&e, PolicyError::Conflict(m) if m.contains("NAT64")),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn proxy_conflicts() {
     let file = layer("[network]\ndefault = \"allow\"\n");
-    let e = build(vec![file, flags_layer(&proxy_flags("127.0.0.1:3128"))]).expect_err("allow + proxy");
+    let e =
+        build(vec![file, flags_layer(&proxy_flags("127.0.0.1:3128"))]).expect_err("allow + proxy");
     let msg = e.to_string();
     assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
-    for w in ["policy.toml:2", "default = \"allow\"", "--proxy", "127.0.0.1:3128", "proxy-only"] {
+    for w in [
+        "policy.toml:2",
+        "default = \"allow\"",
+        "--proxy",
+        "127.0.0.1:3128",
+        "proxy-only",
+    ] {
         assert!(msg.contains(w), "message should mention {w:?}: {msg}");
     }
 
-    let e = build(vec![layer("[network]\nproxy = \"127.0.0.1:3128\"\nloopback = \"none\"\n")])
-        .expect_err("loopback none + loopback proxy");
+    let e = build(vec![layer(
+        "[network]\nproxy = \"127.0.0.1:3128\"\nloopback = \"none\"\n",
+    )])
+    .expect_err("loopback none + loopback proxy");
     let msg = e.to_string();
     assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
-    for w in ["loopback = \"none\"", "127.0.0.1:3128", "policy.toml:2", "loopback = [3128]"] {
+    for w in [
+        "loopback = \"none\"",
+        "127.0.0.1:3128",
+        "policy.toml:2",
+        "loopback = [3128]",
+    ] {
         assert!(msg.contains(w), "message should mention {w:?}: {msg}");
     }
 
     // A later `default = "deny"` clears the conflict; a later "allow" makes it.
     let ok = build(vec![
         layer("[network]\ndefault = \"allow\"\nproxy = \"127.0.0.1:3128\"\n"),
-        flags_layer(&FlagInput { default: Some("deny".into()), ..FlagInput::default() }),
+        flags_layer(&FlagInput {
+            default: Some("deny".into()),
+            ..FlagInput::default()
+        }),
     ]);
     assert!(ok.is_ok(), "{ok:?}");
     let bad = build(vec![
         layer("[network]\nproxy = \"127.0.0.1:3128\"\n"),
-        flags_layer(&FlagInput { default: Some("allow".into()), ..FlagInput::default() }),
+        flags_layer(&FlagInput {
+            default: Some("allow".into()),
+            ..FlagInput::default()
+        }),
     ]);
     assert!(matches!(bad, Err(PolicyError::Conflict(_))), "{bad:?}");
 }
@@ -789,9 +1348,16 @@ fn profiles() {
     let agent = build(vec![profile("agent").expect("agent")]).expect("agent builds");
     assert_eq!(agent.default, Action::Deny);
     assert_eq!(agent.loopback, Loopback::Any);
-    assert_eq!(agent.proxy, Some("127.0.0.1:3128".parse().expect("literal")));
+    assert_eq!(
+        agent.proxy,
+        Some("127.0.0.1:3128".parse().expect("literal"))
+    );
     assert_eq!(agent.bind, Bind::Loopback);
-    let rules: Vec<_> = agent.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.to_string())).collect();
+    let rules: Vec<_> = agent
+        .rules
+        .iter()
+        .map(|r| (r.action, r.text.as_str(), r.origin.to_string()))
+        .collect();
     assert_eq!(
         rules,
         [
@@ -803,11 +1369,20 @@ fn profiles() {
     let offline = build(vec![profile("offline").expect("offline")]).expect("offline builds");
     assert_eq!(
         offline,
-        Policy { default: Action::Deny, loopback: Loopback::Any, proxy: None, rules: vec![], bind: Bind::Loopback }
+        Policy {
+            default: Action::Deny,
+            loopback: Loopback::Any,
+            proxy: None,
+            rules: vec![],
+            bind: Bind::Loopback
+        }
     );
 
     let open = build(vec![profile("open").expect("open")]).expect("open builds");
-    assert_eq!((open.default, open.rules.len(), open.proxy), (Action::Allow, 2, None));
+    assert_eq!(
+        (open.default, open.rules.len(), open.proxy),
+        (Action::Allow, 2, None)
+    );
 
     // Every built-in profile parses and builds on its own.
     for p in PROFILES {
@@ -819,7 +1394,14 @@ fn profiles() {
     let e = profile("agnet").expect_err("unknown profile");
     let msg = e.to_string();
     assert!(matches!(e, PolicyError::Invalid { .. }), "{e:?}");
-    for w in ["--profile", "`agnet`", "no such profile", "agent", "offline", "open"] {
+    for w in [
+        "--profile",
+        "`agnet`",
+        "no such profile",
+        "agent",
+        "offline",
+        "open",
+    ] {
         assert!(msg.contains(w), "message should mention {w:?}: {msg}");
     }
     assert!(Policy::from_sources(Some("nope"), None, &FlagInput::default()).is_err());
@@ -840,31 +1422,58 @@ fn layering() {
     let p = build(vec![file, flags]).expect("layers");
     assert_eq!(p.default, Action::Deny);
     assert_eq!(p.loopback, Loopback::Ports(vec![pr(5432, 5432)]));
-    assert_eq!(p.bind, Bind::Any, "a layer that does not say keeps the earlier setting");
-    let rules: Vec<_> = p.rules.iter().map(|r| (r.action, r.text.as_str())).collect();
-    assert_eq!(rules, [(Action::Deny, "10.0.0.0/8"), (Action::Allow, "10.1.2.3:5432")]);
+    assert_eq!(
+        p.bind,
+        Bind::Any,
+        "a layer that does not say keeps the earlier setting"
+    );
+    let rules: Vec<_> = p
+        .rules
+        .iter()
+        .map(|r| (r.action, r.text.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (Action::Deny, "10.0.0.0/8"),
+            (Action::Allow, "10.1.2.3:5432")
+        ]
+    );
 
     // Profile, then flags: the flags layer wins and conflicts are checked on
     // the merged result.
     let e = Policy::from_sources(
         Some("agent"),
         None,
-        &FlagInput { loopback: Some("none".into()), ..FlagInput::default() },
+        &FlagInput {
+            loopback: Some("none".into()),
+            ..FlagInput::default()
+        },
     )
     .expect_err("agent + --loopback none blocks the proxy");
     assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
     let p = Policy::from_sources(
         Some("agent"),
         None,
-        &FlagInput { loopback: Some("5432".into()), allow: vec!["tcp://10.1.2.3:5432".into()], ..FlagInput::default() },
+        &FlagInput {
+            loopback: Some("5432".into()),
+            allow: vec!["tcp://10.1.2.3:5432".into()],
+            ..FlagInput::default()
+        },
     )
     .expect("agent + flags");
-    assert_eq!(p.loopback, Loopback::Ports(vec![pr(3128, 3128), pr(5432, 5432)]));
+    assert_eq!(
+        p.loopback,
+        Loopback::Ports(vec![pr(3128, 3128), pr(5432, 5432)])
+    );
     assert_eq!(p.rules.len(), 3);
     let p = Policy::from_sources(
         Some("open"),
         None,
-        &FlagInput { default: Some("deny".into()), ..FlagInput::default() },
+        &FlagInput {
+            default: Some("deny".into()),
+            ..FlagInput::default()
+        },
     )
     .expect("open + --default deny");
     assert_eq!(p.default, Action::Deny);
@@ -885,25 +1494,38 @@ fn from_sources_reads_the_file() {
     let dir = std::env::temp_dir().join(format!("sbx-policy-layers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("p.toml");
-    std::fs::write(&path, "[network]\ndefault = \"allow\"\ndeny = [\"metadata\"]\n").expect("write");
+    std::fs::write(
+        &path,
+        "[network]\ndefault = \"allow\"\ndeny = [\"metadata\"]\n",
+    )
+    .expect("write");
     let p = Policy::from_sources(
         Some("offline"),
         Some(&path),
-        &FlagInput { deny: vec!["private".into()], ..FlagInput::default() },
+        &FlagInput {
+            deny: vec!["private".into()],
+            ..FlagInput::default()
+        },
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
     let p = p.expect("profile + file + flags");
     assert_eq!(p.default, Action::Allow, "the file overrides the profile");
     let rules: Vec<_> = p.rules.iter().map(|r| r.text.as_str()).collect();
     assert_eq!(rules, ["metadata", "private"]);
-    assert_eq!(p.rules[0].origin.to_string(), format!("{}:3", path.display()));
+    assert_eq!(
+        p.rules[0].origin.to_string(),
+        format!("{}:3", path.display())
+    );
 }
 
 #[test]
 fn summary_lines() {
     let p = build(vec![
         profile("agent").expect("agent"),
-        flags_layer(&FlagInput { bind: Some("127.0.0.1:8080".into()), ..FlagInput::default() }),
+        flags_layer(&FlagInput {
+            bind: Some("127.0.0.1:8080".into()),
+            ..FlagInput::default()
+        }),
     ])
     .expect("agent");
     assert_eq!(
@@ -917,7 +1539,9 @@ fn summary_lines() {
             "bind: 127.0.0.1:8080",
         ]
     );
-    let p = policy_toml("[network]\nloopback = [80, \"8000-8100\"]\nallow = [\"tcp://10.0.0.1:443\"]\n");
+    let p = policy_toml(
+        "[network]\nloopback = [80, \"8000-8100\"]\nallow = [\"tcp://10.0.0.1:443\"]\n",
+    );
     assert_eq!(
         p.summary(),
         [
@@ -931,7 +1555,10 @@ fn summary_lines() {
 
 #[test]
 fn v4_mapped_space_is_ffff_96() {
-    assert_eq!(v4_mapped_space(), "::ffff:0:0/96".parse::<Ipv6Net>().expect("literal"));
+    assert_eq!(
+        v4_mapped_space(),
+        "::ffff:0:0/96".parse::<Ipv6Net>().expect("literal")
+    );
 }
 
 #[test]
@@ -939,7 +1566,11 @@ fn policy_serde_round_trip() {
     let p = Policy::from_sources(
         Some("agent"),
         None,
-        &FlagInput { allow: vec!["udp://[2001:db8::1]:53".into()], bind: Some("0.0.0.0:80".into()), ..FlagInput::default() },
+        &FlagInput {
+            allow: vec!["udp://[2001:db8::1]:53".into()],
+            bind: Some("0.0.0.0:80".into()),
+            ..FlagInput::default()
+        },
     )
     .expect("policy");
     let text = serde_json::to_string(&p).expect("serialise");
