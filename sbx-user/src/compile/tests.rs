@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::*;
-use crate::policy::{parse_rule, parse_toml, FlagInput, Origin, PolicyBuilder, RuleContext};
+use crate::policy::{parse_rule, parse_toml, FlagInput, Mode, Origin, PolicyBuilder, RuleContext};
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -1492,6 +1492,8 @@ fn random_policy(rng: &mut Rng) -> Policy {
         proxy: None,
         rules,
         bind,
+        mode: Mode::Enforce,
+        filesystem: None,
     }
 }
 

@@ -690,6 +690,7 @@ fn flags_parse_into_a_layer() {
         loopback: Some("5432, 8000-8100".into()),
         proxy: None,
         bind: Some("127.0.0.1:8080,0.0.0.0:9000".into()),
+        ..FlagInput::default()
     };
     let l = flags_layer(&flags);
     let texts: Vec<_> = l
@@ -1187,7 +1188,9 @@ fn empty_policy_defaults() {
             loopback: Loopback::Any,
             proxy: None,
             rules: vec![],
-            bind: Bind::Loopback
+            bind: Bind::Loopback,
+            mode: Mode::Enforce,
+            filesystem: None,
         }
     );
     let from_sources = Policy::from_sources(None, None, &FlagInput::default()).expect("empty");
@@ -1374,7 +1377,9 @@ fn profiles() {
             loopback: Loopback::Any,
             proxy: None,
             rules: vec![],
-            bind: Bind::Loopback
+            bind: Bind::Loopback,
+            mode: Mode::Enforce,
+            filesystem: None,
         }
     );
 
