@@ -29,7 +29,10 @@
 pub mod cgroup;
 pub mod cli;
 pub mod compile;
+pub mod harden;
 pub mod confine;
+pub mod events;
+pub mod explain;
 pub mod loader;
 pub mod policy;
 pub mod run;

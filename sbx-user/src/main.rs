@@ -15,6 +15,7 @@ fn main() {
         Command::Attach(a) => cli::attach::run(a, &cli.global),
         Command::Detach(a) => cli::detach::run(a, &cli.global),
         Command::Update(a) => cli::update::run(a, &cli.global),
+        Command::Events(a) => cli::events::run(a, &cli.global),
         Command::Status(a) => cli::status::run(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
         Command::Profiles(a) => {

@@ -79,6 +79,8 @@ pub struct RunOptions {
     pub identity: Option<Identity>,
     /// Inherited descriptors (above 2) to leave open.
     pub keep_fds: Vec<u32>,
+    /// Print deny events to stderr as they happen.
+    pub log_denials: bool,
 }
 
 /// Signals forwarded to the child.
@@ -123,7 +125,11 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         let _ = cg.remove();
         return Err(e.into());
     }
+    let logger = if opts.log_denials { Some(DenialLogger::start(&cg, policy, paths)?) } else { None };
     let result = spawn_and_wait(command, policy, &cg, opts);
+    if let Some(l) = logger {
+        l.stop();
+    }
     if let Err(e) = teardown(&cg, paths) {
         eprintln!("sbx-user: warning: cleaning up {} failed: {e}", cg.path.display());
     }
@@ -210,4 +216,38 @@ fn spawn_and_wait(
         }
     });
     child.wait().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })
+}
+
+/// Prints a sandbox's deny events to stderr from a thread.
+struct DenialLogger {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DenialLogger {
+    fn start(cg: &Cgroup, policy: &Policy, paths: &Paths) -> Result<Self, RunError> {
+        use std::sync::{atomic::AtomicBool, Arc};
+        let mut reader = crate::events::EventReader::open(&paths.pin_dir(cg.id)).map_err(|e| RunError::Confine(io::Error::other(e)))?;
+        let generation = crate::state::Record::load(paths, cg.id).ok().flatten().map_or(0, |r| r.generation);
+        let (policy, name) = (policy.clone(), cg.path.display().to_string());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || loop {
+            let done = flag.load(std::sync::atomic::Ordering::Acquire);
+            for e in reader.drain() {
+                eprintln!("sbx: {}", crate::events::view(&e, &name, Some((&policy, generation))));
+            }
+            if done {
+                return;
+            }
+            reader.wait(Duration::from_millis(100));
+        });
+        Ok(Self { stop, thread })
+    }
+
+    /// Prints what is left and stops.
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.thread.join();
+    }
 }

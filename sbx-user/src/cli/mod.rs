@@ -14,6 +14,7 @@ use crate::{
 pub mod attach;
 pub mod check;
 pub mod detach;
+pub mod events;
 pub mod profiles;
 pub mod run;
 pub mod status;
@@ -129,6 +130,8 @@ pub enum Command {
     /// without restarting anything in it.
     #[command(after_long_help = POLICY_HELP)]
     Update(update::UpdateArgs),
+    /// Show deny events (and audit-mode would-be denials).
+    Events(events::EventsArgs),
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.

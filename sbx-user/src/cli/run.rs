@@ -23,6 +23,9 @@ pub struct RunArgs {
     /// others above 2 are closed); repeatable.
     #[arg(long, value_name = "N")]
     pub keep_fd: Vec<u32>,
+    /// Print each denial to stderr as it happens.
+    #[arg(long)]
+    pub log_denials: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -46,6 +49,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         max_entries: args.policy.max_rules,
         identity: args.user,
         keep_fds: args.keep_fd.clone(),
+        log_denials: args.log_denials,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,

@@ -37,6 +37,7 @@ struct Entry {
     attached_at: Option<u64>,
     dest_entries: Option<usize>,
     policy: Option<Policy>,
+    counters: Option<crate::events::Counters>,
     problem: Option<String>,
 }
 
@@ -70,6 +71,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 attached_at: rec.map(|r| r.attached_at),
                 dest_entries: rec.map(|r| r.dest_entries),
                 policy: rec.map(|r| r.policy.clone()),
+                counters: crate::events::counters(&paths.pin_dir(id)).ok(),
                 problem: None,
             };
             match rec.map(|r| Cgroup::open(&r.cgroup)) {
@@ -112,6 +114,19 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         if let Some(policy) = &e.policy {
             super::print_summary(policy);
+        }
+        if let Some(c) = &e.counters {
+            let busy: Vec<String> = c
+                .hooks
+                .iter()
+                .filter(|(_, a, d)| a + d > 0)
+                .map(|(h, a, d)| format!("{h} {a} allowed/{d} denied"))
+                .collect();
+            println!(
+                "  counters: {}; events dropped: {}",
+                if busy.is_empty() { "no calls yet".to_owned() } else { busy.join(", ") },
+                c.events_dropped
+            );
         }
     }
     Ok(())

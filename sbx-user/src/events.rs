@@ -1,0 +1,224 @@
+//! Reading deny events and counters from a sandbox's pinned maps.
+//!
+//! Events come from the kernel through a BPF ring buffer, one per sandbox.
+//! A ring buffer has a single consumer position: two readers of the same
+//! sandbox (`events --follow` and `run --log-denials`) share its events
+//! rather than each seeing all of them.
+
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use sbx_common::{
+    counter_index, Event, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, HOOK_NAMES, MAP_COUNTERS, MAP_EVENTS, NUM_HOOKS,
+};
+use serde::Serialize;
+
+use crate::{explain, loader::pin_name_map, policy::Policy};
+
+/// A map could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {what} from {path}: {detail}")]
+pub struct EventsError {
+    what: &'static str,
+    path: String,
+    detail: String,
+}
+
+/// An open event stream of one sandbox.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl EventReader {
+    /// Opens the ring buffer pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, EventsError> {
+        let path = pin_dir.join(pin_name_map(MAP_EVENTS));
+        let err = |detail: String| EventsError { what: "events", path: path.display().to_string(), detail };
+        let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
+        let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
+        let ring = RingBuf::try_from(map).map_err(|e| err(e.to_string()))?;
+        Ok(Self { ring })
+    }
+
+    /// Takes every event currently in the buffer.
+    pub fn drain(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<Event>() {
+                // SAFETY: the kernel wrote a whole `Event` (checked length);
+                // `Event` is plain old data, read unaligned.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for new events (poll on the ring buffer fd).
+    pub fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+}
+
+/// An event as shown to users (`--json` prints these fields).
+#[derive(Clone, Debug, Serialize)]
+pub struct EventView {
+    /// Wall-clock time, RFC 3339 UTC.
+    pub time: String,
+    /// The sandbox cgroup path.
+    pub sandbox: String,
+    /// Cgroup id of the caller (0 from the egress hook).
+    pub cgroup_id: u64,
+    /// Process id (0 from the egress hook).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Task name.
+    pub comm: String,
+    /// Hook name.
+    pub hook: &'static str,
+    /// `tcp`, `udp`, or a protocol number.
+    pub protocol: String,
+    /// Destination (local for bind) `addr:port`, or what the hook saw.
+    pub destination: String,
+    /// `denied` or `audit` (would have been denied).
+    pub verdict: &'static str,
+    /// The setting or rule that decided, as written.
+    pub rule: String,
+}
+
+/// Realtime minus monotonic now, to place `bpf_ktime_get_ns` on the wall clock.
+fn monotonic_offset() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0));
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(mono)
+}
+
+fn rfc3339(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Turns a raw event into what users see, naming the deciding rule when
+/// the event's policy generation is the one recorded.
+#[must_use]
+pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventView {
+    let hook = HOOK_NAMES.get(e.hook as usize).copied().unwrap_or("?");
+    let ip6 = Ipv6Addr::from(e.addr);
+    let ip = ip6.to_ipv4_mapped().map_or(IpAddr::V6(ip6), IpAddr::V4);
+    let tcp = e.protocol == sbx_common::IPPROTO_TCP;
+    let protocol = match e.protocol {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        n => n.to_string(),
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "ports are 16-bit")]
+    let port = e.port as u16;
+    let destination = match hook {
+        "sock_create" => format!("socket type {} protocol {}", e.port, e.protocol),
+        "setsockopt" => format!("level {} option {}", e.protocol, e.port),
+        _ => match ip {
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        },
+    };
+    let rule = match (hook, policy) {
+        ("sock_create", _) => "only TCP and UDP sockets may be created".to_owned(),
+        ("setsockopt", _) => "source-routing options are refused".to_owned(),
+        (_, None) => "(policy unknown)".to_owned(),
+        (_, Some((_, generation))) if generation != e.generation => "(policy changed since)".to_owned(),
+        ("egress", Some(_)) if e.port == 0 && e.protocol != 6 && e.protocol != 17 => "IP options or routing header".to_owned(),
+        ("bind4" | "bind6", Some((p, _))) => explain::bind(p, ip, port, tcp).to_string(),
+        (_, Some((p, _))) => match explain::destination(p, ip, port, tcp) {
+            explain::Reason::Loopback => format!("loopback = {}", explain::loopback_text(p)),
+            r => r.to_string(),
+        },
+    };
+    let comm_len = e.comm.iter().position(|&c| c == 0).unwrap_or(e.comm.len());
+    EventView {
+        time: rfc3339(monotonic_offset() + Duration::from_nanos(e.ts_ns)),
+        sandbox: sandbox.to_owned(),
+        cgroup_id: e.cgroup_id,
+        pid: e.pid,
+        tid: e.tid,
+        comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+        hook,
+        protocol,
+        destination,
+        verdict: if e.verdict == EVENT_AUDIT { "audit" } else { "denied" },
+        rule,
+    }
+}
+
+impl std::fmt::Display for EventView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:<6} {:>7}/{:<7} {:<15} {:<11} {:<4} {:<40} {}",
+            self.time, self.verdict, self.pid, self.tid, self.comm, self.hook, self.protocol, self.destination, self.rule
+        )
+    }
+}
+
+/// Per-hook totals of one sandbox.
+#[derive(Clone, Debug, Serialize)]
+pub struct Counters {
+    /// `(hook, allowed, denied)`.
+    pub hooks: Vec<(&'static str, u64, u64)>,
+    /// Events lost to the rate limit or a full ring buffer.
+    pub events_dropped: u64,
+}
+
+/// Sums the per-CPU counters pinned in `pin_dir`.
+pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
+    let path = pin_dir.join(pin_name_map(MAP_COUNTERS));
+    let err = |detail: String| EventsError { what: "counters", path: path.display().to_string(), detail };
+    let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
+    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
+    let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
+    let sum = |i: u32| -> Result<u64, EventsError> {
+        Ok(arr.get(&i, 0).map_err(|e| err(e.to_string()))?.iter().sum())
+    };
+    let mut hooks = Vec::new();
+    for h in 0..NUM_HOOKS {
+        hooks.push((HOOK_NAMES[h as usize], sum(counter_index(h, 0))?, sum(counter_index(h, 1))?));
+    }
+    Ok(Counters { hooks, events_dropped: sum(COUNTER_EVENTS_DROPPED)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(Duration::from_millis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(Duration::from_secs(1_795_478_400) + Duration::from_millis(5)), "2026-11-24T00:00:00.005Z");
+    }
+}
