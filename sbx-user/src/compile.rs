@@ -4,7 +4,8 @@
 //! reads one port table, so all rule precedence is resolved here:
 //!
 //! 1. Loopback (127.0.0.0/8, `::1`) and the unspecified addresses (which
-//!    reach the local host) are decided by the `loopback` setting alone.
+//!    reach the local host) are decided by the `loopback` setting alone,
+//!    except [`VERIFY_SENTINEL`], which is always denied.
 //! 2. Otherwise, among the rules that match the address, port and protocol,
 //!    the one with the longest prefix decides; on a tie, deny wins.
 //! 3. If none matches, the default decides.
@@ -136,6 +137,10 @@ fn v4(addr: [u8; 4], len: u8) -> Prefix {
 fn v6(s: &str, len: u8) -> Prefix {
     Prefix { addr: u128::from(s.parse::<Ipv6Addr>().expect("literal")), len }
 }
+
+/// A loopback address every policy denies, on every port, so that
+/// `sbx-user verify` always has a local target that must be refused.
+pub const VERIFY_SENTINEL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 255, 255, 254);
 
 /// Where the local host is reached: decided by `loopback` only.
 fn local_host_prefixes() -> [Prefix; 4] {
@@ -434,7 +439,8 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
         Loopback::None => ports_table(&[], VERDICT_DENY, VERDICT_DENY),
         Loopback::Ports(p) => ports_table(p, VERDICT_ALLOW, VERDICT_DENY),
     };
-    let fixed: Vec<_> = local_host_prefixes().into_iter().map(|p| (p, local.clone())).collect();
+    let mut fixed: Vec<_> = local_host_prefixes().into_iter().map(|p| (p, local.clone())).collect();
+    fixed.push((v4(VERIFY_SENTINEL.octets(), 32), ports_table(&[], VERDICT_DENY, VERDICT_DENY)));
     let dest = resolve(&dest_rules, &fixed, *default, rules, &mut tables)?;
 
     let (bind_rules, bind_default, bind_sources): (Vec<CRule>, Action, &[Rule]) = match bind {

@@ -38,4 +38,5 @@ pub mod policy;
 pub mod run;
 pub mod sandbox;
 pub mod sys;
+pub mod verify;
 pub mod state;

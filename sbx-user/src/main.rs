@@ -4,6 +4,11 @@ use clap::Parser as _;
 use sbx_user::cli::{self, Cli, Command};
 
 fn main() {
+    // The internal probe `verify` runs inside a sandbox cgroup.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__probe") {
+        std::process::exit(sbx_user::verify::probe_main(&argv[2..]));
+    }
     let cli = Cli::parse();
     let level = match cli.global.verbose {
         0 => log::LevelFilter::Warn,
@@ -16,6 +21,7 @@ fn main() {
         Command::Detach(a) => cli::detach::run(a, &cli.global),
         Command::Update(a) => cli::update::run(a, &cli.global),
         Command::Events(a) => cli::events::run(a, &cli.global),
+        Command::Verify(a) => cli::verify::run(a, &cli.global),
         Command::Status(a) => cli::status::run(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
         Command::Profiles(a) => {

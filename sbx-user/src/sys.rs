@@ -189,3 +189,26 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
     let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd_u32(fd), file_flags: 0, path_fd: 0, _pad: 0 };
     bpf(BPF_OBJ_PIN, &mut attr)
 }
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The `info` member of `union bpf_attr`.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The program id a link runs (`struct bpf_link_info.prog_id`).
+pub fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+    // type, id, prog_id, then type-specific data; 64 bytes is ample.
+    let mut info = [0u32; 16];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(link),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("64"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[2])
+}

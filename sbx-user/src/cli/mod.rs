@@ -19,6 +19,7 @@ pub mod profiles;
 pub mod run;
 pub mod status;
 pub mod update;
+pub mod verify;
 
 const POLICY_HELP: &str = "\
 POLICY FILE (TOML):
@@ -132,6 +133,9 @@ pub enum Command {
     Update(update::UpdateArgs),
     /// Show deny events (and audit-mode would-be denials).
     Events(events::EventsArgs),
+    /// Prove a sandbox enforces: query the kernel for every hook and run
+    /// probe connects from inside the cgroup.
+    Verify(verify::VerifyArgs),
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
