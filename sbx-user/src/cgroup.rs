@@ -116,9 +116,19 @@ impl Cgroup {
         Ok(Self { path: canonical, id: meta.ino() })
     }
 
-    /// Creates `parent/name` (and `parent` if needed) and opens it.
+    /// Creates `parent/name` (and `parent` if needed) and opens it. Nothing
+    /// is created unless the nearest existing ancestor of `parent` is a
+    /// cgroup v2 directory.
     pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
         if !parent.exists() {
+            let existing = parent.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+            Self::open(existing).map_err(|e| match e {
+                CgroupError::NotCgroup2 { reason, .. } => CgroupError::NotCgroup2 {
+                    path: parent.to_owned(),
+                    reason: format!("its existing ancestor {} is not in cgroup v2 ({reason})", existing.display()),
+                },
+                other => other,
+            })?;
             fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
         }
         Self::open(parent)?;

@@ -131,6 +131,10 @@ pub struct Rule {
     pub nets: Vec<IpNet>,
     /// Ports it covers, sorted and merged.
     pub ports: Vec<PortRange>,
+    /// For a pinned-domain rule: the host name. `nets` then holds the
+    /// addresses it resolved to when the policy was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Which loopback ports the sandbox may reach (127.0.0.0/8, `::1`, and the
@@ -302,8 +306,27 @@ pub fn parse_rule(
         None => vec![PortRange::ALL],
         Some(p) => parse_ports(p).map_err(|m| invalid(origin, text, m))?,
     };
+    if looks_like_hostname(target) && !is_token(target) {
+        return match (ctx, action) {
+            (RuleContext::Destination, Action::Allow) => Ok(Rule {
+                text: trimmed.to_owned(),
+                origin: origin.clone(),
+                action,
+                protocols,
+                nets: Vec::new(),
+                ports,
+                host: Some(target.to_ascii_lowercase()),
+            }),
+            (RuleContext::Destination, Action::Deny) => Err(invalid(
+                origin,
+                text,
+                format!("deny rules cannot name hosts: `{target}` can resolve to other addresses tomorrow, so a deny list by name fails open; deny its addresses or CIDRs instead"),
+            )),
+            (RuleContext::Bind, _) => Err(invalid(origin, text, format!("bind rules take addresses, not host names (`{target}`)"))),
+        };
+    }
     let nets = parse_target(target, ctx).map_err(|m| invalid(origin, text, m))?;
-    Ok(Rule { text: trimmed.to_owned(), origin: origin.clone(), action, protocols, nets, ports })
+    Ok(Rule { text: trimmed.to_owned(), origin: origin.clone(), action, protocols, nets, ports, host: None })
 }
 
 /// Splits `TARGET[:PORTS]`, honouring `[v6]:ports` and bare IPv6.
@@ -419,6 +442,10 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
     Ok(vec![net])
 }
 
+fn is_token(s: &str) -> bool {
+    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata")
+}
+
 fn looks_like_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
@@ -518,10 +545,25 @@ impl PolicyBuilder {
         self
     }
 
-    /// Checks the merged settings against each other and produces the policy.
+    /// Checks the merged settings against each other and produces the
+    /// policy, resolving pinned-domain rules with the system resolver.
     pub fn build(&self) -> Result<Policy, PolicyError> {
+        self.build_with(&system_resolve, false)
+    }
+
+    /// As [`Self::build`], with a given resolver. With `allow_unresolved`,
+    /// a name that does not resolve is kept with no addresses (it matches
+    /// nothing) instead of failing.
+    pub fn build_with(
+        &self,
+        resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
+        allow_unresolved: bool,
+    ) -> Result<Policy, PolicyError> {
         let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write } = self.merged.clone();
         let mut rules = rules;
+        for rule in rules.iter_mut().filter(|r| r.host.is_some()) {
+            pin_host(rule, resolve, allow_unresolved)?;
+        }
         let bind = bind.unwrap_or(Bind::Loopback);
         let mode = mode.unwrap_or_default();
         let filesystem = (!fs_read.is_empty() || !fs_write.is_empty())
@@ -567,11 +609,59 @@ impl PolicyBuilder {
                 protocols: Protocols::TCP,
                 nets: vec![normalise(net).map_err(PolicyError::Conflict)?],
                 ports: vec![PortRange::single(proxy_addr.port())],
+                host: None,
             });
             loopback.unwrap_or(Loopback::None)
         };
         Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem })
     }
+}
+
+/// Resolves a name with getaddrinfo (the system resolver, /etc/hosts first).
+fn system_resolve(host: &str) -> std::io::Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs as _;
+    Ok((host, 0).to_socket_addrs()?.map(|a| a.ip()).collect())
+}
+
+/// Resolves a pinned-domain rule once; its addresses are fixed from then
+/// on, so a later DNS answer cannot widen what the sandbox reaches.
+fn pin_host(
+    rule: &mut Rule,
+    resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
+    allow_unresolved: bool,
+) -> Result<(), PolicyError> {
+    let host = rule.host.clone().expect("caller filters");
+    let addrs = match resolve(&host) {
+        Ok(a) if !a.is_empty() => a,
+        result => {
+            let why = result.err().map_or_else(|| "no addresses".to_owned(), |e| e.to_string());
+            if allow_unresolved {
+                log::warn!("{}: `{}`: {host} does not resolve ({why}); the rule matches nothing", rule.origin, rule.text);
+                return Ok(());
+            }
+            return Err(invalid(
+                &rule.origin,
+                &rule.text,
+                format!("{host} does not resolve ({why}); fix the name, or pass --allow-unresolved to keep the rule matching nothing"),
+            ));
+        }
+    };
+    let mut nets = Vec::new();
+    for ip in addrs {
+        let net = normalise(IpNet::from(ip)).map_err(|m| invalid(&rule.origin, &rule.text, format!("{host} resolves to {ip}: {m}")))?;
+        if reaches_local_host(&net) {
+            return Err(invalid(
+                &rule.origin,
+                &rule.text,
+                format!("{host} resolves to {ip}, a local address; loopback access is set by `loopback`"),
+            ));
+        }
+        nets.push(net);
+    }
+    nets.sort_unstable();
+    nets.dedup();
+    rule.nets = nets;
+    Ok(())
 }
 
 fn dedup(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
@@ -612,6 +702,8 @@ pub struct FlagInput {
     pub fs_read: Vec<String>,
     /// `--fs-write`.
     pub fs_write: Vec<String>,
+    /// `--allow-unresolved`.
+    pub allow_unresolved: bool,
 }
 
 /// Splits a flag value holding several rules separated by commas.
@@ -946,7 +1038,7 @@ impl Policy {
             b.apply(load_file(f)?);
         }
         b.apply(flags.to_layer()?);
-        b.build()
+        b.build_with(&system_resolve, flags.allow_unresolved)
     }
 
     /// A short human summary, one line per setting.
@@ -969,7 +1061,16 @@ impl Policy {
             out.push(format!("proxy: {p} (proxy-only mode)"));
         }
         for r in rules {
-            out.push(format!("{} {}", r.action, r.text));
+            match &r.host {
+                Some(host) if r.nets.is_empty() => out.push(format!("{} {} ({host} unresolved: matches nothing)", r.action, r.text)),
+                Some(host) => out.push(format!(
+                    "{} {} ({host} pinned to {})",
+                    r.action,
+                    r.text,
+                    r.nets.iter().map(|n| n.addr().to_string()).collect::<Vec<_>>().join(", ")
+                )),
+                None => out.push(format!("{} {}", r.action, r.text)),
+            }
         }
         out.push(format!(
             "bind: {}",

@@ -68,7 +68,7 @@ fn main() -> Result<()> {
         Task::Sbx { args } => {
             setup()?;
             cargo(&["build", "--release", "-p", "sbx-user"])?;
-            let bin = workspace().join("target/release/sbx-user");
+            let bin = target_dir().join("release/sbx-user");
             let status = Command::new(&bin).args(args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
@@ -90,6 +90,11 @@ fn check(status: ExitStatus, what: &str) -> Result<()> {
         bail!("{what} failed ({status})");
     }
     Ok(())
+}
+
+/// Cargo's target directory (honours `CARGO_TARGET_DIR`).
+pub(crate) fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
 }
 
 /// Runs cargo in the workspace root.
@@ -271,7 +276,7 @@ fn test(extra: &[OsString]) -> Result<()> {
     cargo(&["test", "-p", "sbx-common", "-p", "sbx-user", "-p", "xtask"])?;
     eprintln!("xtask: privileged tests against the running kernel");
     cargo(&["build", "-p", "sbx-user"])?;
-    let bin = workspace().join("target/debug/sbx-user");
+    let bin = target_dir().join("debug/sbx-user");
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "-p", "sbx-tests", "--"])
         .args(extra)

@@ -40,7 +40,8 @@ RULES: [tcp://|udp://]TARGET[:PORTS]
   TARGET  IPv4/IPv6 address, CIDR ([v6/len] when ports follow), empty for any
           host (\":25\"), or a token: any, private (RFC 1918, 100.64/10,
           169.254/16, fc00::/7, fe80::/10), metadata (169.254.169.254,
-          fd00:ec2::254). Hostnames are rejected.
+          fd00:ec2::254), or a host name (allow rules only): resolved once
+          when the policy is applied and pinned to those addresses.
   PORTS   N, N-M, comma lists, or *. No protocol means TCP and UDP.
 
 PRECEDENCE:
@@ -184,6 +185,10 @@ pub struct PolicyArgs {
     /// Landlock: writable path (run only); repeatable.
     #[arg(long, value_name = "PATH")]
     pub fs_write: Vec<String>,
+    /// Keep allow rules whose host name does not resolve (they match
+    /// nothing) instead of failing.
+    #[arg(long)]
+    pub allow_unresolved: bool,
     /// Capacity of each policy trie (rules after expansion).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_MAX_ENTRIES)))]
@@ -203,6 +208,7 @@ impl PolicyArgs {
             audit: self.audit,
             fs_read: self.fs_read.clone(),
             fs_write: self.fs_write.clone(),
+            allow_unresolved: self.allow_unresolved,
         };
         Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
     }

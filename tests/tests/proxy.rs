@@ -1,0 +1,181 @@
+//! Proxy-only mode with real tools: a web server (python3 -m http.server)
+//! in the test namespace, tinyproxy on loopback outside the sandbox, curl
+//! inside it.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    process::{Command, Output},
+};
+
+use sbx_tests::{
+    describe, free_port, probe, wait_tcp, Background, Fixture, Place,
+    Proto::{Tcp, Udp},
+};
+// Dependencies of the fixture crate this test file does not use directly.
+use libc as _;
+use serde_json as _;
+
+/// A web server in the namespace and tinyproxy on loopback.
+struct Proxied {
+    fx: Fixture,
+    /// `http://<ns_v4>:8000/hello.txt`.
+    url: String,
+    /// The file's content.
+    body: String,
+    proxy_port: u16,
+    proxy_log: std::path::PathBuf,
+    _tinyproxy: Background,
+}
+
+impl Proxied {
+    fn new() -> Self {
+        let fx = Fixture::new(probe!());
+        let n = &fx.net;
+        let www = n.dir().join("www");
+        fs::create_dir(&www).expect("creating the web root");
+        let body = format!("hello from {}\n", n.name());
+        fs::write(www.join("hello.txt"), &body).expect("writing the page");
+        let mut http = Command::new("python3");
+        http.args(["-m", "http.server", "--bind", &n.ns_v4.to_string(), "--directory"]).arg(&www).arg("8000");
+        let _ = n.spawn("python3 -m http.server", &mut http);
+        wait_tcp(SocketAddr::new(n.ns_v4.into(), 8000));
+
+        let proxy_port = free_port();
+        let conf = n.dir().join("tinyproxy.conf");
+        fs::write(
+            &conf,
+            format!("Port {proxy_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 30\nMaxClients 20\nLogLevel Info\n"),
+        )
+        .expect("writing tinyproxy.conf");
+        let proxy_log = n.dir().join("tinyproxy.log");
+        let mut tp = Command::new("tinyproxy");
+        tp.arg("-d").arg("-c").arg(&conf);
+        let tinyproxy = Background::spawn_logged("tinyproxy", &mut tp, &Place::default(), &proxy_log);
+        wait_tcp(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), proxy_port));
+        let url = format!("http://{}:8000/hello.txt", n.ns_v4);
+        Self { fx, url, body, proxy_port, proxy_log, _tinyproxy: tinyproxy }
+    }
+
+    fn proxy(&self) -> String {
+        format!("127.0.0.1:{}", self.proxy_port)
+    }
+
+    /// `sbx-user run --cgroup-parent CG --proxy 127.0.0.1:N -- CMD...`.
+    fn run(&self, command: &[&str]) -> Output {
+        let mut cmd = self.fx.sbx.cmd();
+        cmd.args(["run", "--cgroup-parent", self.fx.cg.arg(), "--proxy", &self.proxy(), "--"]).args(command);
+        // The test's own environment must not decide whether curl proxies.
+        for v in
+            ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]
+        {
+            cmd.env_remove(v);
+        }
+        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    }
+}
+
+#[test]
+fn curl_through_the_proxy_works_and_direct_is_denied() {
+    let px = Proxied::new();
+    // HTTP_PROXY/http_proxy are exported by run; curl follows them.
+    let out = px.run(&["curl", "-sS", "-m", "5", &px.url]);
+    assert_eq!(out.status.code(), Some(0), "curl through the proxy: {}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), px.body);
+    let log = fs::read_to_string(&px.proxy_log).unwrap_or_default();
+    assert!(log.contains(&px.url), "tinyproxy did not see the request:\n{log}");
+
+    // Bypassing the proxy: connect(2) fails with EPERM, curl exits 7.
+    let out = px.run(&["curl", "-v", "-sS", "-m", "5", "--noproxy", "*", &px.url]);
+    assert_eq!(out.status.code(), Some(7), "curl --noproxy: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{}", describe(&out));
+    assert!(out.stdout.is_empty());
+
+    // The same without a sandbox works, so the denial was the policy's.
+    let direct = Command::new("curl").args(["-sS", "-m", "5", "--noproxy", "*", &px.url]).output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&direct.stdout), px.body, "{}", describe(&direct));
+    assert_eq!(px.fx.cg.children(), Vec::<std::path::PathBuf>::new(), "run cleaned up");
+}
+
+#[test]
+fn proxy_mode_exports_the_proxy_and_opens_only_its_loopback_port() {
+    let px = Proxied::new();
+    let out = px.run(&["env"]);
+    let env = String::from_utf8_lossy(&out.stdout);
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        let want = format!("{var}=http://{}", px.proxy());
+        assert!(env.lines().any(|l| l == want), "{want} missing from:\n{env}");
+    }
+
+    // Another loopback service, outside the sandbox.
+    let other = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding 127.0.0.1:0");
+    let other_port = other.local_addr().expect("address").port().to_string();
+    let p = px.fx.probe.arg();
+    let n = &px.fx.net;
+    let script = format!(
+        "{p} connect tcp 127.0.0.1 {proxy}; {p} connect tcp 127.0.0.1 {other_port}; \
+         {p} connect tcp ::1 {proxy}; {p} connect tcp ::1 {other_port}; \
+         {p} connect tcp {ns} 8000; {p} sendto {ns} 53",
+        proxy = px.proxy_port,
+        ns = n.ns_v4
+    );
+    let out = px.run(&["sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        // The proxy port on ::1 is allowed too, but nothing listens there.
+        "ok\nerr EPERM\nerr ECONNREFUSED\nerr EPERM\nerr EPERM\nerr EPERM\n",
+        "{}",
+        describe(&out)
+    );
+    // The other service is reachable from outside the sandbox.
+    assert_eq!(px.fx.outside().connect(Tcp, "127.0.0.1", other.local_addr().expect("address").port()), "ok");
+}
+
+#[test]
+fn proxy_on_another_host_is_allowed_for_tcp_only_and_closes_loopback() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(3128);
+    n.serve_tcp(8080);
+    let lo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding 127.0.0.1:0");
+    let lo_port = lo.local_addr().expect("address").port();
+    fx.attach(&["--proxy", &format!("{}:3128", n.ns_v4)]);
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 3128), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM");
+    assert_eq!(p.connect(Udp, n.ns_v4, 3128), "err EPERM", "the proxy rule is tcp:// only");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 3128), "err EPERM");
+    assert_eq!(p.connect(Tcp, "127.0.0.1", lo_port), "err EPERM", "loopback defaults to none");
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["policy"]["proxy"], format!("{}:3128", n.ns_v4), "{e:#}");
+    assert_eq!(e["policy"]["default"], "deny", "{e:#}");
+}
+
+#[test]
+fn agent_profile_allows_loopback_and_denies_private_networks() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let lo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding 127.0.0.1:0");
+    let lo_port = lo.local_addr().expect("address").port();
+    fx.attach(&["--profile", "agent"]);
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, "127.0.0.1", lo_port), "ok", "loopback = any");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM", "10/8 is private");
+    assert_eq!(p.connect(Tcp, n.ns_v6, 8080), "err EPERM", "fd00::/8 is private");
+    // An allow rule for one private host:port beats the profile's
+    // `private` deny: the longer prefix decides.
+    fx.sbx.ok(&[
+        "attach",
+        "--replace",
+        "--cgroup",
+        fx.cg.arg(),
+        "--profile",
+        "agent",
+        "--allow",
+        &format!("{}:8080", n.ns_v4),
+    ]);
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+}
