@@ -193,7 +193,7 @@ fn a_bad_policy_fails_before_anything_is_attached() {
     let bad_rule = dir.path().join("bad-rule.toml");
     fs::write(&bad_rule, "[network]\n\nallow = [\"10.0.0.1:80\",\n  \"10.0.0.300\"]\n").expect("write");
     let cases: [(&[&str], &str); 9] = [
-        (&["--allow", "example.com:443"], "is a hostname"),
+        (&["--deny", "example.com:443"], "deny rules cannot name hosts"),
         (&["--allow", "10.0.0.1:70000"], "out of range"),
         (&["--deny", "ftp://10.0.0.1"], "unknown protocol"),
         (&["--default", "maybe"], "default must be"),

@@ -226,9 +226,9 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     let cg = TestCgroup::new();
     let err = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
 
-    let out = run(&sbx, &cg, &["--allow", "example.com"], &["true"]);
+    let out = run(&sbx, &cg, &["--deny", "example.com"], &["true"]);
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
-    assert!(err(&out).contains("is a hostname"), "{}", describe(&out));
+    assert!(err(&out).contains("deny rules cannot name hosts"), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 
     let out = run(&sbx, &cg, &[], &["/nonexistent/sbx-test-command"]);
