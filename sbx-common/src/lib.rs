@@ -33,8 +33,16 @@ pub const MAP_COUNTERS: &str = "SBX_COUNTERS";
 /// Name of the per-CPU event rate limiter state.
 pub const MAP_RATE: &str = "SBX_RATE";
 
+/// Name of the map from socket cookie to original destination, for
+/// connections the connect hooks redirected to the proxy.
+pub const MAP_REDIRECTED: &str = "SBX_REDIRECTED";
+/// Name of the map a proxy reads: the client's local port (host byte
+/// order, as `u32`) to the [`OrigDst`] it originally asked for.
+pub const MAP_ORIGDST: &str = "SBX_ORIGDST";
+
 /// Every map sbx pins, in a fixed order.
-pub const MAPS: [&str; 7] = [MAP_DEST, MAP_BIND, MAP_PORTS, MAP_CONFIG, MAP_EVENTS, MAP_COUNTERS, MAP_RATE];
+pub const MAPS: [&str; 9] =
+    [MAP_DEST, MAP_BIND, MAP_PORTS, MAP_CONFIG, MAP_EVENTS, MAP_COUNTERS, MAP_RATE, MAP_REDIRECTED, MAP_ORIGDST];
 
 /// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
 /// in [`PROGRAMS`] order.
@@ -60,6 +68,22 @@ pub const NUM_COUNTERS: u32 = NUM_HOOKS * 2 + 1;
 /// enforce mode would have denied is reported as an event.
 pub const FLAG_AUDIT: u32 = 1;
 
+/// [`Config::flags`] bit: transparent proxy redirect. A TCP connect the
+/// policy denies to a non-local destination is rewritten to the proxy.
+pub const FLAG_REDIRECT: u32 = 2;
+
+/// The original destination of a redirected connection ([`MAP_REDIRECTED`],
+/// [`MAP_ORIGDST`] values).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Address, IPv4 mapped into IPv6, network byte order.
+    pub addr: [u8; 16],
+    /// Port, host byte order.
+    pub port: u32,
+}
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 20);
+
 /// Sandbox-wide settings, the single entry of [`MAP_CONFIG`]. Written by
 /// `sbx-user` before the programs are attached; read by every program.
 #[repr(C)]
@@ -74,8 +98,15 @@ pub struct Config {
     pub events_per_sec: u32,
     /// Token bucket size: the burst a CPU may emit at once.
     pub events_burst: u32,
+    /// Proxy address for [`FLAG_REDIRECT`], IPv4 mapped into IPv6, network
+    /// byte order.
+    pub proxy_addr: [u8; 16],
+    /// Proxy port, host byte order.
+    pub proxy_port: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 
 /// Per-CPU token bucket of the event rate limiter.
 #[repr(C)]
@@ -92,6 +123,9 @@ const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 pub const EVENT_DENIED: u32 = 0;
 /// [`Event::verdict`]: audit mode; enforce mode would have refused it.
 pub const EVENT_AUDIT: u32 = 1;
+/// [`Event::verdict`]: refused as a direct connect, sent to the proxy
+/// instead (transparent proxy mode).
+pub const EVENT_REDIRECTED: u32 = 2;
 
 /// One denial (or audit-mode would-be denial), sent through
 /// [`MAP_EVENTS`].
@@ -118,7 +152,7 @@ pub struct Event {
     /// Port, host byte order. For sock_create: the socket type. For
     /// setsockopt: the option name.
     pub port: u32,
-    /// [`EVENT_DENIED`] or [`EVENT_AUDIT`].
+    /// [`EVENT_DENIED`], [`EVENT_AUDIT`] or [`EVENT_REDIRECTED`].
     pub verdict: u32,
     /// [`Config::generation`] when the decision was made.
     pub generation: u32,
@@ -146,9 +180,12 @@ pub const PROG_SOCK_CREATE: &str = "sbx_sock_create";
 pub const PROG_SETSOCKOPT: &str = "sbx_setsockopt";
 /// `cgroup_skb/egress`: the backstop on the packets actually sent.
 pub const PROG_EGRESS: &str = "sbx_egress";
+/// `sockops`: records the original destination of redirected connections
+/// under the client's local port once the kernel has chosen it.
+pub const PROG_SOCKOPS: &str = "sbx_sockops";
 
 /// Every program sbx attaches, in attach order.
-pub const PROGRAMS: [&str; 9] = [
+pub const PROGRAMS: [&str; 10] = [
     PROG_CONNECT4,
     PROG_CONNECT6,
     PROG_SENDMSG4,
@@ -158,6 +195,7 @@ pub const PROGRAMS: [&str; 9] = [
     PROG_SOCK_CREATE,
     PROG_SETSOCKOPT,
     PROG_EGRESS,
+    PROG_SOCKOPS,
 ];
 
 /// Verdict value: reject the call with `EPERM`. Zero, so that zeroed memory
@@ -251,4 +289,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RateState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigDst {}
 }

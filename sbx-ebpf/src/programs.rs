@@ -3,13 +3,14 @@
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
+    EbpfContext as _,
 };
 use sbx_common::{
-    counter_index, Config, Event, PortTable, RateState, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
-    EVENT_AUDIT, EVENT_DENIED, FLAG_AUDIT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS,
+    counter_index, Config, Event, OrigDst, PortTable, FLAG_REDIRECT, RateState, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
+    EVENT_AUDIT, EVENT_DENIED, EVENT_REDIRECTED, FLAG_AUDIT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS,
     VERDICT_ALLOW, VERDICT_DENY,
 };
 
@@ -48,6 +49,38 @@ static SBX_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTE
 #[map(name = "SBX_RATE")]
 static SBX_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
 
+/// Original destinations of redirected connects, by socket cookie. Written
+/// by connect4/6 when they redirect; read by `sbx_sockops`.
+#[map(name = "SBX_REDIRECTED")]
+static SBX_REDIRECTED: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(4096, 0);
+
+/// Original destinations by the client's local port, for the proxy.
+/// Written by `sbx_sockops`; read by proxies and `sbx-user orig-dst`.
+#[map(name = "SBX_ORIGDST")]
+static SBX_ORIGDST: LruHashMap<u32, OrigDst> = LruHashMap::with_max_entries(4096, 0);
+
+/// `BPF_SOCK_OPS_TCP_CONNECT_CB`: the SYN is about to be sent, the local
+/// port is chosen.
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+
+/// Moves the original destination of a redirected connection from its
+/// socket cookie (all the connect hook knows) to its local port (what the
+/// proxy sees as the peer port).
+#[sock_ops]
+fn sbx_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        // SAFETY: the helper takes the context pointer.
+        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: a map value pointer valid for this program run.
+        if let Some(orig) = unsafe { SBX_REDIRECTED.get(&cookie) } {
+            let orig = *orig;
+            let _ = SBX_ORIGDST.insert(&ctx.local_port(), &orig, 0);
+            let _ = SBX_REDIRECTED.remove(&cookie);
+        }
+    }
+    1
+}
+
 /// Hook numbers, as in `sbx_common::HOOK_NAMES`.
 const HOOK_CONNECT4: u32 = 0;
 const HOOK_CONNECT6: u32 = 1;
@@ -70,7 +103,7 @@ enum Task {
 /// Counts a decision and, for a denial, reports it. Returns whether the
 /// call may proceed: an allow, or a denial in audit mode.
 #[inline(always)]
-fn settle(allowed: bool, hook: u32, protocol: u32, addr: &TrieAddr, port: u32, task: Task) -> bool {
+fn settle(allowed: bool, hook: u32, protocol: u32, addr: &TrieAddr, port: u32, task: Task, redirecting: bool) -> bool {
     bump(counter_index(hook, u32::from(!allowed)));
     if allowed {
         return true;
@@ -79,7 +112,13 @@ fn settle(allowed: bool, hook: u32, protocol: u32, addr: &TrieAddr, port: u32, t
         Some(c) => (c.flags & FLAG_AUDIT != 0, c.generation),
         None => (false, 0),
     };
-    let verdict = if audit { EVENT_AUDIT } else { EVENT_DENIED };
+    let verdict = if audit {
+        EVENT_AUDIT
+    } else if redirecting {
+        EVENT_REDIRECTED
+    } else {
+        EVENT_DENIED
+    };
     if take_token() {
         if let Some(mut entry) = SBX_EVENTS.reserve::<Event>(0) {
             // SAFETY: the helpers have no preconditions here.
@@ -173,7 +212,8 @@ enum Direction {
 
 #[cgroup_sock_addr(connect4)]
 fn sbx_connect4(ctx: SockAddrContext) -> i32 {
-    if judge4(&ctx, Direction::Dest, HOOK_CONNECT4) {
+    let target = redirect_target(&ctx, false);
+    if judge4(&ctx, Direction::Dest, HOOK_CONNECT4, target.is_some()) || target.is_some_and(|t| redirect(&ctx, &t, false)) {
         PASS
     } else {
         REJECT
@@ -182,16 +222,87 @@ fn sbx_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 fn sbx_connect6(ctx: SockAddrContext) -> i32 {
-    if judge6(&ctx, Direction::Dest, HOOK_CONNECT6) {
+    let target = redirect_target(&ctx, true);
+    if judge6(&ctx, Direction::Dest, HOOK_CONNECT6, target.is_some()) || target.is_some_and(|t| redirect(&ctx, &t, true)) {
         PASS
     } else {
         REJECT
     }
 }
 
+/// Where a denied connect would be redirected, if transparent proxy mode
+/// applies to it: TCP, to a non-local destination, and (for an IPv4
+/// socket) an IPv4 proxy. `(proxy address, proxy port, original address)`.
+#[inline(always)]
+fn redirect_target(ctx: &SockAddrContext, v6: bool) -> Option<([u8; 16], u32, TrieAddr)> {
+    let cfg = SBX_CONFIG.get(0)?;
+    if cfg.flags & FLAG_REDIRECT == 0 {
+        return None;
+    }
+    let sa = ctx.sock_addr;
+    if protocol(sa) != IPPROTO_TCP {
+        return None;
+    }
+    let mut orig = [0u8; 16];
+    if v6 {
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: as in `port`; `i < 4`.
+            let w = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip6[i]) }).to_ne_bytes();
+            orig[i * 4..i * 4 + 4].copy_from_slice(&w);
+            i += 1;
+        }
+    } else {
+        // SAFETY: as in `port`.
+        orig = mapped(ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes());
+    }
+    let is_v4 = orig[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    let local = (is_v4 && (orig[12] == 127 || orig[12] == 0))
+        || orig == [0; 16]
+        || orig == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let proxy_is_v4 = cfg.proxy_addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if local || (!v6 && !proxy_is_v4) {
+        return None;
+    }
+    Some((cfg.proxy_addr, cfg.proxy_port, orig))
+}
+
+/// Rewrites a denied connect to the proxy and records its original
+/// destination under the socket cookie. Returns whether it redirected.
+#[inline(always)]
+fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool) -> bool {
+    let (proxy, proxy_port, orig) = *target;
+    let sa = ctx.sock_addr;
+    // SAFETY: the helper takes the context pointer.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+    let value = OrigDst { addr: orig, port: u32::from(port(sa)) };
+    if SBX_REDIRECTED.insert(&cookie, &value, 0).is_err() {
+        return false;
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "ports are 16-bit")]
+    let net_port = u32::from((proxy_port as u16).to_be());
+    // SAFETY: writing the destination fields a connect hook may rewrite;
+    // the verifier checks the accesses are 4-byte stores.
+    unsafe {
+        if v6 {
+            let mut i = 0;
+            while i < 4 {
+                let w = u32::from_ne_bytes([proxy[i * 4], proxy[i * 4 + 1], proxy[i * 4 + 2], proxy[i * 4 + 3]]);
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[i]), w);
+                i += 1;
+            }
+        } else {
+            let w = u32::from_ne_bytes([proxy[12], proxy[13], proxy[14], proxy[15]]);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip4), w);
+        }
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_port), net_port);
+    }
+    true
+}
+
 #[cgroup_sock_addr(sendmsg4)]
 fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if judge4(&ctx, Direction::Dest, HOOK_SENDMSG4) {
+    if judge4(&ctx, Direction::Dest, HOOK_SENDMSG4, false) {
         PASS
     } else {
         REJECT
@@ -200,7 +311,7 @@ fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if judge6(&ctx, Direction::Dest, HOOK_SENDMSG6) {
+    if judge6(&ctx, Direction::Dest, HOOK_SENDMSG6, false) {
         PASS
     } else {
         REJECT
@@ -209,7 +320,7 @@ fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind4)]
 fn sbx_bind4(ctx: SockAddrContext) -> i32 {
-    if judge4(&ctx, Direction::Bind, HOOK_BIND4) {
+    if judge4(&ctx, Direction::Bind, HOOK_BIND4, false) {
         PASS
     } else {
         REJECT
@@ -218,7 +329,7 @@ fn sbx_bind4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind6)]
 fn sbx_bind6(ctx: SockAddrContext) -> i32 {
-    if judge6(&ctx, Direction::Bind, HOOK_BIND6) {
+    if judge6(&ctx, Direction::Bind, HOOK_BIND6, false) {
         PASS
     } else {
         REJECT
@@ -238,7 +349,7 @@ fn sbx_sock_create(ctx: SockContext) -> i32 {
         (ctx_u32(core::ptr::addr_of!((*sk).type_)), ctx_u32(core::ptr::addr_of!((*sk).protocol)))
     };
     let allowed = matches!((ty, proto), (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP));
-    if settle(allowed, HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current) {
+    if settle(allowed, HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -264,7 +375,7 @@ fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
     let refused = matches!((level, name), (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR));
     #[expect(clippy::cast_sign_loss, reason = "reported as raw numbers")]
     let (level, name) = (level as u32, name as u32);
-    if settle(!refused, HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current) {
+    if settle(!refused, HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -403,18 +514,18 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 }
 
 #[inline(always)]
-fn judge4(ctx: &SockAddrContext, dir: Direction, hook: u32) -> bool {
+fn judge4(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
     let sa = ctx.sock_addr.cast_const();
     // SAFETY: as in `port`. `user_ip4` is in network byte order, so its
     // in-memory bytes are the address octets in order.
     let ip = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes();
     let addr = mapped(ip);
     let (port, proto) = (port(sa), protocol(sa));
-    conclude(decide(&addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current)
+    conclude_r(decide(&addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 
 #[inline(always)]
-fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32) -> bool {
+fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
     let sa = ctx.sock_addr.cast_const();
     let mut addr = [0u8; 16];
     let mut i = 0;
@@ -435,17 +546,32 @@ fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32) -> bool {
         }
         None => decide(&addr, port, proto, dir),
     };
-    conclude(verdict, hook, proto, &addr, u32::from(port), Task::Current)
+    conclude_r(verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 
 /// Turns a decision into the program's answer, counting and reporting it.
 /// An internal error rejects, in audit mode too.
 #[inline(always)]
 fn conclude(verdict: Result<bool, ()>, hook: u32, proto: u32, addr: &TrieAddr, port: u32, task: Task) -> bool {
+    conclude_r(verdict, hook, proto, addr, port, task, false)
+}
+
+/// As [`conclude`]; `redirecting` marks a denial the caller will turn into
+/// a redirect to the proxy.
+#[inline(always)]
+fn conclude_r(
+    verdict: Result<bool, ()>,
+    hook: u32,
+    proto: u32,
+    addr: &TrieAddr,
+    port: u32,
+    task: Task,
+    redirecting: bool,
+) -> bool {
     match verdict {
-        Ok(allowed) => settle(allowed, hook, proto, addr, port, task),
+        Ok(allowed) => settle(allowed, hook, proto, addr, port, task, redirecting),
         Err(()) => {
-            settle(false, hook, proto, addr, port, task);
+            settle(false, hook, proto, addr, port, task, false);
             false
         }
     }

@@ -88,7 +88,8 @@ pub struct EventView {
     pub protocol: String,
     /// Destination (local for bind) `addr:port`, or what the hook saw.
     pub destination: String,
-    /// `denied` or `audit` (would have been denied).
+    /// `denied`, `audit` (would have been denied) or `proxied`
+    /// (redirected to the proxy).
     pub verdict: &'static str,
     /// The setting or rule that decided, as written.
     pub rule: String,
@@ -171,7 +172,11 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
         hook,
         protocol,
         destination,
-        verdict: if e.verdict == EVENT_AUDIT { "audit" } else { "denied" },
+        verdict: match e.verdict {
+            EVENT_AUDIT => "audit",
+            sbx_common::EVENT_REDIRECTED => "proxied",
+            _ => "denied",
+        },
         rule,
     }
 }

@@ -33,7 +33,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Hook of each program, in [`PROGRAMS`] order: program name, attach
 /// type, and the name users see.
-pub const HOOKS: [(&str, AttachType, &str); 9] = [
+pub const HOOKS: [(&str, AttachType, &str); 10] = [
     (PROGRAMS[0], AttachType::Connect4, "connect4"),
     (PROGRAMS[1], AttachType::Connect6, "connect6"),
     (PROGRAMS[2], AttachType::Sendmsg4, "sendmsg4"),
@@ -43,6 +43,7 @@ pub const HOOKS: [(&str, AttachType, &str); 9] = [
     (PROGRAMS[6], AttachType::SockCreate, "sock_create"),
     (PROGRAMS[7], AttachType::Setsockopt, "setsockopt"),
     (PROGRAMS[8], AttachType::Egress, "egress"),
+    (PROGRAMS[9], AttachType::SockOps, "sockops"),
 ];
 
 /// A kernel-side failure, with what a user needs to act on it.
@@ -209,6 +210,7 @@ fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
             Program::CgroupSock(p) => p.load(),
             Program::CgroupSockopt(p) => p.load(),
             Program::CgroupSkb(p) => p.load(),
+            Program::SockOps(p) => p.load(),
             other => unreachable!("unexpected program type {:?}", other.prog_type()),
         };
         loaded.map_err(|e| LoaderError::Program { program: name, detail: program_error(&e) })?;

@@ -22,6 +22,7 @@ fn main() {
         Command::Update(a) => cli::update::run(a, &cli.global),
         Command::Events(a) => cli::events::run(a, &cli.global),
         Command::Verify(a) => cli::verify::run(a, &cli.global),
+        Command::OrigDst(a) => cli::origdst::run(a, &cli.global),
         Command::Status(a) => cli::status::run(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
         Command::Profiles(a) => {

@@ -202,6 +202,10 @@ pub struct Policy {
     /// Filesystem rules (`run` only); `None` when none were given.
     #[serde(default)]
     pub filesystem: Option<FsPolicy>,
+    /// Transparent proxy mode: denied TCP connects to non-local
+    /// destinations are rewritten to the proxy instead of refused.
+    #[serde(default)]
+    pub redirect: bool,
 }
 
 /// A policy input problem, with where it was and what was wrong.
@@ -504,6 +508,7 @@ pub struct Layer {
     mode: Option<Mode>,
     fs_read: Vec<PathBuf>,
     fs_write: Vec<PathBuf>,
+    redirect: Option<(bool, Origin)>,
 }
 
 /// Builds a [`Policy`] from layers applied in order; later layers override
@@ -522,8 +527,11 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write } = layer;
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = layer;
         let m = &mut self.merged;
+        if redirect.is_some() {
+            m.redirect = redirect;
+        }
         if mode.is_some() {
             m.mode = mode;
         }
@@ -559,7 +567,7 @@ impl PolicyBuilder {
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write } = self.merged.clone();
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = self.merged.clone();
         let mut rules = rules;
         for rule in rules.iter_mut().filter(|r| r.host.is_some()) {
             pin_host(rule, resolve, allow_unresolved)?;
@@ -569,7 +577,13 @@ impl PolicyBuilder {
         let filesystem = (!fs_read.is_empty() || !fs_write.is_empty())
             .then(|| FsPolicy { read: dedup(fs_read), write: dedup(fs_write) });
         let Some((proxy_addr, proxy_origin)) = proxy else {
+            if let Some((true, origin)) = redirect {
+                return Err(PolicyError::Conflict(format!(
+                    "{origin}: proxy redirect needs a proxy; set proxy = \"ADDR:PORT\" (--proxy)"
+                )));
+            }
             return Ok(Policy {
+                redirect: false,
                 default: default.map_or(Action::Deny, |(a, _)| a),
                 loopback: loopback.unwrap_or(Loopback::Any),
                 proxy: None,
@@ -613,7 +627,8 @@ impl PolicyBuilder {
             });
             loopback.unwrap_or(Loopback::None)
         };
-        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem })
+        let redirect = redirect.is_some_and(|(r, _)| r);
+        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem, redirect })
     }
 }
 
@@ -704,6 +719,8 @@ pub struct FlagInput {
     pub fs_write: Vec<String>,
     /// `--allow-unresolved`.
     pub allow_unresolved: bool,
+    /// `--proxy-redirect`.
+    pub proxy_redirect: bool,
 }
 
 /// Splits a flag value holding several rules separated by commas.
@@ -762,6 +779,9 @@ impl FlagInput {
         }
         if self.audit {
             layer.mode = Some(Mode::Audit);
+        }
+        if self.proxy_redirect {
+            layer.redirect = Some((true, Origin::flag("--proxy-redirect")));
         }
         for (flag, values, out) in [("--fs-read", &self.fs_read, &mut layer.fs_read), ("--fs-write", &self.fs_write, &mut layer.fs_write)] {
             let origin = Origin::flag(flag);
@@ -857,6 +877,7 @@ struct RawNetwork {
     deny: Vec<Spanned<String>>,
     bind: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
+    proxy_mode: Option<Spanned<String>>,
 }
 
 fn line_of(src: &str, offset: usize) -> usize {
@@ -889,7 +910,16 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         }
     }
     let Some(net) = raw.network else { return Ok(layer) };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode } = net;
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode } = net;
+    if let Some(m) = proxy_mode {
+        let origin = at(m.span());
+        let on = match m.get_ref().as_str() {
+            "redirect" => true,
+            "deny" => false,
+            other => return Err(invalid(&origin, other, "proxy_mode must be \"deny\" (refuse direct connects) or \"redirect\" (send them to the proxy)")),
+        };
+        layer.redirect = Some((on, origin));
+    }
     if let Some(m) = mode {
         layer.mode = Some(match m.get_ref().as_str() {
             "enforce" => Mode::Enforce,
@@ -1044,7 +1074,7 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind, mode, filesystem } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect } = self;
         let mut out = vec![format!("default: {default}")];
         if *mode == Mode::Audit {
             out.push("mode: AUDIT (nothing is blocked; would-be denials are reported)".to_owned());
@@ -1058,7 +1088,8 @@ impl Policy {
             }
         ));
         if let Some(p) = proxy {
-            out.push(format!("proxy: {p} (proxy-only mode)"));
+            let how = if *redirect { "direct TCP connects are redirected to it" } else { "proxy-only mode" };
+            out.push(format!("proxy: {p} ({how})"));
         }
         for r in rules {
             match &r.host {

@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sbx_common::{Config, FLAG_AUDIT};
+use sbx_common::{Config, FLAG_AUDIT, FLAG_REDIRECT};
 
 use crate::{
     cgroup::Cgroup,
@@ -45,7 +45,11 @@ pub fn default_options(max_entries: u32, replace: bool) -> AttachOptions {
     AttachOptions {
         max_entries,
         replace,
-        config: Config { flags: 0, generation: 0, events_per_sec: DEFAULT_EVENT_RATE, events_burst: DEFAULT_EVENT_RATE },
+        config: Config {
+            events_per_sec: DEFAULT_EVENT_RATE,
+            events_burst: DEFAULT_EVENT_RATE,
+            ..Config::default()
+        },
         events_bytes: loader::DEFAULT_EVENTS_BYTES,
     }
 }
@@ -62,11 +66,14 @@ pub fn install(
     let compiled = compile(policy, opts.max_entries)?;
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;
-    opts.config = Config {
-        flags: if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 },
-        generation,
-        ..opts.config
-    };
+    let mut flags = if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 };
+    let (mut proxy_addr, mut proxy_port) = ([0; 16], 0);
+    if let (true, Some(p)) = (policy.redirect, policy.proxy) {
+        flags |= FLAG_REDIRECT;
+        proxy_addr = crate::compile::lookup_addr(p.ip());
+        proxy_port = u32::from(p.port());
+    }
+    opts.config = Config { flags, generation, proxy_addr, proxy_port, ..opts.config };
     let attached = loader::attach(cg, &compiled, opts, paths)?;
     let (by, runner_pid) = match owner {
         Owner::Attach => ("attach", None),

@@ -32,6 +32,8 @@ pub enum AttachType {
     Setsockopt = 22,
     /// `BPF_CGROUP_INET_EGRESS`.
     Egress = 1,
+    /// `BPF_CGROUP_SOCK_OPS`.
+    SockOps = 3,
 }
 
 /// `BPF_F_QUERY_EFFECTIVE`: include programs inherited from ancestors.

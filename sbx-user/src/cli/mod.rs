@@ -15,6 +15,7 @@ pub mod attach;
 pub mod check;
 pub mod detach;
 pub mod events;
+pub mod origdst;
 pub mod profiles;
 pub mod run;
 pub mod status;
@@ -27,6 +28,7 @@ POLICY FILE (TOML):
   default  = \"deny\"                # what no rule matches: \"deny\" | \"allow\"
   loopback = \"any\"                 # \"any\" | \"none\" | [3128, \"8000-8100\"]
   proxy    = \"127.0.0.1:3128\"      # proxy-only mode
+  proxy_mode = \"deny\"              # \"deny\" | \"redirect\": refuse, or send to the proxy
   allow    = [\"10.1.2.3:5432\", \"192.168.0.0/16:80,443\", \"[2001:db8::/32]:443\", \"udp://10.0.0.53:53\"]
   deny     = [\"private\", \"metadata\", \":25\", \"tcp://0.0.0.0/0:6000-6063\"]
   bind     = \"loopback\"            # \"loopback\" | \"any\" | [\"0.0.0.0:8080\", ...]
@@ -137,6 +139,10 @@ pub enum Command {
     /// Prove a sandbox enforces: query the kernel for every hook and run
     /// probe connects from inside the cgroup.
     Verify(verify::VerifyArgs),
+    /// Transparent proxy mode: the original destination of a redirected
+    /// connection, by the client's source port.
+    #[command(name = "orig-dst")]
+    OrigDst(origdst::OrigDstArgs),
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
@@ -185,6 +191,10 @@ pub struct PolicyArgs {
     /// Landlock: writable path (run only); repeatable.
     #[arg(long, value_name = "PATH")]
     pub fs_write: Vec<String>,
+    /// Transparent proxy: rewrite denied direct TCP connects to the proxy
+    /// instead of refusing them (needs --proxy).
+    #[arg(long)]
+    pub proxy_redirect: bool,
     /// Keep allow rules whose host name does not resolve (they match
     /// nothing) instead of failing.
     #[arg(long)]
@@ -209,6 +219,7 @@ impl PolicyArgs {
             fs_read: self.fs_read.clone(),
             fs_write: self.fs_write.clone(),
             allow_unresolved: self.allow_unresolved,
+            proxy_redirect: self.proxy_redirect,
         };
         Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
     }
