@@ -20,6 +20,7 @@ use std::{
 
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
+    harden::{landlock, seccomp},
     confine::{Confinement, Identity},
     policy::Policy,
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
@@ -46,6 +47,12 @@ pub enum RunError {
     /// The child's confinement could not be prepared.
     #[error("cannot confine the command: {0}")]
     Confine(io::Error),
+    /// Landlock cannot enforce what was asked.
+    #[error(transparent)]
+    Landlock(#[from] crate::harden::landlock::LandlockError),
+    /// The seccomp filter cannot be built for this machine.
+    #[error(transparent)]
+    Seccomp(#[from] crate::harden::seccomp::SeccompError),
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -81,6 +88,9 @@ pub struct RunOptions {
     pub keep_fds: Vec<u32>,
     /// Print deny events to stderr as they happen.
     pub log_denials: bool,
+    /// Run even if the kernel cannot enforce the requested filesystem
+    /// rules, saying what is not enforced.
+    pub allow_degraded: bool,
 }
 
 /// Signals forwarded to the child.
@@ -110,6 +120,22 @@ fn signal_set() -> libc::sigset_t {
 /// Runs `command` under `policy`; returns its exit status (128+N when
 /// killed by signal N).
 pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Paths) -> Result<i32, RunError> {
+    // Everything that can refuse comes first: nothing is attached if the
+    // kernel cannot enforce what was asked.
+    let fs_rules = policy
+        .filesystem
+        .as_ref()
+        .map(|fs| landlock::FsRules::new(&fs.read, &fs.write))
+        .transpose()?;
+    let ruleset = landlock::prepare(fs_rules.as_ref(), opts.allow_degraded)?;
+    for gap in ruleset.degraded() {
+        eprintln!("sbx-user: warning: not enforced (--allow-degraded): {gap}");
+    }
+    log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
+    for limit in ruleset.limitations() {
+        log::info!("Landlock limitation: {limit}");
+    }
+    let filter = seccomp::build()?;
     let parent = match &opts.cgroup_parent {
         Some(p) => p.clone(),
         None => cgroup2_mount()?.join("sbx"),
@@ -126,7 +152,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         return Err(e.into());
     }
     let logger = if opts.log_denials { Some(DenialLogger::start(&cg, policy, paths)?) } else { None };
-    let result = spawn_and_wait(command, policy, &cg, opts);
+    let result = spawn_and_wait(command, policy, &cg, opts, ruleset, filter);
     if let Some(l) = logger {
         l.stop();
     }
@@ -161,6 +187,8 @@ fn spawn_and_wait(
     policy: &Policy,
     cg: &Cgroup,
     opts: &RunOptions,
+    ruleset: landlock::Prepared,
+    filter: seccomp::SeccompFilter,
 ) -> Result<ExitStatus, RunError> {
     let confinement = Confinement::prepare(opts.identity, &opts.keep_fds).map_err(RunError::Confine)?;
     let procs_path = cg.procs_path();
@@ -193,7 +221,11 @@ fn spawn_and_wait(
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
             }
-            confinement.apply()
+            confinement.apply()?;
+            // Landlock needs no_new_privs, which `apply` set; seccomp goes
+            // last because it forbids the mount calls `apply` made.
+            ruleset.restrict_self()?;
+            filter.apply()
         });
     }
 

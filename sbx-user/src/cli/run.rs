@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// others above 2 are closed); repeatable.
     #[arg(long, value_name = "N")]
     pub keep_fd: Vec<u32>,
+    /// Run even if the kernel cannot enforce the filesystem rules, and say
+    /// what is not enforced.
+    #[arg(long)]
+    pub allow_degraded: bool,
     /// Print each denial to stderr as it happens.
     #[arg(long)]
     pub log_denials: bool,
@@ -50,6 +54,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         identity: args.user,
         keep_fds: args.keep_fd.clone(),
         log_denials: args.log_denials,
+        allow_degraded: args.allow_degraded,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,

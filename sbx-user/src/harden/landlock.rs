@@ -206,13 +206,21 @@ fn probe() -> io::Result<u32> {
     u32::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// Why Landlock is unavailable, as a hint in the style of the landlock
+/// What to do when the kernel falls short, as a hint in the style of the landlock
 /// crate's sandboxer example.
-fn unavailable_hint() -> String {
+fn degraded_hint() -> String {
     match probe() {
-        Ok(abi) => format!("the kernel has Landlock ABI {abi}; upgrade the kernel for the missing features, or pass --allow-degraded to run without them"),
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => "Landlock is built into this kernel but not enabled at boot; add `landlock` to the `lsm=` kernel parameter, or pass --allow-degraded to run without filesystem rules".to_owned(),
-        Err(_) => "this kernel has no Landlock (Linux 5.13+ with CONFIG_SECURITY_LANDLOCK=y); use such a kernel, or pass --allow-degraded to run without filesystem rules".to_owned(),
+        Ok(abi) => format!(
+            "the kernel has Landlock ABI {abi}; upgrade the kernel for the missing features, \
+             or pass --allow-degraded to run without them"
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => "Landlock is built into this kernel but not \
+             enabled at boot; add `landlock` to the `lsm=` kernel parameter, or pass --allow-degraded to run \
+             without filesystem rules"
+            .to_owned(),
+        Err(_) => "this kernel has no Landlock (Linux 5.13+ with CONFIG_SECURITY_LANDLOCK=y); use such a kernel, \
+             or pass --allow-degraded to run without filesystem rules"
+            .to_owned(),
     }
 }
 
@@ -310,15 +318,12 @@ pub fn prepare_with(request: &Request<'_>) -> Result<Prepared, LandlockError> {
     let Request { fs, tcp, allow_degraded } = *request;
     let abi = kernel_abi();
     let level = abi.unwrap_or(0);
-    let (degraded, limitations) = assess(level, fs.is_some(), tcp.is_some());
+    let tcp_requested = tcp.is_some_and(|t| t.connect.is_some() || t.bind.is_some());
+    let (degraded, limitations) = assess(level, fs.is_some(), tcp_requested);
     if !degraded.is_empty() && !allow_degraded {
-        return Err(LandlockError::Unenforceable { missing: degraded, hint: unavailable_hint() });
+        return Err(LandlockError::Unenforceable { missing: degraded, hint: degraded_hint() });
     }
-    let enforced = Enforced {
-        fs: fs.is_some() && level >= 1,
-        scopes: level >= 6,
-        tcp: tcp.is_some_and(|t| t.connect.is_some() || t.bind.is_some()) && level >= 4,
-    };
+    let enforced = Enforced { fs: fs.is_some() && level >= 1, scopes: level >= 6, tcp: tcp_requested && level >= 4 };
     let fd = if enforced == Enforced::default() {
         None
     } else {
@@ -464,12 +469,26 @@ mod tests {
         ];
         for ((abi, fs, tcp), (d, l)) in cases {
             let (degraded, limitations) = assess(abi, fs, tcp);
-            assert_eq!((degraded.len(), limitations.len()), (d, l), "abi {abi} fs {fs} tcp {tcp}: {degraded:?} {limitations:?}");
+            assert_eq!(
+                (degraded.len(), limitations.len()),
+                (d, l),
+                "abi {abi} fs {fs} tcp {tcp}: {degraded:?} {limitations:?}"
+            );
         }
         assert!(assess(0, true, false).0[0].contains("Landlock is not available"));
         assert!(assess(4, true, false).0[0].contains("ioctl"));
         assert!(assess(2, true, false).0[0].contains("truncat"));
         assert!(assess(5, false, false).1[0].contains("ABI 6"));
+    }
+
+    #[test]
+    fn unenforceable_lists_each_gap() {
+        let (missing, _) = assess(2, true, false);
+        let err = LandlockError::Unenforceable { missing, hint: "do this".to_owned() };
+        let text = err.to_string();
+        assert!(text.starts_with("the kernel cannot enforce the filesystem rules:\n  - truncating"), "{text}");
+        assert!(text.contains("\n  - ioctl(2)"), "{text}");
+        assert!(text.ends_with("\nHint: do this"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   signals (Landlock ABI 6), and TCP port rules as a second layer.
 //! - [`seccomp`]: a classic-BPF filter for what no LSM hook here sees:
 //!   socket families other than UNIX, inet and netlink (`AF_PACKET`,
-//!   `AF_VSOCK`, ...), `bpf(2)`, io_uring, new namespaces and mounts.
+//!   `AF_VSOCK`, ...), `bpf(2)`, `io_uring`, new namespaces and mounts.
 //!
 //! Both split the work the same way: everything that allocates, opens
 //! files or may fail with a useful message runs in the parent
@@ -44,6 +44,7 @@ pub(crate) mod testutil {
 
     /// How a forked child ended.
     #[derive(Debug)]
+    #[expect(dead_code, reason = "the fields are read through Debug in failure messages")]
     pub(crate) enum Outcome<const N: usize> {
         /// The child reported `N` values and exited 0.
         Reported([i32; N]),
@@ -106,7 +107,7 @@ pub(crate) mod testutil {
         std::fs::File::from(read_end).read_to_end(&mut bytes).expect("reading the child's report");
         let mut status = 0;
         // SAFETY: `pid` is our child; `status` is writable.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid, "waitpid");
+        assert_eq!(unsafe { libc::waitpid(pid, &raw mut status, 0) }, pid, "waitpid");
         if libc::WIFSIGNALED(status) {
             return Outcome::Signalled(libc::WTERMSIG(status));
         }

@@ -9,7 +9,7 @@
 //! | `socket(domain, ..)` | `AF_UNIX`, `AF_INET`, `AF_INET6`, `AF_NETLINK` allowed (glibc's `getifaddrs` needs netlink); any other family (`AF_PACKET`, `AF_VSOCK`, `AF_XDP`, ...) fails with `EAFNOSUPPORT` |
 //! | `socketpair(domain, ..)` | only `AF_UNIX`; otherwise `EAFNOSUPPORT` |
 //! | `bpf` | `EPERM` |
-//! | `io_uring_setup`, `io_uring_enter`, `io_uring_register` | `EPERM`: io_uring is disabled, so its socket operations cannot sidestep the hooks |
+//! | `io_uring_setup`, `io_uring_enter`, `io_uring_register` | `EPERM`: `io_uring` is disabled, so its socket operations cannot sidestep the hooks |
 //! | `unshare(flags)`, `clone(flags, ..)` with any `CLONE_NEW*` flag | `EPERM`: no new user, network, mount, ... namespaces |
 //! | `clone3` | `ENOSYS`: its flags live in memory a filter cannot read, and libc falls back to `clone` on `ENOSYS` |
 //! | `setns` | `EPERM` |
@@ -17,10 +17,10 @@
 //! | anything else | allowed |
 //!
 //! The filter first checks `seccomp_data.arch` and kills the process on a
-//! mismatch (an x86_64 process calling the i386 table through `int 0x80`,
-//! where `socketcall` would hide the socket family), and on x86_64 returns
+//! mismatch (an `x86_64` process calling the i386 table through `int 0x80`,
+//! where `socketcall` would hide the socket family), and on `x86_64` returns
 //! `ENOSYS` for x32 system calls (`nr | __X32_SYSCALL_BIT`), which share
-//! the x86_64 audit arch but would not match any number below.
+//! the `x86_64` audit arch but would not match any number below.
 //!
 //! # 64-bit arguments
 //! The filter reads only the low 32 bits of each argument it inspects
@@ -30,7 +30,7 @@
 //! every `CLONE_NEW*` bit is in the low half, and a bit test on the word
 //! holding those bits sees exactly what the kernel sees.
 //!
-//! Supported on x86_64 and little-endian aarch64; [`build`] fails
+//! Supported on `x86_64` and little-endian `aarch64`; [`build`] fails
 //! elsewhere so the caller can fail closed.
 
 use std::{fmt, io};
@@ -119,7 +119,7 @@ const fn off_arg_lo(i: u32) -> u32 {
     16 + 8 * i
 }
 
-/// `BPF_MAXINSNS` (include/uapi/linux/bpf_common.h).
+/// `BPF_MAXINSNS` (`include/uapi/linux/bpf_common.h`).
 const BPF_MAXINSNS: usize = 4096;
 
 /// `SECCOMP_RET_ERRNO` with `errno` in the data bits.
@@ -195,7 +195,7 @@ mod program {
     }
 
     /// System calls that fail with `EPERM`, whatever their arguments.
-    pub(in super::super) const DENIED_EPERM: [(&str, u32); 16] = [
+    pub(super) const DENIED_EPERM: [(&str, u32); 16] = [
         ("bpf", nr(libc::SYS_bpf)),
         ("io_uring_setup", nr(libc::SYS_io_uring_setup)),
         ("io_uring_enter", nr(libc::SYS_io_uring_enter)),
@@ -214,11 +214,11 @@ mod program {
         ("mount_setattr", nr(libc::SYS_mount_setattr)),
     ];
 
-    pub(in super::super) const SYS_SOCKET: u32 = nr(libc::SYS_socket);
-    pub(in super::super) const SYS_SOCKETPAIR: u32 = nr(libc::SYS_socketpair);
-    pub(in super::super) const SYS_UNSHARE: u32 = nr(libc::SYS_unshare);
-    pub(in super::super) const SYS_CLONE: u32 = nr(libc::SYS_clone);
-    pub(in super::super) const SYS_CLONE3: u32 = nr(libc::SYS_clone3);
+    pub(super) const SYS_SOCKET: u32 = nr(libc::SYS_socket);
+    pub(super) const SYS_SOCKETPAIR: u32 = nr(libc::SYS_socketpair);
+    pub(super) const SYS_UNSHARE: u32 = nr(libc::SYS_unshare);
+    pub(super) const SYS_CLONE: u32 = nr(libc::SYS_clone);
+    pub(super) const SYS_CLONE3: u32 = nr(libc::SYS_clone3);
 
     /// A jump target, resolved when the program is finished.
     #[derive(Clone, Copy)]
@@ -227,7 +227,12 @@ mod program {
     enum Insn {
         Stmt(libc::sock_filter),
         /// Conditional jump; `None` falls through to the next instruction.
-        Jump { code: u16, k: u32, jt: Option<Label>, jf: Option<Label> },
+        Jump {
+            code: u16,
+            k: u32,
+            jt: Option<Label>,
+            jf: Option<Label>,
+        },
     }
 
     /// A tiny assembler: forward jumps to named labels, checked offsets.
@@ -299,7 +304,7 @@ mod program {
     }
 
     /// The program; see the module documentation for what it decides.
-    pub(in super::super) fn build() -> Result<Vec<libc::sock_filter>, SeccompError> {
+    pub(super) fn build() -> Result<Vec<libc::sock_filter>, SeccompError> {
         let mut a = Asm::default();
         let (kill, allow, eperm, enosys) = (a.label(), a.label(), a.label(), a.label());
         let (socket, socketpair, unshare, clone) = (a.label(), a.label(), a.label(), a.label());
@@ -316,7 +321,7 @@ mod program {
         a.jeq(SYS_UNSHARE, unshare);
         a.jeq(SYS_CLONE, clone);
         a.jeq(SYS_CLONE3, enosys);
-        for (_, n) in DENIED_EPERM.iter() {
+        for (_, n) in &DENIED_EPERM {
             a.jeq(*n, eperm);
         }
         a.ret(libc::SECCOMP_RET_ALLOW);
@@ -491,7 +496,7 @@ mod tests {
 
     #[test]
     fn denied_calls() {
-        for (name, n) in DENIED_EPERM.iter() {
+        for (name, n) in &DENIED_EPERM {
             assert_eq!(verdict(*n, 0), EPERM, "{name}");
         }
     }
@@ -586,7 +591,8 @@ mod tests {
                     libc::close(pair[0]);
                     libc::close(pair[1]);
                 }
-                out[9] = errno_if_failed(libc::socketpair(libc::AF_INET, libc::SOCK_STREAM, 0, pair.as_mut_ptr()).into());
+                out[9] =
+                    errno_if_failed(libc::socketpair(libc::AF_INET, libc::SOCK_STREAM, 0, pair.as_mut_ptr()).into());
                 // Without the filter: EFAULT/EINVAL, not EPERM (we are root).
                 out[10] = errno_if_failed(libc::syscall(libc::SYS_bpf, 5, std::ptr::null::<u8>(), 0));
                 out[11] = errno_if_failed(libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null::<u8>()));
@@ -604,8 +610,14 @@ mod tests {
                 // Without the filter: ENOENT (no such mount point).
                 let target = c"/nonexistent-sbx-seccomp-test";
                 out[15] = errno_if_failed(
-                    libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), libc::MS_REMOUNT, std::ptr::null())
-                        .into(),
+                    libc::mount(
+                        std::ptr::null(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REMOUNT,
+                        std::ptr::null(),
+                    )
+                    .into(),
                 );
                 // Without the filter: EBADF.
                 out[16] = errno_if_failed(libc::setns(-1, 0).into());
@@ -652,9 +664,16 @@ mod tests {
         fn int80_getpid() -> i64 {
             let mut rax: i64 = 20;
             // SAFETY: `int 0x80` with eax=20 is i386 getpid: no arguments,
-            // no memory access; it clobbers only rax (and r8-r11 are
-            // preserved by the kernel for the compat entry).
-            unsafe { std::arch::asm!("int 0x80", inout("rax") rax => rax, options(nostack)) };
+            // no memory access. It returns in rax; r8-r11 are declared
+            // clobbered because kernels before 4.17 zeroed them there.
+            unsafe {
+                std::arch::asm!(
+                    "int 0x80",
+                    inout("rax") rax => rax,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    options(nostack),
+                );
+            }
             rax
         }
         let filter = build().expect("build");
