@@ -98,6 +98,10 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
+    println!(
+        "Landlock ABI on this kernel: {} (filesystem rules and scopes for `run`)",
+        crate::harden::landlock::kernel_abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string())
+    );
     if entries.is_empty() {
         println!("no sandboxes");
     }
