@@ -41,13 +41,31 @@ pub const MAP_REDIRECTED: &str = "SBX_REDIRECTED";
 pub const MAP_ORIGDST: &str = "SBX_ORIGDST";
 
 /// Every map sbx pins, in a fixed order.
-pub const MAPS: [&str; 9] =
-    [MAP_DEST, MAP_BIND, MAP_PORTS, MAP_CONFIG, MAP_EVENTS, MAP_COUNTERS, MAP_RATE, MAP_REDIRECTED, MAP_ORIGDST];
+pub const MAPS: [&str; 9] = [
+    MAP_DEST,
+    MAP_BIND,
+    MAP_PORTS,
+    MAP_CONFIG,
+    MAP_EVENTS,
+    MAP_COUNTERS,
+    MAP_RATE,
+    MAP_REDIRECTED,
+    MAP_ORIGDST,
+];
 
 /// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
 /// in [`PROGRAMS`] order.
-pub const HOOK_NAMES: [&str; 9] =
-    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress"];
+pub const HOOK_NAMES: [&str; 9] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "bind4",
+    "bind6",
+    "sock_create",
+    "setsockopt",
+    "egress",
+];
 /// Number of hooks.
 pub const NUM_HOOKS: u32 = 9;
 
@@ -132,7 +150,7 @@ pub const EVENT_REDIRECTED: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`).
     pub ts_ns: u64,
     /// Cgroup id of the caller (0 where the hook cannot tell).
     pub cgroup_id: u64,
@@ -144,12 +162,12 @@ pub struct Event {
     pub comm: [u8; 16],
     /// Index into [`HOOK_NAMES`].
     pub hook: u32,
-    /// IP protocol (6 TCP, 17 UDP), or the socket protocol at sock_create.
+    /// IP protocol (6 TCP, 17 UDP), or the socket protocol at `sock_create`.
     pub protocol: u32,
     /// Destination (local, for bind) address, IPv4 mapped into IPv6,
-    /// network byte order. For sock_create: zero. For setsockopt: zero.
+    /// network byte order. For `sock_create`: zero. For setsockopt: zero.
     pub addr: [u8; 16],
-    /// Port, host byte order. For sock_create: the socket type. For
+    /// Port, host byte order. For `sock_create`: the socket type. For
     /// setsockopt: the option name.
     pub port: u32,
     /// [`EVENT_DENIED`], [`EVENT_AUDIT`] or [`EVENT_REDIRECTED`].
@@ -268,7 +286,13 @@ impl PortTable {
             default_tcp: tcp,
             default_udp: udp,
             _pad: [0; 2],
-            segments: [PortSegment { lo: 0, hi: 0, tcp: 0, udp: 0, _pad: [0; 2] }; MAX_SEGMENTS],
+            segments: [PortSegment {
+                lo: 0,
+                hi: 0,
+                tcp: 0,
+                udp: 0,
+                _pad: [0; 2],
+            }; MAX_SEGMENTS],
         }
     }
 }

@@ -103,7 +103,8 @@ struct Prefix {
 
 impl Prefix {
     fn contains(self, other: Self) -> bool {
-        self.len <= other.len && (self.len == 0 || (self.addr ^ other.addr) >> (128 - u32::from(self.len)) == 0)
+        self.len <= other.len
+            && (self.len == 0 || (self.addr ^ other.addr) >> (128 - u32::from(self.len)) == 0)
     }
 
     fn of(net: &IpNet) -> Self {
@@ -112,13 +113,19 @@ impl Prefix {
                 addr: (0xffff_u128 << 32) | u128::from(u32::from(n.network())),
                 len: n.prefix_len() + 96,
             },
-            IpNet::V6(n) => Self { addr: u128::from(n.network()), len: n.prefix_len() },
+            IpNet::V6(n) => Self {
+                addr: u128::from(n.network()),
+                len: n.prefix_len(),
+            },
         }
     }
 
     fn display(self) -> String {
         if self.len >= 96 && self.addr >> 32 == 0xffff {
-            #[expect(clippy::cast_possible_truncation, reason = "low 32 bits are the IPv4 address")]
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "low 32 bits are the IPv4 address"
+            )]
             let v4 = std::net::Ipv4Addr::from(self.addr as u32);
             format!("{v4}/{}", self.len - 96)
         } else {
@@ -128,14 +135,23 @@ impl Prefix {
 }
 
 const V6_ROOT: Prefix = Prefix { addr: 0, len: 0 };
-const V4_ROOT: Prefix = Prefix { addr: 0xffff_u128 << 32, len: 96 };
+const V4_ROOT: Prefix = Prefix {
+    addr: 0xffff_u128 << 32,
+    len: 96,
+};
 
 fn v4(addr: [u8; 4], len: u8) -> Prefix {
-    Prefix { addr: (0xffff_u128 << 32) | u128::from(u32::from_be_bytes(addr)), len: len + 96 }
+    Prefix {
+        addr: (0xffff_u128 << 32) | u128::from(u32::from_be_bytes(addr)),
+        len: len + 96,
+    }
 }
 
 fn v6(s: &str, len: u8) -> Prefix {
-    Prefix { addr: u128::from(s.parse::<Ipv6Addr>().expect("literal")), len }
+    Prefix {
+        addr: u128::from(s.parse::<Ipv6Addr>().expect("literal")),
+        len,
+    }
 }
 
 /// A loopback address every policy denies, on every port, so that
@@ -144,7 +160,12 @@ pub const VERIFY_SENTINEL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 255
 
 /// Where the local host is reached: decided by `loopback` only.
 fn local_host_prefixes() -> [Prefix; 4] {
-    [v4([127, 0, 0, 0], 8), v4([0, 0, 0, 0], 32), v6("::1", 128), v6("::", 128)]
+    [
+        v4([127, 0, 0, 0], 8),
+        v4([0, 0, 0, 0], 32),
+        v6("::1", 128),
+        v6("::", 128),
+    ]
 }
 
 /// Low-priority deny entries for non-unicast and deprecated address forms.
@@ -192,7 +213,7 @@ fn overlay(top: &Partial, bottom: &PortFn) -> PortFn {
     points.sort_unstable();
     points.dedup();
     let mut out: PortFn = Vec::new();
-    for p in points.into_iter().filter(|&p| p <= u32::from(u16::MAX)) {
+    for p in points.into_iter().filter(|&p| u16::try_from(p).is_ok()) {
         let port = u16::try_from(p).expect("filtered to u16");
         let v = partial_at(top, port).unwrap_or_else(|| at(bottom, port));
         if out.last().is_none_or(|&(_, last)| last != v) {
@@ -207,7 +228,14 @@ fn own_partial(rules: &[&CRule], tcp: bool) -> Partial {
     let pick = |action: Action| -> Vec<PortRange> {
         let ranges = rules
             .iter()
-            .filter(|r| r.action == action && if tcp { r.protocols.tcp } else { r.protocols.udp })
+            .filter(|r| {
+                r.action == action
+                    && if tcp {
+                        r.protocols.tcp
+                    } else {
+                        r.protocols.udp
+                    }
+            })
             .flat_map(|r| r.ports.iter().copied())
             .collect();
         crate::policy::merge_ranges(ranges)
@@ -270,9 +298,9 @@ struct TableSet {
 }
 
 impl TableSet {
-    fn intern(&mut self, t: PortTable) -> u32 {
-        *self.index.entry(t).or_insert_with(|| {
-            self.tables.push(t);
+    fn intern(&mut self, t: &PortTable) -> u32 {
+        *self.index.entry(*t).or_insert_with(|| {
+            self.tables.push(*t);
             u32::try_from(self.tables.len() - 1).expect("fewer than 2^32 tables")
         })
     }
@@ -309,7 +337,13 @@ fn to_table(r: &Resolved) -> Result<PortTable, usize> {
     let mut table = PortTable::uniform(default.0, default.1);
     table.len = u32::try_from(segs.len()).expect("at most MAX_SEGMENTS");
     for (slot, &&(lo, hi, tcp, udp)) in table.segments.iter_mut().zip(&segs) {
-        *slot = PortSegment { lo, hi, tcp, udp, _pad: [0; 2] };
+        *slot = PortSegment {
+            lo,
+            hi,
+            tcp,
+            udp,
+            _pad: [0; 2],
+        };
     }
     Ok(table)
 }
@@ -317,7 +351,10 @@ fn to_table(r: &Resolved) -> Result<PortTable, usize> {
 fn ports_table(ports: &[PortRange], inside: u8, outside: u8) -> Resolved {
     let partial: Partial = ports.iter().map(|r| (r.lo, r.hi, inside)).collect();
     let f = overlay(&partial, &uniform(outside));
-    Resolved { tcp: f.clone(), udp: f }
+    Resolved {
+        tcp: f.clone(),
+        udp: f,
+    }
 }
 
 fn verdict(a: Action) -> u8 {
@@ -348,7 +385,10 @@ fn resolve(
     prefixes.sort_unstable_by_key(|p| (p.addr, p.len));
     prefixes.dedup();
 
-    let base = Resolved { tcp: uniform(verdict(default)), udp: uniform(verdict(default)) };
+    let base = Resolved {
+        tcp: uniform(verdict(default)),
+        udp: uniform(verdict(default)),
+    };
     let mut stack: Vec<(Prefix, Resolved)> = Vec::new();
     let mut out = Vec::with_capacity(prefixes.len());
     for p in prefixes {
@@ -366,7 +406,12 @@ fn resolve(
             let own = by_prefix.get(&p).map_or(&[][..], Vec::as_slice);
             let (user, builtin): (Vec<&CRule>, Vec<&CRule>) = own.iter().partition(|r| r.user);
             let mut r = parent.clone();
-            for (layer, tcp) in [(&builtin, true), (&builtin, false), (&user, true), (&user, false)] {
+            for (layer, tcp) in [
+                (&builtin, true),
+                (&builtin, false),
+                (&user, true),
+                (&user, false),
+            ] {
                 if layer.is_empty() {
                     continue;
                 }
@@ -394,7 +439,7 @@ fn resolve(
         out.push(TrieEntry {
             prefix_len: u32::from(p.len),
             addr: p.addr.to_be_bytes(),
-            table: tables.intern(table),
+            table: tables.intern(&table),
         });
         stack.push((p, resolved));
     }
@@ -422,7 +467,16 @@ fn lower(rules: &[Rule]) -> Vec<CRule> {
 pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileError> {
     // `mode` goes to the config map and `filesystem` to Landlock; neither
     // changes the tries.
-    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _ } = policy;
+    let Policy {
+        default,
+        loopback,
+        proxy: _,
+        rules,
+        bind,
+        mode: _,
+        filesystem: _,
+        redirect: _,
+    } = policy;
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);
@@ -439,8 +493,14 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
         Loopback::None => ports_table(&[], VERDICT_DENY, VERDICT_DENY),
         Loopback::Ports(p) => ports_table(p, VERDICT_ALLOW, VERDICT_DENY),
     };
-    let mut fixed: Vec<_> = local_host_prefixes().into_iter().map(|p| (p, local.clone())).collect();
-    fixed.push((v4(VERIFY_SENTINEL.octets(), 32), ports_table(&[], VERDICT_DENY, VERDICT_DENY)));
+    let mut fixed: Vec<_> = local_host_prefixes()
+        .into_iter()
+        .map(|p| (p, local.clone()))
+        .collect();
+    fixed.push((
+        v4(VERIFY_SENTINEL.octets(), 32),
+        ports_table(&[], VERDICT_DENY, VERDICT_DENY),
+    ));
     let dest = resolve(&dest_rules, &fixed, *default, rules, &mut tables)?;
 
     let (bind_rules, bind_default, bind_sources): (Vec<CRule>, Action, &[Rule]) = match bind {
@@ -459,7 +519,12 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             let all = vec![PortRange::ALL];
             let [lo4, any4, lo6, any6] = local_host_prefixes();
             (
-                vec![rule(lo4, all.clone()), rule(lo6, all), rule(any4, zero.clone()), rule(any6, zero)],
+                vec![
+                    rule(lo4, all.clone()),
+                    rule(lo6, all),
+                    rule(any4, zero.clone()),
+                    rule(any6, zero),
+                ],
                 Action::Deny,
                 &[],
             )
@@ -477,7 +542,11 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             });
         }
     }
-    Ok(Compiled { dest, bind, tables: tables.tables })
+    Ok(Compiled {
+        dest,
+        bind,
+        tables: tables.tables,
+    })
 }
 
 /// Which trie a simulated lookup uses.
@@ -531,9 +600,13 @@ impl Compiled {
                 p.contains(host)
             })
             .max_by_key(|e| e.prefix_len);
-        let Some(entry) = best else { return VERDICT_DENY };
+        let Some(entry) = best else {
+            return VERDICT_DENY;
+        };
         let t = &self.tables[entry.table as usize];
-        let seg = t.segments[..t.len as usize].iter().find(|s| s.lo <= port && port <= s.hi);
+        let seg = t.segments[..t.len as usize]
+            .iter()
+            .find(|s| s.lo <= port && port <= s.hi);
         match (seg, tcp) {
             (Some(s), true) => s.tcp,
             (Some(s), false) => s.udp,

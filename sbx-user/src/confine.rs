@@ -23,14 +23,18 @@ pub struct Identity {
 /// Parses `UID[:GID]` (numeric).
 pub fn parse_identity(s: &str) -> Result<Identity, String> {
     let num = |v: &str, what: &str| {
-        v.parse::<u32>().map_err(|_| format!("--user `{s}`: {what} `{v}` is not a number; give UID[:GID], e.g. 65534:65534"))
+        v.parse::<u32>().map_err(|_| {
+            format!("--user `{s}`: {what} `{v}` is not a number; give UID[:GID], e.g. 65534:65534")
+        })
     };
-    match s.split_once(':') {
-        Some((u, g)) => Ok(Identity { uid: num(u, "uid")?, gid: num(g, "gid")? }),
-        None => {
-            let uid = num(s, "uid")?;
-            Ok(Identity { uid, gid: uid })
-        }
+    if let Some((u, g)) = s.split_once(':') {
+        Ok(Identity {
+            uid: num(u, "uid")?,
+            gid: num(g, "gid")?,
+        })
+    } else {
+        let uid = num(s, "uid")?;
+        Ok(Identity { uid, gid: uid })
     }
 }
 
@@ -57,7 +61,9 @@ impl Confinement {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
         let mut ro: Vec<PathBuf> = vec![PathBuf::from("/sys")];
         for line in info.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let fstype = right.split_whitespace().next().unwrap_or("");
             if PROTECTED_FS.contains(&fstype) {
                 if let Some(mp) = left.split_whitespace().nth(4) {
@@ -74,20 +80,38 @@ impl Confinement {
         for &fd in keep_fds {
             // SAFETY: F_GETFD on an arbitrary number only queries flags.
             if unsafe { libc::fcntl(i32::try_from(fd).unwrap_or(-1), libc::F_GETFD) } < 0 {
-                return Err(io::Error::other(format!("--keep-fd {fd}: no such open file descriptor")));
+                return Err(io::Error::other(format!(
+                    "--keep-fd {fd}: no such open file descriptor"
+                )));
             }
         }
         let mut keep_fds: Vec<u32> = keep_fds.iter().copied().filter(|&f| f > 2).collect();
         keep_fds.sort_unstable();
         keep_fds.dedup();
-        Ok(Self { read_only, bind_first, identity, keep_fds })
+        Ok(Self {
+            read_only,
+            bind_first,
+            identity,
+            keep_fds,
+        })
     }
 
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self { read_only, bind_first, identity, keep_fds } = self;
-        let check = |rc: libc::c_long| if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        let Self {
+            read_only,
+            bind_first,
+            identity,
+            keep_fds,
+        } = self;
+        let check = |rc: libc::c_long| {
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
         // SAFETY (whole block): plain system calls with pointers to
         // NUL-terminated strings and structs that outlive each call.
         unsafe {
@@ -96,11 +120,34 @@ impl Confinement {
             // not slave: a mount the host adds later must not appear here
             // writable.
             check(libc::unshare(libc::CLONE_NEWNS).into())?;
-            check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()).into())?;
+            check(
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                )
+                .into(),
+            )?;
             for p in bind_first {
-                check(libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()).into())?;
+                check(
+                    libc::mount(
+                        p.as_ptr(),
+                        p.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    )
+                    .into(),
+                )?;
             }
-            let attr = MountAttr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+            let attr = MountAttr {
+                attr_set: libc::MOUNT_ATTR_RDONLY,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
             for p in read_only.iter().chain(bind_first) {
                 check(libc::syscall(
                     libc::SYS_mount_setattr,
@@ -113,7 +160,7 @@ impl Confinement {
             }
             if let Some(id) = identity {
                 let gid = id.gid;
-                check(libc::setgroups(1, &gid).into())?;
+                check(libc::setgroups(1, &raw const gid).into())?;
                 check(libc::setresgid(gid, gid, gid).into())?;
                 check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
             }
@@ -122,22 +169,41 @@ impl Confinement {
             for cap in 0..64 {
                 libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
             }
-            check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
-            let header = CapHeader { version: 0x2008_0522, pid: 0 };
+            check(
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                    0,
+                    0,
+                    0,
+                )
+                .into(),
+            )?;
+            let header = CapHeader {
+                version: 0x2008_0522,
+                pid: 0,
+            };
             let data = [CapData::default(); 2];
-            check(libc::syscall(libc::SYS_capset, std::ptr::from_ref(&header), data.as_ptr()))?;
+            check(libc::syscall(
+                libc::SYS_capset,
+                std::ptr::from_ref(&header),
+                data.as_ptr(),
+            ))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
             // Every inherited descriptor above stderr closes at exec,
             // except those kept on purpose. CLOEXEC rather than closing, so
             // std's own exec-error pipe keeps working.
+            // CLOSE_RANGE_CLOEXEC is 4: the cast cannot wrap.
+            #[expect(clippy::cast_possible_wrap, reason = "a small flag constant")]
+            let cloexec = libc::CLOSE_RANGE_CLOEXEC as i32;
             let mut first = 3u32;
             for &fd in keep_fds {
                 if fd > first {
-                    check(libc::close_range(first, fd - 1, libc::CLOSE_RANGE_CLOEXEC as i32).into())?;
+                    check(libc::close_range(first, fd - 1, cloexec).into())?;
                 }
                 first = fd + 1;
             }
-            check(libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32).into())?;
+            check(libc::close_range(first, u32::MAX, cloexec).into())?;
         }
         Ok(())
     }
@@ -174,9 +240,23 @@ mod tests {
 
     #[test]
     fn parses_identities() {
-        assert_eq!(parse_identity("1000"), Ok(Identity { uid: 1000, gid: 1000 }));
-        assert_eq!(parse_identity("65534:100"), Ok(Identity { uid: 65534, gid: 100 }));
-        assert!(parse_identity("nobody").unwrap_err().contains("not a number"));
+        assert_eq!(
+            parse_identity("1000"),
+            Ok(Identity {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        assert_eq!(
+            parse_identity("65534:100"),
+            Ok(Identity {
+                uid: 65534,
+                gid: 100
+            })
+        );
+        assert!(parse_identity("nobody")
+            .unwrap_err()
+            .contains("not a number"));
         assert!(parse_identity("1:x").unwrap_err().contains("gid"));
     }
 }

@@ -18,7 +18,7 @@
 //! # Threat model (summary; see README)
 //! The sandboxed process is untrusted and holds no capabilities; the
 //! caller of `sbx-user` is a root host agent. Enforcement is in the kernel
-//! and continues without any sbx process. Requires Linux 5.8+ (bpf_link for
+//! and continues without any sbx process. Requires Linux 5.8+ (`bpf_link` for
 //! cgroups) with cgroup v2 and BTF; tested on 6.18.
 //!
 //! # Tests
@@ -29,14 +29,17 @@
 pub mod cgroup;
 pub mod cli;
 pub mod compile;
-pub mod harden;
 pub mod confine;
 pub mod events;
 pub mod explain;
+pub mod harden;
 pub mod loader;
 pub mod policy;
 pub mod run;
 pub mod sandbox;
+pub mod state;
 pub mod sys;
 pub mod verify;
-pub mod state;
+
+// Used by the `sbx-user` binary only.
+use env_logger as _;

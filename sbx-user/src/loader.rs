@@ -1,5 +1,5 @@
 //! The one module that touches aya: load the programs, fill the maps,
-//! attach to a cgroup with bpf_link, pin, query, replace and detach.
+//! attach to a cgroup with `bpf_link`, pin, query, replace and detach.
 //!
 //! Attaching is all-or-nothing: the six links are created in memory first
 //! and only pinned once every one succeeded; if anything fails, the links
@@ -16,7 +16,10 @@ use aya::{
     programs::Program,
     Ebpf, EbpfLoader,
 };
-use sbx_common::{Config, PortTable, TrieAddr, TrieValue, MAPS, MAP_BIND, MAP_CONFIG, MAP_DEST, MAP_EVENTS, MAP_PORTS, PROGRAMS};
+use sbx_common::{
+    Config, PortTable, TrieAddr, TrieValue, MAPS, MAP_BIND, MAP_CONFIG, MAP_DEST, MAP_EVENTS,
+    MAP_PORTS, PROGRAMS,
+};
 
 use crate::{
     cgroup::{fs_magic, Cgroup},
@@ -163,13 +166,26 @@ pub fn ensure_bpffs(paths: &Paths) -> Result<(), LoaderError> {
     if fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC) {
         return Ok(());
     }
-    let err = |source| LoaderError::Bpffs { path: path.clone(), source };
+    let err = |source| LoaderError::Bpffs {
+        path: path.clone(),
+        source,
+    };
     fs::create_dir_all(path).map_err(err)?;
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let target = c(path.to_str().ok_or_else(|| err(std::io::Error::other("path is not UTF-8")))?);
+    let target = c(path
+        .to_str()
+        .ok_or_else(|| err(std::io::Error::other("path is not UTF-8")))?);
     let (src, fstype) = (c("bpf"), c("bpf"));
     // SAFETY: valid C strings; no mount data.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
@@ -190,22 +206,39 @@ fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
     {
         let map = ebpf.map_mut(MAP_CONFIG).expect("object defines SBX_CONFIG");
         let mut config: Array<&mut MapData, Config> =
-            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
-        config.set(0, opts.config, 0).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
+            Array::try_from(map).map_err(|source| LoaderError::Map {
+                map: MAP_CONFIG,
+                source,
+            })?;
+        config
+            .set(0, opts.config, 0)
+            .map_err(|source| LoaderError::Map {
+                map: MAP_CONFIG,
+                source,
+            })?;
     }
     fill_trie(&mut ebpf, MAP_DEST, &compiled.dest)?;
     fill_trie(&mut ebpf, MAP_BIND, &compiled.bind)?;
     {
         let map = ebpf.map_mut(MAP_PORTS).expect("object defines SBX_PORTS");
         let mut ports: Array<&mut MapData, PortTable> =
-            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
+            Array::try_from(map).map_err(|source| LoaderError::Map {
+                map: MAP_PORTS,
+                source,
+            })?;
         for (i, t) in compiled.tables.iter().enumerate() {
             let i = u32::try_from(i).expect("index fits u32");
-            ports.set(i, t, 0).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
+            ports.set(i, t, 0).map_err(|source| LoaderError::Map {
+                map: MAP_PORTS,
+                source,
+            })?;
         }
     }
     for (name, _, _) in HOOKS {
-        let loaded = match ebpf.program_mut(name).expect("object defines every program") {
+        let loaded = match ebpf
+            .program_mut(name)
+            .expect("object defines every program")
+        {
             Program::CgroupSockAddr(p) => p.load(),
             Program::CgroupSock(p) => p.load(),
             Program::CgroupSockopt(p) => p.load(),
@@ -213,14 +246,20 @@ fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
             Program::SockOps(p) => p.load(),
             other => unreachable!("unexpected program type {:?}", other.prog_type()),
         };
-        loaded.map_err(|e| LoaderError::Program { program: name, detail: program_error(&e) })?;
+        loaded.map_err(|e| LoaderError::Program {
+            program: name,
+            detail: program_error(&e),
+        })?;
     }
     Ok(ebpf)
 }
 
 fn program_error(e: &aya::programs::ProgramError) -> String {
     match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             // The full log is thousands of lines; the end says why.
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
@@ -241,17 +280,22 @@ fn fill_trie(
     let mut trie: LpmTrie<&mut MapData, TrieAddr, TrieValue> =
         LpmTrie::try_from(map).map_err(|source| LoaderError::Map { map: name, source })?;
     for e in entries {
-        trie.insert(&Key::new(e.prefix_len, e.addr), TrieValue { table: e.table }, 0)
-            .map_err(|source| LoaderError::Map { map: name, source })?;
+        trie.insert(
+            &Key::new(e.prefix_len, e.addr),
+            TrieValue { table: e.table },
+            0,
+        )
+        .map_err(|source| LoaderError::Map { map: name, source })?;
     }
     Ok(())
 }
 
 fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Program {
-    ebpf.program_mut(name).expect("object defines every program")
+    ebpf.program_mut(name)
+        .expect("object defines every program")
 }
 
-/// Attaches one program with bpf_link and returns the link fd. aya 0.14
+/// Attaches one program with `bpf_link` and returns the link fd. aya 0.14
 /// cannot turn every cgroup link type into a pinnable `FdLink` (sockopt
 /// links, for one), so all nine go through the same raw `BPF_LINK_CREATE`.
 fn attach_one(p: &Program, ty: AttachType, dir: &fs::File) -> Result<OwnedFd, String> {
@@ -269,8 +313,10 @@ pub fn query(cg: &Cgroup) -> Result<Vec<(&'static str, Vec<String>)>, LoaderErro
     HOOKS
         .iter()
         .map(|&(_, ty, hook)| {
-            let ids = sys::prog_query(dir.as_fd(), ty, 0)
-                .map_err(|source| LoaderError::Query { cgroup: cg.path.clone(), source })?;
+            let ids = sys::prog_query(dir.as_fd(), ty, 0).map_err(|source| LoaderError::Query {
+                cgroup: cg.path.clone(),
+                source,
+            })?;
             let progs = ids
                 .iter()
                 .map(|id| names.get(id).cloned().unwrap_or_else(|| format!("id {id}")))
@@ -291,7 +337,12 @@ pub fn existing(cg: &Cgroup, paths: &Paths) -> Result<Option<String>, LoaderErro
         .filter(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")))
         .map(|(hook, _)| hook.to_owned())
         .collect();
-    Ok((!attached.is_empty()).then(|| format!("sbx programs on {} without pins, probably a running `sbx-user run`", attached.join(", "))))
+    Ok((!attached.is_empty()).then(|| {
+        format!(
+            "sbx programs on {} without pins, probably a running `sbx-user run`",
+            attached.join(", ")
+        )
+    }))
 }
 
 /// Loads `compiled`, attaches it to `cg` and pins links and maps.
@@ -305,40 +356,60 @@ pub fn attach(
     let existing = existing(cg, paths)?;
     if let Some(detail) = &existing {
         if !opts.replace {
-            return Err(LoaderError::AlreadyAttached { cgroup: cg.path.clone(), detail: detail.clone() });
+            return Err(LoaderError::AlreadyAttached {
+                cgroup: cg.path.clone(),
+                detail: detail.clone(),
+            });
         }
     }
     let mut ebpf = load(compiled, opts)?;
     let pin_dir = paths.pin_dir(cg.id);
     let prog_ids = HOOKS
         .iter()
-        .map(|&(name, _, _)| prog(&mut ebpf, name).info().map(|i| i.id()).unwrap_or(0))
+        .map(|&(name, _, _)| prog(&mut ebpf, name).info().map_or(0, |i| i.id()))
         .collect();
     if existing.is_some() && pin_dir.exists() {
         replace_in_place(&mut ebpf, &pin_dir)?;
-        return Ok(Attached { pin_dir, replaced: true, prog_ids });
+        return Ok(Attached {
+            pin_dir,
+            replaced: true,
+            prog_ids,
+        });
     }
     if existing.is_some() {
         return Err(LoaderError::AlreadyAttached {
             cgroup: cg.path.clone(),
-            detail: "unpinned sbx programs cannot be replaced; stop the `sbx-user run` that owns them".into(),
+            detail:
+                "unpinned sbx programs cannot be replaced; stop the `sbx-user run` that owns them"
+                    .into(),
         });
     }
 
     let dir = cg.dir_fd()?;
     let mut links = Vec::with_capacity(HOOKS.len());
     for (name, ty, hook) in HOOKS {
-        let link = attach_one(prog(&mut ebpf, name), ty, &dir)
-            .map_err(|detail| LoaderError::Attach { hook, cgroup: cg.path.clone(), detail })?;
+        let link =
+            attach_one(prog(&mut ebpf, name), ty, &dir).map_err(|detail| LoaderError::Attach {
+                hook,
+                cgroup: cg.path.clone(),
+                detail,
+            })?;
         links.push((name, link));
     }
     // Every hook is attached (in memory). Pin them; on any failure, undo.
     let mut pin_all = || -> Result<(), LoaderError> {
-        let pin_err = |path: &Path, detail: String| LoaderError::Pin { action: "pinning", path: path.to_owned(), detail };
+        let pin_err = |path: &Path, detail: String| LoaderError::Pin {
+            action: "pinning",
+            path: path.to_owned(),
+            detail,
+        };
         fs::create_dir_all(&pin_dir).map_err(|e| pin_err(&pin_dir, e.to_string()))?;
         for map in MAPS {
             let path = pin_dir.join(pin_name_map(map));
-            ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
+            ebpf.map(map)
+                .expect("defined")
+                .pin(&path)
+                .map_err(|e| pin_err(&path, e.to_string()))?;
         }
         for (name, link) in links.drain(..) {
             let path = pin_dir.join(pin_name_link(name));
@@ -352,22 +423,33 @@ pub fn attach(
         let _ = remove_pins(&pin_dir);
         return Err(e);
     }
-    Ok(Attached { pin_dir, replaced: false, prog_ids })
+    Ok(Attached {
+        pin_dir,
+        replaced: false,
+        prog_ids,
+    })
 }
 
 /// Points each pinned link at the new programs (atomic per hook), then
 /// swaps the map pins.
 fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoaderError> {
-    let pin_err = |action, path: &Path, detail: String| LoaderError::Pin { action, path: path.to_owned(), detail };
+    let pin_err = |action, path: &Path, detail: String| LoaderError::Pin {
+        action,
+        path: path.to_owned(),
+        detail,
+    };
     let mut link_fds = Vec::new();
     for (name, _, _) in HOOKS {
         let path = pin_dir.join(pin_name_link(name));
-        let fd = sys::obj_get(&path).map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
+        let fd = sys::obj_get(&path)
+            .map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
         link_fds.push((name, path, fd));
     }
     for (name, path, fd) in &link_fds {
         let p = prog(ebpf, name);
-        let prog_fd = p.fd().map_err(|e| pin_err("updating link", path, e.to_string()))?;
+        let prog_fd = p
+            .fd()
+            .map_err(|e| pin_err("updating link", path, e.to_string()))?;
         sys::link_update(fd.as_fd(), prog_fd.as_fd())
             .map_err(|e| pin_err("updating link", path, e.to_string()))?;
     }
@@ -388,7 +470,13 @@ fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
     let entries = match fs::read_dir(pin_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(LoaderError::Pin { action: "listing", path: pin_dir.to_owned(), detail: e.to_string() }),
+        Err(e) => {
+            return Err(LoaderError::Pin {
+                action: "listing",
+                path: pin_dir.to_owned(),
+                detail: e.to_string(),
+            })
+        }
     };
     let mut first_err = None;
     for entry in entries.flatten() {
@@ -398,16 +486,28 @@ fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
             match sys::obj_get(&path).and_then(|fd| sys::link_detach(fd.as_fd())) {
                 Ok(()) => {}
                 Err(e) => {
-                    first_err.get_or_insert(LoaderError::Pin { action: "detaching", path: path.clone(), detail: e.to_string() });
+                    first_err.get_or_insert(LoaderError::Pin {
+                        action: "detaching",
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    });
                 }
             }
         }
         if let Err(e) = fs::remove_file(&path) {
-            first_err.get_or_insert(LoaderError::Pin { action: "unpinning", path: path.clone(), detail: e.to_string() });
+            first_err.get_or_insert(LoaderError::Pin {
+                action: "unpinning",
+                path: path.clone(),
+                detail: e.to_string(),
+            });
         }
     }
     if let Err(e) = fs::remove_dir(pin_dir) {
-        first_err.get_or_insert(LoaderError::Pin { action: "removing", path: pin_dir.to_owned(), detail: e.to_string() });
+        first_err.get_or_insert(LoaderError::Pin {
+            action: "removing",
+            path: pin_dir.to_owned(),
+            detail: e.to_string(),
+        });
     }
     first_err.map_or(Ok(()), Err)
 }
@@ -422,6 +522,7 @@ pub fn detach(cgroup_id: u64, cgroup_path: &Path, paths: &Paths) -> Result<(), L
 }
 
 /// Ids of the sandboxes that have a pin directory.
+#[must_use]
 pub fn pinned_sandboxes(paths: &Paths) -> Vec<u64> {
     let mut ids: Vec<u64> = fs::read_dir(paths.pin_root())
         .into_iter()

@@ -1,4 +1,8 @@
 //! The `sbx-user` command: parse arguments, dispatch to [`sbx_user::cli`].
+#![allow(
+    unused_crate_dependencies,
+    reason = "the binary shares the library's dependency list; only the library uses most of it"
+)]
 
 use clap::Parser as _;
 use sbx_user::cli::{self, Cli, Command};
@@ -15,7 +19,10 @@ fn main() {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .init();
     let result = match &cli.command {
         Command::Attach(a) => cli::attach::run(a, &cli.global),
         Command::Detach(a) => cli::detach::run(a, &cli.global),

@@ -52,11 +52,20 @@ pub struct Protocols {
 
 impl Protocols {
     /// TCP and UDP.
-    pub const BOTH: Self = Self { tcp: true, udp: true };
+    pub const BOTH: Self = Self {
+        tcp: true,
+        udp: true,
+    };
     /// TCP only.
-    pub const TCP: Self = Self { tcp: true, udp: false };
+    pub const TCP: Self = Self {
+        tcp: true,
+        udp: false,
+    };
     /// UDP only.
-    pub const UDP: Self = Self { tcp: false, udp: true };
+    pub const UDP: Self = Self {
+        tcp: false,
+        udp: true,
+    };
 }
 
 /// An inclusive port range, host byte order.
@@ -70,7 +79,10 @@ pub struct PortRange {
 
 impl PortRange {
     /// Every port, 0 to 65535.
-    pub const ALL: Self = Self { lo: 0, hi: u16::MAX };
+    pub const ALL: Self = Self {
+        lo: 0,
+        hi: u16::MAX,
+    };
 
     /// A single port.
     #[must_use]
@@ -102,7 +114,10 @@ pub struct Origin {
 
 impl Origin {
     fn flag(name: &str) -> Self {
-        Self { source: name.to_owned(), line: None }
+        Self {
+            source: name.to_owned(),
+            line: None,
+        }
     }
 }
 
@@ -245,7 +260,11 @@ pub enum PolicyError {
 }
 
 fn invalid(origin: &Origin, value: &str, message: impl Into<String>) -> PolicyError {
-    PolicyError::Invalid { origin: origin.clone(), value: value.to_owned(), message: message.into() }
+    PolicyError::Invalid {
+        origin: origin.clone(),
+        value: value.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// Where a rule is used: destination rules and bind rules accept different
@@ -272,7 +291,9 @@ const METADATA_NETS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
 const ANY_NETS: [&str; 2] = ["0.0.0.0/0", "::/0"];
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
-    list.iter().map(|s| s.parse().expect("built-in network literal")).collect()
+    list.iter()
+        .map(|s| s.parse().expect("built-in network literal"))
+        .collect()
 }
 
 /// Parses one rule (`[tcp://|udp://]TARGET[:PORTS]`).
@@ -290,13 +311,13 @@ pub fn parse_rule(
         let protocols = match scheme.to_ascii_lowercase().as_str() {
             "tcp" => Protocols::TCP,
             "udp" => Protocols::UDP,
-            other => {
-                return Err(invalid(
-                    origin,
-                    text,
-                    format!("unknown protocol `{other}://`; use `tcp://`, `udp://`, or no prefix for both"),
-                ))
-            }
+            other => return Err(invalid(
+                origin,
+                text,
+                format!(
+                    "unknown protocol `{other}://`; use `tcp://`, `udp://`, or no prefix for both"
+                ),
+            )),
         };
         if rest.is_empty() {
             return Err(invalid(origin, text, format!("nothing after `{scheme}://`; write a target such as `{scheme}://any`, `{scheme}://:53` or `{scheme}://10.0.0.0/8:443`")));
@@ -330,7 +351,15 @@ pub fn parse_rule(
         };
     }
     let nets = parse_target(target, ctx).map_err(|m| invalid(origin, text, m))?;
-    Ok(Rule { text: trimmed.to_owned(), origin: origin.clone(), action, protocols, nets, ports, host: None })
+    Ok(Rule {
+        text: trimmed.to_owned(),
+        origin: origin.clone(),
+        action,
+        protocols,
+        nets,
+        ports,
+        host: None,
+    })
 }
 
 /// Splits `TARGET[:PORTS]`, honouring `[v6]:ports` and bare IPv6.
@@ -343,17 +372,19 @@ fn split_target_ports(s: &str) -> Result<(&str, Option<&str>), String> {
             "" => Ok((target, None)),
             _ => match after.strip_prefix(':') {
                 Some(ports) => Ok((target, Some(ports))),
-                None => Err(format!("unexpected `{after}` after `]`; write `[ADDR]:PORTS`")),
+                None => Err(format!(
+                    "unexpected `{after}` after `]`; write `[ADDR]:PORTS`"
+                )),
             },
         };
     }
     match s.matches(':').count() {
-        0 => Ok((s, None)),
         1 => {
             let (target, ports) = s.split_once(':').expect("one colon");
             Ok((target, Some(ports)))
         }
-        // Bare IPv6 (`2001:db8::1`, `fd00::/8`) cannot carry ports.
+        // No colon: no ports. Two or more: bare IPv6 (`2001:db8::1`,
+        // `fd00::/8`), which cannot carry ports.
         _ => Ok((s, None)),
     }
 }
@@ -361,7 +392,10 @@ fn split_target_ports(s: &str) -> Result<(&str, Option<&str>), String> {
 /// Parses `*`, `N`, `N-M` and comma lists into sorted, merged ranges.
 pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
     if s.trim().is_empty() {
-        return Err("empty port list after `:`; give ports such as `443`, `8000-8100`, `80,443` or `*`".into());
+        return Err(
+            "empty port list after `:`; give ports such as `443`, `8000-8100`, `80,443` or `*`"
+                .into(),
+        );
     }
     let mut out = Vec::new();
     for part in s.split(',') {
@@ -375,7 +409,9 @@ pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
                 let lo = parse_port(lo)?;
                 let hi = parse_port(hi)?;
                 if lo > hi {
-                    return Err(format!("port range `{part}` runs backwards; write `{hi}-{lo}`"));
+                    return Err(format!(
+                        "port range `{part}` runs backwards; write `{hi}-{lo}`"
+                    ));
                 }
                 PortRange { lo, hi }
             }
@@ -428,10 +464,6 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
         return Err(format!(
             "`{target}` is not a valid CIDR (IPv4 prefixes are /0-/32, IPv6 /0-/128)"
         ));
-    } else if looks_like_hostname(target) {
-        return Err(format!(
-            "`{target}` is a hostname; rules take IP addresses, CIDRs or the tokens any, private, metadata (resolve the name yourself, or wait for pinned domains)"
-        ));
     } else {
         return Err(format!(
             "`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata"
@@ -447,12 +479,16 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
 }
 
 fn is_token(s: &str) -> bool {
-    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata")
+    matches!(
+        s.to_ascii_lowercase().as_str(),
+        "any" | "private" | "metadata"
+    )
 }
 
 fn looks_like_hostname(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         && s.chars().any(|c| c.is_ascii_alphabetic())
 }
 
@@ -464,7 +500,10 @@ fn normalise(net: IpNet) -> Result<IpNet, String> {
     let bits = u128::from(v6.addr());
     let len = v6.prefix_len();
     if len >= 96 && bits >> 32 == 0xffff {
-        #[expect(clippy::cast_possible_truncation, reason = "low 32 bits are the IPv4 address")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "low 32 bits are the IPv4 address"
+        )]
         let v4 = Ipv4Addr::from(bits as u32);
         let v4 = Ipv4Net::new(v4, len - 96).expect("96..=128 minus 96 is a valid IPv4 length");
         return Ok(IpNet::V4(v4));
@@ -489,7 +528,9 @@ fn reaches_local_host(net: &IpNet) -> bool {
             n.prefix_len() >= 8 && n.addr().is_loopback()
                 || (n.prefix_len() == 32 && n.addr().is_unspecified())
         }
-        IpNet::V6(n) => n.prefix_len() == 128 && (n.addr().is_loopback() || n.addr().is_unspecified()),
+        IpNet::V6(n) => {
+            n.prefix_len() == 128 && (n.addr().is_loopback() || n.addr().is_unspecified())
+        }
     }
 }
 
@@ -527,7 +568,17 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = layer;
+        let Layer {
+            default,
+            loopback,
+            proxy,
+            rules,
+            bind,
+            mode,
+            fs_read,
+            fs_write,
+            redirect,
+        } = layer;
         let m = &mut self.merged;
         if redirect.is_some() {
             m.redirect = redirect;
@@ -567,15 +618,27 @@ impl PolicyBuilder {
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = self.merged.clone();
+        let Layer {
+            default,
+            loopback,
+            proxy,
+            rules,
+            bind,
+            mode,
+            fs_read,
+            fs_write,
+            redirect,
+        } = self.merged.clone();
         let mut rules = rules;
         for rule in rules.iter_mut().filter(|r| r.host.is_some()) {
             pin_host(rule, resolve, allow_unresolved)?;
         }
         let bind = bind.unwrap_or(Bind::Loopback);
         let mode = mode.unwrap_or_default();
-        let filesystem = (!fs_read.is_empty() || !fs_write.is_empty())
-            .then(|| FsPolicy { read: dedup(fs_read), write: dedup(fs_write) });
+        let filesystem = (!fs_read.is_empty() || !fs_write.is_empty()).then(|| FsPolicy {
+            read: dedup(fs_read),
+            write: dedup(fs_write),
+        });
         let Some((proxy_addr, proxy_origin)) = proxy else {
             if let Some((true, origin)) = redirect {
                 return Err(PolicyError::Conflict(format!(
@@ -628,7 +691,16 @@ impl PolicyBuilder {
             loopback.unwrap_or(Loopback::None)
         };
         let redirect = redirect.is_some_and(|(r, _)| r);
-        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem, redirect })
+        Ok(Policy {
+            default: Action::Deny,
+            loopback,
+            proxy: Some(proxy_addr),
+            rules,
+            bind,
+            mode,
+            filesystem,
+            redirect,
+        })
     }
 }
 
@@ -649,9 +721,15 @@ fn pin_host(
     let addrs = match resolve(&host) {
         Ok(a) if !a.is_empty() => a,
         result => {
-            let why = result.err().map_or_else(|| "no addresses".to_owned(), |e| e.to_string());
+            let why = result
+                .err()
+                .map_or_else(|| "no addresses".to_owned(), |e| e.to_string());
             if allow_unresolved {
-                log::warn!("{}: `{}`: {host} does not resolve ({why}); the rule matches nothing", rule.origin, rule.text);
+                log::warn!(
+                    "{}: `{}`: {host} does not resolve ({why}); the rule matches nothing",
+                    rule.origin,
+                    rule.text
+                );
                 return Ok(());
             }
             return Err(invalid(
@@ -663,7 +741,13 @@ fn pin_host(
     };
     let mut nets = Vec::new();
     for ip in addrs {
-        let net = normalise(IpNet::from(ip)).map_err(|m| invalid(&rule.origin, &rule.text, format!("{host} resolves to {ip}: {m}")))?;
+        let net = normalise(IpNet::from(ip)).map_err(|m| {
+            invalid(
+                &rule.origin,
+                &rule.text,
+                format!("{host} resolves to {ip}: {m}"),
+            )
+        })?;
         if reaches_local_host(&net) {
             return Err(invalid(
                 &rule.origin,
@@ -691,7 +775,11 @@ fn fs_path(raw: &str, origin: &Origin) -> Result<PathBuf, PolicyError> {
         return Err(invalid(origin, raw, "empty path"));
     }
     std::fs::canonicalize(raw).map_err(|e| {
-        invalid(origin, raw, format!("{e}; filesystem rules must name existing paths"))
+        invalid(
+            origin,
+            raw,
+            format!("{e}; filesystem rules must name existing paths"),
+        )
     })
 }
 
@@ -756,13 +844,19 @@ impl FlagInput {
     /// Parses the flags into a layer.
     pub fn to_layer(&self) -> Result<Layer, PolicyError> {
         let mut layer = Layer::default();
-        for (flag, values, action) in
-            [("--allow", &self.allow, Action::Allow), ("--deny", &self.deny, Action::Deny)]
-        {
+        for (flag, values, action) in [
+            ("--allow", &self.allow, Action::Allow),
+            ("--deny", &self.deny, Action::Deny),
+        ] {
             let origin = Origin::flag(flag);
             for value in values {
                 for rule in split_rule_list(value) {
-                    layer.rules.push(parse_rule(&rule, action, &origin, RuleContext::Destination)?);
+                    layer.rules.push(parse_rule(
+                        &rule,
+                        action,
+                        &origin,
+                        RuleContext::Destination,
+                    )?);
                 }
             }
         }
@@ -783,7 +877,10 @@ impl FlagInput {
         if self.proxy_redirect {
             layer.redirect = Some((true, Origin::flag("--proxy-redirect")));
         }
-        for (flag, values, out) in [("--fs-read", &self.fs_read, &mut layer.fs_read), ("--fs-write", &self.fs_write, &mut layer.fs_write)] {
+        for (flag, values, out) in [
+            ("--fs-read", &self.fs_read, &mut layer.fs_read),
+            ("--fs-write", &self.fs_write, &mut layer.fs_write),
+        ] {
             let origin = Origin::flag(flag);
             for v in values {
                 out.push(fs_path(v, &origin)?);
@@ -819,7 +916,11 @@ fn parse_loopback_str(s: &str, origin: &Origin) -> Result<Loopback, PolicyError>
         "any" => Ok(Loopback::Any),
         "none" => Ok(Loopback::None),
         ports => parse_ports(ports).map(Loopback::Ports).map_err(|m| {
-            invalid(origin, s, format!("{m}; loopback is \"any\", \"none\" or a port list"))
+            invalid(
+                origin,
+                s,
+                format!("{m}; loopback is \"any\", \"none\" or a port list"),
+            )
         }),
     }
 }
@@ -836,7 +937,11 @@ fn parse_proxy(s: &str, origin: &Origin) -> Result<SocketAddr, PolicyError> {
         return Err(invalid(origin, s, "proxy port 0 cannot be connected to"));
     }
     if addr.ip().is_unspecified() {
-        return Err(invalid(origin, s, "the proxy address must be a real address, not 0.0.0.0 or ::"));
+        return Err(invalid(
+            origin,
+            s,
+            "the proxy address must be a real address, not 0.0.0.0 or ::",
+        ));
     }
     // A v4-mapped proxy address is an IPv4 proxy.
     let ip = match addr.ip() {
@@ -881,14 +986,20 @@ struct RawNetwork {
 }
 
 fn line_of(src: &str, offset: usize) -> usize {
-    src[..offset.min(src.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    src[..offset.min(src.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Reads and parses a policy file.
 pub fn load_file(path: &Path) -> Result<Layer, PolicyError> {
     let name = path.display().to_string();
-    let src = std::fs::read_to_string(path)
-        .map_err(|source| PolicyError::Read { path: name.clone(), source })?;
+    let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: name.clone(),
+        source,
+    })?;
     parse_toml(&src, &name)
 }
 
@@ -900,7 +1011,10 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         message: e.message().trim().to_owned(),
     })?;
     let mut layer = Layer::default();
-    let at = |span: std::ops::Range<usize>| Origin { source: name.to_owned(), line: Some(line_of(src, span.start)) };
+    let at = |span: std::ops::Range<usize>| Origin {
+        source: name.to_owned(),
+        line: Some(line_of(src, span.start)),
+    };
     if let Some(fs) = raw.filesystem {
         let RawFilesystem { read, write } = fs;
         for (list, out) in [(read, &mut layer.fs_read), (write, &mut layer.fs_write)] {
@@ -909,8 +1023,19 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
             }
         }
     }
-    let Some(net) = raw.network else { return Ok(layer) };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode } = net;
+    let Some(net) = raw.network else {
+        return Ok(layer);
+    };
+    let RawNetwork {
+        default,
+        loopback,
+        proxy,
+        allow,
+        deny,
+        bind,
+        mode,
+        proxy_mode,
+    } = net;
     if let Some(m) = proxy_mode {
         let origin = at(m.span());
         let on = match m.get_ref().as_str() {
@@ -924,7 +1049,13 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         layer.mode = Some(match m.get_ref().as_str() {
             "enforce" => Mode::Enforce,
             "audit" => Mode::Audit,
-            other => return Err(invalid(&at(m.span()), other, "mode must be \"enforce\" or \"audit\"")),
+            other => {
+                return Err(invalid(
+                    &at(m.span()),
+                    other,
+                    "mode must be \"enforce\" or \"audit\"",
+                ))
+            }
         });
     }
     if let Some(d) = default {
@@ -936,13 +1067,11 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         layer.loopback = Some(match l.get_ref() {
             toml::Value::String(s) if s == "any" || s == "none" => parse_loopback_str(s, &origin)?,
             toml::Value::Array(items) => Loopback::Ports(port_list(items, &origin)?),
-            other => {
-                return Err(invalid(
-                    &origin,
-                    &other.to_string(),
-                    "loopback is \"any\", \"none\" or a list of ports such as [3128, \"8000-8100\"]",
-                ))
-            }
+            other => return Err(invalid(
+                &origin,
+                &other.to_string(),
+                "loopback is \"any\", \"none\" or a list of ports such as [3128, \"8000-8100\"]",
+            )),
         });
     }
     if let Some(p) = proxy {
@@ -952,31 +1081,41 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     for (list, action) in [(allow, Action::Allow), (deny, Action::Deny)] {
         for item in list {
             let origin = at(item.span());
-            layer.rules.push(parse_rule(item.get_ref(), action, &origin, RuleContext::Destination)?);
+            layer.rules.push(parse_rule(
+                item.get_ref(),
+                action,
+                &origin,
+                RuleContext::Destination,
+            )?);
         }
     }
     if let Some(b) = bind {
         let origin = at(b.span());
-        layer.bind = Some(match b.get_ref() {
-            toml::Value::String(s) if s == "loopback" => Bind::Loopback,
-            toml::Value::String(s) if s == "any" => Bind::Any,
-            toml::Value::Array(items) => Bind::Rules(
-                items
-                    .iter()
-                    .map(|v| match v {
-                        toml::Value::String(s) => parse_rule(s, Action::Allow, &origin, RuleContext::Bind),
-                        other => Err(invalid(&origin, &other.to_string(), "bind rules are strings such as \"127.0.0.1:8080\"")),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            other => {
-                return Err(invalid(
+        layer.bind =
+            Some(match b.get_ref() {
+                toml::Value::String(s) if s == "loopback" => Bind::Loopback,
+                toml::Value::String(s) if s == "any" => Bind::Any,
+                toml::Value::Array(items) => Bind::Rules(
+                    items
+                        .iter()
+                        .map(|v| match v {
+                            toml::Value::String(s) => {
+                                parse_rule(s, Action::Allow, &origin, RuleContext::Bind)
+                            }
+                            other => Err(invalid(
+                                &origin,
+                                &other.to_string(),
+                                "bind rules are strings such as \"127.0.0.1:8080\"",
+                            )),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                other => return Err(invalid(
                     &origin,
                     &other.to_string(),
                     "bind is \"loopback\", \"any\" or a list of rules such as [\"0.0.0.0:8080\"]",
-                ))
-            }
-        });
+                )),
+            });
     }
     Ok(layer)
 }
@@ -988,7 +1127,11 @@ fn port_list(items: &[toml::Value], origin: &Origin) -> Result<Vec<PortRange>, P
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::String(s) => s.clone(),
             other => {
-                return Err(invalid(origin, &other.to_string(), "ports are numbers or \"N-M\" strings"))
+                return Err(invalid(
+                    origin,
+                    &other.to_string(),
+                    "ports are numbers or \"N-M\" strings",
+                ))
             }
         };
         out.extend(parse_ports(&text).map_err(|m| invalid(origin, &text, m))?);
@@ -1047,7 +1190,10 @@ pub fn profile(name: &str) -> Result<Layer, PolicyError> {
         invalid(
             &Origin::flag("--profile"),
             name,
-            format!("no such profile; built-in profiles are: {} (see `sbx-user profiles`)", names.join(", ")),
+            format!(
+                "no such profile; built-in profiles are: {} (see `sbx-user profiles`)",
+                names.join(", ")
+            ),
         )
     })?;
     parse_toml(p.toml, &format!("profile {}", p.name))
@@ -1074,7 +1220,16 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect } = self;
+        let Self {
+            default,
+            loopback,
+            proxy,
+            rules,
+            bind,
+            mode,
+            filesystem,
+            redirect,
+        } = self;
         let mut out = vec![format!("default: {default}")];
         if *mode == Mode::Audit {
             out.push("mode: AUDIT (nothing is blocked; would-be denials are reported)".to_owned());
@@ -1088,17 +1243,28 @@ impl Policy {
             }
         ));
         if let Some(p) = proxy {
-            let how = if *redirect { "direct TCP connects are redirected to it" } else { "proxy-only mode" };
+            let how = if *redirect {
+                "direct TCP connects are redirected to it"
+            } else {
+                "proxy-only mode"
+            };
             out.push(format!("proxy: {p} ({how})"));
         }
         for r in rules {
             match &r.host {
-                Some(host) if r.nets.is_empty() => out.push(format!("{} {} ({host} unresolved: matches nothing)", r.action, r.text)),
+                Some(host) if r.nets.is_empty() => out.push(format!(
+                    "{} {} ({host} unresolved: matches nothing)",
+                    r.action, r.text
+                )),
                 Some(host) => out.push(format!(
                     "{} {} ({host} pinned to {})",
                     r.action,
                     r.text,
-                    r.nets.iter().map(|n| n.addr().to_string()).collect::<Vec<_>>().join(", ")
+                    r.nets
+                        .iter()
+                        .map(|n| n.addr().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
                 None => out.push(format!("{} {}", r.action, r.text)),
             }
@@ -1108,11 +1274,20 @@ impl Policy {
             match bind {
                 Bind::Loopback => "loopback (unspecified address with port 0 only)".to_owned(),
                 Bind::Any => "any".to_owned(),
-                Bind::Rules(r) => r.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join(", "),
+                Bind::Rules(r) => r
+                    .iter()
+                    .map(|r| r.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }
         ));
         if let Some(fs) = filesystem {
-            let list = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            let list = |v: &[PathBuf]| {
+                v.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             out.push(format!("filesystem read: {}", list(&fs.read)));
             out.push(format!("filesystem write: {}", list(&fs.write)));
         }
@@ -1123,7 +1298,11 @@ impl Policy {
 /// `80,443,8000-8100`.
 #[must_use]
 pub fn ports_text(ports: &[PortRange]) -> String {
-    ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The `::ffff:0:0/96` network IPv4 lives in inside the trie.

@@ -11,8 +11,8 @@
 use std::{
     ffi::OsString,
     io,
-    os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
     os::fd::AsRawFd as _,
+    os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
     path::PathBuf,
     process::{Command, ExitStatus},
     time::Duration,
@@ -20,8 +20,8 @@ use std::{
 
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
-    harden::{landlock, seccomp},
     confine::{Confinement, Identity},
+    harden::{landlock, seccomp},
     policy::Policy,
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
     state::Paths,
@@ -68,7 +68,9 @@ impl RunError {
     #[must_use]
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                EXIT_NOT_FOUND
+            }
             Self::Spawn { .. } => EXIT_CANNOT_EXEC,
             _ => EXIT_SETUP_FAILED,
         }
@@ -109,9 +111,9 @@ fn signal_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
     unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
+        libc::sigemptyset(&raw mut set);
         for s in FORWARDED {
-            libc::sigaddset(&mut set, s);
+            libc::sigaddset(&raw mut set, s);
         }
         set
     }
@@ -119,7 +121,12 @@ fn signal_set() -> libc::sigset_t {
 
 /// Runs `command` under `policy`; returns its exit status (128+N when
 /// killed by signal N).
-pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Paths) -> Result<i32, RunError> {
+pub fn run(
+    command: &[OsString],
+    policy: &Policy,
+    opts: &RunOptions,
+    paths: &Paths,
+) -> Result<i32, RunError> {
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
     let fs_rules = policy
@@ -131,7 +138,12 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     for gap in ruleset.degraded() {
         eprintln!("sbx-user: warning: not enforced (--allow-degraded): {gap}");
     }
-    log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
+    log::info!(
+        "Landlock ABI {}",
+        ruleset
+            .abi()
+            .map_or_else(|| "unavailable".to_owned(), |a| a.to_string())
+    );
     for limit in ruleset.limitations() {
         log::info!("Landlock limitation: {limit}");
     }
@@ -151,13 +163,20 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         let _ = cg.remove();
         return Err(e.into());
     }
-    let logger = if opts.log_denials { Some(DenialLogger::start(&cg, policy, paths)?) } else { None };
+    let logger = if opts.log_denials {
+        Some(DenialLogger::start(&cg, policy, paths)?)
+    } else {
+        None
+    };
     let result = spawn_and_wait(command, policy, &cg, opts, ruleset, filter);
     if let Some(l) = logger {
         l.stop();
     }
     if let Err(e) = teardown(&cg, paths) {
-        eprintln!("sbx-user: warning: cleaning up {} failed: {e}", cg.path.display());
+        eprintln!(
+            "sbx-user: warning: cleaning up {} failed: {e}",
+            cg.path.display()
+        );
     }
     let status = result?;
     Ok(status.code().unwrap_or_else(|| {
@@ -174,12 +193,21 @@ fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>
 }
 
 fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
-    let Some(proxy) = policy.proxy else { return Vec::new() };
+    let Some(proxy) = policy.proxy else {
+        return Vec::new();
+    };
     let url = format!("http://{proxy}");
-    ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
-        .into_iter()
-        .map(|k| (k, url.clone()))
-        .collect()
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|k| (k, url.clone()))
+    .collect()
 }
 
 fn spawn_and_wait(
@@ -190,13 +218,18 @@ fn spawn_and_wait(
     ruleset: landlock::Prepared,
     filter: seccomp::SeccompFilter,
 ) -> Result<ExitStatus, RunError> {
-    let confinement = Confinement::prepare(opts.identity, &opts.keep_fds).map_err(RunError::Confine)?;
+    let confinement =
+        Confinement::prepare(opts.identity, &opts.keep_fds).map_err(RunError::Confine)?;
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&procs_path)
-        .map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?;
+        .map_err(|source| CgroupError::Io {
+            action: "opening",
+            path: procs_path.clone(),
+            source,
+        })?;
     let procs_fd = procs.as_raw_fd();
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
@@ -211,9 +244,11 @@ fn spawn_and_wait(
         cmd.pre_exec(move || {
             // The runner blocks the forwarded signals; the command must not
             // inherit that mask (std does not reset it on this path).
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
             // Die with the runner, so nothing outlives cleanup unnoticed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent_pid {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                || libc::getppid() != parent_pid
+            {
                 return Err(io::Error::last_os_error());
             }
             // Enter the sandbox cgroup before the first instruction of the
@@ -232,7 +267,7 @@ fn spawn_and_wait(
     // Block the forwarded signals in this thread (and so in the forwarding
     // thread); the child unblocks them in `pre_exec`.
     // SAFETY: `set` is an initialised sigset; the old mask is not needed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
         command: program.to_string_lossy().into_owned(),
         source,
@@ -242,12 +277,15 @@ fn spawn_and_wait(
     std::thread::spawn(move || loop {
         let mut sig = 0;
         // SAFETY: `set` is initialised and `sig` is writable.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+        if unsafe { libc::sigwait(&raw const set, &raw mut sig) } == 0 {
             // SAFETY: kill(2); if the child is gone this returns ESRCH.
             unsafe { libc::kill(child_pid, sig) };
         }
     });
-    child.wait().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })
+    child.wait().map_err(|source| RunError::Spawn {
+        command: program.to_string_lossy().into_owned(),
+        source,
+    })
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.
@@ -259,15 +297,22 @@ struct DenialLogger {
 impl DenialLogger {
     fn start(cg: &Cgroup, policy: &Policy, paths: &Paths) -> Result<Self, RunError> {
         use std::sync::{atomic::AtomicBool, Arc};
-        let mut reader = crate::events::EventReader::open(&paths.pin_dir(cg.id)).map_err(|e| RunError::Confine(io::Error::other(e)))?;
-        let generation = crate::state::Record::load(paths, cg.id).ok().flatten().map_or(0, |r| r.generation);
+        let mut reader = crate::events::EventReader::open(&paths.pin_dir(cg.id))
+            .map_err(|e| RunError::Confine(io::Error::other(e)))?;
+        let generation = crate::state::Record::load(paths, cg.id)
+            .ok()
+            .flatten()
+            .map_or(0, |r| r.generation);
         let (policy, name) = (policy.clone(), cg.path.display().to_string());
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || loop {
             let done = flag.load(std::sync::atomic::Ordering::Acquire);
             for e in reader.drain() {
-                eprintln!("sbx: {}", crate::events::view(&e, &name, Some((&policy, generation))));
+                eprintln!(
+                    "sbx: {}",
+                    crate::events::view(&e, &name, Some((&policy, generation)))
+                );
             }
             if done {
                 return;

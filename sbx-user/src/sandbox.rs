@@ -66,14 +66,24 @@ pub fn install(
     let compiled = compile(policy, opts.max_entries)?;
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;
-    let mut flags = if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 };
+    let mut flags = if policy.mode == Mode::Audit {
+        FLAG_AUDIT
+    } else {
+        0
+    };
     let (mut proxy_addr, mut proxy_port) = ([0; 16], 0);
     if let (true, Some(p)) = (policy.redirect, policy.proxy) {
         flags |= FLAG_REDIRECT;
         proxy_addr = crate::compile::lookup_addr(p.ip());
         proxy_port = u32::from(p.port());
     }
-    opts.config = Config { flags, generation, proxy_addr, proxy_port, ..opts.config };
+    opts.config = Config {
+        flags,
+        generation,
+        proxy_addr,
+        proxy_port,
+        ..opts.config
+    };
     let attached = loader::attach(cg, &compiled, opts, paths)?;
     let (by, runner_pid) = match owner {
         Owner::Attach => ("attach", None),
@@ -83,7 +93,9 @@ pub fn install(
         cgroup: cg.path.clone(),
         cgroup_id: cg.id,
         policy: policy.clone(),
-        attached_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        attached_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         by: by.to_owned(),
         runner_pid,
         dest_entries: compiled.dest.len(),
@@ -102,7 +114,11 @@ pub fn install(
 }
 
 /// Detaches sbx from a cgroup and forgets its record.
-pub fn uninstall(cgroup_id: u64, cgroup_path: &std::path::Path, paths: &Paths) -> Result<(), SandboxError> {
+pub fn uninstall(
+    cgroup_id: u64,
+    cgroup_path: &std::path::Path,
+    paths: &Paths,
+) -> Result<(), SandboxError> {
     loader::detach(cgroup_id, cgroup_path, paths)?;
     Record::remove(paths, cgroup_id)?;
     Ok(())

@@ -93,7 +93,11 @@ impl Record {
         let path = paths.record_path(self.cgroup_id);
         let err = |action| {
             let path = path.clone();
-            move |source| StateError { action, path, source }
+            move |source| StateError {
+                action,
+                path,
+                source,
+            }
         };
         fs::create_dir_all(&paths.state_dir).map_err(err("creating the directory of"))?;
         let tmp = path.with_extension("json.tmp");
@@ -112,7 +116,13 @@ impl Record {
         let dir = match fs::read_dir(&paths.state_dir) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(StateError { action: "listing", path: paths.state_dir.clone(), source }),
+            Err(source) => {
+                return Err(StateError {
+                    action: "listing",
+                    path: paths.state_dir.clone(),
+                    source,
+                })
+            }
         };
         let mut out = Vec::new();
         for entry in dir.flatten() {
@@ -133,19 +143,29 @@ impl Record {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError { action: "removing", path, source }),
+            Err(source) => Err(StateError {
+                action: "removing",
+                path,
+                source,
+            }),
         }
     }
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>, StateError> {
     match fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| StateError {
-            action: "parsing",
-            path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
-        }),
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError {
+                action: "parsing",
+                path: path.to_owned(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError { action: "reading", path: path.to_owned(), source }),
+        Err(source) => Err(StateError {
+            action: "reading",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }

@@ -72,7 +72,12 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     // `size_of::<T>()` bytes of it, and any pointers inside it point to
     // live buffers the caller owns.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<T>())
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<T>(),
+        )
     };
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -86,7 +91,11 @@ fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
 }
 
 /// IDs of the programs attached to `cgroup` at `attach_type`.
-pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: AttachType, flags: u32) -> io::Result<Vec<u32>> {
+pub fn prog_query(
+    cgroup: BorrowedFd<'_>,
+    attach_type: AttachType,
+    flags: u32,
+) -> io::Result<Vec<u32>> {
     let mut ids = vec![0u32; 64];
     let mut attr = QueryAttr {
         target_fd: fd_u32(cgroup),
@@ -104,7 +113,12 @@ pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: AttachType, flags: u32) -
 /// Atomically makes `link` run `new_prog` instead of its current program.
 /// Traffic is judged by the old program or the new one, never by neither.
 pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
-    let mut attr = LinkUpdateAttr { link_fd: fd_u32(link), new_prog_fd: fd_u32(new_prog), flags: 0, old_prog_fd: 0 };
+    let mut attr = LinkUpdateAttr {
+        link_fd: fd_u32(link),
+        new_prog_fd: fd_u32(new_prog),
+        flags: 0,
+        old_prog_fd: 0,
+    };
     bpf(BPF_LINK_UPDATE, &mut attr)
 }
 
@@ -126,10 +140,21 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
     // SAFETY: as in `bpf`; `c` outlives the call. BPF_OBJ_GET returns a new fd.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, std::ptr::from_mut(&mut attr), std::mem::size_of::<ObjAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<ObjAttr>(),
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -157,7 +182,7 @@ struct LinkCreateAttr {
     flags: u32,
 }
 
-/// Attaches `prog` to `cgroup` at `attach_type` with a bpf_link. The link
+/// Attaches `prog` to `cgroup` at `attach_type` with a `bpf_link`. The link
 /// lives as long as the returned fd or a pin of it.
 pub fn link_create(
     prog: BorrowedFd<'_>,
@@ -173,7 +198,12 @@ pub fn link_create(
     };
     // SAFETY: as in `bpf`; BPF_LINK_CREATE returns a new fd.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, std::ptr::from_mut(&mut attr), std::mem::size_of::<LinkCreateAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<LinkCreateAttr>(),
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -188,7 +218,13 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd_u32(fd), file_flags: 0, path_fd: 0, _pad: 0 };
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd_u32(fd),
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
     bpf(BPF_OBJ_PIN, &mut attr)
 }
 

@@ -39,10 +39,15 @@ pub struct Check {
 }
 
 fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
-    Check { name: name.into(), result: if ok { "pass" } else { "fail" }, detail: detail.into() }
+    Check {
+        name: name.into(),
+        result: if ok { "pass" } else { "fail" },
+        detail: detail.into(),
+    }
 }
 
 /// Runs every check against the sandbox at `cg`.
+#[must_use]
 pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check> {
     let mut out = Vec::new();
     let pin_dir = paths.pin_dir(cg.id);
@@ -60,8 +65,14 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
                     && matches!((&pinned, &ids), (Ok(id), Some(ids)) if ids.contains(id));
                 let detail = format!(
                     "kernel reports {}; pinned link runs {}",
-                    if names.is_empty() { "nothing".to_owned() } else { names.join(", ") },
-                    pinned.as_ref().map_or_else(|e| format!("? ({e})"), |id| format!("program id {id}"))
+                    if names.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        names.join(", ")
+                    },
+                    pinned
+                        .as_ref()
+                        .map_or_else(|e| format!("? ({e})"), |id| format!("program id {id}"))
                 );
                 out.push(check(format!("{hook} attached"), ok, detail));
             }
@@ -69,7 +80,11 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
     }
     if let Some(p) = policy {
         if p.mode == Mode::Audit {
-            out.push(check("mode", false, "the sandbox is in audit mode: denials are reported, not enforced"));
+            out.push(check(
+                "mode",
+                false,
+                "the sandbox is in audit mode: denials are reported, not enforced",
+            ));
             return out;
         }
     }
@@ -87,11 +102,26 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
     };
     let dport = denied.local_addr().map_or(0, |a| a.port());
     let udp = UdpSocket::bind((VERIFY_SENTINEL, 0)).ok();
-    let uport = udp.as_ref().and_then(|u| u.local_addr().ok()).map_or(dport, |a| a.port());
+    let uport = udp
+        .as_ref()
+        .and_then(|u| u.local_addr().ok())
+        .map_or(dport, |a| a.port());
     let cases = [
-        ("denied tcp connect (connect4)", format!("tcp {VERIFY_SENTINEL}:{dport}"), "EPERM"),
-        ("denied v4-mapped connect (connect6)", format!("tcp6 [::ffff:{VERIFY_SENTINEL}]:{dport}"), "EPERM"),
-        ("denied udp sendto (sendmsg4)", format!("udp {VERIFY_SENTINEL}:{uport}"), "EPERM"),
+        (
+            "denied tcp connect (connect4)",
+            format!("tcp {VERIFY_SENTINEL}:{dport}"),
+            "EPERM",
+        ),
+        (
+            "denied v4-mapped connect (connect6)",
+            format!("tcp6 [::ffff:{VERIFY_SENTINEL}]:{dport}"),
+            "EPERM",
+        ),
+        (
+            "denied udp sendto (sendmsg4)",
+            format!("udp {VERIFY_SENTINEL}:{uport}"),
+            "EPERM",
+        ),
     ];
     for (name, target, want) in cases {
         let got = probe_in(cg, &target);
@@ -104,7 +134,11 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
     let allowed = match policy.map(|p| &p.loopback) {
         None => None,
         Some(Loopback::None) => {
-            out.push(Check { name: "allowed tcp connect".into(), result: "skip", detail: "the policy allows no loopback port".into() });
+            out.push(Check {
+                name: "allowed tcp connect".into(),
+                result: "skip",
+                detail: "the policy allows no loopback port".into(),
+            });
             None
         }
         Some(Loopback::Any) => TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok(),
@@ -118,7 +152,11 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
         let port = l.local_addr().map_or(0, |a: SocketAddr| a.port());
         let target = format!("tcp 127.0.0.1:{port}");
         out.push(match probe_in(cg, &target) {
-            Ok(g) => check("allowed tcp connect", g == "ok", format!("{target}: got {g}, want ok")),
+            Ok(g) => check(
+                "allowed tcp connect",
+                g == "ok",
+                format!("{target}: got {g}, want ok"),
+            ),
             Err(e) => check("allowed tcp connect", false, format!("probe failed: {e}")),
         });
     }
@@ -129,7 +167,9 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
 /// Runs `sbx-user __probe TARGET` inside the cgroup and returns its answer.
 fn probe_in(cg: &Cgroup, target: &str) -> io::Result<String> {
     let exe = std::env::current_exe()?;
-    let procs = std::fs::OpenOptions::new().write(true).open(cg.procs_path())?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.procs_path())?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
     let mut cmd = Command::new(exe);
     cmd.arg("__probe").args(target.split(' '));
@@ -160,8 +200,12 @@ pub fn probe_main(args: &[String]) -> i32 {
         return 2;
     };
     let result = match kind.as_str() {
-        "tcp" | "tcp6" => TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).map(drop),
-        "udp" => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| s.send_to(b"sbx-verify", addr)).map(drop),
+        "tcp" | "tcp6" => {
+            TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).map(drop)
+        }
+        "udp" => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .and_then(|s| s.send_to(b"sbx-verify", addr))
+            .map(drop),
         _ => {
             eprintln!("unknown probe {kind}");
             return 2;

@@ -36,6 +36,7 @@ pub struct RunArgs {
 }
 
 /// Runs the command; returns the exit status to exit with.
+#[must_use]
 pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
     let policy = match args.policy.policy() {
         Ok(p) => p,

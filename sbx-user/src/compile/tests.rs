@@ -193,6 +193,52 @@ fn deny_private_allow_one_service() {
 }
 
 #[test]
+fn pinned_hosts_compile_like_their_addresses() {
+    // A pinned-domain rule compiles exactly as the addresses it resolved
+    // to; one that did not resolve (kept by --allow-unresolved) adds
+    // nothing.
+    let src =
+        "[network]\ndeny = [\"private\"]\nallow = [\"tcp://db.example:5432\", \"gone.example\"]\n";
+    let layer = parse_toml(src, "test.toml").unwrap_or_else(|e| panic!("{e}\n{src}"));
+    let resolve = |host: &str| -> std::io::Result<Vec<IpAddr>> {
+        match host {
+            "db.example" => Ok(vec![ip("10.1.2.3"), ip("2001:db8::7")]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such host",
+            )),
+        }
+    };
+    let pinned = PolicyBuilder::new()
+        .apply(layer)
+        .build_with(&resolve, true)
+        .unwrap_or_else(|e| panic!("{e}\n{src}"));
+    let by_address = policy(
+        "deny = [\"private\"]\nallow = [\"tcp://10.1.2.3:5432\", \"tcp://[2001:db8::7]:5432\"]",
+    );
+    let c = compiled(&pinned);
+    assert_eq!(
+        entry_names(&c.dest),
+        entry_names(&compiled(&by_address).dest)
+    );
+    check(
+        &c,
+        Hook::Destination,
+        src,
+        &[
+            ("10.1.2.3", 5432, Tcp, A),
+            ("::ffff:10.1.2.3", 5432, Tcp, A),
+            ("2001:db8::7", 5432, Tcp, A),
+            ("10.1.2.3", 5432, Udp, D),
+            ("10.1.2.3", 5433, Tcp, D),
+            ("10.1.2.4", 5432, Tcp, D),
+            ("2001:db8::8", 5432, Tcp, D),
+            ("8.8.8.8", 443, Both, D),
+        ],
+    );
+}
+
+#[test]
 fn longer_prefix_wins() {
     let cases: &[(&str, &[Probe])] = &[
         (
@@ -1211,13 +1257,15 @@ fn too_many_entries() {
         .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
         .collect();
     let p = policy(&format!("allow = [{}]", rules.join(", ")));
+    // The 1000 rules, the 12 fixed and special entries, and the verify
+    // sentinel.
     assert_eq!(
         compile(&p, DEFAULT_MAX_ENTRIES).expect("fits").dest.len(),
-        1012
+        1013
     );
     assert!(matches!(
-        compile(&p, 1011),
-        Err(CompileError::TooManyEntries { needed: 1012, .. })
+        compile(&p, 1012),
+        Err(CompileError::TooManyEntries { needed: 1013, .. })
     ));
 }
 
@@ -1495,6 +1543,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
         bind,
         mode: Mode::Enforce,
         filesystem: None,
+        redirect: false,
     }
 }
 

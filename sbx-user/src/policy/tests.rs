@@ -411,15 +411,29 @@ fn rejects_bad_rules() {
     let cases: &[(&str, &[&str])] = &[
         ("", &["empty rule"]),
         ("   ", &["empty rule"]),
-        // Hostnames.
-        ("example.com", &["hostname", "example.com"]),
-        ("example.com:443", &["hostname"]),
-        ("tcp://api.github.com:443", &["hostname"]),
-        ("localhost", &["hostname"]),
-        ("my-host", &["hostname"]),
-        ("[example.com]:80", &["hostname"]),
-        // Not addresses at all.
+        // Host names: `rule_err` parses deny rules, which cannot name
+        // hosts (allow rules can; see the pinned-domain tests below).
+        (
+            "example.com",
+            &[
+                "deny rules cannot name hosts",
+                "`example.com`",
+                "fails open",
+            ],
+        ),
+        ("example.com:443", &["deny rules cannot name hosts"]),
+        (
+            "tcp://api.github.com:443",
+            &["deny rules cannot name hosts", "`api.github.com`"],
+        ),
+        ("localhost", &["deny rules cannot name hosts"]),
+        ("my-host", &["deny rules cannot name hosts"]),
+        ("[example.com]:80", &["deny rules cannot name hosts"]),
+        // Not addresses, CIDRs, tokens or host names at all.
         ("10.0.0.300", &["not an IP address"]),
+        ("10.0.0.256", &["not an IP address"]),
+        ("exa_mple!", &["not an IP address"]),
+        ("exa_mple.com:443", &["not an IP address"]),
         ("1.2.3", &["not an IP address"]),
         ("*", &["not an IP address"]),
         ("10.0.0.1 80", &["not an IP address"]),
@@ -445,6 +459,9 @@ fn rejects_bad_rules() {
         ("10.0.0.1:80,,443", &["not a port number"]),
         ("10.0.0.1:**", &["not a port number"]),
         ("10.0.0.1:90-80", &["runs backwards", "80-90"]),
+        ("10.0.0.1:+80", &["not a port number", "`+80`"]),
+        ("10.0.0.1:80,+443", &["not a port number"]),
+        ("10.0.0.1:+80-90", &["not a port number"]),
         ("10.0.0.1:", &["empty port list"]),
         ("10.0.0.1: ", &["empty port list"]),
         ("[2001:db8::1]:", &["empty port list"]),
@@ -453,6 +470,9 @@ fn rejects_bad_rules() {
         ("icmp://10.0.0.1", &["unknown protocol"]),
         ("://10.0.0.1", &["unknown protocol"]),
         ("sctp://[2001:db8::1]:80", &["unknown protocol"]),
+        ("tcp://", &["nothing after `tcp://`"]),
+        ("udp://", &["nothing after `udp://`"]),
+        ("  TCP://  ", &["nothing after `TCP://`"]),
         // Brackets.
         ("[2001:db8::1", &["missing `]`"]),
         ("[2001:db8::1]80", &["unexpected `80` after `]`"]),
@@ -499,11 +519,11 @@ fn rejects_bad_rules() {
 }
 
 #[test]
-fn hostname_message_suggests_ip() {
+fn deny_by_name_message_explains_fail_open() {
     let msg = rule_err("example.com");
     assert_eq!(
         msg,
-        "--allow: `example.com`: `example.com` is a hostname; rules take IP addresses, CIDRs or the tokens any, private, metadata (resolve the name yourself, or wait for pinned domains)"
+        "--allow: `example.com`: deny rules cannot name hosts: `example.com` can resolve to other addresses tomorrow, so a deny list by name fails open; deny its addresses or CIDRs instead"
     );
 }
 
@@ -557,7 +577,10 @@ fn bind_rules_accept_local_addresses() {
     }
     // Everything else is validated as for destinations.
     for (text, word) in [
-        ("example.com:80", "hostname"),
+        (
+            "example.com:80",
+            "bind rules take addresses, not host names (`example.com`)",
+        ),
         ("2002::1", "6to4"),
         ("1.2.3.4:0-", "not a port"),
     ] {
@@ -791,10 +814,28 @@ fn flag_errors() {
     let cases: Vec<(FlagInput, &[&str])> = vec![
         (
             FlagInput {
-                allow: vec!["example.com".into()],
+                allow: vec!["exa_mple!".into()],
                 ..FlagInput::default()
             },
-            &["--allow:", "hostname"],
+            &["--allow:", "`exa_mple!`", "not an IP address"],
+        ),
+        (
+            FlagInput {
+                deny: vec!["example.com".into()],
+                ..FlagInput::default()
+            },
+            &["--deny:", "deny rules cannot name hosts", "fails open"],
+        ),
+        (
+            FlagInput {
+                deny: vec!["10.0.0.1,tcp://example.com:443".into()],
+                ..FlagInput::default()
+            },
+            &[
+                "--deny:",
+                "`tcp://example.com:443`",
+                "deny rules cannot name hosts",
+            ],
         ),
         (
             FlagInput {
@@ -873,14 +914,14 @@ fn flag_errors() {
                 bind: Some("example.com:80".into()),
                 ..FlagInput::default()
             },
-            &["--bind:", "hostname"],
+            &["--bind:", "bind rules take addresses, not host names"],
         ),
         (
             FlagInput {
                 bind: Some("everywhere".into()),
                 ..FlagInput::default()
             },
-            &["--bind:", "hostname"],
+            &["--bind:", "not host names (`everywhere`)"],
         ),
     ];
     for (flags, words) in cases {
@@ -1021,9 +1062,14 @@ fn toml_errors_carry_the_line() {
     // (source, line in the Display text, words the message must contain)
     let cases: &[(&str, usize, &[&str])] = &[
         (
-            "[network]\nallow = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n",
+            "[network]\nallow = [\n  \"10.0.0.1\",\n  \"exa_mple!\",\n]\n",
             4,
-            &["hostname"],
+            &["`exa_mple!`", "not an IP address"],
+        ),
+        (
+            "[network]\ndeny = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n",
+            4,
+            &["deny rules cannot name hosts"],
         ),
         (
             "[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n",
@@ -1060,7 +1106,7 @@ fn toml_errors_carry_the_line() {
         (
             "[network]\n\nbind = [\"example.com:80\"]\n",
             3,
-            &["hostname"],
+            &["bind rules take addresses, not host names"],
         ),
         (
             "[network]\nallow = [\"http://10.0.0.1\"]\n",
@@ -1165,8 +1211,10 @@ fn load_file_reports_path() {
     let dir = std::env::temp_dir().join(format!("sbx-policy-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("p.toml");
-    std::fs::write(&path, "[network]\n\nallow = [\"example.com\"]\n").expect("write");
-    let msg = load_file(&path).expect_err("hostname rejected").to_string();
+    std::fs::write(&path, "[network]\n\nallow = [\"10.0.0.256\"]\n").expect("write");
+    let msg = load_file(&path)
+        .expect_err("bad address rejected")
+        .to_string();
     let missing = dir.join("missing.toml");
     let read = load_file(&missing).expect_err("missing file");
     std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -1191,6 +1239,7 @@ fn empty_policy_defaults() {
             bind: Bind::Loopback,
             mode: Mode::Enforce,
             filesystem: None,
+            redirect: false,
         }
     );
     let from_sources = Policy::from_sources(None, None, &FlagInput::default()).expect("empty");
@@ -1380,6 +1429,7 @@ fn profiles() {
             bind: Bind::Loopback,
             mode: Mode::Enforce,
             filesystem: None,
+            redirect: false,
         }
     );
 
@@ -1579,6 +1629,442 @@ fn policy_serde_round_trip() {
     )
     .expect("policy");
     let text = serde_json::to_string(&p).expect("serialise");
+    let back: Policy = serde_json::from_str(&text).expect("deserialise");
+    assert_eq!(back, p);
+}
+
+// ---------------------------------------------------------------------------
+// Pinned domains: allow rules naming hosts, resolved once at build time.
+// Every test uses a fake resolver; none touches real DNS.
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter()
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|e| panic!("test address {s}: {e}"))
+        })
+        .collect()
+}
+
+/// A fixed resolver. Anything it does not know fails as a missing name.
+fn fake_dns(host: &str) -> std::io::Result<Vec<IpAddr>> {
+    match host {
+        // Out of order, duplicated, v4-mapped: pinning normalises.
+        "github.com" => Ok(ips(&[
+            "2001:db8::10",
+            "192.0.2.10",
+            "::ffff:203.0.113.5",
+            "192.0.2.10",
+        ])),
+        "v4.example" => Ok(ips(&["198.51.100.7"])),
+        "v6.example" => Ok(ips(&["2001:db8::6"])),
+        "empty.example" => Ok(Vec::new()),
+        "localhost" | "local.example" => Ok(ips(&["127.0.0.1"])),
+        "mapped-local.example" => Ok(ips(&["::ffff:127.0.0.1"])),
+        "v6-local.example" => Ok(ips(&["::1"])),
+        "unspecified.example" => Ok(ips(&["0.0.0.0"])),
+        "unspecified6.example" => Ok(ips(&["::"])),
+        "partly-local.example" => Ok(ips(&["192.0.2.1", "127.0.1.1"])),
+        "nat64.example" => Ok(ips(&["64:ff9b::c000:201"])),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such host",
+        )),
+    }
+}
+
+fn allow_layer(rules: &[&str]) -> Layer {
+    flags_layer(&FlagInput {
+        allow: rules.iter().map(|r| (*r).to_owned()).collect(),
+        ..FlagInput::default()
+    })
+}
+
+fn build_pinned(layers: Vec<Layer>, allow_unresolved: bool) -> Result<Policy, PolicyError> {
+    let mut b = PolicyBuilder::new();
+    for l in layers {
+        b.apply(l);
+    }
+    b.build_with(&fake_dns, allow_unresolved)
+}
+
+#[test]
+fn allow_rules_may_name_hosts() {
+    // (rule, host, protocols, ports). Parsing does not resolve: `nets` stays
+    // empty until the policy is built.
+    let all = vec![PortRange::ALL];
+    let cases: &[(&str, &str, Protocols, Vec<PortRange>)] = &[
+        (
+            "github.com:443",
+            "github.com",
+            Protocols::BOTH,
+            vec![pr(443, 443)],
+        ),
+        (
+            "tcp://GitHub.COM:443",
+            "github.com",
+            Protocols::TCP,
+            vec![pr(443, 443)],
+        ),
+        (
+            "udp://ns1.example.net:53",
+            "ns1.example.net",
+            Protocols::UDP,
+            vec![pr(53, 53)],
+        ),
+        (
+            "api.example.com:443,80",
+            "api.example.com",
+            Protocols::BOTH,
+            vec![pr(80, 80), pr(443, 443)],
+        ),
+        ("example.com", "example.com", Protocols::BOTH, all.clone()),
+        (
+            "  example.com:8000-8100  ",
+            "example.com",
+            Protocols::BOTH,
+            vec![pr(8000, 8100)],
+        ),
+        ("my-host", "my-host", Protocols::BOTH, all.clone()),
+        ("localhost", "localhost", Protocols::BOTH, all.clone()),
+        // Names that merely start with a token are names.
+        ("any.example", "any.example", Protocols::BOTH, all.clone()),
+        (
+            "private-registry:5000",
+            "private-registry",
+            Protocols::BOTH,
+            vec![pr(5000, 5000)],
+        ),
+        (
+            "metadata.google.internal:80",
+            "metadata.google.internal",
+            Protocols::BOTH,
+            vec![pr(80, 80)],
+        ),
+    ];
+    for (text, host, protocols, ports) in cases {
+        let r = rule(text);
+        assert_eq!(r.host.as_deref(), Some(*host), "`{text}` names {host}");
+        assert!(
+            r.nets.is_empty(),
+            "`{text}`: nothing is resolved while parsing: {r:?}"
+        );
+        assert_eq!((r.protocols, &r.ports), (*protocols, ports), "`{text}`");
+        assert_eq!(
+            (r.action, r.text.as_str()),
+            (Action::Allow, text.trim()),
+            "`{text}`"
+        );
+        assert_eq!(r.origin, origin());
+    }
+    // Flags and files take them too; a comma list splits into rules.
+    let l = allow_layer(&["github.com:443,v4.example"]);
+    let hosts: Vec<_> = l.rules.iter().map(|r| r.host.as_deref()).collect();
+    assert_eq!(hosts, [Some("github.com"), Some("v4.example")]);
+    let l = layer("[network]\n\nallow = [\"tcp://github.com:443\"]\n");
+    assert_eq!(l.rules[0].host.as_deref(), Some("github.com"));
+    assert_eq!(l.rules[0].origin.to_string(), "policy.toml:3");
+}
+
+#[test]
+fn pinned_host_resolves_to_its_addresses() {
+    let asked = std::cell::RefCell::new(Vec::new());
+    let resolve = |host: &str| {
+        asked.borrow_mut().push(host.to_owned());
+        fake_dns(host)
+    };
+    let mut b = PolicyBuilder::new();
+    b.apply(allow_layer(&[
+        "tcp://GitHub.com:443",
+        "10.0.0.1",
+        "v6.example:22",
+    ]));
+    let p = b.build_with(&resolve, false).expect("every name resolves");
+    // Only host rules are resolved, once each, by their lower-case name.
+    assert_eq!(*asked.borrow(), ["github.com", "v6.example"]);
+    assert_eq!(p.rules.len(), 3);
+
+    let gh = &p.rules[0];
+    assert_eq!(gh.host.as_deref(), Some("github.com"));
+    // Sorted, deduplicated, the v4-mapped answer turned into IPv4.
+    assert_eq!(
+        gh.nets,
+        nets_of(&["192.0.2.10/32", "203.0.113.5/32", "2001:db8::10/128"])
+    );
+    assert_eq!(
+        (gh.text.as_str(), gh.action, gh.protocols, &gh.ports),
+        (
+            "tcp://GitHub.com:443",
+            Action::Allow,
+            Protocols::TCP,
+            &vec![pr(443, 443)]
+        )
+    );
+    assert_eq!(gh.origin, Origin::flag("--allow"));
+
+    assert_eq!(p.rules[1].host, None);
+    assert_eq!(p.rules[1].nets, nets_of(&["10.0.0.1/32"]));
+
+    assert_eq!(p.rules[2].host.as_deref(), Some("v6.example"));
+    assert_eq!(p.rules[2].nets, nets_of(&["2001:db8::6/128"]));
+    assert_eq!(p.rules[2].ports, vec![pr(22, 22)]);
+
+    // The rest of the policy is as without names.
+    assert_eq!(
+        (p.default, &p.loopback, p.proxy),
+        (Action::Deny, &Loopback::Any, None)
+    );
+
+    // A policy without host rules never calls the resolver.
+    let mut b = PolicyBuilder::new();
+    b.apply(allow_layer(&["10.0.0.1", "any:443", "private", "metadata"]));
+    b.build_with(&|h: &str| panic!("resolver called for {h}"), false)
+        .expect("no names");
+}
+
+#[test]
+fn unresolved_host_is_an_error_naming_it() {
+    for (text, host, why) in [
+        (
+            "tcp://nowhere.example:443",
+            "nowhere.example",
+            "no such host",
+        ),
+        ("empty.example", "empty.example", "no addresses"),
+    ] {
+        let e = build_pinned(vec![allow_layer(&["v4.example", text])], false)
+            .expect_err(&format!("`{text}` does not resolve"));
+        assert!(
+            matches!(&e, PolicyError::Invalid { value, .. } if value == text),
+            "`{text}`: Invalid quoting the rule expected: {e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("--allow: `{text}`: {host} does not resolve ({why}); fix the name, or pass --allow-unresolved to keep the rule matching nothing")
+        );
+    }
+    // The error points at the file and line of the rule.
+    let src = "[network]\nallow = [\n  \"10.0.0.1\",\n  \"Nowhere.Example:80\",\n]\n";
+    let msg = build_pinned(vec![layer(src)], false)
+        .expect_err("unresolved")
+        .to_string();
+    assert!(
+        msg.starts_with("policy.toml:4: `Nowhere.Example:80`: nowhere.example does not resolve"),
+        "{msg}"
+    );
+    assert!(msg.contains("--allow-unresolved"), "{msg}");
+}
+
+#[test]
+fn allow_unresolved_keeps_the_rule_matching_nothing() {
+    let p = build_pinned(
+        vec![allow_layer(&[
+            "nowhere.example:443",
+            "empty.example",
+            "v4.example",
+        ])],
+        true,
+    )
+    .expect("unresolved names are kept");
+    let got: Vec<_> = p
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r.text.as_str(),
+                r.host.as_deref(),
+                r.nets.clone(),
+                r.ports.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "nowhere.example:443",
+                Some("nowhere.example"),
+                vec![],
+                vec![pr(443, 443)]
+            ),
+            (
+                "empty.example",
+                Some("empty.example"),
+                vec![],
+                vec![PortRange::ALL]
+            ),
+            (
+                "v4.example",
+                Some("v4.example"),
+                nets_of(&["198.51.100.7/32"]),
+                vec![PortRange::ALL]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn host_resolving_to_a_local_address_is_rejected() {
+    // A name cannot open loopback; that is the `loopback` setting's job.
+    // Not even with --allow-unresolved: the name did resolve.
+    for (host, ip) in [
+        ("localhost", "127.0.0.1"),
+        ("local.example", "127.0.0.1"),
+        ("mapped-local.example", "::ffff:127.0.0.1"),
+        ("v6-local.example", "::1"),
+        ("unspecified.example", "0.0.0.0"),
+        ("unspecified6.example", "::"),
+        ("partly-local.example", "127.0.1.1"),
+    ] {
+        for allow_unresolved in [false, true] {
+            let text = format!("{host}:5432");
+            let e = build_pinned(vec![allow_layer(&[&text])], allow_unresolved)
+                .expect_err(&format!("{host} resolves to {ip}"));
+            assert!(matches!(e, PolicyError::Invalid { .. }), "{host}: {e:?}");
+            assert_eq!(
+                e.to_string(),
+                format!("--allow: `{text}`: {host} resolves to {ip}, a local address; loopback access is set by `loopback`"),
+            );
+        }
+    }
+    // Addresses the rule syntax refuses are refused when a name resolves
+    // to them, too.
+    let msg = build_pinned(vec![allow_layer(&["nat64.example"])], false)
+        .expect_err("NAT64 answer")
+        .to_string();
+    assert!(
+        msg.contains("nat64.example resolves to 64:ff9b::c000:201") && msg.contains("NAT64"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn deny_and_bind_rules_cannot_name_hosts() {
+    for (text, target) in [
+        ("example.com", "example.com"),
+        ("tcp://example.com:443", "example.com"),
+        ("LOCALHOST:80", "LOCALHOST"),
+        ("my-host", "my-host"),
+    ] {
+        // The same text is a fine allow rule...
+        assert!(rule(text).host.is_some(), "`{text}` allowed by name");
+        // ...but a deny list by name fails open...
+        let e = parse_rule(
+            text,
+            Action::Deny,
+            &Origin::flag("--deny"),
+            RuleContext::Destination,
+        )
+        .expect_err(&format!("deny `{text}`"));
+        assert_eq!(
+            e.to_string(),
+            format!("--deny: `{text}`: deny rules cannot name hosts: `{target}` can resolve to other addresses tomorrow, so a deny list by name fails open; deny its addresses or CIDRs instead")
+        );
+        // ...and bind rules take addresses, whatever the action.
+        for action in [Action::Allow, Action::Deny] {
+            let e = parse_rule(text, action, &Origin::flag("--bind"), RuleContext::Bind)
+                .expect_err(&format!("bind `{text}`"));
+            assert_eq!(
+                e.to_string(),
+                format!("--bind: `{text}`: bind rules take addresses, not host names (`{target}`)")
+            );
+        }
+    }
+    // Through a file: deny by name, and bind by name, point at the line.
+    let e = toml_err("[network]\nallow = [\"github.com:443\"]\ndeny = [\"github.com\"]\n");
+    assert!(
+        e.to_string()
+            .starts_with("policy.toml:3: `github.com`: deny rules cannot name hosts"),
+        "{e}"
+    );
+    let e = toml_err("[network]\nbind = [\"127.0.0.1:80\", \"localhost:8080\"]\n");
+    assert!(
+        e.to_string().starts_with(
+            "policy.toml:2: `localhost:8080`: bind rules take addresses, not host names"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn tokens_are_not_host_names() {
+    let cases: &[(&str, &[&str])] = &[
+        ("any", &ANY_NETS),
+        ("ANY", &ANY_NETS),
+        ("udp://any:53", &ANY_NETS),
+        ("private", &PRIVATE_NETS),
+        ("Private:22", &PRIVATE_NETS),
+        ("metadata", &METADATA_NETS),
+        ("tcp://METADATA:80", &METADATA_NETS),
+    ];
+    for (text, want) in cases {
+        for action in [Action::Allow, Action::Deny] {
+            let r = parse_rule(text, action, &origin(), RuleContext::Destination)
+                .unwrap_or_else(|e| panic!("{action} `{text}`: {e}"));
+            assert_eq!((r.host, r.nets), (None, nets_of(want)), "{action} `{text}`");
+        }
+    }
+    let r = rule_in("any:8080", RuleContext::Bind);
+    assert_eq!(
+        (r.host, r.nets),
+        (None, nets_of(&ANY_NETS)),
+        "bind `any:8080`"
+    );
+    // Building never resolves them, allowed or denied.
+    let mut b = PolicyBuilder::new();
+    b.apply(allow_layer(&["any:443", "private", "metadata"]));
+    b.apply(flags_layer(&FlagInput {
+        deny: vec!["private".into(), "metadata:80".into(), "any:25".into()],
+        ..FlagInput::default()
+    }));
+    let p = b
+        .build_with(&|h: &str| panic!("resolver called for {h}"), false)
+        .expect("tokens only");
+    assert!(p.rules.iter().all(|r| r.host.is_none()), "{:?}", p.rules);
+}
+
+#[test]
+fn summary_shows_pinned_addresses() {
+    let p = build_pinned(
+        vec![allow_layer(&[
+            "tcp://GitHub.com:443",
+            "nowhere.example",
+            "10.0.0.1",
+        ])],
+        true,
+    )
+    .expect("policy");
+    assert_eq!(
+        p.summary(),
+        [
+            "default: deny",
+            "loopback: any port",
+            "allow tcp://GitHub.com:443 (github.com pinned to 192.0.2.10, 203.0.113.5, 2001:db8::10)",
+            "allow nowhere.example (nowhere.example unresolved: matches nothing)",
+            "allow 10.0.0.1",
+            "bind: loopback (unspecified address with port 0 only)",
+        ]
+    );
+}
+
+#[test]
+fn pinned_policy_serde_round_trip() {
+    let p = build_pinned(
+        vec![allow_layer(&[
+            "github.com:443",
+            "nowhere.example",
+            "10.0.0.1",
+        ])],
+        true,
+    )
+    .expect("policy");
+    let text = serde_json::to_string(&p).expect("serialise");
+    assert!(text.contains("\"host\":\"github.com\""), "{text}");
+    assert_eq!(
+        text.matches("\"host\"").count(),
+        2,
+        "no `host` key without a name: {text}"
+    );
     let back: Policy = serde_json::from_str(&text).expect("deserialise");
     assert_eq!(back, p);
 }
