@@ -93,6 +93,9 @@ pub struct RunOptions {
     /// Run even if the kernel cannot enforce the requested filesystem
     /// rules, saying what is not enforced.
     pub allow_degraded: bool,
+    /// Add Landlock TCP connect-port rules under the eBPF policy where they
+    /// express the same thing.
+    pub landlock_tcp: bool,
 }
 
 /// Signals forwarded to the child.
@@ -134,7 +137,18 @@ pub fn run(
         .as_ref()
         .map(|fs| landlock::FsRules::new(&fs.read, &fs.write))
         .transpose()?;
-    let ruleset = landlock::prepare(fs_rules.as_ref(), opts.allow_degraded)?;
+    let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
+    if opts.landlock_tcp && tcp.is_none() {
+        eprintln!("sbx-user: warning: --landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
+    }
+    if let Some(t) = &tcp {
+        log::info!("Landlock TCP connect ports (second layer): {:?}", t.connect);
+    }
+    let ruleset = landlock::prepare_with(&landlock::Request {
+        fs: fs_rules.as_ref(),
+        tcp: tcp.as_ref(),
+        allow_degraded: opts.allow_degraded,
+    })?;
     for gap in ruleset.degraded() {
         eprintln!("sbx-user: warning: not enforced (--allow-degraded): {gap}");
     }
@@ -183,6 +197,40 @@ pub fn run(
         use std::os::unix::process::ExitStatusExt as _;
         128 + status.signal().unwrap_or(0)
     }))
+}
+
+/// Most TCP ports a Landlock second layer lists before sbx leaves TCP to the
+/// eBPF policy alone.
+const LANDLOCK_MAX_PORTS: usize = 1024;
+
+/// Landlock TCP rules that say the same as the policy, where port-only rules
+/// can: a deny-by-default policy whose every TCP allowance names its ports.
+/// Then a connect to any other port is refused twice, by the cgroup hook
+/// and by Landlock. `None` where port-only rules would be wider or
+/// narrower than the policy (loopback any, default allow, rules on every
+/// port, audit mode, transparent redirect, which rewrites the port after
+/// Landlock has judged it).
+#[must_use]
+pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
+    use crate::policy::{Action, Loopback, Mode};
+    if policy.default == Action::Allow || policy.mode == Mode::Audit || policy.redirect {
+        return None;
+    }
+    let mut ranges = match &policy.loopback {
+        Loopback::Any => return None,
+        Loopback::None => Vec::new(),
+        Loopback::Ports(p) => p.clone(),
+    };
+    for rule in policy.rules.iter().filter(|r| r.action == Action::Allow && r.protocols.tcp) {
+        ranges.extend(rule.ports.iter().copied());
+    }
+    let ranges = crate::policy::merge_ranges(ranges);
+    let count: usize = ranges.iter().map(|r| usize::from(r.hi - r.lo) + 1).sum();
+    if count > LANDLOCK_MAX_PORTS {
+        return None;
+    }
+    let ports = ranges.iter().flat_map(|r| r.lo..=r.hi).collect();
+    Some(landlock::TcpRules { connect: Some(ports), bind: None })
 }
 
 fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>> {
@@ -326,5 +374,41 @@ impl DenialLogger {
     fn stop(self) {
         self.stop.store(true, std::sync::atomic::Ordering::Release);
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::FlagInput;
+
+    fn policy(flags: FlagInput) -> Policy {
+        Policy::from_sources(None, None, &flags).expect("valid")
+    }
+
+    #[test]
+    fn landlock_tcp_layer_only_where_ports_say_the_same() {
+        let proxy = policy(FlagInput {
+            proxy: Some("127.0.0.1:3128".into()),
+            allow: vec!["10.1.2.3:5432".into(), "udp://10.0.0.53:53".into()],
+            ..FlagInput::default()
+        });
+        let t = landlock_tcp_rules(&proxy).expect("proxy-only with ported rules");
+        assert_eq!(t.connect, Some(vec![3128, 5432]));
+        assert_eq!(t.bind, None);
+        // loopback any, a portless allow, default allow, audit, redirect: none.
+        assert!(landlock_tcp_rules(&policy(FlagInput::default())).is_none());
+        for flags in [
+            FlagInput { loopback: Some("none".into()), allow: vec!["10.0.0.0/8".into()], ..FlagInput::default() },
+            FlagInput { loopback: Some("none".into()), default: Some("allow".into()), ..FlagInput::default() },
+            FlagInput { proxy: Some("127.0.0.1:3128".into()), audit: true, ..FlagInput::default() },
+            FlagInput { proxy: Some("127.0.0.1:3128".into()), proxy_redirect: true, ..FlagInput::default() },
+            FlagInput { loopback: Some("1-2000".into()), ..FlagInput::default() },
+        ] {
+            assert!(landlock_tcp_rules(&policy(flags.clone())).is_none(), "{flags:?}");
+        }
+        // Offline (loopback none): every TCP connect refused by both layers.
+        let none = policy(FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
+        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![]));
     }
 }

@@ -27,6 +27,13 @@ pub struct RunArgs {
     /// what is not enforced.
     #[arg(long)]
     pub allow_degraded: bool,
+    /// Second layer: Landlock TCP connect-port rules under the eBPF policy,
+    /// where port-only rules say the same thing (default deny, every TCP
+    /// allowance with ports, loopback not "any"). Landlock judges before the
+    /// cgroup hook, so a connect it refuses fails with EACCES and produces no
+    /// sbx event.
+    #[arg(long)]
+    pub landlock_tcp: bool,
     /// Print each denial to stderr as it happens.
     #[arg(long)]
     pub log_denials: bool,
@@ -56,6 +63,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         keep_fds: args.keep_fd.clone(),
         log_denials: args.log_denials,
         allow_degraded: args.allow_degraded,
+        landlock_tcp: args.landlock_tcp,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,
