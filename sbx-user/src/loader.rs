@@ -18,7 +18,7 @@ use aya::{
 };
 use sbx_common::{
     Config, PortTable, TrieAddr, TrieValue, MAPS, MAP_BIND, MAP_CONFIG, MAP_DEST, MAP_EVENTS,
-    MAP_PORTS, PROGRAMS,
+    MAP_ORIGDST, MAP_PORTS, MAP_REDIRECTED, PROGRAMS,
 };
 
 use crate::{
@@ -136,6 +136,10 @@ pub struct AttachOptions {
     pub events_bytes: u32,
 }
 
+/// Connections in flight whose original destination a transparent-proxy
+/// sandbox remembers (least recently used first out).
+pub const REDIRECT_SLOTS: u32 = 4096;
+
 /// Default event ring buffer size: 64 KiB, about 800 events.
 pub const DEFAULT_EVENTS_BYTES: u32 = 64 * 1024;
 
@@ -196,11 +200,20 @@ pub fn ensure_bpffs(paths: &Paths) -> Result<(), LoaderError> {
 /// Loads the object and fills its maps with `compiled`.
 fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
     let tables = u32::try_from(compiled.tables.len().max(1)).expect("tables fit u32");
+    let redirect_slots = if opts.config.flags & sbx_common::FLAG_REDIRECT == 0 {
+        1
+    } else {
+        REDIRECT_SLOTS
+    };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_DEST, opts.max_entries)
         .map_max_entries(MAP_BIND, opts.max_entries)
         .map_max_entries(MAP_PORTS, tables)
         .map_max_entries(MAP_EVENTS, opts.events_bytes)
+        // LRU hashes are preallocated; only transparent-proxy sandboxes
+        // need room in them.
+        .map_max_entries(MAP_REDIRECTED, redirect_slots)
+        .map_max_entries(MAP_ORIGDST, redirect_slots)
         .load(OBJECT)
         .map_err(LoaderError::Load)?;
     {
