@@ -137,6 +137,10 @@ pub struct RateState {
 }
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 
+/// [`Event::port`] of an egress event for a packet dropped because it
+/// carried IPv4 options or an IPv6 routing header (source routing).
+pub const EVENT_PORT_SOURCE_ROUTE: u32 = u32::MAX;
+
 /// [`Event::verdict`]: the call was refused.
 pub const EVENT_DENIED: u32 = 0;
 /// [`Event::verdict`]: audit mode; enforce mode would have refused it.

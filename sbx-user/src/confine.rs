@@ -158,16 +158,18 @@ impl Confinement {
                     std::mem::size_of::<MountAttr>(),
                 ))?;
             }
-            if let Some(id) = identity {
-                let gid = id.gid;
-                check(libc::setgroups(1, &raw const gid).into())?;
-                check(libc::setresgid(gid, gid, gid).into())?;
-                check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
-            }
-            // Drop every capability: bounding set (so exec cannot regain
-            // them, even as uid 0), ambient, and the current sets.
+            // Drop the bounding set (so exec cannot regain capabilities,
+            // even as uid 0) and the ambient set first: dropping needs
+            // CAP_SETPCAP, which the uid switch below takes away. A
+            // capability the kernel does not know (EINVAL) ends the loop;
+            // any other failure fails the spawn.
             for cap in 0..64 {
-                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                    if *libc::__errno_location() == libc::EINVAL {
+                        break;
+                    }
+                    return Err(io::Error::last_os_error());
+                }
             }
             check(
                 libc::prctl(
@@ -179,6 +181,13 @@ impl Confinement {
                 )
                 .into(),
             )?;
+            if let Some(id) = identity {
+                let gid = id.gid;
+                check(libc::setgroups(1, &raw const gid).into())?;
+                check(libc::setresgid(gid, gid, gid).into())?;
+                check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
+            }
+            // Then the permitted, effective and inheritable sets.
             let header = CapHeader {
                 version: 0x2008_0522,
                 pid: 0,

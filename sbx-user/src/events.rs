@@ -14,8 +14,8 @@ use std::{
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use sbx_common::{
-    counter_index, Event, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, HOOK_NAMES, MAP_COUNTERS,
-    MAP_EVENTS, NUM_HOOKS,
+    counter_index, Event, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_PORT_SOURCE_ROUTE, HOOK_NAMES,
+    MAP_COUNTERS, MAP_EVENTS, NUM_HOOKS,
 };
 use serde::Serialize;
 
@@ -160,6 +160,7 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
     #[expect(clippy::cast_possible_truncation, reason = "ports are 16-bit")]
     let port = e.port as u16;
     let destination = match hook {
+        "egress" if e.port == EVENT_PORT_SOURCE_ROUTE => format!("{ip} (source-routed)"),
         "sock_create" => format!("socket type {} protocol {}", e.port, e.protocol),
         "setsockopt" => format!("level {} option {}", e.protocol, e.port),
         _ => match ip {
@@ -170,12 +171,12 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
     let rule = match (hook, policy) {
         ("sock_create", _) => "only TCP and UDP sockets may be created".to_owned(),
         ("setsockopt", _) => "source-routing options are refused".to_owned(),
+        ("egress", _) if e.port == EVENT_PORT_SOURCE_ROUTE => {
+            "IP options or routing header".to_owned()
+        }
         (_, None) => "(policy unknown)".to_owned(),
         (_, Some((_, generation))) if generation != e.generation => {
             "(policy changed since)".to_owned()
-        }
-        ("egress", Some(_)) if e.port == 0 && e.protocol != 6 && e.protocol != 17 => {
-            "IP options or routing header".to_owned()
         }
         ("bind4" | "bind6", Some((p, _))) => explain::bind(p, ip, port, tcp).to_string(),
         (_, Some((p, _))) => match explain::destination(p, ip, port, tcp) {

@@ -311,13 +311,15 @@ pub fn parse_rule(
         let protocols = match scheme.to_ascii_lowercase().as_str() {
             "tcp" => Protocols::TCP,
             "udp" => Protocols::UDP,
-            other => return Err(invalid(
-                origin,
-                text,
-                format!(
+            other => {
+                return Err(invalid(
+                    origin,
+                    text,
+                    format!(
                     "unknown protocol `{other}://`; use `tcp://`, `udp://`, or no prefix for both"
                 ),
-            )),
+                ))
+            }
         };
         if rest.is_empty() {
             return Err(invalid(origin, text, format!("nothing after `{scheme}://`; write a target such as `{scheme}://any`, `{scheme}://:53` or `{scheme}://10.0.0.0/8:443`")));

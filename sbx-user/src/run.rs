@@ -137,7 +137,11 @@ pub fn run(
         .as_ref()
         .map(|fs| landlock::FsRules::new(&fs.read, &fs.write))
         .transpose()?;
-    let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
+    let tcp = if opts.landlock_tcp {
+        landlock_tcp_rules(policy)
+    } else {
+        None
+    };
     if opts.landlock_tcp && tcp.is_none() {
         eprintln!("sbx-user: warning: --landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
     }
@@ -221,7 +225,11 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
         Loopback::None => Vec::new(),
         Loopback::Ports(p) => p.clone(),
     };
-    for rule in policy.rules.iter().filter(|r| r.action == Action::Allow && r.protocols.tcp) {
+    for rule in policy
+        .rules
+        .iter()
+        .filter(|r| r.action == Action::Allow && r.protocols.tcp)
+    {
         ranges.extend(rule.ports.iter().copied());
     }
     let ranges = crate::policy::merge_ranges(ranges);
@@ -230,7 +238,10 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
         return None;
     }
     let ports = ranges.iter().flat_map(|r| r.lo..=r.hi).collect();
-    Some(landlock::TcpRules { connect: Some(ports), bind: None })
+    Some(landlock::TcpRules {
+        connect: Some(ports),
+        bind: None,
+    })
 }
 
 fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>> {
@@ -399,16 +410,44 @@ mod tests {
         // loopback any, a portless allow, default allow, audit, redirect: none.
         assert!(landlock_tcp_rules(&policy(FlagInput::default())).is_none());
         for flags in [
-            FlagInput { loopback: Some("none".into()), allow: vec!["10.0.0.0/8".into()], ..FlagInput::default() },
-            FlagInput { loopback: Some("none".into()), default: Some("allow".into()), ..FlagInput::default() },
-            FlagInput { proxy: Some("127.0.0.1:3128".into()), audit: true, ..FlagInput::default() },
-            FlagInput { proxy: Some("127.0.0.1:3128".into()), proxy_redirect: true, ..FlagInput::default() },
-            FlagInput { loopback: Some("1-2000".into()), ..FlagInput::default() },
+            FlagInput {
+                loopback: Some("none".into()),
+                allow: vec!["10.0.0.0/8".into()],
+                ..FlagInput::default()
+            },
+            FlagInput {
+                loopback: Some("none".into()),
+                default: Some("allow".into()),
+                ..FlagInput::default()
+            },
+            FlagInput {
+                proxy: Some("127.0.0.1:3128".into()),
+                audit: true,
+                ..FlagInput::default()
+            },
+            FlagInput {
+                proxy: Some("127.0.0.1:3128".into()),
+                proxy_redirect: true,
+                ..FlagInput::default()
+            },
+            FlagInput {
+                loopback: Some("1-2000".into()),
+                ..FlagInput::default()
+            },
         ] {
-            assert!(landlock_tcp_rules(&policy(flags.clone())).is_none(), "{flags:?}");
+            assert!(
+                landlock_tcp_rules(&policy(flags.clone())).is_none(),
+                "{flags:?}"
+            );
         }
         // Offline (loopback none): every TCP connect refused by both layers.
-        let none = policy(FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
-        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![]));
+        let none = policy(FlagInput {
+            loopback: Some("none".into()),
+            ..FlagInput::default()
+        });
+        assert_eq!(
+            landlock_tcp_rules(&none).expect("ports").connect,
+            Some(vec![])
+        );
     }
 }
