@@ -41,31 +41,13 @@ pub const MAP_REDIRECTED: &str = "SBX_REDIRECTED";
 pub const MAP_ORIGDST: &str = "SBX_ORIGDST";
 
 /// Every map sbx pins, in a fixed order.
-pub const MAPS: [&str; 9] = [
-    MAP_DEST,
-    MAP_BIND,
-    MAP_PORTS,
-    MAP_CONFIG,
-    MAP_EVENTS,
-    MAP_COUNTERS,
-    MAP_RATE,
-    MAP_REDIRECTED,
-    MAP_ORIGDST,
-];
+pub const MAPS: [&str; 9] =
+    [MAP_DEST, MAP_BIND, MAP_PORTS, MAP_CONFIG, MAP_EVENTS, MAP_COUNTERS, MAP_RATE, MAP_REDIRECTED, MAP_ORIGDST];
 
 /// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
 /// in [`PROGRAMS`] order.
-pub const HOOK_NAMES: [&str; 9] = [
-    "connect4",
-    "connect6",
-    "sendmsg4",
-    "sendmsg6",
-    "bind4",
-    "bind6",
-    "sock_create",
-    "setsockopt",
-    "egress",
-];
+pub const HOOK_NAMES: [&str; 9] =
+    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress"];
 /// Number of hooks.
 pub const NUM_HOOKS: u32 = 9;
 
@@ -290,13 +272,7 @@ impl PortTable {
             default_tcp: tcp,
             default_udp: udp,
             _pad: [0; 2],
-            segments: [PortSegment {
-                lo: 0,
-                hi: 0,
-                tcp: 0,
-                udp: 0,
-                _pad: [0; 2],
-            }; MAX_SEGMENTS],
+            segments: [PortSegment { lo: 0, hi: 0, tcp: 0, udp: 0, _pad: [0; 2] }; MAX_SEGMENTS],
         }
     }
 }

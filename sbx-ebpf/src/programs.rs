@@ -2,18 +2,16 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
     EbpfContext as _,
 };
 use sbx_common::{
-    counter_index, Config, Event, OrigDst, PortTable, RateState, TrieAddr, TrieValue,
-    COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_REDIRECTED, FLAG_AUDIT, FLAG_REDIRECT,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, VERDICT_ALLOW, VERDICT_DENY,
+    counter_index, Config, Event, OrigDst, PortTable, RateState, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
+    EVENT_AUDIT, EVENT_DENIED, EVENT_REDIRECTED, FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS,
+    NUM_COUNTERS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 /// Destination policy for connect and sendmsg. Written by `sbx-user` when it
@@ -105,15 +103,7 @@ enum Task {
 /// Counts a decision and, for a denial, reports it. Returns whether the
 /// call may proceed: an allow, or a denial in audit mode.
 #[inline(always)]
-fn settle(
-    allowed: bool,
-    hook: u32,
-    protocol: u32,
-    addr: &TrieAddr,
-    port: u32,
-    task: Task,
-    redirecting: bool,
-) -> bool {
+fn settle(allowed: bool, hook: u32, protocol: u32, addr: &TrieAddr, port: u32, task: Task, redirecting: bool) -> bool {
     bump(counter_index(hook, u32::from(!allowed)));
     if allowed {
         return true;
@@ -199,11 +189,7 @@ fn take_token() -> bool {
         let elapsed = now.saturating_sub((*state).last_ns);
         let cap = burst * SCALE;
         // elapsed (ns) * rate (events/s) = tokens scaled by 10^9.
-        let refill = if elapsed >= SCALE {
-            cap
-        } else {
-            elapsed * rate
-        };
+        let refill = if elapsed >= SCALE { cap } else { elapsed * rate };
         let tokens = (*state).tokens.saturating_add(refill).min(cap);
         (*state).last_ns = now;
         if tokens >= SCALE {
@@ -300,10 +286,7 @@ fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool)
     let sa = ctx.sock_addr;
     // SAFETY: the helper takes the context pointer.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-    let value = OrigDst {
-        addr: orig,
-        port: u32::from(port(sa)),
-    };
+    let value = OrigDst { addr: orig, port: u32::from(port(sa)) };
     if SBX_REDIRECTED.insert(&cookie, &value, 0).is_err() {
         return false;
     }
@@ -315,12 +298,7 @@ fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool)
         if v6 {
             let mut i = 0;
             while i < 4 {
-                let w = u32::from_ne_bytes([
-                    proxy[i * 4],
-                    proxy[i * 4 + 1],
-                    proxy[i * 4 + 2],
-                    proxy[i * 4 + 3],
-                ]);
+                let w = u32::from_ne_bytes([proxy[i * 4], proxy[i * 4 + 1], proxy[i * 4 + 2], proxy[i * 4 + 3]]);
                 core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[i]), w);
                 i += 1;
             }
@@ -378,25 +356,10 @@ fn sbx_bind6(ctx: SockAddrContext) -> i32 {
 fn sbx_sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock.cast_const();
     // SAFETY: field addresses of the context; the verifier checks reads.
-    let (ty, proto) = unsafe {
-        (
-            ctx_u32(core::ptr::addr_of!((*sk).type_)),
-            ctx_u32(core::ptr::addr_of!((*sk).protocol)),
-        )
-    };
-    let allowed = matches!(
-        (ty, proto),
-        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP)
-    );
-    if settle(
-        allowed,
-        HOOK_SOCK_CREATE,
-        proto,
-        &[0; 16],
-        ty,
-        Task::Current,
-        false,
-    ) {
+    let (ty, proto) =
+        unsafe { (ctx_u32(core::ptr::addr_of!((*sk).type_)), ctx_u32(core::ptr::addr_of!((*sk).protocol))) };
+    let allowed = matches!((ty, proto), (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP));
+    if settle(allowed, HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -419,21 +382,10 @@ fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
     let so = ctx.sockopt.cast_const();
     // SAFETY: as in `sbx_sock_create`; both fields are 4-byte ints.
     let (level, name) = unsafe { ((*so).level, (*so).optname) };
-    let refused = matches!(
-        (level, name),
-        (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR)
-    );
+    let refused = matches!((level, name), (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR));
     #[expect(clippy::cast_sign_loss, reason = "reported as raw numbers")]
     let (level, name) = (level as u32, name as u32);
-    if settle(
-        !refused,
-        HOOK_SETSOCKOPT,
-        level,
-        &[0; 16],
-        name,
-        Task::Current,
-        false,
-    ) {
+    if settle(!refused, HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -480,14 +432,7 @@ fn egress(ctx: &SkBuffContext) -> bool {
     };
     let Some(off) = off else {
         // Source routing: refused whatever the destination.
-        return conclude(
-            Ok(false),
-            HOOK_EGRESS,
-            u32::from(l4),
-            &addr,
-            0,
-            Task::Unknown,
-        );
+        return conclude(Ok(false), HOOK_EGRESS, u32::from(l4), &addr, 0, Task::Unknown);
     };
     let l4 = u32::from(l4);
     if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
@@ -502,26 +447,10 @@ fn egress(ctx: &SkBuffContext) -> bool {
         match ctx.load::<u8>(off + 13) {
             Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN => return true,
             Ok(_) => {}
-            Err(_) => {
-                return conclude(
-                    Err(()),
-                    HOOK_EGRESS,
-                    l4,
-                    &addr,
-                    u32::from(port),
-                    Task::Unknown,
-                )
-            }
+            Err(_) => return conclude(Err(()), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown),
         }
     }
-    conclude(
-        decide(&addr, port, l4, Direction::Dest),
-        HOOK_EGRESS,
-        l4,
-        &addr,
-        u32::from(port),
-        Task::Unknown,
-    )
+    conclude(decide(&addr, port, l4, Direction::Dest), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown)
 }
 
 /// Destination, L4 protocol, and L4 offset (`None` when the header carries
@@ -602,15 +531,7 @@ fn judge4(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -
     let ip = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes();
     let addr = mapped(ip);
     let (port, proto) = (port(sa), protocol(sa));
-    conclude_r(
-        decide(&addr, port, proto, dir),
-        hook,
-        proto,
-        &addr,
-        u32::from(port),
-        Task::Current,
-        redirecting,
-    )
+    conclude_r(decide(&addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 
 #[inline(always)]
@@ -635,28 +556,13 @@ fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -
         }
         None => decide(&addr, port, proto, dir),
     };
-    conclude_r(
-        verdict,
-        hook,
-        proto,
-        &addr,
-        u32::from(port),
-        Task::Current,
-        redirecting,
-    )
+    conclude_r(verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 
 /// Turns a decision into the program's answer, counting and reporting it.
 /// An internal error rejects, in audit mode too.
 #[inline(always)]
-fn conclude(
-    verdict: Result<bool, ()>,
-    hook: u32,
-    proto: u32,
-    addr: &TrieAddr,
-    port: u32,
-    task: Task,
-) -> bool {
+fn conclude(verdict: Result<bool, ()>, hook: u32, proto: u32, addr: &TrieAddr, port: u32, task: Task) -> bool {
     conclude_r(verdict, hook, proto, addr, port, task, false)
 }
 
@@ -684,9 +590,7 @@ fn conclude_r(
 /// `::ffff:a.b.c.d`, the trie's encoding of an IPv4 address.
 #[inline(always)]
 fn mapped(v4: [u8; 4]) -> TrieAddr {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
 }
 
 /// The IPv4 address a NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address

@@ -48,17 +48,13 @@ pub enum CgroupError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
     let path = path.to_owned();
-    move |source| CgroupError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| CgroupError::Io { action, path, source }
 }
 
 /// Mount point of the cgroup2 filesystem, from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
     find_mount(&info, "cgroup2").ok_or(CgroupError::NoCgroup2)
 }
 
@@ -68,11 +64,7 @@ pub fn find_mount(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         (right.split_whitespace().next()? == fstype)
-            .then(|| {
-                left.split_whitespace()
-                    .nth(4)
-                    .map(|p| PathBuf::from(unescape_mount(p)))
-            })
+            .then(|| left.split_whitespace().nth(4).map(|p| PathBuf::from(unescape_mount(p))))
             .flatten()
     })
 }
@@ -107,10 +99,7 @@ pub struct Cgroup {
 impl Cgroup {
     /// Checks that `path` is a directory on a cgroup2 filesystem.
     pub fn open(path: &Path) -> Result<Self, CgroupError> {
-        let not = |reason: String| CgroupError::NotCgroup2 {
-            path: path.to_owned(),
-            reason,
-        };
+        let not = |reason: String| CgroupError::NotCgroup2 { path: path.to_owned(), reason };
         let canonical = fs::canonicalize(path).map_err(|e| not(e.to_string()))?;
         let meta = fs::metadata(&canonical).map_err(|e| not(e.to_string()))?;
         if !meta.is_dir() {
@@ -118,18 +107,11 @@ impl Cgroup {
         }
         let magic = statfs_magic(&canonical).map_err(|e| not(e.to_string()))?;
         if magic != CGROUP2_SUPER_MAGIC {
-            let hint = cgroup2_mount().map_or_else(
-                |_| String::new(),
-                |m| format!("; the cgroup2 hierarchy is mounted at {}", m.display()),
-            );
-            return Err(not(format!(
-                "it is on a filesystem of type {magic:#x}, not cgroup2{hint}"
-            )));
+            let hint = cgroup2_mount()
+                .map_or_else(|_| String::new(), |m| format!("; the cgroup2 hierarchy is mounted at {}", m.display()));
+            return Err(not(format!("it is on a filesystem of type {magic:#x}, not cgroup2{hint}")));
         }
-        Ok(Self {
-            path: canonical,
-            id: meta.ino(),
-        })
+        Ok(Self { path: canonical, id: meta.ino() })
     }
 
     /// Creates `parent/name` (and `parent` if needed) and opens it. Nothing
@@ -137,17 +119,11 @@ impl Cgroup {
     /// cgroup v2 directory.
     pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
         if !parent.exists() {
-            let existing = parent
-                .ancestors()
-                .find(|a| a.exists())
-                .unwrap_or(Path::new("/"));
+            let existing = parent.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
             Self::open(existing).map_err(|e| match e {
                 CgroupError::NotCgroup2 { reason, .. } => CgroupError::NotCgroup2 {
                     path: parent.to_owned(),
-                    reason: format!(
-                        "its existing ancestor {} is not in cgroup v2 ({reason})",
-                        existing.display()
-                    ),
+                    reason: format!("its existing ancestor {} is not in cgroup v2 ({reason})", existing.display()),
                 },
                 other => other,
             })?;
@@ -205,9 +181,7 @@ impl Cgroup {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             if Instant::now() > deadline {
-                return Err(CgroupError::NotEmpty {
-                    path: self.path.clone(),
-                });
+                return Err(CgroupError::NotEmpty { path: self.path.clone() });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -271,19 +245,13 @@ mod tests {
         let info = "25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
                     41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
                     42 25 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(
-            find_mount(info, "cgroup2"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(find_mount(info, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(find_mount(info, "bpf"), None);
     }
 
     #[test]
     fn unescapes_spaces_in_mount_points() {
         let info = "41 31 0:38 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            find_mount(info, "cgroup2"),
-            Some(PathBuf::from("/mnt/my cg"))
-        );
+        assert_eq!(find_mount(info, "cgroup2"), Some(PathBuf::from("/mnt/my cg")));
     }
 }

@@ -103,29 +103,21 @@ struct Prefix {
 
 impl Prefix {
     fn contains(self, other: Self) -> bool {
-        self.len <= other.len
-            && (self.len == 0 || (self.addr ^ other.addr) >> (128 - u32::from(self.len)) == 0)
+        self.len <= other.len && (self.len == 0 || (self.addr ^ other.addr) >> (128 - u32::from(self.len)) == 0)
     }
 
     fn of(net: &IpNet) -> Self {
         match net {
-            IpNet::V4(n) => Self {
-                addr: (0xffff_u128 << 32) | u128::from(u32::from(n.network())),
-                len: n.prefix_len() + 96,
-            },
-            IpNet::V6(n) => Self {
-                addr: u128::from(n.network()),
-                len: n.prefix_len(),
-            },
+            IpNet::V4(n) => {
+                Self { addr: (0xffff_u128 << 32) | u128::from(u32::from(n.network())), len: n.prefix_len() + 96 }
+            }
+            IpNet::V6(n) => Self { addr: u128::from(n.network()), len: n.prefix_len() },
         }
     }
 
     fn display(self) -> String {
         if self.len >= 96 && self.addr >> 32 == 0xffff {
-            #[expect(
-                clippy::cast_possible_truncation,
-                reason = "low 32 bits are the IPv4 address"
-            )]
+            #[expect(clippy::cast_possible_truncation, reason = "low 32 bits are the IPv4 address")]
             let v4 = std::net::Ipv4Addr::from(self.addr as u32);
             format!("{v4}/{}", self.len - 96)
         } else {
@@ -135,23 +127,14 @@ impl Prefix {
 }
 
 const V6_ROOT: Prefix = Prefix { addr: 0, len: 0 };
-const V4_ROOT: Prefix = Prefix {
-    addr: 0xffff_u128 << 32,
-    len: 96,
-};
+const V4_ROOT: Prefix = Prefix { addr: 0xffff_u128 << 32, len: 96 };
 
 fn v4(addr: [u8; 4], len: u8) -> Prefix {
-    Prefix {
-        addr: (0xffff_u128 << 32) | u128::from(u32::from_be_bytes(addr)),
-        len: len + 96,
-    }
+    Prefix { addr: (0xffff_u128 << 32) | u128::from(u32::from_be_bytes(addr)), len: len + 96 }
 }
 
 fn v6(s: &str, len: u8) -> Prefix {
-    Prefix {
-        addr: u128::from(s.parse::<Ipv6Addr>().expect("literal")),
-        len,
-    }
+    Prefix { addr: u128::from(s.parse::<Ipv6Addr>().expect("literal")), len }
 }
 
 /// A loopback address every policy denies, on every port, so that
@@ -160,12 +143,7 @@ pub const VERIFY_SENTINEL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 255
 
 /// Where the local host is reached: decided by `loopback` only.
 fn local_host_prefixes() -> [Prefix; 4] {
-    [
-        v4([127, 0, 0, 0], 8),
-        v4([0, 0, 0, 0], 32),
-        v6("::1", 128),
-        v6("::", 128),
-    ]
+    [v4([127, 0, 0, 0], 8), v4([0, 0, 0, 0], 32), v6("::1", 128), v6("::", 128)]
 }
 
 /// Low-priority deny entries for non-unicast and deprecated address forms.
@@ -228,14 +206,7 @@ fn own_partial(rules: &[&CRule], tcp: bool) -> Partial {
     let pick = |action: Action| -> Vec<PortRange> {
         let ranges = rules
             .iter()
-            .filter(|r| {
-                r.action == action
-                    && if tcp {
-                        r.protocols.tcp
-                    } else {
-                        r.protocols.udp
-                    }
-            })
+            .filter(|r| r.action == action && if tcp { r.protocols.tcp } else { r.protocols.udp })
             .flat_map(|r| r.ports.iter().copied())
             .collect();
         crate::policy::merge_ranges(ranges)
@@ -326,10 +297,8 @@ fn to_table(r: &Resolved) -> Result<PortTable, usize> {
     for &(lo, hi, t, u) in &pieces {
         *coverage.entry((t, u)).or_default() += u32::from(hi - lo) + 1;
     }
-    let (&default, _) = coverage
-        .iter()
-        .max_by_key(|&(&pair, &n)| (n, std::cmp::Reverse(pair)))
-        .expect("at least one piece");
+    let (&default, _) =
+        coverage.iter().max_by_key(|&(&pair, &n)| (n, std::cmp::Reverse(pair))).expect("at least one piece");
     let segs: Vec<_> = pieces.iter().filter(|p| (p.2, p.3) != default).collect();
     if segs.len() > MAX_SEGMENTS {
         return Err(segs.len());
@@ -337,13 +306,7 @@ fn to_table(r: &Resolved) -> Result<PortTable, usize> {
     let mut table = PortTable::uniform(default.0, default.1);
     table.len = u32::try_from(segs.len()).expect("at most MAX_SEGMENTS");
     for (slot, &&(lo, hi, tcp, udp)) in table.segments.iter_mut().zip(&segs) {
-        *slot = PortSegment {
-            lo,
-            hi,
-            tcp,
-            udp,
-            _pad: [0; 2],
-        };
+        *slot = PortSegment { lo, hi, tcp, udp, _pad: [0; 2] };
     }
     Ok(table)
 }
@@ -351,10 +314,7 @@ fn to_table(r: &Resolved) -> Result<PortTable, usize> {
 fn ports_table(ports: &[PortRange], inside: u8, outside: u8) -> Resolved {
     let partial: Partial = ports.iter().map(|r| (r.lo, r.hi, inside)).collect();
     let f = overlay(&partial, &uniform(outside));
-    Resolved {
-        tcp: f.clone(),
-        udp: f,
-    }
+    Resolved { tcp: f.clone(), udp: f }
 }
 
 fn verdict(a: Action) -> u8 {
@@ -385,10 +345,7 @@ fn resolve(
     prefixes.sort_unstable_by_key(|p| (p.addr, p.len));
     prefixes.dedup();
 
-    let base = Resolved {
-        tcp: uniform(verdict(default)),
-        udp: uniform(verdict(default)),
-    };
+    let base = Resolved { tcp: uniform(verdict(default)), udp: uniform(verdict(default)) };
     let mut stack: Vec<(Prefix, Resolved)> = Vec::new();
     let mut out = Vec::with_capacity(prefixes.len());
     for p in prefixes {
@@ -398,20 +355,11 @@ fn resolve(
         let resolved = if let Some(f) = fixed_map.get(&p) {
             (*f).clone()
         } else {
-            let parent = if p == V4_ROOT || p == V6_ROOT {
-                &base
-            } else {
-                stack.last().map_or(&base, |(_, r)| r)
-            };
+            let parent = if p == V4_ROOT || p == V6_ROOT { &base } else { stack.last().map_or(&base, |(_, r)| r) };
             let own = by_prefix.get(&p).map_or(&[][..], Vec::as_slice);
             let (user, builtin): (Vec<&CRule>, Vec<&CRule>) = own.iter().partition(|r| r.user);
             let mut r = parent.clone();
-            for (layer, tcp) in [
-                (&builtin, true),
-                (&builtin, false),
-                (&user, true),
-                (&user, false),
-            ] {
+            for (layer, tcp) in [(&builtin, true), (&builtin, false), (&user, true), (&user, false)] {
                 if layer.is_empty() {
                     continue;
                 }
@@ -429,18 +377,9 @@ fn resolve(
                 .filter_map(|r| r.source.map(|i| user_rules[i].text.as_str()))
                 .collect();
             names.dedup();
-            CompileError::TooManyRanges {
-                prefix: p.display(),
-                needed,
-                max: MAX_SEGMENTS,
-                rules: names.join(", "),
-            }
+            CompileError::TooManyRanges { prefix: p.display(), needed, max: MAX_SEGMENTS, rules: names.join(", ") }
         })?;
-        out.push(TrieEntry {
-            prefix_len: u32::from(p.len),
-            addr: p.addr.to_be_bytes(),
-            table: tables.intern(&table),
-        });
+        out.push(TrieEntry { prefix_len: u32::from(p.len), addr: p.addr.to_be_bytes(), table: tables.intern(&table) });
         stack.push((p, resolved));
     }
     Ok(out)
@@ -467,16 +406,7 @@ fn lower(rules: &[Rule]) -> Vec<CRule> {
 pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileError> {
     // `mode` goes to the config map and `filesystem` to Landlock; neither
     // changes the tries.
-    let Policy {
-        default,
-        loopback,
-        proxy: _,
-        rules,
-        bind,
-        mode: _,
-        filesystem: _,
-        redirect: _,
-    } = policy;
+    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _ } = policy;
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);
@@ -493,14 +423,8 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
         Loopback::None => ports_table(&[], VERDICT_DENY, VERDICT_DENY),
         Loopback::Ports(p) => ports_table(p, VERDICT_ALLOW, VERDICT_DENY),
     };
-    let mut fixed: Vec<_> = local_host_prefixes()
-        .into_iter()
-        .map(|p| (p, local.clone()))
-        .collect();
-    fixed.push((
-        v4(VERIFY_SENTINEL.octets(), 32),
-        ports_table(&[], VERDICT_DENY, VERDICT_DENY),
-    ));
+    let mut fixed: Vec<_> = local_host_prefixes().into_iter().map(|p| (p, local.clone())).collect();
+    fixed.push((v4(VERIFY_SENTINEL.octets(), 32), ports_table(&[], VERDICT_DENY, VERDICT_DENY)));
     let dest = resolve(&dest_rules, &fixed, *default, rules, &mut tables)?;
 
     let (bind_rules, bind_default, bind_sources): (Vec<CRule>, Action, &[Rule]) = match bind {
@@ -519,12 +443,7 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             let all = vec![PortRange::ALL];
             let [lo4, any4, lo6, any6] = local_host_prefixes();
             (
-                vec![
-                    rule(lo4, all.clone()),
-                    rule(lo6, all),
-                    rule(any4, zero.clone()),
-                    rule(any6, zero),
-                ],
+                vec![rule(lo4, all.clone()), rule(lo6, all), rule(any4, zero.clone()), rule(any6, zero)],
                 Action::Deny,
                 &[],
             )
@@ -542,11 +461,7 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             });
         }
     }
-    Ok(Compiled {
-        dest,
-        bind,
-        tables: tables.tables,
-    })
+    Ok(Compiled { dest, bind, tables: tables.tables })
 }
 
 /// Which trie a simulated lookup uses.
@@ -593,10 +508,7 @@ impl Compiled {
         let best = entries
             .iter()
             .filter(|e| {
-                let p = Prefix {
-                    addr: u128::from_be_bytes(e.addr),
-                    len: u8::try_from(e.prefix_len).expect("<= 128"),
-                };
+                let p = Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") };
                 p.contains(host)
             })
             .max_by_key(|e| e.prefix_len);
@@ -604,9 +516,7 @@ impl Compiled {
             return VERDICT_DENY;
         };
         let t = &self.tables[entry.table as usize];
-        let seg = t.segments[..t.len as usize]
-            .iter()
-            .find(|s| s.lo <= port && port <= s.hi);
+        let seg = t.segments[..t.len as usize].iter().find(|s| s.lo <= port && port <= s.hi);
         match (seg, tcp) {
             (Some(s), true) => s.tcp,
             (Some(s), false) => s.udp,

@@ -23,15 +23,11 @@ pub struct Identity {
 /// Parses `UID[:GID]` (numeric).
 pub fn parse_identity(s: &str) -> Result<Identity, String> {
     let num = |v: &str, what: &str| {
-        v.parse::<u32>().map_err(|_| {
-            format!("--user `{s}`: {what} `{v}` is not a number; give UID[:GID], e.g. 65534:65534")
-        })
+        v.parse::<u32>()
+            .map_err(|_| format!("--user `{s}`: {what} `{v}` is not a number; give UID[:GID], e.g. 65534:65534"))
     };
     if let Some((u, g)) = s.split_once(':') {
-        Ok(Identity {
-            uid: num(u, "uid")?,
-            gid: num(g, "gid")?,
-        })
+        Ok(Identity { uid: num(u, "uid")?, gid: num(g, "gid")? })
     } else {
         let uid = num(s, "uid")?;
         Ok(Identity { uid, gid: uid })
@@ -49,6 +45,8 @@ pub struct Confinement {
     identity: Option<Identity>,
     /// Descriptors above 2 that stay open across exec, sorted.
     keep_fds: Vec<u32>,
+    /// The runner's pid, for the parent-death check after a uid change.
+    parent: libc::pid_t,
 }
 
 /// Filesystem types whose mounts the sandbox must never write to.
@@ -57,7 +55,11 @@ const PROTECTED_FS: [&str; 3] = ["cgroup2", "cgroup", "bpf"];
 impl Confinement {
     /// Computes the setup: which mounts to protect (from
     /// `/proc/self/mountinfo`), the identity, and the descriptors to keep.
-    pub fn prepare(identity: Option<Identity>, keep_fds: &[u32]) -> io::Result<Self> {
+    ///
+    /// `protect` are further paths (files or directories) made read-only in
+    /// the child, such as sbx's own state directory and binary, which a
+    /// command running as uid 0 would otherwise own.
+    pub fn prepare(identity: Option<Identity>, keep_fds: &[u32], protect: &[PathBuf]) -> io::Result<Self> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
         let mut ro: Vec<PathBuf> = vec![PathBuf::from("/sys")];
         for line in info.lines() {
@@ -76,35 +78,28 @@ impl Confinement {
         }
         let c = |p: &PathBuf| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
         let read_only = ro.iter().map(c).collect::<io::Result<Vec<_>>>()?;
-        let bind_first = vec![CString::new("/proc/sys").expect("literal")];
+        let mut bind_first = vec![CString::new("/proc/sys").expect("literal")];
+        for p in protect.iter().filter(|p| p.exists()) {
+            bind_first.push(c(p)?);
+        }
         for &fd in keep_fds {
             // SAFETY: F_GETFD on an arbitrary number only queries flags.
             if unsafe { libc::fcntl(i32::try_from(fd).unwrap_or(-1), libc::F_GETFD) } < 0 {
-                return Err(io::Error::other(format!(
-                    "--keep-fd {fd}: no such open file descriptor"
-                )));
+                return Err(io::Error::other(format!("--keep-fd {fd}: no such open file descriptor")));
             }
         }
         let mut keep_fds: Vec<u32> = keep_fds.iter().copied().filter(|&f| f > 2).collect();
         keep_fds.sort_unstable();
         keep_fds.dedup();
-        Ok(Self {
-            read_only,
-            bind_first,
-            identity,
-            keep_fds,
-        })
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        Ok(Self { read_only, bind_first, identity, keep_fds, parent })
     }
 
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self {
-            read_only,
-            bind_first,
-            identity,
-            keep_fds,
-        } = self;
+        let Self { read_only, bind_first, identity, keep_fds, parent } = self;
         let check = |rc: libc::c_long| {
             if rc < 0 {
                 Err(io::Error::last_os_error())
@@ -142,12 +137,7 @@ impl Confinement {
                     .into(),
                 )?;
             }
-            let attr = MountAttr {
-                attr_set: libc::MOUNT_ATTR_RDONLY,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: 0,
-            };
+            let attr = MountAttr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
             for p in read_only.iter().chain(bind_first) {
                 check(libc::syscall(
                     libc::SYS_mount_setattr,
@@ -171,33 +161,23 @@ impl Confinement {
                     return Err(io::Error::last_os_error());
                 }
             }
-            check(
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                    0,
-                    0,
-                    0,
-                )
-                .into(),
-            )?;
+            check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
             if let Some(id) = identity {
                 let gid = id.gid;
                 check(libc::setgroups(1, &raw const gid).into())?;
                 check(libc::setresgid(gid, gid, gid).into())?;
                 check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
+                // A uid change clears the parent-death signal: set it again,
+                // and make sure the parent did not die in between.
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into())?;
+                if libc::getppid() != *parent {
+                    return Err(io::Error::other("sbx-user exited while the command was starting"));
+                }
             }
             // Then the permitted, effective and inheritable sets.
-            let header = CapHeader {
-                version: 0x2008_0522,
-                pid: 0,
-            };
+            let header = CapHeader { version: 0x2008_0522, pid: 0 };
             let data = [CapData::default(); 2];
-            check(libc::syscall(
-                libc::SYS_capset,
-                std::ptr::from_ref(&header),
-                data.as_ptr(),
-            ))?;
+            check(libc::syscall(libc::SYS_capset, std::ptr::from_ref(&header), data.as_ptr()))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
             // Every inherited descriptor above stderr closes at exec,
             // except those kept on purpose. CLOEXEC rather than closing, so
@@ -249,23 +229,9 @@ mod tests {
 
     #[test]
     fn parses_identities() {
-        assert_eq!(
-            parse_identity("1000"),
-            Ok(Identity {
-                uid: 1000,
-                gid: 1000
-            })
-        );
-        assert_eq!(
-            parse_identity("65534:100"),
-            Ok(Identity {
-                uid: 65534,
-                gid: 100
-            })
-        );
-        assert!(parse_identity("nobody")
-            .unwrap_err()
-            .contains("not a number"));
+        assert_eq!(parse_identity("1000"), Ok(Identity { uid: 1000, gid: 1000 }));
+        assert_eq!(parse_identity("65534:100"), Ok(Identity { uid: 65534, gid: 100 }));
+        assert!(parse_identity("nobody").unwrap_err().contains("not a number"));
         assert!(parse_identity("1:x").unwrap_err().contains("gid"));
     }
 }

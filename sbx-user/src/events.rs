@@ -14,8 +14,8 @@ use std::{
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use sbx_common::{
-    counter_index, Event, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_PORT_SOURCE_ROUTE, HOOK_NAMES,
-    MAP_COUNTERS, MAP_EVENTS, NUM_HOOKS,
+    counter_index, Event, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_PORT_SOURCE_ROUTE, HOOK_NAMES, MAP_COUNTERS,
+    MAP_EVENTS, NUM_HOOKS,
 };
 use serde::Serialize;
 
@@ -39,11 +39,7 @@ impl EventReader {
     /// Opens the ring buffer pinned in `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, EventsError> {
         let path = pin_dir.join(pin_name_map(MAP_EVENTS));
-        let err = |detail: String| EventsError {
-            what: "events",
-            path: path.display().to_string(),
-            detail,
-        };
+        let err = |detail: String| EventsError { what: "events", path: path.display().to_string(), detail };
         let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
         let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
         let ring = RingBuf::try_from(map).map_err(|e| err(e.to_string()))?;
@@ -65,11 +61,7 @@ impl EventReader {
 
     /// Waits up to `timeout` for new events (poll on the ring buffer fd).
     pub fn wait(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&raw mut pfd, 1, ms) };
@@ -106,20 +98,11 @@ pub struct EventView {
 
 /// Realtime minus monotonic now, to place `bpf_ktime_get_ns` on the wall clock.
 fn monotonic_offset() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    let mono = Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    );
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .saturating_sub(mono)
+    let mono = Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0));
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(mono)
 }
 
 fn rfc3339(since_epoch: Duration) -> String {
@@ -171,13 +154,9 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
     let rule = match (hook, policy) {
         ("sock_create", _) => "only TCP and UDP sockets may be created".to_owned(),
         ("setsockopt", _) => "source-routing options are refused".to_owned(),
-        ("egress", _) if e.port == EVENT_PORT_SOURCE_ROUTE => {
-            "IP options or routing header".to_owned()
-        }
+        ("egress", _) if e.port == EVENT_PORT_SOURCE_ROUTE => "IP options or routing header".to_owned(),
         (_, None) => "(policy unknown)".to_owned(),
-        (_, Some((_, generation))) if generation != e.generation => {
-            "(policy changed since)".to_owned()
-        }
+        (_, Some((_, generation))) if generation != e.generation => "(policy changed since)".to_owned(),
         ("bind4" | "bind6", Some((p, _))) => explain::bind(p, ip, port, tcp).to_string(),
         (_, Some((p, _))) => match explain::destination(p, ip, port, tcp) {
             explain::Reason::Loopback => format!("loopback = {}", explain::loopback_text(p)),
@@ -234,30 +213,16 @@ pub struct Counters {
 /// Sums the per-CPU counters pinned in `pin_dir`.
 pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let path = pin_dir.join(pin_name_map(MAP_COUNTERS));
-    let err = |detail: String| EventsError {
-        what: "counters",
-        path: path.display().to_string(),
-        detail,
-    };
+    let err = |detail: String| EventsError { what: "counters", path: path.display().to_string(), detail };
     let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
     let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
-    let arr: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
-    let sum = |i: u32| -> Result<u64, EventsError> {
-        Ok(arr.get(&i, 0).map_err(|e| err(e.to_string()))?.iter().sum())
-    };
+    let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
+    let sum = |i: u32| -> Result<u64, EventsError> { Ok(arr.get(&i, 0).map_err(|e| err(e.to_string()))?.iter().sum()) };
     let mut hooks = Vec::new();
     for h in 0..NUM_HOOKS {
-        hooks.push((
-            HOOK_NAMES[h as usize],
-            sum(counter_index(h, 0))?,
-            sum(counter_index(h, 1))?,
-        ));
+        hooks.push((HOOK_NAMES[h as usize], sum(counter_index(h, 0))?, sum(counter_index(h, 1))?));
     }
-    Ok(Counters {
-        hooks,
-        events_dropped: sum(COUNTER_EVENTS_DROPPED)?,
-    })
+    Ok(Counters { hooks, events_dropped: sum(COUNTER_EVENTS_DROPPED)? })
 }
 
 #[cfg(test)]
@@ -267,9 +232,6 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339(Duration::from_hours(498_744) + Duration::from_millis(5)),
-            "2026-11-24T00:00:00.005Z"
-        );
+        assert_eq!(rfc3339(Duration::from_hours(498_744) + Duration::from_millis(5)), "2026-11-24T00:00:00.005Z");
     }
 }

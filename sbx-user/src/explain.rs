@@ -44,11 +44,7 @@ impl std::fmt::Display for Reason {
         match self {
             Self::Loopback => f.write_str("loopback setting"),
             Self::EmbeddedLocal => f.write_str("NAT64/6to4 form of a local address"),
-            Self::Rule {
-                action,
-                text,
-                origin,
-            } => write!(f, "{action} {text} ({origin})"),
+            Self::Rule { action, text, origin } => write!(f, "{action} {text} ({origin})"),
             Self::Builtin(what) => write!(f, "built-in deny of {what}"),
             Self::Default(a) => write!(f, "default {a}"),
             Self::BindSetting(s) => write!(f, "bind = \"{s}\""),
@@ -92,11 +88,7 @@ fn local_host(ip: IpAddr) -> bool {
 fn best_rule(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool) -> Option<(u8, &Rule)> {
     let mut best: Option<(u8, &Rule)> = None;
     for r in rules {
-        let proto_ok = if tcp {
-            r.protocols.tcp
-        } else {
-            r.protocols.udp
-        };
+        let proto_ok = if tcp { r.protocols.tcp } else { r.protocols.udp };
         if !proto_ok || !r.ports.iter().any(|p| p.lo <= port && port <= p.hi) {
             continue;
         }
@@ -107,10 +99,7 @@ fn best_rule(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool) -> Option<(u8, &R
             let len = net.prefix_len();
             let better = match best {
                 None => true,
-                Some((blen, b)) => {
-                    len > blen
-                        || (len == blen && r.action == Action::Deny && b.action == Action::Allow)
-                }
+                Some((blen, b)) => len > blen || (len == blen && r.action == Action::Deny && b.action == Action::Allow),
             };
             if better {
                 best = Some((len, r));
@@ -121,11 +110,7 @@ fn best_rule(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool) -> Option<(u8, &R
 }
 
 fn rule_reason(r: &Rule) -> Reason {
-    Reason::Rule {
-        action: r.action,
-        text: r.text.clone(),
-        origin: r.origin.to_string(),
-    }
+    Reason::Rule { action: r.action, text: r.text.clone(), origin: r.origin.to_string() }
 }
 
 /// Why a connect or send to `ip`:`port` got its verdict.
@@ -160,8 +145,9 @@ pub fn bind(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason {
     match &policy.bind {
         Bind::Any => Reason::BindSetting("any"),
         Bind::Loopback => Reason::BindSetting("loopback"),
-        Bind::Rules(rules) => best_rule(rules, judged(ip), port, tcp)
-            .map_or(Reason::Default(Action::Deny), |(_, r)| rule_reason(r)),
+        Bind::Rules(rules) => {
+            best_rule(rules, judged(ip), port, tcp).map_or(Reason::Default(Action::Deny), |(_, r)| rule_reason(r))
+        }
     }
 }
 
@@ -193,52 +179,22 @@ mod tests {
     fn names_the_deciding_rule() {
         let p = policy(&["10.1.2.3:5432"], &["private"]);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(matches!(
-            destination(&p, ip("10.1.2.3"), 5432, true),
-            Reason::Rule {
-                action: Action::Allow,
-                ..
-            }
-        ));
+        assert!(matches!(destination(&p, ip("10.1.2.3"), 5432, true), Reason::Rule { action: Action::Allow, .. }));
         let r = destination(&p, ip("10.1.2.3"), 80, true);
         assert_eq!(r.to_string(), "deny private (--deny)");
-        assert_eq!(
-            destination(&p, ip("::ffff:10.9.9.9"), 80, true).to_string(),
-            "deny private (--deny)"
-        );
-        assert_eq!(
-            destination(&p, ip("8.8.8.8"), 53, false),
-            Reason::Default(Action::Deny)
-        );
+        assert_eq!(destination(&p, ip("::ffff:10.9.9.9"), 80, true).to_string(), "deny private (--deny)");
+        assert_eq!(destination(&p, ip("8.8.8.8"), 53, false), Reason::Default(Action::Deny));
         assert_eq!(destination(&p, ip("127.0.0.1"), 1, true), Reason::Loopback);
         assert_eq!(destination(&p, ip("::"), 1, true), Reason::Loopback);
-        assert_eq!(
-            destination(&p, ip("64:ff9b::7f00:1"), 1, true),
-            Reason::EmbeddedLocal
-        );
-        assert_eq!(
-            destination(&p, ip("224.0.0.251"), 5353, false),
-            Reason::Builtin("multicast")
-        );
+        assert_eq!(destination(&p, ip("64:ff9b::7f00:1"), 1, true), Reason::EmbeddedLocal);
+        assert_eq!(destination(&p, ip("224.0.0.251"), 5353, false), Reason::Builtin("multicast"));
     }
 
     #[test]
     fn tie_goes_to_deny_and_specific_beats_builtin() {
         let p = policy(&["10.0.0.1", "224.0.0.251:5353"], &["10.0.0.1"]);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(matches!(
-            destination(&p, ip("10.0.0.1"), 1, true),
-            Reason::Rule {
-                action: Action::Deny,
-                ..
-            }
-        ));
-        assert!(matches!(
-            destination(&p, ip("224.0.0.251"), 5353, false),
-            Reason::Rule {
-                action: Action::Allow,
-                ..
-            }
-        ));
+        assert!(matches!(destination(&p, ip("10.0.0.1"), 1, true), Reason::Rule { action: Action::Deny, .. }));
+        assert!(matches!(destination(&p, ip("224.0.0.251"), 5353, false), Reason::Rule { action: Action::Allow, .. }));
     }
 }

@@ -17,8 +17,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sbx_common::{
-    Config, PortTable, TrieAddr, TrieValue, MAPS, MAP_BIND, MAP_CONFIG, MAP_DEST, MAP_EVENTS,
-    MAP_ORIGDST, MAP_PORTS, MAP_REDIRECTED, PROGRAMS,
+    Config, PortTable, TrieAddr, TrieValue, MAPS, MAP_BIND, MAP_CONFIG, MAP_DEST, MAP_EVENTS, MAP_ORIGDST, MAP_PORTS,
+    MAP_REDIRECTED, PROGRAMS,
 };
 
 use crate::{
@@ -170,26 +170,13 @@ pub fn ensure_bpffs(paths: &Paths) -> Result<(), LoaderError> {
     if fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC) {
         return Ok(());
     }
-    let err = |source| LoaderError::Bpffs {
-        path: path.clone(),
-        source,
-    };
+    let err = |source| LoaderError::Bpffs { path: path.clone(), source };
     fs::create_dir_all(path).map_err(err)?;
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let target = c(path
-        .to_str()
-        .ok_or_else(|| err(std::io::Error::other("path is not UTF-8")))?);
+    let target = c(path.to_str().ok_or_else(|| err(std::io::Error::other("path is not UTF-8")))?);
     let (src, fstype) = (c("bpf"), c("bpf"));
     // SAFETY: valid C strings; no mount data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
@@ -200,11 +187,7 @@ pub fn ensure_bpffs(paths: &Paths) -> Result<(), LoaderError> {
 /// Loads the object and fills its maps with `compiled`.
 fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
     let tables = u32::try_from(compiled.tables.len().max(1)).expect("tables fit u32");
-    let redirect_slots = if opts.config.flags & sbx_common::FLAG_REDIRECT == 0 {
-        1
-    } else {
-        REDIRECT_SLOTS
-    };
+    let redirect_slots = if opts.config.flags & sbx_common::FLAG_REDIRECT == 0 { 1 } else { REDIRECT_SLOTS };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_DEST, opts.max_entries)
         .map_max_entries(MAP_BIND, opts.max_entries)
@@ -219,39 +202,22 @@ fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
     {
         let map = ebpf.map_mut(MAP_CONFIG).expect("object defines SBX_CONFIG");
         let mut config: Array<&mut MapData, Config> =
-            Array::try_from(map).map_err(|source| LoaderError::Map {
-                map: MAP_CONFIG,
-                source,
-            })?;
-        config
-            .set(0, opts.config, 0)
-            .map_err(|source| LoaderError::Map {
-                map: MAP_CONFIG,
-                source,
-            })?;
+            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
+        config.set(0, opts.config, 0).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
     }
     fill_trie(&mut ebpf, MAP_DEST, &compiled.dest)?;
     fill_trie(&mut ebpf, MAP_BIND, &compiled.bind)?;
     {
         let map = ebpf.map_mut(MAP_PORTS).expect("object defines SBX_PORTS");
         let mut ports: Array<&mut MapData, PortTable> =
-            Array::try_from(map).map_err(|source| LoaderError::Map {
-                map: MAP_PORTS,
-                source,
-            })?;
+            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
         for (i, t) in compiled.tables.iter().enumerate() {
             let i = u32::try_from(i).expect("index fits u32");
-            ports.set(i, t, 0).map_err(|source| LoaderError::Map {
-                map: MAP_PORTS,
-                source,
-            })?;
+            ports.set(i, t, 0).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
         }
     }
     for (name, _, _) in HOOKS {
-        let loaded = match ebpf
-            .program_mut(name)
-            .expect("object defines every program")
-        {
+        let loaded = match ebpf.program_mut(name).expect("object defines every program") {
             Program::CgroupSockAddr(p) => p.load(),
             Program::CgroupSock(p) => p.load(),
             Program::CgroupSockopt(p) => p.load(),
@@ -259,20 +225,14 @@ fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
             Program::SockOps(p) => p.load(),
             other => unreachable!("unexpected program type {:?}", other.prog_type()),
         };
-        loaded.map_err(|e| LoaderError::Program {
-            program: name,
-            detail: program_error(&e),
-        })?;
+        loaded.map_err(|e| LoaderError::Program { program: name, detail: program_error(&e) })?;
     }
     Ok(ebpf)
 }
 
 fn program_error(e: &aya::programs::ProgramError) -> String {
     match e {
-        aya::programs::ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
             // The full log is thousands of lines; the end says why.
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
@@ -284,28 +244,19 @@ fn program_error(e: &aya::programs::ProgramError) -> String {
     }
 }
 
-fn fill_trie(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    entries: &[crate::compile::TrieEntry],
-) -> Result<(), LoaderError> {
+fn fill_trie(ebpf: &mut Ebpf, name: &'static str, entries: &[crate::compile::TrieEntry]) -> Result<(), LoaderError> {
     let map = ebpf.map_mut(name).expect("object defines the tries");
     let mut trie: LpmTrie<&mut MapData, TrieAddr, TrieValue> =
         LpmTrie::try_from(map).map_err(|source| LoaderError::Map { map: name, source })?;
     for e in entries {
-        trie.insert(
-            &Key::new(e.prefix_len, e.addr),
-            TrieValue { table: e.table },
-            0,
-        )
-        .map_err(|source| LoaderError::Map { map: name, source })?;
+        trie.insert(&Key::new(e.prefix_len, e.addr), TrieValue { table: e.table }, 0)
+            .map_err(|source| LoaderError::Map { map: name, source })?;
     }
     Ok(())
 }
 
 fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Program {
-    ebpf.program_mut(name)
-        .expect("object defines every program")
+    ebpf.program_mut(name).expect("object defines every program")
 }
 
 /// Attaches one program with `bpf_link` and returns the link fd. aya 0.14
@@ -326,14 +277,9 @@ pub fn query(cg: &Cgroup) -> Result<Vec<(&'static str, Vec<String>)>, LoaderErro
     HOOKS
         .iter()
         .map(|&(_, ty, hook)| {
-            let ids = sys::prog_query(dir.as_fd(), ty, 0).map_err(|source| LoaderError::Query {
-                cgroup: cg.path.clone(),
-                source,
-            })?;
-            let progs = ids
-                .iter()
-                .map(|id| names.get(id).cloned().unwrap_or_else(|| format!("id {id}")))
-                .collect();
+            let ids = sys::prog_query(dir.as_fd(), ty, 0)
+                .map_err(|source| LoaderError::Query { cgroup: cg.path.clone(), source })?;
+            let progs = ids.iter().map(|id| names.get(id).cloned().unwrap_or_else(|| format!("id {id}"))).collect();
             Ok((hook, progs))
         })
         .collect()
@@ -350,79 +296,77 @@ pub fn existing(cg: &Cgroup, paths: &Paths) -> Result<Option<String>, LoaderErro
         .filter(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")))
         .map(|(hook, _)| hook.to_owned())
         .collect();
-    Ok((!attached.is_empty()).then(|| {
-        format!(
-            "sbx programs on {} without pins, probably a running `sbx-user run`",
-            attached.join(", ")
-        )
-    }))
+    Ok((!attached.is_empty())
+        .then(|| format!("sbx programs on {} without pins, probably a running `sbx-user run`", attached.join(", "))))
 }
 
 /// Loads `compiled`, attaches it to `cg` and pins links and maps.
-pub fn attach(
-    cg: &Cgroup,
-    compiled: &Compiled,
-    opts: AttachOptions,
-    paths: &Paths,
-) -> Result<Attached, LoaderError> {
+pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Paths) -> Result<Attached, LoaderError> {
     ensure_bpffs(paths)?;
     let existing = existing(cg, paths)?;
     if let Some(detail) = &existing {
         if !opts.replace {
-            return Err(LoaderError::AlreadyAttached {
-                cgroup: cg.path.clone(),
-                detail: detail.clone(),
-            });
+            return Err(LoaderError::AlreadyAttached { cgroup: cg.path.clone(), detail: detail.clone() });
         }
     }
     let mut ebpf = load(compiled, opts)?;
     let pin_dir = paths.pin_dir(cg.id);
-    let prog_ids = HOOKS
-        .iter()
-        .map(|&(name, _, _)| prog(&mut ebpf, name).info().map_or(0, |i| i.id()))
-        .collect();
+    let prog_ids = HOOKS.iter().map(|&(name, _, _)| prog(&mut ebpf, name).info().map_or(0, |i| i.id())).collect();
     if existing.is_some() && pin_dir.exists() {
         replace_in_place(&mut ebpf, &pin_dir)?;
-        return Ok(Attached {
-            pin_dir,
-            replaced: true,
-            prog_ids,
-        });
+        return Ok(Attached { pin_dir, replaced: true, prog_ids });
     }
     if existing.is_some() {
         return Err(LoaderError::AlreadyAttached {
             cgroup: cg.path.clone(),
-            detail:
-                "unpinned sbx programs cannot be replaced; stop the `sbx-user run` that owns them"
-                    .into(),
+            detail: "unpinned sbx programs cannot be replaced; stop the `sbx-user run` that owns them".into(),
         });
     }
 
-    let dir = cg.dir_fd()?;
+    // Claim the pin directory atomically: of two concurrent attaches to
+    // one cgroup, exactly one gets it, and the other leaves the winner's
+    // pins alone.
+    let root = paths.pin_root();
+    fs::create_dir_all(&root).map_err(|e| LoaderError::Pin {
+        action: "creating",
+        path: root.clone(),
+        detail: e.to_string(),
+    })?;
+    match fs::create_dir(&pin_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(LoaderError::AlreadyAttached {
+                cgroup: cg.path.clone(),
+                detail: format!("pins in {} (another attach won)", pin_dir.display()),
+            })
+        }
+        Err(e) => return Err(LoaderError::Pin { action: "creating", path: pin_dir.clone(), detail: e.to_string() }),
+    }
+    let dir = match cg.dir_fd() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = fs::remove_dir(&pin_dir);
+            return Err(e.into());
+        }
+    };
     let mut links = Vec::with_capacity(HOOKS.len());
     for (name, ty, hook) in HOOKS {
-        let link =
-            attach_one(prog(&mut ebpf, name), ty, &dir).map_err(|detail| LoaderError::Attach {
-                hook,
-                cgroup: cg.path.clone(),
-                detail,
-            })?;
-        links.push((name, link));
+        match attach_one(prog(&mut ebpf, name), ty, &dir) {
+            Ok(link) => links.push((name, link)),
+            Err(detail) => {
+                // The links made so far detach when `links` drops.
+                let _ = fs::remove_dir(&pin_dir);
+                return Err(LoaderError::Attach { hook, cgroup: cg.path.clone(), detail });
+            }
+        }
     }
     // Every hook is attached (in memory). Pin them; on any failure, undo.
     let mut pin_all = || -> Result<(), LoaderError> {
-        let pin_err = |path: &Path, detail: String| LoaderError::Pin {
-            action: "pinning",
-            path: path.to_owned(),
-            detail,
-        };
-        fs::create_dir_all(&pin_dir).map_err(|e| pin_err(&pin_dir, e.to_string()))?;
+        let pin_err =
+            |path: &Path, detail: String| LoaderError::Pin { action: "pinning", path: path.to_owned(), detail };
         for map in MAPS {
             let path = pin_dir.join(pin_name_map(map));
-            ebpf.map(map)
-                .expect("defined")
-                .pin(&path)
-                .map_err(|e| pin_err(&path, e.to_string()))?;
+            ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
         }
         for (name, link) in links.drain(..) {
             let path = pin_dir.join(pin_name_link(name));
@@ -436,43 +380,28 @@ pub fn attach(
         let _ = remove_pins(&pin_dir);
         return Err(e);
     }
-    Ok(Attached {
-        pin_dir,
-        replaced: false,
-        prog_ids,
-    })
+    Ok(Attached { pin_dir, replaced: false, prog_ids })
 }
 
 /// Points each pinned link at the new programs (atomic per hook), then
 /// swaps the map pins.
 fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoaderError> {
-    let pin_err = |action, path: &Path, detail: String| LoaderError::Pin {
-        action,
-        path: path.to_owned(),
-        detail,
-    };
+    let pin_err = |action, path: &Path, detail: String| LoaderError::Pin { action, path: path.to_owned(), detail };
     let mut link_fds = Vec::new();
     for (name, _, _) in HOOKS {
         let path = pin_dir.join(pin_name_link(name));
-        let fd = sys::obj_get(&path)
-            .map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
+        let fd = sys::obj_get(&path).map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
         link_fds.push((name, path, fd));
     }
     for (name, path, fd) in &link_fds {
         let p = prog(ebpf, name);
-        let prog_fd = p
-            .fd()
-            .map_err(|e| pin_err("updating link", path, e.to_string()))?;
-        sys::link_update(fd.as_fd(), prog_fd.as_fd())
-            .map_err(|e| pin_err("updating link", path, e.to_string()))?;
+        let prog_fd = p.fd().map_err(|e| pin_err("updating link", path, e.to_string()))?;
+        sys::link_update(fd.as_fd(), prog_fd.as_fd()).map_err(|e| pin_err("updating link", path, e.to_string()))?;
     }
     for map in MAPS {
         let path = pin_dir.join(pin_name_map(map));
         let _ = fs::remove_file(&path);
-        ebpf.map(map)
-            .expect("defined")
-            .pin(&path)
-            .map_err(|e| pin_err("pinning", &path, e.to_string()))?;
+        ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err("pinning", &path, e.to_string()))?;
     }
     Ok(())
 }
@@ -483,13 +412,7 @@ fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
     let entries = match fs::read_dir(pin_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(LoaderError::Pin {
-                action: "listing",
-                path: pin_dir.to_owned(),
-                detail: e.to_string(),
-            })
-        }
+        Err(e) => return Err(LoaderError::Pin { action: "listing", path: pin_dir.to_owned(), detail: e.to_string() }),
     };
     let mut first_err = None;
     for entry in entries.flatten() {

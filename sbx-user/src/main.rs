@@ -19,10 +19,7 @@ fn main() {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
     let result = match &cli.command {
         Command::Attach(a) => cli::attach::run(a, &cli.global),
         Command::Detach(a) => cli::detach::run(a, &cli.global),

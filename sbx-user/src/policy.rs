@@ -52,20 +52,11 @@ pub struct Protocols {
 
 impl Protocols {
     /// TCP and UDP.
-    pub const BOTH: Self = Self {
-        tcp: true,
-        udp: true,
-    };
+    pub const BOTH: Self = Self { tcp: true, udp: true };
     /// TCP only.
-    pub const TCP: Self = Self {
-        tcp: true,
-        udp: false,
-    };
+    pub const TCP: Self = Self { tcp: true, udp: false };
     /// UDP only.
-    pub const UDP: Self = Self {
-        tcp: false,
-        udp: true,
-    };
+    pub const UDP: Self = Self { tcp: false, udp: true };
 }
 
 /// An inclusive port range, host byte order.
@@ -79,10 +70,7 @@ pub struct PortRange {
 
 impl PortRange {
     /// Every port, 0 to 65535.
-    pub const ALL: Self = Self {
-        lo: 0,
-        hi: u16::MAX,
-    };
+    pub const ALL: Self = Self { lo: 0, hi: u16::MAX };
 
     /// A single port.
     #[must_use]
@@ -114,10 +102,7 @@ pub struct Origin {
 
 impl Origin {
     fn flag(name: &str) -> Self {
-        Self {
-            source: name.to_owned(),
-            line: None,
-        }
+        Self { source: name.to_owned(), line: None }
     }
 }
 
@@ -260,11 +245,7 @@ pub enum PolicyError {
 }
 
 fn invalid(origin: &Origin, value: &str, message: impl Into<String>) -> PolicyError {
-    PolicyError::Invalid {
-        origin: origin.clone(),
-        value: value.to_owned(),
-        message: message.into(),
-    }
+    PolicyError::Invalid { origin: origin.clone(), value: value.to_owned(), message: message.into() }
 }
 
 /// Where a rule is used: destination rules and bind rules accept different
@@ -278,31 +259,17 @@ pub enum RuleContext {
     Bind,
 }
 
-const PRIVATE_NETS: [&str; 7] = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "169.254.0.0/16",
-    "fc00::/7",
-    "fe80::/10",
-];
+const PRIVATE_NETS: [&str; 7] =
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"];
 const METADATA_NETS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
 const ANY_NETS: [&str; 2] = ["0.0.0.0/0", "::/0"];
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
-    list.iter()
-        .map(|s| s.parse().expect("built-in network literal"))
-        .collect()
+    list.iter().map(|s| s.parse().expect("built-in network literal")).collect()
 }
 
 /// Parses one rule (`[tcp://|udp://]TARGET[:PORTS]`).
-pub fn parse_rule(
-    text: &str,
-    action: Action,
-    origin: &Origin,
-    ctx: RuleContext,
-) -> Result<Rule, PolicyError> {
+pub fn parse_rule(text: &str, action: Action, origin: &Origin, ctx: RuleContext) -> Result<Rule, PolicyError> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(invalid(origin, text, "empty rule"));
@@ -315,9 +282,7 @@ pub fn parse_rule(
                 return Err(invalid(
                     origin,
                     text,
-                    format!(
-                    "unknown protocol `{other}://`; use `tcp://`, `udp://`, or no prefix for both"
-                ),
+                    format!("unknown protocol `{other}://`; use `tcp://`, `udp://`, or no prefix for both"),
                 ))
             }
         };
@@ -353,30 +318,19 @@ pub fn parse_rule(
         };
     }
     let nets = parse_target(target, ctx).map_err(|m| invalid(origin, text, m))?;
-    Ok(Rule {
-        text: trimmed.to_owned(),
-        origin: origin.clone(),
-        action,
-        protocols,
-        nets,
-        ports,
-        host: None,
-    })
+    Ok(Rule { text: trimmed.to_owned(), origin: origin.clone(), action, protocols, nets, ports, host: None })
 }
 
 /// Splits `TARGET[:PORTS]`, honouring `[v6]:ports` and bare IPv6.
 fn split_target_ports(s: &str) -> Result<(&str, Option<&str>), String> {
     if let Some(inner) = s.strip_prefix('[') {
-        let (target, after) = inner
-            .split_once(']')
-            .ok_or_else(|| "missing `]` after a bracketed IPv6 target".to_owned())?;
+        let (target, after) =
+            inner.split_once(']').ok_or_else(|| "missing `]` after a bracketed IPv6 target".to_owned())?;
         return match after {
             "" => Ok((target, None)),
             _ => match after.strip_prefix(':') {
                 Some(ports) => Ok((target, Some(ports))),
-                None => Err(format!(
-                    "unexpected `{after}` after `]`; write `[ADDR]:PORTS`"
-                )),
+                None => Err(format!("unexpected `{after}` after `]`; write `[ADDR]:PORTS`")),
             },
         };
     }
@@ -394,10 +348,7 @@ fn split_target_ports(s: &str) -> Result<(&str, Option<&str>), String> {
 /// Parses `*`, `N`, `N-M` and comma lists into sorted, merged ranges.
 pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
     if s.trim().is_empty() {
-        return Err(
-            "empty port list after `:`; give ports such as `443`, `8000-8100`, `80,443` or `*`"
-                .into(),
-        );
+        return Err("empty port list after `:`; give ports such as `443`, `8000-8100`, `80,443` or `*`".into());
     }
     let mut out = Vec::new();
     for part in s.split(',') {
@@ -411,9 +362,7 @@ pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
                 let lo = parse_port(lo)?;
                 let hi = parse_port(hi)?;
                 if lo > hi {
-                    return Err(format!(
-                        "port range `{part}` runs backwards; write `{hi}-{lo}`"
-                    ));
+                    return Err(format!("port range `{part}` runs backwards; write `{hi}-{lo}`"));
                 }
                 PortRange { lo, hi }
             }
@@ -463,13 +412,9 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
     } else if let Ok(net) = target.parse::<IpNet>() {
         net
     } else if target.contains('/') {
-        return Err(format!(
-            "`{target}` is not a valid CIDR (IPv4 prefixes are /0-/32, IPv6 /0-/128)"
-        ));
+        return Err(format!("`{target}` is not a valid CIDR (IPv4 prefixes are /0-/32, IPv6 /0-/128)"));
     } else {
-        return Err(format!(
-            "`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata"
-        ));
+        return Err(format!("`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata"));
     };
     let net = normalise(net)?;
     if ctx == RuleContext::Destination && reaches_local_host(&net) {
@@ -481,16 +426,12 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
 }
 
 fn is_token(s: &str) -> bool {
-    matches!(
-        s.to_ascii_lowercase().as_str(),
-        "any" | "private" | "metadata"
-    )
+    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata")
 }
 
 fn looks_like_hostname(s: &str) -> bool {
     !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         && s.chars().any(|c| c.is_ascii_alphabetic())
 }
 
@@ -502,10 +443,7 @@ fn normalise(net: IpNet) -> Result<IpNet, String> {
     let bits = u128::from(v6.addr());
     let len = v6.prefix_len();
     if len >= 96 && bits >> 32 == 0xffff {
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "low 32 bits are the IPv4 address"
-        )]
+        #[expect(clippy::cast_possible_truncation, reason = "low 32 bits are the IPv4 address")]
         let v4 = Ipv4Addr::from(bits as u32);
         let v4 = Ipv4Net::new(v4, len - 96).expect("96..=128 minus 96 is a valid IPv4 length");
         return Ok(IpNet::V4(v4));
@@ -527,12 +465,9 @@ fn normalise(net: IpNet) -> Result<IpNet, String> {
 fn reaches_local_host(net: &IpNet) -> bool {
     match net {
         IpNet::V4(n) => {
-            n.prefix_len() >= 8 && n.addr().is_loopback()
-                || (n.prefix_len() == 32 && n.addr().is_unspecified())
+            n.prefix_len() >= 8 && n.addr().is_loopback() || (n.prefix_len() == 32 && n.addr().is_unspecified())
         }
-        IpNet::V6(n) => {
-            n.prefix_len() == 128 && (n.addr().is_loopback() || n.addr().is_unspecified())
-        }
+        IpNet::V6(n) => n.prefix_len() == 128 && (n.addr().is_loopback() || n.addr().is_unspecified()),
     }
 }
 
@@ -570,17 +505,7 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer {
-            default,
-            loopback,
-            proxy,
-            rules,
-            bind,
-            mode,
-            fs_read,
-            fs_write,
-            redirect,
-        } = layer;
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = layer;
         let m = &mut self.merged;
         if redirect.is_some() {
             m.redirect = redirect;
@@ -620,27 +545,15 @@ impl PolicyBuilder {
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
-        let Layer {
-            default,
-            loopback,
-            proxy,
-            rules,
-            bind,
-            mode,
-            fs_read,
-            fs_write,
-            redirect,
-        } = self.merged.clone();
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = self.merged.clone();
         let mut rules = rules;
         for rule in rules.iter_mut().filter(|r| r.host.is_some()) {
             pin_host(rule, resolve, allow_unresolved)?;
         }
         let bind = bind.unwrap_or(Bind::Loopback);
         let mode = mode.unwrap_or_default();
-        let filesystem = (!fs_read.is_empty() || !fs_write.is_empty()).then(|| FsPolicy {
-            read: dedup(fs_read),
-            write: dedup(fs_write),
-        });
+        let filesystem = (!fs_read.is_empty() || !fs_write.is_empty())
+            .then(|| FsPolicy { read: dedup(fs_read), write: dedup(fs_write) });
         let Some((proxy_addr, proxy_origin)) = proxy else {
             if let Some((true, origin)) = redirect {
                 return Err(PolicyError::Conflict(format!(
@@ -693,16 +606,7 @@ impl PolicyBuilder {
             loopback.unwrap_or(Loopback::None)
         };
         let redirect = redirect.is_some_and(|(r, _)| r);
-        Ok(Policy {
-            default: Action::Deny,
-            loopback,
-            proxy: Some(proxy_addr),
-            rules,
-            bind,
-            mode,
-            filesystem,
-            redirect,
-        })
+        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem, redirect })
     }
 }
 
@@ -723,9 +627,7 @@ fn pin_host(
     let addrs = match resolve(&host) {
         Ok(a) if !a.is_empty() => a,
         result => {
-            let why = result
-                .err()
-                .map_or_else(|| "no addresses".to_owned(), |e| e.to_string());
+            let why = result.err().map_or_else(|| "no addresses".to_owned(), |e| e.to_string());
             if allow_unresolved {
                 log::warn!(
                     "{}: `{}`: {host} does not resolve ({why}); the rule matches nothing",
@@ -743,13 +645,8 @@ fn pin_host(
     };
     let mut nets = Vec::new();
     for ip in addrs {
-        let net = normalise(IpNet::from(ip)).map_err(|m| {
-            invalid(
-                &rule.origin,
-                &rule.text,
-                format!("{host} resolves to {ip}: {m}"),
-            )
-        })?;
+        let net = normalise(IpNet::from(ip))
+            .map_err(|m| invalid(&rule.origin, &rule.text, format!("{host} resolves to {ip}: {m}")))?;
         if reaches_local_host(&net) {
             return Err(invalid(
                 &rule.origin,
@@ -776,13 +673,8 @@ fn fs_path(raw: &str, origin: &Origin) -> Result<PathBuf, PolicyError> {
     if raw.trim().is_empty() {
         return Err(invalid(origin, raw, "empty path"));
     }
-    std::fs::canonicalize(raw).map_err(|e| {
-        invalid(
-            origin,
-            raw,
-            format!("{e}; filesystem rules must name existing paths"),
-        )
-    })
+    std::fs::canonicalize(raw)
+        .map_err(|e| invalid(origin, raw, format!("{e}; filesystem rules must name existing paths")))
 }
 
 /// Command-line policy flags, already split into their raw values.
@@ -846,19 +738,11 @@ impl FlagInput {
     /// Parses the flags into a layer.
     pub fn to_layer(&self) -> Result<Layer, PolicyError> {
         let mut layer = Layer::default();
-        for (flag, values, action) in [
-            ("--allow", &self.allow, Action::Allow),
-            ("--deny", &self.deny, Action::Deny),
-        ] {
+        for (flag, values, action) in [("--allow", &self.allow, Action::Allow), ("--deny", &self.deny, Action::Deny)] {
             let origin = Origin::flag(flag);
             for value in values {
                 for rule in split_rule_list(value) {
-                    layer.rules.push(parse_rule(
-                        &rule,
-                        action,
-                        &origin,
-                        RuleContext::Destination,
-                    )?);
+                    layer.rules.push(parse_rule(&rule, action, &origin, RuleContext::Destination)?);
                 }
             }
         }
@@ -879,10 +763,9 @@ impl FlagInput {
         if self.proxy_redirect {
             layer.redirect = Some((true, Origin::flag("--proxy-redirect")));
         }
-        for (flag, values, out) in [
-            ("--fs-read", &self.fs_read, &mut layer.fs_read),
-            ("--fs-write", &self.fs_write, &mut layer.fs_write),
-        ] {
+        for (flag, values, out) in
+            [("--fs-read", &self.fs_read, &mut layer.fs_read), ("--fs-write", &self.fs_write, &mut layer.fs_write)]
+        {
             let origin = Origin::flag(flag);
             for v in values {
                 out.push(fs_path(v, &origin)?);
@@ -917,33 +800,21 @@ fn parse_loopback_str(s: &str, origin: &Origin) -> Result<Loopback, PolicyError>
     match s.trim() {
         "any" => Ok(Loopback::Any),
         "none" => Ok(Loopback::None),
-        ports => parse_ports(ports).map(Loopback::Ports).map_err(|m| {
-            invalid(
-                origin,
-                s,
-                format!("{m}; loopback is \"any\", \"none\" or a port list"),
-            )
-        }),
+        ports => parse_ports(ports)
+            .map(Loopback::Ports)
+            .map_err(|m| invalid(origin, s, format!("{m}; loopback is \"any\", \"none\" or a port list"))),
     }
 }
 
 fn parse_proxy(s: &str, origin: &Origin) -> Result<SocketAddr, PolicyError> {
     let addr: SocketAddr = s.trim().parse().map_err(|_| {
-        invalid(
-            origin,
-            s,
-            "proxy must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:3128 or [::1]:3128",
-        )
+        invalid(origin, s, "proxy must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:3128 or [::1]:3128")
     })?;
     if addr.port() == 0 {
         return Err(invalid(origin, s, "proxy port 0 cannot be connected to"));
     }
     if addr.ip().is_unspecified() {
-        return Err(invalid(
-            origin,
-            s,
-            "the proxy address must be a real address, not 0.0.0.0 or ::",
-        ));
+        return Err(invalid(origin, s, "the proxy address must be a real address, not 0.0.0.0 or ::"));
     }
     // A v4-mapped proxy address is an IPv4 proxy.
     let ip = match addr.ip() {
@@ -988,20 +859,13 @@ struct RawNetwork {
 }
 
 fn line_of(src: &str, offset: usize) -> usize {
-    src[..offset.min(src.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+    src[..offset.min(src.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
 /// Reads and parses a policy file.
 pub fn load_file(path: &Path) -> Result<Layer, PolicyError> {
     let name = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        path: name.clone(),
-        source,
-    })?;
+    let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: name.clone(), source })?;
     parse_toml(&src, &name)
 }
 
@@ -1013,10 +877,7 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         message: e.message().trim().to_owned(),
     })?;
     let mut layer = Layer::default();
-    let at = |span: std::ops::Range<usize>| Origin {
-        source: name.to_owned(),
-        line: Some(line_of(src, span.start)),
-    };
+    let at = |span: std::ops::Range<usize>| Origin { source: name.to_owned(), line: Some(line_of(src, span.start)) };
     if let Some(fs) = raw.filesystem {
         let RawFilesystem { read, write } = fs;
         for (list, out) in [(read, &mut layer.fs_read), (write, &mut layer.fs_write)] {
@@ -1028,22 +889,19 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let Some(net) = raw.network else {
         return Ok(layer);
     };
-    let RawNetwork {
-        default,
-        loopback,
-        proxy,
-        allow,
-        deny,
-        bind,
-        mode,
-        proxy_mode,
-    } = net;
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode } = net;
     if let Some(m) = proxy_mode {
         let origin = at(m.span());
         let on = match m.get_ref().as_str() {
             "redirect" => true,
             "deny" => false,
-            other => return Err(invalid(&origin, other, "proxy_mode must be \"deny\" (refuse direct connects) or \"redirect\" (send them to the proxy)")),
+            other => {
+                return Err(invalid(
+                    &origin,
+                    other,
+                    "proxy_mode must be \"deny\" (refuse direct connects) or \"redirect\" (send them to the proxy)",
+                ))
+            }
         };
         layer.redirect = Some((on, origin));
     }
@@ -1051,13 +909,7 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         layer.mode = Some(match m.get_ref().as_str() {
             "enforce" => Mode::Enforce,
             "audit" => Mode::Audit,
-            other => {
-                return Err(invalid(
-                    &at(m.span()),
-                    other,
-                    "mode must be \"enforce\" or \"audit\"",
-                ))
-            }
+            other => return Err(invalid(&at(m.span()), other, "mode must be \"enforce\" or \"audit\"")),
         });
     }
     if let Some(d) = default {
@@ -1069,11 +921,13 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         layer.loopback = Some(match l.get_ref() {
             toml::Value::String(s) if s == "any" || s == "none" => parse_loopback_str(s, &origin)?,
             toml::Value::Array(items) => Loopback::Ports(port_list(items, &origin)?),
-            other => return Err(invalid(
-                &origin,
-                &other.to_string(),
-                "loopback is \"any\", \"none\" or a list of ports such as [3128, \"8000-8100\"]",
-            )),
+            other => {
+                return Err(invalid(
+                    &origin,
+                    &other.to_string(),
+                    "loopback is \"any\", \"none\" or a list of ports such as [3128, \"8000-8100\"]",
+                ))
+            }
         });
     }
     if let Some(p) = proxy {
@@ -1083,41 +937,35 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     for (list, action) in [(allow, Action::Allow), (deny, Action::Deny)] {
         for item in list {
             let origin = at(item.span());
-            layer.rules.push(parse_rule(
-                item.get_ref(),
-                action,
-                &origin,
-                RuleContext::Destination,
-            )?);
+            layer.rules.push(parse_rule(item.get_ref(), action, &origin, RuleContext::Destination)?);
         }
     }
     if let Some(b) = bind {
         let origin = at(b.span());
-        layer.bind =
-            Some(match b.get_ref() {
-                toml::Value::String(s) if s == "loopback" => Bind::Loopback,
-                toml::Value::String(s) if s == "any" => Bind::Any,
-                toml::Value::Array(items) => Bind::Rules(
-                    items
-                        .iter()
-                        .map(|v| match v {
-                            toml::Value::String(s) => {
-                                parse_rule(s, Action::Allow, &origin, RuleContext::Bind)
-                            }
-                            other => Err(invalid(
-                                &origin,
-                                &other.to_string(),
-                                "bind rules are strings such as \"127.0.0.1:8080\"",
-                            )),
-                        })
-                        .collect::<Result<_, _>>()?,
-                ),
-                other => return Err(invalid(
+        layer.bind = Some(match b.get_ref() {
+            toml::Value::String(s) if s == "loopback" => Bind::Loopback,
+            toml::Value::String(s) if s == "any" => Bind::Any,
+            toml::Value::Array(items) => Bind::Rules(
+                items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => parse_rule(s, Action::Allow, &origin, RuleContext::Bind),
+                        other => Err(invalid(
+                            &origin,
+                            &other.to_string(),
+                            "bind rules are strings such as \"127.0.0.1:8080\"",
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => {
+                return Err(invalid(
                     &origin,
                     &other.to_string(),
                     "bind is \"loopback\", \"any\" or a list of rules such as [\"0.0.0.0:8080\"]",
-                )),
-            });
+                ))
+            }
+        });
     }
     Ok(layer)
 }
@@ -1128,13 +976,7 @@ fn port_list(items: &[toml::Value], origin: &Origin) -> Result<Vec<PortRange>, P
         let text = match item {
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::String(s) => s.clone(),
-            other => {
-                return Err(invalid(
-                    origin,
-                    &other.to_string(),
-                    "ports are numbers or \"N-M\" strings",
-                ))
-            }
+            other => return Err(invalid(origin, &other.to_string(), "ports are numbers or \"N-M\" strings")),
         };
         out.extend(parse_ports(&text).map_err(|m| invalid(origin, &text, m))?);
     }
@@ -1192,10 +1034,7 @@ pub fn profile(name: &str) -> Result<Layer, PolicyError> {
         invalid(
             &Origin::flag("--profile"),
             name,
-            format!(
-                "no such profile; built-in profiles are: {} (see `sbx-user profiles`)",
-                names.join(", ")
-            ),
+            format!("no such profile; built-in profiles are: {} (see `sbx-user profiles`)", names.join(", ")),
         )
     })?;
     parse_toml(p.toml, &format!("profile {}", p.name))
@@ -1222,16 +1061,7 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self {
-            default,
-            loopback,
-            proxy,
-            rules,
-            bind,
-            mode,
-            filesystem,
-            redirect,
-        } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect } = self;
         let mut out = vec![format!("default: {default}")];
         if *mode == Mode::Audit {
             out.push("mode: AUDIT (nothing is blocked; would-be denials are reported)".to_owned());
@@ -1245,28 +1075,19 @@ impl Policy {
             }
         ));
         if let Some(p) = proxy {
-            let how = if *redirect {
-                "direct TCP connects are redirected to it"
-            } else {
-                "proxy-only mode"
-            };
+            let how = if *redirect { "direct TCP connects are redirected to it" } else { "proxy-only mode" };
             out.push(format!("proxy: {p} ({how})"));
         }
         for r in rules {
             match &r.host {
-                Some(host) if r.nets.is_empty() => out.push(format!(
-                    "{} {} ({host} unresolved: matches nothing)",
-                    r.action, r.text
-                )),
+                Some(host) if r.nets.is_empty() => {
+                    out.push(format!("{} {} ({host} unresolved: matches nothing)", r.action, r.text))
+                }
                 Some(host) => out.push(format!(
                     "{} {} ({host} pinned to {})",
                     r.action,
                     r.text,
-                    r.nets
-                        .iter()
-                        .map(|n| n.addr().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    r.nets.iter().map(|n| n.addr().to_string()).collect::<Vec<_>>().join(", ")
                 )),
                 None => out.push(format!("{} {}", r.action, r.text)),
             }
@@ -1276,20 +1097,11 @@ impl Policy {
             match bind {
                 Bind::Loopback => "loopback (unspecified address with port 0 only)".to_owned(),
                 Bind::Any => "any".to_owned(),
-                Bind::Rules(r) => r
-                    .iter()
-                    .map(|r| r.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                Bind::Rules(r) => r.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join(", "),
             }
         ));
         if let Some(fs) = filesystem {
-            let list = |v: &[PathBuf]| {
-                v.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let list = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             out.push(format!("filesystem read: {}", list(&fs.read)));
             out.push(format!("filesystem write: {}", list(&fs.write)));
         }
@@ -1300,11 +1112,7 @@ impl Policy {
 /// `80,443,8000-8100`.
 #[must_use]
 pub fn ports_text(ports: &[PortRange]) -> String {
-    ports
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// The `::ffff:0:0/96` network IPv4 lives in inside the trie.

@@ -68,9 +68,7 @@ impl RunError {
     #[must_use]
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                EXIT_NOT_FOUND
-            }
+            Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => EXIT_NOT_FOUND,
             Self::Spawn { .. } => EXIT_CANNOT_EXEC,
             _ => EXIT_SETUP_FAILED,
         }
@@ -86,6 +84,8 @@ pub struct RunOptions {
     pub max_entries: u32,
     /// Run the command as this uid/gid instead of the caller's.
     pub identity: Option<Identity>,
+    /// sbx's record directory, made read-only for the command.
+    pub state_dir: std::path::PathBuf,
     /// Inherited descriptors (above 2) to leave open.
     pub keep_fds: Vec<u32>,
     /// Print deny events to stderr as they happen.
@@ -124,24 +124,11 @@ fn signal_set() -> libc::sigset_t {
 
 /// Runs `command` under `policy`; returns its exit status (128+N when
 /// killed by signal N).
-pub fn run(
-    command: &[OsString],
-    policy: &Policy,
-    opts: &RunOptions,
-    paths: &Paths,
-) -> Result<i32, RunError> {
+pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Paths) -> Result<i32, RunError> {
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
-    let fs_rules = policy
-        .filesystem
-        .as_ref()
-        .map(|fs| landlock::FsRules::new(&fs.read, &fs.write))
-        .transpose()?;
-    let tcp = if opts.landlock_tcp {
-        landlock_tcp_rules(policy)
-    } else {
-        None
-    };
+    let fs_rules = policy.filesystem.as_ref().map(|fs| landlock::FsRules::new(&fs.read, &fs.write)).transpose()?;
+    let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
     if opts.landlock_tcp && tcp.is_none() {
         eprintln!("sbx-user: warning: --landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
     }
@@ -156,12 +143,7 @@ pub fn run(
     for gap in ruleset.degraded() {
         eprintln!("sbx-user: warning: not enforced (--allow-degraded): {gap}");
     }
-    log::info!(
-        "Landlock ABI {}",
-        ruleset
-            .abi()
-            .map_or_else(|| "unavailable".to_owned(), |a| a.to_string())
-    );
+    log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
     for limit in ruleset.limitations() {
         log::info!("Landlock limitation: {limit}");
     }
@@ -171,9 +153,7 @@ pub fn run(
         None => cgroup2_mount()?.join("sbx"),
     };
     let pid = std::process::id();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
     let attach = default_options(opts.max_entries, false);
@@ -182,7 +162,7 @@ pub fn run(
         return Err(e.into());
     }
     let logger = if opts.log_denials {
-        Some(DenialLogger::start(&cg, policy, paths)?)
+        DenialLogger::start(&cg, policy, paths).map_err(|e| eprintln!("sbx-user: warning: --log-denials: {e}")).ok()
     } else {
         None
     };
@@ -191,10 +171,7 @@ pub fn run(
         l.stop();
     }
     if let Err(e) = teardown(&cg, paths) {
-        eprintln!(
-            "sbx-user: warning: cleaning up {} failed: {e}",
-            cg.path.display()
-        );
+        eprintln!("sbx-user: warning: cleaning up {} failed: {e}", cg.path.display());
     }
     let status = result?;
     Ok(status.code().unwrap_or_else(|| {
@@ -225,11 +202,7 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
         Loopback::None => Vec::new(),
         Loopback::Ports(p) => p.clone(),
     };
-    for rule in policy
-        .rules
-        .iter()
-        .filter(|r| r.action == Action::Allow && r.protocols.tcp)
-    {
+    for rule in policy.rules.iter().filter(|r| r.action == Action::Allow && r.protocols.tcp) {
         ranges.extend(rule.ports.iter().copied());
     }
     let ranges = crate::policy::merge_ranges(ranges);
@@ -238,10 +211,7 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
         return None;
     }
     let ports = ranges.iter().flat_map(|r| r.lo..=r.hi).collect();
-    Some(landlock::TcpRules {
-        connect: Some(ports),
-        bind: None,
-    })
+    Some(landlock::TcpRules { connect: Some(ports), bind: None })
 }
 
 fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>> {
@@ -256,17 +226,10 @@ fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
         return Vec::new();
     };
     let url = format!("http://{proxy}");
-    [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ]
-    .into_iter()
-    .map(|k| (k, url.clone()))
-    .collect()
+    ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
+        .into_iter()
+        .map(|k| (k, url.clone()))
+        .collect()
 }
 
 fn spawn_and_wait(
@@ -277,18 +240,15 @@ fn spawn_and_wait(
     ruleset: landlock::Prepared,
     filter: seccomp::SeccompFilter,
 ) -> Result<ExitStatus, RunError> {
-    let confinement =
-        Confinement::prepare(opts.identity, &opts.keep_fds).map_err(RunError::Confine)?;
+    let mut protect = vec![opts.state_dir.clone()];
+    protect.extend(std::env::current_exe().ok());
+    let confinement = Confinement::prepare(opts.identity, &opts.keep_fds, &protect).map_err(RunError::Confine)?;
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&procs_path)
-        .map_err(|source| CgroupError::Io {
-            action: "opening",
-            path: procs_path.clone(),
-            source,
-        })?;
+        .map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?;
     let procs_fd = procs.as_raw_fd();
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
@@ -305,9 +265,7 @@ fn spawn_and_wait(
             // inherit that mask (std does not reset it on this path).
             libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
             // Die with the runner, so nothing outlives cleanup unnoticed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                || libc::getppid() != parent_pid
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent_pid {
                 return Err(io::Error::last_os_error());
             }
             // Enter the sandbox cgroup before the first instruction of the
@@ -327,10 +285,8 @@ fn spawn_and_wait(
     // thread); the child unblocks them in `pre_exec`.
     // SAFETY: `set` is an initialised sigset; the old mask is not needed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-        command: program.to_string_lossy().into_owned(),
-        source,
-    })?;
+    let mut child =
+        cmd.spawn().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })?;
     drop(procs);
     let child_pid = i32::try_from(child.id()).expect("pids fit i32");
     std::thread::spawn(move || loop {
@@ -341,10 +297,7 @@ fn spawn_and_wait(
             unsafe { libc::kill(child_pid, sig) };
         }
     });
-    child.wait().map_err(|source| RunError::Spawn {
-        command: program.to_string_lossy().into_owned(),
-        source,
-    })
+    child.wait().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.
@@ -358,20 +311,14 @@ impl DenialLogger {
         use std::sync::{atomic::AtomicBool, Arc};
         let mut reader = crate::events::EventReader::open(&paths.pin_dir(cg.id))
             .map_err(|e| RunError::Confine(io::Error::other(e)))?;
-        let generation = crate::state::Record::load(paths, cg.id)
-            .ok()
-            .flatten()
-            .map_or(0, |r| r.generation);
+        let generation = crate::state::Record::load(paths, cg.id).ok().flatten().map_or(0, |r| r.generation);
         let (policy, name) = (policy.clone(), cg.path.display().to_string());
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || loop {
             let done = flag.load(std::sync::atomic::Ordering::Acquire);
             for e in reader.drain() {
-                eprintln!(
-                    "sbx: {}",
-                    crate::events::view(&e, &name, Some((&policy, generation)))
-                );
+                eprintln!("sbx: {}", crate::events::view(&e, &name, Some((&policy, generation))));
             }
             if done {
                 return;
@@ -410,44 +357,16 @@ mod tests {
         // loopback any, a portless allow, default allow, audit, redirect: none.
         assert!(landlock_tcp_rules(&policy(FlagInput::default())).is_none());
         for flags in [
-            FlagInput {
-                loopback: Some("none".into()),
-                allow: vec!["10.0.0.0/8".into()],
-                ..FlagInput::default()
-            },
-            FlagInput {
-                loopback: Some("none".into()),
-                default: Some("allow".into()),
-                ..FlagInput::default()
-            },
-            FlagInput {
-                proxy: Some("127.0.0.1:3128".into()),
-                audit: true,
-                ..FlagInput::default()
-            },
-            FlagInput {
-                proxy: Some("127.0.0.1:3128".into()),
-                proxy_redirect: true,
-                ..FlagInput::default()
-            },
-            FlagInput {
-                loopback: Some("1-2000".into()),
-                ..FlagInput::default()
-            },
+            FlagInput { loopback: Some("none".into()), allow: vec!["10.0.0.0/8".into()], ..FlagInput::default() },
+            FlagInput { loopback: Some("none".into()), default: Some("allow".into()), ..FlagInput::default() },
+            FlagInput { proxy: Some("127.0.0.1:3128".into()), audit: true, ..FlagInput::default() },
+            FlagInput { proxy: Some("127.0.0.1:3128".into()), proxy_redirect: true, ..FlagInput::default() },
+            FlagInput { loopback: Some("1-2000".into()), ..FlagInput::default() },
         ] {
-            assert!(
-                landlock_tcp_rules(&policy(flags.clone())).is_none(),
-                "{flags:?}"
-            );
+            assert!(landlock_tcp_rules(&policy(flags.clone())).is_none(), "{flags:?}");
         }
         // Offline (loopback none): every TCP connect refused by both layers.
-        let none = policy(FlagInput {
-            loopback: Some("none".into()),
-            ..FlagInput::default()
-        });
-        assert_eq!(
-            landlock_tcp_rules(&none).expect("ports").connect,
-            Some(vec![])
-        );
+        let none = policy(FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
+        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![]));
     }
 }

@@ -45,11 +45,7 @@ pub fn default_options(max_entries: u32, replace: bool) -> AttachOptions {
     AttachOptions {
         max_entries,
         replace,
-        config: Config {
-            events_per_sec: DEFAULT_EVENT_RATE,
-            events_burst: DEFAULT_EVENT_RATE,
-            ..Config::default()
-        },
+        config: Config { events_per_sec: DEFAULT_EVENT_RATE, events_burst: DEFAULT_EVENT_RATE, ..Config::default() },
         events_bytes: loader::DEFAULT_EVENTS_BYTES,
     }
 }
@@ -66,24 +62,14 @@ pub fn install(
     let compiled = compile(policy, opts.max_entries)?;
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;
-    let mut flags = if policy.mode == Mode::Audit {
-        FLAG_AUDIT
-    } else {
-        0
-    };
+    let mut flags = if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 };
     let (mut proxy_addr, mut proxy_port) = ([0; 16], 0);
     if let (true, Some(p)) = (policy.redirect, policy.proxy) {
         flags |= FLAG_REDIRECT;
         proxy_addr = crate::compile::lookup_addr(p.ip());
         proxy_port = u32::from(p.port());
     }
-    opts.config = Config {
-        flags,
-        generation,
-        proxy_addr,
-        proxy_port,
-        ..opts.config
-    };
+    opts.config = Config { flags, generation, proxy_addr, proxy_port, ..opts.config };
     let attached = loader::attach(cg, &compiled, opts, paths)?;
     let (by, runner_pid) = match owner {
         Owner::Attach => ("attach", None),
@@ -93,9 +79,7 @@ pub fn install(
         cgroup: cg.path.clone(),
         cgroup_id: cg.id,
         policy: policy.clone(),
-        attached_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        attached_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         by: by.to_owned(),
         runner_pid,
         dest_entries: compiled.dest.len(),
@@ -114,11 +98,7 @@ pub fn install(
 }
 
 /// Detaches sbx from a cgroup and forgets its record.
-pub fn uninstall(
-    cgroup_id: u64,
-    cgroup_path: &std::path::Path,
-    paths: &Paths,
-) -> Result<(), SandboxError> {
+pub fn uninstall(cgroup_id: u64, cgroup_path: &std::path::Path, paths: &Paths) -> Result<(), SandboxError> {
     loader::detach(cgroup_id, cgroup_path, paths)?;
     Record::remove(paths, cgroup_id)?;
     Ok(())

@@ -93,11 +93,7 @@ impl Record {
         let path = paths.record_path(self.cgroup_id);
         let err = |action| {
             let path = path.clone();
-            move |source| StateError {
-                action,
-                path,
-                source,
-            }
+            move |source| StateError { action, path, source }
         };
         fs::create_dir_all(&paths.state_dir).map_err(err("creating the directory of"))?;
         let tmp = path.with_extension("json.tmp");
@@ -116,20 +112,17 @@ impl Record {
         let dir = match fs::read_dir(&paths.state_dir) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(StateError {
-                    action: "listing",
-                    path: paths.state_dir.clone(),
-                    source,
-                })
-            }
+            Err(source) => return Err(StateError { action: "listing", path: paths.state_dir.clone(), source }),
         };
         let mut out = Vec::new();
         for entry in dir.flatten() {
             let p = entry.path();
             if p.extension().is_some_and(|e| e == "json") {
-                if let Some(r) = read_record(&p)? {
-                    out.push(r);
+                // One damaged record must not hide every other sandbox.
+                match read_record(&p) {
+                    Ok(Some(r)) => out.push(r),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("skipping {e}"),
                 }
             }
         }
@@ -143,29 +136,19 @@ impl Record {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError {
-                action: "removing",
-                path,
-                source,
-            }),
+            Err(source) => Err(StateError { action: "removing", path, source }),
         }
     }
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>, StateError> {
     match fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| StateError {
-                action: "parsing",
-                path: path.to_owned(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError {
-            action: "reading",
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| StateError {
+            action: "parsing",
             path: path.to_owned(),
-            source,
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
         }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError { action: "reading", path: path.to_owned(), source }),
     }
 }

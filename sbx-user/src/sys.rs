@@ -71,14 +71,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     // `union bpf_attr` for `cmd`; the kernel reads and writes at most
     // `size_of::<T>()` bytes of it, and any pointers inside it point to
     // live buffers the caller owns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<T>(),
-        )
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<T>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -91,11 +84,7 @@ fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
 }
 
 /// IDs of the programs attached to `cgroup` at `attach_type`.
-pub fn prog_query(
-    cgroup: BorrowedFd<'_>,
-    attach_type: AttachType,
-    flags: u32,
-) -> io::Result<Vec<u32>> {
+pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: AttachType, flags: u32) -> io::Result<Vec<u32>> {
     let mut ids = vec![0u32; 64];
     let mut attr = QueryAttr {
         target_fd: fd_u32(cgroup),
@@ -113,12 +102,7 @@ pub fn prog_query(
 /// Atomically makes `link` run `new_prog` instead of its current program.
 /// Traffic is judged by the old program or the new one, never by neither.
 pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
-    let mut attr = LinkUpdateAttr {
-        link_fd: fd_u32(link),
-        new_prog_fd: fd_u32(new_prog),
-        flags: 0,
-        old_prog_fd: 0,
-    };
+    let mut attr = LinkUpdateAttr { link_fd: fd_u32(link), new_prog_fd: fd_u32(new_prog), flags: 0, old_prog_fd: 0 };
     bpf(BPF_LINK_UPDATE, &mut attr)
 }
 
@@ -140,21 +124,10 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjAttr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
+    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
     // SAFETY: as in `bpf`; `c` outlives the call. BPF_OBJ_GET returns a new fd.
     let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<ObjAttr>(),
-        )
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, std::ptr::from_mut(&mut attr), std::mem::size_of::<ObjAttr>())
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -190,12 +163,8 @@ pub fn link_create(
     attach_type: AttachType,
 ) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
-    let mut attr = LinkCreateAttr {
-        prog_fd: fd_u32(prog),
-        target_fd: fd_u32(cgroup),
-        attach_type: attach_type as u32,
-        flags: 0,
-    };
+    let mut attr =
+        LinkCreateAttr { prog_fd: fd_u32(prog), target_fd: fd_u32(cgroup), attach_type: attach_type as u32, flags: 0 };
     // SAFETY: as in `bpf`; BPF_LINK_CREATE returns a new fd.
     let fd = unsafe {
         libc::syscall(
@@ -218,13 +187,7 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjAttr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: fd_u32(fd),
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
+    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd_u32(fd), file_flags: 0, path_fd: 0, _pad: 0 };
     bpf(BPF_OBJ_PIN, &mut attr)
 }
 

@@ -39,11 +39,7 @@ pub struct Check {
 }
 
 fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        result: if ok { "pass" } else { "fail" },
-        detail: detail.into(),
-    }
+    Check { name: name.into(), result: if ok { "pass" } else { "fail" }, detail: detail.into() }
 }
 
 /// Runs every check against the sandbox at `cg`.
@@ -55,8 +51,8 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
         Err(e) => out.push(check("kernel query", false, e.to_string())),
         Ok(attached) => {
             for ((prog, _, hook), (_, names)) in HOOKS.iter().zip(&attached) {
-                let pinned = sys::obj_get(&pin_dir.join(format!("link_{prog}")))
-                    .and_then(|fd| sys::link_prog_id(fd.as_fd()));
+                let pinned =
+                    sys::obj_get(&pin_dir.join(format!("link_{prog}"))).and_then(|fd| sys::link_prog_id(fd.as_fd()));
                 let ids = cg.dir_fd().ok().and_then(|d| {
                     let ty = HOOKS.iter().find(|h| h.2 == *hook).map(|h| h.1)?;
                     sys::prog_query(d.as_fd(), ty, 0).ok()
@@ -65,14 +61,8 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
                     && matches!((&pinned, &ids), (Ok(id), Some(ids)) if ids.contains(id));
                 let detail = format!(
                     "kernel reports {}; pinned link runs {}",
-                    if names.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        names.join(", ")
-                    },
-                    pinned
-                        .as_ref()
-                        .map_or_else(|e| format!("? ({e})"), |id| format!("program id {id}"))
+                    if names.is_empty() { "nothing".to_owned() } else { names.join(", ") },
+                    pinned.as_ref().map_or_else(|e| format!("? ({e})"), |id| format!("program id {id}"))
                 );
                 out.push(check(format!("{hook} attached"), ok, detail));
             }
@@ -80,11 +70,7 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
     }
     if let Some(p) = policy {
         if p.mode == Mode::Audit {
-            out.push(check(
-                "mode",
-                false,
-                "the sandbox is in audit mode: denials are reported, not enforced",
-            ));
+            out.push(check("mode", false, "the sandbox is in audit mode: denials are reported, not enforced"));
             return out;
         }
     }
@@ -102,26 +88,11 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
     };
     let dport = denied.local_addr().map_or(0, |a| a.port());
     let udp = UdpSocket::bind((VERIFY_SENTINEL, 0)).ok();
-    let uport = udp
-        .as_ref()
-        .and_then(|u| u.local_addr().ok())
-        .map_or(dport, |a| a.port());
+    let uport = udp.as_ref().and_then(|u| u.local_addr().ok()).map_or(dport, |a| a.port());
     let cases = [
-        (
-            "denied tcp connect (connect4)",
-            format!("tcp {VERIFY_SENTINEL}:{dport}"),
-            "EPERM",
-        ),
-        (
-            "denied v4-mapped connect (connect6)",
-            format!("tcp6 [::ffff:{VERIFY_SENTINEL}]:{dport}"),
-            "EPERM",
-        ),
-        (
-            "denied udp sendto (sendmsg4)",
-            format!("udp {VERIFY_SENTINEL}:{uport}"),
-            "EPERM",
-        ),
+        ("denied tcp connect (connect4)", format!("tcp {VERIFY_SENTINEL}:{dport}"), "EPERM"),
+        ("denied v4-mapped connect (connect6)", format!("tcp6 [::ffff:{VERIFY_SENTINEL}]:{dport}"), "EPERM"),
+        ("denied udp sendto (sendmsg4)", format!("udp {VERIFY_SENTINEL}:{uport}"), "EPERM"),
     ];
     for (name, target, want) in cases {
         let got = probe_in(cg, &target);
@@ -152,11 +123,7 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
         let port = l.local_addr().map_or(0, |a: SocketAddr| a.port());
         let target = format!("tcp 127.0.0.1:{port}");
         out.push(match probe_in(cg, &target) {
-            Ok(g) => check(
-                "allowed tcp connect",
-                g == "ok",
-                format!("{target}: got {g}, want ok"),
-            ),
+            Ok(g) => check("allowed tcp connect", g == "ok", format!("{target}: got {g}, want ok")),
             Err(e) => check("allowed tcp connect", false, format!("probe failed: {e}")),
         });
     }
@@ -167,9 +134,7 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
 /// Runs `sbx-user __probe TARGET` inside the cgroup and returns its answer.
 fn probe_in(cg: &Cgroup, target: &str) -> io::Result<String> {
     let exe = std::env::current_exe()?;
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cg.procs_path())?;
+    let procs = std::fs::OpenOptions::new().write(true).open(cg.procs_path())?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
     let mut cmd = Command::new(exe);
     cmd.arg("__probe").args(target.split(' '));
@@ -200,12 +165,8 @@ pub fn probe_main(args: &[String]) -> i32 {
         return 2;
     };
     let result = match kind.as_str() {
-        "tcp" | "tcp6" => {
-            TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).map(drop)
-        }
-        "udp" => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .and_then(|s| s.send_to(b"sbx-verify", addr))
-            .map(drop),
+        "tcp" | "tcp6" => TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).map(drop),
+        "udp" => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| s.send_to(b"sbx-verify", addr)).map(drop),
         _ => {
             eprintln!("unknown probe {kind}");
             return 2;

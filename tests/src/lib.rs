@@ -16,7 +16,10 @@
 //! failures that must change nothing), `run.rs` (exit status, stdio,
 //! signals, cleanup), `addresses.rs` (IPv4, IPv6, IPv4-mapped, NAT64,
 //! 6to4, TCP and UDP, bind, loopback, precedence), `proxy.rs` (curl through
-//! tinyproxy), `hardening.rs` (socket creation, source routing, audit).
+//! tinyproxy), `hardening.rs` (socket creation, source routing, audit),
+//! `operating.rs` (deny events, counters, audit mode, `verify`, `update`
+//! under load, pinned domains), `escapes.rs` (what a command inside `run`
+//! might try to get around the policy).
 //!
 //! # Kernel
 //! sbx needs cgroup `sock_addr` programs with BPF links (Linux 5.7 or
@@ -35,16 +38,19 @@
 //! after a panic: [`TestCgroup`] (kills its processes, removes sbx pins left
 //! on it, removes the directory), [`TestNet`] (kills its servers, deletes
 //! the veth pair and the namespace), [`Sbx`] (a private state directory),
-//! [`Background`] (kills a process by pid).
+//! [`Background`] (kills a process by pid), [`HostsEntry`] (removes its
+//! line from `/etc/hosts`).
 
 mod cgroup;
+mod hosts;
 mod net;
 mod probe;
 mod sbx;
 mod util;
 
 pub use cgroup::{cgroup2_mount, prog_counts, TestCgroup, ALL_HOOKS, HOOKS};
-pub use net::{Receiver, TestNet};
+pub use hosts::HostsEntry;
+pub use net::{Packet, Receiver, Sniffer, TestNet};
 pub use probe::{Place, Probe, Proto};
 pub use sbx::{bpffs, describe, sbx_user_bin, Sbx};
 pub use util::{free_port, wait_tcp, Background, TempDir};

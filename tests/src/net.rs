@@ -156,6 +156,26 @@ impl TestNet {
         self.servers.lock().expect("not poisoned").push(bg);
     }
 
+    /// Starts a packet sniffer in the namespace (`sbx-probe sniff`): it
+    /// records every IP packet that arrives there, whatever its
+    /// destination port or protocol, including packets no socket would
+    /// accept (IP options, source routes, raw protocols).
+    ///
+    /// # Panics
+    /// When it cannot be started.
+    #[must_use]
+    pub fn sniffer(&self) -> Sniffer {
+        let log = self.dir.path().join(format!("sniff-{}.log", crate::next_id()));
+        let what = format!("sbx-probe sniff in {}", self.name);
+        let mut cmd = Command::new(self.probe.bin());
+        cmd.args(["sniff", log.to_str().expect("UTF-8 temp path")]);
+        let mut bg = Background::spawn_at(&what, &mut cmd, &self.place());
+        let line = bg.read_line();
+        assert_eq!(line, "ready", "{what}");
+        self.servers.lock().expect("not poisoned").push(bg);
+        Sniffer { log, marker_to: self.ns_v4b, seen: std::cell::Cell::new(0) }
+    }
+
     /// A directory for the test's files, removed with the network.
     #[must_use]
     pub fn dir(&self) -> &Path {
@@ -246,5 +266,82 @@ impl Receiver {
         sock.send_to(marker.as_bytes(), self.to).expect("sending the sync marker");
         assert!(self.wait_for(&marker), "sync marker to {} never arrived", self.to);
         self.payloads().into_iter().take_while(|p| *p != marker).collect()
+    }
+}
+
+/// One packet a [`Sniffer`] saw arrive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address (of the IP header, i.e. the next hop of a
+    /// source-routed packet).
+    pub dst: IpAddr,
+    /// IPv4 protocol, or the IPv6 header's next header.
+    pub proto: u8,
+    /// Whether it carries IPv4 options or an IPv6 extension header.
+    pub options: bool,
+    /// TCP or UDP destination port, when that follows the fixed header.
+    pub dport: Option<u16>,
+}
+
+/// What a packet sniffer in a [`TestNet`] recorded ([`TestNet::sniffer`]).
+#[derive(Debug)]
+pub struct Sniffer {
+    log: PathBuf,
+    marker_to: Ipv4Addr,
+    /// Lines of the log already returned by [`Self::sync`].
+    seen: std::cell::Cell<usize>,
+}
+
+impl Sniffer {
+    /// Every packet recorded so far.
+    ///
+    /// # Panics
+    /// When the log has a line it cannot parse.
+    #[must_use]
+    pub fn packets(&self) -> Vec<Packet> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        // Only whole lines: the sniffer may be writing the next one.
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        complete
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let bad = || -> ! { panic!("bad sniffer line {l:?}") };
+                if f.len() != 6 {
+                    bad();
+                }
+                Packet {
+                    src: f[1].parse().unwrap_or_else(|_| bad()),
+                    dst: f[2].parse().unwrap_or_else(|_| bad()),
+                    proto: f[3].parse().unwrap_or_else(|_| bad()),
+                    options: f[4] == "1",
+                    dport: f[5].parse().ok(),
+                }
+            })
+            .collect()
+    }
+
+    /// Sends a UDP marker from the test process (outside any sandbox) to
+    /// the namespace's second address on a port of its own and waits for
+    /// it, so everything sent before has had its chance to arrive (one
+    /// veth, in order). Returns the packets that arrived since the
+    /// previous sync, without the markers.
+    ///
+    /// # Panics
+    /// When the marker does not arrive within 5 s.
+    #[must_use]
+    pub fn sync(&self) -> Vec<Packet> {
+        let port = 40_000 + u16::try_from(crate::next_id() % 20_000).expect("< 20000");
+        let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("binding a UDP socket");
+        let is_marker = |p: &Packet| p.dst == IpAddr::V4(self.marker_to) && p.proto == 17 && p.dport == Some(port);
+        sock.send_to(b"sbx-sniffer-sync", (self.marker_to, port)).expect("sending the sniffer marker");
+        let arrived = wait_until(Duration::from_secs(5), || self.packets().iter().any(is_marker));
+        assert!(arrived, "sniffer marker to {}:{port} never arrived", self.marker_to);
+        let all = self.packets();
+        let end = all.iter().position(is_marker).expect("seen above");
+        let start = self.seen.replace(end + 1).min(end);
+        all[start..end].to_vec()
     }
 }

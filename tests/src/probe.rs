@@ -166,6 +166,29 @@ impl Probe {
         text
     }
 
+    /// As [`Self::run`], also returning the probe's pid (to find it in
+    /// deny events).
+    ///
+    /// # Panics
+    /// As [`Self::run`].
+    #[must_use]
+    pub fn run_pid(&self, args: &[&str]) -> (u32, String) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = self.place.spawn(&mut cmd);
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+        assert!(
+            out.status.success() && !text.is_empty() && !text.contains('\n'),
+            "sbx-probe {} in {:?}: {}",
+            args.join(" "),
+            self.place,
+            describe(&out)
+        );
+        (pid, text)
+    }
+
     /// `connect PROTO ADDR PORT`: a connect (for UDP followed by one send
     /// of a marker payload, `sbx-probe`).
     pub fn connect(&self, proto: Proto, ip: impl Display, port: u16) -> String {

@@ -144,6 +144,22 @@ impl Sbx {
         assert_eq!(mine.len(), 1, "expected one status entry for cgroup id {}: {v:#}", cg.id());
         mine[0].clone()
     }
+
+    /// The pending events of `cg`, from `sbx-user events --cgroup CG
+    /// --json` (which drains them), one JSON object per line.
+    ///
+    /// # Panics
+    /// When the command fails or prints something else than JSON lines.
+    #[must_use]
+    pub fn events(&self, cg: &TestCgroup) -> Vec<serde_json::Value> {
+        let out = self.ok(&["events", "--cgroup", cg.arg(), "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("events --json line {l:?} ({e}): {}", describe(&out)))
+            })
+            .collect()
+    }
 }
 
 impl Default for Sbx {

@@ -37,15 +37,7 @@ impl Proxied {
         let body = format!("hello from {}\n", n.name());
         fs::write(www.join("hello.txt"), &body).expect("writing the page");
         let mut http = Command::new("python3");
-        http.args([
-            "-m",
-            "http.server",
-            "--bind",
-            &n.ns_v4.to_string(),
-            "--directory",
-        ])
-        .arg(&www)
-        .arg("8000");
+        http.args(["-m", "http.server", "--bind", &n.ns_v4.to_string(), "--directory"]).arg(&www).arg("8000");
         let _ = n.spawn("python3 -m http.server", &mut http);
         wait_tcp(SocketAddr::new(n.ns_v4.into(), 8000));
 
@@ -59,18 +51,10 @@ impl Proxied {
         let proxy_log = n.dir().join("tinyproxy.log");
         let mut tp = Command::new("tinyproxy");
         tp.arg("-d").arg("-c").arg(&conf);
-        let tinyproxy =
-            Background::spawn_logged("tinyproxy", &mut tp, &Place::default(), &proxy_log);
+        let tinyproxy = Background::spawn_logged("tinyproxy", &mut tp, &Place::default(), &proxy_log);
         wait_tcp(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), proxy_port));
         let url = format!("http://{}:8000/hello.txt", n.ns_v4);
-        Self {
-            fx,
-            url,
-            body,
-            proxy_port,
-            proxy_log,
-            _tinyproxy: tinyproxy,
-        }
+        Self { fx, url, body, proxy_port, proxy_log, _tinyproxy: tinyproxy }
     }
 
     fn proxy(&self) -> String {
@@ -85,31 +69,17 @@ impl Proxied {
     /// As [`Self::run`], with extra sbx-user options before `--`.
     fn run_with(&self, options: &[&str], command: &[&str]) -> Output {
         let mut cmd = self.fx.sbx.cmd();
-        cmd.args([
-            "run",
-            "--cgroup-parent",
-            self.fx.cg.arg(),
-            "--proxy",
-            &self.proxy(),
-        ])
-        .args(options)
-        .arg("--")
-        .args(command);
+        cmd.args(["run", "--cgroup-parent", self.fx.cg.arg(), "--proxy", &self.proxy()])
+            .args(options)
+            .arg("--")
+            .args(command);
         // The test's own environment must not decide whether curl proxies.
-        for v in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "NO_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "no_proxy",
-        ] {
+        for v in
+            ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]
+        {
             cmd.env_remove(v);
         }
-        cmd.output()
-            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
     }
 }
 
@@ -118,50 +88,21 @@ fn curl_through_the_proxy_works_and_direct_is_denied() {
     let px = Proxied::new();
     // HTTP_PROXY/http_proxy are exported by run; curl follows them.
     let out = px.run(&["curl", "-sS", "-m", "5", &px.url]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "curl through the proxy: {}",
-        describe(&out)
-    );
+    assert_eq!(out.status.code(), Some(0), "curl through the proxy: {}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), px.body);
     let log = fs::read_to_string(&px.proxy_log).unwrap_or_default();
-    assert!(
-        log.contains(&px.url),
-        "tinyproxy did not see the request:\n{log}"
-    );
+    assert!(log.contains(&px.url), "tinyproxy did not see the request:\n{log}");
 
     // Bypassing the proxy: connect(2) fails with EPERM, curl exits 7.
     let out = px.run(&["curl", "-v", "-sS", "-m", "5", "--noproxy", "*", &px.url]);
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "curl --noproxy: {}",
-        describe(&out)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(out.status.code(), Some(7), "curl --noproxy: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{}", describe(&out));
     assert!(out.stdout.is_empty());
 
     // The same without a sandbox works, so the denial was the policy's.
-    let direct = Command::new("curl")
-        .args(["-sS", "-m", "5", "--noproxy", "*", &px.url])
-        .output()
-        .expect("curl");
-    assert_eq!(
-        String::from_utf8_lossy(&direct.stdout),
-        px.body,
-        "{}",
-        describe(&direct)
-    );
-    assert_eq!(
-        px.fx.cg.children(),
-        Vec::<std::path::PathBuf>::new(),
-        "run cleaned up"
-    );
+    let direct = Command::new("curl").args(["-sS", "-m", "5", "--noproxy", "*", &px.url]).output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&direct.stdout), px.body, "{}", describe(&direct));
+    assert_eq!(px.fx.cg.children(), Vec::<std::path::PathBuf>::new(), "run cleaned up");
 }
 
 #[test]
@@ -169,19 +110,9 @@ fn proxy_mode_exports_the_proxy_and_opens_only_its_loopback_port() {
     let px = Proxied::new();
     let out = px.run(&["env"]);
     let env = String::from_utf8_lossy(&out.stdout);
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
         let want = format!("{var}=http://{}", px.proxy());
-        assert!(
-            env.lines().any(|l| l == want),
-            "{want} missing from:\n{env}"
-        );
+        assert!(env.lines().any(|l| l == want), "{want} missing from:\n{env}");
     }
 
     // Another loopback service, outside the sandbox.
@@ -206,14 +137,7 @@ fn proxy_mode_exports_the_proxy_and_opens_only_its_loopback_port() {
         describe(&out)
     );
     // The other service is reachable from outside the sandbox.
-    assert_eq!(
-        px.fx.outside().connect(
-            Tcp,
-            "127.0.0.1",
-            other.local_addr().expect("address").port()
-        ),
-        "ok"
-    );
+    assert_eq!(px.fx.outside().connect(Tcp, "127.0.0.1", other.local_addr().expect("address").port()), "ok");
 }
 
 #[test]
@@ -228,17 +152,9 @@ fn proxy_on_another_host_is_allowed_for_tcp_only_and_closes_loopback() {
     let p = fx.inside();
     assert_eq!(p.connect(Tcp, n.ns_v4, 3128), "ok");
     assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM");
-    assert_eq!(
-        p.connect(Udp, n.ns_v4, 3128),
-        "err EPERM",
-        "the proxy rule is tcp:// only"
-    );
+    assert_eq!(p.connect(Udp, n.ns_v4, 3128), "err EPERM", "the proxy rule is tcp:// only");
     assert_eq!(p.connect(Tcp, n.ns_v4b, 3128), "err EPERM");
-    assert_eq!(
-        p.connect(Tcp, "127.0.0.1", lo_port),
-        "err EPERM",
-        "loopback defaults to none"
-    );
+    assert_eq!(p.connect(Tcp, "127.0.0.1", lo_port), "err EPERM", "loopback defaults to none");
     let e = fx.sbx.status(&fx.cg);
     assert_eq!(e["policy"]["proxy"], format!("{}:3128", n.ns_v4), "{e:#}");
     assert_eq!(e["policy"]["default"], "deny", "{e:#}");
@@ -254,16 +170,8 @@ fn agent_profile_allows_loopback_and_denies_private_networks() {
     fx.attach(&["--profile", "agent"]);
     let p = fx.inside();
     assert_eq!(p.connect(Tcp, "127.0.0.1", lo_port), "ok", "loopback = any");
-    assert_eq!(
-        p.connect(Tcp, n.ns_v4, 8080),
-        "err EPERM",
-        "10/8 is private"
-    );
-    assert_eq!(
-        p.connect(Tcp, n.ns_v6, 8080),
-        "err EPERM",
-        "fd00::/8 is private"
-    );
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM", "10/8 is private");
+    assert_eq!(p.connect(Tcp, n.ns_v6, 8080), "err EPERM", "fd00::/8 is private");
     // An allow rule for one private host:port beats the profile's
     // `private` deny: the longer prefix decides.
     fx.sbx.ok(&[
@@ -286,17 +194,12 @@ fn transparent_redirect_sends_a_proxy_ignoring_client_through_the_proxy() {
     // curl --noproxy '*' ignores every proxy variable and connects to the
     // web server directly; the connect hook rewrites it to tinyproxy, which
     // routes the origin-form request by its Host header.
-    let out = px.run_with(
-        &["--proxy-redirect", "--log-denials"],
-        &["curl", "-sS", "-m", "5", "--noproxy", "*", &px.url],
-    );
+    let out =
+        px.run_with(&["--proxy-redirect", "--log-denials"], &["curl", "-sS", "-m", "5", "--noproxy", "*", &px.url]);
     assert_eq!(out.status.code(), Some(0), "redirected curl: {}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), px.body);
     let log = fs::read_to_string(&px.proxy_log).unwrap_or_default();
-    assert!(
-        log.contains(&format!("{}:8000", px.fx.net.ns_v4)),
-        "tinyproxy did not carry the request:\n{log}"
-    );
+    assert!(log.contains(&format!("{}:8000", px.fx.net.ns_v4)), "tinyproxy did not carry the request:\n{log}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("proxied") && stderr.contains(&format!("{}:8000", px.fx.net.ns_v4)),
@@ -305,10 +208,7 @@ fn transparent_redirect_sends_a_proxy_ignoring_client_through_the_proxy() {
     );
 
     // UDP is never redirected: a denied sendto stays EPERM.
-    let out = px.run_with(
-        &["--proxy-redirect"],
-        &[&px.fx.probe.arg(), "sendto", &px.fx.net.ns_v4.to_string(), "53"],
-    );
+    let out = px.run_with(&["--proxy-redirect"], &[&px.fx.probe.arg(), "sendto", &px.fx.net.ns_v4.to_string(), "53"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "err EPERM\n", "{}", describe(&out));
 }
 
@@ -327,12 +227,7 @@ fn orig_dst_reports_the_address_the_client_asked_for() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let port = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let out = fx.sbx.cmd().args(["orig-dst", "--cgroup", fx.cg.arg(), "--port", &port]).output().expect("orig-dst");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{}:8000", fx.net.ns_v4),
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{}:8000", fx.net.ns_v4), "{}", describe(&out));
     let out = fx.sbx.cmd().args(["orig-dst", "--cgroup", fx.cg.arg(), "--port", "1"]).output().expect("orig-dst");
     assert_ne!(out.status.code(), Some(0), "an unknown port is an error: {}", describe(&out));
 }

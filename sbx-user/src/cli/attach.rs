@@ -36,11 +36,7 @@ pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("no policy was attached to {}", cg.path.display()))?;
     println!(
         "{} {} (cgroup id {})",
-        if attached.replaced {
-            "replaced policy on"
-        } else {
-            "attached to"
-        },
+        if attached.replaced { "replaced policy on" } else { "attached to" },
         cg.path.display(),
         cg.id
     );

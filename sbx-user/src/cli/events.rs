@@ -41,10 +41,7 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut readers = Vec::new();
     for id in ids {
         let record = Record::load(&paths, id)?;
-        let name = record.as_ref().map_or_else(
-            || format!("cgroup id {id}"),
-            |r| r.cgroup.display().to_string(),
-        );
+        let name = record.as_ref().map_or_else(|| format!("cgroup id {id}"), |r| r.cgroup.display().to_string());
         readers.push((EventReader::open(&paths.pin_dir(id))?, name, record));
     }
     if !args.json {

@@ -117,10 +117,7 @@ impl GlobalArgs {
     /// Pin and record locations.
     #[must_use]
     pub fn paths(&self) -> Paths {
-        Paths {
-            bpffs: self.bpffs.clone(),
-            state_dir: self.state_dir.clone(),
-        }
+        Paths { bpffs: self.bpffs.clone(), state_dir: self.state_dir.clone() }
     }
 }
 

@@ -15,8 +15,10 @@ pub struct RunArgs {
     /// Parent cgroup for the sandbox (default: `sbx` under the cgroup2 mount).
     #[arg(long, value_name = "DIR")]
     pub cgroup_parent: Option<PathBuf>,
-    /// Run the command as UID[:GID] (numeric). Without it the command keeps
-    /// the caller's uid, with every capability dropped.
+    /// Run the command as UID[:GID] (numeric). Default: the invoking user
+    /// from sudo (SUDO_UID/SUDO_GID), else nobody (65534:65534). `--user 0`
+    /// keeps root, still without any capability; a root command owns
+    /// root's files, so pair it with [filesystem] rules.
     #[arg(long, value_name = "UID[:GID]", value_parser = crate::confine::parse_identity)]
     pub user: Option<crate::confine::Identity>,
     /// Leave this inherited file descriptor open in the command (all
@@ -59,7 +61,8 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
     let opts = RunOptions {
         cgroup_parent: args.cgroup_parent.clone(),
         max_entries: args.policy.max_rules,
-        identity: args.user,
+        identity: Some(args.user.unwrap_or_else(default_identity)),
+        state_dir: global.state_dir.clone(),
         keep_fds: args.keep_fd.clone(),
         log_denials: args.log_denials,
         allow_degraded: args.allow_degraded,
@@ -71,5 +74,17 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
             eprintln!("sbx-user: error: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// Who the command runs as without `--user`: the user sudo was invoked by,
+/// else nobody. Never root by default: a root command, even without
+/// capabilities, owns every root-owned file on the host.
+fn default_identity() -> crate::confine::Identity {
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok()).filter(|&v| v != 0);
+    match (var("SUDO_UID"), var("SUDO_GID")) {
+        (Some(uid), Some(gid)) => crate::confine::Identity { uid, gid },
+        (Some(uid), None) => crate::confine::Identity { uid, gid: uid },
+        _ => crate::confine::Identity { uid: 65534, gid: 65534 },
     }
 }

@@ -77,19 +77,15 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             match rec.map(|r| Cgroup::open(&r.cgroup)) {
                 None => e.problem = Some("no record of this sandbox (pins only)".into()),
                 Some(Err(err)) => e.problem = Some(format!("cgroup is gone: {err}")),
-                Some(Ok(cg)) if cg.id != id => {
-                    e.problem = Some("cgroup path now names a different cgroup".into())
-                }
+                Some(Ok(cg)) if cg.id != id => e.problem = Some("cgroup path now names a different cgroup".into()),
                 Some(Ok(cg)) => match loader::query(&cg) {
                     Ok(q) => {
-                        let (on, off): (Vec<_>, Vec<_>) = q
-                            .into_iter()
-                            .partition(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")));
+                        let (on, off): (Vec<_>, Vec<_>) =
+                            q.into_iter().partition(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")));
                         e.enforcing_hooks = on.into_iter().map(|(h, _)| h.to_owned()).collect();
                         e.missing_hooks = off.into_iter().map(|(h, _)| h.to_owned()).collect();
                         if !e.missing_hooks.is_empty() {
-                            e.problem =
-                                Some(format!("not enforcing at {}", e.missing_hooks.join(", ")));
+                            e.problem = Some(format!("not enforcing at {}", e.missing_hooks.join(", ")));
                         }
                     }
                     Err(err) => e.problem = Some(err.to_string()),
@@ -104,35 +100,21 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     println!(
         "Landlock ABI on this kernel: {} (filesystem rules and scopes for `run`)",
-        crate::harden::landlock::kernel_abi()
-            .map_or_else(|| "unavailable".to_owned(), |a| a.to_string())
+        crate::harden::landlock::kernel_abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string())
     );
     if entries.is_empty() {
         println!("no sandboxes");
     }
     for e in &entries {
-        let path = e
-            .cgroup
-            .as_ref()
-            .map_or_else(|| "?".to_owned(), |p| p.display().to_string());
-        let state = if e.problem.is_none() {
-            "enforcing"
-        } else {
-            "PROBLEM"
-        };
+        let path = e.cgroup.as_ref().map_or_else(|| "?".to_owned(), |p| p.display().to_string());
+        let state = if e.problem.is_none() { "enforcing" } else { "PROBLEM" };
         println!("{path} (cgroup id {}): {state}", e.cgroup_id);
         if let Some(p) = &e.problem {
             println!("  problem: {p}");
         }
         if let (Some(by), Some(n)) = (&e.by, e.dest_entries) {
-            let pid = e
-                .runner_pid
-                .map(|p| format!(" pid {p}"))
-                .unwrap_or_default();
-            println!(
-                "  by {by}{pid}; {n} destination entries; hooks: {}",
-                e.enforcing_hooks.join(" ")
-            );
+            let pid = e.runner_pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+            println!("  by {by}{pid}; {n} destination entries; hooks: {}", e.enforcing_hooks.join(" "));
         }
         if let Some(policy) = &e.policy {
             super::print_summary(policy);
@@ -146,11 +128,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 .collect();
             println!(
                 "  counters: {}; events dropped: {}",
-                if busy.is_empty() {
-                    "no calls yet".to_owned()
-                } else {
-                    busy.join(", ")
-                },
+                if busy.is_empty() { "no calls yet".to_owned() } else { busy.join(", ") },
                 c.events_dropped
             );
         }

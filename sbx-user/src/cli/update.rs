@@ -40,20 +40,13 @@ pub fn run(args: &UpdateArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         );
     }
     let owner = match Record::load(&paths, cg.id)? {
-        Some(Record {
-            runner_pid: Some(pid),
-            ..
-        }) => Owner::Run(pid),
+        Some(Record { runner_pid: Some(pid), .. }) => Owner::Run(pid),
         _ => Owner::Attach,
     };
     let opts = default_options(args.policy.max_rules, true);
     install(&cg, &policy, opts, &paths, owner)
         .with_context(|| format!("the policy of {} was not changed", cg.path.display()))?;
-    println!(
-        "updated policy of {} (cgroup id {})",
-        cg.path.display(),
-        cg.id
-    );
+    println!("updated policy of {} (cgroup id {})", cg.path.display(), cg.id);
     super::print_summary(&policy);
     Ok(())
 }

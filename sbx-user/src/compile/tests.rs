@@ -31,18 +31,14 @@ type Probe = (&'static str, u16, P, u8);
 type PortProbe = (u16, P, u8);
 
 fn ip(s: &str) -> IpAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("test address {s}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("test address {s}: {e}"))
 }
 
 /// A policy from the body of a `[network]` table.
 fn policy(body: &str) -> Policy {
     let src = format!("[network]\n{body}\n");
     let layer = parse_toml(&src, "test.toml").unwrap_or_else(|e| panic!("{e}\n{src}"));
-    PolicyBuilder::new()
-        .apply(layer)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}\n{src}"))
+    PolicyBuilder::new().apply(layer).build().unwrap_or_else(|e| panic!("{e}\n{src}"))
 }
 
 fn compiled(p: &Policy) -> Compiled {
@@ -85,10 +81,7 @@ fn dest_case(body: &str, probes: &[Probe]) {
 }
 
 fn prefix_of(e: &TrieEntry) -> Prefix {
-    Prefix {
-        addr: u128::from_be_bytes(e.addr),
-        len: u8::try_from(e.prefix_len).expect("<= 128"),
-    }
+    Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") }
 }
 
 /// Invariants the programs rely on, checked for every compiled policy.
@@ -97,28 +90,14 @@ fn assert_well_formed(c: &Compiled) {
         let len = t.len as usize;
         assert!(len <= MAX_SEGMENTS, "table {i}: len {len}");
         assert_eq!(t._pad, [0; 2], "table {i}: padding");
-        assert!(
-            t.default_tcp <= 1 && t.default_udp <= 1,
-            "table {i}: verdicts"
-        );
+        assert!(t.default_tcp <= 1 && t.default_udp <= 1, "table {i}: verdicts");
         for (j, s) in t.segments[..len].iter().enumerate() {
             assert!(s.lo <= s.hi, "table {i} segment {j}: {s:?}");
-            assert!(
-                s.tcp <= 1 && s.udp <= 1 && s._pad == [0; 2],
-                "table {i} segment {j}: {s:?}"
-            );
-            assert_ne!(
-                (s.tcp, s.udp),
-                (t.default_tcp, t.default_udp),
-                "table {i} segment {j} repeats the default"
-            );
+            assert!(s.tcp <= 1 && s.udp <= 1 && s._pad == [0; 2], "table {i} segment {j}: {s:?}");
+            assert_ne!((s.tcp, s.udp), (t.default_tcp, t.default_udp), "table {i} segment {j} repeats the default");
             if j > 0 {
                 let prev = t.segments[j - 1];
-                assert!(
-                    prev.hi < s.lo,
-                    "table {i}: segments {} and {j} overlap or are unsorted",
-                    j - 1
-                );
+                assert!(prev.hi < s.lo, "table {i}: segments {} and {j} overlap or are unsorted", j - 1);
                 assert!(
                     prev.hi + 1 < s.lo || (prev.tcp, prev.udp) != (s.tcp, s.udp),
                     "table {i}: adjacent segments {} and {j} should have been coalesced",
@@ -127,9 +106,7 @@ fn assert_well_formed(c: &Compiled) {
             }
         }
         assert!(
-            t.segments[len..]
-                .iter()
-                .all(|s| *s == PortSegment::default()),
+            t.segments[len..].iter().all(|s| *s == PortSegment::default()),
             "table {i}: slots past len must be zero"
         );
         assert!(!c.tables[..i].contains(t), "table {i} is a duplicate");
@@ -141,21 +118,11 @@ fn assert_well_formed(c: &Compiled) {
             let p = prefix_of(e);
             let host_mask = u128::MAX.checked_shr(u32::from(p.len)).unwrap_or(0);
             assert_eq!(p.addr & host_mask, 0, "{name}: host bits set in {e:?}");
-            assert!(
-                (e.table as usize) < c.tables.len(),
-                "{name}: table index out of range in {e:?}"
-            );
-            assert!(
-                seen.insert((e.prefix_len, e.addr)),
-                "{name}: duplicate prefix {e:?}"
-            );
+            assert!((e.table as usize) < c.tables.len(), "{name}: table index out of range in {e:?}");
+            assert!(seen.insert((e.prefix_len, e.addr)), "{name}: duplicate prefix {e:?}");
         }
         for root in [V6_ROOT, V4_ROOT] {
-            assert!(
-                entries.iter().any(|e| prefix_of(e) == root),
-                "{name}: missing root {}",
-                root.display()
-            );
+            assert!(entries.iter().any(|e| prefix_of(e) == root), "{name}: missing root {}", root.display());
         }
     }
 }
@@ -197,30 +164,18 @@ fn pinned_hosts_compile_like_their_addresses() {
     // A pinned-domain rule compiles exactly as the addresses it resolved
     // to; one that did not resolve (kept by --allow-unresolved) adds
     // nothing.
-    let src =
-        "[network]\ndeny = [\"private\"]\nallow = [\"tcp://db.example:5432\", \"gone.example\"]\n";
+    let src = "[network]\ndeny = [\"private\"]\nallow = [\"tcp://db.example:5432\", \"gone.example\"]\n";
     let layer = parse_toml(src, "test.toml").unwrap_or_else(|e| panic!("{e}\n{src}"));
     let resolve = |host: &str| -> std::io::Result<Vec<IpAddr>> {
         match host {
             "db.example" => Ok(vec![ip("10.1.2.3"), ip("2001:db8::7")]),
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such host",
-            )),
+            _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such host")),
         }
     };
-    let pinned = PolicyBuilder::new()
-        .apply(layer)
-        .build_with(&resolve, true)
-        .unwrap_or_else(|e| panic!("{e}\n{src}"));
-    let by_address = policy(
-        "deny = [\"private\"]\nallow = [\"tcp://10.1.2.3:5432\", \"tcp://[2001:db8::7]:5432\"]",
-    );
+    let pinned = PolicyBuilder::new().apply(layer).build_with(&resolve, true).unwrap_or_else(|e| panic!("{e}\n{src}"));
+    let by_address = policy("deny = [\"private\"]\nallow = [\"tcp://10.1.2.3:5432\", \"tcp://[2001:db8::7]:5432\"]");
     let c = compiled(&pinned);
-    assert_eq!(
-        entry_names(&c.dest),
-        entry_names(&compiled(&by_address).dest)
-    );
+    assert_eq!(entry_names(&c.dest), entry_names(&compiled(&by_address).dest));
     check(
         &c,
         Hook::Destination,
@@ -395,11 +350,7 @@ fn protocol_specific_rules() {
     let cases: &[(&str, &[Probe])] = &[
         (
             "allow = [\"10.0.0.0/8\"]\ndeny = [\"udp://10.0.0.0/8:53\"]",
-            &[
-                ("10.0.0.1", 53, Tcp, A),
-                ("10.0.0.1", 53, Udp, D),
-                ("10.0.0.1", 54, Both, A),
-            ],
+            &[("10.0.0.1", 53, Tcp, A), ("10.0.0.1", 53, Udp, D), ("10.0.0.1", 54, Both, A)],
         ),
         (
             "allow = [\"tcp://10.0.0.1\"]\ndeny = [\"udp://10.0.0.1\"]",
@@ -407,11 +358,7 @@ fn protocol_specific_rules() {
         ),
         (
             "default = \"allow\"\ndeny = [\"tcp://10.0.0.1\"]",
-            &[
-                ("10.0.0.1", 80, Tcp, D),
-                ("10.0.0.1", 80, Udp, A),
-                ("10.0.0.2", 80, Both, A),
-            ],
+            &[("10.0.0.1", 80, Tcp, D), ("10.0.0.1", 80, Udp, A), ("10.0.0.2", 80, Both, A)],
         ),
         (
             "allow = [\"tcp://10.0.0.0/8\"]\ndeny = [\"10.0.0.1:22\"]",
@@ -435,10 +382,7 @@ fn protocol_specific_rules() {
             ],
         ),
         // Same prefix: a TCP allow ties with an all-protocol deny and loses.
-        (
-            "deny = [\"10.0.0.0/8\"]\nallow = [\"tcp://10.0.0.0/8:443\"]",
-            &[("10.0.0.1", 443, Tcp, D)],
-        ),
+        ("deny = [\"10.0.0.0/8\"]\nallow = [\"tcp://10.0.0.0/8:443\"]", &[("10.0.0.1", 443, Tcp, D)]),
         (
             "allow = [\"udp://any:53\", \"tcp://[2001:db8::/32]:443\"]",
             &[
@@ -493,24 +437,8 @@ fn loopback_setting() {
     for default in ["allow", "deny"] {
         // (loopback setting, (port, protocol, verdict) for every local address)
         let cases: &[(&str, &[PortProbe])] = &[
-            (
-                "\"any\"",
-                &[
-                    (0, Both, A),
-                    (22, Both, A),
-                    (5432, Both, A),
-                    (65535, Both, A),
-                ],
-            ),
-            (
-                "\"none\"",
-                &[
-                    (0, Both, D),
-                    (22, Both, D),
-                    (5432, Both, D),
-                    (65535, Both, D),
-                ],
-            ),
+            ("\"any\"", &[(0, Both, A), (22, Both, A), (5432, Both, A), (65535, Both, A)]),
+            ("\"none\"", &[(0, Both, D), (22, Both, D), (5432, Both, D), (65535, Both, D)]),
             (
                 "[5432, \"8000-8100\"]",
                 &[
@@ -526,19 +454,15 @@ fn loopback_setting() {
                 ],
             ),
             ("[]", &[(5432, Both, D), (0, Both, D)]),
-            (
-                "[0, 65535]",
-                &[
-                    (0, Both, A),
-                    (65535, Both, A),
-                    (1, Both, D),
-                    (65534, Both, D),
-                ],
-            ),
+            ("[0, 65535]", &[(0, Both, A), (65535, Both, A), (1, Both, D), (65534, Both, D)]),
         ];
         for (setting, ports) in cases {
             // Rules never reach the local host, whatever their prefix.
-            for rules in ["", "allow = [\"any\", \"0.0.0.0/0\", \"[::/0]\", \"0.0.0.0/8\", \"[::/96]\", \"126.0.0.0/7\"]", "deny = [\"any\", \"0.0.0.0/0\", \"[::/0]\", \"0.0.0.0/8\", \"[::/96]\", \"126.0.0.0/7\"]"] {
+            for rules in [
+                "",
+                "allow = [\"any\", \"0.0.0.0/0\", \"[::/0]\", \"0.0.0.0/8\", \"[::/96]\", \"126.0.0.0/7\"]",
+                "deny = [\"any\", \"0.0.0.0/0\", \"[::/0]\", \"0.0.0.0/8\", \"[::/96]\", \"126.0.0.0/7\"]",
+            ] {
                 let body = format!("default = \"{default}\"\nloopback = {setting}\n{rules}");
                 let c = compiled(&policy(&body));
                 for addr in local {
@@ -643,11 +567,7 @@ fn families_do_not_mix() {
         ),
         (
             "allow = [\"0.0.0.0/0\"]",
-            &[
-                ("8.8.8.8", 443, Both, A),
-                ("::ffff:8.8.8.8", 443, Both, A),
-                ("2001:db8::1", 443, Both, D),
-            ],
+            &[("8.8.8.8", 443, Both, A), ("::ffff:8.8.8.8", 443, Both, A), ("2001:db8::1", 443, Both, D)],
         ),
         (
             "allow = [\"[2000::/3]:443\"]",
@@ -660,11 +580,7 @@ fn families_do_not_mix() {
         ),
         (
             "allow = [\"any:443\"]",
-            &[
-                ("2001:db8::1", 443, Both, A),
-                ("8.8.8.8", 443, Both, A),
-                ("8.8.8.8", 80, Both, D),
-            ],
+            &[("2001:db8::1", 443, Both, A), ("8.8.8.8", 443, Both, A), ("8.8.8.8", 80, Both, D)],
         ),
     ];
     for (body, probes) in cases {
@@ -697,12 +613,7 @@ fn special_addresses() {
         for &(addr, port) in specials {
             check(&c, Hook::Destination, body, &[(addr, port, Both, D)]);
         }
-        check(
-            &c,
-            Hook::Destination,
-            body,
-            &[("8.8.8.8", 53, Both, A), ("2001:db8::1", 53, Both, A)],
-        );
+        check(&c, Hook::Destination, body, &[("8.8.8.8", 53, Both, A), ("2001:db8::1", 53, Both, A)]);
     }
     // Allowed by a rule at the same or a longer prefix, for its ports only.
     let cases: &[(&str, &[Probe])] = &[
@@ -720,60 +631,24 @@ fn special_addresses() {
         ),
         (
             "allow = [\"224.0.0.0/4\"]",
-            &[
-                ("224.0.0.251", 1, Both, A),
-                ("239.1.1.1", 1, Both, A),
-                ("240.0.0.1", 1, Both, D),
-            ],
+            &[("224.0.0.251", 1, Both, A), ("239.1.1.1", 1, Both, A), ("240.0.0.1", 1, Both, D)],
         ),
         (
             "allow = [\"192.0.0.0/2\"]",
-            &[
-                ("224.0.0.251", 1, Both, D),
-                ("255.255.255.255", 1, Both, D),
-                ("200.0.0.1", 1, Both, A),
-            ],
+            &[("224.0.0.251", 1, Both, D), ("255.255.255.255", 1, Both, D), ("200.0.0.1", 1, Both, A)],
         ),
-        (
-            "allow = [\"udp://255.255.255.255:67\"]",
-            &[
-                ("255.255.255.255", 67, Udp, A),
-                ("255.255.255.255", 68, Udp, D),
-            ],
-        ),
-        (
-            "allow = [\"240.0.0.0/4\"]",
-            &[("255.255.255.255", 67, Both, A), ("240.0.0.1", 1, Both, A)],
-        ),
-        (
-            "allow = [\"0.0.0.0/8\"]",
-            &[("0.1.2.3", 80, Both, A), ("0.0.0.1", 80, Both, A)],
-        ),
-        (
-            "allow = [\"[::/96]\"]",
-            &[("::10.0.0.1", 80, Both, A), ("::2", 80, Both, A)],
-        ),
-        (
-            "allow = [\"[64:ff9b:1::/48]:80\"]",
-            &[
-                ("64:ff9b:1::a00:1", 80, Both, A),
-                ("64:ff9b:1::a00:1", 81, Both, D),
-            ],
-        ),
+        ("allow = [\"udp://255.255.255.255:67\"]", &[("255.255.255.255", 67, Udp, A), ("255.255.255.255", 68, Udp, D)]),
+        ("allow = [\"240.0.0.0/4\"]", &[("255.255.255.255", 67, Both, A), ("240.0.0.1", 1, Both, A)]),
+        ("allow = [\"0.0.0.0/8\"]", &[("0.1.2.3", 80, Both, A), ("0.0.0.1", 80, Both, A)]),
+        ("allow = [\"[::/96]\"]", &[("::10.0.0.1", 80, Both, A), ("::2", 80, Both, A)]),
+        ("allow = [\"[64:ff9b:1::/48]:80\"]", &[("64:ff9b:1::a00:1", 80, Both, A), ("64:ff9b:1::a00:1", 81, Both, D)]),
         ("allow = [\"[ff00::/8]\"]", &[("ff02::fb", 1, Both, A)]),
         // A user deny at the special prefix still denies.
-        (
-            "default = \"allow\"\ndeny = [\"224.0.0.0/4:80\"]",
-            &[("224.0.0.1", 80, Both, D), ("224.0.0.1", 81, Both, D)],
-        ),
+        ("default = \"allow\"\ndeny = [\"224.0.0.0/4:80\"]", &[("224.0.0.1", 80, Both, D), ("224.0.0.1", 81, Both, D)]),
         // A longer user rule for some ports leaves the others to the special deny.
         (
             "default = \"allow\"\nallow = [\"224.0.0.0/24:5353\"]",
-            &[
-                ("224.0.0.251", 5353, Both, A),
-                ("224.0.0.251", 5352, Both, D),
-                ("224.0.1.1", 5353, Both, D),
-            ],
+            &[("224.0.0.251", 5353, Both, A), ("224.0.0.251", 5352, Both, D), ("224.0.1.1", 5353, Both, D)],
         ),
     ];
     for (body, probes) in cases {
@@ -866,11 +741,7 @@ fn bind_modes() {
         ("128.0.0.1", 80, Both, D),
     ];
     // The destination settings do not change bind.
-    for body in [
-        "",
-        "bind = \"loopback\"",
-        "default = \"allow\"\nloopback = \"none\"\nallow = [\"any\"]",
-    ] {
+    for body in ["", "bind = \"loopback\"", "default = \"allow\"\nloopback = \"none\"\nallow = [\"any\"]"] {
         check(&compiled(&policy(body)), Hook::Bind, body, loopback_bind);
     }
     let c = compiled(&policy("bind = \"any\""));
@@ -888,18 +759,12 @@ fn bind_modes() {
         ],
     );
     // ... and bind does not change the destinations.
-    check(
-        &c,
-        Hook::Destination,
-        "bind any",
-        &[("8.8.8.8", 80, Both, D), ("127.0.0.1", 80, Both, A)],
-    );
+    check(&c, Hook::Destination, "bind any", &[("8.8.8.8", 80, Both, D), ("127.0.0.1", 80, Both, A)]);
 }
 
 #[test]
 fn bind_rules_mode() {
-    let body =
-        "bind = [\"0.0.0.0:8080\", \"udp://[::]:5353\", \"10.0.0.0/8:9000-9100\", \"[::1]\"]";
+    let body = "bind = [\"0.0.0.0:8080\", \"udp://[::]:5353\", \"10.0.0.0/8:9000-9100\", \"[::1]\"]";
     check(
         &compiled(&policy(body)),
         Hook::Bind,
@@ -958,42 +823,21 @@ fn empty_policy() {
     ];
     want_dest.sort_unstable();
     assert_eq!(entry_names(&c.dest), want_dest);
-    let mut want_bind = vec![
-        "::/0",
-        "0.0.0.0/0",
-        "127.0.0.0/8",
-        "0.0.0.0/32",
-        "::1/128",
-        "::/128",
-    ];
+    let mut want_bind = vec!["::/0", "0.0.0.0/0", "127.0.0.0/8", "0.0.0.0/32", "::1/128", "::/128"];
     want_bind.sort_unstable();
     assert_eq!(entry_names(&c.bind), want_bind);
     // Deny everything, allow everything (loopback), and port 0 only (bind).
     let mut port0 = PortTable::uniform(D, D);
     port0.len = 1;
-    port0.segments[0] = PortSegment {
-        lo: 0,
-        hi: 0,
-        tcp: A,
-        udp: A,
-        _pad: [0; 2],
-    };
+    port0.segments[0] = PortSegment { lo: 0, hi: 0, tcp: A, udp: A, _pad: [0; 2] };
     let mut tables = c.tables.clone();
     tables.sort_by_key(|t| (t.len, t.default_tcp));
-    assert_eq!(
-        tables,
-        [PortTable::uniform(D, D), PortTable::uniform(A, A), port0]
-    );
+    assert_eq!(tables, [PortTable::uniform(D, D), PortTable::uniform(A, A), port0]);
     check(
         &c,
         Hook::Destination,
         "empty",
-        &[
-            ("8.8.8.8", 53, Both, D),
-            ("2001:db8::1", 443, Both, D),
-            ("127.0.0.1", 5432, Both, A),
-            ("::1", 1, Both, A),
-        ],
+        &[("8.8.8.8", 53, Both, D), ("2001:db8::1", 443, Both, D), ("127.0.0.1", 5432, Both, A), ("::1", 1, Both, A)],
     );
     // A policy that lists nothing compiles the same whatever the input path.
     let from_flags = Policy::from_sources(None, None, &FlagInput::default()).expect("flags");
@@ -1004,9 +848,7 @@ fn empty_policy() {
 
 #[test]
 fn trie_entries_are_network_order() {
-    let c = compiled(&policy(
-        "allow = [\"10.1.2.0/24:8000-8100\", \"[2001:db8::/32]:443\", \"192.168.1.1\"]",
-    ));
+    let c = compiled(&policy("allow = [\"10.1.2.0/24:8000-8100\", \"[2001:db8::/32]:443\", \"192.168.1.1\"]"));
     let find = |len: u32, addr: [u8; 16]| {
         c.dest
             .iter()
@@ -1016,86 +858,32 @@ fn trie_entries_are_network_order() {
     let e = find(120, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 0]);
     let t = c.tables[e.table as usize];
     assert_eq!((t.default_tcp, t.default_udp, t.len), (D, D, 1));
-    assert_eq!(
-        t.segments[0],
-        PortSegment {
-            lo: 8000,
-            hi: 8100,
-            tcp: A,
-            udp: A,
-            _pad: [0; 2]
-        }
-    );
-    let e = find(
-        32,
-        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    );
+    assert_eq!(t.segments[0], PortSegment { lo: 8000, hi: 8100, tcp: A, udp: A, _pad: [0; 2] });
+    let e = find(32, [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(c.tables[e.table as usize].segments[0].lo, 443);
-    find(
-        128,
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 1, 1],
-    );
+    find(128, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 1, 1]);
     find(96, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]);
     find(0, [0; 16]);
-    find(
-        104,
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 0],
-    );
+    find(104, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 0]);
     find(128, Ipv6Addr::LOCALHOST.octets());
-    find(
-        100,
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 224, 0, 0, 0],
-    );
-    find(
-        48,
-        [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    );
+    find(100, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 224, 0, 0, 0]);
+    find(48, [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 #[test]
 fn lookup_addr_table() {
     let cases: &[(&str, [u8; 16])] = &[
-        (
-            "10.1.2.3",
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
-        ),
-        (
-            "::ffff:10.1.2.3",
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
-        ),
-        (
-            "64:ff9b::a01:203",
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
-        ),
-        (
-            "2002:a01:203::",
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
-        ),
-        (
-            "2002:a01:203:ffff::1",
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3],
-        ),
-        (
-            "2001:db8::1",
-            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-        ),
-        (
-            "64:ff9b:1::a01:203",
-            [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3],
-        ),
-        (
-            "64:ff9b::1:0:a01:203",
-            [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 1, 0, 0, 10, 1, 2, 3],
-        ),
-        (
-            "::a01:203",
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3],
-        ),
+        ("10.1.2.3", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
+        ("::ffff:10.1.2.3", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
+        ("64:ff9b::a01:203", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
+        ("2002:a01:203::", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
+        ("2002:a01:203:ffff::1", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
+        ("2001:db8::1", [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        ("64:ff9b:1::a01:203", [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3]),
+        ("64:ff9b::1:0:a01:203", [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 1, 0, 0, 10, 1, 2, 3]),
+        ("::a01:203", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3]),
         ("::1", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-        (
-            "0.0.0.0",
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0],
-        ),
+        ("0.0.0.0", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]),
     ];
     for (addr, want) in cases {
         assert_eq!(lookup_addr(ip(addr)), *want, "lookup_addr({addr})");
@@ -1104,37 +892,18 @@ fn lookup_addr_table() {
 
 #[test]
 fn tables_are_shared() {
-    let rules: Vec<String> = (0..50)
-        .map(|i| format!("\"tcp://10.{i}.0.0/16:443,8443\""))
-        .collect();
-    let body = format!(
-        "allow = [{}]\ndeny = [\"[2001:db8::/32]:443\"]",
-        rules.join(", ")
-    );
+    let rules: Vec<String> = (0..50).map(|i| format!("\"tcp://10.{i}.0.0/16:443,8443\"")).collect();
+    let body = format!("allow = [{}]\ndeny = [\"[2001:db8::/32]:443\"]", rules.join(", "));
     let c = compiled(&policy(&body));
-    let idx: std::collections::HashSet<u32> = c
-        .dest
-        .iter()
-        .filter(|e| e.prefix_len == 112 && e.addr[12] == 10)
-        .map(|e| e.table)
-        .collect();
-    assert_eq!(
-        c.dest
-            .iter()
-            .filter(|e| e.prefix_len == 112 && e.addr[12] == 10)
-            .count(),
-        50
-    );
+    let idx: std::collections::HashSet<u32> =
+        c.dest.iter().filter(|e| e.prefix_len == 112 && e.addr[12] == 10).map(|e| e.table).collect();
+    assert_eq!(c.dest.iter().filter(|e| e.prefix_len == 112 && e.addr[12] == 10).count(), 50);
     assert_eq!(idx.len(), 1, "fifty identical port sets share one table");
     // deny-all, allow-all (loopback), the shared table, bind's port 0. The
     // IPv6 deny under a deny default resolves to deny-all and shares it:
     // tables are deduplicated by content, not by rule.
     assert_eq!(c.tables.len(), 4, "{:#?}", c.tables);
-    let v6 = c
-        .dest
-        .iter()
-        .find(|e| e.prefix_len == 32 && e.addr[..4] == [0x20, 0x01, 0x0d, 0xb8])
-        .expect("v6 entry");
+    let v6 = c.dest.iter().find(|e| e.prefix_len == 32 && e.addr[..4] == [0x20, 0x01, 0x0d, 0xb8]).expect("v6 entry");
     assert_eq!(c.tables[v6.table as usize], PortTable::uniform(D, D));
     check(
         &c,
@@ -1153,60 +922,26 @@ fn tables_are_shared() {
 fn table_default_is_the_commonest_verdict() {
     // Default allow with a few denied ports: segments are the denies.
     let c = compiled(&policy("default = \"allow\"\ndeny = [\"10.0.0.1:22,25\"]"));
-    let e = c
-        .dest
-        .iter()
-        .find(|e| e.prefix_len == 128 && e.addr[12..] == [10, 0, 0, 1])
-        .expect("entry");
+    let e = c.dest.iter().find(|e| e.prefix_len == 128 && e.addr[12..] == [10, 0, 0, 1]).expect("entry");
     let t = c.tables[e.table as usize];
     assert_eq!((t.default_tcp, t.default_udp, t.len), (A, A, 2));
     assert_eq!(
         t.segments[..2],
         [
-            PortSegment {
-                lo: 22,
-                hi: 22,
-                tcp: D,
-                udp: D,
-                _pad: [0; 2]
-            },
-            PortSegment {
-                lo: 25,
-                hi: 25,
-                tcp: D,
-                udp: D,
-                _pad: [0; 2]
-            }
+            PortSegment { lo: 22, hi: 22, tcp: D, udp: D, _pad: [0; 2] },
+            PortSegment { lo: 25, hi: 25, tcp: D, udp: D, _pad: [0; 2] }
         ]
     );
     // Mixed protocols give per-protocol verdicts in one segment.
-    let c = compiled(&policy(
-        "allow = [\"tcp://10.0.0.1:80\", \"udp://10.0.0.1:80-81\"]",
-    ));
-    let e = c
-        .dest
-        .iter()
-        .find(|e| e.prefix_len == 128 && e.addr[12..] == [10, 0, 0, 1])
-        .expect("entry");
+    let c = compiled(&policy("allow = [\"tcp://10.0.0.1:80\", \"udp://10.0.0.1:80-81\"]"));
+    let e = c.dest.iter().find(|e| e.prefix_len == 128 && e.addr[12..] == [10, 0, 0, 1]).expect("entry");
     let t = c.tables[e.table as usize];
     assert_eq!((t.default_tcp, t.default_udp, t.len), (D, D, 2));
     assert_eq!(
         t.segments[..2],
         [
-            PortSegment {
-                lo: 80,
-                hi: 80,
-                tcp: A,
-                udp: A,
-                _pad: [0; 2]
-            },
-            PortSegment {
-                lo: 81,
-                hi: 81,
-                tcp: D,
-                udp: A,
-                _pad: [0; 2]
-            }
+            PortSegment { lo: 80, hi: 80, tcp: A, udp: A, _pad: [0; 2] },
+            PortSegment { lo: 81, hi: 81, tcp: D, udp: A, _pad: [0; 2] }
         ]
     );
 }
@@ -1219,19 +954,9 @@ fn too_many_entries() {
     let p = PolicyBuilder::new().build().expect("empty");
     assert_eq!(compile(&p, 13).expect("13 entries fit").dest.len(), 13);
     match compile(&p, 12) {
-        Err(
-            e @ CompileError::TooManyEntries {
-                map: "destination",
-                needed: 13,
-                max: 12,
-                limit: MAX_MAX_ENTRIES,
-            },
-        ) => {
+        Err(e @ CompileError::TooManyEntries { map: "destination", needed: 13, max: 12, limit: MAX_MAX_ENTRIES }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains("13 destination entries") && msg.contains("--max-rules"),
-                "{msg}"
-            );
+            assert!(msg.contains("13 destination entries") && msg.contains("--max-rules"), "{msg}");
         }
         other => panic!("TooManyEntries for destination expected: {other:?}"),
     }
@@ -1240,40 +965,21 @@ fn too_many_entries() {
     let p = policy(&format!("bind = [{}]", rules.join(", ")));
     assert_eq!(compile(&p, 22).expect("22 fit").bind.len(), 22);
     assert!(
-        matches!(
-            compile(&p, 21),
-            Err(CompileError::TooManyEntries {
-                map: "bind",
-                needed: 22,
-                max: 21,
-                ..
-            })
-        ),
+        matches!(compile(&p, 21), Err(CompileError::TooManyEntries { map: "bind", needed: 22, max: 21, .. })),
         "{:?}",
         compile(&p, 21)
     );
     // Many destination rules.
-    let rules: Vec<String> = (0..1000)
-        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
-        .collect();
+    let rules: Vec<String> = (0..1000).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
     let p = policy(&format!("allow = [{}]", rules.join(", ")));
     // The 1000 rules, the 12 fixed and special entries, and the verify
     // sentinel.
-    assert_eq!(
-        compile(&p, DEFAULT_MAX_ENTRIES).expect("fits").dest.len(),
-        1013
-    );
-    assert!(matches!(
-        compile(&p, 1012),
-        Err(CompileError::TooManyEntries { needed: 1013, .. })
-    ));
+    assert_eq!(compile(&p, DEFAULT_MAX_ENTRIES).expect("fits").dest.len(), 1013);
+    assert!(matches!(compile(&p, 1012), Err(CompileError::TooManyEntries { needed: 1013, .. })));
 }
 
 fn odd_ports(n: u16, from: u16) -> String {
-    (0..n)
-        .map(|i| (from + 2 * i).to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    (0..n).map(|i| (from + 2 * i).to_string()).collect::<Vec<_>>().join(",")
 }
 
 #[test]
@@ -1286,30 +992,15 @@ fn too_many_ranges() {
         &c,
         Hook::Destination,
         "32 ports",
-        &[
-            ("10.0.0.1", 1, Both, A),
-            ("10.0.0.1", 2, Both, D),
-            ("10.0.0.1", 63, Both, A),
-        ],
+        &[("10.0.0.1", 1, Both, A), ("10.0.0.1", 2, Both, D), ("10.0.0.1", 63, Both, A)],
     );
     // One more does not.
     let text = format!("10.0.0.1:{}", odd_ports(limit + 1, 1));
     let bad = policy(&format!("allow = [\"{text}\"]"));
     match compile(&bad, DEFAULT_MAX_ENTRIES) {
         Err(e @ CompileError::TooManyRanges { .. }) => {
-            let CompileError::TooManyRanges {
-                prefix,
-                needed,
-                max,
-                rules,
-            } = &e
-            else {
-                unreachable!()
-            };
-            assert_eq!(
-                (prefix.as_str(), *needed, *max),
-                ("10.0.0.1/32", MAX_SEGMENTS + 1, MAX_SEGMENTS)
-            );
+            let CompileError::TooManyRanges { prefix, needed, max, rules } = &e else { unreachable!() };
+            assert_eq!((prefix.as_str(), *needed, *max), ("10.0.0.1/32", MAX_SEGMENTS + 1, MAX_SEGMENTS));
             assert_eq!(rules, &text);
             assert!(e.to_string().starts_with("10.0.0.1/32: "), "{e}");
         }
@@ -1319,29 +1010,16 @@ fn too_many_ranges() {
     // the message names the rules at both.
     let outer = format!("10.0.0.0/8:{}", odd_ports(20, 1));
     let inner = format!("[::ffff:10.0.0.1]:{}", odd_ports(20, 101));
-    let p = policy(&format!(
-        "allow = [\"{outer}\", \"{inner}\", \"11.0.0.0/8\"]"
-    ));
+    let p = policy(&format!("allow = [\"{outer}\", \"{inner}\", \"11.0.0.0/8\"]"));
     match compile(&p, DEFAULT_MAX_ENTRIES) {
-        Err(CompileError::TooManyRanges {
-            prefix,
-            needed,
-            rules,
-            ..
-        }) => {
+        Err(CompileError::TooManyRanges { prefix, needed, rules, .. }) => {
             assert_eq!((prefix.as_str(), needed), ("10.0.0.1/32", 40));
-            assert!(
-                rules.contains(&outer) && rules.contains(&inner) && !rules.contains("11.0.0.0"),
-                "{rules}"
-            );
+            assert!(rules.contains(&outer) && rules.contains(&inner) && !rules.contains("11.0.0.0"), "{rules}");
         }
         other => panic!("TooManyRanges expected: {other:?}"),
     }
     // IPv6 prefixes are named as IPv6.
-    let p = policy(&format!(
-        "deny = [\"[2001:db8::1]:{}\"]\ndefault = \"allow\"",
-        odd_ports(limit + 1, 1)
-    ));
+    let p = policy(&format!("deny = [\"[2001:db8::1]:{}\"]\ndefault = \"allow\"", odd_ports(limit + 1, 1)));
     assert!(
         matches!(compile(&p, DEFAULT_MAX_ENTRIES), Err(CompileError::TooManyRanges { ref prefix, .. }) if prefix == "2001:db8::1/128"),
         "{:?}",
@@ -1349,20 +1027,12 @@ fn too_many_ranges() {
     );
     // Loopback ports count too (the prefix is 127.0.0.0/8).
     let p = policy(&format!("loopback = [{}]", odd_ports(limit + 1, 1)));
-    assert!(matches!(
-        compile(&p, DEFAULT_MAX_ENTRIES),
-        Err(CompileError::TooManyRanges { .. })
-    ));
+    assert!(matches!(compile(&p, DEFAULT_MAX_ENTRIES), Err(CompileError::TooManyRanges { .. })));
     // Contiguous ports merge and need one segment.
     let many: Vec<String> = (1000..1100).map(|p: u16| p.to_string()).collect();
     let p = policy(&format!("allow = [\"10.0.0.1:{}\"]", many.join(",")));
     let c = compiled(&p);
-    check(
-        &c,
-        Hook::Destination,
-        "100 ports",
-        &[("10.0.0.1", 1050, Both, A), ("10.0.0.1", 1100, Both, D)],
-    );
+    check(&c, Hook::Destination, "100 ports", &[("10.0.0.1", 1050, Both, A), ("10.0.0.1", 1100, Both, D)]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1427,9 +1097,7 @@ fn random_ports(rng: &mut Rng) -> Option<String> {
 fn random_v4_target(rng: &mut Rng) -> String {
     let base: [u8; 2] = *rng.pick(&[[10, 1], [10, 2], [192, 168]]);
     let (c, d) = (rng.byte(), rng.byte());
-    let len = *rng.pick(&[
-        0_u8, 8, 12, 15, 16, 16, 17, 20, 24, 24, 28, 30, 31, 32, 32, 32,
-    ]);
+    let len = *rng.pick(&[0_u8, 8, 12, 15, 16, 16, 17, 20, 24, 24, 28, 30, 31, 32, 32, 32]);
     match rng.below(4) {
         0 if len == 32 => format!("{}.{}.{c}.{d}", base[0], base[1]),
         1 => format!("[::ffff:{}.{}.{c}.{d}/{}]", base[0], base[1], len + 96),
@@ -1464,21 +1132,10 @@ const OTHER_TARGETS: [&str; 22] = [
 
 fn random_rule_text(rng: &mut Rng, bind: bool) -> String {
     let proto = *rng.pick(&["", "", "tcp://", "udp://"]);
-    let mut target = if rng.chance(70) {
-        random_v4_target(rng)
-    } else {
-        (*rng.pick(&OTHER_TARGETS)).to_owned()
-    };
+    let mut target = if rng.chance(70) { random_v4_target(rng) } else { (*rng.pick(&OTHER_TARGETS)).to_owned() };
     if bind && rng.chance(20) {
-        target = (*rng.pick(&[
-            "127.0.0.1",
-            "127.0.0.0/8",
-            "0.0.0.0",
-            "[::]",
-            "[::1]",
-            "[::ffff:127.0.0.1]",
-        ]))
-        .to_owned();
+        target =
+            (*rng.pick(&["127.0.0.1", "127.0.0.0/8", "0.0.0.0", "[::]", "[::1]", "[::ffff:127.0.0.1]"])).to_owned();
     }
     let ports = random_ports(rng);
     if target.is_empty() && ports.is_none() {
@@ -1491,19 +1148,12 @@ fn random_rule_text(rng: &mut Rng, bind: bool) -> String {
 }
 
 fn random_policy(rng: &mut Rng) -> Policy {
-    let origin = Origin {
-        source: "random".into(),
-        line: None,
-    };
+    let origin = Origin { source: "random".into(), line: None };
     let n = rng.below(9);
     let rules = (0..n)
         .map(|_| {
             let text = random_rule_text(rng, false);
-            let action = if rng.chance(50) {
-                Action::Allow
-            } else {
-                Action::Deny
-            };
+            let action = if rng.chance(50) { Action::Allow } else { Action::Deny };
             parse_rule(&text, action, &origin, RuleContext::Destination)
                 .unwrap_or_else(|e| panic!("generated rule `{text}` should parse: {e}"))
         })
@@ -1512,8 +1162,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
         0 => Loopback::Any,
         1 => Loopback::None,
         _ => Loopback::Ports(
-            crate::policy::parse_ports(&random_ports(rng).unwrap_or_else(|| "80".into()))
-                .expect("valid ports"),
+            crate::policy::parse_ports(&random_ports(rng).unwrap_or_else(|| "80".into())).expect("valid ports"),
         ),
     };
     let bind = match rng.below(3) {
@@ -1523,28 +1172,14 @@ fn random_policy(rng: &mut Rng) -> Policy {
             (0..rng.below(4))
                 .map(|_| {
                     let text = random_rule_text(rng, true);
-                    parse_rule(&text, Action::Allow, &origin, RuleContext::Bind).unwrap_or_else(
-                        |e| panic!("generated bind rule `{text}` should parse: {e}"),
-                    )
+                    parse_rule(&text, Action::Allow, &origin, RuleContext::Bind)
+                        .unwrap_or_else(|e| panic!("generated bind rule `{text}` should parse: {e}"))
                 })
                 .collect(),
         ),
     };
-    let default = if rng.chance(50) {
-        Action::Allow
-    } else {
-        Action::Deny
-    };
-    Policy {
-        default,
-        loopback,
-        proxy: None,
-        rules,
-        bind,
-        mode: Mode::Enforce,
-        filesystem: None,
-        redirect: false,
-    }
+    let default = if rng.chance(50) { Action::Allow } else { Action::Deny };
+    Policy { default, loopback, proxy: None, rules, bind, mode: Mode::Enforce, filesystem: None, redirect: false }
 }
 
 const PROBE_ADDRS: [&str; 25] = [
@@ -1599,11 +1234,7 @@ fn random_probe_ip(rng: &mut Rng, v4_nets: &[ipnet::Ipv4Net]) -> IpAddr {
                 2 => size,
                 _ => rng.next() % size,
             };
-            let a = if rng.chance(10) {
-                base.wrapping_sub(1)
-            } else {
-                base + off
-            };
+            let a = if rng.chance(10) { base.wrapping_sub(1) } else { base + off };
             IpAddr::V4(Ipv4Addr::from((a & 0xffff_ffff) as u32))
         }
         4..=6 => {
@@ -1677,17 +1308,10 @@ fn best_rule(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool) -> Option<(u8, Ac
 }
 
 fn special_nets() -> Vec<IpNet> {
-    [
-        "0.0.0.0/8",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-        "ff00::/8",
-        "::/96",
-        "64:ff9b:1::/48",
-    ]
-    .iter()
-    .map(|s| s.parse::<IpNet>().expect("literal"))
-    .collect()
+    ["0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "ff00::/8", "::/96", "64:ff9b:1::/48"]
+        .iter()
+        .map(|s| s.parse::<IpNet>().expect("literal"))
+        .collect()
 }
 
 fn reference_dest(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bool) -> u8 {
@@ -1709,11 +1333,7 @@ fn reference_dest(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bo
             }
         };
     }
-    let special = specials
-        .iter()
-        .filter(|n| n.contains(&ip))
-        .map(IpNet::prefix_len)
-        .max();
+    let special = specials.iter().filter(|n| n.contains(&ip)).map(IpNet::prefix_len).max();
     match (best_rule(&p.rules, ip, port, tcp), special) {
         (Some((_, action)), None) => verdict(action),
         (Some((len, action)), Some(s)) if len >= s => verdict(action),
@@ -1746,8 +1366,7 @@ fn random_policies_match_reference() {
     let mut checked = 0_usize;
     for case in 0..3000 {
         let p = random_policy(&mut rng);
-        let c = compile(&p, DEFAULT_MAX_ENTRIES)
-            .unwrap_or_else(|e| panic!("case {case}: {e}\n{:#?}", p.summary()));
+        let c = compile(&p, DEFAULT_MAX_ENTRIES).unwrap_or_else(|e| panic!("case {case}: {e}\n{:#?}", p.summary()));
         assert_well_formed(&c);
         let nets = v4_nets(&p);
         for _ in 0..40 {
@@ -1763,10 +1382,8 @@ fn random_policies_match_reference() {
                 rng.u16()
             };
             for tcp in [true, false] {
-                let (got, want) = (
-                    c.verdict(Hook::Destination, addr, port, tcp),
-                    reference_dest(&p, &specials, addr, port, tcp),
-                );
+                let (got, want) =
+                    (c.verdict(Hook::Destination, addr, port, tcp), reference_dest(&p, &specials, addr, port, tcp));
                 assert_eq!(
                     got,
                     want,
@@ -1776,10 +1393,7 @@ fn random_policies_match_reference() {
                     name_of(want),
                     p.summary()
                 );
-                let (got, want) = (
-                    c.verdict(Hook::Bind, addr, port, tcp),
-                    reference_bind(&p, addr, port, tcp),
-                );
+                let (got, want) = (c.verdict(Hook::Bind, addr, port, tcp), reference_bind(&p, addr, port, tcp));
                 assert_eq!(
                     got,
                     want,
@@ -1806,19 +1420,11 @@ fn rule_order_does_not_matter() {
         reversed.rules.reverse();
         let (a, b) = (compiled(&p), compiled(&reversed));
         let norm = |c: &Compiled| {
-            let mut v: Vec<_> = c
-                .dest
-                .iter()
-                .map(|e| (e.prefix_len, e.addr, c.tables[e.table as usize]))
-                .collect();
+            let mut v: Vec<_> = c.dest.iter().map(|e| (e.prefix_len, e.addr, c.tables[e.table as usize])).collect();
             v.sort_by_key(|(l, a, _)| (*l, *a));
             v
         };
-        assert!(
-            norm(&a) == norm(&b),
-            "case {case}: rule order changed the result\n{:#?}",
-            p.summary()
-        );
+        assert!(norm(&a) == norm(&b), "case {case}: rule order changed the result\n{:#?}", p.summary());
     }
 }
 
@@ -1826,16 +1432,8 @@ fn rule_order_does_not_matter() {
 fn verdict_of_socket_addrs() {
     // Sanity: the simulated lookup handles the address forms the programs see.
     let c = compiled(&policy("allow = [\"tcp://10.0.0.1:443\"]"));
-    for s in [
-        "10.0.0.1:443",
-        "[::ffff:10.0.0.1]:443",
-        "[64:ff9b::a00:1]:443",
-    ] {
+    for s in ["10.0.0.1:443", "[::ffff:10.0.0.1]:443", "[64:ff9b::a00:1]:443"] {
         let sa: SocketAddr = s.parse().expect("literal");
-        assert_eq!(
-            c.verdict(Hook::Destination, sa.ip(), sa.port(), true),
-            A,
-            "{s}"
-        );
+        assert_eq!(c.verdict(Hook::Destination, sa.ip(), sa.port(), true), A, "{s}");
     }
 }

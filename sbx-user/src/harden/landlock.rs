@@ -35,8 +35,8 @@ use std::{
 };
 
 use landlock::{
-    make_bitflags, Access as _, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible as _,
-    NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _, Scope, ABI,
+    make_bitflags, Access as _, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible as _, NetPort, PathBeneath,
+    PathFd, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _, Scope, ABI,
 };
 
 /// The newest ABI this module asks for; the kernel may support less.
@@ -86,10 +86,7 @@ impl FsRules {
         W: IntoIterator,
         W::Item: AsRef<Path>,
     {
-        Ok(Self {
-            read: canonicalise(read)?,
-            write: canonicalise(write)?,
-        })
+        Ok(Self { read: canonicalise(read)?, write: canonicalise(write)? })
     }
 }
 
@@ -176,14 +173,9 @@ where
         let path = path.as_ref();
         let canonical = std::fs::canonicalize(path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
-                LandlockError::Missing {
-                    path: path.to_path_buf(),
-                }
+                LandlockError::Missing { path: path.to_path_buf() }
             } else {
-                LandlockError::Resolve {
-                    path: path.to_path_buf(),
-                    source,
-                }
+                LandlockError::Resolve { path: path.to_path_buf(), source }
             }
         })?;
         if !out.contains(&canonical) {
@@ -206,12 +198,7 @@ fn probe() -> io::Result<u32> {
     // SAFETY: with this flag and a null attribute the call only returns
     // the ABI version; it reads and writes no memory.
     let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            zero,
-            CREATE_RULESET_VERSION,
-        )
+        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<libc::c_void>(), zero, CREATE_RULESET_VERSION)
     };
     if v < 0 {
         return Err(io::Error::last_os_error());
@@ -319,11 +306,7 @@ pub struct Prepared {
 
 /// Prepares filesystem rules (if any) and scopes; see [`prepare_with`].
 pub fn prepare(fs: Option<&FsRules>, allow_degraded: bool) -> Result<Prepared, LandlockError> {
-    prepare_with(&Request {
-        fs,
-        tcp: None,
-        allow_degraded,
-    })
+    prepare_with(&Request { fs, tcp: None, allow_degraded })
 }
 
 /// Builds the ruleset for `request` in the calling process.
@@ -332,26 +315,15 @@ pub fn prepare(fs: Option<&FsRules>, allow_degraded: bool) -> Result<Prepared, L
 /// asked for, the kernel cannot enforce all of them, and
 /// `allow_degraded` is false.
 pub fn prepare_with(request: &Request<'_>) -> Result<Prepared, LandlockError> {
-    let Request {
-        fs,
-        tcp,
-        allow_degraded,
-    } = *request;
+    let Request { fs, tcp, allow_degraded } = *request;
     let abi = kernel_abi();
     let level = abi.unwrap_or(0);
     let tcp_requested = tcp.is_some_and(|t| t.connect.is_some() || t.bind.is_some());
     let (degraded, limitations) = assess(level, fs.is_some(), tcp_requested);
     if !degraded.is_empty() && !allow_degraded {
-        return Err(LandlockError::Unenforceable {
-            missing: degraded,
-            hint: degraded_hint(),
-        });
+        return Err(LandlockError::Unenforceable { missing: degraded, hint: degraded_hint() });
     }
-    let enforced = Enforced {
-        fs: fs.is_some() && level >= 1,
-        scopes: level >= 6,
-        tcp: tcp_requested && level >= 4,
-    };
+    let enforced = Enforced { fs: fs.is_some() && level >= 1, scopes: level >= 6, tcp: tcp_requested && level >= 4 };
     let fd = if enforced == Enforced::default() {
         None
     } else {
@@ -361,31 +333,17 @@ pub fn prepare_with(request: &Request<'_>) -> Result<Prepared, LandlockError> {
         }
         fd
     };
-    Ok(Prepared {
-        fd,
-        abi,
-        enforced,
-        degraded,
-        limitations,
-    })
+    Ok(Prepared { fd, abi, enforced, degraded, limitations })
 }
 
 /// Creates the ruleset and adds the rules; `None` if the kernel supports
 /// none of it.
-fn build(
-    fs: Option<&FsRules>,
-    tcp: Option<&TcpRules>,
-    allow_degraded: bool,
-) -> Result<Option<OwnedFd>, LandlockError> {
+fn build(fs: Option<&FsRules>, tcp: Option<&TcpRules>, allow_degraded: bool) -> Result<Option<OwnedFd>, LandlockError> {
     let mut ruleset = Ruleset::default();
     if fs.is_some() {
         // What the rules need is a hard requirement unless degraded
         // operation is allowed; anything newer is taken when available.
-        let level = if allow_degraded {
-            CompatLevel::BestEffort
-        } else {
-            CompatLevel::HardRequirement
-        };
+        let level = if allow_degraded { CompatLevel::BestEffort } else { CompatLevel::HardRequirement };
         ruleset = ruleset
             .set_compatibility(level)
             .handle_access(required_fs())?
@@ -407,10 +365,7 @@ fn build(
     if let Some(FsRules { read, write }) = fs {
         for (paths, access) in [(read, read_access()), (write, write_access())] {
             for path in paths {
-                let fd = PathFd::new(path).map_err(|source| LandlockError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
+                let fd = PathFd::new(path).map_err(|source| LandlockError::Open { path: path.clone(), source })?;
                 created = created.add_rule(PathBeneath::new(fd, access))?;
             }
         }
@@ -529,30 +484,18 @@ mod tests {
     #[test]
     fn unenforceable_lists_each_gap() {
         let (missing, _) = assess(2, true, false);
-        let err = LandlockError::Unenforceable {
-            missing,
-            hint: "do this".to_owned(),
-        };
+        let err = LandlockError::Unenforceable { missing, hint: "do this".to_owned() };
         let text = err.to_string();
-        assert!(
-            text.starts_with("the kernel cannot enforce the filesystem rules:\n  - truncating"),
-            "{text}"
-        );
+        assert!(text.starts_with("the kernel cannot enforce the filesystem rules:\n  - truncating"), "{text}");
         assert!(text.contains("\n  - ioctl(2)"), "{text}");
         assert!(text.ends_with("\nHint: do this"), "{text}");
     }
 
     #[test]
     fn required_rights_match_their_abis() {
-        assert_eq!(
-            required_fs() & !AccessFs::from_all(ABI::V5),
-            BitFlags::EMPTY
-        );
+        assert_eq!(required_fs() & !AccessFs::from_all(ABI::V5), BitFlags::EMPTY);
         assert!(!(required_fs() & !AccessFs::from_all(ABI::V4)).is_empty());
-        assert_eq!(
-            read_access(),
-            make_bitflags!(AccessFs::{ReadFile | ReadDir | Execute})
-        );
+        assert_eq!(read_access(), make_bitflags!(AccessFs::{ReadFile | ReadDir | Execute}));
         assert!(write_access().contains(required_fs()));
     }
 
@@ -563,8 +506,7 @@ mod tests {
         fn new(tag: &str) -> Self {
             static N: AtomicU32 = AtomicU32::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("sbx-landlock-{tag}-{}-{n}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("sbx-landlock-{tag}-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&path).expect("creating a temporary directory");
             Self(path)
         }
@@ -586,12 +528,7 @@ mod tests {
         let sub = dir.0.join("sub");
         std::fs::create_dir(&sub).unwrap();
         std::os::unix::fs::symlink(&sub, dir.0.join("link")).unwrap();
-        let got = canonicalise([
-            sub.join("..").join("sub"),
-            dir.0.join("link"),
-            dir.0.clone(),
-        ])
-        .unwrap();
+        let got = canonicalise([sub.join("..").join("sub"), dir.0.join("link"), dir.0.clone()]).unwrap();
         let real_dir = std::fs::canonicalize(&dir.0).unwrap();
         assert_eq!(got, vec![real_dir.join("sub"), real_dir]);
     }
@@ -600,14 +537,8 @@ mod tests {
     fn canonicalise_names_the_missing_path() {
         let missing = PathBuf::from("/nonexistent-sbx/x");
         let err = canonicalise([Path::new("/etc"), &missing]).unwrap_err();
-        assert!(
-            matches!(&err, LandlockError::Missing { path } if *path == missing),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "filesystem rule path /nonexistent-sbx/x does not exist"
-        );
+        assert!(matches!(&err, LandlockError::Missing { path } if *path == missing), "{err:?}");
+        assert_eq!(err.to_string(), "filesystem rule path /nonexistent-sbx/x does not exist");
         let err = FsRules::new(["/etc"], ["/nonexistent-sbx/w"]).unwrap_err();
         assert!(err.to_string().contains("/nonexistent-sbx/w"), "{err}");
     }
@@ -617,14 +548,7 @@ mod tests {
         let p = prepare(None, false).expect("prepare");
         assert_eq!(p.abi(), kernel_abi());
         let abi = p.abi().unwrap_or(0);
-        assert_eq!(
-            p.enforced(),
-            Enforced {
-                fs: false,
-                scopes: abi >= 6,
-                tcp: false
-            }
-        );
+        assert_eq!(p.enforced(), Enforced { fs: false, scopes: abi >= 6, tcp: false });
         assert!(p.degraded().is_empty());
         assert_eq!(p.fd.is_some(), abi >= 6);
     }
@@ -670,9 +594,7 @@ mod tests {
         let other = cstr(&outside.0.join("other-file"));
         let ro = cstr(&ro_file);
         let got = in_child(|out: &mut [i32; FS_PROBES.len()]| {
-            out[0] = prepared
-                .restrict_self()
-                .map_or_else(|e| e.raw_os_error().unwrap_or(-1), |()| 0);
+            out[0] = prepared.restrict_self().map_or_else(|e| e.raw_os_error().unwrap_or(-1), |()| 0);
             // SAFETY (whole block): system calls on NUL-terminated paths
             // prepared before fork; fds opened here are closed again.
             unsafe {
@@ -697,20 +619,7 @@ mod tests {
             }
         })
         .values();
-        let want = [
-            0,
-            0,
-            0,
-            0,
-            0,
-            libc::EACCES,
-            libc::EACCES,
-            0,
-            libc::EACCES,
-            libc::EACCES,
-            0,
-            libc::EACCES,
-        ];
+        let want = [0, 0, 0, 0, 0, libc::EACCES, libc::EACCES, 0, libc::EACCES, libc::EACCES, 0, libc::EACCES];
         let wrong: Vec<String> = FS_PROBES
             .iter()
             .zip(got.iter().zip(want))
@@ -760,9 +669,7 @@ mod tests {
                     e
                 };
                 out[0] = connect();
-                out[1] = prepared
-                    .restrict_self()
-                    .map_or_else(|e| e.raw_os_error().unwrap_or(-1), |()| 0);
+                out[1] = prepared.restrict_self().map_or_else(|e| e.raw_os_error().unwrap_or(-1), |()| 0);
                 out[2] = connect();
                 out[3] = errno_if_failed(libc::kill(libc::getppid(), 0).into());
                 out[4] = errno_if_failed(libc::kill(libc::getpid(), 0).into());
@@ -781,9 +688,7 @@ mod tests {
         libc::sockaddr_in {
             sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
             sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
             sin_zero: [0; 8],
         }
     }
@@ -798,26 +703,15 @@ mod tests {
         let port = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
         let (a, d) = (loopback(port(&allowed)), loopback(port(&denied)));
         let bind_to = loopback(0);
-        let tcp = TcpRules {
-            connect: Some(vec![port(&allowed)]),
-            bind: Some(vec![]),
-        };
-        let prepared = prepare_with(&Request {
-            fs: None,
-            tcp: Some(&tcp),
-            allow_degraded: false,
-        })
-        .expect("prepare");
+        let tcp = TcpRules { connect: Some(vec![port(&allowed)]), bind: Some(vec![]) };
+        let prepared = prepare_with(&Request { fs: None, tcp: Some(&tcp), allow_degraded: false }).expect("prepare");
         assert!(prepared.enforced().tcp);
         let got = in_child(|out: &mut [i32; 4]| {
-            out[0] = prepared
-                .restrict_self()
-                .map_or_else(|e| e.raw_os_error().unwrap_or(-1), |()| 0);
+            out[0] = prepared.restrict_self().map_or_else(|e| e.raw_os_error().unwrap_or(-1), |()| 0);
             // SAFETY (whole block): socket calls on sockaddrs built before
             // fork; each fd is closed again.
             unsafe {
-                let len =
-                    libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap();
+                let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap();
                 let call = |f: &dyn Fn(libc::c_int) -> libc::c_int| -> i32 {
                     let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
                     let e = errno_if_failed(f(fd).into());

@@ -44,10 +44,7 @@ pub(crate) mod testutil {
 
     /// How a forked child ended.
     #[derive(Debug)]
-    #[expect(
-        dead_code,
-        reason = "the fields are read through Debug in failure messages"
-    )]
+    #[expect(dead_code, reason = "the fields are read through Debug in failure messages")]
     pub(crate) enum Outcome<const N: usize> {
         /// The child reported `N` values and exited 0.
         Reported([i32; N]),
@@ -86,11 +83,7 @@ pub(crate) mod testutil {
     pub(crate) fn in_child<const N: usize>(f: impl FnOnce(&mut [i32; N])) -> Outcome<N> {
         let mut fds = [0; 2];
         // SAFETY: `fds` is a writable array of two ints.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-            0,
-            "pipe2"
-        );
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
         // SAFETY: fork(2); the child only runs `f` and async-signal-safe calls.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
@@ -108,20 +101,13 @@ pub(crate) mod testutil {
             }
         }
         // SAFETY: both fds came from pipe2 above and are owned here only.
-        let (read_end, write_end) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         drop(write_end);
         let mut bytes = Vec::new();
-        std::fs::File::from(read_end)
-            .read_to_end(&mut bytes)
-            .expect("reading the child's report");
+        std::fs::File::from(read_end).read_to_end(&mut bytes).expect("reading the child's report");
         let mut status = 0;
         // SAFETY: `pid` is our child; `status` is writable.
-        assert_eq!(
-            unsafe { libc::waitpid(pid, &raw mut status, 0) },
-            pid,
-            "waitpid"
-        );
+        assert_eq!(unsafe { libc::waitpid(pid, &raw mut status, 0) }, pid, "waitpid");
         if libc::WIFSIGNALED(status) {
             return Outcome::Signalled(libc::WTERMSIG(status));
         }
@@ -132,10 +118,7 @@ pub(crate) mod testutil {
             }
             return Outcome::Reported(values);
         }
-        Outcome::Other {
-            status,
-            bytes: bytes.len(),
-        }
+        Outcome::Other { status, bytes: bytes.len() }
     }
 
     /// Whether a test needing Landlock ABI `needed` can run here. When it

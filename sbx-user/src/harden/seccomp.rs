@@ -13,6 +13,9 @@
 //! | `unshare(flags)`, `clone(flags, ..)` with any `CLONE_NEW*` flag | `EPERM`: no new user, network, mount, ... namespaces |
 //! | `clone3` | `ENOSYS`: its flags live in memory a filter cannot read, and libc falls back to `clone` on `ENOSYS` |
 //! | `setns` | `EPERM` |
+//! | `ioctl(fd, TIOCSTI or TIOCLINUX, ..)` | `EPERM`: no typing into the user's terminal, whose shell would run it outside the sandbox |
+//! | `ptrace`, `process_vm_readv`, `process_vm_writev`, `pidfd_getfd` | `EPERM`: no reaching into processes outside the sandbox |
+//! | `add_key`, `request_key`, `keyctl` | `EPERM`: key upcalls run helpers outside the sandbox (the kernel DNS resolver among them) |
 //! | `mount`, `umount2`, `pivot_root`, `open_tree`, `open_tree_attr`, `move_mount`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, `mount_setattr` | `EPERM` |
 //! | anything else | allowed |
 //!
@@ -59,29 +62,19 @@ pub struct SeccompFilter {
 
 impl fmt::Debug for SeccompFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SeccompFilter")
-            .field("instructions", &self.program.len())
-            .finish()
+        f.debug_struct("SeccompFilter").field("instructions", &self.program.len()).finish()
     }
 }
 
 /// Builds the filter for the architecture sbx was compiled for.
 pub fn build() -> Result<SeccompFilter, SeccompError> {
-    #[cfg(any(
-        target_arch = "x86_64",
-        all(target_arch = "aarch64", target_endian = "little")
-    ))]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little")))]
     {
         program::build().map(|program| SeccompFilter { program })
     }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        all(target_arch = "aarch64", target_endian = "little")
-    )))]
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little"))))]
     {
-        Err(SeccompError::UnsupportedArch {
-            arch: std::env::consts::ARCH,
-        })
+        Err(SeccompError::UnsupportedArch { arch: std::env::consts::ARCH })
     }
 }
 
@@ -95,8 +88,7 @@ impl SeccompFilter {
     pub fn apply(&self) -> io::Result<()> {
         let prog = libc::sock_fprog {
             // `program::build` checks the length against BPF_MAXINSNS (4096).
-            len: u16::try_from(self.program.len())
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            len: u16::try_from(self.program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
             filter: self.program.as_ptr().cast_mut(),
         };
         let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
@@ -162,21 +154,17 @@ const UNSHARE_DENIED: u32 = k(libc::CLONE_NEWUSER
 const CLONE_DENIED: u32 = UNSHARE_DENIED & !0xff;
 
 /// Socket families `socket(2)` may create.
-const ALLOWED_FAMILIES: [u32; 4] = [
-    k(libc::AF_UNIX),
-    k(libc::AF_INET),
-    k(libc::AF_INET6),
-    k(libc::AF_NETLINK),
-];
+/// `TIOCSTI` and `TIOCLINUX` (same values on x86_64 and aarch64).
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541C;
 
-#[cfg(any(
-    target_arch = "x86_64",
-    all(target_arch = "aarch64", target_endian = "little")
-))]
+const ALLOWED_FAMILIES: [u32; 4] = [k(libc::AF_UNIX), k(libc::AF_INET), k(libc::AF_INET6), k(libc::AF_NETLINK)];
+
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little")))]
 mod program {
     use super::{
-        k, off_arg_lo, ret_errno, SeccompError, ALLOWED_FAMILIES, BPF_MAXINSNS, CLONE_DENIED,
-        OFF_ARCH, OFF_NR, UNSHARE_DENIED,
+        k, off_arg_lo, ret_errno, SeccompError, ALLOWED_FAMILIES, BPF_MAXINSNS, CLONE_DENIED, OFF_ARCH, OFF_NR,
+        UNSHARE_DENIED,
     };
 
     /// Per-architecture constants.
@@ -214,7 +202,18 @@ mod program {
     }
 
     /// System calls that fail with `EPERM`, whatever their arguments.
-    pub(super) const DENIED_EPERM: [(&str, u32); 16] = [
+    pub(super) const DENIED_EPERM: [(&str, u32); 22] = [
+        // Reaching into processes outside the sandbox, which the policy
+        // does not cover (Landlock confines ptrace only when it has a
+        // domain, which older kernels without rules do not create).
+        ("ptrace", nr(libc::SYS_ptrace)),
+        ("process_vm_readv", nr(libc::SYS_process_vm_readv)),
+        ("process_vm_writev", nr(libc::SYS_process_vm_writev)),
+        ("pidfd_getfd", nr(libc::SYS_pidfd_getfd)),
+        // The kernel's key upcalls run /sbin/request-key outside the
+        // sandbox (a DNS resolver among them).
+        ("request_key", nr(libc::SYS_request_key)),
+        ("add_key", nr(libc::SYS_add_key)),
         ("bpf", nr(libc::SYS_bpf)),
         ("io_uring_setup", nr(libc::SYS_io_uring_setup)),
         ("io_uring_enter", nr(libc::SYS_io_uring_enter)),
@@ -234,6 +233,8 @@ mod program {
     ];
 
     pub(super) const SYS_SOCKET: u32 = nr(libc::SYS_socket);
+    pub(super) const SYS_IOCTL: u32 = nr(libc::SYS_ioctl);
+    pub(super) const SYS_KEYCTL: u32 = nr(libc::SYS_keyctl);
     pub(super) const SYS_SOCKETPAIR: u32 = nr(libc::SYS_socketpair);
     pub(super) const SYS_UNSHARE: u32 = nr(libc::SYS_unshare);
     pub(super) const SYS_CLONE: u32 = nr(libc::SYS_clone);
@@ -261,10 +262,7 @@ mod program {
         labels: Vec<Option<usize>>,
     }
 
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "BPF opcode constants fit u16"
-    )]
+    #[expect(clippy::cast_possible_truncation, reason = "BPF opcode constants fit u16")]
     const fn op(v: u32) -> u16 {
         v as u16
     }
@@ -283,12 +281,7 @@ mod program {
             self.labels[l.0] = Some(self.insns.len());
         }
         fn stmt(&mut self, code: u16, k: u32) {
-            self.insns.push(Insn::Stmt(libc::sock_filter {
-                code,
-                jt: 0,
-                jf: 0,
-                k,
-            }));
+            self.insns.push(Insn::Stmt(libc::sock_filter { code, jt: 0, jf: 0, k }));
         }
         fn load(&mut self, offset: u32) {
             self.stmt(LD_ABS, offset);
@@ -311,27 +304,20 @@ mod program {
                 // Classic BPF only jumps forward, by at most 255.
                 to.checked_sub(pc + 1)
                     .and_then(|d| u8::try_from(d).ok())
-                    .ok_or(SeccompError::Assemble(
-                        "a jump is backwards or longer than 255",
-                    ))
+                    .ok_or(SeccompError::Assemble("a jump is backwards or longer than 255"))
             };
             let program = insns
                 .into_iter()
                 .enumerate()
                 .map(|(pc, insn)| match insn {
                     Insn::Stmt(s) => Ok(s),
-                    Insn::Jump { code, k, jt, jf } => Ok(libc::sock_filter {
-                        code,
-                        jt: offset(pc, jt)?,
-                        jf: offset(pc, jf)?,
-                        k,
-                    }),
+                    Insn::Jump { code, k, jt, jf } => {
+                        Ok(libc::sock_filter { code, jt: offset(pc, jt)?, jf: offset(pc, jf)?, k })
+                    }
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if program.len() > BPF_MAXINSNS {
-                return Err(SeccompError::Assemble(
-                    "the program is longer than BPF_MAXINSNS",
-                ));
+                return Err(SeccompError::Assemble("the program is longer than BPF_MAXINSNS"));
             }
             Ok(program)
         }
@@ -342,6 +328,7 @@ mod program {
         let mut a = Asm::default();
         let (kill, allow, eperm, enosys) = (a.label(), a.label(), a.label(), a.label());
         let (socket, socketpair, unshare, clone) = (a.label(), a.label(), a.label(), a.label());
+        let ioctl = a.label();
 
         // Wrong table: kill, as nothing below would mean anything.
         a.load(OFF_ARCH);
@@ -355,6 +342,8 @@ mod program {
         a.jeq(SYS_UNSHARE, unshare);
         a.jeq(SYS_CLONE, clone);
         a.jeq(SYS_CLONE3, enosys);
+        a.jeq(SYS_IOCTL, ioctl);
+        a.jeq(SYS_KEYCTL, eperm);
         for (_, n) in &DENIED_EPERM {
             a.jeq(*n, eperm);
         }
@@ -376,6 +365,16 @@ mod program {
 
         // unshare(unsigned long flags), clone(unsigned long flags, ...):
         // every CLONE_NEW* bit is in the low half.
+        // ioctl(fd, unsigned long request, ...): TIOCSTI pushes input into
+        // the terminal, which the user's shell runs outside the sandbox
+        // after sbx exits; TIOCLINUX can paste console selections the same
+        // way. Request numbers fit the low half.
+        a.bind(ioctl);
+        a.load(off_arg_lo(1));
+        a.jeq(super::TIOCSTI, eperm);
+        a.jeq(super::TIOCLINUX, eperm);
+        a.ret(libc::SECCOMP_RET_ALLOW);
+
         a.bind(unshare);
         a.load(off_arg_lo(0));
         a.jump(JSET_K, UNSHARE_DENIED, Some(eperm), Some(allow));
@@ -395,16 +394,10 @@ mod program {
     }
 }
 
-#[cfg(all(
-    test,
-    any(
-        target_arch = "x86_64",
-        all(target_arch = "aarch64", target_endian = "little")
-    )
-))]
+#[cfg(all(test, any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little"))))]
 mod tests {
     use super::program::{
-        arch, DENIED_EPERM, SYS_CLONE, SYS_CLONE3, SYS_SOCKET, SYS_SOCKETPAIR, SYS_UNSHARE,
+        arch, DENIED_EPERM, SYS_CLONE, SYS_CLONE3, SYS_IOCTL, SYS_KEYCTL, SYS_SOCKET, SYS_SOCKETPAIR, SYS_UNSHARE,
     };
     use super::*;
     use crate::harden::testutil::{errno_if_failed, in_child, Outcome};
@@ -486,31 +479,15 @@ mod tests {
     #[test]
     fn socket_family_high_half_is_ignored_like_the_kernel_does() {
         // The kernel truncates `int domain`; so does the filter.
-        assert_eq!(
-            verdict(SYS_SOCKET, (1 << 32) | family(libc::AF_PACKET)),
-            EAFNOSUPPORT
-        );
-        assert_eq!(
-            verdict(SYS_SOCKET, (1 << 32) | family(libc::AF_INET)),
-            ALLOW
-        );
+        assert_eq!(verdict(SYS_SOCKET, (1 << 32) | family(libc::AF_PACKET)), EAFNOSUPPORT);
+        assert_eq!(verdict(SYS_SOCKET, (1 << 32) | family(libc::AF_INET)), ALLOW);
     }
 
     #[test]
     fn socketpair_only_unix() {
         assert_eq!(verdict(SYS_SOCKETPAIR, family(libc::AF_UNIX)), ALLOW);
-        for f in [
-            libc::AF_INET,
-            libc::AF_INET6,
-            libc::AF_NETLINK,
-            libc::AF_PACKET,
-            libc::AF_VSOCK,
-        ] {
-            assert_eq!(
-                verdict(SYS_SOCKETPAIR, family(f)),
-                EAFNOSUPPORT,
-                "socketpair({f})"
-            );
+        for f in [libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK, libc::AF_PACKET, libc::AF_VSOCK] {
+            assert_eq!(verdict(SYS_SOCKETPAIR, family(f)), EAFNOSUPPORT, "socketpair({f})");
         }
     }
 
@@ -528,32 +505,13 @@ mod tests {
         for flag in each {
             let flags = u64::from(k(flag));
             assert_eq!(verdict(SYS_UNSHARE, flags), EPERM, "unshare({flag:#x})");
-            assert_eq!(
-                verdict(SYS_CLONE, flags | u64::from(k(libc::SIGCHLD))),
-                EPERM,
-                "clone({flag:#x})"
-            );
+            assert_eq!(verdict(SYS_CLONE, flags | u64::from(k(libc::SIGCHLD))), EPERM, "clone({flag:#x})");
             // Other flags alongside do not hide it; nor do high bits.
-            assert_eq!(
-                verdict(
-                    SYS_UNSHARE,
-                    flags | u64::from(k(libc::CLONE_FILES)) | (1 << 40)
-                ),
-                EPERM
-            );
+            assert_eq!(verdict(SYS_UNSHARE, flags | u64::from(k(libc::CLONE_FILES)) | (1 << 40)), EPERM);
         }
-        assert_eq!(
-            verdict(SYS_UNSHARE, u64::from(k(libc::CLONE_NEWTIME))),
-            EPERM
-        );
+        assert_eq!(verdict(SYS_UNSHARE, u64::from(k(libc::CLONE_NEWTIME))), EPERM);
         // Harmless flags pass, as does fork-like and thread-like clone.
-        assert_eq!(
-            verdict(
-                SYS_UNSHARE,
-                u64::from(k(libc::CLONE_FILES | libc::CLONE_FS))
-            ),
-            ALLOW
-        );
+        assert_eq!(verdict(SYS_UNSHARE, u64::from(k(libc::CLONE_FILES | libc::CLONE_FS))), ALLOW);
         assert_eq!(verdict(SYS_UNSHARE, 0), ALLOW);
         assert_eq!(verdict(SYS_CLONE, u64::from(k(libc::SIGCHLD))), ALLOW);
         let thread = libc::CLONE_VM
@@ -576,18 +534,23 @@ mod tests {
         for (name, n) in &DENIED_EPERM {
             assert_eq!(verdict(*n, 0), EPERM, "{name}");
         }
+        assert_eq!(verdict(SYS_KEYCTL, 0), EPERM, "keyctl");
+    }
+
+    #[test]
+    fn terminal_injection_ioctls_are_refused() {
+        let filter = build().expect("build");
+        let ioctl = |request: u64| interpret(filter.instructions(), &data(SYS_IOCTL, [0, request, 0, 0, 0, 0]));
+        assert_eq!(ioctl(0x5412), EPERM, "TIOCSTI");
+        assert_eq!(ioctl(0x541C), EPERM, "TIOCLINUX");
+        assert_eq!(ioctl(0x5401), ALLOW, "TCGETS");
+        assert_eq!(ioctl(0x5413), ALLOW, "TIOCGWINSZ");
     }
 
     #[test]
     fn everything_else_is_allowed() {
         let denied: Vec<u32> = DENIED_EPERM.iter().map(|(_, n)| *n).collect();
-        let special = [
-            SYS_SOCKET,
-            SYS_SOCKETPAIR,
-            SYS_UNSHARE,
-            SYS_CLONE,
-            SYS_CLONE3,
-        ];
+        let special = [SYS_SOCKET, SYS_SOCKETPAIR, SYS_UNSHARE, SYS_CLONE, SYS_CLONE3, SYS_IOCTL, SYS_KEYCTL];
         for n in 0..600 {
             if !denied.contains(&n) && !special.contains(&n) {
                 assert_eq!(verdict(n, u64::MAX), ALLOW, "syscall {n}");
@@ -598,27 +561,17 @@ mod tests {
     #[test]
     fn wrong_arch_is_killed() {
         let filter = build().expect("build");
-        for other in [
-            0x4000_0003_u32, /* AUDIT_ARCH_I386 */
-            0x4000_0028,     /* ARM */
-            0,
-        ] {
+        for other in [0x4000_0003_u32 /* AUDIT_ARCH_I386 */, 0x4000_0028 /* ARM */, 0] {
             let mut d = data(SYS_SOCKET, [family(libc::AF_INET), 0, 0, 0, 0, 0]);
             d.arch = other;
-            assert_eq!(
-                interpret(filter.instructions(), &d),
-                libc::SECCOMP_RET_KILL_PROCESS
-            );
+            assert_eq!(interpret(filter.instructions(), &d), libc::SECCOMP_RET_KILL_PROCESS);
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn x32_calls_are_refused() {
-        assert_eq!(
-            verdict(SYS_SOCKET | 0x4000_0000, family(libc::AF_PACKET)),
-            ENOSYS
-        );
+        assert_eq!(verdict(SYS_SOCKET | 0x4000_0000, family(libc::AF_PACKET)), ENOSYS);
         assert_eq!(verdict(u32::MAX, 0), ENOSYS);
     }
 
@@ -663,12 +616,7 @@ mod tests {
             // descriptors created here are closed again.
             unsafe {
                 let sock = |domain: i64, ty: libc::c_int, proto: libc::c_int| -> i32 {
-                    let fd = libc::syscall(
-                        libc::SYS_socket,
-                        domain,
-                        libc::c_long::from(ty),
-                        libc::c_long::from(proto),
-                    );
+                    let fd = libc::syscall(libc::SYS_socket, domain, libc::c_long::from(ty), libc::c_long::from(proto));
                     let e = errno_if_failed(fd);
                     if fd >= 0 {
                         libc::close(libc::c_int::try_from(fd).unwrap_or(-1));
@@ -689,17 +637,11 @@ mod tests {
                     libc::close(pair[0]);
                     libc::close(pair[1]);
                 }
-                out[9] = errno_if_failed(
-                    libc::socketpair(libc::AF_INET, libc::SOCK_STREAM, 0, pair.as_mut_ptr()).into(),
-                );
+                out[9] =
+                    errno_if_failed(libc::socketpair(libc::AF_INET, libc::SOCK_STREAM, 0, pair.as_mut_ptr()).into());
                 // Without the filter: EFAULT/EINVAL, not EPERM (we are root).
-                out[10] =
-                    errno_if_failed(libc::syscall(libc::SYS_bpf, 5, std::ptr::null::<u8>(), 0));
-                out[11] = errno_if_failed(libc::syscall(
-                    libc::SYS_io_uring_setup,
-                    1,
-                    std::ptr::null::<u8>(),
-                ));
+                out[10] = errno_if_failed(libc::syscall(libc::SYS_bpf, 5, std::ptr::null::<u8>(), 0));
+                out[11] = errno_if_failed(libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null::<u8>()));
                 out[12] = errno_if_failed(libc::unshare(libc::CLONE_NEWUSER).into());
                 let flags = libc::c_long::from(libc::CLONE_NEWNET | libc::SIGCHLD);
                 let pid = libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0);
@@ -708,14 +650,9 @@ mod tests {
                 }
                 out[13] = errno_if_failed(pid);
                 if pid > 0 {
-                    libc::waitpid(
-                        libc::pid_t::try_from(pid).unwrap_or(-1),
-                        std::ptr::null_mut(),
-                        0,
-                    );
+                    libc::waitpid(libc::pid_t::try_from(pid).unwrap_or(-1), std::ptr::null_mut(), 0);
                 }
-                out[14] =
-                    errno_if_failed(libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0));
+                out[14] = errno_if_failed(libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0));
                 // Without the filter: ENOENT (no such mount point).
                 let target = c"/nonexistent-sbx-seccomp-test";
                 out[15] = errno_if_failed(
@@ -798,9 +735,6 @@ mod tests {
                 out[0] = i32::from(int80_getpid() > 0);
             }
         });
-        assert!(
-            matches!(got, Outcome::Signalled(libc::SIGSYS)),
-            "want death by SIGSYS, got {got:?}"
-        );
+        assert!(matches!(got, Outcome::Signalled(libc::SIGSYS)), "want death by SIGSYS, got {got:?}");
     }
 }

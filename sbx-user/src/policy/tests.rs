@@ -13,8 +13,7 @@ fn origin() -> Origin {
 }
 
 fn net(s: &str) -> IpNet {
-    s.parse()
-        .unwrap_or_else(|e| panic!("test literal {s}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("test literal {s}: {e}"))
 }
 
 fn nets_of(list: &[&str]) -> Vec<IpNet> {
@@ -75,16 +74,11 @@ fn policy_toml(src: &str) -> Policy {
 }
 
 fn flags_layer(flags: &FlagInput) -> Layer {
-    flags
-        .to_layer()
-        .unwrap_or_else(|e| panic!("flags should parse: {e}\n{flags:?}"))
+    flags.to_layer().unwrap_or_else(|e| panic!("flags should parse: {e}\n{flags:?}"))
 }
 
 fn proxy_flags(proxy: &str) -> FlagInput {
-    FlagInput {
-        proxy: Some(proxy.to_owned()),
-        ..FlagInput::default()
-    }
+    FlagInput { proxy: Some(proxy.to_owned()), ..FlagInput::default() }
 }
 
 // ---------------------------------------------------------------------------
@@ -96,194 +90,44 @@ fn parses_rules() {
     let cases: &[(&str, Protocols, &[&str], Vec<PortRange>)] = &[
         ("10.0.0.1", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
         ("10.0.0.0/8", Protocols::BOTH, &["10.0.0.0/8"], all.clone()),
-        (
-            "10.0.0.1:443",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(443, 443)],
-        ),
-        (
-            "tcp://10.0.0.1:443",
-            Protocols::TCP,
-            &["10.0.0.1/32"],
-            vec![pr(443, 443)],
-        ),
-        (
-            "udp://10.0.0.0/24:53",
-            Protocols::UDP,
-            &["10.0.0.0/24"],
-            vec![pr(53, 53)],
-        ),
-        (
-            "TCP://10.0.0.1",
-            Protocols::TCP,
-            &["10.0.0.1/32"],
-            all.clone(),
-        ),
-        (
-            "Udp://10.0.0.1",
-            Protocols::UDP,
-            &["10.0.0.1/32"],
-            all.clone(),
-        ),
-        (
-            "  10.0.0.1:80  ",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(80, 80)],
-        ),
+        ("10.0.0.1:443", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(443, 443)]),
+        ("tcp://10.0.0.1:443", Protocols::TCP, &["10.0.0.1/32"], vec![pr(443, 443)]),
+        ("udp://10.0.0.0/24:53", Protocols::UDP, &["10.0.0.0/24"], vec![pr(53, 53)]),
+        ("TCP://10.0.0.1", Protocols::TCP, &["10.0.0.1/32"], all.clone()),
+        ("Udp://10.0.0.1", Protocols::UDP, &["10.0.0.1/32"], all.clone()),
+        ("  10.0.0.1:80  ", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
         ("10.0.0.1:*", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
-        (
-            "10.0.0.1:0",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(0, 0)],
-        ),
-        (
-            "10.0.0.1:65535",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(65535, 65535)],
-        ),
-        (
-            "10.0.0.1:0-65535",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            all.clone(),
-        ),
-        (
-            "10.0.0.1:8000-8100",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(8000, 8100)],
-        ),
-        (
-            "10.0.0.1:5-5",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(5, 5)],
-        ),
-        (
-            "10.0.0.1:443,80",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(80, 80), pr(443, 443)],
-        ),
-        (
-            "10.0.0.1: 80 , 443 ",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(80, 80), pr(443, 443)],
-        ),
+        ("10.0.0.1:0", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(0, 0)]),
+        ("10.0.0.1:65535", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(65535, 65535)]),
+        ("10.0.0.1:0-65535", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        ("10.0.0.1:8000-8100", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(8000, 8100)]),
+        ("10.0.0.1:5-5", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(5, 5)]),
+        ("10.0.0.1:443,80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80), pr(443, 443)]),
+        ("10.0.0.1: 80 , 443 ", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80), pr(443, 443)]),
         // Overlapping and adjacent ranges merge; duplicates vanish.
-        (
-            "10.0.0.1:443,80,81-90,85",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(80, 90), pr(443, 443)],
-        ),
-        (
-            "10.0.0.1:1-5,6-10",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(1, 10)],
-        ),
-        (
-            "10.0.0.1:1-5,7-10",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(1, 5), pr(7, 10)],
-        ),
-        (
-            "10.0.0.1:80,80,80",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(80, 80)],
-        ),
-        (
-            "10.0.0.1:80,*",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            all.clone(),
-        ),
-        (
-            "10.0.0.1:65535,0-65534",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            all.clone(),
-        ),
+        ("10.0.0.1:443,80,81-90,85", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 90), pr(443, 443)]),
+        ("10.0.0.1:1-5,6-10", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(1, 10)]),
+        ("10.0.0.1:1-5,7-10", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(1, 5), pr(7, 10)]),
+        ("10.0.0.1:80,80,80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
+        ("10.0.0.1:80,*", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
+        ("10.0.0.1:65535,0-65534", Protocols::BOTH, &["10.0.0.1/32"], all.clone()),
         // Bracketed IPv6, with and without ports and prefix.
-        (
-            "[2001:db8::1]:443",
-            Protocols::BOTH,
-            &["2001:db8::1/128"],
-            vec![pr(443, 443)],
-        ),
-        (
-            "tcp://[2001:db8::1]:80,443",
-            Protocols::TCP,
-            &["2001:db8::1/128"],
-            vec![pr(80, 80), pr(443, 443)],
-        ),
-        (
-            "[2001:db8::/32]:8000-8100",
-            Protocols::BOTH,
-            &["2001:db8::/32"],
-            vec![pr(8000, 8100)],
-        ),
-        (
-            "[2001:db8::1]",
-            Protocols::BOTH,
-            &["2001:db8::1/128"],
-            all.clone(),
-        ),
-        (
-            "[10.0.0.1]:80",
-            Protocols::BOTH,
-            &["10.0.0.1/32"],
-            vec![pr(80, 80)],
-        ),
+        ("[2001:db8::1]:443", Protocols::BOTH, &["2001:db8::1/128"], vec![pr(443, 443)]),
+        ("tcp://[2001:db8::1]:80,443", Protocols::TCP, &["2001:db8::1/128"], vec![pr(80, 80), pr(443, 443)]),
+        ("[2001:db8::/32]:8000-8100", Protocols::BOTH, &["2001:db8::/32"], vec![pr(8000, 8100)]),
+        ("[2001:db8::1]", Protocols::BOTH, &["2001:db8::1/128"], all.clone()),
+        ("[10.0.0.1]:80", Protocols::BOTH, &["10.0.0.1/32"], vec![pr(80, 80)]),
         // Bare IPv6 carries no ports.
-        (
-            "2001:db8::1",
-            Protocols::BOTH,
-            &["2001:db8::1/128"],
-            all.clone(),
-        ),
-        (
-            "udp://2001:db8::/48",
-            Protocols::UDP,
-            &["2001:db8::/48"],
-            all.clone(),
-        ),
+        ("2001:db8::1", Protocols::BOTH, &["2001:db8::1/128"], all.clone()),
+        ("udp://2001:db8::/48", Protocols::UDP, &["2001:db8::/48"], all.clone()),
         ("fd00::/8", Protocols::BOTH, &["fd00::/8"], all.clone()),
         // An empty target is any host.
-        (
-            ":25",
-            Protocols::BOTH,
-            &["0.0.0.0/0", "::/0"],
-            vec![pr(25, 25)],
-        ),
-        (
-            "tcp://:25,587",
-            Protocols::TCP,
-            &["0.0.0.0/0", "::/0"],
-            vec![pr(25, 25), pr(587, 587)],
-        ),
+        (":25", Protocols::BOTH, &["0.0.0.0/0", "::/0"], vec![pr(25, 25)]),
+        ("tcp://:25,587", Protocols::TCP, &["0.0.0.0/0", "::/0"], vec![pr(25, 25), pr(587, 587)]),
         // Tokens, any case.
         ("any", Protocols::BOTH, &["0.0.0.0/0", "::/0"], all.clone()),
-        (
-            "ANY:53",
-            Protocols::BOTH,
-            &["0.0.0.0/0", "::/0"],
-            vec![pr(53, 53)],
-        ),
-        (
-            "udp://any:53",
-            Protocols::UDP,
-            &["0.0.0.0/0", "::/0"],
-            vec![pr(53, 53)],
-        ),
+        ("ANY:53", Protocols::BOTH, &["0.0.0.0/0", "::/0"], vec![pr(53, 53)]),
+        ("udp://any:53", Protocols::UDP, &["0.0.0.0/0", "::/0"], vec![pr(53, 53)]),
         (
             "private",
             Protocols::BOTH,
@@ -298,47 +142,17 @@ fn parses_rules() {
             ],
             all.clone(),
         ),
-        (
-            "Private:22",
-            Protocols::BOTH,
-            &PRIVATE_NETS,
-            vec![pr(22, 22)],
-        ),
-        (
-            "metadata",
-            Protocols::BOTH,
-            &["169.254.169.254/32", "fd00:ec2::254/128"],
-            all.clone(),
-        ),
-        (
-            "tcp://metadata:80",
-            Protocols::TCP,
-            &METADATA_NETS,
-            vec![pr(80, 80)],
-        ),
+        ("Private:22", Protocols::BOTH, &PRIVATE_NETS, vec![pr(22, 22)]),
+        ("metadata", Protocols::BOTH, &["169.254.169.254/32", "fd00:ec2::254/128"], all.clone()),
+        ("tcp://metadata:80", Protocols::TCP, &METADATA_NETS, vec![pr(80, 80)]),
         // Addresses near, but not in, the local host ranges.
-        (
-            "126.255.255.255",
-            Protocols::BOTH,
-            &["126.255.255.255/32"],
-            all.clone(),
-        ),
+        ("126.255.255.255", Protocols::BOTH, &["126.255.255.255/32"], all.clone()),
         ("128.0.0.1", Protocols::BOTH, &["128.0.0.1/32"], all.clone()),
         ("0.0.0.0/0", Protocols::BOTH, &["0.0.0.0/0"], all.clone()),
         ("0.0.0.0/8", Protocols::BOTH, &["0.0.0.0/8"], all.clone()),
         ("::2", Protocols::BOTH, &["::2/128"], all.clone()),
-        (
-            "[::/127]:80",
-            Protocols::BOTH,
-            &["::/127"],
-            vec![pr(80, 80)],
-        ),
-        (
-            "[64:ff9b:1::/48]:80",
-            Protocols::BOTH,
-            &["64:ff9b:1::/48"],
-            vec![pr(80, 80)],
-        ),
+        ("[::/127]:80", Protocols::BOTH, &["::/127"], vec![pr(80, 80)]),
+        ("[64:ff9b:1::/48]:80", Protocols::BOTH, &["64:ff9b:1::/48"], vec![pr(80, 80)]),
         ("2001::/16", Protocols::BOTH, &["2001::/16"], all.clone()),
     ];
     for (text, protocols, want_nets, ports) in cases {
@@ -346,11 +160,7 @@ fn parses_rules() {
         assert_eq!(r.protocols, *protocols, "protocols of `{text}`");
         assert_eq!(r.nets, nets_of(want_nets), "nets of `{text}`");
         assert_eq!(&r.ports, ports, "ports of `{text}`");
-        assert_eq!(
-            r.text,
-            text.trim(),
-            "text of `{text}` is kept as written (trimmed)"
-        );
+        assert_eq!(r.text, text.trim(), "text of `{text}` is kept as written (trimmed)");
         assert_eq!(r.action, Action::Allow);
         assert_eq!(r.origin, origin());
     }
@@ -358,10 +168,7 @@ fn parses_rules() {
 
 #[test]
 fn parse_rule_keeps_action_and_origin() {
-    let at = Origin {
-        source: "p.toml".into(),
-        line: Some(7),
-    };
+    let at = Origin { source: "p.toml".into(), line: Some(7) };
     for action in [Action::Allow, Action::Deny] {
         let r = parse_rule("10.0.0.1", action, &at, RuleContext::Destination).expect("valid");
         assert_eq!(r.action, action);
@@ -392,17 +199,10 @@ fn normalises_networks() {
         ("::ffff:0:0/95", "::fffe:0:0/95"),
     ];
     for (text, want) in cases {
-        assert_eq!(
-            rule(text).nets,
-            vec![net(want)],
-            "`{text}` normalises to {want}"
-        );
+        assert_eq!(rule(text).nets, vec![net(want)], "`{text}` normalises to {want}");
     }
     let r = rule("[::ffff:10.0.0.1]:80");
-    assert_eq!(
-        (r.nets, r.ports),
-        (vec![net("10.0.0.1/32")], vec![pr(80, 80)])
-    );
+    assert_eq!((r.nets, r.ports), (vec![net("10.0.0.1/32")], vec![pr(80, 80)]));
 }
 
 #[test]
@@ -413,19 +213,9 @@ fn rejects_bad_rules() {
         ("   ", &["empty rule"]),
         // Host names: `rule_err` parses deny rules, which cannot name
         // hosts (allow rules can; see the pinned-domain tests below).
-        (
-            "example.com",
-            &[
-                "deny rules cannot name hosts",
-                "`example.com`",
-                "fails open",
-            ],
-        ),
+        ("example.com", &["deny rules cannot name hosts", "`example.com`", "fails open"]),
         ("example.com:443", &["deny rules cannot name hosts"]),
-        (
-            "tcp://api.github.com:443",
-            &["deny rules cannot name hosts", "`api.github.com`"],
-        ),
+        ("tcp://api.github.com:443", &["deny rules cannot name hosts", "`api.github.com`"]),
         ("localhost", &["deny rules cannot name hosts"]),
         ("my-host", &["deny rules cannot name hosts"]),
         ("[example.com]:80", &["deny rules cannot name hosts"]),
@@ -505,15 +295,9 @@ fn rejects_bad_rules() {
     ];
     for (text, words) in cases {
         let msg = rule_err(text);
-        assert!(
-            msg.starts_with("--allow: "),
-            "`{text}`: message should start with the origin: {msg}"
-        );
+        assert!(msg.starts_with("--allow: "), "`{text}`: message should start with the origin: {msg}");
         for w in *words {
-            assert!(
-                msg.contains(w),
-                "`{text}`: message should mention {w:?}: {msg}"
-            );
+            assert!(msg.contains(w), "`{text}`: message should mention {w:?}: {msg}");
         }
     }
 }
@@ -530,10 +314,7 @@ fn deny_by_name_message_explains_fail_open() {
 #[test]
 fn loopback_message_points_at_setting() {
     let msg = rule_err("127.0.0.1:5432");
-    assert!(
-        msg.contains("loopback = [5432]") && msg.contains("--loopback"),
-        "{msg}"
-    );
+    assert!(msg.contains("loopback = [5432]") && msg.contains("--loopback"), "{msg}");
 }
 
 #[test]
@@ -569,18 +350,11 @@ fn bind_rules_accept_local_addresses() {
     ];
     for (text, want, ports) in cases {
         let r = rule_in(text, RuleContext::Bind);
-        assert_eq!(
-            (&r.nets, &r.ports),
-            (&vec![net(want)], ports),
-            "bind rule `{text}`"
-        );
+        assert_eq!((&r.nets, &r.ports), (&vec![net(want)], ports), "bind rule `{text}`");
     }
     // Everything else is validated as for destinations.
     for (text, word) in [
-        (
-            "example.com:80",
-            "bind rules take addresses, not host names (`example.com`)",
-        ),
+        ("example.com:80", "bind rules take addresses, not host names (`example.com`)"),
         ("2002::1", "6to4"),
         ("1.2.3.4:0-", "not a port"),
     ] {
@@ -647,18 +421,10 @@ fn merge_ranges_table() {
 
 #[test]
 fn port_range_display() {
-    for (r, text) in [
-        (PortRange::ALL, "*"),
-        (pr(80, 80), "80"),
-        (pr(8000, 8100), "8000-8100"),
-        (pr(0, 0), "0"),
-    ] {
+    for (r, text) in [(PortRange::ALL, "*"), (pr(80, 80), "80"), (pr(8000, 8100), "8000-8100"), (pr(0, 0), "0")] {
         assert_eq!(r.to_string(), text);
     }
-    assert_eq!(
-        ports_text(&[pr(80, 80), pr(443, 443), pr(8000, 8100)]),
-        "80,443,8000-8100"
-    );
+    assert_eq!(ports_text(&[pr(80, 80), pr(443, 443), pr(8000, 8100)]), "80,443,8000-8100");
     assert_eq!(ports_text(&[]), "");
 }
 
@@ -670,22 +436,10 @@ fn split_rule_list_table() {
         ("10.0.0.1:80,10.0.0.2", &["10.0.0.1:80", "10.0.0.2"]),
         ("10.0.0.1,10.0.0.2", &["10.0.0.1", "10.0.0.2"]),
         ("10.0.0.1, 10.0.0.2 ", &["10.0.0.1", "10.0.0.2"]),
-        (
-            "10.0.0.1:80,443,8000-8100,*",
-            &["10.0.0.1:80,443,8000-8100,*"],
-        ),
-        (
-            "10.0.0.1:80,443,10.0.0.2:53",
-            &["10.0.0.1:80,443", "10.0.0.2:53"],
-        ),
-        (
-            "tcp://10.0.0.1:80,443,udp://10.0.0.2:53,5353",
-            &["tcp://10.0.0.1:80,443", "udp://10.0.0.2:53,5353"],
-        ),
-        (
-            "[2001:db8::1]:80,443,2001:db8::2",
-            &["[2001:db8::1]:80,443", "2001:db8::2"],
-        ),
+        ("10.0.0.1:80,443,8000-8100,*", &["10.0.0.1:80,443,8000-8100,*"]),
+        ("10.0.0.1:80,443,10.0.0.2:53", &["10.0.0.1:80,443", "10.0.0.2:53"]),
+        ("tcp://10.0.0.1:80,443,udp://10.0.0.2:53,5353", &["tcp://10.0.0.1:80,443", "udp://10.0.0.2:53,5353"]),
+        ("[2001:db8::1]:80,443,2001:db8::2", &["[2001:db8::1]:80,443", "2001:db8::2"]),
         ("2001:db8::1,2001:db8::2", &["2001:db8::1", "2001:db8::2"]),
         (":25,587", &[":25,587"]),
         ("private,metadata", &["private", "metadata"]),
@@ -716,11 +470,7 @@ fn flags_parse_into_a_layer() {
         ..FlagInput::default()
     };
     let l = flags_layer(&flags);
-    let texts: Vec<_> = l
-        .rules
-        .iter()
-        .map(|r| (r.action, r.text.as_str(), r.origin.to_string()))
-        .collect();
+    let texts: Vec<_> = l.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.to_string())).collect();
     assert_eq!(
         texts,
         [
@@ -731,25 +481,13 @@ fn flags_parse_into_a_layer() {
         ]
     );
     assert_eq!(l.default, Some((Action::Allow, Origin::flag("--default"))));
-    assert_eq!(
-        l.loopback,
-        Some(Loopback::Ports(vec![pr(5432, 5432), pr(8000, 8100)]))
-    );
-    let Some(Bind::Rules(bind)) = &l.bind else {
-        panic!("bind rules expected: {:?}", l.bind)
-    };
-    let bind: Vec<_> = bind
-        .iter()
-        .map(|r| (r.nets.clone(), r.ports.clone(), r.action))
-        .collect();
+    assert_eq!(l.loopback, Some(Loopback::Ports(vec![pr(5432, 5432), pr(8000, 8100)])));
+    let Some(Bind::Rules(bind)) = &l.bind else { panic!("bind rules expected: {:?}", l.bind) };
+    let bind: Vec<_> = bind.iter().map(|r| (r.nets.clone(), r.ports.clone(), r.action)).collect();
     assert_eq!(
         bind,
         [
-            (
-                vec![net("127.0.0.1/32")],
-                vec![pr(8080, 8080)],
-                Action::Allow
-            ),
+            (vec![net("127.0.0.1/32")], vec![pr(8080, 8080)], Action::Allow),
             (vec![net("0.0.0.0/32")], vec![pr(9000, 9000)], Action::Allow),
         ]
     );
@@ -757,37 +495,16 @@ fn flags_parse_into_a_layer() {
 
 #[test]
 fn flag_scalars() {
-    for (text, want) in [
-        ("any", Loopback::Any),
-        ("none", Loopback::None),
-        (" none ", Loopback::None),
-    ] {
-        let l = flags_layer(&FlagInput {
-            loopback: Some(text.into()),
-            ..FlagInput::default()
-        });
+    for (text, want) in [("any", Loopback::Any), ("none", Loopback::None), (" none ", Loopback::None)] {
+        let l = flags_layer(&FlagInput { loopback: Some(text.into()), ..FlagInput::default() });
         assert_eq!(l.loopback, Some(want), "--loopback {text}");
     }
-    for (text, want) in [
-        ("loopback", Bind::Loopback),
-        ("any", Bind::Any),
-        (" any ", Bind::Any),
-    ] {
-        let l = flags_layer(&FlagInput {
-            bind: Some(text.into()),
-            ..FlagInput::default()
-        });
+    for (text, want) in [("loopback", Bind::Loopback), ("any", Bind::Any), (" any ", Bind::Any)] {
+        let l = flags_layer(&FlagInput { bind: Some(text.into()), ..FlagInput::default() });
         assert_eq!(l.bind, Some(want), "--bind {text}");
     }
-    for (text, want) in [
-        ("deny", Action::Deny),
-        ("allow", Action::Allow),
-        (" allow ", Action::Allow),
-    ] {
-        let l = flags_layer(&FlagInput {
-            default: Some(text.into()),
-            ..FlagInput::default()
-        });
+    for (text, want) in [("deny", Action::Deny), ("allow", Action::Allow), (" allow ", Action::Allow)] {
+        let l = flags_layer(&FlagInput { default: Some(text.into()), ..FlagInput::default() });
         assert_eq!(l.default.map(|(a, _)| a), Some(want), "--default {text}");
     }
     let proxies = [
@@ -801,11 +518,7 @@ fn flag_scalars() {
     for (text, want) in proxies {
         let l = flags_layer(&proxy_flags(text));
         let want: SocketAddr = want.parse().expect("literal");
-        assert_eq!(
-            l.proxy,
-            Some((want, Origin::flag("--proxy"))),
-            "--proxy {text}"
-        );
+        assert_eq!(l.proxy, Some((want, Origin::flag("--proxy"))), "--proxy {text}");
     }
 }
 
@@ -813,131 +526,53 @@ fn flag_scalars() {
 fn flag_errors() {
     let cases: Vec<(FlagInput, &[&str])> = vec![
         (
-            FlagInput {
-                allow: vec!["exa_mple!".into()],
-                ..FlagInput::default()
-            },
+            FlagInput { allow: vec!["exa_mple!".into()], ..FlagInput::default() },
             &["--allow:", "`exa_mple!`", "not an IP address"],
         ),
         (
-            FlagInput {
-                deny: vec!["example.com".into()],
-                ..FlagInput::default()
-            },
+            FlagInput { deny: vec!["example.com".into()], ..FlagInput::default() },
             &["--deny:", "deny rules cannot name hosts", "fails open"],
         ),
         (
-            FlagInput {
-                deny: vec!["10.0.0.1,tcp://example.com:443".into()],
-                ..FlagInput::default()
-            },
-            &[
-                "--deny:",
-                "`tcp://example.com:443`",
-                "deny rules cannot name hosts",
-            ],
+            FlagInput { deny: vec!["10.0.0.1,tcp://example.com:443".into()], ..FlagInput::default() },
+            &["--deny:", "`tcp://example.com:443`", "deny rules cannot name hosts"],
         ),
+        (FlagInput { deny: vec!["10.0.0.0/33".into()], ..FlagInput::default() }, &["--deny:", "CIDR"]),
+        (FlagInput { deny: vec!["127.0.0.1".into()], ..FlagInput::default() }, &["--deny:", "`loopback`"]),
+        (FlagInput { allow: vec!["10.0.0.1,443".into()], ..FlagInput::default() }, &["`443`", "not an IP address"]),
+        (FlagInput { allow: vec!["10.0.0.1:80,".into()], ..FlagInput::default() }, &["empty rule"]),
         (
-            FlagInput {
-                deny: vec!["10.0.0.0/33".into()],
-                ..FlagInput::default()
-            },
-            &["--deny:", "CIDR"],
-        ),
-        (
-            FlagInput {
-                deny: vec!["127.0.0.1".into()],
-                ..FlagInput::default()
-            },
-            &["--deny:", "`loopback`"],
-        ),
-        (
-            FlagInput {
-                allow: vec!["10.0.0.1,443".into()],
-                ..FlagInput::default()
-            },
-            &["`443`", "not an IP address"],
-        ),
-        (
-            FlagInput {
-                allow: vec!["10.0.0.1:80,".into()],
-                ..FlagInput::default()
-            },
-            &["empty rule"],
-        ),
-        (
-            FlagInput {
-                default: Some("maybe".into()),
-                ..FlagInput::default()
-            },
+            FlagInput { default: Some("maybe".into()), ..FlagInput::default() },
             &["--default:", "`maybe`", "\"deny\" or \"allow\""],
         ),
+        (FlagInput { default: Some("Allow".into()), ..FlagInput::default() }, &["--default:"]),
         (
-            FlagInput {
-                default: Some("Allow".into()),
-                ..FlagInput::default()
-            },
-            &["--default:"],
-        ),
-        (
-            FlagInput {
-                loopback: Some("all".into()),
-                ..FlagInput::default()
-            },
+            FlagInput { loopback: Some("all".into()), ..FlagInput::default() },
             &["--loopback:", "\"any\", \"none\" or a port list"],
         ),
-        (
-            FlagInput {
-                loopback: Some("70000".into()),
-                ..FlagInput::default()
-            },
-            &["--loopback:", "out of range"],
-        ),
-        (
-            FlagInput {
-                loopback: Some(String::new()),
-                ..FlagInput::default()
-            },
-            &["--loopback:", "empty port list"],
-        ),
+        (FlagInput { loopback: Some("70000".into()), ..FlagInput::default() }, &["--loopback:", "out of range"]),
+        (FlagInput { loopback: Some(String::new()), ..FlagInput::default() }, &["--loopback:", "empty port list"]),
         (proxy_flags("127.0.0.1"), &["--proxy:", "ADDRESS:PORT"]),
         (proxy_flags("localhost:3128"), &["--proxy:", "ADDRESS:PORT"]),
         (proxy_flags("::1:3128"), &["--proxy:", "ADDRESS:PORT"]),
         (proxy_flags("127.0.0.1:0"), &["--proxy:", "port 0"]),
-        (
-            proxy_flags("0.0.0.0:3128"),
-            &["--proxy:", "not 0.0.0.0 or ::"],
-        ),
+        (proxy_flags("0.0.0.0:3128"), &["--proxy:", "not 0.0.0.0 or ::"]),
         (proxy_flags("[::]:3128"), &["--proxy:", "not 0.0.0.0 or ::"]),
         (
-            FlagInput {
-                bind: Some("example.com:80".into()),
-                ..FlagInput::default()
-            },
+            FlagInput { bind: Some("example.com:80".into()), ..FlagInput::default() },
             &["--bind:", "bind rules take addresses, not host names"],
         ),
         (
-            FlagInput {
-                bind: Some("everywhere".into()),
-                ..FlagInput::default()
-            },
+            FlagInput { bind: Some("everywhere".into()), ..FlagInput::default() },
             &["--bind:", "not host names (`everywhere`)"],
         ),
     ];
     for (flags, words) in cases {
-        let e = flags
-            .to_layer()
-            .expect_err(&format!("{flags:?} should be rejected"));
+        let e = flags.to_layer().expect_err(&format!("{flags:?} should be rejected"));
         let msg = e.to_string();
-        assert!(
-            matches!(e, PolicyError::Invalid { .. }),
-            "{flags:?}: Invalid expected: {e:?}"
-        );
+        assert!(matches!(e, PolicyError::Invalid { .. }), "{flags:?}: Invalid expected: {e:?}");
         for w in words {
-            assert!(
-                msg.contains(w),
-                "{flags:?}: message should mention {w:?}: {msg}"
-            );
+            assert!(msg.contains(w), "{flags:?}: message should mention {w:?}: {msg}");
         }
     }
 }
@@ -959,30 +594,10 @@ deny = ["private"]
 bind = ["127.0.0.1:8080", "0.0.0.0:9000"]
 "#;
     let l = layer(src);
-    assert_eq!(
-        l.default,
-        Some((
-            Action::Deny,
-            Origin {
-                source: "policy.toml".into(),
-                line: Some(3)
-            }
-        ))
-    );
-    assert_eq!(
-        l.loopback,
-        Some(Loopback::Ports(vec![
-            pr(3000, 3000),
-            pr(5432, 5432),
-            pr(8000, 8100)
-        ]))
-    );
+    assert_eq!(l.default, Some((Action::Deny, Origin { source: "policy.toml".into(), line: Some(3) })));
+    assert_eq!(l.loopback, Some(Loopback::Ports(vec![pr(3000, 3000), pr(5432, 5432), pr(8000, 8100)])));
     assert_eq!(l.proxy, None);
-    let rules: Vec<_> = l
-        .rules
-        .iter()
-        .map(|r| (r.action, r.text.as_str(), r.origin.line))
-        .collect();
+    let rules: Vec<_> = l.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.line)).collect();
     assert_eq!(
         rules,
         [
@@ -992,9 +607,7 @@ bind = ["127.0.0.1:8080", "0.0.0.0:9000"]
         ]
     );
     assert_eq!(l.rules[0].origin.to_string(), "policy.toml:6");
-    let Some(Bind::Rules(bind)) = &l.bind else {
-        panic!("bind rules expected: {:?}", l.bind)
-    };
+    let Some(Bind::Rules(bind)) = &l.bind else { panic!("bind rules expected: {:?}", l.bind) };
     assert_eq!(bind.len(), 2);
     assert_eq!(bind[1].nets, vec![net("0.0.0.0/32")]);
     assert_eq!(bind[1].origin.line, Some(10));
@@ -1006,31 +619,11 @@ fn toml_scalar_forms() {
         ("", None, None),
         ("[network]\n", None, None),
         ("[network]\nloopback = \"any\"\n", Some(Loopback::Any), None),
-        (
-            "[network]\nloopback = \"none\"\n",
-            Some(Loopback::None),
-            None,
-        ),
-        (
-            "[network]\nloopback = []\n",
-            Some(Loopback::Ports(vec![])),
-            None,
-        ),
-        (
-            "[network]\nloopback = [443, 80, 81]\n",
-            Some(Loopback::Ports(vec![pr(80, 81), pr(443, 443)])),
-            None,
-        ),
-        (
-            "[network]\nloopback = [\"80,443\"]\n",
-            Some(Loopback::Ports(vec![pr(80, 80), pr(443, 443)])),
-            None,
-        ),
-        (
-            "[network]\nbind = \"loopback\"\n",
-            None,
-            Some(Bind::Loopback),
-        ),
+        ("[network]\nloopback = \"none\"\n", Some(Loopback::None), None),
+        ("[network]\nloopback = []\n", Some(Loopback::Ports(vec![])), None),
+        ("[network]\nloopback = [443, 80, 81]\n", Some(Loopback::Ports(vec![pr(80, 81), pr(443, 443)])), None),
+        ("[network]\nloopback = [\"80,443\"]\n", Some(Loopback::Ports(vec![pr(80, 80), pr(443, 443)])), None),
+        ("[network]\nbind = \"loopback\"\n", None, Some(Bind::Loopback)),
         ("[network]\nbind = \"any\"\n", None, Some(Bind::Any)),
         ("[network]\nbind = []\n", None, Some(Bind::Rules(vec![]))),
         ("network = {}\n", None, None),
@@ -1039,21 +632,12 @@ fn toml_scalar_forms() {
         let l = layer(src);
         assert_eq!(&l.loopback, loopback, "loopback of {src:?}");
         assert_eq!(&l.bind, bind, "bind of {src:?}");
-        assert!(
-            l.rules.is_empty() && l.default.is_none() && l.proxy.is_none(),
-            "{src:?}"
-        );
+        assert!(l.rules.is_empty() && l.default.is_none() && l.proxy.is_none(), "{src:?}");
     }
     let l = layer("[network]\nproxy = \"127.0.0.1:3128\"\n");
     assert_eq!(
         l.proxy,
-        Some((
-            "127.0.0.1:3128".parse().expect("literal"),
-            Origin {
-                source: "policy.toml".into(),
-                line: Some(2)
-            }
-        ))
+        Some(("127.0.0.1:3128".parse().expect("literal"), Origin { source: "policy.toml".into(), line: Some(2) }))
     );
 }
 
@@ -1061,81 +645,32 @@ fn toml_scalar_forms() {
 fn toml_errors_carry_the_line() {
     // (source, line in the Display text, words the message must contain)
     let cases: &[(&str, usize, &[&str])] = &[
-        (
-            "[network]\nallow = [\n  \"10.0.0.1\",\n  \"exa_mple!\",\n]\n",
-            4,
-            &["`exa_mple!`", "not an IP address"],
-        ),
-        (
-            "[network]\ndeny = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n",
-            4,
-            &["deny rules cannot name hosts"],
-        ),
-        (
-            "[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n",
-            4,
-            &["not a valid CIDR"],
-        ),
-        (
-            "[network]\n\n\ndeny = [\n\"127.0.0.1\"]\n",
-            5,
-            &["`loopback`"],
-        ),
-        (
-            "[network]\ndefault = \"maybe\"\n",
-            2,
-            &["\"deny\" or \"allow\""],
-        ),
-        (
-            "\n[network]\ndefault = \"allow\"\nloopback = \"some\"\n",
-            4,
-            &["loopback is"],
-        ),
+        ("[network]\nallow = [\n  \"10.0.0.1\",\n  \"exa_mple!\",\n]\n", 4, &["`exa_mple!`", "not an IP address"]),
+        ("[network]\ndeny = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n", 4, &["deny rules cannot name hosts"]),
+        ("[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n", 4, &["not a valid CIDR"]),
+        ("[network]\n\n\ndeny = [\n\"127.0.0.1\"]\n", 5, &["`loopback`"]),
+        ("[network]\ndefault = \"maybe\"\n", 2, &["\"deny\" or \"allow\""]),
+        ("\n[network]\ndefault = \"allow\"\nloopback = \"some\"\n", 4, &["loopback is"]),
         ("[network]\nloopback = 3128\n", 2, &["loopback is"]),
         ("[network]\nloopback = [\"x\"]\n", 2, &["not a port number"]),
         ("[network]\nloopback = [70000]\n", 2, &["out of range"]),
         ("[network]\nloopback = [-1]\n", 2, &["not a port number"]),
         ("[network]\nloopback = [1.5]\n", 2, &["ports are numbers"]),
-        (
-            "[network]\nproxy = \"localhost:3128\"\n",
-            2,
-            &["ADDRESS:PORT"],
-        ),
+        ("[network]\nproxy = \"localhost:3128\"\n", 2, &["ADDRESS:PORT"]),
         ("[network]\nbind = \"everywhere\"\n", 2, &["bind is"]),
         ("[network]\nbind = [8080]\n", 2, &["bind rules are strings"]),
-        (
-            "[network]\n\nbind = [\"example.com:80\"]\n",
-            3,
-            &["bind rules take addresses, not host names"],
-        ),
-        (
-            "[network]\nallow = [\"http://10.0.0.1\"]\n",
-            2,
-            &["unknown protocol"],
-        ),
-        (
-            "[network]\nallow = [\"10.0.0.1:90-80\"]\n",
-            2,
-            &["runs backwards"],
-        ),
+        ("[network]\n\nbind = [\"example.com:80\"]\n", 3, &["bind rules take addresses, not host names"]),
+        ("[network]\nallow = [\"http://10.0.0.1\"]\n", 2, &["unknown protocol"]),
+        ("[network]\nallow = [\"10.0.0.1:90-80\"]\n", 2, &["runs backwards"]),
         ("[network]\nallow = [\"64:ff9b::1.2.3.4\"]\n", 2, &["NAT64"]),
     ];
     for (src, line, words) in cases {
         let e = toml_err(src);
         let msg = e.to_string();
-        assert!(
-            matches!(e, PolicyError::Invalid { .. }),
-            "{src:?}: Invalid expected: {e:?}"
-        );
-        assert!(
-            msg.starts_with(&format!("policy.toml:{line}: ")),
-            "{src:?}: line {line} expected: {msg}"
-        );
+        assert!(matches!(e, PolicyError::Invalid { .. }), "{src:?}: Invalid expected: {e:?}");
+        assert!(msg.starts_with(&format!("policy.toml:{line}: ")), "{src:?}: line {line} expected: {msg}");
         for w in *words {
-            assert!(
-                msg.contains(w),
-                "{src:?}: message should mention {w:?}: {msg}"
-            );
+            assert!(msg.contains(w), "{src:?}: message should mention {w:?}: {msg}");
         }
     }
 }
@@ -1144,64 +679,27 @@ fn toml_errors_carry_the_line() {
 fn toml_syntax_and_unknown_keys() {
     // (source, line, words the message must contain)
     let cases: &[(&str, usize, &[&str])] = &[
-        (
-            "[network]\ndefault = \"deny\"\nfoo = 1\n",
-            3,
-            &["unknown field `foo`"],
-        ),
-        (
-            "[network]\ndefault = \"deny\"\n\nallows = [\"10.0.0.1\"]\n",
-            4,
-            &["unknown field `allows`"],
-        ),
-        (
-            "[netwrk]\ndefault = \"deny\"\n",
-            1,
-            &["unknown field `netwrk`"],
-        ),
+        ("[network]\ndefault = \"deny\"\nfoo = 1\n", 3, &["unknown field `foo`"]),
+        ("[network]\ndefault = \"deny\"\n\nallows = [\"10.0.0.1\"]\n", 4, &["unknown field `allows`"]),
+        ("[netwrk]\ndefault = \"deny\"\n", 1, &["unknown field `netwrk`"]),
         ("default = \"deny\"\n", 1, &["unknown field `default`"]),
-        (
-            "[network]\n[network.extra]\n",
-            2,
-            &["unknown field `extra`"],
-        ),
+        ("[network]\n[network.extra]\n", 2, &["unknown field `extra`"]),
         // Unterminated array: the parser notices at the end of the input.
-        (
-            "[network]\ndefault = \"deny\"\nallow = [\"10.0.0.1\"\n",
-            4,
-            &["expected `]`"],
-        ),
+        ("[network]\ndefault = \"deny\"\nallow = [\"10.0.0.1\"\n", 4, &["expected `]`"]),
         ("[network]\ndefault = deny\n", 2, &[]),
         ("[network]\nallow = \"10.0.0.1\"\n", 2, &["sequence"]),
         ("[network]\nallow = [1]\n", 2, &[]),
         ("[network]\ndefault = 1\n", 2, &[]),
-        (
-            "[network]\ndefault = \"deny\"\ndefault = \"allow\"\n",
-            3,
-            &[],
-        ),
+        ("[network]\ndefault = \"deny\"\ndefault = \"allow\"\n", 3, &[]),
     ];
     for (src, line, words) in cases {
         let e = toml_err(src);
-        let PolicyError::Syntax {
-            path,
-            line: got,
-            message,
-        } = &e
-        else {
-            panic!("{src:?}: Syntax expected: {e:?}")
-        };
+        let PolicyError::Syntax { path, line: got, message } = &e else { panic!("{src:?}: Syntax expected: {e:?}") };
         assert_eq!(path, "policy.toml");
         assert_eq!(got, line, "{src:?}: {message}");
-        assert!(
-            e.to_string().starts_with(&format!("policy.toml:{line}: ")),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with(&format!("policy.toml:{line}: ")), "{e}");
         for w in *words {
-            assert!(
-                message.contains(w),
-                "{src:?}: message should mention {w:?}: {message}"
-            );
+            assert!(message.contains(w), "{src:?}: message should mention {w:?}: {message}");
         }
     }
 }
@@ -1212,9 +710,7 @@ fn load_file_reports_path() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("p.toml");
     std::fs::write(&path, "[network]\n\nallow = [\"10.0.0.256\"]\n").expect("write");
-    let msg = load_file(&path)
-        .expect_err("bad address rejected")
-        .to_string();
+    let msg = load_file(&path).expect_err("bad address rejected").to_string();
     let missing = dir.join("missing.toml");
     let read = load_file(&missing).expect_err("missing file");
     std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -1253,47 +749,20 @@ fn proxy_only_mode() {
     // (file text, loopback expected)
     let cases: &[(&str, Loopback)] = &[
         ("proxy = \"127.0.0.1:3128\"", lo(&[pr(3128, 3128)])),
-        (
-            "proxy = \"127.0.0.1:3128\"\ndefault = \"deny\"",
-            lo(&[pr(3128, 3128)]),
-        ),
+        ("proxy = \"127.0.0.1:3128\"\ndefault = \"deny\"", lo(&[pr(3128, 3128)])),
         ("proxy = \"127.0.0.53:3128\"", lo(&[pr(3128, 3128)])),
         ("proxy = \"[::1]:8080\"", lo(&[pr(8080, 8080)])),
         ("proxy = \"[::ffff:127.0.0.1]:3128\"", lo(&[pr(3128, 3128)])),
-        (
-            "proxy = \"127.0.0.1:3128\"\nloopback = \"any\"",
-            Loopback::Any,
-        ),
-        (
-            "proxy = \"127.0.0.1:3128\"\nloopback = [5432]",
-            lo(&[pr(3128, 3128), pr(5432, 5432)]),
-        ),
-        (
-            "proxy = \"127.0.0.1:3128\"\nloopback = [3128]",
-            lo(&[pr(3128, 3128)]),
-        ),
-        (
-            "proxy = \"127.0.0.1:3128\"\nloopback = [\"3000-3200\"]",
-            lo(&[pr(3000, 3200)]),
-        ),
-        (
-            "proxy = \"127.0.0.1:3129\"\nloopback = [3128]",
-            lo(&[pr(3128, 3129)]),
-        ),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = \"any\"", Loopback::Any),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = [5432]", lo(&[pr(3128, 3128), pr(5432, 5432)])),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = [3128]", lo(&[pr(3128, 3128)])),
+        ("proxy = \"127.0.0.1:3128\"\nloopback = [\"3000-3200\"]", lo(&[pr(3000, 3200)])),
+        ("proxy = \"127.0.0.1:3129\"\nloopback = [3128]", lo(&[pr(3128, 3129)])),
         // A proxy elsewhere leaves loopback closed unless asked.
         ("proxy = \"10.0.0.5:3128\"", Loopback::None),
-        (
-            "proxy = \"10.0.0.5:3128\"\nloopback = \"any\"",
-            Loopback::Any,
-        ),
-        (
-            "proxy = \"10.0.0.5:3128\"\nloopback = \"none\"",
-            Loopback::None,
-        ),
-        (
-            "proxy = \"10.0.0.5:3128\"\nloopback = [53]",
-            lo(&[pr(53, 53)]),
-        ),
+        ("proxy = \"10.0.0.5:3128\"\nloopback = \"any\"", Loopback::Any),
+        ("proxy = \"10.0.0.5:3128\"\nloopback = \"none\"", Loopback::None),
+        ("proxy = \"10.0.0.5:3128\"\nloopback = [53]", lo(&[pr(53, 53)])),
     ];
     for (body, loopback) in cases {
         let p = policy_toml(&format!("[network]\n{body}\n"));
@@ -1307,22 +776,11 @@ fn proxy_only_mode() {
 fn remote_proxy_adds_a_tcp_allow_rule() {
     let cases: &[(&str, &str, &str)] = &[
         ("10.0.0.5:3128", "10.0.0.5/32", "tcp://10.0.0.5:3128"),
-        (
-            "[2001:db8::5]:3128",
-            "2001:db8::5/128",
-            "tcp://[2001:db8::5]:3128",
-        ),
-        (
-            "[::ffff:10.0.0.5]:3128",
-            "10.0.0.5/32",
-            "tcp://10.0.0.5:3128",
-        ),
+        ("[2001:db8::5]:3128", "2001:db8::5/128", "tcp://[2001:db8::5]:3128"),
+        ("[::ffff:10.0.0.5]:3128", "10.0.0.5/32", "tcp://10.0.0.5:3128"),
     ];
     for (proxy, want_net, want_text) in cases {
-        let l = flags_layer(&FlagInput {
-            deny: vec!["private".into()],
-            ..proxy_flags(proxy)
-        });
+        let l = flags_layer(&FlagInput { deny: vec!["private".into()], ..proxy_flags(proxy) });
         let p = build(vec![l]).unwrap_or_else(|e| panic!("{proxy}: {e}"));
         assert_eq!(p.rules.len(), 2, "{proxy}");
         let r = &p.rules[1];
@@ -1338,59 +796,36 @@ fn remote_proxy_adds_a_tcp_allow_rule() {
     // A proxy at a NAT64 address cannot be expressed as a rule.
     let l = flags_layer(&proxy_flags("[64:ff9b::a00:5]:3128"));
     let e = build(vec![l]).expect_err("NAT64 proxy");
-    assert!(
-        matches!(&e, PolicyError::Conflict(m) if m.contains("NAT64")),
-        "{e:?}"
-    );
+    assert!(matches!(&e, PolicyError::Conflict(m) if m.contains("NAT64")), "{e:?}");
 }
 
 #[test]
 fn proxy_conflicts() {
     let file = layer("[network]\ndefault = \"allow\"\n");
-    let e =
-        build(vec![file, flags_layer(&proxy_flags("127.0.0.1:3128"))]).expect_err("allow + proxy");
+    let e = build(vec![file, flags_layer(&proxy_flags("127.0.0.1:3128"))]).expect_err("allow + proxy");
     let msg = e.to_string();
     assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
-    for w in [
-        "policy.toml:2",
-        "default = \"allow\"",
-        "--proxy",
-        "127.0.0.1:3128",
-        "proxy-only",
-    ] {
+    for w in ["policy.toml:2", "default = \"allow\"", "--proxy", "127.0.0.1:3128", "proxy-only"] {
         assert!(msg.contains(w), "message should mention {w:?}: {msg}");
     }
 
-    let e = build(vec![layer(
-        "[network]\nproxy = \"127.0.0.1:3128\"\nloopback = \"none\"\n",
-    )])
-    .expect_err("loopback none + loopback proxy");
+    let e = build(vec![layer("[network]\nproxy = \"127.0.0.1:3128\"\nloopback = \"none\"\n")])
+        .expect_err("loopback none + loopback proxy");
     let msg = e.to_string();
     assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
-    for w in [
-        "loopback = \"none\"",
-        "127.0.0.1:3128",
-        "policy.toml:2",
-        "loopback = [3128]",
-    ] {
+    for w in ["loopback = \"none\"", "127.0.0.1:3128", "policy.toml:2", "loopback = [3128]"] {
         assert!(msg.contains(w), "message should mention {w:?}: {msg}");
     }
 
     // A later `default = "deny"` clears the conflict; a later "allow" makes it.
     let ok = build(vec![
         layer("[network]\ndefault = \"allow\"\nproxy = \"127.0.0.1:3128\"\n"),
-        flags_layer(&FlagInput {
-            default: Some("deny".into()),
-            ..FlagInput::default()
-        }),
+        flags_layer(&FlagInput { default: Some("deny".into()), ..FlagInput::default() }),
     ]);
     assert!(ok.is_ok(), "{ok:?}");
     let bad = build(vec![
         layer("[network]\nproxy = \"127.0.0.1:3128\"\n"),
-        flags_layer(&FlagInput {
-            default: Some("allow".into()),
-            ..FlagInput::default()
-        }),
+        flags_layer(&FlagInput { default: Some("allow".into()), ..FlagInput::default() }),
     ]);
     assert!(matches!(bad, Err(PolicyError::Conflict(_))), "{bad:?}");
 }
@@ -1400,16 +835,9 @@ fn profiles() {
     let agent = build(vec![profile("agent").expect("agent")]).expect("agent builds");
     assert_eq!(agent.default, Action::Deny);
     assert_eq!(agent.loopback, Loopback::Any);
-    assert_eq!(
-        agent.proxy,
-        Some("127.0.0.1:3128".parse().expect("literal"))
-    );
+    assert_eq!(agent.proxy, Some("127.0.0.1:3128".parse().expect("literal")));
     assert_eq!(agent.bind, Bind::Loopback);
-    let rules: Vec<_> = agent
-        .rules
-        .iter()
-        .map(|r| (r.action, r.text.as_str(), r.origin.to_string()))
-        .collect();
+    let rules: Vec<_> = agent.rules.iter().map(|r| (r.action, r.text.as_str(), r.origin.to_string())).collect();
     assert_eq!(
         rules,
         [
@@ -1434,10 +862,7 @@ fn profiles() {
     );
 
     let open = build(vec![profile("open").expect("open")]).expect("open builds");
-    assert_eq!(
-        (open.default, open.rules.len(), open.proxy),
-        (Action::Allow, 2, None)
-    );
+    assert_eq!((open.default, open.rules.len(), open.proxy), (Action::Allow, 2, None));
 
     // Every built-in profile parses and builds on its own.
     for p in PROFILES {
@@ -1449,14 +874,7 @@ fn profiles() {
     let e = profile("agnet").expect_err("unknown profile");
     let msg = e.to_string();
     assert!(matches!(e, PolicyError::Invalid { .. }), "{e:?}");
-    for w in [
-        "--profile",
-        "`agnet`",
-        "no such profile",
-        "agent",
-        "offline",
-        "open",
-    ] {
+    for w in ["--profile", "`agnet`", "no such profile", "agent", "offline", "open"] {
         assert!(msg.contains(w), "message should mention {w:?}: {msg}");
     }
     assert!(Policy::from_sources(Some("nope"), None, &FlagInput::default()).is_err());
@@ -1465,9 +883,7 @@ fn profiles() {
 #[test]
 fn layering() {
     // Flags override file scalars and add rules after the file's.
-    let file = layer(
-        "[network]\ndefault = \"allow\"\nloopback = \"none\"\nbind = \"any\"\ndeny = [\"10.0.0.0/8\"]\n",
-    );
+    let file = layer("[network]\ndefault = \"allow\"\nloopback = \"none\"\nbind = \"any\"\ndeny = [\"10.0.0.0/8\"]\n");
     let flags = flags_layer(&FlagInput {
         allow: vec!["10.1.2.3:5432".into()],
         default: Some("deny".into()),
@@ -1477,68 +893,32 @@ fn layering() {
     let p = build(vec![file, flags]).expect("layers");
     assert_eq!(p.default, Action::Deny);
     assert_eq!(p.loopback, Loopback::Ports(vec![pr(5432, 5432)]));
-    assert_eq!(
-        p.bind,
-        Bind::Any,
-        "a layer that does not say keeps the earlier setting"
-    );
-    let rules: Vec<_> = p
-        .rules
-        .iter()
-        .map(|r| (r.action, r.text.as_str()))
-        .collect();
-    assert_eq!(
-        rules,
-        [
-            (Action::Deny, "10.0.0.0/8"),
-            (Action::Allow, "10.1.2.3:5432")
-        ]
-    );
+    assert_eq!(p.bind, Bind::Any, "a layer that does not say keeps the earlier setting");
+    let rules: Vec<_> = p.rules.iter().map(|r| (r.action, r.text.as_str())).collect();
+    assert_eq!(rules, [(Action::Deny, "10.0.0.0/8"), (Action::Allow, "10.1.2.3:5432")]);
 
     // Profile, then flags: the flags layer wins and conflicts are checked on
     // the merged result.
-    let e = Policy::from_sources(
-        Some("agent"),
-        None,
-        &FlagInput {
-            loopback: Some("none".into()),
-            ..FlagInput::default()
-        },
-    )
-    .expect_err("agent + --loopback none blocks the proxy");
+    let e =
+        Policy::from_sources(Some("agent"), None, &FlagInput { loopback: Some("none".into()), ..FlagInput::default() })
+            .expect_err("agent + --loopback none blocks the proxy");
     assert!(matches!(e, PolicyError::Conflict(_)), "{e:?}");
     let p = Policy::from_sources(
         Some("agent"),
         None,
-        &FlagInput {
-            loopback: Some("5432".into()),
-            allow: vec!["tcp://10.1.2.3:5432".into()],
-            ..FlagInput::default()
-        },
+        &FlagInput { loopback: Some("5432".into()), allow: vec!["tcp://10.1.2.3:5432".into()], ..FlagInput::default() },
     )
     .expect("agent + flags");
-    assert_eq!(
-        p.loopback,
-        Loopback::Ports(vec![pr(3128, 3128), pr(5432, 5432)])
-    );
+    assert_eq!(p.loopback, Loopback::Ports(vec![pr(3128, 3128), pr(5432, 5432)]));
     assert_eq!(p.rules.len(), 3);
-    let p = Policy::from_sources(
-        Some("open"),
-        None,
-        &FlagInput {
-            default: Some("deny".into()),
-            ..FlagInput::default()
-        },
-    )
-    .expect("open + --default deny");
+    let p =
+        Policy::from_sources(Some("open"), None, &FlagInput { default: Some("deny".into()), ..FlagInput::default() })
+            .expect("open + --default deny");
     assert_eq!(p.default, Action::Deny);
 
     // Later proxy replaces an earlier one.
-    let p = build(vec![
-        layer("[network]\nproxy = \"127.0.0.1:3128\"\n"),
-        flags_layer(&proxy_flags("10.0.0.5:8080")),
-    ])
-    .expect("proxy override");
+    let p = build(vec![layer("[network]\nproxy = \"127.0.0.1:3128\"\n"), flags_layer(&proxy_flags("10.0.0.5:8080"))])
+        .expect("proxy override");
     assert_eq!(p.proxy, Some("10.0.0.5:8080".parse().expect("literal")));
     assert_eq!(p.loopback, Loopback::None);
     assert_eq!(p.rules.len(), 1);
@@ -1549,38 +929,25 @@ fn from_sources_reads_the_file() {
     let dir = std::env::temp_dir().join(format!("sbx-policy-layers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("p.toml");
-    std::fs::write(
-        &path,
-        "[network]\ndefault = \"allow\"\ndeny = [\"metadata\"]\n",
-    )
-    .expect("write");
+    std::fs::write(&path, "[network]\ndefault = \"allow\"\ndeny = [\"metadata\"]\n").expect("write");
     let p = Policy::from_sources(
         Some("offline"),
         Some(&path),
-        &FlagInput {
-            deny: vec!["private".into()],
-            ..FlagInput::default()
-        },
+        &FlagInput { deny: vec!["private".into()], ..FlagInput::default() },
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
     let p = p.expect("profile + file + flags");
     assert_eq!(p.default, Action::Allow, "the file overrides the profile");
     let rules: Vec<_> = p.rules.iter().map(|r| r.text.as_str()).collect();
     assert_eq!(rules, ["metadata", "private"]);
-    assert_eq!(
-        p.rules[0].origin.to_string(),
-        format!("{}:3", path.display())
-    );
+    assert_eq!(p.rules[0].origin.to_string(), format!("{}:3", path.display()));
 }
 
 #[test]
 fn summary_lines() {
     let p = build(vec![
         profile("agent").expect("agent"),
-        flags_layer(&FlagInput {
-            bind: Some("127.0.0.1:8080".into()),
-            ..FlagInput::default()
-        }),
+        flags_layer(&FlagInput { bind: Some("127.0.0.1:8080".into()), ..FlagInput::default() }),
     ])
     .expect("agent");
     assert_eq!(
@@ -1594,9 +961,7 @@ fn summary_lines() {
             "bind: 127.0.0.1:8080",
         ]
     );
-    let p = policy_toml(
-        "[network]\nloopback = [80, \"8000-8100\"]\nallow = [\"tcp://10.0.0.1:443\"]\n",
-    );
+    let p = policy_toml("[network]\nloopback = [80, \"8000-8100\"]\nallow = [\"tcp://10.0.0.1:443\"]\n");
     assert_eq!(
         p.summary(),
         [
@@ -1610,10 +975,7 @@ fn summary_lines() {
 
 #[test]
 fn v4_mapped_space_is_ffff_96() {
-    assert_eq!(
-        v4_mapped_space(),
-        "::ffff:0:0/96".parse::<Ipv6Net>().expect("literal")
-    );
+    assert_eq!(v4_mapped_space(), "::ffff:0:0/96".parse::<Ipv6Net>().expect("literal"));
 }
 
 #[test]
@@ -1638,24 +1000,14 @@ fn policy_serde_round_trip() {
 // Every test uses a fake resolver; none touches real DNS.
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
-    list.iter()
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|e| panic!("test address {s}: {e}"))
-        })
-        .collect()
+    list.iter().map(|s| s.parse().unwrap_or_else(|e| panic!("test address {s}: {e}"))).collect()
 }
 
 /// A fixed resolver. Anything it does not know fails as a missing name.
 fn fake_dns(host: &str) -> std::io::Result<Vec<IpAddr>> {
     match host {
         // Out of order, duplicated, v4-mapped: pinning normalises.
-        "github.com" => Ok(ips(&[
-            "2001:db8::10",
-            "192.0.2.10",
-            "::ffff:203.0.113.5",
-            "192.0.2.10",
-        ])),
+        "github.com" => Ok(ips(&["2001:db8::10", "192.0.2.10", "::ffff:203.0.113.5", "192.0.2.10"])),
         "v4.example" => Ok(ips(&["198.51.100.7"])),
         "v6.example" => Ok(ips(&["2001:db8::6"])),
         "empty.example" => Ok(Vec::new()),
@@ -1666,18 +1018,12 @@ fn fake_dns(host: &str) -> std::io::Result<Vec<IpAddr>> {
         "unspecified6.example" => Ok(ips(&["::"])),
         "partly-local.example" => Ok(ips(&["192.0.2.1", "127.0.1.1"])),
         "nat64.example" => Ok(ips(&["64:ff9b::c000:201"])),
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no such host",
-        )),
+        _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such host")),
     }
 }
 
 fn allow_layer(rules: &[&str]) -> Layer {
-    flags_layer(&FlagInput {
-        allow: rules.iter().map(|r| (*r).to_owned()).collect(),
-        ..FlagInput::default()
-    })
+    flags_layer(&FlagInput { allow: rules.iter().map(|r| (*r).to_owned()).collect(), ..FlagInput::default() })
 }
 
 fn build_pinned(layers: Vec<Layer>, allow_unresolved: bool) -> Result<Policy, PolicyError> {
@@ -1694,67 +1040,25 @@ fn allow_rules_may_name_hosts() {
     // empty until the policy is built.
     let all = vec![PortRange::ALL];
     let cases: &[(&str, &str, Protocols, Vec<PortRange>)] = &[
-        (
-            "github.com:443",
-            "github.com",
-            Protocols::BOTH,
-            vec![pr(443, 443)],
-        ),
-        (
-            "tcp://GitHub.COM:443",
-            "github.com",
-            Protocols::TCP,
-            vec![pr(443, 443)],
-        ),
-        (
-            "udp://ns1.example.net:53",
-            "ns1.example.net",
-            Protocols::UDP,
-            vec![pr(53, 53)],
-        ),
-        (
-            "api.example.com:443,80",
-            "api.example.com",
-            Protocols::BOTH,
-            vec![pr(80, 80), pr(443, 443)],
-        ),
+        ("github.com:443", "github.com", Protocols::BOTH, vec![pr(443, 443)]),
+        ("tcp://GitHub.COM:443", "github.com", Protocols::TCP, vec![pr(443, 443)]),
+        ("udp://ns1.example.net:53", "ns1.example.net", Protocols::UDP, vec![pr(53, 53)]),
+        ("api.example.com:443,80", "api.example.com", Protocols::BOTH, vec![pr(80, 80), pr(443, 443)]),
         ("example.com", "example.com", Protocols::BOTH, all.clone()),
-        (
-            "  example.com:8000-8100  ",
-            "example.com",
-            Protocols::BOTH,
-            vec![pr(8000, 8100)],
-        ),
+        ("  example.com:8000-8100  ", "example.com", Protocols::BOTH, vec![pr(8000, 8100)]),
         ("my-host", "my-host", Protocols::BOTH, all.clone()),
         ("localhost", "localhost", Protocols::BOTH, all.clone()),
         // Names that merely start with a token are names.
         ("any.example", "any.example", Protocols::BOTH, all.clone()),
-        (
-            "private-registry:5000",
-            "private-registry",
-            Protocols::BOTH,
-            vec![pr(5000, 5000)],
-        ),
-        (
-            "metadata.google.internal:80",
-            "metadata.google.internal",
-            Protocols::BOTH,
-            vec![pr(80, 80)],
-        ),
+        ("private-registry:5000", "private-registry", Protocols::BOTH, vec![pr(5000, 5000)]),
+        ("metadata.google.internal:80", "metadata.google.internal", Protocols::BOTH, vec![pr(80, 80)]),
     ];
     for (text, host, protocols, ports) in cases {
         let r = rule(text);
         assert_eq!(r.host.as_deref(), Some(*host), "`{text}` names {host}");
-        assert!(
-            r.nets.is_empty(),
-            "`{text}`: nothing is resolved while parsing: {r:?}"
-        );
+        assert!(r.nets.is_empty(), "`{text}`: nothing is resolved while parsing: {r:?}");
         assert_eq!((r.protocols, &r.ports), (*protocols, ports), "`{text}`");
-        assert_eq!(
-            (r.action, r.text.as_str()),
-            (Action::Allow, text.trim()),
-            "`{text}`"
-        );
+        assert_eq!((r.action, r.text.as_str()), (Action::Allow, text.trim()), "`{text}`");
         assert_eq!(r.origin, origin());
     }
     // Flags and files take them too; a comma list splits into rules.
@@ -1774,11 +1078,7 @@ fn pinned_host_resolves_to_its_addresses() {
         fake_dns(host)
     };
     let mut b = PolicyBuilder::new();
-    b.apply(allow_layer(&[
-        "tcp://GitHub.com:443",
-        "10.0.0.1",
-        "v6.example:22",
-    ]));
+    b.apply(allow_layer(&["tcp://GitHub.com:443", "10.0.0.1", "v6.example:22"]));
     let p = b.build_with(&resolve, false).expect("every name resolves");
     // Only host rules are resolved, once each, by their lower-case name.
     assert_eq!(*asked.borrow(), ["github.com", "v6.example"]);
@@ -1787,18 +1087,10 @@ fn pinned_host_resolves_to_its_addresses() {
     let gh = &p.rules[0];
     assert_eq!(gh.host.as_deref(), Some("github.com"));
     // Sorted, deduplicated, the v4-mapped answer turned into IPv4.
-    assert_eq!(
-        gh.nets,
-        nets_of(&["192.0.2.10/32", "203.0.113.5/32", "2001:db8::10/128"])
-    );
+    assert_eq!(gh.nets, nets_of(&["192.0.2.10/32", "203.0.113.5/32", "2001:db8::10/128"]));
     assert_eq!(
         (gh.text.as_str(), gh.action, gh.protocols, &gh.ports),
-        (
-            "tcp://GitHub.com:443",
-            Action::Allow,
-            Protocols::TCP,
-            &vec![pr(443, 443)]
-        )
+        ("tcp://GitHub.com:443", Action::Allow, Protocols::TCP, &vec![pr(443, 443)])
     );
     assert_eq!(gh.origin, Origin::flag("--allow"));
 
@@ -1810,26 +1102,18 @@ fn pinned_host_resolves_to_its_addresses() {
     assert_eq!(p.rules[2].ports, vec![pr(22, 22)]);
 
     // The rest of the policy is as without names.
-    assert_eq!(
-        (p.default, &p.loopback, p.proxy),
-        (Action::Deny, &Loopback::Any, None)
-    );
+    assert_eq!((p.default, &p.loopback, p.proxy), (Action::Deny, &Loopback::Any, None));
 
     // A policy without host rules never calls the resolver.
     let mut b = PolicyBuilder::new();
     b.apply(allow_layer(&["10.0.0.1", "any:443", "private", "metadata"]));
-    b.build_with(&|h: &str| panic!("resolver called for {h}"), false)
-        .expect("no names");
+    b.build_with(&|h: &str| panic!("resolver called for {h}"), false).expect("no names");
 }
 
 #[test]
 fn unresolved_host_is_an_error_naming_it() {
     for (text, host, why) in [
-        (
-            "tcp://nowhere.example:443",
-            "nowhere.example",
-            "no such host",
-        ),
+        ("tcp://nowhere.example:443", "nowhere.example", "no such host"),
         ("empty.example", "empty.example", "no addresses"),
     ] {
         let e = build_pinned(vec![allow_layer(&["v4.example", text])], false)
@@ -1845,60 +1129,23 @@ fn unresolved_host_is_an_error_naming_it() {
     }
     // The error points at the file and line of the rule.
     let src = "[network]\nallow = [\n  \"10.0.0.1\",\n  \"Nowhere.Example:80\",\n]\n";
-    let msg = build_pinned(vec![layer(src)], false)
-        .expect_err("unresolved")
-        .to_string();
-    assert!(
-        msg.starts_with("policy.toml:4: `Nowhere.Example:80`: nowhere.example does not resolve"),
-        "{msg}"
-    );
+    let msg = build_pinned(vec![layer(src)], false).expect_err("unresolved").to_string();
+    assert!(msg.starts_with("policy.toml:4: `Nowhere.Example:80`: nowhere.example does not resolve"), "{msg}");
     assert!(msg.contains("--allow-unresolved"), "{msg}");
 }
 
 #[test]
 fn allow_unresolved_keeps_the_rule_matching_nothing() {
-    let p = build_pinned(
-        vec![allow_layer(&[
-            "nowhere.example:443",
-            "empty.example",
-            "v4.example",
-        ])],
-        true,
-    )
-    .expect("unresolved names are kept");
-    let got: Vec<_> = p
-        .rules
-        .iter()
-        .map(|r| {
-            (
-                r.text.as_str(),
-                r.host.as_deref(),
-                r.nets.clone(),
-                r.ports.clone(),
-            )
-        })
-        .collect();
+    let p = build_pinned(vec![allow_layer(&["nowhere.example:443", "empty.example", "v4.example"])], true)
+        .expect("unresolved names are kept");
+    let got: Vec<_> =
+        p.rules.iter().map(|r| (r.text.as_str(), r.host.as_deref(), r.nets.clone(), r.ports.clone())).collect();
     assert_eq!(
         got,
         [
-            (
-                "nowhere.example:443",
-                Some("nowhere.example"),
-                vec![],
-                vec![pr(443, 443)]
-            ),
-            (
-                "empty.example",
-                Some("empty.example"),
-                vec![],
-                vec![PortRange::ALL]
-            ),
-            (
-                "v4.example",
-                Some("v4.example"),
-                nets_of(&["198.51.100.7/32"]),
-                vec![PortRange::ALL]
-            ),
+            ("nowhere.example:443", Some("nowhere.example"), vec![], vec![pr(443, 443)]),
+            ("empty.example", Some("empty.example"), vec![], vec![PortRange::ALL]),
+            ("v4.example", Some("v4.example"), nets_of(&["198.51.100.7/32"]), vec![PortRange::ALL]),
         ]
     );
 }
@@ -1923,19 +1170,16 @@ fn host_resolving_to_a_local_address_is_rejected() {
             assert!(matches!(e, PolicyError::Invalid { .. }), "{host}: {e:?}");
             assert_eq!(
                 e.to_string(),
-                format!("--allow: `{text}`: {host} resolves to {ip}, a local address; loopback access is set by `loopback`"),
+                format!(
+                    "--allow: `{text}`: {host} resolves to {ip}, a local address; loopback access is set by `loopback`"
+                ),
             );
         }
     }
     // Addresses the rule syntax refuses are refused when a name resolves
     // to them, too.
-    let msg = build_pinned(vec![allow_layer(&["nat64.example"])], false)
-        .expect_err("NAT64 answer")
-        .to_string();
-    assert!(
-        msg.contains("nat64.example resolves to 64:ff9b::c000:201") && msg.contains("NAT64"),
-        "{msg}"
-    );
+    let msg = build_pinned(vec![allow_layer(&["nat64.example"])], false).expect_err("NAT64 answer").to_string();
+    assert!(msg.contains("nat64.example resolves to 64:ff9b::c000:201") && msg.contains("NAT64"), "{msg}");
 }
 
 #[test]
@@ -1949,13 +1193,8 @@ fn deny_and_bind_rules_cannot_name_hosts() {
         // The same text is a fine allow rule...
         assert!(rule(text).host.is_some(), "`{text}` allowed by name");
         // ...but a deny list by name fails open...
-        let e = parse_rule(
-            text,
-            Action::Deny,
-            &Origin::flag("--deny"),
-            RuleContext::Destination,
-        )
-        .expect_err(&format!("deny `{text}`"));
+        let e = parse_rule(text, Action::Deny, &Origin::flag("--deny"), RuleContext::Destination)
+            .expect_err(&format!("deny `{text}`"));
         assert_eq!(
             e.to_string(),
             format!("--deny: `{text}`: deny rules cannot name hosts: `{target}` can resolve to other addresses tomorrow, so a deny list by name fails open; deny its addresses or CIDRs instead")
@@ -1972,16 +1211,10 @@ fn deny_and_bind_rules_cannot_name_hosts() {
     }
     // Through a file: deny by name, and bind by name, point at the line.
     let e = toml_err("[network]\nallow = [\"github.com:443\"]\ndeny = [\"github.com\"]\n");
-    assert!(
-        e.to_string()
-            .starts_with("policy.toml:3: `github.com`: deny rules cannot name hosts"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("policy.toml:3: `github.com`: deny rules cannot name hosts"), "{e}");
     let e = toml_err("[network]\nbind = [\"127.0.0.1:80\", \"localhost:8080\"]\n");
     assert!(
-        e.to_string().starts_with(
-            "policy.toml:2: `localhost:8080`: bind rules take addresses, not host names"
-        ),
+        e.to_string().starts_with("policy.toml:2: `localhost:8080`: bind rules take addresses, not host names"),
         "{e}"
     );
 }
@@ -2005,11 +1238,7 @@ fn tokens_are_not_host_names() {
         }
     }
     let r = rule_in("any:8080", RuleContext::Bind);
-    assert_eq!(
-        (r.host, r.nets),
-        (None, nets_of(&ANY_NETS)),
-        "bind `any:8080`"
-    );
+    assert_eq!((r.host, r.nets), (None, nets_of(&ANY_NETS)), "bind `any:8080`");
     // Building never resolves them, allowed or denied.
     let mut b = PolicyBuilder::new();
     b.apply(allow_layer(&["any:443", "private", "metadata"]));
@@ -2017,23 +1246,14 @@ fn tokens_are_not_host_names() {
         deny: vec!["private".into(), "metadata:80".into(), "any:25".into()],
         ..FlagInput::default()
     }));
-    let p = b
-        .build_with(&|h: &str| panic!("resolver called for {h}"), false)
-        .expect("tokens only");
+    let p = b.build_with(&|h: &str| panic!("resolver called for {h}"), false).expect("tokens only");
     assert!(p.rules.iter().all(|r| r.host.is_none()), "{:?}", p.rules);
 }
 
 #[test]
 fn summary_shows_pinned_addresses() {
-    let p = build_pinned(
-        vec![allow_layer(&[
-            "tcp://GitHub.com:443",
-            "nowhere.example",
-            "10.0.0.1",
-        ])],
-        true,
-    )
-    .expect("policy");
+    let p = build_pinned(vec![allow_layer(&["tcp://GitHub.com:443", "nowhere.example", "10.0.0.1"])], true)
+        .expect("policy");
     assert_eq!(
         p.summary(),
         [
@@ -2049,22 +1269,10 @@ fn summary_shows_pinned_addresses() {
 
 #[test]
 fn pinned_policy_serde_round_trip() {
-    let p = build_pinned(
-        vec![allow_layer(&[
-            "github.com:443",
-            "nowhere.example",
-            "10.0.0.1",
-        ])],
-        true,
-    )
-    .expect("policy");
+    let p = build_pinned(vec![allow_layer(&["github.com:443", "nowhere.example", "10.0.0.1"])], true).expect("policy");
     let text = serde_json::to_string(&p).expect("serialise");
     assert!(text.contains("\"host\":\"github.com\""), "{text}");
-    assert_eq!(
-        text.matches("\"host\"").count(),
-        2,
-        "no `host` key without a name: {text}"
-    );
+    assert_eq!(text.matches("\"host\"").count(), 2, "no `host` key without a name: {text}");
     let back: Policy = serde_json::from_str(&text).expect("deserialise");
     assert_eq!(back, p);
 }

@@ -16,11 +16,21 @@
 //! sbx-probe unspec-connect tcp|udp ADDR PORT      connect with sa_family AF_UNSPEC but
 //!                                                 ADDR:PORT in the rest of the sockaddr
 //! sbx-probe unspec-bind ADDR PORT                 bind an AF_INET socket with AF_UNSPEC
-//! sbx-probe socket inet|inet6 stream|dgram|raw PROTO
+//! sbx-probe socket inet|inet6 stream|dgram|raw|seqpacket PROTO
 //!                                                 socket(2) with that protocol number
 //! sbx-probe setsockopt ip-options|ipv6-rthdr      set a source route on a fresh UDP socket
 //! sbx-probe serve tcp|udp ADDR PORT LOG           server: prints `ready PORT`, then logs
 //!                                                 one line per connection or datagram
+//! sbx-probe repeat tcp|udp ADDR PORT N            N connects (UDP: connect only, nothing
+//!                                                 sent), each on a fresh socket; prints the
+//!                                                 count of each outcome, `EPERM 20000`
+//! sbx-probe alternate ADDR_A ADDR_B PORT STOPFILE UDP connects (nothing sent) to A, then B,
+//!                                                 in a loop: prints `pid PID` first, then
+//!                                                 `N RESULT_A RESULT_B` per iteration, and
+//!                                                 `done N` once STOPFILE exists
+//! sbx-probe sniff LOG                             every IP packet arriving in this network
+//!                                                 namespace (AF_PACKET): prints `ready`, then
+//!                                                 logs `v4|v6 SRC DST PROTO OPTS DPORT` lines
 //! ```
 //!
 //! IPv6 addresses (including `::ffff:a.b.c.d`) use an `AF_INET6` socket with
@@ -354,7 +364,8 @@ fn socket_raw(family: &str, ty: &str, proto: &str) -> Res {
         "stream" => libc::SOCK_STREAM,
         "dgram" => libc::SOCK_DGRAM,
         "raw" => libc::SOCK_RAW,
-        _ => usage("type must be stream, dgram or raw"),
+        "seqpacket" => libc::SOCK_SEQPACKET,
+        _ => usage("type must be stream, dgram, raw or seqpacket"),
     };
     let proto: libc::c_int = proto.parse().unwrap_or_else(|_| usage("protocol must be a number"));
     // SAFETY: plain socket(2).
@@ -470,6 +481,122 @@ fn serve(proto: Proto, addr: IpAddr, port: u16, log: &str) -> ! {
     }
 }
 
+/// connect(2) on a fresh socket, and for UDP nothing else.
+fn connect_only(proto: Proto, addr: IpAddr, port: u16) -> Res {
+    let fd = socket(family(addr), proto)?;
+    connect_fd(fd.as_raw_fd(), &SockAddr::new(addr, port), proto)
+}
+
+fn outcome(r: Res) -> String {
+    match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => errno_name(e),
+    }
+}
+
+fn repeat(proto: Proto, addr: IpAddr, port: u16, n: u32) -> String {
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..n {
+        *counts.entry(outcome(connect_only(proto, addr, port))).or_default() += 1;
+    }
+    counts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The loop of `alternate`; each line is written with one write(2), so a
+/// reader of the output file never sees half an iteration as complete.
+fn alternate(a: IpAddr, b: IpAddr, port: u16, stop: &str) -> String {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "pid {}", std::process::id());
+    let _ = out.flush();
+    let mut n: u64 = 0;
+    while !std::path::Path::new(stop).exists() {
+        let ra = outcome(connect_only(Proto::Udp, a, port));
+        let rb = outcome(connect_only(Proto::Udp, b, port));
+        let _ = out.write_all(format!("{n} {ra} {rb}\n").as_bytes());
+        let _ = out.flush();
+        n += 1;
+    }
+    format!("done {n}")
+}
+
+/// Logs every IPv4 and IPv6 packet that arrives in this namespace (not
+/// those sent from it): version, source, destination, protocol (IPv6: the
+/// first next-header), whether it has IP options (IPv4 header longer than
+/// 20 bytes; IPv6 any extension header), and the UDP or TCP destination
+/// port if that is what follows the fixed header (else `-`).
+fn sniff(log: &str) -> ! {
+    let fail = |what: &str| -> ! {
+        eprintln!("sbx-probe sniff: {what}: {}", std::io::Error::last_os_error());
+        exit(1)
+    };
+    let all = i32::from(u16::try_from(libc::ETH_P_ALL).expect("16-bit").to_be());
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, all) };
+    if fd < 0 {
+        fail("socket(AF_PACKET)");
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap_or_else(|e| {
+        eprintln!("sbx-probe sniff: opening {log}: {e}");
+        exit(1)
+    });
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: sockaddr_ll is plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        let mut len = socklen(size_of::<libc::sockaddr_ll>());
+        // SAFETY: `buf`, `sll` and `len` are live and sized as passed.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                std::ptr::from_mut(&mut sll).cast(),
+                &raw mut len,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else { continue };
+        if sll.sll_pkttype == libc::PACKET_OUTGOING {
+            continue;
+        }
+        let p = &buf[..n];
+        // sll_protocol is the EtherType in network byte order.
+        let line = match u16::from_be(sll.sll_protocol) {
+            0x0800 if p.len() >= 20 => {
+                let ihl = usize::from(p[0] & 0x0f) * 4;
+                let src = std::net::Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+                let dst = std::net::Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+                let proto = p[9];
+                let dport = match proto {
+                    6 | 17 if p.len() >= ihl + 4 => u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]).to_string(),
+                    _ => "-".to_owned(),
+                };
+                format!("v4 {src} {dst} {proto} {} {dport}", u8::from(ihl > 20))
+            }
+            0x86DD if p.len() >= 40 => {
+                let addr = |o: usize| {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&p[o..o + 16]);
+                    std::net::Ipv6Addr::from(a)
+                };
+                let nh = p[6];
+                let ext = matches!(nh, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140);
+                let dport = match nh {
+                    6 | 17 if p.len() >= 44 => u16::from_be_bytes([p[42], p[43]]).to_string(),
+                    _ => "-".to_owned(),
+                };
+                format!("v6 {} {} {nh} {} {dport}", addr(8), addr(24), u8::from(ext))
+            }
+            _ => continue,
+        };
+        let _ = writeln!(logf, "{line}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -496,6 +623,11 @@ fn main() {
         ["socket", family, ty, proto] => report(socket_raw(family, ty, proto)),
         ["setsockopt", which] => report(set_source_route(which)),
         ["serve", p, addr, pt, log] => serve(proto(p), ip(addr), port(pt), log),
+        ["repeat", p, addr, pt, n] => {
+            repeat(proto(p), ip(addr), port(pt), n.parse().unwrap_or_else(|_| usage("N must be a number")))
+        }
+        ["alternate", a1, a2, pt, stop] => alternate(ip(a1), ip(a2), port(pt), stop),
+        ["sniff", log] => sniff(log),
         _ => usage(&format!("bad arguments: {args:?}")),
     };
     println!("{out}");
