@@ -399,6 +399,8 @@ const ETH_P_IPV6_BE: u32 = (0x86DDu16).to_be() as u32;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_DEST: u8 = 60;
+const IPPROTO_ESP: u32 = 50;
+const IPPROTO_AH: u32 = 51;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 
@@ -436,9 +438,11 @@ fn egress(ctx: &SkBuffContext) -> bool {
     };
     let l4 = u32::from(l4);
     if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
-        // ICMP errors and the like; sock_create allows no socket that
-        // sends other protocols.
-        return true;
+        // sock_create lets no socket of another protocol be made, but a
+        // process that held one before `attach` still could. The kernel's
+        // own ICMP and NDP replies carry no sandbox socket and never reach
+        // this hook. IPsec (ESP, AH) wraps traffic the hooks already judged.
+        return l4 == IPPROTO_ESP || l4 == IPPROTO_AH || conclude(Ok(false), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
     }
     let Ok(port) = ctx.load::<u16>(off + 2).map(u16::from_be) else {
         return conclude(Err(()), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);

@@ -33,6 +33,8 @@ pub struct EventsError {
 /// An open event stream of one sandbox.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    /// Kernel id of the ring buffer map: an `update` pins a new one.
+    id: u32,
 }
 
 impl EventReader {
@@ -41,9 +43,16 @@ impl EventReader {
         let path = pin_dir.join(pin_name_map(MAP_EVENTS));
         let err = |detail: String| EventsError { what: "events", path: path.display().to_string(), detail };
         let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
+        let id = data.info().map_err(|e| err(e.to_string()))?.id();
         let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
         let ring = RingBuf::try_from(map).map_err(|e| err(e.to_string()))?;
-        Ok(Self { ring })
+        Ok(Self { ring, id })
+    }
+
+    /// Kernel id of the ring buffer this reader reads.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// Takes every event currently in the buffer.

@@ -393,10 +393,33 @@ fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoaderError> 
         let fd = sys::obj_get(&path).map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
         link_fds.push((name, path, fd));
     }
-    for (name, path, fd) in &link_fds {
-        let p = prog(ebpf, name);
-        let prog_fd = p.fd().map_err(|e| pin_err("updating link", path, e.to_string()))?;
-        sys::link_update(fd.as_fd(), prog_fd.as_fd()).map_err(|e| pin_err("updating link", path, e.to_string()))?;
+    // The programs the links run now, to check each swap against and to go
+    // back to if a later swap fails: the sandbox ends under the old policy
+    // or the new one, never under a mix.
+    let mut olds = Vec::with_capacity(link_fds.len());
+    for (_, path, fd) in &link_fds {
+        let old = sys::link_prog_id(fd.as_fd())
+            .and_then(sys::prog_get_fd_by_id)
+            .map_err(|e| pin_err("reading the program of", path, e.to_string()))?;
+        olds.push(old);
+    }
+    for (i, (name, path, fd)) in link_fds.iter().enumerate() {
+        let swapped = prog(ebpf, name)
+            .fd()
+            .map_err(|e| e.to_string())
+            .and_then(|new| sys::link_update_from(fd.as_fd(), olds[i].as_fd(), new.as_fd()).map_err(|e| e.to_string()));
+        if let Err(detail) = swapped {
+            for ((_, back_path, back_fd), old) in link_fds[..i].iter().zip(&olds) {
+                if let Err(e) = sys::link_update(back_fd.as_fd(), old.as_fd()) {
+                    log::error!("rolling {} back to the old policy failed: {e}", back_path.display());
+                }
+            }
+            return Err(pin_err(
+                "updating link (every hook was put back on the old policy; a concurrent update fails this way)",
+                path,
+                detail,
+            ));
+        }
     }
     for map in MAPS {
         let path = pin_dir.join(pin_name_map(map));

@@ -315,15 +315,34 @@ impl DenialLogger {
         let (policy, name) = (policy.clone(), cg.path.display().to_string());
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || loop {
-            let done = flag.load(std::sync::atomic::Ordering::Acquire);
-            for e in reader.drain() {
-                eprintln!("sbx: {}", crate::events::view(&e, &name, Some((&policy, generation))));
+        let (pin_dir, paths, cgroup_id) = (paths.pin_dir(cg.id), paths.clone(), cg.id);
+        let (mut policy, mut generation) = (policy, generation);
+        let thread = std::thread::spawn(move || {
+            let print = |reader: &mut crate::events::EventReader, policy: &Policy, generation: u32| {
+                for e in reader.drain() {
+                    eprintln!("sbx: {}", crate::events::view(&e, &name, Some((policy, generation))));
+                }
+            };
+            for tick in 0u64.. {
+                let done = flag.load(std::sync::atomic::Ordering::Acquire);
+                print(&mut reader, &policy, generation);
+                if done {
+                    return;
+                }
+                // An `update` pins a new ring buffer and policy: follow it.
+                if tick % 10 == 9 {
+                    if let Ok(fresh) = crate::events::EventReader::open(&pin_dir) {
+                        if fresh.id() != reader.id() {
+                            print(&mut reader, &policy, generation);
+                            reader = fresh;
+                            if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
+                                (policy, generation) = (r.policy, r.generation);
+                            }
+                        }
+                    }
+                }
+                reader.wait(Duration::from_millis(100));
             }
-            if done {
-                return;
-            }
-            reader.wait(Duration::from_millis(100));
         });
         Ok(Self { stop, thread })
     }

@@ -106,6 +106,38 @@ pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result
     bpf(BPF_LINK_UPDATE, &mut attr)
 }
 
+/// `BPF_F_REPLACE`: only update if the link still runs `old_prog_fd`.
+const BPF_F_REPLACE: u32 = 1 << 2;
+
+/// As [`link_update`], but only if the link still runs `old_prog`
+/// (`EPERM` otherwise): a concurrent update is detected, not overwritten.
+pub fn link_update_from(link: BorrowedFd<'_>, old_prog: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: fd_u32(link),
+        new_prog_fd: fd_u32(new_prog),
+        flags: BPF_F_REPLACE,
+        old_prog_fd: fd_u32(old_prog),
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr)
+}
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+/// Opens the program with kernel id `id`.
+pub fn prog_get_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let mut attr = [id, 0u32, 0u32];
+    // SAFETY: as in `bpf`; the command returns a new fd.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
