@@ -1081,7 +1081,7 @@ impl Policy {
         for r in rules {
             match &r.host {
                 Some(host) if r.nets.is_empty() => {
-                    out.push(format!("{} {} ({host} unresolved: matches nothing)", r.action, r.text))
+                    out.push(format!("{} {} ({host} unresolved: matches nothing)", r.action, r.text));
                 }
                 Some(host) => out.push(format!(
                     "{} {} ({host} pinned to {})",

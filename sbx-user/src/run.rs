@@ -359,13 +359,13 @@ mod tests {
     use super::*;
     use crate::policy::FlagInput;
 
-    fn policy(flags: FlagInput) -> Policy {
-        Policy::from_sources(None, None, &flags).expect("valid")
+    fn policy(flags: &FlagInput) -> Policy {
+        Policy::from_sources(None, None, flags).expect("valid")
     }
 
     #[test]
     fn landlock_tcp_layer_only_where_ports_say_the_same() {
-        let proxy = policy(FlagInput {
+        let proxy = policy(&FlagInput {
             proxy: Some("127.0.0.1:3128".into()),
             allow: vec!["10.1.2.3:5432".into(), "udp://10.0.0.53:53".into()],
             ..FlagInput::default()
@@ -374,7 +374,7 @@ mod tests {
         assert_eq!(t.connect, Some(vec![3128, 5432]));
         assert_eq!(t.bind, None);
         // loopback any, a portless allow, default allow, audit, redirect: none.
-        assert!(landlock_tcp_rules(&policy(FlagInput::default())).is_none());
+        assert!(landlock_tcp_rules(&policy(&FlagInput::default())).is_none());
         for flags in [
             FlagInput { loopback: Some("none".into()), allow: vec!["10.0.0.0/8".into()], ..FlagInput::default() },
             FlagInput { loopback: Some("none".into()), default: Some("allow".into()), ..FlagInput::default() },
@@ -382,10 +382,10 @@ mod tests {
             FlagInput { proxy: Some("127.0.0.1:3128".into()), proxy_redirect: true, ..FlagInput::default() },
             FlagInput { loopback: Some("1-2000".into()), ..FlagInput::default() },
         ] {
-            assert!(landlock_tcp_rules(&policy(flags.clone())).is_none(), "{flags:?}");
+            assert!(landlock_tcp_rules(&policy(&flags)).is_none(), "{flags:?}");
         }
         // Offline (loopback none): every TCP connect refused by both layers.
-        let none = policy(FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
+        let none = policy(&FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
         assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![]));
     }
 }

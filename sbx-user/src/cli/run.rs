@@ -16,7 +16,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cgroup_parent: Option<PathBuf>,
     /// Run the command as UID[:GID] (numeric). Default: the invoking user
-    /// from sudo (SUDO_UID/SUDO_GID), else nobody (65534:65534). `--user 0`
+    /// from sudo (`SUDO_UID`/`SUDO_GID`), else nobody (65534:65534). `--user 0`
     /// keeps root, still without any capability; a root command owns
     /// root's files, so pair it with [filesystem] rules.
     #[arg(long, value_name = "UID[:GID]", value_parser = crate::confine::parse_identity)]

@@ -3,7 +3,6 @@
 //! cross-check against a naive evaluator written from the precedence rules
 //! in the module docs.
 
-#![expect(clippy::too_many_lines, reason = "tables of cases read best whole")]
 
 use std::net::{Ipv4Addr, SocketAddr};
 

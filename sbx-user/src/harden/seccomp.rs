@@ -154,7 +154,7 @@ const UNSHARE_DENIED: u32 = k(libc::CLONE_NEWUSER
 const CLONE_DENIED: u32 = UNSHARE_DENIED & !0xff;
 
 /// Socket families `socket(2)` may create.
-/// `TIOCSTI` and `TIOCLINUX` (same values on x86_64 and aarch64).
+/// `TIOCSTI` and `TIOCLINUX` (same values on `x86_64` and `aarch64`).
 const TIOCSTI: u32 = 0x5412;
 const TIOCLINUX: u32 = 0x541C;
 
