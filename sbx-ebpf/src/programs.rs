@@ -254,19 +254,7 @@ fn redirect_target(ctx: &SockAddrContext, v6: bool) -> Option<([u8; 16], u32, Tr
     if protocol(sa) != IPPROTO_TCP {
         return None;
     }
-    let mut orig = [0u8; 16];
-    if v6 {
-        let mut i = 0;
-        while i < 4 {
-            // SAFETY: as in `port`; `i < 4`.
-            let w = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip6[i]) }).to_ne_bytes();
-            orig[i * 4..i * 4 + 4].copy_from_slice(&w);
-            i += 1;
-        }
-    } else {
-        // SAFETY: as in `port`.
-        orig = mapped(ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes());
-    }
+    let orig = if v6 { user_ip6(sa) } else { mapped(user_ip4(sa)) };
     let is_v4 = orig[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
     let local = (is_v4 && (orig[12] == 127 || orig[12] == 0))
         || orig == [0; 16]
@@ -521,6 +509,28 @@ fn port(sa: *const bpf_sock_addr) -> u16 {
     u16::from_be(raw as u16)
 }
 
+/// `user_ip4` as address octets. The field is in network byte order, so
+/// its in-memory bytes are the octets in order.
+#[inline(always)]
+fn user_ip4(sa: *const bpf_sock_addr) -> [u8; 4] {
+    // SAFETY: as in `port`.
+    ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes()
+}
+
+/// `user_ip6` as address bytes, read word by word (see [`ctx_u32`]).
+#[inline(always)]
+fn user_ip6(sa: *const bpf_sock_addr) -> TrieAddr {
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: as in `port`; `i < 4` keeps the offset inside `user_ip6`.
+        let word = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip6[i]) }).to_ne_bytes();
+        addr[i * 4..i * 4 + 4].copy_from_slice(&word);
+        i += 1;
+    }
+    addr
+}
+
 #[inline(always)]
 fn protocol(sa: *const bpf_sock_addr) -> u32 {
     // SAFETY: as in `port`.
@@ -530,10 +540,7 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 #[inline(always)]
 fn judge4(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    // SAFETY: as in `port`. `user_ip4` is in network byte order, so its
-    // in-memory bytes are the address octets in order.
-    let ip = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes();
-    let addr = mapped(ip);
+    let addr = mapped(user_ip4(sa));
     let (port, proto) = (port(sa), protocol(sa));
     conclude_r(decide(&addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
@@ -541,14 +548,7 @@ fn judge4(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -
 #[inline(always)]
 fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let mut addr = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        // SAFETY: as in `port`; `i < 4` keeps the offset inside `user_ip6`.
-        let word = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip6[i]) }).to_ne_bytes();
-        addr[i * 4..i * 4 + 4].copy_from_slice(&word);
-        i += 1;
-    }
+    let mut addr = user_ip6(sa);
     let (port, proto) = (port(sa), protocol(sa));
     let verdict = match embedded_v4(&addr) {
         // A NAT64/6to4 form of a local address leaves the host; it is

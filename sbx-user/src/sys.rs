@@ -79,6 +79,19 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     }
 }
 
+/// As [`bpf`], for commands that return a new file descriptor.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: as in `bpf`.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<T>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(ret).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
     u32::try_from(fd.as_raw_fd()).expect("open file descriptors are non-negative")
 }
@@ -125,17 +138,9 @@ const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 
 /// Opens the program with kernel id `id`.
 pub fn prog_get_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
+    // prog_id, next_id, open_flags.
     let mut attr = [id, 0u32, 0u32];
-    // SAFETY: as in `bpf`; the command returns a new fd.
-    let fd =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut attr)
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -153,20 +158,11 @@ struct ObjAttr {
 
 /// Opens a pinned BPF object.
 pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
-    // SAFETY: as in `bpf`; `c` outlives the call. BPF_OBJ_GET returns a new fd.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, std::ptr::from_mut(&mut attr), std::mem::size_of::<ObjAttr>())
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    bpf_fd(BPF_OBJ_GET, &mut attr)
 }
 
 /// Detaches a link from its hook now, whoever else holds it.
@@ -194,24 +190,9 @@ pub fn link_create(
     cgroup: BorrowedFd<'_>,
     attach_type: AttachType,
 ) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
     let mut attr =
         LinkCreateAttr { prog_fd: fd_u32(prog), target_fd: fd_u32(cgroup), attach_type: attach_type as u32, flags: 0 };
-    // SAFETY: as in `bpf`; BPF_LINK_CREATE returns a new fd.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<LinkCreateAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
 }
 
 /// Pins a BPF object (link, map, program) at `path` on bpffs.

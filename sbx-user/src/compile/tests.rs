@@ -3,7 +3,6 @@
 //! cross-check against a naive evaluator written from the precedence rules
 //! in the module docs.
 
-
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::*;

@@ -1,7 +1,6 @@
 //! Table-driven tests of rule parsing, normalisation, error messages,
 //! TOML files, flags, proxy-only mode, profiles and layering.
 
-
 use super::*;
 
 // ---------------------------------------------------------------------------
