@@ -189,6 +189,9 @@ fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
     let tables = u32::try_from(compiled.tables.len().max(1)).expect("tables fit u32");
     let redirect_slots = if opts.config.flags & sbx_common::FLAG_REDIRECT == 0 { 1 } else { REDIRECT_SLOTS };
     let mut ebpf = EbpfLoader::new()
+        // The programs use no CO-RE relocations: parsing the kernel's BTF
+        // (megabytes) on every attach would only cost time.
+        .btf(None)
         .map_max_entries(MAP_DEST, opts.max_entries)
         .map_max_entries(MAP_BIND, opts.max_entries)
         .map_max_entries(MAP_PORTS, tables)
@@ -270,16 +273,14 @@ fn attach_one(p: &Program, ty: AttachType, dir: &fs::File) -> Result<OwnedFd, St
 /// Names of the programs attached directly to `cg` at each hook.
 pub fn query(cg: &Cgroup) -> Result<Vec<(&'static str, Vec<String>)>, LoaderError> {
     let dir = cg.dir_fd()?;
-    let mut names = std::collections::HashMap::new();
-    for info in aya::programs::loaded_programs().flatten() {
-        names.insert(info.id(), info.name_as_str().unwrap_or("?").to_owned());
-    }
+    // Only the programs on this cgroup are looked up: walking every
+    // program on the host would make each attach cost O(sandboxes).
     HOOKS
         .iter()
         .map(|&(_, ty, hook)| {
             let ids = sys::prog_query(dir.as_fd(), ty, 0)
                 .map_err(|source| LoaderError::Query { cgroup: cg.path.clone(), source })?;
-            let progs = ids.iter().map(|id| names.get(id).cloned().unwrap_or_else(|| format!("id {id}"))).collect();
+            let progs = ids.iter().map(|&id| sys::prog_name(id).unwrap_or_else(|_| format!("id {id}"))).collect();
             Ok((hook, progs))
         })
         .collect()

@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd, BorrowedFd},
 };
 
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
@@ -225,4 +225,20 @@ pub fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[2])
+}
+
+/// The name of the program with kernel id `id` (`bpf_prog_info.name`).
+pub fn prog_name(id: u32) -> io::Result<String> {
+    let fd = prog_get_fd_by_id(id)?;
+    // `struct bpf_prog_info` up to and including `name[16]` at offset 64.
+    let mut info = [0u8; 80];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(fd.as_fd()),
+        info_len: u32::try_from(info.len()).expect("80"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let name = &info[64..80];
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
 }
