@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use sbx_common::{
     counter_index, Config, Event, OrigDst, PortTable, RateState, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
-    EVENT_AUDIT, EVENT_DENIED, EVENT_REDIRECTED, FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS,
-    NUM_COUNTERS, VERDICT_ALLOW, VERDICT_DENY,
+    EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 /// Destination policy for connect and sendmsg. Written by `sbx-user` when it
@@ -409,79 +409,102 @@ fn sbx_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &SkBuffContext) -> bool {
+    // Ordered for the common case: most packets are TCP segments after the
+    // SYN, which need the header length, protocol and flags only.
     // SAFETY: reading a field of the context.
     let proto = unsafe { (*ctx.skb.skb).protocol };
-    let Ok((addr, l4, off)) = (if proto == ETH_P_IP_BE {
-        parse_v4(ctx)
+    let v6 = if proto == ETH_P_IP_BE {
+        false
     } else if proto == ETH_P_IPV6_BE {
-        parse_v6(ctx)
+        true
     } else {
         return true;
-    }) else {
+    };
+    let Ok((l4, off)) = (if v6 { l4_v6(ctx) } else { l4_v4(ctx) }) else {
         return conclude(Err(()), HOOK_EGRESS, 0, &[0; 16], 0, Task::Unknown);
     };
+    let l4 = u32::from(l4);
+    let dest = |ctx: &SkBuffContext| if v6 { dest_v6(ctx) } else { dest_v4(ctx) };
     let Some(off) = off else {
         // Source routing: refused whatever the destination.
-        return conclude(Ok(false), HOOK_EGRESS, u32::from(l4), &addr, 0, Task::Unknown);
-    };
-    let l4 = u32::from(l4);
-    if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
-        // sock_create lets no socket of another protocol be made, but a
-        // process that held one before `attach` still could. The kernel's
-        // own ICMP and NDP replies carry no sandbox socket and never reach
-        // this hook. IPsec (ESP, AH) wraps traffic the hooks already judged.
-        return l4 == IPPROTO_ESP || l4 == IPPROTO_AH || conclude(Ok(false), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
-    }
-    let Ok(port) = ctx.load::<u16>(off + 2).map(u16::from_be) else {
-        return conclude(Err(()), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
+        let addr = dest(ctx).unwrap_or([0; 16]);
+        return conclude(Ok(false), HOOK_EGRESS, l4, &addr, EVENT_PORT_SOURCE_ROUTE, Task::Unknown);
     };
     if l4 == IPPROTO_TCP {
         match ctx.load::<u8>(off + 13) {
             Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN => return true,
             Ok(_) => {}
-            Err(_) => return conclude(Err(()), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown),
+            Err(_) => return conclude(Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown),
         }
+    } else if l4 != IPPROTO_UDP {
+        // sock_create lets no socket of another protocol be made, but a
+        // process that held one before `attach` still could. The kernel's
+        // own ICMP and NDP replies carry no sandbox socket and never reach
+        // this hook. IPsec (ESP, AH) wraps traffic the hooks already judged.
+        if l4 == IPPROTO_ESP || l4 == IPPROTO_AH {
+            return true;
+        }
+        let addr = dest(ctx).unwrap_or([0; 16]);
+        return conclude(Ok(false), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
     }
+    // In audit mode the connect and sendmsg hooks have already reported
+    // every would-be denial; judging the same packets again here would
+    // report each twice.
+    if SBX_CONFIG.get(0).is_some_and(|c| c.flags & FLAG_AUDIT != 0) {
+        return true;
+    }
+    let (Ok(addr), Ok(port)) = (dest(ctx), ctx.load::<u16>(off + 2).map(u16::from_be)) else {
+        return conclude(Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown);
+    };
     conclude(decide(&addr, port, l4, Direction::Dest), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown)
 }
 
-/// Destination, L4 protocol, and L4 offset (`None` when the header carries
-/// IPv4 options, which may route the packet elsewhere).
+/// L4 protocol and offset of an IPv4 packet; `None` offset when the header
+/// carries options, which may route the packet elsewhere.
 #[inline(always)]
-fn parse_v4(ctx: &SkBuffContext) -> Result<(TrieAddr, u8, Option<usize>), ()> {
+fn l4_v4(ctx: &SkBuffContext) -> Result<(u8, Option<usize>), ()> {
     let vihl: u8 = ctx.load(0).map_err(|_| ())?;
     let l4: u8 = ctx.load(9).map_err(|_| ())?;
-    // Fixed-size loads: `load_bytes` clamps its length to the packet,
-    // which the verifier rejects ("R4 invalid zero-sized read").
-    let v4: [u8; 4] = ctx.load(16).map_err(|_| ())?;
-    Ok((mapped(v4), l4, (vihl & 0x0f == 5).then_some(20)))
+    Ok((l4, (vihl & 0x0f == 5).then_some(20)))
 }
 
-/// As [`parse_v4`]; `None` when a routing header is present. Hop-by-hop
-/// and destination options headers are skipped (at most four).
+/// As [`l4_v4`] for IPv6: hop-by-hop and destination options headers are
+/// skipped (at most four); `None` when a routing header is present or the
+/// chain is deeper than any real sender uses.
 #[inline(always)]
-fn parse_v6(ctx: &SkBuffContext) -> Result<(TrieAddr, u8, Option<usize>), ()> {
+fn l4_v6(ctx: &SkBuffContext) -> Result<(u8, Option<usize>), ()> {
     let mut next: u8 = ctx.load(6).map_err(|_| ())?;
-    let mut addr: [u8; 16] = ctx.load(24).map_err(|_| ())?;
-    if let Some(v4) = embedded_v4(&addr) {
-        addr = mapped(v4);
-    }
     let mut off = 40usize;
     let mut i = 0;
     while i < 4 {
         if next == NEXTHDR_ROUTING {
-            return Ok((addr, next, None));
+            return Ok((next, None));
         }
         if next != NEXTHDR_HOP && next != NEXTHDR_DEST {
-            return Ok((addr, next, Some(off)));
+            return Ok((next, Some(off)));
         }
         let hdr: [u8; 2] = ctx.load(off).map_err(|_| ())?;
         next = hdr[0];
         off += (usize::from(hdr[1]) + 1) * 8;
         i += 1;
     }
-    // Deeper option chains than any real sender uses: refuse.
-    Ok((addr, next, None))
+    Ok((next, None))
+}
+
+/// The destination of an IPv4 packet, as the trie keys it.
+#[inline(always)]
+fn dest_v4(ctx: &SkBuffContext) -> Result<TrieAddr, ()> {
+    // Fixed-size loads: `load_bytes` clamps its length to the packet,
+    // which the verifier rejects ("R4 invalid zero-sized read").
+    let v4: [u8; 4] = ctx.load(16).map_err(|_| ())?;
+    Ok(mapped(v4))
+}
+
+/// The destination of an IPv6 packet, embedded IPv4 forms as IPv4.
+#[inline(always)]
+fn dest_v6(ctx: &SkBuffContext) -> Result<TrieAddr, ()> {
+    let addr: [u8; 16] = ctx.load(24).map_err(|_| ())?;
+    Ok(embedded_v4(&addr).map_or(addr, mapped))
 }
 
 /// Reads a 4-byte field of `bpf_sock_addr`.

@@ -49,6 +49,13 @@ pub const HOOKS: [(&str, AttachType, &str); 10] = [
     (PROGRAMS[9], AttachType::SockOps, "sockops"),
 ];
 
+/// The hooks a sandbox needs: every one, except the `sock_ops` program
+/// unless the sandbox redirects to a proxy (it runs several times per TCP
+/// connection for nothing otherwise).
+pub fn hooks_for(redirect: bool) -> impl Iterator<Item = &'static (&'static str, AttachType, &'static str)> {
+    HOOKS.iter().filter(move |h| redirect || h.1 != AttachType::SockOps)
+}
+
 /// A kernel-side failure, with what a user needs to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -311,10 +318,11 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         }
     }
     let mut ebpf = load(compiled, opts)?;
+    let redirect = opts.config.flags & sbx_common::FLAG_REDIRECT != 0;
     let pin_dir = paths.pin_dir(cg.id);
     let prog_ids = HOOKS.iter().map(|&(name, _, _)| prog(&mut ebpf, name).info().map_or(0, |i| i.id())).collect();
     if existing.is_some() && pin_dir.exists() {
-        replace_in_place(&mut ebpf, &pin_dir)?;
+        replace_in_place(&mut ebpf, &pin_dir, cg, redirect)?;
         return Ok(Attached { pin_dir, replaced: true, prog_ids });
     }
     if existing.is_some() {
@@ -351,7 +359,7 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         }
     };
     let mut links = Vec::with_capacity(HOOKS.len());
-    for (name, ty, hook) in HOOKS {
+    for &(name, ty, hook) in hooks_for(redirect) {
         match attach_one(prog(&mut ebpf, name), ty, &dir) {
             Ok(link) => links.push((name, link)),
             Err(detail) => {
@@ -386,10 +394,30 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
 
 /// Points each pinned link at the new programs (atomic per hook), then
 /// swaps the map pins.
-fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoaderError> {
+fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path, cg: &Cgroup, redirect: bool) -> Result<(), LoaderError> {
     let pin_err = |action, path: &Path, detail: String| LoaderError::Pin { action, path: path.to_owned(), detail };
+    // The optional sock_ops hook comes and goes with redirect mode; it
+    // decides nothing, so adding or removing it is not part of the swap.
+    let sockops = HOOKS.iter().find(|h| h.1 == AttachType::SockOps).expect("listed");
+    let sockops_pin = pin_dir.join(pin_name_link(sockops.0));
+    match (redirect, sockops_pin.exists()) {
+        (true, false) => {
+            let dir = cg.dir_fd()?;
+            let link = attach_one(prog(ebpf, sockops.0), sockops.1, &dir).map_err(|detail| LoaderError::Attach {
+                hook: sockops.2,
+                cgroup: cg.path.clone(),
+                detail,
+            })?;
+            sys::obj_pin(link.as_fd(), &sockops_pin).map_err(|e| pin_err("pinning", &sockops_pin, e.to_string()))?;
+        }
+        (false, true) => {
+            let _ = sys::obj_get(&sockops_pin).and_then(|fd| sys::link_detach(fd.as_fd()));
+            let _ = fs::remove_file(&sockops_pin);
+        }
+        _ => {}
+    }
     let mut link_fds = Vec::new();
-    for (name, _, _) in HOOKS {
+    for &(name, _, _) in hooks_for(redirect) {
         let path = pin_dir.join(pin_name_link(name));
         let fd = sys::obj_get(&path).map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
         link_fds.push((name, path, fd));

@@ -8,6 +8,10 @@ use clap::Parser as _;
 use sbx_user::cli::{self, Cli, Command};
 
 fn main() {
+    // Like other command-line tools, end quietly when stdout is a closed
+    // pipe (`sbx-user status | head`) instead of panicking on the write.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // The internal probe `verify` runs inside a sandbox cgroup.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("__probe") {

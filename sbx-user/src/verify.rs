@@ -50,7 +50,11 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
     match loader::query(cg) {
         Err(e) => out.push(check("kernel query", false, e.to_string())),
         Ok(attached) => {
-            for ((prog, _, hook), (_, names)) in HOOKS.iter().zip(&attached) {
+            let redirect = policy.is_some_and(|p| p.redirect);
+            for ((prog, ty, hook), (_, names)) in HOOKS.iter().zip(&attached) {
+                if !loader::hooks_for(redirect).any(|h| h.1 == *ty) {
+                    continue;
+                }
                 let pinned =
                     sys::obj_get(&pin_dir.join(format!("link_{prog}"))).and_then(|fd| sys::link_prog_id(fd.as_fd()));
                 let ids = cg.dir_fd().ok().and_then(|d| {

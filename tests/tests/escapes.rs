@@ -237,8 +237,9 @@ print("ipv6-rthdr", attempt(lambda: s6.setsockopt(socket.IPPROTO_IPV6, socket.IP
     assert_eq!(egress.len(), 1, "one drop by the backstop: {events:#?}");
     assert_eq!(egress[0]["verdict"], "denied", "{events:#?}");
     assert_eq!(egress[0]["protocol"], "udp", "{events:#?}");
-    // The header's destination is A, the first hop.
-    assert!(egress[0]["destination"].as_str().is_some_and(|d| d.starts_with(&format!("{a}:"))), "{events:#?}");
+    // The header's destination is A, the first hop; the event says why.
+    assert_eq!(egress[0]["destination"], format!("{a} (source-routed)"), "{events:#?}");
+    assert_eq!(egress[0]["rule"], "IP options or routing header", "{events:#?}");
 
     let payloads = receiver.sync();
     for tag in ["run", "attached"] {

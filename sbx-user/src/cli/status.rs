@@ -6,12 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::GlobalArgs;
-use crate::{
-    cgroup::Cgroup,
-    loader::{self, HOOKS},
-    policy::Policy,
-    state::Record,
-};
+use crate::{cgroup::Cgroup, loader, policy::Policy, state::Record};
 
 /// Arguments of `status`.
 #[derive(Debug, Args)]
@@ -65,7 +60,9 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 cgroup: rec.map(|r| r.cgroup.clone()),
                 cgroup_id: id,
                 enforcing_hooks: Vec::new(),
-                missing_hooks: HOOKS.iter().map(|h| h.2.to_owned()).collect(),
+                missing_hooks: loader::hooks_for(rec.is_some_and(|r| r.policy.redirect))
+                    .map(|h| h.2.to_owned())
+                    .collect(),
                 by: rec.map(|r| r.by.clone()),
                 runner_pid: rec.and_then(|r| r.runner_pid),
                 attached_at: rec.map(|r| r.attached_at),
@@ -83,7 +80,12 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                         let (on, off): (Vec<_>, Vec<_>) =
                             q.into_iter().partition(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")));
                         e.enforcing_hooks = on.into_iter().map(|(h, _)| h.to_owned()).collect();
-                        e.missing_hooks = off.into_iter().map(|(h, _)| h.to_owned()).collect();
+                        let redirect = rec.is_some_and(|r| r.policy.redirect);
+                        e.missing_hooks = off
+                            .into_iter()
+                            .filter(|(h, _)| loader::hooks_for(redirect).any(|x| x.2 == *h))
+                            .map(|(h, _)| h.to_owned())
+                            .collect();
                         if !e.missing_hooks.is_empty() {
                             e.problem = Some(format!("not enforcing at {}", e.missing_hooks.join(", ")));
                         }
