@@ -43,10 +43,7 @@ const FD_UDP_DENIED: RawFd = 5;
 const UDP_BATCH: u32 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "sbx-bench-worker",
-    about = "Timing worker for `cargo xtask bench`; not for direct use"
-)]
+#[command(name = "sbx-bench-worker", about = "Timing worker for `cargo xtask bench`; not for direct use")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -150,9 +147,7 @@ fn loopback(port: u16) -> libc::sockaddr_in {
         sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
         // Network byte order.
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
         sin_zero: [0; 8],
     }
 }
@@ -220,28 +215,16 @@ struct Clock {
 
 impl Clock {
     fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime writes one timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-        let cpu = Duration::new(
-            u64::try_from(ts.tv_sec).unwrap_or(0),
-            u32::try_from(ts.tv_nsec).unwrap_or(0),
-        );
-        Self {
-            wall: START.get_or_init(Instant::now).elapsed(),
-            cpu,
-        }
+        let cpu = Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0));
+        Self { wall: START.get_or_init(Instant::now).elapsed(), cpu }
     }
 
     fn elapsed(self) -> Self {
         let now = Self::now();
-        Self {
-            wall: now.wall.saturating_sub(self.wall),
-            cpu: now.cpu.saturating_sub(self.cpu),
-        }
+        Self { wall: now.wall.saturating_sub(self.wall), cpu: now.cpu.saturating_sub(self.cpu) }
     }
 
     fn add(&mut self, other: Self) {
@@ -258,10 +241,7 @@ static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 /// ephemeral ports over hundreds of thousands of cycles.
 fn tcp_cycle(addr: &libc::sockaddr_in, tally: &mut Tally) -> Result<()> {
     let fd = socket(libc::SOCK_STREAM)?;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: `linger` is a valid option value of the length given.
     unsafe {
         libc::setsockopt(
@@ -277,14 +257,7 @@ fn tcp_cycle(addr: &libc::sockaddr_in, tally: &mut Tally) -> Result<()> {
     tally.add(o);
     if rc == 0 {
         // SAFETY: accept4 on the inherited listener; no address wanted.
-        let a = unsafe {
-            libc::accept4(
-                FD_LISTENER,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
+        let a = unsafe { libc::accept4(FD_LISTENER, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
         if a < 0 {
             close(fd);
             return Err(io::Error::last_os_error()).context("accept4 on the benchmark listener");
@@ -330,20 +303,9 @@ fn udp_sends(iters: u32, addr: &libc::sockaddr_in, rx: RawFd) -> Result<(Clock, 
     let fd = socket(libc::SOCK_DGRAM)?;
     let send = |tally: &mut Tally| {
         // SAFETY: one byte from a static buffer to a valid address.
-        let rc = unsafe {
-            libc::sendto(
-                fd,
-                b"x".as_ptr().cast(),
-                1,
-                0,
-                std::ptr::from_ref(addr).cast(),
-                SOCKADDR_IN_LEN,
-            )
-        };
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "sendto returns 1 or -1 here"
-        )]
+        let rc =
+            unsafe { libc::sendto(fd, b"x".as_ptr().cast(), 1, 0, std::ptr::from_ref(addr).cast(), SOCKADDR_IN_LEN) };
+        #[expect(clippy::cast_possible_truncation, reason = "sendto returns 1 or -1 here")]
         tally.add(outcome(rc as libc::c_int));
     };
     let mut warm = Tally::default();
@@ -370,8 +332,7 @@ fn udp_sends(iters: u32, addr: &libc::sockaddr_in, rx: RawFd) -> Result<(Clock, 
 
 fn landlock_restrict(ports: &[u16]) -> Result<String> {
     use landlock::{
-        AccessNet, CompatLevel, Compatible as _, NetPort, Ruleset, RulesetAttr as _,
-        RulesetCreatedAttr as _,
+        AccessNet, CompatLevel, Compatible as _, NetPort, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _,
     };
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
@@ -380,13 +341,9 @@ fn landlock_restrict(ports: &[u16]) -> Result<String> {
         .create()
         .context("creating the Landlock ruleset")?;
     for &p in ports {
-        ruleset = ruleset
-            .add_rule(NetPort::new(p, AccessNet::ConnectTcp))
-            .context("adding a Landlock port rule")?;
+        ruleset = ruleset.add_rule(NetPort::new(p, AccessNet::ConnectTcp)).context("adding a Landlock port rule")?;
     }
-    let status = ruleset
-        .restrict_self()
-        .context("enforcing the Landlock ruleset")?;
+    let status = ruleset.restrict_self().context("enforcing the Landlock ruleset")?;
     Ok(format!("{:?}", status.ruleset))
 }
 
@@ -407,25 +364,15 @@ fn percall(a: &PercallArgs) -> Result<()> {
     if let Some(cpu) = a.cpu {
         pin_cpu(cpu)?;
     }
-    let landlock = if a.landlock_connect.is_empty() {
-        None
-    } else {
-        Some(landlock_restrict(&a.landlock_connect)?)
-    };
+    let landlock = if a.landlock_connect.is_empty() { None } else { Some(landlock_restrict(&a.landlock_connect)?) };
     let want = |op: &str| a.ops.is_empty() || a.ops.iter().any(|o| o == op);
     let mut ops = serde_json::Map::new();
     let mut record = |name: &str, iters: u32, (d, tally): (Clock, Tally)| {
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "durations and counts are far below 2^52"
-        )]
+        #[expect(clippy::cast_precision_loss, reason = "durations and counts are far below 2^52")]
         let per_op = |t: Duration| t.as_nanos() as f64 / f64::from(iters.max(1));
         let (ns, cpu_ns) = (per_op(d.wall), per_op(d.cpu));
-        let outcomes: serde_json::Map<String, Value> = tally
-            .0
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), json!(v)))
-            .collect();
+        let outcomes: serde_json::Map<String, Value> =
+            tally.0.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
         ops.insert(
             name.to_owned(),
             json!({ "ns_per_op": ns, "cpu_ns_per_op": cpu_ns, "iters": iters, "outcomes": outcomes }),
@@ -433,43 +380,23 @@ fn percall(a: &PercallArgs) -> Result<()> {
     };
     if want("tcp_cycle") {
         let addr = loopback(a.tcp_port);
-        record(
-            "tcp_cycle",
-            a.tcp_iters,
-            timed(a.tcp_iters, |t| tcp_cycle(&addr, t))?,
-        );
+        record("tcp_cycle", a.tcp_iters, timed(a.tcp_iters, |t| tcp_cycle(&addr, t))?);
     }
     if want("refused") {
         let addr = loopback(a.refused_port);
-        record(
-            "refused",
-            a.fast_iters,
-            timed(a.fast_iters, |t| failing_connect(&addr, t))?,
-        );
+        record("refused", a.fast_iters, timed(a.fast_iters, |t| failing_connect(&addr, t))?);
     }
     if want("denied_connect") {
         let addr = loopback(a.denied_port);
-        record(
-            "denied_connect",
-            a.fast_iters,
-            timed(a.fast_iters, |t| failing_connect(&addr, t))?,
-        );
+        record("denied_connect", a.fast_iters, timed(a.fast_iters, |t| failing_connect(&addr, t))?);
     }
     if want("udp_sendto") {
         let addr = loopback(a.udp_port);
-        record(
-            "udp_sendto",
-            a.fast_iters,
-            udp_sends(a.fast_iters, &addr, FD_UDP_ALLOWED)?,
-        );
+        record("udp_sendto", a.fast_iters, udp_sends(a.fast_iters, &addr, FD_UDP_ALLOWED)?);
     }
     if want("denied_sendto") {
         let addr = loopback(a.denied_udp_port);
-        record(
-            "denied_sendto",
-            a.fast_iters,
-            udp_sends(a.fast_iters, &addr, FD_UDP_DENIED)?,
-        );
+        record("denied_sendto", a.fast_iters, udp_sends(a.fast_iters, &addr, FD_UDP_DENIED)?);
     }
     println!("{}", json!({ "landlock": landlock, "ops": ops }));
     Ok(())
@@ -491,8 +418,7 @@ fn probe(port: u16) -> Result<&'static str> {
 }
 
 fn hop(a: &HopArgs) -> Result<()> {
-    let file =
-        std::fs::File::open(&a.list).with_context(|| format!("opening {}", a.list.display()))?;
+    let file = std::fs::File::open(&a.list).with_context(|| format!("opening {}", a.list.display()))?;
     let mut checked = 0u32;
     let mut failures = Vec::new();
     for line in io::BufReader::new(file).lines() {
@@ -509,7 +435,9 @@ fn hop(a: &HopArgs) -> Result<()> {
         // Its own port must not be refused by policy (no listener there, so
         // ECONNREFUSED; a listener would make it `ok`); the neighbour's must.
         if own_o == "EPERM" || other_o != "EPERM" {
-            failures.push(json!({ "cgroup": cg, "own_port": own, "own": own_o, "neighbour_port": other, "neighbour": other_o }));
+            failures.push(
+                json!({ "cgroup": cg, "own_port": own, "own": own_o, "neighbour_port": other, "neighbour": other_o }),
+            );
         }
     }
     println!("{}", json!({ "checked": checked, "failures": failures }));
@@ -519,10 +447,7 @@ fn hop(a: &HopArgs) -> Result<()> {
 /// `CLOCK_MONOTONIC` in ns (what `bpf_ktime_get_ns` and the parent's
 /// arrival stamps use).
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -539,11 +464,7 @@ fn paced(a: &PacedArgs) -> Result<()> {
         close(fd);
         std::thread::sleep(Duration::from_millis(a.interval_ms));
     }
-    let outcomes: serde_json::Map<String, Value> = tally
-        .0
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
+    let outcomes: serde_json::Map<String, Value> = tally.0.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
     println!("{}", json!({ "t_ns": stamps, "outcomes": outcomes }));
     Ok(())
 }
