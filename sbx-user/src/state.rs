@@ -97,7 +97,8 @@ impl Record {
         };
         fs::create_dir_all(&paths.state_dir).map_err(err("creating the directory of"))?;
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).expect("records serialise");
+        // Compact: a record holds the whole policy, 100,000 rules and more.
+        let text = serde_json::to_string(self).expect("records serialise");
         fs::write(&tmp, text).map_err(err("writing"))?;
         fs::rename(&tmp, &path).map_err(err("writing"))
     }

@@ -69,10 +69,8 @@ fn main() -> Result<()> {
             setup()?;
             cargo(&["build", "--release", "-p", "sbx-user"])?;
             let bin = target_dir().join("release/sbx-user");
-            let status = Command::new(&bin)
-                .args(args)
-                .status()
-                .with_context(|| format!("running {}", bin.display()))?;
+            let status =
+                Command::new(&bin).args(args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => test(&args),
@@ -85,10 +83,7 @@ fn main() -> Result<()> {
 
 /// The workspace root.
 pub(crate) fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is in the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
 }
 
 fn check(status: ExitStatus, what: &str) -> Result<()> {
@@ -114,10 +109,7 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
-    cmd.output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -132,38 +124,21 @@ fn setup() -> Result<()> {
         eprintln!("xtask: installing the nightly toolchain");
         check(
             Command::new("rustup")
-                .args([
-                    "toolchain",
-                    "install",
-                    "nightly",
-                    "--profile",
-                    "minimal",
-                    "--component",
-                    "rust-src",
-                ])
+                .args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"])
                 .status()?,
             "rustup toolchain install nightly",
         )?;
     }
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .unwrap_or_default();
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .unwrap_or_default();
     if !installed.lines().any(|c| c.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to nightly");
         check(
-            Command::new("rustup")
-                .args(["component", "add", "rust-src", "--toolchain", "nightly"])
-                .status()?,
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]).status()?,
             "rustup component add rust-src",
         )?;
     }
-    let linker_ok = output(Command::new("bpf-linker").arg("--version"))
-        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let linker_ok = output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
     if linker_ok {
         return Ok(());
     }
@@ -180,13 +155,11 @@ fn install_bpf_linker() -> Result<()> {
         .with_context(|| format!("listing {}", libdir.display()))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
-        .with_context(|| {
-            format!(
-                "no libLLVM in {}; the nightly toolchain ships one",
-                libdir.display()
-            )
-        })?;
+        .find(|n| {
+            n.starts_with("libLLVM.so.")
+                || (n.starts_with("libLLVM-") && Path::new(n).extension().is_some_and(|e| e == "so"))
+        })
+        .with_context(|| format!("no libLLVM in {}; the nightly toolchain ships one", libdir.display()))?;
     // libLLVM.so.22.1-rust-1.97.0-nightly or libLLVM-22-rust-...so
     let major: String = llvm
         .trim_start_matches("libLLVM.so.")
@@ -199,22 +172,16 @@ fn install_bpf_linker() -> Result<()> {
     }
     // Outside target/: the installed linker keeps an rpath to this dir.
     let home = env::var_os("HOME").context("HOME is not set")?;
-    let prefix = Path::new(&home)
-        .join(".cache/sbx")
-        .join(format!("llvm-{major}"));
+    let prefix = Path::new(&home).join(".cache/sbx").join(format!("llvm-{major}"));
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     let target = libdir.join(&llvm);
     for name in ["libLLVM.so".to_owned(), llvm.clone()] {
         let link = lib.join(&name);
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(&target, &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(&target, &link).with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!(
-        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about 2 minutes)",
-        target.display()
-    );
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about 2 minutes)", target.display());
     let status = Command::new("cargo")
         .args([
             "install",
@@ -247,9 +214,7 @@ const TEST_TOOLS: [(&str, &str); 6] = [
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
     TEST_TOOLS
         .into_iter()
-        .filter(|(bin, _)| {
-            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
-        })
+        .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
         .collect()
 }
 
@@ -264,16 +229,10 @@ fn test_deps_install() -> Result<()> {
         "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {0} || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {0})",
         pkgs.join(" ")
     );
-    check(
-        Command::new("sh").args(["-c", &sh]).status()?,
-        "apt-get install",
-    )?;
+    check(Command::new("sh").args(["-c", &sh]).status()?, "apt-get install")?;
     let still = missing_tools();
     if !still.is_empty() {
-        bail!(
-            "still missing after install: {:?}",
-            still.iter().map(|t| t.0).collect::<Vec<_>>()
-        );
+        bail!("still missing after install: {:?}", still.iter().map(|t| t.0).collect::<Vec<_>>());
     }
     Ok(())
 }
