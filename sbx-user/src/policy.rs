@@ -858,10 +858,6 @@ struct RawNetwork {
     proxy_mode: Option<Spanned<String>>,
 }
 
-fn line_of(src: &str, offset: usize) -> usize {
-    src[..offset.min(src.len())].bytes().filter(|&b| b == b'\n').count() + 1
-}
-
 /// Byte offsets of the line starts of a text, for line numbers in O(log n):
 /// a policy may hold a million rules, one per line.
 struct Lines(Vec<usize>);
@@ -888,7 +884,7 @@ pub fn load_file(path: &Path) -> Result<Layer, PolicyError> {
 pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let raw: RawFile = toml::from_str(src).map_err(|e| PolicyError::Syntax {
         path: name.to_owned(),
-        line: e.span().map_or(1, |s| line_of(src, s.start)),
+        line: e.span().map_or(1, |s| Lines::new(src).of(s.start)),
         message: e.message().trim().to_owned(),
     })?;
     let mut layer = Layer::default();
@@ -1142,7 +1138,12 @@ mod tests;
 
 #[cfg(test)]
 mod line_tests {
-    use super::{line_of, Lines};
+    use super::Lines;
+
+    /// The obvious definition, to check the index against.
+    fn line_of(src: &str, offset: usize) -> usize {
+        src[..offset.min(src.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    }
 
     #[test]
     fn line_index_agrees_with_counting() {

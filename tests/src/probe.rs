@@ -152,18 +152,7 @@ impl Probe {
     /// When the probe fails or prints something else than one line.
     #[must_use]
     pub fn run(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args);
-        let out = self.place.output(&mut cmd);
-        let text = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
-        assert!(
-            out.status.success() && !text.is_empty() && !text.contains('\n'),
-            "sbx-probe {} in {:?}: {}",
-            args.join(" "),
-            self.place,
-            describe(&out)
-        );
-        text
+        self.run_pid(args).1
     }
 
     /// As [`Self::run`], also returning the probe's pid (to find it in

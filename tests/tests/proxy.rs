@@ -208,7 +208,7 @@ fn transparent_redirect_sends_a_proxy_ignoring_client_through_the_proxy() {
     );
 
     // UDP is never redirected: a denied sendto stays EPERM.
-    let out = px.run_with(&["--proxy-redirect"], &[&px.fx.probe.arg(), "sendto", &px.fx.net.ns_v4.to_string(), "53"]);
+    let out = px.run_with(&["--proxy-redirect"], &[px.fx.probe.arg(), "sendto", &px.fx.net.ns_v4.to_string(), "53"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "err EPERM\n", "{}", describe(&out));
 }
 
