@@ -30,6 +30,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod compile;
 pub mod confine;
+pub mod diag;
 pub mod events;
 pub mod explain;
 pub mod harden;

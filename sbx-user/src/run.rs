@@ -110,6 +110,9 @@ const FORWARDED: [libc::c_int; 8] = [
     libc::SIGCONT,
 ];
 
+/// Forwarded signals that end a run that has no command yet.
+const TERMINATING: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
     unsafe {
@@ -122,15 +125,109 @@ fn signal_set() -> libc::sigset_t {
     }
 }
 
+/// Takes the forwarded signals in a thread of its own and passes them to
+/// the command the way a shell or `sudo` does: once.
+///
+/// A signal the kernel generated (`si_code > 0`: ^C, ^\ or a window
+/// change typed at the terminal, a hangup) went to the whole foreground
+/// process group, which the command shares with sbx, so the command has it
+/// already; forwarding it too would deliver a second ^C, which many tools
+/// take as "force quit". Signals a process sent to sbx alone (`kill`,
+/// `si_code <= 0`) are forwarded, except those the command sent itself.
+struct Forwarder {
+    shared: std::sync::Arc<ForwarderState>,
+}
+
+struct ForwarderState {
+    /// The command's pid while it may be signalled; 0 before it exists and
+    /// once it has exited (held while signalling, so a reaped and reused
+    /// pid is never signalled).
+    child: std::sync::Mutex<i32>,
+    /// A terminating signal that came before the command existed.
+    early: std::sync::atomic::AtomicI32,
+}
+
+impl Forwarder {
+    /// Blocks the forwarded signals in the calling thread (so in every
+    /// thread created after it) and starts the forwarding thread.
+    fn start() -> Self {
+        let set = signal_set();
+        // SAFETY: `set` is an initialised sigset; the old mask is not needed.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+        let shared = std::sync::Arc::new(ForwarderState {
+            child: std::sync::Mutex::new(0),
+            early: std::sync::atomic::AtomicI32::new(0),
+        });
+        let state = std::sync::Arc::clone(&shared);
+        std::thread::spawn(move || loop {
+            // SAFETY: an all-zero siginfo_t is a valid out-buffer.
+            let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+            // SAFETY: `set` is initialised and `info` is writable.
+            let sig = unsafe { libc::sigwaitinfo(&raw const set, &raw mut info) };
+            if sig <= 0 {
+                continue;
+            }
+            let child = state.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *child == 0 {
+                if TERMINATING.contains(&sig) {
+                    let _ = state.early.compare_exchange(
+                        0,
+                        sig,
+                        std::sync::atomic::Ordering::AcqRel,
+                        std::sync::atomic::Ordering::Acquire,
+                    );
+                }
+                continue;
+            }
+            // SAFETY: reading the sender's pid of a signal sent by a process.
+            let sender = unsafe { info.si_pid() };
+            if info.si_code > 0 || sender == *child {
+                continue;
+            }
+            // SAFETY: kill(2) on the command, which has not been reaped
+            // while `child` is held and non-zero.
+            unsafe { libc::kill(*child, sig) };
+        });
+        Self { shared }
+    }
+
+    /// The terminating signal that arrived before the command existed.
+    fn early_signal(&self) -> Option<i32> {
+        let sig = self.shared.early.load(std::sync::atomic::Ordering::Acquire);
+        (sig != 0).then_some(sig)
+    }
+
+    /// From now on, signals go to `pid`; `None` if a terminating signal
+    /// came first (the caller kills the command instead of letting it run).
+    fn forward_to(&self, pid: i32) -> Option<i32> {
+        let mut child = self.shared.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *child = pid;
+        self.early_signal()
+    }
+
+    /// Stops signalling the command: it has exited and is about to be reaped.
+    fn forget_child(&self) {
+        *self.shared.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = 0;
+    }
+}
+
 /// Runs `command` under `policy`; returns its exit status (128+N when
 /// killed by signal N).
 pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Paths) -> Result<i32, RunError> {
+    // sbx must outlive its own output: a closed stderr (`... 2>&1 | head
+    // -1`) is an EPIPE on a write, never a reason to skip the teardown.
+    crate::diag::ignore_sigpipe();
+    // Block the forwarded signals before any thread exists, so that every
+    // thread sbx starts (the forwarder, the denial logger) inherits the
+    // mask and a SIGTERM is taken by the forwarder's `sigwaitinfo`, never
+    // acted on by default in some other thread.
+    let forwarder = Forwarder::start();
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
     let fs_rules = policy.filesystem.as_ref().map(|fs| landlock::FsRules::new(&fs.read, &fs.write)).transpose()?;
     let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
     if opts.landlock_tcp && tcp.is_none() {
-        eprintln!("sbx-user: warning: --landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
+        crate::warn_user!("--landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
     }
     if let Some(t) = &tcp {
         log::info!("Landlock TCP connect ports (second layer): {:?}", t.connect);
@@ -141,7 +238,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         allow_degraded: opts.allow_degraded,
     })?;
     for gap in ruleset.degraded() {
-        eprintln!("sbx-user: warning: not enforced (--allow-degraded): {gap}");
+        crate::warn_user!("not enforced (--allow-degraded): {gap}");
     }
     log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
     for limit in ruleset.limitations() {
@@ -162,16 +259,21 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         return Err(e.into());
     }
     let logger = if opts.log_denials {
-        DenialLogger::start(&cg, policy, paths).map_err(|e| eprintln!("sbx-user: warning: --log-denials: {e}")).ok()
+        DenialLogger::start(&cg, policy, paths).map_err(|e| crate::warn_user!("--log-denials: {e}")).ok()
     } else {
         None
     };
-    let result = spawn_and_wait(command, policy, &cg, opts, ruleset, filter);
+    let result = match forwarder.early_signal() {
+        // Asked to stop while the sandbox was being made: the command never
+        // starts, and the sandbox is torn down as after any run.
+        Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
+        None => spawn_and_wait(command, policy, &cg, opts, ruleset, filter, &forwarder),
+    };
     if let Some(l) = logger {
         l.stop();
     }
     if let Err(e) = teardown(&cg, paths) {
-        eprintln!("sbx-user: warning: cleaning up {} failed: {e}", cg.path.display());
+        crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
     }
     let status = result?;
     Ok(status.code().unwrap_or_else(|| {
@@ -239,6 +341,7 @@ fn spawn_and_wait(
     opts: &RunOptions,
     ruleset: landlock::Prepared,
     filter: seccomp::SeccompFilter,
+    forwarder: &Forwarder,
 ) -> Result<ExitStatus, RunError> {
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
@@ -261,9 +364,10 @@ fn spawn_and_wait(
     // makes async-signal-safe system calls on values captured by copy.
     unsafe {
         cmd.pre_exec(move || {
-            // The runner blocks the forwarded signals; the command must not
-            // inherit that mask (std does not reset it on this path).
+            // The runner blocks the forwarded signals and ignores SIGPIPE;
+            // the command gets neither (std does not reset the mask).
             libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             // Die with the runner, so nothing outlives cleanup unnoticed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent_pid {
                 return Err(io::Error::last_os_error());
@@ -281,23 +385,29 @@ fn spawn_and_wait(
         });
     }
 
-    // Block the forwarded signals in this thread (and so in the forwarding
-    // thread); the child unblocks them in `pre_exec`.
-    // SAFETY: `set` is an initialised sigset; the old mask is not needed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
-    let mut child =
-        cmd.spawn().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })?;
+    let spawn_err = |source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
     drop(procs);
     let child_pid = i32::try_from(child.id()).expect("pids fit i32");
-    std::thread::spawn(move || loop {
-        let mut sig = 0;
-        // SAFETY: `set` is initialised and `sig` is writable.
-        if unsafe { libc::sigwait(&raw const set, &raw mut sig) } == 0 {
-            // SAFETY: kill(2); if the child is gone this returns ESRCH.
-            unsafe { libc::kill(child_pid, sig) };
+    if let Some(sig) = forwarder.forward_to(child_pid) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child_pid, sig) };
+    }
+    // Wait without reaping, stop forwarding, then reap: the forwarder never
+    // signals a pid that has been reaped and may name another process.
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid out-buffer.
+        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+        #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
+        // SAFETY: waitid(2) on our own child with a writable siginfo.
+        let rc =
+            unsafe { libc::waitid(libc::P_PID, child_pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
         }
-    });
-    child.wait().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })
+    }
+    forwarder.forget_child();
+    child.wait().map_err(spawn_err)
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.
@@ -320,7 +430,12 @@ impl DenialLogger {
         let thread = std::thread::spawn(move || {
             let print = |reader: &mut crate::events::EventReader, policy: &Policy, generation: u32| {
                 for e in reader.drain() {
-                    eprintln!("sbx: {}", crate::events::view(&e, &name, Some((policy, generation))));
+                    // One write per line: it must not interleave with the
+                    // command's own stderr. A closed stderr drops the line.
+                    crate::diag::line(format_args!(
+                        "sbx: {}",
+                        crate::events::view(&e, &name, Some((policy, generation)))
+                    ));
                 }
             };
             for tick in 0u64.. {

@@ -82,6 +82,7 @@ pub fn install(
         attached_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         by: by.to_owned(),
         runner_pid,
+        runner_start: runner_pid.and_then(crate::state::process_start_time),
         dest_entries: compiled.dest.len(),
         bind_entries: compiled.bind.len(),
         tables: compiled.tables.len(),

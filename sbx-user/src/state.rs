@@ -76,6 +76,34 @@ pub struct Record {
     /// Policy generation, bumped by every update; events carry it.
     #[serde(default)]
     pub generation: u32,
+    /// For `run`: the start time of the `sbx-user run` process (field 22 of
+    /// `/proc/<pid>/stat`, clock ticks since boot), so that a reused pid is
+    /// not mistaken for the owner.
+    #[serde(default)]
+    pub runner_start: Option<u64>,
+}
+
+/// Start time of process `pid` (field 22 of `/proc/<pid>/stat`, in clock
+/// ticks since boot), or `None` if there is no such process.
+#[must_use]
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the
+    // fields after it start after the last ')'. Field 3 is the first of them.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the `sbx-user run` that owns a sandbox still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunnerState {
+    /// Not owned by a `run` (an `attach`ed sandbox).
+    NoRunner,
+    /// The `run` process with this pid still runs.
+    Running(u32),
+    /// The `run` process with this pid has exited (or the pid now names
+    /// another process): what it set up is a leftover.
+    Gone(u32),
 }
 
 /// A record could not be read or written.
@@ -88,6 +116,21 @@ pub struct StateError {
 }
 
 impl Record {
+    /// Whether the `sbx-user run` that owns this sandbox still runs, judged
+    /// by pid and start time (pids are reused).
+    #[must_use]
+    pub fn runner(&self) -> RunnerState {
+        let Some(pid) = self.runner_pid else {
+            return RunnerState::NoRunner;
+        };
+        match (process_start_time(pid), self.runner_start) {
+            (Some(now), Some(then)) if now == then => RunnerState::Running(pid),
+            // A record from before start times were kept: the pid alone.
+            (Some(_), None) => RunnerState::Running(pid),
+            _ => RunnerState::Gone(pid),
+        }
+    }
+
     /// Writes the record atomically (temp file and rename).
     pub fn save(&self, paths: &Paths) -> Result<(), StateError> {
         let path = paths.record_path(self.cgroup_id);

@@ -11,8 +11,6 @@ use std::{
 };
 
 use sbx_tests::{bpffs, cgroup2_mount, describe, probe, Fixture, Sbx, TempDir, TestCgroup};
-// A dependency of the fixture crate this test file does not use directly.
-use serde_json as _;
 
 /// `sbx-user run --cgroup-parent CG POLICY... -- CMD...`.
 fn run(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Output {
@@ -250,4 +248,175 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     assert!(err(&out).contains("is not a cgroup v2 directory"), "{}", describe(&out));
     assert!(sbx.records().is_empty());
+}
+
+/// Waits until a command runs inside a sandbox cgroup under `parent`.
+fn wait_started(parent: &TestCgroup) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !parent
+        .children()
+        .iter()
+        .any(|c| std::fs::read_to_string(c.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()))
+    {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn run_survives_a_closed_stderr_and_cleans_up() {
+    // `sbx-user run -vv --log-denials ... 2>&1 | head -1`: sbx's stderr is
+    // closed while the command runs and sbx still has denials to print.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let script = "sleep 0.3; for i in 1 2 3 4 5; do \
+                  python3 -c 'import socket; s=socket.socket(); s.settimeout(1)\ntry: s.connect((\"127.0.0.2\", 9))\nexcept OSError: pass'; \
+                  done; echo finished";
+    let mut cmd = run_cmd(&sbx, &cg, &["-vv", "--log-denials", "--loopback", "none"], &["sh", "-c", script]);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
+    drop(child.stderr.take());
+    let out = child.wait_with_output().expect("waiting for sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "sbx must not die of its own output: {}", describe(&out));
+    assert_eq!(stdout(&out), "finished\n", "the command ran to its end: {}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
+#[test]
+fn run_forwards_sigint_sigterm_and_sighup_with_and_without_the_logger() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    for logger in [false, true] {
+        for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGTERM, "TERM"), (libc::SIGHUP, "HUP")] {
+            let policy: &[&str] = if logger { &["--log-denials"] } else { &[] };
+            let script = format!("trap 'echo got {name}; exit 9' {name}; echo ready; while :; do sleep 0.05; done");
+            let mut cmd = run_cmd(&sbx, &cg, policy, &["sh", "-c", &script]);
+            let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
+            let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).expect("reading");
+            assert_eq!(line, "ready\n");
+            let pid = i32::try_from(child.id()).expect("pid");
+            // SAFETY: kill(2) on our own child.
+            assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+            line.clear();
+            std::io::BufRead::read_line(&mut out, &mut line).expect("reading");
+            let status = child.wait().expect("waiting for sbx-user run");
+            assert_eq!(line, format!("got {name}\n"), "SIG{name} (logger {logger}) reached the command once");
+            assert_eq!(status.code(), Some(9), "SIG{name} (logger {logger}): sbx-user must not die of it");
+            assert_cleaned_up(&sbx, &cg, None);
+        }
+    }
+}
+
+#[test]
+fn a_signal_during_setup_stops_the_run_before_the_command_and_cleans_up() {
+    // A large policy keeps sbx busy attaching; SIGTERM then must end the
+    // run without starting the command, and nothing may be left.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("run");
+    let marker = dir.path().join("started");
+    let rules: Vec<String> = (0..60_000u32).map(|i| format!("\"10.{}.{}.0/24\"", i / 256 % 256, i % 256)).collect();
+    let rules = rules.join(",");
+    let policy = dir.path().join("big.toml");
+    std::fs::write(&policy, format!("[network]\nallow = [{rules}]\n")).expect("write policy");
+    let script = format!("touch {}", marker.display());
+    let mut cmd = run_cmd(&sbx, &cg, &["--policy", policy.to_str().expect("UTF-8")], &["sh", "-c", &script]);
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
+    let pid = i32::try_from(child.id()).expect("pid");
+    // Wait until the sandbox cgroup exists (setup is under way).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cg.children().is_empty() {
+        assert!(Instant::now() < deadline, "run never created its cgroup");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().expect("waiting for sbx-user run");
+    assert_eq!(out.status.code(), Some(143), "{}", describe(&out));
+    assert!(!marker.exists(), "the command started after SIGTERM");
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
+#[test]
+fn ctrl_c_at_a_terminal_reaches_the_command_once() {
+    // Under a real pty sbx-user and the command share the terminal's
+    // foreground process group: ^C goes to both from the kernel, and sbx
+    // must not forward a second one.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    // The command takes SIGINT with sigwaitinfo, so it sees each delivery
+    // (a forwarded copy that comes after the terminal's is not merged into
+    // it) and who sent it.
+    let child_py = "import os, signal, time\n\
+                    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])\n\
+                    print('ready', flush=True)\n\
+                    got = [signal.sigwaitinfo([signal.SIGINT])]\n\
+                    end = time.time() + 1\n\
+                    while time.time() < end:\n    \
+                    i = signal.sigtimedwait([signal.SIGINT], 0.05)\n    \
+                    if i: got.append(i)\n\
+                    print('sigints=%d from=%s' % (len(got), [(i.si_code, i.si_pid) for i in got]), flush=True)\n";
+    let driver = r#"
+import os, pty, sys, time
+argv = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+buf = b""
+def read_until(token, timeout):
+    global buf
+    end = time.time() + timeout
+    while token not in buf and time.time() < end:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+read_until(b"ready", 20)
+os.write(fd, b"\x03")
+read_until(b"sigints=", 20)
+read_until(b"\n", 5)
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(buf.decode(errors="replace"))
+print("exit=%d" % os.waitstatus_to_exitcode(status))
+"#;
+    let bin = sbx_tests::sbx_user_bin();
+    let out = Command::new("python3")
+        .args(["-c", driver])
+        .arg(&bin)
+        .args(["run", "--cgroup-parent", cg.arg(), "--", "python3", "-c", child_py])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the pty driver");
+    let text = stdout(&out);
+    assert!(text.contains("sigints=1"), "one ^C, one SIGINT: {}", describe(&out));
+    assert!(text.contains("exit=0"), "{}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
+#[test]
+fn status_reports_and_detach_removes_what_a_killed_run_left() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let mut cmd = run_cmd(&sbx, &cg, &[], &["sleep", "100"]);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
+    wait_started(&cg);
+    // SIGKILL cannot be forwarded or handled: the run's teardown never happens.
+    child.kill().expect("killing sbx-user run");
+    child.wait().expect("reaping");
+    let left = cg.children();
+    assert_eq!(left.len(), 1, "the killed run left its cgroup: {left:?}");
+    let out = sbx.ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let entry = v.as_array().expect("array").iter().find(|e| e["cgroup"] == left[0].to_str().expect("UTF-8")).cloned();
+    let entry = entry.unwrap_or_else(|| panic!("status lists the leftover: {v:#}"));
+    let problem = entry["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("has exited"), "status names the dead owner: {entry:#}");
+    let out = sbx.ok(&["detach", "--cgroup", left[0].to_str().expect("UTF-8")]);
+    assert!(stdout(&out).contains("left behind"), "{}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
 }

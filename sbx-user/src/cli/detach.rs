@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::GlobalArgs;
-use crate::{cgroup::Cgroup, sandbox::uninstall};
+use crate::{
+    cgroup::Cgroup,
+    sandbox::uninstall,
+    state::{Record, RunnerState},
+};
 
 /// Arguments of `detach`.
 #[derive(Debug, Args)]
@@ -15,11 +19,33 @@ pub struct DetachArgs {
     pub cgroup: PathBuf,
 }
 
-/// Detaches and unpins.
+/// Detaches and unpins. The leftovers of a `run` whose `sbx-user` process
+/// is gone (killed, or its machine's OOM killer) are removed whole: the
+/// processes still in its cgroup, the pins, the record and the cgroup `run`
+/// made.
 pub fn run(args: &DetachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     super::require_root("detach")?;
+    let paths = global.paths();
     let cg = Cgroup::open(&args.cgroup)?;
-    uninstall(cg.id, &cg.path, &global.paths())?;
-    println!("detached from {}", cg.path.display());
+    let record = Record::load(&paths, cg.id)?;
+    match record.as_ref().map(Record::runner) {
+        Some(RunnerState::Running(pid)) => anyhow::bail!(
+            "{} belongs to a running `sbx-user run` (pid {pid}); stop that command instead (it tears its sandbox down)",
+            cg.path.display()
+        ),
+        Some(RunnerState::Gone(pid)) => {
+            cg.kill_all(std::time::Duration::from_secs(5))?;
+            if paths.pin_dir(cg.id).exists() {
+                uninstall(cg.id, &cg.path, &paths)?;
+            }
+            Record::remove(&paths, cg.id)?;
+            cg.remove()?;
+            println!("removed {} (left behind by `sbx-user run` pid {pid}, which has exited)", cg.path.display());
+        }
+        Some(RunnerState::NoRunner) | None => {
+            uninstall(cg.id, &cg.path, &paths)?;
+            println!("detached from {}", cg.path.display());
+        }
+    }
     Ok(())
 }

@@ -50,12 +50,12 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
     let policy = match args.policy.policy() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("sbx-user: error: {e}");
+            crate::error_user!("{e}");
             return EXIT_SETUP_FAILED;
         }
     };
     if let Err(e) = super::require_root("run") {
-        eprintln!("sbx-user: error: {e}");
+        crate::error_user!("{e}");
         return EXIT_SETUP_FAILED;
     }
     let opts = RunOptions {
@@ -71,7 +71,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sbx-user: error: {e}");
+            crate::error_user!("{e}");
             e.exit_code()
         }
     }

@@ -6,7 +6,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::GlobalArgs;
-use crate::{cgroup::Cgroup, loader, policy::Policy, state::Record};
+use crate::{
+    cgroup::Cgroup,
+    loader,
+    policy::Policy,
+    state::{Record, RunnerState},
+};
 
 /// Arguments of `status`.
 #[derive(Debug, Args)]
@@ -34,6 +39,18 @@ struct Entry {
     policy: Option<Policy>,
     counters: Option<crate::events::Counters>,
     problem: Option<String>,
+}
+
+/// What is wrong with a sandbox whose `sbx-user run` has exited without
+/// tearing it down.
+fn leftover(rec: &Record) -> Option<String> {
+    let RunnerState::Gone(pid) = rec.runner() else {
+        return None;
+    };
+    Some(format!(
+        "left behind: the `sbx-user run` that made it (pid {pid}) has exited; `sbx-user detach --cgroup {}` removes it",
+        rec.cgroup.display()
+    ))
 }
 
 /// Reports each sandbox, checking the kernel rather than trusting records.
@@ -75,6 +92,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 None => e.problem = Some("no record of this sandbox (pins only)".into()),
                 Some(Err(err)) => e.problem = Some(format!("cgroup is gone: {err}")),
                 Some(Ok(cg)) if cg.id != id => e.problem = Some("cgroup path now names a different cgroup".into()),
+                Some(Ok(_)) if rec.and_then(leftover).is_some() => e.problem = rec.and_then(leftover),
                 Some(Ok(cg)) => match loader::query(&cg) {
                     Ok(q) => {
                         let (on, off): (Vec<_>, Vec<_>) =
