@@ -16,7 +16,122 @@
 //! already resolved rule precedence, so the programs do one trie lookup, one
 //! array lookup and a bounded scan. The cost does not depend on how many rules
 //! the policy has.
+//!
+//! # One program set for every sandbox
+//! The programs are loaded once per host and program set and pinned; every
+//! sandbox links the same programs to its cgroup. A program finds the
+//! policy of the sandbox it runs for through cgroup storage bound to the
+//! attach point ([`MAP_SLOT`], keyed by the cgroup id alone, so one cell is
+//! shared by every hook of a sandbox): the [`Slot`] names the policy's
+//! index in the outer arrays of per-policy maps ([`MAP_DEST_OF`],
+//! [`MAP_BIND_OF`], [`MAP_PORTS_OF`]). An all-zero slot (attached, policy
+//! not yet written) denies everything. `update` writes a new slot in one
+//! map update, which the kernel applies as one pointer swap: every hook
+//! moves from the old policy to the new one at the same instant.
 #![no_std]
+
+/// Version of the contract between the programs and the loader. Part of
+/// the program set's identity (with a hash of the object): a loader never
+/// drives programs of another contract.
+pub const CONTRACT_VERSION: u32 = 2;
+
+/// Shared cgroup storage ([`Slot`]), one cell per sandbox cgroup.
+pub const MAP_SLOT: &str = "SBX_SLOT";
+/// Per-CPU cgroup storage ([`Stats`]): counters and the event rate limiter
+/// of one sandbox.
+pub const MAP_STATS: &str = "SBX_STATS";
+/// Outer array of destination tries, by policy index.
+pub const MAP_DEST_OF: &str = "SBX_DEST_OF";
+/// Outer array of bind tries, by policy index.
+pub const MAP_BIND_OF: &str = "SBX_BIND_OF";
+/// Outer array of port-table arrays, by policy index.
+pub const MAP_PORTS_OF: &str = "SBX_PORTS_OF";
+/// Outer array of per-sandbox event ring buffers, by [`Slot::events`].
+pub const MAP_EVENTS_OF: &str = "SBX_EVENTS_OF";
+/// The host's event ring buffer, for sandboxes without one of their own.
+pub const MAP_HOST_EVENTS: &str = "SBX_HOST_EVENTS";
+/// Allocation state of policy and event indices ([`Pool`]); userspace only,
+/// under the host lock.
+pub const MAP_POOL: &str = "SBX_POOL";
+
+/// `BPF_F_INNER_MAP`, set on the port-table arrays (template and every
+/// inner array alike: the kernel compares map flags) so that they may
+/// differ in size.
+pub const F_INNER_MAP: u32 = 1 << 12;
+
+/// Policy indices of the host (the outer arrays' size). Index 0 is never
+/// used, so a zero slot names no policy. An update holds two at once.
+pub const POLICY_SLOTS: u32 = 32_768;
+/// Per-sandbox event ring buffer indices of the host; 0 means "the host
+/// buffer".
+pub const EVENT_SLOTS: u32 = 16_384;
+
+/// What a sandbox's programs read first: which policy, which settings.
+/// Written by `sbx-user` with one map update; read by every program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    /// The sandbox cgroup's id (the attach point), carried in events. Zero
+    /// in a slot that was never written.
+    pub cgroup_id: u64,
+    /// Index of the policy in the `*_OF` outer arrays; 0: none (deny all).
+    pub policy: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Policy generation, copied into events.
+    pub generation: u32,
+    /// Index into [`MAP_EVENTS_OF`], or 0 for the host buffer.
+    pub events: u32,
+    /// Events each CPU may emit per second (token bucket refill rate).
+    pub events_per_sec: u32,
+    /// Token bucket size.
+    pub events_burst: u32,
+    /// Proxy address for [`FLAG_REDIRECT`], IPv4 mapped, network order.
+    pub proxy_addr: [u8; 16],
+    /// Proxy port, host byte order.
+    pub proxy_port: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 56);
+
+/// Per-CPU state of one sandbox ([`MAP_STATS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    /// See [`counter_index`].
+    pub counters: [u64; NUM_COUNTERS as usize],
+    /// `bpf_ktime_get_ns` of the last refill of the event token bucket.
+    pub last_ns: u64,
+    /// Tokens left, scaled by 10^9.
+    pub tokens: u64,
+}
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (NUM_COUNTERS as usize + 2));
+
+/// Allocation bitmaps of the host's policy and event indices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pool {
+    /// Bit `i` set: policy index `i` is in use.
+    pub policies: [u64; POLICY_SLOTS as usize / 64],
+    /// Bit `i` set: event ring index `i` is in use.
+    pub events: [u64; EVENT_SLOTS as usize / 64],
+}
+const _: () = assert!(core::mem::size_of::<Pool>() == (POLICY_SLOTS as usize + EVENT_SLOTS as usize) / 8);
+
+/// Key of [`MAP_ORIGDST`]: a client port is unique only within its network
+/// namespace, so the namespace's cookie is part of the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigKey {
+    /// `SO_NETNS_COOKIE` of the client's (and so the proxy's) namespace.
+    pub netns_cookie: u64,
+    /// The client's local port, host byte order.
+    pub port: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<OrigKey>() == 16);
 
 /// Name of the destination trie (connect and sendmsg hooks).
 pub const MAP_DEST: &str = "SBX_DEST";
@@ -36,12 +151,28 @@ pub const MAP_RATE: &str = "SBX_RATE";
 /// Name of the map from socket cookie to original destination, for
 /// connections the connect hooks redirected to the proxy.
 pub const MAP_REDIRECTED: &str = "SBX_REDIRECTED";
-/// Name of the map a proxy reads: the client's local port (host byte
-/// order, as `u32`) to the [`OrigDst`] it originally asked for.
+/// Name of the map a proxy reads: [`OrigKey`] (network namespace cookie and
+/// the client's local port) to the [`OrigDst`] it originally asked for.
+/// (Before contract 2, keyed by the port alone.)
 pub const MAP_ORIGDST: &str = "SBX_ORIGDST";
 
-/// Every map sbx pins, in a fixed order.
-pub const MAPS: [&str; 9] =
+/// Every map of the program set, pinned with it.
+pub const MAPS: [&str; 10] = [
+    MAP_SLOT,
+    MAP_STATS,
+    MAP_DEST_OF,
+    MAP_BIND_OF,
+    MAP_PORTS_OF,
+    MAP_EVENTS_OF,
+    MAP_HOST_EVENTS,
+    MAP_POOL,
+    MAP_REDIRECTED,
+    MAP_ORIGDST,
+];
+
+/// The per-sandbox maps of contract 1 (before program sets), which
+/// sandboxes attached by an older sbx still have pinned beside their links.
+pub const LEGACY_MAPS: [&str; 9] =
     [MAP_DEST, MAP_BIND, MAP_PORTS, MAP_CONFIG, MAP_EVENTS, MAP_COUNTERS, MAP_RATE, MAP_REDIRECTED, MAP_ORIGDST];
 
 /// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
@@ -162,8 +293,14 @@ pub struct Event {
     pub generation: u32,
     /// Zero.
     pub _pad: u32,
+    /// The sandbox (attach point) cgroup id whose policy decided. Absent
+    /// (zero) in events of contract 1, which were 80 bytes long.
+    pub sandbox: u64,
 }
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+
+/// Length of an [`Event`] of contract 1 (without `sandbox`).
+pub const LEGACY_EVENT_LEN: usize = 80;
 
 /// Program names, one per hook. The kernel keeps 15 bytes of a program name.
 pub const PROG_CONNECT4: &str = "sbx_connect4";
@@ -295,4 +432,14 @@ mod pod {
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Stats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Pool {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigKey {}
 }

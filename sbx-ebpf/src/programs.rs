@@ -1,63 +1,140 @@
 //! Entry points and maps. Compiled only for the BPF target.
+//!
+//! One loaded copy of these programs serves every sandbox on the host.
+//! Each program run starts by reading the [`Slot`] of the cgroup it is
+//! attached to (cgroup storage follows the attach point, not the calling
+//! task: a descendant cgroup, a socket whose task moved, and each layer of
+//! nested sandboxes all get the right sandbox), then looks the decision up
+//! in that slot's policy maps.
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, ArrayOfMaps, LpmTrie, LruHashMap, RingBuf},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_local_storage,
+        bpf_get_netns_cookie, bpf_ktime_get_ns,
+    },
+    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sock_ops},
+    maps::lpm_trie::Key,
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
     EbpfContext as _,
 };
 use sbx_common::{
-    counter_index, Config, Event, OrigDst, PortTable, RateState, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
-    EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP,
-    IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, VERDICT_ALLOW, VERDICT_DENY,
+    counter_index, Event, OrigDst, OrigKey, PortTable, Slot, Stats, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
+    EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS, FLAG_AUDIT, FLAG_REDIRECT,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
-/// Destination policy for connect and sendmsg. Written by `sbx-user` when it
-/// attaches (and never again for that program instance); read by the
-/// connect4/6 and sendmsg4/6 programs. Max entries are set at load time.
-#[map(name = "SBX_DEST")]
-static SBX_DEST: LpmTrie<TrieAddr, TrieValue> = LpmTrie::with_max_entries(1, 0);
+/// `BPF_MAP_TYPE_CGROUP_STORAGE`.
+const CGROUP_STORAGE: usize = 19;
+/// `BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE`.
+const PERCPU_CGROUP_STORAGE: usize = 21;
 
-/// Local-address policy for bind. Written by `sbx-user` at attach; read by
-/// bind4/6.
-#[map(name = "SBX_BIND")]
-static SBX_BIND: LpmTrie<TrieAddr, TrieValue> = LpmTrie::with_max_entries(1, 0);
+/// A cgroup storage map keyed by the cgroup id alone (`__u64`), which the
+/// kernel shares between the programs of every attach type on one cgroup
+/// (since Linux 5.9). aya-ebpf's `CgroupStorage` keys by
+/// `bpf_cgroup_storage_key` (cgroup id and attach type), which would give
+/// each hook a cell of its own; this BTF definition has the same layout as
+/// aya-ebpf's with the narrower key. `TYPE` is the map type.
+#[repr(C)]
+struct SharedCgroupStorage<V, const TYPE: usize> {
+    r#type: *const [i32; TYPE],
+    key: *const u64,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; 0],
+}
 
-/// Port tables named by both tries. Written by `sbx-user` at attach; read by
-/// every program.
-#[map(name = "SBX_PORTS")]
-static SBX_PORTS: Array<PortTable> = Array::with_max_entries(1, 0);
+// SAFETY: the fields are placeholders the loader reads from BTF; nothing
+// dereferences them.
+unsafe impl<V, const TYPE: usize> Sync for SharedCgroupStorage<V, TYPE> {}
 
-/// Sandbox settings (audit flag, policy generation, event rate). Written by
-/// `sbx-user` before attach; read by every program.
-#[map(name = "SBX_CONFIG")]
-static SBX_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+impl<V, const TYPE: usize> SharedCgroupStorage<V, TYPE> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
 
-/// Deny events for `sbx-user events`/`run --log-denials`. Written by every
-/// program (rate-limited); read by `sbx-user`. Size set at load time.
-#[map(name = "SBX_EVENTS")]
-static SBX_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+    /// The attach point's cell (this CPU's, for the per-CPU type). The
+    /// kernel allocates it when the program is linked to the cgroup, so the
+    /// helper never fails for a linked program.
+    #[inline(always)]
+    fn get(&self) -> *mut V {
+        // SAFETY: `self` is a map definition the loader relocated; the
+        // flags argument must be zero.
+        unsafe { bpf_get_local_storage(core::ptr::from_ref(self).cast_mut().cast(), 0) }.cast()
+    }
+}
 
-/// Allowed/denied counts per hook and dropped events, per CPU. Written by
-/// every program; summed by `sbx-user status`.
-#[map(name = "SBX_COUNTERS")]
-static SBX_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+/// Which sandbox, which policy. Written by `sbx-user` (one update per
+/// attach or policy change); read first by every program.
+#[btf_map(name = "SBX_SLOT")]
+static SBX_SLOT: SharedCgroupStorage<Slot, CGROUP_STORAGE> = SharedCgroupStorage::new();
 
-/// Token buckets of the event rate limiter, per CPU. Programs only.
-#[map(name = "SBX_RATE")]
-static SBX_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU counters and event token bucket of each sandbox. Written by the
+/// programs; summed by `sbx-user status`.
+#[btf_map(name = "SBX_STATS")]
+static SBX_STATS: SharedCgroupStorage<Stats, PERCPU_CGROUP_STORAGE> = SharedCgroupStorage::new();
+
+/// Destination tries (connect, sendmsg, egress), by policy index. Each
+/// inner trie is created and filled by `sbx-user` before its index is put
+/// in a slot; read by the programs.
+#[btf_map(name = "SBX_DEST_OF")]
+static SBX_DEST_OF: ArrayOfMaps<LpmTrie<TrieAddr, TrieValue, 1>, { POLICY_SLOTS as usize }> = ArrayOfMaps::new();
+
+/// Bind tries, by policy index. As [`SBX_DEST_OF`].
+#[btf_map(name = "SBX_BIND_OF")]
+static SBX_BIND_OF: ArrayOfMaps<LpmTrie<TrieAddr, TrieValue, 1>, { POLICY_SLOTS as usize }> = ArrayOfMaps::new();
+
+/// Port tables, by policy index. As [`SBX_DEST_OF`].
+#[btf_map(name = "SBX_PORTS_OF")]
+static SBX_PORTS_OF: ArrayOfMaps<Array<PortTable, 1, { INNER_MAP as usize }>, { POLICY_SLOTS as usize }> =
+    ArrayOfMaps::new();
+
+/// `BPF_F_INNER_MAP`: inner arrays may differ in size from the template
+/// (without it the kernel requires every inner array to have its size).
+const INNER_MAP: u32 = sbx_common::F_INNER_MAP;
+
+/// Per-sandbox event ring buffers, by `Slot::events`. Created by
+/// `sbx-user` for sandboxes whose events are read on their own.
+#[btf_map(name = "SBX_EVENTS_OF")]
+static SBX_EVENTS_OF: ArrayOfMaps<RingBuf<Event, 4096>, { EVENT_SLOTS as usize }> = ArrayOfMaps::new();
+
+/// The host's event ring buffer: events of sandboxes without their own.
+#[btf_map(name = "SBX_HOST_EVENTS")]
+static SBX_HOST_EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
+
+/// Allocation bitmaps of policy and event indices. `sbx-user` only (under
+/// the host lock); in the object so that it is pinned with the set.
+#[btf_map(name = "SBX_POOL")]
+static SBX_POOL: Array<sbx_common::Pool, 1> = Array::new();
 
 /// Original destinations of redirected connects, by socket cookie. Written
 /// by connect4/6 when they redirect; read by `sbx_sockops`.
-#[map(name = "SBX_REDIRECTED")]
-static SBX_REDIRECTED: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(4096, 0);
+#[btf_map(name = "SBX_REDIRECTED")]
+static SBX_REDIRECTED: LruHashMap<u64, OrigDst, 16384> = LruHashMap::new();
 
-/// Original destinations by the client's local port, for the proxy.
-/// Written by `sbx_sockops`; read by proxies and `sbx-user orig-dst`.
-#[map(name = "SBX_ORIGDST")]
-static SBX_ORIGDST: LruHashMap<u32, OrigDst> = LruHashMap::with_max_entries(4096, 0);
+/// Original destinations by network namespace and client port, for the
+/// proxy. Written by `sbx_sockops`; read by proxies and `sbx-user orig-dst`.
+#[btf_map(name = "SBX_ORIGDST")]
+static SBX_ORIGDST: LruHashMap<OrigKey, OrigDst, 16384> = LruHashMap::new();
+
+/// The attach point's slot, copied: a slot is replaced whole by `update`
+/// (the kernel swaps the cell's buffer), so one copy is one policy.
+#[inline(always)]
+fn slot() -> Slot {
+    let p = SBX_SLOT.get();
+    if p.is_null() {
+        return Slot::default();
+    }
+    // SAFETY: a valid cell of `size_of::<Slot>()` bytes for this run.
+    unsafe { *p }
+}
 
 /// `BPF_SOCK_OPS_TCP_CONNECT_CB`: the SYN is about to be sent, the local
 /// port is chosen.
@@ -69,12 +146,14 @@ const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 #[sock_ops]
 fn sbx_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        // SAFETY: the helper takes the context pointer.
-        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: the helpers take the context pointer.
+        let (cookie, netns_cookie) =
+            unsafe { (aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_netns_cookie(ctx.as_ptr())) };
         // SAFETY: a map value pointer valid for this program run.
         if let Some(orig) = unsafe { SBX_REDIRECTED.get(&cookie) } {
             let orig = *orig;
-            let _ = SBX_ORIGDST.insert(&ctx.local_port(), &orig, 0);
+            let key = OrigKey { netns_cookie, port: ctx.local_port(), _pad: 0 };
+            let _ = SBX_ORIGDST.insert(&key, &orig, 0);
             let _ = SBX_REDIRECTED.remove(&cookie);
         }
     }
@@ -101,89 +180,101 @@ enum Task {
 }
 
 /// Counts a decision and, for a denial, reports it. Returns whether the
-/// call may proceed: an allow, or a denial in audit mode.
+/// call may proceed: an allow, or a denial in audit mode. `verdict` says
+/// what happened: an internal error rejects and is reported as a denial
+/// (never as an audit-mode "would be denied"), whatever the mode.
 #[inline(always)]
-fn settle(allowed: bool, hook: u32, protocol: u32, addr: &TrieAddr, port: u32, task: Task, redirecting: bool) -> bool {
-    bump(counter_index(hook, u32::from(!allowed)));
+fn settle(
+    slot: &Slot,
+    verdict: Result<bool, ()>,
+    hook: u32,
+    protocol: u32,
+    addr: &TrieAddr,
+    port: u32,
+    task: Task,
+    redirecting: bool,
+) -> bool {
+    let allowed = verdict == Ok(true);
+    let stats = SBX_STATS.get();
+    bump(stats, counter_index(hook, u32::from(!allowed)));
     if allowed {
         return true;
     }
-    let (audit, generation) = match SBX_CONFIG.get(0) {
-        Some(c) => (c.flags & FLAG_AUDIT != 0, c.generation),
-        None => (false, 0),
-    };
-    let verdict = if audit {
+    let audit = verdict.is_ok() && slot.flags & FLAG_AUDIT != 0;
+    let outcome = if audit {
         EVENT_AUDIT
-    } else if redirecting {
+    } else if redirecting && verdict.is_ok() {
         EVENT_REDIRECTED
     } else {
         EVENT_DENIED
     };
-    if take_token() {
-        if let Some(mut entry) = SBX_EVENTS.reserve::<Event>(0) {
-            // SAFETY: the helpers have no preconditions here.
-            let (ts_ns, pid_tgid, cgroup_id, comm) = unsafe {
-                let now = bpf_ktime_get_ns();
-                if task == Task::Current {
-                    (
-                        now,
-                        bpf_get_current_pid_tgid(),
-                        bpf_get_current_cgroup_id(),
-                        bpf_get_current_comm().unwrap_or([0; 16]),
-                    )
-                } else {
-                    (now, 0, 0, [0u8; 16])
-                }
-            };
-            #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32s")]
-            entry.write(Event {
-                ts_ns,
-                cgroup_id,
-                pid: (pid_tgid >> 32) as u32,
-                tid: pid_tgid as u32,
-                comm: comm.map(|c| c as u8),
-                hook,
-                protocol,
-                addr: *addr,
-                port,
-                verdict,
-                generation,
-                _pad: 0,
-            });
-            entry.submit(0);
-        } else {
-            bump(COUNTER_EVENTS_DROPPED);
+    if take_token(slot, stats) {
+        // SAFETY: the helpers have no preconditions here.
+        let (ts_ns, pid_tgid, cgroup_id, comm) = unsafe {
+            let now = bpf_ktime_get_ns();
+            if task == Task::Current {
+                (
+                    now,
+                    bpf_get_current_pid_tgid(),
+                    bpf_get_current_cgroup_id(),
+                    bpf_get_current_comm().unwrap_or([0; 16]),
+                )
+            } else {
+                (now, 0, 0, [0u8; 16])
+            }
+        };
+        #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32s")]
+        let event = Event {
+            ts_ns,
+            cgroup_id,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            comm: comm.map(|c| c as u8),
+            hook,
+            protocol,
+            addr: *addr,
+            port,
+            verdict: outcome,
+            generation: slot.generation,
+            _pad: 0,
+            sandbox: slot.cgroup_id,
+        };
+        let sent = match (slot.events, SBX_EVENTS_OF.get(slot.events)) {
+            (0, _) | (_, None) => SBX_HOST_EVENTS.output(&event, 0),
+            (_, Some(ring)) => ring.output(&event, 0),
+        };
+        if sent.is_err() {
+            bump(stats, COUNTER_EVENTS_DROPPED);
         }
     } else {
-        bump(COUNTER_EVENTS_DROPPED);
+        bump(stats, COUNTER_EVENTS_DROPPED);
     }
     audit
 }
 
 #[inline(always)]
-fn bump(index: u32) {
-    if let Some(c) = SBX_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot; programs on this CPU do not run
-        // concurrently with each other for the same slot.
-        unsafe { *c += 1 };
+fn bump(stats: *mut Stats, index: u32) {
+    if stats.is_null() || index >= NUM_COUNTERS {
+        return;
     }
+    // SAFETY: this CPU's cell of the attach point's per-CPU storage; the
+    // index is bounded above.
+    unsafe { (*stats).counters[index as usize] += 1 };
 }
 
 /// One event costs this many tokens; the bucket holds `burst * SCALE`.
 const SCALE: u64 = 1_000_000_000;
 
-/// Per-CPU token bucket: refills `events_per_sec` per second up to
-/// `events_burst`, so a flood of denials cannot flood the host.
+/// Per-CPU token bucket of the sandbox: refills `events_per_sec` per
+/// second up to `events_burst`, so a flood of denials cannot flood the host,
+/// and one noisy sandbox cannot spend another's events.
 #[inline(always)]
-fn take_token() -> bool {
-    let (rate, burst) = match SBX_CONFIG.get(0) {
-        Some(c) => (u64::from(c.events_per_sec), u64::from(c.events_burst)),
-        None => return false,
-    };
-    let Some(state) = SBX_RATE.get_ptr_mut(0) else {
+fn take_token(slot: &Slot, state: *mut Stats) -> bool {
+    let (rate, burst) = (u64::from(slot.events_per_sec), u64::from(slot.events_burst));
+    if state.is_null() {
         return false;
-    };
-    // SAFETY: helper without preconditions; `state` is this CPU's slot.
+    }
+    // SAFETY: helper without preconditions; `state` is this CPU's cell.
     unsafe {
         let now = bpf_ktime_get_ns();
         let elapsed = now.saturating_sub((*state).last_ns);
@@ -219,8 +310,9 @@ enum Direction {
 
 #[cgroup_sock_addr(connect4)]
 fn sbx_connect4(ctx: SockAddrContext) -> i32 {
-    let target = redirect_target(&ctx, false);
-    if judge4(&ctx, Direction::Dest, HOOK_CONNECT4, target.is_some())
+    let slot = slot();
+    let target = redirect_target(&slot, &ctx, false);
+    if judge4(&slot, &ctx, Direction::Dest, HOOK_CONNECT4, target.is_some())
         || target.is_some_and(|t| redirect(&ctx, &t, false))
     {
         PASS
@@ -231,8 +323,9 @@ fn sbx_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 fn sbx_connect6(ctx: SockAddrContext) -> i32 {
-    let target = redirect_target(&ctx, true);
-    if judge6(&ctx, Direction::Dest, HOOK_CONNECT6, target.is_some())
+    let slot = slot();
+    let target = redirect_target(&slot, &ctx, true);
+    if judge6(&slot, &ctx, Direction::Dest, HOOK_CONNECT6, target.is_some())
         || target.is_some_and(|t| redirect(&ctx, &t, true))
     {
         PASS
@@ -245,8 +338,7 @@ fn sbx_connect6(ctx: SockAddrContext) -> i32 {
 /// applies to it: TCP, to a non-local destination, and (for an IPv4
 /// socket) an IPv4 proxy. `(proxy address, proxy port, original address)`.
 #[inline(always)]
-fn redirect_target(ctx: &SockAddrContext, v6: bool) -> Option<([u8; 16], u32, TrieAddr)> {
-    let cfg = SBX_CONFIG.get(0)?;
+fn redirect_target(cfg: &Slot, ctx: &SockAddrContext, v6: bool) -> Option<([u8; 16], u32, TrieAddr)> {
     if cfg.flags & FLAG_REDIRECT == 0 {
         return None;
     }
@@ -301,7 +393,7 @@ fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool)
 
 #[cgroup_sock_addr(sendmsg4)]
 fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if judge4(&ctx, Direction::Dest, HOOK_SENDMSG4, false) {
+    if judge4(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG4, false) {
         PASS
     } else {
         REJECT
@@ -310,7 +402,7 @@ fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if judge6(&ctx, Direction::Dest, HOOK_SENDMSG6, false) {
+    if judge6(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG6, false) {
         PASS
     } else {
         REJECT
@@ -319,7 +411,7 @@ fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind4)]
 fn sbx_bind4(ctx: SockAddrContext) -> i32 {
-    if judge4(&ctx, Direction::Bind, HOOK_BIND4, false) {
+    if judge4(&slot(), &ctx, Direction::Bind, HOOK_BIND4, false) {
         PASS
     } else {
         REJECT
@@ -328,7 +420,7 @@ fn sbx_bind4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind6)]
 fn sbx_bind6(ctx: SockAddrContext) -> i32 {
-    if judge6(&ctx, Direction::Bind, HOOK_BIND6, false) {
+    if judge6(&slot(), &ctx, Direction::Bind, HOOK_BIND6, false) {
         PASS
     } else {
         REJECT
@@ -346,8 +438,10 @@ fn sbx_sock_create(ctx: SockContext) -> i32 {
     // SAFETY: field addresses of the context; the verifier checks reads.
     let (ty, proto) =
         unsafe { (ctx_u32(core::ptr::addr_of!((*sk).type_)), ctx_u32(core::ptr::addr_of!((*sk).protocol))) };
-    let allowed = matches!((ty, proto), (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP));
-    if settle(allowed, HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
+    let slot = slot();
+    // A sandbox whose policy is not written yet denies everything.
+    let allowed = slot.policy != 0 && matches!((ty, proto), (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP));
+    if settle(&slot, Ok(allowed), HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -373,7 +467,7 @@ fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
     let refused = matches!((level, name), (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR));
     #[expect(clippy::cast_sign_loss, reason = "reported as raw numbers")]
     let (level, name) = (level as u32, name as u32);
-    if settle(!refused, HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false) {
+    if settle(&slot(), Ok(!refused), HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -409,6 +503,7 @@ fn sbx_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &SkBuffContext) -> bool {
+    let slot = &slot();
     // Ordered for the common case: most packets are TCP segments after the
     // SYN, which need the header length, protocol and flags only.
     // SAFETY: reading a field of the context.
@@ -421,20 +516,20 @@ fn egress(ctx: &SkBuffContext) -> bool {
         return true;
     };
     let Ok((l4, off)) = (if v6 { l4_v6(ctx) } else { l4_v4(ctx) }) else {
-        return conclude(Err(()), HOOK_EGRESS, 0, &[0; 16], 0, Task::Unknown);
+        return conclude(slot, Err(()), HOOK_EGRESS, 0, &[0; 16], 0, Task::Unknown);
     };
     let l4 = u32::from(l4);
     let dest = |ctx: &SkBuffContext| if v6 { dest_v6(ctx) } else { dest_v4(ctx) };
     let Some(off) = off else {
         // Source routing: refused whatever the destination.
         let addr = dest(ctx).unwrap_or([0; 16]);
-        return conclude(Ok(false), HOOK_EGRESS, l4, &addr, EVENT_PORT_SOURCE_ROUTE, Task::Unknown);
+        return conclude(slot, Ok(false), HOOK_EGRESS, l4, &addr, EVENT_PORT_SOURCE_ROUTE, Task::Unknown);
     };
     if l4 == IPPROTO_TCP {
         match ctx.load::<u8>(off + 13) {
             Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN => return true,
             Ok(_) => {}
-            Err(_) => return conclude(Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown),
+            Err(_) => return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown),
         }
     } else if l4 != IPPROTO_UDP {
         // sock_create lets no socket of another protocol be made, but a
@@ -445,18 +540,26 @@ fn egress(ctx: &SkBuffContext) -> bool {
             return true;
         }
         let addr = dest(ctx).unwrap_or([0; 16]);
-        return conclude(Ok(false), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
+        return conclude(slot, Ok(false), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
     }
     // In audit mode the connect and sendmsg hooks have already reported
     // every would-be denial; judging the same packets again here would
     // report each twice.
-    if SBX_CONFIG.get(0).is_some_and(|c| c.flags & FLAG_AUDIT != 0) {
+    if slot.flags & FLAG_AUDIT != 0 {
         return true;
     }
     let (Ok(addr), Ok(port)) = (dest(ctx), ctx.load::<u16>(off + 2).map(u16::from_be)) else {
-        return conclude(Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown);
+        return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown);
     };
-    conclude(decide(&addr, port, l4, Direction::Dest), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown)
+    conclude(
+        slot,
+        decide(slot, &addr, port, l4, Direction::Dest),
+        HOOK_EGRESS,
+        l4,
+        &addr,
+        u32::from(port),
+        Task::Unknown,
+    )
 }
 
 /// L4 protocol and offset of an IPv4 packet; `None` offset when the header
@@ -561,15 +664,15 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 }
 
 #[inline(always)]
-fn judge4(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
+fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
     let sa = ctx.sock_addr.cast_const();
     let addr = mapped(user_ip4(sa));
     let (port, proto) = (port(sa), protocol(sa));
-    conclude_r(decide(&addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current, redirecting)
+    settle(slot, decide(slot, &addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 
 #[inline(always)]
-fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
+fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
     let sa = ctx.sock_addr.cast_const();
     let mut addr = user_ip6(sa);
     let (port, proto) = (port(sa), protocol(sa));
@@ -579,39 +682,26 @@ fn judge6(ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -
         Some(v4) if v4[0] == 127 || v4[0] == 0 => Ok(false),
         Some(v4) => {
             addr = mapped(v4);
-            decide(&addr, port, proto, dir)
+            decide(slot, &addr, port, proto, dir)
         }
-        None => decide(&addr, port, proto, dir),
+        None => decide(slot, &addr, port, proto, dir),
     };
-    conclude_r(verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
+    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 
-/// Turns a decision into the program's answer, counting and reporting it.
-/// An internal error rejects, in audit mode too.
+/// Turns a decision of the egress hook into its answer, counting and
+/// reporting it. An internal error rejects, in audit mode too.
 #[inline(always)]
-fn conclude(verdict: Result<bool, ()>, hook: u32, proto: u32, addr: &TrieAddr, port: u32, task: Task) -> bool {
-    conclude_r(verdict, hook, proto, addr, port, task, false)
-}
-
-/// As [`conclude`]; `redirecting` marks a denial the caller will turn into
-/// a redirect to the proxy.
-#[inline(always)]
-fn conclude_r(
+fn conclude(
+    slot: &Slot,
     verdict: Result<bool, ()>,
     hook: u32,
     proto: u32,
     addr: &TrieAddr,
     port: u32,
     task: Task,
-    redirecting: bool,
 ) -> bool {
-    match verdict {
-        Ok(allowed) => settle(allowed, hook, proto, addr, port, task, redirecting),
-        Err(()) => {
-            settle(false, hook, proto, addr, port, task, false);
-            false
-        }
-    }
+    settle(slot, verdict, hook, proto, addr, port, task, false)
 }
 
 /// `::ffff:a.b.c.d`, the trie's encoding of an IPv4 address.
@@ -634,14 +724,19 @@ fn embedded_v4(a: &TrieAddr) -> Option<[u8; 4]> {
 }
 
 #[inline(always)]
-fn decide(addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+    // Policy 0 is never allocated: a slot not yet written denies everything.
+    if slot.policy == 0 {
+        return Err(());
+    }
     let key = Key::new(128, *addr);
-    let entry = match dir {
-        Direction::Dest => SBX_DEST.get(&key),
-        Direction::Bind => SBX_BIND.get(&key),
+    let trie = match dir {
+        Direction::Dest => SBX_DEST_OF.get(slot.policy),
+        Direction::Bind => SBX_BIND_OF.get(slot.policy),
     }
     .ok_or(())?;
-    let table = SBX_PORTS.get(entry.table).ok_or(())?;
+    let entry = trie.get(&key).ok_or(())?;
+    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(entry.table).ok_or(())?;
     let verdict = lookup_port(table, port, proto)?;
     Ok(verdict == VERDICT_ALLOW)
 }

@@ -59,10 +59,10 @@ impl EventReader {
     pub fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
-            if item.len() >= std::mem::size_of::<Event>() {
-                // SAFETY: the kernel wrote a whole `Event` (checked length);
-                // `Event` is plain old data, read unaligned.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            // A sandbox of contract 1 writes 80-byte events (no `sandbox`
+            // field), which read as events with `sandbox` zero.
+            if item.len() >= sbx_common::LEGACY_EVENT_LEN {
+                out.push(crate::sys::from_bytes(&item));
             }
         }
         out
@@ -219,7 +219,30 @@ pub struct Counters {
     pub events_dropped: u64,
 }
 
-/// Sums the per-CPU counters pinned in `pin_dir`.
+/// The counters of the sandbox on cgroup `id`: from its program set's
+/// per-CPU cgroup storage, or for a sandbox of contract 1 from its pinned
+/// counter map.
+pub fn sandbox_counters(paths: &crate::state::Paths, id: u64) -> Result<Counters, EventsError> {
+    let pin_dir = paths.pin_dir(id);
+    if crate::loader::is_legacy(&pin_dir) {
+        return counters(&pin_dir);
+    }
+    let err = |detail: String| EventsError { what: "counters", path: pin_dir.display().to_string(), detail };
+    let set = crate::loader::open_holder(paths, &pin_dir).map_err(|e| err(e.to_string()))?;
+    let stats = set
+        .as_ref()
+        .and_then(|s| crate::loader::read_stats(s, id))
+        .ok_or_else(|| err("no counters: the sandbox's cgroup storage is gone".into()))?;
+    let hooks = (0..NUM_HOOKS)
+        .map(|h| {
+            let get = |d| stats.counters[counter_index(h, d) as usize];
+            (HOOK_NAMES[h as usize], get(0), get(1))
+        })
+        .collect();
+    Ok(Counters { hooks, events_dropped: stats.counters[COUNTER_EVENTS_DROPPED as usize] })
+}
+
+/// Sums the per-CPU counters pinned in `pin_dir` (contract 1).
 pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let path = pin_dir.join(pin_name_map(MAP_COUNTERS));
     let err = |detail: String| EventsError { what: "counters", path: path.display().to_string(), detail };

@@ -1,35 +1,32 @@
-//! The one module that touches aya: load the programs, fill the maps,
-//! attach to a cgroup with `bpf_link`, pin, query, replace and detach.
+//! The one module that drives the kernel for a sandbox: link the host's
+//! program set ([`crate::progset`]) to a cgroup, create and fill the
+//! sandbox's policy maps, write its slot, pin, query, update and detach.
 //!
-//! Attaching is all-or-nothing: the six links are created in memory first
-//! and only pinned once every one succeeded; if anything fails, the links
-//! made so far are dropped (which detaches them) and the pins removed.
+//! Attaching is all-or-nothing and fails closed: the links are created
+//! while the sandbox's slot is still zero (which denies everything), the
+//! slot is written in one map update once every link exists, and only then
+//! are the links pinned. If anything fails, the links made so far are
+//! dropped (which detaches them), the policy maps are freed and the pins
+//! removed.
 
 use std::{
     fs,
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
-use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData},
-    programs::Program,
-    Ebpf, EbpfLoader,
-};
 use sbx_common::{
-    Config, PortTable, TrieAddr, TrieValue, MAPS, MAP_BIND, MAP_CONFIG, MAP_DEST, MAP_EVENTS, MAP_ORIGDST, MAP_PORTS,
-    MAP_REDIRECTED, PROGRAMS,
+    Config, PortTable, Slot, Stats, TrieValue, LEGACY_MAPS, MAP_BIND_OF, MAP_DEST_OF, MAP_EVENTS, MAP_EVENTS_OF,
+    MAP_PORTS_OF, MAP_SLOT, MAP_STATS, PROGRAMS,
 };
 
 use crate::{
     cgroup::{fs_magic, Cgroup},
     compile::Compiled,
+    progset::{self, map_err, ProgramSet},
     state::Paths,
-    sys::{self, AttachType},
+    sys::{self, AttachType, MapType},
 };
-
-/// The compiled eBPF object, built by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sbx"));
 
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -128,6 +125,24 @@ pub enum LoaderError {
     /// The cgroup could not be opened.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// A host-wide limit is reached.
+    #[error("all {limit} {what} of this host are in use; {hint}")]
+    Full {
+        /// What ran out.
+        what: &'static str,
+        /// How many the host has.
+        limit: u32,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A bpf(2) command on a map or link failed.
+    #[error("{what}: {detail}")]
+    Kernel {
+        /// What was being done.
+        what: String,
+        /// The kernel's error.
+        detail: String,
+    },
 }
 
 /// Options for [`attach`].
@@ -139,7 +154,8 @@ pub struct AttachOptions {
     pub replace: bool,
     /// The sandbox settings the programs read.
     pub config: Config,
-    /// Size of the event ring buffer in bytes (a power of two, at least a page).
+    /// Size of the sandbox's own event ring buffer in bytes (a power of
+    /// two, at least a page), or 0: its events go to the host stream.
     pub events_bytes: u32,
 }
 
@@ -147,8 +163,9 @@ pub struct AttachOptions {
 /// sandbox remembers (least recently used first out).
 pub const REDIRECT_SLOTS: u32 = 4096;
 
-/// Default event ring buffer size: 64 KiB, about 800 events.
-pub const DEFAULT_EVENTS_BYTES: u32 = 64 * 1024;
+/// Default size of a sandbox's own event ring buffer: 16 KiB, about 180
+/// events between two reads.
+pub const DEFAULT_EVENTS_BYTES: u32 = 16 * 1024;
 
 /// What [`attach`] did.
 #[derive(Clone, Debug)]
@@ -159,9 +176,15 @@ pub struct Attached {
     pub replaced: bool,
     /// Kernel program ids, in [`HOOKS`] order.
     pub prog_ids: Vec<u32>,
+    /// The policy index the sandbox's slot names.
+    pub policy: u32,
+    /// The program set that holds the sandbox.
+    pub set: String,
 }
 
-fn pin_name_link(program: &str) -> String {
+/// Pin file name of the link of `program`.
+#[must_use]
+pub fn pin_name_link(program: &str) -> String {
     format!("link_{program}")
 }
 
@@ -191,56 +214,7 @@ pub fn ensure_bpffs(paths: &Paths) -> Result<(), LoaderError> {
     Ok(())
 }
 
-/// Loads the object and fills its maps with `compiled`.
-fn load(compiled: &Compiled, opts: AttachOptions) -> Result<Ebpf, LoaderError> {
-    let tables = u32::try_from(compiled.tables.len().max(1)).expect("tables fit u32");
-    let redirect_slots = if opts.config.flags & sbx_common::FLAG_REDIRECT == 0 { 1 } else { REDIRECT_SLOTS };
-    let mut ebpf = EbpfLoader::new()
-        // The programs use no CO-RE relocations: parsing the kernel's BTF
-        // (megabytes) on every attach would only cost time.
-        .btf(None)
-        .map_max_entries(MAP_DEST, opts.max_entries)
-        .map_max_entries(MAP_BIND, opts.max_entries)
-        .map_max_entries(MAP_PORTS, tables)
-        .map_max_entries(MAP_EVENTS, opts.events_bytes)
-        // LRU hashes are preallocated; only transparent-proxy sandboxes
-        // need room in them.
-        .map_max_entries(MAP_REDIRECTED, redirect_slots)
-        .map_max_entries(MAP_ORIGDST, redirect_slots)
-        .load(OBJECT)
-        .map_err(LoaderError::Load)?;
-    {
-        let map = ebpf.map_mut(MAP_CONFIG).expect("object defines SBX_CONFIG");
-        let mut config: Array<&mut MapData, Config> =
-            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
-        config.set(0, opts.config, 0).map_err(|source| LoaderError::Map { map: MAP_CONFIG, source })?;
-    }
-    fill_trie(&mut ebpf, MAP_DEST, &compiled.dest)?;
-    fill_trie(&mut ebpf, MAP_BIND, &compiled.bind)?;
-    {
-        let map = ebpf.map_mut(MAP_PORTS).expect("object defines SBX_PORTS");
-        let mut ports: Array<&mut MapData, PortTable> =
-            Array::try_from(map).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
-        for (i, t) in compiled.tables.iter().enumerate() {
-            let i = u32::try_from(i).expect("index fits u32");
-            ports.set(i, t, 0).map_err(|source| LoaderError::Map { map: MAP_PORTS, source })?;
-        }
-    }
-    for (name, _, _) in HOOKS {
-        let loaded = match ebpf.program_mut(name).expect("object defines every program") {
-            Program::CgroupSockAddr(p) => p.load(),
-            Program::CgroupSock(p) => p.load(),
-            Program::CgroupSockopt(p) => p.load(),
-            Program::CgroupSkb(p) => p.load(),
-            Program::SockOps(p) => p.load(),
-            other => unreachable!("unexpected program type {:?}", other.prog_type()),
-        };
-        loaded.map_err(|e| LoaderError::Program { program: name, detail: program_error(&e) })?;
-    }
-    Ok(ebpf)
-}
-
-fn program_error(e: &aya::programs::ProgramError) -> String {
+pub(crate) fn program_error(e: &aya::programs::ProgramError) -> String {
     match e {
         aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
             // The full log is thousands of lines; the end says why.
@@ -254,27 +228,11 @@ fn program_error(e: &aya::programs::ProgramError) -> String {
     }
 }
 
-fn fill_trie(ebpf: &mut Ebpf, name: &'static str, entries: &[crate::compile::TrieEntry]) -> Result<(), LoaderError> {
-    let map = ebpf.map_mut(name).expect("object defines the tries");
-    let mut trie: LpmTrie<&mut MapData, TrieAddr, TrieValue> =
-        LpmTrie::try_from(map).map_err(|source| LoaderError::Map { map: name, source })?;
-    for e in entries {
-        trie.insert(&Key::new(e.prefix_len, e.addr), TrieValue { table: e.table }, 0)
-            .map_err(|source| LoaderError::Map { map: name, source })?;
-    }
-    Ok(())
-}
-
-fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Program {
-    ebpf.program_mut(name).expect("object defines every program")
-}
-
-/// Attaches one program with `bpf_link` and returns the link fd. aya 0.14
-/// cannot turn every cgroup link type into a pinnable `FdLink` (sockopt
-/// links, for one), so all nine go through the same raw `BPF_LINK_CREATE`.
-fn attach_one(p: &Program, ty: AttachType, dir: &fs::File) -> Result<OwnedFd, String> {
-    let fd = p.fd().map_err(|e| e.to_string())?;
-    sys::link_create(fd.as_fd(), dir.as_fd(), ty).map_err(|e| e.to_string())
+/// Links one program of the set to a cgroup. aya 0.14 cannot turn every
+/// cgroup link type into a pinnable `FdLink` (sockopt links, for one), so
+/// all go through the same raw `BPF_LINK_CREATE`.
+fn attach_one(set: &ProgramSet, name: &str, ty: AttachType, dir: &fs::File) -> Result<OwnedFd, String> {
+    sys::link_create(set.prog(name), dir.as_fd(), ty).map_err(|e| e.to_string())
 }
 
 /// Names of the programs attached directly to `cg` at each hook.
@@ -308,22 +266,220 @@ pub fn existing(cg: &Cgroup, paths: &Paths) -> Result<Option<String>, LoaderErro
         .then(|| format!("sbx programs on {} without pins, probably a running `sbx-user run`", attached.join(", "))))
 }
 
-/// Loads `compiled`, attaches it to `cg` and pins links and maps.
+/// The maps of one policy, in the set's outer arrays at `index`.
+struct PolicyMaps {
+    index: u32,
+    dest: OwnedFd,
+}
+
+/// Creates the policy's tries and port tables, fills them and puts them at
+/// a fresh policy index. Nothing reads them before a slot names the index.
+fn install_policy(set: &ProgramSet, compiled: &Compiled, max_entries: u32) -> Result<PolicyMaps, LoaderError> {
+    let index = set.alloc_policy()?;
+    let made = (|| {
+        let dest = make_trie(&compiled.dest, max_entries, "sbx_dest")?;
+        let bind = make_trie(&compiled.bind, max_entries, "sbx_bind")?;
+        let ports = make_ports(&compiled.tables)?;
+        put_inner(set, MAP_DEST_OF, index, &dest)?;
+        put_inner(set, MAP_BIND_OF, index, &bind)?;
+        put_inner(set, MAP_PORTS_OF, index, &ports)?;
+        Ok(dest)
+    })();
+    match made {
+        Ok(dest) => Ok(PolicyMaps { index, dest }),
+        Err(e) => {
+            remove_policy(set, index);
+            Err(e)
+        }
+    }
+}
+
+/// Takes policy `index` out of the outer arrays (the kernel frees its
+/// maps once no program can still use them) and returns it to the pool.
+fn remove_policy(set: &ProgramSet, index: u32) {
+    for outer in [MAP_DEST_OF, MAP_BIND_OF, MAP_PORTS_OF] {
+        let _ = sys::map_delete(set.map(outer), &index.to_ne_bytes());
+    }
+    if let Err(e) = set.free(&[index], &[]) {
+        log::warn!("returning policy index {index} to the pool: {e}");
+    }
+}
+
+fn make_trie(entries: &[crate::compile::TrieEntry], max_entries: u32, name: &str) -> Result<OwnedFd, LoaderError> {
+    let kernel = |what: &str, e: std::io::Error| LoaderError::Kernel { what: what.to_owned(), detail: e.to_string() };
+    // Key: u32 prefix length (host order), then the 16 address bytes.
+    let map = sys::map_create(MapType::LpmTrie, 20, 4, max_entries, sys::F_NO_PREALLOC, name)
+        .map_err(|e| kernel(&format!("creating the {name} trie ({max_entries} entries)"), e))?;
+    let mut key = [0u8; 20];
+    for e in entries {
+        key[..4].copy_from_slice(&e.prefix_len.to_ne_bytes());
+        key[4..].copy_from_slice(&e.addr);
+        let value = TrieValue { table: e.table };
+        sys::map_update(map.as_fd(), &key, sys::bytes_of(&value), sys::UPDATE_ANY)
+            .map_err(|err| kernel(&format!("filling the {name} trie"), err))?;
+    }
+    Ok(map)
+}
+
+fn make_ports(tables: &[PortTable]) -> Result<OwnedFd, LoaderError> {
+    let kernel =
+        |e: std::io::Error| LoaderError::Kernel { what: "creating the port tables".into(), detail: e.to_string() };
+    let n = u32::try_from(tables.len().max(1)).expect("tables fit u32");
+    let size = u32::try_from(std::mem::size_of::<PortTable>()).expect("small");
+    let map = sys::map_create(MapType::Array, 4, size, n, sbx_common::F_INNER_MAP, "sbx_ports").map_err(kernel)?;
+    for (i, t) in tables.iter().enumerate() {
+        let i = u32::try_from(i).expect("index fits u32");
+        sys::map_update(map.as_fd(), &i.to_ne_bytes(), sys::bytes_of(t), sys::UPDATE_ANY).map_err(kernel)?;
+    }
+    Ok(map)
+}
+
+fn put_inner(set: &ProgramSet, outer: &'static str, index: u32, inner: &OwnedFd) -> Result<(), LoaderError> {
+    let fd = u32::try_from(inner.as_raw_fd()).expect("fds are non-negative");
+    sys::map_update(set.map(outer), &index.to_ne_bytes(), &fd.to_ne_bytes(), sys::UPDATE_ANY)
+        .map_err(|e| map_err(outer, &e))
+}
+
+/// A sandbox's own event ring buffer, at a fresh event index, pinned as
+/// `map_SBX_EVENTS` in `pin_dir` (where `events` and `run --log-denials`
+/// find it, as for sandboxes of contract 1).
+fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, LoaderError> {
+    let index = set.alloc_events()?;
+    let made = (|| {
+        let ring = sys::map_create(MapType::RingBuf, 0, 0, bytes, 0, "sbx_events").map_err(|e| {
+            LoaderError::Kernel { what: format!("creating a {bytes}-byte event ring buffer"), detail: e.to_string() }
+        })?;
+        put_inner(set, MAP_EVENTS_OF, index, &ring)?;
+        let path = pin_dir.join(pin_name_map(MAP_EVENTS));
+        let _ = fs::remove_file(&path);
+        sys::obj_pin(ring.as_fd(), &path).map_err(|e| LoaderError::Pin {
+            action: "pinning",
+            path: path.clone(),
+            detail: e.to_string(),
+        })
+    })();
+    if let Err(e) = made {
+        let _ = sys::map_delete(set.map(MAP_EVENTS_OF), &index.to_ne_bytes());
+        let _ = set.free(&[], &[index]);
+        return Err(e);
+    }
+    Ok(index)
+}
+
+fn remove_events(set: &ProgramSet, index: u32) {
+    if index == 0 {
+        return;
+    }
+    let _ = sys::map_delete(set.map(MAP_EVENTS_OF), &index.to_ne_bytes());
+    if let Err(e) = set.free(&[], &[index]) {
+        log::warn!("returning event index {index} to the pool: {e}");
+    }
+}
+
+/// The slot of cgroup `id`, if its storage exists (a program of the set is
+/// or was linked to it and the cgroup still exists).
+#[must_use]
+pub fn read_slot(set: &ProgramSet, id: u64) -> Option<Slot> {
+    let mut buf = [0u8; std::mem::size_of::<Slot>()];
+    sys::map_lookup(set.map(MAP_SLOT), &id.to_ne_bytes(), &mut buf).ok()?;
+    Some(sys::from_bytes(&buf))
+}
+
+/// Replaces the slot of cgroup `id` in one map update: the kernel swaps
+/// the cell's buffer, so every hook of the sandbox moves at once.
+fn write_slot(set: &ProgramSet, id: u64, slot: &Slot) -> Result<(), LoaderError> {
+    sys::map_update(set.map(MAP_SLOT), &id.to_ne_bytes(), sys::bytes_of(slot), sys::UPDATE_ANY)
+        .map_err(|e| map_err(MAP_SLOT, &e))
+}
+
+/// Per-CPU counters of cgroup `id`'s sandbox, summed.
+#[must_use]
+pub fn read_stats(set: &ProgramSet, id: u64) -> Option<Stats> {
+    let cpus = aya::util::nr_cpus().ok()?;
+    let each = std::mem::size_of::<Stats>().div_ceil(8) * 8;
+    let mut buf = vec![0u8; each * cpus];
+    sys::map_lookup(set.map(MAP_STATS), &id.to_ne_bytes(), &mut buf).ok()?;
+    let mut total: Stats = sys::from_bytes(&[]);
+    for chunk in buf.chunks(each) {
+        let s: Stats = sys::from_bytes(chunk);
+        for (t, c) in total.counters.iter_mut().zip(s.counters) {
+            *t += c;
+        }
+    }
+    Some(total)
+}
+
+/// Waits until no program run that began before now is still running (an
+/// RCU grace period): the kernel waits for one after every update of an
+/// outer map of maps, so putting policy `p` back in place is enough.
+fn synchronize(set: &ProgramSet, p: &PolicyMaps) {
+    if let Err(e) = put_inner(set, MAP_DEST_OF, p.index, &p.dest) {
+        log::warn!("waiting for programs still using the old policy: {e}");
+    }
+}
+
+fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config) -> Slot {
+    let Config { flags, generation, events_per_sec, events_burst, proxy_addr, proxy_port, _pad } = *config;
+    Slot {
+        cgroup_id: cg.id,
+        policy,
+        flags,
+        generation,
+        events,
+        events_per_sec,
+        events_burst,
+        proxy_addr,
+        proxy_port,
+        _pad: 0,
+    }
+}
+
+/// Name of the empty directory in a sandbox's pin directory that names the
+/// program set holding it (bpffs holds no regular files).
+fn set_marker(set: &ProgramSet) -> String {
+    format!("{}{}", progset::SET_PREFIX, set.id)
+}
+
+/// The program set id a sandbox's pins name, `None` for a sandbox of
+/// contract 1 (its own programs and maps, pinned beside its links).
+#[must_use]
+pub fn holder(pin_dir: &Path) -> Option<String> {
+    fs::read_dir(pin_dir)
+        .ok()?
+        .flatten()
+        .find_map(|e| e.file_name().to_str()?.strip_prefix(progset::SET_PREFIX).map(str::to_owned))
+}
+
+/// Whether `pin_dir` holds a sandbox of contract 1.
+#[must_use]
+pub fn is_legacy(pin_dir: &Path) -> bool {
+    // Its config map; the event ring buffer's pin name is shared with
+    // sandboxes of program sets, which pin their own ring there too.
+    pin_dir.join(pin_name_map(sbx_common::MAP_CONFIG)).exists()
+}
+
+/// Opens the program set that holds the sandbox pinned in `pin_dir`.
+pub fn open_holder(paths: &Paths, pin_dir: &Path) -> Result<Option<ProgramSet>, LoaderError> {
+    let Some(id) = holder(pin_dir) else {
+        return Ok(None);
+    };
+    ProgramSet::open_id(paths, &id).map(Some)
+}
+
+/// Links the set to `cg`, writes its policy and pins the links.
 pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Paths) -> Result<Attached, LoaderError> {
     ensure_bpffs(paths)?;
+    let lock = progset::lock(paths)?;
+    let set = ProgramSet::open_or_load(paths, &lock)?;
     let existing = existing(cg, paths)?;
     if let Some(detail) = &existing {
         if !opts.replace {
             return Err(LoaderError::AlreadyAttached { cgroup: cg.path.clone(), detail: detail.clone() });
         }
     }
-    let mut ebpf = load(compiled, opts)?;
-    let redirect = opts.config.flags & sbx_common::FLAG_REDIRECT != 0;
     let pin_dir = paths.pin_dir(cg.id);
-    let prog_ids = HOOKS.iter().map(|&(name, _, _)| prog(&mut ebpf, name).info().map_or(0, |i| i.id())).collect();
     if existing.is_some() && pin_dir.exists() {
-        replace_in_place(&mut ebpf, &pin_dir, cg, redirect)?;
-        return Ok(Attached { pin_dir, replaced: true, prog_ids });
+        return replace(&set, cg, compiled, opts, paths);
     }
     if existing.is_some() {
         return Err(LoaderError::AlreadyAttached {
@@ -331,16 +487,9 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
             detail: "unpinned sbx programs cannot be replaced; stop the `sbx-user run` that owns them".into(),
         });
     }
-
     // Claim the pin directory atomically: of two concurrent attaches to
-    // one cgroup, exactly one gets it, and the other leaves the winner's
-    // pins alone.
-    let root = paths.pin_root();
-    fs::create_dir_all(&root).map_err(|e| LoaderError::Pin {
-        action: "creating",
-        path: root.clone(),
-        detail: e.to_string(),
-    })?;
+    // one cgroup, exactly one gets it (they are also serialised by the
+    // host lock; the claim keeps that true across sbx versions).
     match fs::create_dir(&pin_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -351,111 +500,180 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         }
         Err(e) => return Err(LoaderError::Pin { action: "creating", path: pin_dir.clone(), detail: e.to_string() }),
     }
-    let dir = match cg.dir_fd() {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = fs::remove_dir(&pin_dir);
-            return Err(e.into());
+    let mut policy = None;
+    let mut events = 0;
+    let result = (|| {
+        fs::create_dir(pin_dir.join(set_marker(&set))).map_err(|e| LoaderError::Pin {
+            action: "creating",
+            path: pin_dir.join(set_marker(&set)),
+            detail: e.to_string(),
+        })?;
+        let p = install_policy(&set, compiled, opts.max_entries)?;
+        let index = p.index;
+        policy = Some(p);
+        if opts.events_bytes > 0 {
+            events = install_events(&set, opts.events_bytes, &pin_dir)?;
         }
-    };
-    let mut links = Vec::with_capacity(HOOKS.len());
-    for &(name, ty, hook) in hooks_for(redirect) {
-        match attach_one(prog(&mut ebpf, name), ty, &dir) {
-            Ok(link) => links.push((name, link)),
-            Err(detail) => {
-                // The links made so far detach when `links` drops.
-                let _ = fs::remove_dir(&pin_dir);
-                return Err(LoaderError::Attach { hook, cgroup: cg.path.clone(), detail });
-            }
+        link_and_pin(&set, cg, &slot_for(cg, index, events, &opts.config), &pin_dir, &[])
+    })();
+    if let Err(e) = result {
+        if let Some(p) = policy {
+            remove_policy(&set, p.index);
         }
-    }
-    // Every hook is attached (in memory). Pin them; on any failure, undo.
-    let mut pin_all = || -> Result<(), LoaderError> {
-        let pin_err =
-            |path: &Path, detail: String| LoaderError::Pin { action: "pinning", path: path.to_owned(), detail };
-        for map in MAPS {
-            let path = pin_dir.join(pin_name_map(map));
-            ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
-        }
-        for (name, link) in links.drain(..) {
-            let path = pin_dir.join(pin_name_link(name));
-            // The link fd is closed right away: the pin holds the link.
-            sys::obj_pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e.to_string()))?;
-        }
-        Ok(())
-    };
-    if let Err(e) = pin_all() {
-        // Detach pinned links explicitly; unpinned ones detach on drop.
+        remove_events(&set, events);
         let _ = remove_pins(&pin_dir);
         return Err(e);
     }
-    Ok(Attached { pin_dir, replaced: false, prog_ids })
+    let index = policy.map_or(0, |p| p.index);
+    Ok(Attached { pin_dir, replaced: false, prog_ids: set.prog_ids(), policy: index, set: set.id.clone() })
 }
 
-/// Points each pinned link at the new programs (atomic per hook), then
-/// swaps the map pins.
-fn replace_in_place(ebpf: &mut Ebpf, pin_dir: &Path, cg: &Cgroup, redirect: bool) -> Result<(), LoaderError> {
-    let pin_err = |action, path: &Path, detail: String| LoaderError::Pin { action, path: path.to_owned(), detail };
-    // The optional sock_ops hook comes and goes with redirect mode; it
-    // decides nothing, so adding or removing it is not part of the swap.
-    let sockops = HOOKS.iter().find(|h| h.1 == AttachType::SockOps).expect("listed");
-    let sockops_pin = pin_dir.join(pin_name_link(sockops.0));
-    match (redirect, sockops_pin.exists()) {
-        (true, false) => {
-            let dir = cg.dir_fd()?;
-            let link = attach_one(prog(ebpf, sockops.0), sockops.1, &dir).map_err(|detail| LoaderError::Attach {
-                hook: sockops.2,
-                cgroup: cg.path.clone(),
-                detail,
-            })?;
-            sys::obj_pin(link.as_fd(), &sockops_pin).map_err(|e| pin_err("pinning", &sockops_pin, e.to_string()))?;
-        }
-        (false, true) => {
-            let _ = sys::obj_get(&sockops_pin).and_then(|fd| sys::link_detach(fd.as_fd()));
-            let _ = fs::remove_file(&sockops_pin);
-        }
-        _ => {}
+/// Links every hook the slot needs to `cg` while its slot denies
+/// everything, writes the slot (one update: the sandbox is enforcing from
+/// here), then pins the links, replacing the link pins in `old` (which are
+/// detached only after the new links hold).
+fn link_and_pin(
+    set: &ProgramSet,
+    cg: &Cgroup,
+    slot: &Slot,
+    pin_dir: &Path,
+    old: &[PathBuf],
+) -> Result<(), LoaderError> {
+    let redirect = slot.flags & sbx_common::FLAG_REDIRECT != 0;
+    // A re-attached cgroup still has its old cell: zero it, so the new
+    // links deny everything until the new slot is written.
+    if read_slot(set, cg.id).is_some() {
+        write_slot(set, cg.id, &Slot::default())?;
     }
-    let mut link_fds = Vec::new();
-    for &(name, _, _) in hooks_for(redirect) {
+    let dir = cg.dir_fd()?;
+    let mut links = Vec::with_capacity(HOOKS.len());
+    for &(name, ty, hook) in hooks_for(redirect) {
+        let link = attach_one(set, name, ty, &dir).map_err(|detail| LoaderError::Attach {
+            hook,
+            cgroup: cg.path.clone(),
+            detail,
+        })?;
+        links.push((name, link));
+    }
+    write_slot(set, cg.id, slot)?;
+    for path in old {
+        let _ = sys::obj_get(path).and_then(|fd| sys::link_detach(fd.as_fd()));
+        let _ = fs::remove_file(path);
+    }
+    for (name, link) in links {
         let path = pin_dir.join(pin_name_link(name));
-        let fd = sys::obj_get(&path).map_err(|e| pin_err("opening pinned link", &path, e.to_string()))?;
-        link_fds.push((name, path, fd));
-    }
-    // The programs the links run now, to check each swap against and to go
-    // back to if a later swap fails: the sandbox ends under the old policy
-    // or the new one, never under a mix.
-    let mut olds = Vec::with_capacity(link_fds.len());
-    for (_, path, fd) in &link_fds {
-        let old = sys::link_prog_id(fd.as_fd())
-            .and_then(sys::prog_get_fd_by_id)
-            .map_err(|e| pin_err("reading the program of", path, e.to_string()))?;
-        olds.push(old);
-    }
-    for (i, (name, path, fd)) in link_fds.iter().enumerate() {
-        let swapped = prog(ebpf, name)
-            .fd()
-            .map_err(|e| e.to_string())
-            .and_then(|new| sys::link_update_from(fd.as_fd(), olds[i].as_fd(), new.as_fd()).map_err(|e| e.to_string()));
-        if let Err(detail) = swapped {
-            for ((_, back_path, back_fd), old) in link_fds[..i].iter().zip(&olds) {
-                if let Err(e) = sys::link_update(back_fd.as_fd(), old.as_fd()) {
-                    log::error!("rolling {} back to the old policy failed: {e}", back_path.display());
-                }
-            }
-            return Err(pin_err(
-                "updating link (every hook was put back on the old policy; a concurrent update fails this way)",
-                path,
-                detail,
-            ));
-        }
-    }
-    for map in MAPS {
-        let path = pin_dir.join(pin_name_map(map));
-        let _ = fs::remove_file(&path);
-        ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err("pinning", &path, e.to_string()))?;
+        // The link fd is closed right away: the pin holds the link.
+        sys::obj_pin(link.as_fd(), &path).map_err(|e| LoaderError::Pin {
+            action: "pinning",
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
     }
     Ok(())
+}
+
+/// Switches an attached sandbox to a new policy: fresh maps at a new
+/// policy index, then one slot write, then the old maps go once no program
+/// can still be reading them. A sandbox held by another program set (an
+/// older sbx) is migrated to this build's set instead.
+fn replace(
+    set: &ProgramSet,
+    cg: &Cgroup,
+    compiled: &Compiled,
+    opts: AttachOptions,
+    paths: &Paths,
+) -> Result<Attached, LoaderError> {
+    let pin_dir = paths.pin_dir(cg.id);
+    let redirect = opts.config.flags & sbx_common::FLAG_REDIRECT != 0;
+    if holder(&pin_dir).as_deref() != Some(set.id.as_str()) {
+        return migrate(set, cg, compiled, opts, paths);
+    }
+    let old = read_slot(set, cg.id).ok_or_else(|| LoaderError::NotAttached(cg.path.clone()))?;
+    let new = install_policy(set, compiled, opts.max_entries)?;
+    // The optional sock_ops hook comes and goes with redirect mode; it
+    // decides nothing, so adding or removing it is not part of the switch.
+    let sockops = HOOKS.iter().find(|h| h.1 == AttachType::SockOps).expect("listed");
+    let sockops_pin = pin_dir.join(pin_name_link(sockops.0));
+    let hooked = (|| {
+        match (redirect, sockops_pin.exists()) {
+            (true, false) => {
+                let dir = cg.dir_fd()?;
+                let link = attach_one(set, sockops.0, sockops.1, &dir).map_err(|detail| LoaderError::Attach {
+                    hook: sockops.2,
+                    cgroup: cg.path.clone(),
+                    detail,
+                })?;
+                sys::obj_pin(link.as_fd(), &sockops_pin).map_err(|e| LoaderError::Pin {
+                    action: "pinning",
+                    path: sockops_pin.clone(),
+                    detail: e.to_string(),
+                })?;
+            }
+            (false, true) => {
+                let _ = sys::obj_get(&sockops_pin).and_then(|fd| sys::link_detach(fd.as_fd()));
+                let _ = fs::remove_file(&sockops_pin);
+            }
+            _ => {}
+        }
+        write_slot(set, cg.id, &slot_for(cg, new.index, old.events, &opts.config))
+    })();
+    if let Err(e) = hooked {
+        remove_policy(set, new.index);
+        return Err(e);
+    }
+    synchronize(set, &new);
+    if old.policy != 0 {
+        remove_policy(set, old.policy);
+    }
+    Ok(Attached { pin_dir, replaced: true, prog_ids: set.prog_ids(), policy: new.index, set: set.id.clone() })
+}
+
+/// Moves a sandbox held by another program set (contract 1's per-sandbox
+/// programs, or an older set) to `set` with no moment of no enforcement:
+/// the new links are added beside the old ones (both must allow; until the
+/// new slot is written the new ones deny everything), then the old links
+/// are detached and the old maps unpinned.
+fn migrate(
+    set: &ProgramSet,
+    cg: &Cgroup,
+    compiled: &Compiled,
+    opts: AttachOptions,
+    paths: &Paths,
+) -> Result<Attached, LoaderError> {
+    let pin_dir = paths.pin_dir(cg.id);
+    let old_set = open_holder(paths, &pin_dir).ok().flatten();
+    let old_slot = old_set.as_ref().and_then(|s| read_slot(s, cg.id));
+    let old_links: Vec<PathBuf> =
+        PROGRAMS.iter().map(|p| pin_dir.join(pin_name_link(p))).filter(|p| p.exists()).collect();
+    let new = install_policy(set, compiled, opts.max_entries)?;
+    let mut events = 0;
+    let result = (|| {
+        if opts.events_bytes > 0 {
+            // Pinned over the old ring buffer's name; readers reopen it.
+            events = install_events(set, opts.events_bytes, &pin_dir)?;
+        }
+        link_and_pin(set, cg, &slot_for(cg, new.index, events, &opts.config), &pin_dir, &old_links)
+    })();
+    if let Err(e) = result {
+        remove_policy(set, new.index);
+        remove_events(set, events);
+        return Err(e);
+    }
+    for m in LEGACY_MAPS {
+        let path = pin_dir.join(pin_name_map(m));
+        if m != MAP_EVENTS || events == 0 {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    if let (Some(old), Some(slot)) = (&old_set, old_slot) {
+        let _ = write_slot(old, cg.id, &Slot::default());
+        remove_policy(old, slot.policy);
+        remove_events(old, slot.events);
+        let _ = fs::remove_dir(pin_dir.join(set_marker(old)));
+    }
+    let _ = fs::create_dir(pin_dir.join(set_marker(set)));
+    log::info!("migrated {} to program set {}", cg.path.display(), set.id);
+    Ok(Attached { pin_dir, replaced: true, prog_ids: set.prog_ids(), policy: new.index, set: set.id.clone() })
 }
 
 /// Detaches every pinned link in `pin_dir` at once (not when the last
@@ -469,6 +687,10 @@ fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
     let mut first_err = None;
     for entry in entries.flatten() {
         let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(progset::SET_PREFIX) {
+            let _ = fs::remove_dir(&path);
+            continue;
+        }
         let is_link = entry.file_name().to_string_lossy().starts_with("link_");
         if is_link {
             match sys::obj_get(&path).and_then(|fd| sys::link_detach(fd.as_fd())) {
@@ -501,12 +723,27 @@ fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
 }
 
 /// Detaches sbx from the cgroup with id `cgroup_id` and removes its pins.
+/// The slot is zeroed first, so the sandbox denies everything while its
+/// links go, and its policy and event indices return to the pool.
 pub fn detach(cgroup_id: u64, cgroup_path: &Path, paths: &Paths) -> Result<(), LoaderError> {
     let pin_dir = paths.pin_dir(cgroup_id);
     if !pin_dir.exists() {
         return Err(LoaderError::NotAttached(cgroup_path.to_owned()));
     }
-    remove_pins(&pin_dir)
+    let _lock = progset::lock(paths)?;
+    let set = open_holder(paths, &pin_dir)?;
+    let slot = set.as_ref().and_then(|s| read_slot(s, cgroup_id));
+    if let (Some(set), Some(_)) = (&set, slot) {
+        write_slot(set, cgroup_id, &Slot::default())?;
+    }
+    let removed = remove_pins(&pin_dir);
+    if let (Some(set), Some(slot)) = (&set, slot) {
+        if slot.policy != 0 {
+            remove_policy(set, slot.policy);
+        }
+        remove_events(set, slot.events);
+    }
+    removed
 }
 
 /// Ids of the sandboxes that have a pin directory.

@@ -242,3 +242,147 @@ pub fn prog_name(id: u32) -> io::Result<String> {
     let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     Ok(String::from_utf8_lossy(&name[..len]).into_owned())
 }
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// `BPF_MAP_TYPE_*` values sbx creates maps of from userspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MapType {
+    /// `BPF_MAP_TYPE_ARRAY`.
+    Array = 2,
+    /// `BPF_MAP_TYPE_LPM_TRIE`.
+    LpmTrie = 11,
+    /// `BPF_MAP_TYPE_RINGBUF`.
+    RingBuf = 27,
+}
+
+/// `BPF_F_NO_PREALLOC`.
+pub const F_NO_PREALLOC: u32 = 1;
+
+/// The `map_create` member of `union bpf_attr`, up to `map_extra`.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+    btf_vmlinux_value_type_id: u32,
+    map_extra: u64,
+}
+const _: () = assert!(std::mem::size_of::<MapCreateAttr>() == 72);
+
+/// Creates a map (the per-policy maps are made here, outside the object,
+/// and put into the program set's outer arrays). `name` is cut to 15 bytes.
+pub fn map_create(
+    ty: MapType,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+    name: &str,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let mut map_name = [0u8; 16];
+    for (d, s) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let mut attr = MapCreateAttr {
+        map_type: ty as u32,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: flags,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name,
+        map_ifindex: 0,
+        btf_fd: 0,
+        btf_key_type_id: 0,
+        btf_value_type_id: 0,
+        btf_vmlinux_value_type_id: 0,
+        map_extra: 0,
+    };
+    bpf_fd(BPF_MAP_CREATE, &mut attr)
+}
+
+/// The `map_elem` members of `union bpf_attr`.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `BPF_ANY`: create or replace.
+pub const UPDATE_ANY: u64 = 0;
+
+/// Writes `value` under `key`. The kernel copies exactly the map's key and
+/// value sizes: the callers pass buffers of those sizes.
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut attr =
+        MapElemAttr { map_fd: fd_u32(map), _pad: 0, key: key.as_ptr() as u64, value: value.as_ptr() as u64, flags };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// Reads the value under `key` into `value` (`ENOENT` when absent).
+pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: fd_u32(map),
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)
+}
+
+/// Deletes `key` (`ENOENT` when absent).
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr { map_fd: fd_u32(map), _pad: 0, key: key.as_ptr() as u64, value: 0, flags: 0 };
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr)
+}
+
+/// The bytes of a plain `#[repr(C)]` value of the kernel contract.
+pub fn bytes_of<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: `T: Pod` has no padding holes or invalid bit patterns and is
+    // `size_of::<T>()` bytes long.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// A `T` from the first `size_of::<T>()` bytes of `b` (zero-filled past
+/// the end of a shorter buffer).
+#[must_use]
+pub fn from_bytes<T: aya::Pod>(b: &[u8]) -> T {
+    // SAFETY: every bit pattern is a valid `T: Pod`; zeroed is valid too.
+    let mut v: T = unsafe { std::mem::zeroed() };
+    let n = b.len().min(std::mem::size_of::<T>());
+    // SAFETY: `n` bytes fit both buffers.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), std::ptr::from_mut(&mut v).cast::<u8>(), n) };
+    v
+}
+
+/// The kernel id of a program or map (`bpf_prog_info.id` and
+/// `bpf_map_info.id` are both the second u32).
+pub fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(fd),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("8"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[1])
+}

@@ -85,7 +85,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 attached_at: rec.map(|r| r.attached_at),
                 dest_entries: rec.map(|r| r.dest_entries),
                 policy: rec.map(|r| r.policy.clone()),
-                counters: crate::events::counters(&paths.pin_dir(id)).ok(),
+                counters: crate::events::sandbox_counters(&paths, id).ok(),
                 problem: None,
             };
             match rec.map(|r| Cgroup::open(&r.cgroup)) {

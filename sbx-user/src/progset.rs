@@ -1,0 +1,299 @@
+//! The host's program set: the sbx programs loaded (verified) once per host
+//! and build, pinned under `<bpffs>/sbx/set-<id>/`, with the host-wide maps
+//! they read. Every sandbox links these same programs to its cgroup and
+//! gets a [`Slot`](sbx_common::Slot) naming its policy.
+//!
+//! The set's id is a hash of the eBPF object and the contract version, not
+//! the crate version: two builds of one version never share programs, and
+//! a loader never drives programs of another contract. Loading happens
+//! under the host lock (an `flock` on `<bpffs>/sbx`), which also serialises
+//! the allocation of policy and event indices between concurrent CLIs.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use aya::{programs::Program, EbpfLoader};
+use sbx_common::{Pool, CONTRACT_VERSION, EVENT_SLOTS, MAPS, MAP_POOL, POLICY_SLOTS};
+
+use crate::{
+    loader::{LoaderError, HOOKS},
+    state::Paths,
+    sys,
+};
+
+/// The compiled eBPF object, built by `build.rs`.
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sbx"));
+
+/// Prefix of program set directories in `<bpffs>/sbx`.
+pub const SET_PREFIX: &str = "set-";
+
+/// This build's program set id: FNV-1a 64 of the object, then of the
+/// contract version, in hex.
+#[must_use]
+pub fn set_id() -> String {
+    format!("{:016x}", fnv1a(OBJECT, u64::from(CONTRACT_VERSION)))
+}
+
+fn fnv1a(data: &[u8], extra: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data.iter().chain(extra.to_le_bytes().iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The host lock, held while it lives.
+pub struct HostLock {
+    _dir: fs::File,
+}
+
+/// Takes the host lock on `<bpffs>/sbx` (creating it), waiting for another
+/// sbx process that holds it.
+pub fn lock(paths: &Paths) -> Result<HostLock, LoaderError> {
+    let root = paths.pin_root();
+    let err = |action, e: std::io::Error| LoaderError::Pin { action, path: root.clone(), detail: e.to_string() };
+    fs::create_dir_all(&root).map_err(|e| err("creating", e))?;
+    let dir = fs::File::open(&root).map_err(|e| err("opening", e))?;
+    loop {
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(HostLock { _dir: dir });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err("locking", e));
+        }
+    }
+}
+
+/// The loaded, pinned program set of this build.
+pub struct ProgramSet {
+    /// Its directory in bpffs.
+    pub dir: PathBuf,
+    /// Its id (see [`set_id`]).
+    pub id: String,
+    progs: Vec<OwnedFd>,
+    maps: HashMap<&'static str, OwnedFd>,
+}
+
+fn prog_pin(name: &str) -> String {
+    format!("prog_{name}")
+}
+
+impl ProgramSet {
+    /// Opens this build's set, loading and pinning it first if the host
+    /// does not have it. The caller holds the host lock.
+    pub fn open_or_load(paths: &Paths, _lock: &HostLock) -> Result<Self, LoaderError> {
+        let id = set_id();
+        let dir = paths.pin_root().join(format!("{SET_PREFIX}{id}"));
+        if !dir.exists() {
+            let started = Instant::now();
+            load_and_pin(&dir)?;
+            log::info!(
+                "loaded the sbx program set {id} on this host ({} programs verified in {} ms); later sandboxes reuse it",
+                HOOKS.len(),
+                started.elapsed().as_millis()
+            );
+        }
+        Self::open(&dir, id)
+    }
+
+    /// Opens the pinned set with id `id` (another build's, for a sandbox it
+    /// holds).
+    pub fn open_id(paths: &Paths, id: &str) -> Result<Self, LoaderError> {
+        Self::open(&paths.pin_root().join(format!("{SET_PREFIX}{id}")), id.to_owned())
+    }
+
+    /// Opens the pinned set in `dir`.
+    fn open(dir: &Path, id: String) -> Result<Self, LoaderError> {
+        let get = |name: String| {
+            let path = dir.join(&name);
+            sys::obj_get(&path).map_err(|e| LoaderError::Pin {
+                action: "opening the pinned program set's",
+                path,
+                detail: e.to_string(),
+            })
+        };
+        let progs = HOOKS.iter().map(|h| get(prog_pin(h.0))).collect::<Result<Vec<_>, _>>()?;
+        let maps =
+            MAPS.iter().map(|m| get(crate::loader::pin_name_map(m)).map(|fd| (*m, fd))).collect::<Result<_, _>>()?;
+        Ok(Self { dir: dir.to_owned(), id, progs, maps })
+    }
+
+    /// The program for hook `name` (a [`HOOKS`] program name).
+    #[must_use]
+    pub fn prog(&self, name: &str) -> BorrowedFd<'_> {
+        let i = HOOKS.iter().position(|h| h.0 == name).expect("a program of HOOKS");
+        self.progs[i].as_fd()
+    }
+
+    /// A map of the set (a name from [`MAPS`]).
+    #[must_use]
+    pub fn map(&self, name: &str) -> BorrowedFd<'_> {
+        self.maps.get(name).expect("a map of MAPS").as_fd()
+    }
+
+    /// Kernel ids of the set's programs, in [`HOOKS`] order.
+    #[must_use]
+    pub fn prog_ids(&self) -> Vec<u32> {
+        self.progs.iter().map(|p| sys::prog_id(p.as_fd()).unwrap_or(0)).collect()
+    }
+
+    fn pool(&self) -> Result<Pool, LoaderError> {
+        let mut buf = vec![0u8; std::mem::size_of::<Pool>()];
+        sys::map_lookup(self.map(MAP_POOL), &0u32.to_ne_bytes(), &mut buf).map_err(|e| map_err(MAP_POOL, &e))?;
+        Ok(sys::from_bytes(&buf))
+    }
+
+    fn set_pool(&self, pool: &Pool) -> Result<(), LoaderError> {
+        sys::map_update(self.map(MAP_POOL), &0u32.to_ne_bytes(), sys::bytes_of(pool), sys::UPDATE_ANY)
+            .map_err(|e| map_err(MAP_POOL, &e))
+    }
+
+    /// Takes a free policy index (never 0). The caller holds the host lock.
+    pub fn alloc_policy(&self) -> Result<u32, LoaderError> {
+        let mut pool = self.pool()?;
+        let i = take_bit(&mut pool.policies).ok_or(LoaderError::Full {
+            what: "policy slots",
+            limit: POLICY_SLOTS - 1,
+            hint: "each sandbox holds one (two during an update); detach sandboxes that are no longer needed",
+        })?;
+        self.set_pool(&pool)?;
+        Ok(i)
+    }
+
+    /// Takes a free event ring index (never 0). The caller holds the lock.
+    pub fn alloc_events(&self) -> Result<u32, LoaderError> {
+        let mut pool = self.pool()?;
+        let i = take_bit(&mut pool.events).ok_or(LoaderError::Full {
+            what: "per-sandbox event buffers",
+            limit: EVENT_SLOTS - 1,
+            hint: "attach further sandboxes with --event-buffer 0 (the host event stream)",
+        })?;
+        self.set_pool(&pool)?;
+        Ok(i)
+    }
+
+    /// Returns indices to the pool. The caller holds the host lock.
+    pub fn free(&self, policies: &[u32], events: &[u32]) -> Result<(), LoaderError> {
+        let mut pool = self.pool()?;
+        for &i in policies.iter().filter(|&&i| i != 0) {
+            clear_bit(&mut pool.policies, i);
+        }
+        for &i in events.iter().filter(|&&i| i != 0) {
+            clear_bit(&mut pool.events, i);
+        }
+        self.set_pool(&pool)
+    }
+}
+
+/// Sets and returns the lowest clear bit above 0.
+fn take_bit(words: &mut [u64]) -> Option<u32> {
+    for (w, word) in words.iter_mut().enumerate() {
+        let free = !*word & if w == 0 { !1 } else { !0 };
+        if free != 0 {
+            let bit = free.trailing_zeros();
+            *word |= 1 << bit;
+            return u32::try_from(w * 64).ok().map(|base| base + bit);
+        }
+    }
+    None
+}
+
+fn clear_bit(words: &mut [u64], i: u32) {
+    if let Some(w) = words.get_mut(i as usize / 64) {
+        *w &= !(1 << (i % 64));
+    }
+}
+
+pub(crate) fn map_err(map: &'static str, e: &std::io::Error) -> LoaderError {
+    LoaderError::Kernel { what: format!("map {map}"), detail: e.to_string() }
+}
+
+/// Loads the object, verifies every program and pins programs and maps
+/// into `dir`, atomically: everything goes to a temporary directory that
+/// is renamed into place at the end.
+fn load_and_pin(dir: &Path) -> Result<(), LoaderError> {
+    let mut ebpf = EbpfLoader::new()
+        // The programs use no CO-RE relocations: parsing the kernel's BTF
+        // (megabytes) would only cost time.
+        .btf(None)
+        .load(OBJECT)
+        .map_err(LoaderError::Load)?;
+    for (name, _, _) in HOOKS {
+        let loaded = match ebpf.program_mut(name).expect("object defines every program") {
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::CgroupSock(p) => p.load(),
+            Program::CgroupSockopt(p) => p.load(),
+            Program::CgroupSkb(p) => p.load(),
+            Program::SockOps(p) => p.load(),
+            other => unreachable!("unexpected program type {:?}", other.prog_type()),
+        };
+        loaded.map_err(|e| LoaderError::Program { program: name, detail: crate::loader::program_error(&e) })?;
+    }
+    // bpffs refuses names with a dot in them.
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("set");
+    let tmp = dir.with_file_name(format!("tmp-{name}-{}", std::process::id()));
+    let pin_err = |path: &Path, detail: String| LoaderError::Pin { action: "pinning", path: path.to_owned(), detail };
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir(&tmp).map_err(|e| pin_err(&tmp, e.to_string()))?;
+    let pin_all = || -> Result<(), LoaderError> {
+        for (name, _, _) in HOOKS {
+            let path = tmp.join(prog_pin(name));
+            let fd = ebpf.program(name).expect("defined").fd().map_err(|e| pin_err(&path, e.to_string()))?;
+            sys::obj_pin(fd.as_fd(), &path).map_err(|e| pin_err(&path, e.to_string()))?;
+        }
+        for map in MAPS {
+            let path = tmp.join(crate::loader::pin_name_map(map));
+            ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
+        }
+        fs::rename(&tmp, dir).map_err(|e| pin_err(dir, e.to_string()))
+    };
+    pin_all().inspect_err(|_| {
+        let _ = fs::remove_dir_all(&tmp);
+    })
+}
+
+/// Program set directories on this host other than this build's.
+#[must_use]
+pub fn other_sets(paths: &Paths) -> Vec<PathBuf> {
+    let mine = format!("{SET_PREFIX}{}", set_id());
+    fs::read_dir(paths.pin_root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(SET_PREFIX) && n != mine))
+        .map(|e| e.path())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_are_taken_lowest_first_never_zero_and_freed() {
+        let mut words = [0u64; 2];
+        assert_eq!(take_bit(&mut words), Some(1));
+        assert_eq!(take_bit(&mut words), Some(2));
+        clear_bit(&mut words, 1);
+        assert_eq!(take_bit(&mut words), Some(1));
+        words[0] = !0;
+        assert_eq!(take_bit(&mut words), Some(64));
+        words = [!0, !0];
+        assert_eq!(take_bit(&mut words), None);
+    }
+
+    #[test]
+    fn the_set_id_depends_on_the_object_and_the_contract() {
+        assert_ne!(fnv1a(b"a", 2), fnv1a(b"b", 2));
+        assert_ne!(fnv1a(b"a", 2), fnv1a(b"a", 3));
+        assert_eq!(set_id().len(), 16);
+    }
+}
