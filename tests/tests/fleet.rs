@@ -1,0 +1,163 @@
+//! One program set for every sandbox: each program finds the policy of the
+//! sandbox it is attached for through cgroup storage bound to the attach
+//! point, not through the calling task.
+
+use std::process::Command;
+
+use sbx_tests::{describe, probe, Fixture, Place, Proto::Tcp, Sbx, TestCgroup};
+// Dependencies of the fixture crate this test file does not use directly.
+use libc as _;
+
+/// The sbx program ids the kernel reports on `cg` for connect4.
+fn connect4_progs(cg: &std::path::Path) -> String {
+    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(cg).output().expect("running bpftool cgroup show");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("connect4"))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn sandboxes_share_one_loaded_program_set() {
+    let fx = Fixture::new(probe!());
+    let other = TestCgroup::new();
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    // The second attach loads nothing: the host has the set already.
+    let out = fx.sbx.ok(&["-v", "attach", "--cgroup", other.arg(), "--allow", &format!("{}:8080", n.ns_v4b)]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("loaded the sbx program set"), "{}", describe(&out));
+    let (a, b) = (connect4_progs(fx.cg.path()), connect4_progs(other.path()));
+    assert!(!a.is_empty(), "connect4 attached");
+    assert_eq!(a, b, "both sandboxes run the same connect4 program");
+    // Each enforces its own policy, not its neighbour's.
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    let p = fx.probe.in_cgroup(other.path());
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM");
+    fx.sbx.detach(&other);
+}
+
+#[test]
+fn a_process_in_a_descendant_cgroup_is_held_by_the_sandbox() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    let deep = fx.cg.child("a");
+    let deep = {
+        std::fs::create_dir(deep.join("b")).expect("creating a/b");
+        deep.join("b")
+    };
+    let p = fx.probe.in_cgroup(&deep);
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    assert_eq!(p.connect(Tcp, n.ns_v6, 8080), "err EPERM");
+}
+
+#[test]
+fn nested_sandboxes_are_held_by_both_policies() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    n.serve_tcp(8081);
+    // Outer: 8080 on both test addresses. Inner: only the first address,
+    // 8080 and 8081. Only what both allow passes.
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4), "--allow", &format!("{}:8080", n.ns_v4b)]);
+    let inner = fx.cg.child("inner");
+    let inner_arg = inner.to_str().expect("UTF-8");
+    fx.sbx.ok(&[
+        "attach",
+        "--cgroup",
+        inner_arg,
+        "--allow",
+        &format!("{}:8080", n.ns_v4),
+        "--allow",
+        &format!("{}:8081", n.ns_v4),
+    ]);
+    let p = fx.probe.in_cgroup(&inner);
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok", "both allow");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8081), "err EPERM", "the outer sandbox denies");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM", "the inner sandbox denies");
+    // The outer sandbox alone, for a process beside the inner one.
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4b, 8080), "ok");
+    fx.sbx.ok(&["detach", "--cgroup", inner_arg]);
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "ok", "the outer policy alone after the inner detach");
+}
+
+#[test]
+fn a_socket_made_inside_stays_held_after_its_task_leaves() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    let free = TestCgroup::new();
+    // Creates a socket in the sandbox, moves itself out, then connects.
+    let py = r"
+import errno, os, socket, sys
+host, other, free = sys.argv[1:4]
+inside = [socket.socket() for _ in range(2)]
+open(os.path.join(free, 'cgroup.procs'), 'w').write(str(os.getpid()))
+def attempt(s, addr):
+    try:
+        s.settimeout(3); s.connect(addr); return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+print(attempt(inside[0], (other, 8080)))
+print(attempt(inside[1], (host, 8080)))
+print(attempt(socket.socket(), (other, 8080)))
+";
+    let place = Place { cgroup: Some(fx.cg.path().to_owned()), netns: None };
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", py, &n.ns_v4.to_string(), &n.ns_v4b.to_string(), free.arg()]);
+    let out = place.output(&mut cmd);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "EPERM\nok\nok\n",
+        "sockets made inside keep the sandbox's policy; a socket made outside does not: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_sandbox_whose_slot_is_not_written_denies_everything() {
+    // The state between linking the programs and writing the policy:
+    // the slot is zero. Reproduced by zeroing the slot of an attached
+    // sandbox with bpftool.
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    fx.attach(&["--default", "allow"]);
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+    // The sandbox's pins name the program set holding it.
+    let pins = sbx_tests::bpffs().join("sbx").join(fx.cg.id().to_string());
+    let marker = std::fs::read_dir(&pins)
+        .expect("listing the sandbox's pins")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("set-"))
+        .expect("a program set marker in the pins");
+    let set = sbx_tests::bpffs().join("sbx").join(marker.file_name());
+    let key: Vec<String> = fx.cg.id().to_le_bytes().iter().map(u8::to_string).collect();
+    let value = vec!["0".to_owned(); 56];
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(set.join("map_SBX_SLOT"))
+        .arg("key")
+        .args(&key)
+        .arg("value")
+        .args(&value)
+        .output()
+        .expect("running bpftool");
+    assert!(out.status.success(), "bpftool map update: {}", describe(&out));
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM");
+    assert_eq!(p.connect(Tcp, "127.0.0.1", 9), "err EPERM", "loopback too");
+    assert_eq!(p.run(&["socket", "inet", "stream", "6"]), "err EPERM", "not even a socket");
+    // Writing the policy again (update) restores it.
+    fx.sbx.ok(&["update", "--cgroup", fx.cg.arg(), "--default", "allow"]);
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+    assert!(Sbx::has_pins(fx.cg.id()));
+}
