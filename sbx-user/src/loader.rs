@@ -269,24 +269,37 @@ pub fn existing(cg: &Cgroup, paths: &Paths) -> Result<Option<String>, LoaderErro
 /// The maps of one policy, in the set's outer arrays at `index`.
 struct PolicyMaps {
     index: u32,
-    dest: OwnedFd,
 }
 
-/// Creates the policy's tries and port tables, fills them and puts them at
-/// a fresh policy index. Nothing reads them before a slot names the index.
-fn install_policy(set: &ProgramSet, compiled: &Compiled, max_entries: u32) -> Result<PolicyMaps, LoaderError> {
+/// Capacity of every destination and bind trie. LPM tries allocate per
+/// entry, so a large capacity costs nothing; a sandbox's own limit
+/// (`--max-rules`) is checked when its policy is compiled. One capacity for
+/// all lets a trie be reused by the next sandbox.
+const TRIE_CAPACITY: u32 = crate::compile::MAX_MAX_ENTRIES;
+
+/// Smallest port-table array made (preallocated: 264 bytes a table).
+const MIN_PORT_TABLES: u32 = 8;
+
+/// Fills the maps of a fresh policy index and returns it. Writing an outer
+/// map of maps makes the kernel wait for an RCU grace period (about 10 ms
+/// here), so the maps of an index stay in the outer arrays when a sandbox
+/// goes: the next sandbox that gets the index refills them, and only a
+/// host's first sandboxes (or a policy with more port tables than the
+/// index's array holds) pay for outer writes. Nothing reads the maps
+/// before a slot names the index.
+fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> Result<PolicyMaps, LoaderError> {
     let index = set.alloc_policy()?;
     let made = (|| {
-        let dest = make_trie(&compiled.dest, max_entries, "sbx_dest")?;
-        let bind = make_trie(&compiled.bind, max_entries, "sbx_bind")?;
-        let ports = make_ports(&compiled.tables)?;
-        put_inner(set, MAP_DEST_OF, index, &dest)?;
-        put_inner(set, MAP_BIND_OF, index, &bind)?;
-        put_inner(set, MAP_PORTS_OF, index, &ports)?;
-        Ok(dest)
+        let tables = u32::try_from(compiled.tables.len()).expect("tables fit u32");
+        let dest = inner_or_new(set, MAP_DEST_OF, index, 0, || make_trie("sbx_dest"))?;
+        let bind = inner_or_new(set, MAP_BIND_OF, index, 0, || make_trie("sbx_bind"))?;
+        let ports = inner_or_new(set, MAP_PORTS_OF, index, tables, || make_ports(tables.max(MIN_PORT_TABLES)))?;
+        fill_trie(&dest, &compiled.dest, "sbx_dest")?;
+        fill_trie(&bind, &compiled.bind, "sbx_bind")?;
+        fill_ports(&ports, &compiled.tables)
     })();
     match made {
-        Ok(dest) => Ok(PolicyMaps { index, dest }),
+        Ok(()) => Ok(PolicyMaps { index }),
         Err(e) => {
             remove_policy(set, index);
             Err(e)
@@ -294,44 +307,111 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled, max_entries: u32) -> Re
     }
 }
 
-/// Takes policy `index` out of the outer arrays (the kernel frees its
-/// maps once no program can still use them) and returns it to the pool.
+/// The inner map at `index` of `outer` if there is one holding at least
+/// `need` entries, else a new one put there.
+fn inner_or_new(
+    set: &ProgramSet,
+    outer: &'static str,
+    index: u32,
+    need: u32,
+    make: impl FnOnce() -> Result<OwnedFd, LoaderError>,
+) -> Result<OwnedFd, LoaderError> {
+    if let Some(fd) = inner(set, outer, index) {
+        if sys::map_max_entries(fd.as_fd()).is_ok_and(|n| n >= need) {
+            return Ok(fd);
+        }
+    }
+    let fd = make()?;
+    put_inner(set, outer, index, &fd)?;
+    Ok(fd)
+}
+
+/// The inner map at `index` of `outer`, if any (userspace lookups of an
+/// outer map return the inner map's id).
+fn inner(set: &ProgramSet, outer: &'static str, index: u32) -> Option<OwnedFd> {
+    let mut id = [0u8; 4];
+    sys::map_lookup(set.map(outer), &index.to_ne_bytes(), &mut id).ok()?;
+    sys::map_get_fd_by_id(u32::from_ne_bytes(id)).ok()
+}
+
+/// Empties the tries of policy `index` and returns it to the pool (its
+/// maps stay in place for the next sandbox). Entries go shortest prefix
+/// first: a program still running on the old slot then finds either the
+/// longest match it would have found, or nothing (which denies), never a
+/// shorter and wider entry.
 fn remove_policy(set: &ProgramSet, index: u32) {
-    for outer in [MAP_DEST_OF, MAP_BIND_OF, MAP_PORTS_OF] {
-        let _ = sys::map_delete(set.map(outer), &index.to_ne_bytes());
+    for outer in [MAP_DEST_OF, MAP_BIND_OF] {
+        if let Some(trie) = inner(set, outer, index) {
+            if let Err(e) = clear_trie(&trie) {
+                // A trie that cannot be emptied must not serve another
+                // sandbox: take it out (the next user makes a new one).
+                log::warn!("emptying {outer}[{index}]: {e}; replacing it");
+                let _ = sys::map_delete(set.map(outer), &index.to_ne_bytes());
+            }
+        }
     }
     if let Err(e) = set.free(&[index], &[]) {
         log::warn!("returning policy index {index} to the pool: {e}");
     }
 }
 
-fn make_trie(entries: &[crate::compile::TrieEntry], max_entries: u32, name: &str) -> Result<OwnedFd, LoaderError> {
-    let kernel = |what: &str, e: std::io::Error| LoaderError::Kernel { what: what.to_owned(), detail: e.to_string() };
+fn clear_trie(trie: &OwnedFd) -> std::io::Result<()> {
+    let mut keys: Vec<[u8; 20]> = Vec::new();
+    let mut next = [0u8; 20];
+    loop {
+        let prev = keys.last().copied();
+        match sys::map_next_key(trie.as_fd(), prev.as_ref().map(<[u8; 20]>::as_slice), &mut next) {
+            Ok(()) => keys.push(next),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    keys.sort_by_key(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
+    for k in &keys {
+        match sys::map_delete(trie.as_fd(), k) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn kernel_err(what: &str, e: &std::io::Error) -> LoaderError {
+    LoaderError::Kernel { what: what.to_owned(), detail: e.to_string() }
+}
+
+fn make_trie(name: &str) -> Result<OwnedFd, LoaderError> {
     // Key: u32 prefix length (host order), then the 16 address bytes.
-    let map = sys::map_create(MapType::LpmTrie, 20, 4, max_entries, sys::F_NO_PREALLOC, name)
-        .map_err(|e| kernel(&format!("creating the {name} trie ({max_entries} entries)"), e))?;
+    sys::map_create(MapType::LpmTrie, 20, 4, TRIE_CAPACITY, sys::F_NO_PREALLOC, name)
+        .map_err(|e| kernel_err(&format!("creating the {name} trie"), &e))
+}
+
+fn fill_trie(map: &OwnedFd, entries: &[crate::compile::TrieEntry], name: &str) -> Result<(), LoaderError> {
     let mut key = [0u8; 20];
     for e in entries {
         key[..4].copy_from_slice(&e.prefix_len.to_ne_bytes());
         key[4..].copy_from_slice(&e.addr);
         let value = TrieValue { table: e.table };
         sys::map_update(map.as_fd(), &key, sys::bytes_of(&value), sys::UPDATE_ANY)
-            .map_err(|err| kernel(&format!("filling the {name} trie"), err))?;
+            .map_err(|err| kernel_err(&format!("filling the {name} trie"), &err))?;
     }
-    Ok(map)
+    Ok(())
 }
 
-fn make_ports(tables: &[PortTable]) -> Result<OwnedFd, LoaderError> {
-    let kernel =
-        |e: std::io::Error| LoaderError::Kernel { what: "creating the port tables".into(), detail: e.to_string() };
-    let n = u32::try_from(tables.len().max(1)).expect("tables fit u32");
+fn make_ports(n: u32) -> Result<OwnedFd, LoaderError> {
     let size = u32::try_from(std::mem::size_of::<PortTable>()).expect("small");
-    let map = sys::map_create(MapType::Array, 4, size, n, sbx_common::F_INNER_MAP, "sbx_ports").map_err(kernel)?;
+    sys::map_create(MapType::Array, 4, size, n, sbx_common::F_INNER_MAP, "sbx_ports")
+        .map_err(|e| kernel_err("creating the port tables", &e))
+}
+
+fn fill_ports(map: &OwnedFd, tables: &[PortTable]) -> Result<(), LoaderError> {
     for (i, t) in tables.iter().enumerate() {
         let i = u32::try_from(i).expect("index fits u32");
-        sys::map_update(map.as_fd(), &i.to_ne_bytes(), sys::bytes_of(t), sys::UPDATE_ANY).map_err(kernel)?;
+        sys::map_update(map.as_fd(), &i.to_ne_bytes(), sys::bytes_of(t), sys::UPDATE_ANY)
+            .map_err(|e| kernel_err("filling the port tables", &e))?;
     }
-    Ok(map)
+    Ok(())
 }
 
 fn put_inner(set: &ProgramSet, outer: &'static str, index: u32, inner: &OwnedFd) -> Result<(), LoaderError> {
@@ -407,15 +487,6 @@ pub fn read_stats(set: &ProgramSet, id: u64) -> Option<Stats> {
         }
     }
     Some(total)
-}
-
-/// Waits until no program run that began before now is still running (an
-/// RCU grace period): the kernel waits for one after every update of an
-/// outer map of maps, so putting policy `p` back in place is enough.
-fn synchronize(set: &ProgramSet, p: &PolicyMaps) {
-    if let Err(e) = put_inner(set, MAP_DEST_OF, p.index, &p.dest) {
-        log::warn!("waiting for programs still using the old policy: {e}");
-    }
 }
 
 fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config) -> Slot {
@@ -621,7 +692,6 @@ fn replace(
         remove_policy(set, new.index);
         return Err(e);
     }
-    synchronize(set, &new);
     if old.policy != 0 {
         remove_policy(set, old.policy);
     }

@@ -386,3 +386,38 @@ pub fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[1])
 }
+
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+
+/// The key after `key` (the first key for `None`); `ENOENT` at the end.
+pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: fd_u32(map),
+        _pad: 0,
+        key: key.map_or(0, |k| k.as_ptr() as u64),
+        value: next.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_GET_NEXT_KEY, &mut attr)
+}
+
+/// Opens the map with kernel id `id`.
+pub fn map_get_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
+    // map_id, next_id, open_flags.
+    let mut attr = [id, 0u32, 0u32];
+    bpf_fd(BPF_MAP_GET_FD_BY_ID, &mut attr)
+}
+
+/// `max_entries` of a map (`bpf_map_info`: type, id, key_size, value_size,
+/// max_entries).
+pub fn map_max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u32; 5];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(map),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("20"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[4])
+}
