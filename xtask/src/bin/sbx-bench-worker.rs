@@ -30,12 +30,11 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
-/// The listening TCP socket the parent passes.
-const FD_LISTENER: RawFd = 3;
-/// Bound UDP socket on the allowed port.
-const FD_UDP_ALLOWED: RawFd = 4;
-/// Bound UDP socket on the denied port.
-const FD_UDP_DENIED: RawFd = 5;
+#[path = "../bench/protocol.rs"]
+mod protocol;
+
+use protocol::{FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED};
+
 /// UDP sends between two drains of the receiving socket. Small enough that
 /// the receive buffer never overflows (a drop is cheaper than a delivery
 /// and would flatter the baseline), large enough that the clock reads
