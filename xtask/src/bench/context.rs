@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{memory::MemAcct, sbx};
+use super::{memory::MemAcct, netns, sbx};
 
 /// What the benchmarks share.
 pub(super) struct Ctx {
@@ -88,6 +88,8 @@ pub(super) struct Teardown {
     pub(super) mem_root: Option<PathBuf>,
     /// The value of `kernel.bpf_stats_enabled` to restore, if we changed it.
     pub(super) bpf_stats: Mutex<Option<String>>,
+    /// Network namespaces and veth pairs made so far: `(netns, host end)`.
+    pub(super) netns: Mutex<Vec<(String, String)>>,
     pub(super) done: AtomicBool,
 }
 
@@ -105,6 +107,7 @@ pub(super) fn install_teardown(ctx: &Ctx) {
         bpffs: ctx.bpffs.clone(),
         mem_root,
         bpf_stats: Mutex::new(None),
+        netns: Mutex::new(Vec::new()),
         done: AtomicBool::new(false),
     });
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -144,6 +147,10 @@ impl Teardown {
         }
         for d in &dirs {
             kill_members(d);
+        }
+        let nets = self.netns.lock().map_or_else(|_| Vec::new(), |mut v| std::mem::take(&mut *v));
+        for (name, host_if) in nets {
+            netns::delete(&name, &host_if);
         }
         for d in &dirs {
             rmdir_retry(d);

@@ -1,13 +1,13 @@
 //! Section 5, events: deny-to-event latency for a follower, and a flood.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::{
     context::{rmdir_retry, Ctx},
-    percall::Percall,
+    percall::{Percall, Route},
     report::Table,
     sbx::{self, EventFollower},
     stats::{f, thousands, x, Stat},
@@ -45,7 +45,7 @@ impl Events {
 pub(super) fn events(ctx: &Ctx, plan: &Plan) -> Result<Events> {
     let cg = ctx.mkcg("events")?;
     ctx.attach(&cg, &sbx::small_policy(), None, None)?;
-    let (_denied, port) = worker::bound_denied(libc::SOCK_STREAM)?;
+    let (_denied, port) = worker::bound_denied(libc::SOCK_STREAM, Ipv4Addr::LOCALHOST)?;
     let reader = EventFollower::start(ctx, &cg)?;
 
     // Latency: denied connects 20 ms apart, far below the rate limit.
@@ -115,7 +115,7 @@ pub(super) fn events_table(e: &Events, p: Option<&Percall>) -> String {
     ]);
     t.row(vec!["flood: events dropped (rate limit)".into(), e.flood_dropped.map_or("n/a".into(), |d| thousands(f(d)))]);
     if let Some(p) = p {
-        if let Some(r) = p.ratio("sbx-audit", "sbx-small", "denied_connect") {
+        if let Some(r) = p.route(Route::Loopback).and_then(|l| l.ratio("sbx-audit", "sbx-small", "denied_connect")) {
             t.row(vec![
                 "denied connect, audit mode with follower vs enforce".into(),
                 format!("median {} (audit lets it through to a closed port)", x(r.median)),

@@ -48,9 +48,11 @@
 mod bpftool;
 mod context;
 mod events;
+mod floor;
 mod lifecycle;
 mod many;
 mod memory;
+mod netns;
 mod percall;
 mod policies;
 mod profile;
@@ -104,8 +106,11 @@ pub(crate) struct BenchArgs {
 /// A part of the suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Section {
-    /// Per-call cost of connect, sendto and denied calls.
+    /// Per-call cost of connect, sendto and denied calls, on loopback.
     Percall,
+    /// The same calls to a test host in a network namespace the benchmark
+    /// creates, over a veth pair.
+    PercallNetns,
     /// Load time and kernel memory by policy size.
     Scale,
     /// `run -- /bin/true`, attach, detach.
@@ -228,10 +233,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             .as_ref()
             .map_or("bpftool and /proc/meminfo only (no memory cgroup found)".to_owned(), MemAcct::describe)
     );
-    if want(Section::Percall) || want(Section::Scale) {
+    let sections = percall::Want {
+        loopback: want(Section::Percall),
+        netns: want(Section::PercallNetns),
+        scale: want(Section::Scale),
+    };
+    if sections.loopback || sections.netns || sections.scale {
         let policies = Policies::new(&ctx.work, &plan.sizes)?;
-        (report.percall, report.scale) =
-            percall::policy_sections(&ctx, &plan, &policies, want(Section::Percall), want(Section::Scale))?;
+        (report.percall, report.scale) = percall::policy_sections(&ctx, &plan, &policies, sections)?;
     }
     if want(Section::Lifecycle) {
         report.lifecycle = Some(lifecycle::lifecycle(&ctx, &plan)?);

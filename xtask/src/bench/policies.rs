@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::sbx;
+use super::{protocol::BENCH_NET, sbx};
 
 /// A small deterministic generator (`SplitMix64`), so every run loads the
 /// same rules.
@@ -31,8 +31,8 @@ impl Rng {
     }
 }
 
-/// `n` distinct CIDR rules: half IPv4 (/8 to /32, never 0/8, 127/8 or
-/// 224/3), half IPv6 in `2000::/3` (/16 to /64, never 6to4's `2002::/16`);
+/// `n` distinct CIDR rules: half IPv4 (/8 to /32, never 0/8, 127/8,
+/// 224/3 or anything overlapping the benchmark's 198.18.0.0/15), half IPv6 in `2000::/3` (/16 to /64, never 6to4's `2002::/16`);
 /// half allow, half deny; 60% with ports (443; 80,443; 5432; 8000-8100;
 /// udp 53; tcp 22). Returns `(allow, deny)`.
 pub(super) fn gen_rules(n: usize, seed: u64) -> (Vec<String>, Vec<String>) {
@@ -65,6 +65,13 @@ pub(super) fn gen_rules(n: usize, seed: u64) -> (Vec<String>, Vec<String>) {
             let addr = raw & (u128::MAX << (128 - len));
             ((6u8, addr, len), format!("{}/{len}", Ipv6Addr::from(addr)))
         };
+        // The netns test host's range stays out of the generated rules:
+        // only the benchmark's own allow rule decides calls to it.
+        if let (4, addr, len) = key {
+            if overlaps_bench_net(u32::try_from(addr).expect("an IPv4 address"), len) {
+                continue;
+            }
+        }
         if !distinct.insert(key) {
             continue;
         }
@@ -85,6 +92,15 @@ pub(super) fn gen_rules(n: usize, seed: u64) -> (Vec<String>, Vec<String>) {
         if rng.next() & 1 == 0 { &mut allow } else { &mut deny }.push(rule);
     }
     (allow, deny)
+}
+
+/// Whether the IPv4 prefix `addr/len` overlaps [`BENCH_NET`]: the two agree
+/// on the bits of the shorter prefix.
+pub(super) fn overlaps_bench_net(addr: u32, len: u32) -> bool {
+    let (net, net_len) = BENCH_NET;
+    let common = len.min(u32::from(net_len));
+    let mask = if common == 0 { 0 } else { u32::MAX << (32 - common) };
+    addr & mask == u32::from(net) & mask
 }
 
 /// Policy files by size, written once.

@@ -19,7 +19,7 @@ use super::{
     lifecycle::{lifecycle_table, Lifecycle},
     many::{many_table, Many},
     memory::MemAcct,
-    percall::Percall,
+    percall::{Percall, Route},
     policies::size_label,
     scale::{scale_table, ScaleRow},
     stats::{f, mib, ms, thousands, x, Stat},
@@ -187,7 +187,7 @@ impl Report {
     pub(super) fn targets(&self, plan: &Plan) -> Vec<Target> {
         let mut out = Vec::new();
         let (big, small) = big_small(plan);
-        let pc = self.percall.as_ref();
+        let pc = self.percall.as_ref().and_then(|p| p.route(Route::Loopback));
         let ratio = |cfg: &str, base: &str, op: &str| pc.and_then(|p| p.ratio(cfg, base, op));
         // Wall-clock median decides; min and CPU time are shown beside it.
         let fig = |cfg: &str, base: &str, op: &str| {
@@ -244,6 +244,7 @@ impl Report {
                 met: d.zip(c).map(|(d, c)| d.median < c.median),
             });
         }
+        self.netns_targets(plan, &mut out);
         let load = self
             .scale
             .as_ref()
@@ -283,6 +284,55 @@ impl Report {
         out
     }
 
+    /// Issue 11's targets, on the route to the netns test host.
+    fn netns_targets(&self, plan: &Plan, out: &mut Vec<Target>) {
+        let (big, small) = big_small(plan);
+        let pc = self.percall.as_ref().and_then(|p| p.route(Route::Netns));
+        let ratio = |cfg: &str, base: &str, op: &str| pc.and_then(|p| p.ratio(cfg, base, op));
+        let fig = |cfg: &str, base: &str, op: &str| {
+            let cpu = pc.and_then(|p| p.cpu_ratio(cfg, base, op));
+            ratio(cfg, base, op).map_or("not measured".into(), |r| {
+                format!(
+                    "median {} (min {}; CPU time median {})",
+                    x(r.median),
+                    x(r.min),
+                    cpu.map_or("n/a".into(), |c| x(c.median))
+                )
+            })
+        };
+        for (cfg, base, op, what, goal) in [
+            (&small, "none", "tcp_cycle", "netns: TCP connect+accept+close, 10 rules vs no sandbox", 1.03),
+            (&big, "none", "tcp_cycle", "netns: TCP connect+accept+close, 100,000 rules vs no sandbox", 1.03),
+            (&big, small.as_str(), "tcp_cycle", "netns: TCP connect+accept+close, 100,000 vs 10 rules", 1.02),
+            (&small, "none", "udp_sendto", "netns: UDP sendto, 10 rules vs no sandbox", 1.08),
+            (&big, "none", "udp_sendto", "netns: UDP sendto, 100,000 rules vs no sandbox", 1.08),
+            (&small, "floor", "udp_sendto", "netns: UDP sendto, 10 rules vs the trivial `return 1` programs", 1.03),
+            (&big, "floor", "udp_sendto", "netns: UDP sendto, 100,000 rules vs the trivial `return 1` programs", 1.03),
+            (&small, "none", "refused", "netns: connect to a closed port, 10 rules vs no sandbox", 1.05),
+            (&big, "none", "refused", "netns: connect to a closed port, 100,000 rules vs no sandbox", 1.05),
+        ] {
+            out.push(Target {
+                what,
+                goal: format!("<= {goal:.2}x"),
+                figure: fig(cfg, base, op),
+                met: ratio(cfg, base, op).map(|r| r.median <= goal),
+            });
+        }
+        let d = pc.and_then(|p| p.stat(&big, "denied_connect"));
+        let c = pc.and_then(|p| p.stat(&big, "refused"));
+        out.push(Target {
+            what: "netns: denied connect faster than a closed port (100,000 rules)",
+            goal: "denied < closed".into(),
+            figure: match (d, c) {
+                (Some(d), Some(c)) => {
+                    format!("{} ns vs {} ns ({})", thousands(d.median), thousands(c.median), x(d.median / c.median))
+                }
+                _ => "not measured".into(),
+            },
+            met: d.zip(c).map(|(d, c)| d.median < c.median),
+        });
+    }
+
     pub(super) fn tables(&self, plan: &Plan, machine: &Value, command: &str, elapsed: Duration, ctx: &Ctx) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -308,7 +358,7 @@ impl Report {
             s.push_str(&scale_table(rows, plan, ctx));
         }
         if let Some(p) = &self.percall {
-            s.push_str(&p.by_size_table(plan));
+            s.push_str(&p.by_size_tables(plan));
         }
         if let Some(l) = &self.lifecycle {
             s.push_str(&lifecycle_table(l, plan));

@@ -5,6 +5,7 @@
 
 use std::{
     fs, io,
+    net::Ipv4Addr,
     os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::Path,
     process::{Command, Stdio},
@@ -20,8 +21,9 @@ use super::{
     runner::{in_cgroups, procs_fd, timed_output, timed_quiet},
 };
 
-/// Loopback ports the policies allow; everything above is denied.
-pub(super) const ALLOWED_LOOPBACK: &str = "1-9999";
+/// Ports the policies allow on loopback and on the netns test host;
+/// everything above is denied.
+pub(super) const ALLOWED_PORTS: &str = "1-9999";
 /// The small policy: a database, HTTPS to a /16, an IPv6 /32, loopback
 /// ports 1-9999.
 pub(super) const SMALL_POLICY: [&str; 8] = [
@@ -32,8 +34,14 @@ pub(super) const SMALL_POLICY: [&str; 8] = [
     "--allow",
     "[2001:db8::/32]:443",
     "--loopback",
-    ALLOWED_LOOPBACK,
+    ALLOWED_PORTS,
 ];
+
+/// Flags allowing the netns test host's ports [`ALLOWED_PORTS`], as
+/// `--loopback` allows loopback's.
+pub(super) fn allow_test_host(addr: Ipv4Addr) -> Vec<String> {
+    vec!["--allow".to_owned(), format!("{addr}:{ALLOWED_PORTS}")]
+}
 
 /// The small policy's flags, owned.
 pub(super) fn small_policy() -> Vec<String> {
@@ -46,7 +54,7 @@ pub(super) fn policy_file_flags(file: &Path, n: usize) -> Vec<String> {
         "--policy".to_owned(),
         file.to_string_lossy().into_owned(),
         "--loopback".to_owned(),
-        ALLOWED_LOOPBACK.to_owned(),
+        ALLOWED_PORTS.to_owned(),
     ];
     // The trie needs one entry per distinct prefix plus sbx's own few;
     // NO_PREALLOC means the capacity costs nothing until used.

@@ -1,7 +1,7 @@
 //! Unit tests of the pure parts.
 
 use super::{
-    policies::{gen_rules, size_label},
+    policies::{gen_rules, overlaps_bench_net, size_label},
     stats::{median, min, thousands},
 };
 
@@ -13,6 +13,11 @@ fn rules_are_distinct_and_avoid_loopback() {
         let target = r.split_once("://").map_or(r.as_str(), |(_, t)| t).trim_start_matches('[');
         assert!(!target.starts_with("127.") && !target.starts_with("0."), "{r}");
         assert!(!target.starts_with("2002:"), "{r}");
+        if let Some((addr, len)) = target.split(':').next().and_then(|t| t.split_once('/')) {
+            if let Ok(a) = addr.parse::<std::net::Ipv4Addr>() {
+                assert!(!overlaps_bench_net(u32::from(a), len.parse().expect("a prefix length")), "{r}");
+            }
+        }
     }
     assert_eq!(gen_rules(100, 1), gen_rules(100, 1));
 }
@@ -31,4 +36,16 @@ fn labels() {
     assert_eq!(size_label(100_000), "100k");
     assert_eq!(size_label(1_000_000), "1M");
     assert_eq!(thousands(1_234_567.4), "1,234,567");
+}
+
+#[test]
+fn bench_net_overlap() {
+    let a = |s: &str| u32::from(s.parse::<std::net::Ipv4Addr>().expect("an address"));
+    assert!(overlaps_bench_net(a("198.0.0.0"), 8));
+    assert!(overlaps_bench_net(a("198.16.0.0"), 12));
+    assert!(overlaps_bench_net(a("198.19.4.0"), 24));
+    assert!(overlaps_bench_net(a("198.18.0.2"), 32));
+    assert!(!overlaps_bench_net(a("198.20.0.0"), 14));
+    assert!(!overlaps_bench_net(a("198.17.255.0"), 24));
+    assert!(!overlaps_bench_net(a("10.0.0.0"), 8));
 }

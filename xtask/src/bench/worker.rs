@@ -17,13 +17,16 @@ use serde_json::Value;
 use super::{
     context::Ctx,
     percall::{Config, Kind},
-    protocol::{FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED},
+    protocol::{in_bench_net, FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED},
     runner::{high_priority, in_cgroups, procs_fd, timed_output},
 };
 
-/// The loopback sockets the per-call benchmarks use, held by this process
-/// for the whole section so their ports stay what the policies expect.
+/// The sockets the per-call benchmarks call, on loopback or on the test
+/// host in the benchmark's network namespace, held by this process for
+/// the whole section so their ports stay what the policies expect.
 pub(super) struct Net {
+    /// Where they are bound: 127.0.0.1 or the test host.
+    pub(super) addr: Ipv4Addr,
     pub(super) listener: OwnedFd,
     pub(super) udp: OwnedFd,
     pub(super) udp_denied: OwnedFd,
@@ -36,10 +39,10 @@ pub(super) struct Net {
     pub(super) denied_udp_port: u16,
 }
 
-/// A socket bound to `127.0.0.1:port` (0: the kernel picks), moved to a
+/// A socket bound to `addr:port` (0: the kernel picks), moved to a
 /// descriptor of at least 100 so it cannot collide with the numbers the
 /// worker expects (3, 4, 5) when the child dup2s them there.
-pub(super) fn bound(ty: libc::c_int, port: u16) -> io::Result<(OwnedFd, u16)> {
+pub(super) fn bound(ty: libc::c_int, addr: Ipv4Addr, port: u16) -> io::Result<(OwnedFd, u16)> {
     // SAFETY: socket(2) with constant arguments.
     let raw = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -51,7 +54,7 @@ pub(super) fn bound(ty: libc::c_int, port: u16) -> io::Result<(OwnedFd, u16)> {
         sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("fits"),
         // Network byte order.
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
         sin_zero: [0; 8],
     };
     let mut len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("fits");
@@ -72,43 +75,46 @@ pub(super) fn bound(ty: libc::c_int, port: u16) -> io::Result<(OwnedFd, u16)> {
     Ok((unsafe { OwnedFd::from_raw_fd(high) }, u16::from_be(sa.sin_port)))
 }
 
-/// Binds the first free port in 7000..=9999 (inside the allowed loopback
+/// Binds the first free port of `addr` in 7000..=9999 (inside the allowed
 /// range).
-pub(super) fn bound_allowed(ty: libc::c_int) -> Result<(OwnedFd, u16)> {
+pub(super) fn bound_allowed(ty: libc::c_int, addr: Ipv4Addr) -> Result<(OwnedFd, u16)> {
     for port in 7000..=9999 {
-        if let Ok(b) = bound(ty, port) {
+        if let Ok(b) = bound(ty, addr, port) {
             return Ok(b);
         }
     }
-    bail!("no free loopback port in 7000-9999")
+    bail!("no free port in 7000-9999 on {addr}")
 }
 
-/// Binds a port above the allowed range.
-pub(super) fn bound_denied(ty: libc::c_int) -> Result<(OwnedFd, u16)> {
-    let (fd, port) = bound(ty, 0).context("binding an ephemeral loopback port")?;
+/// Binds a port of `addr` above the allowed range.
+pub(super) fn bound_denied(ty: libc::c_int, addr: Ipv4Addr) -> Result<(OwnedFd, u16)> {
+    let (fd, port) = bound(ty, addr, 0).with_context(|| format!("binding an ephemeral port on {addr}"))?;
     if port > 9999 {
         return Ok((fd, port));
     }
     for port in 40_000..=50_000 {
-        if let Ok(b) = bound(ty, port) {
+        if let Ok(b) = bound(ty, addr, port) {
             return Ok(b);
         }
     }
-    bail!("no free loopback port above 9999")
+    bail!("no free port above 9999 on {addr}")
 }
 
 impl Net {
-    pub(super) fn new() -> Result<Self> {
-        let (listener, tcp_port) = bound_allowed(libc::SOCK_STREAM)?;
+    /// Binds the sockets on `addr`; for the test host, call it from a
+    /// thread inside its namespace ([`super::netns::TestHost::inside`]).
+    pub(super) fn new(addr: Ipv4Addr) -> Result<Self> {
+        let (listener, tcp_port) = bound_allowed(libc::SOCK_STREAM, addr)?;
         // SAFETY: listen(2) on a bound TCP socket we own.
         if unsafe { libc::listen(listener.as_raw_fd(), 1024) } != 0 {
             return Err(io::Error::last_os_error()).context("listen on the benchmark port");
         }
-        let (refused, refused_port) = bound_allowed(libc::SOCK_STREAM)?;
-        let (udp, udp_port) = bound_allowed(libc::SOCK_DGRAM)?;
-        let (denied, denied_port) = bound_denied(libc::SOCK_STREAM)?;
-        let (udp_denied, denied_udp_port) = bound_denied(libc::SOCK_DGRAM)?;
+        let (refused, refused_port) = bound_allowed(libc::SOCK_STREAM, addr)?;
+        let (udp, udp_port) = bound_allowed(libc::SOCK_DGRAM, addr)?;
+        let (denied, denied_port) = bound_denied(libc::SOCK_STREAM, addr)?;
+        let (udp_denied, denied_udp_port) = bound_denied(libc::SOCK_DGRAM, addr)?;
         Ok(Self {
+            addr,
             listener,
             udp,
             udp_denied,
@@ -132,9 +138,15 @@ pub(super) fn percall_once(
     iters: (u32, u32),
     ops: &[&str],
 ) -> Result<BTreeMap<String, (f64, f64)>> {
+    if !(net.addr.is_loopback() || in_bench_net(net.addr)) {
+        bail!("refusing to aim the worker at {}: neither loopback nor the benchmark's 198.18.0.0/15", net.addr);
+    }
     let mut cmd = Command::new(&ctx.worker);
-    cmd.arg("percall")
-        .args(["--tcp-port", &net.tcp_port.to_string()])
+    cmd.arg("percall");
+    if !net.addr.is_loopback() {
+        cmd.args(["--addr", &net.addr.to_string()]);
+    }
+    cmd.args(["--tcp-port", &net.tcp_port.to_string()])
         .args(["--refused-port", &net.refused_port.to_string()])
         .args(["--denied-port", &net.denied_port.to_string()])
         .args(["--udp-port", &net.udp_port.to_string()])
