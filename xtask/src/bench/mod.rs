@@ -46,6 +46,7 @@
 //! and JSON; one module per section.
 
 mod bpftool;
+mod charts;
 mod context;
 mod events;
 mod floor;
@@ -66,7 +67,12 @@ mod stats;
 mod tests;
 mod worker;
 
-use std::{env, fs, path::PathBuf, process::Command, time::Instant};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
@@ -101,6 +107,10 @@ pub(crate) struct BenchArgs {
     /// Use the binaries already built instead of building them.
     #[arg(long)]
     pub(crate) no_build: bool,
+    /// Where to draw the SVG charts of the per-call figures [default: next
+    /// to BENCHMARKS.md; with --quick, next to the JSON].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) charts: Option<PathBuf>,
 }
 
 /// A part of the suite.
@@ -252,7 +262,21 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         report.events = Some(events::events(&ctx, &plan)?);
     }
     let elapsed = started.elapsed();
-    write_results(&report, &plan, &ctx, &out, elapsed)
+    write_results(&report, &plan, &ctx, &out, elapsed)?;
+    if let Some(pc) = &report.percall {
+        // A smoke run's noisy figures must not replace the published charts.
+        let dir = args.charts.clone().unwrap_or_else(|| {
+            if args.quick {
+                out.parent().map_or_else(|| bench_dir.clone(), Path::to_path_buf)
+            } else {
+                crate::workspace()
+            }
+        });
+        for f in charts::write(pc, &plan.sizes, &dir)? {
+            eprintln!("bench: drew {}", f.display());
+        }
+    }
+    Ok(())
 }
 
 /// The cargo target directory: `CARGO_TARGET_DIR` (relative to the

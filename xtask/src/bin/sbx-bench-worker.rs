@@ -33,6 +33,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+// The bench draws its charts with plotters; the worker shares the
+// package's dependencies but draws nothing.
+use plotters as _;
+
 #[path = "../bench/protocol.rs"]
 mod protocol;
 
