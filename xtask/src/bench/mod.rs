@@ -13,7 +13,10 @@
 //!    policy, the same in audit mode with a follower reading the events;
 //!    sbx with 10 to 1,000,000 generated CIDR rules; Landlock), in wall and
 //!    on-CPU time, then interleaved passes with `kernel.bpf_stats_enabled=1`
-//!    for the programs' own run time per call.
+//!    for the programs' own run time per call. `percall-netns`: the same
+//!    calls to a test host in a network namespace the benchmark creates,
+//!    over a veth pair ([`netns`]), in the same rounds; and the floor of
+//!    any such hook, trivial `return 1` programs ([`floor`]).
 //! 2. `scale`: parse+compile time, attach time and kernel memory per policy
 //!    size. Sections 1 and 2 share their sandboxes: loading a large policy
 //!    is the expensive part of both. A size above 100,000 rules whose load
@@ -32,10 +35,14 @@
 //! `bpftool` reports for the programs and maps, and the change of
 //! `Slab + VmallocUsed + Percpu` in /proc/meminfo (global, so noisy).
 //!
-//! Network traffic goes to 127.0.0.1 only. The denied calls target a
-//! loopback port the policy denies, so even a broken policy could not send
-//! a packet off the machine. Everything created (cgroups, pins, memory
-//! cgroups, processes) is removed on exit, on error and on Ctrl-C.
+//! Network traffic goes to 127.0.0.1 and to the test host in the
+//! benchmark's own network namespace (198.18.0.0/15) only; the worker
+//! refuses any other address. The denied calls target a port the policy
+//! denies on one of those two, so even a broken policy could not send a
+//! packet off the machine. Everything created (cgroups, pins, memory
+//! cgroups, processes, the network namespace and its veth pair) is removed
+//! on exit, on error and on Ctrl-C. The per-call figures are also drawn as
+//! SVG charts ([`charts`]).
 //!
 //! Layout: [`runner`] spawns and times the processes and interleaves the
 //! configurations; [`worker`] is the protocol with `sbx-bench-worker`;
