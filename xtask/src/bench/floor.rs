@@ -73,7 +73,8 @@ const _: () = assert!(size_of::<LinkCreateAttr>() == 16);
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a valid, initialised `union bpf_attr` prefix of
-    // the size given; bpf(2) reads (and for these commands only reads) it.
+    // the size given; bpf(2) reads it, and writes only into the log buffer
+    // it points to, which outlives the call.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
@@ -84,7 +85,8 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Loads one `return 1` program for `attach_type`.
+/// Loads one `return 1` program for `attach_type`. When the kernel refuses
+/// it, loads it again with a verifier log, for the error.
 fn load(name: &str, attach_type: u32) -> Result<OwnedFd> {
     let license = c"GPL";
     let mut attr = ProgLoadAttr {
@@ -96,7 +98,17 @@ fn load(name: &str, attach_type: u32) -> Result<OwnedFd> {
         ..ProgLoadAttr::default()
     };
     attr.prog_name[..name.len()].copy_from_slice(name.as_bytes());
-    bpf(BPF_PROG_LOAD, &mut attr).with_context(|| format!("loading the trivial program {name} (BPF_PROG_LOAD)"))
+    let first = match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    let mut log = vec![0u8; 64 * 1024];
+    attr.log_level = 1;
+    attr.log_size = u32::try_from(log.len()).expect("64 KiB");
+    attr.log_buf = log.as_mut_ptr() as u64;
+    let _ = bpf(BPF_PROG_LOAD, &mut attr);
+    let text = String::from_utf8_lossy(log.split(|&b| b == 0).next().unwrap_or_default()).trim().to_owned();
+    Err(first).with_context(|| format!("loading the trivial program {name} (BPF_PROG_LOAD); verifier log: {text:?}"))
 }
 
 /// The floor programs, attached to one cgroup while this lives.
