@@ -4,7 +4,9 @@
 //! The parent moves it into the cgroup between fork and exec, so every
 //! socket it makes belongs to that cgroup (the kernel records a socket's
 //! cgroup when the socket is created, and runs the cgroup's `sock_addr`
-//! programs for it). Only loopback is ever contacted.
+//! programs for it). It contacts loopback, or with `percall --addr` the
+//! test host in the benchmark's own network namespace (198.18.0.0/15);
+//! it refuses any other address.
 //!
 //! - `percall`: tight loops of one socket operation each, reporting ns per
 //!   operation and the outcome of every call (`ok` or the errno name). The
@@ -21,6 +23,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead as _},
+    net::Ipv4Addr,
     os::fd::RawFd,
     path::PathBuf,
     time::{Duration, Instant},
@@ -30,12 +33,15 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
-/// The listening TCP socket the parent passes.
-const FD_LISTENER: RawFd = 3;
-/// Bound UDP socket on the allowed port.
-const FD_UDP_ALLOWED: RawFd = 4;
-/// Bound UDP socket on the denied port.
-const FD_UDP_DENIED: RawFd = 5;
+// The bench draws its charts with plotters; the worker shares the
+// package's dependencies but draws nothing.
+use plotters as _;
+
+#[path = "../bench/protocol.rs"]
+mod protocol;
+
+use protocol::{FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED};
+
 /// UDP sends between two drains of the receiving socket. Small enough that
 /// the receive buffer never overflows (a drop is cheaper than a delivery
 /// and would flatter the baseline), large enough that the clock reads
@@ -74,7 +80,11 @@ struct PacedArgs {
 
 #[derive(clap::Args)]
 struct PercallArgs {
-    /// Port of the listener on fd 3 (127.0.0.1).
+    /// Where the ports below are: 127.0.0.1, or the test host in the
+    /// benchmark's network namespace (an address in 198.18.0.0/15).
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST, value_parser = bench_addr)]
+    addr: Ipv4Addr,
+    /// Port of the listener on fd 3.
     #[arg(long)]
     tcp_port: u16,
     /// A bound, non-listening TCP port the policy allows: connect gets
@@ -141,15 +151,31 @@ fn outcome(rc: libc::c_int) -> &'static str {
     }
 }
 
-/// `127.0.0.1:port`.
-fn loopback(port: u16) -> libc::sockaddr_in {
+/// Parses `--addr`: loopback or the benchmark's range, nothing else, so a
+/// mistake can never aim the timing loops at a real host.
+fn bench_addr(s: &str) -> Result<Ipv4Addr, String> {
+    let a: Ipv4Addr = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if a.is_loopback() || protocol::in_bench_net(a) {
+        Ok(a)
+    } else {
+        Err(format!("{a} is neither loopback nor in the benchmark's 198.18.0.0/15"))
+    }
+}
+
+/// `addr:port`.
+fn sockaddr(addr: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
         // Network byte order.
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
         sin_zero: [0; 8],
     }
+}
+
+/// `127.0.0.1:port`.
+fn loopback(port: u16) -> libc::sockaddr_in {
+    sockaddr(Ipv4Addr::LOCALHOST, port)
 }
 
 const SOCKADDR_IN_LEN: libc::socklen_t = {
@@ -379,23 +405,23 @@ fn percall(a: &PercallArgs) -> Result<()> {
         );
     };
     if want("tcp_cycle") {
-        let addr = loopback(a.tcp_port);
+        let addr = sockaddr(a.addr, a.tcp_port);
         record("tcp_cycle", a.tcp_iters, timed(a.tcp_iters, |t| tcp_cycle(&addr, t))?);
     }
     if want("refused") {
-        let addr = loopback(a.refused_port);
+        let addr = sockaddr(a.addr, a.refused_port);
         record("refused", a.fast_iters, timed(a.fast_iters, |t| failing_connect(&addr, t))?);
     }
     if want("denied_connect") {
-        let addr = loopback(a.denied_port);
+        let addr = sockaddr(a.addr, a.denied_port);
         record("denied_connect", a.fast_iters, timed(a.fast_iters, |t| failing_connect(&addr, t))?);
     }
     if want("udp_sendto") {
-        let addr = loopback(a.udp_port);
+        let addr = sockaddr(a.addr, a.udp_port);
         record("udp_sendto", a.fast_iters, udp_sends(a.fast_iters, &addr, FD_UDP_ALLOWED)?);
     }
     if want("denied_sendto") {
-        let addr = loopback(a.denied_udp_port);
+        let addr = sockaddr(a.addr, a.denied_udp_port);
         record("denied_sendto", a.fast_iters, udp_sends(a.fast_iters, &addr, FD_UDP_DENIED)?);
     }
     println!("{}", json!({ "landlock": landlock, "ops": ops }));

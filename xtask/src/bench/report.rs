@@ -1,0 +1,380 @@
+//! The report: Markdown tables on stdout, every sample in the JSON, and the
+//! targets from the issues with their verdicts.
+
+use std::{
+    env,
+    fmt::{self, Write as _},
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
+
+use super::{
+    context::Ctx,
+    events::{events_table, Events},
+    lifecycle::{lifecycle_table, Lifecycle},
+    many::{many_table, Many},
+    memory::MemAcct,
+    percall::{Percall, Route},
+    policies::size_label,
+    scale::{scale_table, ScaleRow},
+    stats::{f, mib, ms, thousands, x, Stat},
+    Plan,
+};
+
+/// Prints the tables and writes the JSON.
+pub(super) fn write_results(report: &Report, plan: &Plan, ctx: &Ctx, out: &Path, elapsed: Duration) -> Result<()> {
+    let machine = machine();
+    let command = format!(
+        "cargo xtask bench{}",
+        env::args().skip_while(|a| a != "bench").skip(1).fold(String::new(), |mut s, a| {
+            let _ = write!(s, " {a}");
+            s
+        })
+    );
+    let tables = report.tables(plan, &machine, &command, elapsed, ctx);
+    println!("{tables}");
+    let json = json!({
+        "command": command,
+        "machine": machine,
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "elapsed_s": elapsed.as_secs_f64(),
+        "plan": {
+            "rounds": plan.rounds, "tcp_iters": plan.tcp_iters, "fast_iters": plan.fast_iters,
+            "sizes": plan.sizes, "load_rounds": plan.load_rounds, "profile_rounds": plan.profile_rounds,
+            "lifecycle_rounds": plan.lifecycle_rounds, "lifecycle_reps": plan.lifecycle_reps, "sandboxes": plan.sandboxes,
+        },
+        "memory_method": ctx.mem.as_ref().map(MemAcct::describe),
+        // This process's own peak memory: a large heap here would make every
+        // fork of a timed command slower.
+        "xtask_peak_rss_kib": fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse::<u64>().ok())
+        }),
+        "percall": report.percall.as_ref().map(Percall::json),
+        "scale": report.scale.as_ref().map(|s| s.iter().map(ScaleRow::json).collect::<Vec<_>>()),
+        "lifecycle": report.lifecycle.as_ref().map(Lifecycle::json),
+        "many": report.many.as_ref().map(Many::json),
+        "events": report.events.as_ref().map(Events::json),
+        "targets": report.targets(plan).iter().map(Target::json).collect::<Vec<_>>(),
+        "table_markdown": tables,
+    });
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("bench: wrote {} ({:.0} s)", out.display(), elapsed.as_secs_f64());
+    Ok(())
+}
+
+#[derive(Default)]
+pub(super) struct Report {
+    pub(super) percall: Option<Percall>,
+    pub(super) scale: Option<Vec<ScaleRow>>,
+    pub(super) lifecycle: Option<Lifecycle>,
+    pub(super) many: Option<Many>,
+    pub(super) events: Option<Events>,
+}
+
+/// A target from the issue, with the measured figure.
+pub(super) struct Target {
+    pub(super) what: &'static str,
+    pub(super) goal: String,
+    pub(super) figure: String,
+    pub(super) met: Option<bool>,
+}
+
+impl Target {
+    pub(super) fn json(&self) -> Value {
+        json!({ "target": self.what, "goal": self.goal, "figure": self.figure, "met": self.met })
+    }
+}
+
+pub(super) fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+pub(super) fn machine() -> Value {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let mem_kib: u64 = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let virt = Command::new("systemd-detect-virt")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let load = fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        "kernel": kernel,
+        "memory_gib": f(mem_kib) / 1024.0 / 1024.0,
+        "virtualization": virt,
+        "loadavg_at_end": load,
+        "commit": commit(),
+    })
+}
+
+/// The commit the binaries were built from, `+` when the tree differs
+/// from it (read-only git commands).
+pub(super) fn commit() -> Option<String> {
+    let ws = crate::workspace();
+    let out = Command::new("git").arg("-C").arg(&ws).args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || hash.is_empty() {
+        return None;
+    }
+    let clean = Command::new("git").arg("-C").arg(&ws).args(["diff", "--quiet", "HEAD", "--"]).status().ok()?.success();
+    Some(if clean { hash } else { format!("{hash}+") })
+}
+
+/// A Markdown table builder.
+pub(super) struct Table {
+    pub(super) head: Vec<String>,
+    pub(super) rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(super) fn new(head: &[&str]) -> Self {
+        Self { head: head.iter().map(|s| (*s).to_owned()).collect(), rows: vec![] }
+    }
+
+    pub(super) fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(out, "| {} |", self.head.join(" | "))?;
+        writeln!(out, "|{}", self.head.iter().map(|_| "---|").collect::<String>())?;
+        for r in &self.rows {
+            writeln!(out, "| {} |", r.join(" | "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The configuration names the targets compare: the largest generated
+/// policy not above 100,000 rules, and the smallest.
+pub(super) fn big_small(plan: &Plan) -> (String, String) {
+    let big = plan.sizes.iter().copied().filter(|&n| n <= 100_000).max().unwrap_or(0);
+    let small = plan.sizes.iter().copied().min().unwrap_or(0);
+    (format!("sbx-{}", size_label(big)), format!("sbx-{}", size_label(small)))
+}
+
+impl Report {
+    pub(super) fn targets(&self, plan: &Plan) -> Vec<Target> {
+        let mut out = Vec::new();
+        let (big, small) = big_small(plan);
+        let pc = self.percall.as_ref().and_then(|p| p.route(Route::Loopback));
+        let ratio = |cfg: &str, base: &str, op: &str| pc.and_then(|p| p.ratio(cfg, base, op));
+        // Wall-clock median decides; min and CPU time are shown beside it.
+        let fig = |cfg: &str, base: &str, op: &str| {
+            let r = ratio(cfg, base, op);
+            let cpu = pc.and_then(|p| p.cpu_ratio(cfg, base, op));
+            r.map_or("not measured".into(), |r| {
+                format!(
+                    "median {} (min {}; CPU time median {})",
+                    x(r.median),
+                    x(r.min),
+                    cpu.map_or("n/a".into(), |c| x(c.median))
+                )
+            })
+        };
+        for (op, what, goal) in [
+            ("tcp_cycle", "TCP connect+accept cycle, 100,000 rules vs no sandbox", 1.05),
+            ("udp_sendto", "UDP sendto, 100,000 rules vs no sandbox", 1.10),
+        ] {
+            out.push(Target {
+                what,
+                goal: format!("<= {goal:.2}x"),
+                figure: fig(&big, "none", op),
+                met: ratio(&big, "none", op).map(|r| r.median <= goal),
+            });
+        }
+        for (op, what) in [
+            ("refused", "connect to a closed port, 100,000 vs 10 rules"),
+            ("tcp_cycle", "TCP cycle, 100,000 vs 10 rules"),
+            ("udp_sendto", "UDP sendto, 100,000 vs 10 rules"),
+        ] {
+            out.push(Target {
+                what,
+                goal: "<= 1.05x".into(),
+                figure: fig(&big, &small, op),
+                met: ratio(&big, &small, op).map(|r| r.median <= 1.05),
+            });
+        }
+        for cfg in [big.as_str(), "sbx-small"] {
+            let d = pc.and_then(|p| p.stat(cfg, "denied_connect"));
+            let c = pc.and_then(|p| p.stat(cfg, "refused"));
+            out.push(Target {
+                what: if cfg == "sbx-small" {
+                    "denied connect faster than a closed port (small policy)"
+                } else {
+                    "denied connect faster than a closed port (100,000 rules)"
+                },
+                goal: "denied < closed".into(),
+                figure: match (d, c) {
+                    (Some(d), Some(c)) => {
+                        format!("{} ns vs {} ns ({})", thousands(d.median), thousands(c.median), x(d.median / c.median))
+                    }
+                    _ => "not measured".into(),
+                },
+                met: d.zip(c).map(|(d, c)| d.median < c.median),
+            });
+        }
+        self.netns_targets(plan, &mut out);
+        let load = self
+            .scale
+            .as_ref()
+            .and_then(|s| s.iter().find(|r| r.rules == 100_000))
+            .and_then(|r| Stat::of(&r.attach_ms));
+        out.push(Target {
+            what: "load 100,000 rules (`sbx-user attach`, end to end)",
+            goal: "< 1 s".into(),
+            figure: load.map_or("not measured".into(), |s| format!("median {} (min {})", ms(s.median), ms(s.min))),
+            met: load.map(|s| s.median < 1000.0),
+        });
+        let added = self.lifecycle.as_ref().and_then(|l| Some((Stat::of(&l.run)?, Stat::of(&l.bin_true)?)));
+        out.push(Target {
+            what: "`sbx-user run -- /bin/true` over `/bin/true`",
+            goal: "adds < 30 ms".into(),
+            figure: added.map_or("not measured".into(), |(r, b)| {
+                format!("adds {} (median; min {})", ms(r.median - b.median), ms(r.min - b.min))
+            }),
+            met: added.map(|(r, b)| r.median - b.median < 30.0),
+        });
+        if let Some(m) = &self.many {
+            let nf = f(u64::from(m.n));
+            let total = m.memcg_bytes.or(m.memlock.map(|(p, q)| p + q));
+            out.push(Target {
+                what: "concurrent sandboxes: total kernel memory",
+                goal: format!("{} sandboxes < 1 GiB", thousands(nf)),
+                figure: total.map_or("not measured".into(), |b| format!("{} ({} per sandbox)", mib(b), mib(b / nf))),
+                met: total.map(|b| b * 1000.0 / nf < 1024.0 * 1024.0 * 1024.0),
+            });
+            out.push(Target {
+                what: "concurrent sandboxes: each enforces its own policy",
+                goal: "all".into(),
+                figure: format!("{} of {} correct", m.checked - m.failures.len() as u64, m.n),
+                met: Some(m.failures.is_empty() && m.checked == u64::from(m.n)),
+            });
+        }
+        out
+    }
+
+    /// Issue 11's targets, on the route to the netns test host.
+    fn netns_targets(&self, plan: &Plan, out: &mut Vec<Target>) {
+        let (big, small) = big_small(plan);
+        let pc = self.percall.as_ref().and_then(|p| p.route(Route::Netns));
+        let ratio = |cfg: &str, base: &str, op: &str| pc.and_then(|p| p.ratio(cfg, base, op));
+        let fig = |cfg: &str, base: &str, op: &str| {
+            let cpu = pc.and_then(|p| p.cpu_ratio(cfg, base, op));
+            ratio(cfg, base, op).map_or("not measured".into(), |r| {
+                format!(
+                    "median {} (min {}; CPU time median {})",
+                    x(r.median),
+                    x(r.min),
+                    cpu.map_or("n/a".into(), |c| x(c.median))
+                )
+            })
+        };
+        for (cfg, base, op, what, goal) in [
+            (&small, "none", "tcp_cycle", "netns: TCP connect+accept+close, 10 rules vs no sandbox", 1.03),
+            (&big, "none", "tcp_cycle", "netns: TCP connect+accept+close, 100,000 rules vs no sandbox", 1.03),
+            (&big, small.as_str(), "tcp_cycle", "netns: TCP connect+accept+close, 100,000 vs 10 rules", 1.02),
+            (&small, "none", "udp_sendto", "netns: UDP sendto, 10 rules vs no sandbox", 1.08),
+            (&big, "none", "udp_sendto", "netns: UDP sendto, 100,000 rules vs no sandbox", 1.08),
+            (&small, "floor", "udp_sendto", "netns: UDP sendto, 10 rules vs the trivial `return 1` programs", 1.03),
+            (&big, "floor", "udp_sendto", "netns: UDP sendto, 100,000 rules vs the trivial `return 1` programs", 1.03),
+            (&small, "none", "refused", "netns: connect to a closed port, 10 rules vs no sandbox", 1.05),
+            (&big, "none", "refused", "netns: connect to a closed port, 100,000 rules vs no sandbox", 1.05),
+        ] {
+            out.push(Target {
+                what,
+                goal: format!("<= {goal:.2}x"),
+                figure: fig(cfg, base, op),
+                met: ratio(cfg, base, op).map(|r| r.median <= goal),
+            });
+        }
+        let d = pc.and_then(|p| p.stat(&big, "denied_connect"));
+        let c = pc.and_then(|p| p.stat(&big, "refused"));
+        out.push(Target {
+            what: "netns: denied connect faster than a closed port (100,000 rules)",
+            goal: "denied < closed".into(),
+            figure: match (d, c) {
+                (Some(d), Some(c)) => {
+                    format!("{} ns vs {} ns ({})", thousands(d.median), thousands(c.median), x(d.median / c.median))
+                }
+                _ => "not measured".into(),
+            },
+            met: d.zip(c).map(|(d, c)| d.median < c.median),
+        });
+    }
+
+    pub(super) fn tables(&self, plan: &Plan, machine: &Value, command: &str, elapsed: Duration, ctx: &Ctx) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "- Command: `{command}` ({:.0} s), commit {}",
+            elapsed.as_secs_f64(),
+            machine["commit"].as_str().unwrap_or("unknown")
+        );
+        let _ = writeln!(
+            s,
+            "- Machine: {}, {} CPUs, {:.0} GiB, Linux {}{}; load average at the end {}\n",
+            machine["cpu"].as_str().unwrap_or("?"),
+            machine["cpus"],
+            machine["memory_gib"].as_f64().unwrap_or(0.0),
+            machine["kernel"].as_str().unwrap_or("?"),
+            machine["virtualization"].as_str().map_or(String::new(), |v| format!(" ({v})")),
+            machine["loadavg_at_end"].as_str().unwrap_or("?"),
+        );
+        if let Some(p) = &self.percall {
+            s.push_str(&p.tables(plan));
+        }
+        if let Some(rows) = &self.scale {
+            s.push_str(&scale_table(rows, plan, ctx));
+        }
+        if let Some(p) = &self.percall {
+            s.push_str(&p.by_size_tables(plan));
+        }
+        if let Some(l) = &self.lifecycle {
+            s.push_str(&lifecycle_table(l, plan));
+        }
+        if let Some(m) = &self.many {
+            s.push_str(&many_table(m));
+        }
+        if let Some(e) = &self.events {
+            s.push_str(&events_table(e, self.percall.as_ref()));
+        }
+        let _ = writeln!(s, "### Targets\n");
+        let mut t = Table::new(&["target", "goal", "measured", "verdict"]);
+        for tg in self.targets(plan) {
+            t.row(vec![tg.what.to_owned(), tg.goal.clone(), tg.figure.clone(), verdict(tg.met).to_owned()]);
+        }
+        let _ = writeln!(s, "{t}");
+        s
+    }
+}
