@@ -4,6 +4,9 @@
 //! another uid/gid; dropping every capability; marking inherited file
 //! descriptors close-on-exec; `no_new_privs`.
 //!
+//! Before any of that, [`check_stdio`] refuses sockets handed in as
+//! stdin, stdout or stderr that the policy never judged.
+//!
 //! Everything is computed in the parent ([`Confinement::prepare`]); the
 //! child side ([`Confinement::apply`]) only makes system calls on data
 //! prepared in advance, with no allocation, as code between `fork` and
@@ -32,6 +35,98 @@ pub fn parse_identity(s: &str) -> Result<Identity, String> {
         let uid = num(s, "uid")?;
         Ok(Identity { uid, gid: uid })
     }
+}
+
+/// A standard descriptor `run` will not hand to the command.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} (fd {fd}) is {what}: a socket made outside the sandbox was never judged by its policy, \
+     so the command could use it to reach what the policy denies.\n\
+     Hint: give the command a pipe, a file or a terminal instead, or pass --allow-stdio-sockets \
+     if handing it this socket is intended (inetd-style activation)"
+)]
+pub struct StdioSocketError {
+    /// 0, 1 or 2.
+    pub fd: i32,
+    /// `stdin`, `stdout` or `stderr`.
+    pub name: &'static str,
+    /// What kind of socket it is, e.g. "a listening `AF_UNIX` socket".
+    pub what: String,
+}
+
+/// Whether a socket on a standard descriptor may be passed to the
+/// command; `None` when it may, else what is wrong with it.
+///
+/// Allowed: a non-listening `AF_UNIX` socket (a journald stream, a
+/// `socketpair` from a supervisor): the command can make those itself,
+/// and what it can reach over them is the same as over its own. Refused:
+/// any `AF_INET`/`AF_INET6` socket (connected outside the sandbox, or
+/// able to send where the hooks never look), any listening socket (it
+/// accepts connections the policy never judged), and every other family
+/// (`AF_NETLINK`, `AF_PACKET`, `AF_VSOCK`, ...), which the seccomp filter
+/// would not let the command create.
+#[must_use]
+pub fn judge_stdio_socket(domain: i32, listening: bool) -> Option<String> {
+    let family = match domain {
+        libc::AF_UNIX => "AF_UNIX",
+        libc::AF_INET => "AF_INET",
+        libc::AF_INET6 => "AF_INET6",
+        libc::AF_NETLINK => "AF_NETLINK",
+        libc::AF_PACKET => "AF_PACKET",
+        libc::AF_VSOCK => "AF_VSOCK",
+        _ => "",
+    };
+    // Every name starts with a vowel sound, so the article is always "an".
+    let family = if family.is_empty() { format!("address family {domain}") } else { family.to_owned() };
+    match (domain, listening) {
+        (libc::AF_UNIX, false) => None,
+        (_, true) => Some(format!("a listening {family} socket")),
+        (libc::AF_INET | libc::AF_INET6, false) => Some(format!("an {family} socket")),
+        (_, false) => Some(format!("an {family} socket, a family the sandbox may not create")),
+    }
+}
+
+/// Refuses sockets on stdin, stdout and stderr that [`judge_stdio_socket`]
+/// refuses, unless `allow` (`--allow-stdio-sockets`). Closed descriptors
+/// and anything that is not a socket (terminals, pipes, files) pass.
+///
+/// The child inherits exactly these descriptors (they are duplicated at
+/// fork, with nothing run in between that could replace them), so
+/// checking them in the parent checks what the command gets.
+pub fn check_stdio(allow: bool) -> Result<(), StdioSocketError> {
+    if allow {
+        return Ok(());
+    }
+    for (fd, name) in [(0, "stdin"), (1, "stdout"), (2, "stderr")] {
+        // SAFETY: fstat on a descriptor number into a zeroed stat buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is writable and outlives the call.
+        if unsafe { libc::fstat(fd, &raw mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        let opt = |name: libc::c_int| -> i32 {
+            let mut v: libc::c_int = -1;
+            let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+            // SAFETY: getsockopt into an int-sized buffer whose size is passed.
+            let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &raw mut len) };
+            if rc == 0 {
+                v
+            } else {
+                -1
+            }
+        };
+        let (domain, listening) = (opt(libc::SO_DOMAIN), opt(libc::SO_ACCEPTCONN));
+        // An unknown answer is refused: fail closed.
+        let verdict = if domain < 0 || listening < 0 {
+            Some("a socket whose family cannot be read".to_owned())
+        } else {
+            judge_stdio_socket(domain, listening != 0)
+        };
+        if let Some(what) = verdict {
+            return Err(StdioSocketError { fd, name, what });
+        }
+    }
+    Ok(())
 }
 
 /// Child-side setup, prepared in the parent.
@@ -226,6 +321,23 @@ struct CapData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdio_sockets() {
+        let cases = [
+            (libc::AF_UNIX, false, None),
+            (libc::AF_UNIX, true, Some("a listening AF_UNIX socket")),
+            (libc::AF_INET, false, Some("an AF_INET socket")),
+            (libc::AF_INET6, false, Some("an AF_INET6 socket")),
+            (libc::AF_INET6, true, Some("a listening AF_INET6 socket")),
+            (libc::AF_NETLINK, false, Some("an AF_NETLINK socket, a family the sandbox may not create")),
+            (libc::AF_VSOCK, true, Some("a listening AF_VSOCK socket")),
+            (99, false, Some("an address family 99 socket, a family the sandbox may not create")),
+        ];
+        for (domain, listening, want) in cases {
+            assert_eq!(judge_stdio_socket(domain, listening).as_deref(), want, "{domain} {listening}");
+        }
+    }
 
     #[test]
     fn parses_identities() {

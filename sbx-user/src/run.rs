@@ -53,6 +53,9 @@ pub enum RunError {
     /// The seccomp filter cannot be built for this machine.
     #[error(transparent)]
     Seccomp(#[from] crate::harden::seccomp::SeccompError),
+    /// A socket on stdin, stdout or stderr would reach around the policy.
+    #[error(transparent)]
+    StdioSocket(#[from] crate::confine::StdioSocketError),
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -77,6 +80,7 @@ impl RunError {
 
 /// How to run.
 #[derive(Clone, Debug)]
+#[expect(clippy::struct_excessive_bools, reason = "independent switches from the command line")]
 pub struct RunOptions {
     /// Parent directory for the sandbox cgroup; default `<cgroup2>/sbx`.
     pub cgroup_parent: Option<PathBuf>,
@@ -96,6 +100,9 @@ pub struct RunOptions {
     /// Add Landlock TCP connect-port rules under the eBPF policy where they
     /// express the same thing.
     pub landlock_tcp: bool,
+    /// Hand the command sockets on stdin/stdout/stderr that
+    /// [`crate::confine::check_stdio`] would refuse.
+    pub allow_stdio_sockets: bool,
 }
 
 /// Signals forwarded to the child.
@@ -127,6 +134,7 @@ fn signal_set() -> libc::sigset_t {
 pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Paths) -> Result<i32, RunError> {
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
+    crate::confine::check_stdio(opts.allow_stdio_sockets)?;
     let fs_rules = policy.filesystem.as_ref().map(|fs| landlock::FsRules::new(&fs.read, &fs.write)).transpose()?;
     let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
     if opts.landlock_tcp && tcp.is_none() {

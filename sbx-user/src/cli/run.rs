@@ -9,6 +9,7 @@ use crate::run::{run as run_sandboxed, RunOptions, EXIT_SETUP_FAILED};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
+#[expect(clippy::struct_excessive_bools, reason = "each is an independent command-line switch")]
 pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -36,6 +37,14 @@ pub struct RunArgs {
     /// sbx event.
     #[arg(long)]
     pub landlock_tcp: bool,
+    /// Hand the command a socket on stdin, stdout or stderr even when it is
+    /// an `AF_INET`/`AF_INET6` socket, a listening socket, or of a family the
+    /// sandbox may not create. Such a socket was made outside the sandbox
+    /// and is never judged by the policy (inetd-style activation, `socat
+    /// EXEC:`), so by default `run` refuses to start (exit 125). A connected
+    /// `AF_UNIX` socket (journald) is always allowed.
+    #[arg(long)]
+    pub allow_stdio_sockets: bool,
     /// Print each denial to stderr as it happens.
     #[arg(long)]
     pub log_denials: bool,
@@ -67,6 +76,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         log_denials: args.log_denials,
         allow_degraded: args.allow_degraded,
         landlock_tcp: args.landlock_tcp,
+        allow_stdio_sockets: args.allow_stdio_sockets,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,
