@@ -1,8 +1,8 @@
 //! What `run` does to the child between `fork` and `exec`, beyond entering
 //! the cgroup: a private mount namespace in which the cgroup filesystems,
 //! bpffs, `/sys` and `/proc/sys` are read-only; an optional switch to
-//! another uid/gid; dropping every capability; marking inherited file
-//! descriptors close-on-exec; `no_new_privs`.
+//! another uid/gid; dropping every capability; a hard `RLIMIT_CORE` of 1;
+//! marking inherited file descriptors close-on-exec; `no_new_privs`.
 //!
 //! Before any of that, [`check_stdio`] refuses sockets handed in as
 //! stdin, stdout or stderr that the policy never judged.
@@ -257,6 +257,15 @@ impl Confinement {
                 }
             }
             check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
+            // A hard core limit of 1 byte, set while still privileged.
+            // Not 0: a `core_pattern` pipe helper (systemd-coredump,
+            // apport) runs as root outside the sandbox on a core the
+            // command controls, and the kernel ignores RLIMIT_CORE for
+            // pipes except the value 1, which aborts the dump; a file core
+            // needs at least a page, so 1 writes none either. The seccomp
+            // filter keeps the command from lowering it to 0.
+            let core = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+            check(libc::setrlimit(libc::RLIMIT_CORE, &raw const core).into())?;
             if let Some(id) = identity {
                 let gid = id.gid;
                 check(libc::setgroups(1, &raw const gid).into())?;

@@ -104,3 +104,48 @@ fn sockets_on_stdio_are_refused_unless_opted_in() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\nhello\n", "{}", describe(&out));
 }
+
+#[test]
+fn netlink_is_route_only_and_the_core_limit_is_a_hard_one_byte() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let py = r#"
+import errno, resource, socket
+def attempt(f):
+    try:
+        f().close()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+for name, proto in [("route", 0), ("sock_diag", 4), ("audit", 9), ("uevent", 15), ("netfilter", 12)]:
+    print(name, attempt(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto)))
+print("core", *resource.getrlimit(resource.RLIMIT_CORE))
+for limits in [(0, 0), (0, 1), (resource.RLIM_INFINITY, resource.RLIM_INFINITY)]:
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, limits)
+        print("set", "ok", *resource.getrlimit(resource.RLIMIT_CORE))
+    except OSError as e:
+        print("set", errno.errorcode[e.errno])
+try:
+    resource.prlimit(0, resource.RLIMIT_CORE, (0, 0))
+    print("prlimit ok")
+except OSError as e:
+    print("prlimit", errno.errorcode[e.errno])
+print("core", *resource.getrlimit(resource.RLIMIT_CORE))
+"#;
+    let want = "route ok\nsock_diag EPROTONOSUPPORT\naudit EPROTONOSUPPORT\nuevent EPROTONOSUPPORT\n\
+                netfilter EPROTONOSUPPORT\ncore 1 1\nset ok 1 1\nset ok 1 1\nset ok 1 1\nprlimit EPERM\ncore 1 1\n";
+    for user in ["65534", "0"] {
+        let out = run_cmd(&sbx, &cg, &["--user", user], &["python3", "-c", py]).output().expect("running sbx-user run");
+        assert_eq!(out.status.code(), Some(0), "--user {user}: {}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "--user {user}: {}", describe(&out));
+    }
+    // Outside the sandbox the same calls work, so the refusals are sbx's.
+    let out = Command::new("python3").args(["-c", py]).output().expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("route ok\nsock_diag ok\n"), "{}", describe(&out));
+    // `ip` still reads addresses and routes over NETLINK_ROUTE.
+    let out = run_cmd(&sbx, &cg, &[], &["ip", "-o", "addr", "show", "lo"]).output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1"), "{}", describe(&out));
+}
