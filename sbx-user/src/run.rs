@@ -20,7 +20,7 @@ use std::{
 
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
-    confine::{Confinement, Identity},
+    confine::{child_env, Account, Confinement, Exec, Identity},
     harden::{landlock, seccomp},
     policy::Policy,
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
@@ -53,6 +53,19 @@ pub enum RunError {
     /// The seccomp filter cannot be built for this machine.
     #[error(transparent)]
     Seccomp(#[from] crate::harden::seccomp::SeccompError),
+    /// The private HOME and /tmp could not be made.
+    #[error(transparent)]
+    Workspace(#[from] crate::harden::workspace::WorkspaceError),
+    /// The command is in no `PATH` directory the identity can search.
+    #[error("{command}: command not found (PATH searched as {user}: {path})")]
+    NotFound {
+        /// The program as given.
+        command: String,
+        /// The `PATH` searched.
+        path: String,
+        /// Who searched, e.g. `uid 65534 (nobody)`.
+        user: String,
+    },
     /// A socket on stdin, stdout or stderr would reach around the policy.
     #[error(transparent)]
     StdioSocket(#[from] crate::confine::StdioSocketError),
@@ -72,6 +85,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+            Self::NotFound { .. } => EXIT_NOT_FOUND,
             Self::Spawn { .. } => EXIT_CANNOT_EXEC,
             _ => EXIT_SETUP_FAILED,
         }
@@ -103,6 +117,8 @@ pub struct RunOptions {
     /// Hand the command sockets on stdin/stdout/stderr that
     /// [`crate::confine::check_stdio`] would refuse.
     pub allow_stdio_sockets: bool,
+    /// The command's HOME (`--home`); default a private per-run one.
+    pub home: Option<PathBuf>,
 }
 
 /// Signals forwarded to the child.
@@ -135,7 +151,12 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
     crate::confine::check_stdio(opts.allow_stdio_sockets)?;
-    let fs_rules = policy.filesystem.as_ref().map(|fs| landlock::FsRules::new(&fs.read, &fs.write)).transpose()?;
+    let identity = opts.identity.unwrap_or_else(Identity::current);
+    let workspace =
+        crate::harden::workspace::Workspace::prepare(policy.filesystem.as_ref(), identity, opts.home.as_deref())?;
+    for note in workspace.notes() {
+        eprintln!("sbx-user: warning: {note}");
+    }
     let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
     if opts.landlock_tcp && tcp.is_none() {
         eprintln!("sbx-user: warning: --landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
@@ -143,13 +164,20 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     if let Some(t) = &tcp {
         log::info!("Landlock TCP connect ports (second layer): {:?}", t.connect);
     }
+    // sbx's default rules are a protection the user did not ask for: where
+    // the kernel cannot enforce them, warn and run (the quick start must
+    // work); rules the user wrote refuse unless --allow-degraded.
     let ruleset = landlock::prepare_with(&landlock::Request {
-        fs: fs_rules.as_ref(),
+        fs: Some(workspace.rules()),
         tcp: tcp.as_ref(),
-        allow_degraded: opts.allow_degraded,
+        allow_degraded: opts.allow_degraded || workspace.defaults(),
     })?;
     for gap in ruleset.degraded() {
-        eprintln!("sbx-user: warning: not enforced (--allow-degraded): {gap}");
+        if workspace.defaults() {
+            eprintln!("sbx-user: warning: default filesystem rules not enforced: {gap}");
+        } else {
+            eprintln!("sbx-user: warning: not enforced (--allow-degraded): {gap}");
+        }
     }
     log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
     for limit in ruleset.limitations() {
@@ -174,7 +202,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     } else {
         None
     };
-    let result = spawn_and_wait(command, policy, &cg, opts, ruleset, filter);
+    let result = spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter);
     if let Some(l) = logger {
         l.stop();
     }
@@ -245,12 +273,15 @@ fn spawn_and_wait(
     policy: &Policy,
     cg: &Cgroup,
     opts: &RunOptions,
+    workspace: &crate::harden::workspace::Workspace,
     ruleset: landlock::Prepared,
     filter: seccomp::SeccompFilter,
 ) -> Result<ExitStatus, RunError> {
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
-    let confinement = Confinement::prepare(opts.identity, &opts.keep_fds, &protect).map_err(RunError::Confine)?;
+    let confinement =
+        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried_cwd())
+            .map_err(RunError::Confine)?;
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -262,8 +293,14 @@ fn spawn_and_wait(
     let parent_pid = unsafe { libc::getpid() };
 
     let (program, args) = command.split_first().expect("clap requires a command");
+    let identity = opts.identity.unwrap_or_else(Identity::current);
+    let account = Account::lookup(identity.uid);
+    let env = child_env(std::env::vars_os(), &account, workspace.home(), &proxy_env(policy));
+    let search_path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.to_string_lossy().into_owned());
+    let exec = Exec::new(program, args, &env).map_err(RunError::Confine)?;
+    let searched = exec.searched();
     let mut cmd = Command::new(program);
-    cmd.args(args).envs(proxy_env(policy));
+    cmd.args(args).env_clear().envs(env);
     let set = signal_set();
     // SAFETY: the closure runs between fork and exec in the child and only
     // makes async-signal-safe system calls on values captured by copy.
@@ -285,7 +322,10 @@ fn spawn_and_wait(
             // Landlock needs no_new_privs, which `apply` set; seccomp goes
             // last because it forbids the mount calls `apply` made.
             ruleset.restrict_self()?;
-            filter.apply()
+            filter.apply()?;
+            // The PATH search happens here, as the identity, under
+            // Landlock: `exec` returns only if nothing could be run.
+            Err(exec.exec())
         });
     }
 
@@ -293,8 +333,18 @@ fn spawn_and_wait(
     // thread); the child unblocks them in `pre_exec`.
     // SAFETY: `set` is an initialised sigset; the old mask is not needed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
-    let mut child =
-        cmd.spawn().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })?;
+    let name = program.to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|source| {
+        if searched && source.kind() == io::ErrorKind::NotFound {
+            RunError::NotFound {
+                command: name.clone(),
+                path: search_path.unwrap_or_else(|| "/bin:/usr/bin (default)".to_owned()),
+                user: format!("uid {} ({})", identity.uid, account.name),
+            }
+        } else {
+            RunError::Spawn { command: name.clone(), source }
+        }
+    })?;
     drop(procs);
     let child_pid = i32::try_from(child.id()).expect("pids fit i32");
     std::thread::spawn(move || loop {
@@ -305,7 +355,7 @@ fn spawn_and_wait(
             unsafe { libc::kill(child_pid, sig) };
         }
     });
-    child.wait().map_err(|source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source })
+    child.wait().map_err(|source| RunError::Spawn { command: name, source })
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.

