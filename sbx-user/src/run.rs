@@ -257,15 +257,32 @@ fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
-fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
+/// Loopback destinations for `NO_PROXY`: names, addresses, and the CIDR
+/// for clients that read one (curl, Go, Python's requests take names and
+/// addresses; some also take `127.0.0.0/8`).
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1,127.0.0.0/8";
+
+/// The proxy variables of proxy-only mode: `HTTP_PROXY`, `HTTPS_PROXY`,
+/// `ALL_PROXY` (and lowercase) name the proxy, `NO_PROXY`/`no_proxy` the
+/// loopback destinations. Loopback is decided by the policy's `loopback`
+/// and never through the proxy: where loopback is allowed, clients reach
+/// local services (the sandbox's own dev server) directly, even through a
+/// proxy that refuses localhost, as Squid does by default; where it is
+/// not, they fail at once with `EPERM` instead of asking the proxy, which
+/// would otherwise reach the host's loopback services for them.
+#[must_use]
+pub fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
     let Some(proxy) = policy.proxy else {
         return Vec::new();
     };
     let url = format!("http://{proxy}");
-    ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
-        .into_iter()
-        .map(|k| (k, url.clone()))
-        .collect()
+    let mut env: Vec<(&'static str, String)> =
+        ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
+            .into_iter()
+            .map(|k| (k, url.clone()))
+            .collect();
+    env.extend(["NO_PROXY", "no_proxy"].map(|k| (k, NO_PROXY.to_owned())));
+    env
 }
 
 fn spawn_and_wait(
@@ -419,6 +436,23 @@ mod tests {
 
     fn policy(flags: &FlagInput) -> Policy {
         Policy::from_sources(None, None, flags).expect("valid")
+    }
+
+    #[test]
+    fn proxy_variables() {
+        assert!(proxy_env(&policy(&FlagInput::default())).is_empty());
+        for loopback in [None, Some("any"), Some("3128")] {
+            let p = policy(&FlagInput {
+                proxy: Some("127.0.0.1:3128".into()),
+                loopback: loopback.map(Into::into),
+                ..FlagInput::default()
+            });
+            let env = proxy_env(&p);
+            assert!(env.contains(&("https_proxy", "http://127.0.0.1:3128".to_owned())), "{env:?}");
+            assert!(env.contains(&("NO_PROXY", "localhost,127.0.0.1,::1,127.0.0.0/8".to_owned())), "{env:?}");
+            assert!(env.contains(&("no_proxy", NO_PROXY.to_owned())), "{env:?}");
+            assert_eq!(env.len(), 8, "{env:?}");
+        }
     }
 
     #[test]
