@@ -352,3 +352,70 @@ fn nobody_gets_a_writable_home_and_commands_are_looked_up_as_the_identity() {
     let out = run(&["--user", "0"], &["sbx-test-tool"]);
     assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
 }
+
+#[test]
+fn filesystem_rules_grant_what_every_process_needs() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "fs");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let outside = TempDir::new_in(Path::new("/var/tmp"), "fs-outside");
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "not for the sandbox\n").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // The README's example, verbatim.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[filesystem]\nread  = [\"/usr\", \"/etc\", \"/lib\", \"/lib64\", \"/bin\"]\nwrite = [\"/tmp\", \".\"]\n",
+    )
+    .expect("writing the policy");
+    let py = r#"
+import os, sys
+def attempt(name, f):
+    try:
+        f()
+        print(name, "ok")
+    except OSError as e:
+        print(name, e.strerror)
+def write(p, text="x"):
+    with open(p, "w") as f:
+        f.write(text)
+attempt("devnull", lambda: write("/dev/null"))
+attempt("devzero", lambda: open("/dev/zero", "rb").read(8))
+attempt("devfull-open", lambda: open("/dev/full", "rb").read(8))
+attempt("urandom", lambda: len(open("/dev/urandom", "rb").read(16)) == 16 or sys.exit(1))
+attempt("random", lambda: open("/dev/random", "rb").read(1))
+attempt("proc-self-status", lambda: open("/proc/self/status").read().index("NoNewPrivs"))
+attempt("proc-cpuinfo", lambda: open("/proc/cpuinfo").read(1))
+attempt("shm", lambda: write("/dev/shm/sbx-test-%d" % os.getpid()) or os.unlink("/dev/shm/sbx-test-%d" % os.getpid()))
+attempt("openpty", lambda: [os.close(fd) for fd in os.openpty()])
+attempt("cwd", lambda: write("written-by-the-sandbox"))
+attempt("home", lambda: write(os.environ["HOME"] + "/x"))
+attempt("tmp", lambda: write("/tmp/x"))
+attempt("secret", lambda: open(sys.argv[1]).read())
+attempt("write-var-tmp", lambda: write("/var/tmp/sbx-test-denied"))
+"#;
+    let mut cmd = run_cmd(
+        &sbx,
+        &cg,
+        &["--user", "65534", "--policy", policy.to_str().expect("UTF-8")],
+        &["python3", "-c", py, secret.to_str().expect("UTF-8")],
+    );
+    let out = cmd.current_dir(dir.path()).output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let want = "devnull ok\ndevzero ok\ndevfull-open ok\nurandom ok\nrandom ok\nproc-self-status ok\nproc-cpuinfo ok\n\
+                shm ok\nopenpty ok\ncwd ok\nhome ok\ntmp ok\nsecret Permission denied\nwrite-var-tmp Permission denied\n";
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{}", describe(&out));
+    assert!(dir.path().join("written-by-the-sandbox").exists());
+    assert!(!Path::new("/var/tmp/sbx-test-denied").exists());
+
+    // And from a shell, as the issue has it.
+    let script =
+        "echo hi >/dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; grep -c '^Pid:' /proc/self/status";
+    let mut cmd =
+        run_cmd(&sbx, &cg, &["--user", "65534", "--policy", policy.to_str().expect("UTF-8")], &["sh", "-c", script]);
+    let out = cmd.current_dir(dir.path()).output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\n4\n1\n", "{}", describe(&out));
+}
