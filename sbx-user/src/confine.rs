@@ -1,15 +1,23 @@
 //! What `run` does to the child between `fork` and `exec`, beyond entering
 //! the cgroup: a private mount namespace in which the cgroup filesystems,
 //! bpffs, `/sys` and `/proc/sys` are read-only; an optional switch to
-//! another uid/gid; dropping every capability; marking inherited file
-//! descriptors close-on-exec; `no_new_privs`.
+//! another uid/gid; dropping every capability; a hard `RLIMIT_CORE` of 1;
+//! marking inherited file descriptors close-on-exec; `no_new_privs`.
+//!
+//! Before any of that, [`check_stdio`] refuses sockets handed in as
+//! stdin, stdout or stderr that the policy never judged.
 //!
 //! Everything is computed in the parent ([`Confinement::prepare`]); the
 //! child side ([`Confinement::apply`]) only makes system calls on data
 //! prepared in advance, with no allocation, as code between `fork` and
 //! `exec` must.
 
-use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::PathBuf};
+use std::{
+    ffi::{CString, OsStr, OsString},
+    io,
+    os::unix::ffi::OsStrExt as _,
+    path::PathBuf,
+};
 
 /// The target identity for `--user UID[:GID]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +26,15 @@ pub struct Identity {
     pub uid: u32,
     /// Group id (defaults to the uid).
     pub gid: u32,
+}
+
+impl Identity {
+    /// The calling process's real uid and gid.
+    #[must_use]
+    pub fn current() -> Self {
+        // SAFETY: getuid and getgid have no preconditions.
+        unsafe { Self { uid: libc::getuid(), gid: libc::getgid() } }
+    }
 }
 
 /// Parses `UID[:GID]` (numeric).
@@ -34,6 +51,336 @@ pub fn parse_identity(s: &str) -> Result<Identity, String> {
     }
 }
 
+/// A standard descriptor `run` will not hand to the command.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} (fd {fd}) is {what}: a socket made outside the sandbox was never judged by its policy, \
+     so the command could use it to reach what the policy denies.\n\
+     Hint: give the command a pipe, a file or a terminal instead, or pass --allow-stdio-sockets \
+     if handing it this socket is intended (inetd-style activation)"
+)]
+pub struct StdioSocketError {
+    /// 0, 1 or 2.
+    pub fd: i32,
+    /// `stdin`, `stdout` or `stderr`.
+    pub name: &'static str,
+    /// What kind of socket it is, e.g. "a listening `AF_UNIX` socket".
+    pub what: String,
+}
+
+/// Whether a socket on a standard descriptor may be passed to the
+/// command; `None` when it may, else what is wrong with it.
+///
+/// Allowed: a non-listening `AF_UNIX` socket (a journald stream, a
+/// `socketpair` from a supervisor): the command can make those itself,
+/// and what it can reach over them is the same as over its own. Refused:
+/// any `AF_INET`/`AF_INET6` socket (connected outside the sandbox, or
+/// able to send where the hooks never look), any listening socket (it
+/// accepts connections the policy never judged), and every other family
+/// (`AF_NETLINK`, `AF_PACKET`, `AF_VSOCK`, ...), which the seccomp filter
+/// would not let the command create.
+#[must_use]
+pub fn judge_stdio_socket(domain: i32, listening: bool) -> Option<String> {
+    let family = match domain {
+        libc::AF_UNIX => "AF_UNIX",
+        libc::AF_INET => "AF_INET",
+        libc::AF_INET6 => "AF_INET6",
+        libc::AF_NETLINK => "AF_NETLINK",
+        libc::AF_PACKET => "AF_PACKET",
+        libc::AF_VSOCK => "AF_VSOCK",
+        _ => "",
+    };
+    // Every name starts with a vowel sound, so the article is always "an".
+    let family = if family.is_empty() { format!("address family {domain}") } else { family.to_owned() };
+    match (domain, listening) {
+        (libc::AF_UNIX, false) => None,
+        (_, true) => Some(format!("a listening {family} socket")),
+        (libc::AF_INET | libc::AF_INET6, false) => Some(format!("an {family} socket")),
+        (_, false) => Some(format!("an {family} socket, a family the sandbox may not create")),
+    }
+}
+
+/// Refuses sockets on stdin, stdout and stderr that [`judge_stdio_socket`]
+/// refuses, unless `allow` (`--allow-stdio-sockets`). Closed descriptors
+/// and anything that is not a socket (terminals, pipes, files) pass.
+///
+/// The child inherits exactly these descriptors (they are duplicated at
+/// fork, with nothing run in between that could replace them), so
+/// checking them in the parent checks what the command gets.
+pub fn check_stdio(allow: bool) -> Result<(), StdioSocketError> {
+    if allow {
+        return Ok(());
+    }
+    for (fd, name) in [(0, "stdin"), (1, "stdout"), (2, "stderr")] {
+        // SAFETY: fstat on a descriptor number into a zeroed stat buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is writable and outlives the call.
+        if unsafe { libc::fstat(fd, &raw mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        let opt = |name: libc::c_int| -> i32 {
+            let mut v: libc::c_int = -1;
+            let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+            // SAFETY: getsockopt into an int-sized buffer whose size is passed.
+            let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut v).cast(), &raw mut len) };
+            if rc == 0 {
+                v
+            } else {
+                -1
+            }
+        };
+        let (domain, listening) = (opt(libc::SO_DOMAIN), opt(libc::SO_ACCEPTCONN));
+        // An unknown answer is refused: fail closed.
+        let verdict = if domain < 0 || listening < 0 {
+            Some("a socket whose family cannot be read".to_owned())
+        } else {
+            judge_stdio_socket(domain, listening != 0)
+        };
+        if let Some(what) = verdict {
+            return Err(StdioSocketError { fd, name, what });
+        }
+    }
+    Ok(())
+}
+
+/// What the password database says about a uid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Login name (`pw_name`); the uid in decimal when there is no entry.
+    pub name: String,
+    /// Home directory (`pw_dir`), if there is an entry and it names one.
+    pub home: Option<PathBuf>,
+}
+
+impl Account {
+    /// Looks `uid` up with `getpwuid_r` (files, NSS). A uid without an
+    /// entry gets its number as name and no home.
+    #[must_use]
+    pub fn lookup(uid: u32) -> Self {
+        use std::ffi::CStr;
+        let mut buf = vec![0u8; 16 * 1024];
+        // SAFETY: passwd is plain data; all zeroes is a valid value.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buf.len()` is the
+        // buffer's size; the strings it fills point into `buf`.
+        let rc = unsafe { libc::getpwuid_r(uid, &raw mut pw, buf.as_mut_ptr().cast(), buf.len(), &raw mut result) };
+        if rc != 0 || result.is_null() {
+            return Self { name: uid.to_string(), home: None };
+        }
+        // SAFETY: on success pw_name and pw_dir are NUL-terminated strings
+        // in `buf`, which is alive here.
+        let (name, dir) = unsafe { (CStr::from_ptr(pw.pw_name), CStr::from_ptr(pw.pw_dir)) };
+        let home = std::path::Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
+        Self {
+            name: name.to_string_lossy().into_owned(),
+            home: (home.is_absolute() && home != std::path::Path::new("/")).then(|| home.to_path_buf()),
+        }
+    }
+}
+
+/// Tool directories that default to `$HOME/<dir>`: when the command's HOME
+/// is a private one, these variables point at the account's real ones (if
+/// they exist and the variable is not set), so toolchains installed there
+/// (rustup, pyenv, nvm, rbenv) keep working. They stay read-only unless a
+/// rule grants more.
+pub const TOOL_HOMES: [(&str, &str); 5] = [
+    ("CARGO_HOME", ".cargo"),
+    ("RUSTUP_HOME", ".rustup"),
+    ("PYENV_ROOT", ".pyenv"),
+    ("RBENV_ROOT", ".rbenv"),
+    ("NVM_DIR", ".nvm"),
+];
+
+/// The command's environment: the caller's, with HOME, USER and LOGNAME
+/// of the identity it runs as, `XDG_RUNTIME_DIR` removed (the caller's
+/// runtime directory holds its session bus and agent sockets), TMPDIR
+/// removed when it points into the /tmp the command cannot see, the tool
+/// directories of [`TOOL_HOMES`], and then `extra` (the proxy variables).
+#[must_use]
+pub fn child_env(
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    account: &Account,
+    home: &std::path::Path,
+    extra: &[(&str, String)],
+) -> Vec<(OsString, OsString)> {
+    let replaced = ["HOME", "USER", "LOGNAME", "XDG_RUNTIME_DIR"];
+    let mut env: Vec<(OsString, OsString)> = inherited
+        .into_iter()
+        .filter(|(k, v)| {
+            let k = k.as_bytes();
+            if replaced.iter().any(|r| r.as_bytes() == k) || extra.iter().any(|(e, _)| e.as_bytes() == k) {
+                return false;
+            }
+            // /tmp inside the sandbox is a private, empty one.
+            !(k == b"TMPDIR" && std::path::Path::new(v).starts_with("/tmp"))
+        })
+        .collect();
+    if let Some(real) = &account.home {
+        if real != home {
+            for (var, dir) in TOOL_HOMES {
+                let path = real.join(dir);
+                if !env.iter().any(|(k, _)| k.as_bytes() == var.as_bytes()) && path.is_dir() {
+                    env.push((var.into(), path.into_os_string()));
+                }
+            }
+        }
+    }
+    env.push(("HOME".into(), home.as_os_str().to_owned()));
+    env.push(("USER".into(), account.name.clone().into()));
+    env.push(("LOGNAME".into(), account.name.clone().into()));
+    env.extend(extra.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    env
+}
+
+/// The default `PATH` glibc's `execvp` uses when none is set.
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
+
+/// The command's `execve`, prepared in the parent: `PATH` is searched in
+/// the child, after the identity switch and Landlock, so the command is
+/// found as the identity it runs as would find it.
+///
+/// glibc's `execvp` reports `EACCES` when a `PATH` directory cannot be
+/// searched and the command is in none of the others, which turns
+/// "command not found" (127) into "permission denied" (126) for an
+/// unprivileged identity under root's `PATH`. Here a directory the
+/// identity cannot search is skipped, as a shell does; `EACCES` is kept
+/// for a command that exists but cannot be executed.
+pub struct Exec {
+    /// Paths to try, in order: the program itself when it contains a `/`,
+    /// else each `PATH` entry joined with it.
+    candidates: Vec<CString>,
+    /// Whether `candidates` came from a `PATH` search.
+    searched: bool,
+    /// Keeps the strings `argv`/`envp` point into.
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// For each candidate, `/bin/sh CANDIDATE ARGS...`, for a file the
+    /// kernel cannot execute (`ENOEXEC`), as `execvp` does.
+    sh_argv: Vec<Vec<*const libc::c_char>>,
+}
+
+// SAFETY: the raw pointers point into `_strings` and `candidates`, which
+// the value owns and never changes after construction; they are only read.
+unsafe impl Send for Exec {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for Exec {}
+
+impl std::fmt::Debug for Exec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pointer arrays only mirror `candidates` and the strings.
+        f.debug_struct("Exec")
+            .field("candidates", &self.candidates)
+            .field("searched", &self.searched)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exec {
+    /// Prepares `program args...` with environment `env`, searching the
+    /// `PATH` in `env` (or `/bin:/usr/bin`) when `program` has no `/`.
+    pub fn new(program: &OsStr, args: &[OsString], env: &[(OsString, OsString)]) -> io::Result<Self> {
+        let c = |b: &[u8]| CString::new(b).map_err(|_| io::Error::other("a NUL byte in the command or environment"));
+        let name = program.as_bytes();
+        let searched = !name.contains(&b'/');
+        let candidates = if searched {
+            if name.is_empty() {
+                Vec::new()
+            } else {
+                let path = env
+                    .iter()
+                    .find(|(k, _)| k.as_bytes() == b"PATH")
+                    .map_or(DEFAULT_PATH.as_bytes(), |(_, v)| v.as_bytes());
+                path.split(|&b| b == b':')
+                    .map(|dir| {
+                        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+                        let mut full = dir.to_vec();
+                        full.push(b'/');
+                        full.extend_from_slice(name);
+                        c(&full)
+                    })
+                    .collect::<io::Result<Vec<_>>>()?
+            }
+        } else {
+            vec![c(name)?]
+        };
+        let mut strings = Vec::new();
+        for a in std::iter::once(program).chain(args.iter().map(OsString::as_os_str)) {
+            strings.push(c(a.as_bytes())?);
+        }
+        let nargs = strings.len();
+        for (k, v) in env {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            strings.push(c(&kv)?);
+        }
+        strings.push(CString::from(c"/bin/sh"));
+        let ptr = |s: &CString| s.as_ptr();
+        let mut arg_ptrs: Vec<_> = strings[..nargs].iter().map(ptr).collect();
+        arg_ptrs.push(std::ptr::null());
+        let mut envp: Vec<_> = strings[nargs..strings.len() - 1].iter().map(ptr).collect();
+        envp.push(std::ptr::null());
+        let sh = strings[strings.len() - 1].as_ptr();
+        let sh_argv = candidates
+            .iter()
+            .map(|cand| {
+                let mut v = vec![sh, cand.as_ptr()];
+                v.extend(strings[1..nargs].iter().map(ptr));
+                v.push(std::ptr::null());
+                v
+            })
+            .collect();
+        Ok(Self { candidates, searched, _strings: strings, argv: arg_ptrs, envp, sh_argv })
+    }
+
+    /// Whether the program was looked up in `PATH`.
+    #[must_use]
+    pub fn searched(&self) -> bool {
+        self.searched
+    }
+
+    /// Executes the command; returns only on failure, with `ENOENT` when
+    /// no candidate exists for the calling identity, `EACCES` when one
+    /// exists but cannot be executed, or the error that stopped the search.
+    ///
+    /// Async-signal-safe and allocation-free, for a `pre_exec` closure.
+    #[must_use]
+    pub fn exec(&self) -> io::Error {
+        let mut denied = false;
+        for (cand, sh) in self.candidates.iter().zip(&self.sh_argv) {
+            if self.searched {
+                // SAFETY: stat into a zeroed buffer on a NUL-terminated path.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // A directory this identity cannot search, a missing file,
+                // or a directory by that name: not here, look further.
+                // SAFETY: as above; `st` outlives the call.
+                if unsafe { libc::stat(cand.as_ptr(), &raw mut st) } != 0 || st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                {
+                    continue;
+                }
+            }
+            // SAFETY: execve with NUL-terminated arrays of pointers into
+            // strings this value owns; it returns only on failure.
+            unsafe { libc::execve(cand.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ENOEXEC) => {
+                    // SAFETY: as above, with `/bin/sh CANDIDATE ARGS...`.
+                    unsafe { libc::execve(sh[0], sh.as_ptr(), self.envp.as_ptr()) };
+                    return io::Error::last_os_error();
+                }
+                Some(libc::EACCES) if self.searched => denied = true,
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT) if self.searched => {
+                }
+                _ => return err,
+            }
+        }
+        io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT })
+    }
+}
+
 /// Child-side setup, prepared in the parent.
 #[derive(Debug)]
 pub struct Confinement {
@@ -43,6 +390,12 @@ pub struct Confinement {
     /// read-only (they are not mount points of their own).
     bind_first: Vec<CString>,
     identity: Option<Identity>,
+    /// A directory bind-mounted over `/tmp`, so the command has a private
+    /// one (after the read-only mounts, which may lie under `/tmp`).
+    private_tmp: Option<CString>,
+    /// A working directory under the host's `/tmp` (first) bind-mounted
+    /// onto its place in the private one (second), then entered again.
+    carried_cwd: Option<(CString, CString)>,
     /// Descriptors above 2 that stay open across exec, sorted.
     keep_fds: Vec<u32>,
     /// The runner's pid, for the parent-death check after a uid change.
@@ -59,7 +412,17 @@ impl Confinement {
     /// `protect` are further paths (files or directories) made read-only in
     /// the child, such as sbx's own state directory and binary, which a
     /// command running as uid 0 would otherwise own.
-    pub fn prepare(identity: Option<Identity>, keep_fds: &[u32], protect: &[PathBuf]) -> io::Result<Self> {
+    ///
+    /// `private_tmp`, if given, is mounted over `/tmp` (when the host has
+    /// one), with `carried_cwd` (host path, path inside `private_tmp`)
+    /// mounted inside it first.
+    pub fn prepare(
+        identity: Option<Identity>,
+        keep_fds: &[u32],
+        protect: &[PathBuf],
+        private_tmp: Option<&std::path::Path>,
+        carried_cwd: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> io::Result<Self> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
         let mut ro: Vec<PathBuf> = vec![PathBuf::from("/sys")];
         for line in info.lines() {
@@ -91,15 +454,23 @@ impl Confinement {
         let mut keep_fds: Vec<u32> = keep_fds.iter().copied().filter(|&f| f > 2).collect();
         keep_fds.sort_unstable();
         keep_fds.dedup();
+        let private_tmp = match private_tmp {
+            Some(p) if std::path::Path::new("/tmp").is_dir() => Some(c(&p.to_path_buf())?),
+            _ => None,
+        };
+        let carried_cwd = match carried_cwd {
+            Some((host, inside)) if private_tmp.is_some() => Some((c(&host.to_path_buf())?, c(&inside.to_path_buf())?)),
+            _ => None,
+        };
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
-        Ok(Self { read_only, bind_first, identity, keep_fds, parent })
+        Ok(Self { read_only, bind_first, identity, private_tmp, carried_cwd, keep_fds, parent })
     }
 
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self { read_only, bind_first, identity, keep_fds, parent } = self;
+        let Self { read_only, bind_first, identity, private_tmp, carried_cwd, keep_fds, parent } = self;
         let check = |rc: libc::c_long| {
             if rc < 0 {
                 Err(io::Error::last_os_error())
@@ -148,6 +519,22 @@ impl Confinement {
                     std::mem::size_of::<MountAttr>(),
                 ))?;
             }
+            // The private /tmp last: it hides whatever of the above lies
+            // under the host's /tmp, and the host's temporary files.
+            if let Some(tmp) = private_tmp {
+                let bind = |from: &CString, to: *const libc::c_char| {
+                    libc::mount(from.as_ptr(), to, std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
+                };
+                if let Some((host, inside)) = carried_cwd {
+                    check(bind(host, inside.as_ptr()).into())?;
+                }
+                check(bind(tmp, c"/tmp".as_ptr()).into())?;
+                // Enter the working directory again through the new mount,
+                // so relative and absolute paths agree.
+                if let Some((host, _)) = carried_cwd {
+                    check(libc::chdir(host.as_ptr()).into())?;
+                }
+            }
             // Drop the bounding set (so exec cannot regain capabilities,
             // even as uid 0) and the ambient set first: dropping needs
             // CAP_SETPCAP, which the uid switch below takes away. A
@@ -162,6 +549,15 @@ impl Confinement {
                 }
             }
             check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
+            // A hard core limit of 1 byte, set while still privileged.
+            // Not 0: a `core_pattern` pipe helper (systemd-coredump,
+            // apport) runs as root outside the sandbox on a core the
+            // command controls, and the kernel ignores RLIMIT_CORE for
+            // pipes except the value 1, which aborts the dump; a file core
+            // needs at least a page, so 1 writes none either. The seccomp
+            // filter keeps the command from lowering it to 0.
+            let core = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+            check(libc::setrlimit(libc::RLIMIT_CORE, &raw const core).into())?;
             if let Some(id) = identity {
                 let gid = id.gid;
                 check(libc::setgroups(1, &raw const gid).into())?;
@@ -226,6 +622,23 @@ struct CapData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdio_sockets() {
+        let cases = [
+            (libc::AF_UNIX, false, None),
+            (libc::AF_UNIX, true, Some("a listening AF_UNIX socket")),
+            (libc::AF_INET, false, Some("an AF_INET socket")),
+            (libc::AF_INET6, false, Some("an AF_INET6 socket")),
+            (libc::AF_INET6, true, Some("a listening AF_INET6 socket")),
+            (libc::AF_NETLINK, false, Some("an AF_NETLINK socket, a family the sandbox may not create")),
+            (libc::AF_VSOCK, true, Some("a listening AF_VSOCK socket")),
+            (99, false, Some("an address family 99 socket, a family the sandbox may not create")),
+        ];
+        for (domain, listening, want) in cases {
+            assert_eq!(judge_stdio_socket(domain, listening).as_deref(), want, "{domain} {listening}");
+        }
+    }
 
     #[test]
     fn parses_identities() {

@@ -20,7 +20,7 @@ use std::{
 
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
-    confine::{Confinement, Identity},
+    confine::{child_env, Account, Confinement, Exec, Identity},
     harden::{landlock, seccomp},
     policy::Policy,
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
@@ -53,6 +53,22 @@ pub enum RunError {
     /// The seccomp filter cannot be built for this machine.
     #[error(transparent)]
     Seccomp(#[from] crate::harden::seccomp::SeccompError),
+    /// The private HOME and /tmp could not be made.
+    #[error(transparent)]
+    Workspace(#[from] crate::harden::workspace::WorkspaceError),
+    /// The command is in no `PATH` directory the identity can search.
+    #[error("{command}: command not found (PATH searched as {user}: {path})")]
+    NotFound {
+        /// The program as given.
+        command: String,
+        /// The `PATH` searched.
+        path: String,
+        /// Who searched, e.g. `uid 65534 (nobody)`.
+        user: String,
+    },
+    /// A socket on stdin, stdout or stderr would reach around the policy.
+    #[error(transparent)]
+    StdioSocket(#[from] crate::confine::StdioSocketError),
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -69,6 +85,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+            Self::NotFound { .. } => EXIT_NOT_FOUND,
             Self::Spawn { .. } => EXIT_CANNOT_EXEC,
             _ => EXIT_SETUP_FAILED,
         }
@@ -77,6 +94,7 @@ impl RunError {
 
 /// How to run.
 #[derive(Clone, Debug)]
+#[expect(clippy::struct_excessive_bools, reason = "independent switches from the command line")]
 pub struct RunOptions {
     /// Parent directory for the sandbox cgroup; default `<cgroup2>/sbx`.
     pub cgroup_parent: Option<PathBuf>,
@@ -96,6 +114,11 @@ pub struct RunOptions {
     /// Add Landlock TCP connect-port rules under the eBPF policy where they
     /// express the same thing.
     pub landlock_tcp: bool,
+    /// Hand the command sockets on stdin/stdout/stderr that
+    /// [`crate::confine::check_stdio`] would refuse.
+    pub allow_stdio_sockets: bool,
+    /// The command's HOME (`--home`); default a private per-run one.
+    pub home: Option<PathBuf>,
 }
 
 /// Signals forwarded to the child.
@@ -224,7 +247,13 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let forwarder = Forwarder::start();
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
-    let fs_rules = policy.filesystem.as_ref().map(|fs| landlock::FsRules::new(&fs.read, &fs.write)).transpose()?;
+    crate::confine::check_stdio(opts.allow_stdio_sockets)?;
+    let identity = opts.identity.unwrap_or_else(Identity::current);
+    let workspace =
+        crate::harden::workspace::Workspace::prepare(policy.filesystem.as_ref(), identity, opts.home.as_deref())?;
+    for note in workspace.notes() {
+        crate::warn_user!("{note}");
+    }
     let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
     if opts.landlock_tcp && tcp.is_none() {
         crate::warn_user!("--landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
@@ -232,13 +261,20 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     if let Some(t) = &tcp {
         log::info!("Landlock TCP connect ports (second layer): {:?}", t.connect);
     }
+    // sbx's default rules are a protection the user did not ask for: where
+    // the kernel cannot enforce them, warn and run (the quick start must
+    // work); rules the user wrote refuse unless --allow-degraded.
     let ruleset = landlock::prepare_with(&landlock::Request {
-        fs: fs_rules.as_ref(),
+        fs: Some(workspace.rules()),
         tcp: tcp.as_ref(),
-        allow_degraded: opts.allow_degraded,
+        allow_degraded: opts.allow_degraded || workspace.defaults(),
     })?;
     for gap in ruleset.degraded() {
-        crate::warn_user!("not enforced (--allow-degraded): {gap}");
+        if workspace.defaults() {
+            crate::warn_user!("default filesystem rules not enforced: {gap}");
+        } else {
+            crate::warn_user!("not enforced (--allow-degraded): {gap}");
+        }
     }
     log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
     for limit in ruleset.limitations() {
@@ -272,7 +308,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
         Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
-        None => spawn_and_wait(command, policy, &cg, opts, ruleset, filter, &forwarder),
+        None => spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter, &forwarder),
     };
     if let Some(l) = logger {
         l.stop();
@@ -328,15 +364,32 @@ fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
-fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
+/// Loopback destinations for `NO_PROXY`: names, addresses, and the CIDR
+/// for clients that read one (curl, Go, Python's requests take names and
+/// addresses; some also take `127.0.0.0/8`).
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1,127.0.0.0/8";
+
+/// The proxy variables of proxy-only mode: `HTTP_PROXY`, `HTTPS_PROXY`,
+/// `ALL_PROXY` (and lowercase) name the proxy, `NO_PROXY`/`no_proxy` the
+/// loopback destinations. Loopback is decided by the policy's `loopback`
+/// and never through the proxy: where loopback is allowed, clients reach
+/// local services (the sandbox's own dev server) directly, even through a
+/// proxy that refuses localhost, as Squid does by default; where it is
+/// not, they fail at once with `EPERM` instead of asking the proxy, which
+/// would otherwise reach the host's loopback services for them.
+#[must_use]
+pub fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
     let Some(proxy) = policy.proxy else {
         return Vec::new();
     };
     let url = format!("http://{proxy}");
-    ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
-        .into_iter()
-        .map(|k| (k, url.clone()))
-        .collect()
+    let mut env: Vec<(&'static str, String)> =
+        ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
+            .into_iter()
+            .map(|k| (k, url.clone()))
+            .collect();
+    env.extend(["NO_PROXY", "no_proxy"].map(|k| (k, NO_PROXY.to_owned())));
+    env
 }
 
 fn spawn_and_wait(
@@ -344,13 +397,16 @@ fn spawn_and_wait(
     policy: &Policy,
     cg: &Cgroup,
     opts: &RunOptions,
+    workspace: &crate::harden::workspace::Workspace,
     ruleset: landlock::Prepared,
     filter: seccomp::SeccompFilter,
     forwarder: &Forwarder,
 ) -> Result<ExitStatus, RunError> {
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
-    let confinement = Confinement::prepare(opts.identity, &opts.keep_fds, &protect).map_err(RunError::Confine)?;
+    let confinement =
+        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried_cwd())
+            .map_err(RunError::Confine)?;
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -362,8 +418,14 @@ fn spawn_and_wait(
     let parent_pid = unsafe { libc::getpid() };
 
     let (program, args) = command.split_first().expect("clap requires a command");
+    let identity = opts.identity.unwrap_or_else(Identity::current);
+    let account = Account::lookup(identity.uid);
+    let env = child_env(std::env::vars_os(), &account, workspace.home(), &proxy_env(policy));
+    let search_path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.to_string_lossy().into_owned());
+    let exec = Exec::new(program, args, &env).map_err(RunError::Confine)?;
+    let searched = exec.searched();
     let mut cmd = Command::new(program);
-    cmd.args(args).envs(proxy_env(policy));
+    cmd.args(args).env_clear().envs(env);
     let set = signal_set();
     // SAFETY: the closure runs between fork and exec in the child and only
     // makes async-signal-safe system calls on values captured by copy.
@@ -386,12 +448,25 @@ fn spawn_and_wait(
             // Landlock needs no_new_privs, which `apply` set; seccomp goes
             // last because it forbids the mount calls `apply` made.
             ruleset.restrict_self()?;
-            filter.apply()
+            filter.apply()?;
+            // The PATH search happens here, as the identity, under
+            // Landlock: `exec` returns only if nothing could be run.
+            Err(exec.exec())
         });
     }
 
-    let spawn_err = |source| RunError::Spawn { command: program.to_string_lossy().into_owned(), source };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let name = program.to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|source| {
+        if searched && source.kind() == io::ErrorKind::NotFound {
+            RunError::NotFound {
+                command: name.clone(),
+                path: search_path.unwrap_or_else(|| "/bin:/usr/bin (default)".to_owned()),
+                user: format!("uid {} ({})", identity.uid, account.name),
+            }
+        } else {
+            RunError::Spawn { command: name.clone(), source }
+        }
+    })?;
     drop(procs);
     let child_pid = i32::try_from(child.id()).expect("pids fit i32");
     if let Some(sig) = forwarder.forward_to(child_pid) {
@@ -412,7 +487,7 @@ fn spawn_and_wait(
         }
     }
     forwarder.forget_child();
-    child.wait().map_err(spawn_err)
+    child.wait().map_err(|source| RunError::Spawn { command: name, source })
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.
@@ -481,6 +556,23 @@ mod tests {
 
     fn policy(flags: &FlagInput) -> Policy {
         Policy::from_sources(None, None, flags).expect("valid")
+    }
+
+    #[test]
+    fn proxy_variables() {
+        assert!(proxy_env(&policy(&FlagInput::default())).is_empty());
+        for loopback in [None, Some("any"), Some("3128")] {
+            let p = policy(&FlagInput {
+                proxy: Some("127.0.0.1:3128".into()),
+                loopback: loopback.map(Into::into),
+                ..FlagInput::default()
+            });
+            let env = proxy_env(&p);
+            assert!(env.contains(&("https_proxy", "http://127.0.0.1:3128".to_owned())), "{env:?}");
+            assert!(env.contains(&("NO_PROXY", "localhost,127.0.0.1,::1,127.0.0.0/8".to_owned())), "{env:?}");
+            assert!(env.contains(&("no_proxy", NO_PROXY.to_owned())), "{env:?}");
+            assert_eq!(env.len(), 8, "{env:?}");
+        }
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl Sbx {
     #[must_use]
     pub fn new() -> Self {
         crate::require_root();
-        Self { bin: sbx_user_bin(), state: TempDir::new("state") }
+        // Under /run, as the default /run/sbx is: the command of `run`
+        // sees a private /tmp, and some tests look at the record from
+        // inside the sandbox.
+        Self { bin: sbx_user_bin(), state: TempDir::new_in(Path::new("/run"), "state") }
     }
 
     /// The state directory the commands use.

@@ -29,6 +29,20 @@ impl TempDir {
         Self { path }
     }
 
+    /// As [`Self::new`], under `parent` instead of the system temp dir:
+    /// the command of `sbx-user run` sees a private `/tmp`, so files it
+    /// must find go elsewhere (e.g. `/var/tmp`).
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    #[must_use]
+    pub fn new_in(parent: &Path, what: &str) -> Self {
+        let path = parent.join(format!("sbx-test-{what}-{}-{}", std::process::id(), crate::next_id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path }
+    }
+
     /// The directory.
     #[must_use]
     pub fn path(&self) -> &Path {

@@ -234,7 +234,8 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     assert!(err(&out).contains("/nonexistent/sbx-test-command"), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 
-    let dir = TempDir::new("run");
+    // Not under /tmp: the command sees a private one.
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "run");
     let not_exec = dir.path().join("not-executable");
     std::fs::write(&not_exec, "#!/bin/sh\n").expect("write");
     let out = run(&sbx, &cg, &[], &[not_exec.to_str().expect("UTF-8")]);

@@ -59,7 +59,11 @@ PRECEDENCE:
 PROXY-ONLY MODE (proxy = ADDR:PORT):
   The default becomes deny, the proxy is allowed, explicit allow rules still
   apply. Without `loopback`, a loopback proxy leaves only its own port
-  reachable on loopback. `run` exports HTTP_PROXY/HTTPS_PROXY/ALL_PROXY.
+  reachable on loopback. `run` exports HTTP_PROXY/HTTPS_PROXY/ALL_PROXY, and
+  NO_PROXY=localhost,127.0.0.1,::1,127.0.0.0/8 (loopback is the policy's to
+  decide, not the proxy's). The proxy connects on the sandbox's behalf: run it
+  under a policy of its own, e.g.
+    sbx-user run --profile open --loopback 3128 -- tinyproxy -d -c CONF
 
 Flags add rules to the file (--allow, --deny) or override its settings
 (--default, --loopback, --proxy, --bind). A profile is applied first.";
@@ -146,7 +150,7 @@ pub enum Command {
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
-    #[command(after_long_help = POLICY_HELP)]
+    #[command(after_long_help = run::long_help(POLICY_HELP))]
     Run(run::RunArgs),
     /// List the built-in profiles.
     Profiles(profiles::ProfilesArgs),

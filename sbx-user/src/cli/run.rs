@@ -9,6 +9,7 @@ use crate::run::{run as run_sandboxed, RunOptions, EXIT_SETUP_FAILED};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
+#[expect(clippy::struct_excessive_bools, reason = "each is an independent command-line switch")]
 pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -17,10 +18,15 @@ pub struct RunArgs {
     pub cgroup_parent: Option<PathBuf>,
     /// Run the command as UID[:GID] (numeric). Default: the invoking user
     /// from sudo (`SUDO_UID`/`SUDO_GID`), else nobody (65534:65534). `--user 0`
-    /// keeps root, still without any capability; a root command owns
-    /// root's files, so pair it with [filesystem] rules.
+    /// keeps root, still without any capability. Whoever it runs as, the
+    /// default filesystem rules keep it from writing outside the working
+    /// directory, its private HOME and /tmp (see FILES below).
     #[arg(long, value_name = "UID[:GID]", value_parser = crate::confine::parse_identity)]
     pub user: Option<crate::confine::Identity>,
+    /// HOME for the command, granted for writing. Default: a private,
+    /// empty per-run directory, removed when the command ends.
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
     /// Leave this inherited file descriptor open in the command (all
     /// others above 2 are closed); repeatable.
     #[arg(long, value_name = "N")]
@@ -36,12 +42,58 @@ pub struct RunArgs {
     /// sbx event.
     #[arg(long)]
     pub landlock_tcp: bool,
+    /// Hand the command a socket on stdin, stdout or stderr even when it is
+    /// an `AF_INET`/`AF_INET6` socket, a listening socket, or of a family the
+    /// sandbox may not create. Such a socket was made outside the sandbox
+    /// and is never judged by the policy (inetd-style activation, `socat
+    /// EXEC:`), so by default `run` refuses to start (exit 125). A connected
+    /// `AF_UNIX` socket (journald) is always allowed.
+    #[arg(long)]
+    pub allow_stdio_sockets: bool,
     /// Print each denial to stderr as it happens.
     #[arg(long)]
     pub log_denials: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `run --help`'s text after the options: the policy file, then what the
+/// command may read and write.
+#[must_use]
+pub fn long_help(policy_help: &str) -> String {
+    use crate::{
+        confine::TOOL_HOMES,
+        harden::workspace::{IMPLICIT_READ, IMPLICIT_WRITE},
+    };
+    let tools: Vec<&str> = TOOL_HOMES.iter().map(|(var, _)| *var).collect();
+    format!(
+        "{policy_help}
+
+FILES (Landlock):
+  Without filesystem rules ([filesystem], --fs-read, --fs-write) run applies
+  defaults, so that the command cannot write the user's dotfiles or other
+  projects (files that run later, outside the sandbox):
+    read, execute  everything the identity's permissions allow (/)
+    write          the working directory (not when it is / or contains a
+                   home directory), the private HOME and /tmp, the devices below
+  With filesystem rules, exactly those, plus HOME, /tmp and what every
+  process needs:
+    read, write    {write}
+    read           {read}
+  HOME is a private, empty per-run directory (or --home DIR) and /tmp a
+  private per-run directory mounted over /tmp; both are removed when the
+  command ends. HOME, USER and LOGNAME name the identity the command runs as;
+  XDG_RUNTIME_DIR is unset. When HOME is not the identity's own,
+  {tools}
+  point at the identity's real ones if they exist (read-only unless a rule
+  grants them), so toolchains installed there keep working.
+  The command is looked up in PATH as the identity it runs as: directories it
+  cannot search are skipped (not found: exit 127).",
+        write = IMPLICIT_WRITE.join(" "),
+        read = IMPLICIT_READ.join(" "),
+        tools = tools.join(", "),
+    )
 }
 
 /// Runs the command; returns the exit status to exit with.
@@ -67,6 +119,8 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         log_denials: args.log_denials,
         allow_degraded: args.allow_degraded,
         landlock_tcp: args.landlock_tcp,
+        allow_stdio_sockets: args.allow_stdio_sockets,
+        home: args.home.clone(),
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,

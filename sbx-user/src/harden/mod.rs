@@ -7,6 +7,9 @@
 //! - [`landlock`]: filesystem rules (`[filesystem] read`/`write`,
 //!   `--fs-read`/`--fs-write`), scoping of abstract UNIX sockets and
 //!   signals (Landlock ABI 6), and TCP port rules as a second layer.
+//! - [`workspace`]: the private HOME and `/tmp`, sbx's default filesystem
+//!   rules (write only the working directory, HOME and `/tmp`) when the
+//!   user gives none, and the paths every process needs otherwise.
 //! - [`seccomp`]: a classic-BPF filter for what no LSM hook here sees:
 //!   socket families other than UNIX, inet and netlink (`AF_PACKET`,
 //!   `AF_VSOCK`, ...), `bpf(2)`, `io_uring`, new namespaces and mounts.
@@ -34,6 +37,7 @@
 
 pub mod landlock;
 pub mod seccomp;
+pub mod workspace;
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -6,7 +6,9 @@
 //!
 //! | System call | Verdict |
 //! |---|---|
-//! | `socket(domain, ..)` | `AF_UNIX`, `AF_INET`, `AF_INET6`, `AF_NETLINK` allowed (glibc's `getifaddrs` needs netlink); any other family (`AF_PACKET`, `AF_VSOCK`, `AF_XDP`, ...) fails with `EAFNOSUPPORT` |
+//! | `socket(domain, ..)` | `AF_UNIX`, `AF_INET`, `AF_INET6` allowed; any other family (`AF_PACKET`, `AF_VSOCK`, `AF_XDP`, ...) fails with `EAFNOSUPPORT` |
+//! | `socket(AF_NETLINK, type, protocol)` | only `NETLINK_ROUTE` (glibc's `getifaddrs`, `ip addr`); every other netlink protocol fails with `EPROTONOSUPPORT`, as on a kernel without it (`NETLINK_SOCK_DIAG` dumps every socket of the host's network namespace, `NETLINK_AUDIT`, `NETLINK_KOBJECT_UEVENT`, ...) |
+//! | `setrlimit(RLIMIT_CORE, ..)`, `prlimit64(.., RLIMIT_CORE, new, NULL)` | return 0 and change nothing: `run` sets a hard limit of 1, which already means "no core" (see below); with `old` also given, `EPERM` |
 //! | `socketpair(domain, ..)` | only `AF_UNIX`; otherwise `EAFNOSUPPORT` |
 //! | `bpf` | `EPERM` |
 //! | `io_uring_setup`, `io_uring_enter`, `io_uring_register` | `EPERM`: `io_uring` is disabled, so its socket operations cannot sidestep the hooks |
@@ -19,6 +21,20 @@
 //! | `mount`, `umount2`, `pivot_root`, `open_tree`, `open_tree_attr`, `move_mount`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, `mount_setattr` | `EPERM` |
 //! | anything else | allowed |
 //!
+//! # Core dumps
+//! `run` gives the command a hard `RLIMIT_CORE` of 1 byte. A file core needs
+//! at least a page, so none is written; and when `core_pattern` pipes cores
+//! to a helper (`|/usr/lib/systemd/systemd-coredump ...`, apport), the
+//! kernel ignores the limit except for the value 1, which it reserves for
+//! crashing helpers and answers with "`RLIMIT_CORE` is set to 1, aborting
+//! core" (`coredump_pipe()` in fs/coredump.c). That helper runs as root
+//! outside the sandbox and parses a core whose contents the sandbox
+//! controls. A limit of 0 would not stop it, and an unprivileged process may
+//! lower its hard limit, so the filter keeps the command from changing
+//! `RLIMIT_CORE` at all. It pretends success rather than failing, because
+//! programs that lower it to 0 (test harnesses, `ulimit -c 0`) often treat a
+//! failure as fatal, and what they asked for (no core) already holds.
+//!
 //! The filter first checks `seccomp_data.arch` and kills the process on a
 //! mismatch (an `x86_64` process calling the i386 table through `int 0x80`,
 //! where `socketcall` would hide the socket family), and on `x86_64` returns
@@ -28,8 +44,10 @@
 //! # 64-bit arguments
 //! The filter reads only the low 32 bits of each argument it inspects
 //! (offset 16 + 8i on these little-endian targets). That is exact here:
-//! `socket`/`socketpair` take `int domain`, so the kernel itself ignores
-//! the high half; `unshare` and `clone` take `unsigned long` flags, but
+//! `socket`/`socketpair` take `int domain` and `int protocol`, and
+//! `setrlimit`/`prlimit64` an `unsigned int resource`, so the kernel itself
+//! ignores the high half; `prlimit64`'s `new` pointer is tested whole (both
+//! halves); `unshare` and `clone` take `unsigned long` flags, but
 //! every `CLONE_NEW*` bit is in the low half, and a bit test on the word
 //! holding those bits sees exactly what the kernel sees.
 //!
@@ -158,13 +176,24 @@ const CLONE_DENIED: u32 = UNSHARE_DENIED & !0xff;
 const TIOCSTI: u32 = 0x5412;
 const TIOCLINUX: u32 = 0x541C;
 
-const ALLOWED_FAMILIES: [u32; 4] = [k(libc::AF_UNIX), k(libc::AF_INET), k(libc::AF_INET6), k(libc::AF_NETLINK)];
+const ALLOWED_FAMILIES: [u32; 3] = [k(libc::AF_UNIX), k(libc::AF_INET), k(libc::AF_INET6)];
+
+/// The only netlink protocol `socket(AF_NETLINK, ..)` may open.
+const ALLOWED_NETLINK: u32 = k(libc::NETLINK_ROUTE);
+
+/// `RLIMIT_CORE` as the filter compares it.
+const RLIMIT_CORE: u32 = libc::RLIMIT_CORE;
+
+/// Offset of the high 32 bits of argument `i`.
+const fn off_arg_hi(i: u32) -> u32 {
+    off_arg_lo(i) + 4
+}
 
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little")))]
 mod program {
     use super::{
-        k, off_arg_lo, ret_errno, SeccompError, ALLOWED_FAMILIES, BPF_MAXINSNS, CLONE_DENIED, OFF_ARCH, OFF_NR,
-        UNSHARE_DENIED,
+        k, off_arg_hi, off_arg_lo, ret_errno, SeccompError, ALLOWED_FAMILIES, ALLOWED_NETLINK, BPF_MAXINSNS,
+        CLONE_DENIED, OFF_ARCH, OFF_NR, RLIMIT_CORE, UNSHARE_DENIED,
     };
 
     /// Per-architecture constants.
@@ -239,6 +268,8 @@ mod program {
     pub(super) const SYS_UNSHARE: u32 = nr(libc::SYS_unshare);
     pub(super) const SYS_CLONE: u32 = nr(libc::SYS_clone);
     pub(super) const SYS_CLONE3: u32 = nr(libc::SYS_clone3);
+    pub(super) const SYS_SETRLIMIT: u32 = nr(libc::SYS_setrlimit);
+    pub(super) const SYS_PRLIMIT64: u32 = nr(libc::SYS_prlimit64);
 
     /// A jump target, resolved when the program is finished.
     #[derive(Clone, Copy)]
@@ -328,7 +359,7 @@ mod program {
         let mut a = Asm::default();
         let (kill, allow, eperm, enosys) = (a.label(), a.label(), a.label(), a.label());
         let (socket, socketpair, unshare, clone) = (a.label(), a.label(), a.label(), a.label());
-        let ioctl = a.label();
+        let (ioctl, netlink, setrlimit, prlimit, pretend) = (a.label(), a.label(), a.label(), a.label(), a.label());
 
         // Wrong table: kill, as nothing below would mean anything.
         a.load(OFF_ARCH);
@@ -344,6 +375,8 @@ mod program {
         a.jeq(SYS_CLONE3, enosys);
         a.jeq(SYS_IOCTL, ioctl);
         a.jeq(SYS_KEYCTL, eperm);
+        a.jeq(SYS_SETRLIMIT, setrlimit);
+        a.jeq(SYS_PRLIMIT64, prlimit);
         for (_, n) in &DENIED_EPERM {
             a.jeq(*n, eperm);
         }
@@ -356,7 +389,35 @@ mod program {
         for family in ALLOWED_FAMILIES {
             a.jeq(family, allow);
         }
+        a.jeq(k(libc::AF_NETLINK), netlink);
         a.ret(ret_errno(libc::EAFNOSUPPORT));
+
+        // socket(AF_NETLINK, type, int protocol).
+        a.bind(netlink);
+        a.load(off_arg_lo(2));
+        a.jeq(ALLOWED_NETLINK, allow);
+        a.ret(ret_errno(libc::EPROTONOSUPPORT));
+
+        // setrlimit(unsigned int resource, const struct rlimit *).
+        a.bind(setrlimit);
+        a.load(off_arg_lo(0));
+        a.jump(JEQ_K, RLIMIT_CORE, Some(pretend), Some(allow));
+        // prlimit64(pid, unsigned int resource, new, old): reading the
+        // limit (new == NULL) is fine.
+        a.bind(prlimit);
+        a.load(off_arg_lo(1));
+        a.jump(JEQ_K, RLIMIT_CORE, None, Some(allow));
+        let sets = a.label();
+        a.load(off_arg_lo(2));
+        a.jump(JEQ_K, 0, None, Some(sets));
+        a.load(off_arg_hi(2));
+        a.jump(JEQ_K, 0, Some(allow), None);
+        a.bind(sets);
+        // With `old` asked for too, pretending would leave it unwritten.
+        a.load(off_arg_lo(3));
+        a.jump(JEQ_K, 0, None, Some(eperm));
+        a.load(off_arg_hi(3));
+        a.jump(JEQ_K, 0, Some(pretend), Some(eperm));
 
         a.bind(socketpair);
         a.load(off_arg_lo(0));
@@ -388,6 +449,8 @@ mod program {
         a.ret(ret_errno(libc::EPERM));
         a.bind(enosys);
         a.ret(ret_errno(libc::ENOSYS));
+        a.bind(pretend);
+        a.ret(ret_errno(0));
         a.bind(kill);
         a.ret(libc::SECCOMP_RET_KILL_PROCESS);
         a.finish()
@@ -397,7 +460,8 @@ mod program {
 #[cfg(all(test, any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little"))))]
 mod tests {
     use super::program::{
-        arch, DENIED_EPERM, SYS_CLONE, SYS_CLONE3, SYS_IOCTL, SYS_KEYCTL, SYS_SOCKET, SYS_SOCKETPAIR, SYS_UNSHARE,
+        arch, DENIED_EPERM, SYS_CLONE, SYS_CLONE3, SYS_IOCTL, SYS_KEYCTL, SYS_PRLIMIT64, SYS_SETRLIMIT, SYS_SOCKET,
+        SYS_SOCKETPAIR, SYS_UNSHARE,
     };
     use super::*;
     use crate::harden::testutil::{errno_if_failed, in_child, Outcome};
@@ -477,6 +541,55 @@ mod tests {
     }
 
     #[test]
+    fn netlink_only_route() {
+        let filter = build().expect("build");
+        let socket = |family: u64, protocol: u64| {
+            interpret(
+                filter.instructions(),
+                &data(SYS_SOCKET, [family, u64::from(k(libc::SOCK_RAW)), protocol, 0, 0, 0]),
+            )
+        };
+        let netlink = family(libc::AF_NETLINK);
+        assert_eq!(socket(netlink, u64::from(k(libc::NETLINK_ROUTE))), ALLOW);
+        // The kernel reads `int protocol`: a high half does not matter.
+        assert_eq!(socket(netlink, 1 << 32), ALLOW);
+        let eproto = ret_errno(libc::EPROTONOSUPPORT);
+        for p in [
+            libc::NETLINK_SOCK_DIAG,
+            libc::NETLINK_AUDIT,
+            libc::NETLINK_KOBJECT_UEVENT,
+            libc::NETLINK_NETFILTER,
+            libc::NETLINK_XFRM,
+            libc::NETLINK_GENERIC,
+            libc::NETLINK_CONNECTOR,
+            31,
+        ] {
+            assert_eq!(socket(netlink, u64::from(k(p))), eproto, "netlink protocol {p}");
+        }
+        // Protocol numbers of other families are not netlink's.
+        assert_eq!(socket(family(libc::AF_INET), u64::from(k(libc::NETLINK_SOCK_DIAG))), ALLOW);
+    }
+
+    #[test]
+    fn core_limit_cannot_be_changed() {
+        let filter = build().expect("build");
+        let call = |nr: u32, args: [u64; 6]| interpret(filter.instructions(), &data(nr, args));
+        let core = u64::from(RLIMIT_CORE);
+        let pretend = ret_errno(0);
+        assert_eq!(call(SYS_SETRLIMIT, [core, 0x1000, 0, 0, 0, 0]), pretend);
+        assert_eq!(call(SYS_SETRLIMIT, [(1 << 32) | core, 0x1000, 0, 0, 0, 0]), pretend);
+        assert_eq!(call(SYS_SETRLIMIT, [u64::from(libc::RLIMIT_NOFILE), 0x1000, 0, 0, 0, 0]), ALLOW);
+        // prlimit64(pid, resource, new, old).
+        assert_eq!(call(SYS_PRLIMIT64, [0, core, 0, 0x1000, 0, 0]), ALLOW, "reading");
+        assert_eq!(call(SYS_PRLIMIT64, [0, core, 0x1000, 0, 0, 0]), pretend, "setting");
+        assert_eq!(call(SYS_PRLIMIT64, [0, core, 1 << 40, 0, 0, 0]), pretend, "a pointer above 4 GiB");
+        assert_eq!(call(SYS_PRLIMIT64, [0, core, 0x1000, 0x2000, 0, 0]), EPERM, "setting and reading");
+        assert_eq!(call(SYS_PRLIMIT64, [0, core, 0x1000, 1 << 40, 0, 0]), EPERM);
+        assert_eq!(call(SYS_PRLIMIT64, [1234, core, 0x1000, 0, 0, 0]), pretend, "another process");
+        assert_eq!(call(SYS_PRLIMIT64, [0, 7, 0x1000, 0x2000, 0, 0]), ALLOW, "RLIMIT_NOFILE");
+    }
+
+    #[test]
     fn socket_family_high_half_is_ignored_like_the_kernel_does() {
         // The kernel truncates `int domain`; so does the filter.
         assert_eq!(verdict(SYS_SOCKET, (1 << 32) | family(libc::AF_PACKET)), EAFNOSUPPORT);
@@ -550,7 +663,17 @@ mod tests {
     #[test]
     fn everything_else_is_allowed() {
         let denied: Vec<u32> = DENIED_EPERM.iter().map(|(_, n)| *n).collect();
-        let special = [SYS_SOCKET, SYS_SOCKETPAIR, SYS_UNSHARE, SYS_CLONE, SYS_CLONE3, SYS_IOCTL, SYS_KEYCTL];
+        let special = [
+            SYS_SOCKET,
+            SYS_SOCKETPAIR,
+            SYS_UNSHARE,
+            SYS_CLONE,
+            SYS_CLONE3,
+            SYS_IOCTL,
+            SYS_KEYCTL,
+            SYS_SETRLIMIT,
+            SYS_PRLIMIT64,
+        ];
         for n in 0..600 {
             if !denied.contains(&n) && !special.contains(&n) {
                 assert_eq!(verdict(n, u64::MAX), ALLOW, "syscall {n}");
@@ -582,7 +705,7 @@ mod tests {
     }
 
     /// What the child probes, in report order.
-    const PROBES: [&str; 17] = [
+    const PROBES: [&str; 21] = [
         "apply",
         "socket(AF_PACKET)",
         "socket(AF_VSOCK)",
@@ -600,13 +723,21 @@ mod tests {
         "clone3",
         "mount",
         "setns",
+        "socket(AF_NETLINK, NETLINK_SOCK_DIAG)",
+        "socket(AF_NETLINK, NETLINK_KOBJECT_UEVENT)",
+        "setrlimit(RLIMIT_CORE, 0) returns 0",
+        "RLIMIT_CORE unchanged (hard limit still 77)",
     ];
 
     /// The real filter on the running kernel, in a forked child.
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one probe per line, in report order")]
     fn enforced_in_a_child() {
         let filter = build().expect("build");
         let got = in_child(|out: &mut [i32; PROBES.len()]| {
+            let limit = libc::rlimit { rlim_cur: 77, rlim_max: 77 };
+            // SAFETY: setrlimit with a valid struct, before the filter.
+            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &raw const limit) };
             out[0] = match filter.apply() {
                 Ok(()) => 0,
                 Err(e) => e.raw_os_error().unwrap_or(-1),
@@ -667,6 +798,13 @@ mod tests {
                 );
                 // Without the filter: EBADF.
                 out[16] = errno_if_failed(libc::setns(-1, 0).into());
+                out[17] = sock(libc::AF_NETLINK.into(), libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG);
+                out[18] = sock(libc::AF_NETLINK.into(), libc::SOCK_DGRAM, libc::NETLINK_KOBJECT_UEVENT);
+                let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                out[19] = errno_if_failed(libc::setrlimit(libc::RLIMIT_CORE, &raw const zero).into());
+                let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::getrlimit(libc::RLIMIT_CORE, &raw mut now);
+                out[20] = i32::from(now.rlim_max != 77);
             }
         });
         let got = match got {
@@ -691,6 +829,10 @@ mod tests {
             libc::ENOSYS,
             libc::EPERM,
             libc::EPERM,
+            libc::EPROTONOSUPPORT,
+            libc::EPROTONOSUPPORT,
+            0,
+            0,
         ];
         let wrong: Vec<String> = PROBES
             .iter()

@@ -1,0 +1,318 @@
+//! The files the command of `run` may write: a private per-run HOME and
+//! /tmp, sbx's default filesystem rules, and the paths every process needs.
+//!
+//! # Why defaults
+//! A command that can write its user's files can persist outside the
+//! sandbox: `~/.bashrc`, `~/.profile`, `~/.config/autostart`, git hooks of
+//! the user's other projects, `~/.ssh/authorized_keys` all run or take
+//! effect later, outside any policy. So when the policy gives no
+//! `[filesystem]` rules, `run` applies these (Landlock):
+//!
+//! - read and execute: everything the identity's permissions allow (`/`).
+//!   Reads stay open on purpose: toolchains live in unpredictable places
+//!   (`~/.cargo`, `~/.rustup`, `~/.pyenv`, `/opt`, a CI workspace), and a
+//!   read list that misses one turns `cargo test` into `EACCES`. Keeping
+//!   secrets unreadable takes explicit rules (or an identity that cannot
+//!   read them), and the network policy decides where data can go.
+//! - write: the working directory (a project checkout), a private `/tmp`,
+//!   a private HOME, and [`IMPLICIT_WRITE`]. Not the working directory when
+//!   it is `/` or contains the identity's (or the sudo caller's) home, as
+//!   `sbx-user run` started from `~` would otherwise grant `~/.bashrc`.
+//!
+//! # Private HOME and /tmp
+//! Both live in one per-run directory under `/var/tmp` (disk-backed, like
+//! the files a build puts there), made by root with mode 0711: `home`
+//! (owned by the identity, 0700) and `tmp` (1777, bind-mounted over `/tmp`
+//! in the command's mount namespace, so the host's temporary files are
+//! hidden and nothing the command leaves there is seen outside). HOME is
+//! the private one unless `--home PATH`. The directory is removed when the
+//! value is dropped, after teardown has killed whatever was left in the
+//! cgroup.
+//!
+//! # Implicit rules
+//! With rules of the user's own, the paths every process needs are granted
+//! too ([`IMPLICIT_WRITE`], [`IMPLICIT_READ`]), with the private HOME and
+//! `/tmp`: the README's filesystem example must not break
+//! `echo hi >/dev/null`. Landlock binds rules to inodes, so `/proc/self` cannot be
+//! granted on its own; all of `/proc` is readable (what procfs itself lets
+//! the identity read).
+
+use std::{
+    io,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use super::landlock::FsRules;
+use crate::{confine::Account, confine::Identity, policy::FsPolicy};
+
+/// Devices and directories every process may read and write when
+/// filesystem rules apply (those the host has; symbolic links resolved).
+pub const IMPLICIT_WRITE: [&str; 7] =
+    ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/ptmx", "/dev/shm"];
+
+/// Paths every process may read when filesystem rules apply.
+pub const IMPLICIT_READ: [&str; 3] = ["/dev/random", "/dev/urandom", "/proc"];
+
+/// Where the per-run directory is made.
+const BASE: &str = "/var/tmp";
+
+/// Why the workspace could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// Creating or preparing the per-run directory failed.
+    #[error("cannot make the private HOME and /tmp under {}: {source}\nHint: {BASE} must exist and be writable by root", path.display())]
+    Create {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// `--home` names a path that is not a directory.
+    #[error("--home {}: {source}", path.display())]
+    Home {
+        /// The path as given.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// The command's HOME, /tmp and filesystem rules for one run.
+#[derive(Debug)]
+pub struct Workspace {
+    /// The per-run directory, removed on drop.
+    base: PathBuf,
+    home: PathBuf,
+    tmp: PathBuf,
+    /// A working directory under the host's `/tmp` and where it appears in
+    /// the private one.
+    carried: Option<(PathBuf, PathBuf)>,
+    rules: FsRules,
+    defaults: bool,
+    notes: Vec<String>,
+}
+
+impl Workspace {
+    /// Makes the private directories and computes the rules: the user's
+    /// (`fs`) plus the implicit ones, or sbx's defaults when `fs` is
+    /// `None`. `home` is `--home`.
+    pub fn prepare(fs: Option<&FsPolicy>, identity: Identity, home: Option<&Path>) -> Result<Self, WorkspaceError> {
+        let home = home
+            .map(|h| match std::fs::canonicalize(h) {
+                Ok(p) if p.is_dir() => Ok(p),
+                Ok(_) => Err(WorkspaceError::Home { path: h.to_owned(), source: io::Error::other("not a directory") }),
+                Err(source) => Err(WorkspaceError::Home { path: h.to_owned(), source }),
+            })
+            .transpose()?;
+        let base = make_base()?;
+        let made = (|| -> io::Result<(PathBuf, PathBuf)> {
+            let tmp = base.join("tmp");
+            std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))?;
+            let private_home = base.join("home");
+            std::fs::DirBuilder::new().mode(0o700).create(&private_home)?;
+            std::os::unix::fs::chown(&private_home, Some(identity.uid), Some(identity.gid))?;
+            Ok((tmp, private_home))
+        })();
+        let (tmp, private_home) = match made {
+            Ok(v) => v,
+            Err(source) => {
+                let _ = std::fs::remove_dir_all(&base);
+                return Err(WorkspaceError::Create { path: base, source });
+            }
+        };
+        let home = home.unwrap_or(private_home);
+        // A project under the host's /tmp stays where it was: it is
+        // bind-mounted to the same path inside the private /tmp.
+        let carried = std::env::current_dir().ok().and_then(|cwd| {
+            let rel = cwd.strip_prefix("/tmp").ok()?.to_path_buf();
+            (!rel.as_os_str().is_empty()).then(|| (cwd, tmp.join(rel)))
+        });
+        if let Some((_, inside)) = &carried {
+            if let Err(source) = std::fs::create_dir_all(inside) {
+                let _ = std::fs::remove_dir_all(&base);
+                return Err(WorkspaceError::Create { path: inside.clone(), source });
+            }
+        }
+        let mut notes = Vec::new();
+        let mut rules = if let Some(FsPolicy { read, write }) = fs {
+            FsRules { read: read.clone(), write: write.clone() }
+        } else {
+            let mut write = Vec::new();
+            match std::env::current_dir() {
+                Ok(cwd) => match cwd_blocker(&cwd, &protected_homes(identity)) {
+                    None => write.push(cwd),
+                    Some(why) => notes.push(format!(
+                        "the working directory {} {why}; it stays read-only in the sandbox (run from a \
+                         project directory, or grant paths with --fs-write)",
+                        cwd.display()
+                    )),
+                },
+                Err(e) => notes.push(format!("the working directory cannot be read ({e}); it stays read-only")),
+            }
+            FsRules { read: vec![PathBuf::from("/")], write }
+        };
+        add_existing(&mut rules.write, IMPLICIT_WRITE.iter().map(PathBuf::from));
+        add_existing(&mut rules.read, IMPLICIT_READ.iter().map(PathBuf::from));
+        add_existing(&mut rules.write, [tmp.clone(), home.clone()]);
+        Ok(Self { base, home, tmp, carried, rules, defaults: fs.is_none(), notes })
+    }
+
+    /// The command's HOME.
+    #[must_use]
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The directory mounted over `/tmp`.
+    #[must_use]
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The working directory, when it is under the host's `/tmp`, and the
+    /// directory in the private `/tmp` it is bind-mounted onto.
+    #[must_use]
+    pub fn carried_cwd(&self) -> Option<(&Path, &Path)> {
+        self.carried.as_ref().map(|(a, b)| (a.as_path(), b.as_path()))
+    }
+
+    /// The filesystem rules to enforce, canonical.
+    #[must_use]
+    pub fn rules(&self) -> &FsRules {
+        &self.rules
+    }
+
+    /// Whether [`Self::rules`] are sbx's defaults rather than the user's.
+    #[must_use]
+    pub fn defaults(&self) -> bool {
+        self.defaults
+    }
+
+    /// Warnings for the user, one sentence each.
+    #[must_use]
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.base) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!("sbx-user: warning: removing the private HOME and /tmp {} failed: {e}", self.base.display());
+            }
+        }
+    }
+}
+
+/// Creates `/var/tmp/sbx-run-<pid>-<nanos>` (0711, root's). `mkdir` fails
+/// on anything already there, symbolic links included, so another user of
+/// the sticky `/var/tmp` cannot slip a directory of theirs in.
+fn make_base() -> Result<PathBuf, WorkspaceError> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let base = Path::new(BASE).join(format!("sbx-run-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o711)
+        .create(&base)
+        .and_then(|()| std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)))
+        .map_err(|source| WorkspaceError::Create { path: base.clone(), source })?;
+    Ok(base)
+}
+
+/// Homes the working directory must not contain to be granted: the
+/// identity's and, under sudo, the caller's (canonical).
+fn protected_homes(identity: Identity) -> Vec<PathBuf> {
+    let mut uids = vec![identity.uid];
+    if let Some(uid) = std::env::var("SUDO_UID").ok().and_then(|v| v.parse::<u32>().ok()) {
+        uids.push(uid);
+    }
+    let mut homes: Vec<PathBuf> = uids
+        .into_iter()
+        .filter_map(|u| Account::lookup(u).home)
+        .map(|h| std::fs::canonicalize(&h).unwrap_or(h))
+        .collect();
+    homes.dedup();
+    homes
+}
+
+/// Why the working directory `cwd` may not be granted for writing, or
+/// `None` when it may: it is `/`, or it is or contains one of `homes`.
+#[must_use]
+pub fn cwd_blocker(cwd: &Path, homes: &[PathBuf]) -> Option<String> {
+    if cwd == Path::new("/") {
+        return Some("is /".to_owned());
+    }
+    if cwd == Path::new("/tmp") {
+        return Some("is /tmp, which the command sees as a private, empty one".to_owned());
+    }
+    homes.iter().find(|h| h.starts_with(cwd)).map(|h| {
+        if h == cwd {
+            "is a home directory".to_owned()
+        } else {
+            format!("contains the home directory {}", h.display())
+        }
+    })
+}
+
+/// Appends the canonical form of each path that exists, without
+/// duplicates.
+fn add_existing(to: &mut Vec<PathBuf>, paths: impl IntoIterator<Item = PathBuf>) {
+    for p in paths {
+        if let Ok(c) = std::fs::canonicalize(&p) {
+            if !to.contains(&c) {
+                to.push(c);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_working_directory_is_granted_unless_it_holds_a_home() {
+        let homes = [PathBuf::from("/home/alice"), PathBuf::from("/root")];
+        let case = |cwd: &str| cwd_blocker(Path::new(cwd), &homes);
+        assert_eq!(case("/home/alice/src/proj"), None);
+        assert_eq!(case("/home/bob"), None);
+        assert_eq!(case("/work/ci"), None);
+        assert_eq!(case("/"), Some("is /".to_owned()));
+        assert_eq!(case("/home/alice"), Some("is a home directory".to_owned()));
+        assert_eq!(case("/home"), Some("contains the home directory /home/alice".to_owned()));
+        // A prefix of the name is not a parent.
+        assert_eq!(case("/home/ali"), None);
+    }
+
+    #[test]
+    fn defaults_and_implicit_rules() {
+        // As root, for uid 0: the private dirs belong to root.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED defaults_and_implicit_rules: needs root to chown the private HOME");
+            return;
+        }
+        let ws = Workspace::prepare(None, Identity { uid: 0, gid: 0 }, None).expect("prepare");
+        assert!(ws.defaults());
+        let rules = ws.rules();
+        assert!(rules.read.contains(&PathBuf::from("/")), "{rules:?}");
+        assert!(rules.read.contains(&PathBuf::from("/proc")), "{rules:?}");
+        assert!(rules.write.contains(&PathBuf::from("/dev/null")), "{rules:?}");
+        assert!(rules.write.contains(&ws.tmp().to_path_buf()) && rules.write.contains(&ws.home().to_path_buf()));
+        let base = ws.base.clone();
+        assert!(base.starts_with(BASE) && ws.home().starts_with(&base), "{ws:?}");
+        drop(ws);
+        assert!(!base.exists(), "the per-run directory is removed");
+
+        let fs = FsPolicy { read: vec![PathBuf::from("/usr")], write: vec![] };
+        let ws = Workspace::prepare(Some(&fs), Identity { uid: 0, gid: 0 }, Some(Path::new("/tmp"))).expect("prepare");
+        assert!(!ws.defaults());
+        assert_eq!(ws.home(), Path::new("/tmp"));
+        assert_eq!(ws.rules().read[0], PathBuf::from("/usr"));
+        assert!(!ws.rules().read.contains(&PathBuf::from("/")));
+        assert!(ws.rules().write.contains(&PathBuf::from("/tmp")));
+        assert!(Workspace::prepare(None, Identity { uid: 0, gid: 0 }, Some(Path::new("/nonexistent-sbx"))).is_err());
+    }
+}
