@@ -1,23 +1,29 @@
 //! The `sbx-user` command: parse arguments, dispatch to [`sbx_user::cli`].
+//! Exit statuses are documented in [`sbx_user::cli`]: `run` passes the
+//! command's through; the others exit 0, 1 for a negative verdict, and 125
+//! for sbx's own errors and usage errors.
 #![allow(
     unused_crate_dependencies,
     reason = "the binary shares the library's dependency list; only the library uses most of it"
 )]
 
-use clap::Parser as _;
-use sbx_user::cli::{self, Cli, Command};
+use sbx_user::cli::{self, Command};
 
 fn main() {
     // Like other command-line tools, end quietly when stdout is a closed
     // pipe (`sbx-user status | head`) instead of panicking on the write.
     // SAFETY: setting a signal disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The internal probe `verify` runs inside a sandbox cgroup.
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("__probe") {
-        std::process::exit(sbx_user::verify::probe_main(&argv[2..]));
+    if argv.get(1).is_some_and(|a| a == "__probe") {
+        let probe_args: Vec<String> = argv[2..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        std::process::exit(sbx_user::verify::probe_main(&probe_args));
     }
-    let cli = Cli::parse();
+    let cli = match cli::parse(&argv) {
+        Ok(cli) => cli,
+        Err(status) => std::process::exit(status),
+    };
     let level = match cli.global.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
@@ -40,7 +46,7 @@ fn main() {
         Command::Run(a) => std::process::exit(cli::run::run(a, &cli.global)),
     };
     if let Err(e) = result {
-        eprintln!("sbx-user: error: {e:#}");
-        std::process::exit(1);
+        eprintln!("sbx-user: error: {}", cli::error_text(&e));
+        std::process::exit(cli::exit_status(&e));
     }
 }
