@@ -39,6 +39,8 @@ fn main() {
         Command::OrigDst(a) => cli::origdst::run(a, &cli.global),
         Command::Status(a) => cli::status::run(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
+        Command::Completions(a) => cli::generate::completions(a),
+        Command::Man(a) => cli::generate::man(a),
         Command::Profiles(a) => {
             cli::profiles::run(a);
             Ok(())

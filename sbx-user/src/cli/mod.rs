@@ -26,6 +26,7 @@ pub mod attach;
 pub mod check;
 pub mod detach;
 pub mod events;
+pub mod generate;
 pub mod origdst;
 pub mod profiles;
 pub mod run;
@@ -301,6 +302,13 @@ pub enum Command {
     /// Validate a policy and show what it compiles to, without root.
     #[command(after_long_help = format!("{POLICY_HELP}\n\n{EXIT_HELP}"))]
     Check(check::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    #[command(hide = true)]
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page, or write all of them with --out-dir.
+    #[command(hide = true)]
+    Man(generate::ManArgs),
 }
 
 /// Where the policy comes from. Shared by attach, run and check.
