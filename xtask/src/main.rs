@@ -7,7 +7,10 @@
 //!   Idempotent.
 //! - `build-ebpf`: build the eBPF object on its own, for bpftool or shipping.
 //! - `sbx -- ARGS`: build sbx-user (release) and run it with ARGS.
-//! - `test`: unit tests, then the privileged tests against the real kernel.
+//! - `test`: unit tests, then the privileged tests against the real kernel
+//!   (including installing the Debian package of the debug build).
+//! - `dist`: the Debian package and tarball (binary, manual pages,
+//!   completions) in `target/dist`.
 //! - `bench`: the benchmark suite (see BENCHMARKS.md).
 
 use std::{
@@ -21,6 +24,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 mod toolchain;
 
 #[derive(Parser)]
@@ -56,6 +60,9 @@ enum Task {
     },
     /// Run the benchmarks (needs root); writes a table and JSON.
     Bench(bench::BenchArgs),
+    /// Build the Debian package and the tarball (binary, manual pages,
+    /// completions) into target/dist.
+    Dist(dist::DistArgs),
 }
 
 fn main() -> Result<()> {
@@ -80,6 +87,12 @@ fn main() -> Result<()> {
         Task::Bench(args) => {
             setup()?;
             bench::run(&args)
+        }
+        Task::Dist(args) => {
+            setup()?;
+            let built = dist::run(&args)?;
+            println!("{}\n{}", built.deb.display(), built.tarball.display());
+            Ok(())
         }
     }
 }
@@ -199,11 +212,16 @@ fn test(extra: &[OsString]) -> Result<()> {
     eprintln!("xtask: privileged tests against the running kernel");
     cargo(&["build", "-p", "sbx-user"])?;
     let bin = target_dir().join("debug/sbx-user");
+    // tests/tests/install.rs installs this package with dpkg. The debug
+    // build keeps the suite from compiling everything a second time with
+    // optimisations; the packaging is the same code as `dist`.
+    let deb = dist::package(&bin, &target_dir().join("dist-debug"))?.deb;
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "-p", "sbx-tests", "--"])
         .args(extra)
         .current_dir(workspace())
         .env("SBX_USER_BIN", &bin)
+        .env("SBX_DEB", &deb)
         .env("SBX_REQUIRE_PRIVILEGED", "1")
         .stderr(std::process::Stdio::inherit())
         .output()
