@@ -35,6 +35,7 @@ pub mod explain;
 pub mod harden;
 pub mod loader;
 pub mod policy;
+pub mod progress;
 pub mod run;
 pub mod sandbox;
 pub mod state;

@@ -258,7 +258,7 @@ fn fill_trie(ebpf: &mut Ebpf, name: &'static str, entries: &[crate::compile::Tri
     let map = ebpf.map_mut(name).expect("object defines the tries");
     let mut trie: LpmTrie<&mut MapData, TrieAddr, TrieValue> =
         LpmTrie::try_from(map).map_err(|source| LoaderError::Map { map: name, source })?;
-    for e in entries {
+    for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
         trie.insert(&Key::new(e.prefix_len, e.addr), TrieValue { table: e.table }, 0)
             .map_err(|source| LoaderError::Map { map: name, source })?;
     }

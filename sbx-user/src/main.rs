@@ -7,6 +7,8 @@
     reason = "the binary shares the library's dependency list; only the library uses most of it"
 )]
 
+use std::io::{IsTerminal as _, Write as _};
+
 use sbx_user::cli::{self, Command};
 
 fn main() {
@@ -29,7 +31,19 @@ fn main() {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new().filter_level(level).format_timestamp(None).init();
+    // Progress lines only on a terminal, and not under -v, whose log lines
+    // already say what is going on.
+    sbx_user::progress::enable(std::io::stderr().is_terminal() && cli.global.verbose == 0);
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(level).format_timestamp(None);
+    if sbx_user::progress::enabled() {
+        // A warning must not be appended to a progress line.
+        logger.format(|buf, record| {
+            sbx_user::progress::clear();
+            writeln!(buf, "[{:<5} {}] {}", record.level(), record.target(), record.args())
+        });
+    }
+    logger.init();
     let result = match &cli.command {
         Command::Attach(a) => cli::attach::run(a, &cli.global),
         Command::Detach(a) => cli::detach::run(a, &cli.global),

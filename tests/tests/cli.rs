@@ -148,3 +148,68 @@ fn status_without_root_says_what_reading_needs_and_exits_125() {
     let err = stderr(&cmd.output().expect("status"));
     assert!(err.contains("CAP_NET_ADMIN") && err.contains("BPF_PROG_QUERY"), "{err}");
 }
+
+/// A policy file of `n` distinct allow rules (no host names: nothing to
+/// resolve), big enough that loading it takes longer than the progress delay.
+fn big_policy(dir: &TempDir, n: u32) -> String {
+    use std::fmt::Write as _;
+    let mut toml = String::from("[network]\ndefault = \"deny\"\nallow = [\n");
+    for i in 0..n {
+        let _ = writeln!(toml, "\"11.{}.{}.{}:443\",", i >> 16, (i >> 8) & 255, i & 255);
+    }
+    toml.push_str("]\n");
+    let path = dir.path().join(format!("{n}.toml"));
+    std::fs::write(&path, toml).expect("write policy");
+    path.to_str().expect("UTF-8").to_owned()
+}
+
+/// Runs `sh -c LINE` on a pseudo-terminal (util-linux `script`) and returns
+/// what the terminal received.
+fn on_a_terminal(line: &str) -> String {
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running script(1) for a pseudo-terminal: {e}"));
+    assert!(out.status.success(), "{line}: {}", describe(&out));
+    stdout(&out)
+}
+
+#[test]
+fn long_loads_show_progress_on_a_terminal_and_nothing_on_a_pipe() {
+    let sbx = Sbx::new();
+    let dir = TempDir::new("cli");
+    // Big enough to take longer than the progress delay in a debug build.
+    let policy = big_policy(&dir, 40_000);
+    let bin = sbx_tests::sbx_user_bin();
+    let bin = bin.to_str().expect("UTF-8");
+
+    // Not a terminal: stderr gets nothing at all.
+    let out = sbx.ok(&["check", "--policy", &policy, "--max-rules", "200000"]);
+    assert!(out.stderr.is_empty(), "progress on a pipe: {}", describe(&out));
+    assert!(stdout(&out).contains("policy is valid"), "{}", describe(&out));
+
+    // A terminal: a line redrawn in place, erased at the end.
+    let seen = on_a_terminal(&format!("{bin} check --policy '{policy}' --max-rules 200000 >/dev/null"));
+    assert!(seen.contains("\r\x1b[Ksbx-user: checking the policy"), "no progress line: {seen:?}");
+    assert!(seen.ends_with("\r\x1b[K"), "the progress line must be erased at the end: {seen:?}");
+    assert!(!seen.contains('\n'), "progress redraws one line, it does not scroll: {seen:?}");
+
+    // -v: the log lines say what happens; no progress line among them.
+    let seen = on_a_terminal(&format!("{bin} -v check --policy '{policy}' --max-rules 200000 >/dev/null"));
+    assert!(!seen.contains("checking the policy"), "{seen:?}");
+
+    // Attach counts the map entries it fills (enough of them that the
+    // 100 ms redraws catch the count at least once).
+    let policy = big_policy(&dir, 100_000);
+    let cg = TestCgroup::new();
+    let state = sbx.state_dir().to_str().expect("UTF-8");
+    let seen = on_a_terminal(&format!(
+        "SBX_STATE_DIR='{state}' {bin} attach --cgroup '{}' --policy '{policy}' --max-rules 200000 >/dev/null",
+        cg.arg()
+    ));
+    assert!(seen.contains("sbx-user: loading the policy"), "{seen:?}");
+    assert!(seen.contains("filling the policy maps ") && seen.contains("/100,013 ("), "no map-fill count: {seen:?}");
+    assert!(seen.ends_with("\r\x1b[K"), "{seen:?}");
+    sbx.detach(&cg);
+}

@@ -20,11 +20,13 @@ pub struct CheckArgs {
 
 /// Validates, compiles and prints.
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
+    let task = crate::progress::Task::start("checking the policy");
     let checked = match args.policy.policy() {
         Err(e @ PolicyError::Read { .. }) => return Err(e.into()),
         Err(e) => Err(e.to_string()),
         Ok(policy) => compile(&policy, args.policy.max_rules).map(|c| (policy, c)).map_err(|e| e.to_string()),
     };
+    drop(task);
     let (policy, compiled) = match checked {
         Ok(ok) => ok,
         Err(why) => {
