@@ -36,6 +36,7 @@ pub mod explain;
 pub mod harden;
 pub mod loader;
 pub mod policy;
+pub mod progress;
 pub mod progset;
 pub mod run;
 pub mod sandbox;

@@ -389,7 +389,7 @@ fn make_trie(name: &str) -> Result<OwnedFd, LoaderError> {
 
 fn fill_trie(map: &OwnedFd, entries: &[crate::compile::TrieEntry], name: &str) -> Result<(), LoaderError> {
     let mut key = [0u8; 20];
-    for e in entries {
+    for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
         key[..4].copy_from_slice(&e.prefix_len.to_ne_bytes());
         key[4..].copy_from_slice(&e.addr);
         let value = TrieValue { table: e.table };

@@ -547,7 +547,9 @@ impl PolicyBuilder {
     ) -> Result<Policy, PolicyError> {
         let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = self.merged.clone();
         let mut rules = rules;
-        for rule in rules.iter_mut().filter(|r| r.host.is_some()) {
+        let names = rules.iter().filter(|r| r.host.is_some()).count();
+        for rule in crate::progress::track("resolving host names", names, rules.iter_mut().filter(|r| r.host.is_some()))
+        {
             pin_host(rule, resolve, allow_unresolved)?;
         }
         let bind = bind.unwrap_or(Bind::Loopback);

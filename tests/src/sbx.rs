@@ -109,13 +109,25 @@ impl Sbx {
         out
     }
 
-    /// Runs `sbx-user ARGS`, which must fail with exit status 1.
+    /// Runs `sbx-user ARGS`, which must fail with sbx's own error status,
+    /// 125 (an error or a usage error, not a verdict).
     ///
     /// # Panics
     /// When it does not, with its output.
     pub fn fails<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
         let out = self.output(args);
-        assert_eq!(out.status.code(), Some(1), "sbx-user {} should fail with 1: {}", join(args), describe(&out));
+        assert_eq!(out.status.code(), Some(125), "sbx-user {} should fail with 125: {}", join(args), describe(&out));
+        out
+    }
+
+    /// Runs `sbx-user ARGS`, which must exit 1: a negative verdict (`verify`
+    /// finding a sandbox not enforcing, `check` an invalid policy).
+    ///
+    /// # Panics
+    /// When it does not, with its output.
+    pub fn says_no<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let out = self.output(args);
+        assert_eq!(out.status.code(), Some(1), "sbx-user {} should exit 1 (a verdict): {}", join(args), describe(&out));
         out
     }
 

@@ -300,7 +300,7 @@ fn verify_passes_when_enforcing_and_fails_after_detach_and_in_audit_mode() {
 
     sbx.detach(&cg);
     let (code, checks, out) = verify(&sbx, &cg);
-    assert_ne!(code, Some(0), "verify must fail on a detached cgroup: {}", describe(&out));
+    assert_eq!(code, Some(1), "verify must fail (a verdict, 1) on a detached cgroup: {}", describe(&out));
     for hook in ALL_HOOKS {
         assert!(checks.contains(&(format!("{hook} attached"), "fail".to_owned())), "{}", describe(&out));
     }
@@ -309,7 +309,7 @@ fn verify_passes_when_enforcing_and_fails_after_detach_and_in_audit_mode() {
 
     sbx.attach(&cg, &["--audit", "--deny", "private", "--loopback", "any"]);
     let (code, checks, out) = verify(&sbx, &cg);
-    assert_ne!(code, Some(0), "verify must fail in audit mode: {}", describe(&out));
+    assert_eq!(code, Some(1), "verify must fail (a verdict, 1) in audit mode: {}", describe(&out));
     assert!(checks.contains(&("mode".to_owned(), "fail".to_owned())), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("audit mode"), "{}", describe(&out));
 }

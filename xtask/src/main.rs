@@ -1,17 +1,21 @@
 //! Developer tasks for sbx: `cargo xtask <task>`.
 //!
-//! - `setup`: install what building the eBPF programs needs (the nightly
-//!   toolchain's rust-src, and bpf-linker built against the nightly's own
-//!   libLLVM), and with `--test-deps` the tools the tests drive. Idempotent.
+//! - `setup`: install what building the eBPF programs needs, pinned in
+//!   `sbx-ebpf/toolchain.rs` (the nightly, its rust-src, and bpf-linker built
+//!   against the nightly's own libLLVM), say which, and fail when they are
+//!   not the pinned ones; with `--test-deps` also the tools the tests drive.
+//!   Idempotent.
 //! - `build-ebpf`: build the eBPF object on its own, for bpftool or shipping.
 //! - `sbx -- ARGS`: build sbx-user (release) and run it with ARGS.
-//! - `test`: unit tests, then the privileged tests against the real kernel.
+//! - `test`: unit tests, then the privileged tests against the real kernel
+//!   (including installing the Debian package of the debug build).
+//! - `dist`: the Debian package and tarball (binary, manual pages,
+//!   completions) in `target/dist`.
 //! - `bench`: the benchmark suite (see BENCHMARKS.md).
 
 use std::{
     env,
     ffi::OsString,
-    fs,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
 };
@@ -20,6 +24,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
+mod toolchain;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "sbx developer tasks")]
@@ -30,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the nightly rust-src component and bpf-linker (idempotent).
+    /// Install and check the pinned nightly (with rust-src) and bpf-linker;
+    /// say which nightly, LLVM and bpf-linker the eBPF build uses.
     Setup {
         /// Also install the programs the tests use (curl, tinyproxy, nc,
         /// iproute2) with apt-get when they are missing.
@@ -53,12 +60,15 @@ enum Task {
     },
     /// Run the benchmarks (needs root); writes a table and JSON.
     Bench(bench::BenchArgs),
+    /// Build the Debian package and the tarball (binary, manual pages,
+    /// completions) into target/dist.
+    Dist(dist::DistArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup { test_deps } => {
-            setup()?;
+            eprintln!("xtask: {}", setup()?);
             if test_deps {
                 test_deps_install()?;
             }
@@ -77,6 +87,12 @@ fn main() -> Result<()> {
         Task::Bench(args) => {
             setup()?;
             bench::run(&args)
+        }
+        Task::Dist(args) => {
+            setup()?;
+            let built = dist::run(&args)?;
+            println!("{}\n{}", built.deb.display(), built.tarball.display());
+            Ok(())
         }
     }
 }
@@ -112,94 +128,8 @@ fn output(cmd: &mut Command) -> Option<String> {
     cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
-
-fn setup() -> Result<()> {
-    if output(Command::new("rustup").arg("--version")).is_none() {
-        bail!("rustup is not installed; sbx needs it to fetch the nightly toolchain's rust-src\nHint: install rustup from https://rustup.rs");
-    }
-    let has_nightly = output(Command::new("rustup").args(["toolchain", "list"]))
-        .is_some_and(|l| l.lines().any(|t| t.starts_with("nightly")));
-    if !has_nightly {
-        eprintln!("xtask: installing the nightly toolchain");
-        check(
-            Command::new("rustup")
-                .args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"])
-                .status()?,
-            "rustup toolchain install nightly",
-        )?;
-    }
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
-    if !installed.lines().any(|c| c.starts_with("rust-src")) {
-        eprintln!("xtask: adding rust-src to nightly");
-        check(
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]).status()?,
-            "rustup component add rust-src",
-        )?;
-    }
-    let linker_ok = output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
-    if linker_ok {
-        return Ok(());
-    }
-    install_bpf_linker()
-}
-
-/// Builds bpf-linker against the nightly toolchain's own libLLVM, so the
-/// LLVM that links the programs matches the one rustc emitted bitcode for.
-fn install_bpf_linker() -> Result<()> {
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("`rustc +nightly --print sysroot` failed; is the nightly toolchain installed?")?;
-    let libdir = Path::new(&sysroot).join("lib");
-    let llvm = fs::read_dir(&libdir)
-        .with_context(|| format!("listing {}", libdir.display()))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| {
-            n.starts_with("libLLVM.so.")
-                || (n.starts_with("libLLVM-") && Path::new(n).extension().is_some_and(|e| e == "so"))
-        })
-        .with_context(|| format!("no libLLVM in {}; the nightly toolchain ships one", libdir.display()))?;
-    // libLLVM.so.22.1-rust-1.97.0-nightly or libLLVM-22-rust-...so
-    let major: String = llvm
-        .trim_start_matches("libLLVM.so.")
-        .trim_start_matches("libLLVM-")
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    if major.is_empty() {
-        bail!("cannot tell the LLVM version of {llvm}");
-    }
-    // Outside target/: the installed linker keeps an rpath to this dir.
-    let home = env::var_os("HOME").context("HOME is not set")?;
-    let prefix = Path::new(&home).join(".cache/sbx").join(format!("llvm-{major}"));
-    let lib = prefix.join("lib");
-    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    let target = libdir.join(&llvm);
-    for name in ["libLLVM.so".to_owned(), llvm.clone()] {
-        let link = lib.join(&name);
-        let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(&target, &link).with_context(|| format!("linking {}", link.display()))?;
-    }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about 2 minutes)", target.display());
-    let status = Command::new("cargo")
-        .args([
-            "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            "--locked",
-            "--force",
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
-        .env("LLVM_PREFIX", &prefix)
-        .status()
-        .context("running cargo install bpf-linker")?;
-    check(status, "cargo install bpf-linker")?;
-    if output(Command::new("bpf-linker").arg("--version")).is_none() {
-        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
-    }
-    Ok(())
+fn setup() -> Result<toolchain::Toolchain> {
+    toolchain::setup()
 }
 
 const TEST_TOOLS: [(&str, &str); 6] = [
@@ -238,10 +168,12 @@ fn test_deps_install() -> Result<()> {
 }
 
 fn build_ebpf() -> Result<()> {
-    setup()?;
-    let status = Command::new("cargo")
+    let toolchain = setup()?;
+    let status = Command::new("rustup")
         .args([
-            "+nightly",
+            "run",
+            &toolchain.channel,
+            "cargo",
             "build",
             "--package",
             "sbx-ebpf",
@@ -258,7 +190,7 @@ fn build_ebpf() -> Result<()> {
         .env_remove("CARGO")
         .env_remove("RUSTC")
         .status()
-        .context("running cargo +nightly")?;
+        .with_context(|| format!("running cargo from {}", toolchain.channel))?;
     check(status, "building sbx-ebpf")?;
     let obj = workspace().join("target/bpfel-unknown-none/release/sbx");
     println!("{}", obj.display());
@@ -273,18 +205,23 @@ fn test(extra: &[OsString]) -> Result<()> {
     if !is_root() {
         bail!("the test suite attaches BPF programs to real cgroups and creates network namespaces; it needs root\nHint: sudo -E cargo xtask test");
     }
-    setup()?;
+    eprintln!("xtask: {}", setup()?);
     test_deps_install()?;
     eprintln!("xtask: unit tests");
     cargo(&["test", "-p", "sbx-common", "-p", "sbx-user", "-p", "xtask"])?;
     eprintln!("xtask: privileged tests against the running kernel");
     cargo(&["build", "-p", "sbx-user"])?;
     let bin = target_dir().join("debug/sbx-user");
+    // tests/tests/install.rs installs this package with dpkg. The debug
+    // build keeps the suite from compiling everything a second time with
+    // optimisations; the packaging is the same code as `dist`.
+    let deb = dist::package(&bin, &target_dir().join("dist-debug"))?.deb;
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "-p", "sbx-tests", "--"])
         .args(extra)
         .current_dir(workspace())
         .env("SBX_USER_BIN", &bin)
+        .env("SBX_DEB", &deb)
         .env("SBX_REQUIRE_PRIVILEGED", "1")
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -27,6 +27,7 @@ pub struct AttachArgs {
 
 /// Validates, attaches, pins and reports.
 pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let task = crate::progress::Task::start("loading the policy");
     let policy = args.policy.policy()?;
     super::no_filesystem_rules(&policy, "attach")?;
     super::require_root("attach")?;
@@ -34,6 +35,7 @@ pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let opts = default_options(args.policy.max_rules, args.replace);
     let (attached, record) = install(&cg, &policy, opts, &global.paths(), Owner::Attach)
         .with_context(|| format!("no policy was attached to {}", cg.path.display()))?;
+    drop(task);
     println!(
         "{} {} (cgroup id {})",
         if attached.replaced { "replaced policy on" } else { "attached to" },

@@ -1,9 +1,12 @@
 //! `sbx-user check`: validate and compile a policy without the kernel.
+//!
+//! An invalid policy is a verdict ([`super::Negative`], exit 1); a policy
+//! file that cannot be read is an error (exit 125): nothing was checked.
 
 use clap::Args;
 
-use super::PolicyArgs;
-use crate::compile::compile;
+use super::{Negative, PolicyArgs};
+use crate::{compile::compile, policy::PolicyError};
 
 /// Arguments of `check`.
 #[derive(Debug, Args)]
@@ -17,10 +20,25 @@ pub struct CheckArgs {
 
 /// Validates, compiles and prints.
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
-    let policy = args.policy.policy()?;
-    let compiled = compile(&policy, args.policy.max_rules)?;
+    let task = crate::progress::Task::start("checking the policy");
+    let checked = match args.policy.policy() {
+        Err(e @ PolicyError::Read { .. }) => return Err(e.into()),
+        Err(e) => Err(e.to_string()),
+        Ok(policy) => compile(&policy, args.policy.max_rules).map(|c| (policy, c)).map_err(|e| e.to_string()),
+    };
+    drop(task);
+    let (policy, compiled) = match checked {
+        Ok(ok) => ok,
+        Err(why) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "valid": false, "error": why }))?);
+            }
+            return Err(Negative(format!("the policy is invalid: {why}")).into());
+        }
+    };
     if args.json {
         let v = serde_json::json!({
+            "valid": true,
             "policy": policy,
             "dest_entries": compiled.dest.len(),
             "bind_entries": compiled.bind.len(),

@@ -1,9 +1,20 @@
 //! Command-line interface: argument definitions and one module per
 //! subcommand. `main.rs` only parses and dispatches.
+//!
+//! # Exit statuses
+//! `run` exits with the command's status (128+N when a signal N killed
+//! it), [`EXIT_ERROR`] (125) when sbx itself fails or the command line is
+//! wrong, 126 when the command cannot be executed and 127 when it is not
+//! found, as a shell does. Every other subcommand exits [`EXIT_OK`] (0) on
+//! success, [`EXIT_NEGATIVE`] (1) for a negative verdict (`verify` finds a
+//! sandbox not enforcing, `check` finds a policy invalid; a subcommand
+//! says so by returning [`Negative`]) and [`EXIT_ERROR`] for its own errors
+//! and usage errors. So a wrapper can always tell sbx's failures from the
+//! command's, and a verdict from a failure to reach one.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::{
     compile::{DEFAULT_MAX_ENTRIES, MAX_MAX_ENTRIES},
@@ -15,6 +26,7 @@ pub mod attach;
 pub mod check;
 pub mod detach;
 pub mod events;
+pub mod generate;
 pub mod origdst;
 pub mod profiles;
 pub mod run;
@@ -68,6 +80,140 @@ PROXY-ONLY MODE (proxy = ADDR:PORT):
 Flags add rules to the file (--allow, --deny) or override its settings
 (--default, --loopback, --proxy, --bind). A profile is applied first.";
 
+/// Exit status of a subcommand that did what was asked.
+pub const EXIT_OK: i32 = 0;
+/// Exit status of a negative verdict: `verify` found a sandbox that is not
+/// enforcing, `check` found the policy invalid.
+pub const EXIT_NEGATIVE: i32 = 1;
+/// Exit status of sbx's own errors and of usage errors, in every
+/// subcommand; the same status `run` uses when it cannot set up, so that
+/// it never collides with a command's own failure statuses.
+pub const EXIT_ERROR: i32 = crate::run::EXIT_SETUP_FAILED;
+
+/// The exit statuses, as `--help` shows them.
+const EXIT_HELP: &str = "\
+EXIT STATUS:
+  run       the command's status (128+N if signal N killed it); 125 if sbx
+            failed or the command line is wrong; 126 if the command cannot be
+            executed, 127 if it is not found
+  others    0 on success; 1 for a negative verdict (verify: the sandbox is not
+            enforcing; check: the policy is invalid); 125 if sbx failed or the
+            command line is wrong";
+
+/// A negative verdict: the subcommand worked, and its answer is no. It
+/// exits with [`EXIT_NEGATIVE`] where every other error exits with
+/// [`EXIT_ERROR`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Negative(pub String);
+
+/// The exit status for an error a subcommand returned.
+#[must_use]
+pub fn exit_status(err: &anyhow::Error) -> i32 {
+    if err.is::<Negative>() {
+        EXIT_NEGATIVE
+    } else {
+        EXIT_ERROR
+    }
+}
+
+/// An error and its causes on one line, `: `-separated, leaving out a
+/// cause whose text the message before it already contains (many errors
+/// print their source in their own message).
+#[must_use]
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+/// Parses `argv`. On `--help` or `--version` prints them and returns
+/// `Err(0)`; on a usage error prints it and returns `Err(EXIT_ERROR)`
+/// (clap alone would exit 2, which a command run by `run` may well use).
+pub fn parse(argv: &[OsString]) -> Result<Cli, i32> {
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => Ok(cli),
+        Err(err) if !err.use_stderr() => {
+            let _ = err.print();
+            Err(EXIT_OK)
+        }
+        Err(err) => {
+            if let Some(fixed) = command_after_separator(argv, &err) {
+                eprintln!(
+                    "sbx-user: error: `{}` is not an option of `run`: put the command after --, so that \
+                     sbx's options and the command's cannot be mixed up:\n  {}",
+                    err.get(clap::error::ContextKind::InvalidArg).map(ToString::to_string).unwrap_or_default(),
+                    shell_line(&fixed)
+                );
+            } else if run_without_command(argv, &err) {
+                eprintln!(
+                    "sbx-user: error: no command to run: put the command after --, for example\n  {} -- COMMAND [ARGS...]",
+                    shell_line(argv)
+                );
+            } else {
+                let _ = err.print();
+            }
+            Err(EXIT_ERROR)
+        }
+    }
+}
+
+/// For `run OPTIONS COMMAND ARGS` without `--`: the command line with `--`
+/// put before the first argument clap did not expect, if that then parses
+/// as a `run`. Hyphenated arguments are left alone (`-x` may be a typo of
+/// an option rather than a command).
+fn command_after_separator(argv: &[OsString], err: &clap::Error) -> Option<Vec<OsString>> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::UnknownArgument || argv.iter().any(|a| a == "--") {
+        return None;
+    }
+    let Some(ContextValue::String(bad)) = err.get(ContextKind::InvalidArg) else { return None };
+    if bad.starts_with('-') {
+        return None;
+    }
+    (1..argv.len()).filter(|&i| argv[i] == bad.as_str()).find_map(|i| {
+        let mut fixed = argv.to_vec();
+        fixed.insert(i, "--".into());
+        matches!(Cli::try_parse_from(&fixed), Ok(Cli { command: Command::Run(_), .. })).then_some(fixed)
+    })
+}
+
+/// Whether `err` is `run` missing its command.
+fn run_without_command(argv: &[OsString], err: &clap::Error) -> bool {
+    err.kind() == clap::error::ErrorKind::MissingRequiredArgument
+        && argv.iter().any(|a| a == "run")
+        && !argv.iter().any(|a| a == "--")
+        && err.to_string().contains("<CMD>")
+}
+
+/// `argv` as a line a POSIX shell reads back as the same words.
+fn shell_line(argv: &[OsString]) -> String {
+    let word = |w: &OsString| {
+        let w = w.to_string_lossy();
+        if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+            w.into_owned()
+        } else {
+            format!("'{}'", w.replace('\'', r"'\''"))
+        }
+    };
+    argv.iter().map(word).collect::<Vec<_>>().join(" ")
+}
+
+/// The clap definition of the whole command line, for the man page and
+/// shell completions.
+#[must_use]
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// sbx: a Linux egress sandbox enforced by cgroup BPF programs.
 #[derive(Debug, Parser)]
 #[command(
@@ -78,7 +224,7 @@ Flags add rules to the file (--allow, --deny) or override its settings
 cgroup v2 directory. Every connect, unconnected UDP send and bind of every process in it is judged \
 in the kernel against a policy held in BPF maps; a rejected call fails with EPERM. Enforcement \
 needs no capabilities in the sandbox and continues without any sbx process running.",
-    after_long_help = "EXAMPLES:
+    after_long_help = format!("EXAMPLES:
   # Run an AI agent that may only use the proxy on 127.0.0.1:3128 and loopback:
   sbx-user run --profile agent -- my-agent
 
@@ -94,7 +240,9 @@ needs no capabilities in the sandbox and continues without any sbx process runni
   sbx-user detach --cgroup /sys/fs/cgroup/unified/ci/job42
 
   # Check a policy without touching the kernel:
-  sbx-user check --policy job.toml"
+  sbx-user check --policy job.toml
+
+{EXIT_HELP}")
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -142,6 +290,7 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Prove a sandbox enforces: query the kernel for every hook and run
     /// probe connects from inside the cgroup.
+    #[command(after_long_help = EXIT_HELP)]
     Verify(verify::VerifyArgs),
     /// Transparent proxy mode: the original destination of a redirected
     /// connection, by the client's source port.
@@ -150,13 +299,20 @@ pub enum Command {
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
-    #[command(after_long_help = run::long_help(POLICY_HELP))]
+    #[command(after_long_help = format!("{}\n\n{EXIT_HELP}", run::long_help(POLICY_HELP)))]
     Run(run::RunArgs),
     /// List the built-in profiles.
     Profiles(profiles::ProfilesArgs),
     /// Validate a policy and show what it compiles to, without root.
-    #[command(after_long_help = POLICY_HELP)]
+    #[command(after_long_help = format!("{POLICY_HELP}\n\n{EXIT_HELP}"))]
     Check(check::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    #[command(hide = true)]
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page, or write all of them with --out-dir.
+    #[command(hide = true)]
+    Man(generate::ManArgs),
 }
 
 /// Where the policy comes from. Shared by attach, run and check.
@@ -229,15 +385,44 @@ impl PolicyArgs {
     }
 }
 
-/// Refuses to go on without root-equivalent privileges, with a hint.
+/// Refuses to go on without root-equivalent privileges, saying what
+/// subcommand `what` needs them for: the subcommands that only read state
+/// (`status`, `events`, `orig-dst`) load nothing, so a message about loading
+/// programs would send the user looking in the wrong place.
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!(
-            "{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach cgroup programs)\nHint: run it with sudo; the sandboxed command itself gets no privileges"
-        );
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
     }
-    Ok(())
+    let needs = match what {
+        "status" => {
+            "reads the kernel's own view and loads nothing, but that view is root's: \
+            CAP_NET_ADMIN to ask which programs each cgroup has (BPF_PROG_QUERY), CAP_SYS_ADMIN to \
+            name them (BPF_PROG_GET_FD_BY_ID), CAP_BPF and access to the pins sbx made under the bpffs \
+            (mode 0600, root's) to read the counters"
+        }
+        "events" | "orig-dst" => {
+            "reads maps sbx pinned under the bpffs (mode 0600, root's), which \
+            needs root (CAP_BPF, and access to the pins); it loads nothing"
+        }
+        "verify" => {
+            "needs root: CAP_NET_ADMIN and CAP_SYS_ADMIN to ask the kernel which \
+            programs each hook runs, CAP_BPF to read the pins, and write access to the sandbox's \
+            cgroup.procs to place its probe inside"
+        }
+        "detach" => {
+            "needs root (CAP_BPF and CAP_SYS_ADMIN, and access to the pins) to \
+            remove sbx's links and pins"
+        }
+        _ => {
+            "needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach cgroup \
+            programs)"
+        }
+    };
+    anyhow::bail!(
+        "{what} {needs}\nHint: run it with sudo{}",
+        if what == "run" { "; the sandboxed command itself gets no privileges" } else { "" }
+    );
 }
 
 /// Refuses filesystem rules where they cannot apply: Landlock restricts a
@@ -270,5 +455,86 @@ pub fn print_summary(policy: &Policy) {
             continue;
         }
         println!("  {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    fn fixed(words: &[&str]) -> Option<String> {
+        let argv = argv(words);
+        let err = Cli::try_parse_from(&argv).expect_err("a usage error");
+        command_after_separator(&argv, &err).map(|f| shell_line(&f))
+    }
+
+    #[test]
+    fn a_forgotten_separator_goes_before_the_first_word_clap_did_not_expect() {
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (
+                &["sbx-user", "run", "--profile", "offline", "echo", "hi"],
+                Some("sbx-user run --profile offline -- echo hi"),
+            ),
+            (&["sbx-user", "-v", "run", "echo"], Some("sbx-user -v run -- echo")),
+            // The option value that looks like the command stays a value.
+            (&["sbx-user", "run", "--allow", "ls", "ls", "-l"], Some("sbx-user run --allow ls -- ls -l")),
+            // The command's own options follow it.
+            (&["sbx-user", "run", "ls", "-la", "/"], Some("sbx-user run -- ls -la /")),
+            // A mistyped option is not a command.
+            (&["sbx-user", "run", "--bogus", "ls"], None),
+            // Not `run`.
+            (&["sbx-user", "status", "extra"], None),
+            // There already is a separator: the error is something else.
+            (&["sbx-user", "run", "x", "--", "true"], None),
+        ];
+        for (words, want) in cases {
+            assert_eq!(fixed(words).as_deref(), *want, "{words:?}");
+        }
+    }
+
+    #[test]
+    fn shell_lines_quote_what_a_shell_would_split_or_expand() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["a", "b-c", "d/e.f", "x=1,2:3@4%5+6"], "a b-c d/e.f x=1,2:3@4%5+6"),
+            (&["echo 'a b'"], r"'echo '\''a b'\'''"),
+            (&[""], "''"),
+            (&["$HOME", "*", "a;b"], "'$HOME' '*' 'a;b'"),
+        ];
+        for (words, want) in cases {
+            assert_eq!(shell_line(&argv(words)), *want);
+        }
+    }
+
+    #[test]
+    fn verdicts_exit_1_and_everything_else_125() {
+        assert_eq!(exit_status(&Negative("no".into()).into()), EXIT_NEGATIVE);
+        assert_eq!(exit_status(&anyhow::Error::from(Negative("no".into())).context("verify")), EXIT_NEGATIVE);
+        assert_eq!(exit_status(&anyhow::anyhow!("broken")), EXIT_ERROR);
+        assert_eq!(EXIT_ERROR, 125);
+    }
+
+    #[test]
+    fn error_text_drops_causes_the_message_already_says() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = anyhow::Error::from(crate::policy::PolicyError::Read { path: "p.toml".into(), source: io });
+        assert_eq!(error_text(&e), "cannot read policy file p.toml: gone");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&e), "outer: inner");
+    }
+
+    #[test]
+    fn help_and_version_exit_0_and_usage_errors_125() {
+        assert_eq!(parse(&argv(&["sbx-user", "--version"])).err(), Some(EXIT_OK));
+        assert_eq!(parse(&argv(&["sbx-user", "run", "--bogus", "--", "true"])).err(), Some(EXIT_ERROR));
+        assert!(parse(&argv(&["sbx-user", "run", "--", "true"])).is_ok());
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        command().debug_assert();
     }
 }

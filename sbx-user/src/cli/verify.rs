@@ -34,7 +34,9 @@ pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     let failed = checks.iter().filter(|c| c.result == "fail").count();
     if failed > 0 {
-        anyhow::bail!("{failed} of {} checks failed: {} is not fully enforced", checks.len(), cg.path.display());
+        let verdict =
+            format!("{failed} of {} checks failed: {} is not fully enforced", checks.len(), cg.path.display());
+        return Err(super::Negative(verdict).into());
     }
     if !args.json {
         println!("{} is enforcing", cg.path.display());

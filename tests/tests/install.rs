@@ -1,0 +1,123 @@
+//! Installing like a real tool: the Debian package `cargo xtask dist`
+//! builds (`$SBX_DEB`; `cargo xtask test` builds it from the debug binary)
+//! is installed with dpkg on this machine, the installed `sbx-user` runs a
+//! sandboxed command, and the package is purged leaving none of its files.
+//! Without the package the test fails: it never skips.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use sbx_tests::{describe, require_root, Sbx, TestCgroup};
+// Dependencies of the fixture crate this test file does not use directly.
+use libc as _;
+use serde_json as _;
+
+const PACKAGE: &str = "sbx";
+const INSTALLED: &str = "/usr/bin/sbx-user";
+
+fn deb() -> PathBuf {
+    let Some(deb) = std::env::var_os("SBX_DEB").map(PathBuf::from) else {
+        panic!("SBX_DEB is not set: build the package with `cargo xtask dist` and point SBX_DEB at the .deb (`cargo xtask test` does both)")
+    };
+    assert!(deb.is_file(), "SBX_DEB={} does not exist; `cargo xtask dist` builds it", deb.display());
+    deb
+}
+
+/// Runs dpkg, waiting while another dpkg or apt holds its lock (other
+/// test suites on the machine install their tools with apt).
+fn dpkg(args: &[&str]) -> Output {
+    let deadline = Instant::now() + Duration::from_mins(2);
+    loop {
+        let out = Command::new("dpkg").args(args).output().unwrap_or_else(|e| panic!("running dpkg {args:?}: {e}"));
+        let locked = String::from_utf8_lossy(&out.stderr).contains("lock");
+        if out.status.success() || !locked || Instant::now() > deadline {
+            return out;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Whether dpkg has the package installed (or half-installed).
+fn installed() -> bool {
+    Command::new("dpkg-query").args(["-W", "-f", "${db:Status-Status}", PACKAGE]).output().is_ok_and(|o| {
+        o.status.success() && !String::from_utf8_lossy(&o.stdout).trim().is_empty() && o.stdout != b"not-installed"
+    })
+}
+
+/// Purges the package on drop, so a failed assertion leaves no package.
+struct Purge;
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        if installed() {
+            let out = dpkg(&["--purge", PACKAGE]);
+            if !out.status.success() {
+                eprintln!("warning: dpkg --purge {PACKAGE} failed: {}", describe(&out));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_debian_package_installs_runs_a_sandbox_and_purges_cleanly() {
+    require_root();
+    let deb = deb();
+    assert!(
+        !installed(),
+        "package `{PACKAGE}` is already installed on this machine; this test will not replace it (dpkg --purge {PACKAGE} first)"
+    );
+    assert!(
+        !Path::new(INSTALLED).exists(),
+        "{INSTALLED} exists but no `{PACKAGE}` package owns it; not overwriting it"
+    );
+
+    let _purge = Purge;
+    let out = dpkg(&["--install", deb.to_str().expect("UTF-8 path")]);
+    assert!(out.status.success(), "dpkg --install: {}", describe(&out));
+    let listed = dpkg(&["--listfiles", PACKAGE]);
+    let files: Vec<PathBuf> =
+        String::from_utf8_lossy(&listed.stdout).lines().map(PathBuf::from).filter(|p| p.is_file()).collect();
+    for want in [
+        INSTALLED,
+        "/usr/share/man/man1/sbx-user.1.gz",
+        "/usr/share/man/man1/sbx-user-run.1.gz",
+        "/usr/share/bash-completion/completions/sbx-user",
+        "/usr/share/zsh/vendor-completions/_sbx-user",
+        "/usr/share/fish/vendor_completions.d/sbx-user.fish",
+        "/usr/share/doc/sbx/copyright",
+    ] {
+        assert!(files.iter().any(|f| f == Path::new(want)), "the package does not install {want}: {files:?}");
+    }
+    // dpkg checks what it installed against the package's md5sums.
+    let out = dpkg(&["--verify", PACKAGE]);
+    assert!(out.status.success() && out.stdout.is_empty(), "dpkg --verify: {}", describe(&out));
+
+    // The installed binary, not the one in target/, runs a sandbox.
+    let sbx = Sbx::new();
+    let parent = TestCgroup::new();
+    let run = |command: &[&str]| {
+        let mut cmd = Command::new(INSTALLED);
+        cmd.env("SBX_STATE_DIR", sbx.state_dir())
+            .args(["run", "--cgroup-parent", parent.arg(), "--profile", "offline", "--"])
+            .args(command);
+        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    };
+    let out = run(&["true"]);
+    assert_eq!(out.status.code(), Some(0), "installed sbx-user run --profile offline -- true: {}", describe(&out));
+    let out = run(&["false"]);
+    assert_eq!(out.status.code(), Some(1), "the command's status passes through: {}", describe(&out));
+    assert!(parent.children().is_empty(), "run left its cgroup behind: {:?}", parent.children());
+    let version = Command::new(INSTALLED).arg("--version").output().expect("sbx-user --version");
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("sbx-user "), "{}", describe(&version));
+
+    let out = dpkg(&["--purge", PACKAGE]);
+    assert!(out.status.success(), "dpkg --purge: {}", describe(&out));
+    assert!(!installed(), "`{PACKAGE}` is still known to dpkg after --purge");
+    let left: Vec<&PathBuf> = files.iter().filter(|f| f.exists()).collect();
+    assert!(left.is_empty(), "files left after purge: {left:?}");
+    assert!(!Path::new("/usr/share/doc/sbx").exists(), "/usr/share/doc/sbx left after purge");
+}
