@@ -392,6 +392,7 @@ pub fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
     env
 }
 
+#[expect(clippy::too_many_arguments, reason = "the pieces of one start-up, each prepared and checked by run()")]
 fn spawn_and_wait(
     command: &[OsString],
     policy: &Policy,

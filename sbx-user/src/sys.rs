@@ -409,8 +409,7 @@ pub fn map_get_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
     bpf_fd(BPF_MAP_GET_FD_BY_ID, &mut attr)
 }
 
-/// `max_entries` of a map (`bpf_map_info`: type, id, key_size, value_size,
-/// max_entries).
+/// The capacity of a map (the fifth u32 of `struct bpf_map_info`).
 pub fn map_max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
     let mut info = [0u32; 5];
     let mut attr = InfoAttr {
