@@ -33,6 +33,10 @@ pub struct EventsError {
 /// An open event stream of one sandbox.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    /// The sandbox whose events these are (from the pin directory's name):
+    /// a ring buffer reused from an earlier sandbox may still hold events
+    /// of that one, which are skipped.
+    sandbox: u64,
     /// Kernel id of the ring buffer map: an `update` pins a new one.
     id: u32,
 }
@@ -46,7 +50,8 @@ impl EventReader {
         let id = data.info().map_err(|e| err(e.to_string()))?.id();
         let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
         let ring = RingBuf::try_from(map).map_err(|e| err(e.to_string()))?;
-        Ok(Self { ring, id })
+        let sandbox = pin_dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        Ok(Self { ring, sandbox, id })
     }
 
     /// Kernel id of the ring buffer this reader reads.
@@ -62,7 +67,10 @@ impl EventReader {
             // A sandbox of contract 1 writes 80-byte events (no `sandbox`
             // field), which read as events with `sandbox` zero.
             if item.len() >= sbx_common::LEGACY_EVENT_LEN {
-                out.push(crate::sys::from_bytes(&item));
+                let e: Event = crate::sys::from_bytes(&item);
+                if e.sandbox == 0 || e.sandbox == self.sandbox {
+                    out.push(e);
+                }
             }
         }
         out

@@ -426,10 +426,17 @@ fn put_inner(set: &ProgramSet, outer: &'static str, index: u32, inner: &OwnedFd)
 fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, LoaderError> {
     let index = set.alloc_events()?;
     let made = (|| {
-        let ring = sys::map_create(MapType::RingBuf, 0, 0, bytes, 0, "sbx_events").map_err(|e| {
-            LoaderError::Kernel { what: format!("creating a {bytes}-byte event ring buffer"), detail: e.to_string() }
-        })?;
-        put_inner(set, MAP_EVENTS_OF, index, &ring)?;
+        // A ring left in place by an earlier sandbox is reused as the
+        // tries are (readers skip events of another sandbox in it).
+        let ring = match inner(set, MAP_EVENTS_OF, index) {
+            Some(fd) if sys::map_max_entries(fd.as_fd()).is_ok_and(|n| n == bytes) => fd,
+            _ => {
+                let fd = sys::map_create(MapType::RingBuf, 0, 0, bytes, 0, "sbx_events")
+                    .map_err(|e| kernel_err(&format!("creating a {bytes}-byte event ring buffer"), &e))?;
+                put_inner(set, MAP_EVENTS_OF, index, &fd)?;
+                fd
+            }
+        };
         let path = pin_dir.join(pin_name_map(MAP_EVENTS));
         let _ = fs::remove_file(&path);
         sys::obj_pin(ring.as_fd(), &path).map_err(|e| LoaderError::Pin {
@@ -439,18 +446,18 @@ fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, L
         })
     })();
     if let Err(e) = made {
-        let _ = sys::map_delete(set.map(MAP_EVENTS_OF), &index.to_ne_bytes());
         let _ = set.free(&[], &[index]);
         return Err(e);
     }
     Ok(index)
 }
 
+/// Returns event index `index` to the pool; its ring stays for the next
+/// sandbox.
 fn remove_events(set: &ProgramSet, index: u32) {
     if index == 0 {
         return;
     }
-    let _ = sys::map_delete(set.map(MAP_EVENTS_OF), &index.to_ne_bytes());
     if let Err(e) = set.free(&[], &[index]) {
         log::warn!("returning event index {index} to the pool: {e}");
     }

@@ -289,12 +289,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
-    let mut attach = default_options(opts.max_entries, false);
-    if !opts.log_denials {
-        // Nobody reads this sandbox's events on their own: they go to the
-        // host stream, and no ring buffer is made for it.
-        attach.events_bytes = 0;
-    }
+    let attach = default_options(opts.max_entries, false);
     if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
         let _ = cg.remove();
         return Err(e.into());
