@@ -67,8 +67,27 @@ pub(crate) fn run(args: &DistArgs) -> Result<Artifacts> {
     package(&bin, &out)
 }
 
+/// The programs packaging runs, with the Debian package of each.
+const TOOLS: [(&str, &str); 6] = [
+    ("strip", "binutils"),
+    ("objdump", "binutils"),
+    ("dpkg-deb", "dpkg"),
+    ("gzip", "gzip"),
+    ("md5sum", "coreutils"),
+    ("tar", "tar"),
+];
+
 /// Packages `bin` into `out`.
 pub(crate) fn package(bin: &Path, out: &Path) -> Result<Artifacts> {
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(t, _)| output(Command::new("sh").args(["-c", &format!("command -v {t}")])).is_none())
+        .map(|(_, p)| *p)
+        .collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        bail!("packaging needs {}\nHint: apt-get install {}", missing.join(", "), missing.join(" "));
+    }
     let epoch = source_date_epoch()?;
     let work = out.join("work");
     let _ = fs::remove_dir_all(&work);

@@ -81,7 +81,11 @@ fn main() -> Result<()> {
             let bin = target_dir().join("release/sbx-user");
             let status =
                 Command::new(&bin).args(args).status().with_context(|| format!("running {}", bin.display()))?;
-            std::process::exit(status.code().unwrap_or(1));
+            // As a shell reports it: 128+N when signal N killed sbx-user.
+            std::process::exit(status.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt as _;
+                128 + status.signal().unwrap_or(0)
+            }));
         }
         Task::Test { args } => test(&args),
         Task::Bench(args) => {
@@ -132,13 +136,18 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 6] = [
+const TEST_TOOLS: [(&str, &str); 9] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
     ("ip", "iproute2"),
     ("python3", "python3"),
     ("bpftool", "bpftool"),
+    // The package the install test installs (`dist::package`).
+    ("strip", "binutils"),
+    ("dpkg-deb", "dpkg"),
+    // A pseudo-terminal for the progress test.
+    ("script", "bsdutils"),
 ];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
