@@ -95,7 +95,10 @@ fn main() -> Result<()> {
         Task::Dist(args) => {
             setup()?;
             let built = dist::run(&args)?;
-            println!("{}\n{}", built.deb.display(), built.tarball.display());
+            println!("{}", built.deb.display());
+            if let Some(t) = built.tarball {
+                println!("{}", t.display());
+            }
             Ok(())
         }
     }
@@ -224,7 +227,7 @@ fn test(extra: &[OsString]) -> Result<()> {
     // tests/tests/install.rs installs this package with dpkg. The debug
     // build keeps the suite from compiling everything a second time with
     // optimisations; the packaging is the same code as `dist`.
-    let deb = dist::package(&bin, &target_dir().join("dist-debug"))?.deb;
+    let deb = dist::package(&bin, &target_dir().join("dist-debug"), dist::Purpose::Test)?.deb;
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "-p", "sbx-tests", "--"])
         .args(extra)
