@@ -42,10 +42,13 @@ fn a_forgotten_separator_says_where_the_command_goes_and_exits_125() {
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     assert!(stderr(&out).contains(r"-- sh -c 'echo '\''a b'\'''"), "{}", describe(&out));
 
-    // No command at all.
-    let out = sbx.output(&["run", "--profile", "offline"]);
-    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
-    assert!(stderr(&out).contains("put the command after --"), "{}", describe(&out));
+    // No command at all, with or without the separator.
+    for args in [&["run", "--profile", "offline"][..], &["run", "--profile", "offline", "--"]] {
+        let out = sbx.output(args);
+        assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+        assert!(stderr(&out).contains("put the command after --"), "{}", describe(&out));
+        assert!(stderr(&out).contains("run --profile offline -- COMMAND"), "{}", describe(&out));
+    }
 }
 
 #[test]

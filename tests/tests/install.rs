@@ -92,6 +92,18 @@ fn the_debian_package_installs_runs_a_sandbox_and_purges_cleanly() {
     ] {
         assert!(files.iter().any(|f| f == Path::new(want)), "the package does not install {want}: {files:?}");
     }
+    // The manual page is gzipped roff, the bash completion registers itself.
+    let page = Command::new("gzip").args(["-dc", "/usr/share/man/man1/sbx-user-run.1.gz"]).output().expect("gzip");
+    assert!(String::from_utf8_lossy(&page.stdout).contains(".TH sbx-user-run 1"), "{}", describe(&page));
+    let complete = Command::new("bash")
+        .args(["-c", "source /usr/share/bash-completion/completions/sbx-user && complete -p sbx-user"])
+        .output()
+        .expect("bash");
+    assert!(
+        complete.status.success() && String::from_utf8_lossy(&complete.stdout).contains("sbx-user"),
+        "the bash completion does not load: {}",
+        describe(&complete)
+    );
     // dpkg checks what it installed against the package's md5sums.
     let out = dpkg(&["--verify", PACKAGE]);
     assert!(out.status.success() && out.stdout.is_empty(), "dpkg --verify: {}", describe(&out));

@@ -42,8 +42,18 @@ pub(crate) struct DistArgs {
 pub(crate) struct Artifacts {
     /// The `.deb`.
     pub(crate) deb: PathBuf,
-    /// The `.tar.gz`.
-    pub(crate) tarball: PathBuf,
+    /// The `.tar.gz` (not for [`Purpose::Test`]).
+    pub(crate) tarball: Option<PathBuf>,
+}
+
+/// Who the packages are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Both packages, compressed hard.
+    Ship,
+    /// Only the `.deb`, quickly compressed: what the install test needs,
+    /// without the seconds `xz -6` and a tarball would add to every run.
+    Test,
 }
 
 /// One file of the package: where it goes under the prefix and its mode.
@@ -64,11 +74,30 @@ pub(crate) fn run(args: &DistArgs) -> Result<Artifacts> {
     }
     let bin = target_dir().join(profile).join("sbx-user");
     let out = target_dir().join(if args.debug { "dist-debug" } else { "dist" });
-    package(&bin, &out)
+    package(&bin, &out, Purpose::Ship)
 }
 
+/// The programs packaging runs, with the Debian package of each.
+const TOOLS: [(&str, &str); 6] = [
+    ("strip", "binutils"),
+    ("objdump", "binutils"),
+    ("dpkg-deb", "dpkg"),
+    ("gzip", "gzip"),
+    ("md5sum", "coreutils"),
+    ("tar", "tar"),
+];
+
 /// Packages `bin` into `out`.
-pub(crate) fn package(bin: &Path, out: &Path) -> Result<Artifacts> {
+pub(crate) fn package(bin: &Path, out: &Path, purpose: Purpose) -> Result<Artifacts> {
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(t, _)| output(Command::new("sh").args(["-c", &format!("command -v {t}")])).is_none())
+        .map(|(_, p)| *p)
+        .collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        bail!("packaging needs {}\nHint: apt-get install {}", missing.join(", "), missing.join(" "));
+    }
     let epoch = source_date_epoch()?;
     let work = out.join("work");
     let _ = fs::remove_dir_all(&work);
@@ -85,8 +114,11 @@ pub(crate) fn package(bin: &Path, out: &Path) -> Result<Artifacts> {
         "strip",
     )?;
     let files = entries(&stripped, &work)?;
-    let deb = debian(&files, &stripped, out, &work, epoch)?;
-    let tarball = tarball(&files, out, &work, epoch)?;
+    let deb = debian(&files, &stripped, out, &work, epoch, purpose)?;
+    let tarball = match purpose {
+        Purpose::Ship => Some(tarball(&files, out, &work, epoch)?),
+        Purpose::Test => None,
+    };
     fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     Ok(Artifacts { deb, tarball })
 }
@@ -223,7 +255,7 @@ fn depends(bin: &Path) -> Result<String> {
         .join(", "))
 }
 
-fn debian(files: &[Entry], bin: &Path, out: &Path, work: &Path, epoch: u64) -> Result<PathBuf> {
+fn debian(files: &[Entry], bin: &Path, out: &Path, work: &Path, epoch: u64, purpose: Purpose) -> Result<PathBuf> {
     let root = work.join("deb");
     let usr: Vec<Entry> = files
         .iter()
@@ -258,6 +290,7 @@ fn debian(files: &[Entry], bin: &Path, out: &Path, work: &Path, epoch: u64) -> R
     let deb = out.join(format!("{PACKAGE}_{VERSION}_{arch}.deb"));
     let status = Command::new("dpkg-deb")
         .args(["--root-owner-group", "--build"])
+        .args(if purpose == Purpose::Test { &["-Zgzip", "-z1"][..] } else { &[] })
         .arg(&root)
         .arg(&deb)
         .env("SOURCE_DATE_EPOCH", epoch.to_string())

@@ -81,7 +81,11 @@ fn main() -> Result<()> {
             let bin = target_dir().join("release/sbx-user");
             let status =
                 Command::new(&bin).args(args).status().with_context(|| format!("running {}", bin.display()))?;
-            std::process::exit(status.code().unwrap_or(1));
+            // As a shell reports it: 128+N when signal N killed sbx-user.
+            std::process::exit(status.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt as _;
+                128 + status.signal().unwrap_or(0)
+            }));
         }
         Task::Test { args } => test(&args),
         Task::Bench(args) => {
@@ -91,7 +95,10 @@ fn main() -> Result<()> {
         Task::Dist(args) => {
             setup()?;
             let built = dist::run(&args)?;
-            println!("{}\n{}", built.deb.display(), built.tarball.display());
+            println!("{}", built.deb.display());
+            if let Some(t) = built.tarball {
+                println!("{}", t.display());
+            }
             Ok(())
         }
     }
@@ -132,13 +139,18 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 6] = [
+const TEST_TOOLS: [(&str, &str); 9] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
     ("ip", "iproute2"),
     ("python3", "python3"),
     ("bpftool", "bpftool"),
+    // The package the install test installs (`dist::package`).
+    ("strip", "binutils"),
+    ("dpkg-deb", "dpkg"),
+    // A pseudo-terminal for the progress test.
+    ("script", "bsdutils"),
 ];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
@@ -215,7 +227,7 @@ fn test(extra: &[OsString]) -> Result<()> {
     // tests/tests/install.rs installs this package with dpkg. The debug
     // build keeps the suite from compiling everything a second time with
     // optimisations; the packaging is the same code as `dist`.
-    let deb = dist::package(&bin, &target_dir().join("dist-debug"))?.deb;
+    let deb = dist::package(&bin, &target_dir().join("dist-debug"), dist::Purpose::Test)?.deb;
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "-p", "sbx-tests", "--"])
         .args(extra)

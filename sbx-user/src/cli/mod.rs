@@ -156,7 +156,7 @@ pub fn parse(argv: &[OsString]) -> Result<Cli, i32> {
             } else if run_without_command(argv, &err) {
                 eprintln!(
                     "sbx-user: error: no command to run: put the command after --, for example\n  {} -- COMMAND [ARGS...]",
-                    shell_line(argv)
+                    shell_line(argv.strip_suffix(&["--".into()]).unwrap_or(argv))
                 );
             } else {
                 let _ = err.print();
@@ -190,7 +190,6 @@ fn command_after_separator(argv: &[OsString], err: &clap::Error) -> Option<Vec<O
 fn run_without_command(argv: &[OsString], err: &clap::Error) -> bool {
     err.kind() == clap::error::ErrorKind::MissingRequiredArgument
         && argv.iter().any(|a| a == "run")
-        && !argv.iter().any(|a| a == "--")
         && err.to_string().contains("<CMD>")
 }
 
