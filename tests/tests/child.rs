@@ -410,12 +410,22 @@ attempt("write-var-tmp", lambda: write("/var/tmp/sbx-test-denied"))
     assert!(dir.path().join("written-by-the-sandbox").exists());
     assert!(!Path::new("/var/tmp/sbx-test-denied").exists());
 
-    // And from a shell, as the issue has it.
+    // And from a shell, as the issue has it; with stderr going to a log
+    // file outside the rules, which scripts reopen by name.
+    let log = outside.path().join("log");
+    std::fs::write(&log, "").expect("creating the log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let script =
-        "echo hi >/dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; grep -c '^Pid:' /proc/self/status";
-    let mut cmd =
-        run_cmd(&sbx, &cg, &["--user", "65534", "--policy", policy.to_str().expect("UTF-8")], &["sh", "-c", script]);
-    let out = cmd.current_dir(dir.path()).output().expect("running sbx-user run");
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\n4\n1\n", "{}", describe(&out));
+        "echo hi >/dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; grep -c '^Pid:' /proc/self/status; \
+                  echo by-name >/dev/stderr; echo by-fd >&2";
+    for policy in [vec!["--policy", policy.to_str().expect("UTF-8")], vec![]] {
+        let mut cmd = run_cmd(&sbx, &cg, &[&["--user", "65534"], policy.as_slice()].concat(), &["sh", "-c", script]);
+        let stderr_file = std::fs::OpenOptions::new().append(true).open(&log).expect("opening the log");
+        let out = cmd.current_dir(dir.path()).stderr(stderr_file).output().expect("running sbx-user run");
+        let errors = std::fs::read_to_string(&log).expect("reading the log");
+        assert_eq!(out.status.code(), Some(0), "{policy:?}: {}\n{errors}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\n4\n1\n", "{policy:?}: {errors}");
+        assert_eq!(errors, "by-name\nby-fd\n", "{policy:?}");
+        std::fs::write(&log, "").expect("emptying the log");
+    }
 }

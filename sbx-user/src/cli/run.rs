@@ -81,6 +81,8 @@ FILES (Landlock):
   process needs:
     read, write    {write}
     read           {read}
+  In both cases a regular file given as stdin (read), stdout or stderr (write)
+  stays reachable by name (echo usage >/dev/stderr).
   HOME is a private, empty per-run directory (or --home DIR) and /tmp a
   private per-run directory mounted over /tmp; both are removed when the
   command ends. HOME, USER and LOGNAME name the identity the command runs as;

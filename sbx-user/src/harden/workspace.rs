@@ -156,6 +156,7 @@ impl Workspace {
         add_existing(&mut rules.write, IMPLICIT_WRITE.iter().map(PathBuf::from));
         add_existing(&mut rules.read, IMPLICIT_READ.iter().map(PathBuf::from));
         add_existing(&mut rules.write, [tmp.clone(), home.clone()]);
+        add_stdio_files(&mut rules);
         Ok(Self { base, home, tmp, carried, rules, defaults: fs.is_none(), notes })
     }
 
@@ -254,6 +255,29 @@ pub fn cwd_blocker(cwd: &Path, homes: &[PathBuf]) -> Option<String> {
             format!("contains the home directory {}", h.display())
         }
     })
+}
+
+/// Grants the regular files the command was handed as stdin (read) and
+/// stdout/stderr (read and write): it holds them open already, and scripts
+/// reopen them by name (`echo usage >/dev/stderr` opens
+/// `/proc/self/fd/2`), which Landlock would otherwise refuse for a log file
+/// outside the write rules. Only when the path still names the same file.
+fn add_stdio_files(rules: &mut FsRules) {
+    use std::os::unix::fs::MetadataExt as _;
+    for fd in 0..3 {
+        // SAFETY: fstat on a descriptor number into a zeroed buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is writable and outlives the call.
+        if unsafe { libc::fstat(fd, &raw mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        let Ok(path) = std::fs::canonicalize(format!("/proc/self/fd/{fd}")) else { continue };
+        let same = std::fs::metadata(&path).is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino);
+        let list = if fd == 0 { &mut rules.read } else { &mut rules.write };
+        if same && !list.contains(&path) {
+            list.push(path);
+        }
+    }
 }
 
 /// Appends the canonical form of each path that exists, without
