@@ -75,8 +75,11 @@ FILES (Landlock):
   defaults, so that the command cannot write the user's dotfiles or other
   projects (files that run later, outside the sandbox):
     read, execute  everything the identity's permissions allow (/)
-    write          the working directory (not when it is / or contains a
-                   home directory), the private HOME and /tmp, the devices below
+    write          the working directory (not when it is /, /tmp, a home
+                   directory, contains one, or is inside a dot-directory of
+                   one), the private HOME and /tmp, the devices below
+    read-only      .git/hooks and .git/config of a checkout in the working
+                   directory (they run at the user's next git command)
   With filesystem rules, exactly those, plus HOME, /tmp and what every
   process needs:
     read, write    {write}
