@@ -1,11 +1,14 @@
 //! What `run` does to the child between `fork` and `exec`, beyond entering
 //! the cgroup: a private mount namespace in which the cgroup filesystems,
-//! bpffs, `/sys` and `/proc/sys` are read-only; an optional switch to
+//! bpffs, `/sys` and `/proc/sys` are read-only and a private directory is
+//! mounted over `/tmp`; an optional switch to
 //! another uid/gid; dropping every capability; a hard `RLIMIT_CORE` of 1;
 //! marking inherited file descriptors close-on-exec; `no_new_privs`.
 //!
 //! Before any of that, [`check_stdio`] refuses sockets handed in as
-//! stdin, stdout or stderr that the policy never judged.
+//! stdin, stdout or stderr that the policy never judged. After it,
+//! [`Exec`] looks the command up in `PATH` as the new identity and
+//! executes it with the environment [`child_env`] computed.
 //!
 //! Everything is computed in the parent ([`Confinement::prepare`]); the
 //! child side ([`Confinement::apply`]) only makes system calls on data

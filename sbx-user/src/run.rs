@@ -400,6 +400,7 @@ fn spawn_and_wait(
 ) -> Result<ExitStatus, RunError> {
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
+    protect.extend(workspace.read_only().iter().cloned());
     let confinement =
         Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried_cwd())
             .map_err(RunError::Confine)?;

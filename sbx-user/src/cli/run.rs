@@ -75,12 +75,17 @@ FILES (Landlock):
   defaults, so that the command cannot write the user's dotfiles or other
   projects (files that run later, outside the sandbox):
     read, execute  everything the identity's permissions allow (/)
-    write          the working directory (not when it is / or contains a
-                   home directory), the private HOME and /tmp, the devices below
+    write          the working directory (not when it is /, /tmp, a home
+                   directory, contains one, or is inside a dot-directory of
+                   one), the private HOME and /tmp, the devices below
+    read-only      .git/hooks and .git/config of a checkout in the working
+                   directory (they run at the user's next git command)
   With filesystem rules, exactly those, plus HOME, /tmp and what every
   process needs:
     read, write    {write}
     read           {read}
+  In both cases a regular file given as stdin (read), stdout or stderr (write)
+  stays reachable by name (echo usage >/dev/stderr).
   HOME is a private, empty per-run directory (or --home DIR) and /tmp a
   private per-run directory mounted over /tmp; both are removed when the
   command ends. HOME, USER and LOGNAME name the identity the command runs as;

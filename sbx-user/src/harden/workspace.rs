@@ -17,7 +17,13 @@
 //! - write: the working directory (a project checkout), a private `/tmp`,
 //!   a private HOME, and [`IMPLICIT_WRITE`]. Not the working directory when
 //!   it is `/` or contains the identity's (or the sudo caller's) home, as
-//!   `sbx-user run` started from `~` would otherwise grant `~/.bashrc`.
+//!   `sbx-user run` started from `~` would otherwise grant `~/.bashrc`;
+//!   nor when it is inside a dot-directory of a home (`~/.config/...`).
+//!   In a working directory that is a git checkout, `.git/hooks` and
+//!   `.git/config` are mounted read-only: hooks and `core.fsmonitor` or
+//!   `core.pager` settings run at the user's next `git commit` or `git
+//!   status`, outside the sandbox. The rest of `.git` stays writable, so
+//!   `git add` and `git commit` work inside.
 //!
 //! # Private HOME and /tmp
 //! Both live in one per-run directory under `/var/tmp` (disk-backed, like
@@ -54,6 +60,10 @@ pub const IMPLICIT_WRITE: [&str; 7] =
 /// Paths every process may read when filesystem rules apply.
 pub const IMPLICIT_READ: [&str; 3] = ["/dev/random", "/dev/urandom", "/proc"];
 
+/// Paths of a git checkout in the working directory that run outside the
+/// sandbox when the user next uses git there, kept read-only.
+pub const GIT_READ_ONLY: [&str; 2] = [".git/hooks", ".git/config"];
+
 /// Where the per-run directory is made.
 const BASE: &str = "/var/tmp";
 
@@ -88,6 +98,8 @@ pub struct Workspace {
     /// A working directory under the host's `/tmp` and where it appears in
     /// the private one.
     carried: Option<(PathBuf, PathBuf)>,
+    /// Paths under a granted directory mounted read-only for the command.
+    read_only: Vec<PathBuf>,
     rules: FsRules,
     defaults: bool,
     notes: Vec<String>,
@@ -136,13 +148,17 @@ impl Workspace {
             }
         }
         let mut notes = Vec::new();
+        let mut read_only = Vec::new();
         let mut rules = if let Some(FsPolicy { read, write }) = fs {
             FsRules { read: read.clone(), write: write.clone() }
         } else {
             let mut write = Vec::new();
             match std::env::current_dir() {
                 Ok(cwd) => match cwd_blocker(&cwd, &protected_homes(identity)) {
-                    None => write.push(cwd),
+                    None => {
+                        read_only.extend(GIT_READ_ONLY.iter().map(|p| cwd.join(p)).filter(|p| p.exists()));
+                        write.push(cwd);
+                    }
                     Some(why) => notes.push(format!(
                         "the working directory {} {why}; it stays read-only in the sandbox (run from a \
                          project directory, or grant paths with --fs-write)",
@@ -156,7 +172,8 @@ impl Workspace {
         add_existing(&mut rules.write, IMPLICIT_WRITE.iter().map(PathBuf::from));
         add_existing(&mut rules.read, IMPLICIT_READ.iter().map(PathBuf::from));
         add_existing(&mut rules.write, [tmp.clone(), home.clone()]);
-        Ok(Self { base, home, tmp, carried, rules, defaults: fs.is_none(), notes })
+        add_stdio_files(&mut rules);
+        Ok(Self { base, home, tmp, carried, read_only, rules, defaults: fs.is_none(), notes })
     }
 
     /// The command's HOME.
@@ -176,6 +193,13 @@ impl Workspace {
     #[must_use]
     pub fn carried_cwd(&self) -> Option<(&Path, &Path)> {
         self.carried.as_ref().map(|(a, b)| (a.as_path(), b.as_path()))
+    }
+
+    /// Paths in the granted working directory that the command gets
+    /// read-only (bind mounts in its mount namespace).
+    #[must_use]
+    pub fn read_only(&self) -> &[PathBuf] {
+        &self.read_only
     }
 
     /// The filesystem rules to enforce, canonical.
@@ -247,13 +271,44 @@ pub fn cwd_blocker(cwd: &Path, homes: &[PathBuf]) -> Option<String> {
     if cwd == Path::new("/tmp") {
         return Some("is /tmp, which the command sees as a private, empty one".to_owned());
     }
-    homes.iter().find(|h| h.starts_with(cwd)).map(|h| {
-        if h == cwd {
+    if let Some(h) = homes.iter().find(|h| h.starts_with(cwd)) {
+        return Some(if h == cwd {
             "is a home directory".to_owned()
         } else {
             format!("contains the home directory {}", h.display())
-        }
+        });
+    }
+    homes.iter().find_map(|h| {
+        let first = cwd.strip_prefix(h).ok()?.components().next()?;
+        first
+            .as_os_str()
+            .as_encoded_bytes()
+            .starts_with(b".")
+            .then(|| format!("is inside {}, configuration that runs outside the sandbox", h.join(first).display()))
     })
+}
+
+/// Grants the regular files the command was handed as stdin (read) and
+/// stdout/stderr (read and write): it holds them open already, and scripts
+/// reopen them by name (`echo usage >/dev/stderr` opens
+/// `/proc/self/fd/2`), which Landlock would otherwise refuse for a log file
+/// outside the write rules. Only when the path still names the same file.
+fn add_stdio_files(rules: &mut FsRules) {
+    use std::os::unix::fs::MetadataExt as _;
+    for fd in 0..3 {
+        // SAFETY: fstat on a descriptor number into a zeroed buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is writable and outlives the call.
+        if unsafe { libc::fstat(fd, &raw mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        let Ok(path) = std::fs::canonicalize(format!("/proc/self/fd/{fd}")) else { continue };
+        let same = std::fs::metadata(&path).is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino);
+        let list = if fd == 0 { &mut rules.read } else { &mut rules.write };
+        if same && !list.contains(&path) {
+            list.push(path);
+        }
+    }
 }
 
 /// Appends the canonical form of each path that exists, without
@@ -284,6 +339,12 @@ mod tests {
         assert_eq!(case("/home"), Some("contains the home directory /home/alice".to_owned()));
         // A prefix of the name is not a parent.
         assert_eq!(case("/home/ali"), None);
+        assert_eq!(
+            case("/home/alice/.config/autostart"),
+            Some("is inside /home/alice/.config, configuration that runs outside the sandbox".to_owned())
+        );
+        assert_eq!(case("/home/alice/src/.hidden-but-a-project"), None);
+        assert_eq!(case("/tmp"), Some("is /tmp, which the command sees as a private, empty one".to_owned()));
     }
 
     #[test]
