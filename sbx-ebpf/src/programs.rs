@@ -20,9 +20,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use sbx_common::{
-    counter_index, Event, OrigDst, OrigKey, PortTable, Slot, Stats, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
-    EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS, FLAG_AUDIT, FLAG_REDIRECT,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, VERDICT_ALLOW, VERDICT_DENY,
+    counter_index, Event, LayerVerdict, OrigDst, OrigKey, PortTable, Slot, SockVerdicts, Stats, TrieAddr, TrieValue,
+    COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS,
+    FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, VERDICT_ALLOW,
+    VERDICT_DENY, VERDICT_LAYERS,
 };
 
 /// `BPF_MAP_TYPE_CGROUP_STORAGE`.
@@ -123,6 +124,152 @@ static SBX_REDIRECTED: LruHashMap<u64, OrigDst, 16384> = LruHashMap::new();
 /// proxy. Written by `sbx_sockops`; read by proxies and `sbx-user orig-dst`.
 #[btf_map(name = "SBX_ORIGDST")]
 static SBX_ORIGDST: LruHashMap<OrigKey, OrigDst, 16384> = LruHashMap::new();
+
+/// `BPF_MAP_TYPE_SK_STORAGE`.
+const SK_STORAGE: usize = 24;
+/// `BPF_F_NO_PREALLOC`, required of socket storage.
+const NO_PREALLOC: usize = 1;
+/// `BPF_SK_STORAGE_GET_F_CREATE`.
+const SK_STORAGE_CREATE: u64 = 1;
+
+/// A socket storage map, in aya-ebpf's BTF layout; aya-ebpf's `SkStorage`
+/// only takes a sock_addr context, and the egress hook needs the same map
+/// for the socket of a packet.
+#[repr(C)]
+struct SockStorage<V> {
+    r#type: *const [i32; SK_STORAGE],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; NO_PREALLOC],
+}
+
+// SAFETY: as for `SharedCgroupStorage`.
+unsafe impl<V> Sync for SockStorage<V> {}
+
+impl<V> SockStorage<V> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The storage of `sk`, created zeroed with `create`.
+    #[inline(always)]
+    fn get(&self, sk: *mut aya_ebpf::bindings::bpf_sock, create: bool) -> *mut V {
+        let flags = if create { SK_STORAGE_CREATE } else { 0 };
+        // SAFETY: `sk` is a socket pointer the verifier tracks (null
+        // checked by the helper's contract), `self` a relocated map.
+        unsafe {
+            aya_ebpf::helpers::bpf_sk_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                sk.cast(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast()
+    }
+}
+
+/// What the connect and sendmsg hooks allowed, per socket and sandbox
+/// layer. Written by connect4/6 and sendmsg4/6; read by the egress hook.
+#[btf_map(name = "SBX_VERDICT")]
+static SBX_VERDICT: SockStorage<SockVerdicts> = SockStorage::new();
+
+/// Records that this layer allowed `addr`:`port` for the context's socket.
+#[inline(always)]
+fn remember(slot: &Slot, ctx: &SockAddrContext, addr: &TrieAddr, port: u16) {
+    // SAFETY: the context's socket field; the verifier checks the access.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return;
+    }
+    let v = SBX_VERDICT.get(sk, true);
+    if v.is_null() {
+        return;
+    }
+    let entry = LayerVerdict { cgroup_id: slot.cgroup_id, addr: *addr, port: u32::from(port), policy: slot.policy };
+    let mut i = 0;
+    while i < VERDICT_LAYERS {
+        // SAFETY: `v` is this socket's storage for this program run; `i`
+        // is bounded by the array length.
+        let layer = unsafe { &mut (*v).layers[i] };
+        if layer.cgroup_id == slot.cgroup_id || layer.cgroup_id == 0 {
+            *layer = entry;
+            return;
+        }
+        i += 1;
+    }
+}
+
+/// What this layer allowed for the socket of `ctx`'s packet, and the
+/// socket's own destination (`port` 0 for an unconnected socket), both as
+/// (mapped address, host-order port).
+#[inline(always)]
+fn remembered(slot: &Slot, ctx: &SkBuffContext) -> Option<(LayerVerdict, TrieAddr, u32)> {
+    // SAFETY: reading the packet's socket field of the context.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: helper on a socket pointer of the context.
+    let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    let v = SBX_VERDICT.get(full, false);
+    if v.is_null() {
+        return None;
+    }
+    let mut found = None;
+    let mut i = 0;
+    while i < VERDICT_LAYERS {
+        // SAFETY: as in `remember`.
+        let layer = unsafe { (*v).layers[i] };
+        if layer.cgroup_id == slot.cgroup_id && layer.cgroup_id != 0 {
+            found = Some(layer);
+            break;
+        }
+        i += 1;
+    }
+    let layer = found?;
+    // SAFETY: fields of a full socket; the verifier checks each access.
+    let (family, dst_port) = unsafe { (ctx_u32(core::ptr::addr_of!((*full).family)), (*full).dst_port) };
+    let dst = if family == AF_INET {
+        // SAFETY: as above.
+        mapped(ctx_u32(unsafe { core::ptr::addr_of!((*full).dst_ip4) }).to_ne_bytes())
+    } else {
+        let mut w = [0u32; 4];
+        sock_dst6(full, &mut w);
+        let (w0, w1, w2, w3) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+        [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
+    };
+    Some((layer, dst, u32::from(u16::from_be(dst_port))))
+}
+
+/// `dst_ip6` of a full socket, one load per word at a constant offset. A
+/// function of its own (not inlined): inlined into the egress hook, register
+/// pressure made the compiler keep the field offset in a register and add
+/// it to the socket pointer, which the verifier refuses ("R9 pointer
+/// arithmetic on sock prohibited").
+#[inline(never)]
+fn sock_dst6(full: *mut aya_ebpf::bindings::bpf_sock, out: &mut [u32; 4]) {
+    // SAFETY: four fields of a full socket the caller null-checked.
+    unsafe {
+        out[0] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[0]));
+        out[1] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[1]));
+        out[2] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[2]));
+        out[3] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[3]));
+    }
+}
+
+/// `AF_INET` as `bpf_sock.family` holds it.
+const AF_INET: u32 = 2;
 
 /// The attach point's slot, copied: a slot is replaced whole by `update`
 /// (the kernel swaps the cell's buffer), so one copy is one policy.
@@ -302,7 +449,7 @@ const PASS: i32 = 1;
 const REJECT: i32 = 0;
 
 /// Which trie judges the address.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Dest,
     Bind,
@@ -551,6 +698,26 @@ fn egress(ctx: &SkBuffContext) -> bool {
     let (Ok(addr), Ok(port)) = (dest(ctx), ctx.load::<u16>(off + 2).map(u16::from_be)) else {
         return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown);
     };
+    // The hook that judged this socket's destination left its verdict:
+    // agree with it rather than judge the same destination again. A TCP
+    // connection keeps the verdict of its connect for its whole life (an
+    // update does not cut a connection the old policy allowed, nor drop
+    // its SYN); a UDP verdict holds while the policy that made it is in
+    // force. The socket's own destination is compared, not the header's,
+    // which netfilter's DNAT may have rewritten; an unconnected socket has
+    // none, and then the header must be what sendmsg allowed. Anything
+    // else is judged in full below.
+    if let Some((seen, sock_dst, sock_port)) = remembered(slot, ctx) {
+        let agrees = if sock_port != 0 {
+            seen.addr == sock_dst && seen.port == sock_port
+        } else {
+            let raw = if v6 { ctx.load::<[u8; 16]>(24).ok() } else { ctx.load::<[u8; 4]>(16).ok().map(mapped) };
+            raw == Some(seen.addr) && seen.port == u32::from(port)
+        };
+        if agrees && (l4 == IPPROTO_TCP || seen.policy == slot.policy) {
+            return conclude(slot, Ok(true), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown);
+        }
+    }
     conclude(
         slot,
         decide(slot, &addr, port, l4, Direction::Dest),
@@ -668,13 +835,18 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirec
     let sa = ctx.sock_addr.cast_const();
     let addr = mapped(user_ip4(sa));
     let (port, proto) = (port(sa), protocol(sa));
-    settle(slot, decide(slot, &addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current, redirecting)
+    let verdict = decide(slot, &addr, port, proto, dir);
+    if verdict == Ok(true) && dir == Direction::Dest {
+        remember(slot, ctx, &addr, port);
+    }
+    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 
 #[inline(always)]
 fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let mut addr = user_ip6(sa);
+    let raw = user_ip6(sa);
+    let mut addr = raw;
     let (port, proto) = (port(sa), protocol(sa));
     let verdict = match embedded_v4(&addr) {
         // A NAT64/6to4 form of a local address leaves the host; it is
@@ -686,6 +858,10 @@ fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirec
         }
         None => decide(slot, &addr, port, proto, dir),
     };
+    if verdict == Ok(true) && dir == Direction::Dest {
+        // As the socket and the packet header will carry it.
+        remember(slot, ctx, &raw, port);
+    }
     settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
 }
 

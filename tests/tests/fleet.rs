@@ -162,3 +162,57 @@ fn a_sandbox_whose_slot_is_not_written_denies_everything() {
     assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
     assert!(Sbx::has_pins(fx.cg.id()));
 }
+
+/// An nftables table of this test, deleted on drop.
+struct NatTable(String);
+
+impl NatTable {
+    /// DNAT in the host's OUTPUT hook: TCP and UDP to `from`:`port` go to
+    /// `to`:`port`. It runs before the egress hook, which then sees `to`.
+    fn new(from: std::net::Ipv4Addr, to: std::net::Ipv4Addr, port: u16) -> Self {
+        let name = format!("sbx_test_{}_{}", std::process::id(), port);
+        let script = format!(
+            "table ip {name} {{\n chain out {{\n  type nat hook output priority -100;\n  \
+             ip daddr {from} tcp dport {port} dnat to {to}\n  ip daddr {from} udp dport {port} dnat to {to}\n }}\n}}\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("running nft (nftables)");
+        std::io::Write::write_all(child.stdin.as_mut().expect("piped"), script.as_bytes()).expect("writing");
+        drop(child.stdin.take());
+        assert!(child.wait().expect("nft").success(), "nft -f failed for {script}");
+        Self(name)
+    }
+}
+
+impl Drop for NatTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "ip", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_egress_backstop_agrees_with_the_connect_hook_under_dnat() {
+    // A connection to an allowed address that the host translates (a
+    // ClusterIP, a published port) must not be dropped because the backstop
+    // sees the translated address; and a denied address stays denied
+    // whatever it is translated to.
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let receiver = n.udp_receiver(9999);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4), "--allow", &format!("udp://{}:9999", n.ns_v4)]);
+    let _nat = (NatTable::new(n.ns_v4, n.ns_v4b, 8080), NatTable::new(n.ns_v4, n.ns_v4b, 9999));
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok", "allowed, translated to a host the policy does not name");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM", "the translated-to host itself stays denied");
+    // Connected UDP: connect() judged the allowed address; the datagrams
+    // leave translated.
+    assert_eq!(
+        p.run(&["connected-sendto", &n.ns_v4.to_string(), "9999", &n.ns_v4.to_string(), "9999", "natted"]),
+        "ok"
+    );
+    assert!(receiver.wait_for("natted"), "the translated datagram arrived: {:?}", receiver.payloads());
+}

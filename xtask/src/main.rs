@@ -139,7 +139,7 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 9] = [
+const TEST_TOOLS: [(&str, &str); 10] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
@@ -151,6 +151,8 @@ const TEST_TOOLS: [(&str, &str); 9] = [
     ("dpkg-deb", "dpkg"),
     // A pseudo-terminal for the progress test.
     ("script", "bsdutils"),
+    // DNAT in front of the egress backstop (the NAT test).
+    ("nft", "nftables"),
 ];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
