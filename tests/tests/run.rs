@@ -433,8 +433,14 @@ fn a_command_under_the_hosts_tmp_still_runs_in_the_private_tmp() {
     let tool = dir.join("bin/say");
     std::fs::copy("/bin/echo", &tool).expect("copying echo");
     let out = run(&sbx, &cg, &[], &[tool.to_str().expect("UTF-8"), "from", "tmp"]);
+    // A script run from a checkout under /tmp calls a tool elsewhere in it.
+    std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+    let script = format!("{} via sh", tool.display());
+    let mut cmd = run_cmd(&sbx, &cg, &[], &["sh", "-c", &script]);
+    let via_sh = cmd.current_dir(dir.join("src")).output().expect("running sbx-user run");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(stdout(&out), "from tmp\n");
+    assert_eq!(stdout(&via_sh), "via sh\n", "{}", describe(&via_sh));
     assert_cleaned_up(&sbx, &cg, None);
 }

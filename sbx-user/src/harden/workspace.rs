@@ -105,11 +105,15 @@ pub struct Workspace {
     notes: Vec<String>,
 }
 
-/// The directories of `wanted` that lie under `/tmp` (not `/tmp` itself),
-/// outermost only, each with its place inside `tmp`.
+/// For the directories of `wanted` that lie under `/tmp` (not `/tmp`
+/// itself), their top directory below `/tmp` (a checkout in `/tmp/ci` is
+/// carried whole, so that its scripts find its build output), each once,
+/// with its place inside `tmp`.
 fn carry_under_tmp(wanted: &[PathBuf], tmp: &Path) -> Vec<(PathBuf, PathBuf)> {
-    let mut under: Vec<&PathBuf> =
-        wanted.iter().filter(|p| p.strip_prefix("/tmp").is_ok_and(|r| !r.as_os_str().is_empty())).collect();
+    let mut under: Vec<PathBuf> = wanted
+        .iter()
+        .filter_map(|p| p.strip_prefix("/tmp").ok()?.components().next().map(|top| Path::new("/tmp").join(top)))
+        .collect();
     under.sort();
     under.dedup();
     let mut out: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -117,8 +121,8 @@ fn carry_under_tmp(wanted: &[PathBuf], tmp: &Path) -> Vec<(PathBuf, PathBuf)> {
         if out.iter().any(|(host, _)| p.starts_with(host)) {
             continue;
         }
-        let rel = p.strip_prefix("/tmp").expect("filtered");
-        out.push((p.clone(), tmp.join(rel)));
+        let rel = p.strip_prefix("/tmp").expect("filtered").to_owned();
+        out.push((p, tmp.join(rel)));
     }
     out
 }
@@ -369,15 +373,9 @@ mod tests {
             &[p("/tmp/ci/tests"), p("/tmp/ci/target/debug"), p("/tmp"), p("/work/x"), p("/tmp/ci/tests"), p("/tmpx")],
             &p("/run/base/tmp"),
         );
-        assert_eq!(
-            got,
-            vec![
-                (p("/tmp/ci/target/debug"), p("/run/base/tmp/ci/target/debug")),
-                (p("/tmp/ci/tests"), p("/run/base/tmp/ci/tests")),
-            ]
-        );
-        let nested = super::carry_under_tmp(&[p("/tmp/a/b"), p("/tmp/a")], &p("/t"));
-        assert_eq!(nested, vec![(p("/tmp/a"), p("/t/a"))]);
+        assert_eq!(got, vec![(p("/tmp/ci"), p("/run/base/tmp/ci"))]);
+        let two = super::carry_under_tmp(&[p("/tmp/a/b"), p("/tmp/c/d/e"), p("/tmp/a")], &p("/t"));
+        assert_eq!(two, vec![(p("/tmp/a"), p("/t/a")), (p("/tmp/c"), p("/t/c"))]);
     }
 
     use super::*;
