@@ -33,6 +33,7 @@ pub mod confine;
 pub mod diag;
 pub mod events;
 pub mod explain;
+pub mod gc;
 pub mod harden;
 pub mod loader;
 pub mod policy;

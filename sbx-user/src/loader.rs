@@ -334,6 +334,16 @@ fn inner(set: &ProgramSet, outer: &'static str, index: u32) -> Option<OwnedFd> {
     sys::map_get_fd_by_id(u32::from_ne_bytes(id)).ok()
 }
 
+/// As [`remove_policy`], for garbage collection.
+pub(crate) fn release_policy(set: &ProgramSet, index: u32) {
+    remove_policy(set, index);
+}
+
+/// Removes the pins of the sandbox on cgroup `id` (its links detach).
+pub(crate) fn remove_pins_of(paths: &Paths, id: u64) -> Result<(), LoaderError> {
+    remove_pins(&paths.pin_dir(id))
+}
+
 /// Empties the tries of policy `index` and returns it to the pool (its
 /// maps stay in place for the next sandbox). Entries go shortest prefix
 /// first: a program still running on the old slot then finds either the
@@ -534,6 +544,64 @@ pub fn is_legacy(pin_dir: &Path) -> bool {
     // Its config map; the event ring buffer's pin name is shared with
     // sandboxes of program sets, which pin their own ring there too.
     pin_dir.join(pin_name_map(sbx_common::MAP_CONFIG)).exists()
+}
+
+/// What holds a sandbox, as its pins and the kernel say.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Holder {
+    /// Its own programs and maps (an sbx from before program sets).
+    Legacy,
+    /// A program set: its id, and the policy index the sandbox's slot names
+    /// (`None` when the slot cannot be read: the cgroup is gone or the set
+    /// is damaged).
+    Set {
+        /// The set's id.
+        id: String,
+        /// Whether it is this build's set.
+        current: bool,
+        /// The policy index in the slot (0: not written, denies all).
+        policy: Option<u32>,
+    },
+    /// Neither: pins without a marker.
+    Unknown,
+}
+
+/// What holds the sandbox on cgroup `id`.
+#[must_use]
+pub fn holder_of(paths: &Paths, id: u64) -> Holder {
+    let pin_dir = paths.pin_dir(id);
+    if is_legacy(&pin_dir) {
+        return Holder::Legacy;
+    }
+    let Some(set_id) = holder(&pin_dir) else {
+        return Holder::Unknown;
+    };
+    let policy = ProgramSet::open_id(paths, &set_id).ok().and_then(|set| read_slot(&set, id)).map(|slot| {
+        if slot.cgroup_id == id {
+            slot.policy
+        } else {
+            0
+        }
+    });
+    Holder::Set { current: set_id == progset::set_id(), id: set_id, policy }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Legacy => write!(f, "its own programs (an older sbx; `sbx-user update` migrates it)"),
+            Self::Unknown => write!(f, "unknown (pins without a program set marker)"),
+            Self::Set { id, current, policy } => {
+                let which = if *current { "this build's" } else { "an older build's; `sbx-user update` migrates it" };
+                match policy {
+                    Some(0) => write!(f, "program set {id} ({which}), slot NOT WRITTEN: denies everything"),
+                    Some(p) => write!(f, "program set {id} ({which}), policy slot {p}"),
+                    None => write!(f, "program set {id} ({which}), slot unreadable"),
+                }
+            }
+        }
+    }
 }
 
 /// Opens the program set that holds the sandbox pinned in `pin_dir`.

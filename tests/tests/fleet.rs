@@ -216,3 +216,39 @@ fn the_egress_backstop_agrees_with_the_connect_hook_under_dnat() {
     );
     assert!(receiver.wait_for("natted"), "the translated datagram arrived: {:?}", receiver.payloads());
 }
+
+#[test]
+fn gc_removes_what_a_removed_cgroup_left_and_nothing_alive() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    // A runtime creates a sandbox cgroup, sbx attaches, the runtime removes
+    // the cgroup without telling sbx.
+    let gone = fx.cg.child("gone");
+    let gone_arg = gone.to_str().expect("UTF-8");
+    fx.sbx.ok(&["attach", "--cgroup", gone_arg, "--default", "allow"]);
+    let gone_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&gone).expect("stat"));
+    std::fs::remove_dir(&gone).expect("removing the cgroup under sbx's feet");
+    assert!(Sbx::has_pins(gone_id), "the pins are still there");
+    // The kernel's cgroup release is asynchronous: wait until gc sees it.
+    // Pins and pool indices are collected as the kernel releases them,
+    // possibly in different passes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut collected, mut freed) = (false, 0);
+    while !(collected && freed >= 1) {
+        let out = fx.sbx.ok(&["gc", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gc --json");
+        let ids: Vec<u64> =
+            v["sandboxes"].as_array().expect("array").iter().filter_map(serde_json::Value::as_u64).collect();
+        collected |= ids.contains(&gone_id);
+        freed += v["policies"].as_u64().unwrap_or(0);
+        assert!(std::time::Instant::now() < deadline, "gc never collected the removed cgroup: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!Sbx::has_pins(gone_id), "gc removed the pins");
+    // The live sandbox is untouched and still enforcing.
+    assert!(Sbx::has_pins(fx.cg.id()));
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+}
