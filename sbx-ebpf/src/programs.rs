@@ -329,7 +329,8 @@ enum Task {
 /// Counts a decision and, for a denial, reports it. Returns whether the
 /// call may proceed: an allow, or a denial in audit mode. `verdict` says
 /// what happened: an internal error rejects and is reported as a denial
-/// (never as an audit-mode "would be denied"), whatever the mode.
+/// (never as an audit-mode "would be denied"), whatever the mode;
+/// `redirected` says the denied connect was already sent to the proxy.
 #[inline(always)]
 fn settle(
     slot: &Slot,
@@ -339,7 +340,7 @@ fn settle(
     addr: &TrieAddr,
     port: u32,
     task: Task,
-    redirecting: bool,
+    redirected: bool,
 ) -> bool {
     let allowed = verdict == Ok(true);
     let stats = SBX_STATS.get();
@@ -350,7 +351,7 @@ fn settle(
     let audit = verdict.is_ok() && slot.flags & FLAG_AUDIT != 0;
     let outcome = if audit {
         EVENT_AUDIT
-    } else if redirecting && verdict.is_ok() {
+    } else if redirected {
         EVENT_REDIRECTED
     } else {
         EVENT_DENIED
@@ -459,9 +460,7 @@ enum Direction {
 fn sbx_connect4(ctx: SockAddrContext) -> i32 {
     let slot = slot();
     let target = redirect_target(&slot, &ctx, false);
-    if judge4(&slot, &ctx, Direction::Dest, HOOK_CONNECT4, target.is_some())
-        || target.is_some_and(|t| redirect(&ctx, &t, false))
-    {
+    if judge4(&slot, &ctx, Direction::Dest, HOOK_CONNECT4, target) {
         PASS
     } else {
         REJECT
@@ -472,20 +471,36 @@ fn sbx_connect4(ctx: SockAddrContext) -> i32 {
 fn sbx_connect6(ctx: SockAddrContext) -> i32 {
     let slot = slot();
     let target = redirect_target(&slot, &ctx, true);
-    if judge6(&slot, &ctx, Direction::Dest, HOOK_CONNECT6, target.is_some())
-        || target.is_some_and(|t| redirect(&ctx, &t, true))
-    {
+    if judge6(&slot, &ctx, Direction::Dest, HOOK_CONNECT6, target) {
         PASS
     } else {
         REJECT
     }
 }
 
+/// `(proxy address, proxy port, original address)` of a redirect.
+type Redirect = ([u8; 16], u32, TrieAddr);
+
+/// Sends a connect the policy denied to the proxy, if it is one that
+/// transparent proxy mode redirects (not in audit mode, not on an internal
+/// error). Returns whether it did: the event then says "proxied", and only
+/// then (a redirect that fails is reported and refused as a denial).
+#[inline(always)]
+fn redirect_denied(
+    slot: &Slot,
+    ctx: &SockAddrContext,
+    verdict: Result<bool, ()>,
+    target: Option<Redirect>,
+    v6: bool,
+) -> bool {
+    verdict == Ok(false) && slot.flags & FLAG_AUDIT == 0 && target.is_some_and(|t| redirect(ctx, &t, v6))
+}
+
 /// Where a denied connect would be redirected, if transparent proxy mode
 /// applies to it: TCP, to a non-local destination, and (for an IPv4
 /// socket) an IPv4 proxy. `(proxy address, proxy port, original address)`.
 #[inline(always)]
-fn redirect_target(cfg: &Slot, ctx: &SockAddrContext, v6: bool) -> Option<([u8; 16], u32, TrieAddr)> {
+fn redirect_target(cfg: &Slot, ctx: &SockAddrContext, v6: bool) -> Option<Redirect> {
     if cfg.flags & FLAG_REDIRECT == 0 {
         return None;
     }
@@ -508,7 +523,7 @@ fn redirect_target(cfg: &Slot, ctx: &SockAddrContext, v6: bool) -> Option<([u8; 
 /// Rewrites a denied connect to the proxy and records its original
 /// destination under the socket cookie. Returns whether it redirected.
 #[inline(always)]
-fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool) -> bool {
+fn redirect(ctx: &SockAddrContext, target: &Redirect, v6: bool) -> bool {
     let (proxy, proxy_port, orig) = *target;
     let sa = ctx.sock_addr;
     // SAFETY: the helper takes the context pointer.
@@ -540,7 +555,7 @@ fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool)
 
 #[cgroup_sock_addr(sendmsg4)]
 fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if judge4(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG4, false) {
+    if judge4(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG4, None) {
         PASS
     } else {
         REJECT
@@ -549,7 +564,7 @@ fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if judge6(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG6, false) {
+    if judge6(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG6, None) {
         PASS
     } else {
         REJECT
@@ -558,7 +573,7 @@ fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind4)]
 fn sbx_bind4(ctx: SockAddrContext) -> i32 {
-    if judge4(&slot(), &ctx, Direction::Bind, HOOK_BIND4, false) {
+    if judge4(&slot(), &ctx, Direction::Bind, HOOK_BIND4, None) {
         PASS
     } else {
         REJECT
@@ -567,7 +582,7 @@ fn sbx_bind4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind6)]
 fn sbx_bind6(ctx: SockAddrContext) -> i32 {
-    if judge6(&slot(), &ctx, Direction::Bind, HOOK_BIND6, false) {
+    if judge6(&slot(), &ctx, Direction::Bind, HOOK_BIND6, None) {
         PASS
     } else {
         REJECT
@@ -831,7 +846,7 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 }
 
 #[inline(always)]
-fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
+fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
     let addr = mapped(user_ip4(sa));
     let (port, proto) = (port(sa), protocol(sa));
@@ -839,11 +854,12 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirec
     if verdict == Ok(true) && dir == Direction::Dest {
         remember(slot, ctx, &addr, port);
     }
-    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
+    let redirected = redirect_denied(slot, ctx, verdict, target, false);
+    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
 }
 
 #[inline(always)]
-fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
+fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
     let raw = user_ip6(sa);
     let mut addr = raw;
@@ -862,7 +878,8 @@ fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirec
         // As the socket and the packet header will carry it.
         remember(slot, ctx, &raw, port);
     }
-    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
+    let redirected = redirect_denied(slot, ctx, verdict, target, true);
+    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
 }
 
 /// Turns a decision of the egress hook into its answer, counting and

@@ -91,10 +91,7 @@ fn a_sandbox_of_an_older_sbx_stays_enforced_and_migrates_with_no_gap() {
     drop(bg);
     for (i, l) in completed(&log).iter().enumerate() {
         let f: Vec<&str> = l.split(' ').collect();
-        assert!(
-            matches!(f[1..], ["ok" | "EPERM", "EPERM"]),
-            "iteration {i}: {l:?}: the denied host got through"
-        );
+        assert!(matches!(f[1..], ["ok" | "EPERM", "EPERM"]), "iteration {i}: {l:?}: the denied host got through");
     }
 
     // Now held by this build's program set, the old maps gone.
