@@ -525,15 +525,20 @@ impl DenialLogger {
                 if done {
                     return;
                 }
-                // An `update` pins a new ring buffer and policy: follow it.
+                // An `update` keeps the ring buffer (a migration from an
+                // older sbx pins a new one) and records a new policy: follow
+                // both, so the rule text names the policy in force.
                 if tick % 10 == 9 {
+                    if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
+                        if r.generation != generation {
+                            print(&mut reader, &policy, generation);
+                            (policy, generation) = (r.policy, r.generation);
+                        }
+                    }
                     if let Ok(fresh) = crate::events::EventReader::open(&pin_dir) {
                         if fresh.id() != reader.id() {
                             print(&mut reader, &policy, generation);
                             reader = fresh;
-                            if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
-                                (policy, generation) = (r.policy, r.generation);
-                            }
                         }
                     }
                 }

@@ -252,3 +252,46 @@ fn gc_removes_what_a_removed_cgroup_left_and_nothing_alive() {
     assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
     assert_eq!(fx.inside().connect(Tcp, n.ns_v4b, 8080), "err EPERM");
 }
+
+#[test]
+fn two_readers_of_one_sandbox_share_its_events_and_an_update_keeps_the_stream() {
+    // A sandbox's stream has one consumer position: two followers get
+    // every event between them, each once. The stream survives an update
+    // (the followers were started before it).
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    fx.attach(&["--default", "deny"]);
+    let spawn = || {
+        let mut cmd = fx.sbx.cmd();
+        cmd.args(["events", "--follow", "--json", "--cgroup", fx.cg.arg()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning events --follow")
+    };
+    let (a, b) = (spawn(), spawn());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let p = fx.inside();
+    for port in 9001..9021 {
+        assert_eq!(p.connect(Tcp, n.ns_v4, port), "err EPERM");
+    }
+    fx.sbx.ok(&["update", "--cgroup", fx.cg.arg(), "--default", "deny", "--allow", &format!("{}:9999", n.ns_v4)]);
+    for port in 9021..9041 {
+        assert_eq!(p.connect(Tcp, n.ns_v4, port), "err EPERM");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let mut ports = Vec::new();
+    for mut child in [a, b] {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("reaping events");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON event");
+            let dest = v["destination"].as_str().unwrap_or_default().to_owned();
+            if let Some(port) = dest.strip_prefix(&format!("{}:", n.ns_v4)) {
+                ports.push(port.parse::<u16>().expect("a port"));
+            }
+        }
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, (9001..9041).collect::<Vec<u16>>(), "every event once, before and after the update");
+}
