@@ -30,10 +30,12 @@
 //! moves from the old policy to the new one at the same instant.
 #![no_std]
 
+pub mod addr;
+
 /// Version of the contract between the programs and the loader. Part of
 /// the program set's identity (with a hash of the object): a loader never
 /// drives programs of another contract.
-pub const CONTRACT_VERSION: u32 = 3;
+pub const CONTRACT_VERSION: u32 = 4;
 
 /// Shared cgroup storage ([`Slot`]), one cell per sandbox cgroup.
 pub const MAP_SLOT: &str = "SBX_SLOT";
@@ -92,8 +94,10 @@ pub struct Slot {
     pub proxy_port: u32,
     /// Zero.
     pub _pad: u32,
+    /// The policy's NAT64 network-specific prefixes (unused entries zero).
+    pub nat64: [addr::Nat64Prefix; addr::MAX_NAT64_PREFIXES],
 }
-const _: () = assert!(core::mem::size_of::<Slot>() == 56);
+const _: () = assert!(core::mem::size_of::<Slot>() == 56 + 20 * addr::MAX_NAT64_PREFIXES);
 
 /// Per-CPU state of one sandbox ([`MAP_STATS`]).
 #[repr(C)]
@@ -396,10 +400,19 @@ pub type TrieAddr = [u8; 16];
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TrieValue {
-    /// Index into [`MAP_PORTS`].
+    /// Index into the policy's port tables.
     pub table: u32,
+    /// The entry's own prefix length (an LPM lookup does not say which
+    /// prefix matched): an explicit rule at least as long as an embedded
+    /// form's prefix decides for that form.
+    pub prefix_len: u8,
+    /// 1 when a user rule names exactly this prefix (not only a default or
+    /// a built-in entry).
+    pub explicit: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<TrieValue>() == 4);
+const _: () = assert!(core::mem::size_of::<TrieValue>() == 8);
 
 /// One port range of a [`PortTable`] with its verdict per protocol.
 #[repr(C)]

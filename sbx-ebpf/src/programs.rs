@@ -20,6 +20,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use sbx_common::{
+    addr::{self, mapped},
     counter_index, Event, LayerVerdict, OrigDst, OrigKey, PortTable, Slot, SockVerdicts, Stats, TrieAddr, TrieValue,
     COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS,
     FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, VERDICT_ALLOW,
@@ -271,16 +272,18 @@ fn sock_dst6(full: *mut aya_ebpf::bindings::bpf_sock, out: &mut [u32; 4]) {
 /// `AF_INET` as `bpf_sock.family` holds it.
 const AF_INET: u32 = 2;
 
-/// The attach point's slot, copied: a slot is replaced whole by `update`
-/// (the kernel swaps the cell's buffer), so one copy is one policy.
+/// The attach point's slot. Read in place, not copied (it does not fit the
+/// stack beside an event): `update` never writes a slot in place, the
+/// kernel swaps the cell's buffer and frees the old one after an RCU grace
+/// period, so every field read through this one reference belongs to one
+/// slot. `None` only if the kernel has no cell for the attach point, which
+/// a linked program never sees; the callers reject.
 #[inline(always)]
-fn slot() -> Slot {
+fn slot() -> Option<&'static Slot> {
     let p = SBX_SLOT.get();
-    if p.is_null() {
-        return Slot::default();
-    }
-    // SAFETY: a valid cell of `size_of::<Slot>()` bytes for this run.
-    unsafe { *p }
+    // SAFETY: a valid cell of `size_of::<Slot>()` bytes for this program
+    // run, or null.
+    unsafe { p.as_ref() }
 }
 
 /// `BPF_SOCK_OPS_TCP_CONNECT_CB`: the SYN is about to be sent, the local
@@ -458,9 +461,9 @@ enum Direction {
 
 #[cgroup_sock_addr(connect4)]
 fn sbx_connect4(ctx: SockAddrContext) -> i32 {
-    let slot = slot();
-    let target = redirect_target(&slot, &ctx, false);
-    if judge4(&slot, &ctx, Direction::Dest, HOOK_CONNECT4, target) {
+    let Some(slot) = slot() else { return REJECT };
+    let target = redirect_target(slot, &ctx, false);
+    if judge4(slot, &ctx, Direction::Dest, HOOK_CONNECT4, target) {
         PASS
     } else {
         REJECT
@@ -469,9 +472,9 @@ fn sbx_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 fn sbx_connect6(ctx: SockAddrContext) -> i32 {
-    let slot = slot();
-    let target = redirect_target(&slot, &ctx, true);
-    if judge6(&slot, &ctx, Direction::Dest, HOOK_CONNECT6, target) {
+    let Some(slot) = slot() else { return REJECT };
+    let target = redirect_target(slot, &ctx, true);
+    if judge6(slot, &ctx, Direction::Dest, HOOK_CONNECT6, target) {
         PASS
     } else {
         REJECT
@@ -555,7 +558,7 @@ fn redirect(ctx: &SockAddrContext, target: &Redirect, v6: bool) -> bool {
 
 #[cgroup_sock_addr(sendmsg4)]
 fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if judge4(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG4, None) {
+    if slot().is_some_and(|slot| judge4(slot, &ctx, Direction::Dest, HOOK_SENDMSG4, None)) {
         PASS
     } else {
         REJECT
@@ -564,7 +567,7 @@ fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if judge6(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG6, None) {
+    if slot().is_some_and(|slot| judge6(slot, &ctx, Direction::Dest, HOOK_SENDMSG6, None)) {
         PASS
     } else {
         REJECT
@@ -573,7 +576,7 @@ fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind4)]
 fn sbx_bind4(ctx: SockAddrContext) -> i32 {
-    if judge4(&slot(), &ctx, Direction::Bind, HOOK_BIND4, None) {
+    if slot().is_some_and(|slot| judge4(slot, &ctx, Direction::Bind, HOOK_BIND4, None)) {
         PASS
     } else {
         REJECT
@@ -582,7 +585,7 @@ fn sbx_bind4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind6)]
 fn sbx_bind6(ctx: SockAddrContext) -> i32 {
-    if judge6(&slot(), &ctx, Direction::Bind, HOOK_BIND6, None) {
+    if slot().is_some_and(|slot| judge6(slot, &ctx, Direction::Bind, HOOK_BIND6, None)) {
         PASS
     } else {
         REJECT
@@ -600,10 +603,10 @@ fn sbx_sock_create(ctx: SockContext) -> i32 {
     // SAFETY: field addresses of the context; the verifier checks reads.
     let (ty, proto) =
         unsafe { (ctx_u32(core::ptr::addr_of!((*sk).type_)), ctx_u32(core::ptr::addr_of!((*sk).protocol))) };
-    let slot = slot();
+    let Some(slot) = slot() else { return REJECT };
     // A sandbox whose policy is not written yet denies everything.
     let allowed = slot.policy != 0 && matches!((ty, proto), (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP));
-    if settle(&slot, Ok(allowed), HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
+    if settle(slot, Ok(allowed), HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -629,7 +632,9 @@ fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
     let refused = matches!((level, name), (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR));
     #[expect(clippy::cast_sign_loss, reason = "reported as raw numbers")]
     let (level, name) = (level as u32, name as u32);
-    if settle(&slot(), Ok(!refused), HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false) {
+    if slot()
+        .is_some_and(|slot| settle(slot, Ok(!refused), HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false))
+    {
         PASS
     } else {
         REJECT
@@ -665,7 +670,7 @@ fn sbx_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &SkBuffContext) -> bool {
-    let slot = &slot();
+    let Some(slot) = slot() else { return false };
     // Ordered for the common case: most packets are TCP segments after the
     // SYN, which need the header length, protocol and flags only.
     // SAFETY: reading a field of the context.
@@ -735,7 +740,7 @@ fn egress(ctx: &SkBuffContext) -> bool {
     }
     conclude(
         slot,
-        decide(slot, &addr, port, l4, Direction::Dest),
+        decide_v6(slot, &addr, port, l4, Direction::Dest),
         HOOK_EGRESS,
         l4,
         &addr,
@@ -785,11 +790,11 @@ fn dest_v4(ctx: &SkBuffContext) -> Result<TrieAddr, ()> {
     Ok(mapped(v4))
 }
 
-/// The destination of an IPv6 packet, embedded IPv4 forms as IPv4.
+/// The destination of an IPv6 packet, as the header carries it (embedded
+/// IPv4 forms are judged by [`decide_v6`], as in the connect hooks).
 #[inline(always)]
 fn dest_v6(ctx: &SkBuffContext) -> Result<TrieAddr, ()> {
-    let addr: [u8; 16] = ctx.load(24).map_err(|_| ())?;
-    Ok(embedded_v4(&addr).map_or(addr, mapped))
+    ctx.load(24).map_err(|_| ())
 }
 
 /// Reads a 4-byte field of `bpf_sock_addr`.
@@ -825,18 +830,21 @@ fn user_ip4(sa: *const bpf_sock_addr) -> [u8; 4] {
     ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes()
 }
 
-/// `user_ip6` as address bytes, read word by word (see [`ctx_u32`]).
+/// `user_ip6` as address bytes: one load per word at a constant offset
+/// (see [`ctx_u32`]), not a loop whose unrolling the verifier would depend
+/// on (a loop's offset in a register is "dereference of modified ctx ptr").
 #[inline(always)]
 fn user_ip6(sa: *const bpf_sock_addr) -> TrieAddr {
-    let mut addr = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        // SAFETY: as in `port`; `i < 4` keeps the offset inside `user_ip6`.
-        let word = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip6[i]) }).to_ne_bytes();
-        addr[i * 4..i * 4 + 4].copy_from_slice(&word);
-        i += 1;
-    }
-    addr
+    // SAFETY: as in `port`; four fields of `user_ip6`.
+    let (w0, w1, w2, w3) = unsafe {
+        (
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[0])).to_ne_bytes(),
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[1])).to_ne_bytes(),
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[2])).to_ne_bytes(),
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[3])).to_ne_bytes(),
+        )
+    };
+    [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
 }
 
 #[inline(always)]
@@ -861,22 +869,12 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
 #[inline(always)]
 fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let raw = user_ip6(sa);
-    let mut addr = raw;
+    let addr = user_ip6(sa);
     let (port, proto) = (port(sa), protocol(sa));
-    let verdict = match embedded_v4(&addr) {
-        // A NAT64/6to4 form of a local address leaves the host; it is
-        // not loopback, and it is nothing a policy can name. Refuse it.
-        Some(v4) if v4[0] == 127 || v4[0] == 0 => Ok(false),
-        Some(v4) => {
-            addr = mapped(v4);
-            decide(slot, &addr, port, proto, dir)
-        }
-        None => decide(slot, &addr, port, proto, dir),
-    };
+    let verdict = decide_v6(slot, &addr, port, proto, dir);
     if verdict == Ok(true) && dir == Direction::Dest {
         // As the socket and the packet header will carry it.
-        remember(slot, ctx, &raw, port);
+        remember(slot, ctx, &addr, port);
     }
     let redirected = redirect_denied(slot, ctx, verdict, target, true);
     settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
@@ -897,27 +895,9 @@ fn conclude(
     settle(slot, verdict, hook, proto, addr, port, task, false)
 }
 
-/// `::ffff:a.b.c.d`, the trie's encoding of an IPv4 address.
+/// The trie entry for `addr`: the policy's longest matching prefix.
 #[inline(always)]
-fn mapped(v4: [u8; 4]) -> TrieAddr {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
-}
-
-/// The IPv4 address a NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address
-/// reaches, if it is one.
-#[inline(always)]
-fn embedded_v4(a: &TrieAddr) -> Option<[u8; 4]> {
-    if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b && a[4..12] == [0u8; 8] {
-        return Some([a[12], a[13], a[14], a[15]]);
-    }
-    if a[0] == 0x20 && a[1] == 0x02 {
-        return Some([a[2], a[3], a[4], a[5]]);
-    }
-    None
-}
-
-#[inline(always)]
-fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+fn lookup(slot: &Slot, addr: &TrieAddr, dir: Direction) -> Result<TrieValue, ()> {
     // Policy 0 is never allocated: a slot not yet written denies everything.
     if slot.policy == 0 {
         return Err(());
@@ -928,10 +908,50 @@ fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -
         Direction::Bind => SBX_BIND_OF.get(slot.policy),
     }
     .ok_or(())?;
-    let entry = trie.get(&key).ok_or(())?;
-    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(entry.table).ok_or(())?;
-    let verdict = lookup_port(table, port, proto)?;
-    Ok(verdict == VERDICT_ALLOW)
+    trie.get(&key).copied().ok_or(())
+}
+
+/// The verdict of entry `v` for `port` and `proto`.
+#[inline(always)]
+fn port_verdict(slot: &Slot, v: &TrieValue, port: u16, proto: u32) -> Result<bool, ()> {
+    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(v.table).ok_or(())?;
+    Ok(lookup_port(table, port, proto)? == VERDICT_ALLOW)
+}
+
+/// The decision for `addr` (IPv4 mapped, or plain IPv6).
+#[inline(always)]
+fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+    port_verdict(slot, &lookup(slot, addr, dir)?, port, proto)
+}
+
+/// The decision for an IPv6 address, whatever form it has: an embedded
+/// IPv4 form (see `sbx_common::addr`) is judged as the IPv4 address it
+/// reaches (both, for Teredo), unless an explicit IPv6 rule at least as
+/// specific as the form's prefix decides; a form of a local address is
+/// refused. The one classification for every destination hook, the egress
+/// backstop included; bind judges the address itself.
+#[inline(always)]
+fn decide_v6(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+    // A bind names a local address: what it would reach does not apply.
+    let form = if dir == Direction::Dest { addr::embedded(addr, &slot.nat64) } else { None };
+    let Some(e) = form else {
+        return decide(slot, addr, port, proto, dir);
+    };
+    if e.is_local() {
+        // It leaves the host to reach a local address: not loopback, and
+        // nothing a policy can name, not even an explicit rule.
+        return Ok(false);
+    }
+    if let Ok(v) = lookup(slot, addr, dir) {
+        if v.explicit != 0 && u32::from(v.prefix_len) >= e.prefix_len {
+            return port_verdict(slot, &v, port, proto);
+        }
+    }
+    let first = decide(slot, &addr::mapped(e.v4), port, proto, dir);
+    match (first, e.second) {
+        (Ok(true), Some(client)) => decide(slot, &addr::mapped(client), port, proto, dir),
+        _ => first,
+    }
 }
 
 #[inline(always)]

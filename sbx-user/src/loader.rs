@@ -392,8 +392,10 @@ fn kernel_err(what: &str, e: &std::io::Error) -> LoaderError {
 }
 
 fn make_trie(name: &str) -> Result<OwnedFd, LoaderError> {
+    #[expect(clippy::cast_possible_truncation, reason = "an 8-byte value")]
+    const VALUE_SIZE: u32 = std::mem::size_of::<TrieValue>() as u32;
     // Key: u32 prefix length (host order), then the 16 address bytes.
-    sys::map_create(MapType::LpmTrie, 20, 4, TRIE_CAPACITY, sys::F_NO_PREALLOC, name)
+    sys::map_create(MapType::LpmTrie, 20, VALUE_SIZE, TRIE_CAPACITY, sys::F_NO_PREALLOC, name)
         .map_err(|e| kernel_err(&format!("creating the {name} trie"), &e))
 }
 
@@ -402,7 +404,12 @@ fn fill_trie(map: &OwnedFd, entries: &[crate::compile::TrieEntry], name: &str) -
     for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
         key[..4].copy_from_slice(&e.prefix_len.to_ne_bytes());
         key[4..].copy_from_slice(&e.addr);
-        let value = TrieValue { table: e.table };
+        let value = TrieValue {
+            table: e.table,
+            prefix_len: u8::try_from(e.prefix_len).expect("prefix lengths are at most 128"),
+            explicit: u8::from(e.explicit),
+            _pad: [0; 2],
+        };
         sys::map_update(map.as_fd(), &key, sys::bytes_of(&value), sys::UPDATE_ANY)
             .map_err(|err| kernel_err(&format!("filling the {name} trie"), &err))?;
     }
@@ -506,7 +513,7 @@ pub fn read_stats(set: &ProgramSet, id: u64) -> Option<Stats> {
     Some(total)
 }
 
-fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config) -> Slot {
+fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config, compiled: &Compiled) -> Slot {
     let Config { flags, generation, events_per_sec, events_burst, proxy_addr, proxy_port, _pad } = *config;
     Slot {
         cgroup_id: cg.id,
@@ -519,6 +526,7 @@ fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config) -> Slot {
         proxy_addr,
         proxy_port,
         _pad: 0,
+        nat64: compiled.nat64,
     }
 }
 
@@ -660,7 +668,7 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         if opts.events_bytes > 0 {
             events = install_events(&set, opts.events_bytes, &pin_dir)?;
         }
-        link_and_pin(&set, cg, &slot_for(cg, index, events, &opts.config), &pin_dir, &[])
+        link_and_pin(&set, cg, &slot_for(cg, index, events, &opts.config, compiled), &pin_dir, &[])
     })();
     if let Err(e) = result {
         if let Some(p) = policy {
@@ -761,7 +769,7 @@ fn replace(
             }
             _ => {}
         }
-        write_slot(set, cg.id, &slot_for(cg, new.index, old.events, &opts.config))
+        write_slot(set, cg.id, &slot_for(cg, new.index, old.events, &opts.config, compiled))
     })();
     if let Err(e) = hooked {
         remove_policy(set, new.index);
@@ -797,7 +805,7 @@ fn migrate(
             // Pinned over the old ring buffer's name; readers reopen it.
             events = install_events(set, opts.events_bytes, &pin_dir)?;
         }
-        link_and_pin(set, cg, &slot_for(cg, new.index, events, &opts.config), &pin_dir, &old_links)
+        link_and_pin(set, cg, &slot_for(cg, new.index, events, &opts.config, compiled), &pin_dir, &old_links)
     })();
     if let Err(e) = result {
         remove_policy(set, new.index);

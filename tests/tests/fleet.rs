@@ -142,7 +142,14 @@ fn a_sandbox_whose_slot_is_not_written_denies_everything() {
         .expect("a program set marker in the pins");
     let set = sbx_tests::bpffs().join("sbx").join(marker.file_name());
     let key: Vec<String> = fx.cg.id().to_le_bytes().iter().map(u8::to_string).collect();
-    let value = vec!["0".to_owned(); 56];
+    let show = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(set.join("map_SBX_SLOT"))
+        .output()
+        .expect("running bpftool");
+    let info: serde_json::Value = serde_json::from_slice(&show.stdout).expect("bpftool -j");
+    let size = usize::try_from(info["bytes_value"].as_u64().expect("bytes_value")).expect("small");
+    let value = vec!["0".to_owned(); size];
     let out = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(set.join("map_SBX_SLOT"))
@@ -269,7 +276,7 @@ fn two_readers_of_one_sandbox_share_its_events_and_an_update_keeps_the_stream() 
             .spawn()
             .expect("spawning events --follow")
     };
-    let (a, b) = (spawn(), spawn());
+    let (first, second) = (spawn(), spawn());
     std::thread::sleep(std::time::Duration::from_millis(300));
     let p = fx.inside();
     for port in 9001..9021 {
@@ -281,7 +288,7 @@ fn two_readers_of_one_sandbox_share_its_events_and_an_update_keeps_the_stream() 
     }
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let mut ports = Vec::new();
-    for mut child in [a, b] {
+    for mut child in [first, second] {
         let _ = child.kill();
         let out = child.wait_with_output().expect("reaping events");
         for line in String::from_utf8_lossy(&out.stdout).lines() {
