@@ -269,6 +269,31 @@ fn sock_dst6(full: *mut aya_ebpf::bindings::bpf_sock, out: &mut [u32; 4]) {
     }
 }
 
+/// The connected peer of the context's socket (IPv4 mapped for an IPv4
+/// socket, or a dual-stack one reaching IPv4), as the trie keys it, and its
+/// port in host order. An unknown peer reads as `::`, port 0, which no
+/// policy allows.
+#[inline(always)]
+fn connected_peer(ctx: &SockAddrContext, v6: bool) -> (TrieAddr, u16) {
+    // SAFETY: the context's socket field; the verifier checks the access.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return ([0; 16], 0);
+    }
+    // SAFETY: fields of the full socket of a sock_addr context.
+    let port = u16::from_be(unsafe { (*sk).dst_port });
+    let addr = if v6 {
+        let mut w = [0u32; 4];
+        sock_dst6(sk, &mut w);
+        let (w0, w1, w2, w3) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+        [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
+    } else {
+        // SAFETY: as above.
+        mapped(ctx_u32(unsafe { core::ptr::addr_of!((*sk).dst_ip4) }).to_ne_bytes())
+    };
+    (addr, port)
+}
+
 /// `AF_INET` as `bpf_sock.family` holds it.
 const AF_INET: u32 = 2;
 
@@ -621,15 +646,36 @@ const SOL_IPV6: i32 = 41;
 const IPV6_2292RTHDR: i32 = 5;
 const IPV6_RTHDR: i32 = 57;
 
+/// `IPV6_2292PKTOPTIONS`: a whole set of sticky options in one call, a
+/// routing header among them.
+const IPV6_2292PKTOPTIONS: i32 = 6;
+/// The most of an option value a sockopt program is shown (a page).
+const SOCKOPT_MAX_SEEN: i32 = 4096;
+
 /// `setsockopt()`: refuses the options that make packets travel somewhere
 /// other than the address the connect/sendmsg hooks judged: IPv4 options
-/// (loose/strict source routing) and IPv6 routing headers.
+/// (loose/strict source routing) and IPv6 routing headers, also inside
+/// `IPV6_2292PKTOPTIONS`. Clearing IP options (`optlen` 0) is harmless and
+/// allowed.
+///
+/// A value longer than a page is shown to the program cut to a page; left
+/// so, the kernel fails the call with `EFAULT`. The program never changes a
+/// value, so it sets `optlen` to 0, which the kernel documentation for
+/// cgroup sockopt programs gives as "use the caller's value unchanged".
 #[cgroup_sockopt(setsockopt)]
 fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
-    let so = ctx.sockopt.cast_const();
-    // SAFETY: as in `sbx_sock_create`; both fields are 4-byte ints.
-    let (level, name) = unsafe { ((*so).level, (*so).optname) };
-    let refused = matches!((level, name), (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR));
+    let so = ctx.sockopt;
+    // SAFETY: as in `sbx_sock_create`; the three fields are 4-byte ints.
+    let (level, name, optlen) = unsafe { ((*so).level, (*so).optname, (*so).optlen) };
+    let refused = match (level, name) {
+        (SOL_IP, IP_OPTIONS) => optlen != 0,
+        (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS) => true,
+        _ => false,
+    };
+    if optlen > SOCKOPT_MAX_SEEN {
+        // SAFETY: `optlen` is writable in a setsockopt program.
+        unsafe { (*so).optlen = 0 };
+    }
     #[expect(clippy::cast_sign_loss, reason = "reported as raw numbers")]
     let (level, name) = (level as u32, name as u32);
     if slot()
@@ -856,8 +902,14 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 #[inline(always)]
 fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let addr = mapped(user_ip4(sa));
-    let (port, proto) = (port(sa), protocol(sa));
+    let (mut addr, mut port, proto) = (mapped(user_ip4(sa)), port(sa), protocol(sa));
+    if hook == HOOK_SENDMSG4 && port == 0 && addr == mapped([0; 4]) {
+        // A sendmsg() without an address on a connected UDP socket that
+        // carries control messages (IP_TOS, IP_PKTINFO, TTL...): the kernel
+        // runs this hook with an all-zero address. The datagram goes to the
+        // connected peer: judge that.
+        (addr, port) = connected_peer(ctx, false);
+    }
     let verdict = decide(slot, &addr, port, proto, dir);
     if verdict == Ok(true) && dir == Direction::Dest {
         remember(slot, ctx, &addr, port);
@@ -869,8 +921,11 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
 #[inline(always)]
 fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let addr = user_ip6(sa);
-    let (port, proto) = (port(sa), protocol(sa));
+    let (mut addr, mut port, proto) = (user_ip6(sa), port(sa), protocol(sa));
+    if hook == HOOK_SENDMSG6 && port == 0 && addr == [0; 16] {
+        // As in `judge4` (IPV6_TCLASS for ECN, hop limit, pktinfo...).
+        (addr, port) = connected_peer(ctx, true);
+    }
     let verdict = decide_v6(slot, &addr, port, proto, dir);
     if verdict == Ok(true) && dir == Direction::Dest {
         // As the socket and the packet header will carry it.
