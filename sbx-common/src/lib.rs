@@ -219,10 +219,10 @@ pub const LEGACY_MAPS: [&str; 9] =
 
 /// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
 /// in [`PROGRAMS`] order.
-pub const HOOK_NAMES: [&str; 9] =
-    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress"];
+pub const HOOK_NAMES: [&str; 10] =
+    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress", "accept"];
 /// Number of hooks.
-pub const NUM_HOOKS: u32 = 9;
+pub const NUM_HOOKS: u32 = 10;
 
 /// Index in [`MAP_COUNTERS`] of the count of calls at `hook` that were
 /// allowed (`denied == 0`) or denied (`denied == 1`, including audit-mode

@@ -202,6 +202,10 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
         "egress" if e.port == EVENT_PORT_SOURCE_ROUTE => format!("{ip} (source-routed)"),
         "sock_create" => format!("socket type {} protocol {}", e.port, e.protocol),
         "setsockopt" => format!("level {} option {}", e.protocol, e.port),
+        "accept" => match ip {
+            IpAddr::V4(v4) => format!("from {v4} to local port {port}"),
+            IpAddr::V6(v6) => format!("from [{v6}] to local port {port}"),
+        },
         _ => match ip {
             IpAddr::V4(v4) => format!("{v4}:{port}"),
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
@@ -210,6 +214,9 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
     let rule = match (hook, policy) {
         ("sock_create", _) => "only TCP and UDP sockets may be created".to_owned(),
         ("setsockopt", _) => "source-routing options are refused".to_owned(),
+        ("accept", _) => "an inbound connection needs `bind` to allow the local address and port, and the policy \
+                          to reach the peer (loopback peers: `loopback` on the local port)"
+            .to_owned(),
         ("egress", _) if e.port == EVENT_PORT_SOURCE_ROUTE => "IP options or routing header".to_owned(),
         (_, None) => "(policy unknown)".to_owned(),
         (_, Some((_, generation))) if generation != e.generation => "(policy changed since)".to_owned(),
@@ -297,11 +304,14 @@ pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
     let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
     let sum = |i: u32| -> Result<u64, EventsError> { Ok(arr.get(&i, 0).map_err(|e| err(e.to_string()))?.iter().sum()) };
+    // Contract 1 had the hooks before "accept", and the dropped-events
+    // counter right after them.
+    const LEGACY_HOOKS: u32 = 9;
     let mut hooks = Vec::new();
-    for h in 0..NUM_HOOKS {
+    for h in 0..LEGACY_HOOKS {
         hooks.push((HOOK_NAMES[h as usize], sum(counter_index(h, 0))?, sum(counter_index(h, 1))?));
     }
-    Ok(Counters { hooks, events_dropped: sum(COUNTER_EVENTS_DROPPED)? })
+    Ok(Counters { hooks, events_dropped: sum(LEGACY_HOOKS * 2)? })
 }
 
 #[cfg(test)]
