@@ -296,6 +296,10 @@ pub fn sandbox_counters(paths: &crate::state::Paths, id: u64) -> Result<Counters
     Ok(Counters { hooks, events_dropped: stats.counters[COUNTER_EVENTS_DROPPED as usize] })
 }
 
+/// Hooks of contract 1: those before "accept", with the dropped-events
+/// counter right after them.
+const LEGACY_HOOKS: u32 = 9;
+
 /// Sums the per-CPU counters pinned in `pin_dir` (contract 1).
 pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let path = pin_dir.join(pin_name_map(MAP_COUNTERS));
@@ -304,9 +308,6 @@ pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
     let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
     let sum = |i: u32| -> Result<u64, EventsError> { Ok(arr.get(&i, 0).map_err(|e| err(e.to_string()))?.iter().sum()) };
-    // Contract 1 had the hooks before "accept", and the dropped-events
-    // counter right after them.
-    const LEGACY_HOOKS: u32 = 9;
     let mut hooks = Vec::new();
     for h in 0..LEGACY_HOOKS {
         hooks.push((HOOK_NAMES[h as usize], sum(counter_index(h, 0))?, sum(counter_index(h, 1))?));

@@ -9,7 +9,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use sbx_tests::{describe, probe, Fixture, Place, Proto::Tcp};
+use sbx_tests::{describe, probe, Fixture, Place};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
 use serde_json as _;
