@@ -465,6 +465,15 @@ impl PortTable {
     }
 }
 
+/// A loopback address every policy denies on every port
+/// (127.255.255.254), so that `verify` and `run` always have a local
+/// target that must be refused.
+pub const SENTINEL: [u8; 4] = [127, 255, 255, 254];
+/// The port of `run`'s start-up proof: a connect to [`SENTINEL`] on this
+/// port from inside the new cgroup must fail with `EPERM` before the
+/// command is executed. Denials of it are kept out of events and counters.
+pub const PROOF_PORT: u16 = 1;
+
 /// IP protocol numbers the programs distinguish.
 pub const IPPROTO_TCP: u32 = 6;
 /// See [`IPPROTO_TCP`].
