@@ -38,7 +38,7 @@ pub enum CgroupError {
         /// The error.
         source: io::Error,
     },
-    /// cgroup v1 net_cls/net_prio may switch cgroup v2 socket matching off.
+    /// cgroup v1 `net_cls`/`net_prio` may switch cgroup v2 socket matching off.
     #[error("{0}")]
     V1SocketMatching(String),
     /// Processes stayed in the cgroup after it was killed.
@@ -57,7 +57,7 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cgroup
 /// Why cgroup v2 socket hooks might not hold on this host, if they might
 /// not: before Linux 5.15, the first use of a cgroup v1 `net_cls` or
 /// `net_prio` controller switches cgroup v2 socket matching off for new
-/// sockets, and the sock_addr programs then judge nothing. `release` is
+/// sockets, and the `sock_addr` programs then judge nothing. `release` is
 /// `uname -r`, `mountinfo` the text of `/proc/self/mountinfo`.
 #[must_use]
 pub fn v1_socket_matching_conflict(release: &str, mountinfo: &str) -> Option<String> {
