@@ -344,7 +344,8 @@ pub struct PolicyArgs {
     /// Audit mode: block nothing, report every call the policy would deny.
     #[arg(long)]
     pub audit: bool,
-    /// Landlock: readable and executable path (run only); repeatable.
+    /// Landlock: readable and executable path (run only); repeatable. Any
+    /// filesystem rule replaces run's defaults (see FILES in `run --help`).
     #[arg(long, value_name = "PATH")]
     pub fs_read: Vec<String>,
     /// Landlock: writable path (run only); repeatable.
