@@ -249,8 +249,12 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // kernel cannot enforce what was asked.
     crate::confine::check_stdio(opts.allow_stdio_sockets)?;
     let identity = opts.identity.unwrap_or_else(Identity::current);
-    let workspace =
-        crate::harden::workspace::Workspace::prepare(policy.filesystem.as_ref(), identity, opts.home.as_deref())?;
+    let workspace = crate::harden::workspace::Workspace::prepare(
+        policy.filesystem.as_ref(),
+        identity,
+        opts.home.as_deref(),
+        command.first().map(std::path::Path::new),
+    )?;
     for note in workspace.notes() {
         crate::warn_user!("{note}");
     }
@@ -402,7 +406,7 @@ fn spawn_and_wait(
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
     let confinement =
-        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried_cwd())
+        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried())
             .map_err(RunError::Confine)?;
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()

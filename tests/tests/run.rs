@@ -421,3 +421,20 @@ fn status_reports_and_detach_removes_what_a_killed_run_left() {
     assert!(stdout(&out).contains("left behind"), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 }
+
+#[test]
+fn a_command_under_the_hosts_tmp_still_runs_in_the_private_tmp() {
+    // The command gets a private /tmp; a tool that lives under the host's
+    // /tmp (a CI checkout, an unpacked release) must still be found.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = std::path::PathBuf::from(format!("/tmp/sbx-test-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    let tool = dir.join("bin/say");
+    std::fs::copy("/bin/echo", &tool).expect("copying echo");
+    let out = run(&sbx, &cg, &[], &[tool.to_str().expect("UTF-8"), "from", "tmp"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "from tmp\n");
+    assert_cleaned_up(&sbx, &cg, None);
+}
