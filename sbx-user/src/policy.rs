@@ -182,6 +182,51 @@ pub struct FsPolicy {
     pub write: Vec<PathBuf>,
 }
 
+/// One host socket path a `unix` list names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixPath {
+    /// The absolute path as written (resolved when `run` starts).
+    pub path: PathBuf,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// Which pathname UNIX sockets of the host the sandbox may connect to.
+/// Sockets the sandbox binds itself are always reachable from inside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unix {
+    /// Every socket its identity may open (what a policy that does not
+    /// say gets, for compatibility).
+    #[default]
+    Any,
+    /// None: only the sockets the sandbox made itself.
+    None,
+    /// Only these sockets (and the sandbox's own).
+    Paths(Vec<UnixPath>),
+}
+
+impl Unix {
+    /// Whether this restricts anything.
+    #[must_use]
+    pub fn restricts(&self) -> bool {
+        !matches!(self, Self::Any)
+    }
+}
+
+impl fmt::Display for Unix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any (every host socket the identity may open)"),
+            Self::None => f.write_str("none (only sockets the command binds itself)"),
+            Self::Paths(p) => {
+                let list: Vec<String> = p.iter().map(|p| p.path.display().to_string()).collect();
+                write!(f, "{} (and sockets the command binds itself)", list.join(", "))
+            }
+        }
+    }
+}
+
 /// A complete, validated egress policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -206,6 +251,23 @@ pub struct Policy {
     /// destinations are rewritten to the proxy instead of refused.
     #[serde(default)]
     pub redirect: bool,
+    /// Pathname UNIX sockets the sandbox may connect to.
+    #[serde(default)]
+    pub unix: Unix,
+    /// Where `unix` was set; `None` when nothing said (then it is
+    /// [`Unix::Any`]). A profile's origin reads `profile NAME:LINE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_origin: Option<Origin>,
+}
+
+impl Policy {
+    /// Whether the `unix` setting is the user's own (a policy file or a
+    /// flag) rather than a profile's default: what the user asked for
+    /// refuses where it cannot be enforced, a profile's default warns.
+    #[must_use]
+    pub fn unix_explicit(&self) -> bool {
+        self.unix.restricts() && self.unix_origin.as_ref().is_some_and(|o| !o.source.starts_with("profile "))
+    }
 }
 
 /// A policy input problem, with where it was and what was wrong.
@@ -487,6 +549,10 @@ pub struct Layer {
     fs_read: Vec<PathBuf>,
     fs_write: Vec<PathBuf>,
     redirect: Option<(bool, Origin)>,
+    /// `unix` replaced by this layer.
+    unix: Option<(Unix, Origin)>,
+    /// Socket paths this layer adds to the list (`--unix PATH`).
+    unix_add: Vec<UnixPath>,
 }
 
 /// Builds a [`Policy`] from layers applied in order; later layers override
@@ -505,8 +571,24 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = layer;
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, unix, unix_add } = layer;
         let m = &mut self.merged;
+        if unix.is_some() {
+            m.unix = unix;
+        }
+        if let Some(first) = unix_add.first() {
+            let origin = first.origin.clone();
+            let mut list = match m.unix.take() {
+                Some((Unix::Paths(p), _)) => p,
+                _ => Vec::new(),
+            };
+            for p in unix_add {
+                if !list.iter().any(|q| q.path == p.path) {
+                    list.push(p);
+                }
+            }
+            m.unix = Some((Unix::Paths(list), origin));
+        }
         if redirect.is_some() {
             m.redirect = redirect;
         }
@@ -545,7 +627,9 @@ impl PolicyBuilder {
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = self.merged.clone();
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, unix, unix_add: _ } =
+            self.merged.clone();
+        let (unix, unix_origin) = unix.map_or((Unix::Any, None), |(u, o)| (u, Some(o)));
         let mut rules = rules;
         let names = rules.iter().filter(|r| r.host.is_some()).count();
         for rule in crate::progress::track("resolving host names", names, rules.iter_mut().filter(|r| r.host.is_some()))
@@ -571,6 +655,8 @@ impl PolicyBuilder {
                 bind,
                 mode,
                 filesystem,
+                unix,
+                unix_origin,
             });
         };
         if let Some((Action::Allow, origin)) = &default {
@@ -608,7 +694,18 @@ impl PolicyBuilder {
             loopback.unwrap_or(Loopback::None)
         };
         let redirect = redirect.is_some_and(|(r, _)| r);
-        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem, redirect })
+        Ok(Policy {
+            default: Action::Deny,
+            loopback,
+            proxy: Some(proxy_addr),
+            rules,
+            bind,
+            mode,
+            filesystem,
+            redirect,
+            unix,
+            unix_origin,
+        })
     }
 }
 
@@ -705,6 +802,8 @@ pub struct FlagInput {
     pub allow_unresolved: bool,
     /// `--proxy-redirect`.
     pub proxy_redirect: bool,
+    /// `--unix`: socket paths, or one of `any`, `none`.
+    pub unix: Vec<String>,
 }
 
 /// Splits a flag value holding several rules separated by commas.
@@ -773,6 +872,22 @@ impl FlagInput {
                 out.push(fs_path(v, &origin)?);
             }
         }
+        let origin = Origin::flag("--unix");
+        for v in &self.unix {
+            match v.trim() {
+                word @ ("any" | "none") => {
+                    if self.unix.len() > 1 {
+                        return Err(invalid(
+                            &origin,
+                            v,
+                            format!("--unix {word} cannot be combined with other --unix values; give either {word} or socket paths"),
+                        ));
+                    }
+                    layer.unix = Some((if word == "any" { Unix::Any } else { Unix::None }, origin.clone()));
+                }
+                _ => layer.unix_add.push(unix_path(v, &origin)?),
+            }
+        }
         if let Some(b) = &self.bind {
             let origin = Origin::flag("--bind");
             layer.bind = Some(match b.trim() {
@@ -826,6 +941,37 @@ fn parse_proxy(s: &str, origin: &Origin) -> Result<SocketAddr, PolicyError> {
     Ok(SocketAddr::new(ip, addr.port()))
 }
 
+/// Validates one socket path of a `unix` list: absolute, no NUL, no `.` or
+/// `..` components (a path means the socket it names when `run` starts;
+/// spelling it through `..` is refused rather than guessed at).
+fn unix_path(raw: &str, origin: &Origin) -> Result<UnixPath, PolicyError> {
+    let path = Path::new(raw);
+    if raw.is_empty() {
+        return Err(invalid(origin, raw, "empty socket path"));
+    }
+    if raw.contains('\0') {
+        return Err(invalid(origin, raw, "a socket path cannot contain a NUL byte"));
+    }
+    if raw.starts_with('@') {
+        return Err(invalid(
+            origin,
+            raw,
+            "abstract sockets are not named by `unix`: Landlock keeps the sandbox from connecting to abstract sockets made outside it (Linux 6.12+)",
+        ));
+    }
+    if !path.is_absolute() {
+        return Err(invalid(
+            origin,
+            raw,
+            "socket paths must be absolute (e.g. /run/postgresql/.s.PGSQL.5432, or \"$SSH_AUTH_SOCK\" expanded by the shell); \"any\" and \"none\" are the other values",
+        ));
+    }
+    if raw.split('/').any(|c| c == "." || c == "..") {
+        return Err(invalid(origin, raw, "write the socket path without `.` or `..` components"));
+    }
+    Ok(UnixPath { path: path.to_path_buf(), origin: origin.clone() })
+}
+
 // ---------------------------------------------------------------------------
 // TOML files.
 
@@ -858,6 +1004,7 @@ struct RawNetwork {
     bind: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
     proxy_mode: Option<Spanned<String>>,
+    unix: Option<Spanned<toml::Value>>,
 }
 
 /// Byte offsets of the line starts of a text, for line numbers in O(log n):
@@ -903,7 +1050,38 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let Some(net) = raw.network else {
         return Ok(layer);
     };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode } = net;
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, unix } = net;
+    if let Some(u) = unix {
+        let origin = at(u.span());
+        let value =
+            match u.get_ref() {
+                toml::Value::String(s) if s == "any" => Unix::Any,
+                toml::Value::String(s) if s == "none" => Unix::None,
+                toml::Value::Array(items) => {
+                    let mut list: Vec<UnixPath> = Vec::new();
+                    for item in items {
+                        let toml::Value::String(s) = item else {
+                            return Err(invalid(
+                                &origin,
+                                &item.to_string(),
+                                "unix socket paths are strings such as \"/run/postgresql/.s.PGSQL.5432\"",
+                            ));
+                        };
+                        let p = unix_path(s, &origin)?;
+                        if !list.iter().any(|q| q.path == p.path) {
+                            list.push(p);
+                        }
+                    }
+                    Unix::Paths(list)
+                }
+                other => return Err(invalid(
+                    &origin,
+                    &other.to_string(),
+                    "unix is \"any\", \"none\" or a list of socket paths such as [\"/run/postgresql/.s.PGSQL.5432\"]",
+                )),
+            };
+        layer.unix = Some((value, origin));
+    }
     if let Some(m) = proxy_mode {
         let origin = at(m.span());
         let on = match m.get_ref().as_str() {
@@ -1015,19 +1193,21 @@ pub struct Profile {
 pub const PROFILES: &[Profile] = &[
     Profile {
         name: "agent",
-        summary: "AI coding agent: only the HTTP proxy on 127.0.0.1:3128 and any loopback port; private networks and cloud metadata denied",
+        summary: "AI coding agent: only the HTTP proxy on 127.0.0.1:3128 and any loopback port; private networks, cloud metadata and host UNIX sockets denied",
         toml: r#"[network]
 proxy = "127.0.0.1:3128"
 loopback = "any"
 deny = ["private", "metadata"]
+unix = "none"
 "#,
     },
     Profile {
         name: "offline",
-        summary: "No network at all beyond loopback",
+        summary: "No network at all beyond loopback; no host UNIX sockets",
         toml: r#"[network]
 default = "deny"
 loopback = "any"
+unix = "none"
 "#,
     },
     Profile {
@@ -1037,6 +1217,7 @@ loopback = "any"
 default = "allow"
 loopback = "any"
 deny = ["private", "metadata"]
+unix = "any"
 "#,
     },
 ];
@@ -1075,7 +1256,7 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, unix, unix_origin } = self;
         let mut out = vec![format!("default: {default}")];
         if *mode == Mode::Audit {
             out.push("mode: AUDIT (nothing is blocked; would-be denials are reported)".to_owned());
@@ -1114,6 +1295,11 @@ impl Policy {
                 Bind::Rules(r) => r.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join(", "),
             }
         ));
+        // Only when something said: a policy that does not gets "any"
+        // for compatibility, and its summary stays as it was.
+        if unix_origin.is_some() {
+            out.push(format!("unix sockets: {unix}"));
+        }
         if let Some(fs) = filesystem {
             let list = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             out.push(format!("filesystem read: {}", list(&fs.read)));

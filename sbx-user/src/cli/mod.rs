@@ -45,6 +45,7 @@ POLICY FILE (TOML):
   deny     = [\"private\", \"metadata\", \":25\", \"tcp://0.0.0.0/0:6000-6063\"]
   bind     = \"loopback\"            # \"loopback\" | \"any\" | [\"0.0.0.0:8080\", ...]
   mode     = \"enforce\"             # \"enforce\" | \"audit\" (block nothing, report)
+  unix     = \"none\"                # host UNIX sockets: \"any\" | \"none\" | [\"/run/x.sock\", ...]
 
   [filesystem]                     # Landlock, `run` only
   read  = [\"/usr\", \"/etc\", \"/lib\", \"/lib64\", \"/bin\"]   # read and execute
@@ -77,8 +78,16 @@ PROXY-ONLY MODE (proxy = ADDR:PORT):
   under a policy of its own, e.g.
     sbx-user run --profile open --loopback 3128 -- tinyproxy -d -c CONF
 
-Flags add rules to the file (--allow, --deny) or override its settings
-(--default, --loopback, --proxy, --bind). A profile is applied first.";
+UNIX SOCKETS (run only):
+  `unix` names the host's pathname sockets the command may connect to
+  (ssh-agent, /dev/log, D-Bus, nscd, docker.sock, a database): \"any\" (default
+  when nothing says, and the open profile), \"none\" (agent and offline
+  profiles) or a list. Sockets the command binds itself always work.
+  --unix PATH adds to the list; --unix any|none replaces it.
+
+Flags add rules to the file (--allow, --deny, --unix PATH) or override its
+settings (--default, --loopback, --proxy, --bind, --unix any|none). A profile
+is applied first.";
 
 /// Exit status of a subcommand that did what was asked.
 pub const EXIT_OK: i32 = 0;
@@ -355,6 +364,12 @@ pub struct PolicyArgs {
     /// instead of refusing them (needs --proxy).
     #[arg(long)]
     pub proxy_redirect: bool,
+    /// Host pathname UNIX socket the command may connect to (repeatable;
+    /// adds to the policy's list), or `any` / `none`. Sockets the command
+    /// binds itself always work. Default: the profile's (`agent`,
+    /// `offline`: none), else any. `run` only.
+    #[arg(long, value_name = "PATH|any|none")]
+    pub unix: Vec<String>,
     /// Keep allow rules whose host name does not resolve (they match
     /// nothing) instead of failing.
     #[arg(long)]
@@ -380,6 +395,7 @@ impl PolicyArgs {
             fs_write: self.fs_write.clone(),
             allow_unresolved: self.allow_unresolved,
             proxy_redirect: self.proxy_redirect,
+            unix: self.unix.clone(),
         };
         Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
     }

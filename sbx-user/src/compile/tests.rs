@@ -1177,7 +1177,18 @@ fn random_policy(rng: &mut Rng) -> Policy {
         ),
     };
     let default = if rng.chance(50) { Action::Allow } else { Action::Deny };
-    Policy { default, loopback, proxy: None, rules, bind, mode: Mode::Enforce, filesystem: None, redirect: false }
+    Policy {
+        default,
+        loopback,
+        proxy: None,
+        rules,
+        bind,
+        mode: Mode::Enforce,
+        filesystem: None,
+        redirect: false,
+        unix: crate::policy::Unix::Any,
+        unix_origin: None,
+    }
 }
 
 const PROBE_ADDRS: [&str; 25] = [
