@@ -271,6 +271,7 @@ impl Drop for Workspace {
 /// left behind when it was killed before its teardown (`detach` of its
 /// leftovers calls this); returns what was removed. Nothing is removed
 /// while any process has that pid: it may be a new run that reused it.
+#[must_use = "the caller reports what was removed"]
 pub fn remove_leftovers(pid: u32) -> Vec<PathBuf> {
     if Path::new("/proc").join(pid.to_string()).exists() {
         return Vec::new();
