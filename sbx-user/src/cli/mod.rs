@@ -452,6 +452,32 @@ pub fn no_filesystem_rules(policy: &Policy, command: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// What `attach` and `update` do with a `unix` setting. Nothing sbx puts on
+/// a cgroup judges pathname UNIX sockets: the cgroup `sock_addr` programs
+/// see inet addresses, and the mount namespace and seccomp supervisor that
+/// enforce `unix` under `run` belong to the process `run` starts. So a
+/// setting the user wrote is refused; a profile's default is dropped with
+/// a warning, and the record says `any`, which is what holds.
+pub fn unix_for_cgroup(policy: &mut Policy, command: &str) -> anyhow::Result<()> {
+    if !policy.unix.restricts() {
+        return Ok(());
+    }
+    let origin = policy.unix_origin.as_ref().map_or_else(String::new, |o| format!(", set by {o}"));
+    let what = format!(
+        "`{command}` cannot enforce unix = {}{origin}: processes in an attached cgroup can still connect to \
+         every pathname UNIX socket their uid may open (the cgroup programs judge inet addresses only, and the \
+         supervisor that enforces `unix` exists only for a command that `sbx-user run` starts)",
+        policy.unix
+    );
+    if policy.unix_explicit() {
+        anyhow::bail!("{what}\nHint: run the workload with `sbx-user run`, or drop `unix` (or give `--unix any`)");
+    }
+    crate::warn_user!("{what}; recorded as unix = any");
+    policy.unix = crate::policy::Unix::Any;
+    policy.unix_origin = None;
+    Ok(())
+}
+
 /// Rules shown in a summary before the rest are counted instead.
 const SUMMARY_RULES: usize = 20;
 
