@@ -864,6 +864,19 @@ impl State {
             return Ok(Answer::Error(libc::EINVAL));
         }
         let abstract_or_auto = len == PATH_OFF || addr[PATH_OFF] == 0;
+        let mut len = len;
+        if !abstract_or_auto {
+            // The helper would read /proc/self as itself.
+            let end = addr[PATH_OFF..len].iter().position(|&b| b == 0).map_or(len, |i| PATH_OFF + i);
+            if let Some(p) = for_caller(&addr[PATH_OFF..end], tid, tgid(tid).unwrap_or(tid)) {
+                if PATH_OFF + p.len() >= SUN_LEN {
+                    return Ok(Answer::Error(libc::ENAMETOOLONG));
+                }
+                addr[PATH_OFF..].fill(0);
+                addr[PATH_OFF..PATH_OFF + p.len()].copy_from_slice(&p);
+                len = PATH_OFF + p.len() + 1;
+            }
+        }
         let mut req = Request {
             op: 0,
             sock_type: u32::try_from(sock_type).unwrap_or(1),
@@ -1046,6 +1059,21 @@ impl State {
     }
 }
 
+/// A path that names the caller's own `/proc` entry (`/proc/self/...`,
+/// `/proc/thread-self/...`, `/dev/fd/...`), spelled with its pid, so the
+/// helper resolves it as the caller would; `None` for any other path.
+fn for_caller(path: &[u8], tid: i32, tgid: i32) -> Option<Vec<u8>> {
+    let swaps: [(&[u8], String); 3] = [
+        (b"/proc/self/", format!("/proc/{tgid}/")),
+        (b"/proc/thread-self/", format!("/proc/{tgid}/task/{tid}/")),
+        (b"/dev/fd/", format!("/proc/{tgid}/fd/")),
+    ];
+    swaps.iter().find_map(|(prefix, with)| {
+        let rest = path.strip_prefix(*prefix)?;
+        Some([with.as_bytes(), rest].concat())
+    })
+}
+
 /// A copy of descriptor `fd` of thread `tid`; `None` if it has none there.
 fn take_fd(tid: i32, fd: i32) -> io::Result<Option<OwnedFd>> {
     /// `PIDFD_THREAD` (Linux 6.9): a pidfd for a thread, not its group.
@@ -1217,6 +1245,16 @@ mod tests {
         }
         // The high half of `int domain` is ignored by the kernel: so here.
         assert_eq!(run(&p, nr(libc::SYS_socket), [(1 << 32) | 1, 1, 0, 0, 0, 0]), notify);
+    }
+
+    #[test]
+    fn the_callers_own_proc_entries_are_spelled_with_its_pid() {
+        let f = |p: &str| for_caller(p.as_bytes(), 12, 10).map(|v| String::from_utf8(v).expect("utf8"));
+        assert_eq!(f("/proc/self/fd/7").as_deref(), Some("/proc/10/fd/7"));
+        assert_eq!(f("/proc/thread-self/fd/7").as_deref(), Some("/proc/10/task/12/fd/7"));
+        assert_eq!(f("/dev/fd/3").as_deref(), Some("/proc/10/fd/3"));
+        assert_eq!(f("/proc/selfish"), None);
+        assert_eq!(f("/run/a.sock"), None);
     }
 
     #[test]
