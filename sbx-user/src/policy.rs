@@ -1030,6 +1030,7 @@ pub fn load_file(path: &Path) -> Result<Layer, PolicyError> {
 }
 
 /// Parses policy TOML text; `name` is used in error messages.
+#[expect(clippy::too_many_lines, reason = "one block per key of [network], in file order")]
 pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let raw: RawFile = toml::from_str(src).map_err(|e| PolicyError::Syntax {
         path: name.to_owned(),
@@ -1053,34 +1054,7 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, unix } = net;
     if let Some(u) = unix {
         let origin = at(u.span());
-        let value =
-            match u.get_ref() {
-                toml::Value::String(s) if s == "any" => Unix::Any,
-                toml::Value::String(s) if s == "none" => Unix::None,
-                toml::Value::Array(items) => {
-                    let mut list: Vec<UnixPath> = Vec::new();
-                    for item in items {
-                        let toml::Value::String(s) = item else {
-                            return Err(invalid(
-                                &origin,
-                                &item.to_string(),
-                                "unix socket paths are strings such as \"/run/postgresql/.s.PGSQL.5432\"",
-                            ));
-                        };
-                        let p = unix_path(s, &origin)?;
-                        if !list.iter().any(|q| q.path == p.path) {
-                            list.push(p);
-                        }
-                    }
-                    Unix::Paths(list)
-                }
-                other => return Err(invalid(
-                    &origin,
-                    &other.to_string(),
-                    "unix is \"any\", \"none\" or a list of socket paths such as [\"/run/postgresql/.s.PGSQL.5432\"]",
-                )),
-            };
-        layer.unix = Some((value, origin));
+        layer.unix = Some((unix_setting(u.get_ref(), &origin)?, origin));
     }
     if let Some(m) = proxy_mode {
         let origin = at(m.span());
@@ -1160,6 +1134,38 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         });
     }
     Ok(layer)
+}
+
+/// `unix = "any" | "none" | [paths]` from a policy file.
+fn unix_setting(value: &toml::Value, origin: &Origin) -> Result<Unix, PolicyError> {
+    Ok(match value {
+        toml::Value::String(s) if s == "any" => Unix::Any,
+        toml::Value::String(s) if s == "none" => Unix::None,
+        toml::Value::Array(items) => {
+            let mut list: Vec<UnixPath> = Vec::new();
+            for item in items {
+                let toml::Value::String(s) = item else {
+                    return Err(invalid(
+                        origin,
+                        &item.to_string(),
+                        "unix socket paths are strings such as \"/run/postgresql/.s.PGSQL.5432\"",
+                    ));
+                };
+                let p = unix_path(s, origin)?;
+                if !list.iter().any(|q| q.path == p.path) {
+                    list.push(p);
+                }
+            }
+            Unix::Paths(list)
+        }
+        other => {
+            return Err(invalid(
+                origin,
+                &other.to_string(),
+                "unix is \"any\", \"none\" or a list of socket paths such as [\"/run/postgresql/.s.PGSQL.5432\"]",
+            ))
+        }
+    })
 }
 
 fn port_list(items: &[toml::Value], origin: &Origin) -> Result<Vec<PortRange>, PolicyError> {

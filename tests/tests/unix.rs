@@ -194,6 +194,7 @@ print("stream-pair", attempt(lambda: socket.socketpair(socket.AF_UNIX, socket.SO
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "the script is one piece, each escape a few lines")]
 fn symlinks_relative_paths_dotdot_hard_links_proc_fds_and_renames_end_at_the_inode_judged() {
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
@@ -359,8 +360,8 @@ for i, p in enumerate(real):
         cmd.args([stream_paths.join(","), real.join(","), log.arg().to_owned()]);
         let r = results(&mut cmd);
         assert_eq!(get(&r, "ssh-agent"), "EPERM", "user {user}: {r:?}");
-        for i in 0..stream.len() {
-            assert_eq!(get(&r, &format!("tool{i}")), "EPERM", "user {user}: {}: {r:?}", stream[i].arg());
+        for (i, s) in stream.iter().enumerate() {
+            assert_eq!(get(&r, &format!("tool{i}")), "EPERM", "user {user}: {}: {r:?}", s.arg());
         }
         assert_eq!(get(&r, "dev-log-dgram"), "EPERM", "user {user}: {r:?}");
         assert_eq!(get(&r, "dev-log-stream"), "EPERM", "user {user}: {r:?}");

@@ -158,8 +158,7 @@ fn program() -> Vec<libc::sock_filter> {
         Ret(u32),
         Label(L),
     }
-    #[expect(clippy::cast_sign_loss, reason = "non-negative constants")]
-    let k = |v: libc::c_int| v as u32;
+    let k = libc::c_int::cast_unsigned;
     #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "small syscall numbers")]
     let nr = |n: libc::c_long| n as u32;
     let arch = super::seccomp::audit_arch();
@@ -198,28 +197,28 @@ fn program() -> Vec<libc::sock_filter> {
     ];
     // Positions of labels, counting only real instructions.
     let mut pos = std::collections::HashMap::new();
-    let mut n = 0usize;
-    for i in &body {
-        match i {
-            I::Label(l) => {
-                pos.insert(*l as u8, n);
+    let mut count = 0usize;
+    for insn in &body {
+        match insn {
+            I::Label(label) => {
+                pos.insert(*label as u8, count);
             }
-            _ => n += 1,
+            _ => count += 1,
         }
     }
     #[expect(clippy::cast_possible_truncation, reason = "BPF opcodes fit u16")]
     let op = |v: u32| v as u16;
-    let mut out = Vec::with_capacity(n);
-    for i in &body {
+    let mut out = Vec::with_capacity(count);
+    for insn in &body {
         let here = out.len();
-        let rel = |l: L| -> u8 {
-            if matches!(l, L::Next) {
+        let rel = |label: L| -> u8 {
+            if matches!(label, L::Next) {
                 return 0;
             }
-            let target = pos[&(l as u8)];
+            let target = pos[&(label as u8)];
             u8::try_from(target - here - 1).expect("short program")
         };
-        out.push(match *i {
+        out.push(match *insn {
             I::Label(_) => continue,
             I::Ld(off) => {
                 libc::sock_filter { code: op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS), jt: 0, jf: 0, k: off }
@@ -227,11 +226,11 @@ fn program() -> Vec<libc::sock_filter> {
             I::And(v) => {
                 libc::sock_filter { code: op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K), jt: 0, jf: 0, k: v }
             }
-            I::Jeq(v, t, f) => libc::sock_filter {
+            I::Jeq(value, yes, no) => libc::sock_filter {
                 code: op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K),
-                jt: rel(t),
-                jf: rel(f),
-                k: v,
+                jt: rel(yes),
+                jf: rel(no),
+                k: value,
             },
             I::Ret(v) => libc::sock_filter { code: op(libc::BPF_RET | libc::BPF_K), jt: 0, jf: 0, k: v },
         });
@@ -504,9 +503,10 @@ fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     if !fds.is_empty() {
-        let bytes = std::mem::size_of_val(fds);
+        // At most four descriptors: 16 bytes.
+        let bytes = u32::try_from(std::mem::size_of_val(fds)).unwrap_or(u32::MAX).min(16);
         // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-        let (space, len) = unsafe { (libc::CMSG_SPACE(bytes as u32), libc::CMSG_LEN(bytes as u32)) };
+        let (space, len) = unsafe { (libc::CMSG_SPACE(bytes), libc::CMSG_LEN(bytes)) };
         msg.msg_control = cmsg.as_mut_ptr().cast();
         msg.msg_controllen = space as usize;
         // SAFETY: the control buffer (64 bytes) holds one header and up
@@ -516,7 +516,10 @@ fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
             (*h).cmsg_level = libc::SOL_SOCKET;
             (*h).cmsg_type = libc::SCM_RIGHTS;
             (*h).cmsg_len = len as usize;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(h).cast::<RawFd>(), fds.len());
+            let data = libc::CMSG_DATA(h);
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i * std::mem::size_of::<RawFd>()).cast::<RawFd>(), *fd);
+            }
         }
     }
     // SAFETY: `msg` points at live buffers.
@@ -549,10 +552,10 @@ fn recv_fds_raw(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, [RawFd; 4], u
         let mut h = libc::CMSG_FIRSTHDR(&raw const msg);
         while !h.is_null() {
             if (*h).cmsg_level == libc::SOL_SOCKET && (*h).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(h).cast::<RawFd>();
+                let data = libc::CMSG_DATA(h);
                 let n = ((*h).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..n {
-                    let fd = *data.add(i);
+                    let fd = std::ptr::read_unaligned(data.add(i * std::mem::size_of::<RawFd>()).cast::<RawFd>());
                     if count < out.len() {
                         out[count] = fd;
                         count += 1;
@@ -629,154 +632,175 @@ fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// `AF_UNIX` as `sun_family` holds it.
+#[expect(clippy::cast_possible_truncation, reason = "AF_UNIX is 1")]
+const FAMILY: libc::sa_family_t = libc::AF_UNIX as libc::sa_family_t;
+
+/// A `sockaddr_un` naming `path` (shorter than `sun_path`) and its length.
+fn sun(path: &[u8]) -> (libc::sockaddr_un, u32) {
+    // SAFETY: sockaddr_un is plain data; all zeroes is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = FAMILY;
+    let used = path.len().min(addr.sun_path.len() - 1);
+    for (slot, &byte) in addr.sun_path.iter_mut().zip(&path[..used]) {
+        *slot = byte.cast_signed();
+    }
+    (addr, u32::try_from(PATH_OFF + used + 1).unwrap_or(0))
+}
+
+/// Writes `/proc/self/fd/N` into `buf`; returns its length. No allocation.
+fn proc_self_fd(fd: RawFd, buf: &mut [u8; 32]) -> usize {
+    let prefix = b"/proc/self/fd/";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let (mut count, mut rest) = (0, fd.unsigned_abs());
+    loop {
+        digits[count] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut at = prefix.len();
+    while count > 0 {
+        count -= 1;
+        buf[at] = digits[count];
+        at += 1;
+    }
+    at
+}
+
+/// A fresh UNIX socket of `sock_type`, non-blocking, close-on-exec.
+fn new_socket(sock_type: i32) -> Result<RawFd, i32> {
+    // SAFETY: socket(2) with constant arguments.
+    let sock = unsafe { libc::socket(libc::AF_UNIX, sock_type | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    if sock < 0 {
+        Err(errno())
+    } else {
+        Ok(sock)
+    }
+}
+
+/// `rc` as a result; on failure closes `sock` and returns the errno.
+fn or_close(rc: libc::c_int, sock: RawFd) -> Result<(), i32> {
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = errno();
+    // SAFETY: closing a descriptor this helper made.
+    unsafe { libc::close(sock) };
+    Err(e)
+}
+
 /// One helper operation; returns how many of `out` it filled.
-///
-/// # Safety
-/// As [`helper_main`].
-unsafe fn helper_do(r: &Request, fds: &[RawFd], out: &mut [RawFd; 2]) -> Result<u32, i32> {
-    let len = (r.addr_len as usize).min(SUN_LEN);
+/// Allocation-free, as [`helper_main`] needs.
+fn helper_do(req: &Request, fds: &[RawFd], out: &mut [RawFd; 2]) -> Result<u32, i32> {
+    let len = (req.addr_len as usize).min(SUN_LEN);
     // The path as the kernel reads it: up to the first NUL of sun_path.
     let mut path = [0u8; SUN_LEN - PATH_OFF + 1];
-    let raw = &r.addr[PATH_OFF..len.max(PATH_OFF)];
+    let raw = &req.addr[PATH_OFF..len.max(PATH_OFF)];
     let plen = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     path[..plen].copy_from_slice(&raw[..plen]);
-    let stype = i32::try_from(r.sock_type).map_err(|_| libc::EINVAL)?;
-    // SAFETY (whole block): system calls on the buffers above.
-    unsafe {
-        let new_socket = || {
-            let s = libc::socket(libc::AF_UNIX, stype | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
-            if s < 0 {
-                Err(errno())
-            } else {
-                Ok(s)
+    let sock_type = i32::try_from(req.sock_type).map_err(|_| libc::EINVAL)?;
+    let first_fd = || fds.first().copied().ok_or(libc::EINVAL);
+    match req.op {
+        OP_RESOLVE => {
+            let cwd = first_fd()?;
+            if plen == 0 {
+                return Err(libc::ENOENT);
             }
-        };
-        match r.op {
-            OP_RESOLVE => {
-                let cwd = *fds.first().ok_or(libc::EINVAL)?;
-                if plen == 0 {
-                    return Err(libc::ENOENT);
-                }
-                let fd = libc::openat(cwd, path.as_ptr().cast(), libc::O_PATH | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(errno());
-                }
-                out[0] = fd;
-                Ok(1)
+            // SAFETY: openat with a NUL-terminated path (`path` has a
+            // zero after `plen`).
+            let fd = unsafe { libc::openat(cwd, path.as_ptr().cast(), libc::O_PATH | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(errno());
             }
-            OP_CONNECT_FD => {
-                let target = *fds.first().ok_or(libc::EINVAL)?;
-                let s = new_socket()?;
-                // "/proc/self/fd/N": the inode the supervisor judged.
-                let mut a: libc::sockaddr_un = std::mem::zeroed();
-                a.sun_family = libc::AF_UNIX as libc::sa_family_t;
-                let prefix = b"/proc/self/fd/";
-                let mut i = 0;
-                for &b in prefix {
-                    a.sun_path[i] = b as libc::c_char;
-                    i += 1;
-                }
-                let mut digits = [0u8; 12];
-                let mut d = 0;
-                let mut v = target;
-                loop {
-                    digits[d] = b'0' + u8::try_from(v % 10).unwrap_or(0);
-                    d += 1;
-                    v /= 10;
-                    if v == 0 {
-                        break;
-                    }
-                }
-                while d > 0 {
-                    d -= 1;
-                    a.sun_path[i] = digits[d] as libc::c_char;
-                    i += 1;
-                }
-                let alen = u32::try_from(PATH_OFF + i + 1).unwrap_or(0);
-                if libc::connect(s, (&raw const a).cast(), alen) != 0 {
-                    let e = errno();
-                    libc::close(s);
-                    return Err(e);
-                }
-                out[0] = s;
-                Ok(1)
-            }
-            OP_CONNECT_ADDR | OP_BIND_ADDR => {
-                let s = new_socket()?;
-                let alen = u32::try_from(len).unwrap_or(0);
-                let rc = if r.op == OP_CONNECT_ADDR {
-                    libc::connect(s, r.addr.as_ptr().cast(), alen)
-                } else if libc::bind(s, r.addr.as_ptr().cast(), alen) == 0 {
-                    libc::listen(s, libc::SOMAXCONN)
+            out[0] = fd;
+            Ok(1)
+        }
+        OP_CONNECT_FD => {
+            // "/proc/self/fd/N": the inode the supervisor judged.
+            let mut buf = [0u8; 32];
+            let n = proc_self_fd(first_fd()?, &mut buf);
+            let (addr, alen) = sun(&buf[..n]);
+            let sock = new_socket(sock_type)?;
+            // SAFETY: connect with a sockaddr_un and its length.
+            or_close(unsafe { libc::connect(sock, (&raw const addr).cast(), alen) }, sock)?;
+            out[0] = sock;
+            Ok(1)
+        }
+        OP_CONNECT_ADDR | OP_BIND_ADDR => {
+            let sock = new_socket(sock_type)?;
+            let alen = u32::try_from(len).unwrap_or(0);
+            // SAFETY: connect/bind with the caller's address bytes, `len`
+            // of them, inside `req.addr`; listen on our socket.
+            let rc = unsafe {
+                if req.op == OP_CONNECT_ADDR {
+                    libc::connect(sock, req.addr.as_ptr().cast(), alen)
+                } else if libc::bind(sock, req.addr.as_ptr().cast(), alen) == 0 {
+                    libc::listen(sock, libc::SOMAXCONN)
                 } else {
                     -1
-                };
-                if rc != 0 {
-                    let e = errno();
-                    libc::close(s);
-                    return Err(e);
                 }
-                out[0] = s;
-                Ok(1)
-            }
-            OP_BIND_PATH => {
-                let cwd = *fds.first().ok_or(libc::EINVAL)?;
-                if plen == 0 {
-                    return Err(libc::ENOENT);
-                }
-                // Directory and last component, resolved as the kernel
-                // would: the directory from the caller's cwd.
-                let slash = path[..plen].iter().rposition(|&b| b == b'/');
-                let (dir_end, name_start) = match slash {
-                    Some(0) => (1, 1),
-                    Some(i) => (i, i + 1),
-                    None => (0, 0),
-                };
-                if name_start >= plen {
-                    return Err(libc::EINVAL);
-                }
-                let dirfd = if dir_end == 0 {
-                    libc::dup(cwd)
-                } else {
-                    let mut dir = [0u8; SUN_LEN];
-                    dir[..dir_end].copy_from_slice(&path[..dir_end]);
-                    libc::openat(cwd, dir.as_ptr().cast(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-                };
-                if dirfd < 0 {
-                    return Err(errno());
-                }
-                let chdir = libc::fchdir(dirfd);
-                libc::close(dirfd);
-                if chdir != 0 {
-                    return Err(errno());
-                }
-                let mut a: libc::sockaddr_un = std::mem::zeroed();
-                a.sun_family = libc::AF_UNIX as libc::sa_family_t;
-                let name = &path[name_start..plen];
-                for (i, &b) in name.iter().enumerate() {
-                    a.sun_path[i] = b as libc::c_char;
-                }
-                let s = new_socket()?;
-                let alen = u32::try_from(PATH_OFF + name.len() + 1).unwrap_or(0);
-                if libc::bind(s, (&raw const a).cast(), alen) != 0 || libc::listen(s, libc::SOMAXCONN) != 0 {
-                    let e = errno();
-                    libc::close(s);
-                    return Err(e);
-                }
-                let file = libc::openat(
-                    libc::AT_FDCWD,
-                    a.sun_path.as_ptr(),
-                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                );
-                out[0] = s;
-                if file >= 0 {
-                    out[1] = file;
-                    return Ok(2);
-                }
-                Ok(1)
-            }
-            _ => Err(libc::EINVAL),
+            };
+            or_close(rc, sock)?;
+            out[0] = sock;
+            Ok(1)
         }
+        OP_BIND_PATH => bind_path(&path[..plen], first_fd()?, sock_type, out),
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// Binds a new socket to `path` as the kernel would for the caller (the
+/// directory resolved from its working directory `cwd`), listens, and
+/// opens the file it made (`O_PATH`, not following a link).
+fn bind_path(path: &[u8], cwd: RawFd, sock_type: i32, out: &mut [RawFd; 2]) -> Result<u32, i32> {
+    if path.is_empty() {
+        return Err(libc::ENOENT);
+    }
+    let (dir_end, name_start) = match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => (1, 1),
+        Some(at) => (at, at + 1),
+        None => (0, 0),
+    };
+    if name_start >= path.len() {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY (whole block): dup/openat/fchdir/bind/listen on descriptors
+    // this helper holds and NUL-terminated stack buffers.
+    unsafe {
+        let dirfd = if dir_end == 0 {
+            libc::dup(cwd)
+        } else {
+            let mut dir = [0u8; SUN_LEN];
+            dir[..dir_end].copy_from_slice(&path[..dir_end]);
+            libc::openat(cwd, dir.as_ptr().cast(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        };
+        if dirfd < 0 {
+            return Err(errno());
+        }
+        // Bind by the last component from inside the directory: no
+        // length limit beyond the caller's own, and no second lookup of
+        // the directory.
+        let entered = libc::fchdir(dirfd);
+        libc::close(dirfd);
+        if entered != 0 {
+            return Err(errno());
+        }
+        let (addr, alen) = sun(&path[name_start..]);
+        let sock = new_socket(sock_type)?;
+        or_close(libc::bind(sock, (&raw const addr).cast(), alen), sock)?;
+        or_close(libc::listen(sock, libc::SOMAXCONN), sock)?;
+        let file =
+            libc::openat(libc::AT_FDCWD, addr.sun_path.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        out[0] = sock;
+        if file >= 0 {
+            out[1] = file;
+            return Ok(2);
+        }
+        Ok(1)
     }
 }
 
@@ -833,9 +857,9 @@ impl State {
         let nr = libc::c_long::from(n.data.nr);
         let args = n.data.args;
         #[expect(clippy::cast_possible_truncation, reason = "int arguments live in the low half")]
-        let low = |i: usize| args[i] as u32 as i32;
+        let low = |i: usize| (args[i] as u32).cast_signed();
         if nr == libc::SYS_socket {
-            return self.park(notify, n.id, low(1), low(2));
+            return Self::park(notify, n.id, low(1), low(2));
         }
         if nr != libc::SYS_connect && nr != libc::SYS_bind {
             return Ok(Answer::Continue);
@@ -860,7 +884,7 @@ impl State {
         if !id_valid(notify, n.id) {
             return Ok(Answer::Error(libc::EINTR));
         }
-        if u16::from_ne_bytes([addr[0], addr[1]]) != libc::AF_UNIX as u16 {
+        if u16::from_ne_bytes([addr[0], addr[1]]) != FAMILY {
             return Ok(Answer::Error(libc::EINVAL));
         }
         let abstract_or_auto = len == PATH_OFF || addr[PATH_OFF] == 0;
@@ -886,62 +910,10 @@ impl State {
             _pad2: [0; 2],
         };
         let path = String::from_utf8_lossy(&addr[PATH_OFF..len.max(PATH_OFF)]).trim_end_matches('\0').to_owned();
-        let new = if nr == libc::SYS_bind {
-            if abstract_or_auto {
-                req.op = OP_BIND_ADDR;
-                self.ask(&req, &[])?.0
-            } else {
-                req.op = OP_BIND_PATH;
-                let cwd = open_cwd(tid)?;
-                let (s, file) = self.ask(&req, &[cwd.as_raw_fd()])?;
-                if let Some(f) = file {
-                    let (dev, ino, _) = fstat(f.as_raw_fd())?;
-                    self.own.insert((dev, ino));
-                }
-                s
-            }
-        } else if abstract_or_auto {
-            req.op = OP_CONNECT_ADDR;
-            self.ask(&req, &[])?.0
-        } else {
-            req.op = OP_RESOLVE;
-            let cwd = open_cwd(tid)?;
-            let (Some(target), _) = self.ask(&req, &[cwd.as_raw_fd()])? else {
-                return Ok(Answer::Error(libc::EIO));
-            };
-            let (dev, ino, mode) = fstat(target.as_raw_fd())?;
-            if mode & libc::S_IFMT != libc::S_IFSOCK {
-                return Ok(Answer::Error(libc::ECONNREFUSED));
-            }
-            let listed = self.allowed.iter().any(|a| {
-                (a.dev, a.ino) == (dev, ino)
-                    || std::fs::metadata(&a.path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
-            });
-            let own = self.own.contains(&(dev, ino));
-            if !listed && !own {
-                self.report(tid, &path, "not in the unix list and not a socket the command bound");
-                if !self.audit {
-                    return Ok(Answer::Error(libc::EPERM));
-                }
-            }
-            req.op = OP_CONNECT_FD;
-            let conn = self.ask(&req, &[target.as_raw_fd()])?.0;
-            if own && !listed {
-                // The inode was recorded at bind time; the peer (whoever
-                // last called listen on it: the helper, or the command
-                // again) proves the listener is the sandbox's.
-                if let Some(c) = &conn {
-                    if !self.in_sandbox(peer_pid(c.as_raw_fd())) {
-                        self.report(tid, &path, "the file is no longer the socket the command bound");
-                        if !self.audit {
-                            return Ok(Answer::Error(libc::EPERM));
-                        }
-                    }
-                }
-            }
-            conn
+        let new = match self.carry_out(nr == libc::SYS_bind, tid, &mut req, abstract_or_auto, &path)? {
+            Ok(new) => new,
+            Err(errno) => return Ok(Answer::Error(errno)),
         };
-        let Some(new) = new else { return Ok(Answer::Error(libc::EIO)) };
         // The new socket takes the parked one's place, with its file
         // status flags, descriptor flag and common options.
         // SAFETY: fcntl on descriptors owned here.
@@ -951,7 +923,7 @@ impl State {
                 libc::fcntl(new.as_raw_fd(), libc::F_SETFL, fl);
             }
         }
-        for opt in [libc::SO_PASSCRED, libc::SO_PASSSEC, libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        for opt in [libc::SO_PASSCRED, libc::SO_PASSSEC] {
             if let Some(v) = sockopt_int(sock.as_raw_fd(), opt) {
                 set_sockopt_int(new.as_raw_fd(), opt, v);
             }
@@ -971,8 +943,63 @@ impl State {
         Ok(Answer::Value(0))
     }
 
+    /// The helper's bind or connect for a parked socket: the new socket,
+    /// or the errno the caller gets.
+    fn carry_out(
+        &mut self,
+        bind: bool,
+        tid: i32,
+        req: &mut Request,
+        abstract_or_auto: bool,
+        path: &str,
+    ) -> io::Result<Result<OwnedFd, i32>> {
+        let missing = || Ok(Err(libc::EIO));
+        if abstract_or_auto {
+            req.op = if bind { OP_BIND_ADDR } else { OP_CONNECT_ADDR };
+            return self.ask(req, &[])?.0.map_or_else(missing, |s| Ok(Ok(s)));
+        }
+        let cwd = open_cwd(tid)?;
+        if bind {
+            req.op = OP_BIND_PATH;
+            let (sock, file) = self.ask(req, &[cwd.as_raw_fd()])?;
+            if let Some(f) = file {
+                let (dev, ino, _) = fstat(f.as_raw_fd())?;
+                self.own.insert((dev, ino));
+            }
+            return sock.map_or_else(missing, |s| Ok(Ok(s)));
+        }
+        req.op = OP_RESOLVE;
+        let (Some(target), _) = self.ask(req, &[cwd.as_raw_fd()])? else { return missing() };
+        let (dev, ino, mode) = fstat(target.as_raw_fd())?;
+        if mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Ok(Err(libc::ECONNREFUSED));
+        }
+        let listed = self.allowed.iter().any(|a| {
+            (a.dev, a.ino) == (dev, ino) || std::fs::metadata(&a.path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+        });
+        let own = self.own.contains(&(dev, ino));
+        if !listed && !own {
+            self.report(tid, path, "not in the unix list and not a socket the command bound");
+            if !self.audit {
+                return Ok(Err(libc::EPERM));
+            }
+        }
+        req.op = OP_CONNECT_FD;
+        let Some(conn) = self.ask(req, &[target.as_raw_fd()])?.0 else { return missing() };
+        // An own inode was recorded at bind time; the peer (whoever last
+        // called listen on it: the helper, or the command again) proves
+        // the listener is still the sandbox's.
+        if own && !listed && !self.in_sandbox(peer_pid(conn.as_raw_fd())) {
+            self.report(tid, path, "the file is no longer the socket the command bound");
+            if !self.audit {
+                return Ok(Err(libc::EPERM));
+            }
+        }
+        Ok(Ok(conn))
+    }
+
     /// `socket(AF_UNIX, STREAM|SEQPACKET)`: a parked socket.
-    fn park(&self, notify: RawFd, id: u64, ty: i32, protocol: i32) -> io::Result<Answer> {
+    fn park(notify: RawFd, id: u64, ty: i32, protocol: i32) -> io::Result<Answer> {
         if protocol != 0 && protocol != libc::AF_UNIX {
             return Ok(Answer::Error(libc::EPROTONOSUPPORT));
         }
@@ -1062,11 +1089,11 @@ impl State {
 /// A path that names the caller's own `/proc` entry (`/proc/self/...`,
 /// `/proc/thread-self/...`, `/dev/fd/...`), spelled with its pid, so the
 /// helper resolves it as the caller would; `None` for any other path.
-fn for_caller(path: &[u8], tid: i32, tgid: i32) -> Option<Vec<u8>> {
+fn for_caller(path: &[u8], tid: i32, leader: i32) -> Option<Vec<u8>> {
     let swaps: [(&[u8], String); 3] = [
-        (b"/proc/self/", format!("/proc/{tgid}/")),
-        (b"/proc/thread-self/", format!("/proc/{tgid}/task/{tid}/")),
-        (b"/dev/fd/", format!("/proc/{tgid}/fd/")),
+        (b"/proc/self/", format!("/proc/{leader}/")),
+        (b"/proc/thread-self/", format!("/proc/{leader}/task/{tid}/")),
+        (b"/dev/fd/", format!("/proc/{leader}/fd/")),
     ];
     swaps.iter().find_map(|(prefix, with)| {
         let rest = path.strip_prefix(*prefix)?;
