@@ -381,6 +381,11 @@ impl Guard {
         };
         // SAFETY: received just now and owned here only.
         let notify = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Linux 6.6+: wake the supervisor on the caller's CPU, which about
+        // halves the round trip an inet connect pays (best effort).
+        let sync_wake_up: u64 = 1; // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+                                   // SAFETY: ioctl with a u64 flag word.
+        unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, sync_wake_up) };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         // A helper that stops answering (the command can stop it: same
