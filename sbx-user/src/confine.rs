@@ -678,6 +678,15 @@ mod tests {
     }
 
     #[test]
+    fn stdio_unix_sockets_under_a_unix_policy() {
+        assert_eq!(judge_stdio_unix(libc::SOCK_STREAM, true), None, "journald's stdout");
+        assert_eq!(judge_stdio_unix(libc::SOCK_SEQPACKET, true), None);
+        assert!(judge_stdio_unix(libc::SOCK_STREAM, false).is_some_and(|w| w.contains("unconnected")));
+        assert!(judge_stdio_unix(libc::SOCK_DGRAM, true).is_some_and(|w| w.contains("datagram")));
+        assert!(judge_stdio_unix(-1, true).is_some());
+    }
+
+    #[test]
     fn parses_identities() {
         assert_eq!(parse_identity("1000"), Ok(Identity { uid: 1000, gid: 1000 }));
         assert_eq!(parse_identity("65534:100"), Ok(Identity { uid: 65534, gid: 100 }));
