@@ -531,3 +531,52 @@ fn unconnected_unix_stream() -> std::os::fd::OwnedFd {
     // SAFETY: just created.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
+
+#[test]
+fn audit_mode_lets_a_host_socket_through_and_reports_it() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = run_dir("unix-audit", false);
+    let host = HostSocket::stream(&dir.path().join("host.sock"));
+    let work = run_dir("unix-cwd", true);
+    let mut cmd = sandbox(
+        &sbx,
+        &cg,
+        "65534",
+        &["--profile", "offline", "--audit", "--log-denials"],
+        work.path(),
+        "print('host', conn(sys.argv[1]))",
+        &[],
+    );
+    cmd.arg(host.arg());
+    let out = cmd.output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "host ok", "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unix connect audit") && err.contains(host.arg()), "{err}");
+    assert_eq!(host.arrived(), 1);
+}
+
+#[test]
+fn check_and_profiles_show_the_unix_setting() {
+    let sbx = Sbx::new();
+    let out = sbx.ok(&["profiles", "--show"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (name, want) in [("agent", "none"), ("offline", "none"), ("open", "any")] {
+        let block = text.split("\n\n").find(|b| b.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
+        assert!(block.contains(&format!("unix = \"{want}\"")), "{name}: {block}");
+    }
+    let out = sbx.ok(&["check", "--profile", "agent", "--unix", "/run/x.sock"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("unix sockets: /run/x.sock (and sockets the command binds itself)"),
+        "{}",
+        describe(&out)
+    );
+    let out = sbx.says_no(&["check", "--unix", "x.sock"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--unix: `x.sock`: socket paths must be absolute"),
+        "{}",
+        describe(&out)
+    );
+}
