@@ -374,6 +374,9 @@ impl Guard {
         let Self { program: _, allowed, helper, listener, audit, log } = self;
         drop(helper.1);
         drop(listener.1);
+        // The listener was sent before exec, so it is there by now; never
+        // wait for it (the caller kills the command if it is not).
+        set_timeout(listener.0.as_raw_fd(), 1);
         let mut buf = [0u8; 4];
         let (n, fds) = recv_fds(listener.0.as_raw_fd(), &mut buf)?;
         let Some(&fd) = fds.first().filter(|_| n > 0) else {
@@ -383,24 +386,15 @@ impl Guard {
         let notify = unsafe { OwnedFd::from_raw_fd(fd) };
         // Linux 6.6+: wake the supervisor on the caller's CPU, which about
         // halves the round trip an inet connect pays (best effort).
-        let sync_wake_up: u64 = 1; // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-                                   // SAFETY: ioctl with a u64 flag word.
+        // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP.
+        let sync_wake_up: u64 = 1;
+        // SAFETY: ioctl with the flag word passed by value.
         unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, sync_wake_up) };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         // A helper that stops answering (the command can stop it: same
         // uid) must not hang the supervisor.
-        let timeout = libc::timeval { tv_sec: 5, tv_usec: 0 };
-        // SAFETY: setsockopt from a timeval.
-        unsafe {
-            libc::setsockopt(
-                helper.0.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16),
-            )
-        };
+        set_timeout(helper.0.as_raw_fd(), 5);
         let mut state = State { allowed, helper: helper.0, helper_pid: 0, own: HashSet::new(), audit, log, cgroup };
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Acquire) {
@@ -487,6 +481,21 @@ impl Supervisor {
         self.stop.store(true, Ordering::Release);
         let _ = self.thread.join();
     }
+}
+
+/// A receive timeout of `seconds` on socket `fd`.
+fn set_timeout(fd: RawFd, seconds: libc::time_t) {
+    let timeout = libc::timeval { tv_sec: seconds, tv_usec: 0 };
+    // SAFETY: setsockopt from a timeval whose size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16),
+        )
+    };
 }
 
 fn fstat(fd: RawFd) -> io::Result<(u64, u64, u32)> {
