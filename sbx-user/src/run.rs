@@ -112,7 +112,7 @@ pub struct RunOptions {
     /// Print deny events to stderr as they happen.
     pub log_denials: bool,
     /// Run even if the kernel cannot enforce the requested filesystem
-    /// rules, saying what is not enforced.
+    /// rules or `unix` setting, saying what is not enforced.
     pub allow_degraded: bool,
     /// Add Landlock TCP connect-port rules under the eBPF policy where they
     /// express the same thing.
