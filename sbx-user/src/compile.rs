@@ -425,7 +425,19 @@ fn lower(rules: &[Rule]) -> Vec<CRule> {
 pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileError> {
     // `mode` goes to the config map and `filesystem` to Landlock; neither
     // changes the tries.
-    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _, nat64 } = policy;
+    let Policy {
+        default,
+        loopback,
+        proxy: _,
+        rules,
+        bind,
+        mode: _,
+        filesystem: _,
+        redirect: _,
+        unix: _,
+        unix_origin: _,
+        nat64,
+    } = policy;
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);

@@ -103,6 +103,24 @@ pub fn judge_stdio_socket(domain: i32, listening: bool) -> Option<String> {
     }
 }
 
+/// Under a `unix` policy that restricts host sockets: whether a
+/// non-listening `AF_UNIX` socket of type `sock_type` on a standard
+/// descriptor may be passed. A datagram socket sends to any socket path
+/// given to `sendto`, and an unconnected stream socket connects anywhere:
+/// the supervisor of [`crate::harden::unix`] never sees either.
+#[must_use]
+pub fn judge_stdio_unix(sock_type: i32, connected: bool) -> Option<String> {
+    match (sock_type, connected) {
+        (libc::SOCK_STREAM | libc::SOCK_SEQPACKET, true) => None,
+        (libc::SOCK_DGRAM, _) => {
+            Some("an AF_UNIX datagram socket, which can send to any host socket the `unix` policy denies".to_owned())
+        }
+        _ => Some(
+            "an unconnected AF_UNIX socket, which can connect to any host socket the `unix` policy denies".to_owned(),
+        ),
+    }
+}
+
 /// Refuses sockets on stdin, stdout and stderr that [`judge_stdio_socket`]
 /// refuses, unless `allow` (`--allow-stdio-sockets`). Closed descriptors
 /// and anything that is not a socket (terminals, pipes, files) pass.
@@ -110,7 +128,7 @@ pub fn judge_stdio_socket(domain: i32, listening: bool) -> Option<String> {
 /// The child inherits exactly these descriptors (they are duplicated at
 /// fork, with nothing run in between that could replace them), so
 /// checking them in the parent checks what the command gets.
-pub fn check_stdio(allow: bool) -> Result<(), StdioSocketError> {
+pub fn check_stdio(allow: bool, unix_restricted: bool) -> Result<(), StdioSocketError> {
     if allow {
         return Ok(());
     }
@@ -136,6 +154,14 @@ pub fn check_stdio(allow: bool) -> Result<(), StdioSocketError> {
         // An unknown answer is refused: fail closed.
         let verdict = if domain < 0 || listening < 0 {
             Some("a socket whose family cannot be read".to_owned())
+        } else if domain == libc::AF_UNIX && listening == 0 && unix_restricted {
+            // SAFETY: getpeername into a zeroed sockaddr_storage whose size is passed.
+            let connected = unsafe {
+                let mut a: libc::sockaddr_storage = std::mem::zeroed();
+                let mut len = libc::socklen_t::try_from(std::mem::size_of_val(&a)).unwrap_or(128);
+                libc::getpeername(fd, (&raw mut a).cast(), &raw mut len) == 0
+            };
+            judge_stdio_unix(opt(libc::SO_TYPE), connected)
         } else {
             judge_stdio_socket(domain, listening != 0)
         };
@@ -649,6 +675,15 @@ mod tests {
         for (domain, listening, want) in cases {
             assert_eq!(judge_stdio_socket(domain, listening).as_deref(), want, "{domain} {listening}");
         }
+    }
+
+    #[test]
+    fn stdio_unix_sockets_under_a_unix_policy() {
+        assert_eq!(judge_stdio_unix(libc::SOCK_STREAM, true), None, "journald's stdout");
+        assert_eq!(judge_stdio_unix(libc::SOCK_SEQPACKET, true), None);
+        assert!(judge_stdio_unix(libc::SOCK_STREAM, false).is_some_and(|w| w.contains("unconnected")));
+        assert!(judge_stdio_unix(libc::SOCK_DGRAM, true).is_some_and(|w| w.contains("datagram")));
+        assert!(judge_stdio_unix(-1, true).is_some());
     }
 
     #[test]

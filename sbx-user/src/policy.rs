@@ -182,6 +182,51 @@ pub struct FsPolicy {
     pub write: Vec<PathBuf>,
 }
 
+/// One host socket path a `unix` list names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixPath {
+    /// The absolute path as written (resolved when `run` starts).
+    pub path: PathBuf,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// Which pathname UNIX sockets of the host the sandbox may connect to.
+/// Sockets the sandbox binds itself are always reachable from inside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unix {
+    /// Every socket its identity may open (what a policy that does not
+    /// say gets, for compatibility).
+    #[default]
+    Any,
+    /// None: only the sockets the sandbox made itself.
+    None,
+    /// Only these sockets (and the sandbox's own).
+    Paths(Vec<UnixPath>),
+}
+
+impl Unix {
+    /// Whether this restricts anything.
+    #[must_use]
+    pub fn restricts(&self) -> bool {
+        !matches!(self, Self::Any)
+    }
+}
+
+impl fmt::Display for Unix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any (every host socket the identity may open)"),
+            Self::None => f.write_str("none (only sockets the command binds itself)"),
+            Self::Paths(p) => {
+                let list: Vec<String> = p.iter().map(|p| p.path.display().to_string()).collect();
+                write!(f, "{} (and sockets the command binds itself)", list.join(", "))
+            }
+        }
+    }
+}
+
 /// A complete, validated egress policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -212,6 +257,23 @@ pub struct Policy {
     /// [`sbx_common::addr::MAX_NAT64_PREFIXES`].
     #[serde(default)]
     pub nat64: Vec<Ipv6Net>,
+    /// Pathname UNIX sockets the sandbox may connect to.
+    #[serde(default)]
+    pub unix: Unix,
+    /// Where `unix` was set; `None` when nothing said (then it is
+    /// [`Unix::Any`]). A profile's origin reads `profile NAME:LINE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_origin: Option<Origin>,
+}
+
+impl Policy {
+    /// Whether the `unix` setting is the user's own (a policy file or a
+    /// flag) rather than a profile's default: what the user asked for
+    /// refuses where it cannot be enforced, a profile's default warns.
+    #[must_use]
+    pub fn unix_explicit(&self) -> bool {
+        self.unix.restricts() && self.unix_origin.as_ref().is_some_and(|o| !o.source.starts_with("profile "))
+    }
 }
 
 /// A policy input problem, with where it was and what was wrong.
@@ -539,6 +601,10 @@ pub struct Layer {
     fs_write: Vec<PathBuf>,
     redirect: Option<(bool, Origin)>,
     nat64: Option<Vec<Ipv6Net>>,
+    /// `unix` replaced by this layer.
+    unix: Option<(Unix, Origin)>,
+    /// Socket paths this layer adds to the list (`--unix PATH`).
+    unix_add: Vec<UnixPath>,
 }
 
 /// Builds a [`Policy`] from layers applied in order; later layers override
@@ -557,10 +623,27 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, nat64 } = layer;
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, unix, unix_add, nat64 } =
+            layer;
         let m = &mut self.merged;
         if nat64.is_some() {
             m.nat64 = nat64;
+        }
+        if unix.is_some() {
+            m.unix = unix;
+        }
+        if let Some(first) = unix_add.first() {
+            let origin = first.origin.clone();
+            let mut list = match m.unix.take() {
+                Some((Unix::Paths(p), _)) => p,
+                _ => Vec::new(),
+            };
+            for p in unix_add {
+                if !list.iter().any(|q| q.path == p.path) {
+                    list.push(p);
+                }
+            }
+            m.unix = Some((Unix::Paths(list), origin));
         }
         if redirect.is_some() {
             m.redirect = redirect;
@@ -600,8 +683,21 @@ impl PolicyBuilder {
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, nat64 } =
-            self.merged.clone();
+        let Layer {
+            default,
+            loopback,
+            proxy,
+            rules,
+            bind,
+            mode,
+            fs_read,
+            fs_write,
+            redirect,
+            unix,
+            unix_add: _,
+            nat64,
+        } = self.merged.clone();
+        let (unix, unix_origin) = unix.map_or((Unix::Any, None), |(u, o)| (u, Some(o)));
         let nat64 = nat64.unwrap_or_default();
         let mut rules = rules;
         let names = rules.iter().filter(|r| r.host.is_some()).count();
@@ -629,6 +725,8 @@ impl PolicyBuilder {
                 mode,
                 filesystem,
                 nat64,
+                unix,
+                unix_origin,
             });
         };
         if let Some((Action::Allow, origin)) = &default {
@@ -676,6 +774,8 @@ impl PolicyBuilder {
             filesystem,
             redirect,
             nat64,
+            unix,
+            unix_origin,
         })
     }
 }
@@ -773,6 +873,8 @@ pub struct FlagInput {
     pub allow_unresolved: bool,
     /// `--proxy-redirect`.
     pub proxy_redirect: bool,
+    /// `--unix`: socket paths, or one of `any`, `none`.
+    pub unix: Vec<String>,
 }
 
 /// Splits a flag value holding several rules separated by commas.
@@ -841,6 +943,22 @@ impl FlagInput {
                 out.push(fs_path(v, &origin)?);
             }
         }
+        let origin = Origin::flag("--unix");
+        for v in &self.unix {
+            match v.trim() {
+                word @ ("any" | "none") => {
+                    if self.unix.len() > 1 {
+                        return Err(invalid(
+                            &origin,
+                            v,
+                            format!("--unix {word} cannot be combined with other --unix values; give either {word} or socket paths"),
+                        ));
+                    }
+                    layer.unix = Some((if word == "any" { Unix::Any } else { Unix::None }, origin.clone()));
+                }
+                _ => layer.unix_add.push(unix_path(v, &origin)?),
+            }
+        }
         if let Some(b) = &self.bind {
             let origin = Origin::flag("--bind");
             layer.bind = Some(match b.trim() {
@@ -894,6 +1012,37 @@ fn parse_proxy(s: &str, origin: &Origin) -> Result<SocketAddr, PolicyError> {
     Ok(SocketAddr::new(ip, addr.port()))
 }
 
+/// Validates one socket path of a `unix` list: absolute, no NUL, no `.` or
+/// `..` components (a path means the socket it names when `run` starts;
+/// spelling it through `..` is refused rather than guessed at).
+fn unix_path(raw: &str, origin: &Origin) -> Result<UnixPath, PolicyError> {
+    let path = Path::new(raw);
+    if raw.is_empty() {
+        return Err(invalid(origin, raw, "empty socket path"));
+    }
+    if raw.contains('\0') {
+        return Err(invalid(origin, raw, "a socket path cannot contain a NUL byte"));
+    }
+    if raw.starts_with('@') {
+        return Err(invalid(
+            origin,
+            raw,
+            "abstract sockets are not named by `unix`: Landlock keeps the sandbox from connecting to abstract sockets made outside it (Linux 6.12+)",
+        ));
+    }
+    if !path.is_absolute() {
+        return Err(invalid(
+            origin,
+            raw,
+            "socket paths must be absolute (e.g. /run/postgresql/.s.PGSQL.5432, or \"$SSH_AUTH_SOCK\" expanded by the shell); \"any\" and \"none\" are the other values",
+        ));
+    }
+    if raw.split('/').any(|c| c == "." || c == "..") {
+        return Err(invalid(origin, raw, "write the socket path without `.` or `..` components"));
+    }
+    Ok(UnixPath { path: path.to_path_buf(), origin: origin.clone() })
+}
+
 // ---------------------------------------------------------------------------
 // TOML files.
 
@@ -927,6 +1076,7 @@ struct RawNetwork {
     mode: Option<Spanned<String>>,
     proxy_mode: Option<Spanned<String>>,
     nat64: Option<Vec<Spanned<String>>>,
+    unix: Option<Spanned<toml::Value>>,
 }
 
 /// Byte offsets of the line starts of a text, for line numbers in O(log n):
@@ -967,6 +1117,7 @@ fn parse_filesystem(
 }
 
 /// Parses policy TOML text; `name` is used in error messages.
+#[expect(clippy::too_many_lines, reason = "one block per key of [network], in file order")]
 pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let raw: RawFile = toml::from_str(src).map_err(|e| PolicyError::Syntax {
         path: name.to_owned(),
@@ -982,7 +1133,11 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let Some(net) = raw.network else {
         return Ok(layer);
     };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, nat64 } = net;
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, unix, nat64 } = net;
+    if let Some(u) = unix {
+        let origin = at(u.span());
+        layer.unix = Some((unix_setting(u.get_ref(), &origin)?, origin));
+    }
     if let Some(list) = nat64 {
         layer.nat64 = Some(parse_nat64_list(&list, &at)?);
     }
@@ -1066,6 +1221,38 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     Ok(layer)
 }
 
+/// `unix = "any" | "none" | [paths]` from a policy file.
+fn unix_setting(value: &toml::Value, origin: &Origin) -> Result<Unix, PolicyError> {
+    Ok(match value {
+        toml::Value::String(s) if s == "any" => Unix::Any,
+        toml::Value::String(s) if s == "none" => Unix::None,
+        toml::Value::Array(items) => {
+            let mut list: Vec<UnixPath> = Vec::new();
+            for item in items {
+                let toml::Value::String(s) = item else {
+                    return Err(invalid(
+                        origin,
+                        &item.to_string(),
+                        "unix socket paths are strings such as \"/run/postgresql/.s.PGSQL.5432\"",
+                    ));
+                };
+                let p = unix_path(s, origin)?;
+                if !list.iter().any(|q| q.path == p.path) {
+                    list.push(p);
+                }
+            }
+            Unix::Paths(list)
+        }
+        other => {
+            return Err(invalid(
+                origin,
+                &other.to_string(),
+                "unix is \"any\", \"none\" or a list of socket paths such as [\"/run/postgresql/.s.PGSQL.5432\"]",
+            ))
+        }
+    })
+}
+
 fn port_list(items: &[toml::Value], origin: &Origin) -> Result<Vec<PortRange>, PolicyError> {
     let mut out = Vec::new();
     for item in items {
@@ -1097,19 +1284,21 @@ pub struct Profile {
 pub const PROFILES: &[Profile] = &[
     Profile {
         name: "agent",
-        summary: "AI coding agent: only the HTTP proxy on 127.0.0.1:3128 and any loopback port; private networks and cloud metadata denied",
+        summary: "AI coding agent: only the HTTP proxy on 127.0.0.1:3128 and any loopback port; private networks, cloud metadata and host UNIX sockets denied",
         toml: r#"[network]
 proxy = "127.0.0.1:3128"
 loopback = "any"
 deny = ["private", "metadata"]
+unix = "none"
 "#,
     },
     Profile {
         name: "offline",
-        summary: "No network at all beyond loopback",
+        summary: "No network at all beyond loopback; no host UNIX sockets",
         toml: r#"[network]
 default = "deny"
 loopback = "any"
+unix = "none"
 "#,
     },
     Profile {
@@ -1119,6 +1308,7 @@ loopback = "any"
 default = "allow"
 loopback = "any"
 deny = ["private", "metadata"]
+unix = "any"
 "#,
     },
 ];
@@ -1157,7 +1347,7 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, nat64 } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, unix, unix_origin, nat64 } = self;
         let mut out = vec![format!("default: {default}")];
         if !nat64.is_empty() {
             let list: Vec<String> = nat64.iter().map(ToString::to_string).collect();
@@ -1200,6 +1390,11 @@ impl Policy {
                 Bind::Rules(r) => r.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join(", "),
             }
         ));
+        // Only when something said: a policy that does not gets "any"
+        // for compatibility, and its summary stays as it was.
+        if unix_origin.is_some() {
+            out.push(format!("unix sockets: {unix}"));
+        }
         if let Some(fs) = filesystem {
             let list = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             out.push(format!("filesystem read: {}", list(&fs.read)));

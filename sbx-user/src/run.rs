@@ -66,6 +66,9 @@ pub enum RunError {
         /// Who searched, e.g. `uid 65534 (nobody)`.
         user: String,
     },
+    /// The `unix` policy cannot be enforced, or names a missing socket.
+    #[error(transparent)]
+    Unix(#[from] crate::harden::unix::UnixError),
     /// A socket on stdin, stdout or stderr would reach around the policy.
     #[error(transparent)]
     StdioSocket(#[from] crate::confine::StdioSocketError),
@@ -117,7 +120,7 @@ pub struct RunOptions {
     /// Print deny events to stderr as they happen.
     pub log_denials: bool,
     /// Run even if the kernel cannot enforce the requested filesystem
-    /// rules, saying what is not enforced.
+    /// rules or `unix` setting, saying what is not enforced.
     pub allow_degraded: bool,
     /// Add Landlock TCP connect-port rules under the eBPF policy where they
     /// express the same thing.
@@ -255,7 +258,8 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let forwarder = Forwarder::start();
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
-    crate::confine::check_stdio(opts.allow_stdio_sockets)?;
+    let unix = unix_guard(policy, opts)?;
+    crate::confine::check_stdio(opts.allow_stdio_sockets, unix.is_some())?;
     let identity = opts.identity.unwrap_or_else(Identity::current);
     let workspace = crate::harden::workspace::Workspace::prepare(
         policy.filesystem.as_ref(),
@@ -315,7 +319,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
         Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
-        None => spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter, &forwarder),
+        None => spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter, unix, &forwarder),
     };
     if let Some(l) = logger {
         l.stop();
@@ -328,6 +332,30 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         use std::os::unix::process::ExitStatusExt as _;
         128 + status.signal().unwrap_or(0)
     }))
+}
+
+/// The supervisor for `unix`, or `None` when it allows every socket or the
+/// kernel cannot enforce a profile's default (then with a warning). A
+/// setting the user gave that the kernel cannot enforce refuses, unless
+/// `--allow-degraded`.
+fn unix_guard(policy: &Policy, opts: &RunOptions) -> Result<Option<crate::harden::unix::Guard>, RunError> {
+    use crate::harden::unix::{Guard, UnixError};
+    match Guard::prepare(&policy.unix, policy.mode, opts.log_denials) {
+        Ok(g) => Ok(g),
+        Err(e @ UnixError::Unsupported(_)) if !policy.unix_explicit() || opts.allow_degraded => {
+            let whose = if policy.unix_explicit() {
+                "not enforced (--allow-degraded)"
+            } else {
+                "the profile's default is not enforced"
+            };
+            crate::warn_user!(
+                "unix = {}: {whose}: {e}; the command can connect to every host UNIX socket its identity may open",
+                policy.unix
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Most TCP ports a Landlock second layer lists before sbx leaves TCP to the
@@ -408,14 +436,30 @@ fn spawn_and_wait(
     workspace: &crate::harden::workspace::Workspace,
     ruleset: landlock::Prepared,
     filter: seccomp::SeccompFilter,
+    unix: Option<crate::harden::unix::Guard>,
     forwarder: &Forwarder,
 ) -> Result<ExitStatus, RunError> {
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
-    let confinement =
-        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried())
-            .map_err(RunError::Confine)?;
+    // Allowed host sockets under /tmp are bound into the private one at the
+    // same path (unless a carried directory holds them already).
+    let mut carried = workspace.carried().to_vec();
+    if let Some(g) = &unix {
+        for (host, inside) in crate::harden::unix::tmp_binds(&g.allowed_paths(), workspace.tmp()) {
+            if carried.iter().any(|(dir, _)| host.starts_with(dir)) {
+                continue;
+            }
+            let made = inside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&inside).map(drop)
+            });
+            made.map_err(RunError::Confine)?;
+            carried.push((host, inside));
+        }
+    }
+    let confinement = Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
+        .map_err(RunError::Confine)?;
+    let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -459,6 +503,12 @@ fn spawn_and_wait(
             // last because it forbids the mount calls `apply` made.
             ruleset.restrict_self()?;
             filter.apply()?;
+            // The UNIX socket helper and notification filter last: the
+            // helper gets everything above, and nothing after this point
+            // may connect or bind on the supervisor's behalf.
+            if let Some(u) = &unix_child {
+                u.start()?;
+            }
             // The PATH search happens here, as the identity, under
             // Landlock: `exec` returns only if nothing could be run.
             Err(exec.exec())
@@ -481,6 +531,21 @@ fn spawn_and_wait(
     })?;
     drop(procs);
     let child_pid = i32::try_from(child.id()).expect("pids fit i32");
+    let relative = crate::cgroup::cgroup2_mount()
+        .ok()
+        .and_then(|root| cg.path.strip_prefix(root).ok().map(|r| format!("/{}", r.display())))
+        .unwrap_or_default();
+    let supervisor = match unix.map(|g| g.supervise(relative)).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            // Fail closed: without a supervisor the command's connect and
+            // bind calls fail (ENOSYS), but it must not run at all.
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(child_pid, libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(RunError::Confine(e));
+        }
+    };
     if let Some(sig) = forwarder.forward_to(child_pid) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(child_pid, sig) };
@@ -499,7 +564,11 @@ fn spawn_and_wait(
         }
     }
     forwarder.forget_child();
-    child.wait().map_err(|source| RunError::Spawn { command: name, source })
+    let status = child.wait().map_err(|source| RunError::Spawn { command: name, source });
+    if let Some(s) = supervisor {
+        s.stop();
+    }
+    status
 }
 
 /// The errno `prove_enforced` fails the spawn with.

@@ -417,8 +417,19 @@ fn status_reports_and_detach_removes_what_a_killed_run_left() {
     let entry = entry.unwrap_or_else(|| panic!("status lists the leftover: {v:#}"));
     let problem = entry["problem"].as_str().unwrap_or_default();
     assert!(problem.contains("has exited"), "status names the dead owner: {entry:#}");
+    let run_dirs = || {
+        let prefix = format!("sbx-run-{}-", child.id());
+        std::fs::read_dir("/var/tmp")
+            .expect("reading /var/tmp")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(run_dirs(), 1, "the killed run left its private HOME and /tmp");
     let out = sbx.ok(&["detach", "--cgroup", left[0].to_str().expect("UTF-8")]);
     assert!(stdout(&out).contains("left behind"), "{}", describe(&out));
+    assert!(stdout(&out).contains("its private HOME and /tmp"), "{}", describe(&out));
+    assert_eq!(run_dirs(), 0, "detach removes them: {}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 }
 

@@ -46,6 +46,7 @@ POLICY FILE (TOML):
   deny     = [\"private\", \"metadata\", \":25\", \"tcp://0.0.0.0/0:6000-6063\"]
   bind     = \"loopback\"            # \"loopback\" | \"any\" | [\"0.0.0.0:8080\", ...]
   mode     = \"enforce\"             # \"enforce\" | \"audit\" (block nothing, report)
+  unix     = \"none\"                # host UNIX sockets: \"any\" | \"none\" | [\"/run/x.sock\", ...]
 
   [filesystem]                     # Landlock, `run` only
   read  = [\"/usr\", \"/etc\", \"/lib\", \"/lib64\", \"/bin\"]   # read and execute
@@ -78,8 +79,16 @@ PROXY-ONLY MODE (proxy = ADDR:PORT):
   under a policy of its own, e.g.
     sbx-user run --profile open --loopback 3128 -- tinyproxy -d -c CONF
 
-Flags add rules to the file (--allow, --deny) or override its settings
-(--default, --loopback, --proxy, --bind). A profile is applied first.";
+UNIX SOCKETS (run only):
+  `unix` names the host's pathname sockets the command may connect to
+  (ssh-agent, /dev/log, D-Bus, nscd, docker.sock, a database): \"any\" (default
+  when nothing says, and the open profile), \"none\" (agent and offline
+  profiles) or a list. Sockets the command binds itself always work.
+  --unix PATH adds to the list; --unix any|none replaces it.
+
+Flags add rules to the file (--allow, --deny, --unix PATH) or override its
+settings (--default, --loopback, --proxy, --bind, --unix any|none). A profile
+is applied first.";
 
 /// Exit status of a subcommand that did what was asked.
 pub const EXIT_OK: i32 = 0;
@@ -354,7 +363,8 @@ pub struct PolicyArgs {
     /// Audit mode: block nothing, report every call the policy would deny.
     #[arg(long)]
     pub audit: bool,
-    /// Landlock: readable and executable path (run only); repeatable.
+    /// Landlock: readable and executable path (run only); repeatable. Any
+    /// filesystem rule replaces run's defaults (see FILES in `run --help`).
     #[arg(long, value_name = "PATH")]
     pub fs_read: Vec<String>,
     /// Landlock: writable path (run only); repeatable.
@@ -364,6 +374,12 @@ pub struct PolicyArgs {
     /// instead of refusing them (needs --proxy).
     #[arg(long)]
     pub proxy_redirect: bool,
+    /// Host pathname UNIX socket the command may connect to (repeatable;
+    /// adds to the policy's list), or `any` / `none`. Sockets the command
+    /// binds itself always work. Default: the profile's (`agent`,
+    /// `offline`: none), else any. `run` only.
+    #[arg(long, value_name = "PATH|any|none")]
+    pub unix: Vec<String>,
     /// Keep allow rules whose host name does not resolve (they match
     /// nothing) instead of failing.
     #[arg(long)]
@@ -389,6 +405,7 @@ impl PolicyArgs {
             fs_write: self.fs_write.clone(),
             allow_unresolved: self.allow_unresolved,
             proxy_redirect: self.proxy_redirect,
+            unix: self.unix.clone(),
         };
         Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
     }
@@ -442,6 +459,32 @@ pub fn no_filesystem_rules(policy: &Policy, command: &str) -> anyhow::Result<()>
             "filesystem rules ([filesystem], --fs-read, --fs-write) apply only to `sbx-user run`: Landlock restricts a process sbx starts, not a cgroup; `{command}` cannot enforce them"
         );
     }
+    Ok(())
+}
+
+/// What `attach` and `update` do with a `unix` setting. Nothing sbx puts on
+/// a cgroup judges pathname UNIX sockets: the cgroup `sock_addr` programs
+/// see inet addresses, and the mount namespace and seccomp supervisor that
+/// enforce `unix` under `run` belong to the process `run` starts. So a
+/// setting the user wrote is refused; a profile's default is dropped with
+/// a warning, and the record says `any`, which is what holds.
+pub fn unix_for_cgroup(policy: &mut Policy, command: &str) -> anyhow::Result<()> {
+    if !policy.unix.restricts() {
+        return Ok(());
+    }
+    let origin = policy.unix_origin.as_ref().map_or_else(String::new, |o| format!(", set by {o}"));
+    let what = format!(
+        "`{command}` cannot enforce unix = {}{origin}: processes in an attached cgroup can still connect to \
+         every pathname UNIX socket their uid may open (the cgroup programs judge inet addresses only, and the \
+         supervisor that enforces `unix` exists only for a command that `sbx-user run` starts)",
+        policy.unix
+    );
+    if policy.unix_explicit() {
+        anyhow::bail!("{what}\nHint: run the workload with `sbx-user run`, or drop `unix` (or give `--unix any`)");
+    }
+    crate::warn_user!("{what}; recorded as unix = any");
+    policy.unix = crate::policy::Unix::Any;
+    policy.unix_origin = None;
     Ok(())
 }
 

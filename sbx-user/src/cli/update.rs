@@ -27,8 +27,9 @@ pub struct UpdateArgs {
 /// from a complete old policy to a complete new one, and the sandboxed
 /// processes keep running.
 pub fn run(args: &UpdateArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let policy = args.policy.policy()?;
+    let mut policy = args.policy.policy()?;
     super::no_filesystem_rules(&policy, "update")?;
+    super::unix_for_cgroup(&mut policy, "update")?;
     super::require_root("update")?;
     let paths = global.paths();
     let cg = Cgroup::open(&args.cgroup)?;

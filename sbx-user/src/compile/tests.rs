@@ -1195,6 +1195,8 @@ fn random_policy(rng: &mut Rng) -> Policy {
         filesystem: None,
         redirect: false,
         nat64: vec![],
+        unix: crate::policy::Unix::Any,
+        unix_origin: None,
     }
 }
 

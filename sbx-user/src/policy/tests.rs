@@ -730,6 +730,8 @@ fn empty_policy_defaults() {
             filesystem: None,
             redirect: false,
             nat64: vec![],
+            unix: Unix::Any,
+            unix_origin: None,
         }
     );
     let from_sources = Policy::from_sources(None, None, &FlagInput::default()).expect("empty");
@@ -853,8 +855,11 @@ fn profiles() {
             filesystem: None,
             redirect: false,
             nat64: vec![],
+            unix: Unix::None,
+            unix_origin: Some(Origin { source: "profile offline".into(), line: Some(4) }),
         }
     );
+    assert!(!offline.unix_explicit(), "a profile's unix setting is a default, not the user's");
 
     let open = build(vec![profile("open").expect("open")]).expect("open builds");
     assert_eq!((open.default, open.rules.len(), open.proxy), (Action::Allow, 2, None));
@@ -954,6 +959,7 @@ fn summary_lines() {
             "deny private",
             "deny metadata",
             "bind: 127.0.0.1:8080",
+            "unix sockets: none (only sockets the command binds itself)",
         ]
     );
     let p = policy_toml("[network]\nloopback = [80, \"8000-8100\"]\nallow = [\"tcp://10.0.0.1:443\"]\n");
@@ -1293,4 +1299,99 @@ fn nat64_prefixes_setting() {
     let five = (1..=5).map(|i| format!("\"2001:db8:{i}::/48\"")).collect::<Vec<_>>().join(", ");
     let msg = toml_err(&format!("[network]\nnat64 = [{five}]\n")).to_string();
     assert!(msg.contains("at most 4"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------
+// UNIX sockets.
+
+fn unix_of(layers: Vec<Layer>) -> (Unix, bool) {
+    let p = build(layers).expect("builds");
+    let explicit = p.unix_explicit();
+    (p.unix, explicit)
+}
+
+fn unix_flags(values: &[&str]) -> Result<Layer, PolicyError> {
+    FlagInput { unix: values.iter().map(|v| (*v).to_owned()).collect(), ..FlagInput::default() }.to_layer()
+}
+
+fn paths(u: &Unix) -> Vec<String> {
+    match u {
+        Unix::Paths(p) => p.iter().map(|p| p.path.display().to_string()).collect(),
+        other => panic!("want a list, got {other:?}"),
+    }
+}
+
+#[test]
+fn unix_defaults_per_profile_and_for_policies_that_do_not_say() {
+    assert_eq!(unix_of(vec![]), (Unix::Any, false));
+    assert_eq!(unix_of(vec![layer("[network]\ndefault = \"deny\"\n")]), (Unix::Any, false));
+    for (name, want) in [("agent", Unix::None), ("offline", Unix::None), ("open", Unix::Any)] {
+        assert_eq!(unix_of(vec![profile(name).expect("profile")]), (want, false), "profile {name}");
+    }
+}
+
+#[test]
+fn unix_in_toml() {
+    let (u, explicit) =
+        unix_of(vec![layer("[network]\nunix = [\"/run/postgresql/.s.PGSQL.5432\", \"/dev/log\", \"/dev/log\"]\n")]);
+    assert_eq!(paths(&u), ["/run/postgresql/.s.PGSQL.5432", "/dev/log"], "duplicates dropped");
+    assert!(explicit);
+    assert_eq!(unix_of(vec![layer("[network]\nunix = \"none\"\n")]), (Unix::None, true));
+    assert_eq!(unix_of(vec![layer("[network]\nunix = \"any\"\n")]).0, Unix::Any);
+    // A file overrides the profile.
+    assert_eq!(unix_of(vec![profile("agent").expect("agent"), layer("[network]\nunix = \"any\"\n")]).0, Unix::Any);
+    assert_eq!(unix_of(vec![layer("[network]\nunix = []\n")]), (Unix::Paths(vec![]), true));
+}
+
+#[test]
+fn unix_errors_name_file_line_and_value() {
+    let cases = [
+        ("[network]\nunix = \"all\"\n", "policy.toml:2: `\"all\"`: unix is \"any\", \"none\" or a list"),
+        (
+            "[network]\ndefault = \"deny\"\nunix = [\"run/x.sock\"]\n",
+            "policy.toml:3: `run/x.sock`: socket paths must be absolute",
+        ),
+        ("[network]\nunix = [\"/run/../x.sock\"]\n", "`/run/../x.sock`: write the socket path without `.` or `..`"),
+        ("[network]\nunix = [\"/run/./x.sock\"]\n", "without `.` or `..`"),
+        ("[network]\nunix = [\"\"]\n", "empty socket path"),
+        ("[network]\nunix = [\"@abstract\"]\n", "abstract sockets are not named by `unix`"),
+        ("[network]\nunix = [5432]\n", "unix socket paths are strings"),
+        ("[network]\nunix = true\n", "unix is \"any\", \"none\" or a list"),
+    ];
+    for (src, want) in cases {
+        let e = toml_err(src).to_string();
+        assert!(e.contains(want), "{src:?}: {e}");
+    }
+}
+
+#[test]
+fn unix_flags_add_paths_or_replace_the_setting() {
+    // --unix PATH on the agent profile (none): that list.
+    let (u, explicit) = unix_of(vec![profile("agent").expect("agent"), unix_flags(&["/run/a.sock"]).expect("flag")]);
+    assert_eq!(paths(&u), ["/run/a.sock"]);
+    assert!(explicit);
+    // Adds to a file's list.
+    let file = layer("[network]\nunix = [\"/run/a.sock\"]\n");
+    let u = unix_of(vec![file, unix_flags(&["/run/b.sock", "/run/a.sock"]).expect("flags")]).0;
+    assert_eq!(paths(&u), ["/run/a.sock", "/run/b.sock"]);
+    // any / none replace.
+    let file = layer("[network]\nunix = [\"/run/a.sock\"]\n");
+    assert_eq!(unix_of(vec![file, unix_flags(&["none"]).expect("none")]), (Unix::None, true));
+    assert_eq!(unix_of(vec![profile("agent").expect("agent"), unix_flags(&["any"]).expect("any")]).0, Unix::Any);
+    for bad in [&["none", "/run/a.sock"][..], &["any", "none"], &["relative.sock"], &[""]] {
+        let e = unix_flags(bad).expect_err("refused").to_string();
+        assert!(e.starts_with("--unix: `"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn unix_setting_in_the_summary() {
+    let p = build(vec![profile("agent").expect("agent")]).expect("agent");
+    assert!(
+        p.summary().iter().any(|l| l == "unix sockets: none (only sockets the command binds itself)"),
+        "{:?}",
+        p.summary()
+    );
+    let p = build(vec![unix_flags(&["/dev/log"]).expect("flag")]).expect("list");
+    assert!(p.summary().iter().any(|l| l == "unix sockets: /dev/log (and sockets the command binds itself)"));
 }
