@@ -20,6 +20,7 @@ use std::{
 
 use sbx_tests::{describe, probe, Fixture, Sbx, TempDir, TestCgroup};
 // A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 use serde_json as _;
 
 fn run_cmd(sbx: &Sbx, parent: &TestCgroup, options: &[&str], command: &[&str]) -> Command {

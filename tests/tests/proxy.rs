@@ -14,6 +14,7 @@ use sbx_tests::{
     TempDir, TestCgroup,
 };
 // A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 use serde_json as _;
 
 /// tinyproxy started by `sbx-user run POLICY... -- tinyproxy`, stopped

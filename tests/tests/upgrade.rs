@@ -14,6 +14,7 @@ use std::{
 use sbx_tests::{bpffs, describe, probe, Background, Fixture, Proto::Tcp, Sbx};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 /// The contract-1 `sbx-user`.
