@@ -1117,7 +1117,6 @@ fn parse_filesystem(
 }
 
 /// Parses policy TOML text; `name` is used in error messages.
-#[expect(clippy::too_many_lines, reason = "one block per key of [network], in file order")]
 pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let raw: RawFile = toml::from_str(src).map_err(|e| PolicyError::Syntax {
         path: name.to_owned(),

@@ -552,23 +552,27 @@ fn spawn_and_wait(
     }
     // Wait without reaping, stop forwarding, then reap: the forwarder never
     // signals a pid that has been reaped and may name another process.
-    loop {
-        // SAFETY: an all-zero siginfo_t is a valid out-buffer.
-        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
-        #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
-        // SAFETY: waitid(2) on our own child with a writable siginfo.
-        let rc =
-            unsafe { libc::waitid(libc::P_PID, child_pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
-        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
+    wait_unreaped(child_pid);
     forwarder.forget_child();
     let status = child.wait().map_err(|source| RunError::Spawn { command: name, source });
     if let Some(s) = supervisor {
         s.stop();
     }
     status
+}
+
+/// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).
+fn wait_unreaped(pid: i32) {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid out-buffer.
+        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+        #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
+        // SAFETY: waitid(2) on our own child with a writable siginfo.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// The errno `prove_enforced` fails the spawn with.

@@ -11,6 +11,8 @@ use std::{
 };
 
 use sbx_tests::{bpffs, cgroup2_mount, describe, probe, Fixture, Sbx, TempDir, TestCgroup};
+// A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 
 /// `sbx-user run --cgroup-parent CG POLICY... -- CMD...`.
 fn run(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Output {

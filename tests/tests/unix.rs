@@ -20,6 +20,8 @@ use std::{
 
 use sbx_tests::{describe, Sbx, TempDir, TestCgroup};
 // A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
+// A dependency of the fixture crate this test file does not use directly.
 use serde_json as _;
 
 /// A listening host socket; counts what reached it.
