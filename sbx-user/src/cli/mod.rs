@@ -291,8 +291,8 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Remove sbx's programs and pins from a cgroup.
     Detach(detach::DetachArgs),
-    /// Replace the policy of an attached sandbox, atomically per hook,
-    /// without restarting anything in it.
+    /// Replace the policy of an attached sandbox: every hook switches at
+    /// once, nothing in the sandbox restarts.
     #[command(after_long_help = POLICY_HELP)]
     Update(update::UpdateArgs),
     /// Show deny events (and audit-mode would-be denials).
@@ -307,6 +307,10 @@ pub enum Command {
     OrigDst(origdst::OrigDstArgs),
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
+    /// Move sandboxes held by an older sbx's programs to this build's
+    /// program set, each under its recorded policy, with no moment of no
+    /// enforcement.
+    Migrate(update::MigrateArgs),
     /// Remove what sandboxes whose cgroup is gone left behind (pins,
     /// records, policy slots) and program sets no sandbox uses.
     #[command(long_about = "Remove what sandboxes whose cgroup is gone left behind, and program sets no \
