@@ -18,8 +18,11 @@ use crate::{
 /// Why a destination got its verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// The `loopback` setting (loopback and unspecified destinations).
+    /// The `loopback` setting (loopback and unspecified destinations no
+    /// loopback rule decides).
     Loopback,
+    /// The address `verify` relies on being refused, on every port.
+    VerifySentinel,
     /// A NAT64/6to4 form of a local address, always refused.
     EmbeddedLocal,
     /// A user rule: its action, text and where it was written.
@@ -43,6 +46,9 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Loopback => f.write_str("loopback setting"),
+            Self::VerifySentinel => {
+                write!(f, "{} is always refused (the target of `sbx-user verify`)", crate::compile::VERIFY_SENTINEL)
+            }
             Self::EmbeddedLocal => f.write_str("NAT64/6to4 form of a local address"),
             Self::Rule { action, text, origin } => write!(f, "{action} {text} ({origin})"),
             Self::Builtin(what) => write!(f, "built-in deny of {what}"),
@@ -85,7 +91,23 @@ fn local_host(ip: IpAddr) -> bool {
     }
 }
 
+/// The loopback address the kernel connects an unspecified one to.
+fn unalias(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+/// The rule that decides among those matching (longest prefix, deny on a
+/// tie). With `loopback`, only rules inside the loopback space count, as
+/// only they apply to loopback destinations.
 fn best_rule(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool) -> Option<(u8, &Rule)> {
+    best_rule_in(rules, ip, port, tcp, false)
+}
+
+fn best_rule_in(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool, loopback: bool) -> Option<(u8, &Rule)> {
     let mut best: Option<(u8, &Rule)> = None;
     for r in rules {
         let proto_ok = if tcp { r.protocols.tcp } else { r.protocols.udp };
@@ -93,7 +115,7 @@ fn best_rule(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool) -> Option<(u8, &R
             continue;
         }
         for net in &r.nets {
-            if !net.contains(&ip) {
+            if !net.contains(&ip) || (loopback && !crate::policy::is_loopback_net(net)) {
                 continue;
             }
             let len = net.prefix_len();
@@ -120,8 +142,12 @@ pub fn destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason 
         return Reason::EmbeddedLocal;
     }
     let ip = judged(ip);
+    if ip == IpAddr::V4(crate::compile::VERIFY_SENTINEL) {
+        return Reason::VerifySentinel;
+    }
     if local_host(ip) {
-        return Reason::Loopback;
+        return best_rule_in(&policy.rules, unalias(ip), port, tcp, true)
+            .map_or(Reason::Loopback, |(_, r)| rule_reason(r));
     }
     let user = best_rule(&policy.rules, ip, port, tcp);
     let builtin = BUILTIN
@@ -188,6 +214,23 @@ mod tests {
         assert_eq!(destination(&p, ip("::"), 1, true), Reason::Loopback);
         assert_eq!(destination(&p, ip("64:ff9b::7f00:1"), 1, true), Reason::EmbeddedLocal);
         assert_eq!(destination(&p, ip("224.0.0.251"), 5353, false), Reason::Builtin("multicast"));
+    }
+
+    #[test]
+    fn names_the_loopback_rule_that_decided() {
+        let p = policy(&["tcp://127.0.0.1:5432"], &["127.0.0.53:53", "loopback:2375"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let text = |a: &str, port: u16, tcp: bool| destination(&p, ip(a), port, tcp).to_string();
+        assert_eq!(text("127.0.0.53", 53, false), "deny 127.0.0.53:53 (--deny)");
+        assert_eq!(text("::ffff:127.0.0.53", 53, true), "deny 127.0.0.53:53 (--deny)");
+        assert_eq!(text("127.0.0.1", 2375, true), "deny loopback:2375 (--deny)");
+        assert_eq!(text("::1", 2375, true), "deny loopback:2375 (--deny)");
+        assert_eq!(text("0.0.0.0", 2375, true), "deny loopback:2375 (--deny)");
+        assert_eq!(text("::", 2375, true), "deny loopback:2375 (--deny)");
+        assert_eq!(text("0.0.0.0", 5432, true), "allow tcp://127.0.0.1:5432 (--allow)");
+        assert_eq!(destination(&p, ip("127.0.0.1"), 5432, false), Reason::Loopback);
+        assert_eq!(destination(&p, ip("127.0.0.2"), 53, false), Reason::Loopback);
+        assert_eq!(destination(&p, ip("127.255.255.254"), 53, false), Reason::VerifySentinel);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! # Rule syntax
 //! `[tcp://|udp://]TARGET[:PORTS]` where TARGET is an IPv4 or IPv6 address,
 //! a CIDR (`[v6/len]` in brackets when ports follow), empty for any host
-//! (`:25`), or one of the tokens `any`, `private`, `metadata`. PORTS is `*`,
+//! (`:25`), or one of the tokens `any`, `private`, `metadata`, `loopback`. PORTS is `*`,
 //! `N`, `N-M`, or a comma list of those. No protocol means TCP and UDP.
 
 use std::{
@@ -263,6 +263,8 @@ const PRIVATE_NETS: [&str; 7] =
     ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"];
 const METADATA_NETS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
 const ANY_NETS: [&str; 2] = ["0.0.0.0/0", "::/0"];
+/// The `loopback` token: every loopback address of both families.
+const LOOPBACK_NETS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
     list.iter().map(|s| s.parse().expect("built-in network literal")).collect()
@@ -405,6 +407,7 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
         "" | "any" => return Ok(nets(&ANY_NETS)),
         "private" => return Ok(nets(&PRIVATE_NETS)),
         "metadata" => return Ok(nets(&METADATA_NETS)),
+        "loopback" => return Ok(nets(&LOOPBACK_NETS)),
         _ => {}
     }
     let net = if let Ok(ip) = target.parse::<IpAddr>() {
@@ -417,16 +420,26 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
         return Err(format!("`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata"));
     };
     let net = normalise(net)?;
-    if ctx == RuleContext::Destination && reaches_local_host(&net) {
-        return Err(
-            "this names a loopback or unspecified address; loopback access is set by `loopback` (`--loopback`), e.g. loopback = [5432]".into(),
-        );
+    if ctx == RuleContext::Destination && is_unspecified_net(&net) {
+        return Err(unspecified_message(&net));
     }
     Ok(vec![net])
 }
 
 fn is_token(s: &str) -> bool {
-    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata")
+    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata" | "loopback")
+}
+
+/// Why a destination rule may not name an unspecified address.
+fn unspecified_message(net: &IpNet) -> String {
+    let (alias, rule) = match net {
+        IpNet::V4(_) => ("127.0.0.1", "127.0.0.1:5432"),
+        IpNet::V6(_) => ("::1", "[::1]:5432"),
+    };
+    format!(
+        "{} as a destination is the local host: the kernel connects it to {alias}, so a rule for {alias} decides it too; write that (e.g. `{rule}`), or use `loopback` (`--loopback`)",
+        net.addr()
+    )
 }
 
 fn looks_like_hostname(s: &str) -> bool {
@@ -460,15 +473,21 @@ fn normalise(net: IpNet) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// Whether every address of `net` reaches the local host (loopback or
-/// unspecified).
-fn reaches_local_host(net: &IpNet) -> bool {
+/// Whether `net` lies inside the loopback space (`127.0.0.0/8` or
+/// `::1`): a rule on such a network refines the `loopback` setting, and
+/// it is the only kind of rule that applies to loopback destinations.
+#[must_use]
+pub fn is_loopback_net(net: &IpNet) -> bool {
     match net {
-        IpNet::V4(n) => {
-            n.prefix_len() >= 8 && n.addr().is_loopback() || (n.prefix_len() == 32 && n.addr().is_unspecified())
-        }
-        IpNet::V6(n) => n.prefix_len() == 128 && (n.addr().is_loopback() || n.addr().is_unspecified()),
+        IpNet::V4(n) => n.prefix_len() >= 8 && n.addr().is_loopback(),
+        IpNet::V6(n) => n.prefix_len() == 128 && n.addr().is_loopback(),
     }
+}
+
+/// Whether `net` is exactly an unspecified address (`0.0.0.0`, `::`),
+/// which as a destination is an alias of `127.0.0.1` or `::1`.
+fn is_unspecified_net(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len() && net.addr().is_unspecified()
 }
 
 // ---------------------------------------------------------------------------
@@ -598,7 +617,7 @@ impl PolicyBuilder {
             let net = IpNet::from(proxy_addr.ip());
             rules.push(Rule {
                 text: format!("tcp://{proxy_addr}"),
-                origin: proxy_origin,
+                origin: proxy_origin.clone(),
                 action: Action::Allow,
                 protocols: Protocols::TCP,
                 nets: vec![normalise(net).map_err(PolicyError::Conflict)?],
@@ -607,9 +626,36 @@ impl PolicyBuilder {
             });
             loopback.unwrap_or(Loopback::None)
         };
+        if let Some(rule) = loopback_rule_denying(&rules, proxy_addr) {
+            return Err(PolicyError::Conflict(format!(
+                "{}: `deny {}` blocks the proxy on {proxy_addr} ({proxy_origin}); narrow the rule or allow tcp://{proxy_addr}",
+                rule.origin, rule.text
+            )));
+        }
         let redirect = redirect.is_some_and(|(r, _)| r);
         Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem, redirect })
     }
+}
+
+/// The deny rule that decides TCP to `addr`, a loopback address, if the
+/// rule that decides it is a deny (longest loopback prefix, deny on a tie).
+fn loopback_rule_denying(rules: &[Rule], addr: SocketAddr) -> Option<&Rule> {
+    if !addr.ip().is_loopback() {
+        return None;
+    }
+    let mut best: Option<(u8, &Rule)> = None;
+    for r in
+        rules.iter().filter(|r| r.protocols.tcp && r.ports.iter().any(|p| p.lo <= addr.port() && addr.port() <= p.hi))
+    {
+        for n in r.nets.iter().filter(|n| is_loopback_net(n) && n.contains(&addr.ip())) {
+            let len = n.prefix_len();
+            if best.is_none_or(|(l, b)| len > l || (len == l && r.action == Action::Deny && b.action == Action::Allow))
+            {
+                best = Some((len, r));
+            }
+        }
+    }
+    best.filter(|(_, r)| r.action == Action::Deny).map(|(_, r)| r)
 }
 
 /// Resolves a name with getaddrinfo (the system resolver, /etc/hosts first).
@@ -649,11 +695,11 @@ fn pin_host(
     for ip in addrs {
         let net = normalise(IpNet::from(ip))
             .map_err(|m| invalid(&rule.origin, &rule.text, format!("{host} resolves to {ip}: {m}")))?;
-        if reaches_local_host(&net) {
+        if is_unspecified_net(&net) {
             return Err(invalid(
                 &rule.origin,
                 &rule.text,
-                format!("{host} resolves to {ip}, a local address; loopback access is set by `loopback`"),
+                format!("{host} resolves to {ip}, the unspecified address (a blocked name?), which reaches the local host; name the loopback address instead"),
             ));
         }
         nets.push(net);

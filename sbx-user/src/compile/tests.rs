@@ -78,10 +78,6 @@ fn dest_case(body: &str, probes: &[Probe]) {
     check(&compiled(&policy(body)), Hook::Destination, body, probes);
 }
 
-fn prefix_of(e: &TrieEntry) -> Prefix {
-    Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") }
-}
-
 /// Invariants the programs rely on, checked for every compiled policy.
 fn assert_well_formed(c: &Compiled) {
     for (i, t) in c.tables.iter().enumerate() {
@@ -487,6 +483,134 @@ fn loopback_setting() {
             &[("126.255.255.255", 80, Both, v), ("128.0.0.0", 80, Both, v)],
         );
     }
+}
+
+#[test]
+fn loopback_rules_refine_the_setting() {
+    let cases: &[(&str, &[Probe])] = &[
+        (
+            // Under "any", deny the host's DNS stub and a daemon's port.
+            "loopback = \"any\"\ndeny = [\"127.0.0.53:53\", \"127.0.0.1:2375\"]",
+            &[
+                ("127.0.0.53", 53, Both, D),
+                ("::ffff:127.0.0.53", 53, Both, D),
+                ("127.0.0.53", 54, Both, A),
+                ("127.0.0.1", 2375, Both, D),
+                ("::ffff:127.0.0.1", 2375, Both, D),
+                // 0.0.0.0 is connected to 127.0.0.1: the same verdicts.
+                ("0.0.0.0", 2375, Both, D),
+                ("::ffff:0.0.0.0", 2375, Both, D),
+                ("0.0.0.0", 2376, Both, A),
+                ("127.0.0.2", 2375, Both, A),
+                ("::1", 2375, Both, A),
+                ("::", 2375, Both, A),
+                ("127.0.0.1", 80, Both, A),
+            ],
+        ),
+        (
+            // Under "none", open one service.
+            "loopback = \"none\"\nallow = [\"127.0.0.1:5432\"]",
+            &[
+                ("127.0.0.1", 5432, Both, A),
+                ("0.0.0.0", 5432, Both, A),
+                ("127.0.0.1", 5433, Both, D),
+                ("127.0.0.2", 5432, Both, D),
+                ("::1", 5432, Both, D),
+                ("::", 5432, Both, D),
+            ],
+        ),
+        (
+            // IPv6 loopback, and its unspecified alias.
+            "loopback = \"any\"\ndeny = [\"[::1]:6379\"]",
+            &[("::1", 6379, Both, D), ("::", 6379, Both, D), ("127.0.0.1", 6379, Both, A), ("0.0.0.0", 6379, Both, A)],
+        ),
+        (
+            // The token covers both families; a longer allow beats it.
+            "loopback = [8000]\ndeny = [\"loopback:8000\"]\nallow = [\"tcp://127.0.0.1:8000\"]",
+            &[
+                ("127.0.0.1", 8000, Tcp, A),
+                ("127.0.0.1", 8000, Udp, D),
+                ("0.0.0.0", 8000, Tcp, A),
+                ("127.0.0.2", 8000, Both, D),
+                ("::1", 8000, Both, D),
+                ("::", 8000, Both, D),
+                ("127.0.0.1", 8001, Both, D),
+            ],
+        ),
+        (
+            // A rule on the whole of 127/8 beats the setting (same prefix),
+            // longer prefixes beat it, and deny wins a tie.
+            "loopback = \"none\"\nallow = [\"127.0.0.0/8\", \"127.0.0.9:80\"]\ndeny = [\"127.0.0.0/24\", \"127.0.0.9:80\"]",
+            &[
+                ("127.1.2.3", 1, Both, A),
+                ("127.0.0.1", 1, Both, D),
+                ("0.0.0.0", 1, Both, D),
+                ("127.0.1.1", 1, Both, A),
+                ("127.0.0.9", 80, Both, D),
+                ("::1", 1, Both, D),
+            ],
+        ),
+        (
+            // Rules outside loopback never reach it, rules inside never
+            // leave it, and the verify sentinel stays refused.
+            "default = \"allow\"\nloopback = \"none\"\nallow = [\"any\", \"127.0.0.0/8:7\", \"127.255.255.254\"]\ndeny = [\"126.0.0.0/7:7\"]",
+            &[
+                ("127.0.0.1", 7, Both, A),
+                ("127.0.0.1", 8, Both, D),
+                ("126.0.0.1", 7, Both, D),
+                ("127.255.255.254", 7, Both, D),
+                ("127.255.255.254", 1, Both, D),
+                ("128.0.0.1", 7, Both, A),
+            ],
+        ),
+        (
+            // Protocol-specific loopback rules.
+            "loopback = \"any\"\ndeny = [\"udp://127.0.0.53:53\"]",
+            &[("127.0.0.53", 53, Udp, D), ("127.0.0.53", 53, Tcp, A), ("0.0.0.0", 53, Both, A)],
+        ),
+    ];
+    for (body, probes) in cases {
+        dest_case(body, probes);
+    }
+}
+
+#[test]
+fn loopback_rule_entries() {
+    // Exactly one entry per loopback rule prefix, under the anchors; the
+    // unspecified address shares its alias's table.
+    let c = compiled(&policy("loopback = \"any\"\ndeny = [\"127.0.0.53:53\", \"127.0.0.1:2375\"]"));
+    let mut want = vec![
+        "::/0",
+        "0.0.0.0/0",
+        "127.0.0.0/8",
+        "0.0.0.0/32",
+        "::1/128",
+        "::/128",
+        "0.0.0.0/8",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "ff00::/8",
+        "::/96",
+        "64:ff9b:1::/48",
+        "127.255.255.254/32",
+        "127.0.0.53/32",
+        "127.0.0.1/32",
+    ];
+    want.sort_unstable();
+    assert_eq!(entry_names(&c.dest), want);
+    let table_of = |name: &str| {
+        let e = c.dest.iter().find(|e| prefix_of(e).display() == name).unwrap_or_else(|| panic!("{name}"));
+        c.tables[e.table as usize]
+    };
+    let mut one_port = PortTable::uniform(A, A);
+    one_port.len = 1;
+    one_port.segments[0] = PortSegment { lo: 2375, hi: 2375, tcp: D, udp: D, _pad: [0; 2] };
+    assert_eq!(table_of("127.0.0.1/32"), one_port);
+    assert_eq!(table_of("0.0.0.0/32"), one_port);
+    one_port.segments[0] = PortSegment { lo: 53, hi: 53, tcp: D, udp: D, _pad: [0; 2] };
+    assert_eq!(table_of("127.0.0.53/32"), one_port);
+    assert_eq!(table_of("127.0.0.0/8"), PortTable::uniform(A, A));
+    assert_eq!(table_of("::/128"), PortTable::uniform(A, A));
 }
 
 #[test]
@@ -1128,9 +1252,27 @@ const OTHER_TARGETS: [&str; 22] = [
     "",
 ];
 
+/// Destination targets inside the loopback space, in every spelling.
+const LOOPBACK_TARGETS: [&str; 11] = [
+    "127.0.0.1",
+    "127.0.0.53",
+    "127.9.9.9",
+    "127.0.0.0/8",
+    "127.0.0.0/24",
+    "127.9.0.0/16",
+    "127.255.255.254",
+    "[::1]",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:127.0.0.0/120]",
+    "loopback",
+];
+
 fn random_rule_text(rng: &mut Rng, bind: bool) -> String {
     let proto = *rng.pick(&["", "", "tcp://", "udp://"]);
     let mut target = if rng.chance(70) { random_v4_target(rng) } else { (*rng.pick(&OTHER_TARGETS)).to_owned() };
+    if !bind && rng.chance(15) {
+        target = (*rng.pick(&LOOPBACK_TARGETS)).to_owned();
+    }
     if bind && rng.chance(20) {
         target =
             (*rng.pick(&["127.0.0.1", "127.0.0.0/8", "0.0.0.0", "[::]", "[::1]", "[::ffff:127.0.0.1]"])).to_owned();
@@ -1180,8 +1322,11 @@ fn random_policy(rng: &mut Rng) -> Policy {
     Policy { default, loopback, proxy: None, rules, bind, mode: Mode::Enforce, filesystem: None, redirect: false }
 }
 
-const PROBE_ADDRS: [&str; 25] = [
+const PROBE_ADDRS: [&str; 28] = [
     "127.0.0.1",
+    "127.0.0.53",
+    "127.0.0.2",
+    "127.255.255.254",
     "64:ff9b:0:0:1::a01:203",
     "127.9.9.9",
     "0.0.0.0",
@@ -1319,6 +1464,27 @@ fn reference_dest(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bo
         IpAddr::V6(a) => a.is_loopback() || a.is_unspecified(),
     };
     if local {
+        if ip == IpAddr::V4(VERIFY_SENTINEL) {
+            return D;
+        }
+        // 0.0.0.0 and :: are what 127.0.0.1 and ::1 are; only rules inside
+        // the loopback space apply, and any of them beats the setting.
+        let ip = match ip {
+            IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            other => other,
+        };
+        let loopback_rules: Vec<Rule> = p
+            .rules
+            .iter()
+            .map(|r| Rule {
+                nets: r.nets.iter().copied().filter(crate::policy::is_loopback_net).collect(),
+                ..r.clone()
+            })
+            .collect();
+        if let Some((_, action)) = best_rule(&loopback_rules, ip, port, tcp) {
+            return verdict(action);
+        }
         return match &p.loopback {
             Loopback::Any => A,
             Loopback::None => D,

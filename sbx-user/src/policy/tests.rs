@@ -265,23 +265,12 @@ fn rejects_bad_rules() {
         ("[2001:db8::1", &["missing `]`"]),
         ("[2001:db8::1]80", &["unexpected `80` after `]`"]),
         ("[2001:db8::1]/64", &["unexpected"]),
-        // Loopback and unspecified destinations belong to `loopback`.
-        ("127.0.0.1", &["loopback", "`loopback`"]),
-        ("127.0.0.1:5432", &["`loopback`"]),
-        ("tcp://127.1.2.3:80", &["`loopback`"]),
-        ("127.0.0.0/8", &["`loopback`"]),
-        ("127.0.0.0/16", &["`loopback`"]),
-        ("127.255.255.255/8", &["`loopback`"]),
-        ("0.0.0.0", &["`loopback`"]),
-        ("0.0.0.0:80", &["`loopback`"]),
-        ("::1", &["`loopback`"]),
-        ("[::1]:8080", &["`loopback`"]),
-        ("::", &["`loopback`"]),
-        ("[::]:80", &["`loopback`"]),
-        ("::ffff:127.0.0.1", &["`loopback`"]),
-        ("[::ffff:127.0.0.1]:5432", &["`loopback`"]),
-        ("::ffff:0.0.0.0", &["`loopback`"]),
-        ("::ffff:127.0.0.0/104", &["`loopback`"]),
+        // Unspecified destinations are aliases of loopback addresses.
+        ("0.0.0.0", &["local host", "127.0.0.1", "`127.0.0.1:5432`"]),
+        ("0.0.0.0:80", &["127.0.0.1"]),
+        ("::", &["::1", "`[::1]:5432`"]),
+        ("[::]:80", &["::1"]),
+        ("::ffff:0.0.0.0", &["127.0.0.1"]),
         // Embedded-IPv4 ranges are judged by the IPv4 address.
         ("64:ff9b::1.2.3.4", &["NAT64", "IPv4"]),
         ("[64:ff9b::a01:203]:443", &["NAT64"]),
@@ -310,9 +299,72 @@ fn deny_by_name_message_explains_fail_open() {
 }
 
 #[test]
-fn loopback_message_points_at_setting() {
-    let msg = rule_err("127.0.0.1:5432");
-    assert!(msg.contains("loopback = [5432]") && msg.contains("--loopback"), "{msg}");
+fn unspecified_message_points_at_the_alias() {
+    let msg = rule_err("0.0.0.0:5432");
+    assert!(msg.contains("127.0.0.1") && msg.contains("--loopback"), "{msg}");
+}
+
+#[test]
+fn loopback_rules() {
+    // Rules may name loopback addresses: they refine `loopback`. The
+    // IPv4-mapped forms are IPv4 rules; `loopback` names both families.
+    let o = Origin::flag("--deny");
+    let net = |s: &str| s.parse::<IpNet>().expect("literal");
+    let cases: &[(&str, &[&str], &[PortRange])] = &[
+        ("127.0.0.53:53", &["127.0.0.53/32"], &[PortRange::single(53)]),
+        ("tcp://127.0.0.1:2375", &["127.0.0.1/32"], &[PortRange::single(2375)]),
+        ("127.0.0.0/8", &["127.0.0.0/8"], &[PortRange::ALL]),
+        ("127.1.2.3/16", &["127.1.0.0/16"], &[PortRange::ALL]),
+        ("[::1]:8080", &["::1/128"], &[PortRange::single(8080)]),
+        ("::1", &["::1/128"], &[PortRange::ALL]),
+        ("[::ffff:127.0.0.1]:5432", &["127.0.0.1/32"], &[PortRange::single(5432)]),
+        ("::ffff:127.0.0.0/104", &["127.0.0.0/8"], &[PortRange::ALL]),
+        ("loopback:53", &["127.0.0.0/8", "::1/128"], &[PortRange::single(53)]),
+        ("LOOPBACK", &["127.0.0.0/8", "::1/128"], &[PortRange::ALL]),
+    ];
+    for &(text, nets, ports) in cases {
+        for action in [Action::Allow, Action::Deny] {
+            let r = parse_rule(text, action, &o, RuleContext::Destination).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(r.nets, nets.iter().map(|n| net(n)).collect::<Vec<_>>(), "{text}");
+            assert_eq!(r.ports, ports, "{text}");
+            assert!(r.nets.iter().all(crate::policy::is_loopback_net), "{text}");
+        }
+    }
+    // Networks that merely contain loopback are not loopback rules.
+    for text in ["0.0.0.0/0", "126.0.0.0/7", "[::/127]", "any"] {
+        let r = parse_rule(text, Action::Deny, &o, RuleContext::Destination).expect("valid");
+        assert!(!r.nets.iter().any(crate::policy::is_loopback_net), "{text}");
+    }
+}
+
+#[test]
+fn loopback_rule_blocking_the_proxy_is_a_conflict() {
+    let build = |deny: &[&str], allow: &[&str]| {
+        Policy::from_sources(
+            None,
+            None,
+            &FlagInput {
+                proxy: Some("127.0.0.1:3128".into()),
+                loopback: Some("any".into()),
+                deny: deny.iter().map(ToString::to_string).collect(),
+                allow: allow.iter().map(ToString::to_string).collect(),
+                ..FlagInput::default()
+            },
+        )
+    };
+    for deny in ["127.0.0.1:3128", "loopback", "tcp://127.0.0.0/8:3000-4000"] {
+        let msg = build(&[deny], &[]).expect_err(deny).to_string();
+        assert!(msg.contains(&format!("`deny {deny}` blocks the proxy on 127.0.0.1:3128")), "{msg}");
+    }
+    // Other ports, another address, UDP only, or a longer allow: no conflict.
+    for (deny, allow) in [
+        ("127.0.0.1:3129", None),
+        ("127.0.0.2:3128", None),
+        ("udp://127.0.0.1:3128", None),
+        ("127.0.0.0/8", Some("tcp://127.0.0.1:3128")),
+    ] {
+        build(&[deny], allow.as_slice()).unwrap_or_else(|e| panic!("{deny}: {e}"));
+    }
 }
 
 #[test]
@@ -536,7 +588,7 @@ fn flag_errors() {
             &["--deny:", "`tcp://example.com:443`", "deny rules cannot name hosts"],
         ),
         (FlagInput { deny: vec!["10.0.0.0/33".into()], ..FlagInput::default() }, &["--deny:", "CIDR"]),
-        (FlagInput { deny: vec!["127.0.0.1".into()], ..FlagInput::default() }, &["--deny:", "`loopback`"]),
+        (FlagInput { deny: vec!["0.0.0.0".into()], ..FlagInput::default() }, &["--deny:", "127.0.0.1"]),
         (FlagInput { allow: vec!["10.0.0.1,443".into()], ..FlagInput::default() }, &["`443`", "not an IP address"]),
         (FlagInput { allow: vec!["10.0.0.1:80,".into()], ..FlagInput::default() }, &["empty rule"]),
         (
@@ -646,7 +698,7 @@ fn toml_errors_carry_the_line() {
         ("[network]\nallow = [\n  \"10.0.0.1\",\n  \"exa_mple!\",\n]\n", 4, &["`exa_mple!`", "not an IP address"]),
         ("[network]\ndeny = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n", 4, &["deny rules cannot name hosts"]),
         ("[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n", 4, &["not a valid CIDR"]),
-        ("[network]\n\n\ndeny = [\n\"127.0.0.1\"]\n", 5, &["`loopback`"]),
+        ("[network]\n\n\ndeny = [\n\"0.0.0.0\"]\n", 5, &["127.0.0.1"]),
         ("[network]\ndefault = \"maybe\"\n", 2, &["\"deny\" or \"allow\""]),
         ("\n[network]\ndefault = \"allow\"\nloopback = \"some\"\n", 4, &["loopback is"]),
         ("[network]\nloopback = 3128\n", 2, &["loopback is"]),
@@ -1149,28 +1201,32 @@ fn allow_unresolved_keeps_the_rule_matching_nothing() {
 }
 
 #[test]
-fn host_resolving_to_a_local_address_is_rejected() {
-    // A name cannot open loopback; that is the `loopback` setting's job.
-    // Not even with --allow-unresolved: the name did resolve.
-    for (host, ip) in [
-        ("localhost", "127.0.0.1"),
-        ("local.example", "127.0.0.1"),
-        ("mapped-local.example", "::ffff:127.0.0.1"),
-        ("v6-local.example", "::1"),
-        ("unspecified.example", "0.0.0.0"),
-        ("unspecified6.example", "::"),
-        ("partly-local.example", "127.0.1.1"),
+fn host_resolving_to_loopback_pins_loopback() {
+    // A name pinned to a loopback address is a loopback rule, as if the
+    // address had been written; the unspecified address (what blocklists
+    // in /etc/hosts map names to) is refused, even with
+    // --allow-unresolved: the name did resolve.
+    for (host, ip, pinned) in [
+        ("localhost", "127.0.0.1", "127.0.0.1/32"),
+        ("mapped-local.example", "::ffff:127.0.0.1", "127.0.0.1/32"),
+        ("v6-local.example", "::1", "::1/128"),
+        ("partly-local.example", "127.0.1.1", "192.0.2.1/32"),
     ] {
+        let p = build_pinned(vec![allow_layer(&[&format!("{host}:5432")])], false)
+            .unwrap_or_else(|e| panic!("{host} resolves to {ip}: {e}"));
+        let want = if host == "partly-local.example" { nets_of(&["127.0.1.1/32", pinned]) } else { nets_of(&[pinned]) };
+        assert_eq!(p.rules[0].nets, want, "{host}");
+    }
+    for (host, ip) in [("unspecified.example", "0.0.0.0"), ("unspecified6.example", "::")] {
         for allow_unresolved in [false, true] {
             let text = format!("{host}:5432");
             let e = build_pinned(vec![allow_layer(&[&text])], allow_unresolved)
                 .expect_err(&format!("{host} resolves to {ip}"));
             assert!(matches!(e, PolicyError::Invalid { .. }), "{host}: {e:?}");
-            assert_eq!(
-                e.to_string(),
-                format!(
-                    "--allow: `{text}`: {host} resolves to {ip}, a local address; loopback access is set by `loopback`"
-                ),
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("--allow: `{text}`: {host} resolves to {ip}, the unspecified address")),
+                "{e}"
             );
         }
     }
