@@ -15,6 +15,10 @@
 //!    the one with the longest prefix decides; on a tie, deny wins.
 //! 3. If none matches, the default decides.
 //!
+//! Under `dns = "pinned"`, loopback port 53 is refused by built-in rules
+//! (a deny on `127.0.0.0/8` and `::1`, an allow of `run`'s stub address)
+//! that loopback rules at the same or a longer prefix override.
+//!
 //! sbx also adds low-priority deny entries for addresses that are not
 //! ordinary unicast destinations: `0.0.0.0/8`, multicast (`224.0.0.0/4`,
 //! `ff00::/8`), reserved and limited broadcast (`240.0.0.0/4`),
@@ -39,7 +43,7 @@ use std::{
 use ipnet::IpNet;
 use sbx_common::{PortSegment, PortTable, TrieAddr, MAX_SEGMENTS, VERDICT_ALLOW, VERDICT_DENY};
 
-use crate::policy::{Action, Bind, Loopback, Policy, PortRange, Protocols, Rule};
+use crate::policy::{Action, Bind, Dns, Loopback, Policy, PortRange, Protocols, Rule, DNS_PORT};
 
 /// Default capacity of each trie: room for at least 100,000 rules.
 pub const DEFAULT_MAX_ENTRIES: u32 = 131_072;
@@ -411,6 +415,25 @@ fn resolve(
     Ok(out)
 }
 
+/// Under `dns = "pinned"`, loopback port 53 belongs to sbx's stub: a
+/// built-in deny on all of loopback, and a built-in allow of the stub
+/// address. Built-in, so a loopback rule at the same prefix (or a longer
+/// one) still decides, as the user wrote it.
+fn dns_rules(dns: Dns) -> Vec<CRule> {
+    let Dns::Pinned { stub } = dns else { return Vec::new() };
+    let rule = |prefix, action| CRule {
+        prefix,
+        action,
+        protocols: Protocols::BOTH,
+        ports: vec![PortRange::single(DNS_PORT)],
+        user: false,
+        source: None,
+    };
+    let mut out = vec![rule(v4([127, 0, 0, 0], 8), Action::Deny), rule(v6("::1", 128), Action::Deny)];
+    out.extend(stub.map(|a| rule(v4(a.octets(), 32), Action::Allow)));
+    out
+}
+
 fn lower(rules: &[Rule]) -> Vec<CRule> {
     rules
         .iter()
@@ -432,7 +455,7 @@ fn lower(rules: &[Rule]) -> Vec<CRule> {
 pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileError> {
     // `mode` goes to the config map and `filesystem` to Landlock; neither
     // changes the tries.
-    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _ } = policy;
+    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _, dns } = policy;
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);
@@ -444,6 +467,7 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
         user: false,
         source: None,
     }));
+    dest_rules.extend(dns_rules(*dns));
     let local = match loopback {
         Loopback::Any => ports_table(&[], VERDICT_ALLOW, VERDICT_ALLOW),
         Loopback::None => ports_table(&[], VERDICT_DENY, VERDICT_DENY),

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 
 use crate::{
     compile::lookup_addr,
-    policy::{Action, Bind, Loopback, Policy, Rule},
+    policy::{Action, Bind, Dns, Loopback, Policy, Rule, DNS_PORT},
 };
 
 /// Why a destination got its verdict.
@@ -23,6 +23,9 @@ pub enum Reason {
     Loopback,
     /// The address `verify` relies on being refused, on every port.
     VerifySentinel,
+    /// `dns = "pinned"`: loopback port 53 is refused, except `run`'s stub
+    /// (`true`: this is the stub).
+    DnsPinned(bool),
     /// A NAT64/6to4 form of a local address, always refused.
     EmbeddedLocal,
     /// A user rule: its action, text and where it was written.
@@ -46,6 +49,10 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Loopback => f.write_str("loopback setting"),
+            Self::DnsPinned(false) => f.write_str(
+                "dns = \"pinned\": loopback port 53 is only sbx's DNS stub (a loopback rule or dns = \"host\" opens a resolver)",
+            ),
+            Self::DnsPinned(true) => f.write_str("dns = \"pinned\": sbx's DNS stub"),
             Self::VerifySentinel => {
                 write!(f, "{} is always refused (the target of `sbx-user verify`)", crate::compile::VERIFY_SENTINEL)
             }
@@ -146,8 +153,23 @@ pub fn destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason 
         return Reason::VerifySentinel;
     }
     if local_host(ip) {
-        return best_rule_in(&policy.rules, unalias(ip), port, tcp, true)
-            .map_or(Reason::Loopback, |(_, r)| rule_reason(r));
+        let ip = unalias(ip);
+        let user = best_rule_in(&policy.rules, ip, port, tcp, true);
+        // The built-in port 53 rules of dns = "pinned" sit below user
+        // rules of the same prefix (see `compile`).
+        let builtin = match (policy.dns, ip) {
+            (Dns::Pinned { stub }, IpAddr::V4(a)) if port == DNS_PORT => {
+                Some(if stub == Some(a) { (32, true) } else { (8, false) })
+            }
+            (Dns::Pinned { .. }, IpAddr::V6(_)) if port == DNS_PORT => Some((128, false)),
+            _ => None,
+        };
+        return match (user, builtin) {
+            (Some((ulen, r)), Some((blen, _))) if ulen >= blen => rule_reason(r),
+            (_, Some((_, stub))) => Reason::DnsPinned(stub),
+            (Some((_, r)), None) => rule_reason(r),
+            (None, None) => Reason::Loopback,
+        };
     }
     let user = best_rule(&policy.rules, ip, port, tcp);
     let builtin = BUILTIN
@@ -229,8 +251,24 @@ mod tests {
         assert_eq!(text("::", 2375, true), "deny loopback:2375 (--deny)");
         assert_eq!(text("0.0.0.0", 5432, true), "allow tcp://127.0.0.1:5432 (--allow)");
         assert_eq!(destination(&p, ip("127.0.0.1"), 5432, false), Reason::Loopback);
-        assert_eq!(destination(&p, ip("127.0.0.2"), 53, false), Reason::Loopback);
+        assert_eq!(destination(&p, ip("127.0.0.2"), 53, false), Reason::DnsPinned(false));
         assert_eq!(destination(&p, ip("127.255.255.254"), 53, false), Reason::VerifySentinel);
+    }
+
+    #[test]
+    fn names_the_dns_setting_on_loopback_port_53() {
+        let mut p = policy(&["127.0.0.53:53"], &[]);
+        p.dns = Dns::Pinned { stub: Some(Ipv4Addr::new(127, 53, 0, 9)) };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(destination(&p, ip("127.0.0.1"), 53, false), Reason::DnsPinned(false));
+        assert_eq!(destination(&p, ip("0.0.0.0"), 53, true), Reason::DnsPinned(false));
+        assert_eq!(destination(&p, ip("::1"), 53, false), Reason::DnsPinned(false));
+        assert_eq!(destination(&p, ip("127.53.0.9"), 53, false), Reason::DnsPinned(true));
+        assert!(matches!(destination(&p, ip("127.0.0.53"), 53, false), Reason::Rule { action: Action::Allow, .. }));
+        assert_eq!(destination(&p, ip("127.0.0.1"), 54, false), Reason::Loopback);
+        assert!(destination(&p, ip("::1"), 53, true).to_string().starts_with("dns = \"pinned\": loopback port 53"));
+        p.dns = Dns::Host;
+        assert_eq!(destination(&p, ip("127.0.0.1"), 53, false), Reason::Loopback);
     }
 
     #[test]

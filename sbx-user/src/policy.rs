@@ -150,6 +150,30 @@ pub enum Loopback {
     Ports(Vec<PortRange>),
 }
 
+/// How the sandbox's names resolve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dns {
+    /// The host's resolvers, judged like any other destination (a resolver
+    /// on loopback is reachable where `loopback` allows it). What records
+    /// from before this setting mean.
+    #[default]
+    Host,
+    /// Only the names of pinned allow rules resolve, to their pinned
+    /// addresses; every other name fails at once. Loopback port 53 is
+    /// refused (TCP and UDP) except `stub`, where `run` answers; an
+    /// explicit loopback rule may still open a resolver.
+    Pinned {
+        /// The loopback address `run`'s DNS stub listens on (port 53),
+        /// set by `run` for its sandbox; `None` elsewhere.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stub: Option<Ipv4Addr>,
+    },
+}
+
+/// The port DNS is served on (and the only one `resolv.conf` can name).
+pub const DNS_PORT: u16 = 53;
+
 /// Where the sandbox may bind (and so listen).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -206,6 +230,9 @@ pub struct Policy {
     /// destinations are rewritten to the proxy instead of refused.
     #[serde(default)]
     pub redirect: bool,
+    /// Name resolution.
+    #[serde(default)]
+    pub dns: Dns,
 }
 
 /// A policy input problem, with where it was and what was wrong.
@@ -506,6 +533,7 @@ pub struct Layer {
     fs_read: Vec<PathBuf>,
     fs_write: Vec<PathBuf>,
     redirect: Option<(bool, Origin)>,
+    dns: Option<Dns>,
 }
 
 /// Builds a [`Policy`] from layers applied in order; later layers override
@@ -524,8 +552,11 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = layer;
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, dns } = layer;
         let m = &mut self.merged;
+        if dns.is_some() {
+            m.dns = dns;
+        }
         if redirect.is_some() {
             m.redirect = redirect;
         }
@@ -564,7 +595,8 @@ impl PolicyBuilder {
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect } = self.merged.clone();
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, dns } =
+            self.merged.clone();
         let mut rules = rules;
         let names = rules.iter().filter(|r| r.host.is_some()).count();
         for rule in crate::progress::track("resolving host names", names, rules.iter_mut().filter(|r| r.host.is_some()))
@@ -581,9 +613,11 @@ impl PolicyBuilder {
                     "{origin}: proxy redirect needs a proxy; set proxy = \"ADDR:PORT\" (--proxy)"
                 )));
             }
+            let default = default.map_or(Action::Deny, |(a, _)| a);
             return Ok(Policy {
                 redirect: false,
-                default: default.map_or(Action::Deny, |(a, _)| a),
+                dns: dns.unwrap_or(dns_default(default)),
+                default,
                 loopback: loopback.unwrap_or(Loopback::Any),
                 proxy: None,
                 rules,
@@ -632,8 +666,46 @@ impl PolicyBuilder {
                 rule.origin, rule.text
             )));
         }
+        let dns = dns.unwrap_or(dns_default(Action::Deny));
+        if matches!(dns, Dns::Pinned { .. }) && proxy_addr.ip().is_loopback() && proxy_addr.port() == DNS_PORT {
+            return Err(PolicyError::Conflict(format!(
+                "the proxy on {proxy_addr} ({proxy_origin}) is on loopback port {DNS_PORT}, which dns = \"pinned\" keeps for sbx's DNS stub; move the proxy or set dns = \"host\" (--dns host)"
+            )));
+        }
         let redirect = redirect.is_some_and(|(r, _)| r);
-        Ok(Policy { default: Action::Deny, loopback, proxy: Some(proxy_addr), rules, bind, mode, filesystem, redirect })
+        Ok(Policy {
+            default: Action::Deny,
+            loopback,
+            proxy: Some(proxy_addr),
+            rules,
+            bind,
+            mode,
+            filesystem,
+            redirect,
+            dns,
+        })
+    }
+}
+
+/// The `dns` setting a policy gets when it does not say: `pinned` where
+/// the default denies (a name query would be a channel the policy never
+/// allowed), `host` where it allows (resolvers are reachable anyway).
+fn dns_default(default: Action) -> Dns {
+    match default {
+        Action::Deny => Dns::Pinned { stub: None },
+        Action::Allow => Dns::Host,
+    }
+}
+
+fn parse_dns(s: &str, origin: &Origin) -> Result<Dns, PolicyError> {
+    match s.trim() {
+        "pinned" => Ok(Dns::Pinned { stub: None }),
+        "host" => Ok(Dns::Host),
+        _ => Err(invalid(
+            origin,
+            s,
+            "dns is \"pinned\" (only the names of pinned allow rules resolve, answered by sbx) or \"host\" (the host's resolvers, judged like any destination)",
+        )),
     }
 }
 
@@ -751,6 +823,8 @@ pub struct FlagInput {
     pub allow_unresolved: bool,
     /// `--proxy-redirect`.
     pub proxy_redirect: bool,
+    /// `--dns`.
+    pub dns: Option<String>,
 }
 
 /// Splits a flag value holding several rules separated by commas.
@@ -807,6 +881,9 @@ impl FlagInput {
         }
         if self.audit {
             layer.mode = Some(Mode::Audit);
+        }
+        if let Some(d) = &self.dns {
+            layer.dns = Some(parse_dns(d, &Origin::flag("--dns"))?);
         }
         if self.proxy_redirect {
             layer.redirect = Some((true, Origin::flag("--proxy-redirect")));
@@ -904,6 +981,7 @@ struct RawNetwork {
     bind: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
     proxy_mode: Option<Spanned<String>>,
+    dns: Option<Spanned<String>>,
 }
 
 /// Byte offsets of the line starts of a text, for line numbers in O(log n):
@@ -949,7 +1027,10 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let Some(net) = raw.network else {
         return Ok(layer);
     };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode } = net;
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, dns } = net;
+    if let Some(d) = dns {
+        layer.dns = Some(parse_dns(d.get_ref(), &at(d.span()))?);
+    }
     if let Some(m) = proxy_mode {
         let origin = at(m.span());
         let on = match m.get_ref().as_str() {
@@ -1121,7 +1202,7 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, dns } = self;
         let mut out = vec![format!("default: {default}")];
         if *mode == Mode::Audit {
             out.push("mode: AUDIT (nothing is blocked; would-be denials are reported)".to_owned());
@@ -1152,6 +1233,15 @@ impl Policy {
                 None => out.push(format!("{} {}", r.action, r.text)),
             }
         }
+        out.push(match dns {
+            Dns::Host => "dns: host (the host's resolvers, judged like any destination)".to_owned(),
+            Dns::Pinned { stub: None } => {
+                "dns: pinned (only pinned names resolve; loopback port 53 refused)".to_owned()
+            }
+            Dns::Pinned { stub: Some(a) } => {
+                format!("dns: pinned (only pinned names resolve, answered by sbx on {a}:{DNS_PORT})")
+            }
+        });
         out.push(format!(
             "bind: {}",
             match bind {

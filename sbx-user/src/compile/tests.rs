@@ -32,9 +32,12 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|e| panic!("test address {s}: {e}"))
 }
 
-/// A policy from the body of a `[network]` table.
+/// A policy from the body of a `[network]` table. Unless the body sets
+/// `dns`, it is `"host"`, so that tables about other things do not carry
+/// the DNS stub's port 53 entries (those have tests of their own).
 fn policy(body: &str) -> Policy {
-    let src = format!("[network]\n{body}\n");
+    let dns = if body.contains("dns =") { "" } else { "\ndns = \"host\"" };
+    let src = format!("[network]\n{body}{dns}\n");
     let layer = parse_toml(&src, "test.toml").unwrap_or_else(|e| panic!("{e}\n{src}"));
     PolicyBuilder::new().apply(layer).build().unwrap_or_else(|e| panic!("{e}\n{src}"))
 }
@@ -575,6 +578,61 @@ fn loopback_rules_refine_the_setting() {
 }
 
 #[test]
+fn dns_pinned_keeps_loopback_port_53_for_the_stub() {
+    let with_stub = |body: &str, stub: Option<[u8; 4]>| {
+        let mut p = policy(&format!("dns = \"pinned\"\n{body}"));
+        p.dns = Dns::Pinned { stub: stub.map(Ipv4Addr::from) };
+        compiled(&p)
+    };
+    let c = with_stub("loopback = \"any\"", Some([127, 53, 0, 1]));
+    check(
+        &c,
+        Hook::Destination,
+        "dns pinned, stub 127.53.0.1",
+        &[
+            ("127.53.0.1", 53, Both, A),
+            ("::ffff:127.53.0.1", 53, Both, A),
+            ("127.53.0.1", 54, Both, A),
+            ("127.0.0.53", 53, Both, D),
+            ("127.0.0.1", 53, Both, D),
+            ("0.0.0.0", 53, Both, D),
+            ("::1", 53, Both, D),
+            ("::", 53, Both, D),
+            ("127.0.0.53", 52, Both, A),
+            ("::1", 54, Both, A),
+            // Port 53 elsewhere is the rules' business.
+            ("10.0.0.53", 53, Both, D),
+        ],
+    );
+    let mut want = entry_names(&compiled(&policy("loopback = \"any\"")).dest);
+    want.push("127.53.0.1/32".to_owned());
+    want.sort();
+    assert_eq!(entry_names(&c.dest), want, "one entry more: the stub");
+    // The stub stays reachable under "none" and under loopback denies;
+    // a loopback rule opens another resolver; without a stub (attach)
+    // nothing on loopback answers on 53.
+    let c = with_stub(
+        "loopback = \"none\"\ndeny = [\"127.0.0.0/8\"]\nallow = [\"udp://127.0.0.53:53\"]",
+        Some([127, 53, 0, 1]),
+    );
+    check(
+        &c,
+        Hook::Destination,
+        "none",
+        &[
+            ("127.53.0.1", 53, Both, A),
+            ("127.53.0.1", 80, Both, D),
+            ("127.0.0.53", 53, Udp, A),
+            ("127.0.0.53", 53, Tcp, D),
+        ],
+    );
+    let c = with_stub("loopback = \"any\"\nallow = [\"loopback:53\"]", None);
+    check(&c, Hook::Destination, "same prefix", &[("127.0.0.1", 53, Both, A), ("::1", 53, Both, A)]);
+    let c = with_stub("loopback = \"any\"", None);
+    check(&c, Hook::Destination, "attach", &[("127.53.0.1", 53, Both, D), ("127.0.0.53", 53, Both, D)]);
+}
+
+#[test]
 fn loopback_rule_entries() {
     // Exactly one entry per loopback rule prefix, under the anchors; the
     // unspecified address shares its alias's table.
@@ -926,7 +984,7 @@ fn entry_names(entries: &[TrieEntry]) -> Vec<String> {
 
 #[test]
 fn empty_policy() {
-    let p = PolicyBuilder::new().build().expect("empty policy");
+    let p = policy("");
     let c = compiled(&p);
     let mut want_dest = vec![
         "::/0",
@@ -962,7 +1020,8 @@ fn empty_policy() {
         &[("8.8.8.8", 53, Both, D), ("2001:db8::1", 443, Both, D), ("127.0.0.1", 5432, Both, A), ("::1", 1, Both, A)],
     );
     // A policy that lists nothing compiles the same whatever the input path.
-    let from_flags = Policy::from_sources(None, None, &FlagInput::default()).expect("flags");
+    let from_flags = Policy::from_sources(None, None, &FlagInput { dns: Some("host".into()), ..FlagInput::default() })
+        .expect("flags");
     assert_eq!(compiled(&from_flags), c);
     // Compiling is deterministic.
     assert_eq!(compiled(&p), c);
@@ -1196,7 +1255,7 @@ impl Rng {
 }
 
 /// Ports the rules are built from, so boundaries collide often.
-const PORTS: [u16; 11] = [0, 1, 53, 80, 81, 443, 8000, 8080, 8100, 65534, 65535];
+const PORTS: [u16; 12] = [0, 1, 52, 53, 80, 81, 443, 8000, 8080, 8100, 65534, 65535];
 
 fn random_ports(rng: &mut Rng) -> Option<String> {
     if rng.chance(40) {
@@ -1253,8 +1312,9 @@ const OTHER_TARGETS: [&str; 22] = [
 ];
 
 /// Destination targets inside the loopback space, in every spelling.
-const LOOPBACK_TARGETS: [&str; 11] = [
+const LOOPBACK_TARGETS: [&str; 12] = [
     "127.0.0.1",
+    "127.53.0.1",
     "127.0.0.53",
     "127.9.9.9",
     "127.0.0.0/8",
@@ -1319,11 +1379,17 @@ fn random_policy(rng: &mut Rng) -> Policy {
         ),
     };
     let default = if rng.chance(50) { Action::Allow } else { Action::Deny };
-    Policy { default, loopback, proxy: None, rules, bind, mode: Mode::Enforce, filesystem: None, redirect: false }
+    let dns = match rng.below(3) {
+        0 => Dns::Host,
+        1 => Dns::Pinned { stub: None },
+        _ => Dns::Pinned { stub: Some(*rng.pick(&[Ipv4Addr::new(127, 53, 0, 1), Ipv4Addr::new(127, 0, 0, 53)])) },
+    };
+    Policy { default, loopback, proxy: None, rules, bind, mode: Mode::Enforce, filesystem: None, redirect: false, dns }
 }
 
-const PROBE_ADDRS: [&str; 28] = [
+const PROBE_ADDRS: [&str; 29] = [
     "127.0.0.1",
+    "127.53.0.1",
     "127.0.0.53",
     "127.0.0.2",
     "127.255.255.254",
@@ -1482,8 +1548,21 @@ fn reference_dest(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bo
                 ..r.clone()
             })
             .collect();
-        if let Some((_, action)) = best_rule(&loopback_rules, ip, port, tcp) {
-            return verdict(action);
+        let user = best_rule(&loopback_rules, ip, port, tcp);
+        // dns = "pinned": port 53 is denied on loopback (/8 and ::1) but
+        // allowed on the stub (/32), below user rules of the same prefix.
+        let builtin = match (p.dns, ip) {
+            (Dns::Pinned { stub }, IpAddr::V4(a)) if port == 53 => {
+                Some(if stub == Some(a) { (32, Action::Allow) } else { (8, Action::Deny) })
+            }
+            (Dns::Pinned { .. }, IpAddr::V6(_)) if port == 53 => Some((128, Action::Deny)),
+            _ => None,
+        };
+        match (user, builtin) {
+            (Some((ulen, action)), Some((blen, _))) if ulen >= blen => return verdict(action),
+            (_, Some((_, action))) => return verdict(action),
+            (Some((_, action)), None) => return verdict(action),
+            (None, None) => {}
         }
         return match &p.loopback {
             Loopback::Any => A,

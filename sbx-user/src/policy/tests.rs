@@ -786,6 +786,7 @@ fn empty_policy_defaults() {
             mode: Mode::Enforce,
             filesystem: None,
             redirect: false,
+            dns: Dns::Pinned { stub: None },
         }
     );
     let from_sources = Policy::from_sources(None, None, &FlagInput::default()).expect("empty");
@@ -908,6 +909,7 @@ fn profiles() {
             mode: Mode::Enforce,
             filesystem: None,
             redirect: false,
+            dns: Dns::Pinned { stub: None },
         }
     );
 
@@ -1008,6 +1010,7 @@ fn summary_lines() {
             "proxy: 127.0.0.1:3128 (proxy-only mode)",
             "deny private",
             "deny metadata",
+            "dns: pinned (only pinned names resolve; loopback port 53 refused)",
             "bind: 127.0.0.1:8080",
         ]
     );
@@ -1018,6 +1021,7 @@ fn summary_lines() {
             "default: deny",
             "loopback: 80,8000-8100",
             "allow tcp://10.0.0.1:443",
+            "dns: pinned (only pinned names resolve; loopback port 53 refused)",
             "bind: loopback (unspecified address with port 0 only)",
         ]
     );
@@ -1316,6 +1320,7 @@ fn summary_shows_pinned_addresses() {
             "allow tcp://GitHub.com:443 (github.com pinned to 192.0.2.10, 203.0.113.5, 2001:db8::10)",
             "allow nowhere.example (nowhere.example unresolved: matches nothing)",
             "allow 10.0.0.1",
+            "dns: pinned (only pinned names resolve; loopback port 53 refused)",
             "bind: loopback (unspecified address with port 0 only)",
         ]
     );
@@ -1329,4 +1334,52 @@ fn pinned_policy_serde_round_trip() {
     assert_eq!(text.matches("\"host\"").count(), 2, "no `host` key without a name: {text}");
     let back: Policy = serde_json::from_str(&text).expect("deserialise");
     assert_eq!(back, p);
+}
+
+#[test]
+fn dns_setting() {
+    // Derived from the default unless given: pinned where it denies.
+    let pinned = Dns::Pinned { stub: None };
+    let of = |flags: FlagInput, profile: Option<&str>| Policy::from_sources(profile, None, &flags).map(|p| p.dns);
+    assert_eq!(of(FlagInput::default(), None).expect("empty"), pinned);
+    assert_eq!(of(FlagInput::default(), Some("agent")).expect("agent"), pinned);
+    assert_eq!(of(FlagInput::default(), Some("offline")).expect("offline"), pinned);
+    assert_eq!(of(FlagInput::default(), Some("open")).expect("open"), Dns::Host);
+    assert_eq!(
+        of(FlagInput { default: Some("allow".into()), ..FlagInput::default() }, None).expect("allow"),
+        Dns::Host
+    );
+    assert_eq!(
+        of(FlagInput { dns: Some("host".into()), ..FlagInput::default() }, Some("agent")).expect("host"),
+        Dns::Host
+    );
+    assert_eq!(
+        of(FlagInput { dns: Some(" pinned ".into()), ..FlagInput::default() }, Some("open")).expect("p"),
+        pinned
+    );
+    assert_eq!(policy_toml("[network]\ndns = \"host\"").dns, Dns::Host);
+    assert_eq!(policy_toml("[network]\ndefault = \"allow\"\ndns = \"pinned\"").dns, pinned);
+    // Errors name the origin and the choices.
+    let e = of(FlagInput { dns: Some("stub".into()), ..FlagInput::default() }, None).expect_err("bad").to_string();
+    assert!(e.starts_with("--dns: `stub`: dns is \"pinned\"") && e.contains("\"host\""), "{e}");
+    let e = parse_toml("[network]\n\ndns = 1\n", "p.toml").expect_err("not a string").to_string();
+    assert!(e.starts_with("p.toml:3:"), "{e}");
+    // A proxy on loopback port 53 cannot live beside the stub.
+    let e = of(FlagInput { proxy: Some("127.0.0.1:53".into()), ..FlagInput::default() }, None).expect_err("53");
+    assert!(e.to_string().contains("loopback port 53"), "{e}");
+    of(FlagInput { proxy: Some("127.0.0.1:53".into()), dns: Some("host".into()), ..FlagInput::default() }, None)
+        .expect("host DNS leaves port 53 alone");
+    // Records from before the setting mean the host's resolvers; the stub
+    // address round-trips.
+    let mut p = policy_toml("");
+    let mut json = serde_json::to_value(&p).expect("serialise");
+    json.as_object_mut().expect("object").remove("dns");
+    assert_eq!(serde_json::from_value::<Policy>(json).expect("old record").dns, Dns::Host);
+    p.dns = Dns::Pinned { stub: Some(Ipv4Addr::new(127, 53, 1, 2)) };
+    let back: Policy = serde_json::from_str(&serde_json::to_string(&p).expect("json")).expect("parse");
+    assert_eq!(back, p);
+    assert!(p
+        .summary()
+        .iter()
+        .any(|l| l == "dns: pinned (only pinned names resolve, answered by sbx on 127.53.1.2:53)"));
 }
