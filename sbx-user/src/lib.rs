@@ -31,6 +31,7 @@ pub mod cli;
 pub mod compile;
 pub mod confine;
 pub mod diag;
+pub mod dns;
 pub mod events;
 pub mod explain;
 pub mod harden;

@@ -1028,9 +1028,7 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
         return Ok(layer);
     };
     let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, dns } = net;
-    if let Some(d) = dns {
-        layer.dns = Some(parse_dns(d.get_ref(), &at(d.span()))?);
-    }
+    layer.dns = dns.map(|d| parse_dns(d.get_ref(), &at(d.span()))).transpose()?;
     if let Some(m) = proxy_mode {
         let origin = at(m.span());
         let on = match m.get_ref().as_str() {

@@ -1560,8 +1560,7 @@ fn reference_dest(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bo
         };
         match (user, builtin) {
             (Some((ulen, action)), Some((blen, _))) if ulen >= blen => return verdict(action),
-            (_, Some((_, action))) => return verdict(action),
-            (Some((_, action)), None) => return verdict(action),
+            (_, Some((_, action))) | (Some((_, action)), None) => return verdict(action),
             (None, None) => {}
         }
         return match &p.loopback {
