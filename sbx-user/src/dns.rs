@@ -33,6 +33,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
@@ -66,7 +67,7 @@ const RCODE_REFUSED: u16 = 5;
 pub const UDP_PLAIN_MAX: usize = 512;
 /// Largest UDP reply with EDNS, whatever the client offers (the DNS flag
 /// day 2020 size, which fits an IPv6 minimum MTU).
-pub const UDP_EDNS_MAX: usize = 1232;
+pub const UDP_EDNS_MAX: u16 = 1232;
 /// Time-to-live of answers: pinned addresses do not change during a run.
 const TTL: u32 = 300;
 
@@ -193,7 +194,7 @@ fn parse_question(packet: &[u8]) -> Result<Question<'_>, u16> {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
                 name.push(char::from(b.to_ascii_lowercase()));
             } else {
-                name.push_str(&format!("\\{b:03}"));
+                let _ = write!(name, "\\{b:03}");
             }
         }
         at += len;
@@ -230,10 +231,8 @@ fn decide(names: &Names, q: &Question<'_>) -> Verdict {
             None => return Verdict::Refused(RCODE_NXDOMAIN, NOT_PINNED),
         }
     };
-    let wanted = |ip: &&IpAddr| match (q.qtype, ip) {
-        (TYPE_ANY, _) | (TYPE_A, IpAddr::V4(_)) | (TYPE_AAAA, IpAddr::V6(_)) => true,
-        _ => false,
-    };
+    let wanted =
+        |ip: &&IpAddr| matches!((q.qtype, ip), (TYPE_ANY, _) | (TYPE_A, IpAddr::V4(_)) | (TYPE_AAAA, IpAddr::V6(_)));
     Verdict::Addresses(addrs.iter().filter(wanted).copied().collect())
 }
 
@@ -266,7 +265,7 @@ pub fn answer(names: &Names, packet: &[u8], max_len: usize) -> Option<(Vec<u8>, 
     let opt: &[u8] = if q.edns {
         // Root name, OPT, payload size, extended rcode and version 0,
         // no flags, no options.
-        const SIZE: [u8; 2] = (UDP_EDNS_MAX as u16).to_be_bytes();
+        const SIZE: [u8; 2] = UDP_EDNS_MAX.to_be_bytes();
         &[0, 0, 41, SIZE[0], SIZE[1], 0, 0, 0, 0, 0, 0]
     } else {
         &[]
@@ -319,7 +318,7 @@ fn display_name(name: &str) -> String {
 /// The UDP size limit for a reply to `packet`.
 fn udp_limit(packet: &[u8]) -> usize {
     match parse_question(packet) {
-        Ok(q) if q.edns => UDP_EDNS_MAX,
+        Ok(q) if q.edns => usize::from(UDP_EDNS_MAX),
         _ => UDP_PLAIN_MAX,
     }
 }
@@ -426,7 +425,9 @@ pub fn hosts_without(hosts: &str, names: &Names) -> String {
 /// `nis`, ...) answer from outside the sandbox, some by asking the network.
 #[must_use]
 pub fn nsswitch_hosts(nsswitch: &str) -> String {
-    const LINE: &str = "hosts:          files dns # sbx-user run: the stub (dns = \"pinned\")";
+    // On a line of its own: glibc reads a `#` after the services as the
+    // name of one more (libnss_#.so.2), and fails the lookup with EBUSY.
+    const LINE: &str = "# sbx-user run (dns = \"pinned\"): /etc/hosts, then sbx's stub\nhosts:          files dns";
     let mut out = String::new();
     let mut replaced = false;
     for line in nsswitch.lines() {

@@ -21,8 +21,9 @@ use std::{
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
     confine::{child_env, Account, Confinement, Exec, Identity},
+    dns::{Names, Stub},
     harden::{landlock, seccomp},
-    policy::Policy,
+    policy::{Dns, Policy},
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
     state::Paths,
 };
@@ -69,6 +70,9 @@ pub enum RunError {
     /// A socket on stdin, stdout or stderr would reach around the policy.
     #[error(transparent)]
     StdioSocket(#[from] crate::confine::StdioSocketError),
+    /// The DNS stub of `dns = "pinned"` could not start.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::StubError),
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -289,6 +293,26 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
+    // dns = "pinned": the stub listens before the policy naming its address
+    // is compiled, and outlives the command.
+    let stub = match policy.dns {
+        Dns::Pinned { .. } => match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let _ = cg.remove();
+                return Err(e.into());
+            }
+        },
+        Dns::Host => None,
+    };
+    let stubbed;
+    let policy = match &stub {
+        Some(s) => {
+            stubbed = Policy { dns: Dns::Pinned { stub: Some(s.addr()) }, ..policy.clone() };
+            &stubbed
+        }
+        None => policy,
+    };
     let attach = default_options(opts.max_entries, false);
     if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
         let _ = cg.remove();
@@ -311,11 +335,64 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     if let Err(e) = teardown(&cg, paths) {
         crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
     }
+    if let Some(s) = stub {
+        s.stop();
+    }
     let status = result?;
     Ok(status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt as _;
         128 + status.signal().unwrap_or(0)
     }))
+}
+
+/// Prints the DNS stub's refusals as deny event lines (`--log-denials`),
+/// naming the process that asked when it can still be found.
+fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
+    let (sandbox, cgroup_id, procs) = (cg.path.display().to_string(), cg.id, cg.procs_path());
+    Box::new(move |refusal, peer, tcp| {
+        if !log_denials {
+            return;
+        }
+        let (pid, comm) = crate::dns::peer_process(peer, tcp, &procs).unwrap_or((0, "?".to_owned()));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let view = crate::events::EventView {
+            time: crate::events::rfc3339(now),
+            sandbox: sandbox.clone(),
+            cgroup_id,
+            pid,
+            tid: pid,
+            comm,
+            hook: "dns",
+            protocol: if tcp { "tcp" } else { "udp" }.to_owned(),
+            destination: format!("{} {}", refusal.name, crate::dns::type_name(refusal.qtype)),
+            verdict: "denied",
+            rule: refusal.reason.to_owned(),
+        };
+        crate::diag::line(format_args!("sbx: {view}"));
+    })
+}
+
+/// The command's resolver files for a stub on `stub`, written into the
+/// per-run directory: `(file, host path to mount it over)`.
+fn resolver_binds(
+    policy: &Policy,
+    stub: std::net::Ipv4Addr,
+    dir: &std::path::Path,
+) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+    use crate::dns::{ResolverFiles, HOSTS, NSSWITCH};
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let (hosts, nsswitch) = (read(HOSTS), read(NSSWITCH));
+    let files = ResolverFiles::new(stub, &Names::of(policy), hosts.as_deref(), nsswitch.as_deref());
+    let dns_dir = dir.join("dns");
+    std::fs::create_dir_all(&dns_dir)?;
+    let binds = files.write(&dns_dir)?;
+    if !binds.iter().any(|(_, t)| t == std::path::Path::new(crate::dns::RESOLV_CONF)) {
+        crate::warn_user!(
+            "{} does not exist: names resolve only through /etc/hosts (queries to loopback port 53 are refused)",
+            crate::dns::RESOLV_CONF
+        );
+    }
+    Ok(binds)
 }
 
 /// Most TCP ports a Landlock second layer lists before sbx leaves TCP to the
@@ -401,9 +478,13 @@ fn spawn_and_wait(
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
-    let confinement =
+    let mut confinement =
         Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried_cwd())
             .map_err(RunError::Confine)?;
+    if let Dns::Pinned { stub: Some(stub) } = policy.dns {
+        let binds = resolver_binds(policy, stub, workspace.dir()).map_err(RunError::Confine)?;
+        confinement.bind_files(&binds).map_err(RunError::Confine)?;
+    }
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)

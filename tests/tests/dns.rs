@@ -8,12 +8,12 @@
 //! never forwards: no DNS query leaves the machine.
 
 use std::{
-    net::{Ipv6Addr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
     process::{Command, Output},
 };
 
 use sbx_tests::{
-    describe, probe, Fixture,
+    describe, probe, Fixture, HostsEntry,
     Proto::{Tcp, Udp},
     Sbx, TestCgroup,
 };
@@ -145,5 +145,272 @@ fn loopback_rules_judge_udp_and_tcp_in_a_namespace_and_denied_datagrams_never_ar
     for e in &events {
         let rule = e["rule"].as_str().unwrap_or_default();
         assert!(rule == "deny loopback:8080 (--deny)" || rule == "deny udp://127.0.0.53:9999 (--deny)", "{e:#}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Name resolution inside `run`.
+
+/// Python: `query(server, name, tcp)` sends one `A` query to `server`:53
+/// and returns `rcode=N a=ADDR,...` or the errno name of the failure.
+/// `stub()` is the nameserver `/etc/resolv.conf` names.
+const DNS_PY: &str = r#"
+import errno, os, socket, struct, sys, time
+def stub():
+    for line in open("/etc/resolv.conf"):
+        if line.startswith("nameserver"):
+            return line.split()[1]
+def query(server, name, tcp=False, qtype=1):
+    q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", qtype, 1)
+    fam = socket.AF_INET6 if ":" in server else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        if tcp:
+            s.connect((server, 53))
+            s.sendall(struct.pack(">H", len(q)) + q)
+            n = struct.unpack(">H", s.recv(2))[0]
+            r = b""
+            while len(r) < n:
+                r += s.recv(n - len(r))
+        else:
+            s.sendto(q, (server, 53))
+            r = s.recv(4096)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__
+    rcode = r[3] & 0xF
+    an = struct.unpack(">H", r[6:8])[0]
+    at = 12 + len(q) - 12
+    out = []
+    for _ in range(an):
+        rtype, _, _, rdlen = struct.unpack(">HHIH", r[at + 2:at + 12])
+        data = r[at + 12:at + 12 + rdlen]
+        out.append(socket.inet_ntop(socket.AF_INET if rtype == 1 else socket.AF_INET6, data))
+        at += 12 + rdlen
+    return "rcode=%d a=%s" % (rcode, ",".join(out))
+"#;
+
+/// A UDP and TCP "resolver" on `addr`:53 of the host that records whatever
+/// reaches it: no query from the sandbox may.
+struct FakeResolver {
+    udp: std::net::UdpSocket,
+    _tcp: TcpListener,
+}
+
+impl FakeResolver {
+    fn new(addr: std::net::Ipv4Addr) -> Self {
+        let udp = std::net::UdpSocket::bind((addr, 53)).unwrap_or_else(|e| panic!("binding {addr}:53/udp: {e}"));
+        udp.set_nonblocking(true).expect("nonblocking");
+        let tcp = TcpListener::bind((addr, 53)).unwrap_or_else(|e| panic!("binding {addr}:53/tcp: {e}"));
+        Self { udp, _tcp: tcp }
+    }
+
+    /// The datagrams that arrived.
+    fn received(&self) -> usize {
+        let mut buf = [0u8; 512];
+        let mut n = 0;
+        while self.udp.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// A loopback address of this test for a fake resolver (not 127.0.0.53,
+/// which a host's systemd-resolved may hold).
+fn fake_resolver_addr() -> std::net::Ipv4Addr {
+    let pid = std::process::id();
+    std::net::Ipv4Addr::new(127, 54, ((pid >> 8) & 0xff) as u8, (pid & 0xff) as u8 | 1)
+}
+
+#[test]
+fn under_agent_pinned_names_resolve_to_their_pins_and_other_names_fail_at_once() {
+    let fx = Fixture::new(probe!());
+    let net = &fx.net;
+    net.serve_tcp(8080);
+    let pinned = HostsEntry::new(IpAddr::V4(net.ns_v4));
+    let name = pinned.name().to_owned();
+    let rule = format!("tcp://{name}:8080");
+    // The sandbox's /etc/hosts has no line for the name: the answer comes
+    // from sbx's stub, which has the pinned address.
+    let body = format!(
+        r#"{DNS_PY}
+name = sys.argv[1]
+print("hosts-line", sum(name in l for l in open("/etc/hosts")))
+t = time.monotonic()
+print("gai-pinned", sorted({{a[4][0] for a in socket.getaddrinfo(name, 8080, proto=socket.IPPROTO_TCP)}}))
+try:
+    socket.getaddrinfo("other.example", 443)
+    print("gai-other resolved")
+except socket.gaierror as e:
+    print("gai-other", e.errno == socket.EAI_NONAME, round(time.monotonic() - t, 1) < 1.0)
+c = socket.create_connection((name, 8080), timeout=3)
+print("connect-pinned ok")
+c.close()
+print("udp-pinned", query(stub(), name.upper()))
+print("tcp-pinned", query(stub(), name, tcp=True))
+print("udp-other", query(stub(), "secret-data.other.example"))
+print("tcp-other", query(stub(), "tcp-only.other.example", tcp=True))
+print("aaaa-pinned", query(stub(), name, qtype=28))
+"#
+    );
+    let out = run(
+        &fx.sbx,
+        &fx.cg,
+        &["--profile", "agent", "--log-denials", "--allow", &rule],
+        &["python3", "-c", &body, &name],
+    );
+    let text = stdout(&out);
+    let a = net.ns_v4;
+    for want in [
+        "hosts-line 0".to_owned(),
+        format!("gai-pinned ['{a}']"),
+        "gai-other True True".to_owned(),
+        "connect-pinned ok".to_owned(),
+        format!("udp-pinned rcode=0 a={a}"),
+        format!("tcp-pinned rcode=0 a={a}"),
+        "udp-other rcode=3 a=".to_owned(),
+        "tcp-other rcode=3 a=".to_owned(),
+        "aaaa-pinned rcode=0 a=".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing `{want}`:\n{text}\n{}", describe(&out));
+    }
+    // Each refused name is reported once, by the process that asked.
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("sbx: ") && l.contains(" dns ")).collect();
+    for (refused, proto) in
+        [("other.example", "udp"), ("secret-data.other.example", "udp"), ("tcp-only.other.example", "tcp")]
+    {
+        let line = lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(7) == Some(refused))
+            .unwrap_or_else(|| panic!("no report of {refused}: {err}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((f[2], f[4], f[5], f[6]), ("denied", "python3", "dns", proto), "{line}");
+        assert!(line.contains("dns = \"pinned\": not the name of a pinned allow rule"), "{line}");
+    }
+    assert!(!lines.iter().any(|l| l.contains(&name)), "a pinned name is not refused: {err}");
+}
+
+#[test]
+fn getent_node_and_python_fail_fast_with_the_reason_on_log_denials() {
+    let fx = Fixture::new(probe!());
+    let pinned = HostsEntry::new(IpAddr::V4(fx.net.ns_v4));
+    let name = pinned.name().to_owned();
+    let node = "const t = Date.now();\
+        require('dns').lookup('other.example', (e) => {\
+          console.log('node-lookup', e && e.code, Date.now() - t < 1000);\
+          fetch('http://other.example/').then(() => console.log('node-fetch ok'), (e) =>\
+            console.log('node-fetch', e.cause && e.cause.code, Date.now() - t < 2000));\
+        });";
+    let script = format!(
+        "getent hosts {name}; echo getent-pinned $?; \
+         s=$(date +%s%N); getent hosts other.example; r=$?; e=$(date +%s%N); \
+         echo getent-other $r $(( (e - s) / 1000000 < 1000 )); \
+         node -e \"$NODE\"; \
+         python3 -c 'import socket,time;t=time.monotonic();\n\
+try: socket.getaddrinfo(\"other.example\", 80)\n\
+except socket.gaierror as e: print(\"python\", e.errno == socket.EAI_NONAME, time.monotonic() - t < 1)'"
+    );
+    let mut cmd = run_cmd(
+        &fx.sbx,
+        &fx.cg,
+        &["--profile", "agent", "--log-denials", "--allow", &format!("{name}:443")],
+        &["sh", "-c", &script],
+    );
+    cmd.env("NODE", node);
+    let out = cmd.output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = stdout(&out);
+    for want in [
+        format!("{}       {name}", fx.net.ns_v4),
+        "getent-pinned 0".to_owned(),
+        "getent-other 2 1".to_owned(),
+        "node-lookup ENOTFOUND true".to_owned(),
+        "node-fetch ENOTFOUND true".to_owned(),
+        "python True True".to_owned(),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == want.split_whitespace().collect::<Vec<_>>()),
+            "missing `{want}`:\n{}",
+            describe(&out)
+        );
+    }
+    // `other.example` is reported once per two seconds, naming the first
+    // process that asked.
+    let err = stderr(&out);
+    let reports: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("sbx: ") && l.contains(" dns ") && l.contains(" other.example "))
+        .collect();
+    assert!(!reports.is_empty(), "{err}");
+    let f: Vec<&str> = reports[0].split_whitespace().collect();
+    assert_eq!((f[2], f[4], f[5]), ("denied", "getent", "dns"), "{}", reports[0]);
+    assert!(reports[0].ends_with("dns = \"pinned\": not the name of a pinned allow rule, so it does not resolve (allow it by name, e.g. `--allow NAME:443`, or use --dns host)"), "{}", reports[0]);
+}
+
+#[test]
+fn dns_queries_never_reach_a_resolver_the_policy_does_not_allow() {
+    let fx = Fixture::new(probe!());
+    let addr = fake_resolver_addr();
+    let resolver = FakeResolver::new(addr);
+    let body = format!(
+        r#"{DNS_PY}
+for server in [sys.argv[1], "127.0.0.1", "127.0.0.53", "0.0.0.0", "::1"]:
+    print("udp", server, query(server, "secret-data.evil.example"))
+    print("tcp", server, query(server, "secret-data.evil.example", tcp=True))
+print("stub", query(stub(), "localhost"))
+"#
+    );
+    for user in ["65534", "0"] {
+        let out =
+            run(&fx.sbx, &fx.cg, &["--profile", "agent", "--user", user], &["python3", "-c", &body, &addr.to_string()]);
+        let text = stdout(&out);
+        for server in [addr.to_string().as_str(), "127.0.0.1", "127.0.0.53", "0.0.0.0", "::1"] {
+            for proto in ["udp", "tcp"] {
+                let want = format!("{proto} {server} EPERM");
+                assert!(text.lines().any(|l| l == want), "--user {user}: missing `{want}`:\n{}", describe(&out));
+            }
+        }
+        assert!(text.lines().any(|l| l == "stub rcode=0 a=127.0.0.1"), "{}", describe(&out));
+        assert_eq!(resolver.received(), 0, "a query reached the host's resolver");
+    }
+    // A loopback rule opens the resolver (the policy says so), and so does
+    // dns = "host" under loopback = "any".
+    let one = format!("{DNS_PY}\nprint(query(sys.argv[1], 'allowed.example'))\n");
+    for policy in [
+        vec!["--profile", "agent", "--allow", &format!("udp://{addr}:53")],
+        vec!["--profile", "agent", "--dns", "host"],
+    ] {
+        let out = run(
+            &fx.sbx,
+            &fx.cg,
+            &policy,
+            &["sh", "-c", "timeout 1 python3 -c \"$0\" \"$1\"; true", &one, &addr.to_string()],
+        );
+        assert_eq!(resolver.received(), 1, "{policy:?}: {}", describe(&out));
+    }
+}
+
+#[test]
+fn attached_cgroups_refuse_loopback_port_53_under_dns_pinned() {
+    let fx = Fixture::new(probe!());
+    let rx = fx.net.udp_receiver(53);
+    fx.attach(&["--profile", "agent"]);
+    let p = fx.inside_ns();
+    for ip in ["127.0.0.53", "127.0.0.1", "::1", "0.0.0.0"] {
+        assert_eq!(p.sendto(ip, 53, "query"), "err EPERM", "{ip}");
+        assert_eq!(p.connect(Tcp, ip, 53), "err EPERM", "{ip}");
+    }
+    assert!(rx.sync().is_empty(), "a datagram reached port 53");
+    let events = fx.sbx.events(&fx.cg);
+    assert!(!events.is_empty());
+    for e in &events {
+        let rule = e["rule"].as_str().unwrap_or_default();
+        assert!(rule.starts_with("dns = \"pinned\": loopback port 53 is only sbx's DNS stub"), "{e:#}");
     }
 }

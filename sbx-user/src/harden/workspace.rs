@@ -188,6 +188,13 @@ impl Workspace {
         &self.tmp
     }
 
+    /// The per-run directory itself (root's, mode 0711), for other
+    /// per-run files such as the DNS stub's `resolv.conf`; removed with it.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.base
+    }
+
     /// The working directory, when it is under the host's `/tmp`, and the
     /// directory in the private `/tmp` it is bind-mounted onto.
     #[must_use]
