@@ -420,6 +420,10 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
     for rule in policy.rules.iter().filter(|r| r.action == Action::Allow && r.protocols.tcp) {
         ranges.extend(rule.ports.iter().copied());
     }
+    // The DNS stub is reached over TCP too (answers too big for UDP).
+    if matches!(policy.dns, Dns::Pinned { .. }) {
+        ranges.push(crate::policy::PortRange::single(crate::policy::DNS_PORT));
+    }
     let ranges = crate::policy::merge_ranges(ranges);
     let count: usize = ranges.iter().map(|r| usize::from(r.hi - r.lo) + 1).sum();
     if count > LANDLOCK_MAX_PORTS {
@@ -661,7 +665,7 @@ mod tests {
             ..FlagInput::default()
         });
         let t = landlock_tcp_rules(&proxy).expect("proxy-only with ported rules");
-        assert_eq!(t.connect, Some(vec![3128, 5432]));
+        assert_eq!(t.connect, Some(vec![53, 3128, 5432]), "53: the DNS stub of dns = \"pinned\"");
         assert_eq!(t.bind, None);
         // loopback any, a portless allow, default allow, audit, redirect: none.
         assert!(landlock_tcp_rules(&policy(&FlagInput::default())).is_none());
@@ -676,6 +680,9 @@ mod tests {
         }
         // Offline (loopback none): every TCP connect refused by both layers.
         let none = policy(&FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
-        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![]));
+        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![53]));
+        let host =
+            policy(&FlagInput { loopback: Some("none".into()), dns: Some("host".into()), ..FlagInput::default() });
+        assert_eq!(landlock_tcp_rules(&host).expect("ports").connect, Some(vec![]));
     }
 }

@@ -414,3 +414,24 @@ fn attached_cgroups_refuse_loopback_port_53_under_dns_pinned() {
         assert!(rule.starts_with("dns = \"pinned\": loopback port 53 is only sbx's DNS stub"), "{e:#}");
     }
 }
+
+#[test]
+fn the_stub_answers_over_tcp_under_loopback_none_and_the_landlock_tcp_layer() {
+    // Neither `loopback = "none"` nor Landlock's TCP port rules keep the
+    // command from its stub, over UDP or TCP.
+    let fx = Fixture::new(probe!());
+    let body = format!(
+        "{DNS_PY}\nprint('udp', query(stub(), 'localhost'))\nprint('tcp', query(stub(), 'localhost', tcp=True))\n\
+         print('other', query('127.0.0.1', 'x.example', tcp=True))\n\
+         try:\n    socket.create_connection(('127.0.0.1', 5432), timeout=1)\nexcept OSError as e:\n    print('landlock', errno.errorcode[e.errno])\n"
+    );
+    let out = run(&fx.sbx, &fx.cg, &["--loopback", "none", "--landlock-tcp"], &["python3", "-c", &body]);
+    assert_eq!(
+        stdout(&out),
+        // Port 53 elsewhere on loopback: Landlock lets it through (port
+        // rules), the cgroup hook refuses it; another port: Landlock.
+        "udp rcode=0 a=127.0.0.1\ntcp rcode=0 a=127.0.0.1\nother EPERM\nlandlock EACCES\n",
+        "{}",
+        describe(&out)
+    );
+}
