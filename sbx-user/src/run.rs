@@ -23,7 +23,7 @@ use crate::{
     confine::{child_env, Account, Confinement, Exec, Identity},
     dns::{Names, Stub},
     harden::{landlock, seccomp},
-    policy::{Dns, Policy},
+    policy::{Dns, Mode, Policy},
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
     state::Paths,
 };
@@ -294,16 +294,20 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
     // dns = "pinned": the stub listens before the policy naming its address
-    // is compiled, and outlives the command.
+    // is compiled, and outlives the command. Not in audit mode, which blocks
+    // nothing: the host's resolvers answer, and each query the policy would
+    // refuse is reported.
     let stub = match policy.dns {
-        Dns::Pinned { .. } => match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials)) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                let _ = cg.remove();
-                return Err(e.into());
+        Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
+            match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = cg.remove();
+                    return Err(e.into());
+                }
             }
-        },
-        Dns::Host => None,
+        }
+        Dns::Pinned { .. } | Dns::Host => None,
     };
     let stubbed;
     let policy = match &stub {
@@ -408,7 +412,7 @@ const LANDLOCK_MAX_PORTS: usize = 1024;
 /// Landlock has judged it).
 #[must_use]
 pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
-    use crate::policy::{Action, Loopback, Mode};
+    use crate::policy::{Action, Loopback};
     if policy.default == Action::Allow || policy.mode == Mode::Audit || policy.redirect {
         return None;
     }

@@ -435,3 +435,15 @@ fn the_stub_answers_over_tcp_under_loopback_none_and_the_landlock_tcp_layer() {
         describe(&out)
     );
 }
+
+#[test]
+fn audit_mode_starts_no_stub_and_keeps_the_hosts_resolver_files() {
+    // Audit blocks nothing, so `run` does not replace name resolution; it
+    // only reads the files here (no query is sent).
+    let fx = Fixture::new(probe!());
+    let host = std::fs::read_to_string("/etc/resolv.conf").expect("the host's resolv.conf");
+    let out = run(&fx.sbx, &fx.cg, &["--profile", "agent", "--audit"], &["cat", "/etc/resolv.conf"]);
+    assert_eq!(stdout(&out), host, "{}", describe(&out));
+    let out = run(&fx.sbx, &fx.cg, &["--profile", "agent"], &["cat", "/etc/resolv.conf"]);
+    assert!(stdout(&out).contains("\nnameserver 127.53."), "{}", describe(&out));
+}
