@@ -187,6 +187,22 @@ pub fn destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason 
     }
 }
 
+/// Whether a TCP (`tcp`) or UDP connect to `ip`:`port` is allowed, by the
+/// same precedence as [`destination`] (the verdict its reason gives).
+#[must_use]
+pub fn allows_destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> bool {
+    match destination(policy, ip, port, tcp) {
+        Reason::Loopback => match &policy.loopback {
+            Loopback::Any => true,
+            Loopback::None => false,
+            Loopback::Ports(p) => p.iter().any(|r| r.lo <= port && port <= r.hi),
+        },
+        Reason::DnsPinned(stub) => stub,
+        Reason::Rule { action, .. } | Reason::Default(action) => action == Action::Allow,
+        Reason::VerifySentinel | Reason::EmbeddedLocal | Reason::Builtin(_) | Reason::BindSetting(_) => false,
+    }
+}
+
 /// Why a bind to `ip`:`port` got its verdict.
 #[must_use]
 pub fn bind(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason {
@@ -269,6 +285,34 @@ mod tests {
         assert!(destination(&p, ip("::1"), 53, true).to_string().starts_with("dns = \"pinned\": loopback port 53"));
         p.dns = Dns::Host;
         assert_eq!(destination(&p, ip("127.0.0.1"), 53, false), Reason::Loopback);
+    }
+
+    #[test]
+    fn allows_agrees_with_the_compiled_maps() {
+        // The verdict explain gives is the one the maps hold.
+        let mut p = policy(&["tcp://127.0.0.1:5432", "10.1.2.3:443"], &["127.0.0.53:53", "loopback:2375", "private"]);
+        p.dns = Dns::Pinned { stub: Some(Ipv4Addr::new(127, 53, 0, 9)) };
+        let c = crate::compile::compile(&p, crate::compile::DEFAULT_MAX_ENTRIES).expect("compiles");
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "127.0.0.53",
+            "127.53.0.9",
+            "10.1.2.3",
+            "10.9.9.9",
+            "8.8.8.8",
+            "127.255.255.254",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            for port in [1, 53, 443, 2375, 5432] {
+                for tcp in [true, false] {
+                    let want = c.verdict(crate::compile::Hook::Destination, ip, port, tcp) == sbx_common::VERDICT_ALLOW;
+                    assert_eq!(allows_destination(&p, ip, port, tcp), want, "{ip} {port} tcp={tcp}");
+                }
+            }
+        }
     }
 
     #[test]

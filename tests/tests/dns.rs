@@ -478,3 +478,14 @@ fn an_update_of_a_run_sandbox_keeps_its_stub_reachable() {
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", describe(&out));
     assert_eq!(text, "rcode=0 a=127.0.0.1\n", "{}", describe(&out));
 }
+
+#[test]
+fn verify_probes_a_loopback_port_the_loopback_rules_allow() {
+    // The setting allows two ports, a rule denies the first: `verify`
+    // must connect to the second, not report the first as a failure.
+    let fx = Fixture::new(probe!());
+    fx.attach(&["--loopback", "47100-47101", "--deny", "tcp://127.0.0.1:47100"]);
+    let out = fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+    let text = stdout(&out);
+    assert!(text.contains("127.0.0.1:47101"), "{}", describe(&out));
+}
