@@ -41,7 +41,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -455,6 +455,10 @@ pub fn nsswitch_hosts(nsswitch: &str) -> String {
 /// Reports a refusal: the refusal, the client's address, and `tcp`.
 pub type Report = Box<dyn Fn(&Refusal, SocketAddr, bool) + Send + Sync>;
 
+/// Called about once a second: new names when the policy changed (an
+/// `update` of the sandbox re-pins its names), else `None`.
+pub type Refresh = Box<dyn FnMut() -> Option<Names> + Send>;
+
 /// Why the stub could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the DNS stub for dns = \"pinned\": {source}\nHint: sbx binds 127.53.X.Y port 53 (UDP and TCP) for each run; pass --dns host to use the host's resolvers instead, judged like any destination")]
@@ -492,8 +496,9 @@ fn candidate(seed: u32, i: u32) -> Ipv4Addr {
 
 impl Stub {
     /// Binds UDP and TCP port 53 on a free address in `127.53.0.0/16`
-    /// and starts answering from `names`; `report` gets each refusal.
-    pub fn start(names: Names, report: Report) -> Result<Self, StubError> {
+    /// and starts answering from `names`; `report` gets each refusal, and
+    /// `refresh` is asked for new names about once a second.
+    pub fn start(names: Names, report: Report, refresh: Refresh) -> Result<Self, StubError> {
         let mut last = io::Error::other("no address tried");
         for i in 0..64 {
             let addr = candidate(std::process::id(), i);
@@ -517,7 +522,7 @@ impl Stub {
             let (wake, wake_rx) = UnixStream::pair().map_err(map)?;
             let stop = Arc::new(AtomicBool::new(false));
             let server = Server {
-                names: Arc::new(names),
+                names: Arc::new(RwLock::new(names)),
                 report: Arc::new(report),
                 stop: Arc::clone(&stop),
                 tcp_active: Arc::new(AtomicUsize::new(0)),
@@ -525,7 +530,7 @@ impl Stub {
             };
             let thread = std::thread::Builder::new()
                 .name("sbx-dns".into())
-                .spawn(move || server.serve(&udp, &tcp, &wake_rx))
+                .spawn(move || server.serve(&udp, &tcp, &wake_rx, refresh))
                 .map_err(map)?;
             log::info!("DNS stub on {addr}:{DNS_PORT} (UDP and TCP)");
             return Ok(Self { addr, stop, wake, thread: Some(thread) });
@@ -596,7 +601,7 @@ impl Limiter {
 }
 
 struct Server {
-    names: Arc<Names>,
+    names: Arc<RwLock<Names>>,
     report: Arc<Report>,
     stop: Arc<AtomicBool>,
     tcp_active: Arc<AtomicUsize>,
@@ -604,16 +609,27 @@ struct Server {
 }
 
 impl Server {
-    fn serve(&self, udp: &UdpSocket, tcp: &TcpListener, wake: &UnixStream) {
+    fn names(&self) -> std::sync::RwLockReadGuard<'_, Names> {
+        self.names.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn serve(&self, udp: &UdpSocket, tcp: &TcpListener, wake: &UnixStream, mut refresh: Refresh) {
         let mut buf = vec![0u8; 65_535];
+        let mut refreshed = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
+            if refreshed.elapsed() >= Duration::from_secs(1) {
+                refreshed = Instant::now();
+                if let Some(names) = refresh() {
+                    *self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+                }
+            }
             let mut fds = [udp.as_raw_fd(), tcp.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
             // SAFETY: poll on three initialised pollfds that outlive the call.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, 1000) };
             if rc < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -627,7 +643,8 @@ impl Server {
             if fds[0].revents != 0 {
                 while let Ok((n, peer)) = udp.recv_from(&mut buf) {
                     let packet = &buf[..n];
-                    if let Some((reply, refusal)) = answer(&self.names, packet, udp_limit(packet)) {
+                    let reply = answer(&self.names(), packet, udp_limit(packet));
+                    if let Some((reply, refusal)) = reply {
                         if let Some(r) = &refusal {
                             self.refused(r, peer, false);
                         }
@@ -672,7 +689,8 @@ impl Server {
             stream.read_exact(&mut len)?;
             let len = usize::from(u16::from_be_bytes(len));
             stream.read_exact(&mut buf[..len])?;
-            let Some((reply, refusal)) = answer(&self.names, &buf[..len], 65_535) else { continue };
+            let reply = answer(&self.names(), &buf[..len], 65_535);
+            let Some((reply, refusal)) = reply else { continue };
             if let Some(r) = &refusal {
                 self.refused(r, peer, true);
             }

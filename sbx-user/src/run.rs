@@ -299,7 +299,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // refuse is reported.
     let stub = match policy.dns {
         Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
-            match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials)) {
+            match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials), dns_refresh(paths, cg.id)) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     let _ = cg.remove();
@@ -373,6 +373,23 @@ fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
             rule: refusal.reason.to_owned(),
         };
         crate::diag::line(format_args!("sbx: {view}"));
+    })
+}
+
+/// The stub's names again whenever the sandbox's record changes (an
+/// `update` re-pins the names); the record is read only when its time
+/// stamp moves.
+fn dns_refresh(paths: &Paths, cgroup_id: u64) -> crate::dns::Refresh {
+    let paths = paths.clone();
+    let mut seen = None;
+    Box::new(move || {
+        let stamp = std::fs::metadata(paths.record_path(cgroup_id)).and_then(|m| m.modified()).ok()?;
+        if seen == Some(stamp) {
+            return None;
+        }
+        seen = Some(stamp);
+        let record = crate::state::Record::load(&paths, cgroup_id).ok().flatten()?;
+        Some(Names::of(&record.policy))
     })
 }
 

@@ -449,12 +449,15 @@ fn audit_mode_starts_no_stub_and_keeps_the_hosts_resolver_files() {
 }
 
 #[test]
-fn an_update_of_a_run_sandbox_keeps_its_stub_reachable() {
+fn an_update_of_a_run_sandbox_keeps_its_stub_reachable_and_answering_the_new_names() {
     let fx = Fixture::new(probe!());
+    let added = HostsEntry::new(IpAddr::V4(fx.net.ns_v4b));
     let body = format!(
-        "{DNS_PY}\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(query(stub(), 'localhost'), flush=True)\n"
+        "{DNS_PY}\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(query(stub(), 'localhost'), flush=True)\n\
+         for _ in range(50):\n    r = query(stub(), sys.argv[1])\n    if r.startswith('rcode=0'):\n        break\n    time.sleep(0.1)\n\
+         print(r)\n"
     );
-    let mut cmd = run_cmd(&fx.sbx, &fx.cg, &["--profile", "agent"], &["python3", "-c", &body]);
+    let mut cmd = run_cmd(&fx.sbx, &fx.cg, &["--profile", "agent"], &["python3", "-c", &body, added.name()]);
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("starting sbx-user run");
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
@@ -462,21 +465,14 @@ fn an_update_of_a_run_sandbox_keeps_its_stub_reachable() {
     std::io::BufRead::read_line(&mut lines, &mut ready).expect("reading stdout");
     assert_eq!(ready, "ready\n", "the command did not start");
     let run_cg = fx.cg.children().into_iter().next().expect("the run's cgroup");
-    fx.sbx.ok(&[
-        "update",
-        "--cgroup",
-        run_cg.to_str().expect("utf-8"),
-        "--profile",
-        "agent",
-        "--deny",
-        "127.0.0.1:2375",
-    ]);
+    let allow = format!("{}:443", added.name());
+    fx.sbx.ok(&["update", "--cgroup", run_cg.to_str().expect("utf-8"), "--profile", "agent", "--allow", &allow]);
     std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"go\n").expect("writing stdin");
     let mut text = String::new();
     std::io::Read::read_to_string(&mut lines, &mut text).expect("reading stdout");
     let out = child.wait_with_output().expect("waiting");
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", describe(&out));
-    assert_eq!(text, "rcode=0 a=127.0.0.1\n", "{}", describe(&out));
+    assert_eq!(text, format!("rcode=0 a=127.0.0.1\nrcode=0 a={}\n", fx.net.ns_v4b), "{}", describe(&out));
 }
 
 #[test]
