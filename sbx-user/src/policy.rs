@@ -444,7 +444,9 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
     } else if target.contains('/') {
         return Err(format!("`{target}` is not a valid CIDR (IPv4 prefixes are /0-/32, IPv6 /0-/128)"));
     } else {
-        return Err(format!("`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata, loopback"));
+        return Err(format!(
+            "`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata, loopback"
+        ));
     };
     let net = normalise(net)?;
     if ctx == RuleContext::Destination && is_unspecified_net(&net) {

@@ -485,3 +485,58 @@ fn verify_probes_a_loopback_port_the_loopback_rules_allow() {
     let text = stdout(&out);
     assert!(text.contains("127.0.0.1:47101"), "{}", describe(&out));
 }
+
+#[test]
+fn dig_at_a_host_resolver_is_refused_and_dig_at_the_stub_answers_pinned_names_only() {
+    // The issue's reproduction: `dig @127.0.0.53 secret.example` from the
+    // `agent` profile reached a host stub resolver. Now it is refused at
+    // once, nothing arrives at a resolver listening there, and `dig` with
+    // the sandbox's resolv.conf gets the pinned name and NXDOMAIN for others.
+    let fx = Fixture::new(probe!());
+    let addr = fake_resolver_addr();
+    let resolver = FakeResolver::new(addr);
+    let pinned = HostsEntry::new(IpAddr::V4(fx.net.ns_v4));
+    let script = format!(
+        "dig +tries=1 +time=2 @{addr} secret.example; echo dig-host $?; \
+         dig +tries=1 +time=2 +tcp @{addr} secret.example >/dev/null; echo dig-host-tcp $?; \
+         echo dig-pinned $(dig +short {name}); \
+         dig other.example | grep -o 'status: [A-Z]*'; \
+         dig +tcp {name} | grep -o 'status: [A-Z]*'",
+        name = pinned.name()
+    );
+    let started = std::time::Instant::now();
+    let out = run(
+        &fx.sbx,
+        &fx.cg,
+        &["--profile", "agent", "--log-denials", "--allow", &format!("{}:443", pinned.name())],
+        &["sh", "-c", &script],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("UDP setup with {addr}#53({addr}) for secret.example failed: permission denied")),
+        "{}",
+        describe(&out)
+    );
+    for want in [
+        "dig-host 9".to_owned(),
+        "dig-host-tcp 9".to_owned(),
+        format!("dig-pinned {}", fx.net.ns_v4),
+        "status: NXDOMAIN".to_owned(),
+        "status: NOERROR".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing `{want}`:\n{}", describe(&out));
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}: a timeout somewhere", started.elapsed());
+    assert_eq!(resolver.received(), 0, "a query reached the resolver on {addr}");
+    let err = stderr(&out);
+    assert!(
+        err.lines().any(|l| l.contains(" connect4 ")
+            && l.contains(&format!("{addr}:53"))
+            && l.contains("dns = \"pinned\": loopback port 53 is only sbx's DNS stub")),
+        "{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.contains(" dig ") && l.contains(" dns ") && l.contains(" other.example A ")),
+        "{err}"
+    );
+}
