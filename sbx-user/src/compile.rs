@@ -41,7 +41,10 @@ use std::{
 };
 
 use ipnet::IpNet;
-use sbx_common::{PortSegment, PortTable, TrieAddr, MAX_SEGMENTS, VERDICT_ALLOW, VERDICT_DENY};
+use sbx_common::{
+    addr::{self, Nat64Prefix, MAX_NAT64_PREFIXES},
+    PortSegment, PortTable, TrieAddr, MAX_SEGMENTS, VERDICT_ALLOW, VERDICT_DENY,
+};
 
 use crate::policy::{Action, Bind, Dns, Loopback, Policy, PortRange, Protocols, Rule, DNS_PORT};
 
@@ -59,6 +62,9 @@ pub struct TrieEntry {
     pub addr: TrieAddr,
     /// Index into [`Compiled::tables`].
     pub table: u32,
+    /// Whether a user rule names exactly this prefix (see
+    /// [`sbx_common::TrieValue::explicit`]).
+    pub explicit: bool,
 }
 
 /// Everything the maps hold for one policy.
@@ -70,6 +76,8 @@ pub struct Compiled {
     pub bind: Vec<TrieEntry>,
     /// Port tables, deduplicated; both tries index into this.
     pub tables: Vec<PortTable>,
+    /// The policy's NAT64 network-specific prefixes, for the slot.
+    pub nat64: [Nat64Prefix; MAX_NAT64_PREFIXES],
 }
 
 /// A policy that cannot be put into the maps.
@@ -409,7 +417,13 @@ fn resolve(
             names.dedup();
             CompileError::TooManyRanges { prefix: p.display(), needed, max: MAX_SEGMENTS, rules: names.join(", ") }
         })?;
-        out.push(TrieEntry { prefix_len: u32::from(p.len), addr: p.addr.to_be_bytes(), table: tables.intern(&table) });
+        let explicit = by_prefix.get(&p).is_some_and(|rs| rs.iter().any(|r| r.source.is_some()));
+        out.push(TrieEntry {
+            prefix_len: u32::from(p.len),
+            addr: p.addr.to_be_bytes(),
+            table: tables.intern(&table),
+            explicit,
+        });
         stack.push((p, resolved));
     }
     Ok(out)
@@ -455,7 +469,7 @@ fn lower(rules: &[Rule]) -> Vec<CRule> {
 pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileError> {
     // `mode` goes to the config map and `filesystem` to Landlock; neither
     // changes the tries.
-    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _, dns } = policy;
+    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _, nat64, dns } = policy;
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);
@@ -520,7 +534,7 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             });
         }
     }
-    Ok(Compiled { dest, bind, tables: tables.tables })
+    Ok(Compiled { dest, bind, tables: tables.tables, nat64: nat64_prefixes(nat64) })
 }
 
 /// Which trie a simulated lookup uses.
@@ -532,23 +546,24 @@ pub enum Hook {
     Bind,
 }
 
-/// The trie address the programs look up for `ip`: IPv4, IPv4-mapped,
-/// NAT64 and 6to4 all become `::ffff:a.b.c.d`. Mirrors `sbx-ebpf`.
+/// The NAT64 prefixes as the slot carries them (unused entries zero).
+#[must_use]
+pub fn nat64_prefixes(nets: &[ipnet::Ipv6Net]) -> [Nat64Prefix; MAX_NAT64_PREFIXES] {
+    let mut out = [Nat64Prefix::default(); MAX_NAT64_PREFIXES];
+    for (slot, net) in out.iter_mut().zip(nets) {
+        *slot = Nat64Prefix { addr: net.network().octets(), len: u32::from(net.prefix_len()) };
+    }
+    out
+}
+
+/// The trie address of `ip`: IPv4 (and IPv4-mapped IPv6) as
+/// `::ffff:a.b.c.d`, other IPv6 as it is. Embedded IPv4 forms are judged
+/// by [`Compiled::verdict`], as in the programs.
 #[must_use]
 pub fn lookup_addr(ip: IpAddr) -> TrieAddr {
-    let mapped = |o: [u8; 4]| std::net::Ipv4Addr::from(o).to_ipv6_mapped().octets();
     match ip {
-        IpAddr::V4(v4) => mapped(v4.octets()),
-        IpAddr::V6(v6) => {
-            let a = v6.octets();
-            if a[..4] == [0, 0x64, 0xff, 0x9b] && a[4..12] == [0; 8] {
-                mapped([a[12], a[13], a[14], a[15]])
-            } else if a[..2] == [0x20, 0x02] {
-                mapped([a[2], a[3], a[4], a[5]])
-            } else {
-                a
-            }
-        }
+        IpAddr::V4(v4) => addr::mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -563,16 +578,24 @@ fn longest_match(entries: &[TrieEntry], ip: IpAddr) -> Option<&TrieEntry> {
 }
 
 impl Compiled {
-    /// What the programs would decide, computed in userspace from the same
-    /// entries: longest-prefix match, then the port table. `tcp` selects
-    /// the protocol. Used by tests and to explain decisions.
-    #[must_use]
-    pub fn verdict(&self, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> u8 {
+    /// The longest entry of `hook`'s trie containing `a`.
+    fn entry(&self, hook: Hook, a: TrieAddr) -> Option<&TrieEntry> {
         let entries = match hook {
             Hook::Destination => &self.dest,
             Hook::Bind => &self.bind,
         };
-        let Some(entry) = longest_match(entries, ip) else {
+        let host = Prefix { addr: u128::from_be_bytes(a), len: 128 };
+        entries
+            .iter()
+            .filter(|e| {
+                let p = Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") };
+                p.contains(host)
+            })
+            .max_by_key(|e| e.prefix_len)
+    }
+
+    fn table_verdict(&self, entry: Option<&TrieEntry>, port: u16, tcp: bool) -> u8 {
+        let Some(entry) = entry else {
             return VERDICT_DENY;
         };
         let t = &self.tables[entry.table as usize];
@@ -582,6 +605,37 @@ impl Compiled {
             (Some(s), false) => s.udp,
             (None, true) => t.default_tcp,
             (None, false) => t.default_udp,
+        }
+    }
+
+    /// What the programs would decide, computed in userspace from the same
+    /// entries and the same classification (`sbx_common::addr`): the
+    /// longest-prefix match and its port table; an embedded IPv4 form is
+    /// judged as the IPv4 address(es) it reaches unless an explicit rule at
+    /// least as long as the form's prefix matches it; a form of a local
+    /// address is refused; bind judges the address itself. `tcp` selects
+    /// the protocol. Used by tests and to
+    /// explain decisions.
+    #[must_use]
+    pub fn verdict(&self, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> u8 {
+        let a = lookup_addr(ip);
+        let form = if hook == Hook::Destination { addr::embedded(&a, &self.nat64) } else { None };
+        let Some(e) = form else {
+            return self.table_verdict(self.entry(hook, a), port, tcp);
+        };
+        if e.is_local() {
+            return VERDICT_DENY;
+        }
+        let hit = self.entry(hook, a);
+        if let Some(h) = hit.filter(|h| h.explicit && h.prefix_len >= e.prefix_len) {
+            return self.table_verdict(Some(h), port, tcp);
+        }
+        let first = self.table_verdict(self.entry(hook, addr::mapped(e.v4)), port, tcp);
+        match e.second {
+            Some(client) if first == VERDICT_ALLOW => {
+                self.table_verdict(self.entry(hook, addr::mapped(client)), port, tcp)
+            }
+            _ => first,
         }
     }
 }

@@ -396,9 +396,12 @@ pub struct Confinement {
     /// A directory bind-mounted over `/tmp`, so the command has a private
     /// one (after the read-only mounts, which may lie under `/tmp`).
     private_tmp: Option<CString>,
-    /// A working directory under the host's `/tmp` (first) bind-mounted
-    /// onto its place in the private one (second), then entered again.
-    carried_cwd: Option<(CString, CString)>,
+    /// Directories under the host's `/tmp` (first) bind-mounted onto their
+    /// places in the private one (second).
+    carried: Vec<(CString, CString)>,
+    /// The working directory, entered again through the new mounts when it
+    /// lies under `/tmp`.
+    reenter: Option<CString>,
     /// Files bind-mounted read-only over host files (file, target), such
     /// as the DNS stub's `resolv.conf` over `/etc/resolv.conf`.
     file_binds: Vec<(CString, CString)>,
@@ -420,14 +423,14 @@ impl Confinement {
     /// command running as uid 0 would otherwise own.
     ///
     /// `private_tmp`, if given, is mounted over `/tmp` (when the host has
-    /// one), with `carried_cwd` (host path, path inside `private_tmp`)
-    /// mounted inside it first.
+    /// one), with the `carried` directories (host path, path inside
+    /// `private_tmp`) mounted inside it first.
     pub fn prepare(
         identity: Option<Identity>,
         keep_fds: &[u32],
         protect: &[PathBuf],
         private_tmp: Option<&std::path::Path>,
-        carried_cwd: Option<(&std::path::Path, &std::path::Path)>,
+        carried: &[(PathBuf, PathBuf)],
     ) -> io::Result<Self> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
         let mut ro: Vec<PathBuf> = vec![PathBuf::from("/sys")];
@@ -464,13 +467,28 @@ impl Confinement {
             Some(p) if std::path::Path::new("/tmp").is_dir() => Some(c(&p.to_path_buf())?),
             _ => None,
         };
-        let carried_cwd = match carried_cwd {
-            Some((host, inside)) if private_tmp.is_some() => Some((c(&host.to_path_buf())?, c(&inside.to_path_buf())?)),
+        let carried = if private_tmp.is_some() {
+            carried.iter().map(|(host, inside)| Ok((c(host)?, c(inside)?))).collect::<io::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        let reenter = match std::env::current_dir() {
+            Ok(cwd) if !carried.is_empty() && cwd.starts_with("/tmp") => Some(c(&cwd)?),
             _ => None,
         };
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
-        Ok(Self { read_only, bind_first, identity, private_tmp, carried_cwd, file_binds: Vec::new(), keep_fds, parent })
+        Ok(Self {
+            read_only,
+            bind_first,
+            identity,
+            private_tmp,
+            carried,
+            reenter,
+            file_binds: Vec::new(),
+            keep_fds,
+            parent,
+        })
     }
 
     /// Mounts each `(file, target)` read-only over `target` in the child
@@ -487,7 +505,8 @@ impl Confinement {
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self { read_only, bind_first, identity, private_tmp, carried_cwd, file_binds, keep_fds, parent } = self;
+        let Self { read_only, bind_first, identity, private_tmp, carried, reenter, file_binds, keep_fds, parent } =
+            self;
         let check = |rc: libc::c_long| {
             if rc < 0 {
                 Err(io::Error::last_os_error())
@@ -543,14 +562,14 @@ impl Confinement {
                 let bind = |from: &CString, to: *const libc::c_char| {
                     libc::mount(from.as_ptr(), to, std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
                 };
-                if let Some((host, inside)) = carried_cwd {
+                for (host, inside) in carried {
                     check(bind(host, inside.as_ptr()).into())?;
                 }
                 check(bind(tmp, c"/tmp".as_ptr()).into())?;
                 // Enter the working directory again through the new mount,
                 // so relative and absolute paths agree.
-                if let Some((host, _)) = carried_cwd {
-                    check(libc::chdir(host.as_ptr()).into())?;
+                if let Some(cwd) = reenter {
+                    check(libc::chdir(cwd.as_ptr()).into())?;
                 }
             }
             // Drop the bounding set (so exec cannot regain capabilities,

@@ -33,25 +33,47 @@ pub struct EventsError {
 /// An open event stream of one sandbox.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    /// The pinned ring buffer, reopened for every drain (see [`Self::drain`]).
+    path: std::path::PathBuf,
+    /// The directory whose `flock` serialises the readers of this ring.
+    lock: std::fs::File,
     /// The sandbox whose events these are (from the pin directory's name):
     /// a ring buffer reused from an earlier sandbox may still hold events
-    /// of that one, which are skipped.
+    /// of that one, which are skipped. 0 for the host stream (every event).
     sandbox: u64,
-    /// Kernel id of the ring buffer map: an `update` pins a new one.
+    /// Kernel id of the ring buffer map.
     id: u32,
+}
+
+fn open_ring(path: &Path) -> Result<(RingBuf<MapData>, u32), EventsError> {
+    let err = |detail: String| EventsError { what: "events", path: path.display().to_string(), detail };
+    let data = MapData::from_pin(path).map_err(|e| err(e.to_string()))?;
+    let id = data.info().map_err(|e| err(e.to_string()))?.id();
+    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
+    Ok((RingBuf::try_from(map).map_err(|e| err(e.to_string()))?, id))
 }
 
 impl EventReader {
     /// Opens the ring buffer pinned in `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, EventsError> {
-        let path = pin_dir.join(pin_name_map(MAP_EVENTS));
-        let err = |detail: String| EventsError { what: "events", path: path.display().to_string(), detail };
-        let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
-        let id = data.info().map_err(|e| err(e.to_string()))?.id();
-        let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
-        let ring = RingBuf::try_from(map).map_err(|e| err(e.to_string()))?;
         let sandbox = pin_dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
-        Ok(Self { ring, sandbox, id })
+        Self::open_at(pin_dir, &pin_dir.join(pin_name_map(MAP_EVENTS)), sandbox)
+    }
+
+    /// Opens the host event stream of the program set in `set_dir`: the
+    /// events of every sandbox without a buffer of its own.
+    pub fn open_host(set_dir: &Path) -> Result<Self, EventsError> {
+        Self::open_at(set_dir, &set_dir.join(pin_name_map(sbx_common::MAP_HOST_EVENTS)), 0)
+    }
+
+    fn open_at(dir: &Path, path: &Path, sandbox: u64) -> Result<Self, EventsError> {
+        let (ring, id) = open_ring(path)?;
+        let lock = std::fs::File::open(dir).map_err(|e| EventsError {
+            what: "events",
+            path: dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self { ring, path: path.to_owned(), lock, sandbox, id })
     }
 
     /// Kernel id of the ring buffer this reader reads.
@@ -61,17 +83,34 @@ impl EventReader {
     }
 
     /// Takes every event currently in the buffer.
+    ///
+    /// A ring buffer has one consumer position, in a page the kernel
+    /// shares, and aya reads it once when a reader opens the ring. Two
+    /// readers of one sandbox (`events --follow` beside `run --log-denials`)
+    /// would each keep their own position, see every event twice and race
+    /// on the shared one. So readers take turns: under an `flock` on the
+    /// ring's directory, the ring is reopened (reading the current
+    /// position), drained and released; each event goes to one reader.
     pub fn drain(&mut self) -> Vec<Event> {
+        // SAFETY: flock(2) on a descriptor we own.
+        let locked = unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_EX) } == 0;
+        if let Ok((ring, _)) = open_ring(&self.path) {
+            self.ring = ring;
+        }
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
             // A sandbox of contract 1 writes 80-byte events (no `sandbox`
             // field), which read as events with `sandbox` zero.
             if item.len() >= sbx_common::LEGACY_EVENT_LEN {
                 let e: Event = crate::sys::from_bytes(&item);
-                if e.sandbox == 0 || e.sandbox == self.sandbox {
+                if self.sandbox == 0 || e.sandbox == 0 || e.sandbox == self.sandbox {
                     out.push(e);
                 }
             }
+        }
+        if locked {
+            // SAFETY: as above.
+            unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_UN) };
         }
         out
     }

@@ -26,7 +26,8 @@ pub enum Reason {
     /// `dns = "pinned"`: loopback port 53 is refused, except `run`'s stub
     /// (`true`: this is the stub).
     DnsPinned(bool),
-    /// A NAT64/6to4 form of a local address, always refused.
+    /// An embedded-IPv4 form (NAT64, 6to4, Teredo, ISATAP) of a local
+    /// address, always refused.
     EmbeddedLocal,
     /// A user rule: its action, text and where it was written.
     Rule {
@@ -56,7 +57,7 @@ impl std::fmt::Display for Reason {
             Self::VerifySentinel => {
                 write!(f, "{} is always refused (the target of `sbx-user verify`)", crate::compile::VERIFY_SENTINEL)
             }
-            Self::EmbeddedLocal => f.write_str("NAT64/6to4 form of a local address"),
+            Self::EmbeddedLocal => f.write_str("an IPv6 form (NAT64, 6to4, Teredo, ISATAP) of a local address"),
             Self::Rule { action, text, origin } => write!(f, "{action} {text} ({origin})"),
             Self::Builtin(what) => write!(f, "built-in deny of {what}"),
             Self::Default(a) => write!(f, "default {a}"),
@@ -74,21 +75,10 @@ const BUILTIN: [(&str, &str); 6] = [
     ("64:ff9b:1::/48", "local-use NAT64"),
 ];
 
-/// The IP the programs judge for `ip`: embedded IPv4 forms become IPv4.
+/// `ip` with IPv4-mapped IPv6 as IPv4 (the trie's encoding).
 fn judged(ip: IpAddr) -> IpAddr {
     let a = Ipv6Addr::from(lookup_addr(ip));
     a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
-}
-
-fn embedded_local(ip: IpAddr) -> bool {
-    let IpAddr::V6(v6) = ip else { return false };
-    if v6.to_ipv4_mapped().is_some() {
-        return false;
-    }
-    match judged(ip) {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.octets()[0] == 0,
-        IpAddr::V6(_) => false,
-    }
 }
 
 fn local_host(ip: IpAddr) -> bool {
@@ -142,13 +132,49 @@ fn rule_reason(r: &Rule) -> Reason {
     Reason::Rule { action: r.action, text: r.text.clone(), origin: r.origin.to_string() }
 }
 
-/// Why a connect or send to `ip`:`port` got its verdict.
+/// Why a connect or send to `ip`:`port` got its verdict. Embedded IPv4
+/// forms are classified as the programs do (`sbx_common::addr`): a form of
+/// a local address is refused; else an explicit IPv6 rule at least as long
+/// as the form's prefix decides; else the IPv4 address (for Teredo, the
+/// server, then the client) decides.
 #[must_use]
 pub fn destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason {
-    if embedded_local(ip) {
+    let nsp = crate::compile::nat64_prefixes(&policy.nat64);
+    let form = match judged(ip) {
+        IpAddr::V6(v6) => sbx_common::addr::embedded(&v6.octets(), &nsp),
+        IpAddr::V4(_) => None,
+    };
+    let Some(e) = form else {
+        return plain_destination(policy, judged(ip), port, tcp);
+    };
+    if e.is_local() {
         return Reason::EmbeddedLocal;
     }
-    let ip = judged(ip);
+    let explicit = policy
+        .rules
+        .iter()
+        .flat_map(|r| &r.nets)
+        .any(|n| matches!(n, IpNet::V6(_)) && n.contains(&ip) && u32::from(n.prefix_len()) >= e.prefix_len);
+    if explicit {
+        return plain_destination(policy, ip, port, tcp);
+    }
+    let first = plain_destination(policy, IpAddr::V4(Ipv4Addr::from(e.v4)), port, tcp);
+    match (e.second, first.allows()) {
+        (Some(client), true) => plain_destination(policy, IpAddr::V4(Ipv4Addr::from(client)), port, tcp),
+        _ => first,
+    }
+}
+
+impl Reason {
+    /// Whether this reason lets the call through (for the two-address
+    /// Teredo form, where the server's reason may allow and the client's
+    /// then decides).
+    fn allows(&self) -> bool {
+        matches!(self, Self::Rule { action: Action::Allow, .. } | Self::Default(Action::Allow))
+    }
+}
+
+fn plain_destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason {
     if ip == IpAddr::V4(crate::compile::VERIFY_SENTINEL) {
         return Reason::VerifySentinel;
     }
@@ -251,6 +277,13 @@ mod tests {
         assert_eq!(destination(&p, ip("127.0.0.1"), 1, true), Reason::Loopback);
         assert_eq!(destination(&p, ip("::"), 1, true), Reason::Loopback);
         assert_eq!(destination(&p, ip("64:ff9b::7f00:1"), 1, true), Reason::EmbeddedLocal);
+        assert_eq!(destination(&p, ip("64:ff9b::a01:203"), 80, true).to_string(), "deny private (--deny)");
+        // Teredo via an allowed server to a private client: the client decides.
+        let t = policy(&["198.18.0.1"], &["private"]);
+        assert_eq!(destination(&t, ip("2001:0:c612:1::f5fe:fdfe"), 3544, false).to_string(), "deny private (--deny)");
+        // An explicit IPv6 rule as specific as the form's prefix decides.
+        let x = policy(&["[64:ff9b::a01:203]"], &["private"]);
+        assert!(matches!(destination(&x, ip("64:ff9b::a01:203"), 1, true), Reason::Rule { action: Action::Allow, .. }));
         assert_eq!(destination(&p, ip("224.0.0.251"), 5353, false), Reason::Builtin("multicast"));
     }
 

@@ -35,6 +35,7 @@ pub mod diag;
 pub mod dns;
 pub mod events;
 pub mod explain;
+pub mod gc;
 pub mod harden;
 pub mod loader;
 pub mod policy;

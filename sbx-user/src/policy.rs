@@ -230,6 +230,12 @@ pub struct Policy {
     /// destinations are rewritten to the proxy instead of refused.
     #[serde(default)]
     pub redirect: bool,
+    /// NAT64 network-specific prefixes (RFC 6052) of the network the
+    /// sandbox is on: addresses under them are judged as the IPv4 address
+    /// they embed, like the well-known prefix `64:ff9b::/96`. At most
+    /// [`sbx_common::addr::MAX_NAT64_PREFIXES`].
+    #[serde(default)]
+    pub nat64: Vec<Ipv6Net>,
     /// Name resolution.
     #[serde(default)]
     pub dns: Dns,
@@ -286,8 +292,19 @@ pub enum RuleContext {
     Bind,
 }
 
-const PRIVATE_NETS: [&str; 7] =
-    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"];
+/// Ranges that are not the public Internet: RFC 1918, shared address space
+/// (RFC 6598), link-local, the benchmarking range (RFC 2544, where test
+/// networks live), unique local and link-local IPv6.
+const PRIVATE_NETS: [&str; 8] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "198.18.0.0/15",
+    "fc00::/7",
+    "fe80::/10",
+];
 const METADATA_NETS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
 const ANY_NETS: [&str; 2] = ["0.0.0.0/0", "::/0"];
 /// The `loopback` token: every loopback address of both families.
@@ -477,8 +494,41 @@ fn looks_like_hostname(s: &str) -> bool {
         && s.chars().any(|c| c.is_ascii_alphabetic())
 }
 
-/// Clears host bits, turns IPv4-mapped IPv6 into IPv4, and refuses the
-/// IPv6 ranges whose reach sbx decides by an embedded IPv4 address.
+/// The `nat64` list: at most [`sbx_common::addr::MAX_NAT64_PREFIXES`]
+/// prefixes, each valid.
+fn parse_nat64_list(
+    list: &[Spanned<String>],
+    at: &dyn Fn(std::ops::Range<usize>) -> Origin,
+) -> Result<Vec<Ipv6Net>, PolicyError> {
+    let max = sbx_common::addr::MAX_NAT64_PREFIXES;
+    if let Some(extra) = list.get(max) {
+        return Err(invalid(&at(extra.span()), extra.get_ref(), format!("at most {max} NAT64 prefixes")));
+    }
+    list.iter()
+        .map(|item| parse_nat64(item.get_ref()).map_err(|m| invalid(&at(item.span()), item.get_ref(), m)))
+        .collect()
+}
+
+/// A NAT64 network-specific prefix: an RFC 6052 length (32, 40, 48, 56,
+/// 64 or 96), no host bits, and bits 64 to 71 (the "u" octet) zero.
+fn parse_nat64(s: &str) -> Result<Ipv6Net, String> {
+    let net: Ipv6Net = s.parse().map_err(|_| "not an IPv6 prefix (like 64:ff9b:1::/48)".to_owned())?;
+    if ![32, 40, 48, 56, 64, 96].contains(&net.prefix_len()) {
+        return Err("a NAT64 prefix is /32, /40, /48, /56, /64 or /96 (RFC 6052)".into());
+    }
+    if net.addr() != net.network() {
+        return Err(format!("has host bits set; the prefix is {}", net.trunc()));
+    }
+    if net.network().octets()[8] != 0 {
+        return Err("bits 64 to 71 of a NAT64 prefix must be zero (RFC 6052 2.2)".into());
+    }
+    Ok(net)
+}
+
+/// Clears host bits and turns IPv4-mapped IPv6 into IPv4. Rules may name
+/// IPv6 ranges that embed IPv4 addresses (NAT64, 6to4, Teredo): such a
+/// rule decides for the addresses of its range when it is at least as
+/// specific as the form's prefix (see `sbx_common::addr`).
 fn normalise(net: IpNet) -> Result<IpNet, String> {
     let net = net.trunc();
     let IpNet::V6(v6) = net else { return Ok(net) };
@@ -490,13 +540,14 @@ fn normalise(net: IpNet) -> Result<IpNet, String> {
         let v4 = Ipv4Net::new(v4, len - 96).expect("96..=128 minus 96 is a valid IPv4 length");
         return Ok(IpNet::V4(v4));
     }
-    let nat64: Ipv6Net = "64:ff9b::/96".parse().expect("literal");
-    let six_to_four: Ipv6Net = "2002::/16".parse().expect("literal");
-    for (space, name) in [(nat64, "NAT64"), (six_to_four, "6to4")] {
-        if space.contains(&v6) {
-            return Err(format!(
-                "{name} addresses ({space}) are judged by the IPv4 address they embed; write the IPv4 rule instead"
-            ));
+    if len == 128 {
+        let no_nsp = [sbx_common::addr::Nat64Prefix::default(); sbx_common::addr::MAX_NAT64_PREFIXES];
+        if sbx_common::addr::embedded(&v6.addr().octets(), &no_nsp).is_some_and(|e| e.is_local()) {
+            return Err(
+                "this IPv6 form embeds a local IPv4 address (127.0.0.0/8 or 0.0.0.0/8): it leaves the host to reach it, \
+                 so it is always refused; loopback access is set by `loopback`"
+                    .to_owned(),
+            );
         }
     }
     Ok(net)
@@ -535,6 +586,7 @@ pub struct Layer {
     fs_read: Vec<PathBuf>,
     fs_write: Vec<PathBuf>,
     redirect: Option<(bool, Origin)>,
+    nat64: Option<Vec<Ipv6Net>>,
     dns: Option<Dns>,
 }
 
@@ -554,8 +606,11 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, dns } = layer;
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, nat64, dns } = layer;
         let m = &mut self.merged;
+        if nat64.is_some() {
+            m.nat64 = nat64;
+        }
         if dns.is_some() {
             m.dns = dns;
         }
@@ -597,8 +652,9 @@ impl PolicyBuilder {
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, dns } =
+        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, nat64, dns } =
             self.merged.clone();
+        let nat64 = nat64.unwrap_or_default();
         let mut rules = rules;
         let names = rules.iter().filter(|r| r.host.is_some()).count();
         for rule in crate::progress::track("resolving host names", names, rules.iter_mut().filter(|r| r.host.is_some()))
@@ -626,6 +682,7 @@ impl PolicyBuilder {
                 bind,
                 mode,
                 filesystem,
+                nat64,
             });
         };
         if let Some((Action::Allow, origin)) = &default {
@@ -684,6 +741,7 @@ impl PolicyBuilder {
             mode,
             filesystem,
             redirect,
+            nat64,
             dns,
         })
     }
@@ -983,6 +1041,7 @@ struct RawNetwork {
     bind: Option<Spanned<toml::Value>>,
     mode: Option<Spanned<String>>,
     proxy_mode: Option<Spanned<String>>,
+    nat64: Option<Vec<Spanned<String>>>,
     dns: Option<Spanned<String>>,
 }
 
@@ -1008,6 +1067,21 @@ pub fn load_file(path: &Path) -> Result<Layer, PolicyError> {
     parse_toml(&src, &name)
 }
 
+/// The `[filesystem]` table of a policy file into `layer`.
+fn parse_filesystem(
+    fs: RawFilesystem,
+    layer: &mut Layer,
+    at: &dyn Fn(std::ops::Range<usize>) -> Origin,
+) -> Result<(), PolicyError> {
+    let RawFilesystem { read, write } = fs;
+    for (list, out) in [(read, &mut layer.fs_read), (write, &mut layer.fs_write)] {
+        for item in list {
+            out.push(fs_path(item.get_ref(), &at(item.span()))?);
+        }
+    }
+    Ok(())
+}
+
 /// Parses policy TOML text; `name` is used in error messages.
 pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let raw: RawFile = toml::from_str(src).map_err(|e| PolicyError::Syntax {
@@ -1019,18 +1093,16 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let lines = Lines::new(src);
     let at = |span: std::ops::Range<usize>| Origin { source: name.to_owned(), line: Some(lines.of(span.start)) };
     if let Some(fs) = raw.filesystem {
-        let RawFilesystem { read, write } = fs;
-        for (list, out) in [(read, &mut layer.fs_read), (write, &mut layer.fs_write)] {
-            for item in list {
-                out.push(fs_path(item.get_ref(), &at(item.span()))?);
-            }
-        }
+        parse_filesystem(fs, &mut layer, &at)?;
     }
     let Some(net) = raw.network else {
         return Ok(layer);
     };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, dns } = net;
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, nat64, dns } = net;
     layer.dns = dns.map(|d| parse_dns(d.get_ref(), &at(d.span()))).transpose()?;
+    if let Some(list) = nat64 {
+        layer.nat64 = Some(parse_nat64_list(&list, &at)?);
+    }
     if let Some(m) = proxy_mode {
         let origin = at(m.span());
         let on = match m.get_ref().as_str() {
@@ -1202,8 +1274,12 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, dns } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, nat64, dns } = self;
         let mut out = vec![format!("default: {default}")];
+        if !nat64.is_empty() {
+            let list: Vec<String> = nat64.iter().map(ToString::to_string).collect();
+            out.push(format!("NAT64 prefixes (judged as the IPv4 they embed): {}", list.join(", ")));
+        }
         if *mode == Mode::Audit {
             out.push("mode: AUDIT (nothing is blocked; would-be denials are reported)".to_owned());
         }

@@ -180,6 +180,20 @@ impl ProgramSet {
         Ok(i)
     }
 
+    /// The indices in use in the pool whose flag in `policies`/`events` is
+    /// false (nothing names them). Index 0 is never in use.
+    pub fn unreferenced(&self, policies: &[bool], events: &[bool]) -> Result<(Vec<u32>, Vec<u32>), LoaderError> {
+        let pool = self.pool()?;
+        let stale = |words: &[u64], named: &[bool]| -> Vec<u32> {
+            (1..u32::try_from(words.len() * 64).expect("small"))
+                .filter(|&i| {
+                    words[i as usize / 64] & (1 << (i % 64)) != 0 && !named.get(i as usize).copied().unwrap_or(false)
+                })
+                .collect()
+        };
+        Ok((stale(&pool.policies, policies), stale(&pool.events, events)))
+    }
+
     /// Returns indices to the pool. The caller holds the host lock.
     pub fn free(&self, policies: &[u32], events: &[u32]) -> Result<(), LoaderError> {
         let mut pool = self.pool()?;

@@ -253,8 +253,12 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // kernel cannot enforce what was asked.
     crate::confine::check_stdio(opts.allow_stdio_sockets)?;
     let identity = opts.identity.unwrap_or_else(Identity::current);
-    let workspace =
-        crate::harden::workspace::Workspace::prepare(policy.filesystem.as_ref(), identity, opts.home.as_deref())?;
+    let workspace = crate::harden::workspace::Workspace::prepare(
+        policy.filesystem.as_ref(),
+        identity,
+        opts.home.as_deref(),
+        command.first().map(std::path::Path::new),
+    )?;
     for note in workspace.notes() {
         crate::warn_user!("{note}");
     }
@@ -504,7 +508,7 @@ fn spawn_and_wait(
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
     let mut confinement =
-        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried_cwd())
+        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried())
             .map_err(RunError::Confine)?;
     if let Dns::Pinned { stub: Some(stub) } = policy.dns {
         let binds = resolver_binds(policy, stub, workspace.dir()).map_err(RunError::Confine)?;
@@ -627,15 +631,20 @@ impl DenialLogger {
                 if done {
                     return;
                 }
-                // An `update` pins a new ring buffer and policy: follow it.
+                // An `update` keeps the ring buffer (a migration from an
+                // older sbx pins a new one) and records a new policy: follow
+                // both, so the rule text names the policy in force.
                 if tick % 10 == 9 {
+                    if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
+                        if r.generation != generation {
+                            print(&mut reader, &policy, generation);
+                            (policy, generation) = (r.policy, r.generation);
+                        }
+                    }
                     if let Ok(fresh) = crate::events::EventReader::open(&pin_dir) {
                         if fresh.id() != reader.id() {
                             print(&mut reader, &policy, generation);
                             reader = fresh;
-                            if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
-                                (policy, generation) = (r.policy, r.generation);
-                            }
                         }
                     }
                 }

@@ -70,7 +70,16 @@ pub fn install(
         proxy_port = u32::from(p.port());
     }
     opts.config = Config { flags, generation, proxy_addr, proxy_port, ..opts.config };
-    let attached = loader::attach(cg, &compiled, opts, paths)?;
+    let attached = match loader::attach(cg, &compiled, opts, paths) {
+        // The host pool is full: sandboxes whose cgroup a runtime removed
+        // may still hold indices. Collect them once and try again.
+        Err(LoaderError::Full { .. }) => {
+            let got = crate::gc::collect(paths, false)?;
+            log::info!("the host pool was full; gc freed {} policy and {} event indices", got.policies, got.events);
+            loader::attach(cg, &compiled, opts, paths)?
+        }
+        other => other?,
+    };
     let (by, runner_pid) = match owner {
         Owner::Attach => ("attach", None),
         Owner::Run(pid) => ("run", Some(pid)),

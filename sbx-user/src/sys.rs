@@ -420,3 +420,17 @@ pub fn map_max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[4])
 }
+
+/// The cgroup id a cgroup link is attached to (`bpf_link_info.cgroup`,
+/// after `type`, `id`, `prog_id` and padding); 0 once the cgroup is gone
+/// and the link is defunct.
+pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = [0u64; 8];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(link),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("64"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[2])
+}

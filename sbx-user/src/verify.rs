@@ -72,6 +72,15 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
             }
         }
     }
+    // With every sandbox running the same programs, the links alone do not
+    // say which policy holds: the slot the programs read must name this
+    // sandbox and a written policy.
+    let holder = loader::holder_of(paths, cg.id);
+    let written = matches!(holder, loader::Holder::Set { policy: Some(p), .. } if p != 0);
+    out.push(match holder {
+        loader::Holder::Legacy => check("policy", true, "its own programs and maps (an older sbx)"),
+        h => check("policy slot", written, h.to_string()),
+    });
     if let Some(p) = policy {
         if p.mode == Mode::Audit {
             out.push(check("mode", false, "the sandbox is in audit mode: denials are reported, not enforced"));

@@ -192,7 +192,8 @@ fn cleanup_tree(path: &Path) {
         let pins = crate::bpffs().join("sbx").join(meta.ino().to_string());
         if let Ok(entries) = fs::read_dir(&pins) {
             for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
+                // Link and map pins, and the program set marker directory.
+                let _ = fs::remove_file(e.path()).or_else(|_| fs::remove_dir(e.path()));
             }
             let _ = fs::remove_dir(&pins);
         }

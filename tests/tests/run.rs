@@ -421,3 +421,26 @@ fn status_reports_and_detach_removes_what_a_killed_run_left() {
     assert!(stdout(&out).contains("left behind"), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 }
+
+#[test]
+fn a_command_under_the_hosts_tmp_still_runs_in_the_private_tmp() {
+    // The command gets a private /tmp; a tool that lives under the host's
+    // /tmp (a CI checkout, an unpacked release) must still be found.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = std::path::PathBuf::from(format!("/tmp/sbx-test-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    let tool = dir.join("bin/say");
+    std::fs::copy("/bin/echo", &tool).expect("copying echo");
+    let out = run(&sbx, &cg, &[], &[tool.to_str().expect("UTF-8"), "from", "tmp"]);
+    // A script run from a checkout under /tmp calls a tool elsewhere in it.
+    std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+    let script = format!("{} via sh", tool.display());
+    let mut cmd = run_cmd(&sbx, &cg, &[], &["sh", "-c", &script]);
+    let via_sh = cmd.current_dir(dir.join("src")).output().expect("running sbx-user run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "from tmp\n");
+    assert_eq!(stdout(&via_sh), "via sh\n", "{}", describe(&via_sh));
+    assert_cleaned_up(&sbx, &cg, None);
+}

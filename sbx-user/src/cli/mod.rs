@@ -26,6 +26,7 @@ pub mod attach;
 pub mod check;
 pub mod detach;
 pub mod events;
+pub mod gc;
 pub mod generate;
 pub mod origdst;
 pub mod profiles;
@@ -297,6 +298,15 @@ pub enum Command {
     OrigDst(origdst::OrigDstArgs),
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
+    /// Remove what sandboxes whose cgroup is gone left behind (pins,
+    /// records, policy slots) and program sets no sandbox uses.
+    #[command(long_about = "Remove what sandboxes whose cgroup is gone left behind, and program sets no \
+sandbox uses.\n\nA runtime that removes a sandbox's cgroup without `sbx-user detach` leaves its pins (the \
+kernel has already detached the programs: the links report no cgroup), its record and its policy and event \
+indices in the host pool. gc removes them, and program sets of older builds that hold no sandbox. It decides \
+from what the kernel and bpffs say, under the host lock, so it is safe beside running attaches. attach runs \
+it by itself when the pool is full.")]
+    Gc(gc::GcArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
     #[command(after_long_help = format!("{}\n\n{EXIT_HELP}", run::long_help(POLICY_HELP)))]
     Run(run::RunArgs),

@@ -428,9 +428,17 @@ fn loopback_setting() {
         "::",
         "::ffff:127.0.0.1",
         "::ffff:0.0.0.0",
-        "64:ff9b::7f00:1",
-        "2002:7f00:1::",
     ];
+    // Embedded forms of local addresses leave the host: never the loopback
+    // setting, always refused (the programs and the egress backstop agree).
+    for (lo, default) in [("\"any\"", "allow"), ("\"none\"", "deny"), ("[22]", "allow")] {
+        let c = compiled(&policy(&format!("default = \"{default}\"\nloopback = {lo}")));
+        for form in ["64:ff9b::7f00:1", "2002:7f00:1::", "2001:0:c612:1::80ff:fffe", "fd00::5efe:7f00:1"] {
+            for tcp in [true, false] {
+                assert_eq!(c.verdict(Hook::Destination, ip(form), 22, tcp), D, "{form} under loopback = {lo}");
+            }
+        }
+    }
     for default in ["allow", "deny"] {
         // (loopback setting, (port, protocol, verdict) for every local address)
         let cases: &[(&str, &[PortProbe])] = &[
@@ -1056,9 +1064,9 @@ fn lookup_addr_table() {
     let cases: &[(&str, [u8; 16])] = &[
         ("10.1.2.3", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
         ("::ffff:10.1.2.3", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
-        ("64:ff9b::a01:203", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
-        ("2002:a01:203::", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
-        ("2002:a01:203:ffff::1", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
+        // Embedded forms stay IPv6 in the trie; `verdict` classifies them.
+        ("64:ff9b::a01:203", [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3]),
+        ("2002:a01:203::", [0x20, 0x02, 10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
         ("2001:db8::1", [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
         ("64:ff9b:1::a01:203", [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3]),
         ("64:ff9b::1:0:a01:203", [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 1, 0, 0, 10, 1, 2, 3]),
@@ -1384,7 +1392,18 @@ fn random_policy(rng: &mut Rng) -> Policy {
         1 => Dns::Pinned { stub: None },
         _ => Dns::Pinned { stub: Some(*rng.pick(&[Ipv4Addr::new(127, 53, 0, 1), Ipv4Addr::new(127, 0, 0, 53)])) },
     };
-    Policy { default, loopback, proxy: None, rules, bind, mode: Mode::Enforce, filesystem: None, redirect: false, dns }
+    Policy {
+        default,
+        loopback,
+        proxy: None,
+        rules,
+        bind,
+        mode: Mode::Enforce,
+        filesystem: None,
+        redirect: false,
+        nat64: vec![],
+        dns,
+    }
 }
 
 const PROBE_ADDRS: [&str; 29] = [
@@ -1469,16 +1488,30 @@ fn random_probe_ip(rng: &mut Rng, v4_nets: &[ipnet::Ipv4Net]) -> IpAddr {
 
 /// Written from the module docs, not from the implementation: what address
 /// family and address the programs judge.
+/// IPv4-mapped IPv6 as IPv4; everything else as it is.
 fn canonical(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else { return ip };
+    v6.to_ipv4_mapped().map_or(ip, IpAddr::V4)
+}
+
+/// The reference's own reading of the embedded-IPv4 forms (RFC 6052 well
+/// known prefix, RFC 3056 6to4, RFC 4380 Teredo, RFC 5214 ISATAP): the
+/// IPv4 addresses reached and the form's prefix length. Written from the
+/// RFCs, apart from `sbx_common::addr`, so the cross-check is one.
+fn reference_form(ip: IpAddr) -> Option<(Vec<Ipv4Addr>, u8)> {
+    let IpAddr::V6(v6) = ip else { return None };
     let s = v6.segments();
-    let v4 = |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
-    if s[..6] == [0, 0, 0, 0, 0, 0xffff] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        v4(s[6], s[7])
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some((vec![v4(s[6], s[7])], 96))
     } else if s[0] == 0x2002 {
-        v4(s[1], s[2])
+        Some((vec![v4(s[1], s[2])], 16))
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        Some((vec![v4(s[2], s[3]), v4(!s[6], !s[7])], 32))
+    } else if (s[4] == 0 || s[4] == 0x200) && s[5] == 0x5efe {
+        Some((vec![v4(s[6], s[7])], 64))
     } else {
-        ip
+        None
     }
 }
 
@@ -1525,6 +1558,24 @@ fn special_nets() -> Vec<IpNet> {
 
 fn reference_dest(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bool) -> u8 {
     let ip = canonical(ip);
+    if let Some((reached, len)) = reference_form(ip) {
+        if reached.iter().any(|a| a.octets()[0] == 127 || a.octets()[0] == 0) {
+            return D;
+        }
+        let explicit = p
+            .rules
+            .iter()
+            .flat_map(|r| &r.nets)
+            .any(|n| matches!(n, IpNet::V6(_)) && n.contains(&ip) && n.prefix_len() >= len);
+        if !explicit {
+            let all = reached.iter().all(|a| reference_plain(p, specials, IpAddr::V4(*a), port, tcp) == A);
+            return if all { A } else { D };
+        }
+    }
+    reference_plain(p, specials, ip, port, tcp)
+}
+
+fn reference_plain(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bool) -> u8 {
     let local = match ip {
         IpAddr::V4(a) => a.octets()[0] == 127 || a.is_unspecified(),
         IpAddr::V6(a) => a.is_loopback() || a.is_unspecified(),
@@ -1678,4 +1729,27 @@ fn verdict_of_socket_addrs() {
         let sa: SocketAddr = s.parse().expect("literal");
         assert_eq!(c.verdict(Hook::Destination, sa.ip(), sa.port(), true), A, "{s}");
     }
+}
+
+#[test]
+fn embedded_forms_are_judged_as_the_ipv4_they_reach() {
+    let c = compiled(&policy(
+        "nat64 = [\"2001:db8:122::/48\"]\ndefault = \"allow\"\ndeny = [\"private\"]\nallow = [\"[2002:a00:1::/48]:443\"]",
+    ));
+    let v = |a: &str, port| c.verdict(Hook::Destination, ip(a), port, true);
+    // Network-specific prefix /48: 10.0.0.1 and 192.0.2.33.
+    assert_eq!(v("2001:db8:122:a00:0:100::", 80), D, "NSP form of 10.0.0.1");
+    assert_eq!(v("2001:db8:122:c000:2:2100::", 80), A, "NSP form of 192.0.2.33");
+    // Teredo: an allowed server with a private client is denied.
+    assert_eq!(v("2001:0:c000:221::f5ff:fffe", 3544), D, "client 10.0.0.1");
+    assert_eq!(v("2001:0:c000:221::3fff:fdde", 3544), A, "client 192.0.2.33");
+    // ISATAP.
+    assert_eq!(v("2001:db8:1::5efe:a00:1", 80), D);
+    // The explicit /48 rule decides for 6to4 of 10.0.0.1 on 443 only; other
+    // ports fall back to what the trie inherits at that prefix (default
+    // allow, as the rule is IPv6 and sees no IPv4 rule).
+    assert_eq!(v("2002:a00:1::1", 443), A, "explicit IPv6 rule");
+    assert_eq!(v("2002:a00:2::1", 443), D, "outside the explicit rule: 10.0.0.2 is private");
+    // Forms of local addresses: always refused.
+    assert_eq!(v("2001:db8:122:7f00:0:100::", 80), D);
 }

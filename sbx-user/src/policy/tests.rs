@@ -135,6 +135,7 @@ fn parses_rules() {
                 "192.168.0.0/16",
                 "100.64.0.0/10",
                 "169.254.0.0/16",
+                "198.18.0.0/15",
                 "fc00::/7",
                 "fe80::/10",
             ],
@@ -271,14 +272,10 @@ fn rejects_bad_rules() {
         ("::", &["::1", "`[::1]:5432`"]),
         ("[::]:80", &["::1"]),
         ("::ffff:0.0.0.0", &["127.0.0.1"]),
-        // Embedded-IPv4 ranges are judged by the IPv4 address.
-        ("64:ff9b::1.2.3.4", &["NAT64", "IPv4"]),
-        ("[64:ff9b::a01:203]:443", &["NAT64"]),
-        ("64:ff9b::/96", &["NAT64"]),
-        ("64:ff9b::/120", &["NAT64"]),
-        ("2002:c000:204::1", &["6to4"]),
-        ("2002::/16", &["6to4"]),
-        ("[2002:a00::/24]:80", &["6to4"]),
+        // An IPv6 form of a local address is never reachable: refused.
+        ("64:ff9b::7f00:1", &["local IPv4", "`loopback`"]),
+        ("[2002:7f00:1::1]:80", &["local IPv4"]),
+        ("2001:0:c612:1::80ff:fffe", &["local IPv4"]),
     ];
     for (text, words) in cases {
         let msg = rule_err(text);
@@ -403,11 +400,9 @@ fn bind_rules_accept_local_addresses() {
         assert_eq!((&r.nets, &r.ports), (&vec![net(want)], ports), "bind rule `{text}`");
     }
     // Everything else is validated as for destinations.
-    for (text, word) in [
-        ("example.com:80", "bind rules take addresses, not host names (`example.com`)"),
-        ("2002::1", "6to4"),
-        ("1.2.3.4:0-", "not a port"),
-    ] {
+    for (text, word) in
+        [("example.com:80", "bind rules take addresses, not host names (`example.com`)"), ("1.2.3.4:0-", "not a port")]
+    {
         let msg = rule_err_in(text, RuleContext::Bind);
         assert!(msg.contains(word), "bind rule `{text}`: {msg}");
     }
@@ -712,7 +707,7 @@ fn toml_errors_carry_the_line() {
         ("[network]\n\nbind = [\"example.com:80\"]\n", 3, &["bind rules take addresses, not host names"]),
         ("[network]\nallow = [\"http://10.0.0.1\"]\n", 2, &["unknown protocol"]),
         ("[network]\nallow = [\"10.0.0.1:90-80\"]\n", 2, &["runs backwards"]),
-        ("[network]\nallow = [\"64:ff9b::1.2.3.4\"]\n", 2, &["NAT64"]),
+        ("[network]\nallow = [\"64:ff9b::7f00:1\"]\n", 2, &["local IPv4"]),
     ];
     for (src, line, words) in cases {
         let e = toml_err(src);
@@ -786,6 +781,7 @@ fn empty_policy_defaults() {
             mode: Mode::Enforce,
             filesystem: None,
             redirect: false,
+            nat64: vec![],
             dns: Dns::Pinned { stub: None },
         }
     );
@@ -844,10 +840,10 @@ fn remote_proxy_adds_a_tcp_allow_rule() {
         assert_eq!(p.loopback, Loopback::None);
         assert_eq!(p.default, Action::Deny);
     }
-    // A proxy at a NAT64 address cannot be expressed as a rule.
+    // A proxy at a NAT64 address is an explicit IPv6 rule for it.
     let l = flags_layer(&proxy_flags("[64:ff9b::a00:5]:3128"));
-    let e = build(vec![l]).expect_err("NAT64 proxy");
-    assert!(matches!(&e, PolicyError::Conflict(m) if m.contains("NAT64")), "{e:?}");
+    let p = build(vec![l]).expect("NAT64 proxy");
+    assert_eq!(p.rules[0].nets, vec![net("64:ff9b::a00:5/128")]);
 }
 
 #[test]
@@ -909,6 +905,7 @@ fn profiles() {
             mode: Mode::Enforce,
             filesystem: None,
             redirect: false,
+            nat64: vec![],
             dns: Dns::Pinned { stub: None },
         }
     );
@@ -1072,6 +1069,7 @@ fn fake_dns(host: &str) -> std::io::Result<Vec<IpAddr>> {
         "unspecified6.example" => Ok(ips(&["::"])),
         "partly-local.example" => Ok(ips(&["192.0.2.1", "127.0.1.1"])),
         "nat64.example" => Ok(ips(&["64:ff9b::c000:201"])),
+        "nat64-local.example" => Ok(ips(&["64:ff9b::7f00:1"])),
         _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such host")),
     }
 }
@@ -1234,10 +1232,12 @@ fn host_resolving_to_loopback_pins_loopback() {
             );
         }
     }
-    // Addresses the rule syntax refuses are refused when a name resolves
-    // to them, too.
-    let msg = build_pinned(vec![allow_layer(&["nat64.example"])], false).expect_err("NAT64 answer").to_string();
-    assert!(msg.contains("nat64.example resolves to 64:ff9b::c000:201") && msg.contains("NAT64"), "{msg}");
+    // A DNS64 answer is an explicit IPv6 rule for that address; a form of
+    // a local address is refused as the rule syntax refuses it.
+    let p = build_pinned(vec![allow_layer(&["nat64.example"])], false).expect("DNS64 answer");
+    assert_eq!(p.rules[0].nets, vec![net("64:ff9b::c000:201/128")]);
+    let msg = build_pinned(vec![allow_layer(&["nat64-local.example"])], false).expect_err("local form").to_string();
+    assert!(msg.contains("nat64-local.example resolves to 64:ff9b::7f00:1") && msg.contains("local IPv4"), "{msg}");
 }
 
 #[test]
@@ -1382,4 +1382,24 @@ fn dns_setting() {
         .summary()
         .iter()
         .any(|l| l == "dns: pinned (only pinned names resolve, answered by sbx on 127.53.1.2:53)"));
+}
+
+#[test]
+fn nat64_prefixes_setting() {
+    let l = layer("[network]\nnat64 = [\"64:ff9b:1::/48\", \"2001:db8::/32\"]\n");
+    let p = PolicyBuilder::new().apply(l).build().expect("valid");
+    assert_eq!(p.nat64, vec!["64:ff9b:1::/48".parse().unwrap(), "2001:db8::/32".parse().unwrap()]);
+    assert!(p.summary().iter().any(|l| l.contains("NAT64 prefixes")), "{:?}", p.summary());
+    for (value, word) in [
+        ("64:ff9b:1::/47", "/32, /40, /48, /56, /64 or /96"),
+        ("64:ff9b:1::1/48", "host bits"),
+        ("2001:db8:1:2:ff00::/96", "bits 64 to 71"),
+        ("10.0.0.0/8", "not an IPv6 prefix"),
+    ] {
+        let msg = toml_err(&format!("[network]\nnat64 = [\"{value}\"]\n")).to_string();
+        assert!(msg.contains("policy.toml:2") && msg.contains(word), "{value}: {msg}");
+    }
+    let five = (1..=5).map(|i| format!("\"2001:db8:{i}::/48\"")).collect::<Vec<_>>().join(", ");
+    let msg = toml_err(&format!("[network]\nnat64 = [{five}]\n")).to_string();
+    assert!(msg.contains("at most 4"), "{msg}");
 }

@@ -504,14 +504,14 @@ fn repeat(proto: Proto, addr: IpAddr, port: u16, n: u32) -> String {
 
 /// The loop of `alternate`; each line is written with one write(2), so a
 /// reader of the output file never sees half an iteration as complete.
-fn alternate(a: IpAddr, b: IpAddr, port: u16, stop: &str) -> String {
+fn alternate(proto: Proto, a: IpAddr, b: IpAddr, port: u16, stop: &str) -> String {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "pid {}", std::process::id());
     let _ = out.flush();
     let mut n: u64 = 0;
     while !std::path::Path::new(stop).exists() {
-        let ra = outcome(connect_only(Proto::Udp, a, port));
-        let rb = outcome(connect_only(Proto::Udp, b, port));
+        let ra = outcome(connect_only(proto, a, port));
+        let rb = outcome(connect_only(proto, b, port));
         let _ = out.write_all(format!("{n} {ra} {rb}\n").as_bytes());
         let _ = out.flush();
         n += 1;
@@ -626,7 +626,8 @@ fn main() {
         ["repeat", p, addr, pt, n] => {
             repeat(proto(p), ip(addr), port(pt), n.parse().unwrap_or_else(|_| usage("N must be a number")))
         }
-        ["alternate", a1, a2, pt, stop] => alternate(ip(a1), ip(a2), port(pt), stop),
+        ["alternate", a1, a2, pt, stop] => alternate(Proto::Udp, ip(a1), ip(a2), port(pt), stop),
+        ["alternate", a1, a2, pt, stop, p] => alternate(proto(p), ip(a1), ip(a2), port(pt), stop),
         ["sniff", log] => sniff(log),
         _ => usage(&format!("bad arguments: {args:?}")),
     };
