@@ -219,10 +219,10 @@ pub const LEGACY_MAPS: [&str; 9] =
 
 /// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
 /// in [`PROGRAMS`] order.
-pub const HOOK_NAMES: [&str; 9] =
-    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress"];
+pub const HOOK_NAMES: [&str; 10] =
+    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress", "accept"];
 /// Number of hooks.
-pub const NUM_HOOKS: u32 = 9;
+pub const NUM_HOOKS: u32 = 10;
 
 /// Index in [`MAP_COUNTERS`] of the count of calls at `hook` that were
 /// allowed (`denied == 0`) or denied (`denied == 1`, including audit-mode
@@ -464,6 +464,15 @@ impl PortTable {
         }
     }
 }
+
+/// A loopback address every policy denies on every port
+/// (127.255.255.254), so that `verify` and `run` always have a local
+/// target that must be refused.
+pub const SENTINEL: [u8; 4] = [127, 255, 255, 254];
+/// The port of `run`'s start-up proof: a connect to [`SENTINEL`] on this
+/// port from inside the new cgroup must fail with `EPERM` before the
+/// command is executed. Denials of it are kept out of events and counters.
+pub const PROOF_PORT: u16 = 1;
 
 /// IP protocol numbers the programs distinguish.
 pub const IPPROTO_TCP: u32 = 6;

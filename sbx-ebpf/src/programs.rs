@@ -345,6 +345,8 @@ const HOOK_BIND6: u32 = 5;
 const HOOK_SOCK_CREATE: u32 = 6;
 const HOOK_SETSOCKOPT: u32 = 7;
 const HOOK_EGRESS: u32 = 8;
+/// The egress hook judging a SYN-ACK: a connection into the sandbox.
+const HOOK_ACCEPT: u32 = 9;
 
 /// Whether the caller's context can name a task (not the egress hook,
 /// which may run in softirq context).
@@ -371,6 +373,15 @@ fn settle(
     redirected: bool,
 ) -> bool {
     let allowed = verdict == Ok(true);
+    if !allowed
+        && hook == HOOK_CONNECT4
+        && port == u32::from(sbx_common::PROOF_PORT)
+        && *addr == mapped(sbx_common::SENTINEL)
+    {
+        // `run` proving the hooks fire in a new cgroup: refused, but not
+        // reported or counted.
+        return false;
+    }
     let stats = SBX_STATS.get();
     bump(stats, counter_index(hook, u32::from(!allowed)));
     if allowed {
@@ -740,7 +751,10 @@ fn egress(ctx: &SkBuffContext) -> bool {
     };
     if l4 == IPPROTO_TCP {
         match ctx.load::<u8>(off + 13) {
-            Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN => return true,
+            Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK => {
+                return accepted(slot, ctx, v6, off);
+            }
+            Ok(flags) if flags & TCP_FLAG_SYN == 0 => return true,
             Ok(_) => {}
             Err(_) => return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown),
         }
@@ -793,6 +807,73 @@ fn egress(ctx: &SkBuffContext) -> bool {
         u32::from(port),
         Task::Unknown,
     )
+}
+
+/// A SYN-ACK: a peer is completing a connection to a socket in the
+/// sandbox (a listener made by bind, by listen without bind, or by accept).
+/// Only the SYN a sandbox sends is judged by the connect hooks, so without
+/// this a host the policy denies could connect in and get a two-way
+/// channel. It may if `bind` allows the sandbox's local address and port,
+/// and the destination policy lets the sandbox reach the peer on some TCP
+/// port (the peer's own port is ephemeral); a loopback peer is governed by
+/// the `loopback` setting against the sandbox's local port (a dev server's
+/// loopback clients). Judged here, once per connection, not on every
+/// received packet.
+#[inline(always)]
+fn accepted(slot: &Slot, ctx: &SkBuffContext, v6: bool, off: usize) -> bool {
+    let local = if v6 { ctx.load::<[u8; 16]>(8).ok() } else { ctx.load::<[u8; 4]>(12).ok().map(mapped) };
+    let peer = if v6 { ctx.load::<[u8; 16]>(24).ok() } else { ctx.load::<[u8; 4]>(16).ok().map(mapped) };
+    let lport = ctx.load::<u16>(off).map(u16::from_be).ok();
+    let (Some(local), Some(peer), Some(lport)) = (local, peer, lport) else {
+        return conclude(slot, Err(()), HOOK_ACCEPT, IPPROTO_TCP, &[0; 16], 0, Task::Unknown);
+    };
+    let bound = decide(slot, &local, lport, IPPROTO_TCP, Direction::Bind);
+    let verdict = match bound {
+        Ok(true) => peer_reachable(slot, &peer, lport),
+        other => other,
+    };
+    conclude(slot, verdict, HOOK_ACCEPT, IPPROTO_TCP, &peer, u32::from(lport), Task::Unknown)
+}
+
+/// Whether the sandbox could reach `peer` over TCP on some port (see
+/// [`accepted`]); for a local-host peer, whether `loopback` allows the
+/// sandbox's local port `lport`. Embedded IPv4 forms count as the IPv4
+/// address they reach, and forms of local addresses are refused.
+#[inline(always)]
+fn peer_reachable(slot: &Slot, peer: &TrieAddr, lport: u16) -> Result<bool, ()> {
+    let addr = match addr::embedded(peer, &slot.nat64) {
+        Some(e) if e.is_local() => return Ok(false),
+        Some(e) => mapped(e.v4),
+        None => *peer,
+    };
+    let v = lookup(slot, &addr, Direction::Dest)?;
+    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(v.table).ok_or(())?;
+    let local_host = (addr::is_mapped(&addr) && addr::is_local_v4([addr[12], addr[13], addr[14], addr[15]]))
+        || addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    if local_host {
+        return Ok(lookup_port(table, lport, IPPROTO_TCP)? == VERDICT_ALLOW);
+    }
+    Ok(any_port(table))
+}
+
+/// Whether any TCP port of `table` is allowed.
+#[inline(always)]
+fn any_port(table: &PortTable) -> bool {
+    if table.default_tcp == VERDICT_ALLOW {
+        return true;
+    }
+    let len = table.len as usize;
+    let mut i = 0;
+    while i < MAX_SEGMENTS {
+        if i >= len {
+            break;
+        }
+        if table.segments.get(i).is_some_and(|s| s.tcp == VERDICT_ALLOW) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// L4 protocol and offset of an IPv4 packet; `None` offset when the header

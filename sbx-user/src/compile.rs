@@ -156,7 +156,12 @@ fn v6(s: &str, len: u8) -> Prefix {
 
 /// A loopback address every policy denies, on every port, so that
 /// `sbx-user verify` always has a local target that must be refused.
-pub const VERIFY_SENTINEL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 255, 255, 254);
+pub const VERIFY_SENTINEL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(
+    sbx_common::SENTINEL[0],
+    sbx_common::SENTINEL[1],
+    sbx_common::SENTINEL[2],
+    sbx_common::SENTINEL[3],
+);
 
 /// Where the local host is reached: decided by `loopback` only.
 fn local_host_prefixes() -> [Prefix; 4] {

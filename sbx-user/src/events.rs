@@ -204,6 +204,10 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
         "egress" if e.port == EVENT_PORT_SOURCE_ROUTE => format!("{ip} (source-routed)"),
         "sock_create" => format!("socket type {} protocol {}", e.port, e.protocol),
         "setsockopt" => format!("level {} option {}", e.protocol, e.port),
+        "accept" => match ip {
+            IpAddr::V4(v4) => format!("from {v4} to local port {port}"),
+            IpAddr::V6(v6) => format!("from [{v6}] to local port {port}"),
+        },
         _ => match ip {
             IpAddr::V4(v4) => format!("{v4}:{port}"),
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
@@ -212,6 +216,9 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
     let rule = match (hook, policy) {
         ("sock_create", _) => "only TCP and UDP sockets may be created".to_owned(),
         ("setsockopt", _) => "source-routing options are refused".to_owned(),
+        ("accept", _) => "an inbound connection needs `bind` to allow the local address and port, and the policy \
+                          to reach the peer (loopback peers: `loopback` on the local port)"
+            .to_owned(),
         ("egress", _) if e.port == EVENT_PORT_SOURCE_ROUTE => "IP options or routing header".to_owned(),
         (_, None) => "(policy unknown)".to_owned(),
         (_, Some((_, generation))) if generation != e.generation => "(policy changed since)".to_owned(),
@@ -291,6 +298,10 @@ pub fn sandbox_counters(paths: &crate::state::Paths, id: u64) -> Result<Counters
     Ok(Counters { hooks, events_dropped: stats.counters[COUNTER_EVENTS_DROPPED as usize] })
 }
 
+/// Hooks of contract 1: those before "accept", with the dropped-events
+/// counter right after them.
+const LEGACY_HOOKS: u32 = 9;
+
 /// Sums the per-CPU counters pinned in `pin_dir` (contract 1).
 pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let path = pin_dir.join(pin_name_map(MAP_COUNTERS));
@@ -300,10 +311,10 @@ pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
     let sum = |i: u32| -> Result<u64, EventsError> { Ok(arr.get(&i, 0).map_err(|e| err(e.to_string()))?.iter().sum()) };
     let mut hooks = Vec::new();
-    for h in 0..NUM_HOOKS {
+    for h in 0..LEGACY_HOOKS {
         hooks.push((HOOK_NAMES[h as usize], sum(counter_index(h, 0))?, sum(counter_index(h, 1))?));
     }
-    Ok(Counters { hooks, events_dropped: sum(COUNTER_EVENTS_DROPPED)? })
+    Ok(Counters { hooks, events_dropped: sum(LEGACY_HOOKS * 2)? })
 }
 
 #[cfg(test)]

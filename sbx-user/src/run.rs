@@ -73,6 +73,14 @@ pub enum RunError {
     /// The DNS stub of `dns = "pinned"` could not start.
     #[error(transparent)]
     Dns(#[from] crate::dns::StubError),
+    /// The programs did not refuse the start-up proof's connect from inside
+    /// the new cgroup: the kernel does not enforce there.
+    #[error(
+        "the sandbox's programs did not refuse a connect from inside its cgroup (the start-up proof), so the kernel \
+         is not enforcing the policy there; the command was not started\nHint: check that cgroup v2 socket hooks apply \
+         to this cgroup (no cgroup v1 net_cls/net_prio on kernels before 5.15) and run `sbx-user verify`"
+    )]
+    NotEnforced,
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -551,6 +559,7 @@ fn spawn_and_wait(
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
             }
+            prove_enforced()?;
             confinement.apply()?;
             // Landlock needs no_new_privs, which `apply` set; seccomp goes
             // last because it forbids the mount calls `apply` made.
@@ -564,7 +573,9 @@ fn spawn_and_wait(
 
     let name = program.to_string_lossy().into_owned();
     let mut child = cmd.spawn().map_err(|source| {
-        if searched && source.kind() == io::ErrorKind::NotFound {
+        if source.raw_os_error() == Some(PROOF_FAILED) {
+            RunError::NotEnforced
+        } else if searched && source.kind() == io::ErrorKind::NotFound {
             RunError::NotFound {
                 command: name.clone(),
                 path: search_path.unwrap_or_else(|| "/bin:/usr/bin (default)".to_owned()),
@@ -595,6 +606,41 @@ fn spawn_and_wait(
     }
     forwarder.forget_child();
     child.wait().map_err(|source| RunError::Spawn { command: name, source })
+}
+
+/// The errno `prove_enforced` fails the spawn with.
+const PROOF_FAILED: i32 = libc::ENOTRECOVERABLE;
+
+/// Proves, in the child after it entered the sandbox cgroup, that the hooks
+/// fire there: a connect to the sentinel (which every policy refuses, on
+/// the proof port the programs keep out of events and counters) must fail
+/// with `EPERM`. Anything else (the kernel not running cgroup v2 socket
+/// hooks for this process, say) stops the command before `exec`. Only
+/// async-signal-safe calls: it runs between fork and exec.
+fn prove_enforced() -> io::Result<()> {
+    // SAFETY: plain socket(2), connect(2) and close(2) on a local
+    // sockaddr_in; no allocation.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2);
+        sa.sin_port = sbx_common::PROOF_PORT.to_be();
+        sa.sin_addr.s_addr = u32::from_ne_bytes(sbx_common::SENTINEL);
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+        let rc = libc::connect(fd, (&raw const sa).cast(), len);
+        let errno = *libc::__errno_location();
+        libc::close(fd);
+        if rc == 0 || errno != libc::EPERM {
+            // No allocation here (another thread may hold the allocator's
+            // lock): a distinctive errno, which the parent turns into
+            // `RunError::NotEnforced`.
+            return Err(io::Error::from_raw_os_error(PROOF_FAILED));
+        }
+    }
+    Ok(())
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.

@@ -25,6 +25,9 @@ pub enum SandboxError {
     /// The record could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The host cannot enforce cgroup socket hooks.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 /// Who set a sandbox up, for the record.
@@ -59,6 +62,9 @@ pub fn install(
     paths: &Paths,
     owner: Owner,
 ) -> Result<(Attached, Record), SandboxError> {
+    // Fail closed where the kernel would not run the programs for this
+    // cgroup's sockets.
+    crate::cgroup::check_socket_matching()?;
     let compiled = compile(policy, opts.max_entries)?;
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;

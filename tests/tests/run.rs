@@ -444,3 +444,17 @@ fn a_command_under_the_hosts_tmp_still_runs_in_the_private_tmp() {
     assert_eq!(stdout(&via_sh), "via sh\n", "{}", describe(&via_sh));
     assert_cleaned_up(&sbx, &cg, None);
 }
+
+#[test]
+fn the_start_up_proof_is_silent_and_the_command_runs_after_it() {
+    // run proves in the child that the hooks fire in the new cgroup (a
+    // connect the programs must refuse) before exec; the proof is kept out
+    // of events.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let out = run(&sbx, &cg, &["--log-denials", "--default", "allow"], &["echo", "ran"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "ran\n");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sbx: "), "no event for the proof: {}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+}

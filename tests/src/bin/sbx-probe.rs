@@ -309,6 +309,13 @@ fn bind_fd(fd: RawFd, sa: &SockAddr) -> Res {
     }
 }
 
+/// A TCP connect from source address `src` (bound first, port 0).
+fn connect_from(src: IpAddr, addr: IpAddr, port: u16) -> Res {
+    let fd = socket(family(addr), Proto::Tcp)?;
+    bind_fd(fd.as_raw_fd(), &SockAddr::new(src, 0))?;
+    connect_fd(fd.as_raw_fd(), &SockAddr::new(addr, port), Proto::Tcp)
+}
+
 fn bind(proto: Proto, addr: IpAddr, port: u16) -> Res {
     let fd = socket(family(addr), proto)?;
     setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -618,6 +625,7 @@ fn main() {
             report(connected_sendto((ip(a1), port(p1)), (ip(a2), port(p2)), payload))
         }
         ["bind", p, addr, pt] => report(bind(proto(p), ip(addr), port(pt))),
+        ["connect-from", src, addr, pt] => report(connect_from(ip(src), ip(addr), port(pt))),
         ["unspec-connect", p, addr, pt] => unspec_connect(proto(p), ip(addr), port(pt)),
         ["unspec-bind", addr, pt] => report(unspec_bind(ip(addr), port(pt))),
         ["socket", family, ty, proto] => report(socket_raw(family, ty, proto)),
