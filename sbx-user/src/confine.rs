@@ -428,6 +428,9 @@ pub struct Confinement {
     /// The working directory, entered again through the new mounts when it
     /// lies under `/tmp`.
     reenter: Option<CString>,
+    /// Files bind-mounted read-only over host files (file, target), such
+    /// as the DNS stub's `resolv.conf` over `/etc/resolv.conf`.
+    file_binds: Vec<(CString, CString)>,
     /// Descriptors above 2 that stay open across exec, sorted.
     keep_fds: Vec<u32>,
     /// The runner's pid, for the parent-death check after a uid change.
@@ -501,13 +504,35 @@ impl Confinement {
         };
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
-        Ok(Self { read_only, bind_first, identity, private_tmp, carried, reenter, keep_fds, parent })
+        Ok(Self {
+            read_only,
+            bind_first,
+            identity,
+            private_tmp,
+            carried,
+            reenter,
+            file_binds: Vec::new(),
+            keep_fds,
+            parent,
+        })
+    }
+
+    /// Mounts each `(file, target)` read-only over `target` in the child
+    /// (a target that is a symbolic link is followed: the file it names is
+    /// covered).
+    pub fn bind_files(&mut self, binds: &[(PathBuf, PathBuf)]) -> io::Result<()> {
+        let c = |p: &PathBuf| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+        for (file, target) in binds {
+            self.file_binds.push((c(file)?, c(target)?));
+        }
+        Ok(())
     }
 
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self { read_only, bind_first, identity, private_tmp, carried, reenter, keep_fds, parent } = self;
+        let Self { read_only, bind_first, identity, private_tmp, carried, reenter, file_binds, keep_fds, parent } =
+            self;
         let check = |rc: libc::c_long| {
             if rc < 0 {
                 Err(io::Error::last_os_error())
@@ -556,6 +581,7 @@ impl Confinement {
                     std::mem::size_of::<MountAttr>(),
                 ))?;
             }
+            mount_files_read_only(file_binds, &attr)?;
             // The private /tmp last: it hides whatever of the above lies
             // under the host's /tmp, and the host's temporary files.
             if let Some(tmp) = private_tmp {
@@ -629,6 +655,35 @@ impl Confinement {
         }
         Ok(())
     }
+}
+
+/// Bind-mounts each `(file, target)` over `target` and makes the new mount
+/// read-only (`attr`). Async-signal-safe: system calls on prepared data.
+fn mount_files_read_only(binds: &[(CString, CString)], attr: &MountAttr) -> io::Result<()> {
+    for (file, target) in binds {
+        // SAFETY: mount(2) with NUL-terminated paths that outlive the call.
+        let rc =
+            unsafe { libc::mount(file.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: mount_setattr(2) on a NUL-terminated path with a
+        // `struct mount_attr` and its size, both outliving the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                0,
+                std::ptr::from_ref(attr),
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// `struct mount_attr` (include/uapi/linux/mount.h).

@@ -9,7 +9,7 @@
 //! # Rule syntax
 //! `[tcp://|udp://]TARGET[:PORTS]` where TARGET is an IPv4 or IPv6 address,
 //! a CIDR (`[v6/len]` in brackets when ports follow), empty for any host
-//! (`:25`), or one of the tokens `any`, `private`, `metadata`. PORTS is `*`,
+//! (`:25`), or one of the tokens `any`, `private`, `metadata`, `loopback`. PORTS is `*`,
 //! `N`, `N-M`, or a comma list of those. No protocol means TCP and UDP.
 
 use std::{
@@ -150,6 +150,30 @@ pub enum Loopback {
     Ports(Vec<PortRange>),
 }
 
+/// How the sandbox's names resolve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dns {
+    /// The host's resolvers, judged like any other destination (a resolver
+    /// on loopback is reachable where `loopback` allows it). What records
+    /// from before this setting mean.
+    #[default]
+    Host,
+    /// Only the names of pinned allow rules resolve, to their pinned
+    /// addresses; every other name fails at once. Loopback port 53 is
+    /// refused (TCP and UDP) except `stub`, where `run` answers; an
+    /// explicit loopback rule may still open a resolver.
+    Pinned {
+        /// The loopback address `run`'s DNS stub listens on (port 53),
+        /// set by `run` for its sandbox; `None` elsewhere.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stub: Option<Ipv4Addr>,
+    },
+}
+
+/// The port DNS is served on (and the only one `resolv.conf` can name).
+pub const DNS_PORT: u16 = 53;
+
 /// Where the sandbox may bind (and so listen).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -264,6 +288,9 @@ pub struct Policy {
     /// [`Unix::Any`]). A profile's origin reads `profile NAME:LINE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unix_origin: Option<Origin>,
+    /// Name resolution.
+    #[serde(default)]
+    pub dns: Dns,
 }
 
 impl Policy {
@@ -342,6 +369,8 @@ const PRIVATE_NETS: [&str; 8] = [
 ];
 const METADATA_NETS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
 const ANY_NETS: [&str; 2] = ["0.0.0.0/0", "::/0"];
+/// The `loopback` token: every loopback address of both families.
+const LOOPBACK_NETS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
     list.iter().map(|s| s.parse().expect("built-in network literal")).collect()
@@ -484,6 +513,7 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
         "" | "any" => return Ok(nets(&ANY_NETS)),
         "private" => return Ok(nets(&PRIVATE_NETS)),
         "metadata" => return Ok(nets(&METADATA_NETS)),
+        "loopback" => return Ok(nets(&LOOPBACK_NETS)),
         _ => {}
     }
     let net = if let Ok(ip) = target.parse::<IpAddr>() {
@@ -493,19 +523,31 @@ fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
     } else if target.contains('/') {
         return Err(format!("`{target}` is not a valid CIDR (IPv4 prefixes are /0-/32, IPv6 /0-/128)"));
     } else {
-        return Err(format!("`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata"));
+        return Err(format!(
+            "`{target}` is not an IP address, CIDR, or one of the tokens any, private, metadata, loopback"
+        ));
     };
     let net = normalise(net)?;
-    if ctx == RuleContext::Destination && reaches_local_host(&net) {
-        return Err(
-            "this names a loopback or unspecified address; loopback access is set by `loopback` (`--loopback`), e.g. loopback = [5432]".into(),
-        );
+    if ctx == RuleContext::Destination && is_unspecified_net(&net) {
+        return Err(unspecified_message(&net));
     }
     Ok(vec![net])
 }
 
 fn is_token(s: &str) -> bool {
-    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata")
+    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata" | "loopback")
+}
+
+/// Why a destination rule may not name an unspecified address.
+fn unspecified_message(net: &IpNet) -> String {
+    let (alias, rule) = match net {
+        IpNet::V4(_) => ("127.0.0.1", "127.0.0.1:5432"),
+        IpNet::V6(_) => ("::1", "[::1]:5432"),
+    };
+    format!(
+        "{} as a destination is the local host: the kernel connects it to {alias}, so a rule for {alias} decides it too; write that (e.g. `{rule}`), or use `loopback` (`--loopback`)",
+        net.addr()
+    )
 }
 
 fn looks_like_hostname(s: &str) -> bool {
@@ -573,15 +615,21 @@ fn normalise(net: IpNet) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// Whether every address of `net` reaches the local host (loopback or
-/// unspecified).
-fn reaches_local_host(net: &IpNet) -> bool {
+/// Whether `net` lies inside the loopback space (`127.0.0.0/8` or
+/// `::1`): a rule on such a network refines the `loopback` setting, and
+/// it is the only kind of rule that applies to loopback destinations.
+#[must_use]
+pub fn is_loopback_net(net: &IpNet) -> bool {
     match net {
-        IpNet::V4(n) => {
-            n.prefix_len() >= 8 && n.addr().is_loopback() || (n.prefix_len() == 32 && n.addr().is_unspecified())
-        }
-        IpNet::V6(n) => n.prefix_len() == 128 && (n.addr().is_loopback() || n.addr().is_unspecified()),
+        IpNet::V4(n) => n.prefix_len() >= 8 && n.addr().is_loopback(),
+        IpNet::V6(n) => n.prefix_len() == 128 && n.addr().is_loopback(),
     }
+}
+
+/// Whether `net` is exactly an unspecified address (`0.0.0.0`, `::`),
+/// which as a destination is an alias of `127.0.0.1` or `::1`.
+fn is_unspecified_net(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len() && net.addr().is_unspecified()
 }
 
 // ---------------------------------------------------------------------------
@@ -605,6 +653,7 @@ pub struct Layer {
     unix: Option<(Unix, Origin)>,
     /// Socket paths this layer adds to the list (`--unix PATH`).
     unix_add: Vec<UnixPath>,
+    dns: Option<Dns>,
 }
 
 /// Builds a [`Policy`] from layers applied in order; later layers override
@@ -623,8 +672,21 @@ impl PolicyBuilder {
 
     /// Applies a layer on top of what is there.
     pub fn apply(&mut self, layer: Layer) -> &mut Self {
-        let Layer { default, loopback, proxy, rules, bind, mode, fs_read, fs_write, redirect, unix, unix_add, nat64 } =
-            layer;
+        let Layer {
+            default,
+            loopback,
+            proxy,
+            rules,
+            bind,
+            mode,
+            fs_read,
+            fs_write,
+            redirect,
+            unix,
+            unix_add,
+            nat64,
+            dns,
+        } = layer;
         let m = &mut self.merged;
         if nat64.is_some() {
             m.nat64 = nat64;
@@ -644,6 +706,9 @@ impl PolicyBuilder {
                 }
             }
             m.unix = Some((Unix::Paths(list), origin));
+        }
+        if dns.is_some() {
+            m.dns = dns;
         }
         if redirect.is_some() {
             m.redirect = redirect;
@@ -696,6 +761,7 @@ impl PolicyBuilder {
             unix,
             unix_add: _,
             nat64,
+            dns,
         } = self.merged.clone();
         let (unix, unix_origin) = unix.map_or((Unix::Any, None), |(u, o)| (u, Some(o)));
         let nat64 = nat64.unwrap_or_default();
@@ -715,9 +781,11 @@ impl PolicyBuilder {
                     "{origin}: proxy redirect needs a proxy; set proxy = \"ADDR:PORT\" (--proxy)"
                 )));
             }
+            let default = default.map_or(Action::Deny, |(a, _)| a);
             return Ok(Policy {
                 redirect: false,
-                default: default.map_or(Action::Deny, |(a, _)| a),
+                dns: dns.unwrap_or(dns_default(default)),
+                default,
                 loopback: loopback.unwrap_or(Loopback::Any),
                 proxy: None,
                 rules,
@@ -754,7 +822,7 @@ impl PolicyBuilder {
             let net = IpNet::from(proxy_addr.ip());
             rules.push(Rule {
                 text: format!("tcp://{proxy_addr}"),
-                origin: proxy_origin,
+                origin: proxy_origin.clone(),
                 action: Action::Allow,
                 protocols: Protocols::TCP,
                 nets: vec![normalise(net).map_err(PolicyError::Conflict)?],
@@ -763,6 +831,18 @@ impl PolicyBuilder {
             });
             loopback.unwrap_or(Loopback::None)
         };
+        if let Some(rule) = loopback_rule_denying(&rules, proxy_addr) {
+            return Err(PolicyError::Conflict(format!(
+                "{}: `deny {}` blocks the proxy on {proxy_addr} ({proxy_origin}); narrow the rule or allow tcp://{proxy_addr}",
+                rule.origin, rule.text
+            )));
+        }
+        let dns = dns.unwrap_or(dns_default(Action::Deny));
+        if matches!(dns, Dns::Pinned { .. }) && proxy_addr.ip().is_loopback() && proxy_addr.port() == DNS_PORT {
+            return Err(PolicyError::Conflict(format!(
+                "the proxy on {proxy_addr} ({proxy_origin}) is on loopback port {DNS_PORT}, which dns = \"pinned\" keeps for sbx's DNS stub; move the proxy or set dns = \"host\" (--dns host)"
+            )));
+        }
         let redirect = redirect.is_some_and(|(r, _)| r);
         Ok(Policy {
             default: Action::Deny,
@@ -776,8 +856,52 @@ impl PolicyBuilder {
             nat64,
             unix,
             unix_origin,
+            dns,
         })
     }
+}
+
+/// The `dns` setting a policy gets when it does not say: `pinned` where
+/// the default denies (a name query would be a channel the policy never
+/// allowed), `host` where it allows (resolvers are reachable anyway).
+fn dns_default(default: Action) -> Dns {
+    match default {
+        Action::Deny => Dns::Pinned { stub: None },
+        Action::Allow => Dns::Host,
+    }
+}
+
+fn parse_dns(s: &str, origin: &Origin) -> Result<Dns, PolicyError> {
+    match s.trim() {
+        "pinned" => Ok(Dns::Pinned { stub: None }),
+        "host" => Ok(Dns::Host),
+        _ => Err(invalid(
+            origin,
+            s,
+            "dns is \"pinned\" (only the names of pinned allow rules resolve, answered by sbx) or \"host\" (the host's resolvers, judged like any destination)",
+        )),
+    }
+}
+
+/// The deny rule that decides TCP to `addr`, a loopback address, if the
+/// rule that decides it is a deny (longest loopback prefix, deny on a tie).
+fn loopback_rule_denying(rules: &[Rule], addr: SocketAddr) -> Option<&Rule> {
+    if !addr.ip().is_loopback() {
+        return None;
+    }
+    let mut best: Option<(u8, &Rule)> = None;
+    for r in
+        rules.iter().filter(|r| r.protocols.tcp && r.ports.iter().any(|p| p.lo <= addr.port() && addr.port() <= p.hi))
+    {
+        for n in r.nets.iter().filter(|n| is_loopback_net(n) && n.contains(&addr.ip())) {
+            let len = n.prefix_len();
+            if best.is_none_or(|(l, b)| len > l || (len == l && r.action == Action::Deny && b.action == Action::Allow))
+            {
+                best = Some((len, r));
+            }
+        }
+    }
+    best.filter(|(_, r)| r.action == Action::Deny).map(|(_, r)| r)
 }
 
 /// Resolves a name with getaddrinfo (the system resolver, /etc/hosts first).
@@ -817,11 +941,11 @@ fn pin_host(
     for ip in addrs {
         let net = normalise(IpNet::from(ip))
             .map_err(|m| invalid(&rule.origin, &rule.text, format!("{host} resolves to {ip}: {m}")))?;
-        if reaches_local_host(&net) {
+        if is_unspecified_net(&net) {
             return Err(invalid(
                 &rule.origin,
                 &rule.text,
-                format!("{host} resolves to {ip}, a local address; loopback access is set by `loopback`"),
+                format!("{host} resolves to {ip}, the unspecified address (a blocked name?), which reaches the local host; name the loopback address instead"),
             ));
         }
         nets.push(net);
@@ -875,6 +999,8 @@ pub struct FlagInput {
     pub proxy_redirect: bool,
     /// `--unix`: socket paths, or one of `any`, `none`.
     pub unix: Vec<String>,
+    /// `--dns`.
+    pub dns: Option<String>,
 }
 
 /// Splits a flag value holding several rules separated by commas.
@@ -931,6 +1057,9 @@ impl FlagInput {
         }
         if self.audit {
             layer.mode = Some(Mode::Audit);
+        }
+        if let Some(d) = &self.dns {
+            layer.dns = Some(parse_dns(d, &Origin::flag("--dns"))?);
         }
         if self.proxy_redirect {
             layer.redirect = Some((true, Origin::flag("--proxy-redirect")));
@@ -1077,6 +1206,7 @@ struct RawNetwork {
     proxy_mode: Option<Spanned<String>>,
     nat64: Option<Vec<Spanned<String>>>,
     unix: Option<Spanned<toml::Value>>,
+    dns: Option<Spanned<String>>,
 }
 
 /// Byte offsets of the line starts of a text, for line numbers in O(log n):
@@ -1132,11 +1262,12 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     let Some(net) = raw.network else {
         return Ok(layer);
     };
-    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, unix, nat64 } = net;
+    let RawNetwork { default, loopback, proxy, allow, deny, bind, mode, proxy_mode, unix, nat64, dns } = net;
     if let Some(u) = unix {
         let origin = at(u.span());
         layer.unix = Some((unix_setting(u.get_ref(), &origin)?, origin));
     }
+    layer.dns = dns.map(|d| parse_dns(d.get_ref(), &at(d.span()))).transpose()?;
     if let Some(list) = nat64 {
         layer.nat64 = Some(parse_nat64_list(&list, &at)?);
     }
@@ -1346,7 +1477,8 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
-        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, unix, unix_origin, nat64 } = self;
+        let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, unix, unix_origin, nat64, dns } =
+            self;
         let mut out = vec![format!("default: {default}")];
         if !nat64.is_empty() {
             let list: Vec<String> = nat64.iter().map(ToString::to_string).collect();
@@ -1381,6 +1513,15 @@ impl Policy {
                 None => out.push(format!("{} {}", r.action, r.text)),
             }
         }
+        out.push(match dns {
+            Dns::Host => "dns: host (the host's resolvers, judged like any destination)".to_owned(),
+            Dns::Pinned { stub: None } => {
+                "dns: pinned (only pinned names resolve; loopback port 53 refused)".to_owned()
+            }
+            Dns::Pinned { stub: Some(a) } => {
+                format!("dns: pinned (only pinned names resolve, answered by sbx on {a}:{DNS_PORT})")
+            }
+        });
         out.push(format!(
             "bind: {}",
             match bind {

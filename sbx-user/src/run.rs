@@ -21,8 +21,9 @@ use std::{
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
     confine::{child_env, Account, Confinement, Exec, Identity},
+    dns::{Names, Stub},
     harden::{landlock, seccomp},
-    policy::Policy,
+    policy::{Dns, Mode, Policy},
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
     state::Paths,
 };
@@ -72,6 +73,9 @@ pub enum RunError {
     /// A socket on stdin, stdout or stderr would reach around the policy.
     #[error(transparent)]
     StdioSocket(#[from] crate::confine::StdioSocketError),
+    /// The DNS stub of `dns = "pinned"` could not start.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::StubError),
     /// The programs did not refuse the start-up proof's connect from inside
     /// the new cgroup: the kernel does not enforce there.
     #[error(
@@ -305,6 +309,30 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
+    // dns = "pinned": the stub listens before the policy naming its address
+    // is compiled, and outlives the command. Not in audit mode, which blocks
+    // nothing: the host's resolvers answer, and each query the policy would
+    // refuse is reported.
+    let stub = match policy.dns {
+        Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
+            match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials), dns_refresh(paths, cg.id)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = cg.remove();
+                    return Err(e.into());
+                }
+            }
+        }
+        Dns::Pinned { .. } | Dns::Host => None,
+    };
+    let stubbed;
+    let policy = match &stub {
+        Some(s) => {
+            stubbed = Policy { dns: Dns::Pinned { stub: Some(s.addr()) }, ..policy.clone() };
+            &stubbed
+        }
+        None => policy,
+    };
     let attach = default_options(opts.max_entries, false);
     if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
         let _ = cg.remove();
@@ -326,6 +354,9 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     }
     if let Err(e) = teardown(&cg, paths) {
         crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
+    }
+    if let Some(s) = stub {
+        s.stop();
     }
     let status = result?;
     Ok(status.code().unwrap_or_else(|| {
@@ -358,6 +389,73 @@ fn unix_guard(policy: &Policy, opts: &RunOptions) -> Result<Option<crate::harden
     }
 }
 
+/// Prints the DNS stub's refusals as deny event lines (`--log-denials`),
+/// naming the process that asked when it can still be found.
+fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
+    let (sandbox, cgroup_id, procs) = (cg.path.display().to_string(), cg.id, cg.procs_path());
+    Box::new(move |refusal, peer, tcp| {
+        if !log_denials {
+            return;
+        }
+        let (pid, comm) = crate::dns::peer_process(peer, tcp, &procs).unwrap_or((0, "?".to_owned()));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let view = crate::events::EventView {
+            time: crate::events::rfc3339(now),
+            sandbox: sandbox.clone(),
+            cgroup_id,
+            pid,
+            tid: pid,
+            comm,
+            hook: "dns",
+            protocol: if tcp { "tcp" } else { "udp" }.to_owned(),
+            destination: format!("{} {}", refusal.name, crate::dns::type_name(refusal.qtype)),
+            verdict: "denied",
+            rule: refusal.reason.to_owned(),
+        };
+        crate::diag::line(format_args!("sbx: {view}"));
+    })
+}
+
+/// The stub's names again whenever the sandbox's record changes (an
+/// `update` re-pins the names); the record is read only when its time
+/// stamp moves.
+fn dns_refresh(paths: &Paths, cgroup_id: u64) -> crate::dns::Refresh {
+    let paths = paths.clone();
+    let mut seen = None;
+    Box::new(move || {
+        let stamp = std::fs::metadata(paths.record_path(cgroup_id)).and_then(|m| m.modified()).ok()?;
+        if seen == Some(stamp) {
+            return None;
+        }
+        seen = Some(stamp);
+        let record = crate::state::Record::load(&paths, cgroup_id).ok().flatten()?;
+        Some(Names::of(&record.policy))
+    })
+}
+
+/// The command's resolver files for a stub on `stub`, written into the
+/// per-run directory: `(file, host path to mount it over)`.
+fn resolver_binds(
+    policy: &Policy,
+    stub: std::net::Ipv4Addr,
+    dir: &std::path::Path,
+) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+    use crate::dns::{ResolverFiles, HOSTS, NSSWITCH};
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let (hosts, nsswitch) = (read(HOSTS), read(NSSWITCH));
+    let files = ResolverFiles::new(stub, &Names::of(policy), hosts.as_deref(), nsswitch.as_deref());
+    let dns_dir = dir.join("dns");
+    std::fs::create_dir_all(&dns_dir)?;
+    let binds = files.write(&dns_dir)?;
+    if !binds.iter().any(|(_, t)| t == std::path::Path::new(crate::dns::RESOLV_CONF)) {
+        crate::warn_user!(
+            "{} does not exist: names resolve only through /etc/hosts (queries to loopback port 53 are refused)",
+            crate::dns::RESOLV_CONF
+        );
+    }
+    Ok(binds)
+}
+
 /// Most TCP ports a Landlock second layer lists before sbx leaves TCP to the
 /// eBPF policy alone.
 const LANDLOCK_MAX_PORTS: usize = 1024;
@@ -371,7 +469,7 @@ const LANDLOCK_MAX_PORTS: usize = 1024;
 /// Landlock has judged it).
 #[must_use]
 pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
-    use crate::policy::{Action, Loopback, Mode};
+    use crate::policy::{Action, Loopback};
     if policy.default == Action::Allow || policy.mode == Mode::Audit || policy.redirect {
         return None;
     }
@@ -382,6 +480,10 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
     };
     for rule in policy.rules.iter().filter(|r| r.action == Action::Allow && r.protocols.tcp) {
         ranges.extend(rule.ports.iter().copied());
+    }
+    // The DNS stub is reached over TCP too (answers too big for UDP).
+    if matches!(policy.dns, Dns::Pinned { .. }) {
+        ranges.push(crate::policy::PortRange::single(crate::policy::DNS_PORT));
     }
     let ranges = crate::policy::merge_ranges(ranges);
     let count: usize = ranges.iter().map(|r| usize::from(r.hi - r.lo) + 1).sum();
@@ -457,8 +559,13 @@ fn spawn_and_wait(
             carried.push((host, inside));
         }
     }
-    let confinement = Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
-        .map_err(RunError::Confine)?;
+    let mut confinement =
+        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
+            .map_err(RunError::Confine)?;
+    if let Dns::Pinned { stub: Some(stub) } = policy.dns {
+        let binds = resolver_binds(policy, stub, workspace.dir()).map_err(RunError::Confine)?;
+        confinement.bind_files(&binds).map_err(RunError::Confine)?;
+    }
     let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
@@ -708,7 +815,7 @@ mod tests {
             ..FlagInput::default()
         });
         let t = landlock_tcp_rules(&proxy).expect("proxy-only with ported rules");
-        assert_eq!(t.connect, Some(vec![3128, 5432]));
+        assert_eq!(t.connect, Some(vec![53, 3128, 5432]), "53: the DNS stub of dns = \"pinned\"");
         assert_eq!(t.bind, None);
         // loopback any, a portless allow, default allow, audit, redirect: none.
         assert!(landlock_tcp_rules(&policy(&FlagInput::default())).is_none());
@@ -723,6 +830,9 @@ mod tests {
         }
         // Offline (loopback none): every TCP connect refused by both layers.
         let none = policy(&FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
-        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![]));
+        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![53]));
+        let host =
+            policy(&FlagInput { loopback: Some("none".into()), dns: Some("host".into()), ..FlagInput::default() });
+        assert_eq!(landlock_tcp_rules(&host).expect("ports").connect, Some(vec![]));
     }
 }

@@ -388,6 +388,12 @@ pub struct PolicyArgs {
     /// nothing) instead of failing.
     #[arg(long)]
     pub allow_unresolved: bool,
+    /// Name resolution: `pinned` (only the names of pinned allow rules
+    /// resolve, answered by sbx; loopback port 53 refused) or `host` (the
+    /// host's resolvers, judged like any destination). Default: pinned
+    /// where the default is deny, host where it is allow.
+    #[arg(long, value_name = "pinned|host")]
+    pub dns: Option<String>,
     /// Capacity of each policy trie (rules after expansion).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_MAX_ENTRIES)))]
@@ -410,6 +416,7 @@ impl PolicyArgs {
             allow_unresolved: self.allow_unresolved,
             proxy_redirect: self.proxy_redirect,
             unix: self.unix.clone(),
+            dns: self.dns.clone(),
         };
         Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
     }

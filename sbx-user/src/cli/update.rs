@@ -41,10 +41,17 @@ pub fn run(args: &UpdateArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             paths.pin_dir(cg.id).display()
         );
     }
-    let owner = match Record::load(&paths, cg.id)? {
-        Some(Record { runner_pid: Some(pid), .. }) => Owner::Run(pid),
+    let record = Record::load(&paths, cg.id)?;
+    let owner = match &record {
+        Some(Record { runner_pid: Some(pid), .. }) => Owner::Run(*pid),
         _ => Owner::Attach,
     };
+    // A `run` keeps serving its DNS stub: the new policy keeps reaching it.
+    if let (Some(old), crate::policy::Dns::Pinned { stub: stub @ None }) = (&record, &mut policy.dns) {
+        if let crate::policy::Dns::Pinned { stub: Some(a) } = old.policy.dns {
+            *stub = Some(a);
+        }
+    }
     let opts = default_options(args.policy.max_rules, true);
     install(&cg, &policy, opts, &paths, owner)
         .with_context(|| format!("the policy of {} was not changed", cg.path.display()))?;

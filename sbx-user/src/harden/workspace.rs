@@ -227,6 +227,13 @@ impl Workspace {
         &self.tmp
     }
 
+    /// The per-run directory itself (root's, mode 0711), for other
+    /// per-run files such as the DNS stub's `resolv.conf`; removed with it.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.base
+    }
+
     /// Directories under the host's `/tmp` (the working directory, the
     /// command's, granted paths) and where in the private `/tmp` each is
     /// bind-mounted.
