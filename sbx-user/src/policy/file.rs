@@ -1,6 +1,5 @@
 //! Policy files (TOML), with file and line in every error.
 
-#[allow(clippy::wildcard_imports, reason = "a part of the policy module, split for size")]
 use super::*;
 
 #[derive(Deserialize)]

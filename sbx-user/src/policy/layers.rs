@@ -1,7 +1,6 @@
 //! Layered input: profile, then file, then flags, merged into a
 //! [`Policy`](super::Policy) by [`PolicyBuilder`](super::PolicyBuilder).
 
-#[allow(clippy::wildcard_imports, reason = "a part of the policy module, split for size")]
 use super::*;
 
 /// Settings from one layer (a profile, a file, or the flags). `None` means

@@ -1,6 +1,5 @@
 //! The built-in profiles.
 
-#[allow(clippy::wildcard_imports, reason = "a part of the policy module, split for size")]
 use super::*;
 
 /// A named, built-in policy.

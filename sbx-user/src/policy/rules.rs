@@ -1,7 +1,6 @@
 //! Rules: `[tcp://|udp://]TARGET[:PORTS]`, their targets, ports and
 //! normalisation.
 
-#[allow(clippy::wildcard_imports, reason = "a part of the policy module, split for size")]
 use super::*;
 
 /// Where a rule is used: destination rules and bind rules accept different
