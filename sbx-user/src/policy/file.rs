@@ -1,6 +1,10 @@
 //! Policy files (TOML), with file and line in every error.
 
-use super::*;
+use super::{
+    fs_path, invalid, merge_ranges, parse_action, parse_dns, parse_loopback_str, parse_nat64_list, parse_ports,
+    parse_proxy, parse_rule, unix_path, Action, Bind, Deserialize, Layer, Loopback, Mode, Origin, Path, PolicyError,
+    PortRange, RuleContext, Spanned, Unix, UnixPath,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,11 @@
 //! Layered input: profile, then file, then flags, merged into a
 //! [`Policy`](super::Policy) by [`PolicyBuilder`](super::PolicyBuilder).
 
-use super::*;
+use super::{
+    invalid, is_loopback_net, is_unspecified_net, merge_ranges, normalise, parse_ports, parse_rule, split_target_ports,
+    Action, Bind, Dns, FsPolicy, IpAddr, IpNet, Ipv6Net, Loopback, Mode, Origin, Path, PathBuf, Policy, PolicyError,
+    PortRange, Protocols, Rule, RuleContext, SocketAddr, Unix, UnixPath, DNS_PORT,
+};
 
 /// Settings from one layer (a profile, a file, or the flags). `None` means
 /// "this layer does not say"; rules add up across layers.

@@ -1,6 +1,6 @@
 //! The built-in profiles.
 
-use super::*;
+use super::{invalid, parse_toml, Layer, Origin, PolicyError};
 
 /// A named, built-in policy.
 #[derive(Clone, Copy, Debug)]

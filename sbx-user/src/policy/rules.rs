@@ -1,7 +1,10 @@
 //! Rules: `[tcp://|udp://]TARGET[:PORTS]`, their targets, ports and
 //! normalisation.
 
-use super::*;
+use super::{
+    invalid, Action, IpAddr, IpNet, Ipv4Addr, Ipv4Net, Ipv6Net, Origin, PolicyError, PortRange, Protocols, Rule,
+    Spanned,
+};
 
 /// Where a rule is used: destination rules and bind rules accept different
 /// targets (bind rules may name loopback addresses; destination rules leave
