@@ -74,12 +74,7 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     loop {
         for (reader, name, record) in &mut readers {
             for e in reader.drain() {
-                let v = view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation)));
-                if args.json {
-                    println!("{}", serde_json::to_string(&v)?);
-                } else {
-                    println!("{v}");
-                }
+                print_view(&view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation))), args.json)?;
             }
         }
         if !args.follow {
@@ -106,16 +101,21 @@ fn host_stream(
             }
             let k = known.iter().find(|k| k.0 == e.sandbox);
             let name = k.map_or_else(|| format!("cgroup id {}", e.sandbox), |k| k.1.clone());
-            let v = view(&e, &name, k.and_then(|k| k.2.as_ref()).map(|r| (&r.policy, r.generation)));
-            if args.json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                println!("{v}");
-            }
+            print_view(&view(&e, &name, k.and_then(|k| k.2.as_ref()).map(|r| (&r.policy, r.generation))), args.json)?;
         }
         if !args.follow {
             return Ok(());
         }
         host.wait(Duration::from_millis(500));
     }
+}
+
+/// One event line: JSON, or the table row.
+fn print_view(v: &crate::events::EventView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(v)?);
+    } else {
+        println!("{v}");
+    }
+    Ok(())
 }
