@@ -245,6 +245,14 @@ pub const FLAG_AUDIT: u32 = 1;
 /// policy denies to a non-local destination is rewritten to the proxy.
 pub const FLAG_REDIRECT: u32 = 2;
 
+/// [`Slot::flags`] bit: trace each decision of this sandbox through
+/// aya-log (`run -vv`). One buffer serves every sandbox and aya-log's level
+/// is fixed when the programs load, so the switch is per sandbox, here.
+pub const FLAG_DEBUG: u32 = 4;
+
+/// Name of aya-log's ring buffer in the object, pinned with the set.
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
+
 /// The original destination of a redirected connection ([`MAP_REDIRECTED`],
 /// [`MAP_ORIGDST`] values).
 #[repr(C)]

@@ -45,6 +45,7 @@ pub mod run;
 pub mod sandbox;
 pub mod state;
 pub mod sys;
+pub mod trace;
 pub mod verify;
 
 // Used by the `sbx-user` binary only.

@@ -123,6 +123,9 @@ pub struct RunOptions {
     pub keep_fds: Vec<u32>,
     /// Print deny events to stderr as they happen.
     pub log_denials: bool,
+    /// Trace every decision of the programs for this sandbox on stderr
+    /// (`-vv`, through aya-log).
+    pub trace: bool,
     /// Run even if the kernel cannot enforce the requested filesystem
     /// rules or `unix` setting, saying what is not enforced.
     pub allow_degraded: bool,
@@ -333,25 +336,22 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         }
         None => policy,
     };
-    let attach = default_options(opts.max_entries, false);
+    let mut attach = default_options(opts.max_entries, false);
+    if opts.trace {
+        attach.config.flags |= sbx_common::FLAG_DEBUG;
+    }
     if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
         let _ = cg.remove();
         return Err(e.into());
     }
-    let logger = if opts.log_denials {
-        DenialLogger::start(&cg, policy, paths).map_err(|e| crate::warn_user!("--log-denials: {e}")).ok()
-    } else {
-        None
-    };
+    let readers = Readers::start(&cg, policy, paths, opts);
     let result = match forwarder.early_signal() {
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
         Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
         None => spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter, unix, &forwarder),
     };
-    if let Some(l) = logger {
-        l.stop();
-    }
+    readers.stop();
     if let Err(e) = teardown(&cg, paths) {
         crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
     }
@@ -715,6 +715,38 @@ fn prove_enforced() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The threads that print what the kernel reports during a run: deny
+/// events (`--log-denials`) and decision traces (`-vv`).
+struct Readers {
+    logger: Option<DenialLogger>,
+    tracer: Option<crate::trace::Tracer>,
+}
+
+impl Readers {
+    fn start(cg: &Cgroup, policy: &Policy, paths: &Paths, opts: &RunOptions) -> Self {
+        let logger = opts
+            .log_denials
+            .then(|| DenialLogger::start(cg, policy, paths).map_err(|e| crate::warn_user!("--log-denials: {e}")).ok())
+            .flatten();
+        let tracer = opts
+            .trace
+            .then(|| crate::trace::Tracer::start(cg.id, paths).map_err(|e| crate::warn_user!("-vv tracing: {e}")).ok())
+            .flatten();
+        Self { logger, tracer }
+    }
+
+    /// Prints what is left and stops.
+    fn stop(self) {
+        let Self { logger, tracer } = self;
+        if let Some(l) = logger {
+            l.stop();
+        }
+        if let Some(t) = tracer {
+            t.stop();
+        }
+    }
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.

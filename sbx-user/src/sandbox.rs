@@ -68,7 +68,11 @@ pub fn install(
     let compiled = compile(policy, opts.max_entries)?;
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;
-    let mut flags = if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 };
+    // Tracing is the caller's choice, not the policy's: kept from `opts`.
+    let mut flags = opts.config.flags & sbx_common::FLAG_DEBUG;
+    if policy.mode == Mode::Audit {
+        flags |= FLAG_AUDIT;
+    }
     let (mut proxy_addr, mut proxy_port) = ([0; 16], 0);
     if let (true, Some(p)) = (policy.redirect, policy.proxy) {
         flags |= FLAG_REDIRECT;

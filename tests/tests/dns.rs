@@ -18,6 +18,8 @@ use sbx_tests::{
     Sbx, TestCgroup,
 };
 // A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
+// A dependency of the fixture crate this test file does not use directly.
 use libc as _;
 use serde_json as _;
 

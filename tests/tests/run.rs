@@ -471,3 +471,23 @@ fn the_start_up_proof_is_silent_and_the_command_runs_after_it() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("sbx: "), "no event for the proof: {}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 }
+
+#[test]
+fn run_vv_traces_the_programs_decisions_for_its_sandbox_only() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let connect = "import socket\nfor p in (8080, 8081):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', p))\n    except OSError: pass\n";
+    // Another sandbox, without -vv, busy at the same time.
+    let mut quiet = run_cmd(&sbx, &cg, &["--loopback", "9000"], &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do python3 -c \"import socket\ntry: socket.create_connection(('127.0.0.1', 9001), 1)\nexcept OSError: pass\"; done"]);
+    let quiet = quiet.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("the quiet run");
+    let mut cmd = sbx.cmd();
+    cmd.args(["-vv", "run", "--cgroup-parent", cg.arg(), "--loopback", "8080", "--", "python3", "-c", connect]);
+    let out = cmd.output().expect("sbx-user -vv run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8080 allowed"), "{}", describe(&out));
+    assert!(err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8081 denied"), "{}", describe(&out));
+    assert!(!err.contains(":9001"), "only its own sandbox's decisions: {}", describe(&out));
+    let quiet = quiet.wait_with_output().expect("the quiet run");
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("sbx trace"), "no trace without -vv");
+    assert_cleaned_up(&sbx, &cg, None);
+}

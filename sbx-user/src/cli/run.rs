@@ -126,6 +126,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         landlock_tcp: args.landlock_tcp,
         allow_stdio_sockets: args.allow_stdio_sockets,
         home: args.home.clone(),
+        trace: global.verbose >= 2,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,
