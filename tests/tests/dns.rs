@@ -222,10 +222,16 @@ impl FakeResolver {
 }
 
 /// A loopback address of this test for a fake resolver (not 127.0.0.53,
-/// which a host's systemd-resolved may hold).
+/// which a host's systemd-resolved may hold): from the pid and a counter,
+/// so that two tests of this process running at once never share one.
 fn fake_resolver_addr() -> std::net::Ipv4Addr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    std::net::Ipv4Addr::new(127, 54, ((pid >> 8) & 0xff) as u8, (pid & 0xff) as u8 | 1)
+    #[expect(clippy::cast_possible_truncation, reason = "each masked to a byte")]
+    let (b, c, d) = (((pid >> 8) & 0xff) as u8, (pid & 0xff) as u8, (n & 0x3f) as u8);
+    std::net::Ipv4Addr::new(127, 54 + (d % 8), b, c | 1)
 }
 
 #[test]
