@@ -498,7 +498,13 @@ fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, L
             preinstall_rings(set, index, bytes)?;
         }
         let ring = match inner(set, MAP_EVENTS_OF, index) {
-            Some(fd) if sys::map_max_entries(fd.as_fd()).is_ok_and(|n| n == bytes) => fd,
+            Some(fd) if sys::map_max_entries(fd.as_fd()).is_ok_and(|n| n == bytes) => {
+                // Events the previous sandbox left unread must not reach
+                // this one's readers (cgroup ids, which name the sandbox in
+                // an event, are reused).
+                discard_events(&fd);
+                fd
+            }
             _ => {
                 let fd = sys::map_create(MapType::RingBuf, 0, 0, bytes, 0, "sbx_events")
                     .map_err(|e| kernel_err(&format!("creating a {bytes}-byte event ring buffer"), &e))?;
@@ -519,6 +525,15 @@ fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, L
         return Err(e);
     }
     Ok(index)
+}
+
+/// Consumes whatever a reused ring buffer still holds.
+fn discard_events(ring: &OwnedFd) {
+    let Ok(dup) = ring.try_clone() else { return };
+    let Ok(data) = aya::maps::MapData::from_fd(dup) else { return };
+    if let Ok(mut r) = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data)) {
+        while r.next().is_some() {}
+    }
 }
 
 /// Returns event index `index` to the pool; its ring stays for the next
