@@ -54,6 +54,7 @@ fn main() {
         Command::Status(a) => cli::status::run(a, &cli.global),
         Command::Gc(a) => cli::gc::run(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
+        Command::OciHook(a) => cli::oci_hook::run(a, &cli.global),
         Command::Completions(a) => cli::generate::completions(a),
         Command::Man(a) => cli::generate::man(a),
         Command::Profiles(a) => {

@@ -28,12 +28,14 @@ pub enum SandboxError {
 }
 
 /// Who set a sandbox up, for the record.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Owner {
     /// `sbx-user attach` (or a library caller).
     Attach,
     /// `sbx-user run` with this pid.
     Run(u32),
+    /// `sbx-user oci-hook`, for this container.
+    Container(Box<crate::state::Container>),
 }
 
 /// Default event rate limit per CPU (events per second, and burst).
@@ -80,9 +82,10 @@ pub fn install(
         }
         other => other?,
     };
-    let (by, runner_pid) = match owner {
-        Owner::Attach => ("attach", None),
-        Owner::Run(pid) => ("run", Some(pid)),
+    let (by, runner_pid, container) = match owner {
+        Owner::Attach => ("attach", None, None),
+        Owner::Run(pid) => ("run", Some(pid), None),
+        Owner::Container(c) => ("oci-hook", None, Some(*c)),
     };
     let record = Record {
         cgroup: cg.path.clone(),
@@ -97,6 +100,7 @@ pub fn install(
         tables: compiled.tables.len(),
         max_entries: opts.max_entries,
         generation,
+        container,
     };
     if let Err(e) = record.save(paths) {
         if !attached.replaced {

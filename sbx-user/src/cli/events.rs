@@ -52,7 +52,7 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut on_host = Vec::new();
     for id in ids {
         let record = Record::load(&paths, id)?;
-        let name = record.as_ref().map_or_else(|| format!("cgroup id {id}"), |r| r.cgroup.display().to_string());
+        let name = record.as_ref().map_or_else(|| format!("cgroup id {id}"), Record::name);
         let own = paths.pin_dir(id).join(loader::pin_name_map(sbx_common::MAP_EVENTS));
         if own.exists() {
             readers.push((EventReader::open(&paths.pin_dir(id))?, name, record));

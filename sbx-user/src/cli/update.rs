@@ -41,6 +41,7 @@ pub fn run(args: &UpdateArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     let owner = match Record::load(&paths, cg.id)? {
         Some(Record { runner_pid: Some(pid), .. }) => Owner::Run(pid),
+        Some(Record { container: Some(c), .. }) => Owner::Container(Box::new(c.clone())),
         _ => Owner::Attach,
     };
     let opts = default_options(args.policy.max_rules, true);
