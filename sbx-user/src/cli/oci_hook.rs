@@ -58,12 +58,19 @@ pub fn run(args: &OciHookArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let named: Named = Arc::new(Mutex::new((start + Duration::from_secs(DEFAULT_TIMEOUT_SECS), String::new())));
     watchdog(Arc::clone(&named), start);
 
+    // The configuration first, so that its timeout bounds reading the
+    // state too (a runtime that never closes the hook's stdin); its errors
+    // are reported once the state names the container.
+    let config = HostConfig::load(&args.config, args.require_default);
+    if let Ok(c) = &config {
+        set(&named, |n| n.0 = start + Duration::from_secs(c.timeout_secs));
+    }
     let mut input = Vec::new();
     std::io::stdin().take(1 << 20).read_to_end(&mut input)?;
     let state = oci::read_state(&input)?;
     let in_container = |e: &dyn std::fmt::Display| anyhow::anyhow!("container {}: {e}", state.id);
     set(&named, |n| n.1.clone_from(&state.id));
-    let config = HostConfig::load(&args.config, args.require_default).map_err(|e| in_container(&e))?;
+    let config = config.map_err(|e| in_container(&e))?;
     if args.require_default && config.default.is_none() {
         return Err(in_container(&format_args!(
             "{} sets no [default], but this hook was installed to hold every container to the host default \
@@ -71,7 +78,6 @@ pub fn run(args: &OciHookArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             args.config.display()
         )));
     }
-    set(&named, |n| n.0 = start + Duration::from_secs(config.timeout_secs));
     super::require_root("oci-hook").map_err(|e| in_container(&e))?;
 
     let which = match (args.stage, state.status.as_str()) {
