@@ -1,9 +1,9 @@
 //! The Kubernetes manifests in `deploy/kubernetes/`: they validate offline
 //! against the Kubernetes schemas (`kubernetes-validate --strict`, a Python
 //! package), the `DaemonSet` pod holds exactly the mounts and privileges
-//! the hook and the agent need, and its installer script, run for real in
-//! a podman container against temporary "host" directories, installs the
-//! hook as the runtime will find it. There is no kubelet here: nothing
+//! the hook and the agent need, and its installer, run for real in the
+//! image built from `deploy/kubernetes/Containerfile` against temporary
+//! "host" directories, installs the hook as the runtime will find it. There is no kubelet here: nothing
 //! schedules the `DaemonSet`; the README section "Kubernetes" says what
 //! that leaves out.
 
@@ -195,9 +195,35 @@ fn the_example_pod_is_restricted_and_opts_in_by_annotation() {
     }
 }
 
-/// Runs the `DaemonSet` installer script in a podman container (busybox
-/// rootfs; the image's files and the host directories bind-mounted where
-/// the manifest mounts them) and checks what it leaves on the "host".
+/// An image built from `deploy/kubernetes/Containerfile`, removed on drop.
+struct Image(String);
+
+impl Image {
+    fn build(context: &Path) -> Self {
+        let tag = format!("localhost/sbx-test-{}:1", std::process::id());
+        let out = Command::new("podman")
+            .args(["build", "-q", "-t", &tag, "-f"])
+            .arg(dir().join("Containerfile"))
+            .arg(context)
+            .output()
+            .expect("running podman build (apt-get install podman)");
+        assert!(out.status.success(), "podman build of deploy/kubernetes/Containerfile: {}", describe(&out));
+        Self(tag)
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// Builds the image from the repository's Containerfile (with the binary
+/// under test: a static build is what a cluster needs, the installer only
+/// copies it), runs the `DaemonSet` installer command in it as the manifest
+/// does (read-only root, no capabilities, the host directories and the
+/// `ConfigMap` mounted where the manifest mounts them) and checks what it
+/// leaves on the "host".
 #[test]
 fn the_installer_puts_the_hook_where_the_runtime_finds_it() {
     require_root();
@@ -206,28 +232,20 @@ fn the_installer_puts_the_hook_where_the_runtime_finds_it() {
     let argv: Vec<String> =
         init["command"].as_array().expect("command").iter().map(|a| a.as_str().expect("a string").to_owned()).collect();
     let configmap = load(&dir().join("configmap.yaml")).remove(0);
+    let context = TempDir::new("k8s-image");
+    let c = context.path();
+    fs::copy("/bin/busybox", c.join("busybox")).expect("copying /bin/busybox (apt-get install busybox-static)");
+    let bin = sbx_tests::sbx_user_bin();
+    fs::copy(&bin, c.join("sbx-user")).expect("copying sbx-user");
+    fs::create_dir_all(c.join("hooks.d")).expect("mkdir");
+    let hooks_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks.d");
+    for e in fs::read_dir(&hooks_src).expect("reading hooks.d").flatten() {
+        fs::copy(e.path(), c.join("hooks.d").join(e.file_name())).expect("copying a hooks.d file");
+    }
+    let image = Image::build(c);
     for with_default in [false, true] {
-        let root = TempDir::new("k8s-install");
+        let root = TempDir::new("k8s-host");
         let r = root.path();
-        let rootfs = r.join("rootfs");
-        fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copying busybox (apt-get install busybox-static)");
-        for a in ["sh", "chmod", "mv", "mkdir", "cp", "sed", "grep", "rm"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).expect("symlink");
-        }
-        for d in [
-            "proc",
-            "sys",
-            "dev",
-            "config",
-            "host/hooks.d",
-            "host/opt/sbx",
-            "host/etc/sbx",
-            "usr/bin",
-            "usr/share/sbx/hooks.d",
-        ] {
-            fs::create_dir_all(rootfs.join(d)).expect("mkdir");
-        }
         let config = r.join("config");
         fs::create_dir_all(&config).expect("mkdir");
         for (k, v) in configmap["data"].as_object().expect("data") {
@@ -241,21 +259,16 @@ fn the_installer_puts_the_hook_where_the_runtime_finds_it() {
         for h in &host {
             fs::create_dir_all(h).expect("mkdir");
         }
-        let bin = sbx_tests::sbx_user_bin();
-        let hooks_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks.d");
         let vol = |src: &Path, dst: &str, ro: bool| format!("{}:{dst}{}", src.display(), if ro { ":ro" } else { "" });
         let out = Command::new("podman")
             .args(["--runtime", "runc", "run", "--rm", "--network", "none"])
             .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--read-only", "--cap-drop", "ALL"])
-            .args(["-v", &vol(&bin, "/usr/bin/sbx-user", true)])
-            .args(["-v", &vol(&hooks_src, "/usr/share/sbx/hooks.d", true)])
             .args(["-v", &vol(&config, "/config", true)])
             .args(["-v", &vol(&host[0], "/host/hooks.d", false)])
             .args(["-v", &vol(&host[1], "/host/opt/sbx", false)])
             .args(["-v", &vol(&host[2], "/host/etc/sbx", false)])
-            .arg("--rootfs")
-            .arg(&rootfs)
-            .args(&argv)
+            .args(["--entrypoint", &argv[0], &image.0])
+            .args(&argv[1..])
             .output()
             .expect("running podman (apt-get install podman runc)");
         assert!(out.status.success(), "the installer failed: {}", describe(&out));
