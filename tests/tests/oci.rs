@@ -291,7 +291,14 @@ fn events_and_status_name_the_container_and_nothing_is_left_behind() {
     let sbx = Sbx::new();
     let net = test_host();
     let pm = Podman::new(&sbx, &["sbx-annotated.json"], "");
-    let script = format!("nc -w 3 {} {PORT} </dev/null; echo connect-done; exec sleep 60", net.ns_v4);
+    // Two connects: the second once the test creates /tmp/again in the
+    // rootfs (a host directory), so that the JSON and the text form of
+    // `events` each have an event to read (a stream has one position).
+    let script = format!(
+        "nc -w 3 {ip} {PORT} </dev/null; echo connect-done; while [ ! -e /tmp/again ]; do sleep 1; done; \
+         nc -w 3 {ip} {PORT} </dev/null; echo second-done; exec sleep 60",
+        ip = net.ns_v4
+    );
     let k8s = [
         "--annotation",
         "io.kubernetes.pod.namespace=ci",
@@ -301,7 +308,7 @@ fn events_and_status_name_the_container_and_nothing_is_left_behind() {
         "io.kubernetes.container.name=agent",
     ];
     let id = pm.start(&[&["--annotation", "sbx.io/profile=offline"][..], &k8s].concat(), &["/bin/sh", "-c", &script]);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !pm.logs(&id).contains("connect-done") {
         assert!(Instant::now() < deadline, "the container did not connect: {}", pm.logs(&id));
         thread::sleep(Duration::from_millis(100));
@@ -327,6 +334,17 @@ fn events_and_status_name_the_container_and_nothing_is_left_behind() {
         .unwrap_or_else(|| panic!("no deny event for the test host: {events}"));
     let named = format!("container {id} (pod ci/job-7 container agent)");
     assert!(line.contains(&named), "the event names the container and its pod: {line}");
+    fs::write(pm.rootfs.path().join("tmp/again"), "").expect("signalling the container");
+    while !pm.logs(&id).contains("second-done") {
+        assert!(Instant::now() < deadline, "the container did not connect again: {}", pm.logs(&id));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let text_events = sbx.ok(&["events"]);
+    let text_events = String::from_utf8_lossy(&text_events.stdout);
+    assert!(
+        text_events.lines().any(|l| l.contains(&net.ns_v4.to_string()) && l.contains(&named)),
+        "the text form names the container too: {text_events}"
+    );
     let status = sbx.ok(&["status"]);
     assert!(
         String::from_utf8_lossy(&status.stdout).contains(&named),

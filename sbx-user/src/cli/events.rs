@@ -78,7 +78,7 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 if args.json {
                     println!("{}", serde_json::to_string(&v)?);
                 } else {
-                    println!("{v}");
+                    println!("{v}{}", container_suffix(record.as_ref()));
                 }
             }
         }
@@ -90,6 +90,12 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// For a sandbox an OCI hook attached, the container it holds, to follow
+/// an event line (the JSON form names it in `sandbox`).
+fn container_suffix(record: Option<&Record>) -> String {
+    record.and_then(|r| r.container.as_ref()).map(|c| format!("  [{c}]")).unwrap_or_default()
 }
 
 /// The host stream, each event named after the sandbox it names.
@@ -110,7 +116,7 @@ fn host_stream(
             if args.json {
                 println!("{}", serde_json::to_string(&v)?);
             } else {
-                println!("{v}");
+                println!("{v}{}", container_suffix(k.and_then(|k| k.2.as_ref())));
             }
         }
         if !args.follow {
