@@ -125,13 +125,25 @@ pub const K8S_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// `io.kubernetes.cri.*` ones, read when the first are absent).
 #[must_use]
 pub fn container_info(id: &str, annotations: &BTreeMap<String, String>) -> Container {
-    let get = |keys: &[&str]| keys.iter().find_map(|k| annotations.get(*k).filter(|v| !v.is_empty()).cloned());
+    let get =
+        |keys: &[&str]| keys.iter().find_map(|k| annotations.get(*k).filter(|v| !v.is_empty()).map(|v| printable(v)));
     Container {
-        id: id.to_owned(),
+        id: printable(id),
         pod_namespace: get(&[K8S_POD_NAMESPACE, "io.kubernetes.cri.sandbox-namespace"]),
         pod_name: get(&[K8S_POD_NAME, "io.kubernetes.cri.sandbox-name"]),
         container_name: get(&[K8S_CONTAINER_NAME, "io.kubernetes.cri.container-name"]),
     }
+}
+
+/// Longest name kept from an annotation (Kubernetes names are at most 253).
+const MAX_LABEL: usize = 253;
+
+/// `s` safe to print on a terminal: control characters (escape sequences,
+/// newlines that would forge a line of `status`) become `?`, and it is cut
+/// at [`MAX_LABEL`] characters. Whoever writes a container's annotations
+/// chooses these names.
+fn printable(s: &str) -> String {
+    s.chars().take(MAX_LABEL).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 /// The cgroup v2 path of a process from the text of `/proc/<pid>/cgroup`:
@@ -270,6 +282,10 @@ mod tests {
         a.insert(K8S_POD_NAME.to_owned(), "job-1".to_owned());
         a.insert("io.kubernetes.cri.container-name".to_owned(), "agent".to_owned());
         assert_eq!(container_info("abc", &a).to_string(), "container abc (pod ci/job-1 container agent)");
+        a.insert(K8S_POD_NAME.to_owned(), "x\u{1b}[2J\nforged".to_owned());
+        assert_eq!(container_info("abc", &a).pod_name.as_deref(), Some("x?[2J?forged"));
+        a.insert(K8S_POD_NAME.to_owned(), "p".repeat(1000));
+        assert_eq!(container_info("abc", &a).pod_name.map(|p| p.len()), Some(253));
     }
 
     #[test]
