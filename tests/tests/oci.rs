@@ -453,3 +453,27 @@ fn the_hook_fails_within_its_timeout() {
     assert!(text(&out).contains("did not finish within 1 s"), "{}", describe(&out));
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+#[test]
+fn a_container_that_fails_after_the_hook_is_collected_at_the_next_start() {
+    let sbx = Sbx::new();
+    let pm = Podman::new(&sbx, &["sbx-annotated.json"], "");
+    let ann = ["--annotation", "sbx.io/profile=offline"];
+    // The hook attaches, then runc cannot execute the command: podman
+    // runs no poststop hook for a container that never started.
+    let failed = pm.run(&ann, &["/bin/no-such-command"]);
+    assert!(!failed.status.success(), "{}", describe(&failed));
+    let left: Vec<u64> = sbx.records().iter().filter_map(|p| p.file_stem()?.to_str()?.parse().ok()).collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "the failed container should have left its record (podman ran no poststop); if podman now runs one, \
+         this test no longer covers the collection"
+    );
+    let ok = pm.run(&ann, &["/bin/echo", "RAN"]);
+    assert!(ok.status.success() && text(&ok).contains("RAN"), "{}", describe(&ok));
+    assert!(sbx.records().is_empty(), "records left behind: {:?}", sbx.records());
+    for id in left {
+        assert!(!Sbx::has_pins(id), "pins of the failed container's cgroup {id} are left");
+    }
+}

@@ -210,6 +210,7 @@ fn create_inner(state: &State, env: &HookEnv) -> Result<Outcome, Reason> {
             .collect();
         return Err(Reason::Capabilities { caps: held, why, choice });
     }
+    prune_gone(&env.paths);
     let policy = load_policy(&choice, &env.config)?;
     let pid = state.pid.filter(|&p| p > 0).ok_or_else(|| Reason::NoPid { status: state.status.clone() })?;
     let (cg, unified) = container_cgroup(&env.proc, pid)?;
@@ -236,6 +237,29 @@ fn create_inner(state: &State, env: &HookEnv) -> Result<Outcome, Reason> {
         return Err(e);
     }
     Ok(Outcome::Attached { choice, cgroup: cg.path, already: false })
+}
+
+/// Removes the sandboxes of containers whose cgroup is gone. A runtime
+/// runs no poststop hook for a container that failed to start after
+/// createRuntime (podman does not when the command cannot be executed),
+/// so their pins and records are collected here, at the next container
+/// start, rather than waiting for a `gc`. A failure here only delays that:
+/// it is logged, and the container at hand is not refused for it.
+fn prune_gone(paths: &Paths) {
+    let Ok(records) = Record::load_all(paths) else { return };
+    for r in records.iter().filter(|r| r.container.is_some()) {
+        let alive = Cgroup::open(&r.cgroup).is_ok_and(|c| c.id == r.cgroup_id);
+        if alive {
+            continue;
+        }
+        match sandbox::uninstall(r.cgroup_id, &r.cgroup, paths) {
+            Ok(()) => log::info!("removed the sandbox of a container whose cgroup {} is gone", r.cgroup.display()),
+            Err(sandbox::SandboxError::Loader(crate::loader::LoaderError::NotAttached(_))) => {
+                let _ = Record::remove(paths, r.cgroup_id);
+            }
+            Err(e) => log::warn!("could not remove the sandbox of gone cgroup {}: {e}", r.cgroup.display()),
+        }
+    }
 }
 
 /// The policy `choice` names: a built-in profile, or the administrator's
