@@ -245,6 +245,14 @@ pub const FLAG_AUDIT: u32 = 1;
 /// policy denies to a non-local destination is rewritten to the proxy.
 pub const FLAG_REDIRECT: u32 = 2;
 
+/// [`Slot::flags`] bit: trace each decision of this sandbox through
+/// aya-log (`run -vv`). One buffer serves every sandbox and aya-log's level
+/// is fixed when the programs load, so the switch is per sandbox, here.
+pub const FLAG_DEBUG: u32 = 4;
+
+/// Name of aya-log's ring buffer in the object, pinned with the set.
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
+
 /// The original destination of a redirected connection ([`MAP_REDIRECTED`],
 /// [`MAP_ORIGDST`] values).
 #[repr(C)]
@@ -464,6 +472,15 @@ impl PortTable {
         }
     }
 }
+
+/// A loopback address every policy denies on every port
+/// (127.255.255.254), so that `verify` and `run` always have a local
+/// target that must be refused.
+pub const SENTINEL: [u8; 4] = [127, 255, 255, 254];
+/// The port of `run`'s start-up proof: a connect to [`SENTINEL`] on this
+/// port from inside the new cgroup must fail with `EPERM` before the
+/// command is executed. Denials of it are kept out of events and counters.
+pub const PROOF_PORT: u16 = 1;
 
 /// IP protocol numbers the programs distinguish.
 pub const IPPROTO_TCP: u32 = 6;

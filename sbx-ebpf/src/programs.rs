@@ -373,6 +373,15 @@ fn settle(
     redirected: bool,
 ) -> bool {
     let allowed = verdict == Ok(true);
+    if !allowed
+        && hook == HOOK_CONNECT4
+        && port == u32::from(sbx_common::PROOF_PORT)
+        && *addr == mapped(sbx_common::SENTINEL)
+    {
+        // `run` proving the hooks fire in a new cgroup: refused, but not
+        // reported or counted.
+        return false;
+    }
     let stats = SBX_STATS.get();
     bump(stats, counter_index(hook, u32::from(!allowed)));
     if allowed {
@@ -987,7 +996,39 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
         remember(slot, ctx, &addr, port);
     }
     let redirected = redirect_denied(slot, ctx, verdict, target, false);
+    trace(ctx, slot, hook, &addr, port, verdict);
     settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
+}
+
+/// With the sandbox's debug flag (`run -vv`), one aya-log line per
+/// decision, naming the sandbox so that its reader shows its own only. Off,
+/// this is one test of a flag the slot read already brought in.
+#[inline(always)]
+fn trace<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    slot: &Slot,
+    hook: u32,
+    addr: &TrieAddr,
+    port: u16,
+    verdict: Result<bool, ()>,
+) {
+    if slot.flags & sbx_common::FLAG_DEBUG == 0 {
+        return;
+    }
+    let outcome: u32 = match verdict {
+        Ok(true) => 1,
+        Ok(false) => 0,
+        Err(()) => 2,
+    };
+    aya_log_ebpf::debug!(
+        ctx,
+        "sandbox={} hook={} dest=[{:i}]:{} verdict={}",
+        slot.cgroup_id,
+        hook,
+        *addr,
+        port,
+        outcome
+    );
 }
 
 #[inline(always)]
@@ -1004,6 +1045,7 @@ fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
         remember(slot, ctx, &addr, port);
     }
     let redirected = redirect_denied(slot, ctx, verdict, target, true);
+    trace(ctx, slot, hook, &addr, port, verdict);
     settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
 }
 

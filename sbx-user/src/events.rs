@@ -161,7 +161,9 @@ fn monotonic_offset() -> Duration {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(mono)
 }
 
-fn rfc3339(since_epoch: Duration) -> String {
+/// `since_epoch` as RFC 3339 UTC with milliseconds, as event times are shown.
+#[must_use]
+pub fn rfc3339(since_epoch: Duration) -> String {
     let secs = since_epoch.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

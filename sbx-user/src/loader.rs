@@ -290,6 +290,9 @@ const MIN_PORT_TABLES: u32 = 8;
 fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> Result<PolicyMaps, LoaderError> {
     let index = set.alloc_policy()?;
     let made = (|| {
+        if inner(set, MAP_DEST_OF, index).is_none() {
+            preinstall_policies(set, index)?;
+        }
         let tables = u32::try_from(compiled.tables.len()).expect("tables fit u32");
         let dest = inner_or_new(set, MAP_DEST_OF, index, 0, || make_trie("sbx_dest"))?;
         let bind = inner_or_new(set, MAP_BIND_OF, index, 0, || make_trie("sbx_bind"))?;
@@ -305,6 +308,52 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> R
             Err(e)
         }
     }
+}
+
+/// Policy indices given maps at once when a fresh one is needed.
+const PREINSTALL: u32 = 32;
+
+/// Puts empty tries and port tables at `first` and the next indices that
+/// have none, [`PREINSTALL`] at a time: one batch write per outer map, so
+/// one RCU grace period for all of them instead of one per map (about 10 ms
+/// each here). The maps wait, empty, for the sandboxes that get the
+/// indices; nothing reads them before a slot names one.
+fn preinstall_policies(set: &ProgramSet, first: u32) -> Result<(), LoaderError> {
+    let last = (first + PREINSTALL).min(sbx_common::POLICY_SLOTS);
+    let indices: Vec<u32> = (first..last).filter(|&i| inner(set, MAP_DEST_OF, i).is_none()).collect();
+    let count = u32::try_from(indices.len()).expect("at most PREINSTALL");
+    let keys: Vec<u8> = indices.iter().flat_map(|i| i.to_ne_bytes()).collect();
+    for (outer, make) in [
+        (MAP_DEST_OF, &(|| make_trie("sbx_dest")) as &dyn Fn() -> Result<OwnedFd, LoaderError>),
+        (MAP_BIND_OF, &|| make_trie("sbx_bind")),
+        (MAP_PORTS_OF, &|| make_ports(MIN_PORT_TABLES)),
+    ] {
+        let maps = indices.iter().map(|_| make()).collect::<Result<Vec<_>, _>>()?;
+        let values: Vec<u8> = maps
+            .iter()
+            .flat_map(|m| u32::try_from(m.as_raw_fd()).expect("fds are non-negative").to_ne_bytes())
+            .collect();
+        sys::map_update_batch(set.map(outer), &keys, &values, count).map_err(|e| map_err(outer, &e))?;
+    }
+    Ok(())
+}
+
+/// As [`preinstall_policies`], for event rings of `bytes` bytes.
+fn preinstall_rings(set: &ProgramSet, first: u32, bytes: u32) -> Result<(), LoaderError> {
+    let last = (first + PREINSTALL).min(sbx_common::EVENT_SLOTS);
+    let indices: Vec<u32> = (first..last).filter(|&i| inner(set, MAP_EVENTS_OF, i).is_none()).collect();
+    let count = u32::try_from(indices.len()).expect("at most PREINSTALL");
+    let keys: Vec<u8> = indices.iter().flat_map(|i| i.to_ne_bytes()).collect();
+    let rings = indices
+        .iter()
+        .map(|_| {
+            sys::map_create(MapType::RingBuf, 0, 0, bytes, 0, "sbx_events")
+                .map_err(|e| kernel_err(&format!("creating a {bytes}-byte event ring buffer"), &e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let values: Vec<u8> =
+        rings.iter().flat_map(|m| u32::try_from(m.as_raw_fd()).expect("fds are non-negative").to_ne_bytes()).collect();
+    sys::map_update_batch(set.map(MAP_EVENTS_OF), &keys, &values, count).map_err(|e| map_err(MAP_EVENTS_OF, &e))
 }
 
 /// The inner map at `index` of `outer` if there is one holding at least
@@ -445,6 +494,9 @@ fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, L
     let made = (|| {
         // A ring left in place by an earlier sandbox is reused as the
         // tries are (readers skip events of another sandbox in it).
+        if inner(set, MAP_EVENTS_OF, index).is_none() {
+            preinstall_rings(set, index, bytes)?;
+        }
         let ring = match inner(set, MAP_EVENTS_OF, index) {
             Some(fd) if sys::map_max_entries(fd.as_fd()).is_ok_and(|n| n == bytes) => fd,
             _ => {

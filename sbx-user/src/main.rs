@@ -53,6 +53,7 @@ fn main() {
         Command::OrigDst(a) => cli::origdst::run(a, &cli.global),
         Command::Status(a) => cli::status::run(a, &cli.global),
         Command::Gc(a) => cli::gc::run(a, &cli.global),
+        Command::Migrate(a) => cli::update::migrate(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
         Command::OciHook(a) => cli::oci_hook::run(a, &cli.global),
         Command::Completions(a) => cli::generate::completions(a),

@@ -263,7 +263,7 @@ fn load_and_pin(dir: &Path) -> Result<(), LoaderError> {
             let fd = ebpf.program(name).expect("defined").fd().map_err(|e| pin_err(&path, e.to_string()))?;
             sys::obj_pin(fd.as_fd(), &path).map_err(|e| pin_err(&path, e.to_string()))?;
         }
-        for map in MAPS {
+        for map in MAPS.iter().chain([&sbx_common::MAP_AYA_LOGS]) {
             let path = tmp.join(crate::loader::pin_name_map(map));
             ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
         }

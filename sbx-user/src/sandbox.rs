@@ -25,6 +25,9 @@ pub enum SandboxError {
     /// The record could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The host cannot enforce cgroup socket hooks.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 /// Who set a sandbox up, for the record.
@@ -36,6 +39,19 @@ pub enum Owner {
     Run(u32),
     /// `sbx-user oci-hook`, for this container.
     Container(Box<crate::state::Container>),
+}
+
+impl Owner {
+    /// Who a record says set its sandbox up, for installing it again
+    /// (`update`, `migrate`) without losing that.
+    #[must_use]
+    pub fn of(record: Option<&Record>) -> Self {
+        match record {
+            Some(Record { container: Some(c), .. }) => Self::Container(Box::new(c.clone())),
+            Some(Record { runner_pid: Some(pid), .. }) => Self::Run(*pid),
+            _ => Self::Attach,
+        }
+    }
 }
 
 /// Default event rate limit per CPU (events per second, and burst).
@@ -61,10 +77,17 @@ pub fn install(
     paths: &Paths,
     owner: Owner,
 ) -> Result<(Attached, Record), SandboxError> {
+    // Fail closed where the kernel would not run the programs for this
+    // cgroup's sockets.
+    crate::cgroup::check_socket_matching()?;
     let compiled = compile(policy, opts.max_entries)?;
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;
-    let mut flags = if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 };
+    // Tracing is the caller's choice, not the policy's: kept from `opts`.
+    let mut flags = opts.config.flags & sbx_common::FLAG_DEBUG;
+    if policy.mode == Mode::Audit {
+        flags |= FLAG_AUDIT;
+    }
     let (mut proxy_addr, mut proxy_port) = ([0; 16], 0);
     if let (true, Some(p)) = (policy.redirect, policy.proxy) {
         flags |= FLAG_REDIRECT;

@@ -7,6 +7,7 @@ use std::process::Command;
 use sbx_tests::{describe, probe, Fixture, Place, Proto::Tcp, Sbx, TestCgroup};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 /// The sbx program ids the kernel reports on `cg` for connect4.

@@ -5,6 +5,7 @@
 use sbx_tests::{probe, Fixture, Proto::Tcp};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 #[test]

@@ -12,6 +12,7 @@ use std::{
 use sbx_tests::{describe, probe, Fixture, Place};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 /// A TCP listener inside `place`: binds `addr` (or, for `None`, listens

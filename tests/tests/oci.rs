@@ -241,6 +241,10 @@ fn bad_policy_names_keep_the_container_from_running() {
     ] {
         assert_not_started(&pm.run(&["--annotation", ann], &echo), reason);
     }
+    // A policy that restricts UNIX sockets, which only `run` enforces.
+    fs::write(pm.policy_dir().join("unix.toml"), "[network]\ndefault = \"deny\"\nunix = \"none\"\n")
+        .expect("writing a policy");
+    assert_not_started(&pm.run(&["--annotation", "sbx.io/policy=unix"], &echo), "only `sbx-user run` enforces");
     // Two names at once, and the one the opt-in is about.
     assert_not_started(
         &pm.run(&["--annotation", "sbx.io/profile=offline", "--annotation", "sbx.io/policy=x"], &echo),

@@ -11,9 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbx_tests::{describe, probe, Background, Fixture, HostsEntry, Proto::Tcp, Sbx, TestCgroup, ALL_HOOKS};
+use sbx_tests::{describe, probe, Background, Fixture, HostsEntry, Proto::Tcp, Sbx, TestCgroup};
 // A dependency of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -283,7 +284,7 @@ fn verify_passes_when_enforcing_and_fails_after_detach_and_in_audit_mode() {
     sbx.attach(&cg, &["--deny", "private", "--loopback", "any"]);
     let (code, checks, out) = verify(&sbx, &cg);
     assert_eq!(code, Some(0), "{}", describe(&out));
-    for hook in ALL_HOOKS {
+    for hook in sbx_tests::all_hooks() {
         assert!(checks.iter().any(|(n, _)| *n == format!("{hook} attached")), "no check of {hook}: {checks:?}");
     }
     assert!(checks.iter().any(|(n, _)| n.starts_with("denied tcp connect")), "{checks:?}");
@@ -301,7 +302,7 @@ fn verify_passes_when_enforcing_and_fails_after_detach_and_in_audit_mode() {
     sbx.detach(&cg);
     let (code, checks, out) = verify(&sbx, &cg);
     assert_eq!(code, Some(1), "verify must fail (a verdict, 1) on a detached cgroup: {}", describe(&out));
-    for hook in ALL_HOOKS {
+    for hook in sbx_tests::all_hooks() {
         assert!(checks.contains(&(format!("{hook} attached"), "fail".to_owned())), "{}", describe(&out));
     }
     assert!(checks.contains(&("denied tcp connect (connect4)".to_owned(), "fail".to_owned())), "{}", describe(&out));

@@ -14,6 +14,7 @@ use std::{
 use sbx_tests::{bpffs, describe, probe, Background, Fixture, Proto::Tcp, Sbx};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 /// The contract-1 `sbx-user`.
@@ -103,4 +104,36 @@ fn a_sandbox_of_an_older_sbx_stays_enforced_and_migrates_with_no_gap() {
     fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
     fx.sbx.detach(&fx.cg);
     assert!(!Sbx::has_pins(fx.cg.id()));
+}
+
+#[test]
+fn migrate_moves_every_sandbox_of_an_older_sbx_under_its_recorded_policy() {
+    let legacy = legacy_bin();
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let out = Command::new(&legacy)
+        .args(["attach", "--cgroup", fx.cg.arg(), "--allow", &format!("{}:8080", n.ns_v4)])
+        .env("SBX_STATE_DIR", fx.sbx.state_dir())
+        .output()
+        .expect("running the old sbx-user");
+    assert!(out.status.success(), "old attach: {}", describe(&out));
+    let out = fx.sbx.ok(&["migrate", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("would migrate {}", fx.cg.arg())),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(fx.sbx.status(&fx.cg)["held_by"], "legacy", "a dry run moves nothing");
+    let out = fx.sbx.ok(&["migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("migrated {}", fx.cg.arg())), "{}", describe(&out));
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
+    // The recorded policy holds, on the new programs.
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    let out = fx.sbx.ok(&["migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to migrate"), "{}", describe(&out));
+    fx.sbx.detach(&fx.cg);
 }

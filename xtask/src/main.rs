@@ -140,12 +140,15 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 13] = [
+const TEST_TOOLS: [(&str, &str); 15] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
     ("ip", "iproute2"),
     ("python3", "python3"),
+    // Name resolution inside `run` (tests/tests/dns.rs).
+    ("dig", "dnsutils"),
+    ("node", "nodejs"),
     ("bpftool", "bpftool"),
     // The package the install test installs (`dist::package`).
     ("strip", "binutils"),

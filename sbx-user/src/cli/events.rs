@@ -75,11 +75,7 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         for (reader, name, record) in &mut readers {
             for e in reader.drain() {
                 let v = view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation)));
-                if args.json {
-                    println!("{}", serde_json::to_string(&v)?);
-                } else {
-                    println!("{v}{}", container_suffix(record.as_ref()));
-                }
+                print_view(&v, record.as_ref(), args.json)?;
             }
         }
         if !args.follow {
@@ -112,16 +108,23 @@ fn host_stream(
             }
             let k = known.iter().find(|k| k.0 == e.sandbox);
             let name = k.map_or_else(|| format!("cgroup id {}", e.sandbox), |k| k.1.clone());
-            let v = view(&e, &name, k.and_then(|k| k.2.as_ref()).map(|r| (&r.policy, r.generation)));
-            if args.json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                println!("{v}{}", container_suffix(k.and_then(|k| k.2.as_ref())));
-            }
+            let record = k.and_then(|k| k.2.as_ref());
+            print_view(&view(&e, &name, record.map(|r| (&r.policy, r.generation))), record, args.json)?;
         }
         if !args.follow {
             return Ok(());
         }
         host.wait(Duration::from_millis(500));
     }
+}
+
+/// One event line: JSON, or the table row (followed by the container an
+/// OCI hook attached the sandbox for; the JSON names it in `sandbox`).
+fn print_view(v: &crate::events::EventView, record: Option<&Record>, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(v)?);
+    } else {
+        println!("{v}{}", container_suffix(record));
+    }
+    Ok(())
 }

@@ -227,6 +227,13 @@ impl Workspace {
         &self.tmp
     }
 
+    /// The per-run directory itself (root's, mode 0711), for other
+    /// per-run files such as the DNS stub's `resolv.conf`; removed with it.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.base
+    }
+
     /// Directories under the host's `/tmp` (the working directory, the
     /// command's, granted paths) and where in the private `/tmp` each is
     /// bind-mounted.
@@ -269,6 +276,36 @@ impl Drop for Workspace {
             }
         }
     }
+}
+
+/// Removes the per-run directories a `sbx-user run` with process id `pid`
+/// left behind when it was killed before its teardown (`detach` of its
+/// leftovers calls this); returns what was removed. Nothing is removed
+/// while any process has that pid: it may be a new run that reused it.
+#[must_use = "the caller reports what was removed"]
+pub fn remove_leftovers(pid: u32) -> Vec<PathBuf> {
+    if Path::new("/proc").join(pid.to_string()).exists() {
+        return Vec::new();
+    }
+    let prefix = format!("sbx-run-{pid}-");
+    let Ok(entries) = std::fs::read_dir(BASE) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let ours = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()));
+        // Only directories root made (0711, root's), as make_base does.
+        let made_by_run = e.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            m.is_dir() && m.uid() == 0 && m.mode() & 0o7777 == 0o711
+        });
+        if ours && made_by_run && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 /// Creates `/var/tmp/sbx-run-<pid>-<nanos>` (0711, root's). `mkdir` fails

@@ -89,6 +89,18 @@ pub enum Reason {
     /// The policy has filesystem rules, which a cgroup cannot enforce.
     #[error("{0} has [filesystem] rules, which only `sbx-user run` enforces (Landlock); the hook cannot hold a container to them")]
     Filesystem(Choice),
+    /// The policy restricts pathname UNIX sockets, which only `run`
+    /// enforces.
+    #[error(
+        "{choice} sets unix = {unix}, which only `sbx-user run` enforces (a supervisor beside the command); \
+         processes in a container's cgroup could still connect to every UNIX socket they may open: drop `unix` from the policy"
+    )]
+    Unix {
+        /// What was asked for.
+        choice: Choice,
+        /// The setting.
+        unix: String,
+    },
     /// It holds capabilities that get around sbx.
     #[error(
         "it holds {caps} ({why}); an OCI hook cannot take capabilities away, so it is refused: drop them \
@@ -279,6 +291,18 @@ fn load_policy(choice: &Choice, config: &HostConfig) -> Result<Policy, Reason> {
     .map_err(|source| Reason::Policy { choice: choice.clone(), source })?;
     if policy.filesystem.is_some() {
         return Err(Reason::Filesystem(choice.clone()));
+    }
+    // As `attach` does (`cli::unix_for_cgroup`): nothing on a cgroup judges
+    // pathname UNIX sockets, so a `unix` setting the policy file wrote is
+    // refused, and a profile's default is dropped (the record says `any`).
+    let mut policy = policy;
+    if policy.unix.restricts() {
+        if policy.unix_explicit() {
+            return Err(Reason::Unix { choice: choice.clone(), unix: policy.unix.to_string() });
+        }
+        log::warn!("{choice}: unix = {} cannot be enforced on a container's cgroup; recorded as unix = any", policy.unix);
+        policy.unix = crate::policy::Unix::Any;
+        policy.unix_origin = None;
     }
     Ok(policy)
 }

@@ -39,6 +39,7 @@
 
 // The probe shares the package's dependency list but needs only libc.
 use sbx_tests as _;
+use sbx_user as _;
 use serde_json as _;
 
 use std::{
