@@ -19,6 +19,7 @@ use serde_json::Value;
 use sbx_tests::{describe, require_root, TempDir};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")

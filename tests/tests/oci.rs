@@ -24,6 +24,7 @@ use sbx_tests::{
 };
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 
 /// The static busybox the rootfs is made of (Debian's busybox-static).
 const BUSYBOX: &str = "/bin/busybox";
@@ -429,7 +430,7 @@ fn a_process_not_alone_in_its_cgroup_is_refused() {
     let t = text(&out);
     assert!(t.contains("container lonely") && t.contains("is not alone"), "{t}");
     assert!(!Sbx::has_pins(cg.id()) && sbx.records().is_empty(), "nothing may be attached");
-    assert_eq!(cg.prog_counts(), [0; 6], "no program on the cgroup");
+    assert!(cg.prog_counts().values().all(|&n| n == 0), "no program on the cgroup: {:?}", cg.prog_counts());
 }
 
 #[test]

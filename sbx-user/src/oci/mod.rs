@@ -300,7 +300,10 @@ fn load_policy(choice: &Choice, config: &HostConfig) -> Result<Policy, Reason> {
         if policy.unix_explicit() {
             return Err(Reason::Unix { choice: choice.clone(), unix: policy.unix.to_string() });
         }
-        log::warn!("{choice}: unix = {} cannot be enforced on a container's cgroup; recorded as unix = any", policy.unix);
+        log::warn!(
+            "{choice}: unix = {} cannot be enforced on a container's cgroup; recorded as unix = any",
+            policy.unix
+        );
         policy.unix = crate::policy::Unix::Any;
         policy.unix_origin = None;
     }
