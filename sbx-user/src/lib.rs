@@ -38,6 +38,7 @@ pub mod explain;
 pub mod gc;
 pub mod harden;
 pub mod loader;
+pub mod oci;
 pub mod policy;
 pub mod progress;
 pub mod progset;

@@ -55,6 +55,7 @@ fn main() {
         Command::Gc(a) => cli::gc::run(a, &cli.global),
         Command::Migrate(a) => cli::update::migrate(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
+        Command::OciHook(a) => cli::oci_hook::run(a, &cli.global),
         Command::Completions(a) => cli::generate::completions(a),
         Command::Man(a) => cli::generate::man(a),
         Command::Profiles(a) => {

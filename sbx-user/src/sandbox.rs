@@ -31,12 +31,27 @@ pub enum SandboxError {
 }
 
 /// Who set a sandbox up, for the record.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Owner {
     /// `sbx-user attach` (or a library caller).
     Attach,
     /// `sbx-user run` with this pid.
     Run(u32),
+    /// `sbx-user oci-hook`, for this container.
+    Container(Box<crate::state::Container>),
+}
+
+impl Owner {
+    /// Who a record says set its sandbox up, for installing it again
+    /// (`update`, `migrate`) without losing that.
+    #[must_use]
+    pub fn of(record: Option<&Record>) -> Self {
+        match record {
+            Some(Record { container: Some(c), .. }) => Self::Container(Box::new(c.clone())),
+            Some(Record { runner_pid: Some(pid), .. }) => Self::Run(*pid),
+            _ => Self::Attach,
+        }
+    }
 }
 
 /// Default event rate limit per CPU (events per second, and burst).
@@ -90,9 +105,10 @@ pub fn install(
         }
         other => other?,
     };
-    let (by, runner_pid) = match owner {
-        Owner::Attach => ("attach", None),
-        Owner::Run(pid) => ("run", Some(pid)),
+    let (by, runner_pid, container) = match owner {
+        Owner::Attach => ("attach", None, None),
+        Owner::Run(pid) => ("run", Some(pid), None),
+        Owner::Container(c) => ("oci-hook", None, Some(*c)),
     };
     let record = Record {
         cgroup: cg.path.clone(),
@@ -107,6 +123,7 @@ pub fn install(
         tables: compiled.tables.len(),
         max_entries: opts.max_entries,
         generation,
+        container,
     };
     if let Err(e) = record.save(paths) {
         if !attached.replaced {

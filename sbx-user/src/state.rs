@@ -81,6 +81,40 @@ pub struct Record {
     /// not mistaken for the owner.
     #[serde(default)]
     pub runner_start: Option<u64>,
+    /// For a sandbox an OCI runtime hook attached (`sbx-user oci-hook`):
+    /// the container it holds, so that `status` and `events` name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+/// The container a sandbox holds, as the runtime named it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// The runtime's container id.
+    pub id: String,
+    /// Kubernetes pod namespace (`io.kubernetes.pod.namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    /// Kubernetes pod name (`io.kubernetes.pod.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Kubernetes container name (`io.kubernetes.container.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+}
+
+impl std::fmt::Display for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "container {}", self.id)?;
+        if let (Some(ns), Some(pod)) = (&self.pod_namespace, &self.pod_name) {
+            write!(f, " (pod {ns}/{pod}")?;
+            if let Some(c) = &self.container_name {
+                write!(f, " container {c}")?;
+            }
+            write!(f, ")")?;
+        }
+        Ok(())
+    }
 }
 
 /// Start time of process `pid` (field 22 of `/proc/<pid>/stat`, in clock
@@ -116,6 +150,16 @@ pub struct StateError {
 }
 
 impl Record {
+    /// The sandbox's name in reports: its cgroup path, and the container
+    /// it holds if a runtime hook attached it.
+    #[must_use]
+    pub fn name(&self) -> String {
+        match &self.container {
+            Some(c) => format!("{} [{c}]", self.cgroup.display()),
+            None => self.cgroup.display().to_string(),
+        }
+    }
+
     /// Whether the `sbx-user run` that owns this sandbox still runs, judged
     /// by pid and start time (pids are reused).
     #[must_use]

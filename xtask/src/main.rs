@@ -140,7 +140,7 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 12] = [
+const TEST_TOOLS: [(&str, &str); 15] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
@@ -157,7 +157,17 @@ const TEST_TOOLS: [(&str, &str); 12] = [
     ("script", "bsdutils"),
     // DNAT in front of the egress backstop (the NAT test).
     ("nft", "nftables"),
+    // A real container runtime for the OCI hook tests (tests/tests/oci.rs):
+    // podman with runc (crun refuses this hybrid cgroup layout) and a static
+    // busybox to build the containers' root filesystem from.
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
 ];
+
+/// Python packages the tests use, by import name and package name: the
+/// Kubernetes manifests are validated offline (tests/tests/kubernetes.rs).
+const TEST_PYTHON: [(&str, &str); 1] = [("kubernetes_validate", "kubernetes-validate")];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
     TEST_TOOLS
@@ -167,6 +177,18 @@ fn missing_tools() -> Vec<(&'static str, &'static str)> {
 }
 
 fn test_deps_install() -> Result<()> {
+    for (module, package) in TEST_PYTHON {
+        let have = |m: &str| {
+            Command::new("python3").args(["-c", &format!("import {m}")]).output().is_ok_and(|o| o.status.success())
+        };
+        if !have(module) {
+            eprintln!("xtask: installing the Python package {package} (pip)");
+            check(Command::new("python3").args(["-m", "pip", "install", "-q", package]).status()?, "pip install")?;
+            if !have(module) {
+                bail!("python3 cannot import {module} after `pip install {package}`");
+            }
+        }
+    }
     let missing = missing_tools();
     if missing.is_empty() {
         return Ok(());

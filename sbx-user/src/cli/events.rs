@@ -52,7 +52,7 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut on_host = Vec::new();
     for id in ids {
         let record = Record::load(&paths, id)?;
-        let name = record.as_ref().map_or_else(|| format!("cgroup id {id}"), |r| r.cgroup.display().to_string());
+        let name = record.as_ref().map_or_else(|| format!("cgroup id {id}"), Record::name);
         let own = paths.pin_dir(id).join(loader::pin_name_map(sbx_common::MAP_EVENTS));
         if own.exists() {
             readers.push((EventReader::open(&paths.pin_dir(id))?, name, record));
@@ -74,7 +74,8 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     loop {
         for (reader, name, record) in &mut readers {
             for e in reader.drain() {
-                print_view(&view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation))), args.json)?;
+                let v = view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation)));
+                print_view(&v, record.as_ref(), args.json)?;
             }
         }
         if !args.follow {
@@ -85,6 +86,12 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// For a sandbox an OCI hook attached, the container it holds, to follow
+/// an event line (the JSON form names it in `sandbox`).
+fn container_suffix(record: Option<&Record>) -> String {
+    record.and_then(|r| r.container.as_ref()).map(|c| format!("  [{c}]")).unwrap_or_default()
 }
 
 /// The host stream, each event named after the sandbox it names.
@@ -101,7 +108,8 @@ fn host_stream(
             }
             let k = known.iter().find(|k| k.0 == e.sandbox);
             let name = k.map_or_else(|| format!("cgroup id {}", e.sandbox), |k| k.1.clone());
-            print_view(&view(&e, &name, k.and_then(|k| k.2.as_ref()).map(|r| (&r.policy, r.generation))), args.json)?;
+            let record = k.and_then(|k| k.2.as_ref());
+            print_view(&view(&e, &name, record.map(|r| (&r.policy, r.generation))), record, args.json)?;
         }
         if !args.follow {
             return Ok(());
@@ -110,12 +118,13 @@ fn host_stream(
     }
 }
 
-/// One event line: JSON, or the table row.
-fn print_view(v: &crate::events::EventView, json: bool) -> anyhow::Result<()> {
+/// One event line: JSON, or the table row (followed by the container an
+/// OCI hook attached the sandbox for; the JSON names it in `sandbox`).
+fn print_view(v: &crate::events::EventView, record: Option<&Record>, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(v)?);
     } else {
-        println!("{v}");
+        println!("{v}{}", container_suffix(record));
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ pub mod detach;
 pub mod events;
 pub mod gc;
 pub mod generate;
+pub mod oci_hook;
 pub mod origdst;
 pub mod profiles;
 pub mod run;
@@ -323,6 +324,11 @@ it by itself when the pool is full.")]
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
     #[command(after_long_help = format!("{}\n\n{EXIT_HELP}", run::long_help(POLICY_HELP)))]
     Run(run::RunArgs),
+    /// OCI runtime hook: put a container under a policy at createRuntime
+    /// (from its `sbx.io/profile` or `sbx.io/policy` annotation, or the
+    /// host default) and remove it at poststop.
+    #[command(name = "oci-hook")]
+    OciHook(oci_hook::OciHookArgs),
     /// List the built-in profiles.
     Profiles(profiles::ProfilesArgs),
     /// Validate a policy and show what it compiles to, without root.

@@ -34,6 +34,9 @@ struct Entry {
     missing_hooks: Vec<String>,
     by: Option<String>,
     runner_pid: Option<u32>,
+    /// The container an OCI runtime hook attached this sandbox for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<crate::state::Container>,
     attached_at: Option<u64>,
     dest_entries: Option<usize>,
     policy: Option<Policy>,
@@ -85,6 +88,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                     .collect(),
                 by: rec.map(|r| r.by.clone()),
                 runner_pid: rec.and_then(|r| r.runner_pid),
+                container: rec.and_then(|r| r.container.clone()),
                 attached_at: rec.map(|r| r.attached_at),
                 dest_entries: rec.map(|r| r.dest_entries),
                 policy: rec.map(|r| r.policy.clone()),
@@ -148,6 +152,9 @@ fn print_entry(e: &Entry) {
     if let (Some(by), Some(n)) = (&e.by, e.dest_entries) {
         let pid = e.runner_pid.map(|p| format!(" pid {p}")).unwrap_or_default();
         println!("  by {by}{pid}; {n} destination entries; hooks: {}", e.enforcing_hooks.join(" "));
+    }
+    if let Some(c) = &e.container {
+        println!("  {c}");
     }
     println!("  held by {}", e.held_by);
     if let Some(policy) = &e.policy {

@@ -42,10 +42,7 @@ pub fn run(args: &UpdateArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         );
     }
     let record = Record::load(&paths, cg.id)?;
-    let owner = match &record {
-        Some(Record { runner_pid: Some(pid), .. }) => Owner::Run(*pid),
-        _ => Owner::Attach,
-    };
+    let owner = Owner::of(record.as_ref());
     // A `run` keeps serving its DNS stub: the new policy keeps reaching it.
     if let (Some(old), crate::policy::Dns::Pinned { stub: stub @ None }) = (&record, &mut policy.dns) {
         if let crate::policy::Dns::Pinned { stub: Some(a) } = old.policy.dns {
@@ -97,7 +94,7 @@ pub fn migrate(args: &MigrateArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             moved += 1;
             continue;
         }
-        let owner = rec.runner_pid.map_or(Owner::Attach, Owner::Run);
+        let owner = Owner::of(Some(&rec));
         let opts = default_options(rec.max_entries, true);
         install(&cg, &rec.policy, opts, &paths, owner)
             .with_context(|| format!("migrating {} failed; it stays held by its old programs", cg.path.display()))?;
