@@ -30,10 +30,12 @@
 //! moves from the old policy to the new one at the same instant.
 #![no_std]
 
+pub mod addr;
+
 /// Version of the contract between the programs and the loader. Part of
 /// the program set's identity (with a hash of the object): a loader never
 /// drives programs of another contract.
-pub const CONTRACT_VERSION: u32 = 2;
+pub const CONTRACT_VERSION: u32 = 4;
 
 /// Shared cgroup storage ([`Slot`]), one cell per sandbox cgroup.
 pub const MAP_SLOT: &str = "SBX_SLOT";
@@ -92,8 +94,10 @@ pub struct Slot {
     pub proxy_port: u32,
     /// Zero.
     pub _pad: u32,
+    /// The policy's NAT64 network-specific prefixes (unused entries zero).
+    pub nat64: [addr::Nat64Prefix; addr::MAX_NAT64_PREFIXES],
 }
-const _: () = assert!(core::mem::size_of::<Slot>() == 56);
+const _: () = assert!(core::mem::size_of::<Slot>() == 56 + 20 * addr::MAX_NAT64_PREFIXES);
 
 /// Per-CPU state of one sandbox ([`MAP_STATS`]).
 #[repr(C)]
@@ -157,7 +161,7 @@ pub const MAP_REDIRECTED: &str = "SBX_REDIRECTED";
 pub const MAP_ORIGDST: &str = "SBX_ORIGDST";
 
 /// Every map of the program set, pinned with it.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 11] = [
     MAP_SLOT,
     MAP_STATS,
     MAP_DEST_OF,
@@ -168,7 +172,45 @@ pub const MAPS: [&str; 10] = [
     MAP_POOL,
     MAP_REDIRECTED,
     MAP_ORIGDST,
+    MAP_VERDICT,
 ];
+
+/// Socket storage of the destinations the connect and sendmsg hooks
+/// allowed ([`SockVerdicts`]): the egress backstop agrees with the hook
+/// that judged a socket instead of judging the same destination again (and
+/// instead of judging a header that netfilter's DNAT already rewrote).
+pub const MAP_VERDICT: &str = "SBX_VERDICT";
+
+/// Sandbox layers whose verdict one socket remembers (each layer of nested
+/// sandboxes judges for itself; past this many, the backstop judges in
+/// full).
+pub const VERDICT_LAYERS: usize = 4;
+
+/// The destination one sandbox layer allowed for one socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerVerdict {
+    /// The layer's sandbox ([`Slot::cgroup_id`]); 0: an unused entry.
+    pub cgroup_id: u64,
+    /// The destination as the caller gave it (IPv4 mapped into IPv6,
+    /// network byte order), which is also how the socket records it.
+    pub addr: [u8; 16],
+    /// Its port, host byte order.
+    pub port: u32,
+    /// The policy index that allowed it ([`Slot::policy`]): a UDP verdict
+    /// holds only while the sandbox's policy is the one that made it.
+    pub policy: u32,
+}
+const _: () = assert!(core::mem::size_of::<LayerVerdict>() == 32);
+
+/// The verdicts of every layer for one socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockVerdicts {
+    /// One entry per layer, in the order the layers first judged.
+    pub layers: [LayerVerdict; VERDICT_LAYERS],
+}
+const _: () = assert!(core::mem::size_of::<SockVerdicts>() == 32 * VERDICT_LAYERS);
 
 /// The per-sandbox maps of contract 1 (before program sets), which
 /// sandboxes attached by an older sbx still have pinned beside their links.
@@ -177,10 +219,10 @@ pub const LEGACY_MAPS: [&str; 9] =
 
 /// Hook numbers carried in [`Event::hook`] and used by [`counter_index`],
 /// in [`PROGRAMS`] order.
-pub const HOOK_NAMES: [&str; 9] =
-    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress"];
+pub const HOOK_NAMES: [&str; 10] =
+    ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6", "sock_create", "setsockopt", "egress", "accept"];
 /// Number of hooks.
-pub const NUM_HOOKS: u32 = 9;
+pub const NUM_HOOKS: u32 = 10;
 
 /// Index in [`MAP_COUNTERS`] of the count of calls at `hook` that were
 /// allowed (`denied == 0`) or denied (`denied == 1`, including audit-mode
@@ -202,6 +244,14 @@ pub const FLAG_AUDIT: u32 = 1;
 /// [`Config::flags`] bit: transparent proxy redirect. A TCP connect the
 /// policy denies to a non-local destination is rewritten to the proxy.
 pub const FLAG_REDIRECT: u32 = 2;
+
+/// [`Slot::flags`] bit: trace each decision of this sandbox through
+/// aya-log (`run -vv`). One buffer serves every sandbox and aya-log's level
+/// is fixed when the programs load, so the switch is per sandbox, here.
+pub const FLAG_DEBUG: u32 = 4;
+
+/// Name of aya-log's ring buffer in the object, pinned with the set.
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
 
 /// The original destination of a redirected connection ([`MAP_REDIRECTED`],
 /// [`MAP_ORIGDST`] values).
@@ -358,10 +408,19 @@ pub type TrieAddr = [u8; 16];
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TrieValue {
-    /// Index into [`MAP_PORTS`].
+    /// Index into the policy's port tables.
     pub table: u32,
+    /// The entry's own prefix length (an LPM lookup does not say which
+    /// prefix matched): an explicit rule at least as long as an embedded
+    /// form's prefix decides for that form.
+    pub prefix_len: u8,
+    /// 1 when a user rule names exactly this prefix (not only a default or
+    /// a built-in entry).
+    pub explicit: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<TrieValue>() == 4);
+const _: () = assert!(core::mem::size_of::<TrieValue>() == 8);
 
 /// One port range of a [`PortTable`] with its verdict per protocol.
 #[repr(C)]
@@ -413,6 +472,15 @@ impl PortTable {
         }
     }
 }
+
+/// A loopback address every policy denies on every port
+/// (127.255.255.254), so that `verify` and `run` always have a local
+/// target that must be refused.
+pub const SENTINEL: [u8; 4] = [127, 255, 255, 254];
+/// The port of `run`'s start-up proof: a connect to [`SENTINEL`] on this
+/// port from inside the new cgroup must fail with `EPERM` before the
+/// command is executed. Denials of it are kept out of events and counters.
+pub const PROOF_PORT: u16 = 1;
 
 /// IP protocol numbers the programs distinguish.
 pub const IPPROTO_TCP: u32 = 6;

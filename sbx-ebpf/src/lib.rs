@@ -9,4 +9,5 @@
 // The dependencies serve the binary target; name them so the lint that
 // checks for unused crates sees them used.
 use aya_ebpf as _;
+use aya_log_ebpf as _;
 use sbx_common as _;

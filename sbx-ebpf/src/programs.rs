@@ -20,9 +20,11 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use sbx_common::{
-    counter_index, Event, OrigDst, OrigKey, PortTable, Slot, Stats, TrieAddr, TrieValue, COUNTER_EVENTS_DROPPED,
-    EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS, FLAG_AUDIT, FLAG_REDIRECT,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, VERDICT_ALLOW, VERDICT_DENY,
+    addr::{self, mapped},
+    counter_index, Event, LayerVerdict, OrigDst, OrigKey, PortTable, Slot, SockVerdicts, Stats, TrieAddr, TrieValue,
+    COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS,
+    FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, VERDICT_ALLOW,
+    VERDICT_DENY, VERDICT_LAYERS,
 };
 
 /// `BPF_MAP_TYPE_CGROUP_STORAGE`.
@@ -124,16 +126,189 @@ static SBX_REDIRECTED: LruHashMap<u64, OrigDst, 16384> = LruHashMap::new();
 #[btf_map(name = "SBX_ORIGDST")]
 static SBX_ORIGDST: LruHashMap<OrigKey, OrigDst, 16384> = LruHashMap::new();
 
-/// The attach point's slot, copied: a slot is replaced whole by `update`
-/// (the kernel swaps the cell's buffer), so one copy is one policy.
-#[inline(always)]
-fn slot() -> Slot {
-    let p = SBX_SLOT.get();
-    if p.is_null() {
-        return Slot::default();
+/// `BPF_MAP_TYPE_SK_STORAGE`.
+const SK_STORAGE: usize = 24;
+/// `BPF_F_NO_PREALLOC`, required of socket storage.
+const NO_PREALLOC: usize = 1;
+/// `BPF_SK_STORAGE_GET_F_CREATE`.
+const SK_STORAGE_CREATE: u64 = 1;
+
+/// A socket storage map, in aya-ebpf's BTF layout; aya-ebpf's `SkStorage`
+/// only takes a sock_addr context, and the egress hook needs the same map
+/// for the socket of a packet.
+#[repr(C)]
+struct SockStorage<V> {
+    r#type: *const [i32; SK_STORAGE],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; NO_PREALLOC],
+}
+
+// SAFETY: as for `SharedCgroupStorage`.
+unsafe impl<V> Sync for SockStorage<V> {}
+
+impl<V> SockStorage<V> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
     }
-    // SAFETY: a valid cell of `size_of::<Slot>()` bytes for this run.
-    unsafe { *p }
+
+    /// The storage of `sk`, created zeroed with `create`.
+    #[inline(always)]
+    fn get(&self, sk: *mut aya_ebpf::bindings::bpf_sock, create: bool) -> *mut V {
+        let flags = if create { SK_STORAGE_CREATE } else { 0 };
+        // SAFETY: `sk` is a socket pointer the verifier tracks (null
+        // checked by the helper's contract), `self` a relocated map.
+        unsafe {
+            aya_ebpf::helpers::bpf_sk_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                sk.cast(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast()
+    }
+}
+
+/// What the connect and sendmsg hooks allowed, per socket and sandbox
+/// layer. Written by connect4/6 and sendmsg4/6; read by the egress hook.
+#[btf_map(name = "SBX_VERDICT")]
+static SBX_VERDICT: SockStorage<SockVerdicts> = SockStorage::new();
+
+/// Records that this layer allowed `addr`:`port` for the context's socket.
+#[inline(always)]
+fn remember(slot: &Slot, ctx: &SockAddrContext, addr: &TrieAddr, port: u16) {
+    // SAFETY: the context's socket field; the verifier checks the access.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return;
+    }
+    let v = SBX_VERDICT.get(sk, true);
+    if v.is_null() {
+        return;
+    }
+    let entry = LayerVerdict { cgroup_id: slot.cgroup_id, addr: *addr, port: u32::from(port), policy: slot.policy };
+    let mut i = 0;
+    while i < VERDICT_LAYERS {
+        // SAFETY: `v` is this socket's storage for this program run; `i`
+        // is bounded by the array length.
+        let layer = unsafe { &mut (*v).layers[i] };
+        if layer.cgroup_id == slot.cgroup_id || layer.cgroup_id == 0 {
+            *layer = entry;
+            return;
+        }
+        i += 1;
+    }
+}
+
+/// What this layer allowed for the socket of `ctx`'s packet, and the
+/// socket's own destination (`port` 0 for an unconnected socket), both as
+/// (mapped address, host-order port).
+#[inline(always)]
+fn remembered(slot: &Slot, ctx: &SkBuffContext) -> Option<(LayerVerdict, TrieAddr, u32)> {
+    // SAFETY: reading the packet's socket field of the context.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: helper on a socket pointer of the context.
+    let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    let v = SBX_VERDICT.get(full, false);
+    if v.is_null() {
+        return None;
+    }
+    let mut found = None;
+    let mut i = 0;
+    while i < VERDICT_LAYERS {
+        // SAFETY: as in `remember`.
+        let layer = unsafe { (*v).layers[i] };
+        if layer.cgroup_id == slot.cgroup_id && layer.cgroup_id != 0 {
+            found = Some(layer);
+            break;
+        }
+        i += 1;
+    }
+    let layer = found?;
+    // SAFETY: fields of a full socket; the verifier checks each access.
+    let (family, dst_port) = unsafe { (ctx_u32(core::ptr::addr_of!((*full).family)), (*full).dst_port) };
+    let dst = if family == AF_INET {
+        // SAFETY: as above.
+        mapped(ctx_u32(unsafe { core::ptr::addr_of!((*full).dst_ip4) }).to_ne_bytes())
+    } else {
+        let mut w = [0u32; 4];
+        sock_dst6(full, &mut w);
+        let (w0, w1, w2, w3) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+        [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
+    };
+    Some((layer, dst, u32::from(u16::from_be(dst_port))))
+}
+
+/// `dst_ip6` of a full socket, one load per word at a constant offset. A
+/// function of its own (not inlined): inlined into the egress hook, register
+/// pressure made the compiler keep the field offset in a register and add
+/// it to the socket pointer, which the verifier refuses ("R9 pointer
+/// arithmetic on sock prohibited").
+#[inline(never)]
+fn sock_dst6(full: *mut aya_ebpf::bindings::bpf_sock, out: &mut [u32; 4]) {
+    // SAFETY: four fields of a full socket the caller null-checked.
+    unsafe {
+        out[0] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[0]));
+        out[1] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[1]));
+        out[2] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[2]));
+        out[3] = ctx_u32(core::ptr::addr_of!((*full).dst_ip6[3]));
+    }
+}
+
+/// The connected peer of the context's socket (IPv4 mapped for an IPv4
+/// socket, or a dual-stack one reaching IPv4), as the trie keys it, and its
+/// port in host order. An unknown peer reads as `::`, port 0, which no
+/// policy allows.
+#[inline(always)]
+fn connected_peer(ctx: &SockAddrContext, v6: bool) -> (TrieAddr, u16) {
+    // SAFETY: the context's socket field; the verifier checks the access.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return ([0; 16], 0);
+    }
+    // SAFETY: fields of the full socket of a sock_addr context.
+    let port = u16::from_be(unsafe { (*sk).dst_port });
+    let addr = if v6 {
+        let mut w = [0u32; 4];
+        sock_dst6(sk, &mut w);
+        let (w0, w1, w2, w3) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+        [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
+    } else {
+        // SAFETY: as above.
+        mapped(ctx_u32(unsafe { core::ptr::addr_of!((*sk).dst_ip4) }).to_ne_bytes())
+    };
+    (addr, port)
+}
+
+/// `AF_INET` as `bpf_sock.family` holds it.
+const AF_INET: u32 = 2;
+
+/// The attach point's slot. Read in place, not copied (it does not fit the
+/// stack beside an event): `update` never writes a slot in place, the
+/// kernel swaps the cell's buffer and frees the old one after an RCU grace
+/// period, so every field read through this one reference belongs to one
+/// slot. `None` only if the kernel has no cell for the attach point, which
+/// a linked program never sees; the callers reject.
+#[inline(always)]
+fn slot() -> Option<&'static Slot> {
+    let p = SBX_SLOT.get();
+    // SAFETY: a valid cell of `size_of::<Slot>()` bytes for this program
+    // run, or null.
+    unsafe { p.as_ref() }
 }
 
 /// `BPF_SOCK_OPS_TCP_CONNECT_CB`: the SYN is about to be sent, the local
@@ -170,6 +345,8 @@ const HOOK_BIND6: u32 = 5;
 const HOOK_SOCK_CREATE: u32 = 6;
 const HOOK_SETSOCKOPT: u32 = 7;
 const HOOK_EGRESS: u32 = 8;
+/// The egress hook judging a SYN-ACK: a connection into the sandbox.
+const HOOK_ACCEPT: u32 = 9;
 
 /// Whether the caller's context can name a task (not the egress hook,
 /// which may run in softirq context).
@@ -182,7 +359,8 @@ enum Task {
 /// Counts a decision and, for a denial, reports it. Returns whether the
 /// call may proceed: an allow, or a denial in audit mode. `verdict` says
 /// what happened: an internal error rejects and is reported as a denial
-/// (never as an audit-mode "would be denied"), whatever the mode.
+/// (never as an audit-mode "would be denied"), whatever the mode;
+/// `redirected` says the denied connect was already sent to the proxy.
 #[inline(always)]
 fn settle(
     slot: &Slot,
@@ -192,9 +370,18 @@ fn settle(
     addr: &TrieAddr,
     port: u32,
     task: Task,
-    redirecting: bool,
+    redirected: bool,
 ) -> bool {
     let allowed = verdict == Ok(true);
+    if !allowed
+        && hook == HOOK_CONNECT4
+        && port == u32::from(sbx_common::PROOF_PORT)
+        && *addr == mapped(sbx_common::SENTINEL)
+    {
+        // `run` proving the hooks fire in a new cgroup: refused, but not
+        // reported or counted.
+        return false;
+    }
     let stats = SBX_STATS.get();
     bump(stats, counter_index(hook, u32::from(!allowed)));
     if allowed {
@@ -203,7 +390,7 @@ fn settle(
     let audit = verdict.is_ok() && slot.flags & FLAG_AUDIT != 0;
     let outcome = if audit {
         EVENT_AUDIT
-    } else if redirecting && verdict.is_ok() {
+    } else if redirected {
         EVENT_REDIRECTED
     } else {
         EVENT_DENIED
@@ -302,7 +489,7 @@ const PASS: i32 = 1;
 const REJECT: i32 = 0;
 
 /// Which trie judges the address.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Dest,
     Bind,
@@ -310,11 +497,9 @@ enum Direction {
 
 #[cgroup_sock_addr(connect4)]
 fn sbx_connect4(ctx: SockAddrContext) -> i32 {
-    let slot = slot();
-    let target = redirect_target(&slot, &ctx, false);
-    if judge4(&slot, &ctx, Direction::Dest, HOOK_CONNECT4, target.is_some())
-        || target.is_some_and(|t| redirect(&ctx, &t, false))
-    {
+    let Some(slot) = slot() else { return REJECT };
+    let target = redirect_target(slot, &ctx, false);
+    if judge4(slot, &ctx, Direction::Dest, HOOK_CONNECT4, target) {
         PASS
     } else {
         REJECT
@@ -323,22 +508,38 @@ fn sbx_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 fn sbx_connect6(ctx: SockAddrContext) -> i32 {
-    let slot = slot();
-    let target = redirect_target(&slot, &ctx, true);
-    if judge6(&slot, &ctx, Direction::Dest, HOOK_CONNECT6, target.is_some())
-        || target.is_some_and(|t| redirect(&ctx, &t, true))
-    {
+    let Some(slot) = slot() else { return REJECT };
+    let target = redirect_target(slot, &ctx, true);
+    if judge6(slot, &ctx, Direction::Dest, HOOK_CONNECT6, target) {
         PASS
     } else {
         REJECT
     }
 }
 
+/// `(proxy address, proxy port, original address)` of a redirect.
+type Redirect = ([u8; 16], u32, TrieAddr);
+
+/// Sends a connect the policy denied to the proxy, if it is one that
+/// transparent proxy mode redirects (not in audit mode, not on an internal
+/// error). Returns whether it did: the event then says "proxied", and only
+/// then (a redirect that fails is reported and refused as a denial).
+#[inline(always)]
+fn redirect_denied(
+    slot: &Slot,
+    ctx: &SockAddrContext,
+    verdict: Result<bool, ()>,
+    target: Option<Redirect>,
+    v6: bool,
+) -> bool {
+    verdict == Ok(false) && slot.flags & FLAG_AUDIT == 0 && target.is_some_and(|t| redirect(ctx, &t, v6))
+}
+
 /// Where a denied connect would be redirected, if transparent proxy mode
 /// applies to it: TCP, to a non-local destination, and (for an IPv4
 /// socket) an IPv4 proxy. `(proxy address, proxy port, original address)`.
 #[inline(always)]
-fn redirect_target(cfg: &Slot, ctx: &SockAddrContext, v6: bool) -> Option<([u8; 16], u32, TrieAddr)> {
+fn redirect_target(cfg: &Slot, ctx: &SockAddrContext, v6: bool) -> Option<Redirect> {
     if cfg.flags & FLAG_REDIRECT == 0 {
         return None;
     }
@@ -361,7 +562,7 @@ fn redirect_target(cfg: &Slot, ctx: &SockAddrContext, v6: bool) -> Option<([u8; 
 /// Rewrites a denied connect to the proxy and records its original
 /// destination under the socket cookie. Returns whether it redirected.
 #[inline(always)]
-fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool) -> bool {
+fn redirect(ctx: &SockAddrContext, target: &Redirect, v6: bool) -> bool {
     let (proxy, proxy_port, orig) = *target;
     let sa = ctx.sock_addr;
     // SAFETY: the helper takes the context pointer.
@@ -393,7 +594,7 @@ fn redirect(ctx: &SockAddrContext, target: &([u8; 16], u32, TrieAddr), v6: bool)
 
 #[cgroup_sock_addr(sendmsg4)]
 fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if judge4(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG4, false) {
+    if slot().is_some_and(|slot| judge4(slot, &ctx, Direction::Dest, HOOK_SENDMSG4, None)) {
         PASS
     } else {
         REJECT
@@ -402,7 +603,7 @@ fn sbx_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if judge6(&slot(), &ctx, Direction::Dest, HOOK_SENDMSG6, false) {
+    if slot().is_some_and(|slot| judge6(slot, &ctx, Direction::Dest, HOOK_SENDMSG6, None)) {
         PASS
     } else {
         REJECT
@@ -411,7 +612,7 @@ fn sbx_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind4)]
 fn sbx_bind4(ctx: SockAddrContext) -> i32 {
-    if judge4(&slot(), &ctx, Direction::Bind, HOOK_BIND4, false) {
+    if slot().is_some_and(|slot| judge4(slot, &ctx, Direction::Bind, HOOK_BIND4, None)) {
         PASS
     } else {
         REJECT
@@ -420,7 +621,7 @@ fn sbx_bind4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(bind6)]
 fn sbx_bind6(ctx: SockAddrContext) -> i32 {
-    if judge6(&slot(), &ctx, Direction::Bind, HOOK_BIND6, false) {
+    if slot().is_some_and(|slot| judge6(slot, &ctx, Direction::Bind, HOOK_BIND6, None)) {
         PASS
     } else {
         REJECT
@@ -438,10 +639,10 @@ fn sbx_sock_create(ctx: SockContext) -> i32 {
     // SAFETY: field addresses of the context; the verifier checks reads.
     let (ty, proto) =
         unsafe { (ctx_u32(core::ptr::addr_of!((*sk).type_)), ctx_u32(core::ptr::addr_of!((*sk).protocol))) };
-    let slot = slot();
+    let Some(slot) = slot() else { return REJECT };
     // A sandbox whose policy is not written yet denies everything.
     let allowed = slot.policy != 0 && matches!((ty, proto), (SOCK_STREAM, IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_UDP));
-    if settle(&slot, Ok(allowed), HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
+    if settle(slot, Ok(allowed), HOOK_SOCK_CREATE, proto, &[0; 16], ty, Task::Current, false) {
         PASS
     } else {
         REJECT
@@ -456,18 +657,41 @@ const SOL_IPV6: i32 = 41;
 const IPV6_2292RTHDR: i32 = 5;
 const IPV6_RTHDR: i32 = 57;
 
+/// `IPV6_2292PKTOPTIONS`: a whole set of sticky options in one call, a
+/// routing header among them.
+const IPV6_2292PKTOPTIONS: i32 = 6;
+/// The most of an option value a sockopt program is shown (a page).
+const SOCKOPT_MAX_SEEN: i32 = 4096;
+
 /// `setsockopt()`: refuses the options that make packets travel somewhere
 /// other than the address the connect/sendmsg hooks judged: IPv4 options
-/// (loose/strict source routing) and IPv6 routing headers.
+/// (loose/strict source routing) and IPv6 routing headers, also inside
+/// `IPV6_2292PKTOPTIONS`. Clearing IP options (`optlen` 0) is harmless and
+/// allowed.
+///
+/// A value longer than a page is shown to the program cut to a page; left
+/// so, the kernel fails the call with `EFAULT`. The program never changes a
+/// value, so it sets `optlen` to 0, which the kernel documentation for
+/// cgroup sockopt programs gives as "use the caller's value unchanged".
 #[cgroup_sockopt(setsockopt)]
 fn sbx_setsockopt(ctx: SockoptContext) -> i32 {
-    let so = ctx.sockopt.cast_const();
-    // SAFETY: as in `sbx_sock_create`; both fields are 4-byte ints.
-    let (level, name) = unsafe { ((*so).level, (*so).optname) };
-    let refused = matches!((level, name), (SOL_IP, IP_OPTIONS) | (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR));
+    let so = ctx.sockopt;
+    // SAFETY: as in `sbx_sock_create`; the three fields are 4-byte ints.
+    let (level, name, optlen) = unsafe { ((*so).level, (*so).optname, (*so).optlen) };
+    let refused = match (level, name) {
+        (SOL_IP, IP_OPTIONS) => optlen != 0,
+        (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS) => true,
+        _ => false,
+    };
+    if optlen > SOCKOPT_MAX_SEEN {
+        // SAFETY: `optlen` is writable in a setsockopt program.
+        unsafe { (*so).optlen = 0 };
+    }
     #[expect(clippy::cast_sign_loss, reason = "reported as raw numbers")]
     let (level, name) = (level as u32, name as u32);
-    if settle(&slot(), Ok(!refused), HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false) {
+    if slot()
+        .is_some_and(|slot| settle(slot, Ok(!refused), HOOK_SETSOCKOPT, level, &[0; 16], name, Task::Current, false))
+    {
         PASS
     } else {
         REJECT
@@ -503,7 +727,7 @@ fn sbx_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &SkBuffContext) -> bool {
-    let slot = &slot();
+    let Some(slot) = slot() else { return false };
     // Ordered for the common case: most packets are TCP segments after the
     // SYN, which need the header length, protocol and flags only.
     // SAFETY: reading a field of the context.
@@ -527,7 +751,10 @@ fn egress(ctx: &SkBuffContext) -> bool {
     };
     if l4 == IPPROTO_TCP {
         match ctx.load::<u8>(off + 13) {
-            Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN => return true,
+            Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK => {
+                return accepted(slot, ctx, v6, off);
+            }
+            Ok(flags) if flags & TCP_FLAG_SYN == 0 => return true,
             Ok(_) => {}
             Err(_) => return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown),
         }
@@ -551,15 +778,102 @@ fn egress(ctx: &SkBuffContext) -> bool {
     let (Ok(addr), Ok(port)) = (dest(ctx), ctx.load::<u16>(off + 2).map(u16::from_be)) else {
         return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown);
     };
+    // The hook that judged this socket's destination left its verdict:
+    // agree with it rather than judge the same destination again. A TCP
+    // connection keeps the verdict of its connect for its whole life (an
+    // update does not cut a connection the old policy allowed, nor drop
+    // its SYN); a UDP verdict holds while the policy that made it is in
+    // force. The socket's own destination is compared, not the header's,
+    // which netfilter's DNAT may have rewritten; an unconnected socket has
+    // none, and then the header must be what sendmsg allowed. Anything
+    // else is judged in full below.
+    if let Some((seen, sock_dst, sock_port)) = remembered(slot, ctx) {
+        let agrees = if sock_port != 0 {
+            seen.addr == sock_dst && seen.port == sock_port
+        } else {
+            let raw = if v6 { ctx.load::<[u8; 16]>(24).ok() } else { ctx.load::<[u8; 4]>(16).ok().map(mapped) };
+            raw == Some(seen.addr) && seen.port == u32::from(port)
+        };
+        if agrees && (l4 == IPPROTO_TCP || seen.policy == slot.policy) {
+            return conclude(slot, Ok(true), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown);
+        }
+    }
     conclude(
         slot,
-        decide(slot, &addr, port, l4, Direction::Dest),
+        decide_v6(slot, &addr, port, l4, Direction::Dest),
         HOOK_EGRESS,
         l4,
         &addr,
         u32::from(port),
         Task::Unknown,
     )
+}
+
+/// A SYN-ACK: a peer is completing a connection to a socket in the
+/// sandbox (a listener made by bind, by listen without bind, or by accept).
+/// Only the SYN a sandbox sends is judged by the connect hooks, so without
+/// this a host the policy denies could connect in and get a two-way
+/// channel. It may if `bind` allows the sandbox's local address and port,
+/// and the destination policy lets the sandbox reach the peer on some TCP
+/// port (the peer's own port is ephemeral); a loopback peer is governed by
+/// the `loopback` setting against the sandbox's local port (a dev server's
+/// loopback clients). Judged here, once per connection, not on every
+/// received packet.
+#[inline(always)]
+fn accepted(slot: &Slot, ctx: &SkBuffContext, v6: bool, off: usize) -> bool {
+    let local = if v6 { ctx.load::<[u8; 16]>(8).ok() } else { ctx.load::<[u8; 4]>(12).ok().map(mapped) };
+    let peer = if v6 { ctx.load::<[u8; 16]>(24).ok() } else { ctx.load::<[u8; 4]>(16).ok().map(mapped) };
+    let lport = ctx.load::<u16>(off).map(u16::from_be).ok();
+    let (Some(local), Some(peer), Some(lport)) = (local, peer, lport) else {
+        return conclude(slot, Err(()), HOOK_ACCEPT, IPPROTO_TCP, &[0; 16], 0, Task::Unknown);
+    };
+    let bound = decide(slot, &local, lport, IPPROTO_TCP, Direction::Bind);
+    let verdict = match bound {
+        Ok(true) => peer_reachable(slot, &peer, lport),
+        other => other,
+    };
+    conclude(slot, verdict, HOOK_ACCEPT, IPPROTO_TCP, &peer, u32::from(lport), Task::Unknown)
+}
+
+/// Whether the sandbox could reach `peer` over TCP on some port (see
+/// [`accepted`]); for a local-host peer, whether `loopback` allows the
+/// sandbox's local port `lport`. Embedded IPv4 forms count as the IPv4
+/// address they reach, and forms of local addresses are refused.
+#[inline(always)]
+fn peer_reachable(slot: &Slot, peer: &TrieAddr, lport: u16) -> Result<bool, ()> {
+    let addr = match addr::embedded(peer, &slot.nat64) {
+        Some(e) if e.is_local() => return Ok(false),
+        Some(e) => mapped(e.v4),
+        None => *peer,
+    };
+    let v = lookup(slot, &addr, Direction::Dest)?;
+    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(v.table).ok_or(())?;
+    let local_host = (addr::is_mapped(&addr) && addr::is_local_v4([addr[12], addr[13], addr[14], addr[15]]))
+        || addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    if local_host {
+        return Ok(lookup_port(table, lport, IPPROTO_TCP)? == VERDICT_ALLOW);
+    }
+    Ok(any_port(table))
+}
+
+/// Whether any TCP port of `table` is allowed.
+#[inline(always)]
+fn any_port(table: &PortTable) -> bool {
+    if table.default_tcp == VERDICT_ALLOW {
+        return true;
+    }
+    let len = table.len as usize;
+    let mut i = 0;
+    while i < MAX_SEGMENTS {
+        if i >= len {
+            break;
+        }
+        if table.segments.get(i).is_some_and(|s| s.tcp == VERDICT_ALLOW) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// L4 protocol and offset of an IPv4 packet; `None` offset when the header
@@ -603,11 +917,11 @@ fn dest_v4(ctx: &SkBuffContext) -> Result<TrieAddr, ()> {
     Ok(mapped(v4))
 }
 
-/// The destination of an IPv6 packet, embedded IPv4 forms as IPv4.
+/// The destination of an IPv6 packet, as the header carries it (embedded
+/// IPv4 forms are judged by [`decide_v6`], as in the connect hooks).
 #[inline(always)]
 fn dest_v6(ctx: &SkBuffContext) -> Result<TrieAddr, ()> {
-    let addr: [u8; 16] = ctx.load(24).map_err(|_| ())?;
-    Ok(embedded_v4(&addr).map_or(addr, mapped))
+    ctx.load(24).map_err(|_| ())
 }
 
 /// Reads a 4-byte field of `bpf_sock_addr`.
@@ -643,18 +957,21 @@ fn user_ip4(sa: *const bpf_sock_addr) -> [u8; 4] {
     ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip4) }).to_ne_bytes()
 }
 
-/// `user_ip6` as address bytes, read word by word (see [`ctx_u32`]).
+/// `user_ip6` as address bytes: one load per word at a constant offset
+/// (see [`ctx_u32`]), not a loop whose unrolling the verifier would depend
+/// on (a loop's offset in a register is "dereference of modified ctx ptr").
 #[inline(always)]
 fn user_ip6(sa: *const bpf_sock_addr) -> TrieAddr {
-    let mut addr = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        // SAFETY: as in `port`; `i < 4` keeps the offset inside `user_ip6`.
-        let word = ctx_u32(unsafe { core::ptr::addr_of!((*sa).user_ip6[i]) }).to_ne_bytes();
-        addr[i * 4..i * 4 + 4].copy_from_slice(&word);
-        i += 1;
-    }
-    addr
+    // SAFETY: as in `port`; four fields of `user_ip6`.
+    let (w0, w1, w2, w3) = unsafe {
+        (
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[0])).to_ne_bytes(),
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[1])).to_ne_bytes(),
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[2])).to_ne_bytes(),
+            ctx_u32(core::ptr::addr_of!((*sa).user_ip6[3])).to_ne_bytes(),
+        )
+    };
+    [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
 }
 
 #[inline(always)]
@@ -664,29 +981,72 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 }
 
 #[inline(always)]
-fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
+fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let addr = mapped(user_ip4(sa));
-    let (port, proto) = (port(sa), protocol(sa));
-    settle(slot, decide(slot, &addr, port, proto, dir), hook, proto, &addr, u32::from(port), Task::Current, redirecting)
+    let (mut addr, mut port, proto) = (mapped(user_ip4(sa)), port(sa), protocol(sa));
+    if hook == HOOK_SENDMSG4 && port == 0 && addr == mapped([0; 4]) {
+        // A sendmsg() without an address on a connected UDP socket that
+        // carries control messages (IP_TOS, IP_PKTINFO, TTL...): the kernel
+        // runs this hook with an all-zero address. The datagram goes to the
+        // connected peer: judge that.
+        (addr, port) = connected_peer(ctx, false);
+    }
+    let verdict = decide(slot, &addr, port, proto, dir);
+    if verdict == Ok(true) && dir == Direction::Dest {
+        remember(slot, ctx, &addr, port);
+    }
+    let redirected = redirect_denied(slot, ctx, verdict, target, false);
+    trace(ctx, slot, hook, &addr, port, verdict);
+    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
+}
+
+/// With the sandbox's debug flag (`run -vv`), one aya-log line per
+/// decision, naming the sandbox so that its reader shows its own only. Off,
+/// this is one test of a flag the slot read already brought in.
+#[inline(always)]
+fn trace<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    slot: &Slot,
+    hook: u32,
+    addr: &TrieAddr,
+    port: u16,
+    verdict: Result<bool, ()>,
+) {
+    if slot.flags & sbx_common::FLAG_DEBUG == 0 {
+        return;
+    }
+    let outcome: u32 = match verdict {
+        Ok(true) => 1,
+        Ok(false) => 0,
+        Err(()) => 2,
+    };
+    aya_log_ebpf::debug!(
+        ctx,
+        "sandbox={} hook={} dest=[{:i}]:{} verdict={}",
+        slot.cgroup_id,
+        hook,
+        *addr,
+        port,
+        outcome
+    );
 }
 
 #[inline(always)]
-fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, redirecting: bool) -> bool {
+fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let mut addr = user_ip6(sa);
-    let (port, proto) = (port(sa), protocol(sa));
-    let verdict = match embedded_v4(&addr) {
-        // A NAT64/6to4 form of a local address leaves the host; it is
-        // not loopback, and it is nothing a policy can name. Refuse it.
-        Some(v4) if v4[0] == 127 || v4[0] == 0 => Ok(false),
-        Some(v4) => {
-            addr = mapped(v4);
-            decide(slot, &addr, port, proto, dir)
-        }
-        None => decide(slot, &addr, port, proto, dir),
-    };
-    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirecting)
+    let (mut addr, mut port, proto) = (user_ip6(sa), port(sa), protocol(sa));
+    if hook == HOOK_SENDMSG6 && port == 0 && addr == [0; 16] {
+        // As in `judge4` (IPV6_TCLASS for ECN, hop limit, pktinfo...).
+        (addr, port) = connected_peer(ctx, true);
+    }
+    let verdict = decide_v6(slot, &addr, port, proto, dir);
+    if verdict == Ok(true) && dir == Direction::Dest {
+        // As the socket and the packet header will carry it.
+        remember(slot, ctx, &addr, port);
+    }
+    let redirected = redirect_denied(slot, ctx, verdict, target, true);
+    trace(ctx, slot, hook, &addr, port, verdict);
+    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
 }
 
 /// Turns a decision of the egress hook into its answer, counting and
@@ -704,27 +1064,9 @@ fn conclude(
     settle(slot, verdict, hook, proto, addr, port, task, false)
 }
 
-/// `::ffff:a.b.c.d`, the trie's encoding of an IPv4 address.
+/// The trie entry for `addr`: the policy's longest matching prefix.
 #[inline(always)]
-fn mapped(v4: [u8; 4]) -> TrieAddr {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
-}
-
-/// The IPv4 address a NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address
-/// reaches, if it is one.
-#[inline(always)]
-fn embedded_v4(a: &TrieAddr) -> Option<[u8; 4]> {
-    if a[0] == 0x00 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b && a[4..12] == [0u8; 8] {
-        return Some([a[12], a[13], a[14], a[15]]);
-    }
-    if a[0] == 0x20 && a[1] == 0x02 {
-        return Some([a[2], a[3], a[4], a[5]]);
-    }
-    None
-}
-
-#[inline(always)]
-fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+fn lookup(slot: &Slot, addr: &TrieAddr, dir: Direction) -> Result<TrieValue, ()> {
     // Policy 0 is never allocated: a slot not yet written denies everything.
     if slot.policy == 0 {
         return Err(());
@@ -735,10 +1077,50 @@ fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -
         Direction::Bind => SBX_BIND_OF.get(slot.policy),
     }
     .ok_or(())?;
-    let entry = trie.get(&key).ok_or(())?;
-    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(entry.table).ok_or(())?;
-    let verdict = lookup_port(table, port, proto)?;
-    Ok(verdict == VERDICT_ALLOW)
+    trie.get(&key).copied().ok_or(())
+}
+
+/// The verdict of entry `v` for `port` and `proto`.
+#[inline(always)]
+fn port_verdict(slot: &Slot, v: &TrieValue, port: u16, proto: u32) -> Result<bool, ()> {
+    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(v.table).ok_or(())?;
+    Ok(lookup_port(table, port, proto)? == VERDICT_ALLOW)
+}
+
+/// The decision for `addr` (IPv4 mapped, or plain IPv6).
+#[inline(always)]
+fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+    port_verdict(slot, &lookup(slot, addr, dir)?, port, proto)
+}
+
+/// The decision for an IPv6 address, whatever form it has: an embedded
+/// IPv4 form (see `sbx_common::addr`) is judged as the IPv4 address it
+/// reaches (both, for Teredo), unless an explicit IPv6 rule at least as
+/// specific as the form's prefix decides; a form of a local address is
+/// refused. The one classification for every destination hook, the egress
+/// backstop included; bind judges the address itself.
+#[inline(always)]
+fn decide_v6(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
+    // A bind names a local address: what it would reach does not apply.
+    let form = if dir == Direction::Dest { addr::embedded(addr, &slot.nat64) } else { None };
+    let Some(e) = form else {
+        return decide(slot, addr, port, proto, dir);
+    };
+    if e.is_local() {
+        // It leaves the host to reach a local address: not loopback, and
+        // nothing a policy can name, not even an explicit rule.
+        return Ok(false);
+    }
+    if let Ok(v) = lookup(slot, addr, dir) {
+        if v.explicit != 0 && u32::from(v.prefix_len) >= e.prefix_len {
+            return port_verdict(slot, &v, port, proto);
+        }
+    }
+    let first = decide(slot, &addr::mapped(e.v4), port, proto, dir);
+    match (first, e.second) {
+        (Ok(true), Some(client)) => decide(slot, &addr::mapped(client), port, proto, dir),
+        _ => first,
+    }
 }
 
 #[inline(always)]

@@ -38,6 +38,9 @@ pub enum CgroupError {
         /// The error.
         source: io::Error,
     },
+    /// cgroup v1 `net_cls`/`net_prio` may switch cgroup v2 socket matching off.
+    #[error("{0}")]
+    V1SocketMatching(String),
     /// Processes stayed in the cgroup after it was killed.
     #[error("processes are still in {path} after killing them; it was left in place")]
     NotEmpty {
@@ -49,6 +52,44 @@ pub enum CgroupError {
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
     let path = path.to_owned();
     move |source| CgroupError::Io { action, path, source }
+}
+
+/// Why cgroup v2 socket hooks might not hold on this host, if they might
+/// not: before Linux 5.15, the first use of a cgroup v1 `net_cls` or
+/// `net_prio` controller switches cgroup v2 socket matching off for new
+/// sockets, and the `sock_addr` programs then judge nothing. `release` is
+/// `uname -r`, `mountinfo` the text of `/proc/self/mountinfo`.
+#[must_use]
+pub fn v1_socket_matching_conflict(release: &str, mountinfo: &str) -> Option<String> {
+    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let major: u32 = nums.next()?.parse().ok()?;
+    let minor: u32 = nums.next()?.parse().ok()?;
+    if (major, minor) >= (5, 15) {
+        return None;
+    }
+    let v1 = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut f = right.split_whitespace();
+        let (fstype, _source, options) = (f.next()?, f.next()?, f.next()?);
+        let netclass = options.split(',').any(|o| o == "net_cls" || o == "net_prio");
+        (fstype == "cgroup" && netclass).then(|| left.split_whitespace().nth(4).unwrap_or("?").to_owned())
+    })?;
+    Some(format!(
+        "cgroup v1 net_cls/net_prio is mounted at {v1} and this kernel ({release}) is older than 5.15: using them \
+         switches cgroup v2 socket matching off, and sbx's programs would judge nothing; refusing to attach\nHint: \
+         unmount the v1 net_cls/net_prio hierarchy (or boot with cgroup_no_v1=net_cls,net_prio), or use Linux 5.15+"
+    ))
+}
+
+/// Fails when [`v1_socket_matching_conflict`] finds one on this host.
+pub fn check_socket_matching() -> Result<(), CgroupError> {
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    match v1_socket_matching_conflict(release.trim(), &info) {
+        Some(why) => Err(CgroupError::V1SocketMatching(why)),
+        None => Ok(()),
+    }
 }
 
 /// Mount point of the cgroup2 filesystem, from `/proc/self/mountinfo`.
@@ -239,6 +280,19 @@ pub fn fs_magic(path: &Path) -> io::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_net_cls_before_5_15_is_a_conflict() {
+        let with = "30 25 0:27 / /sys/fs/cgroup/net_cls,net_prio rw,nosuid - cgroup cgroup rw,net_cls,net_prio\n\
+                    31 25 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        let without = "31 25 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                       32 25 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n";
+        assert!(v1_socket_matching_conflict("5.10.0-21-amd64", with).is_some_and(|m| m.contains("net_cls")));
+        assert_eq!(v1_socket_matching_conflict("5.10.0-21-amd64", without), None);
+        assert_eq!(v1_socket_matching_conflict("5.15.0", with), None);
+        assert_eq!(v1_socket_matching_conflict("6.18.0", with), None);
+        assert_eq!(v1_socket_matching_conflict("garbage", with), None);
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_mountinfo() {

@@ -3,12 +3,21 @@
 //! Pure: no aya, no I/O. The kernel side does a longest-prefix lookup and
 //! reads one port table, so all rule precedence is resolved here:
 //!
-//! 1. Loopback (127.0.0.0/8, `::1`) and the unspecified addresses (which
-//!    reach the local host) are decided by the `loopback` setting alone,
-//!    except [`VERIFY_SENTINEL`], which is always denied.
+//! 1. Loopback (127.0.0.0/8, `::1`) is decided by the `loopback` setting
+//!    and the rules inside the loopback space (a prefix within
+//!    `127.0.0.0/8`, or `::1`): among those that match, the longest prefix
+//!    decides (deny on a tie), and any of them beats the setting. Rules
+//!    with shorter prefixes (`any`, `0.0.0.0/0`) never apply to loopback.
+//!    The unspecified addresses are aliases: `0.0.0.0` gets exactly the
+//!    verdicts of `127.0.0.1` and `::` those of `::1`, where the kernel
+//!    connects them. [`VERIFY_SENTINEL`] is always denied.
 //! 2. Otherwise, among the rules that match the address, port and protocol,
 //!    the one with the longest prefix decides; on a tie, deny wins.
 //! 3. If none matches, the default decides.
+//!
+//! Under `dns = "pinned"`, loopback port 53 is refused by built-in rules
+//! (a deny on `127.0.0.0/8` and `::1`, an allow of `run`'s stub address)
+//! that loopback rules at the same or a longer prefix override.
 //!
 //! sbx also adds low-priority deny entries for addresses that are not
 //! ordinary unicast destinations: `0.0.0.0/8`, multicast (`224.0.0.0/4`,
@@ -32,9 +41,12 @@ use std::{
 };
 
 use ipnet::IpNet;
-use sbx_common::{PortSegment, PortTable, TrieAddr, MAX_SEGMENTS, VERDICT_ALLOW, VERDICT_DENY};
+use sbx_common::{
+    addr::{self, Nat64Prefix, MAX_NAT64_PREFIXES},
+    PortSegment, PortTable, TrieAddr, MAX_SEGMENTS, VERDICT_ALLOW, VERDICT_DENY,
+};
 
-use crate::policy::{Action, Bind, Loopback, Policy, PortRange, Protocols, Rule};
+use crate::policy::{Action, Bind, Dns, Loopback, Policy, PortRange, Protocols, Rule, DNS_PORT};
 
 /// Default capacity of each trie: room for at least 100,000 rules.
 pub const DEFAULT_MAX_ENTRIES: u32 = 131_072;
@@ -50,6 +62,9 @@ pub struct TrieEntry {
     pub addr: TrieAddr,
     /// Index into [`Compiled::tables`].
     pub table: u32,
+    /// Whether a user rule names exactly this prefix (see
+    /// [`sbx_common::TrieValue::explicit`]).
+    pub explicit: bool,
 }
 
 /// Everything the maps hold for one policy.
@@ -61,6 +76,8 @@ pub struct Compiled {
     pub bind: Vec<TrieEntry>,
     /// Port tables, deduplicated; both tries index into this.
     pub tables: Vec<PortTable>,
+    /// The policy's NAT64 network-specific prefixes, for the slot.
+    pub nat64: [Nat64Prefix; MAX_NAT64_PREFIXES],
 }
 
 /// A policy that cannot be put into the maps.
@@ -139,11 +156,26 @@ fn v6(s: &str, len: u8) -> Prefix {
 
 /// A loopback address every policy denies, on every port, so that
 /// `sbx-user verify` always has a local target that must be refused.
-pub const VERIFY_SENTINEL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 255, 255, 254);
+pub const VERIFY_SENTINEL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(
+    sbx_common::SENTINEL[0],
+    sbx_common::SENTINEL[1],
+    sbx_common::SENTINEL[2],
+    sbx_common::SENTINEL[3],
+);
 
 /// Where the local host is reached: decided by `loopback` only.
 fn local_host_prefixes() -> [Prefix; 4] {
     [v4([127, 0, 0, 0], 8), v4([0, 0, 0, 0], 32), v6("::1", 128), v6("::", 128)]
+}
+
+/// The unspecified addresses and the loopback address each is connected
+/// to by the kernel (`ip_route_connect`, `tcp_v6_connect`): the first
+/// takes the second's trie entry.
+fn unspecified_aliases() -> [(Prefix, std::net::IpAddr); 2] {
+    [
+        (v4([0, 0, 0, 0], 32), IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        (v6("::", 128), IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ]
 }
 
 /// Low-priority deny entries for non-unicast and deprecated address forms.
@@ -325,10 +357,13 @@ fn verdict(a: Action) -> u8 {
 }
 
 /// Resolves one trie. `fixed` prefixes get the given functions regardless
-/// of rules.
+/// of rules. `anchors` start from the given function instead of their
+/// parent's (rules on shorter prefixes do not reach them); their own rules
+/// and those of longer prefixes apply on top, as anywhere else.
 fn resolve(
     rules: &[CRule],
     fixed: &[(Prefix, Resolved)],
+    anchors: &[(Prefix, Resolved)],
     default: Action,
     user_rules: &[Rule],
     tables: &mut TableSet,
@@ -338,8 +373,10 @@ fn resolve(
         by_prefix.entry(r.prefix).or_default().push(r);
     }
     let fixed_map: HashMap<Prefix, &Resolved> = fixed.iter().map(|(p, r)| (*p, r)).collect();
+    let anchor_map: HashMap<Prefix, &Resolved> = anchors.iter().map(|(p, r)| (*p, r)).collect();
     let mut prefixes: Vec<Prefix> = by_prefix.keys().copied().collect();
     prefixes.extend(fixed_map.keys().copied());
+    prefixes.extend(anchor_map.keys().copied());
     prefixes.push(V6_ROOT);
     prefixes.push(V4_ROOT);
     prefixes.sort_unstable_by_key(|p| (p.addr, p.len));
@@ -355,7 +392,13 @@ fn resolve(
         let resolved = if let Some(f) = fixed_map.get(&p) {
             (*f).clone()
         } else {
-            let parent = if p == V4_ROOT || p == V6_ROOT { &base } else { stack.last().map_or(&base, |(_, r)| r) };
+            let parent = if let Some(a) = anchor_map.get(&p) {
+                *a
+            } else if p == V4_ROOT || p == V6_ROOT {
+                &base
+            } else {
+                stack.last().map_or(&base, |(_, r)| r)
+            };
             let own = by_prefix.get(&p).map_or(&[][..], Vec::as_slice);
             let (user, builtin): (Vec<&CRule>, Vec<&CRule>) = own.iter().partition(|r| r.user);
             let mut r = parent.clone();
@@ -379,10 +422,35 @@ fn resolve(
             names.dedup();
             CompileError::TooManyRanges { prefix: p.display(), needed, max: MAX_SEGMENTS, rules: names.join(", ") }
         })?;
-        out.push(TrieEntry { prefix_len: u32::from(p.len), addr: p.addr.to_be_bytes(), table: tables.intern(&table) });
+        let explicit = by_prefix.get(&p).is_some_and(|rs| rs.iter().any(|r| r.source.is_some()));
+        out.push(TrieEntry {
+            prefix_len: u32::from(p.len),
+            addr: p.addr.to_be_bytes(),
+            table: tables.intern(&table),
+            explicit,
+        });
         stack.push((p, resolved));
     }
     Ok(out)
+}
+
+/// Under `dns = "pinned"`, loopback port 53 belongs to sbx's stub: a
+/// built-in deny on all of loopback, and a built-in allow of the stub
+/// address. Built-in, so a loopback rule at the same prefix (or a longer
+/// one) still decides, as the user wrote it.
+fn dns_rules(dns: Dns) -> Vec<CRule> {
+    let Dns::Pinned { stub } = dns else { return Vec::new() };
+    let rule = |prefix, action| CRule {
+        prefix,
+        action,
+        protocols: Protocols::BOTH,
+        ports: vec![PortRange::single(DNS_PORT)],
+        user: false,
+        source: None,
+    };
+    let mut out = vec![rule(v4([127, 0, 0, 0], 8), Action::Deny), rule(v6("::1", 128), Action::Deny)];
+    out.extend(stub.map(|a| rule(v4(a.octets(), 32), Action::Allow)));
+    out
 }
 
 fn lower(rules: &[Rule]) -> Vec<CRule> {
@@ -406,7 +474,20 @@ fn lower(rules: &[Rule]) -> Vec<CRule> {
 pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileError> {
     // `mode` goes to the config map and `filesystem` to Landlock; neither
     // changes the tries.
-    let Policy { default, loopback, proxy: _, rules, bind, mode: _, filesystem: _, redirect: _ } = policy;
+    let Policy {
+        default,
+        loopback,
+        proxy: _,
+        rules,
+        bind,
+        mode: _,
+        filesystem: _,
+        redirect: _,
+        unix: _,
+        unix_origin: _,
+        nat64,
+        dns,
+    } = policy;
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);
@@ -418,14 +499,24 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
         user: false,
         source: None,
     }));
+    dest_rules.extend(dns_rules(*dns));
     let local = match loopback {
         Loopback::Any => ports_table(&[], VERDICT_ALLOW, VERDICT_ALLOW),
         Loopback::None => ports_table(&[], VERDICT_DENY, VERDICT_DENY),
         Loopback::Ports(p) => ports_table(p, VERDICT_ALLOW, VERDICT_DENY),
     };
-    let mut fixed: Vec<_> = local_host_prefixes().into_iter().map(|p| (p, local.clone())).collect();
-    fixed.push((v4(VERIFY_SENTINEL.octets(), 32), ports_table(&[], VERDICT_DENY, VERDICT_DENY)));
-    let dest = resolve(&dest_rules, &fixed, *default, rules, &mut tables)?;
+    // The setting is where loopback starts; rules inside the loopback
+    // space refine it. The unspecified addresses are anchored too, so that
+    // nothing reaches them, and then take their alias's entry.
+    let anchors: Vec<_> = local_host_prefixes().into_iter().map(|p| (p, local.clone())).collect();
+    let fixed = [(v4(VERIFY_SENTINEL.octets(), 32), ports_table(&[], VERDICT_DENY, VERDICT_DENY))];
+    let mut dest = resolve(&dest_rules, &fixed, &anchors, *default, rules, &mut tables)?;
+    for (unspecified, alias) in unspecified_aliases() {
+        let table = longest_match(&dest, alias).map(|e| e.table).expect("the loopback anchors are entries");
+        for e in dest.iter_mut().filter(|e| prefix_of(e) == unspecified) {
+            e.table = table;
+        }
+    }
 
     let (bind_rules, bind_default, bind_sources): (Vec<CRule>, Action, &[Rule]) = match bind {
         Bind::Any => (Vec::new(), Action::Allow, &[]),
@@ -449,7 +540,7 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             )
         }
     };
-    let bind = resolve(&bind_rules, &[], bind_default, bind_sources, &mut tables)?;
+    let bind = resolve(&bind_rules, &[], &[], bind_default, bind_sources, &mut tables)?;
 
     for (map, entries) in [("destination", &dest), ("bind", &bind)] {
         if entries.len() > max_entries as usize {
@@ -461,7 +552,7 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             });
         }
     }
-    Ok(Compiled { dest, bind, tables: tables.tables })
+    Ok(Compiled { dest, bind, tables: tables.tables, nat64: nat64_prefixes(nat64) })
 }
 
 /// Which trie a simulated lookup uses.
@@ -473,46 +564,56 @@ pub enum Hook {
     Bind,
 }
 
-/// The trie address the programs look up for `ip`: IPv4, IPv4-mapped,
-/// NAT64 and 6to4 all become `::ffff:a.b.c.d`. Mirrors `sbx-ebpf`.
+/// The NAT64 prefixes as the slot carries them (unused entries zero).
+#[must_use]
+pub fn nat64_prefixes(nets: &[ipnet::Ipv6Net]) -> [Nat64Prefix; MAX_NAT64_PREFIXES] {
+    let mut out = [Nat64Prefix::default(); MAX_NAT64_PREFIXES];
+    for (slot, net) in out.iter_mut().zip(nets) {
+        *slot = Nat64Prefix { addr: net.network().octets(), len: u32::from(net.prefix_len()) };
+    }
+    out
+}
+
+/// The trie address of `ip`: IPv4 (and IPv4-mapped IPv6) as
+/// `::ffff:a.b.c.d`, other IPv6 as it is. Embedded IPv4 forms are judged
+/// by [`Compiled::verdict`], as in the programs.
 #[must_use]
 pub fn lookup_addr(ip: IpAddr) -> TrieAddr {
-    let mapped = |o: [u8; 4]| std::net::Ipv4Addr::from(o).to_ipv6_mapped().octets();
     match ip {
-        IpAddr::V4(v4) => mapped(v4.octets()),
-        IpAddr::V6(v6) => {
-            let a = v6.octets();
-            if a[..4] == [0, 0x64, 0xff, 0x9b] && a[4..12] == [0; 8] {
-                mapped([a[12], a[13], a[14], a[15]])
-            } else if a[..2] == [0x20, 0x02] {
-                mapped([a[2], a[3], a[4], a[5]])
-            } else {
-                a
-            }
-        }
+        IpAddr::V4(v4) => addr::mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
+fn prefix_of(e: &TrieEntry) -> Prefix {
+    Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") }
+}
+
+/// The entry a trie lookup of `ip` finds: the longest prefix containing it.
+fn longest_match(entries: &[TrieEntry], ip: IpAddr) -> Option<&TrieEntry> {
+    let host = Prefix { addr: u128::from_be_bytes(lookup_addr(ip)), len: 128 };
+    entries.iter().filter(|e| prefix_of(e).contains(host)).max_by_key(|e| e.prefix_len)
+}
+
 impl Compiled {
-    /// What the programs would decide, computed in userspace from the same
-    /// entries: longest-prefix match, then the port table. `tcp` selects
-    /// the protocol. Used by tests and to explain decisions.
-    #[must_use]
-    pub fn verdict(&self, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> u8 {
+    /// The longest entry of `hook`'s trie containing `a`.
+    fn entry(&self, hook: Hook, a: TrieAddr) -> Option<&TrieEntry> {
         let entries = match hook {
             Hook::Destination => &self.dest,
             Hook::Bind => &self.bind,
         };
-        let addr = u128::from_be_bytes(lookup_addr(ip));
-        let host = Prefix { addr, len: 128 };
-        let best = entries
+        let host = Prefix { addr: u128::from_be_bytes(a), len: 128 };
+        entries
             .iter()
             .filter(|e| {
                 let p = Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") };
                 p.contains(host)
             })
-            .max_by_key(|e| e.prefix_len);
-        let Some(entry) = best else {
+            .max_by_key(|e| e.prefix_len)
+    }
+
+    fn table_verdict(&self, entry: Option<&TrieEntry>, port: u16, tcp: bool) -> u8 {
+        let Some(entry) = entry else {
             return VERDICT_DENY;
         };
         let t = &self.tables[entry.table as usize];
@@ -522,6 +623,37 @@ impl Compiled {
             (Some(s), false) => s.udp,
             (None, true) => t.default_tcp,
             (None, false) => t.default_udp,
+        }
+    }
+
+    /// What the programs would decide, computed in userspace from the same
+    /// entries and the same classification (`sbx_common::addr`): the
+    /// longest-prefix match and its port table; an embedded IPv4 form is
+    /// judged as the IPv4 address(es) it reaches unless an explicit rule at
+    /// least as long as the form's prefix matches it; a form of a local
+    /// address is refused; bind judges the address itself. `tcp` selects
+    /// the protocol. Used by tests and to
+    /// explain decisions.
+    #[must_use]
+    pub fn verdict(&self, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> u8 {
+        let a = lookup_addr(ip);
+        let form = if hook == Hook::Destination { addr::embedded(&a, &self.nat64) } else { None };
+        let Some(e) = form else {
+            return self.table_verdict(self.entry(hook, a), port, tcp);
+        };
+        if e.is_local() {
+            return VERDICT_DENY;
+        }
+        let hit = self.entry(hook, a);
+        if let Some(h) = hit.filter(|h| h.explicit && h.prefix_len >= e.prefix_len) {
+            return self.table_verdict(Some(h), port, tcp);
+        }
+        let first = self.table_verdict(self.entry(hook, addr::mapped(e.v4)), port, tcp);
+        match e.second {
+            Some(client) if first == VERDICT_ALLOW => {
+                self.table_verdict(self.entry(hook, addr::mapped(client)), port, tcp)
+            }
+            _ => first,
         }
     }
 }

@@ -103,6 +103,24 @@ pub fn judge_stdio_socket(domain: i32, listening: bool) -> Option<String> {
     }
 }
 
+/// Under a `unix` policy that restricts host sockets: whether a
+/// non-listening `AF_UNIX` socket of type `sock_type` on a standard
+/// descriptor may be passed. A datagram socket sends to any socket path
+/// given to `sendto`, and an unconnected stream socket connects anywhere:
+/// the supervisor of [`crate::harden::unix`] never sees either.
+#[must_use]
+pub fn judge_stdio_unix(sock_type: i32, connected: bool) -> Option<String> {
+    match (sock_type, connected) {
+        (libc::SOCK_STREAM | libc::SOCK_SEQPACKET, true) => None,
+        (libc::SOCK_DGRAM, _) => {
+            Some("an AF_UNIX datagram socket, which can send to any host socket the `unix` policy denies".to_owned())
+        }
+        _ => Some(
+            "an unconnected AF_UNIX socket, which can connect to any host socket the `unix` policy denies".to_owned(),
+        ),
+    }
+}
+
 /// Refuses sockets on stdin, stdout and stderr that [`judge_stdio_socket`]
 /// refuses, unless `allow` (`--allow-stdio-sockets`). Closed descriptors
 /// and anything that is not a socket (terminals, pipes, files) pass.
@@ -110,7 +128,7 @@ pub fn judge_stdio_socket(domain: i32, listening: bool) -> Option<String> {
 /// The child inherits exactly these descriptors (they are duplicated at
 /// fork, with nothing run in between that could replace them), so
 /// checking them in the parent checks what the command gets.
-pub fn check_stdio(allow: bool) -> Result<(), StdioSocketError> {
+pub fn check_stdio(allow: bool, unix_restricted: bool) -> Result<(), StdioSocketError> {
     if allow {
         return Ok(());
     }
@@ -136,6 +154,14 @@ pub fn check_stdio(allow: bool) -> Result<(), StdioSocketError> {
         // An unknown answer is refused: fail closed.
         let verdict = if domain < 0 || listening < 0 {
             Some("a socket whose family cannot be read".to_owned())
+        } else if domain == libc::AF_UNIX && listening == 0 && unix_restricted {
+            // SAFETY: getpeername into a zeroed sockaddr_storage whose size is passed.
+            let connected = unsafe {
+                let mut a: libc::sockaddr_storage = std::mem::zeroed();
+                let mut len = libc::socklen_t::try_from(std::mem::size_of_val(&a)).unwrap_or(128);
+                libc::getpeername(fd, (&raw mut a).cast(), &raw mut len) == 0
+            };
+            judge_stdio_unix(opt(libc::SO_TYPE), connected)
         } else {
             judge_stdio_socket(domain, listening != 0)
         };
@@ -396,9 +422,15 @@ pub struct Confinement {
     /// A directory bind-mounted over `/tmp`, so the command has a private
     /// one (after the read-only mounts, which may lie under `/tmp`).
     private_tmp: Option<CString>,
-    /// A working directory under the host's `/tmp` (first) bind-mounted
-    /// onto its place in the private one (second), then entered again.
-    carried_cwd: Option<(CString, CString)>,
+    /// Directories under the host's `/tmp` (first) bind-mounted onto their
+    /// places in the private one (second).
+    carried: Vec<(CString, CString)>,
+    /// The working directory, entered again through the new mounts when it
+    /// lies under `/tmp`.
+    reenter: Option<CString>,
+    /// Files bind-mounted read-only over host files (file, target), such
+    /// as the DNS stub's `resolv.conf` over `/etc/resolv.conf`.
+    file_binds: Vec<(CString, CString)>,
     /// Descriptors above 2 that stay open across exec, sorted.
     keep_fds: Vec<u32>,
     /// The runner's pid, for the parent-death check after a uid change.
@@ -417,14 +449,14 @@ impl Confinement {
     /// command running as uid 0 would otherwise own.
     ///
     /// `private_tmp`, if given, is mounted over `/tmp` (when the host has
-    /// one), with `carried_cwd` (host path, path inside `private_tmp`)
-    /// mounted inside it first.
+    /// one), with the `carried` directories (host path, path inside
+    /// `private_tmp`) mounted inside it first.
     pub fn prepare(
         identity: Option<Identity>,
         keep_fds: &[u32],
         protect: &[PathBuf],
         private_tmp: Option<&std::path::Path>,
-        carried_cwd: Option<(&std::path::Path, &std::path::Path)>,
+        carried: &[(PathBuf, PathBuf)],
     ) -> io::Result<Self> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
         let mut ro: Vec<PathBuf> = vec![PathBuf::from("/sys")];
@@ -461,19 +493,46 @@ impl Confinement {
             Some(p) if std::path::Path::new("/tmp").is_dir() => Some(c(&p.to_path_buf())?),
             _ => None,
         };
-        let carried_cwd = match carried_cwd {
-            Some((host, inside)) if private_tmp.is_some() => Some((c(&host.to_path_buf())?, c(&inside.to_path_buf())?)),
+        let carried = if private_tmp.is_some() {
+            carried.iter().map(|(host, inside)| Ok((c(host)?, c(inside)?))).collect::<io::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        let reenter = match std::env::current_dir() {
+            Ok(cwd) if !carried.is_empty() && cwd.starts_with("/tmp") => Some(c(&cwd)?),
             _ => None,
         };
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
-        Ok(Self { read_only, bind_first, identity, private_tmp, carried_cwd, keep_fds, parent })
+        Ok(Self {
+            read_only,
+            bind_first,
+            identity,
+            private_tmp,
+            carried,
+            reenter,
+            file_binds: Vec::new(),
+            keep_fds,
+            parent,
+        })
+    }
+
+    /// Mounts each `(file, target)` read-only over `target` in the child
+    /// (a target that is a symbolic link is followed: the file it names is
+    /// covered).
+    pub fn bind_files(&mut self, binds: &[(PathBuf, PathBuf)]) -> io::Result<()> {
+        let c = |p: &PathBuf| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+        for (file, target) in binds {
+            self.file_binds.push((c(file)?, c(target)?));
+        }
+        Ok(())
     }
 
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self { read_only, bind_first, identity, private_tmp, carried_cwd, keep_fds, parent } = self;
+        let Self { read_only, bind_first, identity, private_tmp, carried, reenter, file_binds, keep_fds, parent } =
+            self;
         let check = |rc: libc::c_long| {
             if rc < 0 {
                 Err(io::Error::last_os_error())
@@ -522,20 +581,21 @@ impl Confinement {
                     std::mem::size_of::<MountAttr>(),
                 ))?;
             }
+            mount_files_read_only(file_binds, &attr)?;
             // The private /tmp last: it hides whatever of the above lies
             // under the host's /tmp, and the host's temporary files.
             if let Some(tmp) = private_tmp {
                 let bind = |from: &CString, to: *const libc::c_char| {
                     libc::mount(from.as_ptr(), to, std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
                 };
-                if let Some((host, inside)) = carried_cwd {
+                for (host, inside) in carried {
                     check(bind(host, inside.as_ptr()).into())?;
                 }
                 check(bind(tmp, c"/tmp".as_ptr()).into())?;
                 // Enter the working directory again through the new mount,
                 // so relative and absolute paths agree.
-                if let Some((host, _)) = carried_cwd {
-                    check(libc::chdir(host.as_ptr()).into())?;
+                if let Some(cwd) = reenter {
+                    check(libc::chdir(cwd.as_ptr()).into())?;
                 }
             }
             // Drop the bounding set (so exec cannot regain capabilities,
@@ -597,6 +657,35 @@ impl Confinement {
     }
 }
 
+/// Bind-mounts each `(file, target)` over `target` and makes the new mount
+/// read-only (`attr`). Async-signal-safe: system calls on prepared data.
+fn mount_files_read_only(binds: &[(CString, CString)], attr: &MountAttr) -> io::Result<()> {
+    for (file, target) in binds {
+        // SAFETY: mount(2) with NUL-terminated paths that outlive the call.
+        let rc =
+            unsafe { libc::mount(file.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: mount_setattr(2) on a NUL-terminated path with a
+        // `struct mount_attr` and its size, both outliving the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                0,
+                std::ptr::from_ref(attr),
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// `struct mount_attr` (include/uapi/linux/mount.h).
 #[repr(C)]
 struct MountAttr {
@@ -641,6 +730,15 @@ mod tests {
         for (domain, listening, want) in cases {
             assert_eq!(judge_stdio_socket(domain, listening).as_deref(), want, "{domain} {listening}");
         }
+    }
+
+    #[test]
+    fn stdio_unix_sockets_under_a_unix_policy() {
+        assert_eq!(judge_stdio_unix(libc::SOCK_STREAM, true), None, "journald's stdout");
+        assert_eq!(judge_stdio_unix(libc::SOCK_SEQPACKET, true), None);
+        assert!(judge_stdio_unix(libc::SOCK_STREAM, false).is_some_and(|w| w.contains("unconnected")));
+        assert!(judge_stdio_unix(libc::SOCK_DGRAM, true).is_some_and(|w| w.contains("datagram")));
+        assert!(judge_stdio_unix(-1, true).is_some());
     }
 
     #[test]

@@ -33,25 +33,47 @@ pub struct EventsError {
 /// An open event stream of one sandbox.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    /// The pinned ring buffer, reopened for every drain (see [`Self::drain`]).
+    path: std::path::PathBuf,
+    /// The directory whose `flock` serialises the readers of this ring.
+    lock: std::fs::File,
     /// The sandbox whose events these are (from the pin directory's name):
     /// a ring buffer reused from an earlier sandbox may still hold events
-    /// of that one, which are skipped.
+    /// of that one, which are skipped. 0 for the host stream (every event).
     sandbox: u64,
-    /// Kernel id of the ring buffer map: an `update` pins a new one.
+    /// Kernel id of the ring buffer map.
     id: u32,
+}
+
+fn open_ring(path: &Path) -> Result<(RingBuf<MapData>, u32), EventsError> {
+    let err = |detail: String| EventsError { what: "events", path: path.display().to_string(), detail };
+    let data = MapData::from_pin(path).map_err(|e| err(e.to_string()))?;
+    let id = data.info().map_err(|e| err(e.to_string()))?.id();
+    let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
+    Ok((RingBuf::try_from(map).map_err(|e| err(e.to_string()))?, id))
 }
 
 impl EventReader {
     /// Opens the ring buffer pinned in `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, EventsError> {
-        let path = pin_dir.join(pin_name_map(MAP_EVENTS));
-        let err = |detail: String| EventsError { what: "events", path: path.display().to_string(), detail };
-        let data = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
-        let id = data.info().map_err(|e| err(e.to_string()))?.id();
-        let map = Map::from_map_data(data).map_err(|e| err(e.to_string()))?;
-        let ring = RingBuf::try_from(map).map_err(|e| err(e.to_string()))?;
         let sandbox = pin_dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(0);
-        Ok(Self { ring, sandbox, id })
+        Self::open_at(pin_dir, &pin_dir.join(pin_name_map(MAP_EVENTS)), sandbox)
+    }
+
+    /// Opens the host event stream of the program set in `set_dir`: the
+    /// events of every sandbox without a buffer of its own.
+    pub fn open_host(set_dir: &Path) -> Result<Self, EventsError> {
+        Self::open_at(set_dir, &set_dir.join(pin_name_map(sbx_common::MAP_HOST_EVENTS)), 0)
+    }
+
+    fn open_at(dir: &Path, path: &Path, sandbox: u64) -> Result<Self, EventsError> {
+        let (ring, id) = open_ring(path)?;
+        let lock = std::fs::File::open(dir).map_err(|e| EventsError {
+            what: "events",
+            path: dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self { ring, path: path.to_owned(), lock, sandbox, id })
     }
 
     /// Kernel id of the ring buffer this reader reads.
@@ -61,17 +83,34 @@ impl EventReader {
     }
 
     /// Takes every event currently in the buffer.
+    ///
+    /// A ring buffer has one consumer position, in a page the kernel
+    /// shares, and aya reads it once when a reader opens the ring. Two
+    /// readers of one sandbox (`events --follow` beside `run --log-denials`)
+    /// would each keep their own position, see every event twice and race
+    /// on the shared one. So readers take turns: under an `flock` on the
+    /// ring's directory, the ring is reopened (reading the current
+    /// position), drained and released; each event goes to one reader.
     pub fn drain(&mut self) -> Vec<Event> {
+        // SAFETY: flock(2) on a descriptor we own.
+        let locked = unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_EX) } == 0;
+        if let Ok((ring, _)) = open_ring(&self.path) {
+            self.ring = ring;
+        }
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
             // A sandbox of contract 1 writes 80-byte events (no `sandbox`
             // field), which read as events with `sandbox` zero.
             if item.len() >= sbx_common::LEGACY_EVENT_LEN {
                 let e: Event = crate::sys::from_bytes(&item);
-                if e.sandbox == 0 || e.sandbox == self.sandbox {
+                if self.sandbox == 0 || e.sandbox == 0 || e.sandbox == self.sandbox {
                     out.push(e);
                 }
             }
+        }
+        if locked {
+            // SAFETY: as above.
+            unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_UN) };
         }
         out
     }
@@ -122,7 +161,9 @@ fn monotonic_offset() -> Duration {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(mono)
 }
 
-fn rfc3339(since_epoch: Duration) -> String {
+/// `since_epoch` as RFC 3339 UTC with milliseconds, as event times are shown.
+#[must_use]
+pub fn rfc3339(since_epoch: Duration) -> String {
     let secs = since_epoch.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -163,6 +204,10 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
         "egress" if e.port == EVENT_PORT_SOURCE_ROUTE => format!("{ip} (source-routed)"),
         "sock_create" => format!("socket type {} protocol {}", e.port, e.protocol),
         "setsockopt" => format!("level {} option {}", e.protocol, e.port),
+        "accept" => match ip {
+            IpAddr::V4(v4) => format!("from {v4} to local port {port}"),
+            IpAddr::V6(v6) => format!("from [{v6}] to local port {port}"),
+        },
         _ => match ip {
             IpAddr::V4(v4) => format!("{v4}:{port}"),
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
@@ -171,6 +216,9 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
     let rule = match (hook, policy) {
         ("sock_create", _) => "only TCP and UDP sockets may be created".to_owned(),
         ("setsockopt", _) => "source-routing options are refused".to_owned(),
+        ("accept", _) => "an inbound connection needs `bind` to allow the local address and port, and the policy \
+                          to reach the peer (loopback peers: `loopback` on the local port)"
+            .to_owned(),
         ("egress", _) if e.port == EVENT_PORT_SOURCE_ROUTE => "IP options or routing header".to_owned(),
         (_, None) => "(policy unknown)".to_owned(),
         (_, Some((_, generation))) if generation != e.generation => "(policy changed since)".to_owned(),
@@ -250,6 +298,10 @@ pub fn sandbox_counters(paths: &crate::state::Paths, id: u64) -> Result<Counters
     Ok(Counters { hooks, events_dropped: stats.counters[COUNTER_EVENTS_DROPPED as usize] })
 }
 
+/// Hooks of contract 1: those before "accept", with the dropped-events
+/// counter right after them.
+const LEGACY_HOOKS: u32 = 9;
+
 /// Sums the per-CPU counters pinned in `pin_dir` (contract 1).
 pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let path = pin_dir.join(pin_name_map(MAP_COUNTERS));
@@ -259,10 +311,10 @@ pub fn counters(pin_dir: &Path) -> Result<Counters, EventsError> {
     let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).map_err(|e| err(e.to_string()))?;
     let sum = |i: u32| -> Result<u64, EventsError> { Ok(arr.get(&i, 0).map_err(|e| err(e.to_string()))?.iter().sum()) };
     let mut hooks = Vec::new();
-    for h in 0..NUM_HOOKS {
+    for h in 0..LEGACY_HOOKS {
         hooks.push((HOOK_NAMES[h as usize], sum(counter_index(h, 0))?, sum(counter_index(h, 1))?));
     }
-    Ok(Counters { hooks, events_dropped: sum(COUNTER_EVENTS_DROPPED)? })
+    Ok(Counters { hooks, events_dropped: sum(LEGACY_HOOKS * 2)? })
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! [`loader`] is the only module that touches aya: it loads the programs,
 //! fills the maps, attaches and pins the links. [`cgroup`] finds and
 //! manages cgroup v2 directories, [`state`] records what is attached where,
-//! and [`run`] runs a command in a fresh sandbox.
+//! and [`run`] runs a command in a fresh sandbox, with [`dns`]'s stub
+//! answering its name queries under `dns = "pinned"`.
 //!
 //! # Threat model (summary; see README)
 //! The sandboxed process is untrusted and holds no capabilities; the
@@ -31,8 +32,10 @@ pub mod cli;
 pub mod compile;
 pub mod confine;
 pub mod diag;
+pub mod dns;
 pub mod events;
 pub mod explain;
+pub mod gc;
 pub mod harden;
 pub mod loader;
 pub mod policy;
@@ -42,6 +45,7 @@ pub mod run;
 pub mod sandbox;
 pub mod state;
 pub mod sys;
+pub mod trace;
 pub mod verify;
 
 // Used by the `sbx-user` binary only.

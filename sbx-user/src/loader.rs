@@ -290,6 +290,9 @@ const MIN_PORT_TABLES: u32 = 8;
 fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> Result<PolicyMaps, LoaderError> {
     let index = set.alloc_policy()?;
     let made = (|| {
+        if inner(set, MAP_DEST_OF, index).is_none() {
+            preinstall_policies(set, index)?;
+        }
         let tables = u32::try_from(compiled.tables.len()).expect("tables fit u32");
         let dest = inner_or_new(set, MAP_DEST_OF, index, 0, || make_trie("sbx_dest"))?;
         let bind = inner_or_new(set, MAP_BIND_OF, index, 0, || make_trie("sbx_bind"))?;
@@ -305,6 +308,52 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> R
             Err(e)
         }
     }
+}
+
+/// Policy indices given maps at once when a fresh one is needed.
+const PREINSTALL: u32 = 32;
+
+/// Puts empty tries and port tables at `first` and the next indices that
+/// have none, [`PREINSTALL`] at a time: one batch write per outer map, so
+/// one RCU grace period for all of them instead of one per map (about 10 ms
+/// each here). The maps wait, empty, for the sandboxes that get the
+/// indices; nothing reads them before a slot names one.
+fn preinstall_policies(set: &ProgramSet, first: u32) -> Result<(), LoaderError> {
+    let last = (first + PREINSTALL).min(sbx_common::POLICY_SLOTS);
+    let indices: Vec<u32> = (first..last).filter(|&i| inner(set, MAP_DEST_OF, i).is_none()).collect();
+    let count = u32::try_from(indices.len()).expect("at most PREINSTALL");
+    let keys: Vec<u8> = indices.iter().flat_map(|i| i.to_ne_bytes()).collect();
+    for (outer, make) in [
+        (MAP_DEST_OF, &(|| make_trie("sbx_dest")) as &dyn Fn() -> Result<OwnedFd, LoaderError>),
+        (MAP_BIND_OF, &|| make_trie("sbx_bind")),
+        (MAP_PORTS_OF, &|| make_ports(MIN_PORT_TABLES)),
+    ] {
+        let maps = indices.iter().map(|_| make()).collect::<Result<Vec<_>, _>>()?;
+        let values: Vec<u8> = maps
+            .iter()
+            .flat_map(|m| u32::try_from(m.as_raw_fd()).expect("fds are non-negative").to_ne_bytes())
+            .collect();
+        sys::map_update_batch(set.map(outer), &keys, &values, count).map_err(|e| map_err(outer, &e))?;
+    }
+    Ok(())
+}
+
+/// As [`preinstall_policies`], for event rings of `bytes` bytes.
+fn preinstall_rings(set: &ProgramSet, first: u32, bytes: u32) -> Result<(), LoaderError> {
+    let last = (first + PREINSTALL).min(sbx_common::EVENT_SLOTS);
+    let indices: Vec<u32> = (first..last).filter(|&i| inner(set, MAP_EVENTS_OF, i).is_none()).collect();
+    let count = u32::try_from(indices.len()).expect("at most PREINSTALL");
+    let keys: Vec<u8> = indices.iter().flat_map(|i| i.to_ne_bytes()).collect();
+    let rings = indices
+        .iter()
+        .map(|_| {
+            sys::map_create(MapType::RingBuf, 0, 0, bytes, 0, "sbx_events")
+                .map_err(|e| kernel_err(&format!("creating a {bytes}-byte event ring buffer"), &e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let values: Vec<u8> =
+        rings.iter().flat_map(|m| u32::try_from(m.as_raw_fd()).expect("fds are non-negative").to_ne_bytes()).collect();
+    sys::map_update_batch(set.map(MAP_EVENTS_OF), &keys, &values, count).map_err(|e| map_err(MAP_EVENTS_OF, &e))
 }
 
 /// The inner map at `index` of `outer` if there is one holding at least
@@ -332,6 +381,16 @@ fn inner(set: &ProgramSet, outer: &'static str, index: u32) -> Option<OwnedFd> {
     let mut id = [0u8; 4];
     sys::map_lookup(set.map(outer), &index.to_ne_bytes(), &mut id).ok()?;
     sys::map_get_fd_by_id(u32::from_ne_bytes(id)).ok()
+}
+
+/// As [`remove_policy`], for garbage collection.
+pub(crate) fn release_policy(set: &ProgramSet, index: u32) {
+    remove_policy(set, index);
+}
+
+/// Removes the pins of the sandbox on cgroup `id` (its links detach).
+pub(crate) fn remove_pins_of(paths: &Paths, id: u64) -> Result<(), LoaderError> {
+    remove_pins(&paths.pin_dir(id))
 }
 
 /// Empties the tries of policy `index` and returns it to the pool (its
@@ -382,8 +441,10 @@ fn kernel_err(what: &str, e: &std::io::Error) -> LoaderError {
 }
 
 fn make_trie(name: &str) -> Result<OwnedFd, LoaderError> {
+    #[expect(clippy::cast_possible_truncation, reason = "an 8-byte value")]
+    const VALUE_SIZE: u32 = std::mem::size_of::<TrieValue>() as u32;
     // Key: u32 prefix length (host order), then the 16 address bytes.
-    sys::map_create(MapType::LpmTrie, 20, 4, TRIE_CAPACITY, sys::F_NO_PREALLOC, name)
+    sys::map_create(MapType::LpmTrie, 20, VALUE_SIZE, TRIE_CAPACITY, sys::F_NO_PREALLOC, name)
         .map_err(|e| kernel_err(&format!("creating the {name} trie"), &e))
 }
 
@@ -392,7 +453,12 @@ fn fill_trie(map: &OwnedFd, entries: &[crate::compile::TrieEntry], name: &str) -
     for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
         key[..4].copy_from_slice(&e.prefix_len.to_ne_bytes());
         key[4..].copy_from_slice(&e.addr);
-        let value = TrieValue { table: e.table };
+        let value = TrieValue {
+            table: e.table,
+            prefix_len: u8::try_from(e.prefix_len).expect("prefix lengths are at most 128"),
+            explicit: u8::from(e.explicit),
+            _pad: [0; 2],
+        };
         sys::map_update(map.as_fd(), &key, sys::bytes_of(&value), sys::UPDATE_ANY)
             .map_err(|err| kernel_err(&format!("filling the {name} trie"), &err))?;
     }
@@ -428,6 +494,9 @@ fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, L
     let made = (|| {
         // A ring left in place by an earlier sandbox is reused as the
         // tries are (readers skip events of another sandbox in it).
+        if inner(set, MAP_EVENTS_OF, index).is_none() {
+            preinstall_rings(set, index, bytes)?;
+        }
         let ring = match inner(set, MAP_EVENTS_OF, index) {
             Some(fd) if sys::map_max_entries(fd.as_fd()).is_ok_and(|n| n == bytes) => fd,
             _ => {
@@ -496,7 +565,7 @@ pub fn read_stats(set: &ProgramSet, id: u64) -> Option<Stats> {
     Some(total)
 }
 
-fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config) -> Slot {
+fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config, compiled: &Compiled) -> Slot {
     let Config { flags, generation, events_per_sec, events_burst, proxy_addr, proxy_port, _pad } = *config;
     Slot {
         cgroup_id: cg.id,
@@ -509,6 +578,7 @@ fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config) -> Slot {
         proxy_addr,
         proxy_port,
         _pad: 0,
+        nat64: compiled.nat64,
     }
 }
 
@@ -534,6 +604,64 @@ pub fn is_legacy(pin_dir: &Path) -> bool {
     // Its config map; the event ring buffer's pin name is shared with
     // sandboxes of program sets, which pin their own ring there too.
     pin_dir.join(pin_name_map(sbx_common::MAP_CONFIG)).exists()
+}
+
+/// What holds a sandbox, as its pins and the kernel say.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Holder {
+    /// Its own programs and maps (an sbx from before program sets).
+    Legacy,
+    /// A program set: its id, and the policy index the sandbox's slot names
+    /// (`None` when the slot cannot be read: the cgroup is gone or the set
+    /// is damaged).
+    Set {
+        /// The set's id.
+        id: String,
+        /// Whether it is this build's set.
+        current: bool,
+        /// The policy index in the slot (0: not written, denies all).
+        policy: Option<u32>,
+    },
+    /// Neither: pins without a marker.
+    Unknown,
+}
+
+/// What holds the sandbox on cgroup `id`.
+#[must_use]
+pub fn holder_of(paths: &Paths, id: u64) -> Holder {
+    let pin_dir = paths.pin_dir(id);
+    if is_legacy(&pin_dir) {
+        return Holder::Legacy;
+    }
+    let Some(set_id) = holder(&pin_dir) else {
+        return Holder::Unknown;
+    };
+    let policy = ProgramSet::open_id(paths, &set_id).ok().and_then(|set| read_slot(&set, id)).map(|slot| {
+        if slot.cgroup_id == id {
+            slot.policy
+        } else {
+            0
+        }
+    });
+    Holder::Set { current: set_id == progset::set_id(), id: set_id, policy }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Legacy => write!(f, "its own programs (an older sbx; `sbx-user update` migrates it)"),
+            Self::Unknown => write!(f, "unknown (pins without a program set marker)"),
+            Self::Set { id, current, policy } => {
+                let which = if *current { "this build's" } else { "an older build's; `sbx-user update` migrates it" };
+                match policy {
+                    Some(0) => write!(f, "program set {id} ({which}), slot NOT WRITTEN: denies everything"),
+                    Some(p) => write!(f, "program set {id} ({which}), policy slot {p}"),
+                    None => write!(f, "program set {id} ({which}), slot unreadable"),
+                }
+            }
+        }
+    }
 }
 
 /// Opens the program set that holds the sandbox pinned in `pin_dir`.
@@ -592,7 +720,7 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         if opts.events_bytes > 0 {
             events = install_events(&set, opts.events_bytes, &pin_dir)?;
         }
-        link_and_pin(&set, cg, &slot_for(cg, index, events, &opts.config), &pin_dir, &[])
+        link_and_pin(&set, cg, &slot_for(cg, index, events, &opts.config, compiled), &pin_dir, &[])
     })();
     if let Err(e) = result {
         if let Some(p) = policy {
@@ -693,7 +821,7 @@ fn replace(
             }
             _ => {}
         }
-        write_slot(set, cg.id, &slot_for(cg, new.index, old.events, &opts.config))
+        write_slot(set, cg.id, &slot_for(cg, new.index, old.events, &opts.config, compiled))
     })();
     if let Err(e) = hooked {
         remove_policy(set, new.index);
@@ -729,7 +857,7 @@ fn migrate(
             // Pinned over the old ring buffer's name; readers reopen it.
             events = install_events(set, opts.events_bytes, &pin_dir)?;
         }
-        link_and_pin(set, cg, &slot_for(cg, new.index, events, &opts.config), &pin_dir, &old_links)
+        link_and_pin(set, cg, &slot_for(cg, new.index, events, &opts.config, compiled), &pin_dir, &old_links)
     })();
     if let Err(e) = result {
         remove_policy(set, new.index);

@@ -52,6 +52,8 @@ fn main() {
         Command::Verify(a) => cli::verify::run(a, &cli.global),
         Command::OrigDst(a) => cli::origdst::run(a, &cli.global),
         Command::Status(a) => cli::status::run(a, &cli.global),
+        Command::Gc(a) => cli::gc::run(a, &cli.global),
+        Command::Migrate(a) => cli::update::migrate(a, &cli.global),
         Command::Check(a) => cli::check::run(a),
         Command::Completions(a) => cli::generate::completions(a),
         Command::Man(a) => cli::generate::man(a),

@@ -180,6 +180,20 @@ impl ProgramSet {
         Ok(i)
     }
 
+    /// The indices in use in the pool whose flag in `policies`/`events` is
+    /// false (nothing names them). Index 0 is never in use.
+    pub fn unreferenced(&self, policies: &[bool], events: &[bool]) -> Result<(Vec<u32>, Vec<u32>), LoaderError> {
+        let pool = self.pool()?;
+        let stale = |words: &[u64], named: &[bool]| -> Vec<u32> {
+            (1..u32::try_from(words.len() * 64).expect("small"))
+                .filter(|&i| {
+                    words[i as usize / 64] & (1 << (i % 64)) != 0 && !named.get(i as usize).copied().unwrap_or(false)
+                })
+                .collect()
+        };
+        Ok((stale(&pool.policies, policies), stale(&pool.events, events)))
+    }
+
     /// Returns indices to the pool. The caller holds the host lock.
     pub fn free(&self, policies: &[u32], events: &[u32]) -> Result<(), LoaderError> {
         let mut pool = self.pool()?;
@@ -249,7 +263,7 @@ fn load_and_pin(dir: &Path) -> Result<(), LoaderError> {
             let fd = ebpf.program(name).expect("defined").fd().map_err(|e| pin_err(&path, e.to_string()))?;
             sys::obj_pin(fd.as_fd(), &path).map_err(|e| pin_err(&path, e.to_string()))?;
         }
-        for map in MAPS {
+        for map in MAPS.iter().chain([&sbx_common::MAP_AYA_LOGS]) {
             let path = tmp.join(crate::loader::pin_name_map(map));
             ebpf.map(map).expect("defined").pin(&path).map_err(|e| pin_err(&path, e.to_string()))?;
         }

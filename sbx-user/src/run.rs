@@ -21,8 +21,9 @@ use std::{
 use crate::{
     cgroup::{cgroup2_mount, Cgroup, CgroupError},
     confine::{child_env, Account, Confinement, Exec, Identity},
+    dns::{Names, Stub},
     harden::{landlock, seccomp},
-    policy::Policy,
+    policy::{Dns, Mode, Policy},
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
     state::Paths,
 };
@@ -66,9 +67,23 @@ pub enum RunError {
         /// Who searched, e.g. `uid 65534 (nobody)`.
         user: String,
     },
+    /// The `unix` policy cannot be enforced, or names a missing socket.
+    #[error(transparent)]
+    Unix(#[from] crate::harden::unix::UnixError),
     /// A socket on stdin, stdout or stderr would reach around the policy.
     #[error(transparent)]
     StdioSocket(#[from] crate::confine::StdioSocketError),
+    /// The DNS stub of `dns = "pinned"` could not start.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::StubError),
+    /// The programs did not refuse the start-up proof's connect from inside
+    /// the new cgroup: the kernel does not enforce there.
+    #[error(
+        "the sandbox's programs did not refuse a connect from inside its cgroup (the start-up proof), so the kernel \
+         is not enforcing the policy there; the command was not started\nHint: check that cgroup v2 socket hooks apply \
+         to this cgroup (no cgroup v1 net_cls/net_prio on kernels before 5.15) and run `sbx-user verify`"
+    )]
+    NotEnforced,
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -108,8 +123,11 @@ pub struct RunOptions {
     pub keep_fds: Vec<u32>,
     /// Print deny events to stderr as they happen.
     pub log_denials: bool,
+    /// Trace every decision of the programs for this sandbox on stderr
+    /// (`-vv`, through aya-log).
+    pub trace: bool,
     /// Run even if the kernel cannot enforce the requested filesystem
-    /// rules, saying what is not enforced.
+    /// rules or `unix` setting, saying what is not enforced.
     pub allow_degraded: bool,
     /// Add Landlock TCP connect-port rules under the eBPF policy where they
     /// express the same thing.
@@ -247,10 +265,15 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let forwarder = Forwarder::start();
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
-    crate::confine::check_stdio(opts.allow_stdio_sockets)?;
+    let unix = unix_guard(policy, opts)?;
+    crate::confine::check_stdio(opts.allow_stdio_sockets, unix.is_some())?;
     let identity = opts.identity.unwrap_or_else(Identity::current);
-    let workspace =
-        crate::harden::workspace::Workspace::prepare(policy.filesystem.as_ref(), identity, opts.home.as_deref())?;
+    let workspace = crate::harden::workspace::Workspace::prepare(
+        policy.filesystem.as_ref(),
+        identity,
+        opts.home.as_deref(),
+        command.first().map(std::path::Path::new),
+    )?;
     for note in workspace.notes() {
         crate::warn_user!("{note}");
     }
@@ -289,33 +312,148 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
-    let attach = default_options(opts.max_entries, false);
+    // dns = "pinned": the stub listens before the policy naming its address
+    // is compiled, and outlives the command. Not in audit mode, which blocks
+    // nothing: the host's resolvers answer, and each query the policy would
+    // refuse is reported.
+    let stub = match policy.dns {
+        Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
+            match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials), dns_refresh(paths, cg.id)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = cg.remove();
+                    return Err(e.into());
+                }
+            }
+        }
+        Dns::Pinned { .. } | Dns::Host => None,
+    };
+    let stubbed;
+    let policy = match &stub {
+        Some(s) => {
+            stubbed = Policy { dns: Dns::Pinned { stub: Some(s.addr()) }, ..policy.clone() };
+            &stubbed
+        }
+        None => policy,
+    };
+    let mut attach = default_options(opts.max_entries, false);
+    if opts.trace {
+        attach.config.flags |= sbx_common::FLAG_DEBUG;
+    }
     if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
         let _ = cg.remove();
         return Err(e.into());
     }
-    let logger = if opts.log_denials {
-        DenialLogger::start(&cg, policy, paths).map_err(|e| crate::warn_user!("--log-denials: {e}")).ok()
-    } else {
-        None
-    };
+    let readers = Readers::start(&cg, policy, paths, opts);
     let result = match forwarder.early_signal() {
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
         Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
-        None => spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter, &forwarder),
+        None => spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter, unix, &forwarder),
     };
-    if let Some(l) = logger {
-        l.stop();
-    }
+    readers.stop();
     if let Err(e) = teardown(&cg, paths) {
         crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
+    }
+    if let Some(s) = stub {
+        s.stop();
     }
     let status = result?;
     Ok(status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt as _;
         128 + status.signal().unwrap_or(0)
     }))
+}
+
+/// The supervisor for `unix`, or `None` when it allows every socket or the
+/// kernel cannot enforce a profile's default (then with a warning). A
+/// setting the user gave that the kernel cannot enforce refuses, unless
+/// `--allow-degraded`.
+fn unix_guard(policy: &Policy, opts: &RunOptions) -> Result<Option<crate::harden::unix::Guard>, RunError> {
+    use crate::harden::unix::{Guard, UnixError};
+    match Guard::prepare(&policy.unix, policy.mode, opts.log_denials) {
+        Ok(g) => Ok(g),
+        Err(e @ UnixError::Unsupported(_)) if !policy.unix_explicit() || opts.allow_degraded => {
+            let whose = if policy.unix_explicit() {
+                "not enforced (--allow-degraded)"
+            } else {
+                "the profile's default is not enforced"
+            };
+            crate::warn_user!(
+                "unix = {}: {whose}: {e}; the command can connect to every host UNIX socket its identity may open",
+                policy.unix
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Prints the DNS stub's refusals as deny event lines (`--log-denials`),
+/// naming the process that asked when it can still be found.
+fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
+    let (sandbox, cgroup_id, procs) = (cg.path.display().to_string(), cg.id, cg.procs_path());
+    Box::new(move |refusal, peer, tcp| {
+        if !log_denials {
+            return;
+        }
+        let (pid, comm) = crate::dns::peer_process(peer, tcp, &procs).unwrap_or((0, "?".to_owned()));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let view = crate::events::EventView {
+            time: crate::events::rfc3339(now),
+            sandbox: sandbox.clone(),
+            cgroup_id,
+            pid,
+            tid: pid,
+            comm,
+            hook: "dns",
+            protocol: if tcp { "tcp" } else { "udp" }.to_owned(),
+            destination: format!("{} {}", refusal.name, crate::dns::type_name(refusal.qtype)),
+            verdict: "denied",
+            rule: refusal.reason.to_owned(),
+        };
+        crate::diag::line(format_args!("sbx: {view}"));
+    })
+}
+
+/// The stub's names again whenever the sandbox's record changes (an
+/// `update` re-pins the names); the record is read only when its time
+/// stamp moves.
+fn dns_refresh(paths: &Paths, cgroup_id: u64) -> crate::dns::Refresh {
+    let paths = paths.clone();
+    let mut seen = None;
+    Box::new(move || {
+        let stamp = std::fs::metadata(paths.record_path(cgroup_id)).and_then(|m| m.modified()).ok()?;
+        if seen == Some(stamp) {
+            return None;
+        }
+        seen = Some(stamp);
+        let record = crate::state::Record::load(&paths, cgroup_id).ok().flatten()?;
+        Some(Names::of(&record.policy))
+    })
+}
+
+/// The command's resolver files for a stub on `stub`, written into the
+/// per-run directory: `(file, host path to mount it over)`.
+fn resolver_binds(
+    policy: &Policy,
+    stub: std::net::Ipv4Addr,
+    dir: &std::path::Path,
+) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+    use crate::dns::{ResolverFiles, HOSTS, NSSWITCH};
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let (hosts, nsswitch) = (read(HOSTS), read(NSSWITCH));
+    let files = ResolverFiles::new(stub, &Names::of(policy), hosts.as_deref(), nsswitch.as_deref());
+    let dns_dir = dir.join("dns");
+    std::fs::create_dir_all(&dns_dir)?;
+    let binds = files.write(&dns_dir)?;
+    if !binds.iter().any(|(_, t)| t == std::path::Path::new(crate::dns::RESOLV_CONF)) {
+        crate::warn_user!(
+            "{} does not exist: names resolve only through /etc/hosts (queries to loopback port 53 are refused)",
+            crate::dns::RESOLV_CONF
+        );
+    }
+    Ok(binds)
 }
 
 /// Most TCP ports a Landlock second layer lists before sbx leaves TCP to the
@@ -331,7 +469,7 @@ const LANDLOCK_MAX_PORTS: usize = 1024;
 /// Landlock has judged it).
 #[must_use]
 pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
-    use crate::policy::{Action, Loopback, Mode};
+    use crate::policy::{Action, Loopback};
     if policy.default == Action::Allow || policy.mode == Mode::Audit || policy.redirect {
         return None;
     }
@@ -342,6 +480,10 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
     };
     for rule in policy.rules.iter().filter(|r| r.action == Action::Allow && r.protocols.tcp) {
         ranges.extend(rule.ports.iter().copied());
+    }
+    // The DNS stub is reached over TCP too (answers too big for UDP).
+    if matches!(policy.dns, Dns::Pinned { .. }) {
+        ranges.push(crate::policy::PortRange::single(crate::policy::DNS_PORT));
     }
     let ranges = crate::policy::merge_ranges(ranges);
     let count: usize = ranges.iter().map(|r| usize::from(r.hi - r.lo) + 1).sum();
@@ -396,14 +538,35 @@ fn spawn_and_wait(
     workspace: &crate::harden::workspace::Workspace,
     ruleset: landlock::Prepared,
     filter: seccomp::SeccompFilter,
+    unix: Option<crate::harden::unix::Guard>,
     forwarder: &Forwarder,
 ) -> Result<ExitStatus, RunError> {
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
-    let confinement =
-        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), workspace.carried_cwd())
+    // Allowed host sockets under /tmp are bound into the private one at the
+    // same path (unless a carried directory holds them already).
+    let mut carried = workspace.carried().to_vec();
+    if let Some(g) = &unix {
+        for (host, inside) in crate::harden::unix::tmp_binds(&g.allowed_paths(), workspace.tmp()) {
+            if carried.iter().any(|(dir, _)| host.starts_with(dir)) {
+                continue;
+            }
+            let made = inside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&inside).map(drop)
+            });
+            made.map_err(RunError::Confine)?;
+            carried.push((host, inside));
+        }
+    }
+    let mut confinement =
+        Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
             .map_err(RunError::Confine)?;
+    if let Dns::Pinned { stub: Some(stub) } = policy.dns {
+        let binds = resolver_binds(policy, stub, workspace.dir()).map_err(RunError::Confine)?;
+        confinement.bind_files(&binds).map_err(RunError::Confine)?;
+    }
+    let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
     let procs_path = cg.procs_path();
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -441,11 +604,18 @@ fn spawn_and_wait(
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(io::Error::last_os_error());
             }
+            prove_enforced()?;
             confinement.apply()?;
             // Landlock needs no_new_privs, which `apply` set; seccomp goes
             // last because it forbids the mount calls `apply` made.
             ruleset.restrict_self()?;
             filter.apply()?;
+            // The UNIX socket helper and notification filter last: the
+            // helper gets everything above, and nothing after this point
+            // may connect or bind on the supervisor's behalf.
+            if let Some(u) = &unix_child {
+                u.start()?;
+            }
             // The PATH search happens here, as the identity, under
             // Landlock: `exec` returns only if nothing could be run.
             Err(exec.exec())
@@ -454,7 +624,9 @@ fn spawn_and_wait(
 
     let name = program.to_string_lossy().into_owned();
     let mut child = cmd.spawn().map_err(|source| {
-        if searched && source.kind() == io::ErrorKind::NotFound {
+        if source.raw_os_error() == Some(PROOF_FAILED) {
+            RunError::NotEnforced
+        } else if searched && source.kind() == io::ErrorKind::NotFound {
             RunError::NotFound {
                 command: name.clone(),
                 path: search_path.unwrap_or_else(|| "/bin:/usr/bin (default)".to_owned()),
@@ -466,25 +638,115 @@ fn spawn_and_wait(
     })?;
     drop(procs);
     let child_pid = i32::try_from(child.id()).expect("pids fit i32");
+    let relative = crate::cgroup::cgroup2_mount()
+        .ok()
+        .and_then(|root| cg.path.strip_prefix(root).ok().map(|r| format!("/{}", r.display())))
+        .unwrap_or_default();
+    let supervisor = match unix.map(|g| g.supervise(relative)).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            // Fail closed: without a supervisor the command's connect and
+            // bind calls fail (ENOSYS), but it must not run at all.
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(child_pid, libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(RunError::Confine(e));
+        }
+    };
     if let Some(sig) = forwarder.forward_to(child_pid) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(child_pid, sig) };
     }
     // Wait without reaping, stop forwarding, then reap: the forwarder never
     // signals a pid that has been reaped and may name another process.
+    wait_unreaped(child_pid);
+    forwarder.forget_child();
+    let status = child.wait().map_err(|source| RunError::Spawn { command: name, source });
+    if let Some(s) = supervisor {
+        s.stop();
+    }
+    status
+}
+
+/// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).
+fn wait_unreaped(pid: i32) {
     loop {
         // SAFETY: an all-zero siginfo_t is a valid out-buffer.
         let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
         #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
         // SAFETY: waitid(2) on our own child with a writable siginfo.
-        let rc =
-            unsafe { libc::waitid(libc::P_PID, child_pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
         if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
+            return;
         }
     }
-    forwarder.forget_child();
-    child.wait().map_err(|source| RunError::Spawn { command: name, source })
+}
+
+/// The errno `prove_enforced` fails the spawn with.
+const PROOF_FAILED: i32 = libc::ENOTRECOVERABLE;
+
+/// Proves, in the child after it entered the sandbox cgroup, that the hooks
+/// fire there: a connect to the sentinel (which every policy refuses, on
+/// the proof port the programs keep out of events and counters) must fail
+/// with `EPERM`. Anything else (the kernel not running cgroup v2 socket
+/// hooks for this process, say) stops the command before `exec`. Only
+/// async-signal-safe calls: it runs between fork and exec.
+fn prove_enforced() -> io::Result<()> {
+    // SAFETY: plain socket(2), connect(2) and close(2) on a local
+    // sockaddr_in; no allocation.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2);
+        sa.sin_port = sbx_common::PROOF_PORT.to_be();
+        sa.sin_addr.s_addr = u32::from_ne_bytes(sbx_common::SENTINEL);
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+        let rc = libc::connect(fd, (&raw const sa).cast(), len);
+        let errno = *libc::__errno_location();
+        libc::close(fd);
+        if rc == 0 || errno != libc::EPERM {
+            // No allocation here (another thread may hold the allocator's
+            // lock): a distinctive errno, which the parent turns into
+            // `RunError::NotEnforced`.
+            return Err(io::Error::from_raw_os_error(PROOF_FAILED));
+        }
+    }
+    Ok(())
+}
+
+/// The threads that print what the kernel reports during a run: deny
+/// events (`--log-denials`) and decision traces (`-vv`).
+struct Readers {
+    logger: Option<DenialLogger>,
+    tracer: Option<crate::trace::Tracer>,
+}
+
+impl Readers {
+    fn start(cg: &Cgroup, policy: &Policy, paths: &Paths, opts: &RunOptions) -> Self {
+        let logger = opts
+            .log_denials
+            .then(|| DenialLogger::start(cg, policy, paths).map_err(|e| crate::warn_user!("--log-denials: {e}")).ok())
+            .flatten();
+        let tracer = opts
+            .trace
+            .then(|| crate::trace::Tracer::start(cg.id, paths).map_err(|e| crate::warn_user!("-vv tracing: {e}")).ok())
+            .flatten();
+        Self { logger, tracer }
+    }
+
+    /// Prints what is left and stops.
+    fn stop(self) {
+        let Self { logger, tracer } = self;
+        if let Some(l) = logger {
+            l.stop();
+        }
+        if let Some(t) = tracer {
+            t.stop();
+        }
+    }
 }
 
 /// Prints a sandbox's deny events to stderr from a thread.
@@ -521,15 +783,20 @@ impl DenialLogger {
                 if done {
                     return;
                 }
-                // An `update` pins a new ring buffer and policy: follow it.
+                // An `update` keeps the ring buffer (a migration from an
+                // older sbx pins a new one) and records a new policy: follow
+                // both, so the rule text names the policy in force.
                 if tick % 10 == 9 {
+                    if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
+                        if r.generation != generation {
+                            print(&mut reader, &policy, generation);
+                            (policy, generation) = (r.policy, r.generation);
+                        }
+                    }
                     if let Ok(fresh) = crate::events::EventReader::open(&pin_dir) {
                         if fresh.id() != reader.id() {
                             print(&mut reader, &policy, generation);
                             reader = fresh;
-                            if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
-                                (policy, generation) = (r.policy, r.generation);
-                            }
                         }
                     }
                 }
@@ -580,7 +847,7 @@ mod tests {
             ..FlagInput::default()
         });
         let t = landlock_tcp_rules(&proxy).expect("proxy-only with ported rules");
-        assert_eq!(t.connect, Some(vec![3128, 5432]));
+        assert_eq!(t.connect, Some(vec![53, 3128, 5432]), "53: the DNS stub of dns = \"pinned\"");
         assert_eq!(t.bind, None);
         // loopback any, a portless allow, default allow, audit, redirect: none.
         assert!(landlock_tcp_rules(&policy(&FlagInput::default())).is_none());
@@ -595,6 +862,9 @@ mod tests {
         }
         // Offline (loopback none): every TCP connect refused by both layers.
         let none = policy(&FlagInput { loopback: Some("none".into()), ..FlagInput::default() });
-        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![]));
+        assert_eq!(landlock_tcp_rules(&none).expect("ports").connect, Some(vec![53]));
+        let host =
+            policy(&FlagInput { loopback: Some("none".into()), dns: Some("host".into()), ..FlagInput::default() });
+        assert_eq!(landlock_tcp_rules(&host).expect("ports").connect, Some(vec![]));
     }
 }

@@ -25,6 +25,9 @@ pub enum SandboxError {
     /// The record could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The host cannot enforce cgroup socket hooks.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 /// Who set a sandbox up, for the record.
@@ -59,10 +62,17 @@ pub fn install(
     paths: &Paths,
     owner: Owner,
 ) -> Result<(Attached, Record), SandboxError> {
+    // Fail closed where the kernel would not run the programs for this
+    // cgroup's sockets.
+    crate::cgroup::check_socket_matching()?;
     let compiled = compile(policy, opts.max_entries)?;
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;
-    let mut flags = if policy.mode == Mode::Audit { FLAG_AUDIT } else { 0 };
+    // Tracing is the caller's choice, not the policy's: kept from `opts`.
+    let mut flags = opts.config.flags & sbx_common::FLAG_DEBUG;
+    if policy.mode == Mode::Audit {
+        flags |= FLAG_AUDIT;
+    }
     let (mut proxy_addr, mut proxy_port) = ([0; 16], 0);
     if let (true, Some(p)) = (policy.redirect, policy.proxy) {
         flags |= FLAG_REDIRECT;
@@ -70,7 +80,16 @@ pub fn install(
         proxy_port = u32::from(p.port());
     }
     opts.config = Config { flags, generation, proxy_addr, proxy_port, ..opts.config };
-    let attached = loader::attach(cg, &compiled, opts, paths)?;
+    let attached = match loader::attach(cg, &compiled, opts, paths) {
+        // The host pool is full: sandboxes whose cgroup a runtime removed
+        // may still hold indices. Collect them once and try again.
+        Err(LoaderError::Full { .. }) => {
+            let got = crate::gc::collect(paths, false)?;
+            log::info!("the host pool was full; gc freed {} policy and {} event indices", got.policies, got.events);
+            loader::attach(cg, &compiled, opts, paths)?
+        }
+        other => other?,
+    };
     let (by, runner_pid) = match owner {
         Owner::Attach => ("attach", None),
         Owner::Run(pid) => ("run", Some(pid)),

@@ -420,3 +420,49 @@ pub fn map_max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[4])
 }
+
+/// The cgroup id a cgroup link is attached to (`bpf_link_info.cgroup`,
+/// after `type`, `id`, `prog_id` and padding); 0 once the cgroup is gone
+/// and the link is defunct.
+pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = [0u64; 8];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(link),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("64"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[2])
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `count` key/value pairs (`keys` and `values` hold them back to
+/// back at the map's sizes) in one command. For an outer map of maps the
+/// kernel then waits for one RCU grace period instead of one per entry.
+pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: u32) -> io::Result<()> {
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: fd_u32(map),
+        elem_flags: 0,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+}

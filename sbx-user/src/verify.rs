@@ -72,6 +72,15 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
             }
         }
     }
+    // With every sandbox running the same programs, the links alone do not
+    // say which policy holds: the slot the programs read must name this
+    // sandbox and a written policy.
+    let holder = loader::holder_of(paths, cg.id);
+    let written = matches!(holder, loader::Holder::Set { policy: Some(p), .. } if p != 0);
+    out.push(match holder {
+        loader::Holder::Legacy => check("policy", true, "its own programs and maps (an older sbx)"),
+        h => check("policy slot", written, h.to_string()),
+    });
     if let Some(p) = policy {
         if p.mode == Mode::Audit {
             out.push(check("mode", false, "the sandbox is in audit mode: denials are reported, not enforced"));
@@ -105,7 +114,12 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
             Err(e) => check(name, false, format!("probe failed: {e}")),
         });
     }
-    // An allowed loopback target, if the policy allows any loopback port.
+    // An allowed loopback target, if the policy allows any loopback port
+    // (loopback rules and dns = "pinned" may refuse some the setting allows).
+    let allows = |port: u16| {
+        policy.is_none_or(|p| crate::explain::allows_destination(p, Ipv4Addr::LOCALHOST.into(), port, true))
+    };
+    let port_of = |l: &TcpListener| l.local_addr().map_or(0, |a: SocketAddr| a.port());
     let allowed = match policy.map(|p| &p.loopback) {
         None => None,
         Some(Loopback::None) => {
@@ -116,15 +130,18 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
             });
             None
         }
-        Some(Loopback::Any) => TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok(),
+        Some(Loopback::Any) => {
+            (0..16).find_map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok().filter(|l| allows(port_of(l))))
+        }
         Some(Loopback::Ports(ranges)) => ranges
             .iter()
             .flat_map(|r| r.lo..=r.hi)
+            .filter(|&port| allows(port))
             .take(64)
             .find_map(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()),
     };
     if let Some(l) = allowed {
-        let port = l.local_addr().map_or(0, |a: SocketAddr| a.port());
+        let port = port_of(&l);
         let target = format!("tcp 127.0.0.1:{port}");
         out.push(match probe_in(cg, &target) {
             Ok(g) => check("allowed tcp connect", g == "ok", format!("{target}: got {g}, want ok")),

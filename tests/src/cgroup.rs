@@ -9,19 +9,32 @@ use std::{
 
 use crate::util::wait_until;
 
-/// The six hooks sbx attaches, in the order of [`prog_counts`], with their
-/// `bpf_attach_type` values from include/uapi/linux/bpf.h.
-pub const HOOKS: [(&str, u32); 6] = [
-    ("connect4", 10), // BPF_CGROUP_INET4_CONNECT
-    ("connect6", 11), // BPF_CGROUP_INET6_CONNECT
-    ("sendmsg4", 14), // BPF_CGROUP_UDP4_SENDMSG
-    ("sendmsg6", 15), // BPF_CGROUP_UDP6_SENDMSG
-    ("bind4", 8),     // BPF_CGROUP_INET4_BIND
-    ("bind6", 9),     // BPF_CGROUP_INET6_BIND
-];
+/// Every hook sbx has: (name as `status` reports it, `bpf_attach_type`),
+/// from sbx-user's own table, so a hook added there is seen here.
+#[must_use]
+pub fn hooks() -> Vec<(&'static str, u32)> {
+    sbx_user::loader::HOOKS.iter().map(|&(_, ty, name)| (name, ty as u32)).collect()
+}
 
-/// Hook names as `status` reports them, sorted.
-pub const ALL_HOOKS: [&str; 6] = ["bind4", "bind6", "connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// Names of the hooks a sandbox without a transparent proxy has, as
+/// `status` reports them, sorted.
+#[must_use]
+pub fn all_hooks() -> Vec<&'static str> {
+    let mut v: Vec<&str> = sbx_user::loader::hooks_for(false).map(|h| h.2).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Programs per hook (every hook of [`hooks`]), from [`prog_counts`].
+pub type HookCounts = std::collections::BTreeMap<&'static str, u32>;
+
+/// `n` programs at every hook a sandbox without a transparent proxy has,
+/// none at the others (`sock_ops`).
+#[must_use]
+pub fn per_hook(n: u32) -> HookCounts {
+    let used = all_hooks();
+    hooks().into_iter().map(|(h, _)| (h, if used.contains(&h) { n } else { 0 })).collect()
+}
 
 /// Mount point of the cgroup2 filesystem, read from `/proc/self/mountinfo`.
 ///
@@ -134,7 +147,7 @@ impl TestCgroup {
 
     /// Number of sbx programs attached directly to this cgroup, per hook.
     #[must_use]
-    pub fn prog_counts(&self) -> [u32; 6] {
+    pub fn prog_counts(&self) -> HookCounts {
         prog_counts(&self.path, false)
     }
 }
@@ -192,7 +205,8 @@ fn cleanup_tree(path: &Path) {
         let pins = crate::bpffs().join("sbx").join(meta.ino().to_string());
         if let Ok(entries) = fs::read_dir(&pins) {
             for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
+                // Link and map pins, and the program set marker directory.
+                let _ = fs::remove_file(e.path()).or_else(|_| fs::remove_dir(e.path()));
             }
             let _ = fs::remove_dir(&pins);
         }
@@ -207,7 +221,7 @@ fn cleanup_tree(path: &Path) {
     }
 }
 
-/// Number of programs attached at each of [`HOOKS`] on the cgroup at
+/// Number of programs attached at each of [`hooks`] on the cgroup at
 /// `path`, asked of the kernel with `BPF_PROG_QUERY` (independently of
 /// sbx-user). With `effective`, counts what applies there including
 /// programs inherited from ancestors.
@@ -215,12 +229,13 @@ fn cleanup_tree(path: &Path) {
 /// # Panics
 /// When the cgroup cannot be opened or the query fails.
 #[must_use]
-pub fn prog_counts(path: &Path, effective: bool) -> [u32; 6] {
+pub fn prog_counts(path: &Path, effective: bool) -> HookCounts {
     const BPF_PROG_QUERY: libc::c_long = 16;
     const BPF_F_QUERY_EFFECTIVE: u32 = 1;
     let dir = fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    let mut out = [0; 6];
-    for (slot, &(hook, attach_type)) in out.iter_mut().zip(&HOOKS) {
+    let mut out = HookCounts::new();
+    for (hook, attach_type) in hooks() {
+        let slot = out.entry(hook).or_insert(0);
         // The `query` member of `union bpf_attr`: target_fd u32 @0,
         // attach_type u32 @4, query_flags u32 @8, attach_flags u32 @12,
         // prog_ids u64 @16, prog_cnt u32 @24; the rest must be zero. With

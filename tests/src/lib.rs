@@ -48,7 +48,7 @@ mod probe;
 mod sbx;
 mod util;
 
-pub use cgroup::{cgroup2_mount, prog_counts, TestCgroup, ALL_HOOKS, HOOKS};
+pub use cgroup::{all_hooks, cgroup2_mount, hooks, per_hook, prog_counts, HookCounts, TestCgroup};
 pub use hosts::HostsEntry;
 pub use net::{Packet, Receiver, Sniffer, TestNet};
 pub use probe::{Place, Probe, Proto};

@@ -16,9 +16,10 @@ use crate::{
     util::{must, wait_until, Background, TempDir},
 };
 
-/// Number of distinct test networks: `10.200.0.0/16` to `10.249.0.0/16`,
-/// 256 /24s each.
-const SLOTS: u32 = 50 * 256;
+/// Number of distinct test networks: the /24s of `198.18.0.0/16` (the
+/// benchmarking range of RFC 2544, which no real network uses; the
+/// benchmarks use `198.19.0.0/16`).
+const SLOTS: u32 = 256;
 
 /// Where test networks are claimed, so concurrent test processes never
 /// use the same subnet or interface names.
@@ -27,8 +28,8 @@ const LOCK_DIR: &str = "/run/sbx-tests/nets";
 /// A network namespace with a veth pair to the host.
 ///
 /// Slot `k` (claimed with a lock file holding our pid) gives
-/// `10.A.B.0/24` and `fd00:A:B::/64` with `A = 200 + k / 256` and
-/// `B = k % 256`: the host side is `.1`/`::1`, the namespace side holds
+/// `198.18.k.0/24` and `fd00:18:k::/64`: the host side is `.1`/`::1`, the
+/// namespace side holds
 /// `.2` and `.3` (`::2`, `::3`). The namespace has loopback up and no
 /// default route, so nothing sent inside it can leave the machine.
 #[derive(Debug)]
@@ -63,7 +64,7 @@ impl TestNet {
     pub fn new(probe: &Probe) -> Self {
         crate::require_root();
         let (slot, lock) = claim_slot();
-        let (a, b) = (200 + slot / 256, slot % 256);
+        let b = slot % 256;
         let name = format!("sbxt-{slot}");
         let host_if = format!("sbxt{slot}h");
         let ns_if = format!("sbxt{slot}n");
@@ -71,10 +72,10 @@ impl TestNet {
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
 
-        let v4 = |h: u8| Ipv4Addr::new(10, u8::try_from(a).expect("< 256"), u8::try_from(b).expect("< 256"), h);
-        // `a` and `b` written in decimal digits read as hex groups: unique
-        // per slot and easy to recognise next to the IPv4 subnet.
-        let v6 = |h: &str| -> Ipv6Addr { format!("fd00:{a}:{b}::{h}").parse().expect("valid IPv6") };
+        let v4 = |h: u8| Ipv4Addr::new(198, 18, u8::try_from(b).expect("< 256"), h);
+        // `b` written in decimal digits read as a hex group: unique per
+        // slot and easy to recognise next to the IPv4 subnet.
+        let v6 = |h: &str| -> Ipv6Addr { format!("fd00:18:{b}::{h}").parse().expect("valid IPv6") };
         let net = Self {
             name: name.clone(),
             host_if: host_if.clone(),

@@ -12,6 +12,7 @@ use sbx_tests::{
 };
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 /// `::ffff:a.b.c.d`.
@@ -134,8 +135,8 @@ fn threads_forked_children_exec_children_and_child_cgroups_are_covered() {
 
     // A process in a child cgroup inherits the programs.
     let leaf = fx.cg.child("leaf");
-    assert_eq!(prog_counts(&leaf, false), [0; 6], "nothing is attached to the child itself");
-    assert_eq!(prog_counts(&leaf, true), [1; 6], "the parent's programs are effective in the child");
+    assert_eq!(prog_counts(&leaf, false), sbx_tests::per_hook(0), "nothing is attached to the child itself");
+    assert_eq!(prog_counts(&leaf, true), sbx_tests::per_hook(1), "the parent's programs are effective in the child");
     let q = fx.probe.in_cgroup(&leaf);
     assert_eq!(q.connect(Tcp, n.ns_v4, 8081), "err EPERM");
     assert_eq!(q.connect(Tcp, n.ns_v4, 8080), "ok");
@@ -401,4 +402,57 @@ fn bind_rules() {
     assert_eq!(p.bind(Tcp, n.ns_v4, 9000), "ok");
     assert_eq!(p.bind(Tcp, n.ns_v4b, 9000), "err EPERM");
     assert_eq!(p.bind(Tcp, n.ns_v4, 8080), "err EPERM", "0.0.0.0:8080 is the unspecified address only");
+}
+
+#[test]
+fn teredo_isatap_and_network_specific_nat64_follow_the_ipv4_rules() {
+    // Inside the test namespace, which has no route for these prefixes: an
+    // allowed destination fails with ENETUNREACH, a denied one with EPERM,
+    // and nothing can leave even if enforcement were broken.
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    let hex = |v4: std::net::Ipv4Addr, invert: bool| {
+        let o = v4.octets().map(|b| if invert { !b } else { b });
+        format!("{:02x}{:02x}:{:02x}{:02x}", o[0], o[1], o[2], o[3])
+    };
+    let teredo = |server, client| format!("2001:0:{}::{}", hex(server, false), hex(client, true));
+    let isatap = |v4| format!("fd00:1::5efe:{}", hex(v4, false));
+    let nsp = |v4: std::net::Ipv4Addr| {
+        // RFC 6052 /48 layout under 2001:db8:122::/48: octets 1-2 in bits
+        // 48-63, octets 3-4 in bits 72-87.
+        let o = v4.octets();
+        format!("2001:db8:122:{:02x}{:02x}:{:02x}:{:02x}00::", o[0], o[1], o[2], o[3])
+    };
+    let dir = sbx_tests::TempDir::new("nsp");
+    let policy = dir.path().join("nat64.toml");
+    std::fs::write(
+        &policy,
+        format!("[network]\nnat64 = [\"2001:db8:122::/48\"]\nallow = [\"{}:8080\", \"{}:3544\"]\n", n.ns_v4, n.ns_v4b),
+    )
+    .expect("writing the policy");
+    fx.attach(&["--policy", policy.to_str().expect("UTF-8")]);
+    let p = fx.inside_ns();
+    for ip in [isatap(n.ns_v4), nsp(n.ns_v4)] {
+        assert_eq!(p.connect(Tcp, &ip, 8080), "err ENETUNREACH", "{ip}: the IPv4 it embeds is allowed");
+        assert_eq!(p.connect(Tcp, &ip, 8081), "err EPERM", "{ip}: port 8081 of it is not");
+    }
+    for ip in [isatap(n.ns_v4b), nsp(n.ns_v4b)] {
+        assert_eq!(p.connect(Tcp, &ip, 8080), "err EPERM", "{ip}: the IPv4 it embeds is denied");
+    }
+    // Teredo: both the server and the client must pass.
+    let both = teredo(n.ns_v4b, n.ns_v4b);
+    assert_eq!(p.sendto(&both, 3544, "x"), "err ENETUNREACH", "{both}: server and client allowed");
+    let client_denied = teredo(n.ns_v4b, std::net::Ipv4Addr::new(198, 18, 255, 1));
+    assert_eq!(p.sendto(&client_denied, 3544, "x"), "err EPERM", "{client_denied}: the client is denied");
+    let server_denied = teredo(std::net::Ipv4Addr::new(198, 18, 255, 1), n.ns_v4b);
+    assert_eq!(p.sendto(&server_denied, 3544, "x"), "err EPERM", "{server_denied}: the server is denied");
+    // Forms of local addresses are refused whatever the loopback setting.
+    for ip in ["2001:0:c612:1::80ff:fffe", "fd00:1::5efe:7f00:1", "2001:db8:122:7f00:0:100::"] {
+        assert_eq!(p.connect(Tcp, ip, 8080), "err EPERM", "{ip}");
+    }
+    // An explicit IPv6 rule at least as specific as the form decides.
+    let host = isatap(n.ns_v4b);
+    fx.sbx.ok(&["attach", "--replace", "--cgroup", fx.cg.arg(), "--allow", &format!("[{host}]:8080")]);
+    assert_eq!(p.connect(Tcp, &host, 8080), "err ENETUNREACH", "{host}: the explicit IPv6 rule allows it");
+    assert_eq!(p.connect(Tcp, isatap(n.ns_v4), 8080), "err EPERM", "its neighbour follows the IPv4 rules");
 }

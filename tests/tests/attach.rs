@@ -2,9 +2,10 @@
 
 use std::{fs, os::unix::fs::MetadataExt as _};
 
-use sbx_tests::{describe, probe, Fixture, Proto::Tcp, Sbx, TempDir, ALL_HOOKS};
+use sbx_tests::{describe, probe, Fixture, Proto::Tcp, Sbx, TempDir};
 // A dependency of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -25,7 +26,7 @@ fn sorted(v: &serde_json::Value) -> Vec<String> {
 /// and none is missing.
 fn assert_enforcing(e: &serde_json::Value) {
     let on = sorted(&e["enforcing_hooks"]);
-    for hook in ALL_HOOKS {
+    for hook in sbx_tests::all_hooks() {
         assert!(on.iter().any(|h| h == hook), "{hook} is not enforcing: {e:#}");
     }
     assert_eq!(sorted(&e["missing_hooks"]), Vec::<String>::new(), "{e:#}");
@@ -41,7 +42,7 @@ fn attach_enforces_after_the_cli_has_exited() {
     let out = fx.sbx.attach(&fx.cg, &["--allow", &format!("{}:8080", n.ns_v4)]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("attached to {}", fx.cg.arg())), "{}", describe(&out));
-    assert_eq!(fx.cg.prog_counts(), [1; 6], "one program per hook on the cgroup");
+    assert_eq!(fx.cg.prog_counts(), sbx_tests::per_hook(1), "one program per hook on the cgroup");
     assert!(Sbx::has_pins(fx.cg.id()));
     let p = fx.inside();
     assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
@@ -62,7 +63,7 @@ fn detach_restores_access_and_removes_everything() {
 
     let out = fx.sbx.detach(&fx.cg);
     assert!(String::from_utf8_lossy(&out.stdout).contains("detached from"), "{}", describe(&out));
-    assert_eq!(fx.cg.prog_counts(), [0; 6]);
+    assert_eq!(fx.cg.prog_counts(), sbx_tests::per_hook(0));
     assert!(!Sbx::has_pins(fx.cg.id()), "pins are removed");
     assert_eq!(fx.sbx.records(), Vec::<std::path::PathBuf>::new(), "the record is removed");
     assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
@@ -107,7 +108,7 @@ fn second_attach_without_replace_fails_and_keeps_the_first() {
     let out = fx.sbx.fails(&["attach", "--cgroup", fx.cg.arg(), "--default", "allow"]);
     let err = stderr(&out);
     assert!(err.contains("already attached") && err.contains("--replace"), "{}", describe(&out));
-    assert_eq!(fx.cg.prog_counts(), [1; 6], "still exactly one program per hook");
+    assert_eq!(fx.cg.prog_counts(), sbx_tests::per_hook(1), "still exactly one program per hook");
     let p = fx.inside();
     assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
     assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM", "the first policy is still in force");
@@ -129,7 +130,7 @@ fn replace_swaps_the_policy_in_place() {
 
     let out = fx.sbx.ok(&["attach", "--replace", "--cgroup", fx.cg.arg(), "--allow", &rule_b]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("replaced policy on"), "{}", describe(&out));
-    assert_eq!(fx.cg.prog_counts(), [1; 6], "replaced, not stacked");
+    assert_eq!(fx.cg.prog_counts(), sbx_tests::per_hook(1), "replaced, not stacked");
     assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM");
     assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "ok");
     let e = fx.sbx.status(&fx.cg);
@@ -178,7 +179,7 @@ fn attach_to_a_non_cgroup_path_fails_clearly_and_changes_nothing() {
     let cg = sbx_tests::TestCgroup::new();
     let out = sbx.fails(&["attach".as_ref(), "--cgroup".as_ref(), cg.path().join("cgroup.procs").as_os_str()]);
     assert!(stderr(&out).contains("not a directory"), "{}", describe(&out));
-    assert_eq!(cg.prog_counts(), [0; 6]);
+    assert_eq!(cg.prog_counts(), sbx_tests::per_hook(0));
     assert!(sbx.records().is_empty());
 }
 
@@ -208,7 +209,7 @@ fn a_bad_policy_fails_before_anything_is_attached() {
         args.extend_from_slice(policy);
         let out = fx.sbx.fails(&args);
         assert!(stderr(&out).contains(message), "{policy:?}: expected {message:?} in: {}", describe(&out));
-        assert_eq!(fx.cg.prog_counts(), [0; 6], "{policy:?} attached something");
+        assert_eq!(fx.cg.prog_counts(), sbx_tests::per_hook(0), "{policy:?} attached something");
         assert!(!Sbx::has_pins(fx.cg.id()), "{policy:?} left pins");
         assert!(fx.sbx.records().is_empty(), "{policy:?} left a record");
     }

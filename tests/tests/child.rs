@@ -20,6 +20,7 @@ use std::{
 
 use sbx_tests::{describe, probe, Fixture, Sbx, TempDir, TestCgroup};
 // A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 use serde_json as _;
 
 fn run_cmd(sbx: &Sbx, parent: &TestCgroup, options: &[&str], command: &[&str]) -> Command {
@@ -439,4 +440,32 @@ attempt("write-var-tmp", lambda: write("/var/tmp/sbx-test-denied"))
         assert_eq!(errors, "by-name\nby-fd\n", "{policy:?}");
         std::fs::write(&log, "").expect("emptying the log");
     }
+}
+
+#[test]
+fn devices_beyond_the_implicit_ones_stay_closed_under_the_default_rules() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    // /dev/net/tun would attach to a TUN device the identity owns and send
+    // packets no socket hook sees; /dev/fuse would mount for it elsewhere.
+    let py = r#"
+import os
+for p in ["/dev/net/tun", "/dev/fuse", "/dev/null", "/dev/zero"]:
+    try:
+        os.close(os.open(p, os.O_RDWR))
+        print(p, "ok")
+    except OSError as e:
+        print(p, e.strerror)
+"#;
+    // Root outside opens them all, so inside it is sbx that refuses.
+    let outside = Command::new("python3").args(["-c", py]).output().expect("python3");
+    assert_eq!(String::from_utf8_lossy(&outside.stdout).matches(" ok\n").count(), 4, "{}", describe(&outside));
+    let out = run_cmd(&sbx, &cg, &["--user", "0"], &["python3", "-c", py]).output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/dev/net/tun Permission denied\n/dev/fuse Permission denied\n/dev/null ok\n/dev/zero ok\n",
+        "{}",
+        describe(&out)
+    );
 }

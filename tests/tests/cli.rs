@@ -6,6 +6,8 @@
 use std::{os::unix::process::CommandExt as _, process::Output};
 
 use sbx_tests::{describe, Sbx, TempDir, TestCgroup};
+// A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

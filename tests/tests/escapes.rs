@@ -13,6 +13,7 @@ use std::{
 
 use sbx_tests::{bpffs, cgroup2_mount, describe, probe, Fixture, Packet, Sbx, TestCgroup};
 // A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 use serde_json as _;
 
 fn run_cmd(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Command {

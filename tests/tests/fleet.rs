@@ -7,6 +7,7 @@ use std::process::Command;
 use sbx_tests::{describe, probe, Fixture, Place, Proto::Tcp, Sbx, TestCgroup};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 /// The sbx program ids the kernel reports on `cg` for connect4.
@@ -142,7 +143,14 @@ fn a_sandbox_whose_slot_is_not_written_denies_everything() {
         .expect("a program set marker in the pins");
     let set = sbx_tests::bpffs().join("sbx").join(marker.file_name());
     let key: Vec<String> = fx.cg.id().to_le_bytes().iter().map(u8::to_string).collect();
-    let value = vec!["0".to_owned(); 56];
+    let show = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(set.join("map_SBX_SLOT"))
+        .output()
+        .expect("running bpftool");
+    let info: serde_json::Value = serde_json::from_slice(&show.stdout).expect("bpftool -j");
+    let size = usize::try_from(info["bytes_value"].as_u64().expect("bytes_value")).expect("small");
+    let value = vec!["0".to_owned(); size];
     let out = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(set.join("map_SBX_SLOT"))
@@ -161,4 +169,137 @@ fn a_sandbox_whose_slot_is_not_written_denies_everything() {
     fx.sbx.ok(&["update", "--cgroup", fx.cg.arg(), "--default", "allow"]);
     assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
     assert!(Sbx::has_pins(fx.cg.id()));
+}
+
+/// An nftables table of this test, deleted on drop.
+struct NatTable(String);
+
+impl NatTable {
+    /// DNAT in the host's OUTPUT hook: TCP and UDP to `from`:`port` go to
+    /// `to`:`port`. It runs before the egress hook, which then sees `to`.
+    fn new(from: std::net::Ipv4Addr, to: std::net::Ipv4Addr, port: u16) -> Self {
+        let name = format!("sbx_test_{}_{}", std::process::id(), port);
+        let script = format!(
+            "table ip {name} {{\n chain out {{\n  type nat hook output priority -100;\n  \
+             ip daddr {from} tcp dport {port} dnat to {to}\n  ip daddr {from} udp dport {port} dnat to {to}\n }}\n}}\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("running nft (nftables)");
+        std::io::Write::write_all(child.stdin.as_mut().expect("piped"), script.as_bytes()).expect("writing");
+        drop(child.stdin.take());
+        assert!(child.wait().expect("nft").success(), "nft -f failed for {script}");
+        Self(name)
+    }
+}
+
+impl Drop for NatTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "ip", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_egress_backstop_agrees_with_the_connect_hook_under_dnat() {
+    // A connection to an allowed address that the host translates (a
+    // ClusterIP, a published port) must not be dropped because the backstop
+    // sees the translated address; and a denied address stays denied
+    // whatever it is translated to.
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let receiver = n.udp_receiver(9999);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4), "--allow", &format!("udp://{}:9999", n.ns_v4)]);
+    let _nat = (NatTable::new(n.ns_v4, n.ns_v4b, 8080), NatTable::new(n.ns_v4, n.ns_v4b, 9999));
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok", "allowed, translated to a host the policy does not name");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM", "the translated-to host itself stays denied");
+    // Connected UDP: connect() judged the allowed address; the datagrams
+    // leave translated.
+    assert_eq!(
+        p.run(&["connected-sendto", &n.ns_v4.to_string(), "9999", &n.ns_v4.to_string(), "9999", "natted"]),
+        "ok"
+    );
+    assert!(receiver.wait_for("natted"), "the translated datagram arrived: {:?}", receiver.payloads());
+}
+
+#[test]
+fn gc_removes_what_a_removed_cgroup_left_and_nothing_alive() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    // A runtime creates a sandbox cgroup, sbx attaches, the runtime removes
+    // the cgroup without telling sbx.
+    let gone = fx.cg.child("gone");
+    let gone_arg = gone.to_str().expect("UTF-8");
+    fx.sbx.ok(&["attach", "--cgroup", gone_arg, "--default", "allow"]);
+    let gone_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&gone).expect("stat"));
+    std::fs::remove_dir(&gone).expect("removing the cgroup under sbx's feet");
+    assert!(Sbx::has_pins(gone_id), "the pins are still there");
+    // The kernel's cgroup release is asynchronous: wait until gc sees it.
+    // Pins and pool indices are collected as the kernel releases them,
+    // possibly in different passes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut collected, mut freed) = (false, 0);
+    while !(collected && freed >= 1) {
+        let out = fx.sbx.ok(&["gc", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gc --json");
+        let ids: Vec<u64> =
+            v["sandboxes"].as_array().expect("array").iter().filter_map(serde_json::Value::as_u64).collect();
+        collected |= ids.contains(&gone_id);
+        freed += v["policies"].as_u64().unwrap_or(0);
+        assert!(std::time::Instant::now() < deadline, "gc never collected the removed cgroup: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!Sbx::has_pins(gone_id), "gc removed the pins");
+    // The live sandbox is untouched and still enforcing.
+    assert!(Sbx::has_pins(fx.cg.id()));
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+}
+
+#[test]
+fn two_readers_of_one_sandbox_share_its_events_and_an_update_keeps_the_stream() {
+    // A sandbox's stream has one consumer position: two followers get
+    // every event between them, each once. The stream survives an update
+    // (the followers were started before it).
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    fx.attach(&["--default", "deny"]);
+    let spawn = || {
+        let mut cmd = fx.sbx.cmd();
+        cmd.args(["events", "--follow", "--json", "--cgroup", fx.cg.arg()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning events --follow")
+    };
+    let (first, second) = (spawn(), spawn());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let p = fx.inside();
+    for port in 9001..9021 {
+        assert_eq!(p.connect(Tcp, n.ns_v4, port), "err EPERM");
+    }
+    fx.sbx.ok(&["update", "--cgroup", fx.cg.arg(), "--default", "deny", "--allow", &format!("{}:9999", n.ns_v4)]);
+    for port in 9021..9041 {
+        assert_eq!(p.connect(Tcp, n.ns_v4, port), "err EPERM");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let mut ports = Vec::new();
+    for mut child in [first, second] {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("reaping events");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON event");
+            let dest = v["destination"].as_str().unwrap_or_default().to_owned();
+            if let Some(port) = dest.strip_prefix(&format!("{}:", n.ns_v4)) {
+                ports.push(port.parse::<u16>().expect("a port"));
+            }
+        }
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, (9001..9041).collect::<Vec<u16>>(), "every event once, before and after the update");
 }

@@ -14,6 +14,7 @@ use std::{
 use sbx_tests::{describe, require_root, Sbx, TestCgroup};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 use serde_json as _;
 
 const PACKAGE: &str = "sbx";

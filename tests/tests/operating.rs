@@ -11,9 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbx_tests::{describe, probe, Background, Fixture, HostsEntry, Proto::Tcp, Sbx, TestCgroup, ALL_HOOKS};
+use sbx_tests::{describe, probe, Background, Fixture, HostsEntry, Proto::Tcp, Sbx, TestCgroup};
 // A dependency of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -283,7 +284,7 @@ fn verify_passes_when_enforcing_and_fails_after_detach_and_in_audit_mode() {
     sbx.attach(&cg, &["--deny", "private", "--loopback", "any"]);
     let (code, checks, out) = verify(&sbx, &cg);
     assert_eq!(code, Some(0), "{}", describe(&out));
-    for hook in ALL_HOOKS {
+    for hook in sbx_tests::all_hooks() {
         assert!(checks.iter().any(|(n, _)| *n == format!("{hook} attached")), "no check of {hook}: {checks:?}");
     }
     assert!(checks.iter().any(|(n, _)| n.starts_with("denied tcp connect")), "{checks:?}");
@@ -301,7 +302,7 @@ fn verify_passes_when_enforcing_and_fails_after_detach_and_in_audit_mode() {
     sbx.detach(&cg);
     let (code, checks, out) = verify(&sbx, &cg);
     assert_eq!(code, Some(1), "verify must fail (a verdict, 1) on a detached cgroup: {}", describe(&out));
-    for hook in ALL_HOOKS {
+    for hook in sbx_tests::all_hooks() {
         assert!(checks.contains(&(format!("{hook} attached"), "fail".to_owned())), "{}", describe(&out));
     }
     assert!(checks.contains(&("denied tcp connect (connect4)".to_owned(), "fail".to_owned())), "{}", describe(&out));
@@ -357,33 +358,47 @@ fn runs(seen: &[Seen]) -> String {
 
 #[test]
 fn update_under_load_switches_atomically_without_restarting_anything() {
-    const UPDATES: usize = 6;
-    const SETTLE: usize = 300;
-    let fx = Fixture::new(probe!());
-    let n = &fx.net;
-    let (a, b) = (n.ns_v4.to_string(), n.ns_v4b.to_string());
-    let policy = |which: usize| if which == 1 { format!("{a}:9") } else { format!("{b}:9") };
-    fx.attach(&["--allow", &policy(1)]);
-    let log = n.dir().join("alternate.log");
-    let stop = n.dir().join("alternate.stop");
     // UDP connects: judged by connect4 like TCP ones, but nothing is sent,
     // so the loop measures verdicts only and runs as fast as they come.
+    update_under_load("udp", 6, 300);
+}
+
+#[test]
+fn update_under_tcp_load_judges_each_connection_by_one_policy() {
+    // Real TCP connections to two test hosts while the policy flips 20
+    // times: every connect is allowed or refused (EPERM) by one policy,
+    // none hangs because the egress backstop judged its SYN under the
+    // other one.
+    update_under_load("tcp", 20, 100);
+}
+
+fn update_under_load(proto: &str, updates: usize, settle: usize) {
+    const PORT: u16 = 8080;
+    let (updates_n, settle_n) = (updates, settle);
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(PORT);
+    let (a, b) = (n.ns_v4.to_string(), n.ns_v4b.to_string());
+    let policy = |which: usize| if which == 1 { format!("{a}:{PORT}") } else { format!("{b}:{PORT}") };
+    fx.attach(&["--allow", &policy(1)]);
+    let log = n.dir().join(format!("alternate-{proto}.log"));
+    let stop = n.dir().join(format!("alternate-{proto}.stop"));
     let mut cmd = Command::new(fx.probe.bin());
-    cmd.args(["alternate", &a, &b, "9", stop.to_str().expect("UTF-8")]);
+    cmd.args(["alternate", &a, &b, &PORT.to_string(), stop.to_str().expect("UTF-8"), proto]);
     let bg = Background::spawn_logged("sbx-probe alternate", &mut cmd, fx.inside().place(), &log);
-    wait_for_iterations(&log, SETTLE, "before the first update");
+    wait_for_iterations(&log, settle_n, "before the first update");
 
     // (completed before `update` started, completed when it returned,
     // from, to).
     let mut windows = Vec::new();
-    for i in 0..UPDATES {
+    for i in 0..updates_n {
         let (from, to) = if i % 2 == 0 { (1, 2) } else { (2, 1) };
         let before = iterations(&log).len();
         let out = fx.sbx.ok(&["update", "--cgroup", fx.cg.arg(), "--allow", &policy(to)]);
         assert!(stdout(&out).contains("updated policy of"), "{}", describe(&out));
         let after = iterations(&log).len();
         windows.push((before, after, from, to));
-        wait_for_iterations(&log, after + SETTLE, &format!("after update {i}"));
+        wait_for_iterations(&log, after + settle_n, &format!("after update {i}"));
     }
     let stat = fs::read_to_string(format!("/proc/{}/stat", bg.pid())).expect("the loop is still there");
     assert!(!stat.contains(") Z "), "the loop exited during the updates: {stat}");
@@ -412,7 +427,7 @@ fn update_under_load_switches_atomically_without_restarting_anything() {
                 ("EPERM", "ok") => Seen::Policy2,
                 ("ok", "ok") => Seen::Switch12,
                 ("EPERM", "EPERM") => Seen::Switch21,
-                _ => panic!("iteration {i}: results {l:?}; only ok and EPERM may appear"),
+                _ => panic!("{proto} iteration {i}: results {l:?}; only ok and EPERM may appear"),
             }
         })
         .collect();
@@ -444,7 +459,7 @@ fn update_under_load_switches_atomically_without_restarting_anything() {
         assert_eq!(*s, steady(last), "iteration {i}, after the last update");
     }
     let straddles = seen.iter().filter(|s| matches!(s, Seen::Switch12 | Seen::Switch21)).count();
-    eprintln!("{} iterations, {UPDATES} updates, {straddles} iterations straddled a switch", seen.len());
+    eprintln!("{proto}: {} iterations, {updates_n} updates, {straddles} iterations straddled a switch", seen.len());
 }
 
 #[test]

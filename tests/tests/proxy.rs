@@ -14,6 +14,7 @@ use sbx_tests::{
     TempDir, TestCgroup,
 };
 // A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 use serde_json as _;
 
 /// tinyproxy started by `sbx-user run POLICY... -- tinyproxy`, stopped
@@ -27,10 +28,15 @@ struct SandboxedProxy {
 
 impl Drop for SandboxedProxy {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child, by pid.
-        unsafe { libc::kill(libc::pid_t::try_from(self.tinyproxy.pid()).unwrap_or(0), libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !self.cg.children().is_empty() && std::time::Instant::now() < deadline {
+        let pid = self.tinyproxy.pid();
+        // SAFETY: kill(2) on our own child, by pid; it is not reaped
+        // before `Background` drops, so the pid cannot be reused.
+        unsafe { libc::kill(libc::pid_t::try_from(pid).unwrap_or(0), libc::SIGTERM) };
+        // Until `run` has finished its teardown and exited (a zombie now):
+        // its private HOME and /tmp go last, after the cgroup.
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }

@@ -11,6 +11,8 @@ use std::{
 };
 
 use sbx_tests::{bpffs, cgroup2_mount, describe, probe, Fixture, Sbx, TempDir, TestCgroup};
+// A dependency of the fixture crate this test file does not use directly.
+use sbx_user as _;
 
 /// `sbx-user run --cgroup-parent CG POLICY... -- CMD...`.
 fn run(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Output {
@@ -417,7 +419,75 @@ fn status_reports_and_detach_removes_what_a_killed_run_left() {
     let entry = entry.unwrap_or_else(|| panic!("status lists the leftover: {v:#}"));
     let problem = entry["problem"].as_str().unwrap_or_default();
     assert!(problem.contains("has exited"), "status names the dead owner: {entry:#}");
+    let run_dirs = || {
+        let prefix = format!("sbx-run-{}-", child.id());
+        std::fs::read_dir("/var/tmp")
+            .expect("reading /var/tmp")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(run_dirs(), 1, "the killed run left its private HOME and /tmp");
     let out = sbx.ok(&["detach", "--cgroup", left[0].to_str().expect("UTF-8")]);
     assert!(stdout(&out).contains("left behind"), "{}", describe(&out));
+    assert!(stdout(&out).contains("its private HOME and /tmp"), "{}", describe(&out));
+    assert_eq!(run_dirs(), 0, "detach removes them: {}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
+#[test]
+fn a_command_under_the_hosts_tmp_still_runs_in_the_private_tmp() {
+    // The command gets a private /tmp; a tool that lives under the host's
+    // /tmp (a CI checkout, an unpacked release) must still be found.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = std::path::PathBuf::from(format!("/tmp/sbx-test-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    let tool = dir.join("bin/say");
+    std::fs::copy("/bin/echo", &tool).expect("copying echo");
+    let out = run(&sbx, &cg, &[], &[tool.to_str().expect("UTF-8"), "from", "tmp"]);
+    // A script run from a checkout under /tmp calls a tool elsewhere in it.
+    std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+    let script = format!("{} via sh", tool.display());
+    let mut cmd = run_cmd(&sbx, &cg, &[], &["sh", "-c", &script]);
+    let via_sh = cmd.current_dir(dir.join("src")).output().expect("running sbx-user run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "from tmp\n");
+    assert_eq!(stdout(&via_sh), "via sh\n", "{}", describe(&via_sh));
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
+#[test]
+fn the_start_up_proof_is_silent_and_the_command_runs_after_it() {
+    // run proves in the child that the hooks fire in the new cgroup (a
+    // connect the programs must refuse) before exec; the proof is kept out
+    // of events.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let out = run(&sbx, &cg, &["--log-denials", "--default", "allow"], &["echo", "ran"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "ran\n");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sbx: "), "no event for the proof: {}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
+#[test]
+fn run_vv_traces_the_programs_decisions_for_its_sandbox_only() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let connect = "import socket\nfor p in (8080, 8081):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', p))\n    except OSError: pass\n";
+    // Another sandbox, without -vv, busy at the same time.
+    let mut quiet = run_cmd(&sbx, &cg, &["--loopback", "9000"], &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do python3 -c \"import socket\ntry: socket.create_connection(('127.0.0.1', 9001), 1)\nexcept OSError: pass\"; done"]);
+    let quiet = quiet.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("the quiet run");
+    let mut cmd = sbx.cmd();
+    cmd.args(["-vv", "run", "--cgroup-parent", cg.arg(), "--loopback", "8080", "--", "python3", "-c", connect]);
+    let out = cmd.output().expect("sbx-user -vv run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8080 allowed"), "{}", describe(&out));
+    assert!(err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8081 denied"), "{}", describe(&out));
+    assert!(!err.contains(":9001"), "only its own sandbox's decisions: {}", describe(&out));
+    let quiet = quiet.wait_with_output().expect("the quiet run");
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("sbx trace"), "no trace without -vv");
     assert_cleaned_up(&sbx, &cg, None);
 }

@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dist;
+mod legacy;
 mod toolchain;
 
 #[derive(Parser)]
@@ -139,18 +140,23 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 9] = [
+const TEST_TOOLS: [(&str, &str); 12] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
     ("ip", "iproute2"),
     ("python3", "python3"),
+    // Name resolution inside `run` (tests/tests/dns.rs).
+    ("dig", "dnsutils"),
+    ("node", "nodejs"),
     ("bpftool", "bpftool"),
     // The package the install test installs (`dist::package`).
     ("strip", "binutils"),
     ("dpkg-deb", "dpkg"),
     // A pseudo-terminal for the progress test.
     ("script", "bsdutils"),
+    // DNAT in front of the egress backstop (the NAT test).
+    ("nft", "nftables"),
 ];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
@@ -228,12 +234,15 @@ fn test(extra: &[OsString]) -> Result<()> {
     // build keeps the suite from compiling everything a second time with
     // optimisations; the packaging is the same code as `dist`.
     let deb = dist::package(&bin, &target_dir().join("dist-debug"), dist::Purpose::Test)?.deb;
+    // tests/tests/upgrade.rs: sandboxes of an sbx from before program sets.
+    let legacy = legacy::binary()?;
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["test", "-p", "sbx-tests", "--"])
+        .args(["test", "--no-fail-fast", "-p", "sbx-tests", "--"])
         .args(extra)
         .current_dir(workspace())
         .env("SBX_USER_BIN", &bin)
         .env("SBX_DEB", &deb)
+        .env("SBX_LEGACY_BIN", &legacy)
         .env("SBX_REQUIRE_PRIVILEGED", "1")
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -35,8 +35,9 @@ pub struct AttachArgs {
 /// Validates, attaches, pins and reports.
 pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let task = crate::progress::Task::start("loading the policy");
-    let policy = args.policy.policy()?;
+    let mut policy = args.policy.policy()?;
     super::no_filesystem_rules(&policy, "attach")?;
+    super::unix_for_cgroup(&mut policy, "attach")?;
     super::require_root("attach")?;
     let cg = Cgroup::open(&args.cgroup)?;
     let mut opts = default_options(args.policy.max_rules, args.replace);

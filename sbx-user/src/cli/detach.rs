@@ -41,6 +41,9 @@ pub fn run(args: &DetachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             Record::remove(&paths, cg.id)?;
             cg.remove()?;
             println!("removed {} (left behind by `sbx-user run` pid {pid}, which has exited)", cg.path.display());
+            for dir in crate::harden::workspace::remove_leftovers(pid) {
+                println!("removed {} (its private HOME and /tmp)", dir.display());
+            }
         }
         Some(RunnerState::NoRunner) | None => {
             uninstall(cg.id, &cg.path, &paths)?;

@@ -14,10 +14,20 @@ use crate::{
 
 /// Arguments of `events`.
 #[derive(Debug, Args)]
+#[command(after_long_help = "Streams: each sandbox with an event buffer of its own (the default for attach and \
+run) has one stream, and a stream has one consumer position: two readers of the same sandbox (two `events \
+--follow`, or one beside `run --log-denials`) share its events, each event going to one of them. Sandboxes \
+attached with --event-buffer 0 report to the host stream instead (one ring buffer for the host, each event \
+naming its sandbox), read with --host; reading it consumes the events of every such sandbox. A host agent \
+that fans events out to any number of subscribers is the way to give several readers every event.")]
 pub struct EventsArgs {
     /// Only this sandbox (default: every sandbox sbx has attached).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "host")]
     pub cgroup: Option<PathBuf>,
+    /// Read the host stream: the events of every sandbox without a buffer
+    /// of its own.
+    #[arg(long)]
+    pub host: bool,
     /// Keep waiting for new events until interrupted.
     #[arg(short, long)]
     pub follow: bool,
@@ -39,10 +49,16 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         ids = vec![cg.id];
     }
     let mut readers = Vec::new();
+    let mut on_host = Vec::new();
     for id in ids {
         let record = Record::load(&paths, id)?;
         let name = record.as_ref().map_or_else(|| format!("cgroup id {id}"), |r| r.cgroup.display().to_string());
-        readers.push((EventReader::open(&paths.pin_dir(id))?, name, record));
+        let own = paths.pin_dir(id).join(loader::pin_name_map(sbx_common::MAP_EVENTS));
+        if own.exists() {
+            readers.push((EventReader::open(&paths.pin_dir(id))?, name, record));
+        } else {
+            on_host.push((id, name, record));
+        }
     }
     if !args.json {
         println!(
@@ -50,15 +66,15 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             "TIME", "VERDICT", "PID", "TID", "COMM", "HOOK", "PROTO", "DESTINATION"
         );
     }
+    if args.host || (args.cgroup.is_some() && !on_host.is_empty()) {
+        let set = crate::progset::ProgramSet::open_id(&paths, &crate::progset::set_id())?;
+        let mut host = EventReader::open_host(&set.dir)?;
+        return host_stream(&mut host, &on_host, args);
+    }
     loop {
         for (reader, name, record) in &mut readers {
             for e in reader.drain() {
-                let v = view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation)));
-                if args.json {
-                    println!("{}", serde_json::to_string(&v)?);
-                } else {
-                    println!("{v}");
-                }
+                print_view(&view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation))), args.json)?;
             }
         }
         if !args.follow {
@@ -69,4 +85,37 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// The host stream, each event named after the sandbox it names.
+fn host_stream(
+    host: &mut EventReader,
+    known: &[(u64, String, Option<Record>)],
+    args: &EventsArgs,
+) -> anyhow::Result<()> {
+    let only = args.cgroup.as_ref().and(known.first().map(|k| k.0));
+    loop {
+        for e in host.drain() {
+            if only.is_some_and(|id| id != e.sandbox) {
+                continue;
+            }
+            let k = known.iter().find(|k| k.0 == e.sandbox);
+            let name = k.map_or_else(|| format!("cgroup id {}", e.sandbox), |k| k.1.clone());
+            print_view(&view(&e, &name, k.and_then(|k| k.2.as_ref()).map(|r| (&r.policy, r.generation))), args.json)?;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        host.wait(Duration::from_millis(500));
+    }
+}
+
+/// One event line: JSON, or the table row.
+fn print_view(v: &crate::events::EventView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(v)?);
+    } else {
+        println!("{v}");
+    }
+    Ok(())
 }

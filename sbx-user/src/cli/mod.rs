@@ -26,6 +26,7 @@ pub mod attach;
 pub mod check;
 pub mod detach;
 pub mod events;
+pub mod gc;
 pub mod generate;
 pub mod origdst;
 pub mod profiles;
@@ -45,6 +46,7 @@ POLICY FILE (TOML):
   deny     = [\"private\", \"metadata\", \":25\", \"tcp://0.0.0.0/0:6000-6063\"]
   bind     = \"loopback\"            # \"loopback\" | \"any\" | [\"0.0.0.0:8080\", ...]
   mode     = \"enforce\"             # \"enforce\" | \"audit\" (block nothing, report)
+  unix     = \"none\"                # host UNIX sockets: \"any\" | \"none\" | [\"/run/x.sock\", ...]
 
   [filesystem]                     # Landlock, `run` only
   read  = [\"/usr\", \"/etc\", \"/lib\", \"/lib64\", \"/bin\"]   # read and execute
@@ -77,8 +79,16 @@ PROXY-ONLY MODE (proxy = ADDR:PORT):
   under a policy of its own, e.g.
     sbx-user run --profile open --loopback 3128 -- tinyproxy -d -c CONF
 
-Flags add rules to the file (--allow, --deny) or override its settings
-(--default, --loopback, --proxy, --bind). A profile is applied first.";
+UNIX SOCKETS (run only):
+  `unix` names the host's pathname sockets the command may connect to
+  (ssh-agent, /dev/log, D-Bus, nscd, docker.sock, a database): \"any\" (default
+  when nothing says, and the open profile), \"none\" (agent and offline
+  profiles) or a list. Sockets the command binds itself always work.
+  --unix PATH adds to the list; --unix any|none replaces it.
+
+Flags add rules to the file (--allow, --deny, --unix PATH) or override its
+settings (--default, --loopback, --proxy, --bind, --unix any|none). A profile
+is applied first.";
 
 /// Exit status of a subcommand that did what was asked.
 pub const EXIT_OK: i32 = 0;
@@ -281,8 +291,8 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Remove sbx's programs and pins from a cgroup.
     Detach(detach::DetachArgs),
-    /// Replace the policy of an attached sandbox, atomically per hook,
-    /// without restarting anything in it.
+    /// Replace the policy of an attached sandbox: every hook switches at
+    /// once, nothing in the sandbox restarts.
     #[command(after_long_help = POLICY_HELP)]
     Update(update::UpdateArgs),
     /// Show deny events (and audit-mode would-be denials).
@@ -297,6 +307,19 @@ pub enum Command {
     OrigDst(origdst::OrigDstArgs),
     /// Show what sbx has attached where.
     Status(status::StatusArgs),
+    /// Move sandboxes held by an older sbx's programs to this build's
+    /// program set, each under its recorded policy, with no moment of no
+    /// enforcement.
+    Migrate(update::MigrateArgs),
+    /// Remove what sandboxes whose cgroup is gone left behind (pins,
+    /// records, policy slots) and program sets no sandbox uses.
+    #[command(long_about = "Remove what sandboxes whose cgroup is gone left behind, and program sets no \
+sandbox uses.\n\nA runtime that removes a sandbox's cgroup without `sbx-user detach` leaves its pins (the \
+kernel has already detached the programs: the links report no cgroup), its record and its policy and event \
+indices in the host pool. gc removes them, and program sets of older builds that hold no sandbox. It decides \
+from what the kernel and bpffs say, under the host lock, so it is safe beside running attaches. attach runs \
+it by itself when the pool is full.")]
+    Gc(gc::GcArgs),
     /// Run a command in a fresh sandbox cgroup; clean up when it exits.
     #[command(after_long_help = format!("{}\n\n{EXIT_HELP}", run::long_help(POLICY_HELP)))]
     Run(run::RunArgs),
@@ -344,7 +367,8 @@ pub struct PolicyArgs {
     /// Audit mode: block nothing, report every call the policy would deny.
     #[arg(long)]
     pub audit: bool,
-    /// Landlock: readable and executable path (run only); repeatable.
+    /// Landlock: readable and executable path (run only); repeatable. Any
+    /// filesystem rule replaces run's defaults (see FILES in `run --help`).
     #[arg(long, value_name = "PATH")]
     pub fs_read: Vec<String>,
     /// Landlock: writable path (run only); repeatable.
@@ -354,10 +378,22 @@ pub struct PolicyArgs {
     /// instead of refusing them (needs --proxy).
     #[arg(long)]
     pub proxy_redirect: bool,
+    /// Host pathname UNIX socket the command may connect to (repeatable;
+    /// adds to the policy's list), or `any` / `none`. Sockets the command
+    /// binds itself always work. Default: the profile's (`agent`,
+    /// `offline`: none), else any. `run` only.
+    #[arg(long, value_name = "PATH|any|none")]
+    pub unix: Vec<String>,
     /// Keep allow rules whose host name does not resolve (they match
     /// nothing) instead of failing.
     #[arg(long)]
     pub allow_unresolved: bool,
+    /// Name resolution: `pinned` (only the names of pinned allow rules
+    /// resolve, answered by sbx; loopback port 53 refused) or `host` (the
+    /// host's resolvers, judged like any destination). Default: pinned
+    /// where the default is deny, host where it is allow.
+    #[arg(long, value_name = "pinned|host")]
+    pub dns: Option<String>,
     /// Capacity of each policy trie (rules after expansion).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_MAX_ENTRIES)))]
@@ -379,6 +415,8 @@ impl PolicyArgs {
             fs_write: self.fs_write.clone(),
             allow_unresolved: self.allow_unresolved,
             proxy_redirect: self.proxy_redirect,
+            unix: self.unix.clone(),
+            dns: self.dns.clone(),
         };
         Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
     }
@@ -465,6 +503,32 @@ pub fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u32::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// What `attach` and `update` do with a `unix` setting. Nothing sbx puts on
+/// a cgroup judges pathname UNIX sockets: the cgroup `sock_addr` programs
+/// see inet addresses, and the mount namespace and seccomp supervisor that
+/// enforce `unix` under `run` belong to the process `run` starts. So a
+/// setting the user wrote is refused; a profile's default is dropped with
+/// a warning, and the record says `any`, which is what holds.
+pub fn unix_for_cgroup(policy: &mut Policy, command: &str) -> anyhow::Result<()> {
+    if !policy.unix.restricts() {
+        return Ok(());
+    }
+    let origin = policy.unix_origin.as_ref().map_or_else(String::new, |o| format!(", set by {o}"));
+    let what = format!(
+        "`{command}` cannot enforce unix = {}{origin}: processes in an attached cgroup can still connect to \
+         every pathname UNIX socket their uid may open (the cgroup programs judge inet addresses only, and the \
+         supervisor that enforces `unix` exists only for a command that `sbx-user run` starts)",
+        policy.unix
+    );
+    if policy.unix_explicit() {
+        anyhow::bail!("{what}\nHint: run the workload with `sbx-user run`, or drop `unix` (or give `--unix any`)");
+    }
+    crate::warn_user!("{what}; recorded as unix = any");
+    policy.unix = crate::policy::Unix::Any;
+    policy.unix_origin = None;
+    Ok(())
 }
 
 /// Rules shown in a summary before the rest are counted instead.

@@ -31,8 +31,8 @@ pub struct RunArgs {
     /// others above 2 are closed); repeatable.
     #[arg(long, value_name = "N")]
     pub keep_fd: Vec<u32>,
-    /// Run even if the kernel cannot enforce the filesystem rules, and say
-    /// what is not enforced.
+    /// Run even if the kernel cannot enforce the filesystem rules or the
+    /// `unix` setting the user gave, and say what is not enforced.
     #[arg(long)]
     pub allow_degraded: bool,
     /// Second layer: Landlock TCP connect-port rules under the eBPF policy,
@@ -126,6 +126,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         landlock_tcp: args.landlock_tcp,
         allow_stdio_sockets: args.allow_stdio_sockets,
         home: args.home.clone(),
+        trace: global.verbose >= 2,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,

@@ -38,6 +38,9 @@ struct Entry {
     dest_entries: Option<usize>,
     policy: Option<Policy>,
     counters: Option<crate::events::Counters>,
+    /// What holds the sandbox: a program set (and the policy index its
+    /// slot names) or its own programs.
+    held_by: loader::Holder,
     problem: Option<String>,
 }
 
@@ -86,6 +89,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 dest_entries: rec.map(|r| r.dest_entries),
                 policy: rec.map(|r| r.policy.clone()),
                 counters: crate::events::sandbox_counters(&paths, id).ok(),
+                held_by: loader::holder_of(&paths, id),
                 problem: None,
             };
             match rec.map(|r| Cgroup::open(&r.cgroup)) {
@@ -106,6 +110,8 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                             .collect();
                         if !e.missing_hooks.is_empty() {
                             e.problem = Some(format!("not enforcing at {}", e.missing_hooks.join(", ")));
+                        } else if matches!(e.held_by, loader::Holder::Set { policy: Some(0) | None, .. }) {
+                            e.problem = Some(format!("held by {}", e.held_by));
                         }
                     }
                     Err(err) => e.problem = Some(err.to_string()),
@@ -126,32 +132,38 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         println!("no sandboxes");
     }
     for e in &entries {
-        let path = e.cgroup.as_ref().map_or_else(|| "?".to_owned(), |p| p.display().to_string());
-        let state = if e.problem.is_none() { "enforcing" } else { "PROBLEM" };
-        println!("{path} (cgroup id {}): {state}", e.cgroup_id);
-        if let Some(p) = &e.problem {
-            println!("  problem: {p}");
-        }
-        if let (Some(by), Some(n)) = (&e.by, e.dest_entries) {
-            let pid = e.runner_pid.map(|p| format!(" pid {p}")).unwrap_or_default();
-            println!("  by {by}{pid}; {n} destination entries; hooks: {}", e.enforcing_hooks.join(" "));
-        }
-        if let Some(policy) = &e.policy {
-            super::print_summary(policy);
-        }
-        if let Some(c) = &e.counters {
-            let busy: Vec<String> = c
-                .hooks
-                .iter()
-                .filter(|(_, a, d)| a + d > 0)
-                .map(|(h, a, d)| format!("{h} {a} allowed/{d} denied"))
-                .collect();
-            println!(
-                "  counters: {}; events dropped: {}",
-                if busy.is_empty() { "no calls yet".to_owned() } else { busy.join(", ") },
-                c.events_dropped
-            );
-        }
+        print_entry(e);
     }
     Ok(())
+}
+
+/// One sandbox, for people.
+fn print_entry(e: &Entry) {
+    let path = e.cgroup.as_ref().map_or_else(|| "?".to_owned(), |p| p.display().to_string());
+    let state = if e.problem.is_none() { "enforcing" } else { "PROBLEM" };
+    println!("{path} (cgroup id {}): {state}", e.cgroup_id);
+    if let Some(p) = &e.problem {
+        println!("  problem: {p}");
+    }
+    if let (Some(by), Some(n)) = (&e.by, e.dest_entries) {
+        let pid = e.runner_pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+        println!("  by {by}{pid}; {n} destination entries; hooks: {}", e.enforcing_hooks.join(" "));
+    }
+    println!("  held by {}", e.held_by);
+    if let Some(policy) = &e.policy {
+        super::print_summary(policy);
+    }
+    if let Some(c) = &e.counters {
+        let busy: Vec<String> = c
+            .hooks
+            .iter()
+            .filter(|(_, a, d)| a + d > 0)
+            .map(|(h, a, d)| format!("{h} {a} allowed/{d} denied"))
+            .collect();
+        println!(
+            "  counters: {}; events dropped: {}",
+            if busy.is_empty() { "no calls yet".to_owned() } else { busy.join(", ") },
+            c.events_dropped
+        );
+    }
 }

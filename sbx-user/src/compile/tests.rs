@@ -32,9 +32,12 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|e| panic!("test address {s}: {e}"))
 }
 
-/// A policy from the body of a `[network]` table.
+/// A policy from the body of a `[network]` table. Unless the body sets
+/// `dns`, it is `"host"`, so that tables about other things do not carry
+/// the DNS stub's port 53 entries (those have tests of their own).
 fn policy(body: &str) -> Policy {
-    let src = format!("[network]\n{body}\n");
+    let dns = if body.contains("dns =") { "" } else { "\ndns = \"host\"" };
+    let src = format!("[network]\n{body}{dns}\n");
     let layer = parse_toml(&src, "test.toml").unwrap_or_else(|e| panic!("{e}\n{src}"));
     PolicyBuilder::new().apply(layer).build().unwrap_or_else(|e| panic!("{e}\n{src}"))
 }
@@ -76,10 +79,6 @@ fn name_of(v: u8) -> &'static str {
 /// Compiles the policy in `body` and checks destination probes.
 fn dest_case(body: &str, probes: &[Probe]) {
     check(&compiled(&policy(body)), Hook::Destination, body, probes);
-}
-
-fn prefix_of(e: &TrieEntry) -> Prefix {
-    Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") }
 }
 
 /// Invariants the programs rely on, checked for every compiled policy.
@@ -429,9 +428,17 @@ fn loopback_setting() {
         "::",
         "::ffff:127.0.0.1",
         "::ffff:0.0.0.0",
-        "64:ff9b::7f00:1",
-        "2002:7f00:1::",
     ];
+    // Embedded forms of local addresses leave the host: never the loopback
+    // setting, always refused (the programs and the egress backstop agree).
+    for (lo, default) in [("\"any\"", "allow"), ("\"none\"", "deny"), ("[22]", "allow")] {
+        let c = compiled(&policy(&format!("default = \"{default}\"\nloopback = {lo}")));
+        for form in ["64:ff9b::7f00:1", "2002:7f00:1::", "2001:0:c612:1::80ff:fffe", "fd00::5efe:7f00:1"] {
+            for tcp in [true, false] {
+                assert_eq!(c.verdict(Hook::Destination, ip(form), 22, tcp), D, "{form} under loopback = {lo}");
+            }
+        }
+    }
     for default in ["allow", "deny"] {
         // (loopback setting, (port, protocol, verdict) for every local address)
         let cases: &[(&str, &[PortProbe])] = &[
@@ -487,6 +494,189 @@ fn loopback_setting() {
             &[("126.255.255.255", 80, Both, v), ("128.0.0.0", 80, Both, v)],
         );
     }
+}
+
+#[test]
+fn loopback_rules_refine_the_setting() {
+    let cases: &[(&str, &[Probe])] = &[
+        (
+            // Under "any", deny the host's DNS stub and a daemon's port.
+            "loopback = \"any\"\ndeny = [\"127.0.0.53:53\", \"127.0.0.1:2375\"]",
+            &[
+                ("127.0.0.53", 53, Both, D),
+                ("::ffff:127.0.0.53", 53, Both, D),
+                ("127.0.0.53", 54, Both, A),
+                ("127.0.0.1", 2375, Both, D),
+                ("::ffff:127.0.0.1", 2375, Both, D),
+                // 0.0.0.0 is connected to 127.0.0.1: the same verdicts.
+                ("0.0.0.0", 2375, Both, D),
+                ("::ffff:0.0.0.0", 2375, Both, D),
+                ("0.0.0.0", 2376, Both, A),
+                ("127.0.0.2", 2375, Both, A),
+                ("::1", 2375, Both, A),
+                ("::", 2375, Both, A),
+                ("127.0.0.1", 80, Both, A),
+            ],
+        ),
+        (
+            // Under "none", open one service.
+            "loopback = \"none\"\nallow = [\"127.0.0.1:5432\"]",
+            &[
+                ("127.0.0.1", 5432, Both, A),
+                ("0.0.0.0", 5432, Both, A),
+                ("127.0.0.1", 5433, Both, D),
+                ("127.0.0.2", 5432, Both, D),
+                ("::1", 5432, Both, D),
+                ("::", 5432, Both, D),
+            ],
+        ),
+        (
+            // IPv6 loopback, and its unspecified alias.
+            "loopback = \"any\"\ndeny = [\"[::1]:6379\"]",
+            &[("::1", 6379, Both, D), ("::", 6379, Both, D), ("127.0.0.1", 6379, Both, A), ("0.0.0.0", 6379, Both, A)],
+        ),
+        (
+            // The token covers both families; a longer allow beats it.
+            "loopback = [8000]\ndeny = [\"loopback:8000\"]\nallow = [\"tcp://127.0.0.1:8000\"]",
+            &[
+                ("127.0.0.1", 8000, Tcp, A),
+                ("127.0.0.1", 8000, Udp, D),
+                ("0.0.0.0", 8000, Tcp, A),
+                ("127.0.0.2", 8000, Both, D),
+                ("::1", 8000, Both, D),
+                ("::", 8000, Both, D),
+                ("127.0.0.1", 8001, Both, D),
+            ],
+        ),
+        (
+            // A rule on the whole of 127/8 beats the setting (same prefix),
+            // longer prefixes beat it, and deny wins a tie.
+            "loopback = \"none\"\nallow = [\"127.0.0.0/8\", \"127.0.0.9:80\"]\ndeny = [\"127.0.0.0/24\", \"127.0.0.9:80\"]",
+            &[
+                ("127.1.2.3", 1, Both, A),
+                ("127.0.0.1", 1, Both, D),
+                ("0.0.0.0", 1, Both, D),
+                ("127.0.1.1", 1, Both, A),
+                ("127.0.0.9", 80, Both, D),
+                ("::1", 1, Both, D),
+            ],
+        ),
+        (
+            // Rules outside loopback never reach it, rules inside never
+            // leave it, and the verify sentinel stays refused.
+            "default = \"allow\"\nloopback = \"none\"\nallow = [\"any\", \"127.0.0.0/8:7\", \"127.255.255.254\"]\ndeny = [\"126.0.0.0/7:7\"]",
+            &[
+                ("127.0.0.1", 7, Both, A),
+                ("127.0.0.1", 8, Both, D),
+                ("126.0.0.1", 7, Both, D),
+                ("127.255.255.254", 7, Both, D),
+                ("127.255.255.254", 1, Both, D),
+                ("128.0.0.1", 7, Both, A),
+            ],
+        ),
+        (
+            // Protocol-specific loopback rules.
+            "loopback = \"any\"\ndeny = [\"udp://127.0.0.53:53\"]",
+            &[("127.0.0.53", 53, Udp, D), ("127.0.0.53", 53, Tcp, A), ("0.0.0.0", 53, Both, A)],
+        ),
+    ];
+    for (body, probes) in cases {
+        dest_case(body, probes);
+    }
+}
+
+#[test]
+fn dns_pinned_keeps_loopback_port_53_for_the_stub() {
+    let with_stub = |body: &str, stub: Option<[u8; 4]>| {
+        let mut p = policy(&format!("dns = \"pinned\"\n{body}"));
+        p.dns = Dns::Pinned { stub: stub.map(Ipv4Addr::from) };
+        compiled(&p)
+    };
+    let c = with_stub("loopback = \"any\"", Some([127, 53, 0, 1]));
+    check(
+        &c,
+        Hook::Destination,
+        "dns pinned, stub 127.53.0.1",
+        &[
+            ("127.53.0.1", 53, Both, A),
+            ("::ffff:127.53.0.1", 53, Both, A),
+            ("127.53.0.1", 54, Both, A),
+            ("127.0.0.53", 53, Both, D),
+            ("127.0.0.1", 53, Both, D),
+            ("0.0.0.0", 53, Both, D),
+            ("::1", 53, Both, D),
+            ("::", 53, Both, D),
+            ("127.0.0.53", 52, Both, A),
+            ("::1", 54, Both, A),
+            // Port 53 elsewhere is the rules' business.
+            ("10.0.0.53", 53, Both, D),
+        ],
+    );
+    let mut want = entry_names(&compiled(&policy("loopback = \"any\"")).dest);
+    want.push("127.53.0.1/32".to_owned());
+    want.sort();
+    assert_eq!(entry_names(&c.dest), want, "one entry more: the stub");
+    // The stub stays reachable under "none" and under loopback denies;
+    // a loopback rule opens another resolver; without a stub (attach)
+    // nothing on loopback answers on 53.
+    let c = with_stub(
+        "loopback = \"none\"\ndeny = [\"127.0.0.0/8\"]\nallow = [\"udp://127.0.0.53:53\"]",
+        Some([127, 53, 0, 1]),
+    );
+    check(
+        &c,
+        Hook::Destination,
+        "none",
+        &[
+            ("127.53.0.1", 53, Both, A),
+            ("127.53.0.1", 80, Both, D),
+            ("127.0.0.53", 53, Udp, A),
+            ("127.0.0.53", 53, Tcp, D),
+        ],
+    );
+    let c = with_stub("loopback = \"any\"\nallow = [\"loopback:53\"]", None);
+    check(&c, Hook::Destination, "same prefix", &[("127.0.0.1", 53, Both, A), ("::1", 53, Both, A)]);
+    let c = with_stub("loopback = \"any\"", None);
+    check(&c, Hook::Destination, "attach", &[("127.53.0.1", 53, Both, D), ("127.0.0.53", 53, Both, D)]);
+}
+
+#[test]
+fn loopback_rule_entries() {
+    // Exactly one entry per loopback rule prefix, under the anchors; the
+    // unspecified address shares its alias's table.
+    let c = compiled(&policy("loopback = \"any\"\ndeny = [\"127.0.0.53:53\", \"127.0.0.1:2375\"]"));
+    let mut want = vec![
+        "::/0",
+        "0.0.0.0/0",
+        "127.0.0.0/8",
+        "0.0.0.0/32",
+        "::1/128",
+        "::/128",
+        "0.0.0.0/8",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "ff00::/8",
+        "::/96",
+        "64:ff9b:1::/48",
+        "127.255.255.254/32",
+        "127.0.0.53/32",
+        "127.0.0.1/32",
+    ];
+    want.sort_unstable();
+    assert_eq!(entry_names(&c.dest), want);
+    let table_of = |name: &str| {
+        let e = c.dest.iter().find(|e| prefix_of(e).display() == name).unwrap_or_else(|| panic!("{name}"));
+        c.tables[e.table as usize]
+    };
+    let mut one_port = PortTable::uniform(A, A);
+    one_port.len = 1;
+    one_port.segments[0] = PortSegment { lo: 2375, hi: 2375, tcp: D, udp: D, _pad: [0; 2] };
+    assert_eq!(table_of("127.0.0.1/32"), one_port);
+    assert_eq!(table_of("0.0.0.0/32"), one_port);
+    one_port.segments[0] = PortSegment { lo: 53, hi: 53, tcp: D, udp: D, _pad: [0; 2] };
+    assert_eq!(table_of("127.0.0.53/32"), one_port);
+    assert_eq!(table_of("127.0.0.0/8"), PortTable::uniform(A, A));
+    assert_eq!(table_of("::/128"), PortTable::uniform(A, A));
 }
 
 #[test]
@@ -802,7 +992,7 @@ fn entry_names(entries: &[TrieEntry]) -> Vec<String> {
 
 #[test]
 fn empty_policy() {
-    let p = PolicyBuilder::new().build().expect("empty policy");
+    let p = policy("");
     let c = compiled(&p);
     let mut want_dest = vec![
         "::/0",
@@ -838,7 +1028,8 @@ fn empty_policy() {
         &[("8.8.8.8", 53, Both, D), ("2001:db8::1", 443, Both, D), ("127.0.0.1", 5432, Both, A), ("::1", 1, Both, A)],
     );
     // A policy that lists nothing compiles the same whatever the input path.
-    let from_flags = Policy::from_sources(None, None, &FlagInput::default()).expect("flags");
+    let from_flags = Policy::from_sources(None, None, &FlagInput { dns: Some("host".into()), ..FlagInput::default() })
+        .expect("flags");
     assert_eq!(compiled(&from_flags), c);
     // Compiling is deterministic.
     assert_eq!(compiled(&p), c);
@@ -873,9 +1064,9 @@ fn lookup_addr_table() {
     let cases: &[(&str, [u8; 16])] = &[
         ("10.1.2.3", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
         ("::ffff:10.1.2.3", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
-        ("64:ff9b::a01:203", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
-        ("2002:a01:203::", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
-        ("2002:a01:203:ffff::1", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]),
+        // Embedded forms stay IPv6 in the trie; `verdict` classifies them.
+        ("64:ff9b::a01:203", [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3]),
+        ("2002:a01:203::", [0x20, 0x02, 10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
         ("2001:db8::1", [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
         ("64:ff9b:1::a01:203", [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0, 10, 1, 2, 3]),
         ("64:ff9b::1:0:a01:203", [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 1, 0, 0, 10, 1, 2, 3]),
@@ -1072,7 +1263,7 @@ impl Rng {
 }
 
 /// Ports the rules are built from, so boundaries collide often.
-const PORTS: [u16; 11] = [0, 1, 53, 80, 81, 443, 8000, 8080, 8100, 65534, 65535];
+const PORTS: [u16; 12] = [0, 1, 52, 53, 80, 81, 443, 8000, 8080, 8100, 65534, 65535];
 
 fn random_ports(rng: &mut Rng) -> Option<String> {
     if rng.chance(40) {
@@ -1128,9 +1319,28 @@ const OTHER_TARGETS: [&str; 22] = [
     "",
 ];
 
+/// Destination targets inside the loopback space, in every spelling.
+const LOOPBACK_TARGETS: [&str; 12] = [
+    "127.0.0.1",
+    "127.53.0.1",
+    "127.0.0.53",
+    "127.9.9.9",
+    "127.0.0.0/8",
+    "127.0.0.0/24",
+    "127.9.0.0/16",
+    "127.255.255.254",
+    "[::1]",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:127.0.0.0/120]",
+    "loopback",
+];
+
 fn random_rule_text(rng: &mut Rng, bind: bool) -> String {
     let proto = *rng.pick(&["", "", "tcp://", "udp://"]);
     let mut target = if rng.chance(70) { random_v4_target(rng) } else { (*rng.pick(&OTHER_TARGETS)).to_owned() };
+    if !bind && rng.chance(15) {
+        target = (*rng.pick(&LOOPBACK_TARGETS)).to_owned();
+    }
     if bind && rng.chance(20) {
         target =
             (*rng.pick(&["127.0.0.1", "127.0.0.0/8", "0.0.0.0", "[::]", "[::1]", "[::ffff:127.0.0.1]"])).to_owned();
@@ -1177,11 +1387,33 @@ fn random_policy(rng: &mut Rng) -> Policy {
         ),
     };
     let default = if rng.chance(50) { Action::Allow } else { Action::Deny };
-    Policy { default, loopback, proxy: None, rules, bind, mode: Mode::Enforce, filesystem: None, redirect: false }
+    let dns = match rng.below(3) {
+        0 => Dns::Host,
+        1 => Dns::Pinned { stub: None },
+        _ => Dns::Pinned { stub: Some(*rng.pick(&[Ipv4Addr::new(127, 53, 0, 1), Ipv4Addr::new(127, 0, 0, 53)])) },
+    };
+    Policy {
+        default,
+        loopback,
+        proxy: None,
+        rules,
+        bind,
+        mode: Mode::Enforce,
+        filesystem: None,
+        redirect: false,
+        nat64: vec![],
+        unix: crate::policy::Unix::Any,
+        unix_origin: None,
+        dns,
+    }
 }
 
-const PROBE_ADDRS: [&str; 25] = [
+const PROBE_ADDRS: [&str; 29] = [
     "127.0.0.1",
+    "127.53.0.1",
+    "127.0.0.53",
+    "127.0.0.2",
+    "127.255.255.254",
     "64:ff9b:0:0:1::a01:203",
     "127.9.9.9",
     "0.0.0.0",
@@ -1258,16 +1490,30 @@ fn random_probe_ip(rng: &mut Rng, v4_nets: &[ipnet::Ipv4Net]) -> IpAddr {
 
 /// Written from the module docs, not from the implementation: what address
 /// family and address the programs judge.
+/// IPv4-mapped IPv6 as IPv4; everything else as it is.
 fn canonical(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else { return ip };
+    v6.to_ipv4_mapped().map_or(ip, IpAddr::V4)
+}
+
+/// The reference's own reading of the embedded-IPv4 forms (RFC 6052 well
+/// known prefix, RFC 3056 6to4, RFC 4380 Teredo, RFC 5214 ISATAP): the
+/// IPv4 addresses reached and the form's prefix length. Written from the
+/// RFCs, apart from `sbx_common::addr`, so the cross-check is one.
+fn reference_form(ip: IpAddr) -> Option<(Vec<Ipv4Addr>, u8)> {
+    let IpAddr::V6(v6) = ip else { return None };
     let s = v6.segments();
-    let v4 = |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
-    if s[..6] == [0, 0, 0, 0, 0, 0xffff] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        v4(s[6], s[7])
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some((vec![v4(s[6], s[7])], 96))
     } else if s[0] == 0x2002 {
-        v4(s[1], s[2])
+        Some((vec![v4(s[1], s[2])], 16))
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        Some((vec![v4(s[2], s[3]), v4(!s[6], !s[7])], 32))
+    } else if (s[4] == 0 || s[4] == 0x200) && s[5] == 0x5efe {
+        Some((vec![v4(s[6], s[7])], 64))
     } else {
-        ip
+        None
     }
 }
 
@@ -1314,11 +1560,62 @@ fn special_nets() -> Vec<IpNet> {
 
 fn reference_dest(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bool) -> u8 {
     let ip = canonical(ip);
+    if let Some((reached, len)) = reference_form(ip) {
+        if reached.iter().any(|a| a.octets()[0] == 127 || a.octets()[0] == 0) {
+            return D;
+        }
+        let explicit = p
+            .rules
+            .iter()
+            .flat_map(|r| &r.nets)
+            .any(|n| matches!(n, IpNet::V6(_)) && n.contains(&ip) && n.prefix_len() >= len);
+        if !explicit {
+            let all = reached.iter().all(|a| reference_plain(p, specials, IpAddr::V4(*a), port, tcp) == A);
+            return if all { A } else { D };
+        }
+    }
+    reference_plain(p, specials, ip, port, tcp)
+}
+
+fn reference_plain(p: &Policy, specials: &[IpNet], ip: IpAddr, port: u16, tcp: bool) -> u8 {
     let local = match ip {
         IpAddr::V4(a) => a.octets()[0] == 127 || a.is_unspecified(),
         IpAddr::V6(a) => a.is_loopback() || a.is_unspecified(),
     };
     if local {
+        if ip == IpAddr::V4(VERIFY_SENTINEL) {
+            return D;
+        }
+        // 0.0.0.0 and :: are what 127.0.0.1 and ::1 are; only rules inside
+        // the loopback space apply, and any of them beats the setting.
+        let ip = match ip {
+            IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            other => other,
+        };
+        let loopback_rules: Vec<Rule> = p
+            .rules
+            .iter()
+            .map(|r| Rule {
+                nets: r.nets.iter().copied().filter(crate::policy::is_loopback_net).collect(),
+                ..r.clone()
+            })
+            .collect();
+        let user = best_rule(&loopback_rules, ip, port, tcp);
+        // dns = "pinned": port 53 is denied on loopback (/8 and ::1) but
+        // allowed on the stub (/32), below user rules of the same prefix.
+        let builtin = match (p.dns, ip) {
+            (Dns::Pinned { stub }, IpAddr::V4(a)) if port == 53 => {
+                Some(if stub == Some(a) { (32, Action::Allow) } else { (8, Action::Deny) })
+            }
+            (Dns::Pinned { .. }, IpAddr::V6(_)) if port == 53 => Some((128, Action::Deny)),
+            _ => None,
+        };
+        match (user, builtin) {
+            (Some((ulen, action)), Some((blen, _))) if ulen >= blen => return verdict(action),
+            (_, Some((_, action))) | (Some((_, action)), None) => return verdict(action),
+            (None, None) => {}
+        }
         return match &p.loopback {
             Loopback::Any => A,
             Loopback::None => D,
@@ -1434,4 +1731,27 @@ fn verdict_of_socket_addrs() {
         let sa: SocketAddr = s.parse().expect("literal");
         assert_eq!(c.verdict(Hook::Destination, sa.ip(), sa.port(), true), A, "{s}");
     }
+}
+
+#[test]
+fn embedded_forms_are_judged_as_the_ipv4_they_reach() {
+    let c = compiled(&policy(
+        "nat64 = [\"2001:db8:122::/48\"]\ndefault = \"allow\"\ndeny = [\"private\"]\nallow = [\"[2002:a00:1::/48]:443\"]",
+    ));
+    let v = |a: &str, port| c.verdict(Hook::Destination, ip(a), port, true);
+    // Network-specific prefix /48: 10.0.0.1 and 192.0.2.33.
+    assert_eq!(v("2001:db8:122:a00:0:100::", 80), D, "NSP form of 10.0.0.1");
+    assert_eq!(v("2001:db8:122:c000:2:2100::", 80), A, "NSP form of 192.0.2.33");
+    // Teredo: an allowed server with a private client is denied.
+    assert_eq!(v("2001:0:c000:221::f5ff:fffe", 3544), D, "client 10.0.0.1");
+    assert_eq!(v("2001:0:c000:221::3fff:fdde", 3544), A, "client 192.0.2.33");
+    // ISATAP.
+    assert_eq!(v("2001:db8:1::5efe:a00:1", 80), D);
+    // The explicit /48 rule decides for 6to4 of 10.0.0.1 on 443 only; other
+    // ports fall back to what the trie inherits at that prefix (default
+    // allow, as the rule is IPv6 and sees no IPv4 rule).
+    assert_eq!(v("2002:a00:1::1", 443), A, "explicit IPv6 rule");
+    assert_eq!(v("2002:a00:2::1", 443), D, "outside the explicit rule: 10.0.0.2 is private");
+    // Forms of local addresses: always refused.
+    assert_eq!(v("2001:db8:122:7f00:0:100::", 80), D);
 }

@@ -10,6 +10,9 @@
 //! - [`workspace`]: the private HOME and `/tmp`, sbx's default filesystem
 //!   rules (write only the working directory, HOME and `/tmp`) when the
 //!   user gives none, and the paths every process needs otherwise.
+//! - [`unix`]: which host pathname UNIX sockets the command may connect
+//!   to, by a seccomp user-notification supervisor and a helper inside the
+//!   sandbox.
 //! - [`seccomp`]: a classic-BPF filter for what no LSM hook here sees:
 //!   socket families other than UNIX, inet and netlink (`AF_PACKET`,
 //!   `AF_VSOCK`, ...), `bpf(2)`, `io_uring`, new namespaces and mounts.
@@ -37,6 +40,7 @@
 
 pub mod landlock;
 pub mod seccomp;
+pub mod unix;
 pub mod workspace;
 
 #[cfg(test)]

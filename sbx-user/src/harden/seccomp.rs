@@ -131,6 +131,18 @@ impl SeccompFilter {
     }
 }
 
+/// The audit architecture the filters expect (`seccomp_data.arch`).
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little")))]
+pub(crate) const fn audit_arch() -> u32 {
+    program::arch::AUDIT_ARCH
+}
+
+/// No filter is built for other architectures ([`build`] fails first).
+#[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little"))))]
+pub(crate) const fn audit_arch() -> u32 {
+    0
+}
+
 /// `struct seccomp_data` offsets (include/uapi/linux/seccomp.h).
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;

@@ -95,9 +95,9 @@ pub struct Workspace {
     base: PathBuf,
     home: PathBuf,
     tmp: PathBuf,
-    /// A working directory under the host's `/tmp` and where it appears in
-    /// the private one.
-    carried: Option<(PathBuf, PathBuf)>,
+    /// Directories under the host's `/tmp` (working directory, command,
+    /// granted paths) and where each appears in the private one.
+    carried: Vec<(PathBuf, PathBuf)>,
     /// Paths under a granted directory mounted read-only for the command.
     read_only: Vec<PathBuf>,
     rules: FsRules,
@@ -105,11 +105,43 @@ pub struct Workspace {
     notes: Vec<String>,
 }
 
+/// For the directories of `wanted` that lie under `/tmp` (not `/tmp`
+/// itself), their top directory below `/tmp` (a checkout in `/tmp/ci` is
+/// carried whole, so that its scripts find its build output), each once,
+/// with its place inside `tmp`.
+fn carry_under_tmp(wanted: &[PathBuf], tmp: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut under: Vec<PathBuf> = wanted
+        .iter()
+        .filter_map(|p| p.strip_prefix("/tmp").ok()?.components().next().map(|top| Path::new("/tmp").join(top)))
+        .collect();
+    under.sort();
+    under.dedup();
+    let mut out: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for p in under {
+        if out.iter().any(|(host, _)| p.starts_with(host)) {
+            continue;
+        }
+        let rel = p.strip_prefix("/tmp").expect("filtered").to_owned();
+        out.push((p, tmp.join(rel)));
+    }
+    out
+}
+
 impl Workspace {
     /// Makes the private directories and computes the rules: the user's
     /// (`fs`) plus the implicit ones, or sbx's defaults when `fs` is
     /// `None`. `home` is `--home`.
-    pub fn prepare(fs: Option<&FsPolicy>, identity: Identity, home: Option<&Path>) -> Result<Self, WorkspaceError> {
+    ///
+    /// `command` is the program to run: when it is a path under the host's
+    /// `/tmp`, its directory is carried into the private `/tmp` (as are the
+    /// working directory and the paths of filesystem rules that lie there),
+    /// so that a tool built or unpacked under `/tmp` still runs.
+    pub fn prepare(
+        fs: Option<&FsPolicy>,
+        identity: Identity,
+        home: Option<&Path>,
+        command: Option<&Path>,
+    ) -> Result<Self, WorkspaceError> {
         let home = home
             .map(|h| match std::fs::canonicalize(h) {
                 Ok(p) if p.is_dir() => Ok(p),
@@ -135,13 +167,20 @@ impl Workspace {
             }
         };
         let home = home.unwrap_or(private_home);
-        // A project under the host's /tmp stays where it was: it is
-        // bind-mounted to the same path inside the private /tmp.
-        let carried = std::env::current_dir().ok().and_then(|cwd| {
-            let rel = cwd.strip_prefix("/tmp").ok()?.to_path_buf();
-            (!rel.as_os_str().is_empty()).then(|| (cwd, tmp.join(rel)))
-        });
-        if let Some((_, inside)) = &carried {
+        // A project, a tool or a granted path under the host's /tmp stays
+        // where it was: each is bind-mounted to the same path inside the
+        // private /tmp (one mount for nested ones).
+        let mut wanted: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+        wanted.extend(command.filter(|c| c.components().count() > 1).and_then(|c| {
+            let dir = std::fs::canonicalize(c).ok()?.parent()?.to_path_buf();
+            Some(dir)
+        }));
+        if let Some(FsPolicy { read, write }) = fs {
+            wanted
+                .extend(read.iter().chain(write).filter_map(|p| std::fs::canonicalize(p).ok()).filter(|p| p.is_dir()));
+        }
+        let carried = carry_under_tmp(&wanted, &tmp);
+        for (_, inside) in &carried {
             if let Err(source) = std::fs::create_dir_all(inside) {
                 let _ = std::fs::remove_dir_all(&base);
                 return Err(WorkspaceError::Create { path: inside.clone(), source });
@@ -188,11 +227,19 @@ impl Workspace {
         &self.tmp
     }
 
-    /// The working directory, when it is under the host's `/tmp`, and the
-    /// directory in the private `/tmp` it is bind-mounted onto.
+    /// The per-run directory itself (root's, mode 0711), for other
+    /// per-run files such as the DNS stub's `resolv.conf`; removed with it.
     #[must_use]
-    pub fn carried_cwd(&self) -> Option<(&Path, &Path)> {
-        self.carried.as_ref().map(|(a, b)| (a.as_path(), b.as_path()))
+    pub fn dir(&self) -> &Path {
+        &self.base
+    }
+
+    /// Directories under the host's `/tmp` (the working directory, the
+    /// command's, granted paths) and where in the private `/tmp` each is
+    /// bind-mounted.
+    #[must_use]
+    pub fn carried(&self) -> &[(PathBuf, PathBuf)] {
+        &self.carried
     }
 
     /// Paths in the granted working directory that the command gets
@@ -229,6 +276,36 @@ impl Drop for Workspace {
             }
         }
     }
+}
+
+/// Removes the per-run directories a `sbx-user run` with process id `pid`
+/// left behind when it was killed before its teardown (`detach` of its
+/// leftovers calls this); returns what was removed. Nothing is removed
+/// while any process has that pid: it may be a new run that reused it.
+#[must_use = "the caller reports what was removed"]
+pub fn remove_leftovers(pid: u32) -> Vec<PathBuf> {
+    if Path::new("/proc").join(pid.to_string()).exists() {
+        return Vec::new();
+    }
+    let prefix = format!("sbx-run-{pid}-");
+    let Ok(entries) = std::fs::read_dir(BASE) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let ours = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()));
+        // Only directories root made (0711, root's), as make_base does.
+        let made_by_run = e.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            m.is_dir() && m.uid() == 0 && m.mode() & 0o7777 == 0o711
+        });
+        if ours && made_by_run && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 /// Creates `/var/tmp/sbx-run-<pid>-<nanos>` (0711, root's). `mkdir` fails
@@ -325,6 +402,19 @@ fn add_existing(to: &mut Vec<PathBuf>, paths: impl IntoIterator<Item = PathBuf>)
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_outermost_directories_under_tmp_are_carried() {
+        use std::path::PathBuf;
+        let p = |s: &str| PathBuf::from(s);
+        let got = super::carry_under_tmp(
+            &[p("/tmp/ci/tests"), p("/tmp/ci/target/debug"), p("/tmp"), p("/work/x"), p("/tmp/ci/tests"), p("/tmpx")],
+            &p("/run/base/tmp"),
+        );
+        assert_eq!(got, vec![(p("/tmp/ci"), p("/run/base/tmp/ci"))]);
+        let two = super::carry_under_tmp(&[p("/tmp/a/b"), p("/tmp/c/d/e"), p("/tmp/a")], &p("/t"));
+        assert_eq!(two, vec![(p("/tmp/a"), p("/t/a")), (p("/tmp/c"), p("/t/c"))]);
+    }
+
     use super::*;
 
     #[test]
@@ -355,7 +445,7 @@ mod tests {
             eprintln!("SKIPPED defaults_and_implicit_rules: needs root to chown the private HOME");
             return;
         }
-        let ws = Workspace::prepare(None, Identity { uid: 0, gid: 0 }, None).expect("prepare");
+        let ws = Workspace::prepare(None, Identity { uid: 0, gid: 0 }, None, None).expect("prepare");
         assert!(ws.defaults());
         let rules = ws.rules();
         assert!(rules.read.contains(&PathBuf::from("/")), "{rules:?}");
@@ -368,12 +458,15 @@ mod tests {
         assert!(!base.exists(), "the per-run directory is removed");
 
         let fs = FsPolicy { read: vec![PathBuf::from("/usr")], write: vec![] };
-        let ws = Workspace::prepare(Some(&fs), Identity { uid: 0, gid: 0 }, Some(Path::new("/tmp"))).expect("prepare");
+        let ws =
+            Workspace::prepare(Some(&fs), Identity { uid: 0, gid: 0 }, Some(Path::new("/tmp")), None).expect("prepare");
         assert!(!ws.defaults());
         assert_eq!(ws.home(), Path::new("/tmp"));
         assert_eq!(ws.rules().read[0], PathBuf::from("/usr"));
         assert!(!ws.rules().read.contains(&PathBuf::from("/")));
         assert!(ws.rules().write.contains(&PathBuf::from("/tmp")));
-        assert!(Workspace::prepare(None, Identity { uid: 0, gid: 0 }, Some(Path::new("/nonexistent-sbx"))).is_err());
+        assert!(
+            Workspace::prepare(None, Identity { uid: 0, gid: 0 }, Some(Path::new("/nonexistent-sbx")), None).is_err()
+        );
     }
 }

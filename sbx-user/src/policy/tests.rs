@@ -135,6 +135,7 @@ fn parses_rules() {
                 "192.168.0.0/16",
                 "100.64.0.0/10",
                 "169.254.0.0/16",
+                "198.18.0.0/15",
                 "fc00::/7",
                 "fe80::/10",
             ],
@@ -265,31 +266,16 @@ fn rejects_bad_rules() {
         ("[2001:db8::1", &["missing `]`"]),
         ("[2001:db8::1]80", &["unexpected `80` after `]`"]),
         ("[2001:db8::1]/64", &["unexpected"]),
-        // Loopback and unspecified destinations belong to `loopback`.
-        ("127.0.0.1", &["loopback", "`loopback`"]),
-        ("127.0.0.1:5432", &["`loopback`"]),
-        ("tcp://127.1.2.3:80", &["`loopback`"]),
-        ("127.0.0.0/8", &["`loopback`"]),
-        ("127.0.0.0/16", &["`loopback`"]),
-        ("127.255.255.255/8", &["`loopback`"]),
-        ("0.0.0.0", &["`loopback`"]),
-        ("0.0.0.0:80", &["`loopback`"]),
-        ("::1", &["`loopback`"]),
-        ("[::1]:8080", &["`loopback`"]),
-        ("::", &["`loopback`"]),
-        ("[::]:80", &["`loopback`"]),
-        ("::ffff:127.0.0.1", &["`loopback`"]),
-        ("[::ffff:127.0.0.1]:5432", &["`loopback`"]),
-        ("::ffff:0.0.0.0", &["`loopback`"]),
-        ("::ffff:127.0.0.0/104", &["`loopback`"]),
-        // Embedded-IPv4 ranges are judged by the IPv4 address.
-        ("64:ff9b::1.2.3.4", &["NAT64", "IPv4"]),
-        ("[64:ff9b::a01:203]:443", &["NAT64"]),
-        ("64:ff9b::/96", &["NAT64"]),
-        ("64:ff9b::/120", &["NAT64"]),
-        ("2002:c000:204::1", &["6to4"]),
-        ("2002::/16", &["6to4"]),
-        ("[2002:a00::/24]:80", &["6to4"]),
+        // Unspecified destinations are aliases of loopback addresses.
+        ("0.0.0.0", &["local host", "127.0.0.1", "`127.0.0.1:5432`"]),
+        ("0.0.0.0:80", &["127.0.0.1"]),
+        ("::", &["::1", "`[::1]:5432`"]),
+        ("[::]:80", &["::1"]),
+        ("::ffff:0.0.0.0", &["127.0.0.1"]),
+        // An IPv6 form of a local address is never reachable: refused.
+        ("64:ff9b::7f00:1", &["local IPv4", "`loopback`"]),
+        ("[2002:7f00:1::1]:80", &["local IPv4"]),
+        ("2001:0:c612:1::80ff:fffe", &["local IPv4"]),
     ];
     for (text, words) in cases {
         let msg = rule_err(text);
@@ -310,9 +296,72 @@ fn deny_by_name_message_explains_fail_open() {
 }
 
 #[test]
-fn loopback_message_points_at_setting() {
-    let msg = rule_err("127.0.0.1:5432");
-    assert!(msg.contains("loopback = [5432]") && msg.contains("--loopback"), "{msg}");
+fn unspecified_message_points_at_the_alias() {
+    let msg = rule_err("0.0.0.0:5432");
+    assert!(msg.contains("127.0.0.1") && msg.contains("--loopback"), "{msg}");
+}
+
+#[test]
+fn loopback_rules() {
+    // Rules may name loopback addresses: they refine `loopback`. The
+    // IPv4-mapped forms are IPv4 rules; `loopback` names both families.
+    let o = Origin::flag("--deny");
+    let net = |s: &str| s.parse::<IpNet>().expect("literal");
+    let cases: &[(&str, &[&str], &[PortRange])] = &[
+        ("127.0.0.53:53", &["127.0.0.53/32"], &[PortRange::single(53)]),
+        ("tcp://127.0.0.1:2375", &["127.0.0.1/32"], &[PortRange::single(2375)]),
+        ("127.0.0.0/8", &["127.0.0.0/8"], &[PortRange::ALL]),
+        ("127.1.2.3/16", &["127.1.0.0/16"], &[PortRange::ALL]),
+        ("[::1]:8080", &["::1/128"], &[PortRange::single(8080)]),
+        ("::1", &["::1/128"], &[PortRange::ALL]),
+        ("[::ffff:127.0.0.1]:5432", &["127.0.0.1/32"], &[PortRange::single(5432)]),
+        ("::ffff:127.0.0.0/104", &["127.0.0.0/8"], &[PortRange::ALL]),
+        ("loopback:53", &["127.0.0.0/8", "::1/128"], &[PortRange::single(53)]),
+        ("LOOPBACK", &["127.0.0.0/8", "::1/128"], &[PortRange::ALL]),
+    ];
+    for &(text, nets, ports) in cases {
+        for action in [Action::Allow, Action::Deny] {
+            let r = parse_rule(text, action, &o, RuleContext::Destination).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(r.nets, nets.iter().map(|n| net(n)).collect::<Vec<_>>(), "{text}");
+            assert_eq!(r.ports, ports, "{text}");
+            assert!(r.nets.iter().all(crate::policy::is_loopback_net), "{text}");
+        }
+    }
+    // Networks that merely contain loopback are not loopback rules.
+    for text in ["0.0.0.0/0", "126.0.0.0/7", "[::/127]", "any"] {
+        let r = parse_rule(text, Action::Deny, &o, RuleContext::Destination).expect("valid");
+        assert!(!r.nets.iter().any(crate::policy::is_loopback_net), "{text}");
+    }
+}
+
+#[test]
+fn loopback_rule_blocking_the_proxy_is_a_conflict() {
+    let build = |deny: &[&str], allow: &[&str]| {
+        Policy::from_sources(
+            None,
+            None,
+            &FlagInput {
+                proxy: Some("127.0.0.1:3128".into()),
+                loopback: Some("any".into()),
+                deny: deny.iter().map(ToString::to_string).collect(),
+                allow: allow.iter().map(ToString::to_string).collect(),
+                ..FlagInput::default()
+            },
+        )
+    };
+    for deny in ["127.0.0.1:3128", "loopback", "tcp://127.0.0.0/8:3000-4000"] {
+        let msg = build(&[deny], &[]).expect_err(deny).to_string();
+        assert!(msg.contains(&format!("`deny {deny}` blocks the proxy on 127.0.0.1:3128")), "{msg}");
+    }
+    // Other ports, another address, UDP only, or a longer allow: no conflict.
+    for (deny, allow) in [
+        ("127.0.0.1:3129", None),
+        ("127.0.0.2:3128", None),
+        ("udp://127.0.0.1:3128", None),
+        ("127.0.0.0/8", Some("tcp://127.0.0.1:3128")),
+    ] {
+        build(&[deny], allow.as_slice()).unwrap_or_else(|e| panic!("{deny}: {e}"));
+    }
 }
 
 #[test]
@@ -351,11 +400,9 @@ fn bind_rules_accept_local_addresses() {
         assert_eq!((&r.nets, &r.ports), (&vec![net(want)], ports), "bind rule `{text}`");
     }
     // Everything else is validated as for destinations.
-    for (text, word) in [
-        ("example.com:80", "bind rules take addresses, not host names (`example.com`)"),
-        ("2002::1", "6to4"),
-        ("1.2.3.4:0-", "not a port"),
-    ] {
+    for (text, word) in
+        [("example.com:80", "bind rules take addresses, not host names (`example.com`)"), ("1.2.3.4:0-", "not a port")]
+    {
         let msg = rule_err_in(text, RuleContext::Bind);
         assert!(msg.contains(word), "bind rule `{text}`: {msg}");
     }
@@ -536,7 +583,7 @@ fn flag_errors() {
             &["--deny:", "`tcp://example.com:443`", "deny rules cannot name hosts"],
         ),
         (FlagInput { deny: vec!["10.0.0.0/33".into()], ..FlagInput::default() }, &["--deny:", "CIDR"]),
-        (FlagInput { deny: vec!["127.0.0.1".into()], ..FlagInput::default() }, &["--deny:", "`loopback`"]),
+        (FlagInput { deny: vec!["0.0.0.0".into()], ..FlagInput::default() }, &["--deny:", "127.0.0.1"]),
         (FlagInput { allow: vec!["10.0.0.1,443".into()], ..FlagInput::default() }, &["`443`", "not an IP address"]),
         (FlagInput { allow: vec!["10.0.0.1:80,".into()], ..FlagInput::default() }, &["empty rule"]),
         (
@@ -646,7 +693,7 @@ fn toml_errors_carry_the_line() {
         ("[network]\nallow = [\n  \"10.0.0.1\",\n  \"exa_mple!\",\n]\n", 4, &["`exa_mple!`", "not an IP address"]),
         ("[network]\ndeny = [\n  \"10.0.0.1\",\n  \"example.com\",\n]\n", 4, &["deny rules cannot name hosts"]),
         ("[network]\nallow = [\"10.0.0.1\"]\n\ndeny = [\"10.0.0.0/33\"]\n", 4, &["not a valid CIDR"]),
-        ("[network]\n\n\ndeny = [\n\"127.0.0.1\"]\n", 5, &["`loopback`"]),
+        ("[network]\n\n\ndeny = [\n\"0.0.0.0\"]\n", 5, &["127.0.0.1"]),
         ("[network]\ndefault = \"maybe\"\n", 2, &["\"deny\" or \"allow\""]),
         ("\n[network]\ndefault = \"allow\"\nloopback = \"some\"\n", 4, &["loopback is"]),
         ("[network]\nloopback = 3128\n", 2, &["loopback is"]),
@@ -660,7 +707,7 @@ fn toml_errors_carry_the_line() {
         ("[network]\n\nbind = [\"example.com:80\"]\n", 3, &["bind rules take addresses, not host names"]),
         ("[network]\nallow = [\"http://10.0.0.1\"]\n", 2, &["unknown protocol"]),
         ("[network]\nallow = [\"10.0.0.1:90-80\"]\n", 2, &["runs backwards"]),
-        ("[network]\nallow = [\"64:ff9b::1.2.3.4\"]\n", 2, &["NAT64"]),
+        ("[network]\nallow = [\"64:ff9b::7f00:1\"]\n", 2, &["local IPv4"]),
     ];
     for (src, line, words) in cases {
         let e = toml_err(src);
@@ -734,6 +781,10 @@ fn empty_policy_defaults() {
             mode: Mode::Enforce,
             filesystem: None,
             redirect: false,
+            nat64: vec![],
+            unix: Unix::Any,
+            unix_origin: None,
+            dns: Dns::Pinned { stub: None },
         }
     );
     let from_sources = Policy::from_sources(None, None, &FlagInput::default()).expect("empty");
@@ -791,10 +842,10 @@ fn remote_proxy_adds_a_tcp_allow_rule() {
         assert_eq!(p.loopback, Loopback::None);
         assert_eq!(p.default, Action::Deny);
     }
-    // A proxy at a NAT64 address cannot be expressed as a rule.
+    // A proxy at a NAT64 address is an explicit IPv6 rule for it.
     let l = flags_layer(&proxy_flags("[64:ff9b::a00:5]:3128"));
-    let e = build(vec![l]).expect_err("NAT64 proxy");
-    assert!(matches!(&e, PolicyError::Conflict(m) if m.contains("NAT64")), "{e:?}");
+    let p = build(vec![l]).expect("NAT64 proxy");
+    assert_eq!(p.rules[0].nets, vec![net("64:ff9b::a00:5/128")]);
 }
 
 #[test]
@@ -856,8 +907,13 @@ fn profiles() {
             mode: Mode::Enforce,
             filesystem: None,
             redirect: false,
+            nat64: vec![],
+            unix: Unix::None,
+            unix_origin: Some(Origin { source: "profile offline".into(), line: Some(4) }),
+            dns: Dns::Pinned { stub: None },
         }
     );
+    assert!(!offline.unix_explicit(), "a profile's unix setting is a default, not the user's");
 
     let open = build(vec![profile("open").expect("open")]).expect("open builds");
     assert_eq!((open.default, open.rules.len(), open.proxy), (Action::Allow, 2, None));
@@ -956,7 +1012,9 @@ fn summary_lines() {
             "proxy: 127.0.0.1:3128 (proxy-only mode)",
             "deny private",
             "deny metadata",
+            "dns: pinned (only pinned names resolve; loopback port 53 refused)",
             "bind: 127.0.0.1:8080",
+            "unix sockets: none (only sockets the command binds itself)",
         ]
     );
     let p = policy_toml("[network]\nloopback = [80, \"8000-8100\"]\nallow = [\"tcp://10.0.0.1:443\"]\n");
@@ -966,6 +1024,7 @@ fn summary_lines() {
             "default: deny",
             "loopback: 80,8000-8100",
             "allow tcp://10.0.0.1:443",
+            "dns: pinned (only pinned names resolve; loopback port 53 refused)",
             "bind: loopback (unspecified address with port 0 only)",
         ]
     );
@@ -1016,6 +1075,7 @@ fn fake_dns(host: &str) -> std::io::Result<Vec<IpAddr>> {
         "unspecified6.example" => Ok(ips(&["::"])),
         "partly-local.example" => Ok(ips(&["192.0.2.1", "127.0.1.1"])),
         "nat64.example" => Ok(ips(&["64:ff9b::c000:201"])),
+        "nat64-local.example" => Ok(ips(&["64:ff9b::7f00:1"])),
         _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such host")),
     }
 }
@@ -1149,35 +1209,41 @@ fn allow_unresolved_keeps_the_rule_matching_nothing() {
 }
 
 #[test]
-fn host_resolving_to_a_local_address_is_rejected() {
-    // A name cannot open loopback; that is the `loopback` setting's job.
-    // Not even with --allow-unresolved: the name did resolve.
-    for (host, ip) in [
-        ("localhost", "127.0.0.1"),
-        ("local.example", "127.0.0.1"),
-        ("mapped-local.example", "::ffff:127.0.0.1"),
-        ("v6-local.example", "::1"),
-        ("unspecified.example", "0.0.0.0"),
-        ("unspecified6.example", "::"),
-        ("partly-local.example", "127.0.1.1"),
+fn host_resolving_to_loopback_pins_loopback() {
+    // A name pinned to a loopback address is a loopback rule, as if the
+    // address had been written; the unspecified address (what blocklists
+    // in /etc/hosts map names to) is refused, even with
+    // --allow-unresolved: the name did resolve.
+    for (host, ip, pinned) in [
+        ("localhost", "127.0.0.1", "127.0.0.1/32"),
+        ("mapped-local.example", "::ffff:127.0.0.1", "127.0.0.1/32"),
+        ("v6-local.example", "::1", "::1/128"),
+        ("partly-local.example", "127.0.1.1", "192.0.2.1/32"),
     ] {
+        let p = build_pinned(vec![allow_layer(&[&format!("{host}:5432")])], false)
+            .unwrap_or_else(|e| panic!("{host} resolves to {ip}: {e}"));
+        let want = if host == "partly-local.example" { nets_of(&["127.0.1.1/32", pinned]) } else { nets_of(&[pinned]) };
+        assert_eq!(p.rules[0].nets, want, "{host}");
+    }
+    for (host, ip) in [("unspecified.example", "0.0.0.0"), ("unspecified6.example", "::")] {
         for allow_unresolved in [false, true] {
             let text = format!("{host}:5432");
             let e = build_pinned(vec![allow_layer(&[&text])], allow_unresolved)
                 .expect_err(&format!("{host} resolves to {ip}"));
             assert!(matches!(e, PolicyError::Invalid { .. }), "{host}: {e:?}");
-            assert_eq!(
-                e.to_string(),
-                format!(
-                    "--allow: `{text}`: {host} resolves to {ip}, a local address; loopback access is set by `loopback`"
-                ),
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("--allow: `{text}`: {host} resolves to {ip}, the unspecified address")),
+                "{e}"
             );
         }
     }
-    // Addresses the rule syntax refuses are refused when a name resolves
-    // to them, too.
-    let msg = build_pinned(vec![allow_layer(&["nat64.example"])], false).expect_err("NAT64 answer").to_string();
-    assert!(msg.contains("nat64.example resolves to 64:ff9b::c000:201") && msg.contains("NAT64"), "{msg}");
+    // A DNS64 answer is an explicit IPv6 rule for that address; a form of
+    // a local address is refused as the rule syntax refuses it.
+    let p = build_pinned(vec![allow_layer(&["nat64.example"])], false).expect("DNS64 answer");
+    assert_eq!(p.rules[0].nets, vec![net("64:ff9b::c000:201/128")]);
+    let msg = build_pinned(vec![allow_layer(&["nat64-local.example"])], false).expect_err("local form").to_string();
+    assert!(msg.contains("nat64-local.example resolves to 64:ff9b::7f00:1") && msg.contains("local IPv4"), "{msg}");
 }
 
 #[test]
@@ -1260,6 +1326,7 @@ fn summary_shows_pinned_addresses() {
             "allow tcp://GitHub.com:443 (github.com pinned to 192.0.2.10, 203.0.113.5, 2001:db8::10)",
             "allow nowhere.example (nowhere.example unresolved: matches nothing)",
             "allow 10.0.0.1",
+            "dns: pinned (only pinned names resolve; loopback port 53 refused)",
             "bind: loopback (unspecified address with port 0 only)",
         ]
     );
@@ -1273,4 +1340,167 @@ fn pinned_policy_serde_round_trip() {
     assert_eq!(text.matches("\"host\"").count(), 2, "no `host` key without a name: {text}");
     let back: Policy = serde_json::from_str(&text).expect("deserialise");
     assert_eq!(back, p);
+}
+
+#[test]
+fn dns_setting() {
+    // Derived from the default unless given: pinned where it denies.
+    let pinned = Dns::Pinned { stub: None };
+    let of = |flags: FlagInput, profile: Option<&str>| Policy::from_sources(profile, None, &flags).map(|p| p.dns);
+    assert_eq!(of(FlagInput::default(), None).expect("empty"), pinned);
+    assert_eq!(of(FlagInput::default(), Some("agent")).expect("agent"), pinned);
+    assert_eq!(of(FlagInput::default(), Some("offline")).expect("offline"), pinned);
+    assert_eq!(of(FlagInput::default(), Some("open")).expect("open"), Dns::Host);
+    assert_eq!(
+        of(FlagInput { default: Some("allow".into()), ..FlagInput::default() }, None).expect("allow"),
+        Dns::Host
+    );
+    assert_eq!(
+        of(FlagInput { dns: Some("host".into()), ..FlagInput::default() }, Some("agent")).expect("host"),
+        Dns::Host
+    );
+    assert_eq!(
+        of(FlagInput { dns: Some(" pinned ".into()), ..FlagInput::default() }, Some("open")).expect("p"),
+        pinned
+    );
+    assert_eq!(policy_toml("[network]\ndns = \"host\"").dns, Dns::Host);
+    assert_eq!(policy_toml("[network]\ndefault = \"allow\"\ndns = \"pinned\"").dns, pinned);
+    // Errors name the origin and the choices.
+    let e = of(FlagInput { dns: Some("stub".into()), ..FlagInput::default() }, None).expect_err("bad").to_string();
+    assert!(e.starts_with("--dns: `stub`: dns is \"pinned\"") && e.contains("\"host\""), "{e}");
+    let e = parse_toml("[network]\n\ndns = 1\n", "p.toml").expect_err("not a string").to_string();
+    assert!(e.starts_with("p.toml:3:"), "{e}");
+    // A proxy on loopback port 53 cannot live beside the stub.
+    let e = of(FlagInput { proxy: Some("127.0.0.1:53".into()), ..FlagInput::default() }, None).expect_err("53");
+    assert!(e.to_string().contains("loopback port 53"), "{e}");
+    of(FlagInput { proxy: Some("127.0.0.1:53".into()), dns: Some("host".into()), ..FlagInput::default() }, None)
+        .expect("host DNS leaves port 53 alone");
+    // Records from before the setting mean the host's resolvers; the stub
+    // address round-trips.
+    let mut p = policy_toml("");
+    let mut json = serde_json::to_value(&p).expect("serialise");
+    json.as_object_mut().expect("object").remove("dns");
+    assert_eq!(serde_json::from_value::<Policy>(json).expect("old record").dns, Dns::Host);
+    p.dns = Dns::Pinned { stub: Some(Ipv4Addr::new(127, 53, 1, 2)) };
+    let back: Policy = serde_json::from_str(&serde_json::to_string(&p).expect("json")).expect("parse");
+    assert_eq!(back, p);
+    assert!(p
+        .summary()
+        .iter()
+        .any(|l| l == "dns: pinned (only pinned names resolve, answered by sbx on 127.53.1.2:53)"));
+}
+
+#[test]
+fn nat64_prefixes_setting() {
+    let l = layer("[network]\nnat64 = [\"64:ff9b:1::/48\", \"2001:db8::/32\"]\n");
+    let p = PolicyBuilder::new().apply(l).build().expect("valid");
+    assert_eq!(p.nat64, vec!["64:ff9b:1::/48".parse().unwrap(), "2001:db8::/32".parse().unwrap()]);
+    assert!(p.summary().iter().any(|l| l.contains("NAT64 prefixes")), "{:?}", p.summary());
+    for (value, word) in [
+        ("64:ff9b:1::/47", "/32, /40, /48, /56, /64 or /96"),
+        ("64:ff9b:1::1/48", "host bits"),
+        ("2001:db8:1:2:ff00::/96", "bits 64 to 71"),
+        ("10.0.0.0/8", "not an IPv6 prefix"),
+    ] {
+        let msg = toml_err(&format!("[network]\nnat64 = [\"{value}\"]\n")).to_string();
+        assert!(msg.contains("policy.toml:2") && msg.contains(word), "{value}: {msg}");
+    }
+    let five = (1..=5).map(|i| format!("\"2001:db8:{i}::/48\"")).collect::<Vec<_>>().join(", ");
+    let msg = toml_err(&format!("[network]\nnat64 = [{five}]\n")).to_string();
+    assert!(msg.contains("at most 4"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------
+// UNIX sockets.
+
+fn unix_of(layers: Vec<Layer>) -> (Unix, bool) {
+    let p = build(layers).expect("builds");
+    let explicit = p.unix_explicit();
+    (p.unix, explicit)
+}
+
+fn unix_flags(values: &[&str]) -> Result<Layer, PolicyError> {
+    FlagInput { unix: values.iter().map(|v| (*v).to_owned()).collect(), ..FlagInput::default() }.to_layer()
+}
+
+fn paths(u: &Unix) -> Vec<String> {
+    match u {
+        Unix::Paths(p) => p.iter().map(|p| p.path.display().to_string()).collect(),
+        other => panic!("want a list, got {other:?}"),
+    }
+}
+
+#[test]
+fn unix_defaults_per_profile_and_for_policies_that_do_not_say() {
+    assert_eq!(unix_of(vec![]), (Unix::Any, false));
+    assert_eq!(unix_of(vec![layer("[network]\ndefault = \"deny\"\n")]), (Unix::Any, false));
+    for (name, want) in [("agent", Unix::None), ("offline", Unix::None), ("open", Unix::Any)] {
+        assert_eq!(unix_of(vec![profile(name).expect("profile")]), (want, false), "profile {name}");
+    }
+}
+
+#[test]
+fn unix_in_toml() {
+    let (u, explicit) =
+        unix_of(vec![layer("[network]\nunix = [\"/run/postgresql/.s.PGSQL.5432\", \"/dev/log\", \"/dev/log\"]\n")]);
+    assert_eq!(paths(&u), ["/run/postgresql/.s.PGSQL.5432", "/dev/log"], "duplicates dropped");
+    assert!(explicit);
+    assert_eq!(unix_of(vec![layer("[network]\nunix = \"none\"\n")]), (Unix::None, true));
+    assert_eq!(unix_of(vec![layer("[network]\nunix = \"any\"\n")]).0, Unix::Any);
+    // A file overrides the profile.
+    assert_eq!(unix_of(vec![profile("agent").expect("agent"), layer("[network]\nunix = \"any\"\n")]).0, Unix::Any);
+    assert_eq!(unix_of(vec![layer("[network]\nunix = []\n")]), (Unix::Paths(vec![]), true));
+}
+
+#[test]
+fn unix_errors_name_file_line_and_value() {
+    let cases = [
+        ("[network]\nunix = \"all\"\n", "policy.toml:2: `\"all\"`: unix is \"any\", \"none\" or a list"),
+        (
+            "[network]\ndefault = \"deny\"\nunix = [\"run/x.sock\"]\n",
+            "policy.toml:3: `run/x.sock`: socket paths must be absolute",
+        ),
+        ("[network]\nunix = [\"/run/../x.sock\"]\n", "`/run/../x.sock`: write the socket path without `.` or `..`"),
+        ("[network]\nunix = [\"/run/./x.sock\"]\n", "without `.` or `..`"),
+        ("[network]\nunix = [\"\"]\n", "empty socket path"),
+        ("[network]\nunix = [\"@abstract\"]\n", "abstract sockets are not named by `unix`"),
+        ("[network]\nunix = [5432]\n", "unix socket paths are strings"),
+        ("[network]\nunix = true\n", "unix is \"any\", \"none\" or a list"),
+    ];
+    for (src, want) in cases {
+        let e = toml_err(src).to_string();
+        assert!(e.contains(want), "{src:?}: {e}");
+    }
+}
+
+#[test]
+fn unix_flags_add_paths_or_replace_the_setting() {
+    // --unix PATH on the agent profile (none): that list.
+    let (u, explicit) = unix_of(vec![profile("agent").expect("agent"), unix_flags(&["/run/a.sock"]).expect("flag")]);
+    assert_eq!(paths(&u), ["/run/a.sock"]);
+    assert!(explicit);
+    // Adds to a file's list.
+    let file = layer("[network]\nunix = [\"/run/a.sock\"]\n");
+    let u = unix_of(vec![file, unix_flags(&["/run/b.sock", "/run/a.sock"]).expect("flags")]).0;
+    assert_eq!(paths(&u), ["/run/a.sock", "/run/b.sock"]);
+    // any / none replace.
+    let file = layer("[network]\nunix = [\"/run/a.sock\"]\n");
+    assert_eq!(unix_of(vec![file, unix_flags(&["none"]).expect("none")]), (Unix::None, true));
+    assert_eq!(unix_of(vec![profile("agent").expect("agent"), unix_flags(&["any"]).expect("any")]).0, Unix::Any);
+    for bad in [&["none", "/run/a.sock"][..], &["any", "none"], &["relative.sock"], &[""]] {
+        let e = unix_flags(bad).expect_err("refused").to_string();
+        assert!(e.starts_with("--unix: `"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn unix_setting_in_the_summary() {
+    let p = build(vec![profile("agent").expect("agent")]).expect("agent");
+    assert!(
+        p.summary().iter().any(|l| l == "unix sockets: none (only sockets the command binds itself)"),
+        "{:?}",
+        p.summary()
+    );
+    let p = build(vec![unix_flags(&["/dev/log"]).expect("flag")]).expect("list");
+    assert!(p.summary().iter().any(|l| l == "unix sockets: /dev/log (and sockets the command binds itself)"));
 }

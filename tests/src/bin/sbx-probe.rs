@@ -39,6 +39,7 @@
 
 // The probe shares the package's dependency list but needs only libc.
 use sbx_tests as _;
+use sbx_user as _;
 use serde_json as _;
 
 use std::{
@@ -309,6 +310,13 @@ fn bind_fd(fd: RawFd, sa: &SockAddr) -> Res {
     }
 }
 
+/// A TCP connect from source address `src` (bound first, port 0).
+fn connect_from(src: IpAddr, addr: IpAddr, port: u16) -> Res {
+    let fd = socket(family(addr), Proto::Tcp)?;
+    bind_fd(fd.as_raw_fd(), &SockAddr::new(src, 0))?;
+    connect_fd(fd.as_raw_fd(), &SockAddr::new(addr, port), Proto::Tcp)
+}
+
 fn bind(proto: Proto, addr: IpAddr, port: u16) -> Res {
     let fd = socket(family(addr), proto)?;
     setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -504,14 +512,14 @@ fn repeat(proto: Proto, addr: IpAddr, port: u16, n: u32) -> String {
 
 /// The loop of `alternate`; each line is written with one write(2), so a
 /// reader of the output file never sees half an iteration as complete.
-fn alternate(a: IpAddr, b: IpAddr, port: u16, stop: &str) -> String {
+fn alternate(proto: Proto, a: IpAddr, b: IpAddr, port: u16, stop: &str) -> String {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "pid {}", std::process::id());
     let _ = out.flush();
     let mut n: u64 = 0;
     while !std::path::Path::new(stop).exists() {
-        let ra = outcome(connect_only(Proto::Udp, a, port));
-        let rb = outcome(connect_only(Proto::Udp, b, port));
+        let ra = outcome(connect_only(proto, a, port));
+        let rb = outcome(connect_only(proto, b, port));
         let _ = out.write_all(format!("{n} {ra} {rb}\n").as_bytes());
         let _ = out.flush();
         n += 1;
@@ -618,6 +626,7 @@ fn main() {
             report(connected_sendto((ip(a1), port(p1)), (ip(a2), port(p2)), payload))
         }
         ["bind", p, addr, pt] => report(bind(proto(p), ip(addr), port(pt))),
+        ["connect-from", src, addr, pt] => report(connect_from(ip(src), ip(addr), port(pt))),
         ["unspec-connect", p, addr, pt] => unspec_connect(proto(p), ip(addr), port(pt)),
         ["unspec-bind", addr, pt] => report(unspec_bind(ip(addr), port(pt))),
         ["socket", family, ty, proto] => report(socket_raw(family, ty, proto)),
@@ -626,7 +635,8 @@ fn main() {
         ["repeat", p, addr, pt, n] => {
             repeat(proto(p), ip(addr), port(pt), n.parse().unwrap_or_else(|_| usage("N must be a number")))
         }
-        ["alternate", a1, a2, pt, stop] => alternate(ip(a1), ip(a2), port(pt), stop),
+        ["alternate", a1, a2, pt, stop] => alternate(Proto::Udp, ip(a1), ip(a2), port(pt), stop),
+        ["alternate", a1, a2, pt, stop, p] => alternate(proto(p), ip(a1), ip(a2), port(pt), stop),
         ["sniff", log] => sniff(log),
         _ => usage(&format!("bad arguments: {args:?}")),
     };

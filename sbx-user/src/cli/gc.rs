@@ -1,0 +1,40 @@
+//! `sbx-user gc`: remove what sandboxes whose cgroup is gone left behind.
+
+use clap::Args;
+
+use super::GlobalArgs;
+
+/// Arguments of `gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Collects and reports.
+pub fn run(args: &GcArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    super::require_root("gc")?;
+    let got = crate::gc::collect(&global.paths(), args.dry_run)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&got)?);
+        return Ok(());
+    }
+    let verb = if args.dry_run { "would remove" } else { "removed" };
+    for id in &got.sandboxes {
+        println!("{verb} the pins and record of sandbox {id} (its cgroup is gone)");
+    }
+    for dir in &got.sets {
+        println!("{verb} unused program set {}", dir.display());
+    }
+    if got.policies + got.events > 0 {
+        println!("{verb} {} policy and {} event indices no sandbox names", got.policies, got.events);
+    }
+    if got.sandboxes.is_empty() && got.sets.is_empty() && got.policies + got.events == 0 {
+        println!("nothing to collect");
+    }
+    Ok(())
+}

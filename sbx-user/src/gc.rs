@@ -1,0 +1,129 @@
+//! Garbage collection: what sbx left in the kernel and bpffs for sandboxes
+//! that no longer exist.
+//!
+//! A container runtime or a CI runner removes a sandbox's cgroup without
+//! asking sbx. The kernel then detaches the programs (the pinned links turn
+//! defunct: they report cgroup id 0) and frees the cgroup's storage, but
+//! the pins, the record and the pool's policy and event indices remain.
+//! `gc` removes them, and program sets no sandbox uses any more. It works
+//! from what the kernel and bpffs say, under the host lock, so it never
+//! races an attach.
+
+use std::{fs, os::fd::AsFd as _, path::PathBuf};
+
+use sbx_common::{Slot, EVENT_SLOTS, MAP_SLOT, POLICY_SLOTS};
+use serde::Serialize;
+
+use crate::{
+    loader::{self, pin_name_link, LoaderError},
+    progset::{self, ProgramSet, SET_PREFIX},
+    state::{Paths, Record},
+    sys,
+};
+
+/// What a collection removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Collected {
+    /// Sandboxes whose cgroup is gone: their pins and records.
+    pub sandboxes: Vec<u64>,
+    /// Policy indices no slot names, returned to the pool.
+    pub policies: usize,
+    /// Event ring indices no slot names, returned to the pool.
+    pub events: usize,
+    /// Program set directories no sandbox uses.
+    pub sets: Vec<PathBuf>,
+}
+
+/// Whether the sandbox pinned for cgroup `id` holds nothing any more: every
+/// pinned link reports cgroup id 0 (the cgroup is gone), or a program-set
+/// sandbox has no link pinned at all (a link that cannot be read counts as
+/// alive, so nothing is removed on doubt; a directory of an older sbx
+/// without links may be an attach of that sbx in progress, which does not
+/// take the host lock, and is left alone).
+fn defunct(paths: &Paths, id: u64) -> bool {
+    let dir = paths.pin_dir(id);
+    let links: Vec<_> =
+        sbx_common::PROGRAMS.iter().map(|p| dir.join(pin_name_link(p))).filter(|p| p.exists()).collect();
+    if links.is_empty() {
+        return !loader::is_legacy(&dir);
+    }
+    links.iter().all(|l| sys::obj_get(l).and_then(|fd| sys::link_cgroup_id(fd.as_fd())).is_ok_and(|c| c == 0))
+}
+
+/// Collects. With `dry_run`, only reports what it would remove.
+pub fn collect(paths: &Paths, dry_run: bool) -> Result<Collected, LoaderError> {
+    let _lock = progset::lock(paths)?;
+    let mut out = Collected::default();
+    for id in loader::pinned_sandboxes(paths) {
+        if defunct(paths, id) {
+            out.sandboxes.push(id);
+            if !dry_run {
+                // The kernel freed the slot with the cgroup; the pool
+                // indices it named are found unreferenced below.
+                let _ = loader::remove_pins_of(paths, id);
+                let _ = Record::remove(paths, id);
+            }
+        }
+    }
+    let in_use: Vec<String> =
+        loader::pinned_sandboxes(paths).into_iter().filter_map(|id| loader::holder(&paths.pin_dir(id))).collect();
+    let current = progset::set_id();
+    for dir in set_dirs(paths) {
+        let Some(id) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(SET_PREFIX)) else {
+            continue;
+        };
+        if id != current && !in_use.iter().any(|u| u == id) {
+            out.sets.push(dir.clone());
+            if !dry_run {
+                let _ = fs::remove_dir_all(&dir);
+            }
+            continue;
+        }
+        if let Ok(set) = ProgramSet::open_id(paths, id) {
+            let (p, e) = reconcile(&set, dry_run)?;
+            out.policies += p;
+            out.events += e;
+        }
+    }
+    Ok(out)
+}
+
+fn set_dirs(paths: &Paths) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(paths.pin_root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(SET_PREFIX)))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Returns the pool's indices that no live slot names. Returns how many
+/// policy and event indices were (or would be) freed.
+fn reconcile(set: &ProgramSet, dry_run: bool) -> Result<(usize, usize), LoaderError> {
+    let (mut policies, mut events) = (vec![false; POLICY_SLOTS as usize], vec![false; EVENT_SLOTS as usize]);
+    let mut key: Option<[u8; 8]> = None;
+    let mut next = [0u8; 8];
+    while sys::map_next_key(set.map(MAP_SLOT), key.as_ref().map(<[u8; 8]>::as_slice), &mut next).is_ok() {
+        let id = u64::from_ne_bytes(next);
+        if let Some(Slot { policy, events: ev, .. }) = loader::read_slot(set, id) {
+            if let Some(p) = policies.get_mut(policy as usize) {
+                *p = true;
+            }
+            if let Some(e) = events.get_mut(ev as usize) {
+                *e = true;
+            }
+        }
+        key = Some(next);
+    }
+    let (stale_p, stale_e) = set.unreferenced(&policies, &events)?;
+    if !dry_run {
+        for &i in &stale_p {
+            loader::release_policy(set, i);
+        }
+        set.free(&[], &stale_e)?;
+    }
+    Ok((stale_p.len(), stale_e.len()))
+}

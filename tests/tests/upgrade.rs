@@ -1,0 +1,139 @@
+//! Upgrades: sandboxes attached by an sbx from before program sets (each
+//! with its own programs and maps) stay enforced under this build, and
+//! `update` migrates them to this build's program set with no moment of no
+//! enforcement. The old binary is built from the repository's history by
+//! `cargo xtask test` (`SBX_LEGACY_BIN`).
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sbx_tests::{bpffs, describe, probe, Background, Fixture, Proto::Tcp, Sbx};
+// Dependencies of the fixture crate this test file does not use directly.
+use libc as _;
+use sbx_user as _;
+use serde_json as _;
+
+/// The contract-1 `sbx-user`.
+fn legacy_bin() -> PathBuf {
+    let p = std::env::var_os("SBX_LEGACY_BIN").map(PathBuf::from).unwrap_or_default();
+    assert!(
+        p.is_file(),
+        "SBX_LEGACY_BIN does not name the sbx-user of contract 1 ({}); `cargo xtask test` builds it from the \
+         repository's history",
+        p.display()
+    );
+    p
+}
+
+fn completed(log: &std::path::Path) -> Vec<String> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    complete.lines().skip(1).filter(|l| !l.starts_with("done ")).map(str::to_owned).collect()
+}
+
+fn wait_for(log: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while completed(log).len() < n {
+        assert!(Instant::now() < deadline, "the connect loop stalled at {}", completed(log).len());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_sandbox_of_an_older_sbx_stays_enforced_and_migrates_with_no_gap() {
+    let legacy = legacy_bin();
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let allow = format!("{}:8080", n.ns_v4);
+    let out = Command::new(&legacy)
+        .args(["attach", "--cgroup", fx.cg.arg(), "--allow", &allow])
+        .env("SBX_STATE_DIR", fx.sbx.state_dir())
+        .output()
+        .expect("running the old sbx-user");
+    assert!(out.status.success(), "old attach: {}", describe(&out));
+    let pins = bpffs().join("sbx").join(fx.cg.id().to_string());
+    assert!(pins.join("map_SBX_CONFIG").exists(), "a sandbox of contract 1: its own maps are pinned");
+
+    // This build sees it, reports what holds it, and it enforces.
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["held_by"], "legacy", "{e:#}");
+    assert!(e["problem"].is_null(), "{e:#}");
+    let events = fx.sbx.events(&fx.cg);
+    assert!(events.iter().any(|v| v["destination"] == format!("{}:8080", n.ns_v4b)), "old events read: {events:?}");
+    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+
+    // Migrate under a stream of connects: the denied host must never get
+    // through (no moment without enforcement); a moment where both are
+    // refused (the new programs before their slot is written) is allowed.
+    let log = n.dir().join("migrate.log");
+    let stop = n.dir().join("migrate.stop");
+    let mut cmd = Command::new(fx.probe.bin());
+    cmd.args(["alternate", &n.ns_v4.to_string(), &n.ns_v4b.to_string(), "8080", stop.to_str().expect("UTF-8"), "tcp"]);
+    let bg = Background::spawn_logged("sbx-probe alternate", &mut cmd, fx.inside().place(), &log);
+    wait_for(&log, 50);
+    let out = fx.sbx.ok(&["-v", "update", "--cgroup", fx.cg.arg(), "--allow", &allow]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("migrated"), "{}", describe(&out));
+    let after = completed(&log).len();
+    wait_for(&log, after + 50);
+    fs::write(&stop, "").expect("stop file");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(&log).unwrap_or_default().contains("\ndone ") {
+        assert!(Instant::now() < deadline, "the loop did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(bg);
+    for (i, l) in completed(&log).iter().enumerate() {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert!(matches!(f[1..], ["ok" | "EPERM", "EPERM"]), "iteration {i}: {l:?}: the denied host got through");
+    }
+
+    // Now held by this build's program set, the old maps gone.
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
+    assert!(!pins.join("map_SBX_CONFIG").exists(), "the old maps were unpinned");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+    fx.sbx.detach(&fx.cg);
+    assert!(!Sbx::has_pins(fx.cg.id()));
+}
+
+#[test]
+fn migrate_moves_every_sandbox_of_an_older_sbx_under_its_recorded_policy() {
+    let legacy = legacy_bin();
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let out = Command::new(&legacy)
+        .args(["attach", "--cgroup", fx.cg.arg(), "--allow", &format!("{}:8080", n.ns_v4)])
+        .env("SBX_STATE_DIR", fx.sbx.state_dir())
+        .output()
+        .expect("running the old sbx-user");
+    assert!(out.status.success(), "old attach: {}", describe(&out));
+    let out = fx.sbx.ok(&["migrate", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("would migrate {}", fx.cg.arg())),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(fx.sbx.status(&fx.cg)["held_by"], "legacy", "a dry run moves nothing");
+    let out = fx.sbx.ok(&["migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("migrated {}", fx.cg.arg())), "{}", describe(&out));
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
+    // The recorded policy holds, on the new programs.
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    let out = fx.sbx.ok(&["migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to migrate"), "{}", describe(&out));
+    fx.sbx.detach(&fx.cg);
+}
