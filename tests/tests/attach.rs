@@ -215,3 +215,44 @@ fn a_bad_policy_fails_before_anything_is_attached() {
     }
     assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok", "nothing is enforced");
 }
+
+#[test]
+fn event_buffer_sizes_the_sandbox_ring_or_sends_its_events_to_the_host_stream() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let allow = format!("{}:8080", n.ns_v4);
+    let pins = sbx_tests::bpffs().join("sbx").join(fx.cg.id().to_string());
+    let ring = pins.join("map_SBX_EVENTS");
+
+    // A size the kernel cannot make a ring buffer of is refused before
+    // anything is attached.
+    let out = fx.sbx.fails(&["attach", "--cgroup", fx.cg.arg(), "--event-buffer", "1000", "--allow", &allow]);
+    assert!(stderr(&out).contains("1000 bytes") && stderr(&out).contains("power of two"), "{}", describe(&out));
+    assert!(!Sbx::has_pins(fx.cg.id()), "nothing was attached");
+
+    // 0: no ring of its own; the sandbox enforces all the same.
+    fx.attach(&["--event-buffer", "0", "--allow", &allow]);
+    assert!(pins.is_dir(), "pinned in {}", pins.display());
+    assert!(!ring.exists(), "no ring buffer of its own with --event-buffer 0");
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8081), "err EPERM");
+    fx.sbx.ok(&["detach", "--cgroup", fx.cg.arg()]);
+
+    // A size: a ring of exactly that size, which the sandbox's events reach.
+    fx.attach(&["--event-buffer", "65536", "--allow", &allow]);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&ring)
+        .output()
+        .expect("running bpftool");
+    assert!(out.status.success(), "bpftool map show pinned {}: {}", ring.display(), describe(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
+    assert_eq!(info["type"], "ringbuf", "{info}");
+    assert_eq!(info["max_entries"], 65536, "{info}");
+    let (pid, result) = fx.inside().run_pid(&["connect", "tcp", &n.ns_v4.to_string(), "8081"]);
+    assert_eq!(result, "err EPERM");
+    let events = fx.sbx.events(&fx.cg);
+    assert!(events.iter().any(|e| e["pid"] == pid), "the denial reached the sandbox's ring: {events:#?}");
+}

@@ -21,6 +21,13 @@ pub struct AttachArgs {
     /// Replace the policy of an existing sbx attachment, atomically per hook.
     #[arg(long)]
     pub replace: bool,
+    /// Size of the sandbox's own event ring buffer in bytes (a power of two
+    /// of at least a page); 0 sends its events to the host event stream
+    /// instead, which costs the sandbox no ring of its own. Applies when the
+    /// sandbox is created (or moved from an older program set); `--replace` keeps the ring it has.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::loader::DEFAULT_EVENTS_BYTES,
+          value_parser = super::parse_event_buffer)]
+    pub event_buffer: u32,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -33,7 +40,8 @@ pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     super::unix_for_cgroup(&mut policy, "attach")?;
     super::require_root("attach")?;
     let cg = Cgroup::open(&args.cgroup)?;
-    let opts = default_options(args.policy.max_rules, args.replace);
+    let mut opts = default_options(args.policy.max_rules, args.replace);
+    opts.events_bytes = args.event_buffer;
     let (attached, record) = install(&cg, &policy, opts, &global.paths(), Owner::Attach)
         .with_context(|| format!("no policy was attached to {}", cg.path.display()))?;
     drop(task);

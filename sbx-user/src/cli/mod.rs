@@ -479,6 +479,38 @@ pub fn no_filesystem_rules(policy: &Policy, command: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Largest `--event-buffer` accepted: 1 GiB, far beyond what a reader
+/// needs between two reads, and well inside what the kernel allows.
+pub const MAX_EVENT_BUFFER: u32 = 1 << 30;
+
+/// Parses `--event-buffer BYTES`: 0 (the sandbox's events go to the host
+/// event stream) or a power of two from one page ([`page_size`]) to
+/// [`MAX_EVENT_BUFFER`], as the kernel requires of a ring buffer.
+///
+/// # Errors
+/// A message naming the value and what is accepted.
+pub fn parse_event_buffer(s: &str) -> Result<u32, String> {
+    let v: u32 =
+        s.trim().parse().map_err(|_| format!("`{s}` is not a byte count (0, or a power of two such as 16384)"))?;
+    let page = page_size();
+    if v == 0 || (v.is_power_of_two() && v >= page && v <= MAX_EVENT_BUFFER) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} bytes: an event ring buffer is a power of two from {page} (one page) to {MAX_EVENT_BUFFER} bytes, \
+             or 0 for the host event stream"
+        ))
+    }
+}
+
+/// The kernel's page size (4096 if it cannot be read).
+#[must_use]
+pub fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
 /// What `attach` and `update` do with a `unix` setting. Nothing sbx puts on
 /// a cgroup judges pathname UNIX sockets: the cgroup `sock_addr` programs
 /// see inet addresses, and the mount namespace and seccomp supervisor that
@@ -600,6 +632,20 @@ mod tests {
         assert_eq!(parse(&argv(&["sbx-user", "--version"])).err(), Some(EXIT_OK));
         assert_eq!(parse(&argv(&["sbx-user", "run", "--bogus", "--", "true"])).err(), Some(EXIT_ERROR));
         assert!(parse(&argv(&["sbx-user", "run", "--", "true"])).is_ok());
+    }
+
+    #[test]
+    fn event_buffers_are_zero_or_a_power_of_two_of_at_least_a_page() {
+        let page = page_size();
+        assert_eq!(parse_event_buffer("0"), Ok(0));
+        assert_eq!(parse_event_buffer(&page.to_string()), Ok(page));
+        assert_eq!(parse_event_buffer("1048576"), Ok(1 << 20));
+        assert_eq!(parse_event_buffer(&MAX_EVENT_BUFFER.to_string()), Ok(MAX_EVENT_BUFFER));
+        for bad in ["1000", "24576", "2048", "2147483648", "-1", "16k", ""] {
+            let e = parse_event_buffer(bad).expect_err(bad);
+            assert!(e.contains(bad.trim()) || bad.is_empty(), "{bad}: {e}");
+        }
+        assert!(parse_event_buffer("1000").unwrap_err().contains("power of two"));
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub(super) struct Ctx {
     pub(super) state_dir: PathBuf,
     /// Generated policy files.
     pub(super) work: PathBuf,
+    /// The bpffs every `sbx-user` call pins in (`SBX_BPFFS`): by default a
+    /// private instance the benchmark mounts ([`mount_bpffs`]), so its
+    /// program set, pool and `bpf_stats` are its own.
     pub(super) bpffs: PathBuf,
     pub(super) mem: Option<MemAcct>,
     pub(super) bpftool: bool,
@@ -85,6 +88,8 @@ pub(super) struct Teardown {
     pub(super) state_dir: PathBuf,
     pub(super) work: PathBuf,
     pub(super) bpffs: PathBuf,
+    /// Whether `bpffs` is our own mount, unmounted at the end.
+    pub(super) bpffs_ours: AtomicBool,
     pub(super) mem_root: Option<PathBuf>,
     /// The value of `kernel.bpf_stats_enabled` to restore, if we changed it.
     pub(super) bpf_stats: Mutex<Option<String>>,
@@ -105,6 +110,7 @@ pub(super) fn install_teardown(ctx: &Ctx) {
         state_dir: ctx.state_dir.clone(),
         work: ctx.work.clone(),
         bpffs: ctx.bpffs.clone(),
+        bpffs_ours: AtomicBool::new(false),
         mem_root,
         bpf_stats: Mutex::new(None),
         netns: Mutex::new(Vec::new()),
@@ -141,12 +147,15 @@ impl Teardown {
         // Children before parents.
         dirs.reverse();
         for d in &dirs {
-            if sbx::looks_attached(&self.bpffs, d) && !sbx::detach_quietly(&self.sbx, &self.state_dir, d) {
+            if sbx::looks_attached(&self.bpffs, d) && !sbx::detach_quietly(&self.sbx, &self.state_dir, &self.bpffs, d) {
                 eprintln!("bench: warning: could not detach sbx from {}", d.display());
             }
         }
         for d in &dirs {
             kill_members(d);
+        }
+        if self.bpffs_ours.load(Ordering::SeqCst) {
+            unmount_bpffs(&self.bpffs);
         }
         let nets = self.netns.lock().map_or_else(|_| Vec::new(), |mut v| std::mem::take(&mut *v));
         for (name, host_if) in nets {
@@ -220,6 +229,44 @@ pub(super) fn rmdir_retry(dir: &Path) {
         }
     }
     eprintln!("bench: warning: {} stayed busy; it was left in place", dir.display());
+}
+
+/// Mounts a bpffs instance of our own at `dir` (each mount of bpffs is a
+/// fresh instance) and registers it for teardown. With it, the program set
+/// the benchmark measures, its policy pool and the `bpf_stats` of its
+/// programs are not shared with sandboxes anyone else runs on the host,
+/// and everything the benchmark left in it (tries and rings kept for the
+/// next sandbox) goes when it is unmounted.
+pub(super) fn mount_bpffs(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let c = |s: &str| std::ffi::CString::new(s).context("a path with a NUL byte");
+    let target = c(dir.to_str().context("the bpffs path is not UTF-8")?)?;
+    let bpf = c("bpf")?;
+    // SAFETY: valid C strings; no mount data.
+    let rc = unsafe { libc::mount(bpf.as_ptr(), target.as_ptr(), bpf.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        let _ = fs::remove_dir(dir);
+        bail!("mounting a private bpffs at {}: {e}", dir.display());
+    }
+    if let Some(t) = TEARDOWN.get() {
+        t.bpffs_ours.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Unmounts our bpffs (after every link in it was detached) and removes
+/// the mount point.
+fn unmount_bpffs(dir: &Path) {
+    let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        eprintln!("bench: warning: unmounting {}: {}", dir.display(), io::Error::last_os_error());
+        return;
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 pub(super) const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";

@@ -1,24 +1,30 @@
-//! Section 3, lifecycle: `sbx-user run -- /bin/true` against `/bin/true`,
-//! `attach` and `detach`, and one attach under strace for where its time
+//! Section 3, lifecycle: `sbx-user run -- /bin/true` against `/bin/true`
+//! once the host has the program set, and the first use on a host (the
+//! set removed first, when no sandbox uses it); `attach`, `update` and
+//! `detach` of a small policy; one attach under strace for where its time
 //! goes.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
+    bpftool::memlock_under,
     context::{rmdir_retry, Ctx},
+    memory::{meminfo_kernel, settle_meminfo},
     report::Table,
-    runner::timed_quiet,
+    runner::{in_cgroups, interleaved, procs_fd, timed_quiet},
     sbx,
-    stats::{dur_ms, ms, x, Stat},
+    stats::{dur_ms, f, mib, ms, x, Stat},
     Plan,
 };
 
@@ -26,8 +32,33 @@ use super::{
 pub(super) struct Lifecycle {
     pub(super) bin_true: Vec<f64>,
     pub(super) run: Vec<f64>,
+    /// `/bin/true` in a new cgroup: mkdir, the child writes itself into
+    /// `cgroup.procs` before exec, rmdir after; what moving a process into
+    /// a cgroup costs any sandbox (no sbx involved).
+    pub(super) moved_true: Vec<f64>,
+    /// `run -- /bin/true` as the first use on the host: it loads and
+    /// verifies the program set.
+    pub(super) first_run: Vec<f64>,
+    /// `Slab + VmallocUsed + Percpu` change over each first use, bytes:
+    /// the program set's kernel memory, once per host.
+    pub(super) first_mem: Vec<f64>,
+    /// Why the first use was not measured (a sandbox uses the set).
+    pub(super) first_note: Option<String>,
     pub(super) attach: Vec<f64>,
+    pub(super) update: Vec<f64>,
     pub(super) detach: Vec<f64>,
+    /// The same four with one other sandbox attached the whole time, as on
+    /// a host that runs any: the kernel then has its cgroup-BPF hooks
+    /// switched on already (the first link of an attach type on the host
+    /// flips a static key, patching kernel text on every CPU, and the last
+    /// detach flips it back).
+    pub(super) run_beside: Vec<f64>,
+    pub(super) attach_beside: Vec<f64>,
+    pub(super) update_beside: Vec<f64>,
+    pub(super) detach_beside: Vec<f64>,
+    /// `bytes_memlock` of the program set's programs and of the maps they
+    /// use, from bpftool, while a sandbox is attached: `(programs, maps)`.
+    pub(super) set_memlock: Option<(f64, f64)>,
     /// One `attach` under strace, if strace is installed.
     pub(super) trace: Option<AttachTrace>,
 }
@@ -102,7 +133,17 @@ impl Lifecycle {
         json!({
             "bin_true_ms": s(&self.bin_true),
             "run_bin_true_ms": s(&self.run),
+            "bin_true_moved_into_new_cgroup_ms": s(&self.moved_true),
+            "first_use_run_bin_true_ms": s(&self.first_run),
+            "first_use_meminfo_delta_bytes": s(&self.first_mem),
+            "first_use_note": self.first_note,
             "attach_ms": s(&self.attach),
+            "update_ms": s(&self.update),
+            "detach_ms_beside_another_sandbox": s(&self.detach_beside),
+            "run_bin_true_ms_beside_another_sandbox": s(&self.run_beside),
+            "attach_ms_beside_another_sandbox": s(&self.attach_beside),
+            "update_ms_beside_another_sandbox": s(&self.update_beside),
+            "program_set_memlock_bytes": self.set_memlock.map(|(p, m)| json!({ "programs": p, "maps": m })),
             "detach_ms": s(&self.detach),
             "attach_strace": self.trace.as_ref().map(AttachTrace::json),
         })
@@ -113,29 +154,122 @@ pub(super) fn lifecycle(ctx: &Ctx, plan: &Plan) -> Result<Lifecycle> {
     let truth = which_true()?;
     let parent = ctx.mkcg("run")?;
     let cg = ctx.mkcg("lifecycle")?;
+    let resident = ctx.mkcg("lifecycle-resident")?;
     let small = sbx::small_policy();
-    let mut l = Lifecycle { bin_true: vec![], run: vec![], attach: vec![], detach: vec![], trace: None };
+    // The policy `update` switches to and back from: one more rule.
+    let mut other = small.clone();
+    other.extend(["--allow".to_owned(), "10.1.2.4:5432".to_owned()]);
+    let mut l = Lifecycle {
+        bin_true: vec![],
+        run: vec![],
+        moved_true: vec![],
+        first_run: vec![],
+        first_mem: vec![],
+        first_note: None,
+        attach: vec![],
+        update: vec![],
+        detach: vec![],
+        run_beside: vec![],
+        attach_beside: vec![],
+        update_beside: vec![],
+        detach_beside: vec![],
+        set_memlock: None,
+        trace: None,
+    };
+    // The host has the programs before the first warm sample.
+    sbx::run(ctx, &parent, &small, &truth)?;
     for round in 0..plan.lifecycle_rounds {
         eprintln!("bench: lifecycle: round {}/{}", round + 1, plan.lifecycle_rounds);
-        for rep in 0..plan.lifecycle_reps {
-            // Alternate which goes first.
-            let order: [u8; 2] = if (round + rep) % 2 == 0 { [0, 1] } else { [1, 0] };
-            for which in order {
-                if which == 0 {
-                    let mut c = Command::new(&truth);
-                    l.bin_true.push(dur_ms(timed_quiet(&mut c, "/bin/true", None)?));
-                } else {
-                    l.run.push(dur_ms(sbx::run(ctx, &parent, &small, &truth)?));
+        // 0: /bin/true, 1: run with the set loaded, 2: run as the first use
+        // on the host, 3: /bin/true moved into a new cgroup; rotated per
+        // round.
+        for which in interleaved(4, round) {
+            match which {
+                0 => {
+                    for _ in 0..plan.lifecycle_reps {
+                        let mut c = Command::new(&truth);
+                        l.bin_true.push(dur_ms(timed_quiet(&mut c, "/bin/true", None)?));
+                    }
                 }
+                3 => {
+                    for rep in 0..plan.lifecycle_reps {
+                        l.moved_true.push(dur_ms(moved_true(&parent, &truth, round, rep)?));
+                    }
+                }
+                1 => {
+                    for _ in 0..plan.lifecycle_reps {
+                        l.run.push(dur_ms(sbx::run(ctx, &parent, &small, &truth)?));
+                    }
+                }
+                _ => first_use(ctx, &parent, &small, &truth, &mut l)?,
             }
-            l.attach.push(dur_ms(ctx.attach(&cg, &small, None, None)?));
-            l.detach.push(dur_ms(ctx.detach(&cg)?));
         }
+        let cycle = |attach: &mut Vec<f64>, update: &mut Vec<f64>, detach: &mut Vec<f64>| -> Result<()> {
+            for rep in 0..plan.lifecycle_reps {
+                attach.push(dur_ms(ctx.attach(&cg, &small, None, None)?));
+                let (a, b) = if rep % 2 == 0 { (&other, &small) } else { (&small, &other) };
+                update.push(dur_ms(ctx.update(&cg, a)?));
+                update.push(dur_ms(ctx.update(&cg, b)?));
+                detach.push(dur_ms(ctx.detach(&cg)?));
+            }
+            Ok(())
+        };
+        cycle(&mut l.attach, &mut l.update, &mut l.detach)?;
+        // Beside a resident sandbox.
+        ctx.attach(&resident, &small, None, None)?;
+        if ctx.bpftool && l.set_memlock.is_none() {
+            let (p, m) = memlock_under(&resident)?;
+            l.set_memlock = Some((f(p), f(m)));
+        }
+        for _ in 0..plan.lifecycle_reps {
+            l.run_beside.push(dur_ms(sbx::run(ctx, &parent, &small, &truth)?));
+        }
+        cycle(&mut l.attach_beside, &mut l.update_beside, &mut l.detach_beside)?;
+        ctx.detach(&resident)?;
     }
     l.trace = trace_attach(ctx, &cg, &small)?;
     rmdir_retry(&cg);
+    rmdir_retry(&resident);
     rmdir_retry(&parent);
     Ok(l)
+}
+
+/// `/bin/true` in a cgroup made for it, as a sandbox starts its command:
+/// mkdir, the child moves itself there between fork and exec, rmdir once
+/// it exited.
+fn moved_true(parent: &Path, truth: &Path, round: u32, rep: u32) -> Result<Duration> {
+    let start = Instant::now();
+    let cg = parent.join(format!("moved-{round}-{rep}"));
+    fs::create_dir(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+    let procs = procs_fd(&cg)?;
+    let mut c = Command::new(truth);
+    in_cgroups(&mut c, vec![procs.as_raw_fd()], Vec::new());
+    timed_quiet(&mut c, "/bin/true in a new cgroup", None)?;
+    drop(procs);
+    rmdir_retry(&cg);
+    Ok(start.elapsed())
+}
+
+/// One `run -- /bin/true` as the first use on the host: the program set is
+/// removed first (only if no sandbox's marker names it), so this run loads
+/// and verifies it.
+fn first_use(ctx: &Ctx, parent: &Path, policy: &[String], truth: &Path, l: &mut Lifecycle) -> Result<()> {
+    let cleanup = sbx::remove_unused_sets(&ctx.bpffs)?;
+    if !cleanup.in_use.is_empty() {
+        l.first_note = Some(format!(
+            "not measured: a sandbox uses the program set ({}) in {}",
+            cleanup.in_use.join(", "),
+            ctx.bpffs.display()
+        ));
+        return Ok(());
+    }
+    // The removed set's memory is freed after a grace period: let that
+    // land before the baseline.
+    settle_meminfo(Duration::from_secs(5));
+    let before = meminfo_kernel();
+    l.first_run.push(dur_ms(sbx::run(ctx, parent, policy, truth)?));
+    l.first_mem.push(f(meminfo_kernel()) - f(before));
+    Ok(())
 }
 
 pub(super) fn which_true() -> Result<PathBuf> {
@@ -146,16 +280,29 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### 3. Sandbox lifecycle\n\n{} rounds of {} repetitions, alternating; small policy.\n",
-        plan.lifecycle_rounds, plan.lifecycle_reps
+        "### 3. Sandbox lifecycle\n\n{} rounds, the four kinds of start rotated per round ({} repetitions each of \
+         `/bin/true`, `/bin/true` moved into a new cgroup and `run` with the program set loaded; one first use, after \
+         removing the unused set); then {} attach, update (to a policy with one more rule and back: two per attach) \
+         and detach; then, with one other sandbox attached (as on any host that runs one: the kernel's cgroup-BPF hooks \
+         are already switched on, while the first link of each attach type on a host flips a static key, which patches \
+         kernel text on every CPU, and the last detach flips it back), {} `run` and the same attach, update and \
+         detach. Small policy; every `sbx-user` command is a whole process, started from the benchmark.\n",
+        plan.lifecycle_rounds, plan.lifecycle_reps, plan.lifecycle_reps, plan.lifecycle_reps
     );
     let base = Stat::of(&l.bin_true);
     let mut t = Table::new(&["operation", "median", "min", "vs /bin/true (median)", "added (median)"]);
     for (label, v) in [
         ("`/bin/true`", &l.bin_true),
-        ("`sbx-user run -- /bin/true`", &l.run),
+        ("`/bin/true` moved into a new cgroup (mkdir, `cgroup.procs`, exec, rmdir; no sbx)", &l.moved_true),
+        ("`sbx-user run -- /bin/true`, program set loaded", &l.run),
+        ("`sbx-user run -- /bin/true`, first use on the host (loads the set)", &l.first_run),
         ("`sbx-user attach`", &l.attach),
+        ("`sbx-user update`", &l.update),
         ("`sbx-user detach`", &l.detach),
+        ("`sbx-user run -- /bin/true`, beside another sandbox", &l.run_beside),
+        ("`sbx-user attach`, beside another sandbox", &l.attach_beside),
+        ("`sbx-user update`, beside another sandbox", &l.update_beside),
+        ("`sbx-user detach`, beside another sandbox", &l.detach_beside),
     ] {
         let Some(st) = Stat::of(v) else { continue };
         t.row(vec![
@@ -167,6 +314,22 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
         ]);
     }
     let _ = writeln!(s, "{t}");
+    if let Some(note) = &l.first_note {
+        let _ = writeln!(s, "First use on the host: {note}.\n");
+    }
+    if let Some(m) = Stat::of(&l.first_mem) {
+        let _ = writeln!(
+            s,
+            "Kernel memory of the program set (once per host): {} median over the first uses (change of \
+             `Slab + VmallocUsed + Percpu`){}.\n",
+            mib(m.median),
+            l.set_memlock.map_or(String::new(), |(p, q)| format!(
+                "; bpftool's `bytes_memlock`: programs {}, the host maps they use {}",
+                mib(p),
+                mib(q)
+            ))
+        );
+    }
     if let Some(tr) = &l.trace {
         let total: f64 = tr.by_cmd.values().map(|(_, ms)| ms).sum();
         let load = tr.by_cmd.get("BPF_PROG_LOAD").map_or(0.0, |(_, ms)| *ms);

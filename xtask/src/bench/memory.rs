@@ -5,6 +5,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -101,15 +102,41 @@ impl MemAcct {
 
 /// `Slab + VmallocUsed + Percpu` from /proc/meminfo, in bytes.
 pub(super) fn meminfo_kernel() -> u64 {
+    meminfo_sum(&["Slab", "VmallocUsed", "Percpu"])
+}
+
+/// `SUnreclaim + VmallocUsed + Percpu`: [`meminfo_kernel`] without the
+/// reclaimable slab (dentry and inode caches), which other work on a
+/// shared machine moves by megabytes a second.
+pub(super) fn meminfo_unreclaimable() -> u64 {
+    meminfo_sum(&["SUnreclaim", "VmallocUsed", "Percpu"])
+}
+
+fn meminfo_sum(keys: &[&str]) -> u64 {
     let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
-            ["Slab", "VmallocUsed", "Percpu"]
-                .contains(&k)
-                .then(|| v.split_whitespace().next()?.parse::<u64>().ok())
-                .flatten()
+            keys.contains(&k).then(|| v.split_whitespace().next()?.parse::<u64>().ok()).flatten()
         })
         .sum::<u64>()
         * 1024
+}
+
+/// Waits until the kernel's memory figure stops moving (frees after an RCU
+/// grace period or from a workqueue land late), at most `max`.
+pub(super) fn settle_meminfo(max: Duration) {
+    let start = Instant::now();
+    let mut last = meminfo_kernel();
+    let mut quiet = 0;
+    while start.elapsed() < max && quiet < 3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = meminfo_kernel();
+        if now.abs_diff(last) < 512 * 1024 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+        last = now;
+    }
 }

@@ -99,13 +99,13 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) rounds: Option<u32>,
     /// Fast smoke run: fewer iterations and rounds, no 1,000,000-rule
-    /// policy, 100 sandboxes instead of 1,000.
+    /// policy, 100 sandboxes instead of 10,000.
     #[arg(long)]
     pub(crate) quick: bool,
     /// Where to write the JSON results [default: <target>/bench/bench.json].
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
-    /// Sandboxes in the many-sandboxes benchmark [default: 1000, 100 with --quick].
+    /// Sandboxes in the many-sandboxes benchmark [default: 10000, 100 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=10_000))]
     pub(crate) sandboxes: Option<u32>,
     /// Run only these sections (comma list).
@@ -164,7 +164,7 @@ impl Plan {
                 sizes: vec![10, 1_000, 100_000],
                 load_rounds: 1,
                 profile_rounds: 1,
-                lifecycle_rounds: 2,
+                lifecycle_rounds: 3,
                 lifecycle_reps: 2,
                 sandboxes: 100,
             }
@@ -177,11 +177,11 @@ impl Plan {
                 tcp_iters: 3_000,
                 fast_iters: 10_000,
                 sizes: vec![10, 1_000, 100_000, 1_000_000],
-                load_rounds: 3,
+                load_rounds: 15,
                 profile_rounds: 5,
-                lifecycle_rounds: 5,
+                lifecycle_rounds: 15,
                 lifecycle_reps: 4,
-                sandboxes: 1_000,
+                sandboxes: 10_000,
             }
         };
         if let Some(r) = args.rounds {
@@ -227,13 +227,16 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         root: cgroup2.join(format!("sbx-bench-{pid}")),
         state_dir: bench_dir.join(format!("state-{pid}")),
         work: bench_dir.join(format!("work-{pid}")),
-        bpffs: env::var_os("SBX_BPFFS").map_or_else(|| PathBuf::from("/sys/fs/bpf"), PathBuf::from),
+        bpffs: env::var_os("SBX_BPFFS").map_or_else(|| bench_dir.join(format!("bpffs-{pid}")), PathBuf::from),
         mem: MemAcct::find(&cgroup2, pid),
         bpftool,
         cpu: std::thread::available_parallelism().map_or(None, |n| (n.get() > 1).then(|| n.get() - 1)),
     };
     install_teardown(&ctx);
     let _guard = Guard;
+    if env::var_os("SBX_BPFFS").is_none() {
+        context::mount_bpffs(&ctx.bpffs)?;
+    }
     fs::create_dir_all(&ctx.work).with_context(|| format!("creating {}", ctx.work.display()))?;
     fs::create_dir(&ctx.root).with_context(|| format!("creating cgroup {}", ctx.root.display()))?;
     if let Some(m) = &ctx.mem {

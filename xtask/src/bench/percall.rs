@@ -297,7 +297,13 @@ fn configs(
 
 /// The interleaved timed rounds over every configuration and route (the
 /// routes alternate which goes first), then the `bpf_stats` pass.
-fn rounds(ctx: &Ctx, plan: &Plan, configs: &[Config], nets: &[(Route, &Net)]) -> Result<Vec<(Route, Samples)>> {
+fn rounds(
+    ctx: &Ctx,
+    plan: &Plan,
+    configs: &[Config],
+    nets: &[(Route, &Net)],
+    with_profile: bool,
+) -> Result<Vec<(Route, Samples)>> {
     let mut out: Vec<(Route, Samples)> = nets.iter().map(|(r, _)| (*r, Samples::default())).collect();
     for round in 0..plan.rounds {
         eprintln!("bench: percall: round {}/{}", round + 1, plan.rounds);
@@ -315,7 +321,7 @@ fn rounds(ctx: &Ctx, plan: &Plan, configs: &[Config], nets: &[(Route, &Net)]) ->
             }
         }
     }
-    if ctx.bpftool {
+    if ctx.bpftool && with_profile {
         let mut bpf = profile(ctx, nets, configs, plan)?;
         for (route, samples) in &mut out {
             samples.bpf = bpf.remove(route).unwrap_or_default();
@@ -333,6 +339,8 @@ pub(super) fn policy_sections(
     want: Want,
 ) -> Result<(Option<Percall>, Option<Vec<ScaleRow>>)> {
     let mut rows = scale::check_sizes(ctx, plan, policies)?;
+    // The program set is loaded once per host; no load here includes it.
+    ctx.warm_set()?;
 
     let net = if want.loopback { Some(Net::new(Ipv4Addr::LOCALHOST)?) } else { None };
     if let Some(net) = &net {
@@ -393,7 +401,7 @@ pub(super) fn policy_sections(
         if let Some(n) = &host_net {
             nets.push((Route::Netns, n));
         }
-        let routes = rounds(ctx, plan, &configs, &nets)?;
+        let routes = rounds(ctx, plan, &configs, &nets, true)?;
         let audit_events = reader.stop().len() as u64;
         let port_json = |n: &Net| {
             json!({
@@ -432,6 +440,59 @@ pub(super) fn policy_sections(
         m.remove_children();
     }
     Ok((percall, want.scale.then_some(rows)))
+}
+
+/// Rule counts of the per-call rounds run beside the many sandboxes.
+pub(super) const NEIGHBOUR_SIZES: [usize; 2] = [10, 100_000];
+
+/// The per-call rounds again while the many-sandboxes section holds its
+/// sandboxes: no sandbox, the trivial programs, and sbx with
+/// [`NEIGHBOUR_SIZES`] rules, on loopback and to the test host `host`, the
+/// same interleaving and checks as section 1 (no `bpf_stats` pass).
+pub(super) fn with_neighbours(ctx: &Ctx, plan: &Plan, host: &TestHost) -> Result<Percall> {
+    let policies = Policies::new(&ctx.work, &NEIGHBOUR_SIZES)?;
+    let net = Net::new(Ipv4Addr::LOCALHOST)?;
+    let addr = host.addr;
+    let host_net = host.inside(move || Net::new(addr))?;
+    let extra = sbx::allow_test_host(host.addr);
+    let mut configs = vec![
+        Config { name: "none".into(), label: "no sandbox".into(), kind: Kind::None, cg: ctx.mkcg("nb-none")? },
+        Config {
+            name: "floor".into(),
+            label: "trivial connect4/sendmsg4 programs (return 1)".into(),
+            kind: Kind::Floor,
+            cg: ctx.mkcg("nb-floor")?,
+        },
+    ];
+    for n in NEIGHBOUR_SIZES {
+        let mut flags = policies.flags(n);
+        flags.extend(extra.iter().cloned());
+        configs.push(Config {
+            name: format!("sbx-{}", size_label(n)),
+            label: format!("sbx, {} CIDR rules", thousands(f(n as u64))),
+            kind: Kind::Sbx { flags, rules: Some(n), audit: false },
+            cg: ctx.mkcg(&format!("nb-rules-{n}"))?,
+        });
+    }
+    let mut floors = Vec::new();
+    for c in &configs {
+        match &c.kind {
+            Kind::Sbx { flags, .. } => {
+                ctx.attach(&c.cg, flags, None, None)?;
+            }
+            Kind::Floor => floors.push(Floor::attach(&c.cg)?),
+            Kind::None | Kind::Landlock => {}
+        }
+    }
+    let routes = rounds(ctx, plan, &configs, &[(Route::Loopback, &net), (Route::Netns, &host_net)], false)?;
+    drop(floors);
+    for c in &configs {
+        if c.is_sbx() {
+            ctx.detach(&c.cg)?;
+        }
+        rmdir_retry(&c.cg);
+    }
+    Ok(Percall { configs, routes, audit_events: 0, ports: json!({}) })
 }
 
 impl Percall {

@@ -7,7 +7,7 @@ use std::{
     fs, io,
     net::Ipv4Addr,
     os::{fd::AsRawFd, unix::fs::MetadataExt as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
@@ -69,11 +69,12 @@ pub(super) fn policy_file_flags(file: &Path, n: usize) -> Vec<String> {
 impl Ctx {
     pub(super) fn sbx_cmd(&self) -> Command {
         let mut c = Command::new(&self.sbx);
-        c.env("SBX_STATE_DIR", &self.state_dir);
+        c.env("SBX_STATE_DIR", &self.state_dir).env("SBX_BPFFS", &self.bpffs);
         c
     }
 
-    /// `sbx-user attach`, optionally run inside memory cgroup `memcg`.
+    /// `sbx-user attach`, optionally run inside memory cgroup `memcg`
+    /// (from a launcher already there: see [`Ctx::attach_each`]).
     pub(super) fn attach(
         &self,
         cg: &Path,
@@ -81,12 +82,65 @@ impl Ctx {
         memcg: Option<&Path>,
         limit: Option<Duration>,
     ) -> Result<Duration> {
+        if let Some(m) = memcg {
+            let t = self.attach_each(&[(cg.to_owned(), policy.to_vec())], m, limit)?;
+            return Ok(t[0]);
+        }
         let mut cmd = self.sbx_cmd();
         cmd.args(["attach", "--cgroup"]).arg(cg).args(policy);
-        let file = memcg.map(procs_fd).transpose()?;
-        in_cgroups(&mut cmd, file.iter().map(AsRawFd::as_raw_fd).collect(), Vec::new());
-        let d = timed_quiet(&mut cmd, &format!("sbx-user attach --cgroup {}", cg.display()), limit)?;
-        Ok(d)
+        timed_quiet(&mut cmd, &format!("sbx-user attach --cgroup {}", cg.display()), limit)
+    }
+
+    /// `sbx-user attach` for each `(cgroup, policy)`, one after another,
+    /// inside memory cgroup `memcg`, so the kernel memory they create is
+    /// charged there. They are started by one launcher process
+    /// (`sbx-bench-worker spawn`) placed in `memcg` once: a process born in
+    /// a cgroup costs nothing to put there, while moving one into it waits
+    /// for an RCU grace period (10-60 ms here), which would swamp a
+    /// millisecond attach. Returns each attach's wall time.
+    pub(super) fn attach_each(
+        &self,
+        sandboxes: &[(PathBuf, Vec<String>)],
+        memcg: &Path,
+        limit: Option<Duration>,
+    ) -> Result<Vec<Duration>> {
+        let mut text = String::new();
+        for (cg, policy) in sandboxes {
+            let mut words = vec![
+                self.sbx.to_string_lossy().into_owned(),
+                "attach".to_owned(),
+                "--cgroup".to_owned(),
+                cg.to_string_lossy().into_owned(),
+            ];
+            words.extend(policy.iter().cloned());
+            text.push_str(&words.join("\t"));
+            text.push('\n');
+        }
+        let list = self.work.join("attach-list.txt");
+        fs::write(&list, text).with_context(|| format!("writing {}", list.display()))?;
+        let mut cmd = Command::new(&self.worker);
+        cmd.arg("spawn").arg("--list").arg(&list).env("SBX_STATE_DIR", &self.state_dir).env("SBX_BPFFS", &self.bpffs);
+        // The launcher is also in a cgroup of ours (a v2 memory cgroup
+        // already is one), so teardown finds and stops it.
+        let mut cgs = vec![procs_fd(memcg)?];
+        if !memcg.starts_with(&self.root) {
+            cgs.push(procs_fd(&self.mkcg("launcher")?)?);
+        }
+        in_cgroups(&mut cmd, cgs.iter().map(AsRawFd::as_raw_fd).collect(), Vec::new());
+        let what = if sandboxes.len() == 1 {
+            format!("sbx-user attach --cgroup {}", sandboxes[0].0.display())
+        } else {
+            format!("{} sbx-user attach commands", sandboxes.len())
+        };
+        let (_, out) = timed_output(&mut cmd, &what, limit)?;
+        let v: Value =
+            serde_json::from_str(out.trim()).with_context(|| format!("parsing the launcher's output {out:?}"))?;
+        let ns: Vec<Duration> =
+            v["ns"].as_array().into_iter().flatten().filter_map(Value::as_u64).map(Duration::from_nanos).collect();
+        if ns.len() != sandboxes.len() {
+            anyhow::bail!("the launcher timed {} of {} attaches", ns.len(), sandboxes.len());
+        }
+        Ok(ns)
     }
 
     pub(super) fn detach(&self, cg: &Path) -> Result<Duration> {
@@ -134,6 +188,7 @@ pub(super) fn strace_attach(ctx: &Ctx, cg: &Path, policy: &[String], log: &Path)
         .arg(log)
         .arg(&ctx.sbx)
         .env("SBX_STATE_DIR", &ctx.state_dir)
+        .env("SBX_BPFFS", &ctx.bpffs)
         .args(["attach", "--cgroup"])
         .arg(cg)
         .args(policy);
@@ -148,11 +203,12 @@ pub(super) fn looks_attached(bpffs: &Path, cg: &Path) -> bool {
 
 /// `sbx-user detach` for teardown: untimed and quiet; says whether it
 /// worked.
-pub(super) fn detach_quietly(sbx: &Path, state_dir: &Path, cg: &Path) -> bool {
+pub(super) fn detach_quietly(sbx: &Path, state_dir: &Path, bpffs: &Path, cg: &Path) -> bool {
     Command::new(sbx)
         .args(["detach", "--cgroup"])
         .arg(cg)
         .env("SBX_STATE_DIR", state_dir)
+        .env("SBX_BPFFS", bpffs)
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -273,4 +329,96 @@ pub(super) fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+impl Ctx {
+    /// `sbx-user update --cgroup CG FLAGS`, timed.
+    pub(super) fn update(&self, cg: &Path, policy: &[String]) -> Result<Duration> {
+        let mut cmd = self.sbx_cmd();
+        cmd.args(["update", "--cgroup"]).arg(cg).args(policy);
+        timed_quiet(&mut cmd, &format!("sbx-user update --cgroup {}", cg.display()), None)
+    }
+}
+
+impl Ctx {
+    /// Makes sure the host (our bpffs) has the program set loaded, outside
+    /// any measurement: one attach and detach on a scratch cgroup.
+    pub(super) fn warm_set(&self) -> Result<()> {
+        let cg = self.mkcg("warm")?;
+        self.attach(&cg, &host_event_stream(), None, None)?;
+        self.detach(&cg)?;
+        super::context::rmdir_retry(&cg);
+        Ok(())
+    }
+}
+
+/// `--event-buffer 0`: the sandbox's events go to the host event stream
+/// (no ring buffer of its own).
+pub(super) fn host_event_stream() -> Vec<String> {
+    vec!["--event-buffer".to_owned(), "0".to_owned()]
+}
+
+/// Prefix of sbx's program set directories (`<bpffs>/sbx/set-<id>`) and of
+/// the marker in a sandbox's pins (`<bpffs>/sbx/<cgroup-id>/set-<id>`) that
+/// names the set holding it.
+const SET_PREFIX: &str = "set-";
+
+/// What [`remove_unused_sets`] did.
+#[derive(Debug, Default)]
+pub(super) struct SetCleanup {
+    /// Set directories removed (no sandbox named them).
+    pub(super) removed: Vec<String>,
+    /// Set directories kept because a sandbox's marker names them.
+    pub(super) in_use: Vec<String>,
+}
+
+/// Removes every program set directory under `<bpffs>/sbx` that no
+/// sandbox's `set-<id>` marker names, so the next `sbx-user` call loads
+/// its set afresh (the first use on a host). It holds sbx's host lock (an
+/// `flock` on `<bpffs>/sbx`) meanwhile, so no `sbx-user` is between opening
+/// a set and writing its marker; a set any sandbox uses, ours or anyone
+/// else's, is never touched.
+pub(super) fn remove_unused_sets(bpffs: &Path) -> Result<SetCleanup> {
+    let root = bpffs.join("sbx");
+    let mut out = SetCleanup::default();
+    let Ok(dir) = fs::File::open(&root) else {
+        return Ok(out);
+    };
+    loop {
+        // SAFETY: flock(2) on a descriptor we own; released when it closes.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e).with_context(|| format!("locking {}", root.display()));
+        }
+    }
+    let names: Vec<String> = fs::read_dir(&root)
+        .with_context(|| format!("listing {}", root.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    let mut in_markers = std::collections::BTreeSet::new();
+    for sandbox in names.iter().filter(|n| n.parse::<u64>().is_ok()) {
+        let pins = match fs::read_dir(root.join(sandbox)) {
+            Ok(p) => p,
+            // Gone since it was listed: it names nothing any more.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}/{sandbox}", root.display())),
+        };
+        in_markers
+            .extend(pins.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix(SET_PREFIX).map(str::to_owned)));
+    }
+    for set in names.iter().filter_map(|n| n.strip_prefix(SET_PREFIX)) {
+        if in_markers.contains(set) {
+            out.in_use.push(set.to_owned());
+            continue;
+        }
+        let path = root.join(format!("{SET_PREFIX}{set}"));
+        fs::remove_dir_all(&path).with_context(|| format!("removing the unused program set {}", path.display()))?;
+        out.removed.push(set.to_owned());
+    }
+    drop(dir);
+    Ok(out)
 }

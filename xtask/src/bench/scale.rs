@@ -7,14 +7,13 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{
-    bpftool::memlock_under,
     context::{rmdir_retry, Ctx},
     memory::{meminfo_kernel, MemAcct},
     policies::Policies,
     report::Table,
     runner::interleaved,
     sbx,
-    stats::{dur_ms, f, median, mib, ms, thousands, x, Stat},
+    stats::{dur_ms, f, mib, ms, thousands, x, Stat},
     Plan,
 };
 
@@ -28,8 +27,6 @@ pub(super) struct ScaleRow {
     pub(super) check_ms: Vec<f64>,
     pub(super) detach_ms: Vec<f64>,
     pub(super) memcg_bytes: Vec<f64>,
-    pub(super) memlock_progs: Vec<f64>,
-    pub(super) memlock_maps: Vec<f64>,
     pub(super) meminfo_bytes: Vec<f64>,
 }
 
@@ -43,8 +40,6 @@ impl ScaleRow {
             check_ms: vec![],
             detach_ms: vec![],
             memcg_bytes: vec![],
-            memlock_progs: vec![],
-            memlock_maps: vec![],
             meminfo_bytes: vec![],
         }
     }
@@ -59,8 +54,6 @@ impl ScaleRow {
             "check_ms": s(&self.check_ms),
             "detach_ms": s(&self.detach_ms),
             "memcg_kernel_bytes": s(&self.memcg_bytes),
-            "bpftool_memlock_prog_bytes": s(&self.memlock_progs),
-            "bpftool_memlock_map_bytes": s(&self.memlock_maps),
             "meminfo_delta_bytes": s(&self.meminfo_bytes),
         })
     }
@@ -79,11 +72,6 @@ impl ScaleRow {
         self.meminfo_bytes.push(f(meminfo_kernel()) - f(info_before));
         if let (Some(m), Some(p), Some(b)) = (&ctx.mem, &memcg, mem_before) {
             self.memcg_bytes.push(f(m.kernel_bytes(p)?) - f(b));
-        }
-        if ctx.bpftool {
-            let (p, m) = memlock_under(cg)?;
-            self.memlock_progs.push(f(p));
-            self.memlock_maps.push(f(m));
         }
         self.entries = ctx.entries(cg).or(self.entries);
         Ok(())
@@ -119,9 +107,10 @@ pub(super) fn scale_table(rows: &[ScaleRow], plan: &Plan, ctx: &Ctx) -> String {
     let _ = writeln!(
         s,
         "### 2. Policy scale\n\nUp to {} loads per size, interleaved (one for loads over {} s). `attach` is the whole command \
-         (parse, compile, load and verify the programs, fill the maps, attach, pin); parse+compile is `sbx-user check` on the \
-         same policy. Kernel memory: {}. bpftool's `bytes_memlock` for an LPM trie counts only its rule nodes (not intermediate \
-         nodes or allocator caches); /proc/meminfo is machine-wide and noisy at small sizes.\n",
+         (parse, compile, fill the sandbox's tries, link the host's program set, pin); parse+compile is `sbx-user check` on \
+         the same policy. Kernel memory, of the first load of each size (later loads reuse the emptied tries a detached \
+         sandbox leaves in place, which stay charged to their creator): {}; /proc/meminfo is machine-wide and noisy at \
+         small sizes. The program set is shared by every sandbox and loaded before (section 3 measures its first load).\n",
         plan.load_rounds,
         SLOW_LOAD.as_secs(),
         ctx.mem.as_ref().map_or("no memory cgroup on this machine".into(), MemAcct::describe)
@@ -135,22 +124,13 @@ pub(super) fn scale_table(rows: &[ScaleRow], plan: &Plan, ctx: &Ctx) -> String {
         "parse+compile",
         "detach",
         "kernel memory (memcg)",
-        "bpftool memlock progs + maps",
         "/proc/meminfo delta",
     ]);
     for r in rows {
         if let Some(why) = &r.skipped {
-            t.row(vec![
-                thousands(f(r.rules as u64)),
-                why.clone(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
+            let mut row = vec![thousands(f(r.rules as u64)), why.clone()];
+            row.resize(8, String::new());
+            t.row(row);
             continue;
         }
         let a = Stat::of(&r.attach_ms);
@@ -161,13 +141,8 @@ pub(super) fn scale_table(rows: &[ScaleRow], plan: &Plan, ctx: &Ctx) -> String {
             a.zip(base).map_or("n/a".into(), |(a, b)| x(a.median / b.median)),
             Stat::of(&r.check_ms).map_or("n/a".into(), |c| ms(c.median)),
             Stat::of(&r.detach_ms).map_or("n/a".into(), |c| ms(c.median)),
-            Stat::of(&r.memcg_bytes).map_or("n/a".into(), |m| mib(m.median)),
-            if r.memlock_maps.is_empty() {
-                "n/a".into()
-            } else {
-                format!("{} + {}", mib(median(&r.memlock_progs)), mib(median(&r.memlock_maps)))
-            },
-            Stat::of(&r.meminfo_bytes).map_or("n/a".into(), |m| mib(m.median)),
+            r.memcg_bytes.first().map_or("n/a".into(), |&m| mib(m)),
+            r.meminfo_bytes.first().map_or("n/a".into(), |&m| mib(m)),
         ]);
     }
     let _ = writeln!(s, "{t}");

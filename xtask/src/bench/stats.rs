@@ -69,8 +69,20 @@ pub(super) fn mib(bytes: f64) -> String {
     }
 }
 
+/// Milliseconds, with two decimals below 10 ms (the lifecycle targets are
+/// a few ms).
 pub(super) fn ms(d: f64) -> String {
-    format!("{d:.1} ms")
+    if d.abs() < 10.0 {
+        format!("{d:.2} ms")
+    } else {
+        format!("{d:.1} ms")
+    }
+}
+
+/// Bytes as KiB, whatever the size (per-sandbox figures compare with a
+/// target in KiB).
+pub(super) fn kib(bytes: f64) -> String {
+    format!("{:.1} KiB", bytes / 1024.0)
 }
 
 pub(super) fn dur_ms(d: Duration) -> f64 {

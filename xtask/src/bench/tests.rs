@@ -49,3 +49,22 @@ fn bench_net_overlap() {
     assert!(!overlaps_bench_net(a("198.17.255.0"), 24));
     assert!(!overlaps_bench_net(a("10.0.0.0"), 8));
 }
+
+#[test]
+fn only_program_sets_no_sandbox_names_are_removed() {
+    let dir = std::env::temp_dir().join(format!("sbx-bench-sets-{}", std::process::id()));
+    let root = dir.join("sbx");
+    for d in ["123/set-aaaa", "456", "set-aaaa/prog_x", "set-bbbb/prog_x", "tmp-set-cccc-1"] {
+        std::fs::create_dir_all(root.join(d)).expect("creating the test tree");
+    }
+    let done = super::sbx::remove_unused_sets(&dir).expect("removing unused sets");
+    assert_eq!(done.removed, vec!["bbbb".to_owned()]);
+    assert_eq!(done.in_use, vec!["aaaa".to_owned()]);
+    assert!(root.join("set-aaaa/prog_x").is_dir(), "the set a sandbox names stays");
+    assert!(!root.join("set-bbbb").exists());
+    assert!(root.join("123/set-aaaa").is_dir() && root.join("tmp-set-cccc-1").is_dir(), "nothing else is touched");
+    // No bpffs at all: nothing to do.
+    let none = super::sbx::remove_unused_sets(&dir.join("missing")).expect("a missing bpffs is fine");
+    assert!(none.removed.is_empty() && none.in_use.is_empty());
+    std::fs::remove_dir_all(&dir).expect("cleaning up");
+}

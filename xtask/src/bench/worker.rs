@@ -237,11 +237,11 @@ pub(super) fn flood(ctx: &Ctx, cg: &Path, port: u16, n: u32) -> Result<(Duration
 
 /// `hop`: one worker that starts in `start_cg` and visits every cgroup of
 /// `list` (lines of `PATH OWN_PORT NEIGHBOUR_PORT`), checking that its own
-/// loopback port is not refused by policy and its neighbour's is. Returns
+/// port on `addr` is not refused by policy and its neighbour's is. Returns
 /// its wall time and its report (`checked`, `failures`).
-pub(super) fn hop(ctx: &Ctx, start_cg: &Path, list: &Path) -> Result<(Duration, Value)> {
+pub(super) fn hop(ctx: &Ctx, start_cg: &Path, list: &Path, addr: Ipv4Addr) -> Result<(Duration, Value)> {
     let mut cmd = Command::new(&ctx.worker);
-    cmd.arg("hop").arg("--list").arg(list);
+    cmd.arg("hop").arg("--list").arg(list).arg("--addr").arg(addr.to_string());
     let procs = procs_fd(start_cg)?;
     in_cgroups(&mut cmd, vec![procs.as_raw_fd()], Vec::new());
     let (took, stdout) = timed_output(&mut cmd, "the enforcement check", None)?;

@@ -14,9 +14,15 @@
 //!   as fds 4 and 5 (the allowed and the denied UDP port) so it need not
 //!   bind anything itself: bind is a hook too.
 //! - `hop`: for a list of cgroups, move into each and check that its own
-//!   loopback port is reachable and its neighbour's is refused with EPERM.
+//!   port (on loopback or the test host) is not refused by policy and its
+//!   neighbour's is refused with EPERM.
 //! - `paced`: denied connects at a steady pace, each stamped with
 //!   `CLOCK_MONOTONIC` just before the call, for event latency.
+//! - `spawn`: runs a list of commands one after another, timing each. The
+//!   parent places this process in the cgroups the commands must run in
+//!   (a memory cgroup that counts what `sbx-user attach` creates) once;
+//!   its children are born there, so no command pays for a migration
+//!   between cgroups (which waits for an RCU grace period).
 //!
 //! Output is one JSON object on stdout.
 
@@ -63,6 +69,15 @@ enum Cmd {
     Hop(HopArgs),
     /// Connects at a steady pace, stamped.
     Paced(PacedArgs),
+    /// Runs commands one after another, timing each.
+    Spawn(SpawnArgs),
+}
+
+#[derive(clap::Args)]
+struct SpawnArgs {
+    /// File with one command per line, its words separated by tabs.
+    #[arg(long)]
+    list: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +138,10 @@ struct HopArgs {
     /// File with one line per cgroup: `PATH OWN_PORT NEIGHBOUR_PORT`.
     #[arg(long)]
     list: PathBuf,
+    /// Where the ports are: 127.0.0.1, or the test host in the benchmark's
+    /// network namespace (an address in 198.18.0.0/15).
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST, value_parser = bench_addr)]
+    addr: Ipv4Addr,
 }
 
 fn main() -> Result<()> {
@@ -130,7 +149,45 @@ fn main() -> Result<()> {
         Cmd::Percall(a) => percall(&a),
         Cmd::Hop(a) => hop(&a),
         Cmd::Paced(a) => paced(&a),
+        Cmd::Spawn(a) => spawn(&a),
     }
+}
+
+/// Runs every command of the list in turn (stdout discarded, stderr kept
+/// for the error), printing the wall time of each in ns; stops at the
+/// first that fails.
+fn spawn(a: &SpawnArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.list).with_context(|| format!("reading {}", a.list.display()))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let mut ns = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let mut words = line.split('\t');
+        let program = words.next().context("an empty command")?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(words)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let start = Instant::now();
+        let out = cmd.output().with_context(|| format!("running {}", line.replace('\t', " ")))?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!(
+                "command {} of {} failed ({}): {}: {}",
+                i + 1,
+                lines.len(),
+                out.status,
+                line.replace('\t', " "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        ns.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        if lines.len() >= 1000 && (i + 1) % 1000 == 0 {
+            eprintln!("bench: {} of {} done", i + 1, lines.len());
+        }
+    }
+    println!("{}", json!({ "ns": ns }));
+    Ok(())
 }
 
 /// The outcome of one call: `ok` or the errno's name.
@@ -435,9 +492,9 @@ fn enter(procs: &str) -> Result<()> {
 
 /// One connect from a fresh socket (created after the move, so it belongs
 /// to the current cgroup).
-fn probe(port: u16) -> Result<&'static str> {
+fn probe(addr: Ipv4Addr, port: u16) -> Result<&'static str> {
     let fd = socket(libc::SOCK_STREAM)?;
-    let rc = connect(fd, &loopback(port));
+    let rc = connect(fd, &sockaddr(addr, port));
     let o = outcome(rc);
     close(fd);
     Ok(o)
@@ -455,8 +512,8 @@ fn hop(a: &HopArgs) -> Result<()> {
         };
         let (own, other): (u16, u16) = (own.parse()?, other.parse()?);
         enter(&format!("{cg}/cgroup.procs"))?;
-        let own_o = probe(own)?;
-        let other_o = probe(other)?;
+        let own_o = probe(a.addr, own)?;
+        let other_o = probe(a.addr, other)?;
         checked += 1;
         // Its own port must not be refused by policy (no listener there, so
         // ECONNREFUSED; a listener would make it `ok`); the neighbour's must.
