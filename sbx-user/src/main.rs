@@ -45,6 +45,7 @@ fn main() {
     }
     logger.init();
     let result = match &cli.command {
+        Command::Agent(a) => cli::agent::run(a, &cli.global),
         Command::Attach(a) => cli::attach::run(a, &cli.global),
         Command::Detach(a) => cli::detach::run(a, &cli.global),
         Command::Update(a) => cli::update::run(a, &cli.global),

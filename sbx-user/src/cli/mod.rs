@@ -22,6 +22,7 @@ use crate::{
     state::{Paths, DEFAULT_BPFFS, DEFAULT_STATE_DIR},
 };
 
+pub mod agent;
 pub mod attach;
 pub mod check;
 pub mod detach;
@@ -305,6 +306,9 @@ pub enum Command {
     /// Validate a policy and show what it compiles to, without root.
     #[command(after_long_help = format!("{POLICY_HELP}\n\n{EXIT_HELP}"))]
     Check(check::CheckArgs),
+    /// The host agent: a daemon that creates and holds sandboxes for its
+    /// clients over a UNIX socket (JSON lines; see the README).
+    Agent(agent::AgentArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     #[command(hide = true)]
