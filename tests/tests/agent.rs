@@ -465,3 +465,169 @@ fn the_configuration_is_checked_and_reloaded() {
         ok(&agent.call(&json!({"v": 1, "op": "detach", "cgroup": format!("{}/{cg}", b.arg()), "remove": true})));
     }
 }
+
+/// `sbx-user` as `user` (root when `None`) with `args`.
+fn cli_as(sbx: &Sbx, user: Option<&TestUser>, args: &[&str]) -> std::process::Output {
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.arg("--reuid").arg(u.uid.to_string()).arg("--regid").arg(u.gid.to_string());
+            c.args(["--init-groups", "--"]).arg(sbx_tests::sbx_user_bin());
+            c
+        }
+        None => Command::new(sbx_tests::sbx_user_bin()),
+    };
+    cmd.env("SBX_STATE_DIR", sbx.state_dir()).args(args).stdin(std::process::Stdio::null());
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// The CLI through the agent: a member of the agent's group, not root,
+/// creates, updates, reports and removes a sandbox with the same commands
+/// and output as root's direct path.
+#[test]
+fn the_cli_goes_through_the_agent_for_a_member_of_its_group() {
+    let net = TestNet::new(&probe!());
+    net.serve_tcp(8080);
+    net.serve_tcp(8081);
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let group = TestGroup::new();
+    let member = TestUser::new(&[&group]);
+    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    let sock = agent.socket_arg();
+    let job = root.path().join("cli");
+    let job_arg = job.display().to_string();
+    let allow = format!("{}:8080", net.ns_v4);
+
+    // Without the agent, the member cannot attach at all.
+    let out = cli_as(&sbx, Some(&member), &["attach", "--create", "--cgroup", &job_arg, "--allow", &allow]);
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+
+    let out = cli_as(
+        &sbx,
+        Some(&member),
+        &["--agent-socket", &sock, "attach", "--create", "--cgroup", &job_arg, "--allow", &allow],
+    );
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with(&format!("attached to {job_arg} (cgroup id ")), "{stdout}");
+    assert!(stdout.contains(&format!("allow {allow}")), "the policy summary: {stdout}");
+    let inside = probe!().in_cgroup(&job).in_netns(net.name());
+    assert_eq!(inside.connect(Tcp, net.ns_v4, 8080), "ok");
+    assert_eq!(inside.connect(Tcp, net.ns_v4, 8081), "err EPERM");
+
+    // SBX_AGENT_SOCKET names it as well as the flag.
+    let mut cmd = Command::new("setpriv");
+    cmd.arg("--reuid").arg(member.uid.to_string()).arg("--regid").arg(member.gid.to_string());
+    cmd.args(["--init-groups", "--"]).arg(sbx_tests::sbx_user_bin());
+    cmd.env("SBX_AGENT_SOCKET", &sock).args([
+        "update",
+        "--cgroup",
+        &job_arg,
+        "--allow",
+        &format!("{}:8081", net.ns_v4),
+    ]);
+    let out = cmd.output().expect("running sbx-user update");
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("updated policy of {job_arg}")));
+    assert_eq!(inside.connect(Tcp, net.ns_v4, 8081), "ok");
+    assert_eq!(inside.connect(Tcp, net.ns_v4, 8080), "err EPERM");
+
+    let out = cli_as(&sbx, Some(&member), &["--agent-socket", &sock, "status", "--json"]);
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(v[0]["cgroup"], job_arg, "{v}");
+    assert_eq!(v[0]["missing_hooks"], json!([]), "{v}");
+    assert_eq!(v[0]["creator_uid"], member.uid);
+
+    // The member may not aim the CLI at a cgroup outside the agent's subtree.
+    let other = TestCgroup::new();
+    let out = cli_as(
+        &sbx,
+        Some(&member),
+        &["--agent-socket", &sock, "attach", "--cgroup", other.arg(), "--profile", "offline"],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert_eq!(other.prog_counts(), [0; 6]);
+
+    let out = cli_as(&sbx, Some(&member), &["--agent-socket", &sock, "detach", "--remove", "--cgroup", &job_arg]);
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    assert!(!job.exists());
+}
+
+/// A socket the CLI is pointed at must be served by root and must answer in
+/// time; otherwise the CLI fails (125) and does nothing, even as root,
+/// where the direct path would have worked.
+#[test]
+fn the_cli_does_not_trust_a_fake_or_silent_agent() {
+    let cg = TestCgroup::new();
+    let sbx = Sbx::new();
+    let user = TestUser::new(&[]);
+    let dir = TempDir::new("fake-agent");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    // Says yes to everything, as a fail-open client would want to hear.
+    let server = r#"
+import os, socket, sys
+path, mode = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX); s.bind(path); os.chmod(path, 0o777); s.listen(16)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    if mode == "yes":
+        try:
+            c.recv(65536)
+            c.sendall(b'{"v":1,"ok":true,"cgroup":"x","cgroup_id":1}\n')
+        except OSError:
+            pass
+        c.close()
+    else:
+        conns = globals().setdefault("held", []); conns.append(c)
+"#;
+    let start = |mode: &str, as_user: Option<&TestUser>| {
+        let path = dir.path().join(format!("{mode}.sock"));
+        let mut cmd = match as_user {
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.arg("--reuid").arg(u.uid.to_string()).arg("--regid").arg(u.gid.to_string());
+                c.args(["--init-groups", "--", "/usr/bin/python3"]);
+                c
+            }
+            None => Command::new("/usr/bin/python3"),
+        };
+        cmd.args(["-c", server]).arg(&path).arg(mode);
+        let mut bg = sbx_tests::Background::spawn(mode, &mut cmd);
+        assert_eq!(bg.read_line().trim(), "ready");
+        (bg, path.display().to_string())
+    };
+    let attach = ["attach", "--cgroup", cg.arg(), "--profile", "offline"];
+
+    let (_fake, fake) = start("yes", Some(&user));
+    let mut cmd = sbx.cmd();
+    cmd.env("SBX_AGENT_SOCKET", &fake).args(attach);
+    let out = cmd.output().expect("sbx-user");
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not root"), "{}", sbx_tests::describe(&out));
+    assert_eq!(cg.prog_counts(), [0; 6], "nothing attached");
+
+    let (_silent, silent) = start("silent", None);
+    let t = Instant::now();
+    let out = sbx.output(&[&["--agent-socket", silent.as_str(), "--agent-timeout", "1"][..], &attach[..]].concat());
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not answer within 1 s"),
+        "{}",
+        sbx_tests::describe(&out)
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "gave up after {:?}", t.elapsed());
+    assert_eq!(cg.prog_counts(), [0; 6], "nothing attached");
+
+    let nothing = dir.path().join("nothing.sock").display().to_string();
+    let out = sbx.output(&[&["--agent-socket", nothing.as_str()][..], &attach[..]].concat());
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect to the sbx agent"),
+        "{}",
+        sbx_tests::describe(&out)
+    );
+    assert_eq!(cg.prog_counts(), [0; 6], "no quiet fallback to the direct path");
+}

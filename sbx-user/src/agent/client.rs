@@ -14,6 +14,96 @@ use serde_json::{Map, Value};
 
 use super::protocol::{self, Reply, Request};
 
+/// Connects, retrying while the agent's backlog is full, for at most
+/// `timeout`: a blocking connect to an agent that accepts nothing would
+/// wait for ever.
+fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let err = |source| ClientError::Connect { path: path.to_owned(), source };
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long")));
+    }
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).expect("AF_UNIX fits");
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = s.cast_signed();
+    }
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_un>()).expect("small");
+        // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
+        let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
+        if rc == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: the listener's backlog is full; it may yet accept.
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(err(e));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::Timeout { path: path.to_owned(), secs: timeout.as_secs() });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stream.set_nonblocking(false).map_err(err)?;
+    Ok(stream)
+}
+
+/// Reads what is available (up to 4 KiB, at least one byte) and the one
+/// file descriptor sent with it as `SCM_RIGHTS`, if any.
+fn recv_with_fd(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut buf = vec![0u8; 4096];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // Room for one int in a control message, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: `msg` points at live buffers of the sizes it states.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    buf.truncate(n);
+    let mut fd = None;
+    // SAFETY: walking the control messages recvmsg filled in, with the
+    // kernel's own macros; each SCM_RIGHTS payload holds whole ints.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
+                for i in 0..count {
+                    let raw = data.add(i * size_of::<i32>()).cast::<[u8; 4]>().read_unaligned();
+                    let owned = std::os::fd::OwnedFd::from_raw_fd(i32::from_ne_bytes(raw));
+                    // Only the first is kept; any other is closed here.
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("the agent sent more file descriptors than expected"));
+    }
+    Ok((buf, fd))
+}
+
 /// How long the CLI waits for the agent's reply to one request. Attaching
 /// a policy of 100,000 rules takes a few seconds; a minute with no reply
 /// means the agent is stuck.
@@ -90,8 +180,7 @@ pub struct Client {
 impl Client {
     /// Connects and checks that the agent is root.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
-        let stream =
-            UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let stream = connect_within(path, timeout)?;
         let io_err = |source| ClientError::Io { path: path.to_owned(), source };
         let peer = super::access::peer(&stream).map_err(io_err)?;
         if peer.uid != 0 {
@@ -120,6 +209,29 @@ impl Client {
         }
         match protocol::decode_reply(&reply) {
             Ok(Reply::Ok(map)) => Ok(map),
+            Ok(Reply::Err { code, message }) => Err(ClientError::Agent { code, message }),
+            Err(e) => Err(ClientError::Protocol { path: self.path.clone(), message: e.to_string() }),
+        }
+    }
+
+    /// Sends one request and reads its reply and the file descriptor that
+    /// came with it (`SCM_RIGHTS` on the reply's first byte), if any.
+    pub fn call_with_fd(
+        &mut self,
+        request: &Request,
+    ) -> Result<(Map<String, Value>, Option<std::os::fd::OwnedFd>), ClientError> {
+        let line = protocol::encode_request(request);
+        self.stream.write_all(&line).map_err(|e| self.io(e))?;
+        let (first, fd) = recv_with_fd(&self.stream).map_err(|e| self.io(e))?;
+        let mut reply = first;
+        if !reply.ends_with(b"\n") {
+            self.reader.read_until(b'\n', &mut reply).map_err(|e| self.io(e))?;
+        }
+        if reply.is_empty() {
+            return Err(self.io(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection")));
+        }
+        match protocol::decode_reply(&reply) {
+            Ok(Reply::Ok(map)) => Ok((map, fd)),
             Ok(Reply::Err { code, message }) => Err(ClientError::Agent { code, message }),
             Err(e) => Err(ClientError::Protocol { path: self.path.clone(), message: e.to_string() }),
         }

@@ -291,6 +291,7 @@ pub fn attach(
             "max_entries": record.max_entries,
             "creator_uid": existing_owner.as_ref().map_or(0, |o| o.uid),
             "summary": policy.summary(),
+            "policy": policy,
         })),
         Err(e) => {
             if create {
@@ -328,6 +329,7 @@ pub fn update(ctx: &Context<'_>, caller: &Caller, cgroup: &str, src: &PolicySour
         "generation": record.generation,
         "creator_uid": owner.map_or(0, |o| o.uid),
         "summary": policy.summary(),
+        "policy": policy,
     }))
 }
 

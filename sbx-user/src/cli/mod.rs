@@ -34,6 +34,7 @@ pub mod run;
 pub mod status;
 pub mod update;
 pub mod verify;
+pub mod via_agent;
 
 const POLICY_HELP: &str = "\
 POLICY FILE (TOML):
@@ -263,6 +264,16 @@ pub struct GlobalArgs {
     /// More diagnostics on stderr (-vv for debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The host agent's socket: attach, update, detach and status go
+    /// through it (and fail if it does not answer, or its peer is not
+    /// root). Without it, the agent at /run/sbx/agent.sock is used when it
+    /// answers; `none` never uses an agent.
+    #[arg(long, global = true, env = "SBX_AGENT_SOCKET", value_name = "PATH")]
+    pub agent_socket: Option<PathBuf>,
+    /// Seconds to wait for the agent's reply before giving up with an error.
+    #[arg(long, global = true, env = "SBX_AGENT_TIMEOUT", default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub agent_timeout: u64,
 }
 
 impl GlobalArgs {
