@@ -420,3 +420,15 @@ pub fn map_max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[4])
 }
+
+/// `openat(dir, name, flags)` as a [`std::fs::File`].
+pub fn openat_file(dir: BorrowedFd<'_>, name: &std::ffi::CStr, flags: i32) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: `dir` is an open fd and `name` a C string.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}

@@ -631,3 +631,72 @@ while True:
     );
     assert_eq!(cg.prog_counts(), [0; 6], "no quiet fallback to the direct path");
 }
+
+/// `run` through the agent: the agent makes the sandbox below its root and
+/// hands over the cgroup's fd; the command runs as this process's child,
+/// enforced from its first instruction, keeps running while the agent
+/// restarts, and its exit status comes back; the sandbox is removed.
+#[test]
+fn run_through_the_agent_survives_an_agent_restart() {
+    let net = TestNet::new(&probe!());
+    net.serve_tcp(8080);
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let mut agent = Agent::start(&sbx, &[root.path()], "", &[]);
+    let py = r"
+import errno, socket, sys, time
+print(open('/proc/self/cgroup').read().strip().split('::')[-1], flush=True)
+end = time.time() + 3
+while time.time() < end:
+    for name, host in (('allowed', sys.argv[1]), ('denied', sys.argv[2])):
+        s = socket.socket(); s.settimeout(2)
+        try:
+            s.connect((host, 8080)); r = 'ok'
+        except OSError as e:
+            r = errno.errorcode.get(e.errno, str(e.errno))
+        s.close()
+        print(name, r, flush=True)
+    time.sleep(0.01)
+sys.exit(7)
+";
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", net.name()])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{}:8080", net.ns_v4), "--"])
+        .args(["/usr/bin/python3", "-c", py, &net.ns_v4.to_string(), &net.ns_v4b.to_string()])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null());
+    let runner = std::thread::spawn(move || cmd.output().expect("running sbx-user run"));
+    std::thread::sleep(Duration::from_millis(800));
+    let during = fs::read_dir(root.path())
+        .expect("the agent's root")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .count();
+    agent.restart();
+    let out = runner.join().expect("runner thread");
+    assert_eq!(out.status.code(), Some(7), "the command's status: {}", sbx_tests::describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let cgroup = lines.next().unwrap_or_default();
+    let root_name = root.path().file_name().expect("a name").to_string_lossy().into_owned();
+    assert!(cgroup.contains(&format!("{root_name}/run-")), "the command runs in the agent's cgroup: {cgroup}");
+    let (mut allowed, mut denied) = (0, 0);
+    for line in lines {
+        match line {
+            "allowed ok" => allowed += 1,
+            "denied EPERM" => denied += 1,
+            other => panic!("during the restart: {other}\n{text}"),
+        }
+    }
+    assert!(allowed > 10 && denied > 10, "{allowed} allowed, {denied} denied: {}", sbx_tests::describe(&out));
+    assert_eq!(during, 1, "the sandbox lives below the agent's root while the command runs");
+    let left: Vec<_> = fs::read_dir(root.path())
+        .expect("the agent's root")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("run-"))
+        .collect();
+    assert!(left.is_empty(), "the sandbox is removed after the command: {left:?}");
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+}

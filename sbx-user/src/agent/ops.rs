@@ -340,7 +340,9 @@ pub fn detach(ctx: &Context<'_>, caller: &Caller, cgroup: &str, remove: bool) ->
     let cg = &resolved.cgroup;
     let fail = |e: &dyn std::fmt::Display| OpError::new(ErrorCode::Failed, format!("{}: {e}", cg.path.display()));
     let record = Record::load(ctx.paths, cg.id).map_err(|e| fail(&e))?;
-    if let Some(RunnerState::Running(pid)) = record.as_ref().map(Record::runner) {
+    if let Some(RunnerState::Running(pid)) =
+        record.as_ref().map(Record::runner).filter(|r| *r != RunnerState::Running(caller.pid))
+    {
         return Err(OpError::new(
             ErrorCode::Invalid,
             format!("{} belongs to a running `sbx-user run` (pid {pid}); stop that command instead", cg.path.display()),
@@ -369,6 +371,42 @@ pub fn detach(ctx: &Context<'_>, caller: &Caller, cgroup: &str, remove: bool) ->
     }
     remove_owner(ctx.paths, cg.id)?;
     Ok(json!({ "cgroup": cg.path, "cgroup_id": cg.id, "removed": remove }))
+}
+
+/// `run`: a new cgroup under the first root, attached with the caller as
+/// its runner; the reply and the cgroup's directory fd.
+pub fn run(ctx: &Context<'_>, caller: &Caller, src: &PolicySource) -> Result<(Value, std::os::fd::OwnedFd), OpError> {
+    if !caller.is_root() {
+        return Err(OpError::new(
+            ErrorCode::NotOwner,
+            "run through the agent is for root in this version: a process that is not root cannot move itself into a cgroup outside its own delegated subtree; create a sandbox with attach \"create\" instead",
+        ));
+    }
+    let (policy, max_rules) = build_policy(src)?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let resolved = ctx.roots.create(&format!("run-{}-{nanos}", caller.pid))?;
+    let cg = &resolved.cgroup;
+    let owner = Owner { uid: caller.uid, cgroup: cg.path.clone(), created: true };
+    if let Err(e) = save_owner(ctx.paths, cg.id, &owner) {
+        let _ = cg.remove();
+        return Err(e);
+    }
+    match install(cg, &policy, default_options(max_rules, false), ctx.paths, RecordOwner::Run(caller.pid)) {
+        Ok((_, record)) => Ok((
+            json!({
+                "cgroup": cg.path,
+                "cgroup_id": cg.id,
+                "generation": record.generation,
+                "summary": policy.summary(),
+            }),
+            resolved.fd,
+        )),
+        Err(e) => {
+            let _ = cg.remove();
+            let _ = remove_owner(ctx.paths, cg.id);
+            Err(OpError::new(ErrorCode::Failed, format!("no sandbox was made for the command: {e}")))
+        }
+    }
 }
 
 /// `list`.

@@ -132,6 +132,20 @@ pub enum Request {
         #[serde(default)]
         remove: bool,
     },
+    /// A fresh sandbox for a command the client starts itself (`sbx-user
+    /// run` through the agent): the agent creates a cgroup `run-PID-N`
+    /// below the first managed root, attaches the policy with the client's
+    /// pid as the runner, and replies with the cgroup and, as `SCM_RIGHTS`
+    /// ancillary data on the reply line, a file descriptor of the cgroup
+    /// directory (`O_RDONLY | O_DIRECTORY`). The client opens
+    /// `cgroup.procs` through it (`openat`) and writes `0` between fork and
+    /// exec, or passes it to `clone3` as `CLONE_INTO_CGROUP`'s `cgroup`;
+    /// when the command ends it sends `detach` with `remove`. Root only.
+    Run {
+        /// The network policy (`[filesystem]` is the client's to enforce).
+        #[serde(default)]
+        policy: PolicySource,
+    },
     /// The sandboxes the caller may see: all for root, its own otherwise.
     List {},
     /// One sandbox in full: its record and what the kernel holds.
@@ -150,6 +164,7 @@ impl Request {
             Self::Attach { .. } => "attach",
             Self::Update { .. } => "update",
             Self::Detach { .. } => "detach",
+            Self::Run { .. } => "run",
             Self::List {} => "list",
             Self::Status { .. } => "status",
         }

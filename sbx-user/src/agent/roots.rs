@@ -88,6 +88,9 @@ pub struct Resolved {
     pub cgroup: Cgroup,
     /// The managed root it is below.
     pub root: PathBuf,
+    /// The cgroup directory, opened `O_RDONLY | O_DIRECTORY` (usable for
+    /// `openat` of its files and as `CLONE_INTO_CGROUP`'s fd).
+    pub fd: OwnedFd,
 }
 
 impl Roots {
@@ -142,7 +145,7 @@ impl Roots {
     pub fn resolve(&self, name: &str) -> Result<Resolved, ResolveError> {
         let (root, rel) = self.split(name)?;
         let fd = beneath(&root.fd, rel).map_err(|e| self.walk_error(name, root, e))?;
-        self.checked(name, root, &fd)
+        self.checked(name, root, fd)
     }
 
     /// Creates a cgroup (its parent must exist) and resolves it.
@@ -176,7 +179,7 @@ impl Roots {
             return Err(ResolveError::Io { action: "creating cgroup", name: name.to_owned(), source: e });
         }
         let fd = beneath(&parent, Path::new(leaf)).map_err(|e| self.walk_error(name, root, e))?;
-        self.checked(name, root, &fd)
+        self.checked(name, root, fd)
     }
 
     fn walk_error(&self, name: &str, root: &Root, e: io::Error) -> ResolveError {
@@ -192,7 +195,7 @@ impl Roots {
 
     /// The kernel's path for `fd`, checked to be below `root` and a cgroup
     /// v2 directory with the same inode.
-    fn checked(&self, name: &str, root: &Root, fd: &OwnedFd) -> Result<Resolved, ResolveError> {
+    fn checked(&self, name: &str, root: &Root, fd: OwnedFd) -> Result<Resolved, ResolveError> {
         let io = |source| ResolveError::Io { action: "resolving cgroup", name: name.to_owned(), source };
         let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(io)?;
         if !self.contains(&path) {
@@ -209,21 +212,25 @@ impl Roots {
         if ino != cgroup.id {
             return Err(io(io::Error::other("the cgroup was replaced while it was being resolved")));
         }
-        Ok(Resolved { cgroup, root: root.path.clone() })
+        Ok(Resolved { cgroup, root: root.path.clone(), fd })
     }
 }
 
-/// `openat2(dir, rel, O_PATH | O_DIRECTORY)` confined below `dir`.
+/// `openat2(dir, rel, O_RDONLY | O_DIRECTORY)` confined below `dir`.
 fn beneath(dir: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
     let flags = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
-    open_path(dir.as_raw_fd(), rel, flags)
+    open_dir(dir.as_raw_fd(), rel, libc::O_RDONLY, flags)
 }
 
 fn open_path(dir: i32, path: &Path, resolve: u64) -> io::Result<OwnedFd> {
+    open_dir(dir, path, libc::O_PATH, resolve)
+}
+
+fn open_dir(dir: i32, path: &Path, mode: i32, resolve: u64) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: open_how is plain data; all-zero is valid and means "no flags".
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.flags = u64::try_from(mode | libc::O_DIRECTORY | libc::O_CLOEXEC).expect("open flags are positive");
     how.resolve = resolve;
     // SAFETY: openat2 with a valid dirfd (or AT_FDCWD), a C string and an
     // open_how of the size passed.

@@ -320,9 +320,20 @@ async fn connection(shared: &Shared, stream: UnixStream) {
                     let op = env.request.op();
                     let result = dispatch(shared, live, &caller, env.request).await;
                     match result {
-                        Ok(v) => {
+                        Ok((v, fd)) => {
                             log::info!("uid {} pid {}: {op}: ok", caller.uid, caller.pid);
-                            protocol::ok_reply(env.id.as_ref(), v)
+                            let reply = protocol::ok_reply(env.id.as_ref(), v);
+                            if let Some(fd) = fd {
+                                match tokio::time::timeout(write_timeout, send_with_fd(&wr, &reply, &fd)).await {
+                                    Ok(Ok(())) => continue,
+                                    Ok(Err(_)) => return,
+                                    Err(_) => {
+                                        log::warn!("dropping uid {} pid {}: it did not read its reply within {write_timeout:?}", caller.uid, caller.pid);
+                                        return;
+                                    }
+                                }
+                            }
+                            reply
                         }
                         Err(OpError { code, message }) => {
                             log::info!("uid {} pid {}: {op}: {message}", caller.uid, caller.pid);
@@ -347,40 +358,100 @@ async fn connection(shared: &Shared, stream: UnixStream) {
     }
 }
 
-async fn dispatch(
-    shared: &Shared,
-    live: Arc<Live>,
-    caller: &Caller,
-    request: Request,
-) -> Result<serde_json::Value, OpError> {
-    if let Request::Hello {} = request {
-        return Ok(json!({
-            "agent": format!("sbx-user {}", env!("CARGO_PKG_VERSION")),
-            "protocol": VERSION,
-            "uid": caller.uid,
-            "gid": caller.gid,
-            "pid": caller.pid,
-            "root": caller.is_root(),
-            "cgroup_roots": live.roots.paths().collect::<Vec<_>>(),
-            "bpffs": shared.paths.bpffs,
-            "state_dir": shared.paths.state_dir,
-        }));
+/// Sends `reply` with `fd` as `SCM_RIGHTS` on its first bytes, then the
+/// rest of it if the first `sendmsg` took only part.
+async fn send_with_fd(
+    wr: &tokio::net::unix::OwnedWriteHalf,
+    reply: &[u8],
+    fd: &std::os::fd::OwnedFd,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let stream: &UnixStream = wr.as_ref();
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || sendmsg_fd(stream.as_raw_fd(), reply, fd.as_raw_fd())) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    };
+    let mut rest = &reply[sent..];
+    while !rest.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
-    let changes = matches!(request, Request::Attach { .. } | Request::Update { .. } | Request::Detach { .. });
+    Ok(())
+}
+
+fn sendmsg_fd(sock: i32, data: &[u8], fd: i32) -> io::Result<usize> {
+    let four = u32::try_from(size_of::<i32>()).expect("4");
+    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(four) } as usize;
+    // SAFETY: `control` (32 bytes) has room for one cmsghdr with an int
+    // (CMSG_SPACE(4) is 24 on 64-bit); header and data are written in place.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(four) as usize;
+        libc::CMSG_DATA(c).cast::<[u8; 4]>().write_unaligned(fd.to_ne_bytes());
+    }
+    // SAFETY: `msg` points at live buffers of the sizes it states.
+    let n = unsafe { libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// A request's result: the reply's fields and, for `run`, the fd to send.
+type Outcome = Result<(serde_json::Value, Option<std::os::fd::OwnedFd>), OpError>;
+
+async fn dispatch(shared: &Shared, live: Arc<Live>, caller: &Caller, request: Request) -> Outcome {
+    if let Request::Hello {} = request {
+        return Ok((
+            json!({
+                "agent": format!("sbx-user {}", env!("CARGO_PKG_VERSION")),
+                "protocol": VERSION,
+                "uid": caller.uid,
+                "gid": caller.gid,
+                "pid": caller.pid,
+                "root": caller.is_root(),
+                "cgroup_roots": live.roots.paths().collect::<Vec<_>>(),
+                "bpffs": shared.paths.bpffs,
+                "state_dir": shared.paths.state_dir,
+            }),
+            None,
+        ));
+    }
+    let changes = matches!(
+        request,
+        Request::Attach { .. } | Request::Update { .. } | Request::Detach { .. } | Request::Run { .. }
+    );
     let _turn = if changes { Some(shared.changes.lock().await) } else { None };
     let paths = shared.paths.clone();
     let caller = caller.clone();
     let work = move || {
         let ctx = Context { config: &live.config, roots: &live.roots, paths: &paths };
+        let no_fd = |r: Result<serde_json::Value, OpError>| r.map(|v| (v, None));
         match &request {
             Request::Hello {} => unreachable!("answered above"),
             Request::Attach { cgroup, create, replace, policy } => {
-                ops::attach(&ctx, &caller, cgroup, *create, *replace, policy)
+                no_fd(ops::attach(&ctx, &caller, cgroup, *create, *replace, policy))
             }
-            Request::Update { cgroup, policy } => ops::update(&ctx, &caller, cgroup, policy),
-            Request::Detach { cgroup, remove } => ops::detach(&ctx, &caller, cgroup, *remove),
-            Request::List {} => ops::list(&ctx, &caller),
-            Request::Status { cgroup } => ops::status(&ctx, &caller, cgroup),
+            Request::Update { cgroup, policy } => no_fd(ops::update(&ctx, &caller, cgroup, policy)),
+            Request::Detach { cgroup, remove } => no_fd(ops::detach(&ctx, &caller, cgroup, *remove)),
+            Request::Run { policy } => ops::run(&ctx, &caller, policy).map(|(v, fd)| (v, Some(fd))),
+            Request::List {} => no_fd(ops::list(&ctx, &caller)),
+            Request::Status { cgroup } => no_fd(ops::status(&ctx, &caller, cgroup)),
         }
     };
     tokio::task::spawn_blocking(work)

@@ -115,6 +115,17 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         crate::error_user!("{e}");
         return EXIT_SETUP_FAILED;
     }
+    let agent = match super::via_agent::run_target(&args.policy, global) {
+        Ok(Some(_)) if args.cgroup_parent.is_some() => {
+            crate::error_user!("--cgroup-parent: through the host agent, the agent puts the sandbox below its own cgroup root; pass --agent-socket none to choose the parent");
+            return EXIT_SETUP_FAILED;
+        }
+        Ok(a) => a,
+        Err(e) => {
+            crate::error_user!("{}", super::error_text(&e));
+            return EXIT_SETUP_FAILED;
+        }
+    };
     let opts = RunOptions {
         cgroup_parent: args.cgroup_parent.clone(),
         max_entries: args.policy.max_rules,
@@ -126,6 +137,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         landlock_tcp: args.landlock_tcp,
         allow_stdio_sockets: args.allow_stdio_sockets,
         home: args.home.clone(),
+        agent,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,

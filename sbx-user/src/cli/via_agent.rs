@@ -115,6 +115,28 @@ pub fn policy_source(args: &PolicyArgs, command: &str) -> anyhow::Result<PolicyS
     })
 }
 
+/// For `run`: the agent that makes the sandbox, if one serves, with the
+/// network part of the policy (the filesystem rules are Landlock's, which
+/// `run` applies to the command itself).
+pub fn run_target(args: &PolicyArgs, global: &GlobalArgs) -> anyhow::Result<Option<crate::run::AgentTarget>> {
+    let Some(agent) = client(global)? else { return Ok(None) };
+    let mut network = args.clone();
+    network.fs_read.clear();
+    network.fs_write.clear();
+    let mut policy = policy_source(&network, "run")?;
+    if let Some(text) = &policy.toml {
+        let mut table: toml::Table = text.parse().context("the policy file")?;
+        if table.remove("filesystem").is_some() {
+            policy.toml = Some(toml::to_string(&table).context("the policy file without [filesystem]")?);
+        }
+    }
+    Ok(Some(crate::run::AgentTarget {
+        socket: agent.path().to_owned(),
+        timeout: Duration::from_secs(global.agent_timeout),
+        policy,
+    }))
+}
+
 /// A cgroup argument as the agent needs it: absolute, as the caller's
 /// working directory makes it (symlinks are the agent's to refuse).
 fn cgroup_name(path: &Path) -> anyhow::Result<String> {
