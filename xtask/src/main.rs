@@ -139,7 +139,7 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 9] = [
+const TEST_TOOLS: [(&str, &str); 12] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
@@ -151,6 +151,11 @@ const TEST_TOOLS: [(&str, &str); 9] = [
     ("dpkg-deb", "dpkg"),
     // A pseudo-terminal for the progress test.
     ("script", "bsdutils"),
+    // The agent tests: clients of other uids, test users and groups, and
+    // the install test's check of the systemd unit.
+    ("setpriv", "util-linux"),
+    ("useradd", "passwd"),
+    ("systemd-analyze", "systemd"),
 ];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {

@@ -28,6 +28,8 @@ use std::{io, path::PathBuf};
 pub mod access;
 pub mod client;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod ops;
 pub mod protocol;
 pub mod roots;
