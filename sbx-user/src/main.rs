@@ -49,7 +49,7 @@ fn main() {
         Command::Attach(a) => cli::attach::run(a, &cli.global),
         Command::Detach(a) => cli::detach::run(a, &cli.global),
         Command::Update(a) => cli::via_agent::update_command(a, &cli.global),
-        Command::Events(a) => cli::events::run(a, &cli.global),
+        Command::Events(a) => cli::via_agent::events_command(a, &cli.global),
         Command::Verify(a) => cli::verify::run(a, &cli.global),
         Command::OrigDst(a) => cli::origdst::run(a, &cli.global),
         Command::Status(a) => cli::via_agent::status_command(a, &cli.global),

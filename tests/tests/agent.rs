@@ -550,6 +550,32 @@ fn the_cli_goes_through_the_agent_for_a_member_of_its_group() {
     assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
     assert_eq!(other.prog_counts(), [0; 6]);
 
+    // Its sandbox's events, through the agent (which follows them: there
+    // is no backlog to drain).
+    let out = cli_as(&sbx, Some(&member), &["--agent-socket", &sock, "events", "--cgroup", &job_arg]);
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--follow"), "{}", sbx_tests::describe(&out));
+    let mut follow = Command::new("setpriv");
+    follow.arg("--reuid").arg(member.uid.to_string()).arg("--regid").arg(member.gid.to_string());
+    follow.args(["--init-groups", "--"]).arg(sbx_tests::sbx_user_bin());
+    follow.args(["--agent-socket", &sock, "events", "--follow", "--json", "--cgroup", &job_arg]);
+    let mut follower = sbx_tests::Background::spawn("events --follow", &mut follow);
+    let denied = net.ns_v4b;
+    let poker = {
+        let inside = inside.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                let _ = inside.connect(Tcp, denied, 8080);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let event: Value = serde_json::from_str(&follower.read_line()).expect("an event line");
+    assert_eq!(event["verdict"], "denied", "{event}");
+    assert_eq!(event["destination"], format!("{denied}:8080"), "{event}");
+    drop(follower);
+    poker.join().expect("poker");
+
     let out = cli_as(&sbx, Some(&member), &["--agent-socket", &sock, "detach", "--remove", "--cgroup", &job_arg]);
     assert!(out.status.success(), "{}", sbx_tests::describe(&out));
     assert!(!job.exists());
@@ -699,4 +725,94 @@ sys.exit(7)
         .collect();
     assert!(left.is_empty(), "the sandbox is removed after the command: {left:?}");
     assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+}
+
+/// Events the subscriber test makes.
+const N: usize = 900;
+
+/// Subscribes to events and prints each line; stops 2 s after the last
+/// event. With a flag file, waits for it before reading anything (a
+/// subscriber that stops reading).
+const PY_SUBSCRIBER: &str = r#"
+import json, os, socket, sys, time
+path, request, flag = sys.argv[1], sys.argv[2], sys.argv[3]
+s = socket.socket(socket.AF_UNIX); s.connect(path)
+s.sendall(request.encode() + b"\n")
+f = s.makefile("rb")
+reply = json.loads(f.readline())
+assert reply["ok"], reply
+print("ready", flush=True)
+if flag != "-":
+    deadline = time.time() + 60
+    while not os.path.exists(flag) and time.time() < deadline:
+        time.sleep(0.05)
+s.settimeout(2)
+try:
+    for line in f:
+        sys.stdout.write(line.decode()); sys.stdout.flush()
+except (socket.timeout, TimeoutError):
+    pass
+"#;
+
+/// Two subscribers both get every event; a third that stops reading loses
+/// events, counted in its stream, and holds up neither the others nor the
+/// agent.
+#[test]
+fn event_subscribers_each_get_every_event_and_a_slow_one_counts_its_drops() {
+    let net = TestNet::new(&probe!());
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let agent = Agent::start(&sbx, &[root.path()], "[limits]\nevent_queue = 64\n", &[]);
+    ok(&agent.call(&json!({"v": 1, "op": "attach", "cgroup": "ev", "create": true, "policy": {"profile": "offline"}})));
+    let dir = TempDir::new("subscribers");
+    let flag = dir.path().join("read-now");
+    let subscriber = |request: Value, flag: &str| {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-c", PY_SUBSCRIBER]).arg(agent.socket()).arg(request.to_string()).arg(flag);
+        let mut bg = sbx_tests::Background::spawn("subscriber", &mut cmd);
+        assert_eq!(bg.read_line().trim(), "ready");
+        bg
+    };
+    // Their output is read as it comes (a full pipe would stall them).
+    let reading = |bg: sbx_tests::Background| std::thread::spawn(move || bg.wait_output());
+    let a = reading(subscriber(json!({"v": 1, "op": "events", "cgroups": ["ev"]}), "-"));
+    let b = reading(subscriber(json!({"v": 1, "op": "events"}), "-"));
+    let stuck = reading(subscriber(json!({"v": 1, "op": "events"}), flag.to_str().expect("UTF-8")));
+
+    // 900 denied connects from inside, paced so that neither the kernel's
+    // event rate limit (1000/s, burst 1000) nor the sandbox's 16 KiB ring
+    // drops any: every loss below is the agent's, per subscriber.
+    let py = format!(
+        "import socket, time\nfor _ in range({N}):\n    s = socket.socket()\n    try: s.connect(('{}', 8080))\n    except OSError: pass\n    s.close(); time.sleep(0.001)\n",
+        net.ns_v4b
+    );
+    let place = Place { cgroup: Some(root.path().join("ev")), netns: Some(net.name().to_owned()) };
+    let t = Instant::now();
+    let out = place.output(Command::new("python3").args(["-c", &py]));
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    assert!(t.elapsed() < Duration::from_secs(20), "the connects took {:?}", t.elapsed());
+
+    let lines = |t: std::thread::JoinHandle<Vec<u8>>| -> Vec<Value> {
+        let out = t.join().expect("reader thread");
+        String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    };
+    let counters = agent.call(&json!({"v": 1, "op": "status", "cgroup": "ev"}))["counters"].clone();
+    for (name, got) in [("filtered", lines(a)), ("all", lines(b))] {
+        assert_eq!(got.len(), N, "subscriber {name} got {} of {N} events; counters {counters}", got.len());
+        assert!(got.iter().all(|e| e["dropped"] == 0 && e["event"]["verdict"] == "denied"), "{name}: {:?}", got.last());
+        assert!(got.iter().all(|e| e["event"]["sandbox"].as_str().is_some_and(|s| s.ends_with("/ev"))));
+    }
+    // It reads again; one more event carries its final count of drops.
+    fs::write(&flag, "").expect("flag");
+    std::thread::sleep(Duration::from_millis(500));
+    let one = py.replace(&format!("range({N})"), "range(1)");
+    assert!(place.output(Command::new("python3").args(["-c", &one])).status.success());
+    let got = lines(stuck);
+    let dropped = got.last().and_then(|e| e["dropped"].as_u64()).expect("a dropped count");
+    assert!(dropped > 0, "the stuck subscriber lost nothing of {N}: {} lines", got.len());
+    assert_eq!(got.len() as u64 + dropped, N as u64 + 1, "what it got and what it was told it lost add up");
+    ok(&agent.call(&json!({"v": 1, "op": "detach", "cgroup": "ev", "remove": true})));
 }

@@ -237,6 +237,35 @@ impl Client {
         }
     }
 
+    /// Subscribes (request `events`) and calls `each` with every event line
+    /// until the agent closes the connection or `each` says stop.
+    pub fn follow_events(
+        &mut self,
+        cgroups: Option<Vec<String>>,
+        mut each: impl FnMut(&Map<String, Value>) -> bool,
+    ) -> Result<(), ClientError> {
+        self.call(&Request::Events { cgroups })?;
+        // Events come when they come: no reply timeout from here on.
+        self.stream.set_read_timeout(None).map_err(|e| self.io(e))?;
+        loop {
+            let mut line = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut line).map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            // Event lines have no "ok": `{"v": 1, "event": {...}, "dropped": N}`.
+            let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&line) else {
+                return Err(ClientError::Protocol {
+                    path: self.path.clone(),
+                    message: "an event line is not a JSON object".into(),
+                });
+            };
+            if !each(&m) {
+                return Ok(());
+            }
+        }
+    }
+
     fn io(&self, source: io::Error) -> ClientError {
         if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
             ClientError::Timeout { path: self.path.clone(), secs: self.timeout.as_secs() }

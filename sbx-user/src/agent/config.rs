@@ -12,6 +12,7 @@
 //! max_sandboxes_per_user = 1024 # sandboxes one non-root uid may own
 //! idle_timeout_secs = 600       # a client that sends nothing is dropped
 //! write_timeout_secs = 10       # a client that reads nothing is dropped
+//! event_queue = 1024            # events queued per subscriber
 //! ```
 
 use std::{
@@ -65,6 +66,9 @@ pub struct Limits {
     /// Seconds a reply may wait for the client to read before the client
     /// is dropped.
     pub write_timeout_secs: u64,
+    /// Events queued for one subscriber; beyond it, events are dropped
+    /// for that subscriber and counted in its stream.
+    pub event_queue: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +79,7 @@ impl Default for Limits {
             max_sandboxes_per_user: 1024,
             idle_timeout_secs: 600,
             write_timeout_secs: 10,
+            event_queue: 1024,
         }
     }
 }
@@ -167,9 +172,13 @@ pub fn resolve(file: FileConfig, flags: &Overrides) -> Result<Config, ConfigErro
             limits.max_request_bytes
         )));
     }
-    if limits.max_connections == 0 || limits.idle_timeout_secs == 0 || limits.write_timeout_secs == 0 {
+    if limits.max_connections == 0
+        || limits.idle_timeout_secs == 0
+        || limits.write_timeout_secs == 0
+        || limits.event_queue == 0
+    {
         return Err(ConfigError::Invalid(
-            "limits.max_connections, idle_timeout_secs and write_timeout_secs must be at least 1".into(),
+            "limits.max_connections, idle_timeout_secs, write_timeout_secs and event_queue must be at least 1".into(),
         ));
     }
     Ok(Config { cgroup_roots, group, limits })

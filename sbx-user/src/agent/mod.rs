@@ -28,6 +28,7 @@ use std::{io, path::PathBuf};
 pub mod access;
 pub mod client;
 pub mod config;
+pub mod events;
 #[cfg(test)]
 mod fuzz;
 pub mod ops;

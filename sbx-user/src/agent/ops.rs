@@ -144,6 +144,35 @@ fn creator(paths: &Paths, id: u64) -> Result<u32, OpError> {
     Ok(load_owner(paths, id)?.map_or(0, |o| o.uid))
 }
 
+/// The creator of sandbox `id` (root when unknown).
+#[must_use]
+pub fn creator_of(paths: &Paths, id: u64) -> u32 {
+    creator(paths, id).unwrap_or(0)
+}
+
+/// `events`: the cgroup ids of the sandboxes named, each checked like
+/// `status`; `None` for every sandbox the caller may see.
+pub fn event_filter(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    cgroups: Option<&[String]>,
+) -> Result<Option<std::collections::HashSet<u64>>, OpError> {
+    let Some(names) = cgroups else { return Ok(None) };
+    let mut ids = std::collections::HashSet::new();
+    for name in names {
+        let resolved = ctx.roots.resolve(name)?;
+        check_owner(caller, ctx.paths, &resolved)?;
+        if !ctx.paths.pin_dir(resolved.cgroup.id).exists() {
+            return Err(OpError::new(
+                ErrorCode::NotFound,
+                format!("sbx is not attached to {}", resolved.cgroup.path.display()),
+            ));
+        }
+        ids.insert(resolved.cgroup.id);
+    }
+    Ok(Some(ids))
+}
+
 fn check_owner(caller: &Caller, paths: &Paths, r: &Resolved) -> Result<Option<Owner>, OpError> {
     let owner = load_owner(paths, r.cgroup.id)?;
     let uid = owner.as_ref().map_or(0, |o| o.uid);

@@ -146,6 +146,16 @@ pub enum Request {
         #[serde(default)]
         policy: PolicySource,
     },
+    /// Subscribe to the deny (and audit) events of the sandboxes named, or
+    /// of every sandbox the caller may see. After the `ok` reply the
+    /// connection carries only event lines, `{"v": 1, "event": {...},
+    /// "dropped": N}`, where `N` counts the events this subscriber lost
+    /// because it read too slowly; it takes no more requests.
+    Events {
+        /// Cgroups to follow; absent for all.
+        #[serde(default)]
+        cgroups: Option<Vec<String>>,
+    },
     /// The sandboxes the caller may see: all for root, its own otherwise.
     List {},
     /// One sandbox in full: its record and what the kernel holds.
@@ -165,6 +175,7 @@ impl Request {
             Self::Update { .. } => "update",
             Self::Detach { .. } => "detach",
             Self::Run { .. } => "run",
+            Self::Events { .. } => "events",
             Self::List {} => "list",
             Self::Status { .. } => "status",
         }

@@ -51,11 +51,19 @@ struct Shared {
     /// Serialises the requests that change sandboxes.
     changes: tokio::sync::Mutex<()>,
     connections: AtomicUsize,
+    /// Event subscriptions.
+    hub: Arc<super::events::Hub>,
 }
 
 impl Shared {
     fn live(&self) -> Arc<Live> {
         Arc::clone(&self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Brings the event readers in line with the sandboxes below the roots.
+    fn rescan(&self) {
+        let live = self.live();
+        self.hub.rescan(&self.paths, &|p| live.roots.contains(p));
     }
 }
 
@@ -116,6 +124,15 @@ async fn main_loop(opts: Options, paths: Paths, live: Live) -> Result<(), AgentE
         opts,
         changes: tokio::sync::Mutex::new(()),
         connections: AtomicUsize::new(0),
+        hub: Arc::new(super::events::Hub::default()),
+    });
+    let rescanning = Arc::clone(&shared);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            rescanning.rescan();
+        }
     });
     loop {
         tokio::select! {
@@ -241,6 +258,83 @@ async fn read_line(reader: &mut (impl AsyncBufRead + Unpin), max: usize) -> io::
     }
 }
 
+/// An `events` request: the error reply if it is refused, else `None`
+/// once the subscriber has gone (the connection then ends).
+async fn subscribe(
+    shared: &Shared,
+    live: &Live,
+    caller: &Caller,
+    env: protocol::Envelope,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Option<Vec<u8>> {
+    let Request::Events { cgroups } = &env.request else { unreachable!("called for events") };
+    let ctx = Context { config: &live.config, roots: &live.roots, paths: &shared.paths };
+    let filter = match ops::event_filter(&ctx, caller, cgroups.as_deref()) {
+        Ok(f) => f,
+        Err(OpError { code, message }) => return Some(protocol::error_reply(env.id.as_ref(), code, &message)),
+    };
+    // The kernel's share of the queue is bounded too: a subscriber that
+    // stops reading holds 64 KiB there.
+    set_send_buffer(wr, 64 * 1024);
+    let uid = (!caller.is_root()).then_some(caller.uid);
+    let sub = shared.hub.subscribe(filter, uid, live.config.limits.event_queue);
+    shared.rescan();
+    log::info!("uid {} pid {}: events: subscribed", caller.uid, caller.pid);
+    let ok = protocol::ok_reply(env.id.as_ref(), json!({ "subscribed": true }));
+    let limit = Duration::from_secs(live.config.limits.write_timeout_secs);
+    if let Ok(Ok(())) = send(wr, limit, ok).await {
+        stream_events(reader, wr, sub.rx).await;
+    }
+    shared.hub.unsubscribe_id(sub.id);
+    None
+}
+
+/// Writes a subscriber's event lines until it goes away. A subscriber that
+/// stops reading blocks only this task; its queue then fills and the hub
+/// counts what it drops.
+async fn stream_events(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    mut rx: tokio::sync::mpsc::Receiver<serde_json::Value>,
+) {
+    loop {
+        tokio::select! {
+            line = rx.recv() => {
+                let Some(v) = line else { return };
+                let mut bytes = serde_json::to_vec(&v).expect("JSON values serialise");
+                bytes.push(b'\n');
+                if wr.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            input = reader.fill_buf() => {
+                // Anything it sends now is ignored; EOF ends the stream.
+                let n = input.map_or(0, <[u8]>::len);
+                if n == 0 {
+                    return;
+                }
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+fn set_send_buffer(wr: &tokio::net::unix::OwnedWriteHalf, bytes: i32) {
+    use std::os::fd::AsRawFd as _;
+    let stream: &UnixStream = wr.as_ref();
+    // SAFETY: setsockopt on an open socket with an int option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const bytes).cast(),
+            libc::socklen_t::try_from(size_of::<i32>()).expect("4"),
+        );
+    }
+}
+
 /// Writes one reply, giving up after `limit`.
 async fn send(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
@@ -309,53 +403,86 @@ async fn connection(shared: &Shared, stream: UnixStream) {
         if request.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        // The access rule of the configuration in force now, which a
-        // reload may have narrowed since the connection was accepted.
-        let reply = if let Err(why) = caller.admit(live.config.group.as_ref()) {
-            protocol::error_reply(None, ErrorCode::Denied, &why)
-        } else {
-            match protocol::decode(&request) {
-                Err(e) => protocol::error_reply(None, e.code(), &e.to_string()),
-                Ok(env) => {
-                    let op = env.request.op();
-                    let result = dispatch(shared, live, &caller, env.request).await;
-                    match result {
-                        Ok((v, fd)) => {
-                            log::info!("uid {} pid {}: {op}: ok", caller.uid, caller.pid);
-                            let reply = protocol::ok_reply(env.id.as_ref(), v);
-                            if let Some(fd) = fd {
-                                match tokio::time::timeout(write_timeout, send_with_fd(&wr, &reply, &fd)).await {
-                                    Ok(Ok(())) => continue,
-                                    Ok(Err(_)) => return,
-                                    Err(_) => {
-                                        log::warn!("dropping uid {} pid {}: it did not read its reply within {write_timeout:?}", caller.uid, caller.pid);
-                                        return;
-                                    }
+        let reply = match handle(shared, live, &caller, &request, &mut reader, &mut wr, write_timeout).await {
+            Next::Reply(reply) => reply,
+            Next::Sent => continue,
+            Next::End => return,
+        };
+        let sent = send(&mut wr, write_timeout, reply).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            log::warn!(
+                "dropping uid {} pid {}: it did not read its reply within {write_timeout:?}",
+                caller.uid,
+                caller.pid
+            );
+            return;
+        }
+    }
+}
+/// What to do after a request.
+enum Next {
+    /// Send this reply.
+    Reply(Vec<u8>),
+    /// The reply went out already (with a file descriptor).
+    Sent,
+    /// End the connection.
+    End,
+}
+
+/// Answers one request line.
+async fn handle(
+    shared: &Shared,
+    live: Arc<Live>,
+    caller: &Caller,
+    request: &[u8],
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    write_timeout: Duration,
+) -> Next {
+    // The access rule of the configuration in force now, which a reload
+    // may have narrowed since the connection was accepted.
+    Next::Reply(if let Err(why) = caller.admit(live.config.group.as_ref()) {
+        protocol::error_reply(None, ErrorCode::Denied, &why)
+    } else {
+        match protocol::decode(request) {
+            Err(e) => protocol::error_reply(None, e.code(), &e.to_string()),
+            Ok(env) if matches!(env.request, Request::Events { .. }) => {
+                match subscribe(shared, &live, caller, env, reader, wr).await {
+                    Some(refusal) => refusal,
+                    None => return Next::End,
+                }
+            }
+            Ok(env) => {
+                let op = env.request.op();
+                let id = env.id;
+                match dispatch(shared, live, caller, env.request).await {
+                    Ok((v, fd)) => {
+                        log::info!("uid {} pid {}: {op}: ok", caller.uid, caller.pid);
+                        let reply = protocol::ok_reply(id.as_ref(), v);
+                        match fd {
+                            None => reply,
+                            Some(fd) => {
+                                let sent = tokio::time::timeout(write_timeout, send_with_fd(wr, &reply, &fd)).await;
+                                if matches!(sent, Ok(Ok(()))) {
+                                    return Next::Sent;
                                 }
+                                log::warn!(
+                                    "dropping uid {} pid {}: its reply could not be sent",
+                                    caller.uid,
+                                    caller.pid
+                                );
+                                return Next::End;
                             }
-                            reply
                         }
-                        Err(OpError { code, message }) => {
-                            log::info!("uid {} pid {}: {op}: {message}", caller.uid, caller.pid);
-                            protocol::error_reply(env.id.as_ref(), code, &message)
-                        }
+                    }
+                    Err(OpError { code, message }) => {
+                        log::info!("uid {} pid {}: {op}: {message}", caller.uid, caller.pid);
+                        protocol::error_reply(id.as_ref(), code, &message)
                     }
                 }
             }
-        };
-        match send(&mut wr, write_timeout, reply).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                log::warn!(
-                    "dropping uid {} pid {}: it did not read its reply within {write_timeout:?}",
-                    caller.uid,
-                    caller.pid
-                );
-                return;
-            }
         }
-    }
+    })
 }
 
 /// Sends `reply` with `fd` as `SCM_RIGHTS` on its first bytes, then the
@@ -443,7 +570,7 @@ async fn dispatch(shared: &Shared, live: Arc<Live>, caller: &Caller, request: Re
         let ctx = Context { config: &live.config, roots: &live.roots, paths: &paths };
         let no_fd = |r: Result<serde_json::Value, OpError>| r.map(|v| (v, None));
         match &request {
-            Request::Hello {} => unreachable!("answered above"),
+            Request::Hello {} | Request::Events { .. } => unreachable!("answered before"),
             Request::Attach { cgroup, create, replace, policy } => {
                 no_fd(ops::attach(&ctx, &caller, cgroup, *create, *replace, policy))
             }
@@ -454,9 +581,13 @@ async fn dispatch(shared: &Shared, live: Arc<Live>, caller: &Caller, request: Re
             Request::Status { cgroup } => no_fd(ops::status(&ctx, &caller, cgroup)),
         }
     };
-    tokio::task::spawn_blocking(work)
+    let outcome = tokio::task::spawn_blocking(work)
         .await
-        .unwrap_or_else(|e| Err(OpError { code: ErrorCode::Failed, message: format!("internal error: {e}") }))
+        .unwrap_or_else(|e| Err(OpError { code: ErrorCode::Failed, message: format!("internal error: {e}") }));
+    if changes {
+        shared.rescan();
+    }
+    outcome
 }
 
 #[cfg(test)]

@@ -178,6 +178,56 @@ pub fn status_command(args: &super::status::StatusArgs, global: &GlobalArgs) -> 
     }
 }
 
+/// `sbx-user events`: through the agent if one is named or the caller is
+/// not root, else directly. Through the agent, events are followed as they
+/// come (the agent is the one reader of its sandboxes' rings, so there is
+/// no backlog to drain): `--follow` is required.
+pub fn events_command(args: &super::events::EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let Some(mut agent) = client_for_status(global)? else { return super::events::run(args, global) };
+    if !args.follow {
+        anyhow::bail!(
+            "through the host agent, events are followed as they come: pass --follow (the agent reads its sandboxes' events itself, so there is no backlog to show)"
+        );
+    }
+    let cgroups = args.cgroup.as_deref().map(cgroup_name).transpose()?.map(|c| vec![c]);
+    if !args.json {
+        println!(
+            "{:<24} {:<6} {:>7}/{:<7} {:<15} {:<11} {:<4} {:<40} RULE",
+            "TIME", "VERDICT", "PID", "TID", "COMM", "HOOK", "PROTO", "DESTINATION"
+        );
+    }
+    let mut last_dropped = 0;
+    let path = agent.path().to_owned();
+    agent
+        .follow_events(cgroups, |line| {
+            let dropped = line.get("dropped").and_then(Value::as_u64).unwrap_or(0);
+            if dropped > last_dropped {
+                eprintln!("sbx-user: {} events lost: this reader was too slow", dropped - last_dropped);
+                last_dropped = dropped;
+            }
+            let Some(Value::Object(e)) = line.get("event") else { return true };
+            if args.json {
+                println!("{}", Value::Object(e.clone()));
+            } else {
+                let f = |k: &str| text(e, k);
+                println!(
+                    "{} {:<6} {:>7}/{:<7} {:<15} {:<11} {:<4} {:<40} {}",
+                    f("time"),
+                    f("verdict"),
+                    f("pid"),
+                    f("tid"),
+                    f("comm"),
+                    f("hook"),
+                    f("protocol"),
+                    f("destination"),
+                    f("rule")
+                );
+            }
+            true
+        })
+        .with_context(|| format!("the sbx agent at {}", path.display()))
+}
+
 /// `attach` through the agent.
 pub fn attach(
     client: &mut Client,
