@@ -7,9 +7,11 @@
 //! is dropped for that subscriber alone and counted, and every event line
 //! carries the subscriber's running count of drops (`"dropped"`), so a
 //! subscriber that cannot keep up knows what it missed and never slows the
-//! reader or the other subscribers. The set of sandboxes is rescanned
-//! every second (a sandbox attached by the CLI directly below a managed
-//! root is picked up too) and after every change the agent makes.
+//! reader or the other subscribers. Only the sandboxes some subscriber
+//! asked for are read, so an agent without subscribers maps no ring. The
+//! set is rescanned every second (a sandbox attached by the CLI directly
+//! below a managed root is picked up too), after every change the agent
+//! makes and whenever a subscriber comes or goes.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -46,6 +48,9 @@ struct Subscriber {
     uid: Option<u32>,
     tx: mpsc::Sender<Value>,
     dropped: Arc<AtomicU64>,
+    /// `CLOCK_MONOTONIC` at subscription, in ns: a ring watched only from
+    /// now on may hold older events, which are not this subscriber's.
+    since_ns: u64,
 }
 
 /// The subscribers and the sandboxes being watched.
@@ -63,7 +68,7 @@ impl Hub {
     pub fn subscribe(&self, filter: Option<HashSet<u64>>, uid: Option<u32>, capacity: usize) -> Subscription {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let sub = Subscriber { id, filter, uid, tx, dropped: Arc::new(AtomicU64::new(0)) };
+        let sub = Subscriber { id, filter, uid, tx, dropped: Arc::new(AtomicU64::new(0)), since_ns: monotonic_ns() };
         lock(&self.subscribers).push(sub);
         Subscription { rx, id }
     }
@@ -75,11 +80,14 @@ impl Hub {
 
     /// Hands one event of sandbox `id` (created by `creator`) to every
     /// subscriber that asked for it, never waiting for one.
-    fn publish(&self, id: u64, creator: u32, event: &Value) {
+    fn publish(&self, id: u64, creator: u32, ts_ns: u64, event: &Value) {
         let mut subs = lock(&self.subscribers);
         subs.retain(|s| !s.tx.is_closed());
         for s in subs.iter() {
-            if s.filter.as_ref().is_some_and(|f| !f.contains(&id)) || s.uid.is_some_and(|u| u != creator) {
+            if s.filter.as_ref().is_some_and(|f| !f.contains(&id))
+                || s.uid.is_some_and(|u| u != creator)
+                || ts_ns < s.since_ns
+            {
                 continue;
             }
             let line =
@@ -100,6 +108,15 @@ impl Hub {
     /// consumer would take their events away.
     pub fn rescan(self: &Arc<Self>, paths: &Paths, managed: &dyn Fn(&std::path::Path) -> bool) {
         let mut pinned: HashSet<u64> = loader::pinned_sandboxes(paths).into_iter().collect();
+        // Only what some subscriber asked for: a watched ring costs its
+        // mapping (tens of KiB) and takes the events from other readers.
+        {
+            let subs = lock(&self.subscribers);
+            if !subs.iter().any(|s| s.filter.is_none()) {
+                let wanted: HashSet<u64> = subs.iter().filter_map(|s| s.filter.as_ref()).flatten().copied().collect();
+                pinned.retain(|id| wanted.contains(id));
+            }
+        }
         let mut outside = lock(&self.outside);
         outside.retain(|id| pinned.contains(id));
         pinned.retain(|id| !outside.contains(id));
@@ -130,6 +147,14 @@ impl Hub {
     }
 }
 
+/// `CLOCK_MONOTONIC` now, in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -158,7 +183,7 @@ async fn watch(hub: Arc<Hub>, paths: Paths, id: u64, reader: EventReader) {
             let v = view(&e, &name, record.as_ref().map(|r| (&r.policy, r.generation)));
             let mut value = serde_json::to_value(&v).unwrap_or(Value::Null);
             value["sandbox_id"] = json!(id);
-            hub.publish(id, creator, &value);
+            hub.publish(id, creator, e.ts_ns, &value);
         }
     }
 }

@@ -287,6 +287,7 @@ async fn subscribe(
         stream_events(reader, wr, sub.rx).await;
     }
     shared.hub.unsubscribe_id(sub.id);
+    shared.rescan();
     None
 }
 
