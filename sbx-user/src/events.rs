@@ -7,7 +7,7 @@
 
 use std::{
     net::{IpAddr, Ipv6Addr},
-    os::fd::AsRawFd as _,
+    os::fd::AsRawFd,
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -121,6 +121,14 @@ impl EventReader {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&raw mut pfd, 1, ms) };
+    }
+}
+
+/// The ring buffer's fd, for an event loop to wait on (the host agent's
+/// `AsyncFd`).
+impl AsRawFd for EventReader {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
     }
 }
 

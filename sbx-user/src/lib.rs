@@ -27,6 +27,7 @@
 //! attaches the real programs to real cgroups and asserts exact errnos
 //! (`cargo xtask test`, as root).
 
+pub mod agent;
 pub mod cgroup;
 pub mod cli;
 pub mod compile;

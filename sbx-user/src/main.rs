@@ -45,13 +45,14 @@ fn main() {
     }
     logger.init();
     let result = match &cli.command {
+        Command::Agent(a) => cli::agent::run(a, &cli.global),
         Command::Attach(a) => cli::attach::run(a, &cli.global),
         Command::Detach(a) => cli::detach::run(a, &cli.global),
-        Command::Update(a) => cli::update::run(a, &cli.global),
-        Command::Events(a) => cli::events::run(a, &cli.global),
+        Command::Update(a) => cli::via_agent::update_command(a, &cli.global),
+        Command::Events(a) => cli::via_agent::events_command(a, &cli.global),
         Command::Verify(a) => cli::verify::run(a, &cli.global),
         Command::OrigDst(a) => cli::origdst::run(a, &cli.global),
-        Command::Status(a) => cli::status::run(a, &cli.global),
+        Command::Status(a) => cli::via_agent::status_command(a, &cli.global),
         Command::Gc(a) => cli::gc::run(a, &cli.global),
         Command::Migrate(a) => cli::update::migrate(a, &cli.global),
         Command::Check(a) => cli::check::run(a),

@@ -371,6 +371,25 @@ impl Policy {
         b.build_with(&system_resolve, flags.allow_unresolved)
     }
 
+    /// As [`Self::from_sources`], with the policy file's text (and the
+    /// name its errors use) instead of its path: the host agent receives
+    /// the text from its client.
+    pub fn from_text_sources(
+        profile_name: Option<&str>,
+        file: Option<(&str, &str)>,
+        flags: &FlagInput,
+    ) -> Result<Self, PolicyError> {
+        let mut b = PolicyBuilder::new();
+        if let Some(p) = profile_name {
+            b.apply(profile(p)?);
+        }
+        if let Some((text, name)) = file {
+            b.apply(parse_toml(text, name)?);
+        }
+        b.apply(flags.to_layer()?);
+        b.build_with(&system_resolve, flags.allow_unresolved)
+    }
+
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {

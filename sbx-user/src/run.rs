@@ -11,7 +11,7 @@
 use std::{
     ffi::OsString,
     io,
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
     path::PathBuf,
     process::{Command, ExitStatus},
@@ -84,6 +84,9 @@ pub enum RunError {
          to this cgroup (no cgroup v1 net_cls/net_prio on kernels before 5.15) and run `sbx-user verify`"
     )]
     NotEnforced,
+    /// The host agent did not make the sandbox.
+    #[error("the sbx agent made no sandbox: {0}")]
+    Agent(#[from] crate::agent::client::ClientError),
     /// The command could not be started.
     #[error("cannot run {command}: {source}")]
     Spawn {
@@ -137,6 +140,23 @@ pub struct RunOptions {
     pub allow_stdio_sockets: bool,
     /// The command's HOME (`--home`); default a private per-run one.
     pub home: Option<PathBuf>,
+    /// A host agent makes and removes the sandbox instead of this process.
+    pub agent: Option<AgentTarget>,
+}
+
+/// The host agent that makes `run`'s sandbox: the command is still forked
+/// and executed here (so it keeps the caller's session, terminal,
+/// foreground process group, working directory and limits), the agent
+/// creates and attaches the cgroup and hands over its directory fd, through
+/// which the child enters the cgroup before exec.
+#[derive(Clone, Debug)]
+pub struct AgentTarget {
+    /// The agent's socket.
+    pub socket: PathBuf,
+    /// How long to wait for each reply.
+    pub timeout: Duration,
+    /// The network policy, as the agent builds it.
+    pub policy: crate::agent::protocol::PolicySource,
 }
 
 /// Signals forwarded to the child.
@@ -304,20 +324,20 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         log::info!("Landlock limitation: {limit}");
     }
     let filter = seccomp::build()?;
-    let parent = match &opts.cgroup_parent {
-        Some(p) => p.clone(),
-        None => cgroup2_mount()?.join("sbx"),
+    let (cg, dir) = match &opts.agent {
+        None => (make_sandbox(opts)?, None),
+        Some(agent) => {
+            let (cg, dir) = sandbox_from_agent(agent, paths)?;
+            (cg, Some(dir))
+        }
     };
-    let pid = std::process::id();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let cg = Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?;
     log::info!("sandbox cgroup {}", cg.path.display());
     // dns = "pinned": the stub listens before the policy naming its address
     // is compiled, and outlives the command. Not in audit mode, which blocks
     // nothing: the host's resolvers answer, and each query the policy would
     // refuse is reported.
     let stub = match policy.dns {
-        Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
+        Dns::Pinned { .. } if policy.mode == Mode::Enforce && opts.agent.is_none() => {
             match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials), dns_refresh(paths, cg.id)) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -336,23 +356,32 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         }
         None => policy,
     };
-    let mut attach = default_options(opts.max_entries, false);
-    if opts.trace {
-        attach.config.flags |= sbx_common::FLAG_DEBUG;
-    }
-    if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(pid)) {
-        let _ = cg.remove();
-        return Err(e.into());
+    // Through the agent the policy is already installed: the agent holds it.
+    if opts.agent.is_none() {
+        let mut attach = default_options(opts.max_entries, false);
+        if opts.trace {
+            attach.config.flags |= sbx_common::FLAG_DEBUG;
+        }
+        if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(std::process::id())) {
+            let _ = cg.remove();
+            return Err(e.into());
+        }
     }
     let readers = Readers::start(&cg, policy, paths, opts);
     let result = match forwarder.early_signal() {
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
         Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
-        None => spawn_and_wait(command, policy, &cg, opts, &workspace, ruleset, filter, unix, &forwarder),
+        None => {
+            spawn_and_wait(command, policy, (&cg, dir.as_ref()), opts, &workspace, ruleset, filter, unix, &forwarder)
+        }
     };
     readers.stop();
-    if let Err(e) = teardown(&cg, paths) {
+    let torn = match &opts.agent {
+        None => teardown(&cg, paths),
+        Some(agent) => teardown_via_agent(agent, &cg, paths),
+    };
+    if let Err(e) = torn {
         crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
     }
     if let Some(s) = stub {
@@ -494,6 +523,62 @@ pub fn landlock_tcp_rules(policy: &Policy) -> Option<landlock::TcpRules> {
     Some(landlock::TcpRules { connect: Some(ports), bind: None })
 }
 
+/// Creates the sandbox cgroup below `--cgroup-parent` (or `<cgroup2>/sbx`).
+fn make_sandbox(opts: &RunOptions) -> Result<Cgroup, RunError> {
+    let parent = match &opts.cgroup_parent {
+        Some(p) => p.clone(),
+        None => cgroup2_mount()?.join("sbx"),
+    };
+    let pid = std::process::id();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    Ok(Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?)
+}
+
+/// Has the agent make the sandbox (request `run`); returns it and the fd
+/// of its directory that came with the reply as `SCM_RIGHTS`.
+fn sandbox_from_agent(agent: &AgentTarget, paths: &Paths) -> Result<(Cgroup, std::os::fd::OwnedFd), RunError> {
+    use crate::agent::{client::Client, protocol::Request};
+    let mut client = Client::connect(&agent.socket, agent.timeout)?;
+    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone() })?;
+    let path = reply.get("cgroup").and_then(serde_json::Value::as_str).map(PathBuf::from);
+    let id = reply.get("cgroup_id").and_then(serde_json::Value::as_u64);
+    let (Some(path), Some(id), Some(fd)) = (path, id, fd) else {
+        return Err(RunError::Confine(io::Error::other(
+            "the agent's reply to run lacks the cgroup, its id or its directory fd",
+        )));
+    };
+    let cg = Cgroup { path, id };
+    // The fd is what the child enters by; it must be the cgroup named.
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `fd` is open and `st` a writable stat buffer.
+    let ok = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } == 0
+        // SAFETY: fstat returned 0 and filled `st`.
+        && unsafe { st.assume_init() }.st_ino == id;
+    if !ok {
+        let _ = teardown_via_agent(agent, &cg, paths);
+        return Err(RunError::Confine(io::Error::other("the fd the agent sent is not the cgroup it named")));
+    }
+    Ok((cg, fd))
+}
+
+/// Asks the agent to remove the sandbox; if no agent answers (it may be
+/// restarting), removes it here as the direct path does.
+fn teardown_via_agent(agent: &AgentTarget, cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::agent::{
+        client::{Client, ClientError},
+        protocol::Request,
+    };
+    let request = Request::Detach { cgroup: cg.path.display().to_string(), remove: true };
+    match Client::connect(&agent.socket, agent.timeout).and_then(|mut c| c.call(&request)) {
+        Ok(_) => Ok(()),
+        Err(e @ ClientError::Agent { .. }) => Err(e.into()),
+        Err(e) => {
+            log::warn!("{e}; removing the sandbox directly");
+            teardown(cg, paths)
+        }
+    }
+}
+
 fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>> {
     cg.kill_all(Duration::from_secs(5))?;
     uninstall(cg.id, &cg.path, paths)?;
@@ -533,7 +618,7 @@ pub fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
 fn spawn_and_wait(
     command: &[OsString],
     policy: &Policy,
-    cg: &Cgroup,
+    (cg, dir): (&Cgroup, Option<&std::os::fd::OwnedFd>),
     opts: &RunOptions,
     workspace: &crate::harden::workspace::Workspace,
     ruleset: landlock::Prepared,
@@ -568,11 +653,12 @@ fn spawn_and_wait(
     }
     let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
     let procs_path = cg.procs_path();
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&procs_path)
-        .map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?;
+    let procs = match dir {
+        None => std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path),
+        // Through the agent's fd of the cgroup, not by name.
+        Some(dir) => crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC),
+    }
+    .map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?;
     let procs_fd = procs.as_raw_fd();
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };

@@ -466,3 +466,15 @@ pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: 
     };
     bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
 }
+
+/// `openat(dir, name, flags)` as a [`std::fs::File`].
+pub fn openat_file(dir: BorrowedFd<'_>, name: &std::ffi::CStr, flags: i32) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: `dir` is an open fd and `name` a C string.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}

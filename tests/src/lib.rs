@@ -17,7 +17,8 @@
 //! signals, cleanup), `addresses.rs` (IPv4, IPv6, IPv4-mapped, NAT64,
 //! 6to4, TCP and UDP, bind, loopback, precedence), `proxy.rs` (curl through
 //! tinyproxy), `hardening.rs` (socket creation, source routing, audit),
-//! `operating.rs` (deny events, counters, audit mode, `verify`, `update`
+//! `agent.rs` (the host agent through its socket: access, protocol,
+//! restarts), `operating.rs` (deny events, counters, audit mode, `verify`, `update`
 //! under load, pinned domains), `escapes.rs` (what a command inside `run`
 //! might try to get around the policy).
 //!
@@ -41,6 +42,7 @@
 //! [`Background`] (kills a process by pid), [`HostsEntry`] (removes its
 //! line from `/etc/hosts`).
 
+mod agent;
 mod cgroup;
 mod hosts;
 mod net;
@@ -48,6 +50,7 @@ mod probe;
 mod sbx;
 mod util;
 
+pub use agent::{Agent, TestGroup, TestUser, PY_CLIENT};
 pub use cgroup::{all_hooks, cgroup2_mount, hooks, per_hook, prog_counts, HookCounts, TestCgroup};
 pub use hosts::HostsEntry;
 pub use net::{Packet, Receiver, Sniffer, TestNet};

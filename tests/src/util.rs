@@ -124,6 +124,23 @@ impl Background {
     }
 }
 
+impl Background {
+    /// Everything the process writes to stdout (after what
+    /// [`Self::read_line`] took) until it exits.
+    ///
+    /// # Panics
+    /// When stdout is not piped or cannot be read.
+    #[must_use]
+    pub fn wait_output(mut self) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        let mut pipe = self.child.stdout.take().expect("stdout is piped");
+        pipe.read_to_end(&mut out).unwrap_or_else(|e| panic!("reading from {}: {e}", self.what));
+        let _ = self.child.wait();
+        out
+    }
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -90,6 +90,9 @@ fn the_debian_package_installs_runs_a_sandbox_and_purges_cleanly() {
         "/usr/share/zsh/vendor-completions/_sbx-user",
         "/usr/share/fish/vendor_completions.d/sbx-user.fish",
         "/usr/share/doc/sbx/copyright",
+        "/usr/share/man/man1/sbx-user-agent.1.gz",
+        "/usr/lib/systemd/system/sbx-agent.service",
+        "/usr/share/doc/sbx/agent.toml.example",
     ] {
         assert!(files.iter().any(|f| f == Path::new(want)), "the package does not install {want}: {files:?}");
     }
@@ -105,6 +108,19 @@ fn the_debian_package_installs_runs_a_sandbox_and_purges_cleanly() {
         "the bash completion does not load: {}",
         describe(&complete)
     );
+    // The agent's unit is valid as systemd reads it (its ExecStart exists
+    // now), and the example configuration passes the agent's own check.
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "/usr/lib/systemd/system/sbx-agent.service"])
+        .output()
+        .expect("systemd-analyze");
+    assert!(out.status.success() && out.stderr.is_empty(), "systemd-analyze verify: {}", describe(&out));
+    let roots = TestCgroup::new();
+    let out = Command::new(INSTALLED)
+        .args(["agent", "--check", "--config", "/usr/share/doc/sbx/agent.toml.example", "--cgroup-root", roots.arg()])
+        .output()
+        .expect("sbx-user agent --check");
+    assert!(out.status.success(), "agent --check of the example configuration: {}", describe(&out));
     // dpkg checks what it installed against the package's md5sums.
     let out = dpkg(&["--verify", PACKAGE]);
     assert!(out.status.success() && out.stdout.is_empty(), "dpkg --verify: {}", describe(&out));

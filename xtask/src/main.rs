@@ -140,7 +140,7 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 15] = [
+const TEST_TOOLS: [(&str, &str); 18] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
@@ -163,6 +163,11 @@ const TEST_TOOLS: [(&str, &str); 15] = [
     ("podman", "podman"),
     ("runc", "runc"),
     ("busybox", "busybox-static"),
+    // The agent tests: clients of other uids, test users and groups, and
+    // the install test's check of the systemd unit.
+    ("setpriv", "util-linux"),
+    ("useradd", "passwd"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Python packages the tests use, by import name and package name: the

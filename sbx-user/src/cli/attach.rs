@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::{GlobalArgs, PolicyArgs};
@@ -28,22 +27,36 @@ pub struct AttachArgs {
     #[arg(long, value_name = "BYTES", default_value_t = crate::loader::DEFAULT_EVENTS_BYTES,
           value_parser = super::parse_event_buffer)]
     pub event_buffer: u32,
+    /// Create the cgroup first (its parent must exist). Through the host
+    /// agent, a caller that is not root may only attach this way.
+    #[arg(long, conflicts_with = "replace")]
+    pub create: bool,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
 
 /// Validates, attaches, pins and reports.
 pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(mut agent) = super::via_agent::client(global)? {
+        return super::via_agent::attach(&mut agent, &args.cgroup, args.create, args.replace, &args.policy);
+    }
     let task = crate::progress::Task::start("loading the policy");
     let mut policy = args.policy.policy()?;
     super::no_filesystem_rules(&policy, "attach")?;
     super::unix_for_cgroup(&mut policy, "attach")?;
     super::require_root("attach")?;
-    let cg = Cgroup::open(&args.cgroup)?;
+    let cg = if args.create { create(&args.cgroup)? } else { Cgroup::open(&args.cgroup)? };
     let mut opts = default_options(args.policy.max_rules, args.replace);
     opts.events_bytes = args.event_buffer;
-    let (attached, record) = install(&cg, &policy, opts, &global.paths(), Owner::Attach)
-        .with_context(|| format!("no policy was attached to {}", cg.path.display()))?;
+    let (attached, record) = match install(&cg, &policy, opts, &global.paths(), Owner::Attach) {
+        Ok(done) => done,
+        Err(e) => {
+            if args.create {
+                let _ = cg.remove();
+            }
+            return Err(anyhow::Error::from(e).context(format!("no policy was attached to {}", cg.path.display())));
+        }
+    };
     drop(task);
     println!(
         "{} {} (cgroup id {})",
@@ -61,4 +74,13 @@ pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     );
     super::print_summary(&policy);
     Ok(())
+}
+
+/// Creates the cgroup `path` names (not its parents).
+fn create(path: &std::path::Path) -> anyhow::Result<Cgroup> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        anyhow::bail!("--create needs a cgroup path with a parent and a name, not {}", path.display());
+    };
+    let name = name.to_str().ok_or_else(|| anyhow::anyhow!("cgroup name {} is not UTF-8", path.display()))?;
+    Ok(Cgroup::create(parent, name)?)
 }

@@ -17,6 +17,10 @@ pub struct DetachArgs {
     /// The cgroup v2 directory sbx was attached to.
     #[arg(long, value_name = "PATH")]
     pub cgroup: PathBuf,
+    /// Through the host agent: also kill what runs in the cgroup and remove
+    /// it, if the agent created it (`attach --create`).
+    #[arg(long)]
+    pub remove: bool,
 }
 
 /// Detaches and unpins. The leftovers of a `run` whose `sbx-user` process
@@ -24,6 +28,14 @@ pub struct DetachArgs {
 /// processes still in its cgroup, the pins, the record and the cgroup `run`
 /// made.
 pub fn run(args: &DetachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(mut agent) = super::via_agent::client(global)? {
+        return super::via_agent::detach(&mut agent, &args.cgroup, args.remove);
+    }
+    if args.remove {
+        anyhow::bail!(
+            "--remove removes a cgroup the host agent created, and no agent serves (see --agent-socket); without it, detach and then rmdir the cgroup"
+        );
+    }
     super::require_root("detach")?;
     let paths = global.paths();
     let cg = Cgroup::open(&args.cgroup)?;

@@ -22,6 +22,7 @@ use crate::{
     state::{Paths, DEFAULT_BPFFS, DEFAULT_STATE_DIR},
 };
 
+pub mod agent;
 pub mod attach;
 pub mod check;
 pub mod detach;
@@ -35,6 +36,7 @@ pub mod run;
 pub mod status;
 pub mod update;
 pub mod verify;
+pub mod via_agent;
 
 const POLICY_HELP: &str = "\
 POLICY FILE (TOML):
@@ -273,6 +275,16 @@ pub struct GlobalArgs {
     /// More diagnostics on stderr (-vv for debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The host agent's socket: attach, update, detach and status go
+    /// through it (and fail if it does not answer, or its peer is not
+    /// root). Without it, the agent at /run/sbx/agent.sock is used when it
+    /// answers; `none` never uses an agent.
+    #[arg(long, global = true, env = "SBX_AGENT_SOCKET", value_name = "PATH")]
+    pub agent_socket: Option<PathBuf>,
+    /// Seconds to wait for the agent's reply before giving up with an error.
+    #[arg(long, global = true, env = "SBX_AGENT_TIMEOUT", default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub agent_timeout: u64,
 }
 
 impl GlobalArgs {
@@ -334,6 +346,9 @@ it by itself when the pool is full.")]
     /// Validate a policy and show what it compiles to, without root.
     #[command(after_long_help = format!("{POLICY_HELP}\n\n{EXIT_HELP}"))]
     Check(check::CheckArgs),
+    /// The host agent: a daemon that creates and holds sandboxes for its
+    /// clients over a UNIX socket (JSON lines; see the README).
+    Agent(agent::AgentArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     #[command(hide = true)]

@@ -115,6 +115,25 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         crate::error_user!("{e}");
         return EXIT_SETUP_FAILED;
     }
+    let agent = match super::via_agent::run_target(&args.policy, global) {
+        Ok(Some(_)) if args.cgroup_parent.is_some() => {
+            crate::error_user!("--cgroup-parent: through the host agent, the agent puts the sandbox below its own cgroup root; pass --agent-socket none to choose the parent");
+            return EXIT_SETUP_FAILED;
+        }
+        Ok(Some(_)) if matches!(policy.dns, crate::policy::Dns::Pinned { .. }) => {
+            crate::error_user!("dns = \"pinned\": the DNS stub (the default where the default is deny) is not served through the host agent yet; pass --dns host, or --agent-socket none to make the sandbox here");
+            return EXIT_SETUP_FAILED;
+        }
+        Ok(Some(_)) if global.verbose >= 2 => {
+            crate::error_user!("-vv: the kernel trace of a sandbox made by the host agent is not available yet; pass --agent-socket none to trace it here");
+            return EXIT_SETUP_FAILED;
+        }
+        Ok(a) => a,
+        Err(e) => {
+            crate::error_user!("{}", super::error_text(&e));
+            return EXIT_SETUP_FAILED;
+        }
+    };
     let opts = RunOptions {
         cgroup_parent: args.cgroup_parent.clone(),
         max_entries: args.policy.max_rules,
@@ -127,6 +146,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         allow_stdio_sockets: args.allow_stdio_sockets,
         home: args.home.clone(),
         trace: global.verbose >= 2,
+        agent,
     };
     match run_sandboxed(&args.command, &policy, &opts, &global.paths()) {
         Ok(code) => code,

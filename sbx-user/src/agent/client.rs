@@ -1,0 +1,276 @@
+//! Talking to an agent, as the CLI does: synchronous, with a bounded wait
+//! for every reply, and only after checking that the socket's peer is
+//! root. A socket named by `SBX_AGENT_SOCKET` that some other user made
+//! could otherwise answer "attached" for a sandbox that does not exist.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::{Map, Value};
+
+use super::protocol::{self, Reply, Request};
+
+/// Connects, retrying while the agent's backlog is full, for at most
+/// `timeout`: a blocking connect to an agent that accepts nothing would
+/// wait for ever.
+fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let err = |source| ClientError::Connect { path: path.to_owned(), source };
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long")));
+    }
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).expect("AF_UNIX fits");
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = s.cast_signed();
+    }
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_un>()).expect("small");
+        // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
+        let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
+        if rc == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: the listener's backlog is full; it may yet accept.
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(err(e));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::Timeout { path: path.to_owned(), secs: timeout.as_secs() });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stream.set_nonblocking(false).map_err(err)?;
+    Ok(stream)
+}
+
+/// Reads what is available (up to 4 KiB, at least one byte) and the one
+/// file descriptor sent with it as `SCM_RIGHTS`, if any.
+fn recv_with_fd(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut buf = vec![0u8; 4096];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // Room for one int in a control message, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: `msg` points at live buffers of the sizes it states.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    buf.truncate(n);
+    let mut fd = None;
+    // SAFETY: walking the control messages recvmsg filled in, with the
+    // kernel's own macros; each SCM_RIGHTS payload holds whole ints.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
+                for i in 0..count {
+                    let raw = data.add(i * size_of::<i32>()).cast::<[u8; 4]>().read_unaligned();
+                    let owned = std::os::fd::OwnedFd::from_raw_fd(i32::from_ne_bytes(raw));
+                    // Only the first is kept; any other is closed here.
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("the agent sent more file descriptors than expected"));
+    }
+    Ok((buf, fd))
+}
+
+/// How long the CLI waits for the agent's reply to one request. Attaching
+/// a policy of 100,000 rules takes a few seconds; a minute with no reply
+/// means the agent is stuck.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_mins needs Rust 1.91; the workspace supports 1.85"
+)]
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Talking to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    #[error("cannot connect to the sbx agent at {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket's peer is not root: not an agent to trust.
+    #[error("the process serving {path} runs as uid {uid}, not root: it is not an sbx agent to trust; nothing was done (unset SBX_AGENT_SOCKET or pass --agent-socket to the real agent)")]
+    NotRoot {
+        /// The socket.
+        path: PathBuf,
+        /// Its peer's uid.
+        uid: u32,
+    },
+    /// No reply within the time limit.
+    #[error("the sbx agent at {path} did not answer within {} s; it may be stuck (check `systemctl status sbx-agent`); nothing is known to have been done", .secs)]
+    Timeout {
+        /// The socket.
+        path: PathBuf,
+        /// The limit.
+        secs: u64,
+    },
+    /// The connection broke.
+    #[error("talking to the sbx agent at {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The reply is not protocol version 1.
+    #[error("the sbx agent at {path} sent a reply this sbx-user cannot read: {message}")]
+    Protocol {
+        /// The socket.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The agent refused or failed the request.
+    #[error("{message}")]
+    Agent {
+        /// The error code.
+        code: String,
+        /// The agent's message.
+        message: String,
+    },
+}
+
+/// A connection to an agent.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects and checks that the agent is root.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let stream = connect_within(path, timeout)?;
+        let io_err = |source| ClientError::Io { path: path.to_owned(), source };
+        let peer = super::access::peer(&stream).map_err(io_err)?;
+        if peer.uid != 0 {
+            return Err(ClientError::NotRoot { path: path.to_owned(), uid: peer.uid });
+        }
+        stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+        let reader = BufReader::new(stream.try_clone().map_err(io_err)?);
+        Ok(Self { path: path.to_owned(), stream, reader, timeout })
+    }
+
+    /// The socket path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends one request and reads its reply.
+    pub fn call(&mut self, request: &Request) -> Result<Map<String, Value>, ClientError> {
+        let line = protocol::encode_request(request);
+        self.stream.write_all(&line).map_err(|e| self.io(e))?;
+        let mut reply = Vec::new();
+        self.reader.read_until(b'\n', &mut reply).map_err(|e| self.io(e))?;
+        if reply.is_empty() {
+            return Err(self.io(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection")));
+        }
+        match protocol::decode_reply(&reply) {
+            Ok(Reply::Ok(map)) => Ok(map),
+            Ok(Reply::Err { code, message }) => Err(ClientError::Agent { code, message }),
+            Err(e) => Err(ClientError::Protocol { path: self.path.clone(), message: e.to_string() }),
+        }
+    }
+
+    /// Sends one request and reads its reply and the file descriptor that
+    /// came with it (`SCM_RIGHTS` on the reply's first byte), if any.
+    pub fn call_with_fd(
+        &mut self,
+        request: &Request,
+    ) -> Result<(Map<String, Value>, Option<std::os::fd::OwnedFd>), ClientError> {
+        let line = protocol::encode_request(request);
+        self.stream.write_all(&line).map_err(|e| self.io(e))?;
+        let (first, fd) = recv_with_fd(&self.stream).map_err(|e| self.io(e))?;
+        let mut reply = first;
+        if !reply.ends_with(b"\n") {
+            self.reader.read_until(b'\n', &mut reply).map_err(|e| self.io(e))?;
+        }
+        if reply.is_empty() {
+            return Err(self.io(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection")));
+        }
+        match protocol::decode_reply(&reply) {
+            Ok(Reply::Ok(map)) => Ok((map, fd)),
+            Ok(Reply::Err { code, message }) => Err(ClientError::Agent { code, message }),
+            Err(e) => Err(ClientError::Protocol { path: self.path.clone(), message: e.to_string() }),
+        }
+    }
+
+    /// Subscribes (request `events`) and calls `each` with every event line
+    /// until the agent closes the connection or `each` says stop.
+    pub fn follow_events(
+        &mut self,
+        cgroups: Option<Vec<String>>,
+        mut each: impl FnMut(&Map<String, Value>) -> bool,
+    ) -> Result<(), ClientError> {
+        self.call(&Request::Events { cgroups })?;
+        // Events come when they come: no reply timeout from here on.
+        self.stream.set_read_timeout(None).map_err(|e| self.io(e))?;
+        loop {
+            let mut line = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut line).map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            // Event lines have no "ok": `{"v": 1, "event": {...}, "dropped": N}`.
+            let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&line) else {
+                return Err(ClientError::Protocol {
+                    path: self.path.clone(),
+                    message: "an event line is not a JSON object".into(),
+                });
+            };
+            if !each(&m) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn io(&self, source: io::Error) -> ClientError {
+        if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            ClientError::Timeout { path: self.path.clone(), secs: self.timeout.as_secs() }
+        } else {
+            ClientError::Io { path: self.path.clone(), source }
+        }
+    }
+}

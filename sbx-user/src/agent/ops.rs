@@ -1,0 +1,549 @@
+//! What each request does, with the same library calls as the CLI
+//! ([`crate::sandbox::install`], [`crate::sandbox::uninstall`],
+//! [`crate::state::Record`]), so that a sandbox made through the agent is
+//! exactly the one `sbx-user attach` would make. These functions block
+//! (bpf(2), the filesystem, name resolution); the server runs them on
+//! tokio's blocking pool.
+//!
+//! Who created each sandbox is kept beside the records, in
+//! `<state-dir>/agent/<cgroup-id>.json` (an [`Owner`]), written before the
+//! sandbox is attached and removed after it is detached, so that a crash
+//! in between leaves a trace the next start cleans up ([`recover`]).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{
+    access::Caller,
+    protocol::{ErrorCode, PolicySource},
+    roots::{ResolveError, Resolved, Roots},
+    Config,
+};
+use crate::{
+    cgroup::Cgroup,
+    compile::DEFAULT_MAX_ENTRIES,
+    loader,
+    policy::{FlagInput, Policy},
+    sandbox::{default_options, install, uninstall, Owner as RecordOwner},
+    state::{Paths, Record, RunnerState},
+};
+
+/// A request that failed: the reply's code and message.
+#[derive(Debug)]
+pub struct OpError {
+    /// The error code.
+    pub code: ErrorCode,
+    /// What went wrong, for the client's user.
+    pub message: String,
+}
+
+impl OpError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl From<ResolveError> for OpError {
+    fn from(e: ResolveError) -> Self {
+        let code = match &e {
+            ResolveError::NotManaged { .. } => ErrorCode::NotManaged,
+            ResolveError::NotFound { .. } => ErrorCode::NotFound,
+            ResolveError::BadName { .. } | ResolveError::Exists(_) => ErrorCode::Invalid,
+            ResolveError::Io { .. } | ResolveError::Cgroup(_) => ErrorCode::Failed,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// Everything an operation needs.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The configuration in force.
+    pub config: &'a Config,
+    /// The managed roots, opened.
+    pub roots: &'a Roots,
+    /// Pins and records.
+    pub paths: &'a Paths,
+}
+
+/// Who created a sandbox through the agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Owner {
+    /// The creator's uid.
+    pub uid: u32,
+    /// The cgroup.
+    pub cgroup: PathBuf,
+    /// Whether the agent made the cgroup (and may remove it).
+    pub created: bool,
+}
+
+fn owner_dir(paths: &Paths) -> PathBuf {
+    paths.state_dir.join("agent")
+}
+
+fn owner_path(paths: &Paths, id: u64) -> PathBuf {
+    owner_dir(paths).join(format!("{id}.json"))
+}
+
+fn failed(what: &str, path: &Path, e: &io::Error) -> OpError {
+    OpError::new(ErrorCode::Failed, format!("{what} {}: {e}", path.display()))
+}
+
+/// The owner record of sandbox `id`, if the agent made it.
+fn load_owner(paths: &Paths, id: u64) -> Result<Option<Owner>, OpError> {
+    let p = owner_path(paths, id);
+    match fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| failed("parsing", &p, &io::Error::other(e))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(failed("reading", &p, &e)),
+    }
+}
+
+fn save_owner(paths: &Paths, id: u64, owner: &Owner) -> Result<(), OpError> {
+    let dir = owner_dir(paths);
+    fs::create_dir_all(&dir).map_err(|e| failed("creating", &dir, &e))?;
+    let p = owner_path(paths, id);
+    let tmp = p.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec(owner).expect("owners serialise")).map_err(|e| failed("writing", &tmp, &e))?;
+    fs::rename(&tmp, &p).map_err(|e| failed("writing", &p, &e))
+}
+
+fn remove_owner(paths: &Paths, id: u64) -> Result<(), OpError> {
+    let p = owner_path(paths, id);
+    match fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(failed("removing", &p, &e)),
+    }
+}
+
+fn all_owners(paths: &Paths) -> Vec<(u64, Owner)> {
+    let mut out: Vec<(u64, Owner)> = fs::read_dir(owner_dir(paths))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let id = name.to_str()?.strip_suffix(".json")?.parse().ok()?;
+            let owner = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
+            Some((id, owner))
+        })
+        .collect();
+    out.sort_by_key(|(id, _)| *id);
+    out
+}
+
+/// The uid that may act on sandbox `id` besides root: its creator, or root
+/// when the agent did not make it.
+fn creator(paths: &Paths, id: u64) -> Result<u32, OpError> {
+    Ok(load_owner(paths, id)?.map_or(0, |o| o.uid))
+}
+
+/// The creator of sandbox `id` (root when unknown).
+#[must_use]
+pub fn creator_of(paths: &Paths, id: u64) -> u32 {
+    creator(paths, id).unwrap_or(0)
+}
+
+/// `events`: the cgroup ids of the sandboxes named, each checked like
+/// `status`; `None` for every sandbox the caller may see.
+pub fn event_filter(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    cgroups: Option<&[String]>,
+) -> Result<Option<std::collections::HashSet<u64>>, OpError> {
+    let Some(names) = cgroups else { return Ok(None) };
+    let mut ids = std::collections::HashSet::new();
+    for name in names {
+        let resolved = ctx.roots.resolve(name)?;
+        check_owner(caller, ctx.paths, &resolved)?;
+        if !ctx.paths.pin_dir(resolved.cgroup.id).exists() {
+            return Err(OpError::new(
+                ErrorCode::NotFound,
+                format!("sbx is not attached to {}", resolved.cgroup.path.display()),
+            ));
+        }
+        ids.insert(resolved.cgroup.id);
+    }
+    Ok(Some(ids))
+}
+
+fn check_owner(caller: &Caller, paths: &Paths, r: &Resolved) -> Result<Option<Owner>, OpError> {
+    let owner = load_owner(paths, r.cgroup.id)?;
+    let uid = owner.as_ref().map_or(0, |o| o.uid);
+    if caller.may_act_on(uid) {
+        Ok(owner)
+    } else {
+        Err(OpError::new(
+            ErrorCode::NotOwner,
+            format!(
+                "{} is not a sandbox uid {} created; only its creator and root may act on it",
+                r.cgroup.path.display(),
+                caller.uid
+            ),
+        ))
+    }
+}
+
+/// Builds the policy of a request exactly as the CLI builds it from the
+/// same profile, file text and flags.
+///
+/// `unix` rules are enforced by the supervisor of the `sbx-user run` that
+/// asked (`for_run`); for a cgroup the agent attaches, an explicit one is
+/// refused, as `attach` refuses it.
+pub fn build_policy(src: &PolicySource, for_run: bool) -> Result<(Policy, u32), OpError> {
+    let PolicySource {
+        profile,
+        toml,
+        name,
+        allow,
+        deny,
+        default,
+        loopback,
+        proxy,
+        bind,
+        audit,
+        proxy_redirect,
+        allow_unresolved,
+        max_rules,
+        unix,
+        dns,
+    } = src;
+    let bad = |m: String| OpError::new(ErrorCode::Policy, m);
+    if let Some(text) = toml {
+        // Refused before parsing: filesystem rules are canonicalised while
+        // they are parsed, and the agent runs as root, so parsing them
+        // would tell a client which root-only paths exist.
+        if text.parse::<toml::Table>().is_ok_and(|t| t.contains_key("filesystem")) {
+            return Err(bad(
+                "filesystem rules ([filesystem]) apply only to `sbx-user run`: Landlock restricts a process sbx starts, not a cgroup".into(),
+            ));
+        }
+    }
+    let flags = FlagInput {
+        allow: allow.clone(),
+        deny: deny.clone(),
+        default: default.clone(),
+        loopback: loopback.clone(),
+        proxy: proxy.clone(),
+        bind: bind.clone(),
+        audit: *audit,
+        fs_read: Vec::new(),
+        fs_write: Vec::new(),
+        allow_unresolved: *allow_unresolved,
+        proxy_redirect: *proxy_redirect,
+        unix: unix.clone(),
+        dns: dns.clone(),
+    };
+    let file = toml.as_deref().map(|t| (t, name.as_deref().unwrap_or("the request's policy")));
+    let mut policy = Policy::from_text_sources(profile.as_deref(), file, &flags).map_err(|e| bad(e.to_string()))?;
+    if policy.unix.restricts() {
+        if policy.unix_explicit() && !for_run {
+            return Err(bad(format!(
+                "unix = {}: processes in an attached cgroup can still connect to every pathname UNIX socket their uid may \
+                 open (the cgroup programs judge inet addresses only); only `sbx-user run` enforces `unix`",
+                policy.unix
+            )));
+        }
+        // Enforced, for a run, by the runner's own supervisor.
+        policy.unix = crate::policy::Unix::Any;
+        policy.unix_origin = None;
+    }
+    if policy.filesystem.is_some() {
+        return Err(bad("filesystem rules apply only to `sbx-user run`".into()));
+    }
+    let max = max_rules.unwrap_or(DEFAULT_MAX_ENTRIES);
+    if !(16..=crate::compile::MAX_MAX_ENTRIES).contains(&max) {
+        return Err(bad(format!("max_rules = {max} is out of range (16 to {})", crate::compile::MAX_MAX_ENTRIES)));
+    }
+    Ok((policy, max))
+}
+
+fn record_json(rec: &Record, owner: u32) -> Value {
+    json!({
+        "cgroup": rec.cgroup,
+        "cgroup_id": rec.cgroup_id,
+        "creator_uid": owner,
+        "by": rec.by,
+        "runner_pid": rec.runner_pid,
+        "attached_at": rec.attached_at,
+        "generation": rec.generation,
+        "dest_entries": rec.dest_entries,
+        "bind_entries": rec.bind_entries,
+        "tables": rec.tables,
+        "max_entries": rec.max_entries,
+        "summary": rec.policy.summary(),
+    })
+}
+
+/// `attach`.
+pub fn attach(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    cgroup: &str,
+    create: bool,
+    replace: bool,
+    src: &PolicySource,
+) -> Result<Value, OpError> {
+    if !caller.is_root() && !create {
+        return Err(OpError::new(
+            ErrorCode::NotOwner,
+            "only root may attach to an existing cgroup: it may hold another user's processes; send \"create\": true to have the agent make a cgroup of your own",
+        ));
+    }
+    let (policy, max_rules) = build_policy(src, false)?;
+    if !caller.is_root() {
+        let owned = all_owners(ctx.paths).iter().filter(|(_, o)| o.uid == caller.uid).count();
+        let limit = ctx.config.limits.max_sandboxes_per_user;
+        if owned >= limit {
+            return Err(OpError::new(
+                ErrorCode::Limit,
+                format!(
+                    "uid {} owns {owned} sandboxes already, the limit (limits.max_sandboxes_per_user = {limit})",
+                    caller.uid
+                ),
+            ));
+        }
+    }
+    let resolved = if create { ctx.roots.create(cgroup)? } else { ctx.roots.resolve(cgroup)? };
+    let cg = &resolved.cgroup;
+    let existing_owner = if create {
+        // Recorded before anything is attached: a crash from here on
+        // leaves a trace that `recover` follows.
+        let owner = Owner { uid: caller.uid, cgroup: cg.path.clone(), created: true };
+        if let Err(e) = save_owner(ctx.paths, cg.id, &owner) {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Some(owner)
+    } else {
+        check_owner(caller, ctx.paths, &resolved)?
+    };
+    let opts = default_options(max_rules, replace);
+    match install(cg, &policy, opts, ctx.paths, RecordOwner::Attach) {
+        Ok((attached, record)) => Ok(json!({
+            "cgroup": cg.path,
+            "cgroup_id": cg.id,
+            "created": create,
+            "replaced": attached.replaced,
+            "generation": record.generation,
+            "prog_ids": attached.prog_ids,
+            "pin_dir": attached.pin_dir,
+            "dest_entries": record.dest_entries,
+            "bind_entries": record.bind_entries,
+            "tables": record.tables,
+            "max_entries": record.max_entries,
+            "creator_uid": existing_owner.as_ref().map_or(0, |o| o.uid),
+            "summary": policy.summary(),
+            "policy": policy,
+        })),
+        Err(e) => {
+            if create {
+                let _ = cg.remove();
+                let _ = remove_owner(ctx.paths, cg.id);
+            }
+            Err(OpError::new(ErrorCode::Failed, format!("no policy was attached to {}: {e}", cg.path.display())))
+        }
+    }
+}
+
+/// `update`.
+pub fn update(ctx: &Context<'_>, caller: &Caller, cgroup: &str, src: &PolicySource) -> Result<Value, OpError> {
+    let resolved = ctx.roots.resolve(cgroup)?;
+    let owner = check_owner(caller, ctx.paths, &resolved)?;
+    let cg = &resolved.cgroup;
+    let (policy, max_rules) = build_policy(src, false)?;
+    if !ctx.paths.pin_dir(cg.id).exists() {
+        return Err(OpError::new(
+            ErrorCode::NotFound,
+            format!("sbx is not attached to {}; attach first", cg.path.display()),
+        ));
+    }
+    let record_owner =
+        match Record::load(ctx.paths, cg.id).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))? {
+            Some(Record { runner_pid: Some(pid), .. }) => RecordOwner::Run(pid),
+            _ => RecordOwner::Attach,
+        };
+    let (_, record) = install(cg, &policy, default_options(max_rules, true), ctx.paths, record_owner).map_err(|e| {
+        OpError::new(ErrorCode::Failed, format!("the policy of {} was not changed: {e}", cg.path.display()))
+    })?;
+    Ok(json!({
+        "cgroup": cg.path,
+        "cgroup_id": cg.id,
+        "generation": record.generation,
+        "creator_uid": owner.map_or(0, |o| o.uid),
+        "summary": policy.summary(),
+        "policy": policy,
+    }))
+}
+
+/// `detach`.
+pub fn detach(ctx: &Context<'_>, caller: &Caller, cgroup: &str, remove: bool) -> Result<Value, OpError> {
+    let resolved = ctx.roots.resolve(cgroup)?;
+    let owner = check_owner(caller, ctx.paths, &resolved)?;
+    let cg = &resolved.cgroup;
+    let fail = |e: &dyn std::fmt::Display| OpError::new(ErrorCode::Failed, format!("{}: {e}", cg.path.display()));
+    let record = Record::load(ctx.paths, cg.id).map_err(|e| fail(&e))?;
+    if let Some(RunnerState::Running(pid)) =
+        record.as_ref().map(Record::runner).filter(|r| *r != RunnerState::Running(caller.pid))
+    {
+        return Err(OpError::new(
+            ErrorCode::Invalid,
+            format!("{} belongs to a running `sbx-user run` (pid {pid}); stop that command instead", cg.path.display()),
+        ));
+    }
+    if remove && !owner.as_ref().is_some_and(|o| o.created) {
+        return Err(OpError::new(
+            ErrorCode::Invalid,
+            format!("{} was not created by the agent; it detaches but does not remove it", cg.path.display()),
+        ));
+    }
+    let pinned = ctx.paths.pin_dir(cg.id).exists();
+    if !pinned && record.is_none() && owner.is_none() {
+        return Err(OpError::new(ErrorCode::NotFound, format!("sbx is not attached to {}", cg.path.display())));
+    }
+    if remove {
+        // The processes go first: nothing may run in it unconfined.
+        cg.kill_all(std::time::Duration::from_secs(5)).map_err(|e| fail(&e))?;
+    }
+    if pinned {
+        uninstall(cg.id, &cg.path, ctx.paths).map_err(|e| fail(&e))?;
+    }
+    Record::remove(ctx.paths, cg.id).map_err(|e| fail(&e))?;
+    if remove {
+        cg.remove().map_err(|e| fail(&e))?;
+    }
+    remove_owner(ctx.paths, cg.id)?;
+    Ok(json!({ "cgroup": cg.path, "cgroup_id": cg.id, "removed": remove }))
+}
+
+/// `run`: a new cgroup under the first root, attached with the caller as
+/// its runner; the reply and the cgroup's directory fd.
+pub fn run(ctx: &Context<'_>, caller: &Caller, src: &PolicySource) -> Result<(Value, std::os::fd::OwnedFd), OpError> {
+    if !caller.is_root() {
+        return Err(OpError::new(
+            ErrorCode::NotOwner,
+            "run through the agent is for root in this version: a process that is not root cannot move itself into a cgroup outside its own delegated subtree; create a sandbox with attach \"create\" instead",
+        ));
+    }
+    let (policy, max_rules) = build_policy(src, true)?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let resolved = ctx.roots.create(&format!("run-{}-{nanos}", caller.pid))?;
+    let cg = &resolved.cgroup;
+    let owner = Owner { uid: caller.uid, cgroup: cg.path.clone(), created: true };
+    if let Err(e) = save_owner(ctx.paths, cg.id, &owner) {
+        let _ = cg.remove();
+        return Err(e);
+    }
+    match install(cg, &policy, default_options(max_rules, false), ctx.paths, RecordOwner::Run(caller.pid)) {
+        Ok((_, record)) => Ok((
+            json!({
+                "cgroup": cg.path,
+                "cgroup_id": cg.id,
+                "generation": record.generation,
+                "summary": policy.summary(),
+            }),
+            resolved.fd,
+        )),
+        Err(e) => {
+            let _ = cg.remove();
+            let _ = remove_owner(ctx.paths, cg.id);
+            Err(OpError::new(ErrorCode::Failed, format!("no sandbox was made for the command: {e}")))
+        }
+    }
+}
+
+/// `list`.
+pub fn list(ctx: &Context<'_>, caller: &Caller) -> Result<Value, OpError> {
+    let records = Record::load_all(ctx.paths).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+    let mut out = Vec::new();
+    for rec in &records {
+        let uid = creator(ctx.paths, rec.cgroup_id)?;
+        if caller.may_act_on(uid) {
+            out.push(record_json(rec, uid));
+        }
+    }
+    Ok(json!({ "sandboxes": out }))
+}
+
+/// `status`.
+pub fn status(ctx: &Context<'_>, caller: &Caller, cgroup: &str) -> Result<Value, OpError> {
+    let resolved = ctx.roots.resolve(cgroup)?;
+    let owner = check_owner(caller, ctx.paths, &resolved)?;
+    let cg = &resolved.cgroup;
+    let record = Record::load(ctx.paths, cg.id).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+    let Some(record) = record else {
+        return Err(OpError::new(ErrorCode::NotFound, format!("sbx is not attached to {}", cg.path.display())));
+    };
+    let mut v = record_json(&record, owner.map_or(0, |o| o.uid));
+    let hooks = hook_state(cg, record.policy.redirect);
+    v["enforcing_hooks"] = json!(hooks.as_ref().map(|(on, _)| on.clone()).unwrap_or_default());
+    v["missing_hooks"] = json!(hooks.as_ref().map(|(_, off)| off.clone()).unwrap_or_default());
+    v["problem"] = match &hooks {
+        Err(e) => json!(e),
+        Ok((_, off)) if !off.is_empty() => json!(format!("not enforcing at {}", off.join(", "))),
+        Ok(_) => Value::Null,
+    };
+    v["counters"] = json!(crate::events::sandbox_counters(ctx.paths, cg.id).ok());
+    Ok(v)
+}
+
+/// The hooks where the kernel reports an sbx program on `cg`, and those
+/// where it does not.
+fn hook_state(cg: &Cgroup, redirect: bool) -> Result<(Vec<String>, Vec<String>), String> {
+    let q = loader::query(cg).map_err(|e| e.to_string())?;
+    let (on, off): (Vec<_>, Vec<_>) = q.into_iter().partition(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")));
+    Ok((
+        on.into_iter().map(|(h, _)| h.to_owned()).collect(),
+        off.into_iter()
+            .filter(|(h, _)| loader::hooks_for(redirect).any(|x| x.2 == *h))
+            .map(|(h, _)| h.to_owned())
+            .collect(),
+    ))
+}
+
+/// At start: finishes what a crash interrupted. An owner record with no
+/// sandbox record means the agent died between creating the cgroup and
+/// recording the attach. If nothing runs in the cgroup, whatever was
+/// attached is taken off again and a cgroup the agent made is removed; if
+/// something does, it stays held and is reported.
+/// Returns what it cleaned, for the log.
+#[must_use]
+pub fn recover(paths: &Paths) -> Vec<String> {
+    let mut cleaned = Vec::new();
+    for (id, owner) in all_owners(paths) {
+        if Record::load(paths, id).ok().flatten().is_some() {
+            continue;
+        }
+        let cg = Cgroup::open(&owner.cgroup).ok().filter(|c| c.id == id);
+        if cg.as_ref().is_some_and(|c| c.populated().unwrap_or(true)) {
+            // Processes are in it: keep whatever holds them (fail closed)
+            // and let an administrator decide.
+            log::warn!(
+                "{} has no sandbox record but holds processes; left as it is (detach it with \"remove\" to clean up)",
+                owner.cgroup.display()
+            );
+            continue;
+        }
+        if paths.pin_dir(id).exists() {
+            if let Err(e) = uninstall(id, &owner.cgroup, paths) {
+                log::warn!("cannot take the half-made sandbox {} off: {e}", owner.cgroup.display());
+                continue;
+            }
+        }
+        if let (Some(cg), true) = (&cg, owner.created) {
+            if let Err(e) = cg.remove() {
+                log::warn!("cannot remove the half-made cgroup {}: {e}", cg.path.display());
+                continue;
+            }
+        }
+        let _ = remove_owner(paths, id);
+        cleaned.push(owner.cgroup.display().to_string());
+    }
+    cleaned
+}

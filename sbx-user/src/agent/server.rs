@@ -1,0 +1,623 @@
+//! The socket, the connections and the signals, on a single-threaded
+//! tokio runtime. Each connection is its own task, so a client that stalls
+//! (sends half a line, stops reading its replies) holds only its own task,
+//! until a timeout drops it. Kernel work runs on the blocking pool; the
+//! requests that change sandboxes take one lock in turn (the loader holds a
+//! host-wide lock as well, shared with the CLI), and a request whose client
+//! has vanished still runs to its end, so no sandbox is left half-made by a
+//! client going away.
+
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::Path,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
+
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+};
+
+use super::{
+    access::{self, Caller},
+    config::{self, Config},
+    ops::{self, Context, OpError},
+    protocol::{self, ErrorCode, Request, VERSION},
+    roots::Roots,
+    AgentError, Options,
+};
+use crate::state::Paths;
+
+/// The configuration in force and the roots it names, swapped whole by a
+/// reload.
+#[derive(Debug)]
+struct Live {
+    config: Config,
+    roots: Roots,
+}
+
+#[derive(Debug)]
+struct Shared {
+    live: RwLock<Arc<Live>>,
+    paths: Paths,
+    opts: Options,
+    /// Serialises the requests that change sandboxes.
+    changes: tokio::sync::Mutex<()>,
+    connections: AtomicUsize,
+    /// Event subscriptions.
+    hub: Arc<super::events::Hub>,
+}
+
+impl Shared {
+    fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Brings the event readers in line with the sandboxes below the roots.
+    fn rescan(&self) {
+        let live = self.live();
+        self.hub.rescan(&self.paths, &|p| live.roots.contains(p));
+    }
+}
+
+/// Loads and checks the configuration and opens the roots.
+fn load(opts: &Options) -> Result<Live, AgentError> {
+    let file = config::load_file(&opts.config, opts.config_explicit)?;
+    let config = config::resolve(file, &opts.overrides)?;
+    let roots = Roots::open(&config.cgroup_roots)?;
+    Ok(Live { config, roots })
+}
+
+/// `--check`: the configuration as the agent would run with it.
+pub fn check(opts: &Options) -> Result<String, AgentError> {
+    let live = load(opts)?;
+    let Config { cgroup_roots: _, group, limits } = &live.config;
+    let roots: Vec<String> = live.roots.paths().map(|p| p.display().to_string()).collect();
+    Ok(format!(
+        "configuration is valid\n  cgroup roots: {}\n  access: root{}\n  socket: {}\n  limits: {limits:?}",
+        roots.join(", "),
+        group.as_ref().map(|(n, g)| format!(" and members of group {n} (gid {g})")).unwrap_or_default(),
+        opts.socket.display()
+    ))
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn serve(opts: Options, paths: Paths) -> Result<(), AgentError> {
+    let live = load(&opts)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(8)
+        .build()
+        .map_err(AgentError::Runtime)?;
+    runtime.block_on(main_loop(opts, paths, live))
+}
+
+async fn main_loop(opts: Options, paths: Paths, live: Live) -> Result<(), AgentError> {
+    let cleaned = {
+        let paths = paths.clone();
+        tokio::task::spawn_blocking(move || ops::recover(&paths)).await.unwrap_or_default()
+    };
+    for c in cleaned {
+        log::warn!("cleaned up the half-made sandbox {c} of an earlier agent that stopped while creating it");
+    }
+    let listener = bind(&opts.socket, live.config.group.as_ref().map(|g| g.1))?;
+    let bound = std::fs::metadata(&opts.socket).map(|m| m.ino()).ok();
+    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Runtime)?;
+    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
+    log::info!(
+        "serving {} for cgroups below {}",
+        opts.socket.display(),
+        live.roots.paths().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let shared = Arc::new(Shared {
+        live: RwLock::new(Arc::new(live)),
+        paths,
+        opts,
+        changes: tokio::sync::Mutex::new(()),
+        connections: AtomicUsize::new(0),
+        hub: Arc::new(super::events::Hub::default()),
+    });
+    let rescanning = Arc::clone(&shared);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            rescanning.rescan();
+        }
+    });
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move { connection(&shared, stream).await });
+                }
+                // EMFILE and the like: back off instead of spinning.
+                Err(e) => {
+                    log::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = hup.recv() => reload(&shared),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Let a change in progress finish; the sandboxes stay pinned.
+    let _done = shared.changes.lock().await;
+    let sock = &shared.opts.socket;
+    if std::fs::metadata(sock).map(|m| m.ino()).ok() == bound {
+        let _ = std::fs::remove_file(sock);
+    }
+    log::info!("stopped; every sandbox stays enforced");
+    Ok(())
+}
+
+/// SIGHUP: reads the configuration again; a bad one is logged and the old
+/// one kept.
+fn reload(shared: &Shared) {
+    match load(&shared.opts) {
+        Ok(live) => {
+            if let Err(e) = set_socket_access(&shared.opts.socket, live.config.group.as_ref().map(|g| g.1)) {
+                log::error!("reloading: {e}; keeping the previous configuration");
+                return;
+            }
+            log::info!("reloaded {}", shared.opts.config.display());
+            *shared.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(live);
+        }
+        Err(e) => log::error!("reloading: {e}; keeping the previous configuration"),
+    }
+}
+
+/// Creates the socket: refuses to start if another agent answers on it,
+/// replaces a stale one, and gives it the mode of the access rule (0660
+/// root:GROUP with a group, else 0600) before anyone can connect.
+fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, AgentError> {
+    let err = |action: &'static str| {
+        let path = path.to_owned();
+        move |source| AgentError::Socket { action, path, source }
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(err("setting the mode of the directory of"))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(AgentError::Running(path.to_owned())),
+            Err(_) => std::fs::remove_file(path).map_err(err("removing the stale socket"))?,
+        },
+        Ok(_) => return Err(err("replacing")(io::Error::other("it exists and is not a socket"))),
+        Err(_) => {}
+    }
+    // SAFETY: umask has no preconditions; the socket is created with mode
+    // 0600 at most, then opened up to the group below.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let std_listener = bound.map_err(err("binding"))?;
+    set_socket_access(path, group)?;
+    std_listener.set_nonblocking(true).map_err(err("configuring"))?;
+    UnixListener::from_std(std_listener).map_err(err("configuring"))
+}
+
+fn set_socket_access(path: &Path, group: Option<u32>) -> Result<(), AgentError> {
+    let err = |action: &'static str| {
+        let path = path.to_owned();
+        move |source| AgentError::Socket { action, path, source }
+    };
+    std::os::unix::fs::chown(path, Some(0), Some(group.unwrap_or(0))).map_err(err("changing the owner of"))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err("setting the mode of"))
+}
+
+/// What reading one request line gave.
+enum Line {
+    /// A whole line (without its newline).
+    Full(Vec<u8>),
+    /// Longer than the limit; the connection cannot be resynchronised.
+    TooLong,
+    /// The client closed the connection.
+    Eof,
+}
+
+/// Reads up to a newline, never buffering more than `max` bytes.
+async fn read_line(reader: &mut (impl AsyncBufRead + Unpin), max: usize) -> io::Result<Line> {
+    let mut line = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            // EOF; a final line without a newline still counts.
+            return Ok(if line.is_empty() { Line::Eof } else { Line::Full(line) });
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > max {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done {
+            line.pop();
+            return Ok(Line::Full(line));
+        }
+    }
+}
+
+/// An `events` request: the error reply if it is refused, else `None`
+/// once the subscriber has gone (the connection then ends).
+async fn subscribe(
+    shared: &Shared,
+    live: &Live,
+    caller: &Caller,
+    env: protocol::Envelope,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Option<Vec<u8>> {
+    let Request::Events { cgroups } = &env.request else { unreachable!("called for events") };
+    let ctx = Context { config: &live.config, roots: &live.roots, paths: &shared.paths };
+    let filter = match ops::event_filter(&ctx, caller, cgroups.as_deref()) {
+        Ok(f) => f,
+        Err(OpError { code, message }) => return Some(protocol::error_reply(env.id.as_ref(), code, &message)),
+    };
+    // The kernel's share of the queue is bounded too: a subscriber that
+    // stops reading holds 64 KiB there.
+    set_send_buffer(wr, 64 * 1024);
+    let uid = (!caller.is_root()).then_some(caller.uid);
+    let sub = shared.hub.subscribe(filter, uid, live.config.limits.event_queue);
+    shared.rescan();
+    log::info!("uid {} pid {}: events: subscribed", caller.uid, caller.pid);
+    let ok = protocol::ok_reply(env.id.as_ref(), json!({ "subscribed": true }));
+    let limit = Duration::from_secs(live.config.limits.write_timeout_secs);
+    if let Ok(Ok(())) = send(wr, limit, ok).await {
+        stream_events(reader, wr, sub.rx).await;
+    }
+    shared.hub.unsubscribe_id(sub.id);
+    shared.rescan();
+    None
+}
+
+/// Writes a subscriber's event lines until it goes away. A subscriber that
+/// stops reading blocks only this task; its queue then fills and the hub
+/// counts what it drops.
+async fn stream_events(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    mut rx: tokio::sync::mpsc::Receiver<serde_json::Value>,
+) {
+    loop {
+        tokio::select! {
+            line = rx.recv() => {
+                let Some(v) = line else { return };
+                let mut bytes = serde_json::to_vec(&v).expect("JSON values serialise");
+                bytes.push(b'\n');
+                if wr.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            input = reader.fill_buf() => {
+                // Anything it sends now is ignored; EOF ends the stream.
+                let n = input.map_or(0, <[u8]>::len);
+                if n == 0 {
+                    return;
+                }
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+fn set_send_buffer(wr: &tokio::net::unix::OwnedWriteHalf, bytes: i32) {
+    use std::os::fd::AsRawFd as _;
+    let stream: &UnixStream = wr.as_ref();
+    // SAFETY: setsockopt on an open socket with an int option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const bytes).cast(),
+            libc::socklen_t::try_from(size_of::<i32>()).expect("4"),
+        );
+    }
+}
+
+/// Writes one reply, giving up after `limit`.
+async fn send(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    limit: Duration,
+    bytes: Vec<u8>,
+) -> Result<io::Result<()>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(limit, wr.write_all(&bytes)).await
+}
+
+/// Decrements the connection count when a connection ends.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(shared: &Shared, stream: UnixStream) {
+    let live = shared.live();
+    let limits = live.config.limits.clone();
+    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
+    let (rd, mut wr) = stream.into_split();
+    let _slot = Slot(&shared.connections);
+    let n = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let caller = match access::peer(wr.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("cannot read the credentials of a client: {e}");
+            return;
+        }
+    };
+    if let Err(why) = caller.admit(live.config.group.as_ref()) {
+        log::warn!("refused uid {} pid {}: {why}", caller.uid, caller.pid);
+        let _ = send(&mut wr, write_timeout, protocol::error_reply(None, ErrorCode::Denied, &why)).await;
+        return;
+    }
+    if n > limits.max_connections {
+        let msg = format!(
+            "the agent serves {} connections at most (limits.max_connections); try again",
+            limits.max_connections
+        );
+        let _ = send(&mut wr, write_timeout, protocol::error_reply(None, ErrorCode::Limit, &msg)).await;
+        return;
+    }
+    drop(live);
+    let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    loop {
+        let live = shared.live();
+        let max = live.config.limits.max_request_bytes;
+        let idle = Duration::from_secs(live.config.limits.idle_timeout_secs);
+        let request = match tokio::time::timeout(idle, read_line(&mut reader, max)).await {
+            Ok(Ok(Line::Full(bytes))) => bytes,
+            Ok(Ok(Line::TooLong)) => {
+                let msg =
+                    format!("request longer than {max} bytes (limits.max_request_bytes); the connection is closed");
+                let _ = send(&mut wr, write_timeout, protocol::error_reply(None, ErrorCode::TooLarge, &msg)).await;
+                return;
+            }
+            Ok(Ok(Line::Eof) | Err(_)) => return,
+            Err(_) => {
+                log::debug!("dropping uid {} pid {}: idle for {idle:?}", caller.uid, caller.pid);
+                return;
+            }
+        };
+        if request.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let reply = match handle(shared, live, &caller, &request, &mut reader, &mut wr, write_timeout).await {
+            Next::Reply(reply) => reply,
+            Next::Sent => continue,
+            Next::End => return,
+        };
+        let sent = send(&mut wr, write_timeout, reply).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            log::warn!(
+                "dropping uid {} pid {}: it did not read its reply within {write_timeout:?}",
+                caller.uid,
+                caller.pid
+            );
+            return;
+        }
+    }
+}
+/// What to do after a request.
+enum Next {
+    /// Send this reply.
+    Reply(Vec<u8>),
+    /// The reply went out already (with a file descriptor).
+    Sent,
+    /// End the connection.
+    End,
+}
+
+/// Answers one request line.
+async fn handle(
+    shared: &Shared,
+    live: Arc<Live>,
+    caller: &Caller,
+    request: &[u8],
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    write_timeout: Duration,
+) -> Next {
+    // The access rule of the configuration in force now, which a reload
+    // may have narrowed since the connection was accepted.
+    Next::Reply(if let Err(why) = caller.admit(live.config.group.as_ref()) {
+        protocol::error_reply(None, ErrorCode::Denied, &why)
+    } else {
+        match protocol::decode(request) {
+            Err(e) => protocol::error_reply(None, e.code(), &e.to_string()),
+            Ok(env) if matches!(env.request, Request::Events { .. }) => {
+                match subscribe(shared, &live, caller, env, reader, wr).await {
+                    Some(refusal) => refusal,
+                    None => return Next::End,
+                }
+            }
+            Ok(env) => {
+                let op = env.request.op();
+                let id = env.id;
+                match dispatch(shared, live, caller, env.request).await {
+                    Ok((v, fd)) => {
+                        log::info!("uid {} pid {}: {op}: ok", caller.uid, caller.pid);
+                        let reply = protocol::ok_reply(id.as_ref(), v);
+                        match fd {
+                            None => reply,
+                            Some(fd) => {
+                                let sent = tokio::time::timeout(write_timeout, send_with_fd(wr, &reply, &fd)).await;
+                                if matches!(sent, Ok(Ok(()))) {
+                                    return Next::Sent;
+                                }
+                                log::warn!(
+                                    "dropping uid {} pid {}: its reply could not be sent",
+                                    caller.uid,
+                                    caller.pid
+                                );
+                                return Next::End;
+                            }
+                        }
+                    }
+                    Err(OpError { code, message }) => {
+                        log::info!("uid {} pid {}: {op}: {message}", caller.uid, caller.pid);
+                        protocol::error_reply(id.as_ref(), code, &message)
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Sends `reply` with `fd` as `SCM_RIGHTS` on its first bytes, then the
+/// rest of it if the first `sendmsg` took only part.
+async fn send_with_fd(
+    wr: &tokio::net::unix::OwnedWriteHalf,
+    reply: &[u8],
+    fd: &std::os::fd::OwnedFd,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let stream: &UnixStream = wr.as_ref();
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || sendmsg_fd(stream.as_raw_fd(), reply, fd.as_raw_fd())) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    };
+    let mut rest = &reply[sent..];
+    while !rest.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn sendmsg_fd(sock: i32, data: &[u8], fd: i32) -> io::Result<usize> {
+    let four = u32::try_from(size_of::<i32>()).expect("4");
+    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(four) } as usize;
+    // SAFETY: `control` (32 bytes) has room for one cmsghdr with an int
+    // (CMSG_SPACE(4) is 24 on 64-bit); header and data are written in place.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(four) as usize;
+        libc::CMSG_DATA(c).cast::<[u8; 4]>().write_unaligned(fd.to_ne_bytes());
+    }
+    // SAFETY: `msg` points at live buffers of the sizes it states.
+    let n = unsafe { libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// A request's result: the reply's fields and, for `run`, the fd to send.
+type Outcome = Result<(serde_json::Value, Option<std::os::fd::OwnedFd>), OpError>;
+
+async fn dispatch(shared: &Shared, live: Arc<Live>, caller: &Caller, request: Request) -> Outcome {
+    if let Request::Hello {} = request {
+        return Ok((
+            json!({
+                "agent": format!("sbx-user {}", env!("CARGO_PKG_VERSION")),
+                "protocol": VERSION,
+                "uid": caller.uid,
+                "gid": caller.gid,
+                "pid": caller.pid,
+                "root": caller.is_root(),
+                "cgroup_roots": live.roots.paths().collect::<Vec<_>>(),
+                "bpffs": shared.paths.bpffs,
+                "state_dir": shared.paths.state_dir,
+            }),
+            None,
+        ));
+    }
+    let changes = matches!(
+        request,
+        Request::Attach { .. } | Request::Update { .. } | Request::Detach { .. } | Request::Run { .. }
+    );
+    let _turn = if changes { Some(shared.changes.lock().await) } else { None };
+    let paths = shared.paths.clone();
+    let caller = caller.clone();
+    let work = move || {
+        let ctx = Context { config: &live.config, roots: &live.roots, paths: &paths };
+        let no_fd = |r: Result<serde_json::Value, OpError>| r.map(|v| (v, None));
+        match &request {
+            Request::Hello {} | Request::Events { .. } => unreachable!("answered before"),
+            Request::Attach { cgroup, create, replace, policy } => {
+                no_fd(ops::attach(&ctx, &caller, cgroup, *create, *replace, policy))
+            }
+            Request::Update { cgroup, policy } => no_fd(ops::update(&ctx, &caller, cgroup, policy)),
+            Request::Detach { cgroup, remove } => no_fd(ops::detach(&ctx, &caller, cgroup, *remove)),
+            Request::Run { policy } => ops::run(&ctx, &caller, policy).map(|(v, fd)| (v, Some(fd))),
+            Request::List {} => no_fd(ops::list(&ctx, &caller)),
+            Request::Status { cgroup } => no_fd(ops::status(&ctx, &caller, cgroup)),
+        }
+    };
+    let outcome = tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(OpError { code: ErrorCode::Failed, message: format!("internal error: {e}") }));
+    if changes {
+        shared.rescan();
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut r = BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut r, max).await.expect("in memory") {
+                Line::Full(l) => out.push(String::from_utf8_lossy(&l).into_owned()),
+                Line::TooLong => {
+                    out.push("<too long>".into());
+                    return out;
+                }
+                Line::Eof => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn reads_lines_within_the_limit() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(async {
+            assert_eq!(lines(b"ab\ncdef\n\ng", 10).await, ["ab", "cdef", "", "g"]);
+            assert_eq!(lines(b"0123456789\n", 11).await, ["0123456789"]);
+            assert_eq!(lines(b"0123456789\n", 10).await, ["<too long>"]);
+            assert_eq!(lines(b"ok\n0123456789abcdef", 10).await, ["ok", "<too long>"]);
+        });
+    }
+}
