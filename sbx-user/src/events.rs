@@ -43,6 +43,11 @@ pub struct EventReader {
     sandbox: u64,
     /// Kernel id of the ring buffer map.
     id: u32,
+    /// A descriptor of the same ring that stays open across the reopening
+    /// drains: what [`Self::wait`] and an event loop (the agent's
+    /// `AsyncFd`) wait on. Readiness belongs to the map, so any of its
+    /// descriptors tells when events arrive.
+    poll: std::os::fd::OwnedFd,
 }
 
 fn open_ring(path: &Path) -> Result<(RingBuf<MapData>, u32), EventsError> {
@@ -68,12 +73,14 @@ impl EventReader {
 
     fn open_at(dir: &Path, path: &Path, sandbox: u64) -> Result<Self, EventsError> {
         let (ring, id) = open_ring(path)?;
-        let lock = std::fs::File::open(dir).map_err(|e| EventsError {
-            what: "events",
-            path: dir.display().to_string(),
-            detail: e.to_string(),
-        })?;
-        Ok(Self { ring, path: path.to_owned(), lock, sandbox, id })
+        let err =
+            |e: std::io::Error| EventsError { what: "events", path: dir.display().to_string(), detail: e.to_string() };
+        let lock = std::fs::File::open(dir).map_err(err)?;
+        // SAFETY: the ring's fd is open for as long as `ring` lives, which
+        // is longer than this borrow.
+        let poll =
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(ring.as_raw_fd()) }.try_clone_to_owned().map_err(err)?;
+        Ok(Self { ring, path: path.to_owned(), lock, sandbox, id, poll })
     }
 
     /// Kernel id of the ring buffer this reader reads.
@@ -117,7 +124,7 @@ impl EventReader {
 
     /// Waits up to `timeout` for new events (poll on the ring buffer fd).
     pub fn wait(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd { fd: self.poll.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&raw mut pfd, 1, ms) };
@@ -128,7 +135,7 @@ impl EventReader {
 /// `AsyncFd`).
 impl AsRawFd for EventReader {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.ring.as_raw_fd()
+        self.poll.as_raw_fd()
     }
 }
 

@@ -692,10 +692,20 @@ while time.time() < end:
     time.sleep(0.01)
 sys.exit(7)
 ";
+    // The DNS stub lives in the local sbx-user: through the agent, the
+    // default dns = "pinned" of a deny policy is refused, not dropped.
+    let refused = Command::new(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{}:8080", net.ns_v4), "--", "true"])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .output()
+        .expect("running sbx-user run");
+    assert_eq!(refused.status.code(), Some(125), "{}", sbx_tests::describe(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--dns host"), "{}", sbx_tests::describe(&refused));
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", net.name()])
         .arg(sbx_tests::sbx_user_bin())
-        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{}:8080", net.ns_v4), "--"])
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--dns", "host"])
+        .args(["--allow", &format!("{}:8080", net.ns_v4), "--"])
         .args(["/usr/bin/python3", "-c", py, &net.ns_v4.to_string(), &net.ns_v4b.to_string()])
         .env("SBX_STATE_DIR", sbx.state_dir())
         .stdin(std::process::Stdio::null());
