@@ -49,6 +49,10 @@ while time.time() < end:
 
 fn accepted(child: Child) -> String {
     let mut child = child;
+    // A client's connect returns once the kernel completed the handshake,
+    // before the listener's accept loop (0.2 s timeouts) has taken and
+    // printed the connection: give it time to, then stop it.
+    std::thread::sleep(std::time::Duration::from_millis(600));
     let _ = child.kill();
     let out = child.wait_with_output().expect("reaping the listener");
     String::from_utf8_lossy(&out.stdout).into_owned()
