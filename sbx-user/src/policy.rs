@@ -301,6 +301,28 @@ impl Policy {
     pub fn unix_explicit(&self) -> bool {
         self.unix.restricts() && self.unix_origin.as_ref().is_some_and(|o| !o.source.starts_with("profile "))
     }
+
+    /// Sets `unix` to any; returns the setting it replaced if that one
+    /// restricted anything.
+    pub fn drop_unix(&mut self) -> Option<Unix> {
+        if !self.unix.restricts() {
+            return None;
+        }
+        self.unix_origin = None;
+        Some(std::mem::replace(&mut self.unix, Unix::Any))
+    }
+
+    /// For a cgroup sbx attaches but does not start (`attach`, `update`,
+    /// the OCI hook, the host agent): nothing there judges pathname UNIX
+    /// sockets. A setting the user wrote is refused (`Err`, the policy
+    /// unchanged); a profile's default is dropped (recorded as unix = any)
+    /// and returned, for the caller to warn about.
+    pub fn unix_for_cgroup(&mut self) -> Result<Option<Unix>, &Unix> {
+        if self.unix_explicit() {
+            return Err(&self.unix);
+        }
+        Ok(self.drop_unix())
+    }
 }
 
 /// A policy input problem, with where it was and what was wrong.

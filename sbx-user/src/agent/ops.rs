@@ -242,17 +242,14 @@ pub fn build_policy(src: &PolicySource, for_run: bool) -> Result<(Policy, u32), 
     };
     let file = toml.as_deref().map(|t| (t, name.as_deref().unwrap_or("the request's policy")));
     let mut policy = Policy::from_text_sources(profile.as_deref(), file, &flags).map_err(|e| bad(e.to_string()))?;
-    if policy.unix.restricts() {
-        if policy.unix_explicit() && !for_run {
-            return Err(bad(format!(
-                "unix = {}: processes in an attached cgroup can still connect to every pathname UNIX socket their uid may \
-                 open (the cgroup programs judge inet addresses only); only `sbx-user run` enforces `unix`",
-                policy.unix
-            )));
-        }
-        // Enforced, for a run, by the runner's own supervisor.
-        policy.unix = crate::policy::Unix::Any;
-        policy.unix_origin = None;
+    if for_run {
+        // Enforced by the runner's own supervisor.
+        policy.drop_unix();
+    } else if let Err(unix) = policy.unix_for_cgroup() {
+        return Err(bad(format!(
+            "unix = {unix}: processes in an attached cgroup can still connect to every pathname UNIX socket their uid may \
+             open (the cgroup programs judge inet addresses only); only `sbx-user run` enforces `unix`"
+        )));
     }
     if policy.filesystem.is_some() {
         return Err(bad("filesystem rules apply only to `sbx-user run`".into()));

@@ -543,12 +543,10 @@ pub fn unix_for_cgroup(policy: &mut Policy, command: &str) -> anyhow::Result<()>
          supervisor that enforces `unix` exists only for a command that `sbx-user run` starts)",
         policy.unix
     );
-    if policy.unix_explicit() {
+    if policy.unix_for_cgroup().is_err() {
         anyhow::bail!("{what}\nHint: run the workload with `sbx-user run`, or drop `unix` (or give `--unix any`)");
     }
     crate::warn_user!("{what}; recorded as unix = any");
-    policy.unix = crate::policy::Unix::Any;
-    policy.unix_origin = None;
     Ok(())
 }
 

@@ -296,16 +296,12 @@ fn load_policy(choice: &Choice, config: &HostConfig) -> Result<Policy, Reason> {
     // pathname UNIX sockets, so a `unix` setting the policy file wrote is
     // refused, and a profile's default is dropped (the record says `any`).
     let mut policy = policy;
-    if policy.unix.restricts() {
-        if policy.unix_explicit() {
-            return Err(Reason::Unix { choice: choice.clone(), unix: policy.unix.to_string() });
+    match policy.unix_for_cgroup() {
+        Err(unix) => return Err(Reason::Unix { choice: choice.clone(), unix: unix.to_string() }),
+        Ok(Some(dropped)) => {
+            log::warn!("{choice}: unix = {dropped} cannot be enforced on a container's cgroup; recorded as unix = any");
         }
-        log::warn!(
-            "{choice}: unix = {} cannot be enforced on a container's cgroup; recorded as unix = any",
-            policy.unix
-        );
-        policy.unix = crate::policy::Unix::Any;
-        policy.unix_origin = None;
+        Ok(None) => {}
     }
     Ok(policy)
 }
