@@ -246,12 +246,36 @@ fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_some_and(|u| u == "0")
 }
 
+/// The privileged tests run `sbx-user`, the probe and commands in the
+/// checkout as unprivileged test users, who must be able to reach them: a
+/// checkout below a private directory (`mktemp -d` makes one, mode 0700)
+/// would fail those tests with EACCES. Each directory above the target
+/// directory gets search permission for others (`o+x`: enter, not list),
+/// and the change is said.
+fn traversable_by_test_users() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in target_dir().ancestors().skip(1).chain(workspace().ancestors()) {
+        let Ok(meta) = std::fs::metadata(dir) else { continue };
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .with_context(|| format!("cannot make {} searchable by the test users (chmod o+x)", dir.display()))?;
+            eprintln!(
+                "xtask: made {} searchable by others (o+x): the tests run binaries in it as test users",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn test(extra: &[OsString]) -> Result<()> {
     if !is_root() {
         bail!("the test suite attaches BPF programs to real cgroups and creates network namespaces; it needs root\nHint: sudo -E cargo xtask test");
     }
     eprintln!("xtask: {}", setup()?);
     test_deps_install()?;
+    traversable_by_test_users()?;
     eprintln!("xtask: unit tests");
     cargo(&["test", "-p", "sbx-common", "-p", "sbx-user", "-p", "xtask"])?;
     eprintln!("xtask: privileged tests against the running kernel");
