@@ -117,7 +117,7 @@ pub struct Stats {
     /// Zero.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (NUM_COUNTERS as usize + 2) + 32 * RECENT_VERDICTS + 8);
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (NUM_COUNTERS as usize + 2) + 40 * RECENT_VERDICTS + 8);
 
 /// Allocation bitmaps of the host's policy and event indices.
 #[repr(C)]
@@ -206,11 +206,17 @@ pub struct RecentVerdict {
     pub addr: [u8; 16],
     /// Its port, host byte order.
     pub port: u32,
-    /// The policy index that allowed it ([`Slot::policy`]): a UDP verdict
-    /// holds only while the sandbox's policy is the one that made it.
+    /// The policy index that allowed it ([`Slot::policy`]) and the
+    /// sandbox's policy generation then ([`Slot::generation`]): a UDP
+    /// verdict holds only while the policy that made it is in force. Both,
+    /// because a freed index is reused; the generation grows with every
+    /// policy a sandbox gets, and a re-attach zeroes the cell.
     pub policy: u32,
+    pub generation: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<RecentVerdict>() == 32);
+const _: () = assert!(core::mem::size_of::<RecentVerdict>() == 40);
 
 /// The per-sandbox maps of contract 1 (before program sets), which
 /// sandboxes attached by an older sbx still have pinned beside their links.

@@ -133,7 +133,14 @@ static SBX_ORIGDST: LruHashMap<OrigKey, OrigDst, 16384> = LruHashMap::new();
 fn remember(slot: &Slot, ctx: &SockAddrContext, addr: &TrieAddr, port: u16) {
     // SAFETY: the helper takes the context pointer.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-    record(SBX_STATS.get(), RecentVerdict { cookie, addr: *addr, port: u32::from(port), policy: slot.policy });
+    record(SBX_STATS.get(), recent(slot, cookie, addr, u32::from(port)));
+}
+
+/// The entry saying this layer's current policy allowed `addr`:`port` for
+/// the socket `cookie`.
+#[inline(always)]
+fn recent(slot: &Slot, cookie: u64, addr: &TrieAddr, port: u32) -> RecentVerdict {
+    RecentVerdict { cookie, addr: *addr, port, policy: slot.policy, generation: slot.generation, _pad: 0 }
 }
 
 /// Puts `entry` in the cache of recent verdicts, over its socket's older
@@ -172,6 +179,7 @@ fn record(stats: *mut Stats, entry: RecentVerdict) {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).addr), entry.addr);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).port), entry.port);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).policy), entry.policy);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).generation), entry.generation);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), entry.cookie);
     }
 }
@@ -779,7 +787,8 @@ fn egress(ctx: &SkBuffContext) -> bool {
     let port = u32::from(port);
     if let Some(seen) = recalled(stats, cookie) {
         let agrees = (seen.addr == addr && seen.port == port) || (seen.addr == sock_dst && seen.port == sock_port);
-        if agrees && (l4 == IPPROTO_TCP || seen.policy == slot.policy) {
+        let current = seen.policy == slot.policy && seen.generation == slot.generation;
+        if agrees && (l4 == IPPROTO_TCP || current) {
             return conclude(slot, Ok(true), HOOK_EGRESS, l4, &addr, port, Task::Unknown);
         }
     }
@@ -791,7 +800,7 @@ fn egress(ctx: &SkBuffContext) -> bool {
     #[expect(clippy::cast_possible_truncation, reason = "ports are 16-bit")]
     let verdict = decide_v6(slot, &judged, judged_port as u16, l4, Direction::Dest);
     if verdict == Ok(true) && sock_port != 0 {
-        record(stats, RecentVerdict { cookie, addr: judged, port: judged_port, policy: slot.policy });
+        record(stats, recent(slot, cookie, &judged, judged_port));
     }
     conclude(slot, verdict, HOOK_EGRESS, l4, &judged, judged_port, Task::Unknown)
 }
