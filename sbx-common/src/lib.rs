@@ -168,9 +168,11 @@ pub const MAP_REDIRECTED: &str = "SBX_REDIRECTED";
 pub const MAP_ORIGDST: &str = "SBX_ORIGDST";
 
 /// Every map of the program set, pinned with it.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 12] = [
     MAP_SLOT,
     MAP_STATS,
+    MAP_CONNECTS,
+    MAP_CONNECTS_ZERO,
     MAP_DEST_OF,
     MAP_BIND_OF,
     MAP_PORTS_OF,
@@ -193,6 +195,38 @@ pub const MAPS: [&str; 10] = [
 /// again to free it; a host-wide LRU hash cost nearly as much (its entries
 /// are cold when reused).
 pub const RECENT_VERDICTS: usize = 4;
+
+/// The TCP connects each sandbox's connect hooks allowed lately
+/// ([`Connects`], by [`Slot::cgroup_id`]), shared by all CPUs: for the SYN
+/// that leaves from another CPU than the one its hook ran on. `connect()`
+/// can give up the CPU between the hook and the SYN (the local port search
+/// yields), and the task may then move; judged in full, such a SYN would
+/// meet the policy in force at that moment, and an `update` in between
+/// would drop it (the connect then hangs until it times out). An LRU hash
+/// the programs fill themselves (a program may use only one cgroup storage
+/// map of each kind, and [`MAP_SLOT`] is that one); a sandbox whose entry
+/// was evicted only loses this second chance.
+pub const MAP_CONNECTS: &str = "SBX_CONNECTS";
+
+/// Sandboxes [`MAP_CONNECTS`] holds at once.
+pub const CONNECTS_ENTRIES: u32 = 16_384;
+
+/// An all-zero [`Connects`], the value a program inserts into
+/// [`MAP_CONNECTS`] for a sandbox that has none yet (a program's stack
+/// cannot hold one beside everything else).
+pub const MAP_CONNECTS_ZERO: &str = "SBX_CONNECTS_ZERO";
+
+/// Entries of [`Connects`].
+pub const RECENT_CONNECTS: usize = 8;
+
+/// The value of [`MAP_CONNECTS`]: entries written at a random index, each
+/// with its cookie cleared first and set last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Connects {
+    pub recent: [RecentVerdict; RECENT_CONNECTS],
+}
+const _: () = assert!(core::mem::size_of::<Connects>() == 40 * RECENT_CONNECTS);
 
 /// A destination one sandbox layer allowed for one socket.
 #[repr(C)]

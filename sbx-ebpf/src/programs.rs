@@ -21,10 +21,10 @@ use aya_ebpf::{
 };
 use sbx_common::{
     addr::{self, mapped},
-    counter_index, Event, OrigDst, OrigKey, PortTable, RecentVerdict, Slot, Stats, TrieAddr, TrieValue,
-    COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS,
-    FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, RECENT_VERDICTS,
-    VERDICT_ALLOW, VERDICT_DENY,
+    counter_index, Connects, Event, OrigDst, OrigKey, PortTable, RecentVerdict, Slot, Stats, TrieAddr, TrieValue,
+    CONNECTS_ENTRIES, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED,
+    EVENT_SLOTS, FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS,
+    RECENT_CONNECTS, RECENT_VERDICTS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 /// `BPF_MAP_TYPE_CGROUP_STORAGE`.
@@ -130,10 +130,85 @@ static SBX_ORIGDST: LruHashMap<OrigKey, OrigDst, 16384> = LruHashMap::new();
 /// allowed `addr`:`port` for the context's socket (see
 /// `sbx_common::RECENT_VERDICTS`).
 #[inline(always)]
-fn remember(slot: &Slot, ctx: &SockAddrContext, addr: &TrieAddr, port: u16) {
+fn remember(slot: &Slot, ctx: &SockAddrContext, hook: u32, proto: u32, addr: &TrieAddr, port: u16) {
     // SAFETY: the helper takes the context pointer.
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-    record(SBX_STATS.get(), recent(slot, cookie, addr, u32::from(port)));
+    let entry = recent(slot, cookie, addr, u32::from(port));
+    record(SBX_STATS.get(), entry);
+    if proto == IPPROTO_TCP && (hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6) {
+        record_connect(slot, entry);
+    }
+}
+
+/// The sandboxes' connects, shared by the CPUs (`sbx_common::MAP_CONNECTS`).
+/// Written and read by connect4/6 and the egress hook.
+#[btf_map(name = "SBX_CONNECTS")]
+static SBX_CONNECTS: LruHashMap<u64, Connects, { CONNECTS_ENTRIES as usize }> = LruHashMap::new();
+
+/// An all-zero [`Connects`] to insert from; never written.
+#[btf_map(name = "SBX_CONNECTS_ZERO")]
+static SBX_CONNECTS_ZERO: Array<Connects, 1> = Array::new();
+
+/// Puts a TCP connect's verdict in the sandbox's shared list, at a random
+/// index (no atomic counter: two CPUs choosing one index at once only lose
+/// an entry), the cookie cleared first and set last (see [`recalled_connect`]).
+#[inline(always)]
+fn record_connect(slot: &Slot, entry: RecentVerdict) {
+    if entry.cookie == 0 {
+        return;
+    }
+    let key = slot.cgroup_id;
+    let all = match SBX_CONNECTS.get_ptr_mut(key) {
+        Some(all) => all,
+        None => {
+            if let Some(zero) = SBX_CONNECTS_ZERO.get(0) {
+                // BPF_NOEXIST: another CPU may have inserted it meanwhile.
+                let _ = SBX_CONNECTS.insert(key, zero, 1);
+            }
+            let Some(all) = SBX_CONNECTS.get_ptr_mut(key) else { return };
+            all
+        }
+    };
+    // SAFETY: helper without preconditions.
+    let at = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } as usize % RECENT_CONNECTS;
+    // SAFETY: the attach point's cell, valid for this program run; `at` is
+    // bounded by the array length.
+    unsafe {
+        let Some(cell) = (*all).recent.get_mut(at) else { return };
+        let cell: *mut RecentVerdict = cell;
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), 0);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).addr), entry.addr);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).port), entry.port);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).policy), entry.policy);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).generation), entry.generation);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), entry.cookie);
+    }
+}
+
+/// The sandbox's shared record of a TCP connect of socket `cookie`. An entry
+/// is taken only if its cookie reads the same before and after it is
+/// copied: a writer on another CPU clears the cookie before it writes.
+#[inline(always)]
+fn recalled_connect(slot: &Slot, cookie: u64) -> Option<RecentVerdict> {
+    if cookie == 0 {
+        return None;
+    }
+    let all = SBX_CONNECTS.get_ptr(slot.cgroup_id)?;
+    let mut i = 0;
+    while i < RECENT_CONNECTS {
+        // SAFETY: as in `record_connect`; `i` is bounded.
+        unsafe {
+            let cell = core::ptr::addr_of!((*all).recent[i]);
+            if core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) == cookie {
+                let entry = core::ptr::read_volatile(cell);
+                if entry.cookie == cookie && core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) == cookie {
+                    return Some(entry);
+                }
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The entry saying this layer's current policy allowed `addr`:`port` for
@@ -141,6 +216,23 @@ fn remember(slot: &Slot, ctx: &SockAddrContext, addr: &TrieAddr, port: u16) {
 #[inline(always)]
 fn recent(slot: &Slot, cookie: u64, addr: &TrieAddr, port: u32) -> RecentVerdict {
     RecentVerdict { cookie, addr: *addr, port, policy: slot.policy, generation: slot.generation, _pad: 0 }
+}
+
+/// Whether this is a sendmsg to the destination this layer's current
+/// policy last allowed for the same socket on this CPU (see [`record`]): a
+/// UDP socket that sends to one peer again and again (a resolver, QUIC,
+/// syslog) is then judged without a trie lookup, whatever the policy's
+/// size. The entry was written only by an allow of this very policy and
+/// generation, for this socket (its protocol cannot change), this address
+/// and port, so it is that decision.
+#[inline(always)]
+fn sent_before(slot: &Slot, ctx: &SockAddrContext, hook: u32, addr: &TrieAddr, port: u16) -> bool {
+    if hook != HOOK_SENDMSG4 && hook != HOOK_SENDMSG6 {
+        return false;
+    }
+    // SAFETY: the helper takes the context pointer.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+    recalled(SBX_STATS.get(), cookie).is_some_and(|seen| seen == recent(slot, cookie, addr, u32::from(port)))
 }
 
 /// Puts `entry` in the cache of recent verdicts, over its socket's older
@@ -785,7 +877,11 @@ fn egress(ctx: &SkBuffContext) -> bool {
     let stats = SBX_STATS.get();
     let (cookie, sock_dst, sock_port) = packet_socket(ctx);
     let port = u32::from(port);
-    if let Some(seen) = recalled(stats, cookie) {
+    let seen = match recalled(stats, cookie) {
+        None if l4 == IPPROTO_TCP => recalled_connect(slot, cookie),
+        seen => seen,
+    };
+    if let Some(seen) = seen {
         let agrees = (seen.addr == addr && seen.port == port) || (seen.addr == sock_dst && seen.port == sock_port);
         let current = seen.policy == slot.policy && seen.generation == slot.generation;
         if agrees && (l4 == IPPROTO_TCP || current) {
@@ -1078,9 +1174,10 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
         // connected peer: judge that.
         (addr, port) = connected_peer(ctx, false);
     }
-    let verdict = decide(slot, &addr, port, proto, dir);
+    let verdict =
+        if sent_before(slot, ctx, hook, &addr, port) { Ok(true) } else { decide(slot, &addr, port, proto, dir) };
     if verdict == Ok(true) && dir == Direction::Dest {
-        remember(slot, ctx, &addr, port);
+        remember(slot, ctx, hook, proto, &addr, port);
     }
     let redirected = redirect_denied(slot, ctx, verdict, target, false);
     trace(ctx, slot, hook, &addr, port, verdict);
@@ -1126,10 +1223,11 @@ fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
         // As in `judge4` (IPV6_TCLASS for ECN, hop limit, pktinfo...).
         (addr, port) = connected_peer(ctx, true);
     }
-    let verdict = decide_v6(slot, &addr, port, proto, dir);
+    let verdict =
+        if sent_before(slot, ctx, hook, &addr, port) { Ok(true) } else { decide_v6(slot, &addr, port, proto, dir) };
     if verdict == Ok(true) && dir == Direction::Dest {
         // As the socket and the packet header will carry it.
-        remember(slot, ctx, &addr, port);
+        remember(slot, ctx, hook, proto, &addr, port);
     }
     let redirected = redirect_denied(slot, ctx, verdict, target, true);
     trace(ctx, slot, hook, &addr, port, verdict);

@@ -100,14 +100,45 @@ fn set_dirs(paths: &Paths) -> Vec<PathBuf> {
     v
 }
 
+/// The cgroup ids of every slot, all of them: the kernel frees a removed
+/// cgroup's cell at a moment of its own, and the next key after a cell that
+/// has just gone is `ENOENT`, as at the end of the map. A walk cut short
+/// there would leave the slots after it unseen, and their policies would be
+/// freed under live sandboxes; so a walk that stops at a key which no
+/// longer exists starts again (ids seen twice are harmless). `None` if no
+/// walk got to the end: then nothing may be freed.
+fn slot_ids(set: &ProgramSet) -> Option<Vec<u64>> {
+    let mut ids = Vec::new();
+    let mut key: Option<[u8; 8]> = None;
+    let mut next = [0u8; 8];
+    let mut restarts = 0;
+    loop {
+        if sys::map_next_key(set.map(MAP_SLOT), key.as_ref().map(<[u8; 8]>::as_slice), &mut next).is_ok() {
+            ids.push(u64::from_ne_bytes(next));
+            key = Some(next);
+            continue;
+        }
+        let vanished = key.is_some_and(|k| loader::read_slot(set, u64::from_ne_bytes(k)).is_none());
+        if !vanished {
+            return Some(ids);
+        }
+        if restarts == 100 {
+            return None;
+        }
+        restarts += 1;
+        key = None;
+    }
+}
+
 /// Returns the pool's indices that no live slot names. Returns how many
 /// policy and event indices were (or would be) freed.
 fn reconcile(set: &ProgramSet, dry_run: bool) -> Result<(usize, usize), LoaderError> {
     let (mut policies, mut events) = (vec![false; POLICY_SLOTS as usize], vec![false; EVENT_SLOTS as usize]);
-    let mut key: Option<[u8; 8]> = None;
-    let mut next = [0u8; 8];
-    while sys::map_next_key(set.map(MAP_SLOT), key.as_ref().map(<[u8; 8]>::as_slice), &mut next).is_ok() {
-        let id = u64::from_ne_bytes(next);
+    let Some(ids) = slot_ids(set) else {
+        log::warn!("the sandbox slots kept changing while gc read them; no policy or event index freed this time");
+        return Ok((0, 0));
+    };
+    for id in ids {
         if let Some(Slot { policy, events: ev, .. }) = loader::read_slot(set, id) {
             if let Some(p) = policies.get_mut(policy as usize) {
                 *p = true;
@@ -116,7 +147,6 @@ fn reconcile(set: &ProgramSet, dry_run: bool) -> Result<(usize, usize), LoaderEr
                 *e = true;
             }
         }
-        key = Some(next);
     }
     let (stale_p, stale_e) = set.unreferenced(&policies, &events)?;
     if !dry_run {

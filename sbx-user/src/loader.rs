@@ -16,8 +16,8 @@ use std::{
 };
 
 use sbx_common::{
-    Config, PortTable, Slot, Stats, TrieValue, LEGACY_MAPS, MAP_BIND_OF, MAP_DEST_OF, MAP_EVENTS, MAP_EVENTS_OF,
-    MAP_PORTS_OF, MAP_SLOT, MAP_STATS, PROGRAMS,
+    Config, PortTable, Slot, Stats, TrieValue, LEGACY_MAPS, MAP_BIND_OF, MAP_CONNECTS, MAP_DEST_OF, MAP_EVENTS,
+    MAP_EVENTS_OF, MAP_PORTS_OF, MAP_SLOT, MAP_STATS, PROGRAMS,
 };
 
 use crate::{
@@ -776,6 +776,8 @@ fn link_and_pin(
     if read_slot(set, cg.id).is_some() {
         write_slot(set, cg.id, &Slot::default())?;
         zero_stats(set, cg.id)?;
+        // Absent unless the old sandbox connected; the programs make it anew.
+        let _ = sys::map_delete(set.map(MAP_CONNECTS), &cg.id.to_ne_bytes());
     }
     let dir = cg.dir_fd()?;
     let mut links = Vec::with_capacity(HOOKS.len());

@@ -231,13 +231,20 @@ fn gc_removes_what_a_removed_cgroup_left_and_nothing_alive() {
     let n = &fx.net;
     n.serve_tcp(8080);
     fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
-    // A runtime creates a sandbox cgroup, sbx attaches, the runtime removes
-    // the cgroup without telling sbx.
-    let gone = fx.cg.child("gone");
-    let gone_arg = gone.to_str().expect("UTF-8");
-    fx.sbx.ok(&["attach", "--cgroup", gone_arg, "--default", "allow"]);
-    let gone_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&gone).expect("stat"));
-    std::fs::remove_dir(&gone).expect("removing the cgroup under sbx's feet");
+    // A runtime creates sandbox cgroups, sbx attaches, the runtime removes
+    // the cgroups without telling sbx. Several, so that the kernel frees
+    // their cells while gc walks the slots (a walk cut short at a freed
+    // cell once freed the live sandbox's policy).
+    let mut gone = Vec::new();
+    for i in 0..8 {
+        let dir = fx.cg.child(&format!("gone{i}"));
+        fx.sbx.ok(&["attach", "--cgroup", dir.to_str().expect("UTF-8"), "--default", "allow"]);
+        gone.push((std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).expect("stat")), dir));
+    }
+    for (_, dir) in &gone {
+        std::fs::remove_dir(dir).expect("removing a cgroup under sbx's feet");
+    }
+    let gone_id = gone[7].0;
     assert!(Sbx::has_pins(gone_id), "the pins are still there");
     // The kernel's cgroup release is asynchronous: wait until gc sees it.
     // Pins and pool indices are collected as the kernel releases them,
@@ -251,6 +258,8 @@ fn gc_removes_what_a_removed_cgroup_left_and_nothing_alive() {
             v["sandboxes"].as_array().expect("array").iter().filter_map(serde_json::Value::as_u64).collect();
         collected |= ids.contains(&gone_id);
         freed += v["policies"].as_u64().unwrap_or(0);
+        // Whatever gc has freed so far, the live sandbox holds its policy.
+        assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok", "the live sandbox during gc: {v}");
         assert!(std::time::Instant::now() < deadline, "gc never collected the removed cgroup: {v}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
