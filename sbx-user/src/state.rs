@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Policy;
+use crate::{explain::Provenance, policy::Policy};
 
 /// Default bpffs mount point.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -85,6 +85,14 @@ pub struct Record {
     /// the container it holds, so that `status` and `events` name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// Which rule produced each verdict of the maps, compact
+    /// ([`Provenance::encode`]; the rule texts are `policy`'s). Absent in
+    /// records of an older sbx: then `policy` is compiled once to get it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
+    /// [`Self::provenance`] read, on first use.
+    #[serde(skip)]
+    pub(crate) decoded: std::sync::OnceLock<Option<Provenance>>,
 }
 
 /// The container a sandbox holds, as the runtime named it.
@@ -158,6 +166,19 @@ impl Record {
             Some(c) => format!("{} [{c}]", self.cgroup.display()),
             None => self.cgroup.display().to_string(),
         }
+    }
+
+    /// Which rule produced each verdict of this sandbox's maps: the
+    /// recorded provenance, or for a record without one (an older sbx)
+    /// what compiling its policy gives. `None` if neither works.
+    #[must_use]
+    pub fn provenance(&self) -> Option<&Provenance> {
+        self.decoded
+            .get_or_init(|| match &self.provenance {
+                Some(text) => Provenance::decode(text),
+                None => crate::compile::compile(&self.policy, self.max_entries).ok().map(|c| c.provenance),
+            })
+            .as_ref()
     }
 
     /// Whether the `sbx-user run` that owns this sandbox still runs, judged

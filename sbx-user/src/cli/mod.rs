@@ -439,7 +439,10 @@ impl PolicyArgs {
             unix: self.unix.clone(),
             dns: self.dns.clone(),
         };
-        Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
+        let started = std::time::Instant::now();
+        let policy = Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)?;
+        log::info!("read the policy ({} rules) in {:.1} ms", policy.rules.len(), crate::progress::ms(started));
+        Ok(policy)
     }
 }
 
