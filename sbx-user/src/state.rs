@@ -205,9 +205,12 @@ impl Record {
         };
         fs::create_dir_all(&paths.state_dir).map_err(err("creating the directory of"))?;
         let tmp = path.with_extension("json.tmp");
-        // Compact: a record holds the whole policy, 100,000 rules and more.
-        let text = serde_json::to_string(self).expect("records serialise");
-        fs::write(&tmp, text).map_err(err("writing"))?;
+        // Compact and streamed: a record holds the whole policy, 100,000
+        // rules and more (20 MB), and their provenance.
+        let mut file = io::BufWriter::with_capacity(1 << 16, fs::File::create(&tmp).map_err(err("writing"))?);
+        serde_json::to_writer(&mut file, self).map_err(|e| err("writing")(io::Error::other(e)))?;
+        io::Write::flush(&mut file).map_err(err("writing"))?;
+        drop(file);
         fs::rename(&tmp, &path).map_err(err("writing"))
     }
 

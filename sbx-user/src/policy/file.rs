@@ -86,7 +86,8 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     })?;
     let mut layer = Layer::default();
     let lines = Lines::new(src);
-    let at = |span: std::ops::Range<usize>| Origin { source: name.to_owned(), line: Some(lines.of(span.start)) };
+    let source: std::sync::Arc<str> = name.into();
+    let at = |span: std::ops::Range<usize>| Origin { source: source.clone(), line: Some(lines.of(span.start)) };
     if let Some(fs) = raw.filesystem {
         parse_filesystem(fs, &mut layer, &at)?;
     }
