@@ -416,6 +416,13 @@ impl Policy {
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
+        self.summary_with(usize::MAX)
+    }
+
+    /// As [`Self::summary`], with at most `max_rules` rule lines and then
+    /// one line counting the rest (a summary of 100,000 rules formats 20).
+    #[must_use]
+    pub fn summary_with(&self, max_rules: usize) -> Vec<String> {
         let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, unix, unix_origin, nat64, dns } =
             self;
         let mut out = vec![format!("default: {default}")];
@@ -438,7 +445,7 @@ impl Policy {
             let how = if *redirect { "direct TCP connects are redirected to it" } else { "proxy-only mode" };
             out.push(format!("proxy: {p} ({how})"));
         }
-        for r in rules {
+        for r in rules.iter().take(max_rules) {
             match &r.host {
                 Some(host) if r.nets.is_empty() => {
                     out.push(format!("{} {} ({host} unresolved: matches nothing)", r.action, r.text));
@@ -451,6 +458,9 @@ impl Policy {
                 )),
                 None => out.push(format!("{} {}", r.action, r.text)),
             }
+        }
+        if rules.len() > max_rules {
+            out.push(format!("... and {} more rules", rules.len() - max_rules));
         }
         out.push(match dns {
             Dns::Host => "dns: host (the host's resolvers, judged like any destination)".to_owned(),

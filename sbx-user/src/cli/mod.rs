@@ -591,18 +591,7 @@ const SUMMARY_RULES: usize = 20;
 /// Prints the policy summary, indented; long rule lists are cut short
 /// (`status --json` has them all).
 pub fn print_summary(policy: &Policy) {
-    let lines = policy.summary();
-    let rules = policy.rules.len();
-    // summary(): default, [mode], loopback, [proxy], one line per rule, bind, [fs].
-    let first_rule = lines.len() - rules - lines.iter().rev().take_while(|l| !l.starts_with("bind:")).count() - 1;
-    for (i, line) in lines.iter().enumerate() {
-        let nth = i.wrapping_sub(first_rule);
-        if nth < rules && nth >= SUMMARY_RULES {
-            if nth == SUMMARY_RULES {
-                println!("  ... and {} more rules", rules - SUMMARY_RULES);
-            }
-            continue;
-        }
+    for line in policy.summary_with(SUMMARY_RULES) {
         println!("  {line}");
     }
 }

@@ -1969,3 +1969,82 @@ fn embedded_forms_are_judged_as_the_ipv4_they_reach() {
     // Forms of local addresses: always refused.
     assert_eq!(v("2001:db8:122:7f00:0:100::", 80), D);
 }
+
+/// A policy file of `n` distinct generated rules, like the benchmark's:
+/// half IPv4 and half IPv6 prefixes, half allow and half deny, some with
+/// ports or a protocol.
+fn generated_policy(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut rng = Rng(0x5b_0000 + n as u64);
+    let mut seen = std::collections::HashSet::new();
+    let (mut allow, mut deny) = (String::new(), String::new());
+    while seen.len() < n {
+        let (key, target) = if rng.chance(50) {
+            let len = 8 + rng.below(25);
+            let first = u32::try_from(1 + rng.below(222)).expect("octet") << 24;
+            let addr = (first | u32::try_from(rng.next() & 0xff_ffff).expect("24 bits")) & (u32::MAX << (32 - len));
+            ((4, u128::from(addr), len), format!("{}/{len}", Ipv4Addr::from(addr)))
+        } else {
+            let len = 16 + rng.below(49);
+            let addr = ((0x2400_u128 + u128::from(rng.u16() & 0x1bff)) << 112 | u128::from(rng.next()) << 48)
+                & (u128::MAX << (128 - len));
+            ((6, addr, len), format!("[{}/{len}]", std::net::Ipv6Addr::from(addr)))
+        };
+        if !seen.insert(key) {
+            continue;
+        }
+        let rule = match rng.below(10) {
+            0..=3 => target,
+            4 => format!("{target}:443"),
+            5 => format!("{target}:80,443"),
+            6 => format!("{target}:8000-8100"),
+            7 => format!("udp://{target}:53"),
+            _ => format!("tcp://{target}:22"),
+        };
+        let _ = writeln!(if rng.chance(50) { &mut allow } else { &mut deny }, "  \"{rule}\",");
+    }
+    format!("[network]\ndefault = \"deny\"\nallow = [\n{allow}]\ndeny = [\n{deny}]\n")
+}
+
+#[test]
+#[ignore = "timing, by hand: cargo test --release -p sbx-user -- --ignored --nocapture load_phase_times"]
+fn load_phase_times() {
+    // Where a big policy's load goes, phase by phase (SBX_POLICY=FILE
+    // times that file instead of 100,000 generated rules).
+    use std::time::Instant;
+    let (name, src) = match std::env::var("SBX_POLICY") {
+        Ok(path) => (path.clone(), std::fs::read_to_string(&path).expect("reading SBX_POLICY")),
+        Err(_) => ("generated.toml".to_owned(), generated_policy(100_000)),
+    };
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let _: toml::Table = toml::from_str(&src).expect("TOML");
+        let toml_ms = ms(t);
+        let t = Instant::now();
+        let layer = parse_toml(&src, &name).expect("parse");
+        let parse_ms = ms(t);
+        let t = Instant::now();
+        let mut b = PolicyBuilder::new();
+        b.apply(layer);
+        let p = b.into_policy(&|_| Ok(Vec::new()), false).expect("build");
+        let build_ms = ms(t);
+        let t = Instant::now();
+        let c = compile(&p, MAX_MAX_ENTRIES).expect("compile");
+        let compile_ms = ms(t);
+        let t = Instant::now();
+        let provenance = c.provenance.encode();
+        let encode_ms = ms(t);
+        let t = Instant::now();
+        let json = serde_json::to_string(&p).expect("JSON");
+        let json_ms = ms(t);
+        eprintln!(
+            "{} rules: TOML alone {toml_ms:.1} ms; parse (TOML and rules) {parse_ms:.1} ms; build {build_ms:.1} ms; \
+             compile {compile_ms:.1} ms ({} entries); provenance {encode_ms:.1} ms ({} bytes); policy as JSON {json_ms:.1} ms ({} bytes)",
+            p.rules.len(),
+            c.dest.len(),
+            provenance.len(),
+            json.len()
+        );
+    }
+}

@@ -156,6 +156,7 @@ fn parse_network(
         let origin = at(p.span());
         layer.proxy = Some((parse_proxy(p.get_ref(), &origin)?, origin));
     }
+    layer.rules.reserve(allow.len() + deny.len());
     for (list, action) in [(allow, Action::Allow), (deny, Action::Deny)] {
         for item in list {
             let origin = at(item.span());

@@ -99,7 +99,12 @@ impl PolicyBuilder {
         if proxy.is_some() {
             m.proxy = proxy;
         }
-        m.rules.extend(rules);
+        if m.rules.is_empty() {
+            // The common case (one file's 100,000 rules): no copy.
+            m.rules = rules;
+        } else {
+            m.rules.extend(rules);
+        }
         if bind.is_some() {
             m.bind = bind;
         }
