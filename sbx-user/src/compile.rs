@@ -725,18 +725,23 @@ impl Compiled {
             Hook::Bind => &self.bind,
         };
         self.provenance
-            .decide_with(hook, ip, |i| {
-                let t = &self.tables[entries[i].table as usize];
-                let seg = t.segments[..t.len as usize].iter().find(|s| s.lo <= port && port <= s.hi);
-                let verdict = match (seg, tcp) {
-                    (Some(s), true) => s.tcp,
-                    (Some(s), false) => s.udp,
-                    (None, true) => t.default_tcp,
-                    (None, false) => t.default_udp,
-                };
-                Decided { verdict, source: Source::DEFAULT }
+            .decide_with(hook, ip, |i| Decided {
+                verdict: table_verdict(&self.tables[entries[i].table as usize], port, tcp),
+                source: Source::DEFAULT,
             })
             .verdict
+    }
+}
+
+/// What a port table says for `port`: its segment's verdict, else its
+/// default (the programs' reading of it).
+fn table_verdict(t: &PortTable, port: u16, tcp: bool) -> u8 {
+    let seg = t.segments[..t.len as usize].iter().find(|s| s.lo <= port && port <= s.hi);
+    match (seg, tcp) {
+        (Some(s), true) => s.tcp,
+        (Some(s), false) => s.udp,
+        (None, true) => t.default_tcp,
+        (None, false) => t.default_udp,
     }
 }
 

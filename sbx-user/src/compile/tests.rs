@@ -152,13 +152,7 @@ fn assert_provenance_matches_tables(c: &Compiled) {
             ports.push(0);
             for port in ports {
                 for tcp in [true, false] {
-                    let seg = t.segments[..t.len as usize].iter().find(|s| s.lo <= port && port <= s.hi);
-                    let table = match (seg, tcp) {
-                        (Some(s), true) => s.tcp,
-                        (Some(s), false) => s.udp,
-                        (None, true) => t.default_tcp,
-                        (None, false) => t.default_udp,
-                    };
+                    let table = table_verdict(t, port, tcp);
                     let d = trie.at(i, port, tcp);
                     assert_eq!(d.verdict, table, "{hook:?} entry {} port {port} tcp={tcp}: {d:?}", p.display());
                 }
