@@ -36,7 +36,7 @@
 //! contain it (`[::/0]` is an IPv6 rule).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv6Addr},
 };
 
@@ -46,7 +46,10 @@ use sbx_common::{
     PortSegment, PortTable, TrieAddr, MAX_SEGMENTS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
-use crate::policy::{Action, Bind, Dns, Loopback, Policy, PortRange, Protocols, Rule, DNS_PORT};
+use crate::{
+    explain::{Decided, Piece, Provenance, Source, TrieSources},
+    policy::{Action, Bind, Dns, Loopback, Policy, PortRange, Protocols, Rule, DNS_PORT},
+};
 
 /// Default capacity of each trie: room for at least 100,000 rules.
 pub const DEFAULT_MAX_ENTRIES: u32 = 131_072;
@@ -78,6 +81,9 @@ pub struct Compiled {
     pub tables: Vec<PortTable>,
     /// The policy's NAT64 network-specific prefixes, for the slot.
     pub nat64: [Nat64Prefix; MAX_NAT64_PREFIXES],
+    /// Which rule or setting produced each entry's verdicts, port range by
+    /// port range: what `explain` and the event path look up.
+    pub provenance: Provenance,
 }
 
 /// A policy that cannot be put into the maps.
@@ -178,94 +184,119 @@ fn unspecified_aliases() -> [(Prefix, std::net::IpAddr); 2] {
     ]
 }
 
-/// Low-priority deny entries for non-unicast and deprecated address forms.
-fn special_denies() -> [Prefix; 6] {
+/// Low-priority deny entries for non-unicast and deprecated address forms,
+/// and what `explain` calls each.
+fn special_denies() -> [(Prefix, &'static str); 6] {
     [
-        v4([0, 0, 0, 0], 8),
-        v4([224, 0, 0, 0], 4),
-        v4([240, 0, 0, 0], 4),
-        v6("ff00::", 8),
-        v6("::", 96),
-        v6("64:ff9b:1::", 48),
+        (v4([0, 0, 0, 0], 8), "0.0.0.0/8"),
+        (v4([224, 0, 0, 0], 4), "multicast"),
+        (v4([240, 0, 0, 0], 4), "reserved and broadcast addresses"),
+        (v6("ff00::", 8), "multicast"),
+        (v6("::", 96), "IPv4-compatible IPv6"),
+        (v6("64:ff9b:1::", 48), "local-use NAT64"),
     ]
 }
 
-/// A verdict as a function of port, for one protocol: `(first port,
-/// verdict)` pieces sorted by port, the first starting at 0.
-type PortFn = Vec<(u16, u8)>;
-/// A partial function: disjoint sorted `(lo, hi, verdict)` ranges.
-type Partial = Vec<(u16, u16, u8)>;
-
-fn uniform(v: u8) -> PortFn {
-    vec![(0, v)]
+/// What `explain` calls built-in deny number `k` (see [`Source::builtin`]).
+pub(crate) fn special_deny_name(k: usize) -> &'static str {
+    special_denies().get(k).map_or("an address sbx does not route", |s| s.1)
 }
 
-fn at(f: &PortFn, port: u16) -> u8 {
-    let i = f.partition_point(|&(start, _)| start <= port);
-    f[i - 1].1
+/// A verdict and what produced it, as a function of port, for one
+/// protocol: `(first port, decided)` pieces sorted by port, the first
+/// starting at 0.
+type PortFn = Vec<(u16, Decided)>;
+/// A partial function: disjoint sorted `(lo, hi, decided)` ranges.
+type Partial = Vec<(u16, u16, Decided)>;
+
+fn uniform(d: Decided) -> PortFn {
+    vec![(0, d)]
 }
 
-fn partial_at(p: &Partial, port: u16) -> Option<u8> {
-    let i = p.partition_point(|&(lo, _, _)| lo <= port);
-    (i > 0 && p[i - 1].1 >= port).then(|| p[i - 1].2)
+fn push_piece(out: &mut PortFn, port: u32, d: Decided) {
+    if out.last().is_none_or(|&(_, last)| last != d) {
+        out.push((to16(port), d));
+    }
 }
 
-/// `top` where it is defined, `bottom` elsewhere.
+/// `top` where it is defined, `bottom` elsewhere: one merge of the two
+/// sorted lists.
 fn overlay(top: &Partial, bottom: &PortFn) -> PortFn {
     if top.is_empty() {
         return bottom.clone();
     }
-    let mut points: Vec<u32> = bottom.iter().map(|&(s, _)| u32::from(s)).collect();
-    for &(lo, hi, _) in top {
-        points.push(u32::from(lo));
-        points.push(u32::from(hi) + 1);
-    }
-    points.sort_unstable();
-    points.dedup();
-    let mut out: PortFn = Vec::new();
-    for p in points.into_iter().filter(|&p| u16::try_from(p).is_ok()) {
-        let port = u16::try_from(p).expect("filtered to u16");
-        let v = partial_at(top, port).unwrap_or_else(|| at(bottom, port));
-        if out.last().is_none_or(|&(_, last)| last != v) {
-            out.push((port, v));
+    let mut out: PortFn = Vec::with_capacity(bottom.len() + 2 * top.len());
+    // `bottom[b]` covers the port `pos` the merge has reached.
+    let mut b = 0;
+    let mut fill = |out: &mut PortFn, from: u32, to: u32| {
+        let mut pos = from;
+        while pos < to {
+            while bottom.get(b + 1).is_some_and(|n| u32::from(n.0) <= pos) {
+                b += 1;
+            }
+            push_piece(out, pos, bottom[b].1);
+            pos = bottom.get(b + 1).map_or(to, |n| u32::from(n.0).min(to));
         }
+    };
+    let mut pos = 0_u32;
+    for &(lo, hi, d) in top {
+        fill(&mut out, pos, u32::from(lo));
+        push_piece(&mut out, u32::from(lo), d);
+        pos = u32::from(hi) + 1;
     }
+    fill(&mut out, pos, 1 << 16);
     out
 }
 
-/// What the rules at one prefix say, for one protocol: deny wins over allow.
-fn own_partial(rules: &[&CRule], tcp: bool) -> Partial {
-    let pick = |action: Action| -> Vec<PortRange> {
-        let ranges = rules
-            .iter()
-            .filter(|r| r.action == action && if tcp { r.protocols.tcp } else { r.protocols.udp })
-            .flat_map(|r| r.ports.iter().copied())
-            .collect();
-        crate::policy::merge_ranges(ranges)
-    };
-    let deny = pick(Action::Deny);
-    let allow = pick(Action::Allow);
-    let deny_p: Partial = deny.iter().map(|r| (r.lo, r.hi, VERDICT_DENY)).collect();
-    // Allow ranges minus deny ranges, then merged with the deny ranges.
-    let mut out = deny_p.clone();
-    for a in allow {
-        let mut lo = u32::from(a.lo);
-        let hi = u32::from(a.hi);
-        for &(dlo, dhi, _) in &deny_p {
-            let (dlo, dhi) = (u32::from(dlo), u32::from(dhi));
-            if dhi < lo || dlo > hi {
-                continue;
-            }
-            if dlo > lo {
-                out.push((to16(lo), to16(dlo - 1), VERDICT_ALLOW));
-            }
-            lo = dhi + 1;
-        }
-        if lo <= hi {
-            out.push((to16(lo), to16(hi), VERDICT_ALLOW));
+/// What the rules at one prefix say, for one protocol: deny wins over
+/// allow, and among rules of one action the first written is named. One
+/// rule (the common case) is its own ports; more take one sweep over
+/// their port boundaries.
+fn own_partial<'r, 'a: 'r>(rules: impl Iterator<Item = &'r CRule<'a>> + Clone, tcp: bool) -> Partial {
+    let applies = move |r: &&CRule<'_>| if tcp { r.protocols.tcp } else { r.protocols.udp };
+    let mut matching = rules.filter(applies);
+    let Some(first) = matching.clone().next() else { return Vec::new() };
+    if matching.clone().nth(1).is_none() {
+        let d = Decided { verdict: verdict(first.action), source: first.source };
+        return first.ports.iter().map(|p| (p.lo, p.hi, d)).collect();
+    }
+    // (position, opens, (0 deny / 1 allow, source)): the smallest active
+    // key decides.
+    let mut events: Vec<(u32, bool, (u8, u32))> = Vec::new();
+    for r in matching.by_ref() {
+        let key = (u8::from(r.action == Action::Allow), r.source.code());
+        for p in r.ports {
+            events.push((u32::from(p.lo), true, key));
+            events.push((u32::from(p.hi) + 1, false, key));
         }
     }
-    out.sort_unstable();
+    events.sort_unstable_by_key(|&(pos, _, _)| pos);
+    let mut active: BTreeMap<(u8, u32), u32> = BTreeMap::new();
+    let mut out: Partial = Vec::new();
+    let mut i = 0;
+    while i < events.len() {
+        let pos = events[i].0;
+        while let Some(&(_, opens, key)) = events.get(i).filter(|e| e.0 == pos) {
+            if opens {
+                *active.entry(key).or_default() += 1;
+            } else if let Some(n) = active.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    active.remove(&key);
+                }
+            }
+            i += 1;
+        }
+        // Every open range closes later, so an active key has a next event.
+        let (Some(&(allow, code)), Some(&(next, _, _))) = (active.keys().next(), events.get(i)) else { continue };
+        let verdict = if allow == 0 { VERDICT_DENY } else { VERDICT_ALLOW };
+        let d = Decided { verdict, source: Source::from_code(code) };
+        let (lo, hi) = (to16(pos), to16(next - 1));
+        match out.last_mut() {
+            Some(last) if u32::from(last.1) + 1 == pos && last.2 == d => last.1 = hi,
+            _ => out.push((lo, hi, d)),
+        }
+    }
     out
 }
 
@@ -275,16 +306,20 @@ fn to16(v: u32) -> u16 {
 
 /// A rule lowered to one prefix.
 #[derive(Clone, Debug)]
-struct CRule {
+struct CRule<'a> {
     prefix: Prefix,
     action: Action,
     protocols: Protocols,
-    ports: Vec<PortRange>,
+    ports: &'a [PortRange],
     /// User rules outrank the built-in special denies at the same prefix.
     user: bool,
-    /// Index of the user rule, for error messages.
-    source: Option<usize>,
+    /// The user rule (its index) or setting this comes from.
+    source: Source,
 }
+
+const ALL_PORTS: [PortRange; 1] = [PortRange::ALL];
+const PORT_ZERO: [PortRange; 1] = [PortRange::single(0)];
+const DNS_PORTS: [PortRange; 1] = [PortRange::single(DNS_PORT)];
 
 /// Verdict functions for both protocols.
 #[derive(Clone, Debug)]
@@ -293,59 +328,132 @@ struct Resolved {
     udp: PortFn,
 }
 
-/// Tables shared by both tries, deduplicated by content.
+impl Resolved {
+    /// Both functions as one list of port ranges (each from its `lo` to
+    /// the next one's), coalesced, into `out` (cleared first).
+    fn pieces_into(&self, out: &mut Vec<Piece>) {
+        out.clear();
+        let (tcp_fn, udp_fn) = (&self.tcp, &self.udp);
+        let (mut ti, mut ui) = (0, 0);
+        while ti < tcp_fn.len() || ui < udp_fn.len() {
+            let lo = match (tcp_fn.get(ti), udp_fn.get(ui)) {
+                (Some(tp), Some(up)) => tp.0.min(up.0),
+                (Some(tp), None) => tp.0,
+                (None, Some(up)) => up.0,
+                (None, None) => break,
+            };
+            ti += usize::from(tcp_fn.get(ti).is_some_and(|tp| tp.0 == lo));
+            ui += usize::from(udp_fn.get(ui).is_some_and(|up| up.0 == lo));
+            let (tcp, udp) = (tcp_fn[ti - 1].1, udp_fn[ui - 1].1);
+            if out.last().is_none_or(|p| p.tcp != tcp || p.udp != udp) {
+                out.push(Piece { lo, tcp, udp });
+            }
+        }
+    }
+}
+
+/// Tables shared by both tries, deduplicated by content: a hash of the
+/// used part of each table, chained on collision.
 #[derive(Default)]
 struct TableSet {
     tables: Vec<PortTable>,
-    index: HashMap<PortTable, u32>,
+    /// Hash to the newest table with it.
+    heads: HashMap<u64, u32, std::hash::BuildHasherDefault<KeyHasher>>,
+    /// Per table, the previous one with the same hash.
+    next: Vec<Option<u32>>,
+}
+
+/// For keys that are hashes already.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+fn table_hash(t: &PortTable) -> u64 {
+    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    let head = u64::from(t.len) << 16 | u64::from(t.default_tcp) << 8 | u64::from(t.default_udp);
+    t.segments[..t.len as usize].iter().fold(mix(0, head), |h, s| {
+        mix(h, u64::from(s.lo) << 32 | u64::from(s.hi) << 16 | u64::from(s.tcp) << 8 | u64::from(s.udp))
+    })
 }
 
 impl TableSet {
     fn intern(&mut self, t: &PortTable) -> u32 {
-        *self.index.entry(*t).or_insert_with(|| {
-            self.tables.push(*t);
-            u32::try_from(self.tables.len() - 1).expect("fewer than 2^32 tables")
-        })
+        let h = table_hash(t);
+        let mut at = self.heads.get(&h).copied();
+        while let Some(i) = at {
+            if self.tables[i as usize] == *t {
+                return i;
+            }
+            at = self.next[i as usize];
+        }
+        let i = u32::try_from(self.tables.len()).expect("fewer than 2^32 tables");
+        self.tables.push(*t);
+        self.next.push(self.heads.insert(h, i));
+        i
     }
 }
 
-/// Turns a resolved pair of functions into a [`PortTable`]: the most common
-/// verdict pair becomes the table default and the rest become segments.
-fn to_table(r: &Resolved) -> Result<PortTable, usize> {
-    let mut points: Vec<u16> = r.tcp.iter().chain(&r.udp).map(|&(s, _)| s).collect();
-    points.sort_unstable();
-    points.dedup();
-    // (lo, hi, tcp, udp), coalesced.
-    let mut pieces: Vec<(u16, u16, u8, u8)> = Vec::new();
-    for (i, &lo) in points.iter().enumerate() {
-        let hi = points.get(i + 1).map_or(u16::MAX, |&n| n - 1);
-        let (t, u) = (at(&r.tcp, lo), at(&r.udp, lo));
-        match pieces.last_mut() {
+/// Turns an entry's pieces into a [`PortTable`]: the most common verdict
+/// pair becomes the table default and the rest become segments.
+fn to_table(pieces: &[Piece]) -> Result<PortTable, usize> {
+    // (lo, hi, tcp, udp), coalesced by verdict.
+    let mut ranges: Vec<(u16, u16, u8, u8)> = Vec::with_capacity(pieces.len());
+    for (i, p) in pieces.iter().enumerate() {
+        let hi = pieces.get(i + 1).map_or(u16::MAX, |n| n.lo - 1);
+        let (t, u) = (p.tcp.verdict, p.udp.verdict);
+        match ranges.last_mut() {
             Some(last) if last.2 == t && last.3 == u => last.1 = hi,
-            _ => pieces.push((lo, hi, t, u)),
+            _ => ranges.push((p.lo, hi, t, u)),
         }
     }
-    let mut coverage: HashMap<(u8, u8), u32> = HashMap::new();
-    for &(lo, hi, t, u) in &pieces {
-        *coverage.entry((t, u)).or_default() += u32::from(hi - lo) + 1;
+    // At most four verdict pairs: count coverage in a small array.
+    let mut coverage: [((u8, u8), u32); 4] = [((0, 0), 0); 4];
+    let mut kinds = 0;
+    for &(lo, hi, t, u) in &ranges {
+        let n = u32::from(hi - lo) + 1;
+        if let Some(c) = coverage[..kinds].iter_mut().find(|c| c.0 == (t, u)) {
+            c.1 += n;
+        } else {
+            // Verdicts are allow or deny: at most four pairs.
+            coverage[kinds] = ((t, u), n);
+            kinds += 1;
+        }
     }
-    let (&default, _) =
-        coverage.iter().max_by_key(|&(&pair, &n)| (n, std::cmp::Reverse(pair))).expect("at least one piece");
-    let segs: Vec<_> = pieces.iter().filter(|p| (p.2, p.3) != default).collect();
-    if segs.len() > MAX_SEGMENTS {
-        return Err(segs.len());
+    let default = coverage[..kinds]
+        .iter()
+        .max_by_key(|&&(pair, n)| (n, std::cmp::Reverse(pair)))
+        .map(|c| c.0)
+        .expect("at least one piece");
+    let needed = ranges.iter().filter(|p| (p.2, p.3) != default).count();
+    if needed > MAX_SEGMENTS {
+        return Err(needed);
     }
     let mut table = PortTable::uniform(default.0, default.1);
-    table.len = u32::try_from(segs.len()).expect("at most MAX_SEGMENTS");
-    for (slot, &&(lo, hi, tcp, udp)) in table.segments.iter_mut().zip(&segs) {
+    table.len = u32::try_from(needed).expect("at most MAX_SEGMENTS");
+    for (slot, &(lo, hi, tcp, udp)) in table.segments.iter_mut().zip(ranges.iter().filter(|p| (p.2, p.3) != default)) {
         *slot = PortSegment { lo, hi, tcp, udp, _pad: [0; 2] };
     }
     Ok(table)
 }
 
-fn ports_table(ports: &[PortRange], inside: u8, outside: u8) -> Resolved {
-    let partial: Partial = ports.iter().map(|r| (r.lo, r.hi, inside)).collect();
-    let f = overlay(&partial, &uniform(outside));
+fn ports_table(ports: &[PortRange], inside: u8, outside: u8, source: Source) -> Resolved {
+    let partial: Partial = ports.iter().map(|r| (r.lo, r.hi, Decided { verdict: inside, source })).collect();
+    let f = overlay(&partial, &uniform(Decided { verdict: outside, source }));
     Resolved { tcp: f.clone(), udp: f }
 }
 
@@ -359,115 +467,130 @@ fn verdict(a: Action) -> u8 {
 /// Resolves one trie. `fixed` prefixes get the given functions regardless
 /// of rules. `anchors` start from the given function instead of their
 /// parent's (rules on shorter prefixes do not reach them); their own rules
-/// and those of longer prefixes apply on top, as anywhere else.
+/// and those of longer prefixes apply on top, as anywhere else. `default`
+/// is what no rule decides.
 fn resolve(
-    rules: &[CRule],
+    mut rules: Vec<CRule<'_>>,
     fixed: &[(Prefix, Resolved)],
     anchors: &[(Prefix, Resolved)],
-    default: Action,
+    default: Decided,
     user_rules: &[Rule],
     tables: &mut TableSet,
-) -> Result<Vec<TrieEntry>, CompileError> {
-    let mut by_prefix: HashMap<Prefix, Vec<&CRule>> = HashMap::new();
-    for r in rules {
-        by_prefix.entry(r.prefix).or_default().push(r);
-    }
-    let fixed_map: HashMap<Prefix, &Resolved> = fixed.iter().map(|(p, r)| (*p, r)).collect();
-    let anchor_map: HashMap<Prefix, &Resolved> = anchors.iter().map(|(p, r)| (*p, r)).collect();
-    let mut prefixes: Vec<Prefix> = by_prefix.keys().copied().collect();
-    prefixes.extend(fixed_map.keys().copied());
-    prefixes.extend(anchor_map.keys().copied());
+) -> Result<(Vec<TrieEntry>, TrieSources), CompileError> {
+    // In address order, so that each prefix's rules are one run.
+    rules.sort_unstable_by_key(|r| (r.prefix.addr, r.prefix.len));
+    let mut prefixes: Vec<Prefix> = Vec::with_capacity(rules.len() + fixed.len() + anchors.len() + 2);
+    prefixes.extend(rules.iter().map(|r| r.prefix));
+    prefixes.extend(fixed.iter().chain(anchors).map(|(p, _)| *p));
     prefixes.push(V6_ROOT);
     prefixes.push(V4_ROOT);
     prefixes.sort_unstable_by_key(|p| (p.addr, p.len));
     prefixes.dedup();
 
-    let base = Resolved { tcp: uniform(verdict(default)), udp: uniform(verdict(default)) };
-    let mut stack: Vec<(Prefix, Resolved)> = Vec::new();
+    let base = Resolved { tcp: uniform(default), udp: uniform(default) };
+    let mut stack: Vec<(Prefix, Resolved, std::ops::Range<usize>)> = Vec::new();
     let mut out = Vec::with_capacity(prefixes.len());
+    let mut sources = TrieSources::with_capacity(prefixes.len());
+    let mut pieces = Vec::new();
+    let mut next_rule = 0;
     for p in prefixes {
-        while stack.last().is_some_and(|(top, _)| !top.contains(p)) {
+        while stack.last().is_some_and(|(top, _, _)| !top.contains(p)) {
             stack.pop();
         }
-        let resolved = if let Some(f) = fixed_map.get(&p) {
-            (*f).clone()
+        let first = next_rule;
+        while rules.get(next_rule).is_some_and(|r| r.prefix == p) {
+            next_rule += 1;
+        }
+        let own_range = first..next_rule;
+        let own = &rules[own_range.clone()];
+        let resolved = if let Some(f) = find(fixed, p) {
+            f.clone()
         } else {
-            let parent = if let Some(a) = anchor_map.get(&p) {
-                *a
+            let parent = if let Some(a) = find(anchors, p) {
+                a
             } else if p == V4_ROOT || p == V6_ROOT {
                 &base
             } else {
-                stack.last().map_or(&base, |(_, r)| r)
+                stack.last().map_or(&base, |(_, r, _)| r)
             };
-            let own = by_prefix.get(&p).map_or(&[][..], Vec::as_slice);
-            let (user, builtin): (Vec<&CRule>, Vec<&CRule>) = own.iter().partition(|r| r.user);
             let mut r = parent.clone();
-            for (layer, tcp) in [(&builtin, true), (&builtin, false), (&user, true), (&user, false)] {
-                if layer.is_empty() {
-                    continue;
+            for user in [false, true] {
+                let layer = own.iter().filter(move |r| r.user == user);
+                for tcp in [true, false] {
+                    let partial = own_partial(layer.clone(), tcp);
+                    if !partial.is_empty() {
+                        let f = if tcp { &mut r.tcp } else { &mut r.udp };
+                        *f = overlay(&partial, f);
+                    }
                 }
-                let f = if tcp { &mut r.tcp } else { &mut r.udp };
-                *f = overlay(&own_partial(layer, tcp), f);
             }
             r
         };
-        let table = to_table(&resolved).map_err(|needed| {
+        resolved.pieces_into(&mut pieces);
+        let table = to_table(&pieces).map_err(|needed| {
             let mut names: Vec<&str> = stack
                 .iter()
-                .map(|(q, _)| *q)
-                .chain([p])
-                .flat_map(|q| by_prefix.get(&q).into_iter().flatten())
-                .filter_map(|r| r.source.map(|i| user_rules[i].text.as_str()))
+                .map(|(_, _, range)| &rules[range.clone()])
+                .chain([own])
+                .flatten()
+                .filter_map(|r| r.source.rule_index().map(|i| user_rules[i].text.as_str()))
                 .collect();
             names.dedup();
             CompileError::TooManyRanges { prefix: p.display(), needed, max: MAX_SEGMENTS, rules: names.join(", ") }
         })?;
-        let explicit = by_prefix.get(&p).is_some_and(|rs| rs.iter().any(|r| r.source.is_some()));
+        let explicit = own.iter().any(|r| r.source.rule_index().is_some());
         out.push(TrieEntry {
             prefix_len: u32::from(p.len),
             addr: p.addr.to_be_bytes(),
             table: tables.intern(&table),
             explicit,
         });
-        stack.push((p, resolved));
+        sources.push(p.addr, p.len, explicit, &pieces);
+        stack.push((p, resolved, own_range));
     }
-    Ok(out)
+    Ok((out, sources))
+}
+
+/// The function `list` gives prefix `p`, if it names it (a few entries).
+fn find(list: &[(Prefix, Resolved)], p: Prefix) -> Option<&Resolved> {
+    list.iter().find(|(q, _)| *q == p).map(|(_, r)| r)
 }
 
 /// Under `dns = "pinned"`, loopback port 53 belongs to sbx's stub: a
 /// built-in deny on all of loopback, and a built-in allow of the stub
 /// address. Built-in, so a loopback rule at the same prefix (or a longer
 /// one) still decides, as the user wrote it.
-fn dns_rules(dns: Dns) -> Vec<CRule> {
+fn dns_rules(dns: Dns) -> Vec<CRule<'static>> {
     let Dns::Pinned { stub } = dns else { return Vec::new() };
-    let rule = |prefix, action| CRule {
+    let rule = |prefix, action, source| CRule {
         prefix,
         action,
         protocols: Protocols::BOTH,
-        ports: vec![PortRange::single(DNS_PORT)],
+        ports: &DNS_PORTS,
         user: false,
-        source: None,
+        source,
     };
-    let mut out = vec![rule(v4([127, 0, 0, 0], 8), Action::Deny), rule(v6("::1", 128), Action::Deny)];
-    out.extend(stub.map(|a| rule(v4(a.octets(), 32), Action::Allow)));
+    let mut out = vec![
+        rule(v4([127, 0, 0, 0], 8), Action::Deny, Source::DNS_PINNED),
+        rule(v6("::1", 128), Action::Deny, Source::DNS_PINNED),
+    ];
+    out.extend(stub.map(|a| rule(v4(a.octets(), 32), Action::Allow, Source::DNS_STUB)));
     out
 }
 
-fn lower(rules: &[Rule]) -> Vec<CRule> {
-    rules
-        .iter()
-        .enumerate()
-        .flat_map(|(i, r)| {
-            r.nets.iter().map(move |n| CRule {
-                prefix: Prefix::of(n),
-                action: r.action,
-                protocols: r.protocols,
-                ports: r.ports.clone(),
-                user: true,
-                source: Some(i),
-            })
-        })
-        .collect()
+fn lower(rules: &[Rule]) -> Vec<CRule<'_>> {
+    let mut out = Vec::with_capacity(rules.len() + 16);
+    for (i, r) in rules.iter().enumerate() {
+        out.extend(r.nets.iter().map(|n| CRule {
+            prefix: Prefix::of(n),
+            action: r.action,
+            protocols: r.protocols,
+            ports: &r.ports,
+            user: true,
+            source: Source::rule(i),
+        }));
+    }
+    out
 }
 
 /// Compiles `policy` for tries of capacity `max_entries`.
@@ -491,56 +614,58 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
     let mut tables = TableSet::default();
 
     let mut dest_rules = lower(rules);
-    dest_rules.extend(special_denies().into_iter().map(|prefix| CRule {
+    dest_rules.extend(special_denies().into_iter().enumerate().map(|(k, (prefix, _))| CRule {
         prefix,
         action: Action::Deny,
         protocols: Protocols::BOTH,
-        ports: vec![PortRange::ALL],
+        ports: &ALL_PORTS,
         user: false,
-        source: None,
+        source: Source::builtin(k),
     }));
     dest_rules.extend(dns_rules(*dns));
     let local = match loopback {
-        Loopback::Any => ports_table(&[], VERDICT_ALLOW, VERDICT_ALLOW),
-        Loopback::None => ports_table(&[], VERDICT_DENY, VERDICT_DENY),
-        Loopback::Ports(p) => ports_table(p, VERDICT_ALLOW, VERDICT_DENY),
+        Loopback::Any => ports_table(&[], VERDICT_ALLOW, VERDICT_ALLOW, Source::LOOPBACK),
+        Loopback::None => ports_table(&[], VERDICT_DENY, VERDICT_DENY, Source::LOOPBACK),
+        Loopback::Ports(p) => ports_table(p, VERDICT_ALLOW, VERDICT_DENY, Source::LOOPBACK),
     };
     // The setting is where loopback starts; rules inside the loopback
     // space refine it. The unspecified addresses are anchored too, so that
     // nothing reaches them, and then take their alias's entry.
     let anchors: Vec<_> = local_host_prefixes().into_iter().map(|p| (p, local.clone())).collect();
-    let fixed = [(v4(VERIFY_SENTINEL.octets(), 32), ports_table(&[], VERDICT_DENY, VERDICT_DENY))];
-    let mut dest = resolve(&dest_rules, &fixed, &anchors, *default, rules, &mut tables)?;
+    let fixed = [(v4(VERIFY_SENTINEL.octets(), 32), ports_table(&[], VERDICT_DENY, VERDICT_DENY, Source::SENTINEL))];
+    let default = Decided { verdict: verdict(*default), source: Source::DEFAULT };
+    let (mut dest, mut dest_sources) = resolve(dest_rules, &fixed, &anchors, default, rules, &mut tables)?;
     for (unspecified, alias) in unspecified_aliases() {
-        let table = longest_match(&dest, alias).map(|e| e.table).expect("the loopback anchors are entries");
-        for e in dest.iter_mut().filter(|e| prefix_of(e) == unspecified) {
-            e.table = table;
-        }
+        let from =
+            dest_sources.longest(u128::from_be_bytes(lookup_addr(alias))).expect("the loopback anchors are entries");
+        let to = dest_sources.find(unspecified.addr, unspecified.len).expect("the unspecified anchors are entries");
+        dest[to].table = dest[from].table;
+        dest_sources.alias(to, from);
     }
 
-    let (bind_rules, bind_default, bind_sources): (Vec<CRule>, Action, &[Rule]) = match bind {
-        Bind::Any => (Vec::new(), Action::Allow, &[]),
-        Bind::Rules(r) => (lower(r), Action::Deny, r),
+    let allow_all = Decided { verdict: VERDICT_ALLOW, source: Source::BIND_ANY };
+    let deny = |source| Decided { verdict: VERDICT_DENY, source };
+    let (bind_rules, bind_default, bind_sources): (Vec<CRule<'_>>, Decided, &[Rule]) = match bind {
+        Bind::Any => (Vec::new(), allow_all, &[]),
+        Bind::Rules(r) => (lower(r), deny(Source::DEFAULT), r),
         Bind::Loopback => {
-            let rule = |prefix, ports| CRule {
+            let rule = |prefix, ports: &'static [PortRange]| CRule {
                 prefix,
                 action: Action::Allow,
                 protocols: Protocols::BOTH,
                 ports,
                 user: true,
-                source: None,
+                source: Source::BIND_LOOPBACK,
             };
-            let zero = vec![PortRange::single(0)];
-            let all = vec![PortRange::ALL];
             let [lo4, any4, lo6, any6] = local_host_prefixes();
             (
-                vec![rule(lo4, all.clone()), rule(lo6, all), rule(any4, zero.clone()), rule(any6, zero)],
-                Action::Deny,
+                vec![rule(lo4, &ALL_PORTS), rule(lo6, &ALL_PORTS), rule(any4, &PORT_ZERO), rule(any6, &PORT_ZERO)],
+                deny(Source::BIND_LOOPBACK),
                 &[],
             )
         }
     };
-    let bind = resolve(&bind_rules, &[], &[], bind_default, bind_sources, &mut tables)?;
+    let (bind, bind_prov) = resolve(bind_rules, &[], &[], bind_default, bind_sources, &mut tables)?;
 
     for (map, entries) in [("destination", &dest), ("bind", &bind)] {
         if entries.len() > max_entries as usize {
@@ -552,7 +677,9 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
             });
         }
     }
-    Ok(Compiled { dest, bind, tables: tables.tables, nat64: nat64_prefixes(nat64) })
+    let nat64 = nat64_prefixes(nat64);
+    let provenance = Provenance { nat64, dest: dest_sources, bind: bind_prov };
+    Ok(Compiled { dest, bind, tables: tables.tables, nat64, provenance })
 }
 
 /// Which trie a simulated lookup uses.
@@ -585,76 +712,36 @@ pub fn lookup_addr(ip: IpAddr) -> TrieAddr {
     }
 }
 
-fn prefix_of(e: &TrieEntry) -> Prefix {
-    Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") }
-}
-
-/// The entry a trie lookup of `ip` finds: the longest prefix containing it.
-fn longest_match(entries: &[TrieEntry], ip: IpAddr) -> Option<&TrieEntry> {
-    let host = Prefix { addr: u128::from_be_bytes(lookup_addr(ip)), len: 128 };
-    entries.iter().filter(|e| prefix_of(e).contains(host)).max_by_key(|e| e.prefix_len)
-}
-
 impl Compiled {
-    /// The longest entry of `hook`'s trie containing `a`.
-    fn entry(&self, hook: Hook, a: TrieAddr) -> Option<&TrieEntry> {
+    /// What the programs would decide, computed in userspace from the same
+    /// entries and port tables the maps hold, by the lookup `explain` uses
+    /// ([`Provenance::decide_with`]: longest-prefix match, embedded IPv4
+    /// forms by `sbx_common::addr`). `tcp` selects the protocol. Used by
+    /// tests and `verify`.
+    #[must_use]
+    pub fn verdict(&self, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> u8 {
         let entries = match hook {
             Hook::Destination => &self.dest,
             Hook::Bind => &self.bind,
         };
-        let host = Prefix { addr: u128::from_be_bytes(a), len: 128 };
-        entries
-            .iter()
-            .filter(|e| {
-                let p = Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") };
-                p.contains(host)
+        self.provenance
+            .decide_with(hook, ip, |i| Decided {
+                verdict: table_verdict(&self.tables[entries[i].table as usize], port, tcp),
+                source: Source::DEFAULT,
             })
-            .max_by_key(|e| e.prefix_len)
+            .verdict
     }
+}
 
-    fn table_verdict(&self, entry: Option<&TrieEntry>, port: u16, tcp: bool) -> u8 {
-        let Some(entry) = entry else {
-            return VERDICT_DENY;
-        };
-        let t = &self.tables[entry.table as usize];
-        let seg = t.segments[..t.len as usize].iter().find(|s| s.lo <= port && port <= s.hi);
-        match (seg, tcp) {
-            (Some(s), true) => s.tcp,
-            (Some(s), false) => s.udp,
-            (None, true) => t.default_tcp,
-            (None, false) => t.default_udp,
-        }
-    }
-
-    /// What the programs would decide, computed in userspace from the same
-    /// entries and the same classification (`sbx_common::addr`): the
-    /// longest-prefix match and its port table; an embedded IPv4 form is
-    /// judged as the IPv4 address(es) it reaches unless an explicit rule at
-    /// least as long as the form's prefix matches it; a form of a local
-    /// address is refused; bind judges the address itself. `tcp` selects
-    /// the protocol. Used by tests and to
-    /// explain decisions.
-    #[must_use]
-    pub fn verdict(&self, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> u8 {
-        let a = lookup_addr(ip);
-        let form = if hook == Hook::Destination { addr::embedded(&a, &self.nat64) } else { None };
-        let Some(e) = form else {
-            return self.table_verdict(self.entry(hook, a), port, tcp);
-        };
-        if e.is_local() {
-            return VERDICT_DENY;
-        }
-        let hit = self.entry(hook, a);
-        if let Some(h) = hit.filter(|h| h.explicit && h.prefix_len >= e.prefix_len) {
-            return self.table_verdict(Some(h), port, tcp);
-        }
-        let first = self.table_verdict(self.entry(hook, addr::mapped(e.v4)), port, tcp);
-        match e.second {
-            Some(client) if first == VERDICT_ALLOW => {
-                self.table_verdict(self.entry(hook, addr::mapped(client)), port, tcp)
-            }
-            _ => first,
-        }
+/// What a port table says for `port`: its segment's verdict, else its
+/// default (the programs' reading of it).
+fn table_verdict(t: &PortTable, port: u16, tcp: bool) -> u8 {
+    let seg = t.segments[..t.len as usize].iter().find(|s| s.lo <= port && port <= s.hi);
+    match (seg, tcp) {
+        (Some(s), true) => s.tcp,
+        (Some(s), false) => s.udp,
+        (None, true) => t.default_tcp,
+        (None, false) => t.default_udp,
     }
 }
 

@@ -19,7 +19,7 @@ use sbx_common::{
 };
 use serde::Serialize;
 
-use crate::{explain, loader::pin_name_map, policy::Policy};
+use crate::{compile::Hook, explain, loader::pin_name_map, state::Record};
 
 /// A map could not be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -201,9 +201,10 @@ pub fn rfc3339(since_epoch: Duration) -> String {
 }
 
 /// Turns a raw event into what users see, naming the deciding rule when
-/// the event's policy generation is the one recorded.
+/// the event's policy generation is the one `record` holds: one lookup in
+/// the record's provenance (see [`crate::explain`]).
 #[must_use]
-pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventView {
+pub fn view(e: &Event, sandbox: &str, record: Option<&Record>) -> EventView {
     let hook = HOOK_NAMES.get(e.hook as usize).copied().unwrap_or("?");
     let ip6 = Ipv6Addr::from(e.addr);
     let ip = ip6.to_ipv4_mapped().map_or(IpAddr::V6(ip6), IpAddr::V4);
@@ -228,20 +229,22 @@ pub fn view(e: &Event, sandbox: &str, policy: Option<(&Policy, u32)>) -> EventVi
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         },
     };
-    let rule = match (hook, policy) {
+    let rule = match (hook, record) {
         ("sock_create", _) => "only TCP and UDP sockets may be created".to_owned(),
         ("setsockopt", _) => "source-routing options are refused".to_owned(),
         ("accept", _) => "an inbound connection needs `bind` to allow the local address and port, and the policy \
                           to reach the peer (loopback peers: `loopback` on the local port)"
             .to_owned(),
         ("egress", _) if e.port == EVENT_PORT_SOURCE_ROUTE => "IP options or routing header".to_owned(),
-        (_, None) => "(policy unknown)".to_owned(),
-        (_, Some((_, generation))) if generation != e.generation => "(policy changed since)".to_owned(),
-        ("bind4" | "bind6", Some((p, _))) => explain::bind(p, ip, port, tcp).to_string(),
-        (_, Some((p, _))) => match explain::destination(p, ip, port, tcp) {
-            explain::Reason::Loopback => format!("loopback = {}", explain::loopback_text(p)),
-            r => r.to_string(),
+        (_, Some(r)) if r.generation != e.generation => "(policy changed since)".to_owned(),
+        (_, Some(r)) => match r.provenance() {
+            Some(prov) => {
+                let trie = if matches!(hook, "bind4" | "bind6") { Hook::Bind } else { Hook::Destination };
+                explain::explain(&r.policy, prov, trie, ip, port, tcp).to_string()
+            }
+            None => explain::Reason::Unknown.to_string(),
         },
+        (_, None) => explain::Reason::Unknown.to_string(),
     };
     let comm_len = e.comm.iter().position(|&c| c == 0).unwrap_or(e.comm.len());
     EventView {

@@ -1,26 +1,329 @@
-//! Which part of a policy decided a call, for deny events.
+//! Which part of a policy decided a call, for deny events and `verify`.
 //!
 //! The kernel reports what was refused (hook, address, port, protocol);
-//! it does not carry rule texts. This module recomputes the decision from
-//! the [`Policy`] itself, by the documented precedence, and names the rule
-//! as the user wrote it. Pure; the compile tests cross-check the same
-//! precedence against the compiled maps.
+//! it does not carry rule texts. [`crate::compile`] records, for every
+//! trie entry and port range, the rule or setting that produced its
+//! verdict: a [`Provenance`], kept in the sandbox's record. Explaining a
+//! call is one lookup in it by the steps the programs take (the longest
+//! prefix containing the address, then the port range; embedded IPv4
+//! forms classified by [`sbx_common::addr`]), so the answer is the
+//! kernel's verdict and the rule that produced it, with no rule scanned
+//! and nothing decided a second time. The compile tests check, over
+//! thousands of random policies, that it agrees with the port tables the
+//! maps hold and with a reference evaluator.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use ipnet::IpNet;
-
-use crate::{
-    compile::lookup_addr,
-    policy::{Action, Bind, Dns, Loopback, Policy, Rule, DNS_PORT},
+use sbx_common::{
+    addr::{self, Nat64Prefix, MAX_NAT64_PREFIXES},
+    VERDICT_ALLOW, VERDICT_DENY,
 };
 
-/// Why a destination got its verdict.
+use crate::{
+    compile::{lookup_addr, Hook},
+    policy::{Action, Bind, Loopback, Policy},
+};
+
+mod codec;
+
+/// What produced a verdict: a user rule (by index) or a setting. Compact
+/// (one `u32`), so a provenance of 100,000 entries stays small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source(u32);
+
+impl Source {
+    /// No rule matched: the `default` setting (for bind rules: deny).
+    pub const DEFAULT: Self = Self(0);
+    /// The `loopback` setting.
+    pub const LOOPBACK: Self = Self(1);
+    /// [`crate::compile::VERIFY_SENTINEL`], always refused.
+    pub const SENTINEL: Self = Self(2);
+    /// `dns = "pinned"`: loopback port 53 refused.
+    pub const DNS_PINNED: Self = Self(3);
+    /// `dns = "pinned"`: `run`'s stub on loopback port 53.
+    pub const DNS_STUB: Self = Self(4);
+    /// An embedded-IPv4 form of a local address (decided at lookup).
+    pub const EMBEDDED_LOCAL: Self = Self(5);
+    /// `bind = "any"`.
+    pub const BIND_ANY: Self = Self(6);
+    /// `bind = "loopback"`.
+    pub const BIND_LOOPBACK: Self = Self(7);
+    const FIRST_BUILTIN: u32 = 8;
+    const FIRST_RULE: u32 = 16;
+
+    /// Built-in deny `k` (an index into compile's table of them).
+    pub(crate) fn builtin(k: usize) -> Self {
+        let k = u32::try_from(k).expect("a handful of built-in denies");
+        assert!(Self::FIRST_BUILTIN + k < Self::FIRST_RULE, "room for the built-in denies");
+        Self(Self::FIRST_BUILTIN + k)
+    }
+
+    /// User rule `i` of the trie's rule list (`rules`, or bind's rules).
+    pub(crate) fn rule(i: usize) -> Self {
+        Self(Self::FIRST_RULE + u32::try_from(i).expect("fewer than 2^32 rules"))
+    }
+
+    /// The user rule this names, if it names one.
+    #[must_use]
+    pub fn rule_index(self) -> Option<usize> {
+        self.0.checked_sub(Self::FIRST_RULE).map(|i| i as usize)
+    }
+
+    fn builtin_index(self) -> Option<usize> {
+        (Self::FIRST_BUILTIN..Self::FIRST_RULE).contains(&self.0).then(|| (self.0 - Self::FIRST_BUILTIN) as usize)
+    }
+
+    /// The compact form: settings first, then the rules in order.
+    pub(crate) fn code(self) -> u32 {
+        self.0
+    }
+
+    pub(crate) fn from_code(code: u32) -> Self {
+        Self(code)
+    }
+}
+
+/// A verdict and what produced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// [`VERDICT_ALLOW`] or [`VERDICT_DENY`].
+    pub verdict: u8,
+    /// The rule or setting.
+    pub source: Source,
+}
+
+/// One port range of an entry: from `lo` to the next piece's `lo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// First port.
+    pub lo: u16,
+    /// For TCP.
+    pub tcp: Decided,
+    /// For UDP.
+    pub udp: Decided,
+}
+
+const NO_PARENT: u32 = u32::MAX;
+
+/// One trie entry: its prefix, whether a user rule names it, and where
+/// its pieces are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Node {
+    addr: u128,
+    len: u8,
+    explicit: bool,
+    first: u32,
+    count: u32,
+    /// The nearest entry containing this one ([`NO_PARENT`] if none).
+    parent: u32,
+}
+
+impl Node {
+    fn contains(&self, host: u128) -> bool {
+        self.len == 0 || (self.addr ^ host) >> (128 - u32::from(self.len)) == 0
+    }
+
+    fn contains_prefix(&self, addr: u128, len: u8) -> bool {
+        self.len <= len && self.contains(addr)
+    }
+}
+
+/// The provenance of one trie: its entries in address order (the order
+/// `compile` emits them, so entry `i` is the map entry `i`).
+#[derive(Clone, Debug, Default)]
+pub struct TrieSources {
+    nodes: Vec<Node>,
+    pieces: Vec<Piece>,
+}
+
+impl TrieSources {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self { nodes: Vec::with_capacity(n), pieces: Vec::with_capacity(n * 2) }
+    }
+
+    /// Number of entries.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Appends an entry. Entries come in `(addr, len)` order; `pieces`
+    /// starts at port 0.
+    pub(crate) fn push(&mut self, addr: u128, len: u8, explicit: bool, pieces: &[Piece]) {
+        let mut parent = self.nodes.len().checked_sub(1);
+        while let Some(i) = parent {
+            if self.nodes[i].contains_prefix(addr, len) {
+                break;
+            }
+            parent = self.parent_of(i);
+        }
+        let first = u32::try_from(self.pieces.len()).expect("fewer than 2^32 pieces");
+        let count = u32::try_from(pieces.len()).expect("fewer than 2^32 pieces");
+        self.pieces.extend_from_slice(pieces);
+        let parent = parent.map_or(NO_PARENT, |p| u32::try_from(p).expect("fewer than 2^32 entries"));
+        self.nodes.push(Node { addr, len, explicit, first, count, parent });
+    }
+
+    fn parent_of(&self, i: usize) -> Option<usize> {
+        let p = self.nodes[i].parent;
+        (p != NO_PARENT).then_some(p as usize)
+    }
+
+    /// The entry a trie lookup of `host` finds: the longest prefix
+    /// containing it. A binary search for the last entry at or below
+    /// `host`, then up its containing entries (at most 128).
+    #[must_use]
+    pub fn longest(&self, host: u128) -> Option<usize> {
+        let mut i = self.nodes.partition_point(|n| n.addr <= host).checked_sub(1);
+        while let Some(k) = i {
+            if self.nodes[k].contains(host) {
+                return Some(k);
+            }
+            i = self.parent_of(k);
+        }
+        None
+    }
+
+    /// The entry for exactly this prefix.
+    pub(crate) fn find(&self, addr: u128, len: u8) -> Option<usize> {
+        self.nodes.binary_search_by_key(&(addr, len), |n| (n.addr, n.len)).ok()
+    }
+
+    /// Entry `to` decides as entry `from` does (an unspecified address
+    /// takes its loopback alias's verdicts).
+    pub(crate) fn alias(&mut self, to: usize, from: usize) {
+        let (first, count) = (self.nodes[from].first, self.nodes[from].count);
+        self.nodes[to].first = first;
+        self.nodes[to].count = count;
+    }
+
+    fn entry_pieces(&self, i: usize) -> &[Piece] {
+        let n = &self.nodes[i];
+        &self.pieces[n.first as usize..(n.first + n.count) as usize]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn entry_pieces_for_test(&self, i: usize) -> &[Piece] {
+        self.entry_pieces(i)
+    }
+
+    /// What entry `i` decides for `port`.
+    #[must_use]
+    pub fn at(&self, i: usize, port: u16, tcp: bool) -> Decided {
+        let pieces = self.entry_pieces(i);
+        let k = pieces.partition_point(|p| p.lo <= port).max(1);
+        let p = &pieces[k - 1];
+        if tcp {
+            p.tcp
+        } else {
+            p.udp
+        }
+    }
+}
+
+/// Equal when the entries and what they decide are: where the pieces are
+/// kept (shared by an alias, or each its own after a round trip through
+/// the record) does not matter.
+impl PartialEq for TrieSources {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes.len() == other.nodes.len()
+            && self.nodes.iter().zip(&other.nodes).enumerate().all(|(i, (a, b))| {
+                (a.addr, a.len, a.explicit) == (b.addr, b.len, b.explicit)
+                    && self.entry_pieces(i) == other.entry_pieces(i)
+            })
+    }
+}
+
+impl Eq for TrieSources {}
+
+/// Which rule or setting produced every verdict of a compiled policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// The NAT64 prefixes the programs classify with.
+    pub nat64: [Nat64Prefix; MAX_NAT64_PREFIXES],
+    /// The destination trie.
+    pub dest: TrieSources,
+    /// The bind trie.
+    pub bind: TrieSources,
+}
+
+impl Provenance {
+    fn trie(&self, hook: Hook) -> &TrieSources {
+        match hook {
+            Hook::Destination => &self.dest,
+            Hook::Bind => &self.bind,
+        }
+    }
+
+    /// What the programs decide for `ip` at `hook`, and what produced it.
+    #[must_use]
+    pub fn decide(&self, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> Decided {
+        let trie = self.trie(hook);
+        self.decide_with(hook, ip, |i| trie.at(i, port, tcp))
+    }
+
+    /// The programs' lookup, with `judge` giving what entry `i` decides
+    /// for the port in question: the longest-prefix match; for an embedded
+    /// IPv4 form (destinations only), refused if it reaches a local
+    /// address, else an explicit entry at least as long as the form's
+    /// prefix decides, else the IPv4 address(es) it reaches (for Teredo
+    /// the server, then the client). One copy for `explain` and for
+    /// [`crate::compile::Compiled::verdict`], which judges by the port
+    /// tables instead of the pieces.
+    pub(crate) fn decide_with(&self, hook: Hook, ip: IpAddr, judge: impl Fn(usize) -> Decided) -> Decided {
+        let trie = self.trie(hook);
+        let a = lookup_addr(ip);
+        let lookup = |a: [u8; 16]| {
+            trie.longest(u128::from_be_bytes(a))
+                .map_or(Decided { verdict: VERDICT_DENY, source: Source::DEFAULT }, &judge)
+        };
+        let form = if hook == Hook::Destination { addr::embedded(&a, &self.nat64) } else { None };
+        let Some(e) = form else {
+            return lookup(a);
+        };
+        if e.is_local() {
+            return Decided { verdict: VERDICT_DENY, source: Source::EMBEDDED_LOCAL };
+        }
+        let hit = trie.longest(u128::from_be_bytes(a));
+        if let Some(h) = hit.filter(|&h| trie.nodes[h].explicit && u32::from(trie.nodes[h].len) >= e.prefix_len) {
+            return judge(h);
+        }
+        let first = lookup(addr::mapped(e.v4));
+        match e.second {
+            Some(client) if first.verdict == VERDICT_ALLOW => lookup(addr::mapped(client)),
+            _ => first,
+        }
+    }
+
+    /// The compact text form kept in the sandbox's record: base64 of
+    /// entries in address order, each with its prefix (as the difference
+    /// from the previous one) and its port ranges, each range with a
+    /// varint rule index and verdict per protocol. The rule texts are the
+    /// record's policy; they are not repeated.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        codec::encode(self)
+    }
+
+    /// Reads [`Self::encode`]'s form; `None` if it is damaged.
+    #[must_use]
+    pub fn decode(text: &str) -> Option<Self> {
+        codec::decode(text)
+    }
+}
+
+/// Why a call got its verdict, for display.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// The `loopback` setting (loopback and unspecified destinations no
-    /// loopback rule decides).
-    Loopback,
+    /// The `loopback` setting (its text): loopback and unspecified
+    /// destinations no loopback rule decides.
+    Loopback(String),
     /// The address `verify` relies on being refused, on every port.
     VerifySentinel,
     /// `dns = "pinned"`: loopback port 53 is refused, except `run`'s stub
@@ -42,14 +345,20 @@ pub enum Reason {
     Builtin(&'static str),
     /// Nothing matched; the default decided.
     Default(Action),
+    /// Proxy-only mode: nothing matched, so the connect is denied (only
+    /// the proxy and what the rules allow are reachable).
+    ProxyOnly(std::net::SocketAddr),
     /// The bind setting (`loopback` or `any`).
     BindSetting(&'static str),
+    /// The record does not match what was compiled (a rule index past
+    /// the policy's rules).
+    Unknown,
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Loopback => f.write_str("loopback setting"),
+            Self::Loopback(setting) => write!(f, "loopback = {setting}"),
             Self::DnsPinned(false) => f.write_str(
                 "dns = \"pinned\": loopback port 53 is only sbx's DNS stub (a loopback rule or dns = \"host\" opens a resolver)",
             ),
@@ -61,190 +370,58 @@ impl std::fmt::Display for Reason {
             Self::Rule { action, text, origin } => write!(f, "{action} {text} ({origin})"),
             Self::Builtin(what) => write!(f, "built-in deny of {what}"),
             Self::Default(a) => write!(f, "default {a}"),
+            Self::ProxyOnly(p) => write!(f, "default deny (proxy-only mode: only the proxy {p} and allowed rules)"),
             Self::BindSetting(s) => write!(f, "bind = \"{s}\""),
+            Self::Unknown => f.write_str("(policy unknown)"),
         }
     }
 }
 
-const BUILTIN: [(&str, &str); 6] = [
-    ("0.0.0.0/8", "0.0.0.0/8"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved and broadcast addresses"),
-    ("ff00::/8", "multicast"),
-    ("::/96", "IPv4-compatible IPv6"),
-    ("64:ff9b:1::/48", "local-use NAT64"),
-];
-
-/// `ip` with IPv4-mapped IPv6 as IPv4 (the trie's encoding).
-fn judged(ip: IpAddr) -> IpAddr {
-    let a = Ipv6Addr::from(lookup_addr(ip));
-    a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
-}
-
-fn local_host(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4 == Ipv4Addr::UNSPECIFIED,
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
-    }
-}
-
-/// The loopback address the kernel connects an unspecified one to.
-fn unalias(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        other => other,
-    }
-}
-
-/// The rule that decides among those matching (longest prefix, deny on a
-/// tie). With `loopback`, only rules inside the loopback space count, as
-/// only they apply to loopback destinations.
-fn best_rule(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool) -> Option<(u8, &Rule)> {
-    best_rule_in(rules, ip, port, tcp, false)
-}
-
-fn best_rule_in(rules: &[Rule], ip: IpAddr, port: u16, tcp: bool, loopback: bool) -> Option<(u8, &Rule)> {
-    let mut best: Option<(u8, &Rule)> = None;
-    for r in rules {
-        let proto_ok = if tcp { r.protocols.tcp } else { r.protocols.udp };
-        if !proto_ok || !r.ports.iter().any(|p| p.lo <= port && port <= p.hi) {
-            continue;
-        }
-        for net in &r.nets {
-            if !net.contains(&ip) || (loopback && !crate::policy::is_loopback_net(net)) {
-                continue;
-            }
-            let len = net.prefix_len();
-            let better = match best {
-                None => true,
-                Some((blen, b)) => len > blen || (len == blen && r.action == Action::Deny && b.action == Action::Allow),
-            };
-            if better {
-                best = Some((len, r));
-            }
-        }
-    }
-    best
-}
-
-fn rule_reason(r: &Rule) -> Reason {
-    Reason::Rule { action: r.action, text: r.text.clone(), origin: r.origin.to_string() }
-}
-
-/// Why a connect or send to `ip`:`port` got its verdict. Embedded IPv4
-/// forms are classified as the programs do (`sbx_common::addr`): a form of
-/// a local address is refused; else an explicit IPv6 rule at least as long
-/// as the form's prefix decides; else the IPv4 address (for Teredo, the
-/// server, then the client) decides.
+/// The reason `d` names, in the words of `policy` (the one compiled).
 #[must_use]
-pub fn destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason {
-    let nsp = crate::compile::nat64_prefixes(&policy.nat64);
-    let form = match judged(ip) {
-        IpAddr::V6(v6) => sbx_common::addr::embedded(&v6.octets(), &nsp),
-        IpAddr::V4(_) => None,
+pub fn reason(policy: &Policy, hook: Hook, d: Decided) -> Reason {
+    let rules = match (hook, &policy.bind) {
+        (Hook::Destination, _) => &policy.rules[..],
+        (Hook::Bind, Bind::Rules(r)) => &r[..],
+        (Hook::Bind, _) => &[],
     };
-    let Some(e) = form else {
-        return plain_destination(policy, judged(ip), port, tcp);
-    };
-    if e.is_local() {
-        return Reason::EmbeddedLocal;
+    if let Some(i) = d.source.rule_index() {
+        return rules.get(i).map_or(Reason::Unknown, |r| Reason::Rule {
+            action: r.action,
+            text: r.text.clone(),
+            origin: r.origin.to_string(),
+        });
     }
-    let explicit = policy
-        .rules
-        .iter()
-        .flat_map(|r| &r.nets)
-        .any(|n| matches!(n, IpNet::V6(_)) && n.contains(&ip) && u32::from(n.prefix_len()) >= e.prefix_len);
-    if explicit {
-        return plain_destination(policy, ip, port, tcp);
+    if let Some(k) = d.source.builtin_index() {
+        return Reason::Builtin(crate::compile::special_deny_name(k));
     }
-    let first = plain_destination(policy, IpAddr::V4(Ipv4Addr::from(e.v4)), port, tcp);
-    match (e.second, first.allows()) {
-        (Some(client), true) => plain_destination(policy, IpAddr::V4(Ipv4Addr::from(client)), port, tcp),
-        _ => first,
-    }
-}
-
-impl Reason {
-    /// Whether this reason lets the call through (for the two-address
-    /// Teredo form, where the server's reason may allow and the client's
-    /// then decides).
-    fn allows(&self) -> bool {
-        matches!(self, Self::Rule { action: Action::Allow, .. } | Self::Default(Action::Allow))
-    }
-}
-
-fn plain_destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason {
-    if ip == IpAddr::V4(crate::compile::VERIFY_SENTINEL) {
-        return Reason::VerifySentinel;
-    }
-    if local_host(ip) {
-        let ip = unalias(ip);
-        let user = best_rule_in(&policy.rules, ip, port, tcp, true);
-        // The built-in port 53 rules of dns = "pinned" sit below user
-        // rules of the same prefix (see `compile`).
-        let builtin = match (policy.dns, ip) {
-            (Dns::Pinned { stub }, IpAddr::V4(a)) if port == DNS_PORT => {
-                Some(if stub == Some(a) { (32, true) } else { (8, false) })
-            }
-            (Dns::Pinned { .. }, IpAddr::V6(_)) if port == DNS_PORT => Some((128, false)),
-            _ => None,
-        };
-        return match (user, builtin) {
-            (Some((ulen, r)), Some((blen, _))) if ulen >= blen => rule_reason(r),
-            (_, Some((_, stub))) => Reason::DnsPinned(stub),
-            (Some((_, r)), None) => rule_reason(r),
-            (None, None) => Reason::Loopback,
-        };
-    }
-    let user = best_rule(&policy.rules, ip, port, tcp);
-    let builtin = BUILTIN
-        .iter()
-        .filter_map(|(net, what)| {
-            let net: IpNet = net.parse().expect("literal");
-            net.contains(&ip).then_some((net.prefix_len(), *what))
-        })
-        .max_by_key(|(len, _)| *len);
-    match (user, builtin) {
-        (Some((ulen, r)), Some((blen, _))) if ulen >= blen => rule_reason(r),
-        (_, Some((_, what))) => Reason::Builtin(what),
-        (Some((_, r)), None) => rule_reason(r),
-        (None, None) => Reason::Default(policy.default),
-    }
-}
-
-/// Whether a TCP (`tcp`) or UDP connect to `ip`:`port` is allowed, by the
-/// same precedence as [`destination`] (the verdict its reason gives).
-#[must_use]
-pub fn allows_destination(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> bool {
-    match destination(policy, ip, port, tcp) {
-        Reason::Loopback => match &policy.loopback {
-            Loopback::Any => true,
-            Loopback::None => false,
-            Loopback::Ports(p) => p.iter().any(|r| r.lo <= port && port <= r.hi),
+    match d.source {
+        Source::DEFAULT if hook == Hook::Bind => Reason::Default(Action::Deny),
+        Source::DEFAULT => match policy.proxy {
+            Some(p) if !policy.redirect => Reason::ProxyOnly(p),
+            _ => Reason::Default(policy.default),
         },
-        Reason::DnsPinned(stub) => stub,
-        Reason::Rule { action, .. } | Reason::Default(action) => action == Action::Allow,
-        Reason::VerifySentinel | Reason::EmbeddedLocal | Reason::Builtin(_) | Reason::BindSetting(_) => false,
+        Source::LOOPBACK => Reason::Loopback(loopback_text(&policy.loopback)),
+        Source::SENTINEL => Reason::VerifySentinel,
+        Source::DNS_PINNED => Reason::DnsPinned(false),
+        Source::DNS_STUB => Reason::DnsPinned(true),
+        Source::EMBEDDED_LOCAL => Reason::EmbeddedLocal,
+        Source::BIND_ANY => Reason::BindSetting("any"),
+        Source::BIND_LOOPBACK => Reason::BindSetting("loopback"),
+        _ => Reason::Unknown,
     }
 }
 
-/// Why a bind to `ip`:`port` got its verdict.
+/// Why a call at `hook` to `ip`:`port` got its verdict under `policy`,
+/// compiled as `provenance`: one lookup.
 #[must_use]
-pub fn bind(policy: &Policy, ip: IpAddr, port: u16, tcp: bool) -> Reason {
-    match &policy.bind {
-        Bind::Any => Reason::BindSetting("any"),
-        Bind::Loopback => Reason::BindSetting("loopback"),
-        Bind::Rules(rules) => {
-            best_rule(rules, judged(ip), port, tcp).map_or(Reason::Default(Action::Deny), |(_, r)| rule_reason(r))
-        }
-    }
+pub fn explain(policy: &Policy, provenance: &Provenance, hook: Hook, ip: IpAddr, port: u16, tcp: bool) -> Reason {
+    reason(policy, hook, provenance.decide(hook, ip, port, tcp))
 }
 
-/// Text for the loopback setting, for display next to [`Reason::Loopback`].
-#[must_use]
-pub fn loopback_text(policy: &Policy) -> String {
-    match &policy.loopback {
+/// Text for the loopback setting.
+fn loopback_text(loopback: &Loopback) -> String {
+    match loopback {
         Loopback::Any => "any".into(),
         Loopback::None => "none".into(),
         Loopback::Ports(p) => crate::policy::ports_text(p),
@@ -252,107 +429,4 @@ pub fn loopback_text(policy: &Policy) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::{FlagInput, Policy};
-
-    fn policy(allow: &[&str], deny: &[&str]) -> Policy {
-        let flags = FlagInput {
-            allow: allow.iter().map(ToString::to_string).collect(),
-            deny: deny.iter().map(ToString::to_string).collect(),
-            ..FlagInput::default()
-        };
-        Policy::from_sources(None, None, &flags).expect("valid")
-    }
-
-    #[test]
-    fn names_the_deciding_rule() {
-        let p = policy(&["10.1.2.3:5432"], &["private"]);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(matches!(destination(&p, ip("10.1.2.3"), 5432, true), Reason::Rule { action: Action::Allow, .. }));
-        let r = destination(&p, ip("10.1.2.3"), 80, true);
-        assert_eq!(r.to_string(), "deny private (--deny)");
-        assert_eq!(destination(&p, ip("::ffff:10.9.9.9"), 80, true).to_string(), "deny private (--deny)");
-        assert_eq!(destination(&p, ip("8.8.8.8"), 53, false), Reason::Default(Action::Deny));
-        assert_eq!(destination(&p, ip("127.0.0.1"), 1, true), Reason::Loopback);
-        assert_eq!(destination(&p, ip("::"), 1, true), Reason::Loopback);
-        assert_eq!(destination(&p, ip("64:ff9b::7f00:1"), 1, true), Reason::EmbeddedLocal);
-        assert_eq!(destination(&p, ip("64:ff9b::a01:203"), 80, true).to_string(), "deny private (--deny)");
-        // Teredo via an allowed server to a private client: the client decides.
-        let t = policy(&["198.18.0.1"], &["private"]);
-        assert_eq!(destination(&t, ip("2001:0:c612:1::f5fe:fdfe"), 3544, false).to_string(), "deny private (--deny)");
-        // An explicit IPv6 rule as specific as the form's prefix decides.
-        let x = policy(&["[64:ff9b::a01:203]"], &["private"]);
-        assert!(matches!(destination(&x, ip("64:ff9b::a01:203"), 1, true), Reason::Rule { action: Action::Allow, .. }));
-        assert_eq!(destination(&p, ip("224.0.0.251"), 5353, false), Reason::Builtin("multicast"));
-    }
-
-    #[test]
-    fn names_the_loopback_rule_that_decided() {
-        let p = policy(&["tcp://127.0.0.1:5432"], &["127.0.0.53:53", "loopback:2375"]);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let text = |a: &str, port: u16, tcp: bool| destination(&p, ip(a), port, tcp).to_string();
-        assert_eq!(text("127.0.0.53", 53, false), "deny 127.0.0.53:53 (--deny)");
-        assert_eq!(text("::ffff:127.0.0.53", 53, true), "deny 127.0.0.53:53 (--deny)");
-        assert_eq!(text("127.0.0.1", 2375, true), "deny loopback:2375 (--deny)");
-        assert_eq!(text("::1", 2375, true), "deny loopback:2375 (--deny)");
-        assert_eq!(text("0.0.0.0", 2375, true), "deny loopback:2375 (--deny)");
-        assert_eq!(text("::", 2375, true), "deny loopback:2375 (--deny)");
-        assert_eq!(text("0.0.0.0", 5432, true), "allow tcp://127.0.0.1:5432 (--allow)");
-        assert_eq!(destination(&p, ip("127.0.0.1"), 5432, false), Reason::Loopback);
-        assert_eq!(destination(&p, ip("127.0.0.2"), 53, false), Reason::DnsPinned(false));
-        assert_eq!(destination(&p, ip("127.255.255.254"), 53, false), Reason::VerifySentinel);
-    }
-
-    #[test]
-    fn names_the_dns_setting_on_loopback_port_53() {
-        let mut p = policy(&["127.0.0.53:53"], &[]);
-        p.dns = Dns::Pinned { stub: Some(Ipv4Addr::new(127, 53, 0, 9)) };
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(destination(&p, ip("127.0.0.1"), 53, false), Reason::DnsPinned(false));
-        assert_eq!(destination(&p, ip("0.0.0.0"), 53, true), Reason::DnsPinned(false));
-        assert_eq!(destination(&p, ip("::1"), 53, false), Reason::DnsPinned(false));
-        assert_eq!(destination(&p, ip("127.53.0.9"), 53, false), Reason::DnsPinned(true));
-        assert!(matches!(destination(&p, ip("127.0.0.53"), 53, false), Reason::Rule { action: Action::Allow, .. }));
-        assert_eq!(destination(&p, ip("127.0.0.1"), 54, false), Reason::Loopback);
-        assert!(destination(&p, ip("::1"), 53, true).to_string().starts_with("dns = \"pinned\": loopback port 53"));
-        p.dns = Dns::Host;
-        assert_eq!(destination(&p, ip("127.0.0.1"), 53, false), Reason::Loopback);
-    }
-
-    #[test]
-    fn allows_agrees_with_the_compiled_maps() {
-        // The verdict explain gives is the one the maps hold.
-        let mut p = policy(&["tcp://127.0.0.1:5432", "10.1.2.3:443"], &["127.0.0.53:53", "loopback:2375", "private"]);
-        p.dns = Dns::Pinned { stub: Some(Ipv4Addr::new(127, 53, 0, 9)) };
-        let c = crate::compile::compile(&p, crate::compile::DEFAULT_MAX_ENTRIES).expect("compiles");
-        for ip in [
-            "127.0.0.1",
-            "0.0.0.0",
-            "::1",
-            "::",
-            "127.0.0.53",
-            "127.53.0.9",
-            "10.1.2.3",
-            "10.9.9.9",
-            "8.8.8.8",
-            "127.255.255.254",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            for port in [1, 53, 443, 2375, 5432] {
-                for tcp in [true, false] {
-                    let want = c.verdict(crate::compile::Hook::Destination, ip, port, tcp) == sbx_common::VERDICT_ALLOW;
-                    assert_eq!(allows_destination(&p, ip, port, tcp), want, "{ip} {port} tcp={tcp}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn tie_goes_to_deny_and_specific_beats_builtin() {
-        let p = policy(&["10.0.0.1", "224.0.0.251:5353"], &["10.0.0.1"]);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(matches!(destination(&p, ip("10.0.0.1"), 1, true), Reason::Rule { action: Action::Deny, .. }));
-        assert!(matches!(destination(&p, ip("224.0.0.251"), 5353, false), Reason::Rule { action: Action::Allow, .. }));
-    }
-}
+mod tests;

@@ -297,7 +297,9 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> R
         let dest = inner_or_new(set, MAP_DEST_OF, index, 0, || make_trie("sbx_dest"))?;
         let bind = inner_or_new(set, MAP_BIND_OF, index, 0, || make_trie("sbx_bind"))?;
         let ports = inner_or_new(set, MAP_PORTS_OF, index, tables, || make_ports(tables.max(MIN_PORT_TABLES)))?;
+        let started = std::time::Instant::now();
         fill_trie(&dest, &compiled.dest, "sbx_dest")?;
+        log::debug!("filled {} destination entries in {:.1} ms", compiled.dest.len(), crate::progress::ms(started));
         fill_trie(&bind, &compiled.bind, "sbx_bind")?;
         fill_ports(&ports, &compiled.tables)
     })();
@@ -448,21 +450,58 @@ fn make_trie(name: &str) -> Result<OwnedFd, LoaderError> {
         .map_err(|e| kernel_err(&format!("creating the {name} trie"), &e))
 }
 
+/// Entries written per `BPF_MAP_UPDATE_BATCH` call.
+const FILL_BATCH: usize = 4096;
+
+/// Writes `entries` into a trie, [`FILL_BATCH`] per system call (one call
+/// each where the kernel has no batch update for tries).
 fn fill_trie(map: &OwnedFd, entries: &[crate::compile::TrieEntry], name: &str) -> Result<(), LoaderError> {
-    let mut key = [0u8; 20];
+    const KEY: usize = 20;
+    const VALUE: usize = std::mem::size_of::<TrieValue>();
+    let fail = |err: &std::io::Error| kernel_err(&format!("filling the {name} trie"), err);
+    let (mut keys, mut values) = (Vec::with_capacity(FILL_BATCH * KEY), Vec::with_capacity(FILL_BATCH * VALUE));
+    let mut batched = true;
+    let mut flush = |keys: &mut Vec<u8>, values: &mut Vec<u8>| -> Result<(), LoaderError> {
+        let count = keys.len() / KEY;
+        if batched && count > 0 {
+            let n = u32::try_from(count).expect("at most FILL_BATCH");
+            match sys::map_update_batch(map.as_fd(), keys, values, n) {
+                Ok(()) => {
+                    keys.clear();
+                    values.clear();
+                    return Ok(());
+                }
+                // No batch update for this map type here (the kernel's
+                // ENOTSUPP is 524): one at a time.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524)) => {
+                    log::debug!("no batch update for the {name} trie ({e}): one entry per call");
+                    batched = false;
+                }
+                Err(e) => return Err(fail(&e)),
+            }
+        }
+        for (key, value) in keys.chunks_exact(KEY).zip(values.chunks_exact(VALUE)) {
+            sys::map_update(map.as_fd(), key, value, sys::UPDATE_ANY).map_err(|e| fail(&e))?;
+        }
+        keys.clear();
+        values.clear();
+        Ok(())
+    };
     for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
-        key[..4].copy_from_slice(&e.prefix_len.to_ne_bytes());
-        key[4..].copy_from_slice(&e.addr);
+        keys.extend_from_slice(&e.prefix_len.to_ne_bytes());
+        keys.extend_from_slice(&e.addr);
         let value = TrieValue {
             table: e.table,
             prefix_len: u8::try_from(e.prefix_len).expect("prefix lengths are at most 128"),
             explicit: u8::from(e.explicit),
             _pad: [0; 2],
         };
-        sys::map_update(map.as_fd(), &key, sys::bytes_of(&value), sys::UPDATE_ANY)
-            .map_err(|err| kernel_err(&format!("filling the {name} trie"), &err))?;
+        values.extend_from_slice(sys::bytes_of(&value));
+        if keys.len() == FILL_BATCH * KEY {
+            flush(&mut keys, &mut values)?;
+        }
     }
-    Ok(())
+    flush(&mut keys, &mut values)
 }
 
 fn make_ports(n: u32) -> Result<OwnedFd, LoaderError> {

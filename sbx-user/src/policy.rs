@@ -94,15 +94,16 @@ impl fmt::Display for PortRange {
 /// Where a piece of policy came from, for error messages and `status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
-    /// A file path, `--allow`-style flag name, or `profile NAME`.
-    pub source: String,
+    /// A file path, `--allow`-style flag name, or `profile NAME`: shared
+    /// by every rule of one file (a file of 100,000 rules names it once).
+    pub source: std::sync::Arc<str>,
     /// 1-based line in `source`, when it is a file.
     pub line: Option<usize>,
 }
 
 impl Origin {
     fn flag(name: &str) -> Self {
-        Self { source: name.to_owned(), line: None }
+        Self { source: name.into(), line: None }
     }
 }
 
@@ -390,7 +391,7 @@ impl Policy {
             b.apply(load_file(f)?);
         }
         b.apply(flags.to_layer()?);
-        b.build_with(&system_resolve, flags.allow_unresolved)
+        b.into_policy(&system_resolve, flags.allow_unresolved)
     }
 
     /// As [`Self::from_sources`], with the policy file's text (and the
@@ -409,12 +410,19 @@ impl Policy {
             b.apply(parse_toml(text, name)?);
         }
         b.apply(flags.to_layer()?);
-        b.build_with(&system_resolve, flags.allow_unresolved)
+        b.into_policy(&system_resolve, flags.allow_unresolved)
     }
 
     /// A short human summary, one line per setting.
     #[must_use]
     pub fn summary(&self) -> Vec<String> {
+        self.summary_with(usize::MAX)
+    }
+
+    /// As [`Self::summary`], with at most `max_rules` rule lines and then
+    /// one line counting the rest (a summary of 100,000 rules formats 20).
+    #[must_use]
+    pub fn summary_with(&self, max_rules: usize) -> Vec<String> {
         let Self { default, loopback, proxy, rules, bind, mode, filesystem, redirect, unix, unix_origin, nat64, dns } =
             self;
         let mut out = vec![format!("default: {default}")];
@@ -437,7 +445,7 @@ impl Policy {
             let how = if *redirect { "direct TCP connects are redirected to it" } else { "proxy-only mode" };
             out.push(format!("proxy: {p} ({how})"));
         }
-        for r in rules {
+        for r in rules.iter().take(max_rules) {
             match &r.host {
                 Some(host) if r.nets.is_empty() => {
                     out.push(format!("{} {} ({host} unresolved: matches nothing)", r.action, r.text));
@@ -450,6 +458,9 @@ impl Policy {
                 )),
                 None => out.push(format!("{} {}", r.action, r.text)),
             }
+        }
+        if rules.len() > max_rules {
+            out.push(format!("... and {} more rules", rules.len() - max_rules));
         }
         out.push(match dns {
             Dns::Host => "dns: host (the host's resolvers, judged like any destination)".to_owned(),

@@ -205,6 +205,12 @@ impl<I> Drop for Tracked<I> {
     }
 }
 
+/// Milliseconds since `t`, for the `-v` lines that time a phase.
+#[must_use]
+pub fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
 /// A phase shown with its elapsed time (and any [`track`]ed step inside
 /// it) until dropped. See the module docs for why the thread is safe.
 #[derive(Debug)]

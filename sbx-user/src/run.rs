@@ -367,7 +367,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
             return Err(e.into());
         }
     }
-    let readers = Readers::start(&cg, policy, paths, opts);
+    let readers = Readers::start(&cg, paths, opts);
     let result = match forwarder.early_signal() {
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
@@ -811,10 +811,10 @@ struct Readers {
 }
 
 impl Readers {
-    fn start(cg: &Cgroup, policy: &Policy, paths: &Paths, opts: &RunOptions) -> Self {
+    fn start(cg: &Cgroup, paths: &Paths, opts: &RunOptions) -> Self {
         let logger = opts
             .log_denials
-            .then(|| DenialLogger::start(cg, policy, paths).map_err(|e| crate::warn_user!("--log-denials: {e}")).ok())
+            .then(|| DenialLogger::start(cg, paths).map_err(|e| crate::warn_user!("--log-denials: {e}")).ok())
             .flatten();
         let tracer = opts
             .trace
@@ -842,30 +842,26 @@ struct DenialLogger {
 }
 
 impl DenialLogger {
-    fn start(cg: &Cgroup, policy: &Policy, paths: &Paths) -> Result<Self, RunError> {
+    fn start(cg: &Cgroup, paths: &Paths) -> Result<Self, RunError> {
         use std::sync::{atomic::AtomicBool, Arc};
         let mut reader = crate::events::EventReader::open(&paths.pin_dir(cg.id))
             .map_err(|e| RunError::Confine(io::Error::other(e)))?;
-        let generation = crate::state::Record::load(paths, cg.id).ok().flatten().map_or(0, |r| r.generation);
-        let (policy, name) = (policy.clone(), cg.path.display().to_string());
+        let mut record = crate::state::Record::load(paths, cg.id).ok().flatten();
+        let name = cg.path.display().to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let (pin_dir, paths, cgroup_id) = (paths.pin_dir(cg.id), paths.clone(), cg.id);
-        let (mut policy, mut generation) = (policy, generation);
         let thread = std::thread::spawn(move || {
-            let print = |reader: &mut crate::events::EventReader, policy: &Policy, generation: u32| {
+            let print = |reader: &mut crate::events::EventReader, record: Option<&crate::state::Record>| {
                 for e in reader.drain() {
                     // One write per line: it must not interleave with the
                     // command's own stderr. A closed stderr drops the line.
-                    crate::diag::line(format_args!(
-                        "sbx: {}",
-                        crate::events::view(&e, &name, Some((policy, generation)))
-                    ));
+                    crate::diag::line(format_args!("sbx: {}", crate::events::view(&e, &name, record)));
                 }
             };
             for tick in 0u64.. {
                 let done = flag.load(std::sync::atomic::Ordering::Acquire);
-                print(&mut reader, &policy, generation);
+                print(&mut reader, record.as_ref());
                 if done {
                     return;
                 }
@@ -874,14 +870,14 @@ impl DenialLogger {
                 // both, so the rule text names the policy in force.
                 if tick % 10 == 9 {
                     if let Ok(Some(r)) = crate::state::Record::load(&paths, cgroup_id) {
-                        if r.generation != generation {
-                            print(&mut reader, &policy, generation);
-                            (policy, generation) = (r.policy, r.generation);
+                        if record.as_ref().is_none_or(|old| old.generation != r.generation) {
+                            print(&mut reader, record.as_ref());
+                            record = Some(r);
                         }
                     }
                     if let Ok(fresh) = crate::events::EventReader::open(&pin_dir) {
                         if fresh.id() != reader.id() {
-                            print(&mut reader, &policy, generation);
+                            print(&mut reader, record.as_ref());
                             reader = fresh;
                         }
                     }

@@ -80,7 +80,15 @@ pub fn install(
     // Fail closed where the kernel would not run the programs for this
     // cgroup's sockets.
     crate::cgroup::check_socket_matching()?;
-    let compiled = compile(policy, opts.max_entries)?;
+    let started = std::time::Instant::now();
+    let mut compiled = compile(policy, opts.max_entries)?;
+    log::info!(
+        "compiled to {} destination and {} bind entries in {:.1} ms",
+        compiled.dest.len(),
+        compiled.bind.len(),
+        crate::progress::ms(started)
+    );
+    let started = std::time::Instant::now();
     let generation = Record::load(paths, cg.id)?.map_or(1, |r| r.generation.wrapping_add(1));
     let mut opts = opts;
     // Tracing is the caller's choice, not the policy's: kept from `opts`.
@@ -105,6 +113,8 @@ pub fn install(
         }
         other => other?,
     };
+    log::info!("filled the maps and attached in {:.1} ms", crate::progress::ms(started));
+    let started = std::time::Instant::now();
     let (by, runner_pid, container) = match owner {
         Owner::Attach => ("attach", None, None),
         Owner::Run(pid) => ("run", Some(pid), None),
@@ -124,6 +134,8 @@ pub fn install(
         max_entries: opts.max_entries,
         generation,
         container,
+        provenance: Some(compiled.provenance.encode()),
+        decoded: std::sync::OnceLock::from(Some(std::mem::take(&mut compiled.provenance))),
     };
     if let Err(e) = record.save(paths) {
         if !attached.replaced {
@@ -131,6 +143,7 @@ pub fn install(
         }
         return Err(e.into());
     }
+    log::info!("recorded in {:.1} ms", crate::progress::ms(started));
     Ok((attached, record))
 }
 

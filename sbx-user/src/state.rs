@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Policy;
+use crate::{explain::Provenance, policy::Policy};
 
 /// Default bpffs mount point.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -85,6 +85,14 @@ pub struct Record {
     /// the container it holds, so that `status` and `events` name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// Which rule produced each verdict of the maps, compact
+    /// ([`Provenance::encode`]; the rule texts are `policy`'s). Absent in
+    /// records of an older sbx: then `policy` is compiled once to get it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
+    /// [`Self::provenance`] read, on first use.
+    #[serde(skip)]
+    pub(crate) decoded: std::sync::OnceLock<Option<Provenance>>,
 }
 
 /// The container a sandbox holds, as the runtime named it.
@@ -160,6 +168,19 @@ impl Record {
         }
     }
 
+    /// Which rule produced each verdict of this sandbox's maps: the
+    /// recorded provenance, or for a record without one (an older sbx)
+    /// what compiling its policy gives. `None` if neither works.
+    #[must_use]
+    pub fn provenance(&self) -> Option<&Provenance> {
+        self.decoded
+            .get_or_init(|| match &self.provenance {
+                Some(text) => Provenance::decode(text),
+                None => crate::compile::compile(&self.policy, self.max_entries).ok().map(|c| c.provenance),
+            })
+            .as_ref()
+    }
+
     /// Whether the `sbx-user run` that owns this sandbox still runs, judged
     /// by pid and start time (pids are reused).
     #[must_use]
@@ -184,9 +205,12 @@ impl Record {
         };
         fs::create_dir_all(&paths.state_dir).map_err(err("creating the directory of"))?;
         let tmp = path.with_extension("json.tmp");
-        // Compact: a record holds the whole policy, 100,000 rules and more.
-        let text = serde_json::to_string(self).expect("records serialise");
-        fs::write(&tmp, text).map_err(err("writing"))?;
+        // Compact and streamed: a record holds the whole policy, 100,000
+        // rules and more (20 MB), and their provenance.
+        let mut file = io::BufWriter::with_capacity(1 << 16, fs::File::create(&tmp).map_err(err("writing"))?);
+        serde_json::to_writer(&mut file, self).map_err(|e| err("writing")(io::Error::other(e)))?;
+        io::Write::flush(&mut file).map_err(err("writing"))?;
+        drop(file);
         fs::rename(&tmp, &path).map_err(err("writing"))
     }
 

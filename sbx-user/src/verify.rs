@@ -20,10 +20,10 @@ use serde::Serialize;
 
 use crate::{
     cgroup::Cgroup,
-    compile::VERIFY_SENTINEL,
+    compile::{Hook, VERIFY_SENTINEL},
     loader::{self, HOOKS},
-    policy::{Loopback, Mode, Policy},
-    state::Paths,
+    policy::{Loopback, Mode},
+    state::{Paths, Record},
     sys,
 };
 
@@ -42,9 +42,11 @@ fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check 
     Check { name: name.into(), result: if ok { "pass" } else { "fail" }, detail: detail.into() }
 }
 
-/// Runs every check against the sandbox at `cg`.
+/// Runs every check against the sandbox at `cg`, whose record (if any)
+/// says what its policy allows.
 #[must_use]
-pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check> {
+pub fn verify(cg: &Cgroup, record: Option<&Record>, paths: &Paths) -> Vec<Check> {
+    let policy = record.map(|r| &r.policy);
     let mut out = Vec::new();
     let pin_dir = paths.pin_dir(cg.id);
     match loader::query(cg) {
@@ -87,11 +89,12 @@ pub fn verify(cg: &Cgroup, policy: Option<&Policy>, paths: &Paths) -> Vec<Check>
             return out;
         }
     }
-    out.extend(probes(cg, policy));
+    out.extend(probes(cg, record));
     out
 }
 
-fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
+fn probes(cg: &Cgroup, record: Option<&Record>) -> Vec<Check> {
+    let policy = record.map(|r| &r.policy);
     let mut out = Vec::new();
     // A listener on the sentinel: without enforcement the probe would
     // connect; with it, the probe must get EPERM.
@@ -116,8 +119,11 @@ fn probes(cg: &Cgroup, policy: Option<&Policy>) -> Vec<Check> {
     }
     // An allowed loopback target, if the policy allows any loopback port
     // (loopback rules and dns = "pinned" may refuse some the setting allows).
+    let provenance = record.and_then(Record::provenance);
     let allows = |port: u16| {
-        policy.is_none_or(|p| crate::explain::allows_destination(p, Ipv4Addr::LOCALHOST.into(), port, true))
+        provenance.is_none_or(|p| {
+            p.decide(Hook::Destination, Ipv4Addr::LOCALHOST.into(), port, true).verdict == sbx_common::VERDICT_ALLOW
+        })
     };
     let port_of = |l: &TcpListener| l.local_addr().map_or(0, |a: SocketAddr| a.port());
     let allowed = match policy.map(|p| &p.loopback) {

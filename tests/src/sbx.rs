@@ -131,6 +131,36 @@ impl Sbx {
         out
     }
 
+    /// `sbx-user run --cgroup-parent PARENT OPTIONS... -- COMMAND...`, not
+    /// yet started.
+    #[must_use]
+    pub fn run_cmd(&self, parent: &TestCgroup, options: &[&str], command: &[&str]) -> Command {
+        let mut cmd = self.cmd();
+        cmd.args(["run", "--cgroup-parent", parent.arg()]).args(options).arg("--").args(command);
+        cmd
+    }
+
+    /// [`Self::run_cmd`], run to the end: its output, whatever its status.
+    ///
+    /// # Panics
+    /// When `sbx-user` cannot be started.
+    #[must_use]
+    pub fn run_output(&self, parent: &TestCgroup, options: &[&str], command: &[&str]) -> Output {
+        let mut cmd = self.run_cmd(parent, options, command);
+        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    }
+
+    /// [`Self::run_cmd`], run to the end, which must exit 0.
+    ///
+    /// # Panics
+    /// When it does not.
+    #[must_use]
+    pub fn run_ok(&self, parent: &TestCgroup, options: &[&str], command: &[&str]) -> Output {
+        let out = self.run_output(parent, options, command);
+        assert_eq!(out.status.code(), Some(0), "sbx-user run {options:?} -- {command:?}: {}", describe(&out));
+        out
+    }
+
     /// `sbx-user attach --cgroup CG POLICY...`, which must succeed.
     #[expect(clippy::must_use_candidate, reason = "called for its assertion; the output is optional")]
     pub fn attach(&self, cg: &TestCgroup, policy: &[&str]) -> Output {

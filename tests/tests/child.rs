@@ -23,12 +23,6 @@ use sbx_tests::{describe, probe, Fixture, Sbx, TempDir, TestCgroup};
 use sbx_user as _;
 use serde_json as _;
 
-fn run_cmd(sbx: &Sbx, parent: &TestCgroup, options: &[&str], command: &[&str]) -> Command {
-    let mut cmd = sbx.cmd();
-    cmd.args(["run", "--cgroup-parent", parent.arg()]).args(options).arg("--").args(command);
-    cmd
-}
-
 /// Runs `cmd` with descriptor `fd` of `sbx-user` itself replaced by `with`.
 fn output_with_fd(cmd: &mut Command, fd: RawFd, with: RawFd) -> Output {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -60,7 +54,7 @@ fn sockets_on_stdio_are_refused_unless_opted_in() {
     // stdin connected, outside the sandbox, to the host the policy denies:
     // the command would read from it and write to it.
     let conn = TcpStream::connect((n.ns_v4, 8080)).expect("connecting outside the sandbox");
-    let out = output_with_fd(&mut run_cmd(&fx.sbx, &fx.cg, &["--default", "deny"], &script), 0, conn.as_raw_fd());
+    let out = output_with_fd(&mut fx.sbx.run_cmd(&fx.cg, &["--default", "deny"], &script), 0, conn.as_raw_fd());
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     assert!(stderr(&out).contains("stdin (fd 0) is an AF_INET socket"), "{}", describe(&out));
     assert!(stderr(&out).contains("--allow-stdio-sockets"), "{}", describe(&out));
@@ -78,7 +72,7 @@ fn sockets_on_stdio_are_refused_unless_opted_in() {
         (0, udp6.as_raw_fd(), "stdin (fd 0) is an AF_INET6 socket"),
         (0, unix.as_raw_fd(), "stdin (fd 0) is a listening AF_UNIX socket"),
     ] {
-        let out = output_with_fd(&mut run_cmd(&fx.sbx, &fx.cg, &[], &script), fd, sock);
+        let out = output_with_fd(&mut fx.sbx.run_cmd(&fx.cg, &[], &script), fd, sock);
         assert_eq!(out.status.code(), Some(125), "{want}: {}", describe(&out));
         assert!(stderr(&out).contains(want), "{}", describe(&out));
         if fd != 1 {
@@ -89,7 +83,7 @@ fn sockets_on_stdio_are_refused_unless_opted_in() {
     // A connected AF_UNIX socket (journald style) on stderr is allowed.
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let out =
-        output_with_fd(&mut run_cmd(&fx.sbx, &fx.cg, &[], &["sh", "-c", "echo to-journal >&2"]), 2, theirs.as_raw_fd());
+        output_with_fd(&mut fx.sbx.run_cmd(&fx.cg, &[], &["sh", "-c", "echo to-journal >&2"]), 2, theirs.as_raw_fd());
     drop(theirs);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     ours.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -100,7 +94,7 @@ fn sockets_on_stdio_are_refused_unless_opted_in() {
     // The opt-in hands the socket over, and shows why it is not the
     // default: the command talks to the denied host through it.
     let out = output_with_fd(
-        &mut run_cmd(&fx.sbx, &fx.cg, &["--default", "deny", "--allow-stdio-sockets"], &script),
+        &mut fx.sbx.run_cmd(&fx.cg, &["--default", "deny", "--allow-stdio-sockets"], &script),
         0,
         conn.as_raw_fd(),
     );
@@ -139,7 +133,7 @@ print("core", *resource.getrlimit(resource.RLIMIT_CORE))
     let want = "route ok\nsock_diag EPROTONOSUPPORT\naudit EPROTONOSUPPORT\nuevent EPROTONOSUPPORT\n\
                 netfilter EPROTONOSUPPORT\ncore 1 1\nset ok 1 1\nset ok 1 1\nset ok 1 1\nprlimit EPERM\ncore 1 1\n";
     for user in ["65534", "0"] {
-        let out = run_cmd(&sbx, &cg, &["--user", user], &["python3", "-c", py]).output().expect("running sbx-user run");
+        let out = sbx.run_cmd(&cg, &["--user", user], &["python3", "-c", py]).output().expect("running sbx-user run");
         assert_eq!(out.status.code(), Some(0), "--user {user}: {}", describe(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout), want, "--user {user}: {}", describe(&out));
     }
@@ -148,7 +142,7 @@ print("core", *resource.getrlimit(resource.RLIMIT_CORE))
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.starts_with("route ok\nsock_diag ok\n"), "{}", describe(&out));
     // `ip` still reads addresses and routes over NETLINK_ROUTE.
-    let out = run_cmd(&sbx, &cg, &[], &["ip", "-o", "addr", "show", "lo"]).output().expect("running sbx-user run");
+    let out = sbx.run_cmd(&cg, &[], &["ip", "-o", "addr", "show", "lo"]).output().expect("running sbx-user run");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1"), "{}", describe(&out));
 }
@@ -261,7 +255,7 @@ echo "npm-home $(cat npm-out.txt)""#,
     // As sudo would start it for this user: SUDO_UID picks the identity.
     // Then as root (`--user 0`), which Landlock restricts the same way.
     for (options, uid) in [(vec!["--profile", "offline"], user.uid), (vec!["--profile", "offline", "--user", "0"], 0)] {
-        let mut cmd = run_cmd(&sbx, &cg, &options, &["sh", "-c", &script]);
+        let mut cmd = sbx.run_cmd(&cg, &options, &["sh", "-c", &script]);
         cmd.current_dir(&proj)
             .env("SUDO_UID", user.uid.to_string())
             .env("SUDO_GID", user.uid.to_string())
@@ -295,7 +289,7 @@ echo "npm-home $(cat npm-out.txt)""#,
 
     // From the home itself the working directory is not granted: it
     // holds the dotfiles. run says so and the command still runs.
-    let mut cmd = run_cmd(&sbx, &cg, &[], &["sh", "-c", "echo evil >> .bashrc || echo denied"]);
+    let mut cmd = sbx.run_cmd(&cg, &[], &["sh", "-c", "echo evil >> .bashrc || echo denied"]);
     cmd.current_dir(&user.home).env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.uid.to_string());
     let out = cmd.output().expect("running sbx-user run");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -304,8 +298,7 @@ echo "npm-home $(cat npm-out.txt)""#,
     assert_eq!(std::fs::read_to_string(&bashrc).expect("read .bashrc"), "# the user's own\n");
 
     // --home DIR: that directory, writable, kept afterwards.
-    let mut cmd = run_cmd(
-        &sbx,
+    let mut cmd = sbx.run_cmd(
         &cg,
         &["--home", user.home.join("proj").to_str().expect("UTF-8")],
         &["sh", "-c", "echo \"$HOME\"; echo kept > \"$HOME/kept\""],
@@ -321,7 +314,8 @@ echo "npm-home $(cat npm-out.txt)""#,
 fn nobody_gets_a_writable_home_and_commands_are_looked_up_as_the_identity() {
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
-    let out = run_cmd(&sbx, &cg, &[], &["sh", "-c", "echo $HOME $USER $LOGNAME; touch $HOME/x && echo writable"])
+    let out = sbx
+        .run_cmd(&cg, &[], &["sh", "-c", "echo $HOME $USER $LOGNAME; touch $HOME/x && echo writable"])
         .env_remove("SUDO_UID")
         .output()
         .expect("running sbx-user run");
@@ -345,7 +339,7 @@ fn nobody_gets_a_writable_home_and_commands_are_looked_up_as_the_identity() {
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let path = format!("{}:/usr/bin:/bin", private.display());
     let run = |options: &[&str], command: &[&str]| {
-        run_cmd(&sbx, &cg, options, command).env("PATH", &path).env_remove("SUDO_UID").output().expect("running")
+        sbx.run_cmd(&cg, options, command).env("PATH", &path).env_remove("SUDO_UID").output().expect("running")
     };
     let out = run(&[], &["sbx-test-tool"]);
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
@@ -408,8 +402,7 @@ attempt("tmp", lambda: write("/tmp/x"))
 attempt("secret", lambda: open(sys.argv[1]).read())
 attempt("write-var-tmp", lambda: write("/var/tmp/sbx-test-denied"))
 "#;
-    let mut cmd = run_cmd(
-        &sbx,
+    let mut cmd = sbx.run_cmd(
         &cg,
         &["--user", "65534", "--policy", policy.to_str().expect("UTF-8")],
         &["python3", "-c", py, secret.to_str().expect("UTF-8")],
@@ -431,7 +424,7 @@ attempt("write-var-tmp", lambda: write("/var/tmp/sbx-test-denied"))
         "echo hi >/dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; grep -c '^Pid:' /proc/self/status; \
                   echo by-name >/dev/stderr; echo by-fd >&2";
     for policy in [vec!["--policy", policy.to_str().expect("UTF-8")], vec![]] {
-        let mut cmd = run_cmd(&sbx, &cg, &[&["--user", "65534"], policy.as_slice()].concat(), &["sh", "-c", script]);
+        let mut cmd = sbx.run_cmd(&cg, &[&["--user", "65534"], policy.as_slice()].concat(), &["sh", "-c", script]);
         let stderr_file = std::fs::OpenOptions::new().append(true).open(&log).expect("opening the log");
         let out = cmd.current_dir(dir.path()).stderr(stderr_file).output().expect("running sbx-user run");
         let errors = std::fs::read_to_string(&log).expect("reading the log");
@@ -460,7 +453,7 @@ for p in ["/dev/net/tun", "/dev/fuse", "/dev/null", "/dev/zero"]:
     // Root outside opens them all, so inside it is sbx that refuses.
     let outside = Command::new("python3").args(["-c", py]).output().expect("python3");
     assert_eq!(String::from_utf8_lossy(&outside.stdout).matches(" ok\n").count(), 4, "{}", describe(&outside));
-    let out = run_cmd(&sbx, &cg, &["--user", "0"], &["python3", "-c", py]).output().expect("running sbx-user run");
+    let out = sbx.run_cmd(&cg, &["--user", "0"], &["python3", "-c", py]).output().expect("running sbx-user run");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

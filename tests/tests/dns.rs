@@ -9,33 +9,18 @@
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
-    process::{Command, Output},
+    process::Output,
 };
 
 use sbx_tests::{
     describe, probe, Fixture, HostsEntry,
     Proto::{Tcp, Udp},
-    Sbx, TestCgroup,
 };
 // A dependency of the fixture crate this test file does not use directly.
 use sbx_user as _;
 // A dependency of the fixture crate this test file does not use directly.
 use libc as _;
 use serde_json as _;
-
-fn run_cmd(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Command {
-    let mut cmd = sbx.cmd();
-    cmd.args(["run", "--cgroup-parent", parent.arg()]).args(policy).arg("--").args(command);
-    cmd
-}
-
-/// `sbx-user run --cgroup-parent CG POLICY... -- CMD...`, which must exit 0.
-fn run(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Output {
-    let mut cmd = run_cmd(sbx, parent, policy, command);
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert_eq!(out.status.code(), Some(0), "{cmd:?}: {}", describe(&out));
-    out
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -58,7 +43,7 @@ fn host_listener() -> (TcpListener, u16) {
 fn connect_all(fx: &Fixture, policy: &[&str], cases: &[(&str, u16)]) -> (Vec<String>, Output) {
     let probe = fx.probe.arg();
     let script: Vec<String> = cases.iter().map(|(ip, port)| format!("{probe} connect tcp {ip} {port}")).collect();
-    let out = run(&fx.sbx, &fx.cg, policy, &["sh", "-c", &script.join("; ")]);
+    let out = fx.sbx.run_ok(&fx.cg, policy, &["sh", "-c", &script.join("; ")]);
     (stdout(&out).lines().map(str::to_owned).collect(), out)
 }
 
@@ -229,8 +214,8 @@ fn fake_resolver_addr() -> std::net::Ipv4Addr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    #[expect(clippy::cast_possible_truncation, reason = "each masked to a byte")]
-    let (b, c, d) = (((pid >> 8) & 0xff) as u8, (pid & 0xff) as u8, (n & 0x3f) as u8);
+    let [.., b, c] = pid.to_be_bytes();
+    let d = n.to_be_bytes()[3] & 0x3f;
     std::net::Ipv4Addr::new(127, 54 + (d % 8), b, c | 1)
 }
 
@@ -265,8 +250,7 @@ print("tcp-other", query(stub(), "tcp-only.other.example", tcp=True))
 print("aaaa-pinned", query(stub(), name, qtype=28))
 "#
     );
-    let out = run(
-        &fx.sbx,
+    let out = fx.sbx.run_ok(
         &fx.cg,
         &["--profile", "agent", "--log-denials", "--allow", &rule],
         &["python3", "-c", &body, &name],
@@ -323,8 +307,7 @@ fn getent_node_and_python_fail_fast_with_the_reason_on_log_denials() {
 try: socket.getaddrinfo(\"other.example\", 80)\n\
 except socket.gaierror as e: print(\"python\", e.errno == socket.EAI_NONAME, time.monotonic() - t < 1)'"
     );
-    let mut cmd = run_cmd(
-        &fx.sbx,
+    let mut cmd = fx.sbx.run_cmd(
         &fx.cg,
         &["--profile", "agent", "--log-denials", "--allow", &format!("{name}:443")],
         &["sh", "-c", &script],
@@ -375,8 +358,11 @@ print("stub", query(stub(), "localhost"))
 "#
     );
     for user in ["65534", "0"] {
-        let out =
-            run(&fx.sbx, &fx.cg, &["--profile", "agent", "--user", user], &["python3", "-c", &body, &addr.to_string()]);
+        let out = fx.sbx.run_ok(
+            &fx.cg,
+            &["--profile", "agent", "--user", user],
+            &["python3", "-c", &body, &addr.to_string()],
+        );
         let text = stdout(&out);
         for server in [addr.to_string().as_str(), "127.0.0.1", "127.0.0.53", "0.0.0.0", "::1"] {
             for proto in ["udp", "tcp"] {
@@ -394,8 +380,7 @@ print("stub", query(stub(), "localhost"))
         vec!["--profile", "agent", "--allow", &format!("udp://{addr}:53")],
         vec!["--profile", "agent", "--dns", "host"],
     ] {
-        let out = run(
-            &fx.sbx,
+        let out = fx.sbx.run_ok(
             &fx.cg,
             &policy,
             &["sh", "-c", "timeout 1 python3 -c \"$0\" \"$1\"; true", &one, &addr.to_string()],
@@ -433,7 +418,7 @@ fn the_stub_answers_over_tcp_under_loopback_none_and_the_landlock_tcp_layer() {
          print('other', query('127.0.0.1', 'x.example', tcp=True))\n\
          try:\n    socket.create_connection(('127.0.0.1', 5432), timeout=1)\nexcept OSError as e:\n    print('landlock', errno.errorcode[e.errno])\n"
     );
-    let out = run(&fx.sbx, &fx.cg, &["--loopback", "none", "--landlock-tcp"], &["python3", "-c", &body]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--loopback", "none", "--landlock-tcp"], &["python3", "-c", &body]);
     assert_eq!(
         stdout(&out),
         // Port 53 elsewhere on loopback: Landlock lets it through (port
@@ -450,9 +435,9 @@ fn audit_mode_starts_no_stub_and_keeps_the_hosts_resolver_files() {
     // only reads the files here (no query is sent).
     let fx = Fixture::new(probe!());
     let host = std::fs::read_to_string("/etc/resolv.conf").expect("the host's resolv.conf");
-    let out = run(&fx.sbx, &fx.cg, &["--profile", "agent", "--audit"], &["cat", "/etc/resolv.conf"]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--profile", "agent", "--audit"], &["cat", "/etc/resolv.conf"]);
     assert_eq!(stdout(&out), host, "{}", describe(&out));
-    let out = run(&fx.sbx, &fx.cg, &["--profile", "agent"], &["cat", "/etc/resolv.conf"]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--profile", "agent"], &["cat", "/etc/resolv.conf"]);
     assert!(stdout(&out).contains("\nnameserver 127.53."), "{}", describe(&out));
 }
 
@@ -465,7 +450,7 @@ fn an_update_of_a_run_sandbox_keeps_its_stub_reachable_and_answering_the_new_nam
          for _ in range(50):\n    r = query(stub(), sys.argv[1])\n    if r.startswith('rcode=0'):\n        break\n    time.sleep(0.1)\n\
          print(r)\n"
     );
-    let mut cmd = run_cmd(&fx.sbx, &fx.cg, &["--profile", "agent"], &["python3", "-c", &body, added.name()]);
+    let mut cmd = fx.sbx.run_cmd(&fx.cg, &["--profile", "agent"], &["python3", "-c", &body, added.name()]);
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("starting sbx-user run");
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
@@ -513,8 +498,7 @@ fn dig_at_a_host_resolver_is_refused_and_dig_at_the_stub_answers_pinned_names_on
         name = pinned.name()
     );
     let started = std::time::Instant::now();
-    let out = run(
-        &fx.sbx,
+    let out = fx.sbx.run_ok(
         &fx.cg,
         &["--profile", "agent", "--log-denials", "--allow", &format!("{}:443", pinned.name())],
         &["sh", "-c", &script],

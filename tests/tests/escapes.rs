@@ -16,20 +16,6 @@ use sbx_tests::{bpffs, cgroup2_mount, describe, probe, Fixture, Packet, Sbx, Tes
 use sbx_user as _;
 use serde_json as _;
 
-fn run_cmd(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Command {
-    let mut cmd = sbx.cmd();
-    cmd.args(["run", "--cgroup-parent", parent.arg()]).args(policy).arg("--").args(command);
-    cmd
-}
-
-/// `sbx-user run --cgroup-parent CG POLICY... -- CMD...`, which must exit 0.
-fn run(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Output {
-    let mut cmd = run_cmd(sbx, parent, policy, command);
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert_eq!(out.status.code(), Some(0), "{cmd:?}: {}", describe(&out));
-    out
-}
-
 /// `NAME RESULT...` lines printed by a script, as (name, rest).
 fn results(out: &Output) -> Vec<(String, String)> {
     String::from_utf8_lossy(&out.stdout)
@@ -104,7 +90,7 @@ for name, ty, proto, use in cases:
         continue
     print(name, "created", attempt(lambda: use(s)))
 "#;
-    let out = run(&fx.sbx, &fx.cg, &["--default", "deny"], &["python3", "-c", &script(body), &a]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--default", "deny"], &["python3", "-c", &script(body), &a]);
     let r = results(&out);
     let o = fx.outside();
     // (name, sbx-probe socket arguments for the same call outside).
@@ -154,7 +140,7 @@ fn ping_sockets_are_refused_even_where_the_kernel_allows_them() {
 print("ping", attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)))
 print("ping6", attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)))
 "#;
-    let mut cmd = run_cmd(&fx.sbx, &fx.cg, &["--default", "allow"], &["python3", "-c", &script(body)]);
+    let mut cmd = fx.sbx.run_cmd(&fx.cg, &["--default", "allow"], &["python3", "-c", &script(body)]);
     let out = n.place().output(&mut cmd);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ping EPERM\nping6 EPERM\n", "{}", describe(&out));
@@ -205,7 +191,7 @@ print("ipv6-rthdr", attempt(lambda: s6.setsockopt(socket.IPPROTO_IPV6, socket.IP
     // Inside `run`: the socket option is refused by sbx's setsockopt
     // hook, the control message by the kernel itself (user-supplied
     // source routes need CAP_NET_RAW, which `run` drops).
-    let out = run(&fx.sbx, &fx.cg, &["--allow", &format!("udp://{b}:9999")], &["python3", "-c", &body, &a, &b, "run"]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--allow", &format!("udp://{b}:9999")], &["python3", "-c", &body, &a, &b, "run"]);
     let r = results(&out);
     for name in ["ip-options", "retopts-cmsg", "ipv6-rthdr"] {
         assert_eq!(result(&r, name), "EPERM", "{name}: {}", describe(&out));
@@ -263,11 +249,11 @@ fn the_command_has_no_capabilities_as_root_or_as_nobody() {
     let cg = TestCgroup::new();
     // Without --user the command runs as nobody (SUDO_UID when run under
     // sudo); never root by default.
-    let out = run(&sbx, &cg, &[], &["id", "-u"]);
+    let out = sbx.run_ok(&cg, &[], &["id", "-u"]);
     let default_uid = std::env::var("SUDO_UID").ok().filter(|u| u != "0").unwrap_or_else(|| "65534".into());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), default_uid, "{}", describe(&out));
     // `--user 0` keeps uid 0, with nothing a capability would give it.
-    let out = run(&sbx, &cg, &["--user", "0"], &["cat", "/proc/self/status"]);
+    let out = sbx.run_ok(&cg, &["--user", "0"], &["cat", "/proc/self/status"]);
     let status = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(status_field(&status, "Uid").split_whitespace().collect::<Vec<_>>(), ["0"; 4], "{status}");
     for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
@@ -276,7 +262,7 @@ fn the_command_has_no_capabilities_as_root_or_as_nobody() {
     assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{status}");
     assert_eq!(status_field(&status, "Seccomp"), "2", "a seccomp filter is installed:\n{status}");
 
-    let out = run(&sbx, &cg, &["--user", "65534:65534"], &["sh", "-c", "id -u; id -g; id -G; cat /proc/self/status"]);
+    let out = sbx.run_ok(&cg, &["--user", "65534:65534"], &["sh", "-c", "id -u; id -g; id -G; cat /proc/self/status"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("65534"), "{text}");
@@ -349,7 +335,7 @@ print("connect-a", attempt(lambda: s.connect((A, 8080))))
     let body = script(body);
     command.push(&body);
     command.extend(args);
-    let out = run(&fx.sbx, &fx.cg, &["--default", "deny"], &command);
+    let out = fx.sbx.run_ok(&fx.cg, &["--default", "deny"], &command);
     let r = results(&out);
     let rel = fx.cg.path().strip_prefix(&mount).expect("the test cgroup is under the mount");
     let start = result(&r, "cgroup");
@@ -372,7 +358,7 @@ print("connect-a", attempt(lambda: s.connect((A, 8080))))
 
     // The same with unshare(1), as a user would.
     let script = "for f in --cgroup -n -U -m; do unshare $f true 2>&1; echo \"$f $?\"; done";
-    let out = run(&fx.sbx, &fx.cg, &["--default", "deny"], &["sh", "-c", script]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--default", "deny"], &["sh", "-c", script]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     for flag in ["--cgroup", "-n", "-U", "-m"] {
         assert!(text.contains(&format!("{flag} 1")), "unshare {flag} must fail: {text}");
@@ -408,7 +394,7 @@ print("fresh", attempt(lambda: f.connect((A, 8080))))
         let sock = TcpStream::connect((n.ns_v4, 8080)).expect("connecting outside the sandbox");
         let fd = sock.as_raw_fd();
         let policy: &[&str] = if keep { &["--keep-fd", "5"] } else { &[] };
-        let mut cmd = run_cmd(&fx.sbx, &fx.cg, policy, &["python3", "-c", &body, &a]);
+        let mut cmd = fx.sbx.run_cmd(&fx.cg, policy, &["python3", "-c", &body, &a]);
         // SAFETY: dup2 between fork and exec, on a descriptor that is
         // open in the parent until `output` returns.
         unsafe {
@@ -455,7 +441,7 @@ print("io_uring_setup", attempt(setup))
     let body = script(body);
     let outside = Command::new("python3").args(["-c", &body]).output().expect("running python3");
     let outside = String::from_utf8_lossy(&outside.stdout).trim().to_owned();
-    let out = run(&sbx, &cg, &[], &["python3", "-c", &body]);
+    let out = sbx.run_ok(&cg, &[], &["python3", "-c", &body]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "io_uring_setup EPERM\n", "{}", describe(&out));
     if outside != "io_uring_setup ok" {
         eprintln!("note: io_uring is not available outside the sandbox either ({outside})");
@@ -469,7 +455,7 @@ fn the_first_instruction_of_the_command_already_runs_in_the_sandbox() {
     n.serve_tcp(8080);
     let receiver = n.udp_receiver(9999);
     let sniffer = n.sniffer();
-    let out = run(&fx.sbx, &fx.cg, &[], &["cat", "/proc/self/cgroup"]);
+    let out = fx.sbx.run_ok(&fx.cg, &[], &["cat", "/proc/self/cgroup"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let line = text.lines().find(|l| l.starts_with("0::")).unwrap_or_else(|| panic!("no cgroup2 line: {text}"));
     let rel = fx.cg.path().strip_prefix(cgroup2_mount()).expect("under the mount");
@@ -481,9 +467,9 @@ fn the_first_instruction_of_the_command_already_runs_in_the_sandbox() {
     // connect and the send.
     let a = n.ns_v4.to_string();
     let p = fx.probe.arg();
-    let out = run(&fx.sbx, &fx.cg, &["--default", "deny"], &[p, "connect", "tcp", &a, "8080"]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--default", "deny"], &[p, "connect", "tcp", &a, "8080"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "err EPERM\n", "{}", describe(&out));
-    let out = run(&fx.sbx, &fx.cg, &["--default", "deny"], &[p, "sendto", &a, "9999", "first-instruction"]);
+    let out = fx.sbx.run_ok(&fx.cg, &["--default", "deny"], &[p, "sendto", &a, "9999", "first-instruction"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "err EPERM\n", "{}", describe(&out));
     assert_eq!(to(&sniffer.sync(), n.ns_v4.into()), Vec::<&Packet>::new(), "packets reached the denied host");
     assert_eq!(receiver.sync(), Vec::<String>::new());
@@ -510,7 +496,7 @@ report("keyctl", libc.syscall(250, 0, 0, 0, 0, 0))                # keyctl(GET_K
 report("request_key", libc.syscall(249, b"dns_resolver", b"example.test", None, 0))
 report("process_vm_readv", libc.syscall(310, os.getppid(), None, 0, None, 0, 0))
 "#;
-    let out = run(&sbx, &cg, &["--user", "0"], &["python3", "-c", script]);
+    let out = sbx.run_ok(&cg, &["--user", "0"], &["python3", "-c", script]);
     let got = results(&out);
     for name in ["tiocsti", "ptrace", "keyctl", "request_key", "process_vm_readv"] {
         let r = got.iter().find(|(n, _)| n == name).map(|(_, r)| r.as_str());

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbx_tests::{describe, probe, Background, Fixture, HostsEntry, Proto::Tcp, Sbx, TestCgroup};
+use sbx_tests::{describe, probe, Background, Fixture, HostsEntry, Proto::Tcp, Sbx, TempDir, TestCgroup};
 // A dependency of the fixture crate this test file does not use directly.
 use libc as _;
 use sbx_user as _;
@@ -137,13 +137,6 @@ fn events_json_names_hook_destination_process_rule_and_sandbox() {
     );
 }
 
-/// `sbx-user run --cgroup-parent CG POLICY... -- CMD...`.
-fn run(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Output {
-    let mut cmd = sbx.cmd();
-    cmd.args(["run", "--cgroup-parent", parent.arg()]).args(policy).arg("--").args(command);
-    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
 #[test]
 fn run_log_denials_prints_one_line_per_denial_with_hook_destination_and_rule() {
     let fx = Fixture::new(probe!());
@@ -155,8 +148,7 @@ fn run_log_denials_prints_one_line_per_denial_with_hook_destination_and_rule() {
         "{probe} connect tcp {deny4} 8080; {probe} connect tcp {allow4} 8080; {probe} sendto {deny6} 9999; \
          {probe} connect tcp {deny6} 8080; {probe} sendto {allow4} 9999"
     );
-    let out = run(
-        &fx.sbx,
+    let out = fx.sbx.run_output(
         &fx.cg,
         &["--log-denials", "--deny", "private", "--allow", &format!("tcp://{allow4}:8080")],
         &["sh", "-c", &script],
@@ -460,6 +452,47 @@ fn update_under_load(proto: &str, updates: usize, settle: usize) {
     }
     let straddles = seen.iter().filter(|s| matches!(s, Seen::Switch12 | Seen::Switch21)).count();
     eprintln!("{proto}: {} iterations, {updates_n} updates, {straddles} iterations straddled a switch", seen.len());
+}
+
+#[test]
+fn events_name_the_deciding_rule_of_a_policy_with_100_000_rules() {
+    // The rule an event names is what `compile` recorded for the entry the
+    // kernel matched (one lookup), here among 100,000 rules of a file,
+    // with its line.
+    use std::fmt::Write as _;
+    let fx = Fixture::new(probe!());
+    let net = &fx.net;
+    let dir = TempDir::new("many-rules");
+    let mut toml = String::from("[network]\ndefault = \"deny\"\nallow = [\n");
+    for i in 0..100_000_u32 {
+        let _ = writeln!(toml, "  \"11.{}.{}.{}:443\",", i >> 16, (i >> 8) & 255, i & 255);
+    }
+    let [o1, o2, o3, _] = net.ns_v4.octets();
+    // Lines 4 to 100,003 hold the generated rules.
+    let _ = writeln!(toml, "  \"udp://{o1}.{o2}.{o3}.0/24:8080\",\n]\ndeny = [\n  \"tcp://{}:8080\",\n]", net.ns_v4b);
+    let path = dir.path().join("many.toml");
+    fs::write(&path, toml).expect("write the policy");
+    let path = path.to_str().expect("UTF-8");
+    fx.attach(&["--policy", path, "--max-rules", "200000"]);
+    let inside = fx.inside();
+    let (deny_pid, got) = inside.run_pid(&["connect", "tcp", &net.ns_v4b.to_string(), "8080"]);
+    assert_eq!(got, "err EPERM");
+    let (default_pid, got) = inside.run_pid(&["connect", "tcp", &net.ns_v4.to_string(), "8080"]);
+    assert_eq!(got, "err EPERM");
+    let (udp_pid, got) = inside.run_pid(&["sendto", &net.ns_v6.to_string(), "8080"]);
+    assert_eq!(got, "err EPERM");
+    assert_eq!(inside.sendto(net.ns_v4, 8080, "x"), "ok", "the /24 allows UDP");
+    let events = fx.sbx.events(&fx.cg);
+    assert_eq!(events.len(), 3, "{events:#?}");
+    let ns_v4b = format!("{}:8080", net.ns_v4b);
+    let denied = format!("deny tcp://{}:8080 ({path}:100007)", net.ns_v4b);
+    assert_event(one_event_of(&events, deny_pid), &fx.cg, deny_pid, "connect4", "tcp", &ns_v4b, "denied", &denied);
+    let ns_v4 = format!("{}:8080", net.ns_v4);
+    let e = one_event_of(&events, default_pid);
+    assert_event(e, &fx.cg, default_pid, "connect4", "tcp", &ns_v4, "denied", "default deny");
+    let ns_v6 = format!("[{}]:8080", net.ns_v6);
+    assert_event(one_event_of(&events, udp_pid), &fx.cg, udp_pid, "sendmsg6", "udp", &ns_v6, "denied", "default deny");
+    fx.sbx.detach(&fx.cg);
 }
 
 #[test]

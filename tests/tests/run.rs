@@ -14,18 +14,6 @@ use sbx_tests::{bpffs, cgroup2_mount, describe, probe, Fixture, Sbx, TempDir, Te
 // A dependency of the fixture crate this test file does not use directly.
 use sbx_user as _;
 
-/// `sbx-user run --cgroup-parent CG POLICY... -- CMD...`.
-fn run(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Output {
-    let mut cmd = run_cmd(sbx, parent, policy, command);
-    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn run_cmd(sbx: &Sbx, parent: &TestCgroup, policy: &[&str], command: &[&str]) -> Command {
-    let mut cmd = sbx.cmd();
-    cmd.args(["run", "--cgroup-parent", parent.arg()]).args(policy).arg("--").args(command);
-    cmd
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -57,13 +45,13 @@ fn assert_cleaned_up(sbx: &Sbx, parent: &TestCgroup, id: Option<u64>) {
 fn run_passes_exit_status_stdout_and_stdin() {
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
-    let out = run(&sbx, &cg, &[], &["sh", "-c", "echo hello; echo oops >&2; exit 7"]);
+    let out = sbx.run_output(&cg, &[], &["sh", "-c", "echo hello; echo oops >&2; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     assert_eq!(stdout(&out), "hello\n", "stdout is the command's alone");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
-    assert_eq!(run(&sbx, &cg, &[], &["true"]).status.code(), Some(0));
+    assert_eq!(sbx.run_output(&cg, &[], &["true"]).status.code(), Some(0));
 
-    let mut cmd = run_cmd(&sbx, &cg, &[], &["sh", "-c", "tr a-z A-Z; exit 0"]);
+    let mut cmd = sbx.run_cmd(&cg, &[], &["sh", "-c", "tr a-z A-Z; exit 0"]);
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawning sbx-user run");
     child.stdin.take().expect("piped").write_all(b"through stdin\n").expect("writing stdin");
     let out = child.wait_with_output().expect("waiting");
@@ -76,7 +64,7 @@ fn run_passes_exit_status_stdout_and_stdin() {
 fn run_cleans_up_its_cgroup_pins_and_record() {
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
-    let mut cmd = run_cmd(&sbx, &cg, &["--default", "deny"], &["sh", "-c", SELF_REPORT]);
+    let mut cmd = sbx.run_cmd(&cg, &["--default", "deny"], &["sh", "-c", SELF_REPORT]);
     self_report_env(&mut cmd);
     let out = cmd.output().expect("running sbx-user run");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -95,7 +83,7 @@ fn run_reports_death_by_signal_as_128_plus_n_and_cleans_up() {
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
     for (sig, code) in [("KILL", 137), ("TERM", 143), ("SEGV", 139)] {
-        let out = run(&sbx, &cg, &[], &["sh", "-c", &format!("kill -{sig} $$")]);
+        let out = sbx.run_output(&cg, &[], &["sh", "-c", &format!("kill -{sig} $$")]);
         assert_eq!(out.status.code(), Some(code), "SIG{sig}: {}", describe(&out));
         assert_cleaned_up(&sbx, &cg, None);
     }
@@ -105,7 +93,7 @@ fn run_reports_death_by_signal_as_128_plus_n_and_cleans_up() {
 fn run_forwards_sigterm_to_the_command_and_cleans_up() {
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
-    let mut cmd = run_cmd(&sbx, &cg, &[], &["sleep", "100"]);
+    let mut cmd = sbx.run_cmd(&cg, &[], &["sleep", "100"]);
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
     let pid = i32::try_from(child.id()).expect("pid");
     // Wait until the command is inside its sandbox cgroup.
@@ -133,7 +121,7 @@ fn run_kills_a_grandchild_that_outlives_the_command() {
     // reparented away from the command, with no pipe to us.
     let script = "( sleep 1000 </dev/null >/dev/null 2>&1 & echo $! ); exit 3";
     let started = Instant::now();
-    let out = run(&sbx, &cg, &[], &["sh", "-c", script]);
+    let out = sbx.run_output(&cg, &[], &["sh", "-c", script]);
     assert!(started.elapsed() < Duration::from_secs(10), "run waited for the grandchild");
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let pid: u32 = stdout(&out).trim().parse().expect("the grandchild's pid");
@@ -160,7 +148,7 @@ fn run_enforces_the_policy_on_the_command_and_its_children() {
         b = n.ns_v4b,
         v6 = n.ns_v6
     );
-    let out = run(&fx.sbx, &fx.cg, &["--allow", &format!("tcp://{}:8080", n.ns_v4)], &["sh", "-c", &script]);
+    let out = fx.sbx.run_output(&fx.cg, &["--allow", &format!("tcp://{}:8080", n.ns_v4)], &["sh", "-c", &script]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(stdout(&out), "ok\nerr EPERM\nerr EPERM\nerr EPERM\nerr EPERM\nerr EPERM\n", "{}", describe(&out));
     assert_cleaned_up(&fx.sbx, &fx.cg, None);
@@ -175,9 +163,9 @@ fn nc_and_python_inside_run_get_eperm() {
     let a = n.ns_v4.to_string();
     let b = n.ns_v4b.to_string();
 
-    let out = run(&fx.sbx, &fx.cg, &policy, &["nc", "-z", "-w", "3", &a, "8080"]);
+    let out = fx.sbx.run_output(&fx.cg, &policy, &["nc", "-z", "-w", "3", &a, "8080"]);
     assert_eq!(out.status.code(), Some(0), "nc to the allowed host: {}", describe(&out));
-    let out = run(&fx.sbx, &fx.cg, &policy, &["nc", "-v", "-z", "-w", "3", &b, "8080"]);
+    let out = fx.sbx.run_output(&fx.cg, &policy, &["nc", "-v", "-z", "-w", "3", &b, "8080"]);
     assert_eq!(out.status.code(), Some(1), "nc to a denied host: {}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"), "{}", describe(&out));
 
@@ -196,7 +184,7 @@ print(attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b
 print(attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).bind(("0.0.0.0", 8080))))
 "#;
     let v6 = n.ns_v6.to_string();
-    let out = run(&fx.sbx, &fx.cg, &policy, &["python3", "-c", py, &a, &b, &v6]);
+    let out = fx.sbx.run_output(&fx.cg, &policy, &["python3", "-c", py, &a, &b, &v6]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(stdout(&out), "ok\nEPERM\nEPERM\nEPERM\n", "{}", describe(&out));
     assert_cleaned_up(&fx.sbx, &fx.cg, None);
@@ -226,12 +214,12 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     let cg = TestCgroup::new();
     let err = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
 
-    let out = run(&sbx, &cg, &["--deny", "example.com"], &["true"]);
+    let out = sbx.run_output(&cg, &["--deny", "example.com"], &["true"]);
     assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     assert!(err(&out).contains("deny rules cannot name hosts"), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 
-    let out = run(&sbx, &cg, &[], &["/nonexistent/sbx-test-command"]);
+    let out = sbx.run_output(&cg, &[], &["/nonexistent/sbx-test-command"]);
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     assert!(err(&out).contains("/nonexistent/sbx-test-command"), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
@@ -240,7 +228,7 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     let dir = TempDir::new_in(Path::new("/var/tmp"), "run");
     let not_exec = dir.path().join("not-executable");
     std::fs::write(&not_exec, "#!/bin/sh\n").expect("write");
-    let out = run(&sbx, &cg, &[], &[not_exec.to_str().expect("UTF-8")]);
+    let out = sbx.run_output(&cg, &[], &[not_exec.to_str().expect("UTF-8")]);
     assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 
@@ -275,7 +263,7 @@ fn run_survives_a_closed_stderr_and_cleans_up() {
     let script = "sleep 0.3; for i in 1 2 3 4 5; do \
                   python3 -c 'import socket; s=socket.socket(); s.settimeout(1)\ntry: s.connect((\"127.0.0.2\", 9))\nexcept OSError: pass'; \
                   done; echo finished";
-    let mut cmd = run_cmd(&sbx, &cg, &["-vv", "--log-denials", "--loopback", "none"], &["sh", "-c", script]);
+    let mut cmd = sbx.run_cmd(&cg, &["-vv", "--log-denials", "--loopback", "none"], &["sh", "-c", script]);
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
     drop(child.stderr.take());
     let out = child.wait_with_output().expect("waiting for sbx-user run");
@@ -292,7 +280,7 @@ fn run_forwards_sigint_sigterm_and_sighup_with_and_without_the_logger() {
         for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGTERM, "TERM"), (libc::SIGHUP, "HUP")] {
             let policy: &[&str] = if logger { &["--log-denials"] } else { &[] };
             let script = format!("trap 'echo got {name}; exit 9' {name}; echo ready; while :; do sleep 0.05; done");
-            let mut cmd = run_cmd(&sbx, &cg, policy, &["sh", "-c", &script]);
+            let mut cmd = sbx.run_cmd(&cg, policy, &["sh", "-c", &script]);
             let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
             let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
             let mut line = String::new();
@@ -324,7 +312,7 @@ fn a_signal_during_setup_stops_the_run_before_the_command_and_cleans_up() {
     let policy = dir.path().join("big.toml");
     std::fs::write(&policy, format!("[network]\nallow = [{rules}]\n")).expect("write policy");
     let script = format!("touch {}", marker.display());
-    let mut cmd = run_cmd(&sbx, &cg, &["--policy", policy.to_str().expect("UTF-8")], &["sh", "-c", &script]);
+    let mut cmd = sbx.run_cmd(&cg, &["--policy", policy.to_str().expect("UTF-8")], &["sh", "-c", &script]);
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
     let pid = i32::try_from(child.id()).expect("pid");
     // Wait until the sandbox cgroup exists (setup is under way).
@@ -405,7 +393,7 @@ print("exit=%d" % os.waitstatus_to_exitcode(status))
 fn status_reports_and_detach_removes_what_a_killed_run_left() {
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
-    let mut cmd = run_cmd(&sbx, &cg, &[], &["sleep", "100"]);
+    let mut cmd = sbx.run_cmd(&cg, &[], &["sleep", "100"]);
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
     wait_started(&cg);
     // SIGKILL cannot be forwarded or handled: the run's teardown never happens.
@@ -445,11 +433,11 @@ fn a_command_under_the_hosts_tmp_still_runs_in_the_private_tmp() {
     std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
     let tool = dir.join("bin/say");
     std::fs::copy("/bin/echo", &tool).expect("copying echo");
-    let out = run(&sbx, &cg, &[], &[tool.to_str().expect("UTF-8"), "from", "tmp"]);
+    let out = sbx.run_output(&cg, &[], &[tool.to_str().expect("UTF-8"), "from", "tmp"]);
     // A script run from a checkout under /tmp calls a tool elsewhere in it.
     std::fs::create_dir_all(dir.join("src")).expect("mkdir");
     let script = format!("{} via sh", tool.display());
-    let mut cmd = run_cmd(&sbx, &cg, &[], &["sh", "-c", &script]);
+    let mut cmd = sbx.run_cmd(&cg, &[], &["sh", "-c", &script]);
     let via_sh = cmd.current_dir(dir.join("src")).output().expect("running sbx-user run");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -465,7 +453,7 @@ fn the_start_up_proof_is_silent_and_the_command_runs_after_it() {
     // of events.
     let sbx = Sbx::new();
     let cg = TestCgroup::new();
-    let out = run(&sbx, &cg, &["--log-denials", "--default", "allow"], &["echo", "ran"]);
+    let out = sbx.run_output(&cg, &["--log-denials", "--default", "allow"], &["echo", "ran"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(stdout(&out), "ran\n");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("sbx: "), "no event for the proof: {}", describe(&out));
@@ -478,7 +466,7 @@ fn run_vv_traces_the_programs_decisions_for_its_sandbox_only() {
     let cg = TestCgroup::new();
     let connect = "import socket\nfor p in (8080, 8081):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', p))\n    except OSError: pass\n";
     // Another sandbox, without -vv, busy at the same time.
-    let mut quiet = run_cmd(&sbx, &cg, &["--loopback", "9000"], &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do python3 -c \"import socket\ntry: socket.create_connection(('127.0.0.1', 9001), 1)\nexcept OSError: pass\"; done"]);
+    let mut quiet = sbx.run_cmd(&cg, &["--loopback", "9000"], &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do python3 -c \"import socket\ntry: socket.create_connection(('127.0.0.1', 9001), 1)\nexcept OSError: pass\"; done"]);
     let quiet = quiet.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("the quiet run");
     let mut cmd = sbx.cmd();
     cmd.args(["-vv", "run", "--cgroup-parent", cg.arg(), "--loopback", "8080", "--", "python3", "-c", connect]);

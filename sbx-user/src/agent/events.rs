@@ -180,7 +180,7 @@ async fn watch(hub: Arc<Hub>, paths: Paths, id: u64, reader: EventReader) {
                 record = Record::load(&paths, id).ok().flatten();
             }
             let name = record.as_ref().map_or_else(|| format!("cgroup id {id}"), |r| r.cgroup.display().to_string());
-            let v = view(&e, &name, record.as_ref().map(|r| (&r.policy, r.generation)));
+            let v = view(&e, &name, record.as_ref());
             let mut value = serde_json::to_value(&v).unwrap_or(Value::Null);
             value["sandbox_id"] = json!(id);
             hub.publish(id, creator, e.ts_ns, &value);

@@ -28,7 +28,7 @@ use crate::{
     cgroup::Cgroup,
     compile::DEFAULT_MAX_ENTRIES,
     loader,
-    policy::{FlagInput, Policy},
+    policy::Policy,
     sandbox::{default_options, install, uninstall, Owner as RecordOwner},
     state::{Paths, Record, RunnerState},
 };
@@ -197,23 +197,7 @@ fn check_owner(caller: &Caller, paths: &Paths, r: &Resolved) -> Result<Option<Ow
 /// asked (`for_run`); for a cgroup the agent attaches, an explicit one is
 /// refused, as `attach` refuses it.
 pub fn build_policy(src: &PolicySource, for_run: bool) -> Result<(Policy, u32), OpError> {
-    let PolicySource {
-        profile,
-        toml,
-        name,
-        allow,
-        deny,
-        default,
-        loopback,
-        proxy,
-        bind,
-        audit,
-        proxy_redirect,
-        allow_unresolved,
-        max_rules,
-        unix,
-        dns,
-    } = src;
+    let PolicySource { profile, toml, name, max_rules, .. } = src;
     let bad = |m: String| OpError::new(ErrorCode::Policy, m);
     if let Some(text) = toml {
         // Refused before parsing: filesystem rules are canonicalised while
@@ -225,21 +209,7 @@ pub fn build_policy(src: &PolicySource, for_run: bool) -> Result<(Policy, u32), 
             ));
         }
     }
-    let flags = FlagInput {
-        allow: allow.clone(),
-        deny: deny.clone(),
-        default: default.clone(),
-        loopback: loopback.clone(),
-        proxy: proxy.clone(),
-        bind: bind.clone(),
-        audit: *audit,
-        fs_read: Vec::new(),
-        fs_write: Vec::new(),
-        allow_unresolved: *allow_unresolved,
-        proxy_redirect: *proxy_redirect,
-        unix: unix.clone(),
-        dns: dns.clone(),
-    };
+    let flags = src.flags();
     let file = toml.as_deref().map(|t| (t, name.as_deref().unwrap_or("the request's policy")));
     let mut policy = Policy::from_text_sources(profile.as_deref(), file, &flags).map_err(|e| bad(e.to_string()))?;
     if for_run {

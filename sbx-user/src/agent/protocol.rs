@@ -98,6 +98,48 @@ pub struct PolicySource {
     pub dns: Option<String>,
 }
 
+impl PolicySource {
+    /// The flags of this request, as the policy builder takes them: the
+    /// one mapping of the flag fields, which the CLI uses too (its flags
+    /// become a `PolicySource` first, see `PolicyArgs::source`). The
+    /// filesystem flags have no field here (they are `run`'s own).
+    #[must_use]
+    pub fn flags(&self) -> crate::policy::FlagInput {
+        let Self {
+            profile: _,
+            toml: _,
+            name: _,
+            allow,
+            deny,
+            default,
+            loopback,
+            proxy,
+            bind,
+            audit,
+            proxy_redirect,
+            allow_unresolved,
+            max_rules: _,
+            unix,
+            dns,
+        } = self;
+        crate::policy::FlagInput {
+            allow: allow.clone(),
+            deny: deny.clone(),
+            default: default.clone(),
+            loopback: loopback.clone(),
+            proxy: proxy.clone(),
+            bind: bind.clone(),
+            audit: *audit,
+            fs_read: Vec::new(),
+            fs_write: Vec::new(),
+            allow_unresolved: *allow_unresolved,
+            proxy_redirect: *proxy_redirect,
+            unix: unix.clone(),
+            dns: dns.clone(),
+        }
+    }
+}
+
 /// One request, by its `"op"`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]

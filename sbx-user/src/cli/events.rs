@@ -74,7 +74,7 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     loop {
         for (reader, name, record) in &mut readers {
             for e in reader.drain() {
-                let v = view(&e, name, record.as_ref().map(|r| (&r.policy, r.generation)));
+                let v = view(&e, name, record.as_ref());
                 print_view(&v, record.as_ref(), args.json)?;
             }
         }
@@ -109,7 +109,7 @@ fn host_stream(
             let k = known.iter().find(|k| k.0 == e.sandbox);
             let name = k.map_or_else(|| format!("cgroup id {}", e.sandbox), |k| k.1.clone());
             let record = k.and_then(|k| k.2.as_ref());
-            print_view(&view(&e, &name, record.map(|r| (&r.policy, r.generation))), record, args.json)?;
+            print_view(&view(&e, &name, record), record, args.json)?;
         }
         if !args.follow {
             return Ok(());

@@ -18,7 +18,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::{
     compile::{DEFAULT_MAX_ENTRIES, MAX_MAX_ENTRIES},
-    policy::{FlagInput, Policy},
+    policy::Policy,
     state::{Paths, DEFAULT_BPFFS, DEFAULT_STATE_DIR},
 };
 
@@ -422,24 +422,59 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
+    /// The flags as a request to the host agent carries them (no file
+    /// text, no filesystem rules): the one mapping of the flag fields
+    /// ([`crate::agent::protocol::PolicySource::flags`] maps them back).
+    #[must_use]
+    pub fn source(&self) -> crate::agent::protocol::PolicySource {
+        let Self {
+            profile,
+            // Read by the caller: `policy` here, sent as text to an agent.
+            policy: _,
+            allow,
+            deny,
+            default,
+            loopback,
+            proxy,
+            bind,
+            audit,
+            // `run`'s Landlock rules, which a request does not carry.
+            fs_read: _,
+            fs_write: _,
+            proxy_redirect,
+            allow_unresolved,
+            max_rules,
+            unix,
+            dns,
+        } = self;
+        crate::agent::protocol::PolicySource {
+            profile: profile.clone(),
+            toml: None,
+            name: None,
+            allow: allow.clone(),
+            deny: deny.clone(),
+            default: default.clone(),
+            loopback: loopback.clone(),
+            proxy: proxy.clone(),
+            bind: bind.clone(),
+            audit: *audit,
+            proxy_redirect: *proxy_redirect,
+            allow_unresolved: *allow_unresolved,
+            max_rules: Some(*max_rules),
+            unix: unix.clone(),
+            dns: dns.clone(),
+        }
+    }
+
     /// Builds and validates the policy.
     pub fn policy(&self) -> Result<Policy, crate::policy::PolicyError> {
-        let flags = FlagInput {
-            allow: self.allow.clone(),
-            deny: self.deny.clone(),
-            default: self.default.clone(),
-            loopback: self.loopback.clone(),
-            proxy: self.proxy.clone(),
-            bind: self.bind.clone(),
-            audit: self.audit,
-            fs_read: self.fs_read.clone(),
-            fs_write: self.fs_write.clone(),
-            allow_unresolved: self.allow_unresolved,
-            proxy_redirect: self.proxy_redirect,
-            unix: self.unix.clone(),
-            dns: self.dns.clone(),
-        };
-        Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)
+        let mut flags = self.source().flags();
+        flags.fs_read.clone_from(&self.fs_read);
+        flags.fs_write.clone_from(&self.fs_write);
+        let started = std::time::Instant::now();
+        let policy = Policy::from_sources(self.profile.as_deref(), self.policy.as_deref(), &flags)?;
+        log::info!("read the policy ({} rules) in {:.1} ms", policy.rules.len(), crate::progress::ms(started));
+        Ok(policy)
     }
 }
 
@@ -556,18 +591,7 @@ const SUMMARY_RULES: usize = 20;
 /// Prints the policy summary, indented; long rule lists are cut short
 /// (`status --json` has them all).
 pub fn print_summary(policy: &Policy) {
-    let lines = policy.summary();
-    let rules = policy.rules.len();
-    // summary(): default, [mode], loopback, [proxy], one line per rule, bind, [fs].
-    let first_rule = lines.len() - rules - lines.iter().rev().take_while(|l| !l.starts_with("bind:")).count() - 1;
-    for (i, line) in lines.iter().enumerate() {
-        let nth = i.wrapping_sub(first_rule);
-        if nth < rules && nth >= SUMMARY_RULES {
-            if nth == SUMMARY_RULES {
-                println!("  ... and {} more rules", rules - SUMMARY_RULES);
-            }
-            continue;
-        }
+    for line in policy.summary_with(SUMMARY_RULES) {
         println!("  {line}");
     }
 }

@@ -104,6 +104,9 @@ FILES (Landlock):
 /// Runs the command; returns the exit status to exit with.
 #[must_use]
 pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
+    // From the first message on (`-v` times reading the policy): a closed
+    // stderr is an EPIPE, not the end of `run` (see `crate::run::run`).
+    crate::diag::ignore_sigpipe();
     let policy = match args.policy.policy() {
         Ok(p) => p,
         Err(e) => {

@@ -24,7 +24,7 @@ pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let paths = global.paths();
     let cg = Cgroup::open(&args.cgroup)?;
     let record = Record::load(&paths, cg.id)?;
-    let checks = verify(&cg, record.as_ref().map(|r| &r.policy), &paths);
+    let checks = verify(&cg, record.as_ref(), &paths);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {

@@ -71,52 +71,18 @@ pub fn client_for_status(global: &GlobalArgs) -> anyhow::Result<Option<Client>> 
 /// The policy request of `args`: the policy file is read here, as the
 /// caller (the agent never opens a client's paths), and sent as text.
 pub fn policy_source(args: &PolicyArgs, command: &str) -> anyhow::Result<PolicySource> {
-    let PolicyArgs {
-        profile,
-        policy,
-        allow,
-        deny,
-        default,
-        loopback,
-        proxy,
-        bind,
-        audit,
-        fs_read,
-        fs_write,
-        proxy_redirect,
-        allow_unresolved,
-        max_rules,
-        unix,
-        dns,
-    } = args;
-    if !fs_read.is_empty() || !fs_write.is_empty() {
+    if !args.fs_read.is_empty() || !args.fs_write.is_empty() {
         anyhow::bail!(
             "filesystem rules (--fs-read, --fs-write) apply only to `sbx-user run`: Landlock restricts a process sbx starts, not a cgroup; `{command}` cannot enforce them"
         );
     }
-    let toml = match policy {
+    let toml = match &args.policy {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("cannot read policy file {}", p.display()))?)
         }
         None => None,
     };
-    Ok(PolicySource {
-        profile: profile.clone(),
-        toml,
-        name: policy.as_ref().map(|p| p.display().to_string()),
-        allow: allow.clone(),
-        deny: deny.clone(),
-        default: default.clone(),
-        loopback: loopback.clone(),
-        proxy: proxy.clone(),
-        bind: bind.clone(),
-        audit: *audit,
-        proxy_redirect: *proxy_redirect,
-        allow_unresolved: *allow_unresolved,
-        max_rules: Some(*max_rules),
-        unix: unix.clone(),
-        dns: dns.clone(),
-    })
+    Ok(PolicySource { toml, name: args.policy.as_ref().map(|p| p.display().to_string()), ..args.source() })
 }
 
 /// For `run`: the agent that makes the sandbox, if one serves, with the

@@ -6,7 +6,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::*;
-use crate::policy::{parse_rule, parse_toml, FlagInput, Mode, Origin, PolicyBuilder, RuleContext};
+use crate::{
+    explain::Provenance,
+    policy::{parse_rule, parse_toml, FlagInput, Mode, Origin, PolicyBuilder, RuleContext},
+};
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -120,6 +123,40 @@ fn assert_well_formed(c: &Compiled) {
         }
         for root in [V6_ROOT, V4_ROOT] {
             assert!(entries.iter().any(|e| prefix_of(e) == root), "{name}: missing root {}", root.display());
+        }
+    }
+    assert_provenance_matches_tables(c);
+}
+
+fn prefix_of(e: &TrieEntry) -> Prefix {
+    Prefix { addr: u128::from_be_bytes(e.addr), len: u8::try_from(e.prefix_len).expect("<= 128") }
+}
+
+/// The provenance has the maps' entries, in order, and each entry's pieces
+/// decide what its port table does, on every port: both are step
+/// functions, so they are compared at every boundary of either.
+fn assert_provenance_matches_tables(c: &Compiled) {
+    for (hook, entries, trie) in
+        [(Hook::Destination, &c.dest, &c.provenance.dest), (Hook::Bind, &c.bind, &c.provenance.bind)]
+    {
+        assert_eq!(trie.len(), entries.len(), "{hook:?}: provenance and map entries differ in number");
+        for (i, e) in entries.iter().enumerate() {
+            let p = prefix_of(e);
+            assert_eq!(trie.find(p.addr, p.len), Some(i), "{hook:?}: entry {i} {} out of place", p.display());
+            let t = &c.tables[e.table as usize];
+            let mut ports: Vec<u16> = trie.entry_pieces_for_test(i).iter().map(|p| p.lo).collect();
+            for s in &t.segments[..t.len as usize] {
+                ports.push(s.lo);
+                ports.extend(s.hi.checked_add(1));
+            }
+            ports.push(0);
+            for port in ports {
+                for tcp in [true, false] {
+                    let table = table_verdict(t, port, tcp);
+                    let d = trie.at(i, port, tcp);
+                    assert_eq!(d.verdict, table, "{hook:?} entry {} port {port} tcp={tcp}: {d:?}", p.display());
+                }
+            }
         }
     }
 }
@@ -1663,6 +1700,9 @@ fn random_policies_match_reference() {
         let p = random_policy(&mut rng);
         let c = compile(&p, DEFAULT_MAX_ENTRIES).unwrap_or_else(|e| panic!("case {case}: {e}\n{:#?}", p.summary()));
         assert_well_formed(&c);
+        // `explain` reads the provenance as the record keeps it.
+        let prov = Provenance::decode(&c.provenance.encode()).expect("the record's form reads back");
+        assert!(prov == c.provenance, "case {case}: the provenance changed through the record's form");
         let nets = v4_nets(&p);
         for _ in 0..40 {
             let addr = random_probe_ip(&mut rng, &nets);
@@ -1688,7 +1728,9 @@ fn random_policies_match_reference() {
                     name_of(want),
                     p.summary()
                 );
+                assert_explained(&p, &c, &prov, Hook::Destination, (addr, port, tcp), got, case);
                 let (got, want) = (c.verdict(Hook::Bind, addr, port, tcp), reference_bind(&p, addr, port, tcp));
+                assert_explained(&p, &c, &prov, Hook::Bind, (addr, port, tcp), got, case);
                 assert_eq!(
                     got,
                     want,
@@ -1703,6 +1745,172 @@ fn random_policies_match_reference() {
         }
     }
     assert_eq!(checked, 3000 * 40 * 2);
+}
+
+/// `explain`'s answer for a call: the verdict the maps give (`kernel`),
+/// from the entry a linear longest-prefix search finds, and a source that
+/// can have given it (a rule that matches the address the programs judge,
+/// port and protocol, with that action; a setting that applies there).
+fn assert_explained(
+    p: &Policy,
+    c: &Compiled,
+    prov: &Provenance,
+    hook: Hook,
+    (ip, port, tcp): (IpAddr, u16, bool),
+    kernel: u8,
+    case: usize,
+) {
+    let d = prov.decide(hook, ip, port, tcp);
+    let why = crate::explain::reason(p, hook, d);
+    let what = format!("case {case}: {hook:?} {ip} port {port} tcp={tcp}: explain says {d:?} ({why})");
+    assert_eq!(d.verdict, kernel, "{what}, the maps say {}\npolicy: {:#?}", name_of(kernel), p.summary());
+    let (entries, trie) = match hook {
+        Hook::Destination => (&c.dest, &prov.dest),
+        Hook::Bind => (&c.bind, &prov.bind),
+    };
+    let host = u128::from_be_bytes(lookup_addr(ip));
+    let linear = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| prefix_of(e).contains(Prefix { addr: host, len: 128 }))
+        .max_by_key(|(_, e)| e.prefix_len)
+        .map(|(i, _)| i);
+    assert_eq!(trie.longest(host), linear, "{what}: the lookup found another entry than a linear search");
+    let rules = match (hook, &p.bind) {
+        (Hook::Destination, _) => &p.rules[..],
+        (Hook::Bind, Bind::Rules(r)) => &r[..],
+        (Hook::Bind, _) => &[],
+    };
+    let judged = canonical(ip);
+    let mut reached = vec![judged];
+    match judged {
+        IpAddr::V4(a) if a.is_unspecified() => reached.push(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        IpAddr::V6(a) if a.is_unspecified() => reached.push(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+        _ => {}
+    }
+    if hook == Hook::Destination {
+        reached.extend(reference_form(judged).into_iter().flat_map(|(v4s, _)| v4s).map(IpAddr::V4));
+        // The network-specific NAT64 forms, which the reference does not read.
+        if let Some(e) = addr::embedded(&lookup_addr(judged), &c.nat64) {
+            reached.extend([Some(e.v4), e.second].into_iter().flatten().map(|a| IpAddr::V4(Ipv4Addr::from(a))));
+        }
+    }
+    let local = reached.iter().any(|a| match a {
+        IpAddr::V4(a) => a.octets()[0] == 127 || a.is_unspecified(),
+        IpAddr::V6(a) => a.is_loopback() || a.is_unspecified(),
+    });
+    if let Some(i) = d.source.rule_index() {
+        let r = &rules[i];
+        assert_eq!(verdict(r.action), d.verdict, "{what}: the rule's action is not the verdict");
+        assert!(covers(&r.ports, port) && proto_ok(r.protocols, tcp), "{what}: the rule does not cover the call");
+        assert!(r.nets.iter().any(|n| reached.iter().any(|a| n.contains(a))), "{what}: the rule does not match");
+        return;
+    }
+    match d.source {
+        Source::DEFAULT if hook == Hook::Destination => assert_eq!(d.verdict, verdict(p.default), "{what}"),
+        Source::DEFAULT => assert!(d.verdict == D && matches!(p.bind, Bind::Rules(_)), "{what}"),
+        Source::LOOPBACK | Source::DNS_PINNED | Source::DNS_STUB => assert!(local, "{what}: not a local address"),
+        Source::SENTINEL | Source::EMBEDDED_LOCAL => assert_eq!(d.verdict, D, "{what}"),
+        Source::BIND_ANY => assert!(hook == Hook::Bind && p.bind == Bind::Any && d.verdict == A, "{what}"),
+        Source::BIND_LOOPBACK => assert!(hook == Hook::Bind && p.bind == Bind::Loopback, "{what}"),
+        _ => assert!(matches!(why, crate::explain::Reason::Builtin(_)) && d.verdict == D, "{what}"),
+    }
+}
+
+/// The IPv6 forms of `v4` the programs classify (`sbx_common::addr`):
+/// IPv4-mapped, NAT64 (the well-known prefix and a network-specific one),
+/// 6to4, Teredo (as server and as client) and ISATAP.
+fn forms_of(v4: Ipv4Addr, nsp: Option<ipnet::Ipv6Net>, rng: &mut Rng) -> Vec<IpAddr> {
+    let o = v4.octets();
+    let mut out = vec![IpAddr::V4(v4), IpAddr::V6(v4.to_ipv6_mapped())];
+    let v6 = |b: [u8; 16]| IpAddr::V6(std::net::Ipv6Addr::from(b));
+    let mut wk = [0_u8; 16];
+    wk[1] = 0x64;
+    wk[2] = 0xff;
+    wk[3] = 0x9b;
+    wk[12..].copy_from_slice(&o);
+    out.push(v6(wk));
+    if let Some(n) = nsp {
+        // RFC 6052 2.2: the IPv4 octets after the prefix, skipping octet 8.
+        let mut b = n.network().octets();
+        let mut at = usize::from(n.prefix_len() / 8);
+        for octet in o {
+            if at == 8 {
+                at += 1;
+            }
+            b[at] = octet;
+            at += 1;
+        }
+        out.push(v6(b));
+    }
+    let mut six = [0_u8; 16];
+    six[0] = 0x20;
+    six[1] = 0x02;
+    six[2..6].copy_from_slice(&o);
+    six[10..12].copy_from_slice(&rng.u16().to_be_bytes());
+    out.push(v6(six));
+    let other = Ipv4Addr::new(198, 18, 0, rng.byte()).octets();
+    for (server, client) in [(o, other), (other, o)] {
+        let mut t = [0_u8; 16];
+        t[1] = 0x01;
+        t[4..8].copy_from_slice(&server);
+        for (k, c) in client.iter().enumerate() {
+            t[12 + k] = !c;
+        }
+        out.push(v6(t));
+    }
+    let mut isatap = [0_u8; 16];
+    isatap[0] = 0xfd;
+    isatap[8] = if rng.chance(50) { 0 } else { 2 };
+    isatap[10] = 0x5e;
+    isatap[11] = 0xfe;
+    isatap[12..].copy_from_slice(&o);
+    out.push(v6(isatap));
+    out
+}
+
+#[test]
+fn explain_agrees_with_the_maps_on_every_address_form() {
+    // Thousands of random policies, some with a NAT64 network-specific
+    // prefix and IPv6 rules over the forms' ranges; every address spelled
+    // in each form the programs classify.
+    let mut rng = Rng(0xe7_91a1_4ed0);
+    let nsps = ["2001:db8:122::/48", "2001:db8::/32", "2001:db8:122:344::/64", "2001:db8:100::/40"];
+    let v6_rules =
+        ["[2002::/16]", "[2001::/32]", "[64:ff9b::/96]", "[2001:db8:122::/48]", "[fd00::/64]", "[2002:a01::/32]"];
+    let origin = Origin { source: "random".into(), line: None };
+    let mut checked = 0_usize;
+    for case in 0..2000 {
+        let mut p = random_policy(&mut rng);
+        let nsp = rng.chance(50).then(|| rng.pick(&nsps).parse::<ipnet::Ipv6Net>().expect("literal"));
+        p.nat64 = nsp.into_iter().collect();
+        for _ in 0..rng.below(3) {
+            let text = format!("{}:{}", rng.pick(&v6_rules), random_ports(&mut rng).unwrap_or_else(|| "*".into()));
+            let action = if rng.chance(50) { Action::Allow } else { Action::Deny };
+            p.rules.push(parse_rule(&text, action, &origin, RuleContext::Destination).expect("valid"));
+        }
+        let c = compile(&p, DEFAULT_MAX_ENTRIES).unwrap_or_else(|e| panic!("case {case}: {e}"));
+        assert_well_formed(&c);
+        let prov = Provenance::decode(&c.provenance.encode()).expect("the record's form reads back");
+        let nets = v4_nets(&p);
+        for _ in 0..8 {
+            let v4 = match random_probe_ip(&mut rng, &nets) {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(a) => a.to_ipv4_mapped().unwrap_or(Ipv4Addr::new(10, 1, 0, rng.byte())),
+            };
+            for addr in forms_of(v4, nsp, &mut rng) {
+                let port = *rng.pick(&PORTS);
+                for tcp in [true, false] {
+                    for hook in [Hook::Destination, Hook::Bind] {
+                        let kernel = c.verdict(hook, addr, port, tcp);
+                        assert_explained(&p, &c, &prov, hook, (addr, port, tcp), kernel, case);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 200_000, "{checked}");
 }
 
 #[test]
@@ -1754,4 +1962,83 @@ fn embedded_forms_are_judged_as_the_ipv4_they_reach() {
     assert_eq!(v("2002:a00:2::1", 443), D, "outside the explicit rule: 10.0.0.2 is private");
     // Forms of local addresses: always refused.
     assert_eq!(v("2001:db8:122:7f00:0:100::", 80), D);
+}
+
+/// A policy file of `n` distinct generated rules, like the benchmark's:
+/// half IPv4 and half IPv6 prefixes, half allow and half deny, some with
+/// ports or a protocol.
+fn generated_policy(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut rng = Rng(0x5b_0000 + n as u64);
+    let mut seen = std::collections::HashSet::new();
+    let (mut allow, mut deny) = (String::new(), String::new());
+    while seen.len() < n {
+        let (key, target) = if rng.chance(50) {
+            let len = 8 + rng.below(25);
+            let first = u32::try_from(1 + rng.below(222)).expect("octet") << 24;
+            let addr = (first | u32::try_from(rng.next() & 0xff_ffff).expect("24 bits")) & (u32::MAX << (32 - len));
+            ((4, u128::from(addr), len), format!("{}/{len}", Ipv4Addr::from(addr)))
+        } else {
+            let len = 16 + rng.below(49);
+            let addr = ((0x2400_u128 + u128::from(rng.u16() & 0x1bff)) << 112 | u128::from(rng.next()) << 48)
+                & (u128::MAX << (128 - len));
+            ((6, addr, len), format!("[{}/{len}]", std::net::Ipv6Addr::from(addr)))
+        };
+        if !seen.insert(key) {
+            continue;
+        }
+        let rule = match rng.below(10) {
+            0..=3 => target,
+            4 => format!("{target}:443"),
+            5 => format!("{target}:80,443"),
+            6 => format!("{target}:8000-8100"),
+            7 => format!("udp://{target}:53"),
+            _ => format!("tcp://{target}:22"),
+        };
+        let _ = writeln!(if rng.chance(50) { &mut allow } else { &mut deny }, "  \"{rule}\",");
+    }
+    format!("[network]\ndefault = \"deny\"\nallow = [\n{allow}]\ndeny = [\n{deny}]\n")
+}
+
+#[test]
+#[ignore = "timing, by hand: cargo test --release -p sbx-user -- --ignored --nocapture load_phase_times"]
+fn load_phase_times() {
+    // Where a big policy's load goes, phase by phase (SBX_POLICY=FILE
+    // times that file instead of 100,000 generated rules).
+    use std::time::Instant;
+    let (name, src) = match std::env::var("SBX_POLICY") {
+        Ok(path) => (path.clone(), std::fs::read_to_string(&path).expect("reading SBX_POLICY")),
+        Err(_) => ("generated.toml".to_owned(), generated_policy(100_000)),
+    };
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let _: toml::Table = toml::from_str(&src).expect("TOML");
+        let toml_ms = ms(t);
+        let t = Instant::now();
+        let layer = parse_toml(&src, &name).expect("parse");
+        let parse_ms = ms(t);
+        let t = Instant::now();
+        let mut b = PolicyBuilder::new();
+        b.apply(layer);
+        let p = b.into_policy(&|_| Ok(Vec::new()), false).expect("build");
+        let build_ms = ms(t);
+        let t = Instant::now();
+        let c = compile(&p, MAX_MAX_ENTRIES).expect("compile");
+        let compile_ms = ms(t);
+        let t = Instant::now();
+        let provenance = c.provenance.encode();
+        let encode_ms = ms(t);
+        let t = Instant::now();
+        let json = serde_json::to_string(&p).expect("JSON");
+        let json_ms = ms(t);
+        eprintln!(
+            "{} rules: TOML alone {toml_ms:.1} ms; parse (TOML and rules) {parse_ms:.1} ms; build {build_ms:.1} ms; \
+             compile {compile_ms:.1} ms ({} entries); provenance {encode_ms:.1} ms ({} bytes); policy as JSON {json_ms:.1} ms ({} bytes)",
+            p.rules.len(),
+            c.dest.len(),
+            provenance.len(),
+            json.len()
+        );
+    }
 }

@@ -86,7 +86,8 @@ pub fn parse_toml(src: &str, name: &str) -> Result<Layer, PolicyError> {
     })?;
     let mut layer = Layer::default();
     let lines = Lines::new(src);
-    let at = |span: std::ops::Range<usize>| Origin { source: name.to_owned(), line: Some(lines.of(span.start)) };
+    let source: std::sync::Arc<str> = name.into();
+    let at = |span: std::ops::Range<usize>| Origin { source: source.clone(), line: Some(lines.of(span.start)) };
     if let Some(fs) = raw.filesystem {
         parse_filesystem(fs, &mut layer, &at)?;
     }
@@ -155,6 +156,7 @@ fn parse_network(
         let origin = at(p.span());
         layer.proxy = Some((parse_proxy(p.get_ref(), &origin)?, origin));
     }
+    layer.rules.reserve(allow.len() + deny.len());
     for (list, action) in [(allow, Action::Allow), (deny, Action::Deny)] {
         for item in list {
             let origin = at(item.span());

@@ -99,7 +99,12 @@ impl PolicyBuilder {
         if proxy.is_some() {
             m.proxy = proxy;
         }
-        m.rules.extend(rules);
+        if m.rules.is_empty() {
+            // The common case (one file's 100,000 rules): no copy.
+            m.rules = rules;
+        } else {
+            m.rules.extend(rules);
+        }
         if bind.is_some() {
             m.bind = bind;
         }
@@ -115,9 +120,19 @@ impl PolicyBuilder {
     /// As [`Self::build`], with a given resolver. With `allow_unresolved`,
     /// a name that does not resolve is kept with no addresses (it matches
     /// nothing) instead of failing.
-    #[expect(clippy::too_many_lines, reason = "one step per setting, in the order the precedence is documented")]
     pub fn build_with(
         &self,
+        resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
+        allow_unresolved: bool,
+    ) -> Result<Policy, PolicyError> {
+        self.clone().into_policy(resolve, allow_unresolved)
+    }
+
+    /// As [`Self::build_with`], consuming the builder: the rules move into
+    /// the policy instead of being copied (100,000 of them are 20 MB).
+    #[expect(clippy::too_many_lines, reason = "one step per setting, in the order the precedence is documented")]
+    pub fn into_policy(
+        self,
         resolve: &dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>,
         allow_unresolved: bool,
     ) -> Result<Policy, PolicyError> {
@@ -135,7 +150,7 @@ impl PolicyBuilder {
             unix_add: _,
             nat64,
             dns,
-        } = self.merged.clone();
+        } = self.merged;
         let (unix, unix_origin) = unix.map_or((Unix::Any, None), |(u, o)| (u, Some(o)));
         let nat64 = nat64.unwrap_or_default();
         let mut rules = rules;

@@ -170,14 +170,20 @@ pub fn merge_ranges(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
     out
 }
 
+/// The networks of a token (`any`, `private`, `metadata`, `loopback`, in
+/// any case), if `s` is one.
+fn token_nets(s: &str) -> Option<&'static [&'static str]> {
+    let tokens: [(&str, &'static [&'static str]); 4] =
+        [("any", &ANY_NETS), ("private", &PRIVATE_NETS), ("metadata", &METADATA_NETS), ("loopback", &LOOPBACK_NETS)];
+    tokens.into_iter().find(|(name, _)| s.eq_ignore_ascii_case(name)).map(|(_, nets)| nets)
+}
+
 pub(super) fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>, String> {
-    let lower = target.to_ascii_lowercase();
-    match lower.as_str() {
-        "" | "any" => return Ok(nets(&ANY_NETS)),
-        "private" => return Ok(nets(&PRIVATE_NETS)),
-        "metadata" => return Ok(nets(&METADATA_NETS)),
-        "loopback" => return Ok(nets(&LOOPBACK_NETS)),
-        _ => {}
+    if target.is_empty() {
+        return Ok(nets(&ANY_NETS));
+    }
+    if let Some(list) = token_nets(target) {
+        return Ok(nets(list));
     }
     let net = if let Ok(ip) = target.parse::<IpAddr>() {
         IpNet::from(ip)
@@ -198,7 +204,7 @@ pub(super) fn parse_target(target: &str, ctx: RuleContext) -> Result<Vec<IpNet>,
 }
 
 pub(super) fn is_token(s: &str) -> bool {
-    matches!(s.to_ascii_lowercase().as_str(), "any" | "private" | "metadata" | "loopback")
+    token_nets(s).is_some()
 }
 
 /// Why a destination rule may not name an unspecified address.
