@@ -184,24 +184,25 @@ fn on_a_terminal(line: &str) -> String {
 fn long_loads_show_progress_on_a_terminal_and_nothing_on_a_pipe() {
     let sbx = Sbx::new();
     let dir = TempDir::new("cli");
-    // Big enough to take longer than the progress delay in a debug build.
-    let policy = big_policy(&dir, 40_000);
+    // Big enough to take longer than the progress delay in a debug build
+    // (40,000 rules no longer do since compile got faster).
+    let policy = big_policy(&dir, 200_000);
     let bin = sbx_tests::sbx_user_bin();
     let bin = bin.to_str().expect("UTF-8");
 
     // Not a terminal: stderr gets nothing at all.
-    let out = sbx.ok(&["check", "--policy", &policy, "--max-rules", "200000"]);
+    let out = sbx.ok(&["check", "--policy", &policy, "--max-rules", "400000"]);
     assert!(out.stderr.is_empty(), "progress on a pipe: {}", describe(&out));
     assert!(stdout(&out).contains("policy is valid"), "{}", describe(&out));
 
     // A terminal: a line redrawn in place, erased at the end.
-    let seen = on_a_terminal(&format!("{bin} check --policy '{policy}' --max-rules 200000 >/dev/null"));
+    let seen = on_a_terminal(&format!("{bin} check --policy '{policy}' --max-rules 400000 >/dev/null"));
     assert!(seen.contains("\r\x1b[Ksbx-user: checking the policy"), "no progress line: {seen:?}");
     assert!(seen.ends_with("\r\x1b[K"), "the progress line must be erased at the end: {seen:?}");
     assert!(!seen.contains('\n'), "progress redraws one line, it does not scroll: {seen:?}");
 
     // -v: the log lines say what happens; no progress line among them.
-    let seen = on_a_terminal(&format!("{bin} -v check --policy '{policy}' --max-rules 200000 >/dev/null"));
+    let seen = on_a_terminal(&format!("{bin} -v check --policy '{policy}' --max-rules 400000 >/dev/null"));
     assert!(!seen.contains("checking the policy"), "{seen:?}");
 
     // Attach counts the map entries it fills (enough of them that the
@@ -210,7 +211,7 @@ fn long_loads_show_progress_on_a_terminal_and_nothing_on_a_pipe() {
     let cg = TestCgroup::new();
     let state = sbx.state_dir().to_str().expect("UTF-8");
     let seen = on_a_terminal(&format!(
-        "SBX_STATE_DIR='{state}' {bin} attach --cgroup '{}' --policy '{policy}' --max-rules 200000 >/dev/null",
+        "SBX_STATE_DIR='{state}' {bin} attach --cgroup '{}' --policy '{policy}' --max-rules 400000 >/dev/null",
         cg.arg()
     ));
     assert!(seen.contains("sbx-user: loading the policy"), "{seen:?}");
