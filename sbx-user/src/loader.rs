@@ -680,7 +680,7 @@ impl std::fmt::Display for Holder {
 }
 
 /// Opens the program set that holds the sandbox pinned in `pin_dir`.
-pub fn open_holder(paths: &Paths, pin_dir: &Path) -> Result<Option<ProgramSet>, LoaderError> {
+pub fn open_holder(paths: &Paths, pin_dir: &Path) -> Result<Option<std::sync::Arc<ProgramSet>>, LoaderError> {
     let Some(id) = holder(pin_dir) else {
         return Ok(None);
     };
