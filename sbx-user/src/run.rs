@@ -326,10 +326,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let filter = seccomp::build()?;
     let (cg, dir) = match &opts.agent {
         None => (make_sandbox(opts)?, None),
-        Some(agent) => {
-            let (cg, dir) = sandbox_from_agent(agent, paths)?;
-            (cg, Some(dir))
-        }
+        Some(agent) => sandbox_from_agent(agent, paths)?,
     };
     log::info!("sandbox cgroup {}", cg.path.display());
     // dns = "pinned": the stub listens before the policy naming its address
@@ -536,18 +533,25 @@ fn make_sandbox(opts: &RunOptions) -> Result<Cgroup, RunError> {
 
 /// Has the agent make the sandbox (request `run`); returns it and the fd
 /// of its directory that came with the reply as `SCM_RIGHTS`.
-fn sandbox_from_agent(agent: &AgentTarget, paths: &Paths) -> Result<(Cgroup, std::os::fd::OwnedFd), RunError> {
+fn sandbox_from_agent(agent: &AgentTarget, paths: &Paths) -> Result<(Cgroup, Option<std::os::fd::OwnedFd>), RunError> {
     use crate::agent::{client::Client, protocol::Request};
     let mut client = Client::connect(&agent.socket, agent.timeout)?;
     let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone() })?;
     let path = reply.get("cgroup").and_then(serde_json::Value::as_str).map(PathBuf::from);
     let id = reply.get("cgroup_id").and_then(serde_json::Value::as_u64);
-    let (Some(path), Some(id), Some(fd)) = (path, id, fd) else {
-        return Err(RunError::Confine(io::Error::other(
-            "the agent's reply to run lacks the cgroup, its id or its directory fd",
-        )));
+    let by_pidfd = reply.get("enter").and_then(serde_json::Value::as_str) == Some("pidfd");
+    let (Some(path), Some(id)) = (path, id) else {
+        return Err(RunError::Confine(io::Error::other("the agent's reply to run lacks the cgroup or its id")));
     };
     let cg = Cgroup { path, id };
+    // Not root: the agent moves the child in (request `enter`).
+    let Some(fd) = fd else {
+        if by_pidfd {
+            return Ok((cg, None));
+        }
+        let _ = teardown_via_agent(agent, &cg, paths);
+        return Err(RunError::Confine(io::Error::other("the agent's reply to run carries no directory fd")));
+    };
     // The fd is what the child enters by; it must be the cgroup named.
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: `fd` is open and `st` a writable stat buffer.
@@ -558,7 +562,7 @@ fn sandbox_from_agent(agent: &AgentTarget, paths: &Paths) -> Result<(Cgroup, std
         let _ = teardown_via_agent(agent, &cg, paths);
         return Err(RunError::Confine(io::Error::other("the fd the agent sent is not the cgroup it named")));
     }
-    Ok((cg, fd))
+    Ok((cg, Some(fd)))
 }
 
 /// Asks the agent to remove the sandbox; if no agent answers (it may be
@@ -653,13 +657,25 @@ fn spawn_and_wait(
     }
     let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
     let procs_path = cg.procs_path();
-    let procs = match dir {
-        None => std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path),
+    // How the child enters the sandbox: it writes `cgroup.procs` itself
+    // (opened here, through the agent's fd of the cgroup when there is
+    // one), or, for a caller that is not root, the agent moves it while it
+    // waits ([`Entry`]).
+    let procs = match (dir, &opts.agent) {
+        (None, Some(agent)) => None.ok_or(agent),
+        (None, None) => Ok(std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path)),
         // Through the agent's fd of the cgroup, not by name.
-        Some(dir) => crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC),
-    }
-    .map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?;
-    let procs_fd = procs.as_raw_fd();
+        (Some(dir), _) => Ok(crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC)),
+    };
+    let (procs, entry) = match procs {
+        Ok(file) => (
+            Some(file.map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?),
+            None,
+        ),
+        Err(agent) => (None, Some(Entry::new(agent, cg).map_err(RunError::Confine)?)),
+    };
+    let procs_fd = procs.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let handshake = entry.as_ref().map(Entry::child_end);
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
 
@@ -687,8 +703,13 @@ fn spawn_and_wait(
             }
             // Enter the sandbox cgroup before the first instruction of the
             // command runs. If this fails, exec never happens.
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
+            match handshake {
+                None => {
+                    if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Some(h) => h.wait_until_moved()?,
             }
             prove_enforced()?;
             confinement.apply()?;
@@ -709,7 +730,20 @@ fn spawn_and_wait(
     }
 
     let name = program.to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|source| {
+    let mover = entry.map(Entry::start);
+    let spawned = cmd.spawn();
+    if let Some(m) = mover {
+        // The agent's refusal says more than the child's error.
+        if let Err(e) = m.finish() {
+            if let Ok(mut c) = spawned {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(i32::try_from(c.id()).unwrap_or(i32::MAX), libc::SIGKILL) };
+                let _ = c.wait();
+            }
+            return Err(e);
+        }
+    }
+    let mut child = spawned.map_err(|source| {
         if source.raw_os_error() == Some(PROOF_FAILED) {
             RunError::NotEnforced
         } else if searched && source.kind() == io::ErrorKind::NotFound {
@@ -769,6 +803,168 @@ fn wait_unreaped(pid: i32) {
 }
 
 /// The errno `prove_enforced` fails the spawn with.
+/// A child that the agent moves into its sandbox (a caller that is not
+/// root): the child sends its pid on `ready` and waits on `go` before it
+/// does anything else; a thread of the runner opens a pidfd of it, sends
+/// `enter` to the agent with it, checks where the child is, and only then
+/// lets it go on. Closing `go` without a byte ends the child before exec.
+struct Entry {
+    agent: AgentTarget,
+    cgroup: PathBuf,
+    ready: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    go: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+}
+
+/// The child's end of an [`Entry`]: raw descriptors, used between fork and
+/// exec with async-signal-safe calls only.
+#[derive(Clone, Copy)]
+struct Handshake {
+    ready_w: i32,
+    ready_r: i32,
+    go_r: i32,
+    go_w: i32,
+}
+
+impl Handshake {
+    /// In the child: sends its pid, then waits for the byte that says it
+    /// is in the sandbox.
+    fn wait_until_moved(self) -> io::Result<()> {
+        // SAFETY: close(2), getpid(2), write(2) and read(2) on descriptors
+        // the child inherited, with a stack buffer.
+        unsafe {
+            // The runner's ends: the child must not hold them, or a runner
+            // that gives up could never make `go` read as closed.
+            libc::close(self.ready_r);
+            libc::close(self.go_w);
+            let pid = libc::getpid().to_ne_bytes();
+            if libc::write(self.ready_w, pid.as_ptr().cast(), pid.len()) != 4 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::close(self.ready_w);
+            let mut b = 0u8;
+            let n = libc::read(self.go_r, (&raw mut b).cast(), 1);
+            libc::close(self.go_r);
+            if n != 1 || b != b'g' {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors nothing else owns.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The thread that has the agent move the child.
+struct Mover {
+    thread: std::thread::JoinHandle<Result<(), RunError>>,
+    spawned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Entry {
+    fn new(agent: &AgentTarget, cg: &Cgroup) -> io::Result<Self> {
+        Ok(Self { agent: agent.clone(), cgroup: cg.path.clone(), ready: cloexec_pipe()?, go: cloexec_pipe()? })
+    }
+
+    fn child_end(&self) -> Handshake {
+        Handshake {
+            ready_r: self.ready.0.as_raw_fd(),
+            ready_w: self.ready.1.as_raw_fd(),
+            go_r: self.go.0.as_raw_fd(),
+            go_w: self.go.1.as_raw_fd(),
+        }
+    }
+
+    /// Starts the thread; call right before `spawn`.
+    fn start(self) -> Mover {
+        let spawned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&spawned);
+        let thread = std::thread::spawn(move || self.run(&done));
+        Mover { thread, spawned }
+    }
+
+    fn run(self, spawned: &std::sync::atomic::AtomicBool) -> Result<(), RunError> {
+        let Self { agent, cgroup, ready: (ready_r, _ready_w), go: (_go_r, go_w) } = self;
+        let refused = |m: String| RunError::Confine(io::Error::other(m));
+        // The child's pid, or nothing if spawn ended first (the child died).
+        let mut pid = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            let mut pfd = libc::pollfd { fd: ready_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&raw mut pfd, 1, 100) };
+            if n == 0 {
+                if spawned.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(refused("the command's process ended before it could enter its sandbox".into()));
+                }
+                continue;
+            }
+            // SAFETY: read(2) into the rest of a stack buffer.
+            let r = unsafe { libc::read(ready_r.as_raw_fd(), pid[got..].as_mut_ptr().cast(), 4 - got) };
+            match usize::try_from(r) {
+                Ok(0) => return Err(refused("the command's process ended before it could enter its sandbox".into())),
+                Ok(k) => got += k,
+                Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(RunError::Confine(io::Error::last_os_error())),
+            }
+        }
+        let pid = i32::from_ne_bytes(pid);
+        // SAFETY: pidfd_open on our own child, which waits unreaped.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let raw = i32::try_from(raw)
+            .ok()
+            .filter(|&fd| fd >= 0)
+            .ok_or_else(|| RunError::Confine(io::Error::last_os_error()))?;
+        // SAFETY: a new descriptor nothing else owns.
+        let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let request = crate::agent::protocol::Request::Enter { cgroup: cgroup.display().to_string() };
+        let mut client = crate::agent::client::Client::connect(&agent.socket, agent.timeout)?;
+        client.call_sending_fd(&request, pidfd.as_fd())?;
+        // The agent's word is checked: the child is where it says (by the
+        // whole path where this mount namespace shows cgroup2, else by the
+        // sandbox's unique name: `ip netns exec` hides the mount).
+        let now = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(RunError::Confine)?;
+        let now_path = crate::agent::enter::parse_cgroup(&now);
+        let there = match crate::cgroup::cgroup2_mount() {
+            Ok(mount) => crate::agent::enter::relative(&mount, &cgroup).is_some_and(|w| now_path == Some(w.as_str())),
+            Err(_) => cgroup
+                .file_name()
+                .is_some_and(|name| now_path.is_some_and(|p| p.ends_with(&format!("/{}", name.to_string_lossy())))),
+        };
+        if !there {
+            return Err(refused(format!(
+                "the agent said the command's process entered {}, but it is in {}",
+                cgroup.display(),
+                crate::agent::enter::parse_cgroup(&now).unwrap_or("?")
+            )));
+        }
+        // SAFETY: write(2) of one byte from a static buffer.
+        if unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
+            return Err(RunError::Confine(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Mover {
+    /// After `spawn` returned: the thread's result (it has ended, or ends
+    /// now that it sees the spawn is over).
+    fn finish(self) -> Result<(), RunError> {
+        self.spawned.store(true, std::sync::atomic::Ordering::Release);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(RunError::Confine(io::Error::other("the thread moving the command panicked"))))
+    }
+}
+
 const PROOF_FAILED: i32 = libc::ENOTRECOVERABLE;
 
 /// Proves, in the child after it entered the sandbox cgroup, that the hooks

@@ -111,10 +111,6 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
-    if let Err(e) = super::require_root("run") {
-        crate::error_user!("{e}");
-        return EXIT_SETUP_FAILED;
-    }
     let agent = match super::via_agent::run_target(&args.policy, global) {
         Ok(Some(_)) if args.cgroup_parent.is_some() => {
             crate::error_user!("--cgroup-parent: through the host agent, the agent puts the sandbox below its own cgroup root; pass --agent-socket none to choose the parent");
@@ -134,10 +130,32 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
+    // Without an agent, only root makes sandboxes. Through one, a member of
+    // its group runs commands as itself alone.
+    let me = crate::confine::Identity::current();
+    let identity = if me.uid == 0 {
+        Some(args.user.unwrap_or_else(default_identity))
+    } else if agent.is_none() {
+        if let Err(e) = super::require_root("run") {
+            crate::error_user!("{e}");
+        }
+        return EXIT_SETUP_FAILED;
+    } else if let Some(user) = args.user.filter(|u| u.uid != me.uid || u.gid != me.gid) {
+        crate::error_user!(
+            "--user {}:{}: through the host agent, a user that is not root runs commands as itself only (uid {}:{})",
+            user.uid,
+            user.gid,
+            me.uid,
+            me.gid
+        );
+        return EXIT_SETUP_FAILED;
+    } else {
+        None
+    };
     let opts = RunOptions {
         cgroup_parent: args.cgroup_parent.clone(),
         max_entries: args.policy.max_rules,
-        identity: Some(args.user.unwrap_or_else(default_identity)),
+        identity,
         state_dir: global.state_dir.clone(),
         keep_fds: args.keep_fd.clone(),
         log_denials: args.log_denials,

@@ -127,7 +127,11 @@ impl AgentProc {
         let start = Instant::now();
         while UnixStream::connect(&agent.socket).is_err() {
             if start.elapsed() > Duration::from_secs(10) {
-                bail!("the agent does not answer on {} after 10 s; its log:\n{}", agent.socket.display(), agent.log_text());
+                bail!(
+                    "the agent does not answer on {} after 10 s; its log:\n{}",
+                    agent.socket.display(),
+                    agent.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -141,12 +145,15 @@ impl AgentProc {
     fn rss_kib(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok()))
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
+            })
             .map_or(f64::NAN, f)
     }
 
     fn connect(&self) -> Result<Conn> {
-        let s = UnixStream::connect(&self.socket).with_context(|| format!("connecting to {}", self.socket.display()))?;
+        let s =
+            UnixStream::connect(&self.socket).with_context(|| format!("connecting to {}", self.socket.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(60))).context("socket timeout")?;
         Ok(Conn { reader: BufReader::new(s.try_clone().context("dup of the socket")?), writer: s })
     }
@@ -503,7 +510,10 @@ pub(super) fn agent_table(a: &AgentBench, plan: &Plan) -> String {
     ]);
     if let Some(l) = Stat::of(&a.latency_ms) {
         t.row(vec![
-            format!("deny to event line on a subscriber's connection ({} sandboxes of the held ones)", a.latency_sandboxes),
+            format!(
+                "deny to event line on a subscriber's connection ({} sandboxes of the held ones)",
+                a.latency_sandboxes
+            ),
             format!("{:.3} ms", l.median),
             format!("min {:.3} ms / max {:.3} ms", l.min, a.latency_ms.iter().copied().fold(0.0, f64::max)),
             format!("{} events", a.latency_ms.len()),
