@@ -124,7 +124,9 @@ impl ProgramSet {
     /// `gc` unpinned stays in the kernel while this process holds it, until
     /// its next open here sees the change.
     fn open(dir: &Path, id: String) -> Result<Arc<Self>, LoaderError> {
-        static OPENED: Mutex<Vec<((u64, u64), Arc<ProgramSet>)>> = Mutex::new(Vec::new());
+        /// Sets opened so far, by the device and inode of their directory.
+        type Opened = Vec<((u64, u64), Arc<ProgramSet>)>;
+        static OPENED: Mutex<Opened> = Mutex::new(Vec::new());
         let stat = |e: std::io::Error| LoaderError::Pin {
             action: "opening the pinned program set",
             path: dir.to_owned(),

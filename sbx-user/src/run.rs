@@ -326,7 +326,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let filter = seccomp::build()?;
     let (cg, dir) = match &opts.agent {
         None => (make_sandbox(opts)?, None),
-        Some(agent) => sandbox_from_agent(agent, paths)?,
+        Some(agent) => sandbox_from_agent(agent, paths, opts.trace)?,
     };
     log::info!("sandbox cgroup {}", cg.path.display());
     // dns = "pinned": the stub listens before the policy naming its address
@@ -533,10 +533,14 @@ fn make_sandbox(opts: &RunOptions) -> Result<Cgroup, RunError> {
 
 /// Has the agent make the sandbox (request `run`); returns it and the fd
 /// of its directory that came with the reply as `SCM_RIGHTS`.
-fn sandbox_from_agent(agent: &AgentTarget, paths: &Paths) -> Result<(Cgroup, Option<std::os::fd::OwnedFd>), RunError> {
+fn sandbox_from_agent(
+    agent: &AgentTarget,
+    paths: &Paths,
+    trace: bool,
+) -> Result<(Cgroup, Option<std::os::fd::OwnedFd>), RunError> {
     use crate::agent::{client::Client, protocol::Request};
     let mut client = Client::connect(&agent.socket, agent.timeout)?;
-    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone() })?;
+    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone(), trace })?;
     let path = reply.get("cgroup").and_then(serde_json::Value::as_str).map(PathBuf::from);
     let id = reply.get("cgroup_id").and_then(serde_json::Value::as_u64);
     let by_pidfd = reply.get("enter").and_then(serde_json::Value::as_str) == Some("pidfd");
@@ -656,25 +660,8 @@ fn spawn_and_wait(
         confinement.bind_files(&binds).map_err(RunError::Confine)?;
     }
     let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
-    let procs_path = cg.procs_path();
-    // How the child enters the sandbox: it writes `cgroup.procs` itself
-    // (opened here, through the agent's fd of the cgroup when there is
-    // one), or, for a caller that is not root, the agent moves it while it
-    // waits ([`Entry`]).
-    let procs = match (dir, &opts.agent) {
-        (None, Some(agent)) => None.ok_or(agent),
-        (None, None) => Ok(std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path)),
-        // Through the agent's fd of the cgroup, not by name.
-        (Some(dir), _) => Ok(crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC)),
-    };
-    let (procs, entry) = match procs {
-        Ok(file) => (
-            Some(file.map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?),
-            None,
-        ),
-        Err(agent) => (None, Some(Entry::new(agent, cg).map_err(RunError::Confine)?)),
-    };
-    let procs_fd = procs.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let (procs, entry) = entry_of(cg, dir, opts)?;
+    let procs_fd = procs.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
     let handshake = entry.as_ref().map(Entry::child_end);
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
@@ -786,6 +773,26 @@ fn spawn_and_wait(
         s.stop();
     }
     status
+}
+
+/// How the child enters the sandbox: it writes `cgroup.procs` itself
+/// (opened here, through the agent's fd of the cgroup when there is one),
+/// or, for a caller that is not root, the agent moves it while it waits
+/// ([`Entry`]).
+fn entry_of(
+    cg: &Cgroup,
+    dir: Option<&std::os::fd::OwnedFd>,
+    opts: &RunOptions,
+) -> Result<(Option<std::fs::File>, Option<Entry>), RunError> {
+    let procs_path = cg.procs_path();
+    let opened = match (dir, &opts.agent) {
+        (None, Some(agent)) => return Ok((None, Some(Entry::new(agent, cg).map_err(RunError::Confine)?))),
+        (None, None) => std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path),
+        // Through the agent's fd of the cgroup, not by name.
+        (Some(dir), _) => crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC),
+    };
+    let file = opened.map_err(|source| CgroupError::Io { action: "opening", path: procs_path, source })?;
+    Ok((Some(file), None))
 }
 
 /// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).

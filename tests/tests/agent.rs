@@ -966,3 +966,47 @@ call({"v": 1, "op": "detach", "cgroup": cg, "remove": True})
     ok(&r[6]);
     ok(&agent.call(&json!({"v": 1, "op": "detach", "cgroup": "held", "remove": true})));
 }
+
+/// `run -vv` through the agent: root's command is traced (the agent sets
+/// the trace flag in the slot, the runner reads the program set's trace
+/// buffer); a member may not trace (the buffer holds every traced
+/// sandbox's lines).
+#[test]
+fn run_vv_through_the_agent_traces_for_root_only() {
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let group = TestGroup::new();
+    let member = TestUser::new(&[&group]);
+    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    let connect = "import socket\nfor p in (8080, 8081):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', p))\n    except OSError: pass\n";
+    let out = Command::new(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "-vv", "run", "--dns", "host", "--loopback", "8080"])
+        .args(["--", "python3", "-c", connect])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sbx-user -vv run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    assert!(
+        err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8080 allowed"),
+        "{}",
+        sbx_tests::describe(&out)
+    );
+    assert!(
+        err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8081 denied"),
+        "{}",
+        sbx_tests::describe(&out)
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid", &member.uid.to_string(), "--regid", &member.gid.to_string(), "--init-groups", "--"])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "-vv", "run", "--dns", "host", "--", "/bin/true"])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sbx-user -vv run as the member");
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only root may trace"), "{}", sbx_tests::describe(&out));
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+}

@@ -146,6 +146,7 @@ pub fn move_child(caller: &Caller, pidfd: &OwnedFd, dir: &OwnedFd, mount: &Path,
 
 /// The path of `cg` relative to the cgroup2 mount, as `/proc/<pid>/cgroup`
 /// writes it.
+#[must_use]
 pub fn relative(mount: &Path, cg: &Path) -> Option<String> {
     let rel: PathBuf = cg.strip_prefix(mount).ok()?.to_owned();
     Some(format!("/{}", rel.display()))

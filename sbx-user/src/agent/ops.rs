@@ -433,9 +433,16 @@ pub fn run(
     ctx: &Context<'_>,
     caller: &Caller,
     src: &PolicySource,
+    trace: bool,
 ) -> Result<(Value, Option<std::os::fd::OwnedFd>), OpError> {
     let (policy, max_rules) = build_policy(src, true)?;
     if !caller.is_root() {
+        if trace {
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                "trace (-vv) is for root: the program set's trace buffer holds the lines of every traced sandbox",
+            ));
+        }
         owned_below_limit(ctx, caller)?;
     }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -446,7 +453,11 @@ pub fn run(
         let _ = cg.remove();
         return Err(e);
     }
-    match install(cg, &policy, default_options(max_rules, false), ctx.paths, RecordOwner::Run(caller.pid)) {
+    let mut opts = default_options(max_rules, false);
+    if trace {
+        opts.config.flags |= sbx_common::FLAG_DEBUG;
+    }
+    match install(cg, &policy, opts, ctx.paths, RecordOwner::Run(caller.pid)) {
         Ok((_, record)) => {
             let mut v = json!({
                 "cgroup": cg.path,

@@ -157,6 +157,11 @@ pub enum Request {
         /// The network policy (`[filesystem]` is the client's to enforce).
         #[serde(default)]
         policy: PolicySource,
+        /// Have the programs trace this sandbox's decisions into the
+        /// program set's aya-log buffer (`run -vv`), which the client reads.
+        /// Root only: the buffer holds every traced sandbox's lines.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        trace: bool,
     },
     /// Moves the client's child into the sandbox `run` made for the
     /// client. The request line carries, as `SCM_RIGHTS` ancillary data on

@@ -120,8 +120,8 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
             crate::error_user!("dns = \"pinned\": the DNS stub (the default where the default is deny) is not served through the host agent yet; pass --dns host, or --agent-socket none to make the sandbox here");
             return EXIT_SETUP_FAILED;
         }
-        Ok(Some(_)) if global.verbose >= 2 => {
-            crate::error_user!("-vv: the kernel trace of a sandbox made by the host agent is not available yet; pass --agent-socket none to trace it here");
+        Ok(Some(_)) if global.verbose >= 2 && crate::confine::Identity::current().uid != 0 => {
+            crate::error_user!("-vv: only root may trace a sandbox made by the host agent (the program set's trace buffer holds every traced sandbox's lines)");
             return EXIT_SETUP_FAILED;
         }
         Ok(a) => a,
