@@ -324,27 +324,24 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         log::info!("Landlock limitation: {limit}");
     }
     let filter = seccomp::build()?;
-    let (cg, dir) = match &opts.agent {
-        None => (make_sandbox(opts)?, None),
-        Some(agent) => sandbox_from_agent(agent, paths, opts.trace)?,
-    };
-    log::info!("sandbox cgroup {}", cg.path.display());
-    // dns = "pinned": the stub listens before the policy naming its address
-    // is compiled, and outlives the command. Not in audit mode, which blocks
+    // dns = "pinned": the stub listens before the sandbox is made (its
+    // address is in the policy the sandbox gets, installed here or by the
+    // agent), and outlives the command. Not in audit mode, which blocks
     // nothing: the host's resolvers answer, and each query the policy would
     // refuse is reported.
+    let made = std::sync::Arc::new(std::sync::OnceLock::new());
     let stub = match policy.dns {
-        Dns::Pinned { .. } if policy.mode == Mode::Enforce && opts.agent.is_none() => {
-            match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials), dns_refresh(paths, cg.id)) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    let _ = cg.remove();
-                    return Err(e.into());
-                }
-            }
+        Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
+            Some(Stub::start(Names::of(policy), dns_report(&made, opts.log_denials), dns_refresh(paths, &made))?)
         }
         Dns::Pinned { .. } | Dns::Host => None,
     };
+    let (cg, dir) = match &opts.agent {
+        None => (make_sandbox(opts)?, None),
+        Some(agent) => sandbox_from_agent(agent, paths, opts.trace, stub.as_ref().map(Stub::addr))?,
+    };
+    let _ = made.set(cg.clone());
+    log::info!("sandbox cgroup {}", cg.path.display());
     let stubbed;
     let policy = match &stub {
         Some(s) => {
@@ -416,19 +413,20 @@ fn unix_guard(policy: &Policy, opts: &RunOptions) -> Result<Option<crate::harden
 }
 
 /// Prints the DNS stub's refusals as deny event lines (`--log-denials`),
-/// naming the process that asked when it can still be found.
-fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
-    let (sandbox, cgroup_id, procs) = (cg.path.display().to_string(), cg.id, cg.procs_path());
+/// naming the process that asked when it can still be found; nothing
+/// before the sandbox exists (`made`).
+fn dns_report(made: &std::sync::Arc<std::sync::OnceLock<Cgroup>>, log_denials: bool) -> crate::dns::Report {
+    let made = std::sync::Arc::clone(made);
     Box::new(move |refusal, peer, tcp| {
-        if !log_denials {
+        let Some(cg) = made.get().filter(|_| log_denials) else {
             return;
-        }
-        let (pid, comm) = crate::dns::peer_process(peer, tcp, &procs).unwrap_or((0, "?".to_owned()));
+        };
+        let (pid, comm) = crate::dns::peer_process(peer, tcp, &cg.procs_path()).unwrap_or((0, "?".to_owned()));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let view = crate::events::EventView {
             time: crate::events::rfc3339(now),
-            sandbox: sandbox.clone(),
-            cgroup_id,
+            sandbox: cg.path.display().to_string(),
+            cgroup_id: cg.id,
             pid,
             tid: pid,
             comm,
@@ -443,12 +441,15 @@ fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
 }
 
 /// The stub's names again whenever the sandbox's record changes (an
-/// `update` re-pins the names); the record is read only when its time
-/// stamp moves.
-fn dns_refresh(paths: &Paths, cgroup_id: u64) -> crate::dns::Refresh {
+/// `update` re-pins the names; through the agent, the first record is the
+/// agent's own resolution); the record is read only when its time stamp
+/// moves.
+fn dns_refresh(paths: &Paths, made: &std::sync::Arc<std::sync::OnceLock<Cgroup>>) -> crate::dns::Refresh {
     let paths = paths.clone();
+    let made = std::sync::Arc::clone(made);
     let mut seen = None;
     Box::new(move || {
+        let cgroup_id = made.get()?.id;
         let stamp = std::fs::metadata(paths.record_path(cgroup_id)).and_then(|m| m.modified()).ok()?;
         if seen == Some(stamp) {
             return None;
@@ -537,10 +538,11 @@ fn sandbox_from_agent(
     agent: &AgentTarget,
     paths: &Paths,
     trace: bool,
+    dns_stub: Option<std::net::Ipv4Addr>,
 ) -> Result<(Cgroup, Option<std::os::fd::OwnedFd>), RunError> {
     use crate::agent::{client::Client, protocol::Request};
     let mut client = Client::connect(&agent.socket, agent.timeout)?;
-    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone(), trace })?;
+    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone(), trace, dns_stub })?;
     let path = reply.get("cgroup").and_then(serde_json::Value::as_str).map(PathBuf::from);
     let id = reply.get("cgroup_id").and_then(serde_json::Value::as_u64);
     let by_pidfd = reply.get("enter").and_then(serde_json::Value::as_str) == Some("pidfd");

@@ -692,15 +692,6 @@ while time.time() < end:
     time.sleep(0.01)
 sys.exit(7)
 ";
-    // The DNS stub lives in the local sbx-user: through the agent, the
-    // default dns = "pinned" of a deny policy is refused, not dropped.
-    let refused = Command::new(sbx_tests::sbx_user_bin())
-        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{}:8080", net.ns_v4), "--", "true"])
-        .env("SBX_STATE_DIR", sbx.state_dir())
-        .output()
-        .expect("running sbx-user run");
-    assert_eq!(refused.status.code(), Some(125), "{}", sbx_tests::describe(&refused));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--dns host"), "{}", sbx_tests::describe(&refused));
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", net.name()])
         .arg(sbx_tests::sbx_user_bin())
@@ -1008,5 +999,57 @@ fn run_vv_through_the_agent_traces_for_root_only() {
         .expect("sbx-user -vv run as the member");
     assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only root may trace"), "{}", sbx_tests::describe(&out));
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+}
+
+/// `dns = "pinned"` through the agent: root's runner starts its DNS stub
+/// first and names it in `run` (`dns_stub`); the agent's policy lets the
+/// sandbox reach that stub and nothing else on port 53, so pinned names
+/// resolve to their pins and other names fail at once. A member (no mount
+/// namespace for the resolver files) is refused with the way out.
+#[test]
+fn run_through_the_agent_serves_pinned_names_from_the_runners_stub() {
+    let net = TestNet::new(&probe!());
+    net.serve_tcp(8080);
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let group = TestGroup::new();
+    let member = TestUser::new(&[&group]);
+    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    let pinned = sbx_tests::HostsEntry::new(std::net::IpAddr::V4(net.ns_v4));
+    let name = pinned.name().to_owned();
+    let script = format!(
+        "getent hosts {name}; echo pinned $?; getent hosts other.example; echo other $?; \
+         python3 -c 'import socket; socket.create_connection((\"{name}\", 8080), 2); print(\"connected\")'"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", net.name()])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{name}:8080"), "--"])
+        .args(["sh", "-c", &script])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running sbx-user run");
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert_eq!(
+        lines.first().map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec![net.ns_v4.to_string().as_str(), name.as_str()]),
+        "{text}"
+    );
+    assert_eq!(&lines[1..], ["pinned 0", "other 2", "connected"], "{}", sbx_tests::describe(&out));
+
+    let out = Command::new("setpriv")
+        .args(["--reuid", &member.uid.to_string(), "--regid", &member.gid.to_string(), "--init-groups", "--"])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{name}:8080"), "--", "/bin/true"])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running sbx-user run as the member");
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dns host"), "{}", sbx_tests::describe(&out));
     assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
 }

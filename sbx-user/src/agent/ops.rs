@@ -434,8 +434,23 @@ pub fn run(
     caller: &Caller,
     src: &PolicySource,
     trace: bool,
+    dns_stub: Option<std::net::Ipv4Addr>,
 ) -> Result<(Value, Option<std::os::fd::OwnedFd>), OpError> {
-    let (policy, max_rules) = build_policy(src, true)?;
+    let (mut policy, max_rules) = build_policy(src, true)?;
+    if let Some(addr) = dns_stub {
+        let bad = |m: String| OpError::new(ErrorCode::Policy, m);
+        if addr.octets()[..2] != [127, 53] {
+            return Err(bad(format!("dns_stub {addr} is not in 127.53.0.0/16, where sbx's DNS stubs answer")));
+        }
+        match policy.dns {
+            crate::policy::Dns::Pinned { .. } => policy.dns = crate::policy::Dns::Pinned { stub: Some(addr) },
+            crate::policy::Dns::Host => {
+                return Err(bad(format!(
+                    "dns_stub {addr}: the policy's dns is \"host\"; a stub serves dns = \"pinned\""
+                )))
+            }
+        }
+    }
     if !caller.is_root() {
         if trace {
             return Err(OpError::new(

@@ -162,6 +162,11 @@ pub enum Request {
         /// Root only: the buffer holds every traced sandbox's lines.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         trace: bool,
+        /// Where the client's DNS stub answers (port 53, an address in
+        /// `127.53.0.0/16`), for `dns = "pinned"`: the sandbox may reach it
+        /// there, and no other loopback port 53.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns_stub: Option<std::net::Ipv4Addr>,
     },
     /// Moves the client's child into the sandbox `run` made for the
     /// client. The request line carries, as `SCM_RIGHTS` ancillary data on

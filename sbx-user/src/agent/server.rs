@@ -607,7 +607,7 @@ async fn dispatch(
             }
             Request::Update { cgroup, policy } => no_fd(ops::update(&ctx, &caller, cgroup, policy)),
             Request::Detach { cgroup, remove } => no_fd(ops::detach(&ctx, &caller, cgroup, *remove)),
-            Request::Run { policy, trace } => ops::run(&ctx, &caller, policy, *trace),
+            Request::Run { policy, trace, dns_stub } => ops::run(&ctx, &caller, policy, *trace, *dns_stub),
             Request::Enter { cgroup } => no_fd(ops::enter(&ctx, &caller, cgroup, fd)),
             Request::List {} => no_fd(ops::list(&ctx, &caller)),
             Request::Status { cgroup } => no_fd(ops::status(&ctx, &caller, cgroup)),

@@ -116,8 +116,12 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
             crate::error_user!("--cgroup-parent: through the host agent, the agent puts the sandbox below its own cgroup root; pass --agent-socket none to choose the parent");
             return EXIT_SETUP_FAILED;
         }
-        Ok(Some(_)) if matches!(policy.dns, crate::policy::Dns::Pinned { .. }) => {
-            crate::error_user!("dns = \"pinned\": the DNS stub (the default where the default is deny) is not served through the host agent yet; pass --dns host, or --agent-socket none to make the sandbox here");
+        Ok(Some(_))
+            if matches!(policy.dns, crate::policy::Dns::Pinned { .. })
+                && policy.mode == crate::policy::Mode::Enforce
+                && crate::confine::Identity::current().uid != 0 =>
+        {
+            crate::error_user!("dns = \"pinned\": the DNS stub (the default where the default is deny) needs its resolver files mounted over the command's, which only root's `run` can do; pass --dns host");
             return EXIT_SETUP_FAILED;
         }
         Ok(Some(_)) if global.verbose >= 2 && crate::confine::Identity::current().uid != 0 => {

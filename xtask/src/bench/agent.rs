@@ -264,7 +264,7 @@ fn cli_batch(ctx: &Ctx, cgroups: &[PathBuf]) -> Result<(f64, f64)> {
 }
 
 /// The flags both `run`s get: the small policy, and the host's resolver
-/// (the DNS stub is not served through the agent).
+/// (neither starts a DNS stub).
 fn run_flags() -> Vec<String> {
     let mut f = sbx::small_policy();
     f.extend(["--dns".to_owned(), "host".to_owned()]);
@@ -486,8 +486,8 @@ pub(super) fn agent_table(a: &AgentBench, plan: &Plan) -> String {
          with `remove`), by two agents: one with its state directory (its records are files) on the benchmark's ({}), one \
          on a tmpfs, as `/run/sbx` is under the systemd unit; {} `sbx-user attach` processes one after the other on \
          existing cgroups, then `detach`; {} each of `/bin/true`, `sbx-user run -- /bin/true` (direct) and the same \
-         through the agent on tmpfs (`--agent-socket`; both with `--dns host`: the DNS stub is not served through the \
-         agent). Then {} sandboxes held by the first agent.\n",
+         through the agent on tmpfs (`--agent-socket`; both with `--dns host`, so that neither starts a DNS stub). \
+         Then {} sandboxes held by the first agent.\n",
         plan.lifecycle_rounds,
         a.batch,
         a.state_fs,
