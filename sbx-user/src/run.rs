@@ -639,21 +639,7 @@ fn spawn_and_wait(
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
-    // Allowed host sockets under /tmp are bound into the private one at the
-    // same path (unless a carried directory holds them already).
-    let mut carried = workspace.carried().to_vec();
-    if let Some(g) = &unix {
-        for (host, inside) in crate::harden::unix::tmp_binds(&g.allowed_paths(), workspace.tmp()) {
-            if carried.iter().any(|(dir, _)| host.starts_with(dir)) {
-                continue;
-            }
-            let made = inside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
-                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&inside).map(drop)
-            });
-            made.map_err(RunError::Confine)?;
-            carried.push((host, inside));
-        }
-    }
+    let carried = carried_into_tmp(workspace, unix.as_ref())?;
     let mut confinement =
         Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
             .map_err(RunError::Confine)?;
@@ -721,17 +707,10 @@ fn spawn_and_wait(
     let name = program.to_string_lossy().into_owned();
     let mover = entry.map(Entry::start);
     let spawned = cmd.spawn();
-    if let Some(m) = mover {
-        // The agent's refusal says more than the child's error.
-        if let Err(e) = m.finish() {
-            if let Ok(mut c) = spawned {
-                // SAFETY: kill(2) on our own child, not yet reaped.
-                unsafe { libc::kill(i32::try_from(c.id()).unwrap_or(i32::MAX), libc::SIGKILL) };
-                let _ = c.wait();
-            }
-            return Err(e);
-        }
-    }
+    let spawned = match mover {
+        Some(m) => m.after_spawn(spawned)?,
+        None => spawned,
+    };
     let mut child = spawned.map_err(|source| {
         if source.raw_os_error() == Some(PROOF_FAILED) {
             RunError::NotEnforced
@@ -775,6 +754,29 @@ fn spawn_and_wait(
         s.stop();
     }
     status
+}
+
+/// The host paths bound into the private /tmp at their own paths: the
+/// workspace's carried directories, and allowed host sockets under /tmp
+/// (unless a carried directory holds them already).
+fn carried_into_tmp(
+    workspace: &crate::harden::workspace::Workspace,
+    unix: Option<&crate::harden::unix::Guard>,
+) -> Result<Vec<(PathBuf, PathBuf)>, RunError> {
+    let mut carried = workspace.carried().to_vec();
+    if let Some(g) = unix {
+        for (host, inside) in crate::harden::unix::tmp_binds(&g.allowed_paths(), workspace.tmp()) {
+            if carried.iter().any(|(dir, _)| host.starts_with(dir)) {
+                continue;
+            }
+            let made = inside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&inside).map(drop)
+            });
+            made.map_err(RunError::Confine)?;
+            carried.push((host, inside));
+        }
+    }
+    Ok(carried)
 }
 
 /// How the child enters the sandbox: it writes `cgroup.procs` itself
@@ -964,13 +966,28 @@ impl Entry {
 }
 
 impl Mover {
-    /// After `spawn` returned: the thread's result (it has ended, or ends
-    /// now that it sees the spawn is over).
-    fn finish(self) -> Result<(), RunError> {
+    /// After `spawn` returned: the thread's refusal, if any, which says
+    /// more than the child's error (the thread has ended, or ends now that
+    /// it sees the spawn is over). A child that started anyway is killed.
+    fn after_spawn(
+        self,
+        spawned: io::Result<std::process::Child>,
+    ) -> Result<io::Result<std::process::Child>, RunError> {
         self.spawned.store(true, std::sync::atomic::Ordering::Release);
-        self.thread
+        let moved = self
+            .thread
             .join()
-            .unwrap_or_else(|_| Err(RunError::Confine(io::Error::other("the thread moving the command panicked"))))
+            .unwrap_or_else(|_| Err(RunError::Confine(io::Error::other("the thread moving the command panicked"))));
+        match (moved, spawned) {
+            (Ok(()), spawned) => Ok(spawned),
+            (Err(e), Ok(mut child)) => {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(i32::MAX), libc::SIGKILL) };
+                let _ = child.wait();
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
     }
 }
 
