@@ -547,13 +547,6 @@ impl Confinement {
             keep_fds,
             parent,
         } = self;
-        let check = |rc: libc::c_long| {
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
         // SAFETY (whole block): plain system calls with pointers to
         // NUL-terminated strings and structs that outlive each call.
         unsafe {
@@ -623,13 +616,6 @@ fn mount_private(
     carried: &[(CString, CString)],
     reenter: Option<&CString>,
 ) -> io::Result<()> {
-    let check = |rc: libc::c_long| {
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
     // SAFETY (whole block): plain system calls with pointers to
     // NUL-terminated strings and structs that outlive each call.
     unsafe {
@@ -684,6 +670,16 @@ fn mount_private(
         }
     }
     Ok(())
+}
+
+/// A system call's return value as a result (negative: `errno`).
+/// Async-signal-safe.
+fn check(rc: libc::c_long) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Drops every capability from the bounding set. Async-signal-safe.

@@ -36,6 +36,28 @@ fn hello() -> String {
     req(&json!({"v": 1, "op": "hello"}))
 }
 
+/// `sbx-user` as `member` (with its groups), talking to `agent`.
+fn sbx_as(member: &TestUser, agent: &Agent, sbx: &Sbx) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &member.uid.to_string(), "--regid", &member.gid.to_string(), "--init-groups", "--"])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg()])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// A root cgroup, state, a group with one member, and an agent serving
+/// them.
+fn member_fixture() -> (TestCgroup, Sbx, TestGroup, TestUser, Agent) {
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let group = TestGroup::new();
+    let member = TestUser::new(&[&group]);
+    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    (root, sbx, group, member, agent)
+}
+
 /// The agent's group decides who gets in: a stranger is refused (by the
 /// socket's mode, and by the agent itself when the mode is opened up), a
 /// member is served, but only on the sandboxes it created.
@@ -848,11 +870,7 @@ for name, host in (('allowed', sys.argv[1]), ('denied', sys.argv[2])):
 fn a_member_runs_commands_through_the_agent_as_itself_held_by_the_policy() {
     let net = TestNet::new(&probe!());
     net.serve_tcp(8080);
-    let root = TestCgroup::new();
-    let sbx = Sbx::new();
-    let group = TestGroup::new();
-    let member = TestUser::new(&[&group]);
-    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    let (root, sbx, _group, member, agent) = member_fixture();
     let run_as_member = |flags: &[&str], command: &[&str]| {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", net.name(), "setpriv", "--reuid", &member.uid.to_string()])
@@ -900,11 +918,7 @@ fn a_member_runs_commands_through_the_agent_as_itself_held_by_the_policy() {
 /// it would be an escape) are refused and leave the sandbox empty.
 #[test]
 fn enter_moves_only_the_clients_own_unsandboxed_child() {
-    let root = TestCgroup::new();
-    let sbx = Sbx::new();
-    let group = TestGroup::new();
-    let member = TestUser::new(&[&group]);
-    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    let (root, sbx, _group, member, agent) = member_fixture();
     let py = r#"
 import json, os, socket, subprocess, sys, time
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rb")
@@ -964,11 +978,7 @@ call({"v": 1, "op": "detach", "cgroup": cg, "remove": True})
 /// sandbox's lines).
 #[test]
 fn run_vv_through_the_agent_traces_for_root_only() {
-    let root = TestCgroup::new();
-    let sbx = Sbx::new();
-    let group = TestGroup::new();
-    let member = TestUser::new(&[&group]);
-    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    let (root, sbx, _group, member, agent) = member_fixture();
     let connect = "import socket\nfor p in (8080, 8081):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', p))\n    except OSError: pass\n";
     let out = Command::new(sbx_tests::sbx_user_bin())
         .args(["--agent-socket", &agent.socket_arg(), "-vv", "run", "--dns", "host", "--loopback", "8080"])
@@ -989,12 +999,8 @@ fn run_vv_through_the_agent_traces_for_root_only() {
         "{}",
         sbx_tests::describe(&out)
     );
-    let out = Command::new("setpriv")
-        .args(["--reuid", &member.uid.to_string(), "--regid", &member.gid.to_string(), "--init-groups", "--"])
-        .arg(sbx_tests::sbx_user_bin())
-        .args(["--agent-socket", &agent.socket_arg(), "-vv", "run", "--dns", "host", "--", "/bin/true"])
-        .env("SBX_STATE_DIR", sbx.state_dir())
-        .stdin(std::process::Stdio::null())
+    let out = sbx_as(&member, &agent, &sbx)
+        .args(["-vv", "run", "--dns", "host", "--", "/bin/true"])
         .output()
         .expect("sbx-user -vv run as the member");
     assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
@@ -1011,11 +1017,7 @@ fn run_vv_through_the_agent_traces_for_root_only() {
 fn run_through_the_agent_serves_pinned_names_from_the_runners_stub() {
     let net = TestNet::new(&probe!());
     net.serve_tcp(8080);
-    let root = TestCgroup::new();
-    let sbx = Sbx::new();
-    let group = TestGroup::new();
-    let member = TestUser::new(&[&group]);
-    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    let (root, sbx, _group, member, agent) = member_fixture();
     let pinned = sbx_tests::HostsEntry::new(std::net::IpAddr::V4(net.ns_v4));
     let name = pinned.name().to_owned();
     let script = format!(
@@ -1041,12 +1043,8 @@ fn run_through_the_agent_serves_pinned_names_from_the_runners_stub() {
     );
     assert_eq!(&lines[1..], ["pinned 0", "other 2", "connected"], "{}", sbx_tests::describe(&out));
 
-    let out = Command::new("setpriv")
-        .args(["--reuid", &member.uid.to_string(), "--regid", &member.gid.to_string(), "--init-groups", "--"])
-        .arg(sbx_tests::sbx_user_bin())
-        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{name}:8080"), "--", "/bin/true"])
-        .env("SBX_STATE_DIR", sbx.state_dir())
-        .stdin(std::process::Stdio::null())
+    let out = sbx_as(&member, &agent, &sbx)
+        .args(["run", "--allow", &format!("{name}:8080"), "--", "/bin/true"])
         .output()
         .expect("running sbx-user run as the member");
     assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
