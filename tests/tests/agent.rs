@@ -918,7 +918,7 @@ fn a_member_runs_commands_through_the_agent_as_itself_held_by_the_policy() {
 /// it would be an escape) are refused and leave the sandbox empty.
 #[test]
 fn enter_moves_only_the_clients_own_unsandboxed_child() {
-    let (root, sbx, _group, member, agent) = member_fixture();
+    let (root, _sbx, _group, member, agent) = member_fixture();
     let py = r#"
 import json, os, socket, subprocess, sys, time
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rb")
@@ -978,7 +978,7 @@ call({"v": 1, "op": "detach", "cgroup": cg, "remove": True})
 /// sandbox's lines).
 #[test]
 fn run_vv_through_the_agent_traces_for_root_only() {
-    let (root, sbx, _group, member, agent) = member_fixture();
+    let (_root, sbx, _group, member, agent) = member_fixture();
     let connect = "import socket\nfor p in (8080, 8081):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', p))\n    except OSError: pass\n";
     let out = Command::new(sbx_tests::sbx_user_bin())
         .args(["--agent-socket", &agent.socket_arg(), "-vv", "run", "--dns", "host", "--loopback", "8080"])
@@ -1017,7 +1017,7 @@ fn run_vv_through_the_agent_traces_for_root_only() {
 fn run_through_the_agent_serves_pinned_names_from_the_runners_stub() {
     let net = TestNet::new(&probe!());
     net.serve_tcp(8080);
-    let (root, sbx, _group, member, agent) = member_fixture();
+    let (_root, sbx, _group, member, agent) = member_fixture();
     let pinned = sbx_tests::HostsEntry::new(std::net::IpAddr::V4(net.ns_v4));
     let name = pinned.name().to_owned();
     let script = format!(
