@@ -94,7 +94,17 @@ FILES (Landlock):
   point at the identity's real ones if they exist (read-only unless a rule
   grants them), so toolchains installed there keep working.
   The command is looked up in PATH as the identity it runs as: directories it
-  cannot search are skipped (not found: exit 127).",
+  cannot search are skipped (not found: exit 127).
+
+THROUGH THE HOST AGENT (--agent-socket, or one answering on /run/sbx/agent.sock):
+  The agent makes and holds the sandbox; the command is still this process's
+  child (same terminal, job control, working directory). A member of the
+  agent's group who is not root may run commands this way, as itself only
+  (--user of anyone else is refused): the agent moves the command's process
+  into the sandbox before it executes anything. It then runs without the
+  private mount namespace (a process that is not root cannot make one): the
+  host's /tmp (as the Landlock rules allow), a private HOME, and --dns host
+  (the DNS stub's resolver files need mounts). -vv is for root.",
         write = IMPLICIT_WRITE.join(" "),
         read = IMPLICIT_READ.join(" "),
         tools = tools.join(", "),
