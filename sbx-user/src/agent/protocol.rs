@@ -383,6 +383,20 @@ mod tests {
                 Request::Detach { cgroup: "a".into(), remove: true },
             ),
             (r#"{"v":1,"op":"status","cgroup":"a"}"#, Request::Status { cgroup: "a".into() }),
+            // A client of the first version of `run` sends neither field.
+            (
+                r#"{"v":1,"op":"run","policy":{}}"#,
+                Request::Run { policy: PolicySource::default(), trace: false, dns_stub: None },
+            ),
+            (
+                r#"{"v":1,"op":"run","trace":true,"dns_stub":"127.53.1.2"}"#,
+                Request::Run {
+                    policy: PolicySource::default(),
+                    trace: true,
+                    dns_stub: Some(std::net::Ipv4Addr::new(127, 53, 1, 2)),
+                },
+            ),
+            (r#"{"v":1,"op":"enter","cgroup":"run-1-2"}"#, Request::Enter { cgroup: "run-1-2".into() }),
         ];
         for (text, want) in cases {
             assert_eq!(decode(text.as_bytes()).map(|e| e.request).as_ref(), Ok(want), "{text}");
