@@ -13,6 +13,9 @@ mod toolchain {
     include!("../sbx-ebpf/toolchain.rs");
 }
 
+#[path = "src/fnv.rs"]
+mod fnv;
+
 fn output(cmd: &mut Command) -> Option<String> {
     cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -42,5 +45,11 @@ fn main() -> anyhow::Result<()> {
         [aya_build::Package { name: "sbx-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&channel),
     )
-    .context("building the eBPF programs failed; run `cargo xtask setup` to install the pinned nightly's rust-src component and bpf-linker")
+    .context("building the eBPF programs failed; run `cargo xtask setup` to install the pinned nightly's rust-src component and bpf-linker")?;
+    // The object's hash, for the program set id (`progset::set_id`).
+    let out = std::env::var_os("OUT_DIR").context("cargo sets OUT_DIR for build scripts")?;
+    let object = std::path::Path::new(&out).join("sbx");
+    let bytes = std::fs::read(&object).with_context(|| format!("reading the eBPF object {}", object.display()))?;
+    println!("cargo:rustc-env=SBX_OBJECT_FNV={:016x}", fnv::extend(fnv::OFFSET, &bytes));
+    Ok(())
 }

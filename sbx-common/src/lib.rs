@@ -35,7 +35,7 @@ pub mod addr;
 /// Version of the contract between the programs and the loader. Part of
 /// the program set's identity (with a hash of the object): a loader never
 /// drives programs of another contract.
-pub const CONTRACT_VERSION: u32 = 4;
+pub const CONTRACT_VERSION: u32 = 5;
 
 /// Shared cgroup storage ([`Slot`]), one cell per sandbox cgroup.
 pub const MAP_SLOT: &str = "SBX_SLOT";
@@ -109,8 +109,15 @@ pub struct Stats {
     pub last_ns: u64,
     /// Tokens left, scaled by 10^9.
     pub tokens: u64,
+    /// Destinations the hooks allowed lately on this CPU (see
+    /// [`RECENT_VERDICTS`]).
+    pub recent: [RecentVerdict; RECENT_VERDICTS],
+    /// Where the next entry of `recent` goes (modulo its length).
+    pub next: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (NUM_COUNTERS as usize + 2));
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (NUM_COUNTERS as usize + 2) + 40 * RECENT_VERDICTS + 8);
 
 /// Allocation bitmaps of the host's policy and event indices.
 #[repr(C)]
@@ -161,7 +168,7 @@ pub const MAP_REDIRECTED: &str = "SBX_REDIRECTED";
 pub const MAP_ORIGDST: &str = "SBX_ORIGDST";
 
 /// Every map of the program set, pinned with it.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 10] = [
     MAP_SLOT,
     MAP_STATS,
     MAP_DEST_OF,
@@ -172,45 +179,44 @@ pub const MAPS: [&str; 11] = [
     MAP_POOL,
     MAP_REDIRECTED,
     MAP_ORIGDST,
-    MAP_VERDICT,
 ];
 
-/// Socket storage of the destinations the connect and sendmsg hooks
-/// allowed ([`SockVerdicts`]): the egress backstop agrees with the hook
-/// that judged a socket instead of judging the same destination again (and
-/// instead of judging a header that netfilter's DNAT already rewrote).
-pub const MAP_VERDICT: &str = "SBX_VERDICT";
+/// Destinations a sandbox's connect and sendmsg hooks allowed lately, kept
+/// per CPU in its [`Stats`] ([`Stats::recent`]): the egress backstop agrees
+/// with the hook that judged a socket instead of judging the same
+/// destination again (and instead of judging a header that netfilter's
+/// DNAT already rewrote). The SYN of a connect and the datagram of a
+/// sendmsg leave on the CPU whose hook just judged them, so a few entries
+/// per CPU catch them; an entry that is gone (evicted, or another CPU's)
+/// only means the backstop judges that packet in full. Per-socket storage
+/// did this before, at about 0.75 µs per connect to create it and as much
+/// again to free it; a host-wide LRU hash cost nearly as much (its entries
+/// are cold when reused).
+pub const RECENT_VERDICTS: usize = 4;
 
-/// Sandbox layers whose verdict one socket remembers (each layer of nested
-/// sandboxes judges for itself; past this many, the backstop judges in
-/// full).
-pub const VERDICT_LAYERS: usize = 4;
-
-/// The destination one sandbox layer allowed for one socket.
+/// A destination one sandbox layer allowed for one socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LayerVerdict {
-    /// The layer's sandbox ([`Slot::cgroup_id`]); 0: an unused entry.
-    pub cgroup_id: u64,
+pub struct RecentVerdict {
+    /// `bpf_get_socket_cookie()`: unique per socket for the host's uptime,
+    /// never reused; 0: an unused entry.
+    pub cookie: u64,
     /// The destination as the caller gave it (IPv4 mapped into IPv6,
     /// network byte order), which is also how the socket records it.
     pub addr: [u8; 16],
     /// Its port, host byte order.
     pub port: u32,
-    /// The policy index that allowed it ([`Slot::policy`]): a UDP verdict
-    /// holds only while the sandbox's policy is the one that made it.
+    /// The policy index that allowed it ([`Slot::policy`]) and the
+    /// sandbox's policy generation then ([`Slot::generation`]): a UDP
+    /// verdict holds only while the policy that made it is in force. Both,
+    /// because a freed index is reused; the generation grows with every
+    /// policy a sandbox gets, and a re-attach zeroes the cell.
     pub policy: u32,
+    pub generation: u32,
+    /// Zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<LayerVerdict>() == 32);
-
-/// The verdicts of every layer for one socket.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SockVerdicts {
-    /// One entry per layer, in the order the layers first judged.
-    pub layers: [LayerVerdict; VERDICT_LAYERS],
-}
-const _: () = assert!(core::mem::size_of::<SockVerdicts>() == 32 * VERDICT_LAYERS);
+const _: () = assert!(core::mem::size_of::<RecentVerdict>() == 40);
 
 /// The per-sandbox maps of contract 1 (before program sets), which
 /// sandboxes attached by an older sbx still have pinned beside their links.

@@ -11,8 +11,8 @@ use aya_ebpf::{
     bindings::bpf_sock_addr,
     btf_maps::{Array, ArrayOfMaps, LpmTrie, LruHashMap, RingBuf},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_local_storage,
-        bpf_get_netns_cookie, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_local_storage, bpf_get_netns_cookie,
+        bpf_ktime_get_ns,
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sock_ops},
     maps::lpm_trie::Key,
@@ -21,10 +21,10 @@ use aya_ebpf::{
 };
 use sbx_common::{
     addr::{self, mapped},
-    counter_index, Event, LayerVerdict, OrigDst, OrigKey, PortTable, Slot, SockVerdicts, Stats, TrieAddr, TrieValue,
+    counter_index, Event, OrigDst, OrigKey, PortTable, RecentVerdict, Slot, Stats, TrieAddr, TrieValue,
     COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS,
-    FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, VERDICT_ALLOW,
-    VERDICT_DENY, VERDICT_LAYERS,
+    FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, RECENT_VERDICTS,
+    VERDICT_ALLOW, VERDICT_DENY,
 };
 
 /// `BPF_MAP_TYPE_CGROUP_STORAGE`.
@@ -126,119 +126,103 @@ static SBX_REDIRECTED: LruHashMap<u64, OrigDst, 16384> = LruHashMap::new();
 #[btf_map(name = "SBX_ORIGDST")]
 static SBX_ORIGDST: LruHashMap<OrigKey, OrigDst, 16384> = LruHashMap::new();
 
-/// `BPF_MAP_TYPE_SK_STORAGE`.
-const SK_STORAGE: usize = 24;
-/// `BPF_F_NO_PREALLOC`, required of socket storage.
-const NO_PREALLOC: usize = 1;
-/// `BPF_SK_STORAGE_GET_F_CREATE`.
-const SK_STORAGE_CREATE: u64 = 1;
-
-/// A socket storage map, in aya-ebpf's BTF layout; aya-ebpf's `SkStorage`
-/// only takes a sock_addr context, and the egress hook needs the same map
-/// for the socket of a packet.
-#[repr(C)]
-struct SockStorage<V> {
-    r#type: *const [i32; SK_STORAGE],
-    key: *const i32,
-    value: *const V,
-    max_entries: *const [i32; 0],
-    map_flags: *const [i32; NO_PREALLOC],
-}
-
-// SAFETY: as for `SharedCgroupStorage`.
-unsafe impl<V> Sync for SockStorage<V> {}
-
-impl<V> SockStorage<V> {
-    const fn new() -> Self {
-        Self {
-            r#type: core::ptr::null(),
-            key: core::ptr::null(),
-            value: core::ptr::null(),
-            max_entries: core::ptr::null(),
-            map_flags: core::ptr::null(),
-        }
-    }
-
-    /// The storage of `sk`, created zeroed with `create`.
-    #[inline(always)]
-    fn get(&self, sk: *mut aya_ebpf::bindings::bpf_sock, create: bool) -> *mut V {
-        let flags = if create { SK_STORAGE_CREATE } else { 0 };
-        // SAFETY: `sk` is a socket pointer the verifier tracks (null
-        // checked by the helper's contract), `self` a relocated map.
-        unsafe {
-            aya_ebpf::helpers::bpf_sk_storage_get(
-                core::ptr::from_ref(self).cast_mut().cast(),
-                sk.cast(),
-                core::ptr::null_mut(),
-                flags,
-            )
-        }
-        .cast()
-    }
-}
-
-/// What the connect and sendmsg hooks allowed, per socket and sandbox
-/// layer. Written by connect4/6 and sendmsg4/6; read by the egress hook.
-#[btf_map(name = "SBX_VERDICT")]
-static SBX_VERDICT: SockStorage<SockVerdicts> = SockStorage::new();
-
-/// Records that this layer allowed `addr`:`port` for the context's socket.
+/// Records in this CPU's cell of the layer's [`Stats`] that the layer
+/// allowed `addr`:`port` for the context's socket (see
+/// `sbx_common::RECENT_VERDICTS`).
 #[inline(always)]
 fn remember(slot: &Slot, ctx: &SockAddrContext, addr: &TrieAddr, port: u16) {
-    // SAFETY: the context's socket field; the verifier checks the access.
-    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    if sk.is_null() {
+    // SAFETY: the helper takes the context pointer.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+    record(SBX_STATS.get(), recent(slot, cookie, addr, u32::from(port)));
+}
+
+/// The entry saying this layer's current policy allowed `addr`:`port` for
+/// the socket `cookie`.
+#[inline(always)]
+fn recent(slot: &Slot, cookie: u64, addr: &TrieAddr, port: u32) -> RecentVerdict {
+    RecentVerdict { cookie, addr: *addr, port, policy: slot.policy, generation: slot.generation, _pad: 0 }
+}
+
+/// Puts `entry` in the cache of recent verdicts, over its socket's older
+/// entry if it has one, else over the oldest. A program that interrupts
+/// this one on the same CPU (the egress hook in softirq context) may read
+/// or write the cell meanwhile: the index is taken before the entry is
+/// written, and the cookie is cleared first and set last, so a reader sees
+/// a whole entry or none, and a second writer takes the next index.
+#[inline(always)]
+fn record(stats: *mut Stats, entry: RecentVerdict) {
+    if stats.is_null() || entry.cookie == 0 {
         return;
     }
-    let v = SBX_VERDICT.get(sk, true);
-    if v.is_null() {
-        return;
-    }
-    let entry = LayerVerdict { cgroup_id: slot.cgroup_id, addr: *addr, port: u32::from(port), policy: slot.policy };
-    let mut i = 0;
-    while i < VERDICT_LAYERS {
-        // SAFETY: `v` is this socket's storage for this program run; `i`
-        // is bounded by the array length.
-        let layer = unsafe { &mut (*v).layers[i] };
-        if layer.cgroup_id == slot.cgroup_id || layer.cgroup_id == 0 {
-            *layer = entry;
+    // SAFETY: `stats` is this CPU's cell of the attach point's per-CPU
+    // storage, valid for this program run; every index is bounded.
+    unsafe {
+        let mut i = 0;
+        let mut at = RECENT_VERDICTS;
+        while i < RECENT_VERDICTS {
+            if (*stats).recent[i].cookie == entry.cookie {
+                at = i;
+                break;
+            }
+            i += 1;
+        }
+        if at == RECENT_VERDICTS {
+            let next = core::ptr::read_volatile(core::ptr::addr_of!((*stats).next));
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*stats).next), next.wrapping_add(1));
+            at = next as usize % RECENT_VERDICTS;
+        }
+        if (*stats).recent[at] == entry {
             return;
+        }
+        let cell = core::ptr::addr_of_mut!((*stats).recent[at]);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), 0);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).addr), entry.addr);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).port), entry.port);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).policy), entry.policy);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).generation), entry.generation);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), entry.cookie);
+    }
+}
+
+/// This CPU's recent verdict of the layer for the socket `cookie`.
+#[inline(always)]
+fn recalled(stats: *mut Stats, cookie: u64) -> Option<RecentVerdict> {
+    if stats.is_null() || cookie == 0 {
+        return None;
+    }
+    let mut i = 0;
+    while i < RECENT_VERDICTS {
+        // SAFETY: as in `record`; the cookie is read first, the entry
+        // copied after it.
+        unsafe {
+            let cell = core::ptr::addr_of!((*stats).recent[i]);
+            if core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) == cookie {
+                let entry = core::ptr::read_volatile(cell);
+                return (entry.cookie == cookie).then_some(entry);
+            }
         }
         i += 1;
     }
+    None
 }
 
-/// What this layer allowed for the socket of `ctx`'s packet, and the
-/// socket's own destination (`port` 0 for an unconnected socket), both as
-/// (mapped address, host-order port).
+/// The socket of `ctx`'s packet: its cookie (0 without a socket) and its
+/// own destination (`port` 0 for an unconnected socket), as (mapped
+/// address, host-order port).
 #[inline(always)]
-fn remembered(slot: &Slot, ctx: &SkBuffContext) -> Option<(LayerVerdict, TrieAddr, u32)> {
+fn packet_socket(ctx: &SkBuffContext) -> (u64, TrieAddr, u32) {
+    // SAFETY: the helper takes the context pointer; 0 without a socket.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: reading the packet's socket field of the context.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
+    if cookie == 0 || sk.is_null() {
+        return (cookie, [0; 16], 0);
     }
     // SAFETY: helper on a socket pointer of the context.
     let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
     if full.is_null() {
-        return None;
+        return (cookie, [0; 16], 0);
     }
-    let v = SBX_VERDICT.get(full, false);
-    if v.is_null() {
-        return None;
-    }
-    let mut found = None;
-    let mut i = 0;
-    while i < VERDICT_LAYERS {
-        // SAFETY: as in `remember`.
-        let layer = unsafe { (*v).layers[i] };
-        if layer.cgroup_id == slot.cgroup_id && layer.cgroup_id != 0 {
-            found = Some(layer);
-            break;
-        }
-        i += 1;
-    }
-    let layer = found?;
     // SAFETY: fields of a full socket; the verifier checks each access.
     let (family, dst_port) = unsafe { (ctx_u32(core::ptr::addr_of!((*full).family)), (*full).dst_port) };
     let dst = if family == AF_INET {
@@ -250,7 +234,7 @@ fn remembered(slot: &Slot, ctx: &SkBuffContext) -> Option<(LayerVerdict, TrieAdd
         let (w0, w1, w2, w3) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
         [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
     };
-    Some((layer, dst, u32::from(u16::from_be(dst_port))))
+    (cookie, dst, u32::from(u16::from_be(dst_port)))
 }
 
 /// `dst_ip6` of a full socket, one load per word at a constant offset. A
@@ -395,48 +379,78 @@ fn settle(
     } else {
         EVENT_DENIED
     };
-    if take_token(slot, stats) {
-        // SAFETY: the helpers have no preconditions here.
-        let (ts_ns, pid_tgid, cgroup_id, comm) = unsafe {
-            let now = bpf_ktime_get_ns();
-            if task == Task::Current {
-                (
-                    now,
-                    bpf_get_current_pid_tgid(),
-                    bpf_get_current_cgroup_id(),
-                    bpf_get_current_comm().unwrap_or([0; 16]),
-                )
-            } else {
-                (now, 0, 0, [0u8; 16])
-            }
-        };
-        #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32s")]
-        let event = Event {
-            ts_ns,
-            cgroup_id,
-            pid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            comm: comm.map(|c| c as u8),
-            hook,
-            protocol,
-            addr: *addr,
-            port,
-            verdict: outcome,
-            generation: slot.generation,
-            _pad: 0,
-            sandbox: slot.cgroup_id,
-        };
-        let sent = match (slot.events, SBX_EVENTS_OF.get(slot.events)) {
-            (0, _) | (_, None) => SBX_HOST_EVENTS.output(&event, 0),
-            (_, Some(ring)) => ring.output(&event, 0),
-        };
-        if sent.is_err() {
-            bump(stats, COUNTER_EVENTS_DROPPED);
-        }
-    } else {
-        bump(stats, COUNTER_EVENTS_DROPPED);
+    let denial = Denial { hook, protocol, port, outcome, addr: *addr };
+    match task {
+        Task::Current => report::<true>(slot, stats, &denial),
+        Task::Unknown => report::<false>(slot, stats, &denial),
     }
     audit
+}
+
+/// What [`report`] reports: one denial (or audit-mode would-be denial).
+struct Denial {
+    hook: u32,
+    protocol: u32,
+    port: u32,
+    outcome: u32,
+    addr: TrieAddr,
+}
+
+/// Sends the event of a denial, within the sandbox's rate limit, to its
+/// ring or the host's, written in place in the ring, counting what is
+/// dropped. `TASK`: the context names the task (see [`Task`]); the egress
+/// hook's copy calls no task helper.
+///
+/// A function of its own, not inlined: every call of `settle` carried a
+/// copy of it, so the hot paths (allowed calls) were spread over far more
+/// code than they run (the egress program was 28 KB of machine code).
+#[inline(never)]
+fn report<const TASK: bool>(slot: &Slot, stats: *mut Stats, d: &Denial) {
+    if !take_token(slot, stats) {
+        bump(stats, COUNTER_EVENTS_DROPPED);
+        return;
+    }
+    let entry = match (slot.events, SBX_EVENTS_OF.get(slot.events)) {
+        (0, _) | (_, None) => SBX_HOST_EVENTS.reserve(0),
+        (_, Some(ring)) => ring.reserve(0),
+    };
+    let Some(mut entry) = entry else {
+        bump(stats, COUNTER_EVENTS_DROPPED);
+        return;
+    };
+    let e: *mut Event = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved record, `size_of::<Event>()` bytes, ours
+    // until it is submitted; every field is written before that.
+    unsafe {
+        (*e).ts_ns = bpf_ktime_get_ns();
+        if TASK {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            #[expect(clippy::cast_possible_truncation, reason = "pid_tgid packs two u32s")]
+            {
+                (*e).pid = (pid_tgid >> 32) as u32;
+                (*e).tid = pid_tgid as u32;
+            }
+            (*e).cgroup_id = bpf_get_current_cgroup_id();
+            let comm = core::ptr::addr_of_mut!((*e).comm);
+            if aya_ebpf::helpers::generated::bpf_get_current_comm(comm.cast(), 16) != 0 {
+                (*e).comm = [0; 16];
+            }
+        } else {
+            (*e).pid = 0;
+            (*e).tid = 0;
+            (*e).cgroup_id = 0;
+            (*e).comm = [0; 16];
+        }
+        (*e).hook = d.hook;
+        (*e).protocol = d.protocol;
+        (*e).addr = d.addr;
+        (*e).port = d.port;
+        (*e).verdict = d.outcome;
+        (*e).generation = slot.generation;
+        (*e)._pad = 0;
+        (*e).sandbox = slot.cgroup_id;
+    }
+    entry.submit(0);
 }
 
 #[inline(always)]
@@ -739,35 +753,21 @@ fn egress(ctx: &SkBuffContext) -> bool {
     } else {
         return true;
     };
-    let Ok((l4, off)) = (if v6 { l4_v6(ctx) } else { l4_v4(ctx) }) else {
-        return conclude(slot, Err(()), HOOK_EGRESS, 0, &[0; 16], 0, Task::Unknown);
+    let head = match plain_head(ctx, v6) {
+        Some(head) => head,
+        None => match read_head(slot, ctx, v6) {
+            Ok(head) => head,
+            Err(answer) => return answer,
+        },
     };
-    let l4 = u32::from(l4);
-    let dest = |ctx: &SkBuffContext| if v6 { dest_v6(ctx) } else { dest_v4(ctx) };
-    let Some(off) = off else {
-        // Source routing: refused whatever the destination.
-        let addr = dest(ctx).unwrap_or([0; 16]);
-        return conclude(slot, Ok(false), HOOK_EGRESS, l4, &addr, EVENT_PORT_SOURCE_ROUTE, Task::Unknown);
-    };
+    let (l4, addr, port) = (head.l4, head.addr, head.port);
     if l4 == IPPROTO_TCP {
-        match ctx.load::<u8>(off + 13) {
-            Ok(flags) if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK => {
-                return accepted(slot, ctx, v6, off);
-            }
-            Ok(flags) if flags & TCP_FLAG_SYN == 0 => return true,
-            Ok(_) => {}
-            Err(_) => return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown),
+        if head.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK {
+            return accepted(slot, ctx, v6, head.off);
         }
-    } else if l4 != IPPROTO_UDP {
-        // sock_create lets no socket of another protocol be made, but a
-        // process that held one before `attach` still could. The kernel's
-        // own ICMP and NDP replies carry no sandbox socket and never reach
-        // this hook. IPsec (ESP, AH) wraps traffic the hooks already judged.
-        if l4 == IPPROTO_ESP || l4 == IPPROTO_AH {
+        if head.flags & TCP_FLAG_SYN == 0 {
             return true;
         }
-        let addr = dest(ctx).unwrap_or([0; 16]);
-        return conclude(slot, Ok(false), HOOK_EGRESS, l4, &addr, 0, Task::Unknown);
     }
     // In audit mode the connect and sendmsg hooks have already reported
     // every would-be denial; judging the same packets again here would
@@ -775,38 +775,125 @@ fn egress(ctx: &SkBuffContext) -> bool {
     if slot.flags & FLAG_AUDIT != 0 {
         return true;
     }
-    let (Ok(addr), Ok(port)) = (dest(ctx), ctx.load::<u16>(off + 2).map(u16::from_be)) else {
-        return conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown);
-    };
-    // The hook that judged this socket's destination left its verdict:
-    // agree with it rather than judge the same destination again. A TCP
-    // connection keeps the verdict of its connect for its whole life (an
-    // update does not cut a connection the old policy allowed, nor drop
-    // its SYN); a UDP verdict holds while the policy that made it is in
-    // force. The socket's own destination is compared, not the header's,
-    // which netfilter's DNAT may have rewritten; an unconnected socket has
-    // none, and then the header must be what sendmsg allowed. Anything
-    // else is judged in full below.
-    if let Some((seen, sock_dst, sock_port)) = remembered(slot, ctx) {
-        let agrees = if sock_port != 0 {
-            seen.addr == sock_dst && seen.port == sock_port
-        } else {
-            let raw = if v6 { ctx.load::<[u8; 16]>(24).ok() } else { ctx.load::<[u8; 4]>(16).ok().map(mapped) };
-            raw == Some(seen.addr) && seen.port == u32::from(port)
-        };
-        if agrees && (l4 == IPPROTO_TCP || seen.policy == slot.policy) {
-            return conclude(slot, Ok(true), HOOK_EGRESS, l4, &addr, u32::from(port), Task::Unknown);
+    // The hook that judged this socket's destination left its verdict on
+    // this CPU: agree with it rather than judge the same destination
+    // again. A TCP SYN keeps the verdict of its connect (an update between
+    // the connect and its SYN does not drop the SYN); a UDP verdict holds
+    // while the policy that made it is in force. The socket's own
+    // destination counts as well as the header's, which netfilter's DNAT
+    // may have rewritten.
+    let stats = SBX_STATS.get();
+    let (cookie, sock_dst, sock_port) = packet_socket(ctx);
+    let port = u32::from(port);
+    if let Some(seen) = recalled(stats, cookie) {
+        let agrees = (seen.addr == addr && seen.port == port) || (seen.addr == sock_dst && seen.port == sock_port);
+        let current = seen.policy == slot.policy && seen.generation == slot.generation;
+        if agrees && (l4 == IPPROTO_TCP || current) {
+            return conclude(slot, Ok(true), HOOK_EGRESS, l4, &addr, port, Task::Unknown);
         }
     }
-    conclude(
-        slot,
-        decide_v6(slot, &addr, port, l4, Direction::Dest),
-        HOOK_EGRESS,
-        l4,
-        &addr,
-        u32::from(port),
-        Task::Unknown,
-    )
+    // Judged in full: a connected socket by its own destination, which is
+    // what its connect hook judged (the header may be NAT's rewrite); an
+    // unconnected one by the header. An allowed connected socket's verdict
+    // is kept, so its next datagrams agree with it.
+    let (judged, judged_port) = if sock_port != 0 { (sock_dst, sock_port) } else { (addr, port) };
+    #[expect(clippy::cast_possible_truncation, reason = "ports are 16-bit")]
+    let verdict = decide_v6(slot, &judged, judged_port as u16, l4, Direction::Dest);
+    if verdict == Ok(true) && sock_port != 0 {
+        record(stats, recent(slot, cookie, &judged, judged_port));
+    }
+    conclude(slot, verdict, HOOK_EGRESS, l4, &judged, judged_port, Task::Unknown)
+}
+
+/// The headers of an outgoing TCP or UDP packet that the egress hook
+/// needs: protocol, offset of the L4 header, TCP flags (0 for UDP), and
+/// destination address (as the trie keys it) and port.
+struct Head {
+    l4: u32,
+    off: usize,
+    flags: u8,
+    addr: TrieAddr,
+    port: u16,
+}
+
+/// [`Head`] read straight from the packet's linear part, without a helper
+/// call, when the packet is TCP or UDP with a plain header (no IPv4
+/// options, no IPv6 extension headers): the common case. `None` otherwise
+/// (then [`read_head`] reads it).
+#[inline(always)]
+fn plain_head(ctx: &SkBuffContext, v6: bool) -> Option<Head> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's packet bounds; the verifier makes them packet
+    // pointers and checks every read against them.
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let p = data as *const u8;
+    // Constant offsets in each branch: the verifier checks a packet read
+    // against the bound proven for that offset. TCP needs the flags (byte
+    // 13 of its header), UDP its ports; both fit in 14 bytes.
+    if v6 {
+        if data + 40 + 14 > end {
+            return None;
+        }
+        // SAFETY: within the bounds checked above.
+        unsafe {
+            let l4 = u32::from(*p.add(6));
+            if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
+                return None;
+            }
+            let flags = if l4 == IPPROTO_TCP { *p.add(53) } else { 0 };
+            let addr = core::ptr::read_unaligned(p.add(24).cast::<TrieAddr>());
+            let port = u16::from_be_bytes([*p.add(42), *p.add(43)]);
+            Some(Head { l4, off: 40, flags, addr, port })
+        }
+    } else {
+        if data + 20 + 14 > end {
+            return None;
+        }
+        // SAFETY: within the bounds checked above.
+        unsafe {
+            let l4 = u32::from(*p.add(9));
+            if *p != 0x45 || (l4 != IPPROTO_TCP && l4 != IPPROTO_UDP) {
+                return None;
+            }
+            let flags = if l4 == IPPROTO_TCP { *p.add(33) } else { 0 };
+            let addr = mapped([*p.add(16), *p.add(17), *p.add(18), *p.add(19)]);
+            let port = u16::from_be_bytes([*p.add(22), *p.add(23)]);
+            Some(Head { l4, off: 20, flags, addr, port })
+        }
+    }
+}
+
+/// [`Head`] read with `bpf_skb_load_bytes`, for any packet: IPv6 options
+/// headers are skipped. `Err` carries the hook's answer for a packet that
+/// is not TCP or UDP, is source routed, or cannot be read.
+#[inline(always)]
+fn read_head(slot: &Slot, ctx: &SkBuffContext, v6: bool) -> Result<Head, bool> {
+    let Ok((l4, off)) = (if v6 { l4_v6(ctx) } else { l4_v4(ctx) }) else {
+        return Err(conclude(slot, Err(()), HOOK_EGRESS, 0, &[0; 16], 0, Task::Unknown));
+    };
+    let l4 = u32::from(l4);
+    let dest = |ctx: &SkBuffContext| if v6 { dest_v6(ctx) } else { dest_v4(ctx) };
+    let Some(off) = off else {
+        // Source routing: refused whatever the destination.
+        let addr = dest(ctx).unwrap_or([0; 16]);
+        return Err(conclude(slot, Ok(false), HOOK_EGRESS, l4, &addr, EVENT_PORT_SOURCE_ROUTE, Task::Unknown));
+    };
+    if l4 != IPPROTO_TCP && l4 != IPPROTO_UDP {
+        // sock_create lets no socket of another protocol be made, but a
+        // process that held one before `attach` still could. The kernel's
+        // own ICMP and NDP replies carry no sandbox socket and never reach
+        // this hook. IPsec (ESP, AH) wraps traffic the hooks already judged.
+        if l4 == IPPROTO_ESP || l4 == IPPROTO_AH {
+            return Err(true);
+        }
+        let addr = dest(ctx).unwrap_or([0; 16]);
+        return Err(conclude(slot, Ok(false), HOOK_EGRESS, l4, &addr, 0, Task::Unknown));
+    }
+    let flags = if l4 == IPPROTO_TCP { ctx.load::<u8>(off + 13).ok() } else { Some(0) };
+    let (Some(flags), Ok(addr), Ok(port)) = (flags, dest(ctx), ctx.load::<u16>(off + 2).map(u16::from_be)) else {
+        return Err(conclude(slot, Err(()), HOOK_EGRESS, l4, &[0; 16], 0, Task::Unknown));
+    };
+    Ok(Head { l4, off, flags, addr, port })
 }
 
 /// A SYN-ACK: a peer is completing a connection to a socket in the

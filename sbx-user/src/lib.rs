@@ -36,6 +36,7 @@ pub mod diag;
 pub mod dns;
 pub mod events;
 pub mod explain;
+pub(crate) mod fnv;
 pub mod gc;
 pub mod harden;
 pub mod loader;

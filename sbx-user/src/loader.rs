@@ -586,6 +586,14 @@ pub fn read_stats(set: &ProgramSet, id: u64) -> std::io::Result<Option<Stats>> {
     Ok(Some(total))
 }
 
+/// Zeroes every CPU's cell of cgroup `id`'s [`Stats`].
+fn zero_stats(set: &ProgramSet, id: u64) -> Result<(), LoaderError> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| map_err(MAP_STATS, &std::io::Error::new(e.kind(), format!("{what}: {e}"))))?;
+    let zeroed = vec![0u8; std::mem::size_of::<Stats>().div_ceil(8) * 8 * cpus];
+    sys::map_update(set.map(MAP_STATS), &id.to_ne_bytes(), &zeroed, sys::UPDATE_ANY).map_err(|e| map_err(MAP_STATS, &e))
+}
+
 fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config, compiled: &Compiled) -> Slot {
     let Config { flags, generation, events_per_sec, events_burst, proxy_addr, proxy_port, _pad } = *config;
     Slot {
@@ -767,10 +775,13 @@ fn link_and_pin(
     old: &[PathBuf],
 ) -> Result<(), LoaderError> {
     let redirect = slot.flags & sbx_common::FLAG_REDIRECT != 0;
-    // A re-attached cgroup still has its old cell: zero it, so the new
-    // links deny everything until the new slot is written.
+    // A re-attached cgroup still has its old cells: zero them, so the new
+    // links deny everything until the new slot is written, and no verdict
+    // the egress hook remembers from the old sandbox (whose policy index
+    // and generation the new one may have again) survives.
     if read_slot(set, cg.id).is_some() {
         write_slot(set, cg.id, &Slot::default())?;
+        zero_stats(set, cg.id)?;
     }
     let dir = cg.dir_fd()?;
     let mut links = Vec::with_capacity(HOOKS.len());

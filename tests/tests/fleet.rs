@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use sbx_tests::{describe, probe, Fixture, Place, Proto::Tcp, Sbx, TestCgroup};
+use sbx_tests::{describe, probe, Background, Fixture, Place, Proto::Tcp, Sbx, TempDir, TestCgroup};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
 use sbx_user as _;
@@ -302,4 +302,62 @@ fn two_readers_of_one_sandbox_share_its_events_and_an_update_keeps_the_stream() 
     }
     ports.sort_unstable();
     assert_eq!(ports, (9001..9041).collect::<Vec<u16>>(), "every event once, before and after the update");
+}
+
+#[test]
+fn a_connected_udp_socket_follows_every_update_of_its_sandbox() {
+    // Datagrams of a connected UDP socket pass no sendmsg hook: the egress
+    // backstop judges them, agreeing with a remembered verdict only while
+    // the policy that made it is in force. Flipping between a policy that
+    // allows the peer and one that does not, with policy indices freed and
+    // taken again, each datagram must follow the policy of its moment.
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    let receiver = n.udp_receiver(9999);
+    let allow = format!("udp://{}:9999", n.ns_v4);
+    let other = format!("udp://{}:9998", n.ns_v4);
+    fx.attach(&["--allow", &allow]);
+    let steps = TempDir::new("udp-steps");
+    let script = r#"
+import os, socket, sys, time
+d, host, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((host, 9999))
+print("connected", flush=True)
+for step in range(n):
+    while not os.path.exists(os.path.join(d, f"go{step}")):
+        time.sleep(0.002)
+    try:
+        s.send(f"step{step}".encode())
+        print("sent", flush=True)
+    except OSError as e:
+        print(f"err {e.errno}", flush=True)
+"#;
+    let policies = [&allow, &other, &allow, &other, &allow, &other, &other, &allow];
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).arg(steps.path()).arg(n.ns_v4.to_string()).arg(policies.len().to_string());
+    let mut sender = Background::spawn_at("connected UDP sender", &mut cmd, fx.inside().place());
+    assert_eq!(sender.read_line(), "connected");
+    let mut sent = Vec::new();
+    for (step, policy) in policies.iter().enumerate() {
+        if step > 0 {
+            fx.sbx.ok(&["attach", "--replace", "--cgroup", fx.cg.arg(), "--allow", policy]);
+        }
+        std::fs::write(steps.path().join(format!("go{step}")), "").expect("writing a step file");
+        sent.push(sender.read_line());
+        if *policy == &allow {
+            assert!(receiver.wait_for(&format!("step{step}")), "step {step} allowed: {:?}", receiver.payloads());
+        }
+    }
+    // The last datagram was allowed and arrived; the denied ones, sent
+    // before it, would have arrived first.
+    let got = receiver.payloads();
+    for (step, policy) in policies.iter().enumerate() {
+        let arrived = got.contains(&format!("step{step}"));
+        assert_eq!(
+            arrived,
+            *policy == &allow,
+            "step {step} under {policy}: arrived {arrived}; sends {sent:?}, got {got:?}"
+        );
+    }
 }
