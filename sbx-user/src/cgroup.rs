@@ -54,6 +54,15 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cgroup
     move |source| CgroupError::Io { action, path, source }
 }
 
+/// Whether kernel `release` keeps cgroup v2 socket matching on whatever
+/// cgroup v1 hierarchies are mounted (5.15 and later); `false` when it
+/// cannot be parsed (the mounts are then looked at).
+fn v1_matching_ignored(release: &str) -> bool {
+    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let version = |n: Option<&str>| n.and_then(|s| s.parse::<u32>().ok());
+    matches!((version(nums.next()), version(nums.next())), (Some(major), Some(minor)) if (major, minor) >= (5, 15))
+}
+
 /// Why cgroup v2 socket hooks might not hold on this host, if they might
 /// not: before Linux 5.15, the first use of a cgroup v1 `net_cls` or
 /// `net_prio` controller switches cgroup v2 socket matching off for new
@@ -61,10 +70,7 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cgroup
 /// `uname -r`, `mountinfo` the text of `/proc/self/mountinfo`.
 #[must_use]
 pub fn v1_socket_matching_conflict(release: &str, mountinfo: &str) -> Option<String> {
-    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
-    let major: u32 = nums.next()?.parse().ok()?;
-    let minor: u32 = nums.next()?.parse().ok()?;
-    if (major, minor) >= (5, 15) {
+    if v1_matching_ignored(release) {
         return None;
     }
     let v1 = mountinfo.lines().find_map(|line| {
@@ -83,9 +89,14 @@ pub fn v1_socket_matching_conflict(release: &str, mountinfo: &str) -> Option<Str
 
 /// Fails when [`v1_socket_matching_conflict`] finds one on this host.
 pub fn check_socket_matching() -> Result<(), CgroupError> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // The mounts matter only before 5.15; reading them costs more than
+    // the rest of an agent's attach checks.
+    if v1_matching_ignored(release.trim()) {
+        return Ok(());
+    }
     let info =
         fs::read_to_string("/proc/self/mountinfo").map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     match v1_socket_matching_conflict(release.trim(), &info) {
         Some(why) => Err(CgroupError::V1SocketMatching(why)),
         None => Ok(()),
@@ -291,7 +302,8 @@ mod tests {
         assert_eq!(v1_socket_matching_conflict("5.10.0-21-amd64", without), None);
         assert_eq!(v1_socket_matching_conflict("5.15.0", with), None);
         assert_eq!(v1_socket_matching_conflict("6.18.0", with), None);
-        assert_eq!(v1_socket_matching_conflict("garbage", with), None);
+        // An unreadable release is checked against the mounts (fail closed).
+        assert!(v1_socket_matching_conflict("garbage", with).is_some());
     }
 
     #[test]

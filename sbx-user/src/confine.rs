@@ -413,6 +413,9 @@ impl Exec {
 /// Child-side setup, prepared in the parent.
 #[derive(Debug)]
 pub struct Confinement {
+    /// Whether the runner is root; a runner that is not (through the host
+    /// agent) makes no mounts and changes no identity.
+    privileged: bool,
     /// Mount points made read-only (recursively) in the child's namespace.
     read_only: Vec<CString>,
     /// Paths bind-mounted onto themselves first so they can be made
@@ -502,9 +505,10 @@ impl Confinement {
             Ok(cwd) if !carried.is_empty() && cwd.starts_with("/tmp") => Some(c(&cwd)?),
             _ => None,
         };
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
+        // SAFETY: getpid and geteuid have no preconditions.
+        let (parent, privileged) = unsafe { (libc::getpid(), libc::geteuid() == 0) };
         Ok(Self {
+            privileged,
             read_only,
             bind_first,
             identity,
@@ -531,85 +535,29 @@ impl Confinement {
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self { read_only, bind_first, identity, private_tmp, carried, reenter, file_binds, keep_fds, parent } =
-            self;
-        let check = |rc: libc::c_long| {
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
+        let Self {
+            privileged,
+            read_only,
+            bind_first,
+            identity,
+            private_tmp,
+            carried,
+            reenter,
+            file_binds,
+            keep_fds,
+            parent,
+        } = self;
         // SAFETY (whole block): plain system calls with pointers to
         // NUL-terminated strings and structs that outlive each call.
         unsafe {
-            // A private mount namespace: the remounts below are the child's
-            // alone, and without capabilities it cannot undo them. Private,
-            // not slave: a mount the host adds later must not appear here
-            // writable.
-            check(libc::unshare(libc::CLONE_NEWNS).into())?;
-            check(
-                libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                )
-                .into(),
-            )?;
-            for p in bind_first {
-                check(
-                    libc::mount(
-                        p.as_ptr(),
-                        p.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    )
-                    .into(),
-                )?;
-            }
-            let attr = MountAttr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-            for p in read_only.iter().chain(bind_first) {
-                check(libc::syscall(
-                    libc::SYS_mount_setattr,
-                    libc::AT_FDCWD,
-                    p.as_ptr(),
-                    libc::AT_RECURSIVE,
-                    std::ptr::from_ref(&attr),
-                    std::mem::size_of::<MountAttr>(),
-                ))?;
-            }
-            mount_files_read_only(file_binds, &attr)?;
-            // The private /tmp last: it hides whatever of the above lies
-            // under the host's /tmp, and the host's temporary files.
-            if let Some(tmp) = private_tmp {
-                let bind = |from: &CString, to: *const libc::c_char| {
-                    libc::mount(from.as_ptr(), to, std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
-                };
-                for (host, inside) in carried {
-                    check(bind(host, inside.as_ptr()).into())?;
-                }
-                check(bind(tmp, c"/tmp".as_ptr()).into())?;
-                // Enter the working directory again through the new mount,
-                // so relative and absolute paths agree.
-                if let Some(cwd) = reenter {
-                    check(libc::chdir(cwd.as_ptr()).into())?;
-                }
-            }
-            // Drop the bounding set (so exec cannot regain capabilities,
-            // even as uid 0) and the ambient set first: dropping needs
-            // CAP_SETPCAP, which the uid switch below takes away. A
-            // capability the kernel does not know (EINVAL) ends the loop;
-            // any other failure fails the spawn.
-            for cap in 0..64 {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
-                    if *libc::__errno_location() == libc::EINVAL {
-                        break;
-                    }
-                    return Err(io::Error::last_os_error());
-                }
+            // Not root (a member of the agent's group, whose child the
+            // agent moved into its sandbox): no mount namespace, no
+            // bounding set to drop (no_new_privs below keeps exec from
+            // gaining anything), no identity to change. What root-owned
+            // mounts hide is not writable by the caller's uid anyway.
+            if *privileged {
+                mount_private(read_only, bind_first, file_binds, private_tmp.as_ref(), carried, reenter.as_ref())?;
+                drop_bounding_set()?;
             }
             check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
             // A hard core limit of 1 byte, set while still privileged.
@@ -655,6 +603,104 @@ impl Confinement {
         }
         Ok(())
     }
+}
+
+/// The child's private mount namespace: protected filesystems and paths
+/// read-only, the private `/tmp` with its carried directories.
+/// Async-signal-safe: system calls on prepared data only.
+fn mount_private(
+    read_only: &[CString],
+    bind_first: &[CString],
+    file_binds: &[(CString, CString)],
+    private_tmp: Option<&CString>,
+    carried: &[(CString, CString)],
+    reenter: Option<&CString>,
+) -> io::Result<()> {
+    // SAFETY (whole block): plain system calls with pointers to
+    // NUL-terminated strings and structs that outlive each call.
+    unsafe {
+        // A private mount namespace: the remounts below are the child's
+        // alone, and without capabilities it cannot undo them. Private,
+        // not slave: a mount the host adds later must not appear here
+        // writable.
+        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        check(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        for p in bind_first {
+            check(
+                libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
+                    .into(),
+            )?;
+        }
+        let attr = MountAttr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        for p in read_only.iter().chain(bind_first) {
+            check(libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                p.as_ptr(),
+                libc::AT_RECURSIVE,
+                std::ptr::from_ref(&attr),
+                std::mem::size_of::<MountAttr>(),
+            ))?;
+        }
+        mount_files_read_only(file_binds, &attr)?;
+        // The private /tmp last: it hides whatever of the above lies
+        // under the host's /tmp, and the host's temporary files.
+        if let Some(tmp) = private_tmp {
+            let bind = |from: &CString, to: *const libc::c_char| {
+                libc::mount(from.as_ptr(), to, std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
+            };
+            for (host, inside) in carried {
+                check(bind(host, inside.as_ptr()).into())?;
+            }
+            check(bind(tmp, c"/tmp".as_ptr()).into())?;
+            // Enter the working directory again through the new mount,
+            // so relative and absolute paths agree.
+            if let Some(cwd) = reenter {
+                check(libc::chdir(cwd.as_ptr()).into())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A system call's return value as a result (negative: `errno`).
+/// Async-signal-safe.
+fn check(rc: libc::c_long) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Drops every capability from the bounding set. Async-signal-safe.
+fn drop_bounding_set() -> io::Result<()> {
+    // SAFETY: prctl(2) with constant arguments.
+    unsafe {
+        // Drop the bounding set (so exec cannot regain capabilities,
+        // even as uid 0) and the ambient set first: dropping needs
+        // CAP_SETPCAP, which the uid switch below takes away. A
+        // capability the kernel does not know (EINVAL) ends the loop;
+        // any other failure fails the spawn.
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                if *libc::__errno_location() == libc::EINVAL {
+                    break;
+                }
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bind-mounts each `(file, target)` over `target` and makes the new mount

@@ -305,7 +305,10 @@ pub fn sandbox_counters(paths: &crate::state::Paths, id: u64) -> Result<Counters
     let set = crate::loader::open_holder(paths, &pin_dir).map_err(|e| err(e.to_string()))?;
     let stats = set
         .as_ref()
-        .and_then(|s| crate::loader::read_stats(s, id))
+        .map(|s| crate::loader::read_stats(s, id))
+        .transpose()
+        .map_err(|e| err(format!("reading the counters: {e}")))?
+        .flatten()
         .ok_or_else(|| err("no counters: the sandbox's cgroup storage is gone".into()))?;
     let hooks = (0..NUM_HOOKS)
         .map(|h| {

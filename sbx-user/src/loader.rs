@@ -602,13 +602,19 @@ fn write_slot(set: &ProgramSet, id: u64, slot: &Slot) -> Result<(), LoaderError>
         .map_err(|e| map_err(MAP_SLOT, &e))
 }
 
-/// Per-CPU counters of cgroup `id`'s sandbox, summed.
-#[must_use]
-pub fn read_stats(set: &ProgramSet, id: u64) -> Option<Stats> {
-    let cpus = aya::util::nr_cpus().ok()?;
+/// Per-CPU counters of cgroup `id`'s sandbox, summed; `Ok(None)` when its
+/// cgroup storage is gone. A set of another build whose counters have
+/// another size is an error (the lookup refuses a buffer of this build's
+/// size rather than let the kernel write past it).
+pub fn read_stats(set: &ProgramSet, id: u64) -> std::io::Result<Option<Stats>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     let each = std::mem::size_of::<Stats>().div_ceil(8) * 8;
     let mut buf = vec![0u8; each * cpus];
-    sys::map_lookup(set.map(MAP_STATS), &id.to_ne_bytes(), &mut buf).ok()?;
+    match sys::map_lookup(set.map(MAP_STATS), &id.to_ne_bytes(), &mut buf) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    }
     let mut total: Stats = sys::from_bytes(&[]);
     for chunk in buf.chunks(each) {
         let s: Stats = sys::from_bytes(chunk);
@@ -616,7 +622,7 @@ pub fn read_stats(set: &ProgramSet, id: u64) -> Option<Stats> {
             *t += c;
         }
     }
-    Some(total)
+    Ok(Some(total))
 }
 
 /// Zeroes every CPU's cell of cgroup `id`'s [`Stats`].
@@ -727,7 +733,7 @@ impl std::fmt::Display for Holder {
 }
 
 /// Opens the program set that holds the sandbox pinned in `pin_dir`.
-pub fn open_holder(paths: &Paths, pin_dir: &Path) -> Result<Option<ProgramSet>, LoaderError> {
+pub fn open_holder(paths: &Paths, pin_dir: &Path) -> Result<Option<std::sync::Arc<ProgramSet>>, LoaderError> {
     let Some(id) = holder(pin_dir) else {
         return Ok(None);
     };

@@ -12,8 +12,12 @@
 use std::{
     collections::HashMap,
     fs,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -101,7 +105,7 @@ fn prog_pin(name: &str) -> String {
 impl ProgramSet {
     /// Opens this build's set, loading and pinning it first if the host
     /// does not have it. The caller holds the host lock.
-    pub fn open_or_load(paths: &Paths, _lock: &HostLock) -> Result<Self, LoaderError> {
+    pub fn open_or_load(paths: &Paths, _lock: &HostLock) -> Result<Arc<Self>, LoaderError> {
         let id = set_id();
         let dir = paths.pin_root().join(format!("{SET_PREFIX}{id}"));
         if !dir.exists() {
@@ -118,12 +122,32 @@ impl ProgramSet {
 
     /// Opens the pinned set with id `id` (another build's, for a sandbox it
     /// holds).
-    pub fn open_id(paths: &Paths, id: &str) -> Result<Self, LoaderError> {
+    pub fn open_id(paths: &Paths, id: &str) -> Result<Arc<Self>, LoaderError> {
         Self::open(&paths.pin_root().join(format!("{SET_PREFIX}{id}")), id.to_owned())
     }
 
-    /// Opens the pinned set in `dir`.
-    fn open(dir: &Path, id: String) -> Result<Self, LoaderError> {
+    /// Opens the pinned set in `dir`, or hands out the one this process
+    /// opened there before if the directory is still the same one (device
+    /// and inode: a set removed by `gc` and loaded again is a new
+    /// directory). Opening costs one `BPF_OBJ_GET` per program and map,
+    /// which the agent would otherwise pay on every request. A set that
+    /// `gc` unpinned stays in the kernel while this process holds it, until
+    /// its next open here sees the change.
+    fn open(dir: &Path, id: String) -> Result<Arc<Self>, LoaderError> {
+        /// Sets opened so far, by the device and inode of their directory.
+        type Opened = Vec<((u64, u64), Arc<ProgramSet>)>;
+        static OPENED: Mutex<Opened> = Mutex::new(Vec::new());
+        let stat = |e: std::io::Error| LoaderError::Pin {
+            action: "opening the pinned program set",
+            path: dir.to_owned(),
+            detail: e.to_string(),
+        };
+        let meta = fs::metadata(dir).map_err(stat)?;
+        let key = (meta.dev(), meta.ino());
+        let mut opened = OPENED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, set)) = opened.iter().find(|(k, s)| *k == key && s.dir == dir) {
+            return Ok(Arc::clone(set));
+        }
         let get = |name: String| {
             let path = dir.join(&name);
             sys::obj_get(&path).map_err(|e| LoaderError::Pin {
@@ -135,7 +159,10 @@ impl ProgramSet {
         let progs = HOOKS.iter().map(|h| get(prog_pin(h.0))).collect::<Result<Vec<_>, _>>()?;
         let maps =
             MAPS.iter().map(|m| get(crate::loader::pin_name_map(m)).map(|fd| (*m, fd))).collect::<Result<_, _>>()?;
-        Ok(Self { dir: dir.to_owned(), id, progs, maps })
+        let set = Arc::new(Self { dir: dir.to_owned(), id, progs, maps });
+        opened.retain(|(_, s)| s.dir != dir);
+        opened.push((key, Arc::clone(&set)));
+        Ok(set)
     }
 
     /// The program for hook `name` (a [`HOOKS`] program name).

@@ -324,30 +324,24 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         log::info!("Landlock limitation: {limit}");
     }
     let filter = seccomp::build()?;
-    let (cg, dir) = match &opts.agent {
-        None => (make_sandbox(opts)?, None),
-        Some(agent) => {
-            let (cg, dir) = sandbox_from_agent(agent, paths)?;
-            (cg, Some(dir))
-        }
-    };
-    log::info!("sandbox cgroup {}", cg.path.display());
-    // dns = "pinned": the stub listens before the policy naming its address
-    // is compiled, and outlives the command. Not in audit mode, which blocks
+    // dns = "pinned": the stub listens before the sandbox is made (its
+    // address is in the policy the sandbox gets, installed here or by the
+    // agent), and outlives the command. Not in audit mode, which blocks
     // nothing: the host's resolvers answer, and each query the policy would
     // refuse is reported.
+    let made = std::sync::Arc::new(std::sync::OnceLock::new());
     let stub = match policy.dns {
-        Dns::Pinned { .. } if policy.mode == Mode::Enforce && opts.agent.is_none() => {
-            match Stub::start(Names::of(policy), dns_report(&cg, opts.log_denials), dns_refresh(paths, cg.id)) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    let _ = cg.remove();
-                    return Err(e.into());
-                }
-            }
+        Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
+            Some(Stub::start(Names::of(policy), dns_report(&made, opts.log_denials), dns_refresh(paths, &made))?)
         }
         Dns::Pinned { .. } | Dns::Host => None,
     };
+    let (cg, dir) = match &opts.agent {
+        None => (make_sandbox(opts)?, None),
+        Some(agent) => sandbox_from_agent(agent, paths, opts.trace, stub.as_ref().map(Stub::addr))?,
+    };
+    let _ = made.set(cg.clone());
+    log::info!("sandbox cgroup {}", cg.path.display());
     let stubbed;
     let policy = match &stub {
         Some(s) => {
@@ -419,19 +413,20 @@ fn unix_guard(policy: &Policy, opts: &RunOptions) -> Result<Option<crate::harden
 }
 
 /// Prints the DNS stub's refusals as deny event lines (`--log-denials`),
-/// naming the process that asked when it can still be found.
-fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
-    let (sandbox, cgroup_id, procs) = (cg.path.display().to_string(), cg.id, cg.procs_path());
+/// naming the process that asked when it can still be found; nothing
+/// before the sandbox exists (`made`).
+fn dns_report(made: &std::sync::Arc<std::sync::OnceLock<Cgroup>>, log_denials: bool) -> crate::dns::Report {
+    let made = std::sync::Arc::clone(made);
     Box::new(move |refusal, peer, tcp| {
-        if !log_denials {
+        let Some(cg) = made.get().filter(|_| log_denials) else {
             return;
-        }
-        let (pid, comm) = crate::dns::peer_process(peer, tcp, &procs).unwrap_or((0, "?".to_owned()));
+        };
+        let (pid, comm) = crate::dns::peer_process(peer, tcp, &cg.procs_path()).unwrap_or((0, "?".to_owned()));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let view = crate::events::EventView {
             time: crate::events::rfc3339(now),
-            sandbox: sandbox.clone(),
-            cgroup_id,
+            sandbox: cg.path.display().to_string(),
+            cgroup_id: cg.id,
             pid,
             tid: pid,
             comm,
@@ -446,12 +441,15 @@ fn dns_report(cg: &Cgroup, log_denials: bool) -> crate::dns::Report {
 }
 
 /// The stub's names again whenever the sandbox's record changes (an
-/// `update` re-pins the names); the record is read only when its time
-/// stamp moves.
-fn dns_refresh(paths: &Paths, cgroup_id: u64) -> crate::dns::Refresh {
+/// `update` re-pins the names; through the agent, the first record is the
+/// agent's own resolution); the record is read only when its time stamp
+/// moves.
+fn dns_refresh(paths: &Paths, made: &std::sync::Arc<std::sync::OnceLock<Cgroup>>) -> crate::dns::Refresh {
     let paths = paths.clone();
+    let made = std::sync::Arc::clone(made);
     let mut seen = None;
     Box::new(move || {
+        let cgroup_id = made.get()?.id;
         let stamp = std::fs::metadata(paths.record_path(cgroup_id)).and_then(|m| m.modified()).ok()?;
         if seen == Some(stamp) {
             return None;
@@ -536,18 +534,30 @@ fn make_sandbox(opts: &RunOptions) -> Result<Cgroup, RunError> {
 
 /// Has the agent make the sandbox (request `run`); returns it and the fd
 /// of its directory that came with the reply as `SCM_RIGHTS`.
-fn sandbox_from_agent(agent: &AgentTarget, paths: &Paths) -> Result<(Cgroup, std::os::fd::OwnedFd), RunError> {
+fn sandbox_from_agent(
+    agent: &AgentTarget,
+    paths: &Paths,
+    trace: bool,
+    dns_stub: Option<std::net::Ipv4Addr>,
+) -> Result<(Cgroup, Option<std::os::fd::OwnedFd>), RunError> {
     use crate::agent::{client::Client, protocol::Request};
     let mut client = Client::connect(&agent.socket, agent.timeout)?;
-    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone() })?;
+    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone(), trace, dns_stub })?;
     let path = reply.get("cgroup").and_then(serde_json::Value::as_str).map(PathBuf::from);
     let id = reply.get("cgroup_id").and_then(serde_json::Value::as_u64);
-    let (Some(path), Some(id), Some(fd)) = (path, id, fd) else {
-        return Err(RunError::Confine(io::Error::other(
-            "the agent's reply to run lacks the cgroup, its id or its directory fd",
-        )));
+    let by_pidfd = reply.get("enter").and_then(serde_json::Value::as_str) == Some("pidfd");
+    let (Some(path), Some(id)) = (path, id) else {
+        return Err(RunError::Confine(io::Error::other("the agent's reply to run lacks the cgroup or its id")));
     };
     let cg = Cgroup { path, id };
+    // Not root: the agent moves the child in (request `enter`).
+    let Some(fd) = fd else {
+        if by_pidfd {
+            return Ok((cg, None));
+        }
+        let _ = teardown_via_agent(agent, &cg, paths);
+        return Err(RunError::Confine(io::Error::other("the agent's reply to run carries no directory fd")));
+    };
     // The fd is what the child enters by; it must be the cgroup named.
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: `fd` is open and `st` a writable stat buffer.
@@ -558,7 +568,7 @@ fn sandbox_from_agent(agent: &AgentTarget, paths: &Paths) -> Result<(Cgroup, std
         let _ = teardown_via_agent(agent, &cg, paths);
         return Err(RunError::Confine(io::Error::other("the fd the agent sent is not the cgroup it named")));
     }
-    Ok((cg, fd))
+    Ok((cg, Some(fd)))
 }
 
 /// Asks the agent to remove the sandbox; if no agent answers (it may be
@@ -629,21 +639,7 @@ fn spawn_and_wait(
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
-    // Allowed host sockets under /tmp are bound into the private one at the
-    // same path (unless a carried directory holds them already).
-    let mut carried = workspace.carried().to_vec();
-    if let Some(g) = &unix {
-        for (host, inside) in crate::harden::unix::tmp_binds(&g.allowed_paths(), workspace.tmp()) {
-            if carried.iter().any(|(dir, _)| host.starts_with(dir)) {
-                continue;
-            }
-            let made = inside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
-                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&inside).map(drop)
-            });
-            made.map_err(RunError::Confine)?;
-            carried.push((host, inside));
-        }
-    }
+    let carried = carried_into_tmp(workspace, unix.as_ref())?;
     let mut confinement =
         Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
             .map_err(RunError::Confine)?;
@@ -652,14 +648,9 @@ fn spawn_and_wait(
         confinement.bind_files(&binds).map_err(RunError::Confine)?;
     }
     let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
-    let procs_path = cg.procs_path();
-    let procs = match dir {
-        None => std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path),
-        // Through the agent's fd of the cgroup, not by name.
-        Some(dir) => crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC),
-    }
-    .map_err(|source| CgroupError::Io { action: "opening", path: procs_path.clone(), source })?;
-    let procs_fd = procs.as_raw_fd();
+    let (procs, entry) = entry_of(cg, dir, opts)?;
+    let procs_fd = procs.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
+    let handshake = entry.as_ref().map(Entry::child_end);
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
 
@@ -687,8 +678,13 @@ fn spawn_and_wait(
             }
             // Enter the sandbox cgroup before the first instruction of the
             // command runs. If this fails, exec never happens.
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
+            match handshake {
+                None => {
+                    if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Some(h) => h.wait_until_moved()?,
             }
             prove_enforced()?;
             confinement.apply()?;
@@ -709,7 +705,13 @@ fn spawn_and_wait(
     }
 
     let name = program.to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|source| {
+    let mover = entry.map(Entry::start);
+    let spawned = cmd.spawn();
+    let spawned = match mover {
+        Some(m) => m.after_spawn(spawned)?,
+        None => spawned,
+    };
+    let mut child = spawned.map_err(|source| {
         if source.raw_os_error() == Some(PROOF_FAILED) {
             RunError::NotEnforced
         } else if searched && source.kind() == io::ErrorKind::NotFound {
@@ -754,6 +756,49 @@ fn spawn_and_wait(
     status
 }
 
+/// The host paths bound into the private /tmp at their own paths: the
+/// workspace's carried directories, and allowed host sockets under /tmp
+/// (unless a carried directory holds them already).
+fn carried_into_tmp(
+    workspace: &crate::harden::workspace::Workspace,
+    unix: Option<&crate::harden::unix::Guard>,
+) -> Result<Vec<(PathBuf, PathBuf)>, RunError> {
+    let mut carried = workspace.carried().to_vec();
+    if let Some(g) = unix {
+        for (host, inside) in crate::harden::unix::tmp_binds(&g.allowed_paths(), workspace.tmp()) {
+            if carried.iter().any(|(dir, _)| host.starts_with(dir)) {
+                continue;
+            }
+            let made = inside.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&inside).map(drop)
+            });
+            made.map_err(RunError::Confine)?;
+            carried.push((host, inside));
+        }
+    }
+    Ok(carried)
+}
+
+/// How the child enters the sandbox: it writes `cgroup.procs` itself
+/// (opened here, through the agent's fd of the cgroup when there is one),
+/// or, for a caller that is not root, the agent moves it while it waits
+/// ([`Entry`]).
+fn entry_of(
+    cg: &Cgroup,
+    dir: Option<&std::os::fd::OwnedFd>,
+    opts: &RunOptions,
+) -> Result<(Option<std::fs::File>, Option<Entry>), RunError> {
+    let procs_path = cg.procs_path();
+    let opened = match (dir, &opts.agent) {
+        (None, Some(agent)) => return Ok((None, Some(Entry::new(agent, cg).map_err(RunError::Confine)?))),
+        (None, None) => std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path),
+        // Through the agent's fd of the cgroup, not by name.
+        (Some(dir), _) => crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC),
+    };
+    let file = opened.map_err(|source| CgroupError::Io { action: "opening", path: procs_path, source })?;
+    Ok((Some(file), None))
+}
+
 /// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).
 fn wait_unreaped(pid: i32) {
     loop {
@@ -769,6 +814,183 @@ fn wait_unreaped(pid: i32) {
 }
 
 /// The errno `prove_enforced` fails the spawn with.
+/// A child that the agent moves into its sandbox (a caller that is not
+/// root): the child sends its pid on `ready` and waits on `go` before it
+/// does anything else; a thread of the runner opens a pidfd of it, sends
+/// `enter` to the agent with it, checks where the child is, and only then
+/// lets it go on. Closing `go` without a byte ends the child before exec.
+struct Entry {
+    agent: AgentTarget,
+    cgroup: PathBuf,
+    ready: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    go: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+}
+
+/// The child's end of an [`Entry`]: raw descriptors, used between fork and
+/// exec with async-signal-safe calls only.
+#[derive(Clone, Copy)]
+struct Handshake {
+    ready_w: i32,
+    ready_r: i32,
+    go_r: i32,
+    go_w: i32,
+}
+
+impl Handshake {
+    /// In the child: sends its pid, then waits for the byte that says it
+    /// is in the sandbox.
+    fn wait_until_moved(self) -> io::Result<()> {
+        // SAFETY: close(2), getpid(2), write(2) and read(2) on descriptors
+        // the child inherited, with a stack buffer.
+        unsafe {
+            // The runner's ends: the child must not hold them, or a runner
+            // that gives up could never make `go` read as closed.
+            libc::close(self.ready_r);
+            libc::close(self.go_w);
+            let pid = libc::getpid().to_ne_bytes();
+            if libc::write(self.ready_w, pid.as_ptr().cast(), pid.len()) != 4 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::close(self.ready_w);
+            let mut b = 0u8;
+            let n = libc::read(self.go_r, (&raw mut b).cast(), 1);
+            libc::close(self.go_r);
+            if n != 1 || b != b'g' {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd as _;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors nothing else owns.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The thread that has the agent move the child.
+struct Mover {
+    thread: std::thread::JoinHandle<Result<(), RunError>>,
+    spawned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Entry {
+    fn new(agent: &AgentTarget, cg: &Cgroup) -> io::Result<Self> {
+        Ok(Self { agent: agent.clone(), cgroup: cg.path.clone(), ready: cloexec_pipe()?, go: cloexec_pipe()? })
+    }
+
+    fn child_end(&self) -> Handshake {
+        Handshake {
+            ready_r: self.ready.0.as_raw_fd(),
+            ready_w: self.ready.1.as_raw_fd(),
+            go_r: self.go.0.as_raw_fd(),
+            go_w: self.go.1.as_raw_fd(),
+        }
+    }
+
+    /// Starts the thread; call right before `spawn`.
+    fn start(self) -> Mover {
+        let spawned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&spawned);
+        let thread = std::thread::spawn(move || self.run(&done));
+        Mover { thread, spawned }
+    }
+
+    fn run(self, spawned: &std::sync::atomic::AtomicBool) -> Result<(), RunError> {
+        let Self { agent, cgroup, ready: (ready_r, _ready_w), go: (_go_r, go_w) } = self;
+        let refused = |m: String| RunError::Confine(io::Error::other(m));
+        // The child's pid, or nothing if spawn ended first (the child died).
+        let mut pid = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            let mut pfd = libc::pollfd { fd: ready_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&raw mut pfd, 1, 100) };
+            if n == 0 {
+                if spawned.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(refused("the command's process ended before it could enter its sandbox".into()));
+                }
+                continue;
+            }
+            // SAFETY: read(2) into the rest of a stack buffer.
+            let r = unsafe { libc::read(ready_r.as_raw_fd(), pid[got..].as_mut_ptr().cast(), 4 - got) };
+            match usize::try_from(r) {
+                Ok(0) => return Err(refused("the command's process ended before it could enter its sandbox".into())),
+                Ok(k) => got += k,
+                Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(RunError::Confine(io::Error::last_os_error())),
+            }
+        }
+        let pid = i32::from_ne_bytes(pid);
+        // SAFETY: pidfd_open on our own child, which waits unreaped.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let raw = i32::try_from(raw)
+            .ok()
+            .filter(|&fd| fd >= 0)
+            .ok_or_else(|| RunError::Confine(io::Error::last_os_error()))?;
+        // SAFETY: a new descriptor nothing else owns.
+        let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let request = crate::agent::protocol::Request::Enter { cgroup: cgroup.display().to_string() };
+        let mut client = crate::agent::client::Client::connect(&agent.socket, agent.timeout)?;
+        client.call_sending_fd(&request, pidfd.as_fd())?;
+        // The agent's word is checked: the child is where it says (by the
+        // whole path where this mount namespace shows cgroup2, else by the
+        // sandbox's unique name: `ip netns exec` hides the mount).
+        let now = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(RunError::Confine)?;
+        let now_path = crate::agent::enter::parse_cgroup(&now);
+        let there = match crate::cgroup::cgroup2_mount() {
+            Ok(mount) => crate::agent::enter::relative(&mount, &cgroup).is_some_and(|w| now_path == Some(w.as_str())),
+            Err(_) => cgroup
+                .file_name()
+                .is_some_and(|name| now_path.is_some_and(|p| p.ends_with(&format!("/{}", name.to_string_lossy())))),
+        };
+        if !there {
+            return Err(refused(format!(
+                "the agent said the command's process entered {}, but it is in {}",
+                cgroup.display(),
+                crate::agent::enter::parse_cgroup(&now).unwrap_or("?")
+            )));
+        }
+        // SAFETY: write(2) of one byte from a static buffer.
+        if unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
+            return Err(RunError::Confine(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Mover {
+    /// After `spawn` returned: the thread's refusal, if any, which says
+    /// more than the child's error (the thread has ended, or ends now that
+    /// it sees the spawn is over). A child that started anyway is killed.
+    fn after_spawn(
+        self,
+        spawned: io::Result<std::process::Child>,
+    ) -> Result<io::Result<std::process::Child>, RunError> {
+        self.spawned.store(true, std::sync::atomic::Ordering::Release);
+        let moved = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(RunError::Confine(io::Error::other("the thread moving the command panicked"))));
+        match (moved, spawned) {
+            (Ok(()), spawned) => Ok(spawned),
+            (Err(e), Ok(mut child)) => {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(i32::MAX), libc::SIGKILL) };
+                let _ = child.wait();
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+}
+
 const PROOF_FAILED: i32 = libc::ENOTRECOVERABLE;
 
 /// Proves, in the child after it entered the sandbox cgroup, that the hooks

@@ -329,16 +329,67 @@ struct MapElemAttr {
 /// `BPF_ANY`: create or replace.
 pub const UPDATE_ANY: u64 = 0;
 
+/// `BPF_MAP_TYPE_*` of the per-CPU maps: a lookup writes one value per
+/// possible CPU, each rounded up to 8 bytes.
+const PERCPU_TYPES: [u32; 4] = [5, 6, 10, 21];
+
+/// Bytes the kernel writes for one lookup in (or reads for one update of)
+/// a map of type `map_type` with values of `value_size` bytes, on a host
+/// with `cpus` possible CPUs.
+#[must_use]
+pub fn value_len(map_type: u32, value_size: u32, cpus: usize) -> usize {
+    let size = value_size as usize;
+    if PERCPU_TYPES.contains(&map_type) {
+        size.div_ceil(8) * 8 * cpus
+    } else {
+        size
+    }
+}
+
+/// Refuses buffers smaller than what the kernel copies for `map`: its key
+/// size for `key`, [`value_len`] for `value`. The kernel copies the
+/// sizes the map was created with, not the buffer's: a map of another sbx
+/// build (a newer program set with a larger `Stats` or `Slot`) would
+/// otherwise overwrite memory past the buffer.
+fn check_sizes(map: BorrowedFd<'_>, key: usize, value: Option<usize>) -> io::Result<()> {
+    // type, id, key_size, value_size (`struct bpf_map_info`).
+    let mut info = [0u32; 4];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(map),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("16"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let [ty, id, key_size, value_size] = info;
+    let cpus = if PERCPU_TYPES.contains(&ty) { aya::util::nr_cpus().map_err(|(_, e)| e)? } else { 1 };
+    let need = value_len(ty, value_size, cpus);
+    if key < key_size as usize || value.is_some_and(|v| v < need) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "map id {id} has {key_size}-byte keys and {need}-byte values per lookup, this sbx-user passed {key} and {} \
+                 bytes: it was made by another sbx build",
+                value.unwrap_or(0)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `value` under `key`. The kernel copies exactly the map's key and
-/// value sizes: the callers pass buffers of those sizes.
+/// value sizes; smaller buffers are refused ([`check_sizes`]).
 pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    check_sizes(map, key.len(), Some(value.len()))?;
     let mut attr =
         MapElemAttr { map_fd: fd_u32(map), _pad: 0, key: key.as_ptr() as u64, value: value.as_ptr() as u64, flags };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
 }
 
-/// Reads the value under `key` into `value` (`ENOENT` when absent).
+/// Reads the value under `key` into `value` (`ENOENT` when absent); a
+/// buffer smaller than what the kernel writes is refused
+/// ([`check_sizes`]).
 pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+    check_sizes(map, key.len(), Some(value.len()))?;
     let mut attr = MapElemAttr {
         map_fd: fd_u32(map),
         _pad: 0,
@@ -351,6 +402,7 @@ pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resu
 
 /// Deletes `key` (`ENOENT` when absent).
 pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    check_sizes(map, key.len(), None)?;
     let mut attr = MapElemAttr { map_fd: fd_u32(map), _pad: 0, key: key.as_ptr() as u64, value: 0, flags: 0 };
     bpf(BPF_MAP_DELETE_ELEM, &mut attr)
 }
@@ -392,6 +444,7 @@ const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 
 /// The key after `key` (the first key for `None`); `ENOENT` at the end.
 pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()> {
+    check_sizes(map, key.map_or(next.len(), <[u8]>::len).min(next.len()), None)?;
     let mut attr = MapElemAttr {
         map_fd: fd_u32(map),
         _pad: 0,
@@ -454,6 +507,10 @@ struct BatchAttr {
 /// back at the map's sizes) in one command. For an outer map of maps the
 /// kernel then waits for one RCU grace period instead of one per entry.
 pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: u32) -> io::Result<()> {
+    if count > 0 {
+        let n = count as usize;
+        check_sizes(map, keys.len() / n, Some(values.len() / n))?;
+    }
     let mut attr = BatchAttr {
         in_batch: 0,
         out_batch: 0,
@@ -477,4 +534,19 @@ pub fn openat_file(dir: BorrowedFd<'_>, name: &std::ffi::CStr, flags: i32) -> io
     }
     // SAFETY: openat returned a new fd that nothing else owns.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_values_are_rounded_and_counted_per_possible_cpu() {
+        // The per-CPU counters of two builds: 184 and 320 bytes a CPU.
+        assert_eq!(value_len(21, 184, 2), 368);
+        assert_eq!(value_len(21, 320, 2), 640);
+        assert_eq!(value_len(6, 12, 4), 64);
+        assert_eq!(value_len(2, 12, 4), 12, "an array is one value");
+        assert_eq!(value_len(19, 136, 2), 136, "cgroup storage (the slot) is one value");
+    }
 }

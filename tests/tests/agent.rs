@@ -36,6 +36,28 @@ fn hello() -> String {
     req(&json!({"v": 1, "op": "hello"}))
 }
 
+/// `sbx-user` as `member` (with its groups), talking to `agent`.
+fn sbx_as(member: &TestUser, agent: &Agent, sbx: &Sbx) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &member.uid.to_string(), "--regid", &member.gid.to_string(), "--init-groups", "--"])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg()])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// A root cgroup, state, a group with one member, and an agent serving
+/// them.
+fn member_fixture() -> (TestCgroup, Sbx, TestGroup, TestUser, Agent) {
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let group = TestGroup::new();
+    let member = TestUser::new(&[&group]);
+    let agent = Agent::start(&sbx, &[root.path()], "", &["--group", &group.name]);
+    (root, sbx, group, member, agent)
+}
+
 /// The agent's group decides who gets in: a stranger is refused (by the
 /// socket's mode, and by the agent itself when the mode is opened up), a
 /// member is served, but only on the sandboxes it created.
@@ -692,15 +714,6 @@ while time.time() < end:
     time.sleep(0.01)
 sys.exit(7)
 ";
-    // The DNS stub lives in the local sbx-user: through the agent, the
-    // default dns = "pinned" of a deny policy is refused, not dropped.
-    let refused = Command::new(sbx_tests::sbx_user_bin())
-        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{}:8080", net.ns_v4), "--", "true"])
-        .env("SBX_STATE_DIR", sbx.state_dir())
-        .output()
-        .expect("running sbx-user run");
-    assert_eq!(refused.status.code(), Some(125), "{}", sbx_tests::describe(&refused));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--dns host"), "{}", sbx_tests::describe(&refused));
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", net.name()])
         .arg(sbx_tests::sbx_user_bin())
@@ -832,4 +845,209 @@ fn event_subscribers_each_get_every_event_and_a_slow_one_counts_its_drops() {
     assert!(dropped > 0, "the stuck subscriber lost nothing of {N}: {} lines", got.len());
     assert_eq!(got.len() as u64 + dropped, N as u64 + 1, "what it got and what it was told it lost add up");
     ok(&agent.call(&json!({"v": 1, "op": "detach", "cgroup": "ev", "remove": true})));
+}
+
+/// Prints the uid and cgroup it runs with, then connects to an allowed
+/// and a denied host of the test network.
+const PY_WHO_AND_CONNECT: &str = r"
+import errno, os, socket, sys
+print(os.getuid(), open('/proc/self/cgroup').read().strip().split('::')[-1], flush=True)
+for name, host in (('allowed', sys.argv[1]), ('denied', sys.argv[2])):
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((host, 8080)); r = 'ok'
+    except OSError as e:
+        r = errno.errorcode.get(e.errno, str(e.errno))
+    print(name, r, flush=True)
+";
+
+/// `run` through the agent for a member of its group who is not root: the
+/// agent cannot hand it a cgroup it may write, so it moves the member's own
+/// child (by the pidfd the client sends with `enter`) while the child waits
+/// before exec. The command runs as the member, held by the policy from
+/// its first instruction; `--user` of anyone else is refused.
+#[test]
+fn a_member_runs_commands_through_the_agent_as_itself_held_by_the_policy() {
+    let net = TestNet::new(&probe!());
+    net.serve_tcp(8080);
+    let (root, sbx, _group, member, agent) = member_fixture();
+    let run_as_member = |flags: &[&str], command: &[&str]| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", net.name(), "setpriv", "--reuid", &member.uid.to_string()])
+            .args(["--regid", &member.gid.to_string(), "--init-groups", "--"])
+            .arg(sbx_tests::sbx_user_bin())
+            .args(["--agent-socket", &agent.socket_arg(), "run", "--dns", "host"])
+            .args(["--allow", &format!("{}:8080", net.ns_v4)])
+            .args(flags)
+            .arg("--")
+            .args(command)
+            .env("SBX_STATE_DIR", sbx.state_dir())
+            .stdin(std::process::Stdio::null());
+        cmd.output().expect("running sbx-user run as the member")
+    };
+    let (v4, v4b) = (net.ns_v4.to_string(), net.ns_v4b.to_string());
+    let out = run_as_member(&[], &["/usr/bin/python3", "-c", PY_WHO_AND_CONNECT, &v4, &v4b]);
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let root_name = root.path().file_name().expect("a name").to_string_lossy().into_owned();
+    let (uid, cgroup) = lines.first().and_then(|l| l.split_once(' ')).expect("the uid line");
+    assert_eq!(uid, member.uid.to_string(), "the command runs as the member: {text}");
+    assert!(cgroup.contains(&format!("{root_name}/run-")), "in the agent's sandbox: {text}");
+    assert_eq!(&lines[1..], ["allowed ok", "denied EPERM"], "{}", sbx_tests::describe(&out));
+
+    // As anyone else: refused before any sandbox is made.
+    for user in ["0", "0:0", &format!("{}", member.uid + 1)] {
+        let out = run_as_member(&["--user", user], &["/bin/true"]);
+        assert_eq!(out.status.code(), Some(125), "--user {user}: {}", sbx_tests::describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("runs commands as itself only"),
+            "{}",
+            sbx_tests::describe(&out)
+        );
+    }
+    let left: Vec<_> = fs::read_dir(root.path()).expect("the agent's root").flatten().map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().starts_with("run-")), "sandboxes left: {left:?}");
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+}
+
+/// A foreign client's `enter` requests: the agent moves only the client's
+/// own child that has executed nothing since the fork and is not inside a
+/// sandbox already; a request without a pidfd, a pidfd of another process
+/// or of a child that ran a program, and a child inside a sandbox (leaving
+/// it would be an escape) are refused and leave the sandbox empty.
+#[test]
+fn enter_moves_only_the_clients_own_unsandboxed_child() {
+    let (root, _sbx, _group, member, agent) = member_fixture();
+    let py = r#"
+import json, os, socket, subprocess, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rb")
+def call(req, fd=None):
+    line = (json.dumps(req) + "\n").encode()
+    if fd is None:
+        s.sendall(line)
+    else:
+        socket.send_fds(s, [line], [fd])
+    r = json.loads(f.readline()); print(json.dumps(r), flush=True); return r
+cg = call({"v": 1, "op": "run", "policy": {"default": "allow", "dns": "host"}})["cgroup"]
+call({"v": 1, "op": "enter", "cgroup": cg})
+call({"v": 1, "op": "enter", "cgroup": cg}, os.pidfd_open(os.getppid()))
+p = subprocess.Popen(["sleep", "30"])
+call({"v": 1, "op": "enter", "cgroup": cg}, os.pidfd_open(p.pid))
+p.kill(); p.wait()
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.read(r, 1); os._exit(0)
+call({"v": 1, "op": "enter", "cgroup": cg}, os.pidfd_open(child))
+print(json.dumps({"populated": open(os.path.join(cg, "cgroup.events")).read().split()[1]}), flush=True)
+os.write(w, b"x"); os.waitpid(child, 0)
+call({"v": 1, "op": "detach", "cgroup": cg, "remove": True})
+"#;
+    let client = |place: &Place| -> Vec<Value> {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", &member.uid.to_string(), "--regid", &member.gid.to_string(), "--init-groups", "--"])
+            .args(["/usr/bin/python3", "-c", py])
+            .arg(agent.socket());
+        let out = place.output(&mut cmd);
+        assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect()
+    };
+    // Outside any sandbox: its forked child enters.
+    let r = client(&Place { cgroup: None, netns: None });
+    assert_eq!(r[0]["enter"], "pidfd", "no cgroup fd for a member: {:?}", r[0]);
+    assert!(r[1]["error"]["message"].as_str().is_some_and(|m| m.contains("no file descriptor")), "{:?}", r[1]);
+    assert!(r[2]["error"]["message"].as_str().is_some_and(|m| m.contains("not a child")), "{:?}", r[2]);
+    assert!(r[3]["error"]["message"].as_str().is_some_and(|m| m.contains("executed")), "{:?}", r[3]);
+    ok(&r[4]);
+    assert_eq!(r[5]["populated"], "1", "the child is in the sandbox");
+    ok(&r[6]);
+
+    // Inside a sandbox: its child may not move to another.
+    ok(&agent.call(&json!({"v": 1, "op": "attach", "cgroup": "held", "create": true, "policy": {"default": "deny"}})));
+    let r = client(&Place { cgroup: Some(root.path().join("held")), netns: None });
+    assert!(r[4]["error"]["message"].as_str().is_some_and(|m| m.contains("inside an sbx sandbox")), "{:?}", r[4]);
+    assert_eq!(r[5]["populated"], "0", "nothing entered: {r:?}");
+    ok(&r[6]);
+    ok(&agent.call(&json!({"v": 1, "op": "detach", "cgroup": "held", "remove": true})));
+}
+
+/// `run -vv` through the agent: root's command is traced (the agent sets
+/// the trace flag in the slot, the runner reads the program set's trace
+/// buffer); a member may not trace (the buffer holds every traced
+/// sandbox's lines).
+#[test]
+fn run_vv_through_the_agent_traces_for_root_only() {
+    let (_root, sbx, _group, member, agent) = member_fixture();
+    let connect = "import socket\nfor p in (8080, 8081):\n    s = socket.socket()\n    try: s.connect(('127.0.0.1', p))\n    except OSError: pass\n";
+    let out = Command::new(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "-vv", "run", "--dns", "host", "--loopback", "8080"])
+        .args(["--", "python3", "-c", connect])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sbx-user -vv run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    assert!(
+        err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8080 allowed"),
+        "{}",
+        sbx_tests::describe(&out)
+    );
+    assert!(
+        err.contains("sbx trace: hook=connect4 dest=[::ffff:127.0.0.1]:8081 denied"),
+        "{}",
+        sbx_tests::describe(&out)
+    );
+    let out = sbx_as(&member, &agent, &sbx)
+        .args(["-vv", "run", "--dns", "host", "--", "/bin/true"])
+        .output()
+        .expect("sbx-user -vv run as the member");
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only root may trace"), "{}", sbx_tests::describe(&out));
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+}
+
+/// `dns = "pinned"` through the agent: root's runner starts its DNS stub
+/// first and names it in `run` (`dns_stub`); the agent's policy lets the
+/// sandbox reach that stub and nothing else on port 53, so pinned names
+/// resolve to their pins and other names fail at once. A member (no mount
+/// namespace for the resolver files) is refused with the way out.
+#[test]
+fn run_through_the_agent_serves_pinned_names_from_the_runners_stub() {
+    let net = TestNet::new(&probe!());
+    net.serve_tcp(8080);
+    let (_root, sbx, _group, member, agent) = member_fixture();
+    let pinned = sbx_tests::HostsEntry::new(std::net::IpAddr::V4(net.ns_v4));
+    let name = pinned.name().to_owned();
+    let script = format!(
+        "getent hosts {name}; echo pinned $?; getent hosts other.example; echo other $?; \
+         python3 -c 'import socket; socket.create_connection((\"{name}\", 8080), 2); print(\"connected\")'"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", net.name()])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--allow", &format!("{name}:8080"), "--"])
+        .args(["sh", "-c", &script])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running sbx-user run");
+    assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert_eq!(
+        lines.first().map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec![net.ns_v4.to_string().as_str(), name.as_str()]),
+        "{text}"
+    );
+    assert_eq!(&lines[1..], ["pinned 0", "other 2", "connected"], "{}", sbx_tests::describe(&out));
+
+    let out = sbx_as(&member, &agent, &sbx)
+        .args(["run", "--allow", &format!("{name}:8080"), "--", "/bin/true"])
+        .output()
+        .expect("running sbx-user run as the member");
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dns host"), "{}", sbx_tests::describe(&out));
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
 }

@@ -62,45 +62,10 @@ fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, ClientEr
 /// Reads what is available (up to 4 KiB, at least one byte) and the one
 /// file descriptor sent with it as `SCM_RIGHTS`, if any.
 fn recv_with_fd(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<std::os::fd::OwnedFd>)> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    use std::os::fd::AsRawFd as _;
     let mut buf = vec![0u8; 4096];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // Room for one int in a control message, aligned as cmsghdr wants.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
-    // SAFETY: `msg` points at live buffers of the sizes it states.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
-    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    let (n, fd) = super::fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf)?;
     buf.truncate(n);
-    let mut fd = None;
-    // SAFETY: walking the control messages recvmsg filled in, with the
-    // kernel's own macros; each SCM_RIGHTS payload holds whole ints.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c);
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
-                for i in 0..count {
-                    let raw = data.add(i * size_of::<i32>()).cast::<[u8; 4]>().read_unaligned();
-                    let owned = std::os::fd::OwnedFd::from_raw_fd(i32::from_ne_bytes(raw));
-                    // Only the first is kept; any other is closed here.
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
-                }
-            }
-            c = libc::CMSG_NXTHDR(&raw const msg, c);
-        }
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("the agent sent more file descriptors than expected"));
-    }
     Ok((buf, fd))
 }
 
@@ -202,16 +167,7 @@ impl Client {
     pub fn call(&mut self, request: &Request) -> Result<Map<String, Value>, ClientError> {
         let line = protocol::encode_request(request);
         self.stream.write_all(&line).map_err(|e| self.io(e))?;
-        let mut reply = Vec::new();
-        self.reader.read_until(b'\n', &mut reply).map_err(|e| self.io(e))?;
-        if reply.is_empty() {
-            return Err(self.io(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection")));
-        }
-        match protocol::decode_reply(&reply) {
-            Ok(Reply::Ok(map)) => Ok(map),
-            Ok(Reply::Err { code, message }) => Err(ClientError::Agent { code, message }),
-            Err(e) => Err(ClientError::Protocol { path: self.path.clone(), message: e.to_string() }),
-        }
+        self.reply(Vec::new())
     }
 
     /// Sends one request and reads its reply and the file descriptor that
@@ -223,7 +179,27 @@ impl Client {
         let line = protocol::encode_request(request);
         self.stream.write_all(&line).map_err(|e| self.io(e))?;
         let (first, fd) = recv_with_fd(&self.stream).map_err(|e| self.io(e))?;
-        let mut reply = first;
+        Ok((self.reply(first)?, fd))
+    }
+
+    /// Sends one request with `fd` as `SCM_RIGHTS` on its first byte
+    /// (request `enter`) and reads its reply.
+    pub fn call_sending_fd(
+        &mut self,
+        request: &Request,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Map<String, Value>, ClientError> {
+        use std::os::fd::AsRawFd as _;
+        let line = protocol::encode_request(request);
+        let sent =
+            super::fdpass::send_with_fd(self.stream.as_raw_fd(), &line, fd.as_raw_fd()).map_err(|e| self.io(e))?;
+        self.stream.write_all(&line[sent..]).map_err(|e| self.io(e))?;
+        self.reply(Vec::new())
+    }
+
+    /// Reads the rest of a reply line after `start` and decodes it.
+    fn reply(&mut self, start: Vec<u8>) -> Result<Map<String, Value>, ClientError> {
+        let mut reply = start;
         if !reply.ends_with(b"\n") {
             self.reader.read_until(b'\n', &mut reply).map_err(|e| self.io(e))?;
         }
@@ -231,7 +207,7 @@ impl Client {
             return Err(self.io(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection")));
         }
         match protocol::decode_reply(&reply) {
-            Ok(Reply::Ok(map)) => Ok((map, fd)),
+            Ok(Reply::Ok(map)) => Ok(map),
             Ok(Reply::Err { code, message }) => Err(ClientError::Agent { code, message }),
             Err(e) => Err(ClientError::Protocol { path: self.path.clone(), message: e.to_string() }),
         }

@@ -107,16 +107,24 @@ impl Hub {
     /// them directly (`sbx-user events`, `run --log-denials`), and a second
     /// consumer would take their events away.
     pub fn rescan(self: &Arc<Self>, paths: &Paths, managed: &dyn Fn(&std::path::Path) -> bool) {
-        let mut pinned: HashSet<u64> = loader::pinned_sandboxes(paths).into_iter().collect();
         // Only what some subscriber asked for: a watched ring costs its
         // mapping (tens of KiB) and takes the events from other readers.
-        {
+        // The pin directory is listed only for a subscriber of every
+        // sandbox: with thousands of sandboxes, a listing after every
+        // change would cost more than the change.
+        let mut pinned: HashSet<u64> = {
             let subs = lock(&self.subscribers);
-            if !subs.iter().any(|s| s.filter.is_none()) {
-                let wanted: HashSet<u64> = subs.iter().filter_map(|s| s.filter.as_ref()).flatten().copied().collect();
-                pinned.retain(|id| wanted.contains(id));
+            if subs.iter().any(|s| s.filter.is_none()) {
+                loader::pinned_sandboxes(paths).into_iter().collect()
+            } else {
+                subs.iter()
+                    .filter_map(|s| s.filter.as_ref())
+                    .flatten()
+                    .copied()
+                    .filter(|&id| paths.pin_dir(id).exists())
+                    .collect()
             }
-        }
+        };
         let mut outside = lock(&self.outside);
         outside.retain(|id| pinned.contains(id));
         pinned.retain(|id| !outside.contains(id));

@@ -40,6 +40,8 @@ const SEEDS: &[&str] = &[
     r#"{"v":1,"op":"detach","cgroup":"x","remove":true}"#,
     r#"{"v":1,"op":"status","cgroup":"x"}"#,
     r#"{"v":1,"op":"run","policy":{"proxy":"127.0.0.1:3128","loopback":"3128","bind":"any","audit":true}}"#,
+    r#"{"v":1,"op":"run","trace":true,"dns_stub":"127.53.0.9","policy":{"profile":"agent"}}"#,
+    r#"{"v":1,"op":"enter","cgroup":"run-1-2"}"#,
 ];
 
 const TOKENS: &[&str] = &[

@@ -28,7 +28,9 @@ use std::{io, path::PathBuf};
 pub mod access;
 pub mod client;
 pub mod config;
+pub mod enter;
 pub mod events;
+pub mod fdpass;
 #[cfg(test)]
 mod fuzz;
 pub mod ops;

@@ -265,17 +265,7 @@ pub fn attach(
     }
     let (policy, max_rules) = build_policy(src, false)?;
     if !caller.is_root() {
-        let owned = all_owners(ctx.paths).iter().filter(|(_, o)| o.uid == caller.uid).count();
-        let limit = ctx.config.limits.max_sandboxes_per_user;
-        if owned >= limit {
-            return Err(OpError::new(
-                ErrorCode::Limit,
-                format!(
-                    "uid {} owns {owned} sandboxes already, the limit (limits.max_sandboxes_per_user = {limit})",
-                    caller.uid
-                ),
-            ));
-        }
+        owned_below_limit(ctx, caller)?;
     }
     let resolved = if create { ctx.roots.create(cgroup)? } else { ctx.roots.resolve(cgroup)? };
     let cg = &resolved.cgroup;
@@ -317,6 +307,22 @@ pub fn attach(
             Err(OpError::new(ErrorCode::Failed, format!("no policy was attached to {}: {e}", cg.path.display())))
         }
     }
+}
+
+/// Refuses a caller that owns `limits.max_sandboxes_per_user` sandboxes.
+fn owned_below_limit(ctx: &Context<'_>, caller: &Caller) -> Result<(), OpError> {
+    let owned = all_owners(ctx.paths).iter().filter(|(_, o)| o.uid == caller.uid).count();
+    let limit = ctx.config.limits.max_sandboxes_per_user;
+    if owned >= limit {
+        return Err(OpError::new(
+            ErrorCode::Limit,
+            format!(
+                "uid {} owns {owned} sandboxes already, the limit (limits.max_sandboxes_per_user = {limit})",
+                caller.uid
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `update`.
@@ -390,15 +396,40 @@ pub fn detach(ctx: &Context<'_>, caller: &Caller, cgroup: &str, remove: bool) ->
 }
 
 /// `run`: a new cgroup under the first root, attached with the caller as
-/// its runner; the reply and the cgroup's directory fd.
-pub fn run(ctx: &Context<'_>, caller: &Caller, src: &PolicySource) -> Result<(Value, std::os::fd::OwnedFd), OpError> {
-    if !caller.is_root() {
-        return Err(OpError::new(
-            ErrorCode::NotOwner,
-            "run through the agent is for root in this version: a process that is not root cannot move itself into a cgroup outside its own delegated subtree; create a sandbox with attach \"create\" instead",
-        ));
+/// its runner; the reply, and for root the cgroup's directory fd (the
+/// child enters by it). A caller that is not root gets no fd: its child
+/// enters by `enter` ([`enter`]).
+pub fn run(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    src: &PolicySource,
+    trace: bool,
+    dns_stub: Option<std::net::Ipv4Addr>,
+) -> Result<(Value, Option<std::os::fd::OwnedFd>), OpError> {
+    let (mut policy, max_rules) = build_policy(src, true)?;
+    if let Some(addr) = dns_stub {
+        let bad = |m: String| OpError::new(ErrorCode::Policy, m);
+        if addr.octets()[..2] != [127, 53] {
+            return Err(bad(format!("dns_stub {addr} is not in 127.53.0.0/16, where sbx's DNS stubs answer")));
+        }
+        match policy.dns {
+            crate::policy::Dns::Pinned { .. } => policy.dns = crate::policy::Dns::Pinned { stub: Some(addr) },
+            crate::policy::Dns::Host => {
+                return Err(bad(format!(
+                    "dns_stub {addr}: the policy's dns is \"host\"; a stub serves dns = \"pinned\""
+                )))
+            }
+        }
     }
-    let (policy, max_rules) = build_policy(src, true)?;
+    if !caller.is_root() {
+        if trace {
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                "trace (-vv) is for root: the program set's trace buffer holds the lines of every traced sandbox",
+            ));
+        }
+        owned_below_limit(ctx, caller)?;
+    }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let resolved = ctx.roots.create(&format!("run-{}-{nanos}", caller.pid))?;
     let cg = &resolved.cgroup;
@@ -407,22 +438,72 @@ pub fn run(ctx: &Context<'_>, caller: &Caller, src: &PolicySource) -> Result<(Va
         let _ = cg.remove();
         return Err(e);
     }
-    match install(cg, &policy, default_options(max_rules, false), ctx.paths, RecordOwner::Run(caller.pid)) {
-        Ok((_, record)) => Ok((
-            json!({
+    let mut opts = default_options(max_rules, false);
+    if trace {
+        opts.config.flags |= sbx_common::FLAG_DEBUG;
+    }
+    match install(cg, &policy, opts, ctx.paths, RecordOwner::Run(caller.pid)) {
+        Ok((_, record)) => {
+            let mut v = json!({
                 "cgroup": cg.path,
                 "cgroup_id": cg.id,
                 "generation": record.generation,
                 "summary": policy.summary(),
-            }),
-            resolved.fd,
-        )),
+            });
+            if caller.is_root() {
+                Ok((v, Some(resolved.fd)))
+            } else {
+                v["enter"] = json!("pidfd");
+                Ok((v, None))
+            }
+        }
         Err(e) => {
             let _ = cg.remove();
             let _ = remove_owner(ctx.paths, cg.id);
             Err(OpError::new(ErrorCode::Failed, format!("no sandbox was made for the command: {e}")))
         }
     }
+}
+
+/// `enter`: moves the caller's child (the pidfd it sent) into the sandbox
+/// the caller's `run` made, after the checks of [`super::enter`].
+pub fn enter(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    cgroup: &str,
+    pidfd: Option<std::os::fd::OwnedFd>,
+) -> Result<Value, OpError> {
+    let Some(pidfd) = pidfd else {
+        return Err(OpError::new(
+            ErrorCode::Invalid,
+            "enter: the request line carries no file descriptor; send the child's pidfd as SCM_RIGHTS ancillary data on its first byte",
+        ));
+    };
+    let resolved = ctx.roots.resolve(cgroup)?;
+    check_owner(caller, ctx.paths, &resolved)?;
+    let cg = &resolved.cgroup;
+    let fail = |e: &dyn std::fmt::Display| OpError::new(ErrorCode::Failed, format!("{}: {e}", cg.path.display()));
+    match Record::load(ctx.paths, cg.id).map_err(|e| fail(&e))? {
+        Some(Record { runner_pid: Some(pid), .. }) if pid == caller.pid => {}
+        _ => {
+            return Err(OpError::new(
+                ErrorCode::NotOwner,
+                format!("{} is not a sandbox `run` made for this client (pid {})", cg.path.display(), caller.pid),
+            ))
+        }
+    }
+    if cg.populated().map_err(|e| fail(&e))? {
+        return Err(OpError::new(
+            ErrorCode::Invalid,
+            format!("{} holds a process already; one child enters a sandbox `run` made, once", cg.path.display()),
+        ));
+    }
+    let mount = crate::cgroup::cgroup2_mount().map_err(|e| fail(&e))?;
+    let target = super::enter::relative(&mount, &cg.path)
+        .ok_or_else(|| fail(&format_args!("not below the cgroup2 mount {}", mount.display())))?;
+    let pid = super::enter::move_child(caller, &pidfd, &resolved.fd, &mount, &target)
+        .map_err(|e| OpError::new(ErrorCode::Denied, format!("enter: {e}")))?;
+    Ok(json!({ "cgroup": cg.path, "cgroup_id": cg.id, "pid": pid }))
 }
 
 /// `list`.

@@ -188,11 +188,40 @@ pub enum Request {
     /// directory (`O_RDONLY | O_DIRECTORY`). The client opens
     /// `cgroup.procs` through it (`openat`) and writes `0` between fork and
     /// exec, or passes it to `clone3` as `CLONE_INTO_CGROUP`'s `cgroup`;
-    /// when the command ends it sends `detach` with `remove`. Root only.
+    /// when the command ends it sends `detach` with `remove`.
+    ///
+    /// For a client that is not root the reply carries no descriptor (it
+    /// could not write `cgroup.procs` of a cgroup root owns) but
+    /// `"enter": "pidfd"`: the client forks, the child waits before exec,
+    /// and the client sends `enter` with the child's pidfd; the agent moves
+    /// the child in.
     Run {
         /// The network policy (`[filesystem]` is the client's to enforce).
         #[serde(default)]
         policy: PolicySource,
+        /// Have the programs trace this sandbox's decisions into the
+        /// program set's aya-log buffer (`run -vv`), which the client reads.
+        /// Root only: the buffer holds every traced sandbox's lines.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        trace: bool,
+        /// Where the client's DNS stub answers (port 53, an address in
+        /// `127.53.0.0/16`), for `dns = "pinned"`: the sandbox may reach it
+        /// there, and no other loopback port 53.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns_stub: Option<std::net::Ipv4Addr>,
+    },
+    /// Moves the client's child into the sandbox `run` made for the
+    /// client. The request line carries, as `SCM_RIGHTS` ancillary data on
+    /// its first byte, a pidfd of the child (`pidfd_open`). The agent moves
+    /// it only if the sandbox is one this client's `run` made and holds no
+    /// process yet, the child's parent is the client, all its uids are the
+    /// client's, it has not executed anything since the fork (its
+    /// executable is the client's), and it is not inside an sbx sandbox
+    /// already (leaving one for a wider policy would be an escape). The
+    /// child must not exec before the `ok` reply.
+    Enter {
+        /// The cgroup `run` replied with.
+        cgroup: String,
     },
     /// Subscribe to the deny (and audit) events of the sandboxes named, or
     /// of every sandbox the caller may see. After the `ok` reply the
@@ -223,6 +252,7 @@ impl Request {
             Self::Update { .. } => "update",
             Self::Detach { .. } => "detach",
             Self::Run { .. } => "run",
+            Self::Enter { .. } => "enter",
             Self::Events { .. } => "events",
             Self::List {} => "list",
             Self::Status { .. } => "status",
@@ -395,6 +425,20 @@ mod tests {
                 Request::Detach { cgroup: "a".into(), remove: true },
             ),
             (r#"{"v":1,"op":"status","cgroup":"a"}"#, Request::Status { cgroup: "a".into() }),
+            // A client of the first version of `run` sends neither field.
+            (
+                r#"{"v":1,"op":"run","policy":{}}"#,
+                Request::Run { policy: PolicySource::default(), trace: false, dns_stub: None },
+            ),
+            (
+                r#"{"v":1,"op":"run","trace":true,"dns_stub":"127.53.1.2"}"#,
+                Request::Run {
+                    policy: PolicySource::default(),
+                    trace: true,
+                    dns_stub: Some(std::net::Ipv4Addr::new(127, 53, 1, 2)),
+                },
+            ),
+            (r#"{"v":1,"op":"enter","cgroup":"run-1-2"}"#, Request::Enter { cgroup: "run-1-2".into() }),
         ];
         for (text, want) in cases {
             assert_eq!(decode(text.as_bytes()).map(|e| e.request).as_ref(), Ok(want), "{text}");

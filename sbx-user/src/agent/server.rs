@@ -265,7 +265,7 @@ async fn subscribe(
     live: &Live,
     caller: &Caller,
     env: protocol::Envelope,
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    reader: &mut BufReader<FdReader>,
     wr: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Option<Vec<u8>> {
     let Request::Events { cgroups } = &env.request else { unreachable!("called for events") };
@@ -295,7 +295,7 @@ async fn subscribe(
 /// stops reading blocks only this task; its queue then fills and the hub
 /// counts what it drops.
 async fn stream_events(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    reader: &mut BufReader<FdReader>,
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     mut rx: tokio::sync::mpsc::Receiver<serde_json::Value>,
 ) {
@@ -382,7 +382,8 @@ async fn connection(shared: &Shared, stream: UnixStream) {
         return;
     }
     drop(live);
-    let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    let passed = Arc::new(std::sync::Mutex::new(None));
+    let mut reader = BufReader::with_capacity(64 * 1024, FdReader { inner: rd, fd: Arc::clone(&passed) });
     loop {
         let live = shared.live();
         let max = live.config.limits.max_request_bytes;
@@ -404,7 +405,8 @@ async fn connection(shared: &Shared, stream: UnixStream) {
         if request.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let reply = match handle(shared, live, &caller, &request, &mut reader, &mut wr, write_timeout).await {
+        let reply = match handle(shared, live, &caller, (&request, &passed), &mut reader, &mut wr, write_timeout).await
+        {
             Next::Reply(reply) => reply,
             Next::Sent => continue,
             Next::End => return,
@@ -435,8 +437,8 @@ async fn handle(
     shared: &Shared,
     live: Arc<Live>,
     caller: &Caller,
-    request: &[u8],
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    (request, passed): (&[u8], &std::sync::Mutex<Option<std::os::fd::OwnedFd>>),
+    reader: &mut BufReader<FdReader>,
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     write_timeout: Duration,
 ) -> Next {
@@ -456,7 +458,11 @@ async fn handle(
             Ok(env) => {
                 let op = env.request.op();
                 let id = env.id;
-                match dispatch(shared, live, caller, env.request).await {
+                // The descriptor sent with the request (`enter` only).
+                let fd = matches!(env.request, Request::Enter { .. })
+                    .then(|| passed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
+                    .flatten();
+                match dispatch(shared, live, caller, env.request, fd).await {
                     Ok((v, fd)) => {
                         log::info!("uid {} pid {}: {op}: ok", caller.uid, caller.pid);
                         let reply = protocol::ok_reply(id.as_ref(), v);
@@ -497,7 +503,9 @@ async fn send_with_fd(
     let stream: &UnixStream = wr.as_ref();
     let sent = loop {
         stream.writable().await?;
-        match stream.try_io(tokio::io::Interest::WRITABLE, || sendmsg_fd(stream.as_raw_fd(), reply, fd.as_raw_fd())) {
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            super::fdpass::send_with_fd(stream.as_raw_fd(), reply, fd.as_raw_fd())
+        }) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -515,35 +523,53 @@ async fn send_with_fd(
     Ok(())
 }
 
-fn sendmsg_fd(sock: i32, data: &[u8], fd: i32) -> io::Result<usize> {
-    let four = u32::try_from(size_of::<i32>()).expect("4");
-    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
-    let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(four) } as usize;
-    // SAFETY: `control` (32 bytes) has room for one cmsghdr with an int
-    // (CMSG_SPACE(4) is 24 on 64-bit); header and data are written in place.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&raw const msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(four) as usize;
-        libc::CMSG_DATA(c).cast::<[u8; 4]>().write_unaligned(fd.to_ne_bytes());
+/// The read half of a connection, read with `recvmsg`: a descriptor that
+/// comes with the bytes (`SCM_RIGHTS`) is kept in `fd` for the request it
+/// came with (the latest replaces and closes an earlier one not taken).
+struct FdReader {
+    inner: tokio::net::unix::OwnedReadHalf,
+    fd: Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>,
+}
+
+impl tokio::io::AsyncRead for FdReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::os::fd::AsRawFd as _;
+        let this = self.get_mut();
+        let stream: &UnixStream = this.inner.as_ref();
+        loop {
+            std::task::ready!(stream.poll_read_ready(cx))?;
+            let got = stream.try_io(tokio::io::Interest::READABLE, || {
+                super::fdpass::recv_with_fd(stream.as_raw_fd(), buf.initialize_unfilled())
+            });
+            match got {
+                Ok((n, fd)) => {
+                    if let Some(fd) = fd {
+                        *this.fd.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fd);
+                    }
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
     }
-    // SAFETY: `msg` points at live buffers of the sizes it states.
-    let n = unsafe { libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// A request's result: the reply's fields and, for `run`, the fd to send.
 type Outcome = Result<(serde_json::Value, Option<std::os::fd::OwnedFd>), OpError>;
 
-async fn dispatch(shared: &Shared, live: Arc<Live>, caller: &Caller, request: Request) -> Outcome {
+async fn dispatch(
+    shared: &Shared,
+    live: Arc<Live>,
+    caller: &Caller,
+    request: Request,
+    fd: Option<std::os::fd::OwnedFd>,
+) -> Outcome {
     if let Request::Hello {} = request {
         return Ok((
             json!({
@@ -562,7 +588,11 @@ async fn dispatch(shared: &Shared, live: Arc<Live>, caller: &Caller, request: Re
     }
     let changes = matches!(
         request,
-        Request::Attach { .. } | Request::Update { .. } | Request::Detach { .. } | Request::Run { .. }
+        Request::Attach { .. }
+            | Request::Update { .. }
+            | Request::Detach { .. }
+            | Request::Run { .. }
+            | Request::Enter { .. }
     );
     let _turn = if changes { Some(shared.changes.lock().await) } else { None };
     let paths = shared.paths.clone();
@@ -577,7 +607,8 @@ async fn dispatch(shared: &Shared, live: Arc<Live>, caller: &Caller, request: Re
             }
             Request::Update { cgroup, policy } => no_fd(ops::update(&ctx, &caller, cgroup, policy)),
             Request::Detach { cgroup, remove } => no_fd(ops::detach(&ctx, &caller, cgroup, *remove)),
-            Request::Run { policy } => ops::run(&ctx, &caller, policy).map(|(v, fd)| (v, Some(fd))),
+            Request::Run { policy, trace, dns_stub } => ops::run(&ctx, &caller, policy, *trace, *dns_stub),
+            Request::Enter { cgroup } => no_fd(ops::enter(&ctx, &caller, cgroup, fd)),
             Request::List {} => no_fd(ops::list(&ctx, &caller)),
             Request::Status { cgroup } => no_fd(ops::status(&ctx, &caller, cgroup)),
         }

@@ -275,9 +275,9 @@ pub struct GlobalArgs {
     /// More diagnostics on stderr (-vv for debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// The host agent's socket: attach, update, detach and status go
-    /// through it (and fail if it does not answer, or its peer is not
-    /// root). Without it, the agent at /run/sbx/agent.sock is used when it
+    /// The host agent's socket: attach, update, detach, status, events
+    /// and run go through it (and fail if it does not answer, or its peer
+    /// is not root). Without it, the agent at /run/sbx/agent.sock is used when it
     /// answers; `none` never uses an agent.
     #[arg(long, global = true, env = "SBX_AGENT_SOCKET", value_name = "PATH")]
     pub agent_socket: Option<PathBuf>,

@@ -94,7 +94,17 @@ FILES (Landlock):
   point at the identity's real ones if they exist (read-only unless a rule
   grants them), so toolchains installed there keep working.
   The command is looked up in PATH as the identity it runs as: directories it
-  cannot search are skipped (not found: exit 127).",
+  cannot search are skipped (not found: exit 127).
+
+THROUGH THE HOST AGENT (--agent-socket, or one answering on /run/sbx/agent.sock):
+  The agent makes and holds the sandbox; the command is still this process's
+  child (same terminal, job control, working directory). A member of the
+  agent's group who is not root may run commands this way, as itself only
+  (--user of anyone else is refused): the agent moves the command's process
+  into the sandbox before it executes anything. It then runs without the
+  private mount namespace (a process that is not root cannot make one): the
+  host's /tmp (as the Landlock rules allow), a private HOME, and --dns host
+  (the DNS stub's resolver files need mounts). -vv is for root.",
         write = IMPLICIT_WRITE.join(" "),
         read = IMPLICIT_READ.join(" "),
         tools = tools.join(", "),
@@ -114,21 +124,21 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
-    if let Err(e) = super::require_root("run") {
-        crate::error_user!("{e}");
-        return EXIT_SETUP_FAILED;
-    }
     let agent = match super::via_agent::run_target(&args.policy, global) {
         Ok(Some(_)) if args.cgroup_parent.is_some() => {
             crate::error_user!("--cgroup-parent: through the host agent, the agent puts the sandbox below its own cgroup root; pass --agent-socket none to choose the parent");
             return EXIT_SETUP_FAILED;
         }
-        Ok(Some(_)) if matches!(policy.dns, crate::policy::Dns::Pinned { .. }) => {
-            crate::error_user!("dns = \"pinned\": the DNS stub (the default where the default is deny) is not served through the host agent yet; pass --dns host, or --agent-socket none to make the sandbox here");
+        Ok(Some(_))
+            if matches!(policy.dns, crate::policy::Dns::Pinned { .. })
+                && policy.mode == crate::policy::Mode::Enforce
+                && crate::confine::Identity::current().uid != 0 =>
+        {
+            crate::error_user!("dns = \"pinned\": the DNS stub (the default where the default is deny) needs its resolver files mounted over the command's, which only root's `run` can do; pass --dns host");
             return EXIT_SETUP_FAILED;
         }
-        Ok(Some(_)) if global.verbose >= 2 => {
-            crate::error_user!("-vv: the kernel trace of a sandbox made by the host agent is not available yet; pass --agent-socket none to trace it here");
+        Ok(Some(_)) if global.verbose >= 2 && crate::confine::Identity::current().uid != 0 => {
+            crate::error_user!("-vv: only root may trace a sandbox made by the host agent (the program set's trace buffer holds every traced sandbox's lines)");
             return EXIT_SETUP_FAILED;
         }
         Ok(a) => a,
@@ -137,10 +147,32 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
+    // Without an agent, only root makes sandboxes. Through one, a member of
+    // its group runs commands as itself alone.
+    let me = crate::confine::Identity::current();
+    let identity = if me.uid == 0 {
+        Some(args.user.unwrap_or_else(default_identity))
+    } else if agent.is_none() {
+        if let Err(e) = super::require_root("run") {
+            crate::error_user!("{e}");
+        }
+        return EXIT_SETUP_FAILED;
+    } else if let Some(user) = args.user.filter(|u| u.uid != me.uid || u.gid != me.gid) {
+        crate::error_user!(
+            "--user {}:{}: through the host agent, a user that is not root runs commands as itself only (uid {}:{})",
+            user.uid,
+            user.gid,
+            me.uid,
+            me.gid
+        );
+        return EXIT_SETUP_FAILED;
+    } else {
+        None
+    };
     let opts = RunOptions {
         cgroup_parent: args.cgroup_parent.clone(),
         max_entries: args.policy.max_rules,
-        identity: Some(args.user.unwrap_or_else(default_identity)),
+        identity,
         state_dir: global.state_dir.clone(),
         keep_fds: args.keep_fd.clone(),
         log_denials: args.log_denials,

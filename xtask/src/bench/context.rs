@@ -95,6 +95,8 @@ pub(super) struct Teardown {
     pub(super) bpf_stats: Mutex<Option<String>>,
     /// Network namespaces and veth pairs made so far: `(netns, host end)`.
     pub(super) netns: Mutex<Vec<(String, String)>>,
+    /// tmpfs instances mounted so far (the agent's state directory).
+    pub(super) tmpfs: Mutex<Vec<PathBuf>>,
     pub(super) done: AtomicBool,
 }
 
@@ -114,6 +116,7 @@ pub(super) fn install_teardown(ctx: &Ctx) {
         mem_root,
         bpf_stats: Mutex::new(None),
         netns: Mutex::new(Vec::new()),
+        tmpfs: Mutex::new(Vec::new()),
         done: AtomicBool::new(false),
     });
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -155,7 +158,10 @@ impl Teardown {
             kill_members(d);
         }
         if self.bpffs_ours.load(Ordering::SeqCst) {
-            unmount_bpffs(&self.bpffs);
+            unmount(&self.bpffs);
+        }
+        for dir in self.tmpfs.lock().map_or_else(|_| Vec::new(), |mut v| std::mem::take(&mut *v)) {
+            unmount(&dir);
         }
         let nets = self.netns.lock().map_or_else(|_| Vec::new(), |mut v| std::mem::take(&mut *v));
         for (name, host_if) in nets {
@@ -238,26 +244,43 @@ pub(super) fn rmdir_retry(dir: &Path) {
 /// and everything the benchmark left in it (tries and rings kept for the
 /// next sandbox) goes when it is unmounted.
 pub(super) fn mount_bpffs(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let c = |s: &str| std::ffi::CString::new(s).context("a path with a NUL byte");
-    let target = c(dir.to_str().context("the bpffs path is not UTF-8")?)?;
-    let bpf = c("bpf")?;
-    // SAFETY: valid C strings; no mount data.
-    let rc = unsafe { libc::mount(bpf.as_ptr(), target.as_ptr(), bpf.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        let _ = fs::remove_dir(dir);
-        bail!("mounting a private bpffs at {}: {e}", dir.display());
-    }
+    mount_instance(dir, "bpf")?;
     if let Some(t) = TEARDOWN.get() {
         t.bpffs_ours.store(true, Ordering::SeqCst);
     }
     Ok(())
 }
 
-/// Unmounts our bpffs (after every link in it was detached) and removes
-/// the mount point.
-fn unmount_bpffs(dir: &Path) {
+/// Mounts a fresh instance of filesystem `fstype` at `dir`.
+fn mount_instance(dir: &Path, fstype: &str) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let c = |s: &str| std::ffi::CString::new(s).context("a path with a NUL byte");
+    let target = c(dir.to_str().context("the mount point is not UTF-8")?)?;
+    let ty = c(fstype)?;
+    // SAFETY: valid C strings; no mount data.
+    let rc = unsafe { libc::mount(ty.as_ptr(), target.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        let _ = fs::remove_dir(dir);
+        bail!("mounting a private {fstype} at {}: {e}", dir.display());
+    }
+    Ok(())
+}
+
+/// Mounts a tmpfs at `dir` (as `/run` is on a systemd host) and registers
+/// it for teardown.
+pub(super) fn mount_tmpfs(dir: &Path) -> Result<()> {
+    mount_instance(dir, "tmpfs")?;
+    if let Some(t) = TEARDOWN.get() {
+        if let Ok(mut v) = t.tmpfs.lock() {
+            v.push(dir.to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts `dir` (lazily) and removes the mount point.
+pub(super) fn unmount(dir: &Path) {
     let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
         return;
     };

@@ -27,6 +27,9 @@
 //! 4. `many`: N sandboxes at once, each with its own policy, and a check
 //!    that each enforces its own.
 //! 5. `events`: deny-to-event latency for a follower, and a flood.
+//! 6. `agent`: `sbx-user agent`: sandboxes made per second through it,
+//!    `run` through it, and many sandboxes held by one agent (its memory,
+//!    the latency of its event stream).
 //!
 //! Kernel memory is measured three ways, each named in the output:
 //! the memory cgroup charge of the `sbx-user attach` process (it is the
@@ -52,6 +55,7 @@
 //! program run time; [`stats`] and [`report`] turn samples into tables
 //! and JSON; one module per section.
 
+mod agent;
 mod bpftool;
 mod charts;
 mod context;
@@ -136,6 +140,9 @@ pub(crate) enum Section {
     Many,
     /// Deny events: latency and a flood.
     Events,
+    /// The host agent: creates per second, `run` through it, many
+    /// sandboxes held by one agent.
+    Agent,
 }
 
 /// How big the run is.
@@ -270,6 +277,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     if want(Section::Events) {
         report.events = Some(events::events(&ctx, &plan)?);
+    }
+    if want(Section::Agent) {
+        report.agent = Some(agent::agent(&ctx, &plan)?);
     }
     let elapsed = started.elapsed();
     write_results(&report, &plan, &ctx, &out, elapsed)?;

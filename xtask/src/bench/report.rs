@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
+    agent::{agent_table, agent_targets, AgentBench},
     context::Ctx,
     events::{events_table, Events},
     lifecycle::{lifecycle_table, Lifecycle},
@@ -59,6 +60,7 @@ pub(super) fn write_results(report: &Report, plan: &Plan, ctx: &Ctx, out: &Path,
         "lifecycle": report.lifecycle.as_ref().map(Lifecycle::json),
         "many": report.many.as_ref().map(Many::json),
         "events": report.events.as_ref().map(Events::json),
+        "agent": report.agent.as_ref().map(AgentBench::json),
         "targets": report.targets(plan).iter().map(Target::json).collect::<Vec<_>>(),
         "table_markdown": tables,
     });
@@ -77,6 +79,7 @@ pub(super) struct Report {
     pub(super) lifecycle: Option<Lifecycle>,
     pub(super) many: Option<Many>,
     pub(super) events: Option<Events>,
+    pub(super) agent: Option<AgentBench>,
 }
 
 /// A target from the issue, with the measured figure.
@@ -246,6 +249,9 @@ impl Report {
         }
         self.netns_targets(plan, &mut out);
         self.issue8_targets(&mut out);
+        if let Some(a) = &self.agent {
+            agent_targets(a, &mut out);
+        }
         out
     }
 
@@ -451,6 +457,9 @@ impl Report {
         }
         if let Some(e) = &self.events {
             s.push_str(&events_table(e, self.percall.as_ref()));
+        }
+        if let Some(a) = &self.agent {
+            s.push_str(&agent_table(a, plan));
         }
         let _ = writeln!(s, "### Targets\n");
         let mut t = Table::new(&["target", "goal", "measured", "verdict"]);
