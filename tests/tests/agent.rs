@@ -18,6 +18,7 @@ use sbx_tests::{
 use serde_json::{json, Value};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
+use sbx_user as _;
 
 fn req(v: &Value) -> String {
     v.to_string()
