@@ -176,12 +176,7 @@ fn record_connect(slot: &Slot, entry: RecentVerdict) {
     unsafe {
         let Some(cell) = (*all).recent.get_mut(at) else { return };
         let cell: *mut RecentVerdict = cell;
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), 0);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).addr), entry.addr);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).port), entry.port);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).policy), entry.policy);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).generation), entry.generation);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), entry.cookie);
+        write_entry(cell, &entry);
     }
 }
 
@@ -197,14 +192,8 @@ fn recalled_connect(slot: &Slot, cookie: u64) -> Option<RecentVerdict> {
     let mut i = 0;
     while i < RECENT_CONNECTS {
         // SAFETY: as in `record_connect`; `i` is bounded.
-        unsafe {
-            let cell = core::ptr::addr_of!((*all).recent[i]);
-            if core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) == cookie {
-                let entry = core::ptr::read_volatile(cell);
-                if entry.cookie == cookie && core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) == cookie {
-                    return Some(entry);
-                }
-            }
+        if let Some(entry) = unsafe { read_entry(core::ptr::addr_of!((*all).recent[i]), cookie) } {
+            return Some(entry);
         }
         i += 1;
     }
@@ -267,12 +256,44 @@ fn record(stats: *mut Stats, entry: RecentVerdict) {
             return;
         }
         let cell = core::ptr::addr_of_mut!((*stats).recent[at]);
+        write_entry(cell, &entry);
+    }
+}
+
+/// Writes `entry` over `cell`, the cookie cleared first and set last, so
+/// that a reader ([`read_entry`]) sees the whole entry or none of it.
+///
+/// # Safety
+/// `cell` is a valid entry of a map value for this program run.
+#[inline(always)]
+unsafe fn write_entry(cell: *mut RecentVerdict, entry: &RecentVerdict) {
+    // SAFETY: the caller's contract; each field is a plain store.
+    unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), 0);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).addr), entry.addr);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).port), entry.port);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).policy), entry.policy);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).generation), entry.generation);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), entry.cookie);
+    }
+}
+
+/// `cell`'s entry if it is socket `cookie`'s: the cookie read before and
+/// after the entry is copied, so a write in between (which clears it
+/// first) is never taken for the entry.
+///
+/// # Safety
+/// As for [`write_entry`].
+#[inline(always)]
+unsafe fn read_entry(cell: *const RecentVerdict, cookie: u64) -> Option<RecentVerdict> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) != cookie {
+            return None;
+        }
+        let entry = core::ptr::read_volatile(cell);
+        let again = core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie));
+        (entry.cookie == cookie && again == cookie).then_some(entry)
     }
 }
 
@@ -284,14 +305,9 @@ fn recalled(stats: *mut Stats, cookie: u64) -> Option<RecentVerdict> {
     }
     let mut i = 0;
     while i < RECENT_VERDICTS {
-        // SAFETY: as in `record`; the cookie is read first, the entry
-        // copied after it.
-        unsafe {
-            let cell = core::ptr::addr_of!((*stats).recent[i]);
-            if core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) == cookie {
-                let entry = core::ptr::read_volatile(cell);
-                return (entry.cookie == cookie).then_some(entry);
-            }
+        // SAFETY: as in `record`; `i` is bounded.
+        if let Some(entry) = unsafe { read_entry(core::ptr::addr_of!((*stats).recent[i]), cookie) } {
+            return Some(entry);
         }
         i += 1;
     }
