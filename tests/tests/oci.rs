@@ -482,3 +482,172 @@ fn a_container_that_fails_after_the_hook_is_collected_at_the_next_start() {
         assert!(!Sbx::has_pins(id), "pins of the failed container's cgroup {id} are left");
     }
 }
+
+/// A podman pod whose infra container is made from an image that carries
+/// `annotation` (podman 4.3 passes an image's annotations into the infra
+/// container's spec; `pod create` has no `--annotation`), so that the
+/// hook sees the pod's sandbox ask for a policy, as a Kubernetes sandbox
+/// does with the pod's annotations.
+struct Pod<'a> {
+    pm: &'a Podman,
+    name: String,
+    image: String,
+    conf: PathBuf,
+}
+
+impl<'a> Pod<'a> {
+    fn create(pm: &'a Podman, annotation: &str) -> Self {
+        let name = pm.name();
+        let image = format!("localhost/{name}-infra:t");
+        // The infra container takes its rlimits from containers.conf
+        // (`pod create` has no --ulimit): the system file with the limits
+        // these machines allow.
+        let system = fs::read_to_string("/usr/share/containers/containers.conf").unwrap_or_default();
+        let limits = "default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n";
+        let conf_text = if system.contains("\n[containers]\n") {
+            system.replacen("\n[containers]\n", &format!("\n[containers]\n{limits}"), 1)
+        } else {
+            format!("[containers]\n{limits}{system}")
+        };
+        let conf = pm.etc.path().join("containers.conf");
+        fs::write(&conf, conf_text).expect("writing containers.conf");
+        let ctx = pm.etc.path().join("infra");
+        fs::create_dir_all(&ctx).expect("creating the build context");
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(pm.rootfs.path())
+            .arg("-cf")
+            .arg(ctx.join("rootfs.tar"))
+            .arg(".")
+            .output()
+            .expect("running tar");
+        assert!(tar.status.success(), "tar of the rootfs: {}", describe(&tar));
+        fs::write(ctx.join("Containerfile"), "FROM scratch\nADD rootfs.tar /\nENTRYPOINT [\"/bin/sleep\", \"600\"]\n")
+            .expect("writing the Containerfile");
+        let pod = Self { pm, name, image, conf };
+        let build = pod.cmd().args(["build", "-q", "--annotation", annotation, "-t", &pod.image]).arg(&ctx).output();
+        let build = build.expect("podman build");
+        assert!(build.status.success(), "podman build of the infra image: {}", describe(&build));
+        let out = pod
+            .cmd()
+            .args(["pod", "create", "--name", &pod.name, "--network", "host", "--infra-image", &pod.image])
+            .output()
+            .expect("podman pod create");
+        assert!(out.status.success(), "podman pod create: {}", describe(&out));
+        pod
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = self.pm.cmd();
+        c.env("CONTAINERS_CONF", &self.conf);
+        c
+    }
+
+    /// `podman run` of a container joining the pod.
+    fn run(&self, detach: bool, opts: &[&str], argv: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.args(["run", "--pod", &self.name, "--name", &self.pm.name()]);
+        c.arg(if detach { "-d" } else { "--rm" });
+        c.args(opts).arg("--rootfs").arg(self.pm.rootfs.path()).args(argv);
+        c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"))
+    }
+
+    /// The pod's infra container id and its cgroup's parent, the pod's cgroup.
+    fn infra(&self) -> (String, PathBuf) {
+        let out = self.cmd().args(["pod", "inspect", "--format", "{{.InfraContainerID}}", &self.name]).output();
+        let id = String::from_utf8_lossy(&out.expect("podman pod inspect").stdout).trim().to_owned();
+        let out = self.cmd().args(["inspect", "--format", "{{.State.Pid}}", &id]).output().expect("podman inspect");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the infra container's cgroup");
+        let path = text.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
+        let dir = cgroup2_mount().join(path.trim_start_matches('/'));
+        (id, dir.parent().expect("a parent").to_owned())
+    }
+
+    fn remove(&self) {
+        let out = self.cmd().args(["pod", "rm", "-f", "-t", "0", "--ignore", &self.name]).output();
+        assert!(out.as_ref().is_ok_and(|o| o.status.success()), "podman pod rm: {out:?}");
+    }
+}
+
+impl Drop for Pod<'_> {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["pod", "rm", "-f", "-t", "0", "--ignore", &self.name]).output();
+        let _ = self.cmd().args(["rmi", "-f", &self.image]).output();
+    }
+}
+
+#[test]
+fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container() {
+    let sbx = Sbx::new();
+    let net = test_host();
+    let pm = Podman::new(&sbx, &["sbx-annotated.json"], "");
+    let pod = Pod::create(&pm, "sbx.io/profile=offline");
+    let argv = connect_argv(&net);
+    // A container that names no policy joins the pod: the pod's policy
+    // holds it from its first instruction, with no attach of its own.
+    assert_refused_connect(&pod.run(false, &[], &strs(&argv)));
+    let (infra, pod_cgroup) = pod.infra();
+    let records = sbx.records();
+    assert_eq!(records.iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count(), 1, "{records:?}");
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&records[0]).expect("reading the record")).expect("record JSON");
+    assert_eq!(record["cgroup"], pod_cgroup.display().to_string(), "attached at the pod's cgroup: {record}");
+    assert_eq!(record["container"]["id"], infra.as_str(), "{record}");
+    assert_eq!(record["container"]["pod_policy"], "profile offline", "{record}");
+    let pod_id = record["cgroup_id"].as_u64().expect("a cgroup id");
+    assert!(sbx.members().is_empty(), "the container that ran is forgotten: {:?}", sbx.members());
+
+    // One that stays, connecting again on a signal, so that its event is
+    // read while it is known.
+    let script = format!("nc -w 3 {ip} {PORT} </dev/null; echo connect-done; exec sleep 60", ip = net.ns_v4);
+    let out = pod.run(true, &[], &["/bin/sh", "-c", &script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let member = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pm.logs(&member).contains("connect-done") {
+        assert!(Instant::now() < deadline, "the container did not connect: {}", pm.logs(&member));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pm.logs(&member).contains("Operation not permitted"), "refused: {}", pm.logs(&member));
+    assert_eq!(sbx.members().len(), 1, "the running container is recorded: {:?}", sbx.members());
+    let events = sbx.ok(&["events", "--json"]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    let line = events
+        .lines()
+        .filter(|l| l.contains(&net.ns_v4.to_string()))
+        .find(|l| l.contains(&member))
+        .unwrap_or_else(|| panic!("no deny event naming container {member}: {events}"));
+    let event: serde_json::Value = serde_json::from_str(line).expect("event JSON");
+    assert_eq!(event["container"], format!("container {member}"), "{event}");
+    assert!(event["sandbox"].as_str().is_some_and(|s| s.contains(&pod_cgroup.display().to_string())), "{event}");
+    let status = String::from_utf8_lossy(&sbx.ok(&["status"]).stdout).into_owned();
+    assert!(status.contains(&format!("pod sandbox {infra}")), "status names the pod's sandbox: {status}");
+
+    // Its own, looser policy is a second layer: both must allow.
+    assert_refused_connect(&pod.run(false, &["--annotation", "sbx.io/profile=open"], &strs(&argv)));
+    // A capability that gets around sbx is refused in a held pod, even
+    // with no policy of its own.
+    assert_not_started(&pod.run(false, &["--cap-add", "NET_RAW"], &["/bin/echo", "RAN"]), "NET_RAW");
+
+    pod.remove();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let json: Vec<_> = sbx.records().into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+        if json.is_empty() && sbx.members().is_empty() && !Sbx::has_pins(pod_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind after the pod was removed: records {json:?}, members {:?}, pins {}",
+            sbx.members(),
+            Sbx::has_pins(pod_id)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // podman 4.3 with the cgroupfs manager leaves the pod's (empty) cgroup
+    // directory behind: not sbx's, but this test's to tidy.
+    if pod_cgroup.exists() {
+        let _ = fs::remove_dir(&pod_cgroup);
+    }
+}

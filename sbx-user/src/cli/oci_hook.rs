@@ -2,7 +2,7 @@
 
 use std::{
     io::Read as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,6 +15,7 @@ use crate::oci::{
     config::{HostConfig, DEFAULT_CONFIG, DEFAULT_TIMEOUT_SECS},
     HookEnv, Outcome,
 };
+use crate::state::{DEFAULT_BPFFS, DEFAULT_STATE_DIR};
 
 /// The hook stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,21 +91,50 @@ pub fn run(args: &OciHookArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         (s, _) => s,
     };
-    let env = HookEnv { paths: global.paths(), config, proc: PathBuf::from("/proc") };
+    let env = HookEnv {
+        paths: global.paths(),
+        config,
+        config_path: args.config.clone(),
+        proc: PathBuf::from("/proc"),
+        agent_socket: global.agent_socket.clone(),
+        agent_timeout: Duration::from_secs(global.agent_timeout),
+        private_paths: global.state_dir != Path::new(DEFAULT_STATE_DIR) || global.bpffs != Path::new(DEFAULT_BPFFS),
+    };
     let outcome =
         if which == Stage::Poststop { oci::poststop(&state, &env)? } else { oci::create_runtime(&state, &env)? };
+    let id = &state.id;
     match outcome {
-        Outcome::Untouched(why) => println!("sbx: container {}: untouched: {why}", state.id),
-        Outcome::Attached { choice, cgroup, already } => println!(
-            "sbx: container {}: {} {choice} on {}",
-            state.id,
+        Outcome::Untouched(why) => println!("sbx: container {id}: untouched: {why}"),
+        Outcome::Attached { choice, cgroup, already, pod, agent } => println!(
+            "sbx: container {id}: {} {choice} on {}{}{}",
             if already { "already under" } else { "attached" },
-            cgroup.display()
+            cgroup.display(),
+            if pod { " (the pod's cgroup: every container of the pod is held by it)" } else { "" },
+            if agent && !already { ", through the host agent" } else { "" }
         ),
-        Outcome::Removed(list) if list.is_empty() => println!("sbx: container {}: nothing to remove", state.id),
-        Outcome::Removed(list) => {
-            for c in list {
-                println!("sbx: container {}: removed the sandbox of {}", state.id, c.display());
+        Outcome::Joined { pod, cgroup, own } => {
+            println!(
+                "sbx: container {id}: held by its pod's policy on {}, recorded as {}",
+                pod.display(),
+                cgroup.display()
+            );
+            if let Some(own) = own {
+                println!("sbx: container {id}: and by {own} on {} (both must allow)", cgroup.display());
+            }
+        }
+        Outcome::Removed { removed, kept } => {
+            if removed.is_empty() && kept.is_empty() {
+                println!("sbx: container {id}: nothing to remove");
+            }
+            for c in removed {
+                println!("sbx: container {id}: removed the sandbox of {}", c.display());
+            }
+            for (c, why) in kept {
+                println!(
+                    "sbx: container {id}: kept the sandbox of {}: {why} (the pod's last container, or the collection \
+                     once its cgroup is gone, takes it off)",
+                    c.display()
+                );
             }
         }
     }

@@ -132,6 +132,7 @@ pub fn container_info(id: &str, annotations: &BTreeMap<String, String>) -> Conta
         pod_namespace: get(&[K8S_POD_NAMESPACE, "io.kubernetes.cri.sandbox-namespace"]),
         pod_name: get(&[K8S_POD_NAME, "io.kubernetes.cri.sandbox-name"]),
         container_name: get(&[K8S_CONTAINER_NAME, "io.kubernetes.cri.container-name"]),
+        pod_policy: None,
     }
 }
 
