@@ -19,8 +19,8 @@ use std::{
 };
 
 use sbx_tests::{
-    bpffs, cgroup2_mount, describe, probe, require_root, sbx_user_bin, Background, Place, Sbx, TempDir, TestCgroup,
-    TestNet,
+    bpffs, cgroup2_mount, describe, probe, require_root, sbx_user_bin, Agent, Background, Place, Sbx, TempDir,
+    TestCgroup, TestNet,
 };
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
@@ -650,4 +650,99 @@ fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container()
     if pod_cgroup.exists() {
         let _ = fs::remove_dir(&pod_cgroup);
     }
+}
+
+/// The cgroup podman (cgroupfs manager) puts its containers under, made if
+/// podman has not yet.
+fn podman_cgroup_parent() -> PathBuf {
+    let dir = cgroup2_mount().join("libpod_parent");
+    fs::create_dir_all(&dir).expect("creating podman's cgroup parent");
+    dir
+}
+
+#[test]
+fn the_hook_attaches_through_a_running_agent_which_then_knows_the_container() {
+    let sbx = Sbx::new();
+    let net = test_host();
+    let agent = Agent::start(&sbx, &[&podman_cgroup_parent()], "", &[]);
+    let config = format!("agent = \"required\"\nagent_socket = {:?}\n", agent.socket_arg());
+    let pm = Podman::new(&sbx, &["sbx-annotated.json"], &config);
+    let script = format!("nc -w 3 {ip} {PORT} </dev/null; echo connect-done; exec sleep 60", ip = net.ns_v4);
+    let id = pm.start(&["--annotation", "sbx.io/profile=offline"], &["/bin/sh", "-c", &script]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pm.logs(&id).contains("connect-done") {
+        assert!(Instant::now() < deadline, "the container did not connect: {}", pm.logs(&id));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pm.logs(&id).contains("Operation not permitted"), "refused: {}", pm.logs(&id));
+    // The agent lists it, and the record names the container.
+    let list = agent.call(&serde_json::json!({"v": 1, "op": "list"}));
+    let sandboxes = list["sandboxes"].as_array().cloned().unwrap_or_default();
+    let mine: Vec<_> = sandboxes.iter().filter(|s| s["cgroup"].as_str().is_some_and(|c| c.contains(&id))).collect();
+    assert_eq!(mine.len(), 1, "the agent knows the container's sandbox: {list}");
+    assert_eq!(mine[0]["by"], "oci-hook", "{list}");
+    let status = sbx.ok(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(&format!("container {id}")),
+        "status names the container: {}",
+        describe(&status)
+    );
+    // The agent made the attachment (a record alone would not say: the
+    // hook and the agent share the state directory).
+    assert!(agent.log_text().contains(": attach: ok"), "the agent attached: {}", agent.log_text());
+
+    // runc removes a container's cgroup before poststop: the agent can no
+    // longer name it, and the hook removes the pins and record itself
+    // (the agent reads them on demand).
+    pm.remove(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = agent.call(&serde_json::json!({"v": 1, "op": "list"}));
+        let left = list["sandboxes"].as_array().is_some_and(|s| !s.is_empty());
+        if !left && sbx.records().iter().all(|p| p.extension().is_none_or(|e| e != "json")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {list}, records {:?}", sbx.records());
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // A pod through the agent: its cgroup outlives the sandbox, so the
+    // sandbox's poststop asks the agent to detach it.
+    let pod = Pod::create(&pm, "sbx.io/profile=offline");
+    assert_refused_connect(&pod.run(false, &[], &strs(&connect_argv(&net))));
+    assert_eq!(agent.log_text().matches(": attach: ok").count(), 2, "{}", agent.log_text());
+    let (_, pod_cgroup) = pod.infra();
+    pod.remove();
+    assert!(agent.log_text().contains(": detach: ok"), "the agent detached the pod: {}", agent.log_text());
+    assert!(sbx.records().iter().all(|p| p.extension().is_none_or(|e| e != "json")), "{:?}", sbx.records());
+    if pod_cgroup.exists() {
+        let _ = fs::remove_dir(&pod_cgroup);
+    }
+}
+
+#[test]
+fn without_the_agent_it_needs_the_hook_fails_closed_naming_the_container() {
+    let sbx = Sbx::new();
+    let net = test_host();
+    let argv = connect_argv(&net);
+    let dir = TempDir::new("no-agent");
+    let missing = dir.path().join("agent.sock").display().to_string();
+    let echo = ["/bin/echo", "RAN"];
+    let ann = ["--annotation", "sbx.io/profile=offline"];
+
+    // Required and down: the container does not start.
+    let required =
+        Podman::new(&sbx, &["sbx-annotated.json"], &format!("agent = \"required\"\nagent_socket = {missing:?}\n"));
+    assert_not_started(&required.run(&ann, &echo), "agent = \"required\"");
+    // auto (the default) with nothing listening: the hook works alone.
+    let auto = Podman::new(&sbx, &["sbx-annotated.json"], &format!("agent_socket = {missing:?}\n"));
+    assert_refused_connect(&auto.run(&ann, &strs(&argv)));
+
+    // An agent that does not manage the container's cgroup refuses it,
+    // and the hook does not fall back to attaching alone.
+    let elsewhere = TestCgroup::new();
+    let agent = Agent::start(&sbx, &[elsewhere.path()], "", &[]);
+    let unmanaged = Podman::new(&sbx, &["sbx-annotated.json"], &format!("agent_socket = {:?}\n", agent.socket_arg()));
+    assert_not_started(&unmanaged.run(&ann, &echo), "add the runtime's cgroup parent");
+    assert!(sbx.records().iter().all(|p| p.extension().is_none_or(|e| e != "json")), "{:?}", sbx.records());
 }
