@@ -623,6 +623,7 @@ fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container()
     assert!(event["sandbox"].as_str().is_some_and(|s| s.contains(&pod_cgroup.display().to_string())), "{event}");
     let status = String::from_utf8_lossy(&sbx.ok(&["status"]).stdout).into_owned();
     assert!(status.contains(&format!("pod sandbox {infra}")), "status names the pod's sandbox: {status}");
+    assert!(status.contains(&format!("holds container {member}")), "and the pod's containers: {status}");
 
     // Its own, looser policy is a second layer: both must allow.
     assert_refused_connect(&pod.run(false, &["--annotation", "sbx.io/profile=open"], &strs(&argv)));

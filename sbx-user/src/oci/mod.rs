@@ -14,8 +14,18 @@
 //!    `/proc/<pid>/cgroup` under the cgroup2 mount, wherever it is) and
 //!    checks the process is alone in it;
 //! 5. attaches with [`crate::sandbox::install`], the call `sbx-user attach`
-//!    makes, recording the container so `status` and `events` name it;
+//!    makes, recording the container so `status` and `events` name it, or
+//!    asks the host agent to (`attach`), when one answers ([`Via`]);
 //! 6. checks again that the process is still alone in that directory.
+//!
+//! Pods ([`pod`]): a pod's sandbox (infra) container puts the policy on the
+//! directory above its own, the pod's cgroup, once that is verified to be
+//! the pod's (by name, and holding nothing but the sandbox). Every later
+//! container of the pod is made below it and so is held from its first
+//! instruction with no attach of its own; its hook records it
+//! ([`Member`]) so that events, which carry the caller's cgroup, name it,
+//! checks its capabilities, and adds its own policy as a nested layer when
+//! it names another one (both must allow).
 //!
 //! Every error is returned, naming the container; the command exits
 //! nonzero and the runtime does not start the container (fail closed).
