@@ -152,7 +152,7 @@ fn the_debian_package_installs_runs_a_sandbox_and_purges_cleanly() {
 }
 
 /// The statically linked binary (`$SBX_STATIC_BIN`, `sbx-user-static` of
-/// `cargo xtask dist`) that the Kubernetes DaemonSet copies onto nodes.
+/// `cargo xtask dist`) that the Kubernetes `DaemonSet` copies onto nodes.
 fn static_bin() -> PathBuf {
     let Some(bin) = std::env::var_os("SBX_STATIC_BIN").map(PathBuf::from) else {
         panic!("SBX_STATIC_BIN is not set: `cargo xtask dist` builds sbx-user-static (`cargo xtask test` builds and passes it)")

@@ -238,9 +238,9 @@ fn the_installer_puts_the_hook_where_the_runtime_finds_it() {
     fs::copy("/bin/busybox", c.join("busybox")).expect("copying /bin/busybox (apt-get install busybox-static)");
     // The image holds the statically linked binary, as the Containerfile
     // asks (`cargo xtask dist` builds it; `cargo xtask test` passes it).
-    let bin = std::env::var_os("SBX_STATIC_BIN").map(PathBuf::from).unwrap_or_else(|| {
+    let Some(bin) = std::env::var_os("SBX_STATIC_BIN").map(PathBuf::from) else {
         panic!("SBX_STATIC_BIN is not set: the image needs sbx-user-static (`cargo xtask dist`; `cargo xtask test` passes it)")
-    });
+    };
     fs::copy(&bin, c.join("sbx-user")).expect("copying sbx-user-static");
     fs::create_dir_all(c.join("hooks.d")).expect("mkdir");
     let hooks_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks.d");

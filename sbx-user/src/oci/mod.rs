@@ -332,7 +332,6 @@ fn create_inner(state: &State, env: &HookEnv) -> Result<Outcome, Reason> {
     if let Some(runtime) = sandbox_runtime(pod::role(annotations), &found.cgroup) {
         return ctx.pod(&mut via, runtime, annotations, container);
     }
-    let mut own = Some(choice.clone());
     if let Some(pod) = pod_holding(&env.paths, &found.cgroup)? {
         let pod_choice = pod_choice(&pod)?;
         check_capabilities(&spec, env, &pod_choice)?;
@@ -348,7 +347,7 @@ fn create_inner(state: &State, env: &HookEnv) -> Result<Outcome, Reason> {
         }
         // Its own policy as well, one layer below the pod's.
         ctx.container(&mut via, container)?;
-        return Ok(Outcome::Joined { pod: pod.cgroup, cgroup: found.cgroup.path.clone(), own: own.take() });
+        return Ok(Outcome::Joined { pod: pod.cgroup, cgroup: found.cgroup.path.clone(), own: Some(choice) });
     }
     ctx.container(&mut via, container)
 }
