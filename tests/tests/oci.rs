@@ -210,6 +210,30 @@ fn assert_not_started(out: &Output, reason: &str) {
     assert!(t.contains(reason), "the error should say {reason:?}: {t}");
 }
 
+/// Waits up to `secs` seconds for `done`, failing with `what()` if it
+/// never is.
+fn eventually(secs: u64, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until container `id` has printed `marker`.
+fn wait_log(pm: &Podman, id: &str, marker: &str) {
+    eventually(
+        30,
+        || pm.logs(id).contains(marker),
+        || format!("container {id} never printed {marker}: {}", pm.logs(id)),
+    );
+}
+
+/// The sandbox records (not the `members/` or `agent/` directories).
+fn json_records(sbx: &Sbx) -> Vec<PathBuf> {
+    sbx.records().into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).collect()
+}
+
 #[test]
 fn annotated_container_is_refused_from_its_first_connect_and_unannotated_connects() {
     let sbx = Sbx::new();
@@ -313,11 +337,7 @@ fn events_and_status_name_the_container_and_nothing_is_left_behind() {
         "io.kubernetes.container.name=agent",
     ];
     let id = pm.start(&[&["--annotation", "sbx.io/profile=offline"][..], &k8s].concat(), &["/bin/sh", "-c", &script]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pm.logs(&id).contains("connect-done") {
-        assert!(Instant::now() < deadline, "the container did not connect: {}", pm.logs(&id));
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_log(&pm, &id, "connect-done");
     assert!(pm.logs(&id).contains("Operation not permitted"), "refused: {}", pm.logs(&id));
 
     let records = sbx.records();
@@ -340,10 +360,7 @@ fn events_and_status_name_the_container_and_nothing_is_left_behind() {
     let named = format!("container {id} (pod ci/job-7 container agent)");
     assert!(line.contains(&named), "the event names the container and its pod: {line}");
     fs::write(pm.rootfs.path().join("tmp/again"), "").expect("signalling the container");
-    while !pm.logs(&id).contains("second-done") {
-        assert!(Instant::now() < deadline, "the container did not connect again: {}", pm.logs(&id));
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_log(&pm, &id, "second-done");
     let text_events = sbx.ok(&["events"]);
     let text_events = String::from_utf8_lossy(&text_events.stdout);
     assert!(
@@ -358,16 +375,11 @@ fn events_and_status_name_the_container_and_nothing_is_left_behind() {
     );
 
     pm.remove(&id);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sbx.records().is_empty() || Sbx::has_pins(cgroup_id) {
-        assert!(
-            Instant::now() < deadline,
-            "left behind after the container was removed: records {:?}, pins {}",
-            sbx.records(),
-            Sbx::has_pins(cgroup_id)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        10,
+        || sbx.records().is_empty() && !Sbx::has_pins(cgroup_id),
+        || format!("left behind: records {:?}, pins {}", sbx.records(), Sbx::has_pins(cgroup_id)),
+    );
     assert!(!cgroup.exists(), "the container's cgroup {} is still there", cgroup.display());
     // poststop is idempotent: running it again finds nothing to remove.
     let again = sbx
@@ -588,8 +600,8 @@ fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container()
     // holds it from its first instruction, with no attach of its own.
     assert_refused_connect(&pod.run(false, &[], &strs(&argv)));
     let (infra, pod_cgroup) = pod.infra();
-    let records = sbx.records();
-    assert_eq!(records.iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count(), 1, "{records:?}");
+    let records = json_records(&sbx);
+    assert_eq!(records.len(), 1, "{records:?}");
     let record: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&records[0]).expect("reading the record")).expect("record JSON");
     assert_eq!(record["cgroup"], pod_cgroup.display().to_string(), "attached at the pod's cgroup: {record}");
@@ -604,11 +616,7 @@ fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container()
     let out = pod.run(true, &[], &["/bin/sh", "-c", &script]);
     assert!(out.status.success(), "{}", describe(&out));
     let member = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pm.logs(&member).contains("connect-done") {
-        assert!(Instant::now() < deadline, "the container did not connect: {}", pm.logs(&member));
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_log(&pm, &member, "connect-done");
     assert!(pm.logs(&member).contains("Operation not permitted"), "refused: {}", pm.logs(&member));
     assert_eq!(sbx.members().len(), 1, "the running container is recorded: {:?}", sbx.members());
     let events = sbx.ok(&["events", "--json"]);
@@ -632,20 +640,18 @@ fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container()
     assert_not_started(&pod.run(false, &["--cap-add", "NET_RAW"], &["/bin/echo", "RAN"]), "NET_RAW");
 
     pod.remove();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let json: Vec<_> = sbx.records().into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
-        if json.is_empty() && sbx.members().is_empty() && !Sbx::has_pins(pod_id) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind after the pod was removed: records {json:?}, members {:?}, pins {}",
-            sbx.members(),
-            Sbx::has_pins(pod_id)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        10,
+        || json_records(&sbx).is_empty() && sbx.members().is_empty() && !Sbx::has_pins(pod_id),
+        || {
+            format!(
+                "left behind: records {:?}, members {:?}, pins {}",
+                sbx.records(),
+                sbx.members(),
+                Sbx::has_pins(pod_id)
+            )
+        },
+    );
     // podman 4.3 with the cgroupfs manager leaves the pod's (empty) cgroup
     // directory behind: not sbx's, but this test's to tidy.
     if pod_cgroup.exists() {
@@ -670,11 +676,7 @@ fn the_hook_attaches_through_a_running_agent_which_then_knows_the_container() {
     let pm = Podman::new(&sbx, &["sbx-annotated.json"], &config);
     let script = format!("nc -w 3 {ip} {PORT} </dev/null; echo connect-done; exec sleep 60", ip = net.ns_v4);
     let id = pm.start(&["--annotation", "sbx.io/profile=offline"], &["/bin/sh", "-c", &script]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pm.logs(&id).contains("connect-done") {
-        assert!(Instant::now() < deadline, "the container did not connect: {}", pm.logs(&id));
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_log(&pm, &id, "connect-done");
     assert!(pm.logs(&id).contains("Operation not permitted"), "refused: {}", pm.logs(&id));
     // The agent lists it, and the record names the container.
     let list = agent.call(&serde_json::json!({"v": 1, "op": "list"}));
@@ -696,16 +698,12 @@ fn the_hook_attaches_through_a_running_agent_which_then_knows_the_container() {
     // longer name it, and the hook removes the pins and record itself
     // (the agent reads them on demand).
     pm.remove(&id);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let list = agent.call(&serde_json::json!({"v": 1, "op": "list"}));
-        let left = list["sandboxes"].as_array().is_some_and(|s| !s.is_empty());
-        if !left && sbx.records().iter().all(|p| p.extension().is_none_or(|e| e != "json")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "left behind: {list}, records {:?}", sbx.records());
-        thread::sleep(Duration::from_millis(100));
-    }
+    let listed = || agent.call(&serde_json::json!({"v": 1, "op": "list"}));
+    eventually(
+        10,
+        || listed()["sandboxes"].as_array().is_some_and(Vec::is_empty) && json_records(&sbx).is_empty(),
+        || format!("left behind: {}, records {:?}", listed(), sbx.records()),
+    );
 
     // A pod through the agent: its cgroup outlives the sandbox, so the
     // sandbox's poststop asks the agent to detach it.
@@ -715,7 +713,7 @@ fn the_hook_attaches_through_a_running_agent_which_then_knows_the_container() {
     let (_, pod_cgroup) = pod.infra();
     pod.remove();
     assert!(agent.log_text().contains(": detach: ok"), "the agent detached the pod: {}", agent.log_text());
-    assert!(sbx.records().iter().all(|p| p.extension().is_none_or(|e| e != "json")), "{:?}", sbx.records());
+    assert!(json_records(&sbx).is_empty(), "{:?}", sbx.records());
     if pod_cgroup.exists() {
         let _ = fs::remove_dir(&pod_cgroup);
     }
@@ -745,5 +743,5 @@ fn without_the_agent_it_needs_the_hook_fails_closed_naming_the_container() {
     let agent = Agent::start(&sbx, &[elsewhere.path()], "", &[]);
     let unmanaged = Podman::new(&sbx, &["sbx-annotated.json"], &format!("agent_socket = {:?}\n", agent.socket_arg()));
     assert_not_started(&unmanaged.run(&ann, &echo), "add the runtime's cgroup parent");
-    assert!(sbx.records().iter().all(|p| p.extension().is_none_or(|e| e != "json")), "{:?}", sbx.records());
+    assert!(json_records(&sbx).is_empty(), "{:?}", sbx.records());
 }

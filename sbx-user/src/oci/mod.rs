@@ -421,27 +421,30 @@ struct Attach<'a> {
 }
 
 impl Attach<'_> {
+    /// What an attach to `cgroup` did.
+    fn attached(&self, cgroup: &Path, already: bool, pod: bool, via: &Via) -> Outcome {
+        Outcome::Attached {
+            choice: self.choice.clone(),
+            cgroup: cgroup.to_owned(),
+            already,
+            pod,
+            agent: via.is_agent(),
+        }
+    }
+
     /// The policy on the container's own cgroup.
     fn container(&self, via: &mut Via, container: Container) -> Result<Outcome, Reason> {
         let (env, cg) = (self.env, &self.found.cgroup);
-        let agent = via.is_agent();
-        let done = |already| Outcome::Attached {
-            choice: self.choice.clone(),
-            cgroup: cg.path.clone(),
-            already,
-            pod: false,
-            agent,
-        };
         // A second hook file (annotated and host default both installed)
         // runs the hook twice for one container: the second finds its own
         // record.
         if let Some(r) = Record::load(&env.paths, cg.id)? {
             if r.container.as_ref().is_some_and(|c| c.id == self.state.id) && r.policy == *self.policy {
-                return Ok(done(true));
+                return Ok(self.attached(&cg.path, true, false, via));
             }
         }
         via.attach(env, cg, self.choice, self.policy, container, false)?;
-        let outcome = done(false);
+        let outcome = self.attached(&cg.path, false, false, via);
         // The process cannot move itself before it runs, but another
         // process could have joined the directory meanwhile: check again,
         // and take the policy off if the directory is no longer the
@@ -481,17 +484,9 @@ impl Attach<'_> {
         let pod = Cgroup::open(parent).map_err(|e| err(e.to_string()))?;
         check_pod_holds_only(&pod, cg, &self.state.id)?;
         container.pod_policy = Some(self.choice.to_string());
-        let agent = via.is_agent();
-        let done = |already| Outcome::Attached {
-            choice: self.choice.clone(),
-            cgroup: pod.path.clone(),
-            already,
-            pod: true,
-            agent,
-        };
         let replace = match Record::load(&env.paths, pod.id)? {
             Some(r) if r.container.as_ref().is_some_and(|c| c.id == self.state.id) && r.policy == *self.policy => {
-                return Ok(done(true));
+                return Ok(self.attached(&pod.path, true, true, via));
             }
             // An earlier sandbox of this pod (a runtime recreates a
             // sandbox that died): the new one takes its place.
@@ -506,7 +501,7 @@ impl Attach<'_> {
             None => false,
         };
         via.attach(env, &pod, self.choice, self.policy, container, replace)?;
-        let outcome = done(false);
+        let outcome = self.attached(&pod.path, false, true, via);
         let recheck = check_alone(&env.proc, self.pid, cg, &self.found.unified)
             .and_then(|()| check_pod_holds_only(&pod, cg, &self.state.id));
         if let Err(e) = recheck {
