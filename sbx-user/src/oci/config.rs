@@ -244,8 +244,8 @@ impl HostConfig {
     /// Whether the default covers a container with these annotations.
     fn default_covers(&self, ann: &BTreeMap<String, String>) -> Option<&DefaultRule> {
         let d = self.default.as_ref()?;
-        let ns_ok = d.namespaces.is_empty()
-            || ann.get(super::spec::K8S_POD_NAMESPACE).is_some_and(|ns| d.namespaces.contains(ns));
+        let ns = ann.get(super::spec::K8S_POD_NAMESPACE).or_else(|| ann.get(super::spec::CRI_SANDBOX_NAMESPACE));
+        let ns_ok = d.namespaces.is_empty() || ns.is_some_and(|ns| d.namespaces.contains(ns));
         let ann_ok = d.annotations.iter().all(|(k, v)| ann.get(k) == Some(v));
         (ns_ok && ann_ok).then_some(d)
     }
@@ -401,6 +401,9 @@ mod tests {
         let ci = [(super::super::spec::K8S_POD_NAMESPACE, "ci"), ("team", "ml")];
         assert!(matches!(c.decide(&ann(&ci)), Ok(Decision::Apply { by_default: true, .. })));
         assert!(matches!(c.decide(&ann(&ci[..1])), Ok(Decision::Untouched(_))));
+        // containerd names the namespace only in its own annotation.
+        let containerd = [(super::super::spec::CRI_SANDBOX_NAMESPACE, "ci"), ("team", "ml")];
+        assert!(matches!(c.decide(&ann(&containerd)), Ok(Decision::Apply { by_default: true, .. })));
         assert!(matches!(
             c.decide(&ann(&[(super::super::spec::K8S_POD_NAMESPACE, "prod"), ("team", "ml")])),
             Ok(Decision::Untouched(_))

@@ -266,6 +266,7 @@ pub fn poststop(state: &State, env: &HookEnv) -> Result<Outcome, OciError> {
             kept.retain(|(c, _)| *c != pod.cgroup);
         }
     }
+    prune_gone(&env.paths);
     Ok(Outcome::Removed { removed, kept })
 }
 
