@@ -653,10 +653,20 @@ fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container()
         },
     );
     // podman 4.3 with the cgroupfs manager leaves the pod's (empty) cgroup
-    // directory behind: not sbx's, but this test's to tidy.
-    if pod_cgroup.exists() {
-        let _ = fs::remove_dir(&pod_cgroup);
+    // directories behind: not sbx's, but this test's to tidy.
+    remove_empty_cgroups(&pod_cgroup);
+    assert!(!pod_cgroup.exists(), "the pod's cgroup {} still holds something", pod_cgroup.display());
+}
+
+/// Removes cgroup directory `dir` and the directories below it, deepest
+/// first; a cgroup that still holds a process stays (rmdir refuses).
+fn remove_empty_cgroups(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_cgroups(&e.path());
+        }
     }
+    let _ = fs::remove_dir(dir);
 }
 
 /// The cgroup podman (cgroupfs manager) puts its containers under, made if
@@ -714,9 +724,7 @@ fn the_hook_attaches_through_a_running_agent_which_then_knows_the_container() {
     pod.remove();
     assert!(agent.log_text().contains(": detach: ok"), "the agent detached the pod: {}", agent.log_text());
     assert!(json_records(&sbx).is_empty(), "{:?}", sbx.records());
-    if pod_cgroup.exists() {
-        let _ = fs::remove_dir(&pod_cgroup);
-    }
+    remove_empty_cgroups(&pod_cgroup);
 }
 
 #[test]
