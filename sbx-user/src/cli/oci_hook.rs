@@ -34,8 +34,11 @@ pub enum Stage {
 #[command(after_long_help = "The runtime writes the container state (JSON) on stdin. Install it with the \
 hooks.d files of the repository (podman, CRI-O; containerd through NRI). A container opts in with the \
 annotation sbx.io/profile=NAME (a built-in profile) or sbx.io/policy=NAME (<policy_dir>/NAME.toml); the host \
-configuration can set a default for every container. Any error exits 125, naming the container and the \
-reason, and the runtime does not start the container.")]
+configuration can set a default for every container. A pod's sandbox (infra) container puts its policy on \
+the pod's cgroup, so that every container of the pod is held from its first instruction; the pod's other \
+containers are recorded so that events name them. Where the host agent answers, the hook attaches through it \
+(`agent = \"auto\"`, the default; `\"required\"` refuses containers while it is down; `\"off\"`). Any error \
+exits 125, naming the container and the reason, and the runtime does not start the container.")]
 pub struct OciHookArgs {
     /// Which stage this is.
     #[arg(value_enum, default_value_t = Stage::Auto)]
