@@ -656,6 +656,19 @@ fn a_pod_is_held_at_its_cgroup_from_its_sandbox_and_events_name_each_container()
     // directories behind: not sbx's, but this test's to tidy.
     remove_empty_cgroups(&pod_cgroup);
     assert!(!pod_cgroup.exists(), "the pod's cgroup {} still holds something", pod_cgroup.display());
+
+    // gc finds the record of a pod's container whose cgroup is gone (one a
+    // lost poststop would leave).
+    let members = sbx.state_dir().join("members");
+    fs::create_dir_all(&members).expect("mkdir members");
+    let gone = format!(
+        r#"{{"cgroup":"{}/gone","cgroup_id":4242424242,"sandbox":{pod_id},"container":{{"id":"gone"}}}}"#,
+        pod_cgroup.display()
+    );
+    fs::write(members.join("4242424242.json"), gone).expect("writing a member record");
+    let gc: serde_json::Value =
+        serde_json::from_slice(&sbx.ok(&["gc", "--dry-run", "--json"]).stdout).expect("gc JSON");
+    assert_eq!(gc["members"], serde_json::json!([4_242_424_242_u64]), "{gc}");
 }
 
 /// Removes cgroup directory `dir` and the directories below it, deepest
