@@ -16,6 +16,7 @@ use sbx_tests::{describe, probe, require_root, Fixture, Proto::Tcp, Sbx, TestCgr
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
 use sbx_user as _;
+use serde_json as _;
 
 const PACKAGE: &str = "sbx";
 const INSTALLED: &str = "/usr/bin/sbx-user";
@@ -187,9 +188,9 @@ fn the_static_binary_needs_no_shared_library_and_attaches() {
     assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
     assert_eq!(p.connect(Tcp, n.ns_v4, 8081), "err EPERM");
     // What the dynamically linked build reads, the static one reads too.
-    let status: serde_json::Value =
-        serde_json::from_slice(&fx.sbx.ok(&["status", "--json"]).stdout).expect("status JSON");
-    assert_eq!(status[0]["cgroup"], fx.cg.arg(), "{status:#}");
+    let status = fx.sbx.status(&fx.cg);
+    assert_eq!(status["cgroup"], fx.cg.arg(), "{status:#}");
+    assert_eq!(status["by"], "attach", "{status:#}");
     let out = run(&["detach", "--cgroup", fx.cg.arg()]);
     assert!(out.status.success(), "sbx-user-static detach: {}", describe(&out));
     assert_eq!(p.connect(Tcp, n.ns_v4, 8081), "err ECONNREFUSED");
