@@ -584,8 +584,15 @@ impl<'a> Pod<'a> {
 
 impl Drop for Pod<'_> {
     fn drop(&mut self) {
+        // The pod's cgroup, to tidy what podman leaves of it (a test that
+        // failed before its own `remove`).
+        let out = self.cmd().args(["pod", "inspect", "--format", "{{.CgroupPath}}", &self.name]).output();
+        let cgroup = out.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).filter(|p| !p.is_empty());
         let _ = self.cmd().args(["pod", "rm", "-f", "-t", "0", "--ignore", &self.name]).output();
         let _ = self.cmd().args(["rmi", "-f", &self.image]).output();
+        if let Some(p) = cgroup {
+            remove_empty_cgroups(&cgroup2_mount().join(p.trim_start_matches('/')));
+        }
     }
 }
 
