@@ -155,7 +155,7 @@ fn a_map_element_larger_than_the_buffer_is_refused() {
     let mut small = vec![0u8; 216 * (last + 1)];
     let e = sys::map_lookup(map.as_fd(), &key, &mut small).expect_err("a short buffer is refused");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
-    assert!(e.to_string().contains("another build"), "{e}");
+    assert!(e.to_string().contains("another sbx build"), "{e}");
     assert!(sys::map_update(map.as_fd(), &key, &small, 0).is_err(), "an update from a short buffer is refused");
     let mut enough = vec![0u8; 352 * (last + 1)];
     sys::map_lookup(map.as_fd(), &key, &mut enough).expect("a buffer of the map's size is read");
