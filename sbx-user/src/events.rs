@@ -165,6 +165,11 @@ pub struct EventView {
     pub verdict: &'static str,
     /// The setting or rule that decided, as written.
     pub rule: String,
+    /// The container the process is in, when an OCI hook recorded it (a
+    /// container of a pod held at the pod's cgroup has no sandbox of its
+    /// own, so `sandbox` names the pod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Realtime minus monotonic now, to place `bpf_ktime_get_ns` on the wall clock.
@@ -263,6 +268,7 @@ pub fn view(e: &Event, sandbox: &str, record: Option<&Record>) -> EventView {
             _ => "denied",
         },
         rule,
+        container: None,
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Collected {
     pub events: usize,
     /// Program set directories no sandbox uses.
     pub sets: Vec<PathBuf>,
+    /// Member records (containers of held pods) of gone cgroups or pods.
+    pub members: Vec<u64>,
 }
 
 /// Whether the sandbox pinned for cgroup `id` holds nothing any more: every
@@ -62,6 +64,18 @@ pub fn collect(paths: &Paths, dry_run: bool) -> Result<Collected, LoaderError> {
                 // indices it named are found unreferenced below.
                 let _ = loader::remove_pins_of(paths, id);
                 let _ = Record::remove(paths, id);
+            }
+        }
+    }
+    // Containers of pods an OCI hook recorded (`state::Member`) whose
+    // cgroup is gone, or whose pod's sandbox is.
+    let pinned = loader::pinned_sandboxes(paths);
+    for m in crate::state::Member::load_all(paths) {
+        let alive = crate::cgroup::Cgroup::open(&m.cgroup).is_ok_and(|c| c.id == m.cgroup_id);
+        if !alive || !pinned.contains(&m.sandbox) {
+            out.members.push(m.cgroup_id);
+            if !dry_run {
+                let _ = crate::state::Member::remove(paths, m.cgroup_id);
             }
         }
     }

@@ -435,6 +435,7 @@ fn dns_report(made: &std::sync::Arc<std::sync::OnceLock<Cgroup>>, log_denials: b
             destination: format!("{} {}", refusal.name, crate::dns::type_name(refusal.qtype)),
             verdict: "denied",
             rule: refusal.reason.to_owned(),
+            container: None,
         };
         crate::diag::line(format_args!("sbx: {view}"));
     })

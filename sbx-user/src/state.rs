@@ -109,11 +109,21 @@ pub struct Container {
     /// Kubernetes container name (`io.kubernetes.container.name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
+    /// For a pod's sandbox (infra) container whose policy the hook attached
+    /// at the pod's cgroup, so that every container of the pod inherits it:
+    /// the policy, as the hook chose it (`profile offline`, `policy ci`).
+    /// The sandbox's record is then the pod's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_policy: Option<String>,
 }
 
 impl std::fmt::Display for Container {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "container {}", self.id)?;
+        if self.pod_policy.is_some() {
+            write!(f, "pod sandbox {}", self.id)?;
+        } else {
+            write!(f, "container {}", self.id)?;
+        }
         if let (Some(ns), Some(pod)) = (&self.pod_namespace, &self.pod_name) {
             write!(f, " (pod {ns}/{pod}")?;
             if let Some(c) = &self.container_name {
@@ -122,6 +132,81 @@ impl std::fmt::Display for Container {
             write!(f, ")")?;
         }
         Ok(())
+    }
+}
+
+/// A container of a pod whose policy is attached at the pod's cgroup (see
+/// [`Container::pod_policy`]): its own cgroup, a descendant of the pod's,
+/// holds no sandbox of its own (or a nested one), so this names the
+/// container for events, which carry the caller's cgroup id. Kept in
+/// `<state-dir>/members/<cgroup-id>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The container's own cgroup directory.
+    pub cgroup: PathBuf,
+    /// Its kernel id (what events carry as the caller's cgroup).
+    pub cgroup_id: u64,
+    /// The cgroup id of the pod sandbox that holds it.
+    pub sandbox: u64,
+    /// The container.
+    pub container: Container,
+}
+
+impl Member {
+    fn dir(paths: &Paths) -> PathBuf {
+        paths.state_dir.join("members")
+    }
+
+    fn path(paths: &Paths, cgroup_id: u64) -> PathBuf {
+        Self::dir(paths).join(format!("{cgroup_id}.json"))
+    }
+
+    /// Writes it atomically.
+    pub fn save(&self, paths: &Paths) -> Result<(), StateError> {
+        let dir = Self::dir(paths);
+        fs::create_dir_all(&dir).map_err(|source| StateError { action: "creating", path: dir, source })?;
+        let path = Self::path(paths, self.cgroup_id);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string(self).expect("members serialise");
+        fs::write(&tmp, text).map_err(|source| StateError { action: "writing", path: tmp.clone(), source })?;
+        fs::rename(&tmp, &path).map_err(|source| StateError { action: "writing", path, source })
+    }
+
+    /// The member record of cgroup `cgroup_id`, if there is a readable one.
+    #[must_use]
+    pub fn load(paths: &Paths, cgroup_id: u64) -> Option<Self> {
+        serde_json::from_slice(&fs::read(Self::path(paths, cgroup_id)).ok()?).ok()
+    }
+
+    /// Every member record (damaged ones are skipped with a warning).
+    #[must_use]
+    pub fn load_all(paths: &Paths) -> Vec<Self> {
+        let mut out: Vec<Self> = fs::read_dir(Self::dir(paths))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| match fs::read(e.path()).map(|t| serde_json::from_slice(&t)) {
+                Ok(Ok(m)) => Some(m),
+                Ok(Err(err)) => {
+                    log::warn!("skipping {}: {err}", e.path().display());
+                    None
+                }
+                Err(_) => None,
+            })
+            .collect();
+        out.sort_by_key(|m| m.cgroup_id);
+        out
+    }
+
+    /// Removes the member record of cgroup `cgroup_id`.
+    pub fn remove(paths: &Paths, cgroup_id: u64) -> Result<(), StateError> {
+        let path = Self::path(paths, cgroup_id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError { action: "removing", path, source }),
+        }
     }
 }
 

@@ -254,6 +254,8 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 pub enum MapType {
     /// `BPF_MAP_TYPE_ARRAY`.
     Array = 2,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    PerCpuArray = 6,
     /// `BPF_MAP_TYPE_LPM_TRIE`.
     LpmTrie = 11,
     /// `BPF_MAP_TYPE_RINGBUF`.

@@ -75,6 +75,16 @@ impl Sbx {
         v
     }
 
+    /// The member records (containers of pods held at the pod's cgroup).
+    #[must_use]
+    pub fn members(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.state.path().join("members"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     /// Whether sbx has a pin directory for cgroup `id`.
     #[must_use]
     pub fn has_pins(id: u64) -> bool {

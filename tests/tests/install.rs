@@ -2,7 +2,8 @@
 //! builds (`$SBX_DEB`; `cargo xtask test` builds it from the debug binary)
 //! is installed with dpkg on this machine, the installed `sbx-user` runs a
 //! sandboxed command, and the package is purged leaving none of its files.
-//! Without the package the test fails: it never skips.
+//! Without the package the test fails: it never skips. So does the
+//! statically linked `sbx-user-static` (`$SBX_STATIC_BIN`).
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbx_tests::{describe, require_root, Sbx, TestCgroup};
+use sbx_tests::{describe, probe, require_root, Fixture, Proto::Tcp, Sbx, TestCgroup, TestGroup};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
 use sbx_user as _;
@@ -149,4 +150,57 @@ fn the_debian_package_installs_runs_a_sandbox_and_purges_cleanly() {
     let left: Vec<&PathBuf> = files.iter().filter(|f| f.exists()).collect();
     assert!(left.is_empty(), "files left after purge: {left:?}");
     assert!(!Path::new("/usr/share/doc/sbx").exists(), "/usr/share/doc/sbx left after purge");
+}
+
+/// The statically linked binary (`$SBX_STATIC_BIN`, `sbx-user-static` of
+/// `cargo xtask dist`) that the Kubernetes `DaemonSet` copies onto nodes.
+fn static_bin() -> PathBuf {
+    let Some(bin) = std::env::var_os("SBX_STATIC_BIN").map(PathBuf::from) else {
+        panic!("SBX_STATIC_BIN is not set: `cargo xtask dist` builds sbx-user-static (`cargo xtask test` builds and passes it)")
+    };
+    assert!(bin.is_file(), "SBX_STATIC_BIN={} does not exist", bin.display());
+    bin
+}
+
+#[test]
+fn the_static_binary_needs_no_shared_library_and_attaches() {
+    let bin = static_bin();
+    let file = Command::new("file").arg(&bin).output().expect("running file (apt-get install file)");
+    let what = String::from_utf8_lossy(&file.stdout);
+    assert!(what.contains("statically linked") || what.contains("static-pie linked"), "file says: {what}");
+    let ldd = Command::new("ldd").arg(&bin).output().expect("running ldd");
+    let says = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
+    assert!(says.contains("statically linked") || says.contains("not a dynamic executable"), "ldd says: {says}");
+
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(&bin);
+        cmd.env("SBX_STATE_DIR", fx.sbx.state_dir()).args(args);
+        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    };
+    let out = run(&["check", "--profile", "offline"]);
+    assert!(out.status.success(), "sbx-user-static check: {}", describe(&out));
+    let out = run(&["attach", "--cgroup", fx.cg.arg(), "--allow", &format!("{}:8080", n.ns_v4)]);
+    assert!(out.status.success(), "sbx-user-static attach: {}", describe(&out));
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8081), "err EPERM");
+    // What the dynamically linked build reads, the static one reads too.
+    let status = fx.sbx.status(&fx.cg);
+    assert_eq!(status["cgroup"], fx.cg.arg(), "{status:#}");
+    assert_eq!(status["by"], "attach", "{status:#}");
+    let out = run(&["detach", "--cgroup", fx.cg.arg()]);
+    assert!(out.status.success(), "sbx-user-static detach: {}", describe(&out));
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8081), "err ECONNREFUSED");
+
+    // Group names resolve from /etc/group (glibc's built-in `files`
+    // source; a static binary cannot load other NSS modules).
+    let group = TestGroup::new();
+    let roots = TestCgroup::new();
+    let out = run(&["agent", "--check", "--cgroup-root", roots.arg(), "--group", &group.name]);
+    assert!(out.status.success(), "agent --check --group {}: {}", group.name, describe(&out));
+    let out = run(&["agent", "--check", "--cgroup-root", roots.arg(), "--group", "sbx-no-such-group"]);
+    assert!(!out.status.success(), "an unknown group is refused: {}", describe(&out));
 }

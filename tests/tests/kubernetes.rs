@@ -236,14 +236,39 @@ fn the_installer_puts_the_hook_where_the_runtime_finds_it() {
     let context = TempDir::new("k8s-image");
     let c = context.path();
     fs::copy("/bin/busybox", c.join("busybox")).expect("copying /bin/busybox (apt-get install busybox-static)");
-    let bin = sbx_tests::sbx_user_bin();
-    fs::copy(&bin, c.join("sbx-user")).expect("copying sbx-user");
+    // The image holds the statically linked binary, as the Containerfile
+    // asks (`cargo xtask dist` builds it; `cargo xtask test` passes it).
+    let Some(bin) = std::env::var_os("SBX_STATIC_BIN").map(PathBuf::from) else {
+        panic!("SBX_STATIC_BIN is not set: the image needs sbx-user-static (`cargo xtask dist`; `cargo xtask test` passes it)")
+    };
+    fs::copy(&bin, c.join("sbx-user")).expect("copying sbx-user-static");
     fs::create_dir_all(c.join("hooks.d")).expect("mkdir");
     let hooks_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks.d");
     for e in fs::read_dir(&hooks_src).expect("reading hooks.d").flatten() {
         fs::copy(e.path(), c.join("hooks.d").join(e.file_name())).expect("copying a hooks.d file");
     }
     let image = Image::build(c);
+    // It runs in the image, which holds no shared library at all.
+    let out = Command::new("podman")
+        .args(["--runtime", "runc", "run", "--rm", "--network", "none"])
+        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--read-only", "--cap-drop", "ALL"])
+        .args(["--entrypoint", "/usr/bin/sbx-user", &image.0, "check", "--profile", "offline"])
+        .output()
+        .expect("running podman");
+    assert!(out.status.success(), "sbx-user check in the image: {}", describe(&out));
+    // The ConfigMap's agent.toml passes the agent's own check (its
+    // cgroup roots replaced by one that exists here).
+    let agent_toml = TempDir::new("agent-toml");
+    let agent_conf = agent_toml.path().join("agent.toml");
+    fs::write(&agent_conf, configmap["data"]["agent.toml"].as_str().expect("agent.toml in the ConfigMap"))
+        .expect("writing agent.toml");
+    let roots = sbx_tests::TestCgroup::new();
+    let out = Command::new(sbx_tests::sbx_user_bin())
+        .args(["agent", "--check", "--cgroup-root", roots.arg(), "--config"])
+        .arg(&agent_conf)
+        .output()
+        .expect("sbx-user agent --check");
+    assert!(out.status.success(), "agent --check of the ConfigMap's agent.toml: {}", describe(&out));
     for with_default in [false, true] {
         let root = TempDir::new("k8s-host");
         let r = root.path();

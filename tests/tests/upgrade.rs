@@ -14,7 +14,6 @@ use std::{
 use sbx_tests::{bpffs, describe, probe, Background, Fixture, Proto::Tcp, Sbx};
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
-use sbx_user as _;
 use serde_json as _;
 
 /// The contract-1 `sbx-user`.
@@ -136,4 +135,30 @@ fn migrate_moves_every_sandbox_of_an_older_sbx_under_its_recorded_policy() {
     let out = fx.sbx.ok(&["migrate"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to migrate"), "{}", describe(&out));
     fx.sbx.detach(&fx.cg);
+}
+
+/// A program set of another build can have larger elements than this one
+/// knows (the `Stats` cell grew in contract 5): reading one into a buffer
+/// sized for this build's layout must be refused, not overrun the buffer
+/// (an `sbx-user status` aborted with `malloc(): invalid size` that way
+/// while a newer build's set was pinned on this host).
+#[test]
+fn a_map_element_larger_than_the_buffer_is_refused() {
+    use sbx_user::sys;
+    use std::os::fd::AsFd as _;
+    sbx_tests::require_root();
+    let map = sys::map_create(sys::MapType::PerCpuArray, 4, 352, 1, 0, "sbx_t_size").expect("creating a per-CPU array");
+    let key = 0u32.to_ne_bytes();
+    // A cell of 216 bytes per CPU, as an older build sized it.
+    let cpus = fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
+    let last: usize = cpus.trim().rsplit(['-', ',']).next().and_then(|n| n.parse().ok()).expect("a CPU number");
+    let mut small = vec![0u8; 216 * (last + 1)];
+    let e = sys::map_lookup(map.as_fd(), &key, &mut small).expect_err("a short buffer is refused");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("another sbx build"), "{e}");
+    assert!(sys::map_update(map.as_fd(), &key, &small, 0).is_err(), "an update from a short buffer is refused");
+    let mut enough = vec![0u8; 352 * (last + 1)];
+    sys::map_lookup(map.as_fd(), &key, &mut enough).expect("a buffer of the map's size is read");
+    sys::map_update(map.as_fd(), &key, &enough, 0).expect("and written");
+    assert!(sys::map_lookup(map.as_fd(), &[0u8; 2], &mut enough).is_err(), "a short key is refused");
 }

@@ -100,6 +100,9 @@ fn main() -> Result<()> {
             if let Some(t) = built.tarball {
                 println!("{}", t.display());
             }
+            if let Some(s) = built.static_bin {
+                println!("{}", s.display());
+            }
             Ok(())
         }
     }
@@ -140,7 +143,7 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 18] = [
+const TEST_TOOLS: [(&str, &str); 19] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
@@ -168,6 +171,8 @@ const TEST_TOOLS: [(&str, &str); 18] = [
     ("setpriv", "util-linux"),
     ("useradd", "passwd"),
     ("systemd-analyze", "systemd"),
+    // What the static binary's test asks whether it is static.
+    ("file", "file"),
 ];
 
 /// Python packages the tests use, by import name and package name: the
@@ -287,6 +292,10 @@ fn test(extra: &[OsString]) -> Result<()> {
     let deb = dist::package(&bin, &target_dir().join("dist-debug"), dist::Purpose::Test)?.deb;
     // tests/tests/upgrade.rs: sandboxes of an sbx from before program sets.
     let legacy = legacy::binary()?;
+    // tests/tests/install.rs: the statically linked binary the DaemonSet
+    // installs, built as `dist` builds it (debug, to share no time with
+    // an optimised build).
+    let static_bin = dist::build_static(true)?;
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "--no-fail-fast", "-p", "sbx-tests", "--"])
         .args(extra)
@@ -294,6 +303,7 @@ fn test(extra: &[OsString]) -> Result<()> {
         .env("SBX_USER_BIN", &bin)
         .env("SBX_DEB", &deb)
         .env("SBX_LEGACY_BIN", &legacy)
+        .env("SBX_STATIC_BIN", &static_bin)
         .env("SBX_REQUIRE_PRIVILEGED", "1")
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -9,7 +9,7 @@ use crate::{
     cgroup::Cgroup,
     events::{view, EventReader},
     loader,
-    state::Record,
+    state::{Member, Paths, Record},
 };
 
 /// Arguments of `events`.
@@ -69,13 +69,13 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     if args.host || (args.cgroup.is_some() && !on_host.is_empty()) {
         let set = crate::progset::ProgramSet::open_id(&paths, &crate::progset::set_id())?;
         let mut host = EventReader::open_host(&set.dir)?;
-        return host_stream(&mut host, &on_host, args);
+        return host_stream(&mut host, &on_host, args, &paths);
     }
     loop {
         for (reader, name, record) in &mut readers {
             for e in reader.drain() {
                 let v = view(&e, name, record.as_ref());
-                print_view(&v, record.as_ref(), args.json)?;
+                print_view(v, record.as_ref(), &paths, args.json)?;
             }
         }
         if !args.follow {
@@ -88,10 +88,12 @@ pub fn run(args: &EventsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
 }
 
-/// For a sandbox an OCI hook attached, the container it holds, to follow
-/// an event line (the JSON form names it in `sandbox`).
-fn container_suffix(record: Option<&Record>) -> String {
-    record.and_then(|r| r.container.as_ref()).map(|c| format!("  [{c}]")).unwrap_or_default()
+/// The container the process of an event is in: the one recorded for its
+/// own cgroup (a container of a pod held at the pod's cgroup), else the
+/// one an OCI hook attached the sandbox for.
+fn container_of(e: &crate::events::EventView, record: Option<&Record>, paths: &Paths) -> Option<String> {
+    let member = (e.cgroup_id != 0).then(|| Member::load(paths, e.cgroup_id)).flatten();
+    member.map(|m| m.container).or_else(|| record.and_then(|r| r.container.clone())).map(|c| c.to_string())
 }
 
 /// The host stream, each event named after the sandbox it names.
@@ -99,6 +101,7 @@ fn host_stream(
     host: &mut EventReader,
     known: &[(u64, String, Option<Record>)],
     args: &EventsArgs,
+    paths: &Paths,
 ) -> anyhow::Result<()> {
     let only = args.cgroup.as_ref().and(known.first().map(|k| k.0));
     loop {
@@ -109,7 +112,7 @@ fn host_stream(
             let k = known.iter().find(|k| k.0 == e.sandbox);
             let name = k.map_or_else(|| format!("cgroup id {}", e.sandbox), |k| k.1.clone());
             let record = k.and_then(|k| k.2.as_ref());
-            print_view(&view(&e, &name, record), record, args.json)?;
+            print_view(view(&e, &name, record), record, paths, args.json)?;
         }
         if !args.follow {
             return Ok(());
@@ -118,13 +121,19 @@ fn host_stream(
     }
 }
 
-/// One event line: JSON, or the table row (followed by the container an
-/// OCI hook attached the sandbox for; the JSON names it in `sandbox`).
-fn print_view(v: &crate::events::EventView, record: Option<&Record>, json: bool) -> anyhow::Result<()> {
+/// One event line: JSON, or the table row (followed by the container of
+/// [`container_of`], which the JSON has as `container`).
+fn print_view(
+    mut v: crate::events::EventView,
+    record: Option<&Record>,
+    paths: &Paths,
+    json: bool,
+) -> anyhow::Result<()> {
+    v.container = container_of(&v, record, paths);
     if json {
-        println!("{}", serde_json::to_string(v)?);
+        println!("{}", serde_json::to_string(&v)?);
     } else {
-        println!("{v}{}", container_suffix(record));
+        println!("{v}{}", v.container.as_ref().map(|c| format!("  [{c}]")).unwrap_or_default());
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::{
     io::Read as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,6 +15,7 @@ use crate::oci::{
     config::{HostConfig, DEFAULT_CONFIG, DEFAULT_TIMEOUT_SECS},
     HookEnv, Outcome,
 };
+use crate::state::{DEFAULT_BPFFS, DEFAULT_STATE_DIR};
 
 /// The hook stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -33,8 +34,11 @@ pub enum Stage {
 #[command(after_long_help = "The runtime writes the container state (JSON) on stdin. Install it with the \
 hooks.d files of the repository (podman, CRI-O; containerd through NRI). A container opts in with the \
 annotation sbx.io/profile=NAME (a built-in profile) or sbx.io/policy=NAME (<policy_dir>/NAME.toml); the host \
-configuration can set a default for every container. Any error exits 125, naming the container and the \
-reason, and the runtime does not start the container.")]
+configuration can set a default for every container. A pod's sandbox (infra) container puts its policy on \
+the pod's cgroup, so that every container of the pod is held from its first instruction; the pod's other \
+containers are recorded so that events name them. Where the host agent answers, the hook attaches through it \
+(`agent = \"auto\"`, the default; `\"required\"` refuses containers while it is down; `\"off\"`). Any error \
+exits 125, naming the container and the reason, and the runtime does not start the container.")]
 pub struct OciHookArgs {
     /// Which stage this is.
     #[arg(value_enum, default_value_t = Stage::Auto)]
@@ -90,21 +94,50 @@ pub fn run(args: &OciHookArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         (s, _) => s,
     };
-    let env = HookEnv { paths: global.paths(), config, proc: PathBuf::from("/proc") };
+    let env = HookEnv {
+        paths: global.paths(),
+        config,
+        config_path: args.config.clone(),
+        proc: PathBuf::from("/proc"),
+        agent_socket: global.agent_socket.clone(),
+        agent_timeout: Duration::from_secs(global.agent_timeout),
+        private_paths: global.state_dir != Path::new(DEFAULT_STATE_DIR) || global.bpffs != Path::new(DEFAULT_BPFFS),
+    };
     let outcome =
         if which == Stage::Poststop { oci::poststop(&state, &env)? } else { oci::create_runtime(&state, &env)? };
+    let id = &state.id;
     match outcome {
-        Outcome::Untouched(why) => println!("sbx: container {}: untouched: {why}", state.id),
-        Outcome::Attached { choice, cgroup, already } => println!(
-            "sbx: container {}: {} {choice} on {}",
-            state.id,
+        Outcome::Untouched(why) => println!("sbx: container {id}: untouched: {why}"),
+        Outcome::Attached { choice, cgroup, already, pod, agent } => println!(
+            "sbx: container {id}: {} {choice} on {}{}{}",
             if already { "already under" } else { "attached" },
-            cgroup.display()
+            cgroup.display(),
+            if pod { " (the pod's cgroup: every container of the pod is held by it)" } else { "" },
+            if agent && !already { ", through the host agent" } else { "" }
         ),
-        Outcome::Removed(list) if list.is_empty() => println!("sbx: container {}: nothing to remove", state.id),
-        Outcome::Removed(list) => {
-            for c in list {
-                println!("sbx: container {}: removed the sandbox of {}", state.id, c.display());
+        Outcome::Joined { pod, cgroup, own } => {
+            println!(
+                "sbx: container {id}: held by its pod's policy on {}, recorded as {}",
+                pod.display(),
+                cgroup.display()
+            );
+            if let Some(own) = own {
+                println!("sbx: container {id}: and by {own} on {} (both must allow)", cgroup.display());
+            }
+        }
+        Outcome::Removed { removed, kept } => {
+            if removed.is_empty() && kept.is_empty() {
+                println!("sbx: container {id}: nothing to remove");
+            }
+            for c in removed {
+                println!("sbx: container {id}: removed the sandbox of {}", c.display());
+            }
+            for (c, why) in kept {
+                println!(
+                    "sbx: container {id}: kept the sandbox of {}: {why} (the pod's last container, or the collection \
+                     once its cgroup is gone, takes it off)",
+                    c.display()
+                );
             }
         }
     }

@@ -37,6 +37,9 @@ struct Entry {
     /// The container an OCI runtime hook attached this sandbox for.
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<crate::state::Container>,
+    /// For a pod's sandbox: the containers of the pod the hook recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    members: Vec<crate::state::Member>,
     attached_at: Option<u64>,
     dest_entries: Option<usize>,
     policy: Option<Policy>,
@@ -65,6 +68,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let paths = global.paths();
     let mut ids = loader::pinned_sandboxes(&paths);
     let records = Record::load_all(&paths)?;
+    let members = crate::state::Member::load_all(&paths);
     ids.extend(records.iter().map(|r| r.cgroup_id));
     ids.sort_unstable();
     ids.dedup();
@@ -89,6 +93,7 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 by: rec.map(|r| r.by.clone()),
                 runner_pid: rec.and_then(|r| r.runner_pid),
                 container: rec.and_then(|r| r.container.clone()),
+                members: members.iter().filter(|m| m.sandbox == id).cloned().collect(),
                 attached_at: rec.map(|r| r.attached_at),
                 dest_entries: rec.map(|r| r.dest_entries),
                 policy: rec.map(|r| r.policy.clone()),
@@ -155,6 +160,9 @@ fn print_entry(e: &Entry) {
     }
     if let Some(c) = &e.container {
         println!("  {c}");
+    }
+    for m in &e.members {
+        println!("  holds {} in {}", m.container, m.cgroup.display());
     }
     println!("  held by {}", e.held_by);
     if let Some(policy) = &e.policy {

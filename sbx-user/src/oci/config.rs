@@ -37,6 +37,8 @@ const MAX_NAME: usize = 64;
 /// ```toml
 /// policy_dir = "/etc/sbx/policies"   # where sbx.io/policy=NAME is NAME.toml
 /// timeout_secs = 10                  # the hook fails after this long
+/// agent = "auto"                     # auto | required | off: attach through the host agent?
+/// agent_socket = "/run/sbx/agent.sock"
 ///
 /// [default]                          # a policy for containers that name none
 /// profile = "offline"                # or: policy = "NAME"
@@ -63,6 +65,29 @@ pub struct HostConfig {
     /// Per-profile exceptions to the capability refusal.
     #[serde(default)]
     pub allow_capabilities: Vec<CapOverride>,
+    /// Whether the hook attaches through the host agent.
+    #[serde(default)]
+    pub agent: AgentMode,
+    /// The agent's socket (default: `--agent-socket`/`SBX_AGENT_SOCKET`,
+    /// else the agent's default socket).
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
+}
+
+/// `agent = ...`: how the hook uses the host agent (`sbx-user agent`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// Through the agent when its socket answers; alone when nothing
+    /// listens there (podman on a bare host). A socket that answers
+    /// wrongly (not root, no reply) is an error, never a quiet fallback.
+    #[default]
+    Auto,
+    /// Only through the agent: if it does not answer, the container is
+    /// refused (for nodes where the agent must know every sandbox).
+    Required,
+    /// Never: the hook attaches on its own.
+    Off,
 }
 
 impl Default for HostConfig {
@@ -72,6 +97,8 @@ impl Default for HostConfig {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             default: None,
             allow_capabilities: Vec::new(),
+            agent: AgentMode::Auto,
+            agent_socket: None,
         }
     }
 }
@@ -124,6 +151,18 @@ pub enum Choice {
     Profile(String),
     /// `<policy_dir>/NAME.toml`.
     Policy(String),
+}
+
+impl Choice {
+    /// Reads back what [`Choice`]'s `Display` wrote (`profile offline`).
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.split_once(' ')? {
+            ("profile", n) => Some(Self::Profile(n.to_owned())),
+            ("policy", n) => Some(Self::Policy(n.to_owned())),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Choice {
@@ -205,8 +244,8 @@ impl HostConfig {
     /// Whether the default covers a container with these annotations.
     fn default_covers(&self, ann: &BTreeMap<String, String>) -> Option<&DefaultRule> {
         let d = self.default.as_ref()?;
-        let ns_ok = d.namespaces.is_empty()
-            || ann.get(super::spec::K8S_POD_NAMESPACE).is_some_and(|ns| d.namespaces.contains(ns));
+        let ns = ann.get(super::spec::K8S_POD_NAMESPACE).or_else(|| ann.get(super::spec::CRI_SANDBOX_NAMESPACE));
+        let ns_ok = d.namespaces.is_empty() || ns.is_some_and(|ns| d.namespaces.contains(ns));
         let ann_ok = d.annotations.iter().all(|(k, v)| ann.get(k) == Some(v));
         (ns_ok && ann_ok).then_some(d)
     }
@@ -362,6 +401,9 @@ mod tests {
         let ci = [(super::super::spec::K8S_POD_NAMESPACE, "ci"), ("team", "ml")];
         assert!(matches!(c.decide(&ann(&ci)), Ok(Decision::Apply { by_default: true, .. })));
         assert!(matches!(c.decide(&ann(&ci[..1])), Ok(Decision::Untouched(_))));
+        // containerd names the namespace only in its own annotation.
+        let containerd = [(super::super::spec::CRI_SANDBOX_NAMESPACE, "ci"), ("team", "ml")];
+        assert!(matches!(c.decide(&ann(&containerd)), Ok(Decision::Apply { by_default: true, .. })));
         assert!(matches!(
             c.decide(&ann(&[(super::super::spec::K8S_POD_NAMESPACE, "prod"), ("team", "ml")])),
             Ok(Decision::Untouched(_))
@@ -379,6 +421,15 @@ mod tests {
             "[[allow_capabilities]]\ncapabilities = [\"NET_RAW\"]\n",
         ] {
             assert!(HostConfig::parse(bad, Path::new("t.toml")).is_err(), "{bad}");
+        }
+        for bad in ["agent = \"sometimes\"\n", "agent = true\n"] {
+            assert!(HostConfig::parse(bad, Path::new("t.toml")).is_err(), "{bad}");
+        }
+        let c = cfg("agent = \"required\"\nagent_socket = \"/x.sock\"\n");
+        assert_eq!((c.agent, c.agent_socket.as_deref()), (AgentMode::Required, Some(Path::new("/x.sock"))));
+        assert_eq!(HostConfig::default().agent, AgentMode::Auto);
+        for c in [Choice::Profile("offline".into()), Choice::Policy("ci-1".into())] {
+            assert_eq!(Choice::parse(&c.to_string()), Some(c));
         }
         let c = cfg("[[allow_capabilities]]\nprofile = \"open\"\ncapabilities = [\"NET_RAW\"]\n");
         assert_eq!(c.allowed_capabilities(&Choice::Profile("open".into())), ["NET_RAW"]);

@@ -114,6 +114,9 @@ pub fn normalise_cap(name: &str) -> String {
 
 /// The annotation that carries the Kubernetes pod namespace.
 pub const K8S_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+/// containerd's annotation of the pod namespace (it sets no
+/// [`K8S_POD_NAMESPACE`]).
+pub const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 /// The annotation that carries the Kubernetes pod name.
 pub const K8S_POD_NAME: &str = "io.kubernetes.pod.name";
 /// The annotation that carries the Kubernetes container name.
@@ -129,9 +132,10 @@ pub fn container_info(id: &str, annotations: &BTreeMap<String, String>) -> Conta
         |keys: &[&str]| keys.iter().find_map(|k| annotations.get(*k).filter(|v| !v.is_empty()).map(|v| printable(v)));
     Container {
         id: printable(id),
-        pod_namespace: get(&[K8S_POD_NAMESPACE, "io.kubernetes.cri.sandbox-namespace"]),
+        pod_namespace: get(&[K8S_POD_NAMESPACE, CRI_SANDBOX_NAMESPACE]),
         pod_name: get(&[K8S_POD_NAME, "io.kubernetes.cri.sandbox-name"]),
         container_name: get(&[K8S_CONTAINER_NAME, "io.kubernetes.cri.container-name"]),
+        pod_policy: None,
     }
 }
 
