@@ -337,11 +337,10 @@ pub fn update(ctx: &Context<'_>, caller: &Caller, cgroup: &str, src: &PolicySour
             format!("sbx is not attached to {}; attach first", cg.path.display()),
         ));
     }
-    let record_owner =
-        match Record::load(ctx.paths, cg.id).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))? {
-            Some(Record { runner_pid: Some(pid), .. }) => RecordOwner::Run(pid),
-            _ => RecordOwner::Attach,
-        };
+    // As the record says (a run, a container or a pod's sandbox keep
+    // what they are across an update).
+    let record = Record::load(ctx.paths, cg.id).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+    let record_owner = RecordOwner::of(record.as_ref());
     let (_, record) = install(cg, &policy, default_options(max_rules, true), ctx.paths, record_owner).map_err(|e| {
         OpError::new(ErrorCode::Failed, format!("the policy of {} was not changed: {e}", cg.path.display()))
     })?;
