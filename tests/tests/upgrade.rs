@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sbx_tests::{bpffs, describe, probe, Background, Fixture, Proto::Tcp, Sbx};
+use sbx_tests::{bpffs, describe, probe, Agent, Background, Fixture, Probe, Proto::Tcp, Sbx};
+use serde_json::json;
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
-use serde_json as _;
 
 /// The contract-1 `sbx-user`.
 fn legacy_bin() -> PathBuf {
@@ -69,17 +69,36 @@ fn a_sandbox_of_an_older_sbx_stays_enforced_and_migrates_with_no_gap() {
     assert!(events.iter().any(|v| v["destination"] == format!("{}:8080", n.ns_v4b)), "old events read: {events:?}");
     fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
 
-    // Migrate under a stream of connects: the denied host must never get
-    // through (no moment without enforcement); a moment where both are
-    // refused (the new programs before their slot is written) is allowed.
+    // Migrate under a stream of connects.
+    no_gap_during(&fx, &p, || {
+        let out = fx.sbx.ok(&["-v", "update", "--cgroup", fx.cg.arg(), "--allow", &allow]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("migrated"), "{}", describe(&out));
+    });
+
+    // Now held by this build's program set, the old maps gone.
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
+    assert!(!pins.join("map_SBX_CONFIG").exists(), "the old maps were unpinned");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+    fx.sbx.detach(&fx.cg);
+    assert!(!Sbx::has_pins(fx.cg.id()));
+}
+
+/// Runs `switch` under a stream of connects from `inside` to the allowed
+/// and the denied test host (port 8080), and asserts that the denied host
+/// never got through: no moment without enforcement. A moment where both
+/// are refused (new programs before their slot is written) is allowed.
+fn no_gap_during(fx: &Fixture, inside: &Probe, switch: impl FnOnce()) {
+    let n = &fx.net;
     let log = n.dir().join("migrate.log");
     let stop = n.dir().join("migrate.stop");
     let mut cmd = Command::new(fx.probe.bin());
     cmd.args(["alternate", &n.ns_v4.to_string(), &n.ns_v4b.to_string(), "8080", stop.to_str().expect("UTF-8"), "tcp"]);
-    let bg = Background::spawn_logged("sbx-probe alternate", &mut cmd, fx.inside().place(), &log);
+    let bg = Background::spawn_logged("sbx-probe alternate", &mut cmd, inside.place(), &log);
     wait_for(&log, 50);
-    let out = fx.sbx.ok(&["-v", "update", "--cgroup", fx.cg.arg(), "--allow", &allow]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("migrated"), "{}", describe(&out));
+    switch();
     let after = completed(&log).len();
     wait_for(&log, after + 50);
     fs::write(&stop, "").expect("stop file");
@@ -93,16 +112,46 @@ fn a_sandbox_of_an_older_sbx_stays_enforced_and_migrates_with_no_gap() {
         let f: Vec<&str> = l.split(' ').collect();
         assert!(matches!(f[1..], ["ok" | "EPERM", "EPERM"]), "iteration {i}: {l:?}: the denied host got through");
     }
+}
 
-    // Now held by this build's program set, the old maps gone.
-    let e = fx.sbx.status(&fx.cg);
-    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
-    assert!(!pins.join("map_SBX_CONFIG").exists(), "the old maps were unpinned");
+#[test]
+fn the_agent_takes_over_a_sandbox_of_an_older_sbx_with_no_gap() {
+    // An agent of this build starting on a host whose sandboxes an older
+    // sbx made (here the contract-1 CLI, the older build CI has; an older
+    // agent makes the same pins and records as its CLI) adopts them from
+    // bpffs and the records, and moves one to its own program set on the
+    // first update, enforcing throughout.
+    let legacy = legacy_bin();
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let allow = format!("{}:8080", n.ns_v4);
+    let job = fx.cg.child("job");
+    let out = Command::new(&legacy)
+        .args(["attach", "--cgroup", job.to_str().expect("UTF-8"), "--allow", &allow])
+        .env("SBX_STATE_DIR", fx.sbx.state_dir())
+        .output()
+        .expect("running the old sbx-user");
+    assert!(out.status.success(), "old attach: {}", describe(&out));
+    let agent = Agent::start(&fx.sbx, &[fx.cg.path()], "", &[]);
+    let r = agent.call(&json!({"v": 1, "op": "status", "cgroup": "job"}));
+    assert_eq!(r["ok"], true, "the agent knows the older sandbox: {r}");
+    let p = fx.probe.in_cgroup(&job);
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    no_gap_during(&fx, &p, || {
+        let r = agent.call(&json!({"v": 1, "op": "update", "cgroup": "job", "policy": {"allow": [allow]}}));
+        assert_eq!(r["ok"], true, "update through the agent: {r}");
+    });
+    let r = agent.call(&json!({"v": 1, "op": "status", "cgroup": "job"}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(!r.to_string().contains("legacy"), "now held by this build's set: {r}");
     assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
     assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
-    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
-    fx.sbx.detach(&fx.cg);
-    assert!(!Sbx::has_pins(fx.cg.id()));
+    // Not made by the agent: it detaches the sandbox and leaves the cgroup.
+    let r = agent.call(&json!({"v": 1, "op": "detach", "cgroup": "job"}));
+    assert_eq!(r["ok"], true, "{r}");
+    let job_id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&job).expect("stat"));
+    assert!(!Sbx::has_pins(job_id) && job.exists());
 }
 
 #[test]
