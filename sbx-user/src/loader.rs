@@ -417,11 +417,12 @@ fn remove_policy(set: &ProgramSet, index: u32) {
 }
 
 fn clear_trie(trie: &OwnedFd) -> std::io::Result<()> {
+    let map = sys::KeyedMap::new(trie.as_fd(), 20)?;
     let mut keys: Vec<[u8; 20]> = Vec::new();
     let mut next = [0u8; 20];
     loop {
         let prev = keys.last().copied();
-        match sys::map_next_key(trie.as_fd(), prev.as_ref().map(<[u8; 20]>::as_slice), &mut next) {
+        match map.next_key(prev.as_ref().map(<[u8; 20]>::as_slice), &mut next) {
             Ok(()) => keys.push(next),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
             Err(e) => return Err(e),
@@ -429,7 +430,7 @@ fn clear_trie(trie: &OwnedFd) -> std::io::Result<()> {
     }
     keys.sort_by_key(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
     for k in &keys {
-        match sys::map_delete(trie.as_fd(), k) {
+        match map.delete(k) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
@@ -607,9 +608,7 @@ fn write_slot(set: &ProgramSet, id: u64, slot: &Slot) -> Result<(), LoaderError>
 /// another size is an error (the lookup refuses a buffer of this build's
 /// size rather than let the kernel write past it).
 pub fn read_stats(set: &ProgramSet, id: u64) -> std::io::Result<Option<Stats>> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let each = std::mem::size_of::<Stats>().div_ceil(8) * 8;
-    let mut buf = vec![0u8; each * cpus];
+    let (each, mut buf) = stats_buffer()?;
     match sys::map_lookup(set.map(MAP_STATS), &id.to_ne_bytes(), &mut buf) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
@@ -627,10 +626,18 @@ pub fn read_stats(set: &ProgramSet, id: u64) -> std::io::Result<Option<Stats>> {
 
 /// Zeroes every CPU's cell of cgroup `id`'s [`Stats`].
 fn zero_stats(set: &ProgramSet, id: u64) -> Result<(), LoaderError> {
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(what, e)| map_err(MAP_STATS, &std::io::Error::new(e.kind(), format!("{what}: {e}"))))?;
-    let zeroed = vec![0u8; std::mem::size_of::<Stats>().div_ceil(8) * 8 * cpus];
+    let (_, zeroed) = stats_buffer().map_err(|e| map_err(MAP_STATS, &e))?;
     sys::map_update(set.map(MAP_STATS), &id.to_ne_bytes(), &zeroed, sys::UPDATE_ANY).map_err(|e| map_err(MAP_STATS, &e))
+}
+
+/// A zeroed buffer for one cell of [`MAP_STATS`] on every possible CPU, and
+/// the bytes of each CPU's part.
+fn stats_buffer() -> std::io::Result<(usize, Vec<u8>)> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    #[expect(clippy::cast_possible_truncation, reason = "a few hundred bytes")]
+    let size = std::mem::size_of::<Stats>() as u32;
+    let total = sys::value_len(sys::PERCPU_CGROUP_STORAGE, size, cpus);
+    Ok((total / cpus, vec![0u8; total]))
 }
 
 fn slot_for(cg: &Cgroup, policy: u32, events: u32, config: &Config, compiled: &Compiled) -> Slot {

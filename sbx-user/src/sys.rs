@@ -333,7 +333,10 @@ pub const UPDATE_ANY: u64 = 0;
 
 /// `BPF_MAP_TYPE_*` of the per-CPU maps: a lookup writes one value per
 /// possible CPU, each rounded up to 8 bytes.
-const PERCPU_TYPES: [u32; 4] = [5, 6, 10, 21];
+const PERCPU_TYPES: [u32; 4] = [5, 6, 10, PERCPU_CGROUP_STORAGE];
+
+/// `BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE` (the sandboxes' `Stats`).
+pub const PERCPU_CGROUP_STORAGE: u32 = 21;
 
 /// Bytes the kernel writes for one lookup in (or reads for one update of)
 /// a map of type `map_type` with values of `value_size` bytes, on a host
@@ -404,9 +407,59 @@ pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resu
 
 /// Deletes `key` (`ENOENT` when absent).
 pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
-    check_sizes(map, key.len(), None)?;
-    let mut attr = MapElemAttr { map_fd: fd_u32(map), _pad: 0, key: key.as_ptr() as u64, value: 0, flags: 0 };
-    bpf(BPF_MAP_DELETE_ELEM, &mut attr)
+    KeyedMap::new(map, key.len())?.delete(key)
+}
+
+/// A map whose key size was checked once ([`check_sizes`]) against the
+/// key buffers a loop over its keys passes, so that walking and emptying a
+/// map of 100,000 entries costs no extra system call per entry. Each call
+/// still refuses a key buffer of another length.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyedMap<'a> {
+    map: BorrowedFd<'a>,
+    key: usize,
+}
+
+impl<'a> KeyedMap<'a> {
+    /// Checks that `map`'s keys are at most `key` bytes.
+    pub fn new(map: BorrowedFd<'a>, key: usize) -> io::Result<Self> {
+        check_sizes(map, key, None)?;
+        Ok(Self { map, key })
+    }
+
+    fn same_length(&self, buf: &[u8]) -> io::Result<()> {
+        if buf.len() == self.key {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a {}-byte key buffer for a map checked for {}-byte keys", buf.len(), self.key),
+            ))
+        }
+    }
+
+    /// Deletes `key` (`ENOENT` when absent).
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        self.same_length(key)?;
+        let mut attr = MapElemAttr { map_fd: fd_u32(self.map), _pad: 0, key: key.as_ptr() as u64, value: 0, flags: 0 };
+        bpf(BPF_MAP_DELETE_ELEM, &mut attr)
+    }
+
+    /// The key after `key` (the first key for `None`); `ENOENT` at the end.
+    pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()> {
+        self.same_length(next)?;
+        if let Some(k) = key {
+            self.same_length(k)?;
+        }
+        let mut attr = MapElemAttr {
+            map_fd: fd_u32(self.map),
+            _pad: 0,
+            key: key.map_or(0, |k| k.as_ptr() as u64),
+            value: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_GET_NEXT_KEY, &mut attr)
+    }
 }
 
 /// The bytes of a plain `#[repr(C)]` value of the kernel contract.
@@ -446,15 +499,7 @@ const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 
 /// The key after `key` (the first key for `None`); `ENOENT` at the end.
 pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()> {
-    check_sizes(map, key.map_or(next.len(), <[u8]>::len).min(next.len()), None)?;
-    let mut attr = MapElemAttr {
-        map_fd: fd_u32(map),
-        _pad: 0,
-        key: key.map_or(0, |k| k.as_ptr() as u64),
-        value: next.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    bpf(BPF_MAP_GET_NEXT_KEY, &mut attr)
+    KeyedMap::new(map, key.map_or(next.len(), <[u8]>::len).min(next.len()))?.next_key(key, next)
 }
 
 /// Opens the map with kernel id `id`.
