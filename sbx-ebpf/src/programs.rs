@@ -331,18 +331,29 @@ fn packet_socket(ctx: &SkBuffContext) -> (u64, TrieAddr, u32) {
     if full.is_null() {
         return (cookie, [0; 16], 0);
     }
-    // SAFETY: fields of a full socket; the verifier checks each access.
-    let (family, dst_port) = unsafe { (ctx_u32(core::ptr::addr_of!((*full).family)), (*full).dst_port) };
-    let dst = if family == AF_INET {
-        // SAFETY: as above.
-        mapped(ctx_u32(unsafe { core::ptr::addr_of!((*full).dst_ip4) }).to_ne_bytes())
-    } else {
+    // SAFETY: a field of a full socket; the verifier checks the access.
+    let family = ctx_u32(unsafe { core::ptr::addr_of!((*full).family) });
+    let (dst, port) = sock_peer(full, family != AF_INET);
+    (cookie, dst, u32::from(port))
+}
+
+/// The connected peer of a full socket `sk` (`v6`: read `dst_ip6`, which
+/// holds an IPv4 peer of a dual-stack socket v4-mapped), as the trie keys
+/// it, and its port in host order; `::`, 0 for an unconnected socket.
+#[inline(always)]
+fn sock_peer(sk: *mut aya_ebpf::bindings::bpf_sock, v6: bool) -> (TrieAddr, u16) {
+    // SAFETY: fields of a full socket the caller null-checked.
+    let port = u16::from_be(unsafe { (*sk).dst_port });
+    let addr = if v6 {
         let mut w = [0u32; 4];
-        sock_dst6(full, &mut w);
+        sock_dst6(sk, &mut w);
         let (w0, w1, w2, w3) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
         [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
+    } else {
+        // SAFETY: as above.
+        mapped(ctx_u32(unsafe { core::ptr::addr_of!((*sk).dst_ip4) }).to_ne_bytes())
     };
-    (cookie, dst, u32::from(u16::from_be(dst_port)))
+    (addr, port)
 }
 
 /// `dst_ip6` of a full socket, one load per word at a constant offset. A
@@ -372,18 +383,8 @@ fn connected_peer(ctx: &SockAddrContext, v6: bool) -> (TrieAddr, u16) {
     if sk.is_null() {
         return ([0; 16], 0);
     }
-    // SAFETY: fields of the full socket of a sock_addr context.
-    let port = u16::from_be(unsafe { (*sk).dst_port });
-    let addr = if v6 {
-        let mut w = [0u32; 4];
-        sock_dst6(sk, &mut w);
-        let (w0, w1, w2, w3) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
-        [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0], w3[1], w3[2], w3[3]]
-    } else {
-        // SAFETY: as above.
-        mapped(ctx_u32(unsafe { core::ptr::addr_of!((*sk).dst_ip4) }).to_ne_bytes())
-    };
-    (addr, port)
+    // The full socket of a sock_addr context.
+    sock_peer(sk, v6)
 }
 
 /// `AF_INET` as `bpf_sock.family` holds it.
@@ -1182,7 +1183,7 @@ fn protocol(sa: *const bpf_sock_addr) -> u32 {
 #[inline(always)]
 fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let (mut addr, mut port, proto) = (mapped(user_ip4(sa)), port(sa), protocol(sa));
+    let (mut addr, mut port) = (mapped(user_ip4(sa)), port(sa));
     if hook == HOOK_SENDMSG4 && port == 0 && addr == mapped([0; 4]) {
         // A sendmsg() without an address on a connected UDP socket that
         // carries control messages (IP_TOS, IP_PKTINFO, TTL...): the kernel
@@ -1190,14 +1191,40 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
         // connected peer: judge that.
         (addr, port) = connected_peer(ctx, false);
     }
-    let verdict =
-        if sent_before(slot, ctx, hook, &addr, port) { Ok(true) } else { decide(slot, &addr, port, proto, dir) };
-    if verdict == Ok(true) && dir == Direction::Dest {
-        remember(slot, ctx, hook, proto, &addr, port);
+    judge(slot, ctx, dir, hook, target, (&addr, port), false)
+}
+
+/// What `judge4` and `judge6` share once they have the destination: a
+/// sendmsg the record already allowed, or the policy's decision
+/// (`decide_v6` for an IPv6 socket: embedded IPv4 forms), remembered for
+/// the egress hook when it allows a destination it had to look up; then
+/// the redirect, the trace and the count or event.
+#[inline(always)]
+fn judge(
+    slot: &Slot,
+    ctx: &SockAddrContext,
+    dir: Direction,
+    hook: u32,
+    target: Option<Redirect>,
+    (addr, port): (&TrieAddr, u16),
+    v6: bool,
+) -> bool {
+    let proto = protocol(ctx.sock_addr);
+    let recorded = sent_before(slot, ctx, hook, addr, port);
+    let verdict = if recorded {
+        Ok(true)
+    } else if v6 {
+        decide_v6(slot, addr, port, proto, dir)
+    } else {
+        decide(slot, addr, port, proto, dir)
+    };
+    if verdict == Ok(true) && dir == Direction::Dest && !recorded {
+        // As the socket and the packet header will carry it.
+        remember(slot, ctx, hook, proto, addr, port);
     }
-    let redirected = redirect_denied(slot, ctx, verdict, target, false);
-    trace(ctx, slot, hook, &addr, port, verdict);
-    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
+    let redirected = redirect_denied(slot, ctx, verdict, target, v6);
+    trace(ctx, slot, hook, addr, port, verdict);
+    settle(slot, verdict, hook, proto, addr, u32::from(port), Task::Current, redirected) || redirected
 }
 
 /// With the sandbox's debug flag (`run -vv`), one aya-log line per
@@ -1234,20 +1261,12 @@ fn trace<C: aya_ebpf::EbpfContext>(
 #[inline(always)]
 fn judge6(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target: Option<Redirect>) -> bool {
     let sa = ctx.sock_addr.cast_const();
-    let (mut addr, mut port, proto) = (user_ip6(sa), port(sa), protocol(sa));
+    let (mut addr, mut port) = (user_ip6(sa), port(sa));
     if hook == HOOK_SENDMSG6 && port == 0 && addr == [0; 16] {
         // As in `judge4` (IPV6_TCLASS for ECN, hop limit, pktinfo...).
         (addr, port) = connected_peer(ctx, true);
     }
-    let verdict =
-        if sent_before(slot, ctx, hook, &addr, port) { Ok(true) } else { decide_v6(slot, &addr, port, proto, dir) };
-    if verdict == Ok(true) && dir == Direction::Dest {
-        // As the socket and the packet header will carry it.
-        remember(slot, ctx, hook, proto, &addr, port);
-    }
-    let redirected = redirect_denied(slot, ctx, verdict, target, true);
-    trace(ctx, slot, hook, &addr, port, verdict);
-    settle(slot, verdict, hook, proto, &addr, u32::from(port), Task::Current, redirected) || redirected
+    judge(slot, ctx, dir, hook, target, (&addr, port), true)
 }
 
 /// Turns a decision of the egress hook into its answer, counting and
