@@ -190,7 +190,12 @@ pub const MAPS: [&str; 12] = [
 /// DNAT already rewrote). The SYN of a connect and the datagram of a
 /// sendmsg leave on the CPU whose hook just judged them, so a few entries
 /// per CPU catch them; an entry that is gone (evicted, or another CPU's)
-/// only means the backstop judges that packet in full. Per-socket storage
+/// only means the backstop judges that packet in full. The connect and
+/// sendmsg hooks also take an entry of the same policy for the same
+/// destination, port and [`RecentVerdict::kind`] as their verdict, whatever
+/// its socket: a client that connects to one server again and again (a
+/// connection pool, a proxy, a database) is judged without a trie lookup,
+/// so its cost does not grow with the policy. Per-socket storage
 /// did this before, at about 0.75 µs per connect to create it and as much
 /// again to free it; a host-wide LRU hash cost nearly as much (its entries
 /// are cold when reused).
@@ -247,10 +252,16 @@ pub struct RecentVerdict {
     /// policy a sandbox gets, and a re-attach zeroes the cell.
     pub policy: u32,
     pub generation: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// How it was judged: the socket's protocol (`IPPROTO_TCP`/`_UDP`),
+    /// plus [`RECENT_V6`] if as an IPv6 destination (embedded IPv4 forms
+    /// classified). A connect or sendmsg to the same destination, judged
+    /// the same way under the same policy, gets the same verdict.
+    pub kind: u32,
 }
 const _: () = assert!(core::mem::size_of::<RecentVerdict>() == 40);
+
+/// [`RecentVerdict::kind`] bit: judged as an IPv6 destination.
+pub const RECENT_V6: u32 = 1 << 8;
 
 /// The per-sandbox maps of contract 1 (before program sets), which
 /// sandboxes attached by an older sbx still have pinned beside their links.

@@ -24,7 +24,7 @@ use sbx_common::{
     counter_index, Connects, Event, OrigDst, OrigKey, PortTable, RecentVerdict, Slot, Stats, TrieAddr, TrieValue,
     CONNECTS_ENTRIES, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED,
     EVENT_SLOTS, FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS,
-    RECENT_CONNECTS, RECENT_VERDICTS, VERDICT_ALLOW, VERDICT_DENY,
+    RECENT_CONNECTS, RECENT_V6, RECENT_VERDICTS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 /// `BPF_MAP_TYPE_CGROUP_STORAGE`.
@@ -130,12 +130,10 @@ static SBX_ORIGDST: LruHashMap<OrigKey, OrigDst, 16384> = LruHashMap::new();
 /// allowed `addr`:`port` for the context's socket (see
 /// `sbx_common::RECENT_VERDICTS`).
 #[inline(always)]
-fn remember(slot: &Slot, ctx: &SockAddrContext, hook: u32, proto: u32, addr: &TrieAddr, port: u16) {
-    // SAFETY: the helper takes the context pointer.
-    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-    let entry = recent(slot, cookie, addr, u32::from(port));
-    record(SBX_STATS.get(), entry);
-    if proto == IPPROTO_TCP && (hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6) {
+fn remember(slot: &Slot, stats: *mut Stats, cookie: u64, hook: u32, kind: u32, addr: &TrieAddr, port: u16) {
+    let entry = recent(slot, cookie, addr, u32::from(port), kind);
+    record(stats, entry);
+    if kind & !RECENT_V6 == IPPROTO_TCP && (hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6) {
         record_connect(slot, entry);
     }
 }
@@ -203,25 +201,47 @@ fn recalled_connect(slot: &Slot, cookie: u64) -> Option<RecentVerdict> {
 /// The entry saying this layer's current policy allowed `addr`:`port` for
 /// the socket `cookie`.
 #[inline(always)]
-fn recent(slot: &Slot, cookie: u64, addr: &TrieAddr, port: u32) -> RecentVerdict {
-    RecentVerdict { cookie, addr: *addr, port, policy: slot.policy, generation: slot.generation, _pad: 0 }
+fn recent(slot: &Slot, cookie: u64, addr: &TrieAddr, port: u32, kind: u32) -> RecentVerdict {
+    RecentVerdict { cookie, addr: *addr, port, policy: slot.policy, generation: slot.generation, kind }
 }
 
-/// Whether this is a sendmsg to the destination this layer's current
-/// policy last allowed for the same socket on this CPU (see [`record`]): a
-/// UDP socket that sends to one peer again and again (a resolver, QUIC,
-/// syslog) is then judged without a trie lookup, whatever the policy's
-/// size. The entry was written only by an allow of this very policy and
-/// generation, for this socket (its protocol cannot change), this address
-/// and port, so it is that decision.
+/// The cookie of the socket for which this layer's current policy lately
+/// allowed `addr`:`port`, judged as `kind`, on this CPU (see [`record`]):
+/// a client that connects or sends to one server again and again (a
+/// connection pool, a proxy, a resolver, QUIC) is then judged without a
+/// trie lookup, whatever the policy's size. The entry was written only by
+/// an allow of this very policy and generation (the slot read at the start
+/// of this program run), for this address, port, protocol and address
+/// family, which is all a destination's verdict depends on: it is that
+/// decision. A denial is never kept, so denials are always judged (and
+/// reported) in full.
 #[inline(always)]
-fn sent_before(slot: &Slot, ctx: &SockAddrContext, hook: u32, addr: &TrieAddr, port: u16) -> bool {
-    if hook != HOOK_SENDMSG4 && hook != HOOK_SENDMSG6 {
-        return false;
+fn allowed_lately(slot: &Slot, stats: *mut Stats, addr: &TrieAddr, port: u16, kind: u32) -> Option<u64> {
+    if stats.is_null() {
+        return None;
     }
-    // SAFETY: the helper takes the context pointer.
-    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
-    recalled(SBX_STATS.get(), cookie).is_some_and(|seen| seen == recent(slot, cookie, addr, u32::from(port)))
+    let mut i = 0;
+    while i < RECENT_VERDICTS {
+        // SAFETY: as in `record`; `i` is bounded. Compared in place (a
+        // copy per entry does not fit the stack of the connect hooks);
+        // the cookie is read before and after, as in `read_entry`.
+        unsafe {
+            let cell = core::ptr::addr_of!((*stats).recent[i]);
+            let cookie = core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie));
+            if cookie != 0
+                && core::ptr::read_volatile(core::ptr::addr_of!((*cell).port)) == u32::from(port)
+                && core::ptr::read_volatile(core::ptr::addr_of!((*cell).policy)) == slot.policy
+                && core::ptr::read_volatile(core::ptr::addr_of!((*cell).generation)) == slot.generation
+                && core::ptr::read_volatile(core::ptr::addr_of!((*cell).kind)) == kind
+                && core::ptr::read_volatile(core::ptr::addr_of!((*cell).addr)) == *addr
+                && core::ptr::read_volatile(core::ptr::addr_of!((*cell).cookie)) == cookie
+            {
+                return Some(cookie);
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Puts `entry` in the cache of recent verdicts, over its socket's older
@@ -274,6 +294,7 @@ unsafe fn write_entry(cell: *mut RecentVerdict, entry: &RecentVerdict) {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).port), entry.port);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).policy), entry.policy);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).generation), entry.generation);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).kind), entry.kind);
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*cell).cookie), entry.cookie);
     }
 }
@@ -913,7 +934,7 @@ fn egress(ctx: &SkBuffContext) -> bool {
     #[expect(clippy::cast_possible_truncation, reason = "ports are 16-bit")]
     let verdict = decide_v6(slot, &judged, judged_port as u16, l4, Direction::Dest);
     if verdict == Ok(true) && sock_port != 0 {
-        record(stats, recent(slot, cookie, &judged, judged_port));
+        record(stats, recent(slot, cookie, &judged, judged_port, l4 | RECENT_V6));
     }
     conclude(slot, verdict, HOOK_EGRESS, l4, &judged, judged_port, Task::Unknown)
 }
@@ -1194,11 +1215,12 @@ fn judge4(slot: &Slot, ctx: &SockAddrContext, dir: Direction, hook: u32, target:
     judge(slot, ctx, dir, hook, target, (&addr, port), false)
 }
 
-/// What `judge4` and `judge6` share once they have the destination: a
-/// sendmsg the record already allowed, or the policy's decision
-/// (`decide_v6` for an IPv6 socket: embedded IPv4 forms), remembered for
-/// the egress hook when it allows a destination it had to look up; then
-/// the redirect, the trace and the count or event.
+/// What `judge4` and `judge6` share once they have the destination: the
+/// verdict this policy lately gave the same destination (see
+/// [`allowed_lately`]), or the policy's decision (`decide_v6` for an IPv6
+/// socket: embedded IPv4 forms); an allow remembered for the egress hook
+/// under this socket's cookie; then the redirect, the trace and the count
+/// or event.
 #[inline(always)]
 fn judge(
     slot: &Slot,
@@ -1210,17 +1232,25 @@ fn judge(
     v6: bool,
 ) -> bool {
     let proto = protocol(ctx.sock_addr);
-    let recorded = sent_before(slot, ctx, hook, addr, port);
-    let verdict = if recorded {
+    let kind = if v6 { proto | RECENT_V6 } else { proto };
+    let stats = SBX_STATS.get();
+    let lately = if dir == Direction::Dest { allowed_lately(slot, stats, addr, port, kind) } else { None };
+    let verdict = if lately.is_some() {
         Ok(true)
     } else if v6 {
         decide_v6(slot, addr, port, proto, dir)
     } else {
         decide(slot, addr, port, proto, dir)
     };
-    if verdict == Ok(true) && dir == Direction::Dest && !recorded {
-        // As the socket and the packet header will carry it.
-        remember(slot, ctx, hook, proto, addr, port);
+    if verdict == Ok(true) && dir == Direction::Dest {
+        // SAFETY: the helper takes the context pointer.
+        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+        // As the socket and the packet header will carry it, for the egress
+        // hook: a connect always (its SYN, and the shared record), a
+        // sendmsg unless the entry it agreed with is its own socket's.
+        if lately != Some(cookie) || hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6 {
+            remember(slot, stats, cookie, hook, kind, addr, port);
+        }
     }
     let redirected = redirect_denied(slot, ctx, verdict, target, v6);
     trace(ctx, slot, hook, addr, port, verdict);

@@ -370,3 +370,53 @@ for step in range(n):
         );
     }
 }
+
+#[test]
+fn a_verdict_kept_for_a_destination_serves_only_its_protocol_and_policy() {
+    // The connect and sendmsg hooks take a verdict this layer's policy
+    // lately gave the same destination, whatever the socket. It must
+    // never answer for another protocol, nor outlive the policy that made
+    // it. One process on one CPU (the verdicts are kept per CPU): TCP
+    // connects to a port the policy allows for TCP only, then UDP to it;
+    // after an update that no longer allows it, TCP again.
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    n.serve_tcp(8081);
+    fx.attach(&["--allow", &format!("tcp://{}:8080", n.ns_v4)]);
+    let steps = TempDir::new("kept-verdict-steps");
+    let script = r#"
+import errno, os, socket, sys, time
+d, host = sys.argv[1], sys.argv[2]
+def tcp(port):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((host, port)); return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", (host, port)); return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+print(" ".join(tcp(8080) for _ in range(6)), "|", udp(8080), "|", tcp(8080), flush=True)
+while not os.path.exists(os.path.join(d, "updated")):
+    time.sleep(0.002)
+print(tcp(8080), tcp(8081), tcp(8080), flush=True)
+"#;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", "python3", "-c", script]).arg(steps.path()).arg(n.ns_v4.to_string());
+    let mut client = Background::spawn_at("one client on one CPU", &mut cmd, fx.inside().place());
+    // TCP to the allowed port; UDP to it (allowed for TCP only) right
+    // after; TCP again after the denied UDP.
+    assert_eq!(client.read_line(), "ok ok ok ok ok ok | EPERM | ok");
+    fx.sbx.ok(&["attach", "--replace", "--cgroup", fx.cg.arg(), "--allow", &format!("tcp://{}:8081", n.ns_v4)]);
+    std::fs::write(steps.path().join("updated"), "").expect("writing the step file");
+    assert_eq!(client.read_line(), "EPERM ok EPERM", "after the update, the old policy's verdicts are gone");
+}
