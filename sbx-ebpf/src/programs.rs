@@ -335,27 +335,25 @@ fn recalled(stats: *mut Stats, cookie: u64) -> Option<RecentVerdict> {
     None
 }
 
-/// The socket of `ctx`'s packet: its cookie (0 without a socket) and its
-/// own destination (`port` 0 for an unconnected socket), as (mapped
-/// address, host-order port).
+/// The own destination of the socket of `ctx`'s packet (`cookie`: its
+/// socket cookie, 0 without a socket), as (mapped address, host-order
+/// port); port 0 for an unconnected socket or none.
 #[inline(always)]
-fn packet_socket(ctx: &SkBuffContext) -> (u64, TrieAddr, u32) {
-    // SAFETY: the helper takes the context pointer; 0 without a socket.
-    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
+fn packet_peer(ctx: &SkBuffContext, cookie: u64) -> (TrieAddr, u32) {
     // SAFETY: reading the packet's socket field of the context.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if cookie == 0 || sk.is_null() {
-        return (cookie, [0; 16], 0);
+        return ([0; 16], 0);
     }
     // SAFETY: helper on a socket pointer of the context.
     let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
     if full.is_null() {
-        return (cookie, [0; 16], 0);
+        return ([0; 16], 0);
     }
     // SAFETY: a field of a full socket; the verifier checks the access.
     let family = ctx_u32(unsafe { core::ptr::addr_of!((*full).family) });
     let (dst, port) = sock_peer(full, family != AF_INET);
-    (cookie, dst, u32::from(port))
+    (dst, u32::from(port))
 }
 
 /// The connected peer of a full socket `sk` (`v6`: read `dst_ip6`, which
@@ -581,6 +579,15 @@ fn report<const TASK: bool>(slot: &Slot, stats: *mut Stats, d: &Denial) {
         (*e).sandbox = slot.cgroup_id;
     }
     entry.submit(0);
+}
+
+/// An allowed call, counted in this CPU's cell `stats` the caller already
+/// holds (what [`settle`] does for an allow, without fetching the cell
+/// again).
+#[inline(always)]
+fn allow(stats: *mut Stats, hook: u32) -> bool {
+    bump(stats, counter_index(hook, 0));
+    true
 }
 
 #[inline(always)]
@@ -913,19 +920,34 @@ fn egress(ctx: &SkBuffContext) -> bool {
     // destination counts as well as the header's, which netfilter's DNAT
     // may have rewritten.
     let stats = SBX_STATS.get();
-    let (cookie, sock_dst, sock_port) = packet_socket(ctx);
+    // SAFETY: the helper takes the context pointer; 0 without a socket.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.as_ptr()) };
     let port = u32::from(port);
     let seen = match recalled(stats, cookie) {
         None if l4 == IPPROTO_TCP => recalled_connect(slot, cookie),
         seen => seen,
     };
+    // The socket's own destination is read only when the header does not
+    // already agree with the record (the common case needs neither the
+    // full-socket helper nor its fields).
+    let mut peer = None;
     if let Some(seen) = seen {
-        let agrees = (seen.addr == addr && seen.port == port) || (seen.addr == sock_dst && seen.port == sock_port);
         let current = seen.policy == slot.policy && seen.generation == slot.generation;
-        if agrees && (l4 == IPPROTO_TCP || current) {
-            return conclude(slot, Ok(true), HOOK_EGRESS, l4, &addr, port, Task::Unknown);
+        if l4 == IPPROTO_TCP || current {
+            if seen.addr == addr && seen.port == port {
+                return allow(stats, HOOK_EGRESS);
+            }
+            let (sock_dst, sock_port) = packet_peer(ctx, cookie);
+            if seen.addr == sock_dst && seen.port == sock_port {
+                return allow(stats, HOOK_EGRESS);
+            }
+            peer = Some((sock_dst, sock_port));
         }
     }
+    let (sock_dst, sock_port) = match peer {
+        Some(peer) => peer,
+        None => packet_peer(ctx, cookie),
+    };
     // Judged in full: a connected socket by its own destination, which is
     // what its connect hook judged (the header may be NAT's rewrite); an
     // unconnected one by the header. An allowed connected socket's verdict
@@ -1252,8 +1274,11 @@ fn judge(
             remember(slot, stats, cookie, hook, kind, addr, port);
         }
     }
-    let redirected = redirect_denied(slot, ctx, verdict, target, v6);
     trace(ctx, slot, hook, addr, port, verdict);
+    if verdict == Ok(true) {
+        return allow(stats, hook);
+    }
+    let redirected = redirect_denied(slot, ctx, verdict, target, v6);
     settle(slot, verdict, hook, proto, addr, u32::from(port), Task::Current, redirected) || redirected
 }
 
