@@ -85,14 +85,13 @@ fn without_clone3(cmd: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     // clone3 is 435 on x86_64 and aarch64.
     const NR_CLONE3: u32 = 435;
-    #[expect(clippy::cast_sign_loss, reason = "ENOSYS is a small positive errno")]
-    let enosys = libc::SECCOMP_RET_ERRNO | (libc::ENOSYS as u32);
-    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
-    #[expect(clippy::cast_possible_truncation, reason = "classic BPF opcodes fit 16 bits")]
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS.unsigned_abs();
+    let op = |code: u32| u16::try_from(code).expect("classic BPF opcodes fit 16 bits");
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: op(code), jt: 0, jf: 0, k };
     let program = [
         // A = seccomp_data.nr
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: 0, jf: 1, k: NR_CLONE3 },
+        libc::sock_filter { code: op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K), jt: 0, jf: 1, k: NR_CLONE3 },
         stmt(libc::BPF_RET | libc::BPF_K, enosys),
         stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
     ];
