@@ -570,15 +570,24 @@ impl Confinement {
             let core = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
             check(libc::setrlimit(libc::RLIMIT_CORE, &raw const core).into())?;
             if let Some(id) = identity {
+                // The system calls, not glibc's wrappers: those broadcast
+                // the change to every thread glibc knows of, and this child
+                // of a raw clone (crate::spawn) is single-threaded while
+                // glibc's list still names the runner's threads. (The
+                // 32-bit-id calls: `run` refuses architectures other than
+                // x86_64 and aarch64, where these are the only ones.)
+                // Each id passed as a whole register (c_ulong).
                 let gid = id.gid;
-                check(libc::setgroups(1, &raw const gid).into())?;
-                check(libc::setresgid(gid, gid, gid).into())?;
-                check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
+                let (g, u) = (libc::c_ulong::from(gid), libc::c_ulong::from(id.uid));
+                check(libc::syscall(libc::SYS_setgroups, libc::c_ulong::from(1u8), &raw const gid))?;
+                check(libc::syscall(libc::SYS_setresgid, g, g, g))?;
+                check(libc::syscall(libc::SYS_setresuid, u, u, u))?;
                 // A uid change clears the parent-death signal: set it again,
-                // and make sure the parent did not die in between.
+                // and make sure the parent did not die in between (ESRCH:
+                // no allocation here for a message).
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0).into())?;
                 if libc::getppid() != *parent {
-                    return Err(io::Error::other("sbx-user exited while the command was starting"));
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
             }
             // Then the permitted, effective and inheritable sets.

@@ -46,6 +46,7 @@ pub mod progress;
 pub mod progset;
 pub mod run;
 pub mod sandbox;
+pub mod spawn;
 pub mod state;
 pub mod sys;
 pub mod trace;

@@ -2,9 +2,11 @@
 //!
 //! Order matters for "no instruction of the command runs outside the
 //! policy": the cgroup is created and the programs attached first; the
-//! child then moves itself into the cgroup between fork and exec (writing
-//! `0` to `cgroup.procs` in `pre_exec`), so the new program image starts
-//! inside the enforced cgroup. The links are pinned like `attach`'s: if
+//! child is then created inside the cgroup (`clone3` with
+//! `CLONE_INTO_CGROUP`, [`crate::spawn`]; on older kernels it writes `0`
+//! to `cgroup.procs` itself before anything else), and proves, confines
+//! and execs itself there, so the new program image starts inside the
+//! enforced cgroup. The links are pinned like `attach`'s: if
 //! `sbx-user run` itself is killed, the child dies with it
 //! (`PR_SET_PDEATHSIG`) and anything it left behind stays enforced.
 
@@ -12,9 +14,8 @@ use std::{
     ffi::OsString,
     io,
     os::fd::{AsFd as _, AsRawFd as _},
-    os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
     path::PathBuf,
-    process::{Command, ExitStatus},
+    process::ExitStatus,
     time::Duration,
 };
 
@@ -25,6 +26,7 @@ use crate::{
     harden::{landlock, seccomp},
     policy::{Dns, Mode, Policy},
     sandbox::{default_options, install, uninstall, Owner, SandboxError},
+    spawn,
     state::Paths,
 };
 
@@ -367,12 +369,12 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         // starts, and the sandbox is torn down as after any run.
         Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
         None => {
-            spawn_and_wait(command, policy, (&cg, dir.as_ref()), opts, &workspace, ruleset, filter, unix, &forwarder)
+            spawn_and_wait(command, policy, (&cg, dir.as_ref()), opts, &workspace, &ruleset, &filter, unix, &forwarder)
         }
     };
     readers.stop();
     let torn = match &opts.agent {
-        None => teardown(&cg, paths),
+        None => teardown(&cg, paths, Some(workspace)),
         Some(agent) => teardown_via_agent(agent, &cg, paths),
     };
     if let Err(e) = torn {
@@ -585,16 +587,34 @@ fn teardown_via_agent(agent: &AgentTarget, cg: &Cgroup, paths: &Paths) -> Result
         Err(e @ ClientError::Agent { .. }) => Err(e.into()),
         Err(e) => {
             log::warn!("{e}; removing the sandbox directly");
-            teardown(cg, paths)
+            teardown(cg, paths, None)
         }
     }
 }
 
-fn teardown(cg: &Cgroup, paths: &Paths) -> Result<(), Box<dyn std::error::Error>> {
-    cg.kill_all(Duration::from_secs(5))?;
-    uninstall(cg.id, &cg.path, paths)?;
-    cg.remove()?;
-    Ok(())
+/// Kills what is left in the sandbox, detaches and removes it. The private
+/// HOME and /tmp (`workspace`), once nothing is left that could write
+/// there, are removed by a thread meanwhile: on a disk that discards freed
+/// blocks at once, each directory removed waits for the device (3-4 ms
+/// here), longer than the detach.
+fn teardown(
+    cg: &Cgroup,
+    paths: &Paths,
+    workspace: Option<crate::harden::workspace::Workspace>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if let Err(e) = cg.kill_all(Duration::from_secs(5)) {
+        drop(workspace);
+        return Err(e.into());
+    }
+    // If no thread can be made, the closure, and the workspace with it, is
+    // dropped here: removed before going on.
+    let removing =
+        workspace.and_then(|w| std::thread::Builder::new().name("sbx-cleanup".into()).spawn(move || drop(w)).ok());
+    let detached = uninstall(cg.id, &cg.path, paths).map_err(Into::into).and_then(|()| cg.remove().map_err(Into::into));
+    if let Some(t) = removing {
+        let _ = t.join();
+    }
+    detached
 }
 
 /// Loopback destinations for `NO_PROXY`: names, addresses, and the CIDR
@@ -632,8 +652,8 @@ fn spawn_and_wait(
     (cg, dir): (&Cgroup, Option<&std::os::fd::OwnedFd>),
     opts: &RunOptions,
     workspace: &crate::harden::workspace::Workspace,
-    ruleset: landlock::Prepared,
-    filter: seccomp::SeccompFilter,
+    ruleset: &landlock::Prepared,
+    filter: &seccomp::SeccompFilter,
     unix: Option<crate::harden::unix::Guard>,
     forwarder: &Forwarder,
 ) -> Result<ExitStatus, RunError> {
@@ -649,9 +669,11 @@ fn spawn_and_wait(
         confinement.bind_files(&binds).map_err(RunError::Confine)?;
     }
     let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
-    let (procs, entry) = entry_of(cg, dir, opts)?;
-    let procs_fd = procs.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
-    let handshake = entry.as_ref().map(Entry::child_end);
+    let enter = enter_of(cg, dir, opts)?;
+    let (procs_fd, handshake) = match &enter {
+        Enter::Born { procs, .. } => (procs.as_raw_fd(), None),
+        Enter::Moved(entry) => (-1, Some(entry.child_end())),
+    };
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
 
@@ -662,55 +684,33 @@ fn spawn_and_wait(
     let search_path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.to_string_lossy().into_owned());
     let exec = Exec::new(program, args, &env).map_err(RunError::Confine)?;
     let searched = exec.searched();
-    let mut cmd = Command::new(program);
-    cmd.args(args).env_clear().envs(env);
-    let set = signal_set();
-    // SAFETY: the closure runs between fork and exec in the child and only
-    // makes async-signal-safe system calls on values captured by copy.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The runner blocks the forwarded signals and ignores SIGPIPE;
-            // the command gets neither (std does not reset the mask).
-            libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            // Die with the runner, so nothing outlives cleanup unnoticed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent_pid {
-                return Err(io::Error::last_os_error());
-            }
-            // Enter the sandbox cgroup before the first instruction of the
-            // command runs. If this fails, exec never happens.
-            match handshake {
-                None => {
-                    if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Some(h) => h.wait_until_moved()?,
-            }
-            prove_enforced()?;
-            confinement.apply()?;
-            // Landlock needs no_new_privs, which `apply` set; seccomp goes
-            // last because it forbids the mount calls `apply` made.
-            ruleset.restrict_self()?;
-            filter.apply()?;
-            // The UNIX socket helper and notification filter last: the
-            // helper gets everything above, and nothing after this point
-            // may connect or bind on the supervisor's behalf.
-            if let Some(u) = &unix_child {
-                u.start()?;
-            }
-            // The PATH search happens here, as the identity, under
-            // Landlock: `exec` returns only if nothing could be run.
-            Err(exec.exec())
-        });
-    }
+    let start = CommandStart {
+        signals: signal_set(),
+        parent: parent_pid,
+        procs_fd,
+        handshake,
+        confinement: &confinement,
+        ruleset,
+        filter,
+        unix: unix_child.as_ref(),
+        exec: &exec,
+    };
+    let start_command = |born| start.run(born);
 
     let name = program.to_string_lossy().into_owned();
-    let mover = entry.map(Entry::start);
-    let spawned = cmd.spawn();
-    let spawned = match mover {
-        Some(m) => m.after_spawn(spawned)?,
-        None => spawned,
+    let (spawned, procs) = match enter {
+        Enter::Born { dir, procs } => {
+            // SAFETY: `start_command` keeps to what a child of a raw clone
+            // may do (see above).
+            let spawned = unsafe { spawn::spawn(spawn::Start::InCgroup(dir.as_fd()), start_command) };
+            drop(dir);
+            (spawned, Some(procs))
+        }
+        Enter::Moved(entry) => {
+            let mover = entry.start();
+            // SAFETY: as above.
+            (mover.after_spawn(unsafe { spawn::spawn(spawn::Start::Here, start_command) })?, None)
+        }
     };
     let mut child = spawned.map_err(|source| {
         if source.raw_os_error() == Some(PROOF_FAILED) {
@@ -726,12 +726,16 @@ fn spawn_and_wait(
         }
     })?;
     drop(procs);
-    let child_pid = i32::try_from(child.id()).expect("pids fit i32");
-    let relative = crate::cgroup::cgroup2_mount()
-        .ok()
-        .and_then(|root| cg.path.strip_prefix(root).ok().map(|r| format!("/{}", r.display())))
-        .unwrap_or_default();
-    let supervisor = match unix.map(|g| g.supervise(relative)).transpose() {
+    let child_pid = child.id();
+    // The cgroup as /proc/PID/cgroup names it, for the supervisor only
+    // (finding the mount reads /proc/self/mountinfo).
+    let relative = || {
+        crate::cgroup::cgroup2_mount()
+            .ok()
+            .and_then(|root| cg.path.strip_prefix(root).ok().map(|r| format!("/{}", r.display())))
+            .unwrap_or_default()
+    };
+    let supervisor = match unix.map(|g| g.supervise(relative())).transpose() {
         Ok(s) => s,
         Err(e) => {
             // Fail closed: without a supervisor the command's connect and
@@ -757,6 +761,81 @@ fn spawn_and_wait(
     status
 }
 
+/// What the child does between clone and exec, prepared in the parent.
+struct CommandStart<'a> {
+    /// The forwarded signals, which the runner blocks.
+    signals: libc::sigset_t,
+    /// The runner's pid.
+    parent: libc::pid_t,
+    /// `cgroup.procs` of the sandbox, for a child not created in it.
+    procs_fd: i32,
+    /// The agent's handshake, for a child it moves.
+    handshake: Option<Handshake>,
+    confinement: &'a Confinement,
+    ruleset: &'a landlock::Prepared,
+    filter: &'a seccomp::SeccompFilter,
+    unix: Option<&'a crate::harden::unix::ChildStart>,
+    exec: &'a Exec,
+}
+
+impl CommandStart<'_> {
+    /// In the child: enters the sandbox (unless clone3 created it there),
+    /// proves the hooks fire, confines itself and execs the command;
+    /// returns only the error that kept the command from starting. System
+    /// calls on prepared values only, no allocation ([`crate::spawn`] says
+    /// why).
+    fn run(&self, born: spawn::Born) -> io::Error {
+        match self.setup(born) {
+            // The PATH search happens here, as the identity, under
+            // Landlock: `exec` returns only if nothing could be run.
+            Ok(()) => self.exec.exec(),
+            Err(e) => e,
+        }
+    }
+
+    fn setup(&self, born: spawn::Born) -> io::Result<()> {
+        let Self { signals, parent, procs_fd, handshake, confinement, ruleset, filter, unix, exec: _ } = self;
+        // SAFETY: async-signal-safe system calls on values of `self`: the
+        // mask, the SIGPIPE disposition, the parent-death signal, one write
+        // of a static byte.
+        unsafe {
+            // The runner blocks the forwarded signals and ignores SIGPIPE;
+            // the command gets neither.
+            libc::sigprocmask(libc::SIG_UNBLOCK, signals, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // Die with the runner, so nothing outlives cleanup unnoticed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != *parent {
+                return Err(io::Error::last_os_error());
+            }
+            // Enter the sandbox cgroup before the first instruction of the
+            // command runs, unless clone3 created the child there. If this
+            // fails, exec never happens.
+            match (born, handshake) {
+                (spawn::Born::InCgroup, _) => {}
+                (spawn::Born::Outside, None) => {
+                    if libc::write(*procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                (spawn::Born::Outside, Some(h)) => h.wait_until_moved()?,
+            }
+        }
+        prove_enforced()?;
+        confinement.apply()?;
+        // Landlock needs no_new_privs, which `apply` set; seccomp goes last
+        // because it forbids the mount calls `apply` made.
+        ruleset.restrict_self()?;
+        filter.apply()?;
+        // The UNIX socket helper and notification filter last: the helper
+        // gets everything above, and nothing after this point may connect
+        // or bind on the supervisor's behalf.
+        if let Some(u) = unix {
+            u.start()?;
+        }
+        Ok(())
+    }
+}
+
 /// The host paths bound into the private /tmp at their own paths: the
 /// workspace's carried directories, and allowed host sockets under /tmp
 /// (unless a carried directory holds them already).
@@ -780,24 +859,30 @@ fn carried_into_tmp(
     Ok(carried)
 }
 
-/// How the child enters the sandbox: it writes `cgroup.procs` itself
-/// (opened here, through the agent's fd of the cgroup when there is one),
-/// or, for a caller that is not root, the agent moves it while it waits
-/// ([`Entry`]).
-fn entry_of(
-    cg: &Cgroup,
-    dir: Option<&std::os::fd::OwnedFd>,
-    opts: &RunOptions,
-) -> Result<(Option<std::fs::File>, Option<Entry>), RunError> {
+/// How the child enters the sandbox.
+enum Enter {
+    /// clone3 creates it in the cgroup whose directory `dir` is (opened
+    /// here, or the agent's fd of it); where that is unavailable, the
+    /// child writes `procs` (that cgroup's `cgroup.procs`) itself.
+    Born { dir: std::os::fd::OwnedFd, procs: std::fs::File },
+    /// For a caller that is not root, the agent moves it while it waits
+    /// ([`Entry`]).
+    Moved(Box<Entry>),
+}
+
+fn enter_of(cg: &Cgroup, dir: Option<&std::os::fd::OwnedFd>, opts: &RunOptions) -> Result<Enter, RunError> {
     let procs_path = cg.procs_path();
-    let opened = match (dir, &opts.agent) {
-        (None, Some(agent)) => return Ok((None, Some(Entry::new(agent, cg).map_err(RunError::Confine)?))),
-        (None, None) => std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&procs_path),
+    let io_err = |action: &'static str, path: PathBuf| move |source| CgroupError::Io { action, path, source };
+    let dir = match (dir, &opts.agent) {
+        (None, Some(agent)) => return Ok(Enter::Moved(Box::new(Entry::new(agent, cg).map_err(RunError::Confine)?))),
+        (None, None) => std::fs::File::open(&cg.path).map(std::os::fd::OwnedFd::from),
         // Through the agent's fd of the cgroup, not by name.
-        (Some(dir), _) => crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC),
+        (Some(dir), _) => dir.try_clone(),
     };
-    let file = opened.map_err(|source| CgroupError::Io { action: "opening", path: procs_path, source })?;
-    Ok((Some(file), None))
+    let dir = dir.map_err(io_err("opening", cg.path.clone()))?;
+    let procs = crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC)
+        .map_err(io_err("opening", procs_path))?;
+    Ok(Enter::Born { dir, procs })
 }
 
 /// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).
@@ -970,10 +1055,7 @@ impl Mover {
     /// After `spawn` returned: the thread's refusal, if any, which says
     /// more than the child's error (the thread has ended, or ends now that
     /// it sees the spawn is over). A child that started anyway is killed.
-    fn after_spawn(
-        self,
-        spawned: io::Result<std::process::Child>,
-    ) -> Result<io::Result<std::process::Child>, RunError> {
+    fn after_spawn(self, spawned: io::Result<spawn::Child>) -> Result<io::Result<spawn::Child>, RunError> {
         self.spawned.store(true, std::sync::atomic::Ordering::Release);
         let moved = self
             .thread
@@ -983,7 +1065,7 @@ impl Mover {
             (Ok(()), spawned) => Ok(spawned),
             (Err(e), Ok(mut child)) => {
                 // SAFETY: kill(2) on our own child, not yet reaped.
-                unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(i32::MAX), libc::SIGKILL) };
+                unsafe { libc::kill(child.id(), libc::SIGKILL) };
                 let _ = child.wait();
                 Err(e)
             }

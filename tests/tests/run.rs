@@ -78,6 +78,67 @@ fn run_cleans_up_its_cgroup_pins_and_record() {
     assert_cleaned_up(&sbx, &cg, Some(id));
 }
 
+/// Makes `clone3` fail with `ENOSYS` for `cmd` (a seccomp filter, as
+/// container runtimes install where the kernel's clone3 is too new for
+/// them to inspect), so it runs as on a kernel before 5.3.
+fn without_clone3(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // clone3 is 435 on x86_64 and aarch64.
+    const NR_CLONE3: u32 = 435;
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS.unsigned_abs();
+    let op = |code: u32| u16::try_from(code).expect("classic BPF opcodes fit 16 bits");
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: op(code), jt: 0, jf: 0, k };
+    let program = [
+        // A = seccomp_data.nr
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        libc::sock_filter { code: op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K), jt: 0, jf: 1, k: NR_CLONE3 },
+        stmt(libc::BPF_RET | libc::BPF_K, enosys),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: prctl and seccomp(2) between fork and exec with a program
+    // on the stack of the closure, which outlives the call.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog { len: 4, filter: program.as_ptr().cast_mut() };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &raw const prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn without_clone3_the_command_moves_itself_into_its_cgroup_and_says_so() {
+    // The fallback of a kernel that cannot create the command inside its
+    // cgroup: the child writes cgroup.procs before anything else, and the
+    // policy holds from its first instruction as with clone3.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let mut cmd = sbx.run_cmd(&cg, &["--default", "deny"], &["sh", "-c", SELF_REPORT]);
+    self_report_env(&mut cmd);
+    without_clone3(&mut cmd);
+    let out = cmd.output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", describe(&out));
+    assert_eq!(Path::new(lines[0]).parent(), Some(cg.path()), "in the sandbox cgroup: {}", describe(&out));
+    assert_eq!(&lines[2..], ["pins", "record"], "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("clone3(CLONE_INTO_CGROUP) is unavailable"), "the fallback is reported: {stderr}");
+    let id = lines[1].parse::<u64>().expect("an inode number");
+    assert_cleaned_up(&sbx, &cg, Some(id));
+    // Refused by the policy from inside, as always.
+    let mut cmd = sbx.run_cmd(&cg, &["--default", "deny"], &["bash", "-c", "exec 3<>/dev/tcp/10.0.0.1/80"]);
+    without_clone3(&mut cmd);
+    let out = cmd.output().expect("running sbx-user run");
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
 #[test]
 fn run_reports_death_by_signal_as_128_plus_n_and_cleans_up() {
     let sbx = Sbx::new();

@@ -429,16 +429,18 @@ impl ChildStart {
     pub fn start(&self) -> io::Result<()> {
         let Self { program, helper_end, send_end } = self;
         // SAFETY (whole block): fork, waitpid, seccomp and sendmsg with
-        // pointers to locals that outlive each call.
+        // pointers to locals that outlive each call. The forks are system
+        // calls (`raw_fork`): this runs in a child of a raw clone, where
+        // glibc's `fork` could wait on locks of threads that are not there.
         unsafe {
-            let first = libc::fork();
+            let first = crate::spawn::raw_fork();
             if first < 0 {
                 return Err(io::Error::last_os_error());
             }
             if first == 0 {
                 // Double fork: the helper must not be a child the command
                 // waits for.
-                if libc::fork() == 0 {
+                if crate::spawn::raw_fork() == 0 {
                     helper_main(*helper_end);
                 }
                 libc::_exit(0);
