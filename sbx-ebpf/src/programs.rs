@@ -187,10 +187,21 @@ fn recalled_connect(slot: &Slot, cookie: u64) -> Option<RecentVerdict> {
         return None;
     }
     let all = SBX_CONNECTS.get_ptr(slot.cgroup_id)?;
+    // SAFETY: as in `record_connect`: the sandbox's value, valid for this
+    // program run.
+    unsafe { find_entry(core::ptr::addr_of!((*all).recent), cookie) }
+}
+
+/// The entry of socket `cookie` among `entries` (see [`read_entry`]).
+///
+/// # Safety
+/// `entries` is valid map memory for this program run.
+#[inline(always)]
+unsafe fn find_entry<const N: usize>(entries: *const [RecentVerdict; N], cookie: u64) -> Option<RecentVerdict> {
     let mut i = 0;
-    while i < RECENT_CONNECTS {
-        // SAFETY: as in `record_connect`; `i` is bounded.
-        if let Some(entry) = unsafe { read_entry(core::ptr::addr_of!((*all).recent[i]), cookie) } {
+    while i < N {
+        // SAFETY: the caller's contract; `i` is bounded by the length.
+        if let Some(entry) = unsafe { read_entry(core::ptr::addr_of!((*entries)[i]), cookie) } {
             return Some(entry);
         }
         i += 1;
@@ -324,15 +335,8 @@ fn recalled(stats: *mut Stats, cookie: u64) -> Option<RecentVerdict> {
     if stats.is_null() || cookie == 0 {
         return None;
     }
-    let mut i = 0;
-    while i < RECENT_VERDICTS {
-        // SAFETY: as in `record`; `i` is bounded.
-        if let Some(entry) = unsafe { read_entry(core::ptr::addr_of!((*stats).recent[i]), cookie) } {
-            return Some(entry);
-        }
-        i += 1;
-    }
-    None
+    // SAFETY: as in `record`: this CPU's cell, valid for this program run.
+    unsafe { find_entry(core::ptr::addr_of!((*stats).recent), cookie) }
 }
 
 /// The own destination of the socket of `ctx`'s packet (`cookie`: its
@@ -930,24 +934,22 @@ fn egress(ctx: &SkBuffContext) -> bool {
     // The socket's own destination is read only when the header does not
     // already agree with the record (the common case needs neither the
     // full-socket helper nor its fields).
-    let mut peer = None;
+    let mut trusted = None;
     if let Some(seen) = seen {
         let current = seen.policy == slot.policy && seen.generation == slot.generation;
         if l4 == IPPROTO_TCP || current {
             if seen.addr == addr && seen.port == port {
                 return allow(stats, HOOK_EGRESS);
             }
-            let (sock_dst, sock_port) = packet_peer(ctx, cookie);
-            if seen.addr == sock_dst && seen.port == sock_port {
-                return allow(stats, HOOK_EGRESS);
-            }
-            peer = Some((sock_dst, sock_port));
+            trusted = Some(seen);
         }
     }
-    let (sock_dst, sock_port) = match peer {
-        Some(peer) => peer,
-        None => packet_peer(ctx, cookie),
-    };
+    let (sock_dst, sock_port) = packet_peer(ctx, cookie);
+    if let Some(seen) = trusted {
+        if seen.addr == sock_dst && seen.port == sock_port {
+            return allow(stats, HOOK_EGRESS);
+        }
+    }
     // Judged in full: a connected socket by its own destination, which is
     // what its connect hook judged (the header may be NAT's rewrite); an
     // unconnected one by the header. An allowed connected socket's verdict
