@@ -28,12 +28,13 @@ use super::{
 };
 
 /// Per-call operations, in table order.
-pub(super) const OPS: [(&str, &str); 5] = [
+pub(super) const OPS: [(&str, &str); 6] = [
     ("tcp_cycle", "TCP connect+accept+close"),
     ("refused", "connect to a closed port (ECONNREFUSED)"),
     ("udp_sendto", "UDP sendto"),
     ("denied_connect", "denied connect"),
     ("denied_sendto", "denied sendto"),
+    ("refused_spread", "connect to 8 closed ports in turn (each judged by a policy walk)"),
 ];
 
 #[derive(Clone, Debug)]
@@ -62,9 +63,8 @@ impl Config {
     /// The outcome every call of `op` must have in this configuration.
     pub(super) fn expected(&self, op: &str) -> &'static str {
         match (op, &self.kind) {
-            ("refused", _) | ("denied_connect", Kind::None | Kind::Floor | Kind::Sbx { audit: true, .. }) => {
-                "ECONNREFUSED"
-            }
+            ("refused" | "refused_spread", _)
+            | ("denied_connect", Kind::None | Kind::Floor | Kind::Sbx { audit: true, .. }) => "ECONNREFUSED",
             ("denied_connect", Kind::Landlock) => "EACCES",
             ("denied_connect" | "denied_sendto", Kind::Sbx { audit: false, .. }) => "EPERM",
             _ => "ok",
@@ -671,6 +671,10 @@ impl Samples {
             "CPU vs 10 rules",
             "BPF ns",
             "of which connect4 / egress",
+            "8 closed ports in turn ns",
+            "vs 10 rules",
+            "CPU vs 10 rules",
+            "connect4 ns",
             "TCP cycle vs none",
             "CPU vs none",
             "UDP sendto vs none",
@@ -698,6 +702,10 @@ impl Samples {
                     self.prog_ns(&name, "refused", "sbx_connect4"),
                     self.prog_ns(&name, "refused", "sbx_egress")
                 ),
+                self.stat(&name, "refused_spread").map_or("n/a".into(), |s| thousands(s.median)),
+                r(self.ratio(&name, &small, "refused_spread")),
+                r(self.cpu_ratio(&name, &small, "refused_spread")),
+                self.prog_ns(&name, "refused_spread", "sbx_connect4"),
                 r(self.ratio(&name, "none", "tcp_cycle")),
                 r(self.cpu_ratio(&name, "none", "tcp_cycle")),
                 r(self.ratio(&name, "none", "udp_sendto")),

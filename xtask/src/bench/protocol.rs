@@ -10,6 +10,12 @@ pub(crate) const FD_UDP_ALLOWED: RawFd = 4;
 /// The bound UDP socket on the denied port.
 pub(crate) const FD_UDP_DENIED: RawFd = 5;
 
+/// Closed ports the `refused_spread` operation connects to in turn: more
+/// destinations than the four recent verdicts a sandbox layer keeps per
+/// CPU, so that every connect is judged by a walk of the policy, as the
+/// first connect to a destination is.
+pub(crate) const SPREAD_PORTS: usize = 8;
+
 /// 198.18.0.0/15 (RFC 2544's benchmarking range): the only non-loopback
 /// addresses the benchmark contacts, all inside its own network
 /// namespace.

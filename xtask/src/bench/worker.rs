@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{
     context::Ctx,
     percall::{Config, Kind},
-    protocol::{in_bench_net, FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED},
+    protocol::{in_bench_net, FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED, SPREAD_PORTS},
     runner::{high_priority, in_cgroups, procs_fd, timed_output},
 };
 
@@ -32,8 +32,11 @@ pub(super) struct Net {
     pub(super) udp_denied: OwnedFd,
     _refused: OwnedFd,
     _denied: OwnedFd,
+    _spread: Vec<OwnedFd>,
     pub(super) tcp_port: u16,
     pub(super) refused_port: u16,
+    /// [`SPREAD_PORTS`] more bound, non-listening ports the policy allows.
+    pub(super) spread_ports: Vec<u16>,
     pub(super) denied_port: u16,
     pub(super) udp_port: u16,
     pub(super) denied_udp_port: u16,
@@ -110,6 +113,11 @@ impl Net {
             return Err(io::Error::last_os_error()).context("listen on the benchmark port");
         }
         let (refused, refused_port) = bound_allowed(libc::SOCK_STREAM, addr)?;
+        let (spread, spread_ports): (Vec<_>, Vec<_>) = (0..SPREAD_PORTS)
+            .map(|_| bound_allowed(libc::SOCK_STREAM, addr))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let (udp, udp_port) = bound_allowed(libc::SOCK_DGRAM, addr)?;
         let (denied, denied_port) = bound_denied(libc::SOCK_STREAM, addr)?;
         let (udp_denied, denied_udp_port) = bound_denied(libc::SOCK_DGRAM, addr)?;
@@ -120,8 +128,10 @@ impl Net {
             udp_denied,
             _refused: refused,
             _denied: denied,
+            _spread: spread,
             tcp_port,
             refused_port,
+            spread_ports,
             denied_port,
             udp_port,
             denied_udp_port,
@@ -148,6 +158,7 @@ pub(super) fn percall_once(
     }
     cmd.args(["--tcp-port", &net.tcp_port.to_string()])
         .args(["--refused-port", &net.refused_port.to_string()])
+        .args(["--spread-ports", &ports_list(&net.spread_ports)])
         .args(["--denied-port", &net.denied_port.to_string()])
         .args(["--udp-port", &net.udp_port.to_string()])
         .args(["--denied-udp-port", &net.denied_udp_port.to_string()])
@@ -160,9 +171,11 @@ pub(super) fn percall_once(
         cmd.args(["--cpu", &cpu.to_string()]);
     }
     if matches!(cfg.kind, Kind::Landlock) {
-        // The listener and the closed port (so the ECONNREFUSED row is
+        // The listener and the closed ports (so the ECONNREFUSED rows are
         // measurable); the denied port is not in the ruleset.
-        cmd.args(["--landlock-connect", &format!("{},{}", net.tcp_port, net.refused_port)]);
+        let mut allowed = vec![net.tcp_port, net.refused_port];
+        allowed.extend(&net.spread_ports);
+        cmd.args(["--landlock-connect", &ports_list(&allowed)]);
     }
     let procs = procs_fd(&cfg.cg)?;
     in_cgroups(
@@ -195,6 +208,11 @@ pub(super) fn percall_once(
         );
     }
     Ok(out)
+}
+
+/// `ports` as the worker's comma lists take them.
+fn ports_list(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// `paced`: `count` denied connects to loopback `port` from inside `cg`,

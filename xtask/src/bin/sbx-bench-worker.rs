@@ -46,7 +46,7 @@ use plotters as _;
 #[path = "../bench/protocol.rs"]
 mod protocol;
 
-use protocol::{FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED};
+use protocol::{FD_LISTENER, FD_UDP_ALLOWED, FD_UDP_DENIED, SPREAD_PORTS};
 
 /// UDP sends between two drains of the receiving socket. Small enough that
 /// the receive buffer never overflows (a drop is cheaper than a delivery
@@ -106,6 +106,10 @@ struct PercallArgs {
     /// ECONNREFUSED.
     #[arg(long)]
     refused_port: u16,
+    /// More bound, non-listening TCP ports the policy allows, connected to
+    /// in turn by `refused_spread`.
+    #[arg(long, value_delimiter = ',')]
+    spread_ports: Vec<u16>,
     /// A bound, non-listening TCP port the policy denies.
     #[arg(long)]
     denied_port: u16,
@@ -468,6 +472,18 @@ fn percall(a: &PercallArgs) -> Result<()> {
     if want("refused") {
         let addr = sockaddr(a.addr, a.refused_port);
         record("refused", a.fast_iters, timed(a.fast_iters, |t| failing_connect(&addr, t))?);
+    }
+    if want("refused_spread") && !a.spread_ports.is_empty() {
+        if a.spread_ports.len() != SPREAD_PORTS {
+            bail!("--spread-ports: {} ports given, the benchmark's protocol says {SPREAD_PORTS}", a.spread_ports.len());
+        }
+        let addrs: Vec<libc::sockaddr_in> = a.spread_ports.iter().map(|&p| sockaddr(a.addr, p)).collect();
+        let mut next = addrs.iter().cycle();
+        record(
+            "refused_spread",
+            a.fast_iters,
+            timed(a.fast_iters, |t| failing_connect(next.next().expect("a cycle of a non-empty list"), t))?,
+        );
     }
     if want("denied_connect") {
         let addr = sockaddr(a.addr, a.denied_port);
