@@ -631,8 +631,10 @@ fn mount_private(
         // A private mount namespace: the remounts below are the child's
         // alone, and without capabilities it cannot undo them. Private,
         // not slave: a mount the host adds later must not appear here
-        // writable.
-        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        // writable. And a private IPC namespace: System V message queues,
+        // semaphores and shared memory, and POSIX message queues, are the
+        // sandbox's own, reach no host process and end with it.
+        check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC).into())?;
         check(
             libc::mount(
                 std::ptr::null(),

@@ -81,6 +81,15 @@ pub fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// `s` safe to print on a terminal: control characters (escape sequences
+/// that move the cursor, erase lines or set the title; newlines that would
+/// forge a line of output) become `?`. For text a sandboxed process or a
+/// container's author chooses: a process name, an annotation.
+#[must_use]
+pub fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +106,11 @@ mod tests {
         assert!(!write_all(fds[1], b"x"));
         // SAFETY: closing the write end we own.
         unsafe { libc::close(fds[1]) };
+    }
+
+    #[test]
+    fn control_characters_are_not_printed() {
+        assert_eq!(printable("\u{1b}[1A\u{1b}[2K\u{1b}]0;x\u{7}ok\n"), "?[1A?[2K?]0;x?ok?");
+        assert_eq!(printable("python3 é"), "python3 é");
     }
 }

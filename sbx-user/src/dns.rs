@@ -731,7 +731,7 @@ pub fn peer_process(peer: SocketAddr, tcp: bool, procs: &Path) -> Option<(u32, S
         for fd in fds.flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                return Some((pid, comm.trim_end().to_owned()));
+                return Some((pid, crate::diag::printable(comm.trim_end())));
             }
         }
     }

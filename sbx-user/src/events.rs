@@ -258,7 +258,10 @@ pub fn view(e: &Event, sandbox: &str, record: Option<&Record>) -> EventView {
         cgroup_id: e.cgroup_id,
         pid: e.pid,
         tid: e.tid,
-        comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+        // The sandboxed process names itself (prctl PR_SET_NAME): never
+        // let it write escape sequences to the terminal of whoever reads
+        // the events.
+        comm: crate::diag::printable(&String::from_utf8_lossy(&e.comm[..comm_len])),
         hook,
         protocol,
         destination,

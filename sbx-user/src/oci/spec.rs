@@ -142,12 +142,11 @@ pub fn container_info(id: &str, annotations: &BTreeMap<String, String>) -> Conta
 /// Longest name kept from an annotation (Kubernetes names are at most 253).
 const MAX_LABEL: usize = 253;
 
-/// `s` safe to print on a terminal: control characters (escape sequences,
-/// newlines that would forge a line of `status`) become `?`, and it is cut
-/// at [`MAX_LABEL`] characters. Whoever writes a container's annotations
+/// `s` safe to print on a terminal ([`crate::diag::printable`]), cut at
+/// [`MAX_LABEL`] characters. Whoever writes a container's annotations
 /// chooses these names.
 fn printable(s: &str) -> String {
-    s.chars().take(MAX_LABEL).map(|c| if c.is_control() { '?' } else { c }).collect()
+    crate::diag::printable(&s.chars().take(MAX_LABEL).collect::<String>())
 }
 
 /// The cgroup v2 path of a process from the text of `/proc/<pid>/cgroup`:
