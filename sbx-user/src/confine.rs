@@ -436,6 +436,8 @@ pub struct Confinement {
     file_binds: Vec<(CString, CString)>,
     /// Descriptors above 2 that stay open across exec, sorted.
     keep_fds: Vec<u32>,
+    /// The overlay of the working directory's `.git`, mounted first.
+    git: Option<crate::harden::git::GitMounts>,
     /// The runner's pid, for the parent-death check after a uid change.
     parent: libc::pid_t,
 }
@@ -517,8 +519,17 @@ impl Confinement {
             reenter,
             file_binds: Vec::new(),
             keep_fds,
+            git: None,
             parent,
         })
+    }
+
+    /// Mounts the overlay `g` over the working directory's `.git` in the
+    /// child ([`crate::harden::git`]), before the read-only mounts (its
+    /// `hooks` and `config` among them).
+    pub fn overlay_git(&mut self, g: &crate::harden::git::GitOverlay) -> io::Result<()> {
+        self.git = Some(crate::harden::git::GitMounts::new(g)?);
+        Ok(())
     }
 
     /// Mounts each `(file, target)` read-only over `target` in the child
@@ -545,6 +556,7 @@ impl Confinement {
             reenter,
             file_binds,
             keep_fds,
+            git,
             parent,
         } = self;
         // SAFETY (whole block): plain system calls with pointers to
@@ -556,7 +568,15 @@ impl Confinement {
             // gaining anything), no identity to change. What root-owned
             // mounts hide is not writable by the caller's uid anyway.
             if *privileged {
-                mount_private(read_only, bind_first, file_binds, private_tmp.as_ref(), carried, reenter.as_ref())?;
+                mount_private(
+                    git.as_ref(),
+                    read_only,
+                    bind_first,
+                    file_binds,
+                    private_tmp.as_ref(),
+                    carried,
+                    reenter.as_ref(),
+                )?;
                 drop_bounding_set()?;
             }
             check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
@@ -618,6 +638,7 @@ impl Confinement {
 /// read-only, the private `/tmp` with its carried directories.
 /// Async-signal-safe: system calls on prepared data only.
 fn mount_private(
+    git: Option<&crate::harden::git::GitMounts>,
     read_only: &[CString],
     bind_first: &[CString],
     file_binds: &[(CString, CString)],
@@ -645,6 +666,9 @@ fn mount_private(
             )
             .into(),
         )?;
+        if let Some(g) = git {
+            g.mount()?;
+        }
         for p in bind_first {
             check(
                 libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())

@@ -606,6 +606,11 @@ fn teardown(
         drop(workspace);
         return Err(e.into());
     }
+    // Nothing of the command runs any more: what it wrote in .git can be
+    // judged and copied back.
+    if let Some(warning) = workspace.as_ref().and_then(crate::harden::workspace::Workspace::settle_git) {
+        crate::warn_user!("{warning}");
+    }
     // If no thread can be made, the closure, and the workspace with it, is
     // dropped here: removed before going on.
     let removing =
@@ -664,6 +669,9 @@ fn spawn_and_wait(
     let mut confinement =
         Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
             .map_err(RunError::Confine)?;
+    if let Some(g) = workspace.git() {
+        confinement.overlay_git(g).map_err(RunError::Confine)?;
+    }
     if let Dns::Pinned { stub: Some(stub) } = policy.dns {
         let binds = resolver_binds(policy, stub, workspace.dir()).map_err(RunError::Confine)?;
         confinement.bind_files(&binds).map_err(RunError::Confine)?;

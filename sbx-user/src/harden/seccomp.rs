@@ -196,8 +196,7 @@ const ALLOWED_FAMILIES: [u32; 3] = [k(libc::AF_UNIX), k(libc::AF_INET), k(libc::
 const ALLOWED_NETLINK: u32 = k(libc::NETLINK_ROUTE);
 
 /// The mode bits no file the command creates or changes may get.
-#[expect(clippy::cast_possible_truncation, reason = "mode bits fit 32 bits")]
-const SET_ID_BITS: u32 = (libc::S_ISUID | libc::S_ISGID) as u32;
+const SET_ID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
 
 /// The `open` flags that make it create a file with the mode argument
 /// (`O_TMPFILE` without the `O_DIRECTORY` it includes).

@@ -49,7 +49,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::landlock::FsRules;
+use super::{git::GitOverlay, landlock::FsRules};
 use crate::{confine::Account, confine::Identity, policy::FsPolicy};
 
 /// Devices and directories every process may read and write when
@@ -100,6 +100,8 @@ pub struct Workspace {
     carried: Vec<(PathBuf, PathBuf)>,
     /// Paths under a granted directory mounted read-only for the command.
     read_only: Vec<PathBuf>,
+    /// The overlay of a granted working directory's `.git`.
+    git: Option<GitOverlay>,
     rules: FsRules,
     defaults: bool,
     notes: Vec<String>,
@@ -188,14 +190,22 @@ impl Workspace {
         }
         let mut notes = Vec::new();
         let mut read_only = Vec::new();
+        // The working directory, when the command may write it: its .git
+        // gets the overlay, its hooks and config read-only mounts.
+        let mut granted_cwd = None;
         let mut rules = if let Some(FsPolicy { read, write }) = fs {
+            if let Ok(cwd) = std::env::current_dir() {
+                if write.iter().filter_map(|w| std::fs::canonicalize(w).ok()).any(|w| cwd.starts_with(w)) {
+                    granted_cwd = Some(cwd);
+                }
+            }
             FsRules { read: read.clone(), write: write.clone() }
         } else {
             let mut write = Vec::new();
             match std::env::current_dir() {
                 Ok(cwd) => match cwd_blocker(&cwd, &protected_homes(identity)) {
                     None => {
-                        read_only.extend(GIT_READ_ONLY.iter().map(|p| cwd.join(p)).filter(|p| p.exists()));
+                        granted_cwd = Some(cwd.clone());
                         write.push(cwd);
                     }
                     Some(why) => notes.push(format!(
@@ -212,7 +222,18 @@ impl Workspace {
         add_existing(&mut rules.read, IMPLICIT_READ.iter().map(PathBuf::from));
         add_existing(&mut rules.write, [tmp.clone(), home.clone()]);
         add_stdio_files(&mut rules);
-        Ok(Self { base, home, tmp, carried, read_only, rules, defaults: fs.is_none(), notes })
+        let mut git = None;
+        if let Some(cwd) = granted_cwd {
+            read_only.extend(GIT_READ_ONLY.iter().map(|p| cwd.join(p)).filter(|p| p.exists()));
+            git = match GitOverlay::prepare(&cwd, &base) {
+                Ok(g) => g,
+                Err(source) => {
+                    let _ = std::fs::remove_dir_all(&base);
+                    return Err(WorkspaceError::Create { path: base.join("git"), source });
+                }
+            };
+        }
+        Ok(Self { base, home, tmp, carried, read_only, git, rules, defaults: fs.is_none(), notes })
     }
 
     /// The command's HOME.
@@ -247,6 +268,30 @@ impl Workspace {
     #[must_use]
     pub fn read_only(&self) -> &[PathBuf] {
         &self.read_only
+    }
+
+    /// The overlay of the working directory's `.git`, if the command may
+    /// write the working directory and it is a checkout.
+    #[must_use]
+    pub fn git(&self) -> Option<&GitOverlay> {
+        self.git.as_ref()
+    }
+
+    /// After the command has ended: copies back what git needs of what it
+    /// wrote in `.git` and returns a warning naming the rest, if any.
+    #[must_use = "the caller shows the warning"]
+    pub fn settle_git(&self) -> Option<String> {
+        let g = self.git.as_ref()?;
+        let dropped = g.settle();
+        (!dropped.is_empty()).then(|| {
+            let names: Vec<String> = dropped.iter().map(|d| format!(".git/{d}")).collect();
+            format!(
+                "the command wrote {} in {}: git outside the sandbox would read or run what is there, so it was \
+                 not kept (its commits, refs, index and HEAD were)",
+                names.join(", "),
+                g.dot_git().parent().unwrap_or(g.dot_git()).display()
+            )
+        })
     }
 
     /// The filesystem rules to enforce, canonical.
