@@ -438,6 +438,9 @@ pub struct Confinement {
     keep_fds: Vec<u32>,
     /// The overlay of the working directory's `.git`, mounted first.
     git: Option<crate::harden::git::GitMounts>,
+    /// Whether the child mounts a private tmpfs on `/dev/shm` (the host
+    /// has the directory, and the runner is root).
+    private_shm: bool,
     /// The runner's pid, for the parent-death check after a uid change.
     parent: libc::pid_t,
 }
@@ -520,8 +523,16 @@ impl Confinement {
             file_binds: Vec::new(),
             keep_fds,
             git: None,
+            private_shm: privileged && std::fs::symlink_metadata("/dev/shm").is_ok_and(|m| m.is_dir()),
             parent,
         })
+    }
+
+    /// Whether the child's `/dev/shm` is a private tmpfs (then it needs its
+    /// own Landlock write rule, [`crate::harden::landlock::Prepared::grant_write`]).
+    #[must_use]
+    pub fn private_shm(&self) -> bool {
+        self.private_shm
     }
 
     /// Mounts the overlay `g` over the working directory's `.git` in the
@@ -546,19 +557,8 @@ impl Confinement {
     /// Applies the setup in the child. Async-signal-safe: system calls on
     /// prepared data only.
     pub fn apply(&self) -> io::Result<()> {
-        let Self {
-            privileged,
-            read_only,
-            bind_first,
-            identity,
-            private_tmp,
-            carried,
-            reenter,
-            file_binds,
-            keep_fds,
-            git,
-            parent,
-        } = self;
+        // The mounts' fields are read by `mount_private`.
+        let Self { privileged, identity, keep_fds, parent, .. } = self;
         // SAFETY (whole block): plain system calls with pointers to
         // NUL-terminated strings and structs that outlive each call.
         unsafe {
@@ -568,15 +568,7 @@ impl Confinement {
             // gaining anything), no identity to change. What root-owned
             // mounts hide is not writable by the caller's uid anyway.
             if *privileged {
-                mount_private(
-                    git.as_ref(),
-                    read_only,
-                    bind_first,
-                    file_binds,
-                    private_tmp.as_ref(),
-                    carried,
-                    reenter.as_ref(),
-                )?;
+                mount_private(self)?;
                 drop_bounding_set()?;
             }
             check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0).into())?;
@@ -637,15 +629,9 @@ impl Confinement {
 /// The child's private mount namespace: protected filesystems and paths
 /// read-only, the private `/tmp` with its carried directories.
 /// Async-signal-safe: system calls on prepared data only.
-fn mount_private(
-    git: Option<&crate::harden::git::GitMounts>,
-    read_only: &[CString],
-    bind_first: &[CString],
-    file_binds: &[(CString, CString)],
-    private_tmp: Option<&CString>,
-    carried: &[(CString, CString)],
-    reenter: Option<&CString>,
-) -> io::Result<()> {
+fn mount_private(c: &Confinement) -> io::Result<()> {
+    let Confinement { git, private_shm, read_only, bind_first, file_binds, private_tmp, carried, reenter, .. } = c;
+    let (git, private_shm, private_tmp, reenter) = (git.as_ref(), *private_shm, private_tmp.as_ref(), reenter.as_ref());
     // SAFETY (whole block): plain system calls with pointers to
     // NUL-terminated strings and structs that outlive each call.
     unsafe {
@@ -687,6 +673,20 @@ fn mount_private(
             ))?;
         }
         mount_files_read_only(file_binds, &attr)?;
+        // A private /dev/shm: POSIX shared memory and semaphores of the
+        // command's own, which reach no host process and end with it.
+        if private_shm {
+            check(
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c"/dev/shm".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"mode=1777".as_ptr().cast(),
+                )
+                .into(),
+            )?;
+        }
         // The private /tmp last: it hides whatever of the above lies
         // under the host's /tmp, and the host's temporary files.
         if let Some(tmp) = private_tmp {

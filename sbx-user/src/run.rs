@@ -830,6 +830,9 @@ impl CommandStart<'_> {
         }
         prove_enforced()?;
         confinement.apply()?;
+        if confinement.private_shm() {
+            ruleset.grant_write(c"/dev/shm")?;
+        }
         // Landlock needs no_new_privs, which `apply` set; seccomp goes last
         // because it forbids the mount calls `apply` made.
         ruleset.restrict_self()?;

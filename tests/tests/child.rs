@@ -196,6 +196,15 @@ impl Drop for TestUser {
     }
 }
 
+/// Removes a file when dropped.
+struct RemoveFile(PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Removes a System V message queue of the host's (by id) when dropped.
 struct RemoveQueue(String);
 
@@ -253,6 +262,7 @@ try git-rename mv .git .git-moved
 try setuid chmod u+s file
 try setgid-create python3 -c 'import os; os.open("made", os.O_CREAT | os.O_WRONLY, 0o2755)'
 ipcmk -Q >/dev/null && echo "ipc queues $(ipcs -q | grep -c '^0x')"
+echo x > /dev/shm/sbx-test-inside && echo "shm $(ls -A /dev/shm | wc -l)"
 echo "npm-home $(cat npm-out.txt)""#,
         home = user.home.display()
     );
@@ -260,7 +270,7 @@ echo "npm-home $(cat npm-out.txt)""#,
         format!(
             "id {uid}\nuser {name} {name}\nxdg unset\nbashrc denied\nprofile denied\nother-project denied\n\
              project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\ngit-hook denied\ngit-config denied\ngit-commit {commit}\n\
-             git-commondir {commit}\ngit-rename denied\nsetuid denied\nsetgid-create denied\nipc queues 1\n",
+             git-commondir {commit}\ngit-rename denied\nsetuid denied\nsetgid-create denied\nipc queues 1\nshm 1\n",
             name = if uid == 0 { "root".to_owned() } else { user.name.clone() },
             // Root without capabilities cannot write the user's own .git
             // (0755): permissions, not sbx.
@@ -278,6 +288,11 @@ echo "npm-home $(cat npm-out.txt)""#,
     assert!(made.status.success() && !queue_id.is_empty(), "ipcmk: {}", describe(&made));
     let _queue = RemoveQueue(queue_id);
     let queues_before = host_queues();
+    // And a file in the host's /dev/shm, which the private one must not
+    // show.
+    let host_shm = PathBuf::from(format!("/dev/shm/sbx-test-host-{}", std::process::id()));
+    std::fs::write(&host_shm, "host").expect("a file in /dev/shm");
+    let _shm = RemoveFile(host_shm);
     // As sudo would start it for this user: SUDO_UID picks the identity.
     // Then as root (`--user 0`), which Landlock restricts the same way.
     for (options, uid) in [(vec!["--profile", "offline"], user.uid), (vec!["--profile", "offline", "--user", "0"], 0)] {
@@ -308,6 +323,7 @@ echo "npm-home $(cat npm-out.txt)""#,
         assert_eq!(std::fs::read_to_string(proj.join("out.txt")).expect("make's output"), "built\n");
         assert!(!proj.join(".git/hooks/pre-commit").exists());
         assert_eq!(host_queues(), queues_before, "the sandbox's message queue ended with its IPC namespace");
+        assert!(!Path::new("/dev/shm/sbx-test-inside").exists(), "the sandbox's /dev/shm is its own");
         assert!(!proj.join("made").exists(), "a set-group-ID file was made");
         assert!(!std::fs::read_to_string(proj.join(".git/config")).expect("config").contains("evil"));
         // What the command wrote elsewhere in .git stayed in its overlay

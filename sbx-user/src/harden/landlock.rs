@@ -298,6 +298,9 @@ pub struct Enforced {
 pub struct Prepared {
     /// The ruleset; `None` when there is nothing the kernel can enforce.
     fd: Option<OwnedFd>,
+    /// The rights a `write` path gets that this kernel handles (what
+    /// [`Prepared::grant_write`] adds in the child), as the kernel's bits.
+    write_bits: u64,
     abi: Option<u32>,
     enforced: Enforced,
     degraded: Vec<String>,
@@ -333,7 +336,14 @@ pub fn prepare_with(request: &Request<'_>) -> Result<Prepared, LandlockError> {
         }
         fd
     };
-    Ok(Prepared { fd, abi, enforced, degraded, limitations })
+    // The rights the ruleset handles are those of the kernel's ABI: a rule
+    // added in the child may name no other.
+    let write_bits = if enforced.fs {
+        (write_access() & AccessFs::from_all(ABI::from(i32::try_from(level).unwrap_or(i32::MAX)))).bits()
+    } else {
+        0
+    };
+    Ok(Prepared { fd, write_bits, abi, enforced, degraded, limitations })
 }
 
 /// Creates the ruleset and adds the rules; `None` if the kernel supports
@@ -408,6 +418,50 @@ impl Prepared {
     #[must_use]
     pub fn limitations(&self) -> &[String] {
         &self.limitations
+    }
+
+    /// Adds a `write` rule for the directory `path` to the ruleset, in the
+    /// child before [`Self::restrict_self`]: for a directory the child
+    /// mounted itself (its private `/dev/shm`), which the parent could not
+    /// open. Nothing without filesystem rules. Async-signal-safe.
+    ///
+    /// # Errors
+    /// When `path` cannot be opened or the kernel refuses the rule: the
+    /// child must not run with the directory unwritable or wider.
+    pub fn grant_write(&self, path: &std::ffi::CStr) -> io::Result<()> {
+        /// `struct landlock_path_beneath_attr` (packed, as in the uapi).
+        #[repr(C, packed)]
+        struct PathBeneathAttr {
+            allowed_access: u64,
+            parent_fd: i32,
+        }
+        /// `LANDLOCK_RULE_PATH_BENEATH`.
+        const RULE_PATH_BENEATH: libc::c_long = 1;
+        let Some(ruleset) = self.fd.as_ref().filter(|_| self.write_bits != 0) else { return Ok(()) };
+        // SAFETY: open(2) of a NUL-terminated path.
+        let dir = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if dir < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let attr = PathBeneathAttr { allowed_access: self.write_bits, parent_fd: dir };
+        // SAFETY: landlock_add_rule(2) with the ruleset fd this value owns
+        // and a pointer to an attribute that outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_add_rule,
+                libc::c_long::from(ruleset.as_raw_fd()),
+                RULE_PATH_BENEATH,
+                std::ptr::from_ref(&attr),
+                0 as libc::c_ulong,
+            )
+        };
+        let err = io::Error::last_os_error();
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(dir) };
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Sets `PR_SET_NO_NEW_PRIVS` and enforces the ruleset on the calling
