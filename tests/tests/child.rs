@@ -525,3 +525,52 @@ for p in ["/dev/net/tun", "/dev/fuse", "/dev/null", "/dev/zero"]:
         describe(&out)
     );
 }
+
+#[test]
+fn where_git_cannot_be_overlaid_it_is_read_only_and_run_says_so() {
+    // overlayfs cannot write to an upper layer on another overlay: with
+    // /var/tmp (where the per-run directory is made) an overlay in a mount
+    // namespace of the test's own, run cannot mount `.git`'s overlay, and
+    // must fall back to a read-only `.git` rather than a writable one.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let user = TestUser::new();
+    let proj = user.home.join("proj");
+    std::fs::create_dir(&proj).expect("mkdir proj");
+    let out = Command::new("git").args(["init", "-q"]).current_dir(&proj).output().expect("git init");
+    assert!(out.status.success(), "git init: {}", describe(&out));
+    std::fs::write(proj.join("file"), "x\n").expect("a file");
+    let out = Command::new("chown").args(["-R", &format!("{0}:{0}", user.uid)]).arg(&proj).output().expect("chown");
+    assert!(out.status.success(), "chown: {}", describe(&out));
+    let layers = TempDir::new("var-tmp-overlay");
+    let inner = sbx.run_cmd(
+        &cg,
+        &["--profile", "offline", "--user", &user.uid.to_string()],
+        &[
+            "sh",
+            "-c",
+            "echo x > .git/planted 2>/dev/null && echo planted || echo git-read-only; \
+             git -c safe.directory='*' add file 2>/dev/null && echo added || echo add-failed",
+        ],
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "set -e; mount -t tmpfs sbx-test \"$LAYERS\"; mkdir \"$LAYERS/u\" \"$LAYERS/w\"; \
+         mount -t overlay sbx-test -o \"lowerdir=/var/tmp,upperdir=$LAYERS/u,workdir=$LAYERS/w\" /var/tmp; exec \"$@\"",
+        "sh",
+    ])
+    .arg(inner.get_program())
+    .args(inner.get_args())
+    .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+    .env("LAYERS", layers.path())
+    .current_dir(&proj)
+    .stdin(Stdio::null());
+    let out = cmd.output().expect("running sbx-user run in a mount namespace");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "git-read-only\nadd-failed\n", "{}", describe(&out));
+    assert!(stderr(&out).contains(".git is read-only in the sandbox"), "{}", describe(&out));
+    assert!(!proj.join(".git/planted").exists());
+}
