@@ -436,8 +436,6 @@ pub struct Confinement {
     file_binds: Vec<(CString, CString)>,
     /// Descriptors above 2 that stay open across exec, sorted.
     keep_fds: Vec<u32>,
-    /// The overlay of the working directory's `.git`, mounted first.
-    git: Option<crate::harden::git::GitMounts>,
     /// Whether the child mounts a private tmpfs on `/dev/shm` (the host
     /// has the directory, and the runner is root).
     private_shm: bool,
@@ -522,7 +520,6 @@ impl Confinement {
             reenter,
             file_binds: Vec::new(),
             keep_fds,
-            git: None,
             private_shm: privileged && std::fs::symlink_metadata("/dev/shm").is_ok_and(|m| m.is_dir()),
             parent,
         })
@@ -533,14 +530,6 @@ impl Confinement {
     #[must_use]
     pub fn private_shm(&self) -> bool {
         self.private_shm
-    }
-
-    /// Mounts the overlay `g` over the working directory's `.git` in the
-    /// child ([`crate::harden::git`]), before the read-only mounts (its
-    /// `hooks` and `config` among them).
-    pub fn overlay_git(&mut self, g: &crate::harden::git::GitOverlay) -> io::Result<()> {
-        self.git = Some(crate::harden::git::GitMounts::new(g)?);
-        Ok(())
     }
 
     /// Mounts each `(file, target)` read-only over `target` in the child
@@ -630,8 +619,8 @@ impl Confinement {
 /// read-only, the private `/tmp` with its carried directories.
 /// Async-signal-safe: system calls on prepared data only.
 fn mount_private(c: &Confinement) -> io::Result<()> {
-    let Confinement { git, private_shm, read_only, bind_first, file_binds, private_tmp, carried, reenter, .. } = c;
-    let (git, private_shm, private_tmp, reenter) = (git.as_ref(), *private_shm, private_tmp.as_ref(), reenter.as_ref());
+    let Confinement { private_shm, read_only, bind_first, file_binds, private_tmp, carried, reenter, .. } = c;
+    let (private_shm, private_tmp, reenter) = (*private_shm, private_tmp.as_ref(), reenter.as_ref());
     // SAFETY (whole block): plain system calls with pointers to
     // NUL-terminated strings and structs that outlive each call.
     unsafe {
@@ -652,9 +641,6 @@ fn mount_private(c: &Confinement) -> io::Result<()> {
             )
             .into(),
         )?;
-        if let Some(g) = git {
-            g.mount()?;
-        }
         for p in bind_first {
             check(
                 libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())

@@ -140,6 +140,9 @@ pub struct RunOptions {
     /// Hand the command sockets on stdin/stdout/stderr that
     /// [`crate::confine::check_stdio`] would refuse.
     pub allow_stdio_sockets: bool,
+    /// Let the command write the working directory's git repository
+    /// (`--git-writable`): only its hooks and config stay read-only.
+    pub git_writable: bool,
     /// The command's HOME (`--home`); default a private per-run one.
     pub home: Option<PathBuf>,
     /// A host agent makes and removes the sandbox instead of this process.
@@ -295,6 +298,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         identity,
         opts.home.as_deref(),
         command.first().map(std::path::Path::new),
+        opts.git_writable,
     )?;
     for note in workspace.notes() {
         crate::warn_user!("{note}");
@@ -606,11 +610,6 @@ fn teardown(
         drop(workspace);
         return Err(e.into());
     }
-    // Nothing of the command runs any more: what it wrote in .git can be
-    // judged and copied back.
-    if let Some(warning) = workspace.as_ref().and_then(crate::harden::workspace::Workspace::settle_git) {
-        crate::warn_user!("{warning}");
-    }
     // If no thread can be made, the closure, and the workspace with it, is
     // dropped here: removed before going on.
     let removing =
@@ -669,9 +668,6 @@ fn spawn_and_wait(
     let mut confinement =
         Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
             .map_err(RunError::Confine)?;
-    if let Some(g) = workspace.git() {
-        confinement.overlay_git(g).map_err(RunError::Confine)?;
-    }
     if let Dns::Pinned { stub: Some(stub) } = policy.dns {
         let binds = resolver_binds(policy, stub, workspace.dir()).map_err(RunError::Confine)?;
         confinement.bind_files(&binds).map_err(RunError::Confine)?;

@@ -50,6 +50,16 @@ pub struct RunArgs {
     /// `AF_UNIX` socket (journald) is always allowed.
     #[arg(long)]
     pub allow_stdio_sockets: bool,
+    /// Let the command write the working directory's git repository, so it
+    /// can commit, stash or rebase there. By default every repository in
+    /// what the command may write is read-only for it: git outside the
+    /// sandbox runs what a repository says (hooks, `core.fsmonitor`, a
+    /// `commondir`, a rebase's `exec` lines, a replaced `.git`), at your
+    /// next `git status` or shell prompt. With this flag only `.git/hooks`
+    /// and `.git/config` stay read-only, which stops the plainest of those
+    /// and not the rest: use it for commands you trust with your checkout.
+    #[arg(long)]
+    pub git_writable: bool,
     /// Print each denial to stderr as it happens.
     #[arg(long)]
     pub log_denials: bool,
@@ -179,6 +189,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> i32 {
         allow_degraded: args.allow_degraded,
         landlock_tcp: args.landlock_tcp,
         allow_stdio_sockets: args.allow_stdio_sockets,
+        git_writable: args.git_writable,
         home: args.home.clone(),
         trace: global.verbose >= 2,
         agent,

@@ -38,7 +38,6 @@
 //! stderr and pass, unless `SBX_TEST_LANDLOCK_ABI=<n>` demands at least
 //! ABI `n`, in which case a kernel below it fails the test.
 
-pub mod git;
 pub mod landlock;
 pub mod seccomp;
 pub mod unix;

@@ -19,11 +19,9 @@
 //!   it is `/` or contains the identity's (or the sudo caller's) home, as
 //!   `sbx-user run` started from `~` would otherwise grant `~/.bashrc`;
 //!   nor when it is inside a dot-directory of a home (`~/.config/...`).
-//!   In a working directory that is a git checkout, `.git/hooks` and
-//!   `.git/config` are mounted read-only: hooks and `core.fsmonitor` or
-//!   `core.pager` settings run at the user's next `git commit` or `git
-//!   status`, outside the sandbox. The rest of `.git` stays writable, so
-//!   `git add` and `git commit` work inside.
+//!   Every git repository in what the command may write is read-only for
+//!   it (see [`git_dirs`]): git runs what its repository tells it to, at
+//!   the user's next `git status` or shell prompt, outside the sandbox.
 //!
 //! # Private HOME and /tmp
 //! Both live in one per-run directory under `/var/tmp` (disk-backed, like
@@ -49,7 +47,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{git::GitOverlay, landlock::FsRules};
+use super::landlock::FsRules;
 use crate::{confine::Account, confine::Identity, policy::FsPolicy};
 
 /// Devices and directories every process may read and write when
@@ -60,9 +58,33 @@ pub const IMPLICIT_WRITE: [&str; 7] =
 /// Paths every process may read when filesystem rules apply.
 pub const IMPLICIT_READ: [&str; 3] = ["/dev/random", "/dev/urandom", "/proc"];
 
-/// Paths of a git checkout in the working directory that run outside the
-/// sandbox when the user next uses git there, kept read-only.
+/// With `--git-writable`, the paths of the working directory's checkout
+/// that stay read-only: the plainest ways to make git run code (hooks,
+/// `core.fsmonitor`, `core.pager`), not the only ones.
 pub const GIT_READ_ONLY: [&str; 2] = [".git/hooks", ".git/config"];
+
+/// How deep below each writable directory [`git_dirs`] looks for
+/// repositories (`repo/.git`, `group/repo/.git`), and how many directories
+/// it reads at most: each costs about 8 µs of `run`'s start.
+const GIT_SCAN_DEPTH: usize = 2;
+const GIT_SCAN_DIRS: usize = 5_000;
+
+/// Directories [`git_dirs`] does not descend into: dependency and build
+/// trees, large and without repositories of the user's.
+const GIT_SCAN_SKIP: [&str; 12] = [
+    "node_modules",
+    "target",
+    ".venv",
+    "venv",
+    "vendor",
+    "__pycache__",
+    ".tox",
+    ".cache",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".gradle",
+    "build",
+];
 
 /// Where the per-run directory is made.
 const BASE: &str = "/var/tmp";
@@ -100,8 +122,6 @@ pub struct Workspace {
     carried: Vec<(PathBuf, PathBuf)>,
     /// Paths under a granted directory mounted read-only for the command.
     read_only: Vec<PathBuf>,
-    /// The overlay of a granted working directory's `.git`.
-    git: Option<GitOverlay>,
     rules: FsRules,
     defaults: bool,
     notes: Vec<String>,
@@ -143,6 +163,7 @@ impl Workspace {
         identity: Identity,
         home: Option<&Path>,
         command: Option<&Path>,
+        git_writable: bool,
     ) -> Result<Self, WorkspaceError> {
         let home = home
             .map(|h| match std::fs::canonicalize(h) {
@@ -190,12 +211,14 @@ impl Workspace {
         }
         let mut notes = Vec::new();
         let mut read_only = Vec::new();
-        // The working directory, when the command may write it: its .git
-        // gets the overlay, its hooks and config read-only mounts.
+        // The directories the command may write, where repositories are
+        // looked for: the granted working directory first.
         let mut granted_cwd = None;
+        let mut writable: Vec<PathBuf> = Vec::new();
         let mut rules = if let Some(FsPolicy { read, write }) = fs {
+            writable = write.iter().filter_map(|w| std::fs::canonicalize(w).ok()).filter(|w| w.is_dir()).collect();
             if let Ok(cwd) = std::env::current_dir() {
-                if write.iter().filter_map(|w| std::fs::canonicalize(w).ok()).any(|w| cwd.starts_with(w)) {
+                if writable.iter().any(|w| cwd.starts_with(w)) {
                     granted_cwd = Some(cwd);
                 }
             }
@@ -222,18 +245,23 @@ impl Workspace {
         add_existing(&mut rules.read, IMPLICIT_READ.iter().map(PathBuf::from));
         add_existing(&mut rules.write, [tmp.clone(), home.clone()]);
         add_stdio_files(&mut rules);
-        let mut git = None;
         if let Some(cwd) = granted_cwd {
-            read_only.extend(GIT_READ_ONLY.iter().map(|p| cwd.join(p)).filter(|p| p.exists()));
-            git = match GitOverlay::prepare(&cwd, &base) {
-                Ok(g) => g,
-                Err(source) => {
-                    let _ = std::fs::remove_dir_all(&base);
-                    return Err(WorkspaceError::Create { path: base.join("git"), source });
-                }
-            };
+            if git_writable {
+                read_only.extend(GIT_READ_ONLY.iter().map(|p| cwd.join(p)).filter(|p| p.exists()));
+            } else {
+                writable.insert(0, cwd);
+            }
         }
-        Ok(Self { base, home, tmp, carried, read_only, git, rules, defaults: fs.is_none(), notes })
+        if !git_writable {
+            // `--fs-write /` gives back everything the identity may write.
+            writable.retain(|w| w != Path::new("/"));
+            let (dirs, scan_notes) = git_dirs(&writable);
+            read_only.extend(dirs);
+            notes.extend(scan_notes);
+        }
+        read_only.sort();
+        read_only.dedup();
+        Ok(Self { base, home, tmp, carried, read_only, rules, defaults: fs.is_none(), notes })
     }
 
     /// The command's HOME.
@@ -268,30 +296,6 @@ impl Workspace {
     #[must_use]
     pub fn read_only(&self) -> &[PathBuf] {
         &self.read_only
-    }
-
-    /// The overlay of the working directory's `.git`, if the command may
-    /// write the working directory and it is a checkout.
-    #[must_use]
-    pub fn git(&self) -> Option<&GitOverlay> {
-        self.git.as_ref()
-    }
-
-    /// After the command has ended: copies back what git needs of what it
-    /// wrote in `.git` and returns a warning naming the rest, if any.
-    #[must_use = "the caller shows the warning"]
-    pub fn settle_git(&self) -> Option<String> {
-        let g = self.git.as_ref()?;
-        let dropped = g.settle();
-        (!dropped.is_empty()).then(|| {
-            let names: Vec<String> = dropped.iter().map(|d| format!(".git/{d}")).collect();
-            format!(
-                "the command wrote {} in {}: git outside the sandbox would read or run what is there, so it was \
-                 not kept (its commits, refs, index and HEAD were)",
-                names.join(", "),
-                g.dot_git().parent().unwrap_or(g.dot_git()).display()
-            )
-        })
     }
 
     /// The filesystem rules to enforce, canonical.
@@ -365,6 +369,67 @@ fn make_base() -> Result<PathBuf, WorkspaceError> {
         .and_then(|()| std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)))
         .map_err(|source| WorkspaceError::Create { path: base.clone(), source })?;
     Ok(base)
+}
+
+/// The git repositories in the writable directories `roots` (each and up
+/// to [`GIT_SCAN_DEPTH`] levels below it), as the paths the command gets
+/// read-only, and notes for the user.
+///
+/// git runs what its repository tells it to, at the user's next `git
+/// status` or on every shell prompt that shows the branch: hooks,
+/// `core.fsmonitor`, `core.pager`, filter and diff drivers, `exec` lines of
+/// a rebase in progress. A repository can say so from its config and
+/// hooks, a `commondir` file, `worktrees/` or `modules/`, a `.git` file's
+/// `gitdir:` line, or a new `.git` put where the old one was renamed away;
+/// and git finds no repository in a `.git` made invalid (a removed `HEAD`,
+/// an unreadable `objects`) and takes the directory above for a bare one.
+/// So each `.git` is read-only whole, a directory or a file (a worktree's
+/// or submodule's pointer), and, being a mount point, cannot be renamed
+/// or removed. A `.git` that is a symbolic link cannot be held that way
+/// (the link itself can be replaced): its directory is read-only instead.
+fn git_dirs(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
+    let (mut found, mut notes) = (Vec::new(), Vec::new());
+    let mut read = 0;
+    let mut queue: std::collections::VecDeque<(PathBuf, usize)> = roots.iter().map(|r| (r.clone(), 0)).collect();
+    while let Some((dir, depth)) = queue.pop_front() {
+        if read == GIT_SCAN_DIRS {
+            notes.push(format!(
+                "looked for git repositories in {GIT_SCAN_DIRS} directories of what the command may write, not all; a \
+                 repository further down is writable, and git outside the sandbox would run what the command leaves \
+                 in it"
+            ));
+            break;
+        }
+        read += 1;
+        let dot_git = dir.join(".git");
+        match std::fs::symlink_metadata(&dot_git) {
+            Ok(m) if m.file_type().is_symlink() => {
+                notes.push(format!(
+                    "{} is a symbolic link, which the command could replace; {} stays read-only in the sandbox",
+                    dot_git.display(),
+                    dir.display()
+                ));
+                found.push(dir.clone());
+                continue;
+            }
+            Ok(_) => found.push(dot_git),
+            Err(_) => {}
+        }
+        if depth == GIT_SCAN_DEPTH {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == ".git" || GIT_SCAN_SKIP.iter().any(|s| name == *s) {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push_back((entry.path(), depth + 1));
+            }
+        }
+    }
+    (found, notes)
 }
 
 /// Homes the working directory must not contain to be granted: the
@@ -448,6 +513,26 @@ fn add_existing(to: &mut Vec<PathBuf>, paths: impl IntoIterator<Item = PathBuf>)
 #[cfg(test)]
 mod tests {
     #[test]
+    fn every_repository_in_the_writable_directories_is_found() {
+        let root = std::env::temp_dir().join(format!("sbx-git-dirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in [".git/hooks", "a/.git", "a/b/c/.git", "a/b/c/d/.git", "node_modules/x/.git", "l"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("a/b/.git"), "gitdir: ../../.git/modules/b\n").unwrap();
+        std::os::unix::fs::symlink(root.join("a/.git"), root.join("l/.git")).unwrap();
+        let (mut found, notes) = git_dirs(std::slice::from_ref(&root));
+        found.sort();
+        let want: Vec<PathBuf> = [".git", "a/.git", "a/b/.git", "l"].iter().map(|p| root.join(p)).collect();
+        // Two levels down at most (a/b/c is the third), never into
+        // dependency trees; a symbolic link's directory instead of it.
+        assert_eq!(found, want);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("is a symbolic link"), "{notes:?}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn only_the_outermost_directories_under_tmp_are_carried() {
         use std::path::PathBuf;
         let p = |s: &str| PathBuf::from(s);
@@ -490,7 +575,7 @@ mod tests {
             eprintln!("SKIPPED defaults_and_implicit_rules: needs root to chown the private HOME");
             return;
         }
-        let ws = Workspace::prepare(None, Identity { uid: 0, gid: 0 }, None, None).expect("prepare");
+        let ws = Workspace::prepare(None, Identity { uid: 0, gid: 0 }, None, None, false).expect("prepare");
         assert!(ws.defaults());
         let rules = ws.rules();
         assert!(rules.read.contains(&PathBuf::from("/")), "{rules:?}");
@@ -503,15 +588,20 @@ mod tests {
         assert!(!base.exists(), "the per-run directory is removed");
 
         let fs = FsPolicy { read: vec![PathBuf::from("/usr")], write: vec![] };
-        let ws =
-            Workspace::prepare(Some(&fs), Identity { uid: 0, gid: 0 }, Some(Path::new("/tmp")), None).expect("prepare");
+        let ws = Workspace::prepare(Some(&fs), Identity { uid: 0, gid: 0 }, Some(Path::new("/tmp")), None, false)
+            .expect("prepare");
         assert!(!ws.defaults());
         assert_eq!(ws.home(), Path::new("/tmp"));
         assert_eq!(ws.rules().read[0], PathBuf::from("/usr"));
         assert!(!ws.rules().read.contains(&PathBuf::from("/")));
         assert!(ws.rules().write.contains(&PathBuf::from("/tmp")));
-        assert!(
-            Workspace::prepare(None, Identity { uid: 0, gid: 0 }, Some(Path::new("/nonexistent-sbx")), None).is_err()
-        );
+        assert!(Workspace::prepare(
+            None,
+            Identity { uid: 0, gid: 0 },
+            Some(Path::new("/nonexistent-sbx")),
+            None,
+            false
+        )
+        .is_err());
     }
 }
