@@ -452,8 +452,10 @@ pub fn nsswitch_hosts(nsswitch: &str) -> String {
 // ---------------------------------------------------------------------------
 // The server.
 
-/// Reports a refusal: the refusal, the client's address, and `tcp`.
-pub type Report = Box<dyn Fn(&Refusal, SocketAddr, bool) + Send + Sync>;
+/// Reports a refusal: the refusal, the client's address, `tcp`, and how
+/// many refusals the rate limit kept from being reported since the last
+/// one that was.
+pub type Report = Box<dyn Fn(&Refusal, SocketAddr, bool, u64) + Send + Sync>;
 
 /// Called about once a second: new names when the policy changed (an
 /// `update` of the sandbox re-pins its names), else `None`.
@@ -706,10 +708,7 @@ impl Server {
         let admitted =
             self.limiter.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(&r.name, Instant::now());
         if let Some(suppressed) = admitted {
-            if suppressed > 0 {
-                log::warn!("DNS stub: {suppressed} more refusals not reported (rate limit)");
-            }
-            (self.report)(r, peer, tcp);
+            (self.report)(r, peer, tcp, suppressed);
         }
     }
 }

@@ -423,10 +423,13 @@ fn unix_guard(policy: &Policy, opts: &RunOptions) -> Result<Option<crate::harden
 /// before the sandbox exists (`made`).
 fn dns_report(made: &std::sync::Arc<std::sync::OnceLock<Cgroup>>, log_denials: bool) -> crate::dns::Report {
     let made = std::sync::Arc::clone(made);
-    Box::new(move |refusal, peer, tcp| {
+    Box::new(move |refusal, peer, tcp, suppressed| {
         let Some(cg) = made.get().filter(|_| log_denials) else {
             return;
         };
+        if suppressed > 0 {
+            crate::diag::line(format_args!("sbx: {suppressed} more DNS refusals not shown (rate limit)"));
+        }
         let (pid, comm) = crate::dns::peer_process(peer, tcp, &cg.procs_path()).unwrap_or((0, "?".to_owned()));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let view = crate::events::EventView {
