@@ -439,6 +439,10 @@ pub struct Confinement {
     /// Whether the child mounts a private tmpfs on `/dev/shm` (the host
     /// has the directory, and the runner is root).
     private_shm: bool,
+    /// Directories bind-mounted onto themselves, writable, first: as mount
+    /// points they cannot be renamed or removed (the directories holding a
+    /// read-only `.git`, so that it cannot be moved away with them).
+    pinned: Vec<CString>,
     /// The runner's pid, for the parent-death check after a uid change.
     parent: libc::pid_t,
 }
@@ -504,9 +508,13 @@ impl Confinement {
         } else {
             Vec::new()
         };
+        // Entered again once the mounts are made, so that paths relative to
+        // it see them (a mount on the working directory itself, or on one
+        // of its ancestors, is not seen from a working directory entered
+        // before it).
         let reenter = match std::env::current_dir() {
-            Ok(cwd) if !carried.is_empty() && cwd.starts_with("/tmp") => Some(c(&cwd)?),
-            _ => None,
+            Ok(cwd) => Some(c(&cwd)?),
+            Err(_) => None,
         };
         // SAFETY: getpid and geteuid have no preconditions.
         let (parent, privileged) = unsafe { (libc::getpid(), libc::geteuid() == 0) };
@@ -521,8 +529,18 @@ impl Confinement {
             file_binds: Vec::new(),
             keep_fds,
             private_shm: privileged && std::fs::symlink_metadata("/dev/shm").is_ok_and(|m| m.is_dir()),
+            pinned: Vec::new(),
             parent,
         })
+    }
+
+    /// Bind-mounts each of `dirs` onto itself in the child, before the
+    /// read-only mounts: a mount point cannot be renamed or removed.
+    pub fn pin_dirs(&mut self, dirs: &[PathBuf]) -> io::Result<()> {
+        for d in dirs {
+            self.pinned.push(CString::new(d.as_os_str().as_bytes()).map_err(io::Error::other)?);
+        }
+        Ok(())
     }
 
     /// Whether the child's `/dev/shm` is a private tmpfs (then it needs its
@@ -619,7 +637,7 @@ impl Confinement {
 /// read-only, the private `/tmp` with its carried directories.
 /// Async-signal-safe: system calls on prepared data only.
 fn mount_private(c: &Confinement) -> io::Result<()> {
-    let Confinement { private_shm, read_only, bind_first, file_binds, private_tmp, carried, reenter, .. } = c;
+    let Confinement { private_shm, pinned, read_only, bind_first, file_binds, private_tmp, carried, reenter, .. } = c;
     let (private_shm, private_tmp, reenter) = (*private_shm, private_tmp.as_ref(), reenter.as_ref());
     // SAFETY (whole block): plain system calls with pointers to
     // NUL-terminated strings and structs that outlive each call.
@@ -641,6 +659,12 @@ fn mount_private(c: &Confinement) -> io::Result<()> {
             )
             .into(),
         )?;
+        for p in pinned {
+            check(
+                libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
+                    .into(),
+            )?;
+        }
         for p in bind_first {
             check(
                 libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
@@ -683,11 +707,11 @@ fn mount_private(c: &Confinement) -> io::Result<()> {
                 check(bind(host, inside.as_ptr()).into())?;
             }
             check(bind(tmp, c"/tmp".as_ptr()).into())?;
-            // Enter the working directory again through the new mount,
-            // so relative and absolute paths agree.
-            if let Some(cwd) = reenter {
-                check(libc::chdir(cwd.as_ptr()).into())?;
-            }
+        }
+        // Enter the working directory again through the new mounts, so
+        // relative and absolute paths agree.
+        if let Some(cwd) = reenter {
+            check(libc::chdir(cwd.as_ptr()).into())?;
         }
     }
     Ok(())

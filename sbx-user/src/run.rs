@@ -671,6 +671,7 @@ fn spawn_and_wait(
     let mut confinement =
         Confinement::prepare(opts.identity, &opts.keep_fds, &protect, Some(workspace.tmp()), &carried)
             .map_err(RunError::Confine)?;
+    confinement.pin_dirs(workspace.pinned()).map_err(RunError::Confine)?;
     if let Dns::Pinned { stub: Some(stub) } = policy.dns {
         let binds = resolver_binds(policy, stub, workspace.dir()).map_err(RunError::Confine)?;
         confinement.bind_files(&binds).map_err(RunError::Confine)?;

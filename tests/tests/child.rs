@@ -231,6 +231,18 @@ fn the_default_identity_cannot_persist_outside_the_sandbox_and_project_tests_sti
     // A submodule's checkout: its .git is a file naming its git directory.
     std::fs::create_dir(proj.join("mod")).expect("mkdir mod");
     std::fs::write(proj.join("mod/.git"), "gitdir: ../.git/modules/mod\n").expect("mod/.git");
+    // One where the search for repositories does not go (vendor/), found
+    // through .gitmodules; and hooks in the work tree (husky's layout).
+    std::fs::create_dir_all(proj.join("vendor/dep")).expect("mkdir vendor/dep");
+    std::fs::write(proj.join("vendor/dep/.git"), "gitdir: ../../.git/modules/dep\n").expect("vendor/dep/.git");
+    std::fs::write(proj.join(".gitmodules"), "[submodule \"dep\"]\n\tpath = vendor/dep\n").expect(".gitmodules");
+    std::fs::create_dir(proj.join(".husky")).expect("mkdir .husky");
+    let out = Command::new("git")
+        .args(["config", "core.hooksPath", ".husky"])
+        .current_dir(&proj)
+        .output()
+        .expect("git config");
+    assert!(out.status.success(), "git config: {}", describe(&out));
     let out = Command::new("chown").args(["-R", &format!("{0}:{0}", user.uid)]).arg(&proj).output().expect("chown");
     assert!(out.status.success(), "chown: {}", describe(&out));
     user.write(
@@ -269,6 +281,9 @@ try git-rename mv .git .git-moved
 try git-head rm .git/HEAD
 try nested-git sh -c 'echo "[core]" >> sub/.git/config'
 try git-file sh -c 'echo "gitdir: /tmp" > mod/.git'
+try nested-rename mv sub sub-moved
+try husky sh -c 'echo evil > .husky/pre-commit'
+try vendored-sub sh -c 'echo "gitdir: /tmp" > vendor/dep/.git'
 try setuid chmod u+s file
 try setgid-create python3 -c 'import os; os.open("made", os.O_CREAT | os.O_WRONLY, 0o2755)'
 ipcmk -Q >/dev/null && echo "ipc queues $(ipcs -q | grep -c '^0x')"
@@ -280,7 +295,7 @@ echo "npm-home $(cat npm-out.txt)""#,
         format!(
             "id {uid}\nuser {name} {name}\nxdg unset\nbashrc denied\nprofile denied\nother-project denied\n\
              project ok\nown-home ok\ntmp ok\nmake ok\nnpm ok\ngit-hook denied\ngit-config denied\ngit-commit {commit}\n\
-             git-commondir denied\ngit-rename denied\ngit-head denied\nnested-git denied\ngit-file denied\nsetuid denied\nsetgid-create denied\nipc queues 1\nshm 1\n",
+             git-commondir denied\ngit-rename denied\ngit-head denied\nnested-git denied\ngit-file denied\nnested-rename denied\nhusky denied\nvendored-sub denied\nsetuid denied\nsetgid-create denied\nipc queues 1\nshm 1\n",
             name = if uid == 0 { "root".to_owned() } else { user.name.clone() },
             // Every repository in what the command may write is
             // read-only for it (`--git-writable` lifts that).
@@ -338,6 +353,11 @@ echo "npm-home $(cat npm-out.txt)""#,
         assert!(!std::fs::read_to_string(proj.join(".git/config")).expect("config").contains("evil"));
         assert!(!proj.join(".git/commondir").exists() && !proj.join(".git/c").exists(), "{}", describe(&out));
         assert!(proj.join(".git/HEAD").exists() && !proj.join(".git-moved").exists());
+        assert!(
+            proj.join("sub/.git").is_dir()
+                && !proj.join("sub-moved").exists()
+                && !proj.join(".husky/pre-commit").exists()
+        );
         assert_eq!(std::fs::read_to_string(proj.join("mod/.git")).expect("mod/.git"), "gitdir: ../.git/modules/mod\n");
         for f in ["file", "out.txt", "npm-out.txt", "made"] {
             let _ = std::fs::remove_file(proj.join(f));

@@ -122,6 +122,9 @@ pub struct Workspace {
     carried: Vec<(PathBuf, PathBuf)>,
     /// Paths under a granted directory mounted read-only for the command.
     read_only: Vec<PathBuf>,
+    /// Directories made mount points (writable) so they cannot be renamed:
+    /// those holding a read-only `.git`, up to the writable directory.
+    pinned: Vec<PathBuf>,
     rules: FsRules,
     defaults: bool,
     notes: Vec<String>,
@@ -252,16 +255,18 @@ impl Workspace {
                 writable.insert(0, cwd);
             }
         }
+        let mut pinned = Vec::new();
         if !git_writable {
             // `--fs-write /` gives back everything the identity may write.
             writable.retain(|w| w != Path::new("/"));
-            let (dirs, scan_notes) = git_dirs(&writable);
-            read_only.extend(dirs);
-            notes.extend(scan_notes);
+            let found = git_dirs(&writable);
+            read_only.extend(found.read_only);
+            pinned = found.pinned;
+            notes.extend(found.notes);
         }
         read_only.sort();
         read_only.dedup();
-        Ok(Self { base, home, tmp, carried, read_only, rules, defaults: fs.is_none(), notes })
+        Ok(Self { base, home, tmp, carried, read_only, pinned, rules, defaults: fs.is_none(), notes })
     }
 
     /// The command's HOME.
@@ -296,6 +301,13 @@ impl Workspace {
     #[must_use]
     pub fn read_only(&self) -> &[PathBuf] {
         &self.read_only
+    }
+
+    /// Directories the command gets as mount points (writable), so that it
+    /// cannot rename them: those that hold a protected repository.
+    #[must_use]
+    pub fn pinned(&self) -> &[PathBuf] {
+        &self.pinned
     }
 
     /// The filesystem rules to enforce, canonical.
@@ -387,13 +399,14 @@ fn make_base() -> Result<PathBuf, WorkspaceError> {
 /// or submodule's pointer), and, being a mount point, cannot be renamed
 /// or removed. A `.git` that is a symbolic link cannot be held that way
 /// (the link itself can be replaced): its directory is read-only instead.
-fn git_dirs(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
-    let (mut found, mut notes) = (Vec::new(), Vec::new());
+fn git_dirs(roots: &[PathBuf]) -> GitFound {
+    let mut out = GitFound::default();
     let mut read = 0;
-    let mut queue: std::collections::VecDeque<(PathBuf, usize)> = roots.iter().map(|r| (r.clone(), 0)).collect();
-    while let Some((dir, depth)) = queue.pop_front() {
+    let mut queue: std::collections::VecDeque<(usize, PathBuf, usize)> =
+        roots.iter().enumerate().map(|(r, d)| (r, d.clone(), 0)).collect();
+    while let Some((root, dir, depth)) = queue.pop_front() {
         if read == GIT_SCAN_DIRS {
-            notes.push(format!(
+            out.notes.push(format!(
                 "looked for git repositories in {GIT_SCAN_DIRS} directories of what the command may write, not all; a \
                  repository further down is writable, and git outside the sandbox would run what the command leaves \
                  in it"
@@ -401,20 +414,7 @@ fn git_dirs(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
             break;
         }
         read += 1;
-        let dot_git = dir.join(".git");
-        match std::fs::symlink_metadata(&dot_git) {
-            Ok(m) if m.file_type().is_symlink() => {
-                notes.push(format!(
-                    "{} is a symbolic link, which the command could replace; {} stays read-only in the sandbox",
-                    dot_git.display(),
-                    dir.display()
-                ));
-                found.push(dir.clone());
-                continue;
-            }
-            Ok(_) => found.push(dot_git),
-            Err(_) => {}
-        }
+        out.protect(&roots[root], &dir);
         if depth == GIT_SCAN_DEPTH {
             continue;
         }
@@ -425,11 +425,116 @@ fn git_dirs(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
                 continue;
             }
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                queue.push_back((entry.path(), depth + 1));
+                queue.push_back((root, entry.path(), depth + 1));
             }
         }
     }
-    (found, notes)
+    out.read_only.sort();
+    out.read_only.dedup();
+    out.pinned.sort();
+    out.pinned.dedup();
+    out
+}
+
+/// What [`git_dirs`] found.
+#[derive(Debug, Default)]
+struct GitFound {
+    /// `.git` directories and files, and what their config makes git run
+    /// from the work tree (`core.hooksPath`, `include.path`).
+    read_only: Vec<PathBuf>,
+    /// The directories from below a writable root down to each repository:
+    /// mount points, so that a repository cannot be moved away whole and
+    /// another put in its place.
+    pinned: Vec<PathBuf>,
+    notes: Vec<String>,
+}
+
+impl GitFound {
+    /// Protects the repository whose work tree is `dir` (under the
+    /// writable `root`), if there is one, and its submodules' checkouts
+    /// wherever `.gitmodules` puts them.
+    fn protect(&mut self, root: &Path, dir: &Path) {
+        let dot_git = dir.join(".git");
+        match std::fs::symlink_metadata(&dot_git) {
+            Ok(m) if m.file_type().is_symlink() => {
+                self.notes.push(format!(
+                    "{} is a symbolic link, which the command could replace; {} stays read-only in the sandbox",
+                    dot_git.display(),
+                    dir.display()
+                ));
+                self.read_only.push(dir.to_owned());
+            }
+            Ok(m) => {
+                self.read_only.push(dot_git.clone());
+                self.pin_down_to(root, dir);
+                if m.is_dir() {
+                    self.read_only.extend(config_paths(dir, &dot_git.join("config")));
+                }
+                if let Ok(text) = std::fs::read_to_string(dir.join(".gitmodules")) {
+                    for sub in submodule_paths(&text) {
+                        let checkout = dir.join(sub);
+                        if checkout.starts_with(dir) && checkout != dir {
+                            self.protect(root, &checkout);
+                        }
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Pins every directory below `root` down to `dir`. Not `root` itself:
+    /// renaming it needs its parent, which is not writable unless it is a
+    /// root of its own.
+    fn pin_down_to(&mut self, root: &Path, dir: &Path) {
+        let Ok(rel) = dir.strip_prefix(root) else { return };
+        let mut at = root.to_owned();
+        for part in rel.components() {
+            at.push(part);
+            self.pinned.push(at.clone());
+        }
+    }
+}
+
+/// The `path = ...` values of a `.gitmodules` file, relative, without `..`.
+fn submodule_paths(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim().eq_ignore_ascii_case("path")).then(|| PathBuf::from(value.trim().trim_matches('"')))
+        })
+        .filter(|p| p.is_relative() && p.components().all(|c| matches!(c, std::path::Component::Normal(_))))
+        .collect()
+}
+
+/// Paths a repository's config makes git run or read as config from
+/// outside `.git`: `core.hooksPath` (relative to the work tree `dir`) and
+/// `include.path`/`includeIf.*.path` (relative to the config's directory),
+/// those that exist. A line-based reading: enough for what `git config`
+/// writes.
+fn config_paths(dir: &Path, config: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(config) else { return Vec::new() };
+    let base = config.parent().unwrap_or(dir);
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            section = rest.split([']', ' ', '"', '.']).next().unwrap_or("").to_ascii_lowercase();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let (key, value) = (key.trim().to_ascii_lowercase(), value.trim().trim_matches('"'));
+        let path = match (section.as_str(), key.as_str()) {
+            ("core", "hookspath") => dir.join(value),
+            ("include" | "includeif", "path") => base.join(value),
+            _ => continue,
+        };
+        if path.exists() {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Homes the working directory must not contain to be granted: the
@@ -521,9 +626,22 @@ mod tests {
         }
         std::fs::write(root.join("a/b/.git"), "gitdir: ../../.git/modules/b\n").unwrap();
         std::os::unix::fs::symlink(root.join("a/.git"), root.join("l/.git")).unwrap();
-        let (mut found, notes) = git_dirs(std::slice::from_ref(&root));
-        found.sort();
-        let want: Vec<PathBuf> = [".git", "a/.git", "a/b/.git", "l"].iter().map(|p| root.join(p)).collect();
+        std::fs::write(root.join(".git/config"), "[core]\n\thooksPath = .husky\n[include]\n\tpath = ../extra.cfg\n")
+            .unwrap();
+        std::fs::create_dir_all(root.join(".husky")).unwrap();
+        std::fs::write(root.join("extra.cfg"), "").unwrap();
+        std::fs::write(root.join(".gitmodules"), "[submodule \"dep\"]\n\tpath = node_modules/x\n\tpath = ../out\n")
+            .unwrap();
+        let GitFound { read_only: found, pinned, notes } = git_dirs(std::slice::from_ref(&root));
+        assert_eq!(pinned, [root.join("a"), root.join("a/b"), root.join("node_modules"), root.join("node_modules/x")]);
+        // The hooks and included config the repository's config names, and
+        // a submodule's checkout even in a directory the walk skips.
+        let mut want: Vec<PathBuf> =
+            [".git", ".git/../extra.cfg", ".husky", "a/.git", "a/b/.git", "l", "node_modules/x/.git"]
+                .iter()
+                .map(|p| root.join(p))
+                .collect();
+        want.sort();
         // Two levels down at most (a/b/c is the third), never into
         // dependency trees; a symbolic link's directory instead of it.
         assert_eq!(found, want);
