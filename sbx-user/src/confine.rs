@@ -659,13 +659,9 @@ fn mount_private(c: &Confinement) -> io::Result<()> {
             )
             .into(),
         )?;
-        for p in pinned {
-            check(
-                libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
-                    .into(),
-            )?;
-        }
-        for p in bind_first {
+        // Each onto itself: the pinned directories first (writable), so
+        // that the read-only mounts below them stack on their mounts.
+        for p in pinned.iter().chain(bind_first) {
             check(
                 libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null())
                     .into(),
