@@ -8,14 +8,14 @@
 //! Each layout is pinned by a compile-time size assertion.
 //!
 //! # How a verdict is found
-//! Both IPv4 and IPv6 destinations are looked up in one LPM trie keyed by a
-//! 128-bit address: IPv4 `a.b.c.d` is stored as the IPv4-mapped IPv6 address
-//! `::ffff:a.b.c.d` with its prefix length plus 96. The trie value names a
-//! [`PortTable`]: a short sorted list of port ranges with a TCP and a UDP
-//! verdict each, plus a verdict for ports outside every range. The loader has
-//! already resolved rule precedence, so the programs do one trie lookup, one
-//! array lookup and a bounded scan. The cost does not depend on how many rules
-//! the policy has.
+//! Both IPv4 and IPv6 destinations are looked up by a 128-bit address: IPv4
+//! `a.b.c.d` is stored as the IPv4-mapped IPv6 address `::ffff:a.b.c.d` with
+//! its prefix length plus 96. The trie value ([`TrieValue`]) carries the
+//! verdicts for ports outside every range and names a short run of port
+//! ranges ([`PortSegment`]) in the host's segment array. The loader has
+//! already resolved rule precedence, so the programs do one trie lookup and
+//! a bounded scan of at most [`MAX_SEGMENTS`] array elements. The cost does
+//! not depend on how many rules the policy has.
 //!
 //! # One program set for every sandbox
 //! The programs are loaded once per host and program set and pinned; every
@@ -23,11 +23,13 @@
 //! policy of the sandbox it runs for through cgroup storage bound to the
 //! attach point ([`MAP_SLOT`], keyed by the cgroup id alone, so one cell is
 //! shared by every hook of a sandbox): the [`Slot`] names the policy's
-//! index in the outer arrays of per-policy maps ([`MAP_DEST_OF`],
-//! [`MAP_BIND_OF`], [`MAP_PORTS_OF`]). An all-zero slot (attached, policy
-//! not yet written) denies everything. `update` writes a new slot in one
-//! map update, which the kernel applies as one pointer swap: every hook
-//! moves from the old policy to the new one at the same instant.
+//! index. Every policy of the host lives in one LPM trie ([`MAP_RULES`]),
+//! its keys prefixed by the policy index and the kind of entry
+//! ([`rule_key`]), and in one array of port ranges ([`MAP_SEGMENTS`]), so a
+//! sandbox adds entries, not maps. An all-zero slot (attached, policy not
+//! yet written) denies everything. `update` writes a new slot in one map
+//! update, which the kernel applies as one pointer swap: every hook moves
+//! from the old policy to the new one at the same instant.
 #![no_std]
 
 pub mod addr;
@@ -35,19 +37,23 @@ pub mod addr;
 /// Version of the contract between the programs and the loader. Part of
 /// the program set's identity (with a hash of the object): a loader never
 /// drives programs of another contract.
-pub const CONTRACT_VERSION: u32 = 5;
+pub const CONTRACT_VERSION: u32 = 6;
 
 /// Shared cgroup storage ([`Slot`]), one cell per sandbox cgroup.
 pub const MAP_SLOT: &str = "SBX_SLOT";
 /// Per-CPU cgroup storage ([`Stats`]): counters and the event rate limiter
 /// of one sandbox.
 pub const MAP_STATS: &str = "SBX_STATS";
-/// Outer array of destination tries, by policy index.
-pub const MAP_DEST_OF: &str = "SBX_DEST_OF";
-/// Outer array of bind tries, by policy index.
-pub const MAP_BIND_OF: &str = "SBX_BIND_OF";
-/// Outer array of port-table arrays, by policy index.
-pub const MAP_PORTS_OF: &str = "SBX_PORTS_OF";
+/// The host's LPM trie of every policy's destination and bind entries,
+/// keyed by [`rule_key`]: policy index, [`RULE_DEST`] or [`RULE_BIND`], then
+/// the address.
+pub const MAP_RULES: &str = "SBX_RULES";
+/// The host's array of port ranges ([`PortSegment`]); a [`TrieValue`] names
+/// a run of them. Each policy owns whole blocks of [`SEGMENT_BLOCK`].
+pub const MAP_SEGMENTS: &str = "SBX_SEGMENTS";
+/// What each policy index holds ([`PolicyMeta`]), by index; userspace only,
+/// under the host lock.
+pub const MAP_POLICIES: &str = "SBX_POLICIES";
 /// Outer array of per-sandbox event ring buffers, by [`Slot::events`].
 pub const MAP_EVENTS_OF: &str = "SBX_EVENTS_OF";
 /// The host's event ring buffer, for sandboxes without one of their own.
@@ -56,17 +62,84 @@ pub const MAP_HOST_EVENTS: &str = "SBX_HOST_EVENTS";
 /// under the host lock.
 pub const MAP_POOL: &str = "SBX_POOL";
 
-/// `BPF_F_INNER_MAP`, set on the port-table arrays (template and every
-/// inner array alike: the kernel compares map flags) so that they may
-/// differ in size.
-pub const F_INNER_MAP: u32 = 1 << 12;
-
-/// Policy indices of the host (the outer arrays' size). Index 0 is never
-/// used, so a zero slot names no policy. An update holds two at once.
+/// Policy indices of the host. Index 0 is never used, so a zero slot names
+/// no policy. An update holds two at once. Fits the 24 bits [`rule_key`]
+/// gives it.
 pub const POLICY_SLOTS: u32 = 32_768;
+const _: () = assert!(POLICY_SLOTS <= 1 << 24);
 /// Per-sandbox event ring buffer indices of the host; 0 means "the host
 /// buffer".
 pub const EVENT_SLOTS: u32 = 16_384;
+
+/// Entries [`MAP_RULES`] holds for the whole host: at least twice the
+/// largest policy (both of its tries full, during an update) and the
+/// small policies of ten thousand sandboxes beside it. Nodes are allocated
+/// as entries are added; the limit costs nothing until it is used.
+pub const HOST_RULES: u32 = 1 << 24;
+
+/// Port ranges in a block of [`MAP_SEGMENTS`], the unit a policy is given.
+pub const SEGMENT_BLOCK: u32 = 16;
+/// Blocks of [`MAP_SEGMENTS`].
+pub const SEGMENT_BLOCKS: u32 = 65_536;
+/// Port ranges [`MAP_SEGMENTS`] holds (8 bytes each, allocated when the
+/// program set is loaded: 8 MiB).
+pub const SEGMENTS: u32 = SEGMENT_BLOCK * SEGMENT_BLOCKS;
+/// Port ranges one policy may hold: a quarter of the host's, so that an
+/// update of the largest policy (old and new at once) leaves half of the
+/// host's ranges to every other sandbox.
+pub const MAX_POLICY_SEGMENTS: u32 = SEGMENTS / 4;
+
+/// [`rule_key`] kind of a policy's first entry: its marker, at address `::`
+/// with the full prefix length, which no lookup asks for. It is the first
+/// key of the policy in the trie's key order (children with a 0 bit come
+/// first, and the marker has nothing but 0 bits after the policy index), so
+/// the loader finds every entry of one policy from it, without walking the
+/// host's.
+pub const RULE_MARK: u8 = 0;
+/// [`rule_key`] kind of destination entries (connect, sendmsg, egress).
+pub const RULE_DEST: u8 = 1;
+/// [`rule_key`] kind of bind entries.
+pub const RULE_BIND: u8 = 2;
+/// Prefix bits of a [`RuleKey`] before the address: policy index and kind.
+pub const RULE_PREFIX: u32 = 32;
+
+/// Data part of a [`MAP_RULES`] key: `policy << 8 | kind` big-endian, then
+/// the address.
+pub type RuleKey = [u8; 20];
+
+/// The [`MAP_RULES`] key data of `addr` in `policy`'s entries of `kind`.
+#[expect(clippy::inline_always, reason = "called from the eBPF programs' lookups, as `addr`'s functions are")]
+#[inline(always)]
+#[must_use]
+pub const fn rule_key(policy: u32, kind: u8, addr: &TrieAddr) -> RuleKey {
+    let head = ((policy << 8) | kind as u32).to_be_bytes();
+    let mut key = [0u8; 20];
+    key[0] = head[0];
+    key[1] = head[1];
+    key[2] = head[2];
+    key[3] = head[3];
+    let mut i = 0;
+    while i < 16 {
+        key[4 + i] = addr[i];
+        i += 1;
+    }
+    key
+}
+
+/// What a policy index holds, for the loader to free it ([`MAP_POLICIES`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyMeta {
+    /// Entries in [`MAP_RULES`], the marker included.
+    pub entries: u32,
+    /// First block of its port ranges in [`MAP_SEGMENTS`].
+    pub first_block: u32,
+    /// Blocks it owns (0: every entry's ports are uniform).
+    pub blocks: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyMeta>() == 16);
 
 /// What a sandbox's programs read first: which policy, which settings.
 /// Written by `sbx-user` with one map update; read by every program.
@@ -119,16 +192,32 @@ pub struct Stats {
 }
 const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (NUM_COUNTERS as usize + 2) + 40 * RECENT_VERDICTS + 8);
 
-/// Allocation bitmaps of the host's policy and event indices.
+/// Allocation state of the host's policy indices, event indices and
+/// segment blocks. A policy index or block that is freed is quarantined,
+/// not free: a program that read the old slot may still be reading it, so
+/// it is given out again only after an RCU grace period that began after
+/// it was freed (the loader waits for one when nothing else is left).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Pool {
-    /// Bit `i` set: policy index `i` is in use.
+    /// Bit `i` set: policy index `i` is in use (or quarantined).
     pub policies: [u64; POLICY_SLOTS as usize / 64],
     /// Bit `i` set: event ring index `i` is in use.
     pub events: [u64; EVENT_SLOTS as usize / 64],
+    /// Bit `i` set: segment block `i` is in use (or quarantined).
+    pub blocks: [u64; SEGMENT_BLOCKS as usize / 64],
+    /// Bit `i` set: policy index `i` was freed, and is still taken in
+    /// [`Pool::policies`] until a grace period has passed.
+    pub quarantined_policies: [u64; POLICY_SLOTS as usize / 64],
+    /// As [`Pool::quarantined_policies`], for segment blocks.
+    pub quarantined_blocks: [u64; SEGMENT_BLOCKS as usize / 64],
+    /// Entries of [`MAP_RULES`] that policies hold.
+    pub rules: u64,
 }
-const _: () = assert!(core::mem::size_of::<Pool>() == (POLICY_SLOTS as usize + EVENT_SLOTS as usize) / 8);
+const _: () = assert!(
+    core::mem::size_of::<Pool>()
+        == (2 * POLICY_SLOTS as usize + EVENT_SLOTS as usize + 2 * SEGMENT_BLOCKS as usize) / 8 + 8
+);
 
 /// Key of [`MAP_ORIGDST`]: a client port is unique only within its network
 /// namespace, so the namespace's cookie is part of the key.
@@ -173,9 +262,9 @@ pub const MAPS: [&str; 12] = [
     MAP_STATS,
     MAP_CONNECTS,
     MAP_CONNECTS_ZERO,
-    MAP_DEST_OF,
-    MAP_BIND_OF,
-    MAP_PORTS_OF,
+    MAP_RULES,
+    MAP_SEGMENTS,
+    MAP_POLICIES,
     MAP_EVENTS_OF,
     MAP_HOST_EVENTS,
     MAP_POOL,
@@ -455,12 +544,12 @@ pub const MAX_SEGMENTS: usize = 32;
 /// (`::ffff:a.b.c.d`) with the prefix length raised by 96.
 pub type TrieAddr = [u8; 16];
 
-/// Value of the LPM tries: which [`PortTable`] decides for this prefix.
+/// Value of [`MAP_RULES`]: how ports are judged for this prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TrieValue {
-    /// Index into the policy's port tables.
-    pub table: u32,
+    /// Index in [`MAP_SEGMENTS`] of the first of the entry's port ranges.
+    pub segs: u32,
     /// The entry's own prefix length (an LPM lookup does not say which
     /// prefix matched): an explicit rule at least as long as an embedded
     /// form's prefix decides for that form.
@@ -468,10 +557,26 @@ pub struct TrieValue {
     /// 1 when a user rule names exactly this prefix (not only a default or
     /// a built-in entry).
     pub explicit: u8,
-    /// Zero.
-    pub _pad: [u8; 2],
+    /// Number of port ranges, at most [`MAX_SEGMENTS`].
+    pub nsegs: u8,
+    /// Verdicts for ports outside every range: [`DEFAULT_TCP`] and
+    /// [`DEFAULT_UDP`] bits (set: allow).
+    pub defaults: u8,
 }
 const _: () = assert!(core::mem::size_of::<TrieValue>() == 8);
+
+impl TrieValue {
+    /// An entry that allows nothing (the value of a policy's marker).
+    #[must_use]
+    pub const fn deny() -> Self {
+        Self { segs: 0, prefix_len: 0, explicit: 0, nsegs: 0, defaults: 0 }
+    }
+}
+
+/// [`TrieValue::defaults`] bit: TCP ports outside every range are allowed.
+pub const DEFAULT_TCP: u8 = 1;
+/// [`TrieValue::defaults`] bit: UDP ports outside every range are allowed.
+pub const DEFAULT_UDP: u8 = 2;
 
 /// One port range of a [`PortTable`] with its verdict per protocol.
 #[repr(C)]
@@ -561,4 +666,27 @@ mod pod {
     unsafe impl aya::Pod for super::Pool {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OrigKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PolicyMeta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortSegment {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_keys_put_the_policy_then_the_kind_then_the_address() {
+        let addr = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let k = rule_key(0x01_2345, RULE_BIND, &addr);
+        assert_eq!(k[..4], [0x01, 0x23, 0x45, RULE_BIND]);
+        assert_eq!(k[4..], addr);
+        // A policy's marker sorts before every other key of the policy
+        // (bitwise), and after every key of a smaller index.
+        let mark = rule_key(7, RULE_MARK, &[0; 16]);
+        assert!(mark < rule_key(7, RULE_DEST, &[0; 16]));
+        assert!(mark < rule_key(7, RULE_MARK, &addr));
+        assert!(mark > rule_key(6, RULE_BIND, &[0xff; 16]));
+    }
 }

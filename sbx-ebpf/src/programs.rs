@@ -21,10 +21,11 @@ use aya_ebpf::{
 };
 use sbx_common::{
     addr::{self, mapped},
-    counter_index, Connects, Event, OrigDst, OrigKey, PortTable, RecentVerdict, Slot, Stats, TrieAddr, TrieValue,
-    CONNECTS_ENTRIES, COUNTER_EVENTS_DROPPED, EVENT_AUDIT, EVENT_DENIED, EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED,
-    EVENT_SLOTS, FLAG_AUDIT, FLAG_REDIRECT, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS,
-    RECENT_CONNECTS, RECENT_V6, RECENT_VERDICTS, VERDICT_ALLOW, VERDICT_DENY,
+    counter_index, rule_key, Connects, Event, OrigDst, OrigKey, PortSegment, RecentVerdict, RuleKey, Slot, Stats,
+    TrieAddr, TrieValue, CONNECTS_ENTRIES, COUNTER_EVENTS_DROPPED, DEFAULT_TCP, DEFAULT_UDP, EVENT_AUDIT, EVENT_DENIED,
+    EVENT_PORT_SOURCE_ROUTE, EVENT_REDIRECTED, EVENT_SLOTS, FLAG_AUDIT, FLAG_REDIRECT, HOST_RULES, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_SEGMENTS, NUM_COUNTERS, POLICY_SLOTS, RECENT_CONNECTS, RECENT_V6, RECENT_VERDICTS, RULE_BIND,
+    RULE_DEST, RULE_PREFIX, SEGMENTS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 /// `BPF_MAP_TYPE_CGROUP_STORAGE`.
@@ -83,24 +84,21 @@ static SBX_SLOT: SharedCgroupStorage<Slot, CGROUP_STORAGE> = SharedCgroupStorage
 #[btf_map(name = "SBX_STATS")]
 static SBX_STATS: SharedCgroupStorage<Stats, PERCPU_CGROUP_STORAGE> = SharedCgroupStorage::new();
 
-/// Destination tries (connect, sendmsg, egress), by policy index. Each
-/// inner trie is created and filled by `sbx-user` before its index is put
-/// in a slot; read by the programs.
-#[btf_map(name = "SBX_DEST_OF")]
-static SBX_DEST_OF: ArrayOfMaps<LpmTrie<TrieAddr, TrieValue, 1>, { POLICY_SLOTS as usize }> = ArrayOfMaps::new();
+/// Every policy of the host: destination entries (connect, sendmsg,
+/// egress) and bind entries, keyed by policy index and kind
+/// ([`sbx_common::rule_key`]). Written by `sbx-user` before the index is
+/// put in a slot; read by the programs.
+#[btf_map(name = "SBX_RULES")]
+static SBX_RULES: LpmTrie<RuleKey, TrieValue, { HOST_RULES as usize }> = LpmTrie::new();
 
-/// Bind tries, by policy index. As [`SBX_DEST_OF`].
-#[btf_map(name = "SBX_BIND_OF")]
-static SBX_BIND_OF: ArrayOfMaps<LpmTrie<TrieAddr, TrieValue, 1>, { POLICY_SLOTS as usize }> = ArrayOfMaps::new();
+/// The host's port ranges; a [`TrieValue`] names a run of them.
+#[btf_map(name = "SBX_SEGMENTS")]
+static SBX_SEGMENTS: Array<PortSegment, { SEGMENTS as usize }> = Array::new();
 
-/// Port tables, by policy index. As [`SBX_DEST_OF`].
-#[btf_map(name = "SBX_PORTS_OF")]
-static SBX_PORTS_OF: ArrayOfMaps<Array<PortTable, 1, { INNER_MAP as usize }>, { POLICY_SLOTS as usize }> =
-    ArrayOfMaps::new();
-
-/// `BPF_F_INNER_MAP`: inner arrays may differ in size from the template
-/// (without it the kernel requires every inner array to have its size).
-const INNER_MAP: u32 = sbx_common::F_INNER_MAP;
+/// What each policy index holds. `sbx-user` only (under the host lock); in
+/// the object so that it is pinned with the set.
+#[btf_map(name = "SBX_POLICIES")]
+static SBX_POLICIES: Array<sbx_common::PolicyMeta, { POLICY_SLOTS as usize }> = Array::new();
 
 /// Per-sandbox event ring buffers, by `Slot::events`. Created by
 /// `sbx-user` for sandboxes whose events are read on their own.
@@ -1092,33 +1090,40 @@ fn peer_reachable(slot: &Slot, peer: &TrieAddr, lport: u16) -> Result<bool, ()> 
         None => *peer,
     };
     let v = lookup(slot, &addr, Direction::Dest)?;
-    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(v.table).ok_or(())?;
     let local_host = (addr::is_mapped(&addr) && addr::is_local_v4([addr[12], addr[13], addr[14], addr[15]]))
         || addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     if local_host {
-        return Ok(lookup_port(table, lport, IPPROTO_TCP)? == VERDICT_ALLOW);
+        return Ok(lookup_port(&v, lport, IPPROTO_TCP)? == VERDICT_ALLOW);
     }
-    Ok(any_port(table))
+    any_port(&v)
 }
 
-/// Whether any TCP port of `table` is allowed.
+/// Whether entry `v` allows any TCP port.
 #[inline(always)]
-fn any_port(table: &PortTable) -> bool {
-    if table.default_tcp == VERDICT_ALLOW {
-        return true;
+fn any_port(v: &TrieValue) -> Result<bool, ()> {
+    if v.defaults & DEFAULT_TCP != 0 {
+        return Ok(true);
     }
-    let len = table.len as usize;
+    let len = usize::from(v.nsegs);
     let mut i = 0;
     while i < MAX_SEGMENTS {
         if i >= len {
             break;
         }
-        if table.segments.get(i).is_some_and(|s| s.tcp == VERDICT_ALLOW) {
-            return true;
+        if segment(v, i)?.tcp == VERDICT_ALLOW {
+            return Ok(true);
         }
         i += 1;
     }
-    false
+    Ok(false)
+}
+
+/// Port range `i` of entry `v`.
+#[inline(always)]
+fn segment(v: &TrieValue, i: usize) -> Result<&'static PortSegment, ()> {
+    #[expect(clippy::cast_possible_truncation, reason = "i < MAX_SEGMENTS")]
+    let at = v.segs.wrapping_add(i as u32);
+    SBX_SEGMENTS.get(at).ok_or(())
 }
 
 /// L4 protocol and offset of an IPv4 packet; `None` offset when the header
@@ -1348,26 +1353,24 @@ fn lookup(slot: &Slot, addr: &TrieAddr, dir: Direction) -> Result<TrieValue, ()>
     if slot.policy == 0 {
         return Err(());
     }
-    let key = Key::new(128, *addr);
-    let trie = match dir {
-        Direction::Dest => SBX_DEST_OF.get(slot.policy),
-        Direction::Bind => SBX_BIND_OF.get(slot.policy),
-    }
-    .ok_or(())?;
-    trie.get(&key).copied().ok_or(())
+    let kind = match dir {
+        Direction::Dest => RULE_DEST,
+        Direction::Bind => RULE_BIND,
+    };
+    let key = Key::new(RULE_PREFIX + 128, rule_key(slot.policy, kind, addr));
+    SBX_RULES.get(&key).copied().ok_or(())
 }
 
 /// The verdict of entry `v` for `port` and `proto`.
 #[inline(always)]
-fn port_verdict(slot: &Slot, v: &TrieValue, port: u16, proto: u32) -> Result<bool, ()> {
-    let table = SBX_PORTS_OF.get(slot.policy).ok_or(())?.get(v.table).ok_or(())?;
-    Ok(lookup_port(table, port, proto)? == VERDICT_ALLOW)
+fn port_verdict(v: &TrieValue, port: u16, proto: u32) -> Result<bool, ()> {
+    Ok(lookup_port(v, port, proto)? == VERDICT_ALLOW)
 }
 
 /// The decision for `addr` (IPv4 mapped, or plain IPv6).
 #[inline(always)]
 fn decide(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction) -> Result<bool, ()> {
-    port_verdict(slot, &lookup(slot, addr, dir)?, port, proto)
+    port_verdict(&lookup(slot, addr, dir)?, port, proto)
 }
 
 /// The decision for an IPv6 address, whatever form it has: an embedded
@@ -1390,7 +1393,7 @@ fn decide_v6(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction
     }
     if let Ok(v) = lookup(slot, addr, dir) {
         if v.explicit != 0 && u32::from(v.prefix_len) >= e.prefix_len {
-            return port_verdict(slot, &v, port, proto);
+            return port_verdict(&v, port, proto);
         }
     }
     let first = decide(slot, &addr::mapped(e.v4), port, proto, dir);
@@ -1401,16 +1404,16 @@ fn decide_v6(slot: &Slot, addr: &TrieAddr, port: u16, proto: u32, dir: Direction
 }
 
 #[inline(always)]
-fn lookup_port(table: &PortTable, port: u16, proto: u32) -> Result<u8, ()> {
-    let mut tcp = table.default_tcp;
-    let mut udp = table.default_udp;
-    let len = table.len as usize;
+fn lookup_port(v: &TrieValue, port: u16, proto: u32) -> Result<u8, ()> {
+    let mut tcp = if v.defaults & DEFAULT_TCP != 0 { VERDICT_ALLOW } else { VERDICT_DENY };
+    let mut udp = if v.defaults & DEFAULT_UDP != 0 { VERDICT_ALLOW } else { VERDICT_DENY };
+    let len = usize::from(v.nsegs);
     let mut i = 0;
     while i < MAX_SEGMENTS {
         if i >= len {
             break;
         }
-        let seg = table.segments.get(i).ok_or(())?;
+        let seg = segment(v, i)?;
         if port >= seg.lo && port <= seg.hi {
             tcp = seg.tcp;
             udp = seg.udp;

@@ -16,8 +16,9 @@ use std::{
 };
 
 use sbx_common::{
-    Config, PortTable, Slot, Stats, TrieValue, LEGACY_MAPS, MAP_BIND_OF, MAP_CONNECTS, MAP_DEST_OF, MAP_EVENTS,
-    MAP_EVENTS_OF, MAP_PORTS_OF, MAP_SLOT, MAP_STATS, PROGRAMS,
+    rule_key, Config, PolicyMeta, PortSegment, PortTable, RuleKey, Slot, Stats, TrieValue, DEFAULT_TCP, DEFAULT_UDP,
+    LEGACY_MAPS, MAP_CONNECTS, MAP_EVENTS, MAP_EVENTS_OF, MAP_POLICIES, MAP_RULES, MAP_SEGMENTS, MAP_SLOT, MAP_STATS,
+    MAX_POLICY_SEGMENTS, PROGRAMS, RULE_BIND, RULE_DEST, RULE_MARK, RULE_PREFIX, SEGMENT_BLOCK,
 };
 
 use crate::{
@@ -271,37 +272,48 @@ struct PolicyMaps {
     index: u32,
 }
 
-/// Capacity of every destination and bind trie. LPM tries allocate per
-/// entry, so a large capacity costs nothing; a sandbox's own limit
-/// (`--max-rules`) is checked when its policy is compiled. One capacity for
-/// all lets a trie be reused by the next sandbox.
-const TRIE_CAPACITY: u32 = crate::compile::MAX_MAX_ENTRIES;
+/// Where each port table of a compiled policy goes in the host's segment
+/// array: its ranges' offset from the policy's first segment, in table
+/// order, and the number of segments in all.
+fn segment_layout(tables: &[PortTable]) -> Result<(Vec<u32>, u32), LoaderError> {
+    let mut offsets = Vec::with_capacity(tables.len());
+    let mut total = 0u32;
+    for t in tables {
+        offsets.push(total);
+        total = total.saturating_add(t.len);
+    }
+    if total > MAX_POLICY_SEGMENTS {
+        return Err(LoaderError::Full {
+            what: "port ranges of one sandbox",
+            limit: MAX_POLICY_SEGMENTS,
+            hint: "the policy's port lists split into more distinct ranges than a sandbox may hold; merge port lists or use ranges",
+        });
+    }
+    Ok((offsets, total))
+}
 
-/// Smallest port-table array made (preallocated: 264 bytes a table).
-const MIN_PORT_TABLES: u32 = 8;
-
-/// Fills the maps of a fresh policy index and returns it. Writing an outer
-/// map of maps makes the kernel wait for an RCU grace period (about 10 ms
-/// here), so the maps of an index stay in the outer arrays when a sandbox
-/// goes: the next sandbox that gets the index refills them, and only a
-/// host's first sandboxes (or a policy with more port tables than the
-/// index's array holds) pay for outer writes. Nothing reads the maps
-/// before a slot names the index.
-fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> Result<PolicyMaps, LoaderError> {
-    let index = set.alloc_policy()?;
+/// Writes a policy into the host's maps at a fresh policy index and
+/// returns it: its meta, its port ranges in blocks of its own, its marker,
+/// then its destination and bind entries. Nothing reads them before a slot
+/// names the index. On failure, whatever was written is removed again.
+fn install_policy(set: &ProgramSet, compiled: &Compiled) -> Result<PolicyMaps, LoaderError> {
+    let (offsets, segments) = segment_layout(&compiled.tables)?;
+    let blocks = segments.div_ceil(SEGMENT_BLOCK);
+    let entries = u32::try_from(compiled.dest.len() + compiled.bind.len() + 1).expect("compile bounds the entries");
+    let (index, first_block) = set.alloc_policy(blocks, entries)?;
+    let meta = PolicyMeta { entries, first_block, blocks, _pad: 0 };
     let made = (|| {
-        if inner(set, MAP_DEST_OF, index).is_none() {
-            preinstall_policies(set, index)?;
-        }
-        let tables = u32::try_from(compiled.tables.len()).expect("tables fit u32");
-        let dest = inner_or_new(set, MAP_DEST_OF, index, 0, || make_trie("sbx_dest"))?;
-        let bind = inner_or_new(set, MAP_BIND_OF, index, 0, || make_trie("sbx_bind"))?;
-        let ports = inner_or_new(set, MAP_PORTS_OF, index, tables, || make_ports(tables.max(MIN_PORT_TABLES)))?;
+        write_meta(set, index, &meta)?;
+        let base = first_block * SEGMENT_BLOCK;
+        fill_segments(set, base, &compiled.tables)?;
+        let mark = rule_key(index, RULE_MARK, &[0; 16]);
+        let key = [&(RULE_PREFIX + 128).to_ne_bytes()[..], &mark[..]].concat();
+        sys::map_update(set.map(MAP_RULES), &key, sys::bytes_of(&TrieValue::deny()), sys::UPDATE_ANY)
+            .map_err(|e| kernel_err("writing the policy's marker entry", &e))?;
         let started = std::time::Instant::now();
-        fill_trie(&dest, &compiled.dest, "sbx_dest")?;
+        fill_rules(set, index, RULE_DEST, &compiled.dest, &compiled.tables, &offsets, base)?;
         log::debug!("filled {} destination entries in {:.1} ms", compiled.dest.len(), crate::progress::ms(started));
-        fill_trie(&bind, &compiled.bind, "sbx_bind")?;
-        fill_ports(&ports, &compiled.tables)
+        fill_rules(set, index, RULE_BIND, &compiled.bind, &compiled.tables, &offsets, base)
     })();
     match made {
         Ok(()) => Ok(PolicyMaps { index }),
@@ -312,35 +324,216 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled, _max_entries: u32) -> R
     }
 }
 
-/// Policy indices given maps at once when a fresh one is needed.
-const PREINSTALL: u32 = 32;
+fn write_meta(set: &ProgramSet, index: u32, meta: &PolicyMeta) -> Result<(), LoaderError> {
+    sys::map_update(set.map(MAP_POLICIES), &index.to_ne_bytes(), sys::bytes_of(meta), sys::UPDATE_ANY)
+        .map_err(|e| map_err(MAP_POLICIES, &e))
+}
 
-/// Puts empty tries and port tables at `first` and the next indices that
-/// have none, [`PREINSTALL`] at a time: one batch write per outer map, so
-/// one RCU grace period for all of them instead of one per map (about 10 ms
-/// each here). The maps wait, empty, for the sandboxes that get the
-/// indices; nothing reads them before a slot names one.
-fn preinstall_policies(set: &ProgramSet, first: u32) -> Result<(), LoaderError> {
-    let last = (first + PREINSTALL).min(sbx_common::POLICY_SLOTS);
-    let indices: Vec<u32> = (first..last).filter(|&i| inner(set, MAP_DEST_OF, i).is_none()).collect();
-    let count = u32::try_from(indices.len()).expect("at most PREINSTALL");
-    let keys: Vec<u8> = indices.iter().flat_map(|i| i.to_ne_bytes()).collect();
-    for (outer, make) in [
-        (MAP_DEST_OF, &(|| make_trie("sbx_dest")) as &dyn Fn() -> Result<OwnedFd, LoaderError>),
-        (MAP_BIND_OF, &|| make_trie("sbx_bind")),
-        (MAP_PORTS_OF, &|| make_ports(MIN_PORT_TABLES)),
-    ] {
-        let maps = indices.iter().map(|_| make()).collect::<Result<Vec<_>, _>>()?;
-        let values: Vec<u8> = maps
-            .iter()
-            .flat_map(|m| u32::try_from(m.as_raw_fd()).expect("fds are non-negative").to_ne_bytes())
-            .collect();
-        sys::map_update_batch(set.map(outer), &keys, &values, count).map_err(|e| map_err(outer, &e))?;
+fn read_meta(set: &ProgramSet, index: u32) -> Result<PolicyMeta, LoaderError> {
+    let mut buf = [0u8; std::mem::size_of::<PolicyMeta>()];
+    sys::map_lookup(set.map(MAP_POLICIES), &index.to_ne_bytes(), &mut buf).map_err(|e| map_err(MAP_POLICIES, &e))?;
+    Ok(sys::from_bytes(&buf))
+}
+
+/// Writes the port ranges of `tables`, one after another, from segment
+/// `base` on.
+fn fill_segments(set: &ProgramSet, base: u32, tables: &[PortTable]) -> Result<(), LoaderError> {
+    let segs: Vec<PortSegment> = tables.iter().flat_map(|t| t.segments[..t.len as usize].iter().copied()).collect();
+    for (n, chunk) in segs.chunks(FILL_BATCH).enumerate() {
+        let first = base + u32::try_from(n * FILL_BATCH).expect("bounded by MAX_POLICY_SEGMENTS");
+        let keys: Vec<u8> =
+            (0..chunk.len()).flat_map(|i| (first + u32::try_from(i).expect("small")).to_ne_bytes()).collect();
+        let values: Vec<u8> = chunk.iter().flat_map(|s| sys::bytes_of(s).to_vec()).collect();
+        let count = u32::try_from(chunk.len()).expect("at most FILL_BATCH");
+        sys::map_update_batch(set.map(MAP_SEGMENTS), &keys, &values, count)
+            .map_err(|e| kernel_err("writing the policy's port ranges", &e))?;
     }
     Ok(())
 }
 
-/// As [`preinstall_policies`], for event rings of `bytes` bytes.
+/// Removes policy `index` from the host's maps and returns its index and
+/// blocks to the pool (quarantined until an RCU grace period has passed,
+/// see [`sbx_common::Pool`]). Entries go shortest prefix first, the marker
+/// last: a program still running on the old slot then finds either the
+/// longest match it would have found, or nothing (which denies), never a
+/// shorter and wider entry. A policy whose entries cannot all be removed
+/// keeps its index (it is not given out again with entries left in it);
+/// `gc` tries again.
+fn remove_policy(set: &ProgramSet, index: u32) {
+    if !set.has_map(MAP_RULES) {
+        // An older contract's set: its maps go with the set when `gc`
+        // removes it once no sandbox uses it.
+        log::debug!("policy {index} of program set {} is freed with the set", set.id);
+        return;
+    }
+    let meta = read_meta(set, index).unwrap_or_default();
+    if let Err(e) = clear_policy(set, index) {
+        log::warn!("removing the entries of policy {index}: {e}; its index stays taken until `sbx-user gc`");
+        return;
+    }
+    let _ = write_meta(set, index, &PolicyMeta::default());
+    if let Err(e) = set.release_policy(index, &meta) {
+        log::warn!("returning policy index {index} to the pool: {e}");
+    }
+}
+
+/// The keys of `index`'s entries in the host trie (marker first), found by
+/// walking from its marker: a policy's entries are one subtree of the
+/// trie, and its marker is that subtree's first key.
+fn policy_keys(set: &ProgramSet, index: u32) -> std::io::Result<Vec<[u8; RULE_KEY]>> {
+    let map = sys::KeyedMap::new(set.map(MAP_RULES), RULE_KEY)?;
+    let mark = rule_key(index, RULE_MARK, &[0; 16]);
+    let mut first = [0u8; RULE_KEY];
+    first[..4].copy_from_slice(&(RULE_PREFIX + 128).to_ne_bytes());
+    first[4..].copy_from_slice(&mark);
+    let mut value = [0u8; std::mem::size_of::<TrieValue>()];
+    match sys::map_lookup(set.map(MAP_RULES), &first, &mut value) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    let ours = |k: &[u8; RULE_KEY]| k[4..7] == mark[..3];
+    let mut keys = vec![first];
+    let mut next = [0u8; RULE_KEY];
+    loop {
+        let prev = *keys.last().expect("not empty");
+        match map.next_key(Some(&prev), &mut next) {
+            Ok(()) if ours(&next) => keys.push(next),
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(keys)
+}
+
+/// Size of a [`MAP_RULES`] key: prefix length, then [`RuleKey`].
+const RULE_KEY: usize = 4 + std::mem::size_of::<RuleKey>();
+
+fn clear_policy(set: &ProgramSet, index: u32) -> std::io::Result<()> {
+    let mut keys = policy_keys(set, index)?;
+    let Some(mark) = (!keys.is_empty()).then(|| keys.remove(0)) else {
+        return Ok(());
+    };
+    keys.sort_by_key(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
+    let map = sys::KeyedMap::new(set.map(MAP_RULES), RULE_KEY)?;
+    for k in keys.iter().chain([&mark]) {
+        match map.delete(k) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// As [`remove_policy`], for garbage collection.
+pub(crate) fn release_policy(set: &ProgramSet, index: u32) {
+    remove_policy(set, index);
+}
+
+/// Removes the pins of the sandbox on cgroup `id` (its links detach).
+pub(crate) fn remove_pins_of(paths: &Paths, id: u64) -> Result<(), LoaderError> {
+    remove_pins(&paths.pin_dir(id))
+}
+
+fn kernel_err(what: &str, e: &std::io::Error) -> LoaderError {
+    LoaderError::Kernel { what: what.to_owned(), detail: e.to_string() }
+}
+
+/// Entries written per `BPF_MAP_UPDATE_BATCH` call.
+const FILL_BATCH: usize = 4096;
+
+/// Writes `entries` of `kind` into the host trie under policy `index`,
+/// [`FILL_BATCH`] per system call (one call each where the kernel has no
+/// batch update for tries), each naming its table's ranges at
+/// `base + offsets[table]`.
+fn fill_rules(
+    set: &ProgramSet,
+    index: u32,
+    kind: u8,
+    entries: &[crate::compile::TrieEntry],
+    tables: &[PortTable],
+    offsets: &[u32],
+    base: u32,
+) -> Result<(), LoaderError> {
+    const VALUE: usize = std::mem::size_of::<TrieValue>();
+    let map = set.map(MAP_RULES);
+    let what = if kind == RULE_BIND { "bind" } else { "destination" };
+    let fail = |err: &std::io::Error| kernel_err(&format!("writing the policy's {what} entries"), err);
+    let (mut keys, mut values) = (Vec::with_capacity(FILL_BATCH * RULE_KEY), Vec::with_capacity(FILL_BATCH * VALUE));
+    let mut batched = true;
+    let mut flush = |keys: &mut Vec<u8>, values: &mut Vec<u8>| -> Result<(), LoaderError> {
+        let count = keys.len() / RULE_KEY;
+        if batched && count > 0 {
+            let n = u32::try_from(count).expect("at most FILL_BATCH");
+            match sys::map_update_batch(map, keys, values, n) {
+                Ok(()) => {
+                    keys.clear();
+                    values.clear();
+                    return Ok(());
+                }
+                // No batch update for this map type here (the kernel's
+                // ENOTSUPP is 524): one at a time.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524)) => {
+                    log::debug!("no batch update for the rule trie ({e}): one entry per call");
+                    batched = false;
+                }
+                Err(e) => return Err(fail(&e)),
+            }
+        }
+        for (key, value) in keys.chunks_exact(RULE_KEY).zip(values.chunks_exact(VALUE)) {
+            sys::map_update(map, key, value, sys::UPDATE_ANY).map_err(|e| fail(&e))?;
+        }
+        keys.clear();
+        values.clear();
+        Ok(())
+    };
+    for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
+        keys.extend_from_slice(&(RULE_PREFIX + e.prefix_len).to_ne_bytes());
+        keys.extend_from_slice(&rule_key(index, kind, &e.addr));
+        let table = &tables[e.table as usize];
+        let value = TrieValue {
+            segs: base + offsets[e.table as usize],
+            prefix_len: u8::try_from(e.prefix_len).expect("prefix lengths are at most 128"),
+            explicit: u8::from(e.explicit),
+            nsegs: u8::try_from(table.len).expect("at most MAX_SEGMENTS"),
+            defaults: defaults_of(table),
+        };
+        values.extend_from_slice(sys::bytes_of(&value));
+        if keys.len() == FILL_BATCH * RULE_KEY {
+            flush(&mut keys, &mut values)?;
+        }
+    }
+    flush(&mut keys, &mut values)
+}
+
+/// The [`TrieValue::defaults`] bits of `table`.
+fn defaults_of(table: &PortTable) -> u8 {
+    let mut bits = 0;
+    if table.default_tcp == sbx_common::VERDICT_ALLOW {
+        bits |= DEFAULT_TCP;
+    }
+    if table.default_udp == sbx_common::VERDICT_ALLOW {
+        bits |= DEFAULT_UDP;
+    }
+    bits
+}
+
+fn put_inner(set: &ProgramSet, outer: &'static str, index: u32, inner: &OwnedFd) -> Result<(), LoaderError> {
+    let fd = u32::try_from(inner.as_raw_fd()).expect("fds are non-negative");
+    sys::map_update(set.map(outer), &index.to_ne_bytes(), &fd.to_ne_bytes(), sys::UPDATE_ANY)
+        .map_err(|e| map_err(outer, &e))
+}
+
+/// Event ring indices given rings at once when a fresh one is needed.
+const PREINSTALL: u32 = 32;
+
+/// Puts event rings of `bytes` bytes at `first` and the next indices that
+/// have none, [`PREINSTALL`] at a time: one batch write of the outer map,
+/// so one RCU grace period for all of them instead of one per ring (about
+/// 10 ms each here). The rings wait, empty, for the sandboxes that get the
+/// indices; nothing reads them before a slot names one.
 fn preinstall_rings(set: &ProgramSet, first: u32, bytes: u32) -> Result<(), LoaderError> {
     let last = (first + PREINSTALL).min(sbx_common::EVENT_SLOTS);
     let indices: Vec<u32> = (first..last).filter(|&i| inner(set, MAP_EVENTS_OF, i).is_none()).collect();
@@ -358,172 +551,12 @@ fn preinstall_rings(set: &ProgramSet, first: u32, bytes: u32) -> Result<(), Load
     sys::map_update_batch(set.map(MAP_EVENTS_OF), &keys, &values, count).map_err(|e| map_err(MAP_EVENTS_OF, &e))
 }
 
-/// The inner map at `index` of `outer` if there is one holding at least
-/// `need` entries, else a new one put there.
-fn inner_or_new(
-    set: &ProgramSet,
-    outer: &'static str,
-    index: u32,
-    need: u32,
-    make: impl FnOnce() -> Result<OwnedFd, LoaderError>,
-) -> Result<OwnedFd, LoaderError> {
-    if let Some(fd) = inner(set, outer, index) {
-        if sys::map_max_entries(fd.as_fd()).is_ok_and(|n| n >= need) {
-            return Ok(fd);
-        }
-    }
-    let fd = make()?;
-    put_inner(set, outer, index, &fd)?;
-    Ok(fd)
-}
-
 /// The inner map at `index` of `outer`, if any (userspace lookups of an
 /// outer map return the inner map's id).
 fn inner(set: &ProgramSet, outer: &'static str, index: u32) -> Option<OwnedFd> {
     let mut id = [0u8; 4];
     sys::map_lookup(set.map(outer), &index.to_ne_bytes(), &mut id).ok()?;
     sys::map_get_fd_by_id(u32::from_ne_bytes(id)).ok()
-}
-
-/// As [`remove_policy`], for garbage collection.
-pub(crate) fn release_policy(set: &ProgramSet, index: u32) {
-    remove_policy(set, index);
-}
-
-/// Removes the pins of the sandbox on cgroup `id` (its links detach).
-pub(crate) fn remove_pins_of(paths: &Paths, id: u64) -> Result<(), LoaderError> {
-    remove_pins(&paths.pin_dir(id))
-}
-
-/// Empties the tries of policy `index` and returns it to the pool (its
-/// maps stay in place for the next sandbox). Entries go shortest prefix
-/// first: a program still running on the old slot then finds either the
-/// longest match it would have found, or nothing (which denies), never a
-/// shorter and wider entry.
-fn remove_policy(set: &ProgramSet, index: u32) {
-    for outer in [MAP_DEST_OF, MAP_BIND_OF] {
-        if let Some(trie) = inner(set, outer, index) {
-            if let Err(e) = clear_trie(&trie) {
-                // A trie that cannot be emptied must not serve another
-                // sandbox: take it out (the next user makes a new one).
-                log::warn!("emptying {outer}[{index}]: {e}; replacing it");
-                let _ = sys::map_delete(set.map(outer), &index.to_ne_bytes());
-            }
-        }
-    }
-    if let Err(e) = set.free(&[index], &[]) {
-        log::warn!("returning policy index {index} to the pool: {e}");
-    }
-}
-
-fn clear_trie(trie: &OwnedFd) -> std::io::Result<()> {
-    let map = sys::KeyedMap::new(trie.as_fd(), 20)?;
-    let mut keys: Vec<[u8; 20]> = Vec::new();
-    let mut next = [0u8; 20];
-    loop {
-        let prev = keys.last().copied();
-        match map.next_key(prev.as_ref().map(<[u8; 20]>::as_slice), &mut next) {
-            Ok(()) => keys.push(next),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(e),
-        }
-    }
-    keys.sort_by_key(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
-    for k in &keys {
-        match map.delete(k) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn kernel_err(what: &str, e: &std::io::Error) -> LoaderError {
-    LoaderError::Kernel { what: what.to_owned(), detail: e.to_string() }
-}
-
-fn make_trie(name: &str) -> Result<OwnedFd, LoaderError> {
-    #[expect(clippy::cast_possible_truncation, reason = "an 8-byte value")]
-    const VALUE_SIZE: u32 = std::mem::size_of::<TrieValue>() as u32;
-    // Key: u32 prefix length (host order), then the 16 address bytes.
-    sys::map_create(MapType::LpmTrie, 20, VALUE_SIZE, TRIE_CAPACITY, sys::F_NO_PREALLOC, name)
-        .map_err(|e| kernel_err(&format!("creating the {name} trie"), &e))
-}
-
-/// Entries written per `BPF_MAP_UPDATE_BATCH` call.
-const FILL_BATCH: usize = 4096;
-
-/// Writes `entries` into a trie, [`FILL_BATCH`] per system call (one call
-/// each where the kernel has no batch update for tries).
-fn fill_trie(map: &OwnedFd, entries: &[crate::compile::TrieEntry], name: &str) -> Result<(), LoaderError> {
-    const KEY: usize = 20;
-    const VALUE: usize = std::mem::size_of::<TrieValue>();
-    let fail = |err: &std::io::Error| kernel_err(&format!("filling the {name} trie"), err);
-    let (mut keys, mut values) = (Vec::with_capacity(FILL_BATCH * KEY), Vec::with_capacity(FILL_BATCH * VALUE));
-    let mut batched = true;
-    let mut flush = |keys: &mut Vec<u8>, values: &mut Vec<u8>| -> Result<(), LoaderError> {
-        let count = keys.len() / KEY;
-        if batched && count > 0 {
-            let n = u32::try_from(count).expect("at most FILL_BATCH");
-            match sys::map_update_batch(map.as_fd(), keys, values, n) {
-                Ok(()) => {
-                    keys.clear();
-                    values.clear();
-                    return Ok(());
-                }
-                // No batch update for this map type here (the kernel's
-                // ENOTSUPP is 524): one at a time.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524)) => {
-                    log::debug!("no batch update for the {name} trie ({e}): one entry per call");
-                    batched = false;
-                }
-                Err(e) => return Err(fail(&e)),
-            }
-        }
-        for (key, value) in keys.chunks_exact(KEY).zip(values.chunks_exact(VALUE)) {
-            sys::map_update(map.as_fd(), key, value, sys::UPDATE_ANY).map_err(|e| fail(&e))?;
-        }
-        keys.clear();
-        values.clear();
-        Ok(())
-    };
-    for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
-        keys.extend_from_slice(&e.prefix_len.to_ne_bytes());
-        keys.extend_from_slice(&e.addr);
-        let value = TrieValue {
-            table: e.table,
-            prefix_len: u8::try_from(e.prefix_len).expect("prefix lengths are at most 128"),
-            explicit: u8::from(e.explicit),
-            _pad: [0; 2],
-        };
-        values.extend_from_slice(sys::bytes_of(&value));
-        if keys.len() == FILL_BATCH * KEY {
-            flush(&mut keys, &mut values)?;
-        }
-    }
-    flush(&mut keys, &mut values)
-}
-
-fn make_ports(n: u32) -> Result<OwnedFd, LoaderError> {
-    let size = u32::try_from(std::mem::size_of::<PortTable>()).expect("small");
-    sys::map_create(MapType::Array, 4, size, n, sbx_common::F_INNER_MAP, "sbx_ports")
-        .map_err(|e| kernel_err("creating the port tables", &e))
-}
-
-fn fill_ports(map: &OwnedFd, tables: &[PortTable]) -> Result<(), LoaderError> {
-    for (i, t) in tables.iter().enumerate() {
-        let i = u32::try_from(i).expect("index fits u32");
-        sys::map_update(map.as_fd(), &i.to_ne_bytes(), sys::bytes_of(t), sys::UPDATE_ANY)
-            .map_err(|e| kernel_err("filling the port tables", &e))?;
-    }
-    Ok(())
-}
-
-fn put_inner(set: &ProgramSet, outer: &'static str, index: u32, inner: &OwnedFd) -> Result<(), LoaderError> {
-    let fd = u32::try_from(inner.as_raw_fd()).expect("fds are non-negative");
-    sys::map_update(set.map(outer), &index.to_ne_bytes(), &fd.to_ne_bytes(), sys::UPDATE_ANY)
-        .map_err(|e| map_err(outer, &e))
 }
 
 /// A sandbox's own event ring buffer, at a fresh event index, pinned as
@@ -789,7 +822,7 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
             path: pin_dir.join(set_marker(&set)),
             detail: e.to_string(),
         })?;
-        let p = install_policy(&set, compiled, opts.max_entries)?;
+        let p = install_policy(&set, compiled)?;
         let index = p.index;
         policy = Some(p);
         if opts.events_bytes > 0 {
@@ -875,7 +908,7 @@ fn replace(
         return migrate(set, cg, compiled, opts, paths);
     }
     let old = read_slot(set, cg.id).ok_or_else(|| LoaderError::NotAttached(cg.path.clone()))?;
-    let new = install_policy(set, compiled, opts.max_entries)?;
+    let new = install_policy(set, compiled)?;
     // The optional sock_ops hook comes and goes with redirect mode; it
     // decides nothing, so adding or removing it is not part of the switch.
     let sockops = HOOKS.iter().find(|h| h.1 == AttachType::SockOps).expect("listed");
@@ -930,7 +963,7 @@ fn migrate(
     let old_slot = old_set.as_ref().and_then(|s| read_slot(s, cg.id));
     let old_links: Vec<PathBuf> =
         PROGRAMS.iter().map(|p| pin_dir.join(pin_name_link(p))).filter(|p| p.exists()).collect();
-    let new = install_policy(set, compiled, opts.max_entries)?;
+    let new = install_policy(set, compiled)?;
     let mut events = 0;
     let result = (|| {
         if opts.events_bytes > 0 {

@@ -22,7 +22,9 @@ use std::{
 };
 
 use aya::{programs::Program, EbpfLoader};
-use sbx_common::{Pool, CONTRACT_VERSION, EVENT_SLOTS, MAPS, MAP_POOL, POLICY_SLOTS};
+use sbx_common::{
+    PolicyMeta, Pool, CONTRACT_VERSION, EVENT_SLOTS, HOST_RULES, MAPS, MAP_POOL, POLICY_SLOTS, SEGMENT_BLOCKS,
+};
 
 use crate::{
     fnv,
@@ -157,8 +159,19 @@ impl ProgramSet {
             })
         };
         let progs = HOOKS.iter().map(|h| get(prog_pin(h.0))).collect::<Result<Vec<_>, _>>()?;
-        let maps =
-            MAPS.iter().map(|m| get(crate::loader::pin_name_map(m)).map(|fd| (*m, fd))).collect::<Result<_, _>>()?;
+        // This build's set has every map of its contract; another build's
+        // set (an older contract) has the ones it has, and is only read
+        // through those (its slots, counters and events).
+        let mut maps = HashMap::new();
+        for m in MAPS {
+            match get(crate::loader::pin_name_map(m)) {
+                Ok(fd) => {
+                    maps.insert(m, fd);
+                }
+                Err(e) if id == set_id() => return Err(e),
+                Err(_) => {}
+            }
+        }
         let set = Arc::new(Self { dir: dir.to_owned(), id, progs, maps });
         opened.retain(|(_, s)| s.dir != dir);
         opened.push((key, Arc::clone(&set)));
@@ -172,10 +185,17 @@ impl ProgramSet {
         self.progs[i].as_fd()
     }
 
-    /// A map of the set (a name from [`MAPS`]).
+    /// A map of the set (a name from [`MAPS`]; see [`ProgramSet::has_map`]
+    /// for a set of another build).
     #[must_use]
     pub fn map(&self, name: &str) -> BorrowedFd<'_> {
         self.maps.get(name).expect("a map of MAPS").as_fd()
+    }
+
+    /// Whether the set has map `name` (a set of an older contract may not).
+    #[must_use]
+    pub fn has_map(&self, name: &str) -> bool {
+        self.maps.contains_key(name)
     }
 
     /// Kernel ids of the set's programs, in [`HOOKS`] order.
@@ -195,16 +215,68 @@ impl ProgramSet {
             .map_err(|e| map_err(MAP_POOL, &e))
     }
 
-    /// Takes a free policy index (never 0). The caller holds the host lock.
-    pub fn alloc_policy(&self) -> Result<u32, LoaderError> {
+    /// Takes a free policy index (never 0) and a run of `blocks` free
+    /// segment blocks (its first block; 0 when `blocks` is 0), and counts
+    /// `rules` entries against the host's. When nothing free is left, the
+    /// quarantined indices and blocks are made free first (after a grace
+    /// period). The caller holds the host lock.
+    pub fn alloc_policy(&self, blocks: u32, rules: u32) -> Result<(u32, u32), LoaderError> {
         let mut pool = self.pool()?;
-        let i = take_bit(&mut pool.policies).ok_or(LoaderError::Full {
-            what: "policy slots",
-            limit: POLICY_SLOTS - 1,
-            hint: "each sandbox holds one (two during an update); detach sandboxes that are no longer needed",
-        })?;
+        if pool.rules + u64::from(rules) > u64::from(HOST_RULES) {
+            return Err(LoaderError::Full {
+                what: "policy entries of the host",
+                limit: HOST_RULES,
+                hint: "every sandbox's entries share the host's trie; detach sandboxes that are no longer needed, or run `sbx-user gc`",
+            });
+        }
+        let mut waited = false;
+        let index = loop {
+            if let Some(i) = take_bit(&mut pool.policies) {
+                break i;
+            }
+            if waited || !end_quarantine(&mut pool)? {
+                return Err(LoaderError::Full {
+                    what: "policy slots",
+                    limit: POLICY_SLOTS - 1,
+                    hint: "each sandbox holds one (two during an update); detach sandboxes that are no longer needed",
+                });
+            }
+            waited = true;
+        };
+        let first = if blocks == 0 {
+            0
+        } else {
+            loop {
+                if let Some(b) = take_run(&mut pool.blocks, blocks) {
+                    break b;
+                }
+                if waited || !end_quarantine(&mut pool)? {
+                    return Err(LoaderError::Full {
+                        what: "port-range blocks of the host",
+                        limit: SEGMENT_BLOCKS,
+                        hint: "no run of free blocks is long enough for this policy's port ranges; detach sandboxes that are no longer needed",
+                    });
+                }
+                waited = true;
+            }
+        };
+        pool.rules += u64::from(rules);
         self.set_pool(&pool)?;
-        Ok(i)
+        Ok((index, first))
+    }
+
+    /// Returns policy `index` and the blocks and entries `meta` names to
+    /// the pool, quarantined (see [`Pool`]). The caller holds the lock.
+    pub fn release_policy(&self, index: u32, meta: &PolicyMeta) -> Result<(), LoaderError> {
+        let mut pool = self.pool()?;
+        if index != 0 {
+            set_bit(&mut pool.quarantined_policies, index);
+        }
+        for b in meta.first_block..meta.first_block.saturating_add(meta.blocks).min(SEGMENT_BLOCKS) {
+            set_bit(&mut pool.quarantined_blocks, b);
+        }
+        pool.rules = pool.rules.saturating_sub(u64::from(meta.entries));
+        self.set_pool(&pool)
     }
 
     /// Takes a free event ring index (never 0). The caller holds the lock.
@@ -222,7 +294,11 @@ impl ProgramSet {
     /// The indices in use in the pool whose flag in `policies`/`events` is
     /// false (nothing names them). Index 0 is never in use.
     pub fn unreferenced(&self, policies: &[bool], events: &[bool]) -> Result<(Vec<u32>, Vec<u32>), LoaderError> {
-        let pool = self.pool()?;
+        let mut pool = self.pool()?;
+        // A quarantined policy is freed already, only not yet given out.
+        for (w, q) in pool.policies.iter_mut().zip(pool.quarantined_policies) {
+            *w &= !q;
+        }
         let stale = |words: &[u64], named: &[bool]| -> Vec<u32> {
             (1..u32::try_from(words.len() * 64).expect("small"))
                 .filter(|&i| {
@@ -257,6 +333,58 @@ fn take_bit(words: &mut [u64]) -> Option<u32> {
         }
     }
     None
+}
+
+/// Sets the first run of `n` clear bits (lowest first) and returns its
+/// first bit.
+fn take_run(words: &mut [u64], n: u32) -> Option<u32> {
+    let bits = u32::try_from(words.len() * 64).ok()?;
+    let taken = |words: &[u64], i: u32| words[i as usize / 64] & (1 << (i % 64)) != 0;
+    let (mut start, mut len) = (0, 0);
+    for i in 0..bits {
+        if taken(words, i) {
+            (start, len) = (i + 1, 0);
+            continue;
+        }
+        len += 1;
+        if len == n {
+            for b in start..start + n {
+                set_bit(words, b);
+            }
+            return Some(start);
+        }
+    }
+    None
+}
+
+fn set_bit(words: &mut [u64], i: u32) {
+    if let Some(w) = words.get_mut(i as usize / 64) {
+        *w |= 1 << (i % 64);
+    }
+}
+
+/// Frees every quarantined policy index and block once an RCU grace
+/// period has passed since they were freed: every program that could still
+/// read them (they run under the RCU read lock) has finished. Returns
+/// whether anything was quarantined.
+fn end_quarantine(pool: &mut Pool) -> Result<bool, LoaderError> {
+    let any = pool.quarantined_policies.iter().chain(&pool.quarantined_blocks).any(|&w| w != 0);
+    if !any {
+        return Ok(false);
+    }
+    sys::synchronize_rcu().map_err(|e| LoaderError::Kernel {
+        what: "waiting for an RCU grace period before reusing freed policy indices (membarrier)".into(),
+        detail: e.to_string(),
+    })?;
+    for (w, q) in pool.policies.iter_mut().zip(pool.quarantined_policies.iter_mut()) {
+        *w &= !*q;
+        *q = 0;
+    }
+    for (w, q) in pool.blocks.iter_mut().zip(pool.quarantined_blocks.iter_mut()) {
+        *w &= !*q;
+        *q = 0;
+    }
+    Ok(true)
 }
 
 fn clear_bit(words: &mut [u64], i: u32) {
@@ -341,6 +469,38 @@ mod tests {
         assert_eq!(take_bit(&mut words), Some(64));
         words = [!0, !0];
         assert_eq!(take_bit(&mut words), None);
+    }
+
+    #[test]
+    fn runs_are_the_first_long_enough_gap() {
+        let mut words = [0u64; 2];
+        assert_eq!(take_run(&mut words, 3), Some(0));
+        assert_eq!(words[0], 0b111);
+        // Bits 4 and 5 taken too: bit 3 alone is too short for two.
+        words[0] |= 0b11_0000;
+        assert_eq!(take_run(&mut words, 2), Some(6));
+        assert_eq!(take_run(&mut words, 1), Some(3));
+        // Across a word boundary.
+        words = [!0 >> 2, 0];
+        assert_eq!(take_run(&mut words, 4), Some(62));
+        assert_eq!(words, [!0, 0b11]);
+        assert_eq!(take_run(&mut words, 63), None, "only 62 bits are left");
+        assert_eq!(take_run(&mut words, 62), Some(66));
+    }
+
+    #[test]
+    fn quarantined_bits_are_freed_only_by_a_grace_period() {
+        // SAFETY: Pool is plain integers; all zeroes is an empty pool.
+        let mut pool: Pool = unsafe { std::mem::zeroed() };
+        set_bit(&mut pool.policies, 5);
+        set_bit(&mut pool.quarantined_policies, 5);
+        set_bit(&mut pool.blocks, 9);
+        set_bit(&mut pool.quarantined_blocks, 9);
+        set_bit(&mut pool.blocks, 10);
+        assert!(end_quarantine(&mut pool).expect("membarrier works here"));
+        assert_eq!(pool.policies[0], 0);
+        assert_eq!(pool.blocks[0], 1 << 10, "a block in use stays in use");
+        assert!(!end_quarantine(&mut pool).expect("nothing to wait for"), "nothing was quarantined");
     }
 
     #[test]

@@ -420,3 +420,75 @@ print(tcp(8080), tcp(8081), tcp(8080), flush=True)
     std::fs::write(steps.path().join("updated"), "").expect("writing the step file");
     assert_eq!(client.read_line(), "EPERM ok EPERM", "after the update, the old policy's verdicts are gone");
 }
+
+/// The policy indices with entries in the host trie of program set `set`,
+/// with their entry counts (`bpftool map dump` of the pinned map).
+fn rule_policies(set: &str) -> std::collections::BTreeMap<u32, usize> {
+    let map = sbx_tests::bpffs().join("sbx").join(format!("set-{set}")).join("map_SBX_RULES");
+    let out = Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&map).output().expect("bpftool");
+    assert!(out.status.success(), "bpftool map dump {}: {}", map.display(), describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool -j");
+    let byte =
+        |b: &serde_json::Value| u8::from_str_radix(b.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex");
+    let mut seen = std::collections::BTreeMap::new();
+    for e in v.as_array().expect("entries") {
+        let key: Vec<u8> = e["key"].as_array().expect("key bytes").iter().map(byte).collect();
+        // Prefix length (4 bytes), then policy << 8 | kind, big-endian.
+        let policy = u32::from_be_bytes([0, key[4], key[5], key[6]]);
+        *seen.entry(policy).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn slot_policy(v: &serde_json::Value) -> u32 {
+    let p = v["held_by"]["set"]["policy"].as_u64().unwrap_or_else(|| panic!("a written slot: {v:#}"));
+    u32::try_from(p).expect("u32")
+}
+
+#[test]
+fn each_policy_has_its_own_entries_in_the_host_trie_and_takes_them_away() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    n.serve_tcp(8081);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    let set = fx.sbx.status(&fx.cg)["held_by"]["set"]["id"].as_str().expect("set id").to_owned();
+    let mine = slot_policy(&fx.sbx.status(&fx.cg));
+    let neighbours: Vec<TestCgroup> = (0..6).map(|_| TestCgroup::new()).collect();
+    for (i, cg) in neighbours.iter().enumerate() {
+        // Distinct port lists, so each policy has port ranges of its own.
+        let ports = format!("{}:8081,{}", n.ns_v4b, 9000 + i * 3);
+        fx.sbx.ok(&["attach", "--cgroup", cg.arg(), "--allow", &ports]);
+    }
+    let policies: Vec<u32> = neighbours.iter().map(|cg| slot_policy(&fx.sbx.status(cg))).collect();
+    let before = rule_policies(&set);
+    for p in policies.iter().chain([&mine]) {
+        assert!(before.get(p).is_some_and(|&c| c > 1), "policy {p} has its marker and entries: {before:?}");
+    }
+    // Detach half, update the others: a detached or replaced policy takes
+    // all its entries with it, and no other policy loses one.
+    for cg in &neighbours[..3] {
+        fx.sbx.detach(cg);
+    }
+    for cg in &neighbours[3..] {
+        fx.sbx.ok(&["update", "--cgroup", cg.arg(), "--allow", &format!("{}:8081", n.ns_v4)]);
+    }
+    let after = rule_policies(&set);
+    for p in &policies {
+        assert!(!after.contains_key(p), "policy {p} is gone from the trie: {after:?}");
+    }
+    assert_eq!(after.get(&mine), before.get(&mine), "the fixture's policy kept every entry");
+    for cg in &neighbours[3..] {
+        let p = slot_policy(&fx.sbx.status(cg));
+        assert!(after.get(&p).is_some_and(|&c| c > 1), "the updated policy {p} is there: {after:?}");
+        let inside = fx.probe.in_cgroup(cg.path());
+        assert_eq!(inside.connect(Tcp, n.ns_v4, 8081), "ok", "the new policy holds");
+        assert_eq!(inside.connect(Tcp, n.ns_v4b, 8081), "err EPERM", "the old one is gone");
+        assert_eq!(inside.connect(Tcp, n.ns_v4, 8080), "err EPERM", "a neighbour's rule does not apply");
+    }
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8081), "err EPERM", "a neighbour's rule does not apply");
+    for cg in &neighbours[3..] {
+        fx.sbx.detach(cg);
+    }
+}
