@@ -478,6 +478,14 @@ fn each_policy_has_its_own_entries_in_the_host_trie_and_takes_them_away() {
         assert!(!after.contains_key(p), "policy {p} is gone from the trie: {after:?}");
     }
     assert_eq!(after.get(&mine), before.get(&mine), "the fixture's policy kept every entry");
+    // A freed index is not given out again before an RCU grace period
+    // (a program that read the old slot may still be using it), and the
+    // host has other indices free: the next sandbox gets one of those.
+    let late = TestCgroup::new();
+    fx.sbx.ok(&["attach", "--cgroup", late.arg(), "--allow", &format!("{}:8081", n.ns_v4b)]);
+    let p = slot_policy(&fx.sbx.status(&late));
+    assert!(!policies.contains(&p), "policy index {p} was freed just now and is quarantined: {policies:?}");
+    fx.sbx.detach(&late);
     for cg in &neighbours[3..] {
         let p = slot_policy(&fx.sbx.status(cg));
         assert!(after.get(&p).is_some_and(|&c| c > 1), "the updated policy {p} is there: {after:?}");

@@ -1,8 +1,10 @@
 //! Upgrades: sandboxes attached by an sbx from before program sets (each
-//! with its own programs and maps) stay enforced under this build, and
-//! `update` migrates them to this build's program set with no moment of no
-//! enforcement. The old binary is built from the repository's history by
-//! `cargo xtask test` (`SBX_LEGACY_BIN`).
+//! with its own programs and maps) and by one from before the host's shared
+//! policy maps (a program set with three maps per policy) stay enforced
+//! under this build, and `update` migrates them to this build's program set
+//! with no moment of no enforcement. The old binaries are built from the
+//! repository's history by `cargo xtask test` (`SBX_LEGACY_BIN`,
+//! `SBX_PREVIOUS_BIN`).
 
 use std::{
     fs,
@@ -22,6 +24,18 @@ fn legacy_bin() -> PathBuf {
     assert!(
         p.is_file(),
         "SBX_LEGACY_BIN does not name the sbx-user of contract 1 ({}); `cargo xtask test` builds it from the \
+         repository's history",
+        p.display()
+    );
+    p
+}
+
+/// The `sbx-user` of contract 5: a program set with per-policy maps.
+fn previous_bin() -> PathBuf {
+    let p = std::env::var_os("SBX_PREVIOUS_BIN").map(PathBuf::from).unwrap_or_default();
+    assert!(
+        p.is_file(),
+        "SBX_PREVIOUS_BIN does not name the sbx-user of contract 5 ({}); `cargo xtask test` builds it from the \
          repository's history",
         p.display()
     );
@@ -84,6 +98,60 @@ fn a_sandbox_of_an_older_sbx_stays_enforced_and_migrates_with_no_gap() {
     fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
     fx.sbx.detach(&fx.cg);
     assert!(!Sbx::has_pins(fx.cg.id()));
+}
+
+#[test]
+fn a_sandbox_of_an_older_program_set_stays_enforced_and_migrates_with_no_gap() {
+    let previous = previous_bin();
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let allow = format!("{}:8080", n.ns_v4);
+    let old = |cg: &str| {
+        let out = Command::new(&previous)
+            .args(["attach", "--cgroup", cg, "--allow", &allow])
+            .env("SBX_STATE_DIR", fx.sbx.state_dir())
+            .output()
+            .expect("running the contract-5 sbx-user");
+        assert!(out.status.success(), "old attach: {}", describe(&out));
+    };
+    old(fx.cg.arg());
+    let other = fx.cg.child("other");
+    old(other.to_str().expect("UTF-8"));
+
+    // This build reads the older set's slot and counters, names the set,
+    // and the sandbox enforces.
+    let p = fx.inside();
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    let e = fx.sbx.status(&fx.cg);
+    let old_set = e["held_by"]["set"]["id"].as_str().unwrap_or_else(|| panic!("held by a set: {e:#}")).to_owned();
+    assert_eq!(e["held_by"]["set"]["current"], false, "{e:#}");
+    assert!(e["held_by"]["set"]["policy"].as_u64().is_some_and(|p| p > 0), "its slot is read: {e:#}");
+    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+
+    // Migrate under a stream of connects.
+    no_gap_during(&fx, &p, || {
+        let out = fx.sbx.ok(&["-v", "update", "--cgroup", fx.cg.arg(), "--allow", &allow]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("migrated"), "{}", describe(&out));
+    });
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+
+    // The other one is detached by this build; then nothing uses the old
+    // set, and gc removes it.
+    let other_id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&other).expect("stat"));
+    fx.sbx.ok(&["detach", "--cgroup", other.to_str().expect("UTF-8")]);
+    assert!(!Sbx::has_pins(other_id));
+    let set_dir = bpffs().join("sbx").join(format!("set-{old_set}"));
+    assert!(set_dir.exists(), "the old set is still pinned");
+    let out = fx.sbx.ok(&["gc"]);
+    assert!(!set_dir.exists(), "gc removed the unused older set: {}", describe(&out));
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM", "the migrated sandbox is untouched");
+    fx.sbx.detach(&fx.cg);
 }
 
 /// Runs `switch` under a stream of connects from `inside` to the allowed

@@ -1,7 +1,9 @@
-//! An `sbx-user` of contract 1 (each sandbox with its own programs and
-//! maps, before program sets), built from the repository's own history,
-//! for the upgrade tests: sandboxes it attached must stay enforced under
-//! this build and migrate to this build's program set.
+//! Older `sbx-user`s built from the repository's own history, for the
+//! upgrade tests: sandboxes they attached must stay enforced under this
+//! build and migrate to this build's program set. Two of them: contract 1
+//! (each sandbox with its own programs and maps, before program sets) and
+//! contract 5 (a program set with three maps per policy, before the host's
+//! shared policy maps).
 
 use std::{
     fs,
@@ -12,22 +14,25 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 /// The last commit of contract 1 on main.
-pub(crate) const COMMIT: &str = "8d2d8dcd00b9a622a6bfa3e0ca76d619f5b38937";
+pub(crate) const CONTRACT_1: &str = "8d2d8dcd00b9a622a6bfa3e0ca76d619f5b38937";
 
-/// The legacy binary, built once per target directory.
-pub(crate) fn binary() -> Result<PathBuf> {
+/// The last commit of contract 5 on main.
+pub(crate) const CONTRACT_5: &str = "c5473f1b7f88ebd82c2847659ca1dbaeb4f09178";
+
+/// The `sbx-user` of `commit`, built once per target directory.
+pub(crate) fn binary(commit: &str) -> Result<PathBuf> {
     let dir = crate::target_dir().join("legacy");
-    let bin = dir.join(format!("sbx-user-{}", &COMMIT[..12]));
+    let bin = dir.join(format!("sbx-user-{}", &commit[..12]));
     if bin.is_file() {
         return Ok(bin);
     }
     let src = dir.join("src");
     let _ = fs::remove_dir_all(&src);
     fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
-    eprintln!("xtask: building the contract-1 sbx-user of {} for the upgrade tests (once)", &COMMIT[..12]);
+    eprintln!("xtask: building the sbx-user of {} for the upgrade tests (once)", &commit[..12]);
     // `git archive` of the commit: a plain tree, no worktree bookkeeping.
     let archive = Command::new("git")
-        .args(["archive", "--format=tar", COMMIT])
+        .args(["archive", "--format=tar", commit])
         .current_dir(crate::workspace())
         .stdout(Stdio::piped())
         .spawn()
@@ -40,7 +45,7 @@ pub(crate) fn binary() -> Result<PathBuf> {
         .context("running tar")?;
     if !untar.success() {
         bail!(
-            "extracting commit {COMMIT} failed; the upgrade tests need the repository's history (a shallow clone \
+            "extracting commit {commit} failed; the upgrade tests need the repository's history (a shallow clone \
              lacks it: git fetch --unshallow)"
         );
     }
@@ -51,7 +56,7 @@ pub(crate) fn binary() -> Result<PathBuf> {
         .status()
         .context("building the legacy sbx-user")?;
     if !status.success() {
-        bail!("building the contract-1 sbx-user of {COMMIT} failed ({status})");
+        bail!("building the sbx-user of {commit} failed ({status})");
     }
     fs::copy(dir.join("target/debug/sbx-user"), &bin).context("copying the legacy binary")?;
     let _ = fs::remove_dir_all(&src);

@@ -290,8 +290,10 @@ fn test(extra: &[OsString]) -> Result<()> {
     // build keeps the suite from compiling everything a second time with
     // optimisations; the packaging is the same code as `dist`.
     let deb = dist::package(&bin, &target_dir().join("dist-debug"), dist::Purpose::Test)?.deb;
-    // tests/tests/upgrade.rs: sandboxes of an sbx from before program sets.
-    let legacy = legacy::binary()?;
+    // tests/tests/upgrade.rs: sandboxes of an sbx from before program sets,
+    // and of one from before the host's shared policy maps.
+    let legacy = legacy::binary(legacy::CONTRACT_1)?;
+    let previous = legacy::binary(legacy::CONTRACT_5)?;
     // tests/tests/install.rs: the statically linked binary the DaemonSet
     // installs, built as `dist` builds it (debug, to share no time with
     // an optimised build).
@@ -303,6 +305,7 @@ fn test(extra: &[OsString]) -> Result<()> {
         .env("SBX_USER_BIN", &bin)
         .env("SBX_DEB", &deb)
         .env("SBX_LEGACY_BIN", &legacy)
+        .env("SBX_PREVIOUS_BIN", &previous)
         .env("SBX_STATIC_BIN", &static_bin)
         .env("SBX_REQUIRE_PRIVILEGED", "1")
         .stderr(std::process::Stdio::inherit())
