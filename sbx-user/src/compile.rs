@@ -115,6 +115,16 @@ pub enum CompileError {
         /// Largest capacity allowed.
         limit: u32,
     },
+    /// More port ranges than one sandbox may hold in the host's array.
+    #[error(
+        "the policy's port lists split into {needed} distinct port ranges, more than the {max} a sandbox may hold; merge port lists or use ranges"
+    )]
+    TooManyPortRanges {
+        /// Ranges needed (over all port tables).
+        needed: u64,
+        /// The limit ([`sbx_common::MAX_POLICY_SEGMENTS`]).
+        max: u32,
+    },
 }
 
 /// A prefix in the 128-bit trie space.
@@ -676,6 +686,10 @@ pub fn compile(policy: &Policy, max_entries: u32) -> Result<Compiled, CompileErr
                 limit: MAX_MAX_ENTRIES,
             });
         }
+    }
+    let ranges: u64 = tables.tables.iter().map(|t| u64::from(t.len)).sum();
+    if ranges > u64::from(sbx_common::MAX_POLICY_SEGMENTS) {
+        return Err(CompileError::TooManyPortRanges { needed: ranges, max: sbx_common::MAX_POLICY_SEGMENTS });
     }
     let nat64 = nat64_prefixes(nat64);
     let provenance = Provenance { nat64, dest: dest_sources, bind: bind_prov };

@@ -267,7 +267,7 @@ pub fn existing(cg: &Cgroup, paths: &Paths) -> Result<Option<String>, LoaderErro
         .then(|| format!("sbx programs on {} without pins, probably a running `sbx-user run`", attached.join(", "))))
 }
 
-/// The maps of one policy, in the set's outer arrays at `index`.
+/// A policy written into the host maps at policy index `index`.
 struct PolicyMaps {
     index: u32,
 }
@@ -318,7 +318,8 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled) -> Result<PolicyMaps, L
     match made {
         Ok(()) => Ok(PolicyMaps { index }),
         Err(e) => {
-            remove_policy(set, index);
+            // The meta is known here even if writing it failed.
+            remove_policy_as(set, index, &meta);
             Err(e)
         }
     }
@@ -366,13 +367,20 @@ fn remove_policy(set: &ProgramSet, index: u32) {
         log::debug!("policy {index} of program set {} is freed with the set", set.id);
         return;
     }
-    let meta = read_meta(set, index).unwrap_or_default();
+    match read_meta(set, index) {
+        Ok(meta) => remove_policy_as(set, index, &meta),
+        Err(e) => log::warn!("reading what policy {index} holds: {e}; its index stays taken until `sbx-user gc`"),
+    }
+}
+
+/// As [`remove_policy`], for a policy whose meta is `meta`.
+fn remove_policy_as(set: &ProgramSet, index: u32, meta: &PolicyMeta) {
     if let Err(e) = clear_policy(set, index) {
         log::warn!("removing the entries of policy {index}: {e}; its index stays taken until `sbx-user gc`");
         return;
     }
     let _ = write_meta(set, index, &PolicyMeta::default());
-    if let Err(e) = set.release_policy(index, &meta) {
+    if let Err(e) = set.release_policy(index, meta) {
         log::warn!("returning policy index {index} to the pool: {e}");
     }
 }

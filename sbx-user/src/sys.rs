@@ -252,18 +252,11 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum MapType {
-    /// `BPF_MAP_TYPE_ARRAY`.
-    Array = 2,
-    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` (a test's).
     PerCpuArray = 6,
-    /// `BPF_MAP_TYPE_LPM_TRIE`.
-    LpmTrie = 11,
     /// `BPF_MAP_TYPE_RINGBUF`.
     RingBuf = 27,
 }
-
-/// `BPF_F_NO_PREALLOC`.
-pub const F_NO_PREALLOC: u32 = 1;
 
 /// The `map_create` member of `union bpf_attr`, up to `map_extra`.
 #[repr(C)]
@@ -285,8 +278,8 @@ struct MapCreateAttr {
 }
 const _: () = assert!(std::mem::size_of::<MapCreateAttr>() == 72);
 
-/// Creates a map (the per-policy maps are made here, outside the object,
-/// and put into the program set's outer arrays). `name` is cut to 15 bytes.
+/// Creates a map (the per-sandbox event rings are made here, outside the object,
+/// and put into the program set's outer array). `name` is cut to 15 bytes.
 pub fn map_create(
     ty: MapType,
     key_size: u32,

@@ -36,6 +36,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             return Err(Negative(format!("the policy is invalid: {why}")).into());
         }
     };
+    let ranges: u64 = compiled.tables.iter().map(|t| u64::from(t.len)).sum();
     if args.json {
         let v = serde_json::json!({
             "valid": true,
@@ -43,16 +44,19 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             "dest_entries": compiled.dest.len(),
             "bind_entries": compiled.bind.len(),
             "tables": compiled.tables.len(),
+            "port_ranges": ranges,
+            "port_ranges_limit": sbx_common::MAX_POLICY_SEGMENTS,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("policy is valid:");
         super::print_summary(&policy);
         println!(
-            "compiles to {} destination entries, {} bind entries, {} port tables",
+            "compiles to {} destination entries, {} bind entries, {} port tables with {ranges} port ranges (a sandbox may hold {})",
             compiled.dest.len(),
             compiled.bind.len(),
-            compiled.tables.len()
+            compiled.tables.len(),
+            sbx_common::MAX_POLICY_SEGMENTS
         );
     }
     Ok(())
