@@ -193,10 +193,14 @@ pub struct Stats {
 const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (NUM_COUNTERS as usize + 2) + 40 * RECENT_VERDICTS + 8);
 
 /// Allocation state of the host's policy indices, event indices and
-/// segment blocks. A policy index or block that is freed is quarantined,
-/// not free: a program that read the old slot may still be reading it, so
-/// it is given out again only after an RCU grace period that began after
-/// it was freed (the loader waits for one when nothing else is left).
+/// segment blocks. A policy that is freed is quarantined, not removed: a
+/// program that read the old slot may still be reading its entries and
+/// port ranges (a decision can take several lookups), so they stay as they
+/// are until an RCU grace period that began after the free has passed;
+/// then the loader deletes the entries and gives the index and blocks out
+/// again. It waits for one when the quarantine holds [`QUARANTINE_POLICIES`]
+/// policies or [`QUARANTINE_RULES`] entries, when nothing else is free, and
+/// on `gc`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Pool {
@@ -207,17 +211,26 @@ pub struct Pool {
     /// Bit `i` set: segment block `i` is in use (or quarantined).
     pub blocks: [u64; SEGMENT_BLOCKS as usize / 64],
     /// Bit `i` set: policy index `i` was freed, and is still taken in
-    /// [`Pool::policies`] until a grace period has passed.
+    /// [`Pool::policies`], its entries in place, until a grace period has
+    /// passed.
     pub quarantined_policies: [u64; POLICY_SLOTS as usize / 64],
     /// As [`Pool::quarantined_policies`], for segment blocks.
     pub quarantined_blocks: [u64; SEGMENT_BLOCKS as usize / 64],
-    /// Entries of [`MAP_RULES`] that policies hold.
+    /// Entries of [`MAP_RULES`] that policies hold, quarantined ones too.
     pub rules: u64,
+    /// Of [`Pool::rules`], the entries of quarantined policies.
+    pub quarantined_rules: u64,
 }
 const _: () = assert!(
     core::mem::size_of::<Pool>()
-        == (2 * POLICY_SLOTS as usize + EVENT_SLOTS as usize + 2 * SEGMENT_BLOCKS as usize) / 8 + 8
+        == (2 * POLICY_SLOTS as usize + EVENT_SLOTS as usize + 2 * SEGMENT_BLOCKS as usize) / 8 + 16
 );
+
+/// Quarantined policies at which the loader waits for a grace period and
+/// removes them (see [`Pool`]).
+pub const QUARANTINE_POLICIES: u32 = 64;
+/// Quarantined entries at which the loader does the same.
+pub const QUARANTINE_RULES: u64 = 65_536;
 
 /// Key of [`MAP_ORIGDST`]: a client port is unique only within its network
 /// namespace, so the namespace's cookie is part of the key.

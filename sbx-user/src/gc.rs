@@ -171,7 +171,11 @@ fn reconcile(set: &ProgramSet, dry_run: bool) -> Result<(usize, usize), LoaderEr
         for &i in &stale_p {
             loader::release_policy(set, i);
         }
-        set.free(&[], &stale_e)?;
+        set.free_events(&stale_e)?;
+        // What was freed (here or by an update or detach) goes now, after
+        // a grace period, and the pool's counts are checked.
+        loader::end_quarantine(set)?;
+        set.recount()?;
     }
     Ok((stale_p.len(), stale_e.len()))
 }

@@ -300,7 +300,7 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled) -> Result<PolicyMaps, L
     let (offsets, segments) = segment_layout(&compiled.tables)?;
     let blocks = segments.div_ceil(SEGMENT_BLOCK);
     let entries = u32::try_from(compiled.dest.len() + compiled.bind.len() + 1).expect("compile bounds the entries");
-    let (index, first_block) = set.alloc_policy(blocks, entries)?;
+    let (index, first_block) = set.alloc_policy(blocks, entries, &|| end_quarantine(set))?;
     let meta = PolicyMeta { entries, first_block, blocks, _pad: 0 };
     let made = (|| {
         write_meta(set, index, &meta)?;
@@ -331,9 +331,7 @@ fn write_meta(set: &ProgramSet, index: u32, meta: &PolicyMeta) -> Result<(), Loa
 }
 
 fn read_meta(set: &ProgramSet, index: u32) -> Result<PolicyMeta, LoaderError> {
-    let mut buf = [0u8; std::mem::size_of::<PolicyMeta>()];
-    sys::map_lookup(set.map(MAP_POLICIES), &index.to_ne_bytes(), &mut buf).map_err(|e| map_err(MAP_POLICIES, &e))?;
-    Ok(sys::from_bytes(&buf))
+    set.policy_meta(index)
 }
 
 /// Writes the port ranges of `tables`, one after another, from segment
@@ -352,14 +350,12 @@ fn fill_segments(set: &ProgramSet, base: u32, tables: &[PortTable]) -> Result<()
     Ok(())
 }
 
-/// Removes policy `index` from the host's maps and returns its index and
-/// blocks to the pool (quarantined until an RCU grace period has passed,
-/// see [`sbx_common::Pool`]). Entries go shortest prefix first, the marker
-/// last: a program still running on the old slot then finds either the
-/// longest match it would have found, or nothing (which denies), never a
-/// shorter and wider entry. A policy whose entries cannot all be removed
-/// keeps its index (it is not given out again with entries left in it);
-/// `gc` tries again.
+/// Frees policy `index`: it is quarantined (see [`sbx_common::Pool`]),
+/// its entries and port ranges left as they are until a grace period has
+/// passed, since a program that read the old slot may still be deciding
+/// by them (a decision can take several lookups, and a policy half
+/// removed could answer what neither the old nor the new policy would).
+/// When the quarantine is due, it ends here.
 fn remove_policy(set: &ProgramSet, index: u32) {
     if !set.has_map(MAP_RULES) {
         // An older contract's set: its maps go with the set when `gc`
@@ -375,14 +371,43 @@ fn remove_policy(set: &ProgramSet, index: u32) {
 
 /// As [`remove_policy`], for a policy whose meta is `meta`.
 fn remove_policy_as(set: &ProgramSet, index: u32, meta: &PolicyMeta) {
-    if let Err(e) = clear_policy(set, index) {
-        log::warn!("removing the entries of policy {index}: {e}; its index stays taken until `sbx-user gc`");
-        return;
+    match set.release_policy(index, meta) {
+        Ok(true) => {
+            if let Err(e) = end_quarantine(set) {
+                log::warn!("removing the freed policies: {e}; `sbx-user gc` tries again");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("returning policy index {index} to the pool: {e}"),
     }
-    let _ = write_meta(set, index, &PolicyMeta::default());
-    if let Err(e) = set.release_policy(index, meta) {
-        log::warn!("returning policy index {index} to the pool: {e}");
+}
+
+/// Ends the quarantine: waits for an RCU grace period, then removes the
+/// entries of every quarantined policy (no program can be reading them
+/// any more) and gives their indices and blocks out again. A policy whose
+/// entries cannot all be removed stays quarantined for the next time.
+/// Returns whether anything was quarantined. The caller holds the lock.
+pub(crate) fn end_quarantine(set: &ProgramSet) -> Result<bool, LoaderError> {
+    let (policies, blocks) = set.quarantined()?;
+    if policies.is_empty() && !blocks {
+        return Ok(false);
     }
+    set.grace_period()?;
+    let started = std::time::Instant::now();
+    let mut cleared = Vec::with_capacity(policies.len());
+    for i in policies {
+        let meta = read_meta(set, i)?;
+        match clear_policy(set, i) {
+            Ok(()) => {
+                let _ = write_meta(set, i, &PolicyMeta::default());
+                cleared.push((i, meta.entries));
+            }
+            Err(e) => log::warn!("removing the entries of policy {i}: {e}; it stays quarantined"),
+        }
+    }
+    set.end_quarantine(&cleared)?;
+    log::debug!("removed {} freed policies in {:.1} ms", cleared.len(), crate::progress::ms(started));
+    Ok(true)
 }
 
 /// The keys of `index`'s entries in the host trie (marker first), found by
@@ -602,7 +627,7 @@ fn install_events(set: &ProgramSet, bytes: u32, pin_dir: &Path) -> Result<u32, L
         })
     })();
     if let Err(e) = made {
-        let _ = set.free(&[], &[index]);
+        let _ = set.free_events(&[index]);
         return Err(e);
     }
     Ok(index)
@@ -620,10 +645,12 @@ fn discard_events(ring: &OwnedFd) {
 /// Returns event index `index` to the pool; its ring stays for the next
 /// sandbox.
 fn remove_events(set: &ProgramSet, index: u32) {
-    if index == 0 {
+    // An older contract's pool has another layout: its rings go with the
+    // set (see [`remove_policy`]).
+    if index == 0 || !set.has_map(MAP_RULES) {
         return;
     }
-    if let Err(e) = set.free(&[], &[index]) {
+    if let Err(e) = set.free_events(&[index]) {
         log::warn!("returning event index {index} to the pool: {e}");
     }
 }
@@ -839,11 +866,20 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         link_and_pin(&set, cg, &slot_for(cg, index, events, &opts.config, compiled), &pin_dir, &[])
     })();
     if let Err(e) = result {
-        if let Some(p) = policy {
-            remove_policy(&set, p.index);
+        // The links go first: then no hook reads the slot any more, and
+        // the policy may be freed. If they cannot all be detached, the slot
+        // is zeroed (denies everything) before the policy goes; if even
+        // that fails, the policy stays taken (its slot still names it, so
+        // `gc` does not free it either).
+        let detached = remove_pins(&pin_dir).is_ok();
+        let unread =
+            detached || read_slot(&set, cg.id).is_none_or(|_| write_slot(&set, cg.id, &Slot::default()).is_ok());
+        match policy {
+            Some(p) if unread => remove_policy(&set, p.index),
+            Some(p) => log::warn!("policy {} stays taken: the failed attach's slot may still name it", p.index),
+            None => {}
         }
         remove_events(&set, events);
-        let _ = remove_pins(&pin_dir);
         return Err(e);
     }
     let index = policy.map_or(0, |p| p.index);
@@ -883,19 +919,48 @@ fn link_and_pin(
         links.push((name, link));
     }
     write_slot(set, cg.id, slot)?;
-    for path in old {
-        let _ = sys::obj_get(path).and_then(|fd| sys::link_detach(fd.as_fd()));
-        let _ = fs::remove_file(path);
+    // Each new link is pinned under a name of its own, then moved over the
+    // old pin of its hook in one rename: the old link loses its pin (its
+    // last reference: the kernel detaches it) in the same step that gives
+    // the new one its name. At every moment each hook is held by the old
+    // link, the new one or both (both must allow); a pin that fails leaves
+    // every old link in place.
+    let mut pending: Vec<PathBuf> = Vec::with_capacity(links.len());
+    for (name, link) in &links {
+        let path = pin_dir.join(format!("pending_{}", pin_name_link(name)));
+        let _ = fs::remove_file(&path);
+        if let Err(e) = sys::obj_pin(link.as_fd(), &path) {
+            for p in &pending {
+                let _ = fs::remove_file(p);
+            }
+            return Err(LoaderError::Pin { action: "pinning", path, detail: e.to_string() });
+        }
+        pending.push(path);
     }
-    for (name, link) in links {
-        let path = pin_dir.join(pin_name_link(name));
-        // The link fd is closed right away: the pin holds the link.
-        sys::obj_pin(link.as_fd(), &path).map_err(|e| LoaderError::Pin {
-            action: "pinning",
-            path: path.clone(),
+    for ((name, _), from) in links.iter().zip(&pending) {
+        let to = pin_dir.join(pin_name_link(name));
+        // Held open across the rename, to detach it at once after (not
+        // when the kernel gets to the last reference, which someone else
+        // may also hold).
+        let replaced = old.contains(&to).then(|| sys::obj_get(&to).ok()).flatten();
+        fs::rename(from, &to).map_err(|e| LoaderError::Pin {
+            action: "renaming",
+            path: from.clone(),
             detail: e.to_string(),
         })?;
+        if let Some(fd) = replaced {
+            let _ = sys::link_detach(fd.as_fd());
+        }
     }
+    // Old hooks no new link took over (`sock_ops` of a sandbox that no
+    // longer redirects).
+    for path in old {
+        if !links.iter().any(|(name, _)| pin_dir.join(pin_name_link(name)) == *path) {
+            let _ = sys::obj_get(path).and_then(|fd| sys::link_detach(fd.as_fd()));
+            let _ = fs::remove_file(path);
+        }
+    }
+    // The link fds close here: the pins hold the links.
     Ok(())
 }
 
@@ -981,7 +1046,14 @@ fn migrate(
         link_and_pin(set, cg, &slot_for(cg, new.index, events, &opts.config, compiled), &pin_dir, &old_links)
     })();
     if let Err(e) = result {
-        remove_policy(set, new.index);
+        // The old links still hold wherever the new ones were not pinned;
+        // new links that were pinned deny everything from here. The new
+        // policy goes only once the slot no longer names it.
+        if read_slot(set, cg.id).is_none_or(|_| write_slot(set, cg.id, &Slot::default()).is_ok()) {
+            remove_policy(set, new.index);
+        } else {
+            log::warn!("policy {} stays taken: the failed migration's slot may still name it", new.index);
+        }
         remove_events(set, events);
         return Err(e);
     }
@@ -1017,7 +1089,11 @@ fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
             let _ = fs::remove_dir(&path);
             continue;
         }
-        let is_link = entry.file_name().to_string_lossy().starts_with("link_");
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        // `pending_link_*`: a link pinned by an attach that failed before
+        // it could take its name.
+        let is_link = file.starts_with("link_") || file.starts_with("pending_link_");
         if is_link {
             match sys::obj_get(&path).and_then(|fd| sys::link_detach(fd.as_fd())) {
                 Ok(()) => {}

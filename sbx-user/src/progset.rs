@@ -23,7 +23,8 @@ use std::{
 
 use aya::{programs::Program, EbpfLoader};
 use sbx_common::{
-    PolicyMeta, Pool, CONTRACT_VERSION, EVENT_SLOTS, HOST_RULES, MAPS, MAP_POOL, POLICY_SLOTS, SEGMENT_BLOCKS,
+    PolicyMeta, Pool, CONTRACT_VERSION, EVENT_SLOTS, HOST_RULES, MAPS, MAP_POOL, POLICY_SLOTS, QUARANTINE_POLICIES,
+    QUARANTINE_RULES, SEGMENT_BLOCKS,
 };
 
 use crate::{
@@ -159,17 +160,25 @@ impl ProgramSet {
             })
         };
         let progs = HOOKS.iter().map(|h| get(prog_pin(h.0))).collect::<Result<Vec<_>, _>>()?;
-        // This build's set has every map of its contract; another build's
-        // set (an older contract) has the ones it has, and is only read
-        // through those (its slots, counters and events).
+        // A set of this contract has every map of it; a set of an older
+        // contract (no host rule trie) has the ones it has, and is only
+        // read through those (its slots and counters), and written only to
+        // zero a slot.
         let mut maps = HashMap::new();
+        let mut missing = None;
         for m in MAPS {
             match get(crate::loader::pin_name_map(m)) {
                 Ok(fd) => {
                     maps.insert(m, fd);
                 }
-                Err(e) if id == set_id() => return Err(e),
-                Err(_) => {}
+                Err(e) => {
+                    missing.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = missing {
+            if id == set_id() || maps.contains_key(sbx_common::MAP_RULES) {
+                return Err(e);
             }
         }
         let set = Arc::new(Self { dir: dir.to_owned(), id, progs, maps });
@@ -217,57 +226,136 @@ impl ProgramSet {
 
     /// Takes a free policy index (never 0) and a run of `blocks` free
     /// segment blocks (its first block; 0 when `blocks` is 0), and counts
-    /// `rules` entries against the host's. When nothing free is left, the
-    /// quarantined indices and blocks are made free first (after a grace
-    /// period). The caller holds the host lock.
-    pub fn alloc_policy(&self, blocks: u32, rules: u32) -> Result<(u32, u32), LoaderError> {
-        let mut pool = self.pool()?;
-        if pool.rules + u64::from(rules) > u64::from(HOST_RULES) {
-            return Err(LoaderError::Full {
-                what: "policy entries of the host",
-                limit: HOST_RULES,
-                hint: "every sandbox's entries share the host's trie; detach sandboxes that are no longer needed, or run `sbx-user gc`",
-            });
-        }
+    /// `rules` entries against the host's. When nothing free is left,
+    /// `end` ends the quarantine (see [`Pool`]) and the allocation is tried
+    /// once more. The caller holds the host lock.
+    pub fn alloc_policy(
+        &self,
+        blocks: u32,
+        rules: u32,
+        end: &dyn Fn() -> Result<bool, LoaderError>,
+    ) -> Result<(u32, u32), LoaderError> {
         let mut waited = false;
-        let index = loop {
-            if let Some(i) = take_bit(&mut pool.policies) {
-                break i;
-            }
-            if waited || !end_quarantine(&mut pool)? {
-                return Err(LoaderError::Full {
+        loop {
+            let mut pool = self.pool()?;
+            let full = if pool.rules + u64::from(rules) > u64::from(HOST_RULES) {
+                LoaderError::Full {
+                    what: "policy entries of the host",
+                    limit: HOST_RULES,
+                    hint: "every sandbox's entries share the host's trie; detach sandboxes that are no longer needed, or run `sbx-user gc`",
+                }
+            } else if let Some(index) = take_bit(&mut pool.policies) {
+                let first = if blocks == 0 { Some(0) } else { take_run(&mut pool.blocks, blocks) };
+                if let Some(first) = first {
+                    pool.rules += u64::from(rules);
+                    self.set_pool(&pool)?;
+                    return Ok((index, first));
+                }
+                LoaderError::Full {
+                    what: "port-range blocks of the host",
+                    limit: SEGMENT_BLOCKS,
+                    hint: "no run of free blocks is long enough for this policy's port ranges; detach sandboxes that are no longer needed",
+                }
+            } else {
+                LoaderError::Full {
                     what: "policy slots",
                     limit: POLICY_SLOTS - 1,
                     hint: "each sandbox holds one (two during an update); detach sandboxes that are no longer needed",
-                });
+                }
+            };
+            if waited || !end()? {
+                return Err(full);
             }
             waited = true;
-        };
-        let first = if blocks == 0 {
-            0
-        } else {
-            loop {
-                if let Some(b) = take_run(&mut pool.blocks, blocks) {
-                    break b;
-                }
-                if waited || !end_quarantine(&mut pool)? {
-                    return Err(LoaderError::Full {
-                        what: "port-range blocks of the host",
-                        limit: SEGMENT_BLOCKS,
-                        hint: "no run of free blocks is long enough for this policy's port ranges; detach sandboxes that are no longer needed",
-                    });
-                }
-                waited = true;
-            }
-        };
-        pool.rules += u64::from(rules);
-        self.set_pool(&pool)?;
-        Ok((index, first))
+        }
     }
 
-    /// Returns policy `index` and the blocks and entries `meta` names to
-    /// the pool, quarantined (see [`Pool`]). The caller holds the lock.
-    pub fn release_policy(&self, index: u32, meta: &PolicyMeta) -> Result<(), LoaderError> {
+    /// The quarantined policy indices, and whether any block is
+    /// quarantined.
+    pub fn quarantined(&self) -> Result<(Vec<u32>, bool), LoaderError> {
+        let pool = self.pool()?;
+        let blocks = pool.quarantined_blocks.iter().any(|&w| w != 0);
+        Ok((bits(&pool.quarantined_policies), blocks))
+    }
+
+    /// Ends the quarantine after a grace period: every quarantined block
+    /// is free again, and so is each index of `cleared` (its entries
+    /// removed), with its count of entries. The caller holds the lock.
+    pub fn end_quarantine(&self, cleared: &[(u32, u32)]) -> Result<(), LoaderError> {
+        let mut pool = self.pool()?;
+        finish_quarantine(&mut pool, cleared);
+        self.set_pool(&pool)
+    }
+
+    /// Waits for an RCU grace period: the kernel follows a successful write
+    /// to an outer map of maps with `synchronize_rcu()` before it returns
+    /// (whatever the number of CPUs, preemptible RCU and `nohz_full`
+    /// included), and every program of the cgroup hooks runs inside an RCU
+    /// read-side section. The write puts a one-page ring at index 0 of the
+    /// event rings' outer array, which no slot names (0 means the host
+    /// stream).
+    pub(crate) fn grace_period(&self) -> Result<(), LoaderError> {
+        let err = |what: &str, e: &std::io::Error| LoaderError::Kernel {
+            what: format!("waiting for an RCU grace period before reusing freed policy indices ({what})"),
+            detail: e.to_string(),
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let ring = sys::map_create(sys::MapType::RingBuf, 0, 0, page, 0, "sbx_grace")
+            .map_err(|e| err("creating a ring buffer", &e))?;
+        let fd = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&ring)).expect("fds are non-negative");
+        sys::map_update(self.map(sbx_common::MAP_EVENTS_OF), &0u32.to_ne_bytes(), &fd.to_ne_bytes(), sys::UPDATE_ANY)
+            .map_err(|e| err("writing the event rings' outer array", &e))
+    }
+
+    /// What policy index `index` holds.
+    pub fn policy_meta(&self, index: u32) -> Result<PolicyMeta, LoaderError> {
+        let mut buf = [0u8; std::mem::size_of::<PolicyMeta>()];
+        sys::map_lookup(self.map(sbx_common::MAP_POLICIES), &index.to_ne_bytes(), &mut buf)
+            .map_err(|e| map_err(sbx_common::MAP_POLICIES, &e))?;
+        Ok(sys::from_bytes(&buf))
+    }
+
+    /// Counts the segment blocks and rule entries of the pool again from
+    /// what each policy index in use holds (quarantined blocks stay
+    /// taken): what an interrupted free left counted is given back.
+    /// Returns whether the pool changed. The caller holds the lock.
+    pub fn recount(&self) -> Result<bool, LoaderError> {
+        let mut pool = self.pool()?;
+        let mut blocks = pool.quarantined_blocks;
+        let (mut rules, mut quarantined) = (0u64, 0u64);
+        for i in bits(&pool.policies) {
+            let meta = self.policy_meta(i)?;
+            rules += u64::from(meta.entries);
+            if pool.quarantined_policies[i as usize / 64] & (1 << (i % 64)) != 0 {
+                quarantined += u64::from(meta.entries);
+                continue;
+            }
+            for b in meta.first_block..meta.first_block.saturating_add(meta.blocks).min(SEGMENT_BLOCKS) {
+                set_bit(&mut blocks, b);
+            }
+        }
+        if blocks == pool.blocks && rules == pool.rules && quarantined == pool.quarantined_rules {
+            return Ok(false);
+        }
+        log::info!(
+            "recounted the host's policy pool: {} rule entries (counted {}), {} port-range blocks (counted {})",
+            rules,
+            pool.rules,
+            blocks.iter().map(|w| w.count_ones()).sum::<u32>(),
+            pool.blocks.iter().map(|w| w.count_ones()).sum::<u32>()
+        );
+        pool.blocks = blocks;
+        pool.rules = rules;
+        pool.quarantined_rules = quarantined;
+        self.set_pool(&pool)?;
+        Ok(true)
+    }
+
+    /// Quarantines policy `index` and the blocks `meta` names (see
+    /// [`Pool`]); its entries stay counted until they are removed. Returns
+    /// whether the quarantine is due to end. The caller holds the lock.
+    pub fn release_policy(&self, index: u32, meta: &PolicyMeta) -> Result<bool, LoaderError> {
         let mut pool = self.pool()?;
         if index != 0 {
             set_bit(&mut pool.quarantined_policies, index);
@@ -275,8 +363,10 @@ impl ProgramSet {
         for b in meta.first_block..meta.first_block.saturating_add(meta.blocks).min(SEGMENT_BLOCKS) {
             set_bit(&mut pool.quarantined_blocks, b);
         }
-        pool.rules = pool.rules.saturating_sub(u64::from(meta.entries));
-        self.set_pool(&pool)
+        pool.quarantined_rules += u64::from(meta.entries);
+        self.set_pool(&pool)?;
+        let held: u32 = pool.quarantined_policies.iter().map(|w| w.count_ones()).sum();
+        Ok(held >= QUARANTINE_POLICIES || pool.quarantined_rules >= QUARANTINE_RULES)
     }
 
     /// Takes a free event ring index (never 0). The caller holds the lock.
@@ -309,12 +399,11 @@ impl ProgramSet {
         Ok((stale(&pool.policies, policies), stale(&pool.events, events)))
     }
 
-    /// Returns indices to the pool. The caller holds the host lock.
-    pub fn free(&self, policies: &[u32], events: &[u32]) -> Result<(), LoaderError> {
+    /// Returns event ring indices to the pool (policy indices go through
+    /// [`ProgramSet::release_policy`], which quarantines them). The caller
+    /// holds the host lock.
+    pub fn free_events(&self, events: &[u32]) -> Result<(), LoaderError> {
         let mut pool = self.pool()?;
-        for &i in policies.iter().filter(|&&i| i != 0) {
-            clear_bit(&mut pool.policies, i);
-        }
         for &i in events.iter().filter(|&&i| i != 0) {
             clear_bit(&mut pool.events, i);
         }
@@ -363,28 +452,36 @@ fn set_bit(words: &mut [u64], i: u32) {
     }
 }
 
-/// Frees every quarantined policy index and block once an RCU grace
-/// period has passed since they were freed: every program that could still
-/// read them (they run under the RCU read lock) has finished. Returns
-/// whether anything was quarantined.
-fn end_quarantine(pool: &mut Pool) -> Result<bool, LoaderError> {
-    let any = pool.quarantined_policies.iter().chain(&pool.quarantined_blocks).any(|&w| w != 0);
-    if !any {
-        return Ok(false);
+/// The set bits of `words`, lowest first.
+fn bits(words: &[u64]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (w, &word) in words.iter().enumerate() {
+        let mut rest = word;
+        while rest != 0 {
+            let bit = rest.trailing_zeros();
+            out.push(u32::try_from(w * 64).expect("small") + bit);
+            rest &= rest - 1;
+        }
     }
-    sys::synchronize_rcu().map_err(|e| LoaderError::Kernel {
-        what: "waiting for an RCU grace period before reusing freed policy indices (membarrier)".into(),
-        detail: e.to_string(),
-    })?;
-    for (w, q) in pool.policies.iter_mut().zip(pool.quarantined_policies.iter_mut()) {
-        *w &= !*q;
-        *q = 0;
-    }
+    out
+}
+
+/// After a grace period: frees every quarantined block, and each index of
+/// `cleared` with its entries.
+fn finish_quarantine(pool: &mut Pool, cleared: &[(u32, u32)]) {
     for (w, q) in pool.blocks.iter_mut().zip(pool.quarantined_blocks.iter_mut()) {
         *w &= !*q;
         *q = 0;
     }
-    Ok(true)
+    for &(i, entries) in cleared {
+        if pool.quarantined_policies[i as usize / 64] & (1 << (i % 64)) == 0 {
+            continue;
+        }
+        clear_bit(&mut pool.quarantined_policies, i);
+        clear_bit(&mut pool.policies, i);
+        pool.rules = pool.rules.saturating_sub(u64::from(entries));
+        pool.quarantined_rules = pool.quarantined_rules.saturating_sub(u64::from(entries));
+    }
 }
 
 fn clear_bit(words: &mut [u64], i: u32) {
@@ -489,18 +586,28 @@ mod tests {
     }
 
     #[test]
-    fn quarantined_bits_are_freed_only_by_a_grace_period() {
+    fn a_quarantine_ends_for_the_indices_whose_entries_are_gone() {
         // SAFETY: Pool is plain integers; all zeroes is an empty pool.
         let mut pool: Pool = unsafe { std::mem::zeroed() };
-        set_bit(&mut pool.policies, 5);
-        set_bit(&mut pool.quarantined_policies, 5);
+        for i in [5, 6] {
+            set_bit(&mut pool.policies, i);
+            set_bit(&mut pool.quarantined_policies, i);
+        }
         set_bit(&mut pool.blocks, 9);
         set_bit(&mut pool.quarantined_blocks, 9);
         set_bit(&mut pool.blocks, 10);
-        assert!(end_quarantine(&mut pool).expect("membarrier works here"));
-        assert_eq!(pool.policies[0], 0);
-        assert_eq!(pool.blocks[0], 1 << 10, "a block in use stays in use");
-        assert!(!end_quarantine(&mut pool).expect("nothing to wait for"), "nothing was quarantined");
+        (pool.rules, pool.quarantined_rules) = (30, 20);
+        assert_eq!(bits(&pool.quarantined_policies), [5, 6]);
+        // Index 6's entries could not be removed: it stays quarantined.
+        finish_quarantine(&mut pool, &[(5, 12)]);
+        assert_eq!(bits(&pool.policies), [6]);
+        assert_eq!(bits(&pool.quarantined_policies), [6]);
+        assert_eq!(bits(&pool.blocks), [10], "a block in use stays in use");
+        assert_eq!((pool.rules, pool.quarantined_rules), (18, 8));
+        // An index that is not quarantined is not freed by mistake.
+        set_bit(&mut pool.policies, 7);
+        finish_quarantine(&mut pool, &[(7, 1)]);
+        assert_eq!(bits(&pool.policies), [6, 7]);
     }
 
     #[test]

@@ -576,20 +576,6 @@ pub fn openat_file(dir: BorrowedFd<'_>, name: &std::ffi::CStr, flags: i32) -> io
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
-/// Waits for an RCU grace period: `membarrier(MEMBARRIER_CMD_GLOBAL)`,
-/// which the kernel implements with `synchronize_rcu()` (BPF programs of
-/// the cgroup hooks run inside RCU read-side sections, so every program
-/// that started before the call has finished when it returns).
-pub fn synchronize_rcu() -> io::Result<()> {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: membarrier(2) takes no pointers.
-    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
