@@ -925,6 +925,18 @@ fn link_and_pin(
     // the new one its name. At every moment each hook is held by the old
     // link, the new one or both (both must allow); a pin that fails leaves
     // every old link in place.
+    if old.is_empty() {
+        // Nothing to take over: each link gets its name at once.
+        for (name, link) in &links {
+            let path = pin_dir.join(pin_name_link(name));
+            sys::obj_pin(link.as_fd(), &path).map_err(|e| LoaderError::Pin {
+                action: "pinning",
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        return Ok(());
+    }
     let mut pending: Vec<PathBuf> = Vec::with_capacity(links.len());
     for (name, link) in &links {
         let path = pin_dir.join(format!("pending_{}", pin_name_link(name)));
