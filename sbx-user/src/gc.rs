@@ -89,7 +89,12 @@ pub fn collect(paths: &Paths, dry_run: bool) -> Result<Collected, LoaderError> {
         if id != current && !in_use.iter().any(|u| u == id) {
             out.sets.push(dir.clone());
             if !dry_run {
+                // Its pins go (the anchor's links with them), then the
+                // anchor cgroup.
                 let _ = fs::remove_dir_all(&dir);
+                if let Ok(root) = crate::cgroup::cgroup2_mount() {
+                    let _ = fs::remove_dir(progset::anchor_cgroup(&root, id));
+                }
             }
             continue;
         }

@@ -537,3 +537,28 @@ fn each_policy_has_its_own_entries_in_the_host_trie_and_takes_them_away() {
         fx.sbx.detach(cg);
     }
 }
+
+#[test]
+fn the_program_set_keeps_the_hooks_switched_on_through_an_empty_anchor_that_denies_everything() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    let set = fx.sbx.status(&fx.cg)["held_by"]["set"]["id"].as_str().expect("set id").to_owned();
+    let anchor = sbx_tests::cgroup2_mount().join("sbx").join(format!("anchor-{set}"));
+    assert!(anchor.is_dir(), "the set's anchor cgroup {} exists", anchor.display());
+    // Every hook of the set is linked there, so no sandbox's attach or
+    // detach is the host's first or last of its hook.
+    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(&anchor).output().expect("bpftool cgroup show");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for prog in ["sbx_connect4", "sbx_connect6", "sbx_sendmsg4", "sbx_bind4", "sbx_egress", "sbx_sock_create"] {
+        assert!(shown.contains(prog), "{prog} is linked to the anchor: {shown}");
+    }
+    assert_eq!(connect4_progs(&anchor), connect4_progs(fx.cg.path()), "the same programs as every sandbox's");
+    // Its slot is never written: a process put there is denied everything.
+    let p = fx.probe.in_cgroup(&anchor);
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "err EPERM");
+    assert_eq!(p.connect(Tcp, "127.0.0.1", 8080), "err EPERM");
+    // And the sandbox beside it is not affected.
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+}

@@ -48,10 +48,10 @@ pub(super) struct Lifecycle {
     pub(super) update: Vec<f64>,
     pub(super) detach: Vec<f64>,
     /// The same four with one other sandbox attached the whole time, as on
-    /// a host that runs any: the kernel then has its cgroup-BPF hooks
-    /// switched on already (the first link of an attach type on the host
-    /// flips a static key, patching kernel text on every CPU, and the last
-    /// detach flips it back).
+    /// a host that runs any. (The kernel switches a cgroup-BPF hook on, a
+    /// static key patched into the text of every CPU, at its first link on
+    /// the host and off at its last; since contract 6 the program set's
+    /// anchor cgroup holds one link of each, so both rows should agree.)
     pub(super) run_beside: Vec<f64>,
     pub(super) attach_beside: Vec<f64>,
     pub(super) update_beside: Vec<f64>,
@@ -283,10 +283,11 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
         "### 3. Sandbox lifecycle\n\n{} rounds, the four kinds of start rotated per round ({} repetitions each of \
          `/bin/true`, `/bin/true` moved into a new cgroup and `run` with the program set loaded; one first use, after \
          removing the unused set); then {} attach, update (to a policy with one more rule and back: two per attach) \
-         and detach; then, with one other sandbox attached (as on any host that runs one: the kernel's cgroup-BPF hooks \
-         are already switched on, while the first link of each attach type on a host flips a static key, which patches \
-         kernel text on every CPU, and the last detach flips it back), {} `run` and the same attach, update and \
-         detach. Small policy; every `sbx-user` command is a whole process, started from the benchmark.\n",
+         and detach; then, with one other sandbox attached (as on any host that runs one), {} `run` and the same \
+         attach, update and detach. The program set's anchor cgroup keeps each cgroup-BPF hook switched on (without \
+         it, a host's first link of each attach type flips a static key, which patches kernel text on every CPU, and \
+         its last detach flips it back), so the two kinds should agree. Small policy; every `sbx-user` command is a \
+         whole process, started from the benchmark.\n",
         plan.lifecycle_rounds, plan.lifecycle_reps, plan.lifecycle_reps, plan.lifecycle_reps
     );
     let base = Stat::of(&l.bin_true);
