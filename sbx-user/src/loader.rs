@@ -175,12 +175,20 @@ pub struct Attached {
     pub pin_dir: PathBuf,
     /// Whether an existing attachment was replaced in place.
     pub replaced: bool,
-    /// Kernel program ids, in [`HOOKS`] order.
-    pub prog_ids: Vec<u32>,
+    /// The program set that holds the sandbox.
+    pub program_set: std::sync::Arc<ProgramSet>,
     /// The policy index the sandbox's slot names.
     pub policy: u32,
     /// The program set that holds the sandbox.
     pub set: String,
+}
+
+impl Attached {
+    /// Kernel program ids, in [`HOOKS`] order.
+    #[must_use]
+    pub fn prog_ids(&self) -> Vec<u32> {
+        self.program_set.prog_ids()
+    }
 }
 
 /// Pin file name of the link of `program`.
@@ -233,7 +241,7 @@ pub(crate) fn program_error(e: &aya::programs::ProgramError) -> String {
 /// cgroup link type into a pinnable `FdLink` (sockopt links, for one), so
 /// all go through the same raw `BPF_LINK_CREATE`.
 fn attach_one(set: &ProgramSet, name: &str, ty: AttachType, dir: &fs::File) -> Result<OwnedFd, String> {
-    sys::link_create(set.prog(name), dir.as_fd(), ty).map_err(|e| e.to_string())
+    sys::link_create(set.prog(name).map_err(|e| e.to_string())?, dir.as_fd(), ty).map_err(|e| e.to_string())
 }
 
 /// Names of the programs attached directly to `cg` at each hook.
@@ -258,13 +266,21 @@ pub fn existing(cg: &Cgroup, paths: &Paths) -> Result<Option<String>, LoaderErro
     if pin_dir.exists() {
         return Ok(Some(format!("pins in {}", pin_dir.display())));
     }
+    // Every sbx attachment links connect4 (links are created together and
+    // dropped together when an attach fails), so that one hook answers;
+    // the full list is only for the message.
+    let dir = cg.dir_fd()?;
+    let ids = sys::prog_query(dir.as_fd(), AttachType::Connect4, 0)
+        .map_err(|source| LoaderError::Query { cgroup: cg.path.clone(), source })?;
+    if !ids.iter().any(|&id| sys::prog_name(id).is_ok_and(|n| n.starts_with("sbx_"))) {
+        return Ok(None);
+    }
     let attached: Vec<String> = query(cg)?
         .into_iter()
         .filter(|(_, progs)| progs.iter().any(|p| p.starts_with("sbx_")))
         .map(|(hook, _)| hook.to_owned())
         .collect();
-    Ok((!attached.is_empty())
-        .then(|| format!("sbx programs on {} without pins, probably a running `sbx-user run`", attached.join(", "))))
+    Ok(Some(format!("sbx programs on {} without pins, probably a running `sbx-user run`", attached.join(", "))))
 }
 
 /// A policy written into the host maps at policy index `index`.
@@ -883,7 +899,13 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         return Err(e);
     }
     let index = policy.map_or(0, |p| p.index);
-    Ok(Attached { pin_dir, replaced: false, prog_ids: set.prog_ids(), policy: index, set: set.id.clone() })
+    Ok(Attached {
+        pin_dir,
+        replaced: false,
+        program_set: std::sync::Arc::clone(&set),
+        policy: index,
+        set: set.id.clone(),
+    })
 }
 
 /// Links every hook the slot needs to `cg` while its slot denies
@@ -981,7 +1003,7 @@ fn link_and_pin(
 /// can still be reading them. A sandbox held by another program set (an
 /// older sbx) is migrated to this build's set instead.
 fn replace(
-    set: &ProgramSet,
+    set: &std::sync::Arc<ProgramSet>,
     cg: &Cgroup,
     compiled: &Compiled,
     opts: AttachOptions,
@@ -1028,7 +1050,13 @@ fn replace(
     if old.policy != 0 {
         remove_policy(set, old.policy);
     }
-    Ok(Attached { pin_dir, replaced: true, prog_ids: set.prog_ids(), policy: new.index, set: set.id.clone() })
+    Ok(Attached {
+        pin_dir,
+        replaced: true,
+        program_set: std::sync::Arc::clone(set),
+        policy: new.index,
+        set: set.id.clone(),
+    })
 }
 
 /// Moves a sandbox held by another program set (contract 1's per-sandbox
@@ -1037,7 +1065,7 @@ fn replace(
 /// new slot is written the new ones deny everything), then the old links
 /// are detached and the old maps unpinned.
 fn migrate(
-    set: &ProgramSet,
+    set: &std::sync::Arc<ProgramSet>,
     cg: &Cgroup,
     compiled: &Compiled,
     opts: AttachOptions,
@@ -1083,7 +1111,13 @@ fn migrate(
     }
     let _ = fs::create_dir(pin_dir.join(set_marker(set)));
     log::info!("migrated {} to program set {}", cg.path.display(), set.id);
-    Ok(Attached { pin_dir, replaced: true, prog_ids: set.prog_ids(), policy: new.index, set: set.id.clone() })
+    Ok(Attached {
+        pin_dir,
+        replaced: true,
+        program_set: std::sync::Arc::clone(set),
+        policy: new.index,
+        set: set.id.clone(),
+    })
 }
 
 /// Detaches every pinned link in `pin_dir` at once (not when the last

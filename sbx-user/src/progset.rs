@@ -92,12 +92,15 @@ pub fn lock(paths: &Paths) -> Result<HostLock, LoaderError> {
 }
 
 /// The loaded, pinned program set of this build.
+#[derive(Debug)]
 pub struct ProgramSet {
     /// Its directory in bpffs.
     pub dir: PathBuf,
     /// Its id (see [`set_id`]).
     pub id: String,
-    progs: Vec<OwnedFd>,
+    /// Opened when first used: `update`, `detach` and `status` need none.
+    progs: [std::sync::OnceLock<OwnedFd>; 10],
+    prog_ids: std::sync::OnceLock<Vec<u32>>,
     maps: HashMap<&'static str, OwnedFd>,
 }
 
@@ -167,7 +170,6 @@ impl ProgramSet {
                 detail: e.to_string(),
             })
         };
-        let progs = HOOKS.iter().map(|h| get(prog_pin(h.0))).collect::<Result<Vec<_>, _>>()?;
         // A set of this contract has every map of it; a set of an older
         // contract (no host rule trie) has the ones it has, and is only
         // read through those (its slots and counters), and written only to
@@ -189,7 +191,13 @@ impl ProgramSet {
                 return Err(e);
             }
         }
-        let set = Arc::new(Self { dir: dir.to_owned(), id, progs, maps });
+        let set = Arc::new(Self {
+            dir: dir.to_owned(),
+            id,
+            progs: Default::default(),
+            prog_ids: std::sync::OnceLock::new(),
+            maps,
+        });
         opened.retain(|(_, s)| s.dir != dir);
         opened.push((key, Arc::clone(&set)));
         Ok(set)
@@ -212,9 +220,9 @@ impl ProgramSet {
             let cg = anchor_cgroup(&root, &self.id);
             fs::create_dir_all(&cg).map_err(|e| format!("creating {}: {e}", cg.display()))?;
             let fd = fs::File::open(&cg).map_err(|e| format!("opening {}: {e}", cg.display()))?;
-            for (i, (name, ty, _)) in HOOKS.iter().enumerate() {
-                let link = sys::link_create(self.progs[i].as_fd(), fd.as_fd(), *ty)
-                    .map_err(|e| format!("linking {name}: {e}"))?;
+            for (name, ty, _) in &HOOKS {
+                let prog = self.prog(name).map_err(|e| e.to_string())?;
+                let link = sys::link_create(prog, fd.as_fd(), *ty).map_err(|e| format!("linking {name}: {e}"))?;
                 let path = self.dir.join(format!("anchor_{}", crate::loader::pin_name_link(name)));
                 sys::obj_pin(link.as_fd(), &path).map_err(|e| format!("pinning {}: {e}", path.display()))?;
             }
@@ -226,11 +234,20 @@ impl ProgramSet {
         }
     }
 
-    /// The program for hook `name` (a [`HOOKS`] program name).
-    #[must_use]
-    pub fn prog(&self, name: &str) -> BorrowedFd<'_> {
+    /// The program for hook `name` (a [`HOOKS`] program name), opened
+    /// from its pin when first asked for.
+    pub fn prog(&self, name: &str) -> Result<BorrowedFd<'_>, LoaderError> {
         let i = HOOKS.iter().position(|h| h.0 == name).expect("a program of HOOKS");
-        self.progs[i].as_fd()
+        if let Some(fd) = self.progs[i].get() {
+            return Ok(fd.as_fd());
+        }
+        let path = self.dir.join(prog_pin(name));
+        let fd = sys::obj_get(&path).map_err(|e| LoaderError::Pin {
+            action: "opening the pinned program set's",
+            path,
+            detail: e.to_string(),
+        })?;
+        Ok(self.progs[i].get_or_init(|| fd).as_fd())
     }
 
     /// A map of the set (a name from [`MAPS`]; see [`ProgramSet::has_map`]
@@ -249,7 +266,11 @@ impl ProgramSet {
     /// Kernel ids of the set's programs, in [`HOOKS`] order.
     #[must_use]
     pub fn prog_ids(&self) -> Vec<u32> {
-        self.progs.iter().map(|p| sys::prog_id(p.as_fd()).unwrap_or(0)).collect()
+        self.prog_ids
+            .get_or_init(|| {
+                HOOKS.iter().map(|h| self.prog(h.0).ok().and_then(|p| sys::prog_id(p).ok()).unwrap_or(0)).collect()
+            })
+            .clone()
     }
 
     fn pool(&self) -> Result<Pool, LoaderError> {

@@ -289,7 +289,7 @@ pub fn attach(
             "created": create,
             "replaced": attached.replaced,
             "generation": record.generation,
-            "prog_ids": attached.prog_ids,
+            "prog_ids": attached.prog_ids(),
             "pin_dir": attached.pin_dir,
             "dest_entries": record.dest_entries,
             "bind_entries": record.bind_entries,

@@ -64,7 +64,7 @@ pub fn run(args: &AttachArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         cg.path.display(),
         cg.id
     );
-    for ((_, _, hook), id) in HOOKS.iter().zip(&attached.prog_ids) {
+    for ((_, _, hook), id) in HOOKS.iter().zip(&attached.prog_ids()) {
         println!("  {hook:<9} program id {id}");
     }
     println!("  pinned in {}", attached.pin_dir.display());
