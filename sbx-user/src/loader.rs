@@ -184,6 +184,11 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// An attachment replaced in place (`update`, or a migration).
+    fn replaced(set: &std::sync::Arc<ProgramSet>, pin_dir: PathBuf, policy: u32) -> Self {
+        Self { pin_dir, replaced: true, program_set: std::sync::Arc::clone(set), policy, set: set.id.clone() }
+    }
+
     /// Kernel program ids, in [`HOOKS`] order.
     #[must_use]
     pub fn prog_ids(&self) -> Vec<u32> {
@@ -1050,13 +1055,7 @@ fn replace(
     if old.policy != 0 {
         remove_policy(set, old.policy);
     }
-    Ok(Attached {
-        pin_dir,
-        replaced: true,
-        program_set: std::sync::Arc::clone(set),
-        policy: new.index,
-        set: set.id.clone(),
-    })
+    Ok(Attached::replaced(set, pin_dir, new.index))
 }
 
 /// Moves a sandbox held by another program set (contract 1's per-sandbox
@@ -1111,13 +1110,7 @@ fn migrate(
     }
     let _ = fs::create_dir(pin_dir.join(set_marker(set)));
     log::info!("migrated {} to program set {}", cg.path.display(), set.id);
-    Ok(Attached {
-        pin_dir,
-        replaced: true,
-        program_set: std::sync::Arc::clone(set),
-        policy: new.index,
-        set: set.id.clone(),
-    })
+    Ok(Attached::replaced(set, pin_dir, new.index))
 }
 
 /// Detaches every pinned link in `pin_dir` at once (not when the last

@@ -83,19 +83,8 @@ fn a_sandbox_of_an_older_sbx_stays_enforced_and_migrates_with_no_gap() {
     assert!(events.iter().any(|v| v["destination"] == format!("{}:8080", n.ns_v4b)), "old events read: {events:?}");
     fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
 
-    // Migrate under a stream of connects.
-    no_gap_during(&fx, &p, || {
-        let out = fx.sbx.ok(&["-v", "update", "--cgroup", fx.cg.arg(), "--allow", &allow]);
-        assert!(String::from_utf8_lossy(&out.stderr).contains("migrated"), "{}", describe(&out));
-    });
-
-    // Now held by this build's program set, the old maps gone.
-    let e = fx.sbx.status(&fx.cg);
-    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
+    migrate_with_no_gap(&fx, &p, &allow);
     assert!(!pins.join("map_SBX_CONFIG").exists(), "the old maps were unpinned");
-    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
-    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
-    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
     fx.sbx.detach(&fx.cg);
     assert!(!Sbx::has_pins(fx.cg.id()));
 }
@@ -130,16 +119,7 @@ fn a_sandbox_of_an_older_program_set_stays_enforced_and_migrates_with_no_gap() {
     assert!(e["held_by"]["set"]["policy"].as_u64().is_some_and(|p| p > 0), "its slot is read: {e:#}");
     fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
 
-    // Migrate under a stream of connects.
-    no_gap_during(&fx, &p, || {
-        let out = fx.sbx.ok(&["-v", "update", "--cgroup", fx.cg.arg(), "--allow", &allow]);
-        assert!(String::from_utf8_lossy(&out.stderr).contains("migrated"), "{}", describe(&out));
-    });
-    let e = fx.sbx.status(&fx.cg);
-    assert_eq!(e["held_by"]["set"]["current"], true, "{e:#}");
-    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
-    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
-    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+    migrate_with_no_gap(&fx, &p, &allow);
 
     // The other one is detached by this build; then nothing uses the old
     // set, and gc removes it.
@@ -152,6 +132,21 @@ fn a_sandbox_of_an_older_program_set_stays_enforced_and_migrates_with_no_gap() {
     assert!(!set_dir.exists(), "gc removed the unused older set: {}", describe(&out));
     assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM", "the migrated sandbox is untouched");
     fx.sbx.detach(&fx.cg);
+}
+
+/// `update` migrates the fixture's sandbox to this build's program set
+/// under a stream of connects (no gap), and it then enforces and verifies.
+fn migrate_with_no_gap(fx: &Fixture, p: &Probe, allow: &str) {
+    let n = &fx.net;
+    no_gap_during(fx, p, || {
+        let out = fx.sbx.ok(&["-v", "update", "--cgroup", fx.cg.arg(), "--allow", allow]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("migrated"), "{}", describe(&out));
+    });
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(e["held_by"]["set"]["current"], true, "now held by this build's set: {e:#}");
+    assert_eq!(p.connect(Tcp, n.ns_v4, 8080), "ok");
+    assert_eq!(p.connect(Tcp, n.ns_v4b, 8080), "err EPERM");
+    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
 }
 
 /// Runs `switch` under a stream of connects from `inside` to the allowed
