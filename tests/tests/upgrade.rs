@@ -18,28 +18,26 @@ use serde_json::json;
 // Dependencies of the fixture crate this test file does not use directly.
 use libc as _;
 
-/// The contract-1 `sbx-user`.
-fn legacy_bin() -> PathBuf {
-    let p = std::env::var_os("SBX_LEGACY_BIN").map(PathBuf::from).unwrap_or_default();
+/// The older `sbx-user` of `contract` that `var` names.
+fn older_bin(var: &str, contract: u32) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_default();
     assert!(
         p.is_file(),
-        "SBX_LEGACY_BIN does not name the sbx-user of contract 1 ({}); `cargo xtask test` builds it from the \
+        "{var} does not name the sbx-user of contract {contract} ({}); `cargo xtask test` builds it from the \
          repository's history",
         p.display()
     );
     p
 }
 
+/// The contract-1 `sbx-user`: each sandbox with its own programs and maps.
+fn legacy_bin() -> PathBuf {
+    older_bin("SBX_LEGACY_BIN", 1)
+}
+
 /// The `sbx-user` of contract 5: a program set with per-policy maps.
 fn previous_bin() -> PathBuf {
-    let p = std::env::var_os("SBX_PREVIOUS_BIN").map(PathBuf::from).unwrap_or_default();
-    assert!(
-        p.is_file(),
-        "SBX_PREVIOUS_BIN does not name the sbx-user of contract 5 ({}); `cargo xtask test` builds it from the \
-         repository's history",
-        p.display()
-    );
-    p
+    older_bin("SBX_PREVIOUS_BIN", 5)
 }
 
 fn completed(log: &std::path::Path) -> Vec<String> {
