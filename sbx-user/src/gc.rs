@@ -99,8 +99,8 @@ pub fn collect(paths: &Paths, dry_run: bool) -> Result<Collected, LoaderError> {
             continue;
         }
         if let Ok(set) = ProgramSet::open_id(paths, id) {
-            if !set.has_map(sbx_common::MAP_RULES) {
-                // An older contract's set: freed whole once unused.
+            if !set.layout_is_ours() {
+                // An older layout's set: freed whole once unused.
                 continue;
             }
             let (p, e) = reconcile(&set, dry_run)?;

@@ -378,8 +378,8 @@ fn fill_segments(set: &ProgramSet, base: u32, tables: &[PortTable]) -> Result<()
 /// removed could answer what neither the old nor the new policy would).
 /// When the quarantine is due, it ends here.
 fn remove_policy(set: &ProgramSet, index: u32) {
-    if !set.has_map(MAP_RULES) {
-        // An older contract's set: its maps go with the set when `gc`
+    if !set.layout_is_ours() {
+        // A set of an older layout: its maps go with the set when `gc`
         // removes it once no sandbox uses it.
         log::debug!("policy {index} of program set {} is freed with the set", set.id);
         return;
@@ -417,7 +417,13 @@ pub(crate) fn end_quarantine(set: &ProgramSet) -> Result<bool, LoaderError> {
     let started = std::time::Instant::now();
     let mut cleared = Vec::with_capacity(policies.len());
     for i in policies {
-        let meta = read_meta(set, i)?;
+        let meta = match read_meta(set, i) {
+            Ok(meta) => meta,
+            Err(e) => {
+                log::warn!("reading what policy {i} holds: {e}; it stays quarantined");
+                continue;
+            }
+        };
         match clear_policy(set, i) {
             Ok(()) => {
                 let _ = write_meta(set, i, &PolicyMeta::default());
@@ -668,7 +674,7 @@ fn discard_events(ring: &OwnedFd) {
 fn remove_events(set: &ProgramSet, index: u32) {
     // An older contract's pool has another layout: its rings go with the
     // set (see [`remove_policy`]).
-    if index == 0 || !set.has_map(MAP_RULES) {
+    if index == 0 || !set.layout_is_ours() {
         return;
     }
     if let Err(e) = set.free_events(&[index]) {
@@ -887,20 +893,20 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         link_and_pin(&set, cg, &slot_for(cg, index, events, &opts.config, compiled), &pin_dir, &[])
     })();
     if let Err(e) = result {
-        // The links go first: then no hook reads the slot any more, and
-        // the policy may be freed. If they cannot all be detached, the slot
-        // is zeroed (denies everything) before the policy goes; if even
-        // that fails, the policy stays taken (its slot still names it, so
-        // `gc` does not free it either).
+        // The cgroup's cell outlives the links (until the cgroup goes), so
+        // it is zeroed first; then the links go. If neither could be done,
+        // the policy and event indices stay taken (the slot still names
+        // them, so `gc` does not free them either).
+        let zeroed = read_slot(&set, cg.id).is_none_or(|_| write_slot(&set, cg.id, &Slot::default()).is_ok());
         let detached = remove_pins(&pin_dir).is_ok();
-        let unread =
-            detached || read_slot(&set, cg.id).is_none_or(|_| write_slot(&set, cg.id, &Slot::default()).is_ok());
-        match policy {
-            Some(p) if unread => remove_policy(&set, p.index),
-            Some(p) => log::warn!("policy {} stays taken: the failed attach's slot may still name it", p.index),
-            None => {}
+        if zeroed || detached {
+            if let Some(p) = policy {
+                remove_policy(&set, p.index);
+            }
+            remove_events(&set, events);
+        } else {
+            log::warn!("the failed attach's slot may still name its policy and event indices: they stay taken");
         }
-        remove_events(&set, events);
         return Err(e);
     }
     let index = policy.map_or(0, |p| p.index);
@@ -976,17 +982,19 @@ fn link_and_pin(
         }
         pending.push(path);
     }
-    for ((name, _), from) in links.iter().zip(&pending) {
+    for (k, ((name, _), from)) in links.iter().zip(&pending).enumerate() {
         let to = pin_dir.join(pin_name_link(name));
         // Held open across the rename, to detach it at once after (not
         // when the kernel gets to the last reference, which someone else
         // may also hold).
         let replaced = old.contains(&to).then(|| sys::obj_get(&to).ok()).flatten();
-        fs::rename(from, &to).map_err(|e| LoaderError::Pin {
-            action: "renaming",
-            path: from.clone(),
-            detail: e.to_string(),
-        })?;
+        if let Err(e) = fs::rename(from, &to) {
+            // The hooks not renamed yet keep their old links.
+            for p in &pending[k..] {
+                let _ = fs::remove_file(p);
+            }
+            return Err(LoaderError::Pin { action: "renaming", path: from.clone(), detail: e.to_string() });
+        }
         if let Some(fd) = replaced {
             let _ = sys::link_detach(fd.as_fd());
         }
@@ -1090,10 +1098,13 @@ fn migrate(
         // policy goes only once the slot no longer names it.
         if read_slot(set, cg.id).is_none_or(|_| write_slot(set, cg.id, &Slot::default()).is_ok()) {
             remove_policy(set, new.index);
+            remove_events(set, events);
         } else {
-            log::warn!("policy {} stays taken: the failed migration's slot may still name it", new.index);
+            log::warn!(
+                "the failed migration's slot may still name policy {} and its events: they stay taken",
+                new.index
+            );
         }
-        remove_events(set, events);
         return Err(e);
     }
     for m in LEGACY_MAPS {

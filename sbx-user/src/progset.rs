@@ -101,6 +101,7 @@ pub struct ProgramSet {
     /// Opened when first used: `update`, `detach` and `status` need none.
     progs: [std::sync::OnceLock<OwnedFd>; 10],
     prog_ids: std::sync::OnceLock<Vec<u32>>,
+    ours: std::sync::OnceLock<bool>,
     maps: HashMap<&'static str, OwnedFd>,
 }
 
@@ -128,7 +129,9 @@ impl ProgramSet {
         }
         let set = Self::open(&dir, id)?;
         // A set loaded by a build of the same programs without the anchor.
-        if !set.dir.join(format!("anchor_{}", crate::loader::pin_name_link(HOOKS[0].0))).exists() {
+        if !set.dir.join(format!("anchor_{}", crate::loader::pin_name_link(HOOKS[0].0))).exists()
+            && !set.dir.join(NO_ANCHOR).exists()
+        {
             set.anchor();
         }
         Ok(set)
@@ -196,6 +199,7 @@ impl ProgramSet {
             id,
             progs: Default::default(),
             prog_ids: std::sync::OnceLock::new(),
+            ours: std::sync::OnceLock::new(),
             maps,
         });
         opened.retain(|(_, s)| s.dir != dir);
@@ -230,7 +234,17 @@ impl ProgramSet {
         })();
         match made {
             Ok(()) => log::debug!("the cgroup hooks stay switched on while program set {} is loaded", self.id),
-            Err(e) => log::info!("no anchor for program set {} ({e}): each host's first and last sandbox switch the cgroup hooks on and off", self.id),
+            Err(e) => {
+                // No half anchor; and not tried again by every command.
+                for (name, _, _) in &HOOKS {
+                    let _ = fs::remove_file(self.dir.join(format!("anchor_{}", crate::loader::pin_name_link(name))));
+                }
+                let _ = fs::create_dir(self.dir.join(NO_ANCHOR));
+                log::info!(
+                    "no anchor for program set {} ({e}): a host's first and last sandbox switch the cgroup hooks on and off",
+                    self.id
+                );
+            }
         }
     }
 
@@ -261,6 +275,20 @@ impl ProgramSet {
     #[must_use]
     pub fn has_map(&self, name: &str) -> bool {
         self.maps.contains_key(name)
+    }
+
+    /// Whether the set's policy maps and pool have this build's layout, so
+    /// that this build may free its policies (by quarantine) and event
+    /// rings: this build's set, or another build's whose host trie and
+    /// pool are as this build's. Any other set is only read, its slots
+    /// zeroed, and it is freed whole by `gc` once unused.
+    #[must_use]
+    pub fn layout_is_ours(&self) -> bool {
+        *self.ours.get_or_init(|| {
+            self.id == set_id()
+                || (self.has_map(sbx_common::MAP_RULES)
+                    && sys::map_value_size(self.map(MAP_POOL)).is_ok_and(|n| n as usize == std::mem::size_of::<Pool>()))
+        })
     }
 
     /// Kernel ids of the set's programs, in [`HOOKS`] order.
@@ -597,6 +625,10 @@ fn load_and_pin(dir: &Path) -> Result<(), LoaderError> {
         let _ = fs::remove_dir_all(&tmp);
     })
 }
+
+/// A directory in a set's bpffs directory: making its anchor failed once
+/// (see [`ProgramSet::anchor`]), and it is not tried again.
+const NO_ANCHOR: &str = "no_anchor";
 
 /// The anchor cgroup of program set `id` (see [`ProgramSet::anchor`]).
 #[must_use]

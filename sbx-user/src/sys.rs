@@ -514,6 +514,18 @@ pub fn map_max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(info[4])
 }
 
+/// The value size of a map (the fourth u32 of `struct bpf_map_info`).
+pub fn map_value_size(map: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u32; 4];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(map),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("16"),
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[3])
+}
+
 /// The cgroup id a cgroup link is attached to (`bpf_link_info.cgroup`,
 /// after `type`, `id`, `prog_id` and padding); 0 once the cgroup is gone
 /// and the link is defunct.
