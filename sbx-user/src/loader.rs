@@ -1210,3 +1210,42 @@ pub fn pinned_sandboxes(paths: &Paths) -> Vec<u64> {
     ids.sort_unstable();
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use sbx_common::{PortSegment, VERDICT_ALLOW, VERDICT_DENY};
+
+    use super::*;
+
+    fn table(len: u32, tcp: u8, udp: u8) -> PortTable {
+        let mut t = PortTable::uniform(tcp, udp);
+        t.len = len;
+        for (i, s) in t.segments.iter_mut().take(len as usize).enumerate() {
+            let lo = u16::try_from(i * 10).expect("small");
+            *s = PortSegment { lo, hi: lo + 1, tcp: VERDICT_ALLOW, udp: VERDICT_DENY, _pad: [0; 2] };
+        }
+        t
+    }
+
+    #[test]
+    fn port_tables_are_laid_out_one_after_another() {
+        let tables = [table(3, VERDICT_DENY, VERDICT_DENY), table(0, VERDICT_ALLOW, VERDICT_DENY), table(2, 0, 1)];
+        let (offsets, total) = segment_layout(&tables).expect("small");
+        assert_eq!(offsets, [0, 3, 3], "a uniform table takes no range");
+        assert_eq!(total, 5);
+        assert_eq!(defaults_of(&tables[0]), 0);
+        assert_eq!(defaults_of(&tables[1]), DEFAULT_TCP);
+        assert_eq!(defaults_of(&tables[2]), DEFAULT_UDP);
+    }
+
+    #[test]
+    fn a_policy_with_more_ranges_than_a_sandbox_may_hold_is_refused() {
+        let full = table(u32::try_from(sbx_common::MAX_SEGMENTS).expect("32"), 0, 0);
+        let n = sbx_common::MAX_POLICY_SEGMENTS as usize / sbx_common::MAX_SEGMENTS;
+        let fits = vec![full; n];
+        assert_eq!(segment_layout(&fits).expect("exactly at the limit").1, sbx_common::MAX_POLICY_SEGMENTS);
+        let over = vec![full; n + 1];
+        let e = segment_layout(&over).expect_err("one table too many");
+        assert!(e.to_string().contains(&sbx_common::MAX_POLICY_SEGMENTS.to_string()), "names the limit: {e}");
+    }
+}
