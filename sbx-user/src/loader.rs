@@ -1127,6 +1127,13 @@ fn migrate(
 /// Detaches every pinned link in `pin_dir` at once (not when the last
 /// reference happens to go away) and removes the directory.
 fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
+    remove_pins_as(pin_dir, true)
+}
+
+/// As [`remove_pins`]; with `detach_links` false, the links are only
+/// unpinned, and the kernel releases them when their last reference goes
+/// (for a cgroup already removed, which nothing can enter any more).
+fn remove_pins_as(pin_dir: &Path, detach_links: bool) -> Result<(), LoaderError> {
     let entries = match fs::read_dir(pin_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1143,7 +1150,7 @@ fn remove_pins(pin_dir: &Path) -> Result<(), LoaderError> {
         let file = file.to_string_lossy();
         // `pending_link_*`: a link pinned by an attach that failed before
         // it could take its name.
-        let is_link = file.starts_with("link_") || file.starts_with("pending_link_");
+        let is_link = detach_links && (file.starts_with("link_") || file.starts_with("pending_link_"));
         if is_link {
             match sys::obj_get(&path).and_then(|fd| sys::link_detach(fd.as_fd())) {
                 Ok(()) => {}
@@ -1189,6 +1196,37 @@ pub fn detach(cgroup_id: u64, cgroup_path: &Path, paths: &Paths) -> Result<(), L
         write_slot(set, cgroup_id, &Slot::default())?;
     }
     let removed = remove_pins(&pin_dir);
+    if let (Some(set), Some(slot)) = (&set, slot) {
+        if slot.policy != 0 {
+            remove_policy(set, slot.policy);
+        }
+        remove_events(set, slot.events);
+    }
+    removed
+}
+
+/// As [`detach`], for a sandbox whose cgroup is empty and goes with it
+/// (`run`'s teardown): after the slot is zeroed, `remove_cgroup` removes
+/// the cgroup, and if it could, the links are only unpinned, the kernel
+/// releasing them off this process's path instead of nine detaches one by
+/// one. If it could not, they are detached as by [`detach`].
+pub fn detach_removing(
+    cgroup_id: u64,
+    cgroup_path: &Path,
+    paths: &Paths,
+    remove_cgroup: impl FnOnce() -> bool,
+) -> Result<(), LoaderError> {
+    let pin_dir = paths.pin_dir(cgroup_id);
+    if !pin_dir.exists() {
+        return Err(LoaderError::NotAttached(cgroup_path.to_owned()));
+    }
+    let _lock = progset::lock(paths)?;
+    let set = open_holder(paths, &pin_dir)?;
+    let slot = set.as_ref().and_then(|s| read_slot(s, cgroup_id));
+    if let (Some(set), Some(_)) = (&set, slot) {
+        write_slot(set, cgroup_id, &Slot::default())?;
+    }
+    let removed = remove_pins_as(&pin_dir, !remove_cgroup());
     if let (Some(set), Some(slot)) = (&set, slot) {
         if slot.policy != 0 {
             remove_policy(set, slot.policy);
