@@ -1185,24 +1185,7 @@ fn remove_pins_as(pin_dir: &Path, detach_links: bool) -> Result<(), LoaderError>
 /// The slot is zeroed first, so the sandbox denies everything while its
 /// links go, and its policy and event indices return to the pool.
 pub fn detach(cgroup_id: u64, cgroup_path: &Path, paths: &Paths) -> Result<(), LoaderError> {
-    let pin_dir = paths.pin_dir(cgroup_id);
-    if !pin_dir.exists() {
-        return Err(LoaderError::NotAttached(cgroup_path.to_owned()));
-    }
-    let _lock = progset::lock(paths)?;
-    let set = open_holder(paths, &pin_dir)?;
-    let slot = set.as_ref().and_then(|s| read_slot(s, cgroup_id));
-    if let (Some(set), Some(_)) = (&set, slot) {
-        write_slot(set, cgroup_id, &Slot::default())?;
-    }
-    let removed = remove_pins(&pin_dir);
-    if let (Some(set), Some(slot)) = (&set, slot) {
-        if slot.policy != 0 {
-            remove_policy(set, slot.policy);
-        }
-        remove_events(set, slot.events);
-    }
-    removed
+    detach_removing(cgroup_id, cgroup_path, paths, || false)
 }
 
 /// As [`detach`], for a sandbox whose cgroup is empty and goes with it

@@ -214,30 +214,30 @@ struct InfoAttr {
     info: u64,
 }
 
-/// The program id a link runs (`struct bpf_link_info.prog_id`).
-pub fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
-    // type, id, prog_id, then type-specific data; 64 bytes is ample.
-    let mut info = [0u32; 16];
+/// The first `N` words (of type `T`) of the kernel's info struct of a BPF
+/// object (`BPF_OBJ_GET_INFO_BY_FD`; the kernel fills what it has of them).
+fn info_words<T: Copy + Default, const N: usize>(fd: BorrowedFd<'_>) -> io::Result<[T; N]> {
+    let mut info = [T::default(); N];
     let mut attr = InfoAttr {
-        bpf_fd: fd_u32(link),
-        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("64"),
+        bpf_fd: fd_u32(fd),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("small"),
         info: info.as_mut_ptr() as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[2])
+    Ok(info)
+}
+
+/// The program id a link runs (`struct bpf_link_info.prog_id`).
+pub fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+    // type, id, prog_id, then type-specific data.
+    Ok(info_words::<u32, 16>(link)?[2])
 }
 
 /// The name of the program with kernel id `id` (`bpf_prog_info.name`).
 pub fn prog_name(id: u32) -> io::Result<String> {
     let fd = prog_get_fd_by_id(id)?;
     // `struct bpf_prog_info` up to and including `name[16]` at offset 64.
-    let mut info = [0u8; 80];
-    let mut attr = InfoAttr {
-        bpf_fd: fd_u32(fd.as_fd()),
-        info_len: u32::try_from(info.len()).expect("80"),
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let info = info_words::<u8, 80>(fd.as_fd())?;
     let name = &info[64..80];
     let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     Ok(String::from_utf8_lossy(&name[..len]).into_owned())
@@ -351,14 +351,7 @@ pub fn value_len(map_type: u32, value_size: u32, cpus: usize) -> usize {
 /// otherwise overwrite memory past the buffer.
 fn check_sizes(map: BorrowedFd<'_>, key: usize, value: Option<usize>) -> io::Result<()> {
     // type, id, key_size, value_size (`struct bpf_map_info`).
-    let mut info = [0u32; 4];
-    let mut attr = InfoAttr {
-        bpf_fd: fd_u32(map),
-        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("16"),
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let [ty, id, key_size, value_size] = info;
+    let [ty, id, key_size, value_size] = info_words::<u32, 4>(map)?;
     let cpus = if PERCPU_TYPES.contains(&ty) { aya::util::nr_cpus().map_err(|(_, e)| e)? } else { 1 };
     let need = value_len(ty, value_size, cpus);
     if key < key_size as usize || value.is_some_and(|v| v < need) {
@@ -477,14 +470,7 @@ pub fn from_bytes<T: aya::Pod>(b: &[u8]) -> T {
 /// The kernel id of a program or map (`bpf_prog_info.id` and
 /// `bpf_map_info.id` are both the second u32).
 pub fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut info = [0u32; 2];
-    let mut attr = InfoAttr {
-        bpf_fd: fd_u32(fd),
-        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("8"),
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[1])
+    Ok(info_words::<u32, 2>(fd)?[1])
 }
 
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -504,40 +490,19 @@ pub fn map_get_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
 
 /// The capacity of a map (the fifth u32 of `struct bpf_map_info`).
 pub fn map_max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut info = [0u32; 5];
-    let mut attr = InfoAttr {
-        bpf_fd: fd_u32(map),
-        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("20"),
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[4])
+    Ok(info_words::<u32, 5>(map)?[4])
 }
 
 /// The value size of a map (the fourth u32 of `struct bpf_map_info`).
 pub fn map_value_size(map: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut info = [0u32; 4];
-    let mut attr = InfoAttr {
-        bpf_fd: fd_u32(map),
-        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("16"),
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[3])
+    Ok(info_words::<u32, 4>(map)?[3])
 }
 
 /// The cgroup id a cgroup link is attached to (`bpf_link_info.cgroup`,
 /// after `type`, `id`, `prog_id` and padding); 0 once the cgroup is gone
 /// and the link is defunct.
 pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut info = [0u64; 8];
-    let mut attr = InfoAttr {
-        bpf_fd: fd_u32(link),
-        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("64"),
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[2])
+    Ok(info_words::<u64, 8>(link)?[2])
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
