@@ -177,6 +177,8 @@ pub struct Attached {
     pub replaced: bool,
     /// The program set that holds the sandbox.
     pub program_set: std::sync::Arc<ProgramSet>,
+    /// The policy generation the slot carries (what the record must say).
+    pub generation: u32,
     /// The policy index the sandbox's slot names.
     pub policy: u32,
     /// The program set that holds the sandbox.
@@ -185,8 +187,15 @@ pub struct Attached {
 
 impl Attached {
     /// An attachment replaced in place (`update`, or a migration).
-    fn replaced(set: &std::sync::Arc<ProgramSet>, pin_dir: PathBuf, policy: u32) -> Self {
-        Self { pin_dir, replaced: true, program_set: std::sync::Arc::clone(set), policy, set: set.id.clone() }
+    fn replaced(set: &std::sync::Arc<ProgramSet>, pin_dir: PathBuf, policy: u32, generation: u32) -> Self {
+        Self {
+            pin_dir,
+            replaced: true,
+            program_set: std::sync::Arc::clone(set),
+            policy,
+            set: set.id.clone(),
+            generation,
+        }
     }
 
     /// Kernel program ids, in [`HOOKS`] order.
@@ -792,9 +801,28 @@ pub enum Holder {
         current: bool,
         /// The policy index in the slot (0: not written, denies all).
         policy: Option<u32>,
+        /// The policy generation in the slot (what the sandbox's record
+        /// must say, unless an update was cut short).
+        generation: Option<u32>,
     },
     /// Neither: pins without a marker.
     Unknown,
+}
+
+/// When the kernel's slot carries another policy generation than the
+/// sandbox's record (an `update` cut short after it switched the policy and
+/// before it wrote the record): what to say.
+#[must_use]
+pub fn stale_record(holder: &Holder, record_generation: u32) -> Option<String> {
+    match holder {
+        Holder::Set { generation: Some(g), policy: Some(p), .. } if *p != 0 && *g != record_generation => {
+            Some(format!(
+            "the kernel enforces policy generation {g}, the record describes generation {record_generation} (an update \
+             was cut short): run `sbx-user update` again to put a known policy in force"
+        ))
+        }
+        _ => None,
+    }
 }
 
 /// What holds the sandbox on cgroup `id`.
@@ -807,14 +835,10 @@ pub fn holder_of(paths: &Paths, id: u64) -> Holder {
     let Some(set_id) = holder(&pin_dir) else {
         return Holder::Unknown;
     };
-    let policy = ProgramSet::open_id(paths, &set_id).ok().and_then(|set| read_slot(&set, id)).map(|slot| {
-        if slot.cgroup_id == id {
-            slot.policy
-        } else {
-            0
-        }
-    });
-    Holder::Set { current: set_id == progset::set_id(), id: set_id, policy }
+    let slot = ProgramSet::open_id(paths, &set_id).ok().and_then(|set| read_slot(&set, id));
+    let policy = slot.map(|slot| if slot.cgroup_id == id { slot.policy } else { 0 });
+    let generation = slot.filter(|s| s.cgroup_id == id).map(|s| s.generation);
+    Holder::Set { current: set_id == progset::set_id(), id: set_id, policy, generation }
 }
 
 impl std::fmt::Display for Holder {
@@ -822,7 +846,7 @@ impl std::fmt::Display for Holder {
         match self {
             Self::Legacy => write!(f, "its own programs (an older sbx; `sbx-user update` migrates it)"),
             Self::Unknown => write!(f, "unknown (pins without a program set marker)"),
-            Self::Set { id, current, policy } => {
+            Self::Set { id, current, policy, .. } => {
                 let which = if *current { "this build's" } else { "an older build's; `sbx-user update` migrates it" };
                 match policy {
                     Some(0) => write!(f, "program set {id} ({which}), slot NOT WRITTEN: denies everything"),
@@ -916,6 +940,7 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         program_set: std::sync::Arc::clone(&set),
         policy: index,
         set: set.id.clone(),
+        generation: opts.config.generation,
     })
 }
 
@@ -1028,6 +1053,13 @@ fn replace(
         return migrate(set, cg, compiled, opts, paths);
     }
     let old = read_slot(set, cg.id).ok_or_else(|| LoaderError::NotAttached(cg.path.clone()))?;
+    // The generation comes from the kernel's slot, not only from the
+    // record: an update killed after its slot write and before its record
+    // would otherwise give the next one a generation already used, and a
+    // verdict the hooks keep for (policy index, generation) could be taken
+    // for the new policy's once the index is reused.
+    let mut opts = opts;
+    opts.config.generation = opts.config.generation.max(old.generation.wrapping_add(1));
     let new = install_policy(set, compiled)?;
     // The optional sock_ops hook comes and goes with redirect mode; it
     // decides nothing, so adding or removing it is not part of the switch.
@@ -1063,7 +1095,7 @@ fn replace(
     if old.policy != 0 {
         remove_policy(set, old.policy);
     }
-    Ok(Attached::replaced(set, pin_dir, new.index))
+    Ok(Attached::replaced(set, pin_dir, new.index, opts.config.generation))
 }
 
 /// Moves a sandbox held by another program set (contract 1's per-sandbox
@@ -1121,7 +1153,7 @@ fn migrate(
     }
     let _ = fs::create_dir(pin_dir.join(set_marker(set)));
     log::info!("migrated {} to program set {}", cg.path.display(), set.id);
-    Ok(Attached::replaced(set, pin_dir, new.index))
+    Ok(Attached::replaced(set, pin_dir, new.index, opts.config.generation))
 }
 
 /// Detaches every pinned link in `pin_dir` at once (not when the last

@@ -114,6 +114,8 @@ pub fn install(
         other => other?,
     };
     log::info!("filled the maps and attached in {:.1} ms", crate::progress::ms(started));
+    // The loader may have raised it past the record's (see loader::replace).
+    let generation = attached.generation;
     let started = std::time::Instant::now();
     let (by, runner_pid, container) = match owner {
         Owner::Attach => ("attach", None, None),

@@ -79,6 +79,9 @@ pub fn verify(cg: &Cgroup, record: Option<&Record>, paths: &Paths) -> Vec<Check>
     // sandbox and a written policy.
     let holder = loader::holder_of(paths, cg.id);
     let written = matches!(holder, loader::Holder::Set { policy: Some(p), .. } if p != 0);
+    if let Some(stale) = record.and_then(|r| loader::stale_record(&holder, r.generation)) {
+        out.push(check("record", false, stale));
+    }
     out.push(match holder {
         loader::Holder::Legacy => check("policy", true, "its own programs and maps (an older sbx)"),
         h => check("policy slot", written, h.to_string()),

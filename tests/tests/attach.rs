@@ -256,3 +256,41 @@ fn event_buffer_sizes_the_sandbox_ring_or_sends_its_events_to_the_host_stream() 
     let events = fx.sbx.events(&fx.cg);
     assert!(events.iter().any(|e| e["pid"] == pid), "the denial reached the sandbox's ring: {events:#?}");
 }
+
+#[test]
+fn an_update_killed_between_its_switch_and_its_record_is_reported_and_its_generation_never_reused() {
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    n.serve_tcp(8081);
+    fx.attach(&["--allow", &format!("{}:8080", n.ns_v4)]);
+    let gen_of = |e: &serde_json::Value| e["held_by"]["set"]["generation"].as_u64().expect("a generation");
+    let first = gen_of(&fx.sbx.status(&fx.cg));
+    // Killed at the rename that writes its record: the kernel runs the new
+    // policy, the record still describes the old one.
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-o", "/dev/null", "-e", "trace=rename", "-e", "inject=rename:signal=SIGKILL"])
+        .arg(sbx_tests::sbx_user_bin())
+        .args(["update", "--cgroup", fx.cg.arg(), "--allow", &format!("{}:8081", n.ns_v4)])
+        .env("SBX_STATE_DIR", fx.sbx.state_dir());
+    let out = cmd.output().expect("running strace (cargo xtask setup --test-deps installs it)");
+    assert!(!out.status.success(), "the update was killed: {}", describe(&out));
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8081), "ok", "the new policy holds");
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(gen_of(&e), first + 1, "{e:#}");
+    let problem = e["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("cut short"), "status says the record is stale: {e:#}");
+    let out = fx.sbx.output(&["verify", "--cgroup", fx.cg.arg()]);
+    assert!(!out.status.success(), "verify does not vouch for it: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cut short"), "{}", describe(&out));
+    // The next update gets a generation of its own, past the killed one's
+    // (a verdict kept for the killed update's policy can never pass for
+    // it), and the record and the kernel agree again.
+    fx.sbx.ok(&["update", "--cgroup", fx.cg.arg(), "--allow", &format!("{}:8080", n.ns_v4)]);
+    let e = fx.sbx.status(&fx.cg);
+    assert_eq!(gen_of(&e), first + 2, "{e:#}");
+    assert!(e["problem"].is_null(), "{e:#}");
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8081), "err EPERM");
+    assert_eq!(fx.inside().connect(Tcp, n.ns_v4, 8080), "ok");
+    fx.sbx.ok(&["verify", "--cgroup", fx.cg.arg()]);
+}

@@ -511,10 +511,11 @@ fn each_policy_has_its_own_entries_in_the_host_trie_and_takes_them_away() {
     }
     let after = rule_policies(&set);
     for p in &policies {
-        // Unless another test's releases ended the quarantine first.
-        if let Some(c) = quarantined.get(p) {
-            assert_eq!(before.get(p), Some(c), "policy {p} kept its entries while quarantined: {quarantined:?}");
-            assert!(naming_b.contains(p), "and its rule for {}: {naming_b:?}", n.ns_v4b);
+        // Still ours while it names this test's host (another test's
+        // releases may have ended the quarantine first, and the index may
+        // serve another sandbox by now).
+        if naming_b.contains(p) {
+            assert_eq!(quarantined.get(p), before.get(p), "policy {p} kept its entries while quarantined");
         }
     }
     // Only the six freed policies named the neighbours' host; once the

@@ -143,7 +143,7 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 19] = [
+const TEST_TOOLS: [(&str, &str); 20] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
@@ -173,6 +173,8 @@ const TEST_TOOLS: [(&str, &str); 19] = [
     ("systemd-analyze", "systemd"),
     // What the static binary's test asks whether it is static.
     ("file", "file"),
+    // Kills an `sbx-user update` at an exact step (tests/tests/attach.rs).
+    ("strace", "strace"),
 ];
 
 /// Python packages the tests use, by import name and package name: the

@@ -121,6 +121,8 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                             e.problem = Some(format!("not enforcing at {}", e.missing_hooks.join(", ")));
                         } else if matches!(e.held_by, loader::Holder::Set { policy: Some(0) | None, .. }) {
                             e.problem = Some(format!("held by {}", e.held_by));
+                        } else if let Some(stale) = rec.and_then(|r| loader::stale_record(&e.held_by, r.generation)) {
+                            e.problem = Some(stale);
                         }
                     }
                     Err(err) => e.problem = Some(err.to_string()),
