@@ -149,7 +149,7 @@ pub struct Slot {
     /// The sandbox cgroup's id (the attach point), carried in events. Zero
     /// in a slot that was never written.
     pub cgroup_id: u64,
-    /// Index of the policy in the `*_OF` outer arrays; 0: none (deny all).
+    /// The policy index (its entries in [`MAP_RULES`]); 0: none (deny all).
     pub policy: u32,
     /// `FLAG_*` bits.
     pub flags: u32,

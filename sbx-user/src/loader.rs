@@ -479,6 +479,9 @@ fn policy_keys(set: &ProgramSet, index: u32) -> std::io::Result<Vec<[u8; RULE_KE
 /// Size of a [`MAP_RULES`] key: prefix length, then [`RuleKey`].
 const RULE_KEY: usize = 4 + std::mem::size_of::<RuleKey>();
 
+/// Deletes every entry of policy `index`, its marker last (so that a walk
+/// cut short can start again from it). Only for a policy no slot names any
+/// more, after a grace period (see [`end_quarantine`]).
 fn clear_policy(set: &ProgramSet, index: u32) -> std::io::Result<()> {
     let mut keys = policy_keys(set, index)?;
     let Some(mark) = (!keys.is_empty()).then(|| keys.remove(0)) else {
