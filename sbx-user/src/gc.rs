@@ -34,6 +34,26 @@ pub struct Collected {
     pub sets: Vec<PathBuf>,
     /// Member records (containers of held pods) of gone cgroups or pods.
     pub members: Vec<u64>,
+    /// Half-written records (`*.json.tmp`) a killed `sbx-user` left behind.
+    pub partial_records: Vec<PathBuf>,
+}
+
+/// How old a half-written record must be before `gc` takes it for one a
+/// killed process left (a live save renames its file within milliseconds).
+const PARTIAL_RECORD_AGE: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// The `*.json.tmp` files in `dir` older than [`PARTIAL_RECORD_AGE`].
+fn partial_records(dir: &std::path::Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json.tmp")))
+        .filter(|e| {
+            e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a >= PARTIAL_RECORD_AGE))
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Whether the sandbox pinned for cgroup `id` holds nothing any more: every
@@ -106,6 +126,14 @@ pub fn collect(paths: &Paths, dry_run: bool) -> Result<Collected, LoaderError> {
             let (p, e) = reconcile(&set, dry_run)?;
             out.policies += p;
             out.events += e;
+        }
+    }
+    for dir in [paths.state_dir.clone(), paths.state_dir.join("members")] {
+        for path in partial_records(&dir) {
+            if !dry_run {
+                let _ = fs::remove_file(&path);
+            }
+            out.partial_records.push(path);
         }
     }
     Ok(out)

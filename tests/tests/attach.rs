@@ -283,6 +283,19 @@ fn an_update_killed_between_its_switch_and_its_record_is_reported_and_its_genera
     let out = fx.sbx.output(&["verify", "--cgroup", fx.cg.arg()]);
     assert!(!out.status.success(), "verify does not vouch for it: {}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("cut short"), "{}", describe(&out));
+    // The half-written record it left: `gc` leaves it while it could
+    // still be a save in progress, and removes it once it is a minute old.
+    let partial = fx.sbx.state_dir().join(format!("{}.json.tmp", fx.cg.id()));
+    assert!(partial.exists(), "the killed save left {}", partial.display());
+    let gc = |sbx: &Sbx| -> serde_json::Value {
+        serde_json::from_slice(&sbx.ok(&["gc", "--json"]).stdout).expect("gc --json")
+    };
+    assert!(!gc(&fx.sbx).to_string().contains(".json.tmp") && partial.exists(), "a fresh one stays");
+    let aged = std::process::Command::new("touch").args(["-d", "2 minutes ago"]).arg(&partial).status();
+    assert!(aged.is_ok_and(|s| s.success()), "touch -d");
+    let v = gc(&fx.sbx);
+    assert!(v["partial_records"].to_string().contains(".json.tmp"), "{v}");
+    assert!(!partial.exists(), "gc removed the half-written record");
     // The next update gets a generation of its own, past the killed one's
     // (a verdict kept for the killed update's policy can never pass for
     // it), and the record and the kernel agree again.

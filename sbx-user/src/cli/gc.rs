@@ -33,10 +33,18 @@ pub fn run(args: &GcArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     for id in &got.members {
         println!("{verb} the record of pod container cgroup {id} (it or its pod is gone)");
     }
+    for path in &got.partial_records {
+        println!("{verb} {}, a record a killed sbx-user left half-written", path.display());
+    }
     if got.policies + got.events > 0 {
         println!("{verb} {} policy and {} event indices no sandbox names", got.policies, got.events);
     }
-    if got.sandboxes.is_empty() && got.sets.is_empty() && got.members.is_empty() && got.policies + got.events == 0 {
+    if got.sandboxes.is_empty()
+        && got.sets.is_empty()
+        && got.members.is_empty()
+        && got.partial_records.is_empty()
+        && got.policies + got.events == 0
+    {
         println!("nothing to collect");
     }
     Ok(())
