@@ -17,7 +17,7 @@ use std::{
 
 use sbx_common::{
     rule_key, Config, PolicyMeta, PortSegment, PortTable, RuleKey, Slot, Stats, TrieValue, DEFAULT_TCP, DEFAULT_UDP,
-    LEGACY_MAPS, MAP_CONNECTS, MAP_EVENTS, MAP_EVENTS_OF, MAP_POLICIES, MAP_RULES, MAP_SEGMENTS, MAP_SLOT, MAP_STATS,
+    LEGACY_MAPS, MAP_CONNECTS, MAP_EVENTS, MAP_EVENTS_OF, MAP_RULES, MAP_SEGMENTS, MAP_SLOT, MAP_STATS,
     MAX_POLICY_SEGMENTS, PROGRAMS, RULE_BIND, RULE_DEST, RULE_MARK, RULE_PREFIX, SEGMENT_BLOCK,
 };
 
@@ -181,21 +181,12 @@ pub struct Attached {
     pub generation: u32,
     /// The policy index the sandbox's slot names.
     pub policy: u32,
-    /// The program set that holds the sandbox.
-    pub set: String,
 }
 
 impl Attached {
     /// An attachment replaced in place (`update`, or a migration).
     fn replaced(set: &std::sync::Arc<ProgramSet>, pin_dir: PathBuf, policy: u32, generation: u32) -> Self {
-        Self {
-            pin_dir,
-            replaced: true,
-            program_set: std::sync::Arc::clone(set),
-            policy,
-            set: set.id.clone(),
-            generation,
-        }
+        Self { pin_dir, replaced: true, program_set: std::sync::Arc::clone(set), policy, generation }
     }
 
     /// Kernel program ids, in [`HOOKS`] order.
@@ -333,12 +324,10 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled) -> Result<PolicyMaps, L
     let (index, first_block) = set.alloc_policy(blocks, entries, &|| end_quarantine(set))?;
     let meta = PolicyMeta { entries, first_block, blocks, _pad: 0 };
     let made = (|| {
-        write_meta(set, index, &meta)?;
+        set.set_policy_meta(index, &meta)?;
         let base = first_block * SEGMENT_BLOCK;
         fill_segments(set, base, &compiled.tables)?;
-        let mark = rule_key(index, RULE_MARK, &[0; 16]);
-        let key = [&(RULE_PREFIX + 128).to_ne_bytes()[..], &mark[..]].concat();
-        sys::map_update(set.map(MAP_RULES), &key, sys::bytes_of(&TrieValue::deny()), sys::UPDATE_ANY)
+        sys::map_update(set.map(MAP_RULES), &marker_key(index), sys::bytes_of(&TrieValue::deny()), sys::UPDATE_ANY)
             .map_err(|e| kernel_err("writing the policy's marker entry", &e))?;
         let started = std::time::Instant::now();
         fill_rules(set, index, RULE_DEST, &compiled.dest, &compiled.tables, &offsets, base)?;
@@ -353,15 +342,6 @@ fn install_policy(set: &ProgramSet, compiled: &Compiled) -> Result<PolicyMaps, L
             Err(e)
         }
     }
-}
-
-fn write_meta(set: &ProgramSet, index: u32, meta: &PolicyMeta) -> Result<(), LoaderError> {
-    sys::map_update(set.map(MAP_POLICIES), &index.to_ne_bytes(), sys::bytes_of(meta), sys::UPDATE_ANY)
-        .map_err(|e| map_err(MAP_POLICIES, &e))
-}
-
-fn read_meta(set: &ProgramSet, index: u32) -> Result<PolicyMeta, LoaderError> {
-    set.policy_meta(index)
 }
 
 /// Writes the port ranges of `tables`, one after another, from segment
@@ -393,7 +373,7 @@ fn remove_policy(set: &ProgramSet, index: u32) {
         log::debug!("policy {index} of program set {} is freed with the set", set.id);
         return;
     }
-    match read_meta(set, index) {
+    match set.policy_meta(index) {
         Ok(meta) => remove_policy_as(set, index, &meta),
         Err(e) => log::warn!("reading what policy {index} holds: {e}; its index stays taken until `sbx-user gc`"),
     }
@@ -426,7 +406,7 @@ pub(crate) fn end_quarantine(set: &ProgramSet) -> Result<bool, LoaderError> {
     let started = std::time::Instant::now();
     let mut cleared = Vec::with_capacity(policies.len());
     for i in policies {
-        let meta = match read_meta(set, i) {
+        let meta = match set.policy_meta(i) {
             Ok(meta) => meta,
             Err(e) => {
                 log::warn!("reading what policy {i} holds: {e}; it stays quarantined");
@@ -435,7 +415,7 @@ pub(crate) fn end_quarantine(set: &ProgramSet) -> Result<bool, LoaderError> {
         };
         match clear_policy(set, i) {
             Ok(()) => {
-                let _ = write_meta(set, i, &PolicyMeta::default());
+                let _ = set.set_policy_meta(i, &PolicyMeta::default());
                 cleared.push((i, meta.entries));
             }
             Err(e) => log::warn!("removing the entries of policy {i}: {e}; it stays quarantined"),
@@ -451,17 +431,14 @@ pub(crate) fn end_quarantine(set: &ProgramSet) -> Result<bool, LoaderError> {
 /// trie, and its marker is that subtree's first key.
 fn policy_keys(set: &ProgramSet, index: u32) -> std::io::Result<Vec<[u8; RULE_KEY]>> {
     let map = sys::KeyedMap::new(set.map(MAP_RULES), RULE_KEY)?;
-    let mark = rule_key(index, RULE_MARK, &[0; 16]);
-    let mut first = [0u8; RULE_KEY];
-    first[..4].copy_from_slice(&(RULE_PREFIX + 128).to_ne_bytes());
-    first[4..].copy_from_slice(&mark);
+    let first = marker_key(index);
     let mut value = [0u8; std::mem::size_of::<TrieValue>()];
     match sys::map_lookup(set.map(MAP_RULES), &first, &mut value) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     }
-    let ours = |k: &[u8; RULE_KEY]| k[4..7] == mark[..3];
+    let ours = |k: &[u8; RULE_KEY]| k[4..7] == first[4..7];
     let mut keys = vec![first];
     let mut next = [0u8; RULE_KEY];
     loop {
@@ -478,6 +455,20 @@ fn policy_keys(set: &ProgramSet, index: u32) -> std::io::Result<Vec<[u8; RULE_KE
 
 /// Size of a [`MAP_RULES`] key: prefix length, then [`RuleKey`].
 const RULE_KEY: usize = 4 + std::mem::size_of::<RuleKey>();
+
+/// The whole [`MAP_RULES`] key of `addr`/`prefix_len` (address bits) in
+/// `index`'s entries of `kind`.
+fn trie_key(prefix_len: u32, index: u32, kind: u8, addr: &sbx_common::TrieAddr) -> [u8; RULE_KEY] {
+    let mut key = [0u8; RULE_KEY];
+    key[..4].copy_from_slice(&(RULE_PREFIX + prefix_len).to_ne_bytes());
+    key[4..].copy_from_slice(&rule_key(index, kind, addr));
+    key
+}
+
+/// The key of policy `index`'s marker entry (see [`sbx_common::RULE_MARK`]).
+fn marker_key(index: u32) -> [u8; RULE_KEY] {
+    trie_key(128, index, RULE_MARK, &[0; 16])
+}
 
 /// Deletes every entry of policy `index`, its marker last (so that a walk
 /// cut short can start again from it). Only for a policy no slot names any
@@ -562,8 +553,7 @@ fn fill_rules(
         Ok(())
     };
     for e in crate::progress::track("filling the policy maps", entries.len(), entries) {
-        keys.extend_from_slice(&(RULE_PREFIX + e.prefix_len).to_ne_bytes());
-        keys.extend_from_slice(&rule_key(index, kind, &e.addr));
+        keys.extend_from_slice(&trie_key(e.prefix_len, index, kind, &e.addr));
         let table = &tables[e.table as usize];
         let value = TrieValue {
             segs: base + offsets[e.table as usize],
@@ -701,6 +691,12 @@ pub fn read_slot(set: &ProgramSet, id: u64) -> Option<Slot> {
     let mut buf = [0u8; std::mem::size_of::<Slot>()];
     sys::map_lookup(set.map(MAP_SLOT), &id.to_ne_bytes(), &mut buf).ok()?;
     Some(sys::from_bytes(&buf))
+}
+
+/// Zeroes the slot of cgroup `id` if it has one (denies everything from
+/// here); whether no slot names anything any more.
+fn zero_slot(set: &ProgramSet, id: u64) -> bool {
+    read_slot(set, id).is_none_or(|_| write_slot(set, id, &Slot::default()).is_ok())
 }
 
 /// Replaces the slot of cgroup `id` in one map update: the kernel swaps
@@ -924,7 +920,7 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         // it is zeroed first; then the links go. If neither could be done,
         // the policy and event indices stay taken (the slot still names
         // them, so `gc` does not free them either).
-        let zeroed = read_slot(&set, cg.id).is_none_or(|_| write_slot(&set, cg.id, &Slot::default()).is_ok());
+        let zeroed = zero_slot(&set, cg.id);
         let detached = remove_pins(&pin_dir).is_ok();
         if zeroed || detached {
             if let Some(p) = policy {
@@ -942,7 +938,6 @@ pub fn attach(cg: &Cgroup, compiled: &Compiled, opts: AttachOptions, paths: &Pat
         replaced: false,
         program_set: std::sync::Arc::clone(&set),
         policy: index,
-        set: set.id.clone(),
         generation: opts.config.generation,
     })
 }
@@ -1131,7 +1126,7 @@ fn migrate(
         // The old links still hold wherever the new ones were not pinned;
         // new links that were pinned deny everything from here. The new
         // policy goes only once the slot no longer names it.
-        if read_slot(set, cg.id).is_none_or(|_| write_slot(set, cg.id, &Slot::default()).is_ok()) {
+        if zero_slot(set, cg.id) {
             remove_policy(set, new.index);
             remove_events(set, events);
         } else {

@@ -123,15 +123,11 @@ impl ProgramSet {
                 HOOKS.len(),
                 started.elapsed().as_millis()
             );
-            let set = Self::open(&dir, id)?;
-            set.anchor();
-            return Ok(set);
         }
         let set = Self::open(&dir, id)?;
-        // A set loaded by a build of the same programs without the anchor.
-        if !set.dir.join(format!("anchor_{}", crate::loader::pin_name_link(HOOKS[0].0))).exists()
-            && !set.dir.join(NO_ANCHOR).exists()
-        {
+        // Just loaded, or loaded by a build of the same programs without
+        // the anchor (and not given up on: see `NO_ANCHOR`).
+        if !set.dir.join(anchor_pin(HOOKS[0].0)).exists() && !set.dir.join(NO_ANCHOR).exists() {
             set.anchor();
         }
         Ok(set)
@@ -227,7 +223,7 @@ impl ProgramSet {
             for (name, ty, _) in &HOOKS {
                 let prog = self.prog(name).map_err(|e| e.to_string())?;
                 let link = sys::link_create(prog, fd.as_fd(), *ty).map_err(|e| format!("linking {name}: {e}"))?;
-                let path = self.dir.join(format!("anchor_{}", crate::loader::pin_name_link(name)));
+                let path = self.dir.join(anchor_pin(name));
                 sys::obj_pin(link.as_fd(), &path).map_err(|e| format!("pinning {}: {e}", path.display()))?;
             }
             Ok(())
@@ -237,7 +233,7 @@ impl ProgramSet {
             Err(e) => {
                 // No half anchor; and not tried again by every command.
                 for (name, _, _) in &HOOKS {
-                    let _ = fs::remove_file(self.dir.join(format!("anchor_{}", crate::loader::pin_name_link(name))));
+                    let _ = fs::remove_file(self.dir.join(anchor_pin(name)));
                 }
                 let _ = fs::create_dir(self.dir.join(NO_ANCHOR));
                 log::info!(
@@ -404,6 +400,12 @@ impl ProgramSet {
         Ok(sys::from_bytes(&buf))
     }
 
+    /// Writes what policy index `index` holds.
+    pub fn set_policy_meta(&self, index: u32, meta: &PolicyMeta) -> Result<(), LoaderError> {
+        sys::map_update(self.map(sbx_common::MAP_POLICIES), &index.to_ne_bytes(), sys::bytes_of(meta), sys::UPDATE_ANY)
+            .map_err(|e| map_err(sbx_common::MAP_POLICIES, &e))
+    }
+
     /// Counts the segment blocks and rule entries of the pool again from
     /// what each policy index in use holds (quarantined blocks stay
     /// taken): what an interrupted free left counted is given back.
@@ -415,11 +417,11 @@ impl ProgramSet {
         for i in bits(&pool.policies) {
             let meta = self.policy_meta(i)?;
             rules += u64::from(meta.entries);
-            if pool.quarantined_policies[i as usize / 64] & (1 << (i % 64)) != 0 {
+            if has_bit(&pool.quarantined_policies, i) {
                 quarantined += u64::from(meta.entries);
                 continue;
             }
-            for b in meta.first_block..meta.first_block.saturating_add(meta.blocks).min(SEGMENT_BLOCKS) {
+            for b in meta_blocks(&meta) {
                 set_bit(&mut blocks, b);
             }
         }
@@ -448,7 +450,7 @@ impl ProgramSet {
         if index != 0 {
             set_bit(&mut pool.quarantined_policies, index);
         }
-        for b in meta.first_block..meta.first_block.saturating_add(meta.blocks).min(SEGMENT_BLOCKS) {
+        for b in meta_blocks(meta) {
             set_bit(&mut pool.quarantined_blocks, b);
         }
         pool.quarantined_rules += u64::from(meta.entries);
@@ -479,9 +481,7 @@ impl ProgramSet {
         }
         let stale = |words: &[u64], named: &[bool]| -> Vec<u32> {
             (1..u32::try_from(words.len() * 64).expect("small"))
-                .filter(|&i| {
-                    words[i as usize / 64] & (1 << (i % 64)) != 0 && !named.get(i as usize).copied().unwrap_or(false)
-                })
+                .filter(|&i| has_bit(words, i) && !named.get(i as usize).copied().unwrap_or(false))
                 .collect()
         };
         Ok((stale(&pool.policies, policies), stale(&pool.events, events)))
@@ -516,10 +516,9 @@ fn take_bit(words: &mut [u64]) -> Option<u32> {
 /// first bit.
 fn take_run(words: &mut [u64], n: u32) -> Option<u32> {
     let bits = u32::try_from(words.len() * 64).ok()?;
-    let taken = |words: &[u64], i: u32| words[i as usize / 64] & (1 << (i % 64)) != 0;
     let (mut start, mut len) = (0, 0);
     for i in 0..bits {
-        if taken(words, i) {
+        if has_bit(words, i) {
             (start, len) = (i + 1, 0);
             continue;
         }
@@ -532,6 +531,15 @@ fn take_run(words: &mut [u64], n: u32) -> Option<u32> {
         }
     }
     None
+}
+
+/// The blocks of [`sbx_common::MAP_SEGMENTS`] a policy owns.
+fn meta_blocks(meta: &PolicyMeta) -> std::ops::Range<u32> {
+    meta.first_block..meta.first_block.saturating_add(meta.blocks).min(SEGMENT_BLOCKS)
+}
+
+fn has_bit(words: &[u64], i: u32) -> bool {
+    words.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
 }
 
 fn set_bit(words: &mut [u64], i: u32) {
@@ -562,7 +570,7 @@ fn finish_quarantine(pool: &mut Pool, cleared: &[(u32, u32)]) {
         *q = 0;
     }
     for &(i, entries) in cleared {
-        if pool.quarantined_policies[i as usize / 64] & (1 << (i % 64)) == 0 {
+        if !has_bit(&pool.quarantined_policies, i) {
             continue;
         }
         clear_bit(&mut pool.quarantined_policies, i);
@@ -629,6 +637,11 @@ fn load_and_pin(dir: &Path) -> Result<(), LoaderError> {
 /// A directory in a set's bpffs directory: making its anchor failed once
 /// (see [`ProgramSet::anchor`]), and it is not tried again.
 const NO_ANCHOR: &str = "no_anchor";
+
+/// The pin name, in the set's directory, of the anchor's link of `program`.
+fn anchor_pin(program: &str) -> String {
+    format!("anchor_{}", crate::loader::pin_name_link(program))
+}
 
 /// The anchor cgroup of program set `id` (see [`ProgramSet::anchor`]).
 #[must_use]

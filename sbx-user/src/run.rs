@@ -25,7 +25,7 @@ use crate::{
     dns::{Names, Stub},
     harden::{landlock, seccomp},
     policy::{Dns, Mode, Policy},
-    sandbox::{default_options, install, Owner, SandboxError},
+    sandbox::{default_options, install, uninstall_removing, Owner, SandboxError},
     spawn,
     state::Paths,
 };
@@ -620,9 +620,8 @@ fn teardown(
     // The cgroup is empty: it is removed before its pins go (see
     // `loader::detach_removing`), and again here to report why if it
     // could not be then.
-    let detached = crate::loader::detach_removing(cg.id, &cg.path, paths, || cg.remove().is_ok())
+    let detached = uninstall_removing(cg.id, &cg.path, paths, || cg.remove().is_ok())
         .map_err(Into::into)
-        .and_then(|()| crate::state::Record::remove(paths, cg.id).map_err(Into::into))
         .and_then(|()| if cg.path.exists() { cg.remove().map_err(Into::into) } else { Ok(()) });
     if let Some(t) = removing {
         let _ = t.join();

@@ -151,7 +151,18 @@ pub fn install(
 
 /// Detaches sbx from a cgroup and forgets its record.
 pub fn uninstall(cgroup_id: u64, cgroup_path: &std::path::Path, paths: &Paths) -> Result<(), SandboxError> {
-    loader::detach(cgroup_id, cgroup_path, paths)?;
+    uninstall_removing(cgroup_id, cgroup_path, paths, || false)
+}
+
+/// As [`uninstall`], for an emptied cgroup that `remove_cgroup` removes on
+/// the way (see [`loader::detach_removing`]).
+pub fn uninstall_removing(
+    cgroup_id: u64,
+    cgroup_path: &std::path::Path,
+    paths: &Paths,
+    remove_cgroup: impl FnOnce() -> bool,
+) -> Result<(), SandboxError> {
+    loader::detach_removing(cgroup_id, cgroup_path, paths, remove_cgroup)?;
     Record::remove(paths, cgroup_id)?;
     Ok(())
 }
