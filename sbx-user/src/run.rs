@@ -356,28 +356,37 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         }
         None => policy,
     };
+    // The command's process is started first and waits at its gate (its
+    // own set-up, the mount namespace above all, runs on another CPU
+    // meanwhile); the policy is put in place, and only then is it let on.
     // Through the agent the policy is already installed: the agent holds it.
-    if opts.agent.is_none() {
-        let mut attach = default_options(opts.max_entries, false);
-        if opts.trace {
-            attach.config.flags |= sbx_common::FLAG_DEBUG;
+    let mut installed = opts.agent.is_some();
+    let mut readers = None;
+    let ready = || {
+        if opts.agent.is_none() {
+            let mut attach = default_options(opts.max_entries, false);
+            if opts.trace {
+                attach.config.flags |= sbx_common::FLAG_DEBUG;
+            }
+            install(&cg, policy, attach, paths, Owner::Run(std::process::id()))?;
+            installed = true;
         }
-        if let Err(e) = install(&cg, policy, attach, paths, Owner::Run(std::process::id())) {
-            let _ = cg.remove();
-            return Err(e.into());
-        }
-    }
-    let readers = Readers::start(&cg, paths, opts);
-    let result = match forwarder.early_signal() {
+        readers = Some(Readers::start(&cg, paths, opts));
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
-        Some(sig) => Ok(std::os::unix::process::ExitStatusExt::from_raw(sig)),
-        None => {
-            spawn_and_wait(command, policy, (&cg, dir.as_ref()), opts, &workspace, &ruleset, &filter, unix, &forwarder)
-        }
+        Ok(forwarder.early_signal())
     };
-    readers.stop();
+    let start = Start { cg: &cg, dir: dir.as_ref(), workspace: &workspace, ruleset: &ruleset, filter: &filter };
+    let result = spawn_and_wait(command, policy, &start, opts, unix, &forwarder, ready);
+    if let Some(r) = readers {
+        r.stop();
+    }
     let torn = match &opts.agent {
+        // The policy could not be installed: nothing to detach.
+        None if !installed => {
+            drop(workspace);
+            cg.remove().map_err(Into::into)
+        }
         None => teardown(&cg, paths, Some(workspace)),
         Some(agent) => teardown_via_agent(agent, &cg, paths),
     };
@@ -657,18 +666,30 @@ pub fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
     env
 }
 
-#[expect(clippy::too_many_arguments, reason = "the pieces of one start-up, each prepared and checked by run()")]
+/// What `run` prepared for the command's start.
+struct Start<'a> {
+    cg: &'a Cgroup,
+    /// The agent's fd of the cgroup's directory, if the agent made it.
+    dir: Option<&'a std::os::fd::OwnedFd>,
+    workspace: &'a crate::harden::workspace::Workspace,
+    ruleset: &'a landlock::Prepared,
+    filter: &'a seccomp::SeccompFilter,
+}
+
+/// Starts the command's process, which waits at its gate while `ready`
+/// puts the sandbox's policy in place; lets it on if `ready` succeeds and
+/// reports no early signal, and waits for it. On an early signal the
+/// command never runs, and the status is that signal's.
 fn spawn_and_wait(
     command: &[OsString],
     policy: &Policy,
-    (cg, dir): (&Cgroup, Option<&std::os::fd::OwnedFd>),
+    start: &Start<'_>,
     opts: &RunOptions,
-    workspace: &crate::harden::workspace::Workspace,
-    ruleset: &landlock::Prepared,
-    filter: &seccomp::SeccompFilter,
     unix: Option<crate::harden::unix::Guard>,
     forwarder: &Forwarder,
+    ready: impl FnOnce() -> Result<Option<i32>, RunError>,
 ) -> Result<ExitStatus, RunError> {
+    let Start { cg, dir, workspace, ruleset, filter } = *start;
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
@@ -708,22 +729,26 @@ fn spawn_and_wait(
         unix: unix_child.as_ref(),
         exec: &exec,
     };
-    let start_command = |born| start.run(born);
+    let start_command = |born, gate| start.run(born, gate);
 
     let name = program.to_string_lossy().into_owned();
-    let (spawned, procs) = match enter {
+    let (pending, procs, mover) = match enter {
         Enter::Born { dir, procs } => {
             // SAFETY: `start_command` keeps to what a child of a raw clone
             // may do (see above).
-            let spawned = unsafe { spawn::spawn(spawn::Start::InCgroup(dir.as_fd()), start_command) };
+            let pending = unsafe { spawn::spawn(spawn::Start::InCgroup(dir.as_fd()), start_command) };
             drop(dir);
-            (spawned, Some(procs))
+            (pending, Some(procs), None)
         }
         Enter::Moved(entry) => {
             let mover = entry.start();
             // SAFETY: as above.
-            (mover.after_spawn(unsafe { spawn::spawn(spawn::Start::Here, start_command) })?, None)
+            (unsafe { spawn::spawn(spawn::Start::Here, start_command) }, None, Some(mover))
         }
+    };
+    let spawned = match through_gate(pending, mover, ready)? {
+        AtGate::Started(spawned) => spawned,
+        AtGate::Stopped(status) => return Ok(status),
     };
     let mut child = spawned.map_err(|source| {
         if source.raw_os_error() == Some(PROOF_FAILED) {
@@ -774,6 +799,41 @@ fn spawn_and_wait(
     status
 }
 
+/// What became of the command's process at its gate.
+enum AtGate {
+    /// Let on: the outcome of its start (exec'd, or the error that
+    /// stopped it).
+    Started(io::Result<spawn::Child>),
+    /// Ended there by an early signal, whose status `run` reports.
+    Stopped(ExitStatus),
+}
+
+/// The child is at its gate, or on its way there: `ready` puts the policy
+/// in place, and the child is let on only if that succeeded and no signal
+/// asked `run` to stop meanwhile. Otherwise it ends at its gate.
+fn through_gate(
+    pending: io::Result<spawn::Pending>,
+    mover: Option<Mover>,
+    ready: impl FnOnce() -> Result<Option<i32>, RunError>,
+) -> Result<AtGate, RunError> {
+    let spawned = match pending.map(|p| (ready(), p)) {
+        Ok((Ok(None), pending)) => pending.release(),
+        Ok((stopped, pending)) => {
+            pending.cancel();
+            if let Some(m) = mover {
+                let _ = m.after_spawn(Err(io::Error::from_raw_os_error(libc::ECANCELED)));
+            }
+            return stopped
+                .map(|sig| AtGate::Stopped(std::os::unix::process::ExitStatusExt::from_raw(sig.unwrap_or(0))));
+        }
+        Err(e) => Err(e),
+    };
+    Ok(AtGate::Started(match mover {
+        Some(m) => m.after_spawn(spawned)?,
+        None => spawned,
+    }))
+}
+
 /// What the child does between clone and exec, prepared in the parent.
 struct CommandStart<'a> {
     /// The forwarded signals, which the runner blocks.
@@ -797,8 +857,8 @@ impl CommandStart<'_> {
     /// returns only the error that kept the command from starting. System
     /// calls on prepared values only, no allocation ([`crate::spawn`] says
     /// why).
-    fn run(&self, born: spawn::Born) -> io::Error {
-        match self.setup(born) {
+    fn run(&self, born: spawn::Born, gate: spawn::Gate) -> io::Error {
+        match self.setup(born, gate) {
             // The PATH search happens here, as the identity, under
             // Landlock: `exec` returns only if nothing could be run.
             Ok(()) => self.exec.exec(),
@@ -806,7 +866,7 @@ impl CommandStart<'_> {
         }
     }
 
-    fn setup(&self, born: spawn::Born) -> io::Result<()> {
+    fn setup(&self, born: spawn::Born, gate: spawn::Gate) -> io::Result<()> {
         let Self { signals, parent, procs_fd, handshake, confinement, ruleset, filter, unix, exec: _ } = self;
         // SAFETY: async-signal-safe system calls on values of `self`: the
         // mask, the SIGPIPE disposition, the parent-death signal, one write
@@ -833,8 +893,12 @@ impl CommandStart<'_> {
                 (spawn::Born::Outside, Some(h)) => h.wait_until_moved()?,
             }
         }
-        prove_enforced()?;
         confinement.apply()?;
+        // The runner lets the child on once the sandbox's policy is in
+        // place: nothing below runs before it (and `prove_enforced` checks
+        // that the hooks do fire).
+        gate.wait()?;
+        prove_enforced()?;
         if confinement.private_shm() {
             ruleset.grant_write(c"/dev/shm")?;
         }

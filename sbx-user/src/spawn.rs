@@ -1,6 +1,9 @@
 //! Starting `run`'s command: a raw `clone3(2)` that creates the child
 //! directly inside its sandbox cgroup (`CLONE_INTO_CGROUP`, Linux 5.7),
-//! an exec-error pipe, and waiting for it.
+//! a gate the child waits at while the runner puts the sandbox's policy
+//! in place (so that the child's own set-up, its mount namespace above
+//! all, runs on the other CPU meanwhile), an exec-error pipe, and waiting
+//! for it.
 //!
 //! # Why not `std::process::Command`
 //! With `pre_exec`, std forks and the child moves itself by writing `0` to
@@ -127,9 +130,13 @@ pub unsafe fn raw_fork() -> libc::pid_t {
 }
 
 /// Starts a child that runs `child` and then exits; `child` must exec the
-/// command, returning only the error that stopped it. That error (its
-/// `errno`; an error without one arrives as `EINVAL`) is what `spawn`
-/// returns, after reaping the child. `Ok` means the exec succeeded.
+/// command, returning only the error that stopped it. The child is given
+/// its [`Gate`], which it must pass ([`Gate::wait`]) before it does what
+/// only a sandbox whose policy is in place may do: the runner prepares the
+/// sandbox meanwhile and then lets it through ([`Pending::release`]), or
+/// ends it ([`Pending::cancel`]). The error the child returns (its
+/// `errno`; an error without one arrives as `EINVAL`) is what `release`
+/// returns, after reaping the child; `Ok` means the exec succeeded.
 ///
 /// `child` is `FnMut`, called through a reference: the child never drops
 /// what it captured, since freeing memory there could take a malloc lock
@@ -139,8 +146,9 @@ pub unsafe fn raw_fork() -> libc::pid_t {
 /// `child` runs after a raw clone of this multi-threaded process: it must
 /// keep to the rules in the module documentation (no allocation, no
 /// locks, raw or async-signal-safe system calls on data prepared before).
-pub unsafe fn spawn(start: Start<'_>, mut child: impl FnMut(Born) -> io::Error) -> io::Result<Child> {
+pub unsafe fn spawn(start: Start<'_>, mut child: impl FnMut(Born, Gate) -> io::Error) -> io::Result<Pending> {
     let (read_end, write_end) = cloexec_pipe()?;
+    let (gate_r, gate_w) = cloexec_pipe()?;
     let (pid, born) = match start {
         Start::InCgroup(dir) => match clone_into(dir) {
             Ok(pid) => (pid, Born::InCgroup),
@@ -159,7 +167,7 @@ pub unsafe fn spawn(start: Start<'_>, mut child: impl FnMut(Born) -> io::Error) 
     };
     if pid == 0 {
         drop(read_end);
-        let err = child(born);
+        let err = child(born, Gate { read: gate_r.as_raw_fd(), write: gate_w.as_raw_fd() });
         let errno = err.raw_os_error().unwrap_or(libc::EINVAL).to_ne_bytes();
         // SAFETY: write(2) of a stack buffer and _exit(2): async-signal-safe.
         unsafe {
@@ -168,33 +176,131 @@ pub unsafe fn spawn(start: Start<'_>, mut child: impl FnMut(Born) -> io::Error) 
         }
     }
     drop(write_end);
-    let mut errno = [0u8; 4];
-    let mut got = 0;
-    while got < errno.len() {
-        // SAFETY: read(2) into the rest of a stack buffer.
-        let n = unsafe { libc::read(read_end.as_raw_fd(), errno[got..].as_mut_ptr().cast(), errno.len() - got) };
-        match n {
-            0 => break,
-            n if n > 0 => got += n.unsigned_abs(),
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+    drop(gate_r);
+    Ok(Pending { pid, pipes: Some((read_end, gate_w)) })
+}
+
+/// The child's side of the gate it waits at: raw descriptors, used between
+/// clone and exec with async-signal-safe calls only.
+#[derive(Clone, Copy, Debug)]
+pub struct Gate {
+    read: i32,
+    write: i32,
+}
+
+impl Gate {
+    /// In the child: waits until the runner lets it through. Fails with
+    /// `ECANCELED` if the runner ends it instead, or is gone.
+    pub fn wait(self) -> io::Result<()> {
+        // SAFETY: close(2) and read(2) on inherited descriptors into a
+        // stack byte.
+        unsafe {
+            // The runner's end: the child must not hold it, or a runner
+            // that gives up could never make the gate read as closed.
+            libc::close(self.write);
+            let mut b = 0u8;
+            let n = loop {
+                let n = libc::read(self.read, (&raw mut b).cast(), 1);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break n;
+                }
+            };
+            libc::close(self.read);
+            if n != 1 || b != GO {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The byte that opens the gate.
+const GO: u8 = b'g';
+
+/// A child started by [`spawn`] that has not yet been let through its
+/// gate. Dropping it ends the child, as [`Pending::cancel`] does.
+#[derive(Debug)]
+pub struct Pending {
+    pid: libc::pid_t,
+    /// The exec-error pipe's read end (its write end closes at exec) and
+    /// the gate's write end; taken by `finish`.
+    pipes: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Pending {
+    /// The child's process id.
+    #[must_use]
+    pub fn id(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Lets the child through its gate and waits until it has exec'd the
+    /// command (`Ok`) or reports the error that stopped it (then reaped).
+    pub fn release(mut self) -> io::Result<Child> {
+        if let Some((_, gate)) = &self.pipes {
+            // SAFETY: write(2) of one byte from a static buffer. A child
+            // that ended before its gate makes it fail (EPIPE): its own
+            // error, read by `finish`, says why.
+            unsafe { libc::write(gate.as_raw_fd(), [GO].as_ptr().cast(), 1) };
+        }
+        self.finish()
+    }
+
+    /// Ends the child at its gate and reaps it.
+    pub fn cancel(self) {
+        drop(self);
+    }
+
+    /// Closes the gate's end (a child still at it ends there) and reads
+    /// the exec-error pipe to its end.
+    fn finish(&mut self) -> io::Result<Child> {
+        let pid = self.pid;
+        let Some((errors, gate)) = self.pipes.take() else {
+            return Err(io::Error::from_raw_os_error(libc::ECHILD));
+        };
+        drop(gate);
+        let mut errno = [0u8; 4];
+        let mut got = 0;
+        while got < errno.len() {
+            // SAFETY: read(2) into the rest of a stack buffer.
+            let n = unsafe { libc::read(errors.as_raw_fd(), errno[got..].as_mut_ptr().cast(), errno.len() - got) };
+            match n {
+                0 => break,
+                n if n > 0 => got += n.unsigned_abs(),
+                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                _ => {
+                    let e = io::Error::last_os_error();
+                    kill_and_reap(pid);
+                    return Err(e);
+                }
+            }
+        }
+        let mut started = Child { pid };
+        match got {
+            // The pipe closed at exec: the command runs.
+            0 => Ok(started),
+            4 => {
+                let _ = started.wait();
+                Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+            }
             _ => {
-                let e = io::Error::last_os_error();
                 kill_and_reap(pid);
-                return Err(e);
+                Err(io::Error::other("the command's start-up sent a truncated error report"))
             }
         }
     }
-    let mut started = Child { pid };
-    match got {
-        // The pipe closed at exec: the command runs.
-        0 => Ok(started),
-        4 => {
-            let _ = started.wait();
-            Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
-        }
-        _ => {
-            kill_and_reap(pid);
-            Err(io::Error::other("the command's start-up sent a truncated error report"))
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.pipes.is_some() {
+            // Only `release` opens the gate: the child ends at it (or has
+            // ended before). Should it have exec'd anyway, it is killed.
+            if let Ok(mut child) = self.finish() {
+                // SAFETY: kill(2) of our own child, not yet reaped.
+                unsafe { libc::kill(child.id(), libc::SIGKILL) };
+                let _ = child.wait();
+            }
         }
     }
 }
@@ -253,11 +359,15 @@ mod tests {
     #[test]
     fn an_exec_error_comes_back_and_the_child_is_reaped() {
         // SAFETY: the child code makes no call at all.
-        let e = unsafe { spawn(Start::Here, |_| io::Error::from_raw_os_error(libc::ENOEXEC)) }.unwrap_err();
+        let e = unsafe { spawn(Start::Here, |_, _| io::Error::from_raw_os_error(libc::ENOEXEC)) }
+            .and_then(Pending::release)
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOEXEC));
         // An error without an errno arrives as EINVAL, as std's does.
         // SAFETY: as above (the error is made before, not allocated in the child).
-        let e = unsafe { spawn(Start::Here, |_| io::Error::from(io::ErrorKind::Other)) }.unwrap_err();
+        let e = unsafe { spawn(Start::Here, |_, _| io::Error::from(io::ErrorKind::Other)) }
+            .and_then(Pending::release)
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
     }
 
@@ -267,13 +377,42 @@ mod tests {
         let envp = [std::ptr::null::<libc::c_char>()];
         // SAFETY: execve with prepared NUL-terminated arrays; no allocation.
         let mut child = unsafe {
-            spawn(Start::Here, |_| {
+            spawn(Start::Here, |_, gate| {
+                if let Err(e) = gate.wait() {
+                    return e;
+                }
                 libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
                 io::Error::last_os_error()
             })
         }
+        .and_then(Pending::release)
         .expect("spawn");
         assert!(child.id() > 0);
         assert_eq!(child.wait().expect("wait").code(), Some(7));
+    }
+
+    #[test]
+    fn a_child_cancelled_at_its_gate_never_gets_past_it() {
+        let (r, w) = cloexec_pipe().expect("pipe");
+        let marker = w.as_raw_fd();
+        // SAFETY: the child makes raw system calls only.
+        let pending = unsafe {
+            spawn(Start::Here, |_, gate| {
+                if let Err(e) = gate.wait() {
+                    return e;
+                }
+                libc::write(marker, b"x".as_ptr().cast(), 1);
+                io::Error::from_raw_os_error(libc::ENOEXEC)
+            })
+        }
+        .expect("spawn");
+        let pid = pending.id();
+        pending.cancel();
+        drop(w);
+        let mut b = [0u8; 1];
+        // SAFETY: read(2) into a stack buffer.
+        assert_eq!(unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) }, 0, "the child passed its gate");
+        // SAFETY: kill(2) with signal 0 only asks whether the pid exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "the cancelled child was reaped");
     }
 }

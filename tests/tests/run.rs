@@ -293,6 +293,21 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
     assert_cleaned_up(&sbx, &cg, None);
 
+    // A policy that fails where it is put in place, after the command's
+    // process was made (it waits at its gate meanwhile): that process
+    // never runs the command, and nothing is left.
+    let marker = dir.path().join("ran");
+    let many: Vec<String> = (0..12).map(|i| format!("198.18.{}.0/24", 2 * i)).collect();
+    let out = sbx.run_output(
+        &cg,
+        &["--max-rules", "16", "--allow", &many.join(","), "--fs-write", dir.path().to_str().expect("UTF-8")],
+        &["sh", "-c", &format!("touch {}", marker.display())],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(err(&out).contains("raise --max-rules"), "{}", describe(&out));
+    assert!(!marker.exists(), "the command ran although its policy could not be put in place");
+    assert_cleaned_up(&sbx, &cg, None);
+
     // A --cgroup-parent outside the cgroup2 hierarchy.
     let mut cmd = sbx.cmd();
     cmd.args(["run", "--cgroup-parent"]).arg(dir.path()).args(["--", "true"]);

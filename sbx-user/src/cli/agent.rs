@@ -10,7 +10,8 @@ use crate::agent::{
     server, Options,
 };
 
-/// Arguments of `agent`.
+// Arguments of `agent`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The UNIX socket to serve.

@@ -11,7 +11,8 @@ use crate::{
     sandbox::{default_options, install, Owner},
 };
 
-/// Arguments of `attach`.
+// Arguments of `attach`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// The cgroup v2 directory to enforce on (its descendants inherit it).

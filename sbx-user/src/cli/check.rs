@@ -8,7 +8,8 @@ use clap::Args;
 use super::{Negative, PolicyArgs};
 use crate::{compile::compile, policy::PolicyError};
 
-/// Arguments of `check`.
+// Arguments of `check`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]

@@ -11,7 +11,8 @@ use crate::{
     state::{Record, RunnerState},
 };
 
-/// Arguments of `detach`.
+// Arguments of `detach`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct DetachArgs {
     /// The cgroup v2 directory sbx was attached to.

@@ -12,7 +12,8 @@ use crate::{
     state::{Member, Paths, Record},
 };
 
-/// Arguments of `events`.
+// Arguments of `events`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 #[command(after_long_help = "Streams: each sandbox with an event buffer of its own (the default for attach and \
 run) has one stream, and a stream has one consumer position: two readers of the same sandbox (two `events \

@@ -4,7 +4,8 @@ use clap::Args;
 
 use super::GlobalArgs;
 
-/// Arguments of `gc`.
+// Arguments of `gc`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct GcArgs {
     /// Only say what would be removed.

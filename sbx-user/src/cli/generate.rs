@@ -8,7 +8,8 @@ use std::{io::Write as _, path::PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 
-/// Arguments of `completions`.
+// Arguments of `completions`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
@@ -16,7 +17,8 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Arguments of `man`.
+// Arguments of `man`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct ManArgs {
     /// Write sbx-user.1 and one sbx-user-SUBCOMMAND.1 per subcommand into

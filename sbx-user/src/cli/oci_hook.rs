@@ -29,7 +29,8 @@ pub enum Stage {
     Poststop,
 }
 
-/// Arguments of `oci-hook`.
+// Arguments of `oci-hook`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 #[command(after_long_help = "The runtime writes the container state (JSON) on stdin. Install it with the \
 hooks.d files of the repository (podman, CRI-O; containerd through NRI). A container opts in with the \

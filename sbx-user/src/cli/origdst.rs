@@ -9,7 +9,8 @@ use sbx_common::{OrigDst, OrigKey, MAP_ORIGDST};
 use super::GlobalArgs;
 use crate::cgroup::Cgroup;
 
-/// Arguments of `orig-dst`.
+// Arguments of `orig-dst`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 #[command(after_long_help = "For proxies in transparent mode (proxy_mode = \"redirect\"): the kernel rewrote a \
 sandboxed client's connect to the proxy. Given the client's source port (the peer port the proxy sees on the \

@@ -4,7 +4,8 @@ use clap::Args;
 
 use crate::policy::PROFILES;
 
-/// Arguments of `profiles`.
+// Arguments of `profiles`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
     /// Print each profile's policy file as well.

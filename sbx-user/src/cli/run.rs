@@ -7,7 +7,8 @@ use clap::Args;
 use super::{GlobalArgs, PolicyArgs};
 use crate::run::{run as run_sandboxed, RunOptions, EXIT_SETUP_FAILED};
 
-/// Arguments of `run`.
+// Arguments of `run`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 #[expect(clippy::struct_excessive_bools, reason = "each is an independent command-line switch")]
 pub struct RunArgs {

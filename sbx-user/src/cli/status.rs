@@ -13,7 +13,8 @@ use crate::{
     state::{Record, RunnerState},
 };
 
-/// Arguments of `status`.
+// Arguments of `status`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Only this cgroup.

@@ -12,7 +12,8 @@ use crate::{
     state::Record,
 };
 
-/// Arguments of `update`.
+// Arguments of `update`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// The cgroup sbx is attached to.
@@ -57,7 +58,8 @@ pub fn run(args: &UpdateArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `migrate`.
+// Arguments of `migrate`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// Only this sandbox (default: every sandbox that an older program set,

@@ -7,7 +7,8 @@ use clap::Args;
 use super::GlobalArgs;
 use crate::{cgroup::Cgroup, state::Record, verify::verify};
 
-/// Arguments of `verify`.
+// Arguments of `verify`. (Not a doc comment: with `defer`, see `Command`, it would
+// replace the subcommand's own about.)
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The sandbox cgroup.
