@@ -492,8 +492,16 @@ impl Confinement {
         }
         for &fd in keep_fds {
             // SAFETY: F_GETFD on an arbitrary number only queries flags.
-            if unsafe { libc::fcntl(i32::try_from(fd).unwrap_or(-1), libc::F_GETFD) } < 0 {
+            let flags = unsafe { libc::fcntl(i32::try_from(fd).unwrap_or(-1), libc::F_GETFD) };
+            if flags < 0 {
                 return Err(io::Error::other(format!("--keep-fd {fd}: no such open file descriptor")));
+            }
+            // Every descriptor sbx opens itself is close-on-exec; one it
+            // inherited cannot be (it would not have been inherited).
+            if flags & libc::FD_CLOEXEC != 0 {
+                return Err(io::Error::other(format!(
+                    "--keep-fd {fd}: not a file descriptor sbx-user inherited (it is one of sbx's own)"
+                )));
             }
         }
         let mut keep_fds: Vec<u32> = keep_fds.iter().copied().filter(|&f| f > 2).collect();

@@ -292,44 +292,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // kernel cannot enforce what was asked.
     let unix = unix_guard(policy, opts)?;
     crate::confine::check_stdio(opts.allow_stdio_sockets, unix.is_some())?;
-    let identity = opts.identity.unwrap_or_else(Identity::current);
-    let workspace = crate::harden::workspace::Workspace::prepare(
-        policy.filesystem.as_ref(),
-        identity,
-        opts.home.as_deref(),
-        command.first().map(std::path::Path::new),
-        opts.git_writable,
-    )?;
-    for note in workspace.notes() {
-        crate::warn_user!("{note}");
-    }
-    let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
-    if opts.landlock_tcp && tcp.is_none() {
-        crate::warn_user!("--landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
-    }
-    if let Some(t) = &tcp {
-        log::info!("Landlock TCP connect ports (second layer): {:?}", t.connect);
-    }
-    // sbx's default rules are a protection the user did not ask for: where
-    // the kernel cannot enforce them, warn and run (the quick start must
-    // work); rules the user wrote refuse unless --allow-degraded.
-    let ruleset = landlock::prepare_with(&landlock::Request {
-        fs: Some(workspace.rules()),
-        tcp: tcp.as_ref(),
-        allow_degraded: opts.allow_degraded || workspace.defaults(),
-    })?;
-    for gap in ruleset.degraded() {
-        if workspace.defaults() {
-            crate::warn_user!("default filesystem rules not enforced: {gap}");
-        } else {
-            crate::warn_user!("not enforced (--allow-degraded): {gap}");
-        }
-    }
-    log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
-    for limit in ruleset.limitations() {
-        log::info!("Landlock limitation: {limit}");
-    }
-    let filter = seccomp::build()?;
+    let (workspace, ruleset, filter) = prepare_start(command, policy, opts)?;
     // dns = "pinned": the stub listens before the sandbox is made (its
     // address is in the policy the sandbox gets, installed here or by the
     // agent), and outlives the command. Not in audit mode, which blocks
@@ -342,6 +305,19 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         }
         Dns::Pinned { .. } | Dns::Host => None,
     };
+    // The command's mount namespace makes the state directory and bpffs
+    // read-only, and only what exists can be: both are made now, before
+    // the command's mounts are prepared, not by `install` (which runs
+    // while the command's process waits at its gate, mounts made).
+    if opts.agent.is_none() {
+        std::fs::create_dir_all(&paths.state_dir).map_err(|e| {
+            RunError::Confine(io::Error::other(format!(
+                "creating the state directory {}: {e}",
+                paths.state_dir.display()
+            )))
+        })?;
+        crate::loader::ensure_bpffs(paths).map_err(SandboxError::from)?;
+    }
     let (cg, dir) = match &opts.agent {
         None => (make_sandbox(opts)?, None),
         Some(agent) => sandbox_from_agent(agent, paths, opts.trace, stub.as_ref().map(Stub::addr))?,
@@ -401,6 +377,54 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         use std::os::unix::process::ExitStatusExt as _;
         128 + status.signal().unwrap_or(0)
     }))
+}
+
+/// The command's start: the private HOME and /tmp, the Landlock ruleset
+/// and the seccomp filter. Each refuses what the kernel cannot enforce.
+fn prepare_start(
+    command: &[OsString],
+    policy: &Policy,
+    opts: &RunOptions,
+) -> Result<(crate::harden::workspace::Workspace, landlock::Prepared, seccomp::SeccompFilter), RunError> {
+    let identity = opts.identity.unwrap_or_else(Identity::current);
+    let workspace = crate::harden::workspace::Workspace::prepare(
+        policy.filesystem.as_ref(),
+        identity,
+        opts.home.as_deref(),
+        command.first().map(std::path::Path::new),
+        opts.git_writable,
+    )?;
+    for note in workspace.notes() {
+        crate::warn_user!("{note}");
+    }
+    let tcp = if opts.landlock_tcp { landlock_tcp_rules(policy) } else { None };
+    if opts.landlock_tcp && tcp.is_none() {
+        crate::warn_user!("--landlock-tcp: port-only rules cannot say what this policy says (loopback any, default allow, a rule on every port, audit or redirect); the eBPF policy alone applies");
+    }
+    if let Some(t) = &tcp {
+        log::info!("Landlock TCP connect ports (second layer): {:?}", t.connect);
+    }
+    // sbx's default rules are a protection the user did not ask for: where
+    // the kernel cannot enforce them, warn and run (the quick start must
+    // work); rules the user wrote refuse unless --allow-degraded.
+    let ruleset = landlock::prepare_with(&landlock::Request {
+        fs: Some(workspace.rules()),
+        tcp: tcp.as_ref(),
+        allow_degraded: opts.allow_degraded || workspace.defaults(),
+    })?;
+    for gap in ruleset.degraded() {
+        if workspace.defaults() {
+            crate::warn_user!("default filesystem rules not enforced: {gap}");
+        } else {
+            crate::warn_user!("not enforced (--allow-degraded): {gap}");
+        }
+    }
+    log::info!("Landlock ABI {}", ruleset.abi().map_or_else(|| "unavailable".to_owned(), |a| a.to_string()));
+    for limit in ruleset.limitations() {
+        log::info!("Landlock limitation: {limit}");
+    }
+    let filter = seccomp::build()?;
+    Ok((workspace, ruleset, filter))
 }
 
 /// The supervisor for `unix`, or `None` when it allows every socket or the
@@ -819,10 +843,13 @@ fn through_gate(
     let spawned = match pending.map(|p| (ready(), p)) {
         Ok((Ok(None), pending)) => pending.release(),
         Ok((stopped, pending)) => {
-            pending.cancel();
+            // Killed, then reaped only once the thread that has the agent
+            // move it is done with its pid.
+            pending.kill();
             if let Some(m) = mover {
                 let _ = m.after_spawn(Err(io::Error::from_raw_os_error(libc::ECANCELED)));
             }
+            pending.cancel();
             return stopped
                 .map(|sig| AtGate::Stopped(std::os::unix::process::ExitStatusExt::from_raw(sig.unwrap_or(0))));
         }

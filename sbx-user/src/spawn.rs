@@ -246,9 +246,19 @@ impl Pending {
         self.finish()
     }
 
-    /// Ends the child at its gate and reaps it.
+    /// Ends the child (it never gets past its gate: only `release` opens
+    /// it) and reaps it.
     pub fn cancel(self) {
         drop(self);
+    }
+
+    /// Kills the child without reaping it (its pid stays its own until
+    /// [`Pending::cancel`]). It cannot have exec'd: nothing of the command
+    /// runs, and a child that is stopped, or still on its way to the gate
+    /// (in its mounts, or waiting for the agent), is not waited for.
+    pub fn kill(&self) {
+        // SAFETY: kill(2) of our own child, not yet reaped.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
     }
 
     /// Closes the gate's end (a child still at it ends there) and reads
@@ -293,14 +303,12 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.pipes.is_some() {
-            // Only `release` opens the gate: the child ends at it (or has
-            // ended before). Should it have exec'd anyway, it is killed.
-            if let Ok(mut child) = self.finish() {
-                // SAFETY: kill(2) of our own child, not yet reaped.
-                unsafe { libc::kill(child.id(), libc::SIGKILL) };
-                let _ = child.wait();
-            }
+        if let Some((errors, gate)) = self.pipes.take() {
+            // Only `release` opens the gate: the child has not exec'd.
+            drop(gate);
+            self.kill();
+            drop(errors);
+            let _ = Child { pid: self.pid }.wait();
         }
     }
 }

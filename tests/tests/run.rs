@@ -308,6 +308,14 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     assert!(!marker.exists(), "the command ran although its policy could not be put in place");
     assert_cleaned_up(&sbx, &cg, None);
 
+    // --keep-fd of a descriptor sbx-user did not inherit (3 is the first
+    // one it opens itself, when the test starts it with 0-2 only): refused,
+    // never one of sbx's own handed to the command.
+    let out = sbx.run_output(&cg, &["--keep-fd", "3"], &["true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(err(&out).contains("--keep-fd 3:"), "{}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+
     // A --cgroup-parent outside the cgroup2 hierarchy.
     let mut cmd = sbx.cmd();
     cmd.args(["run", "--cgroup-parent"]).arg(dir.path()).args(["--", "true"]);
@@ -554,4 +562,27 @@ fn run_vv_traces_the_programs_decisions_for_its_sandbox_only() {
     let quiet = quiet.wait_with_output().expect("the quiet run");
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("sbx trace"), "no trace without -vv");
     assert_cleaned_up(&sbx, &cg, None);
+}
+
+#[test]
+fn a_state_directory_made_by_this_run_is_read_only_for_the_command() {
+    // The first `run` after boot finds no /run/sbx: it makes it before the
+    // command's mounts are prepared, so the command (here root, in a
+    // working directory Landlock lets it write) cannot plant records.
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "fresh-state");
+    let state = dir.path().join("state");
+    let planted = state.join("planted.json");
+    let mut cmd = sbx.cmd();
+    cmd.env("SBX_STATE_DIR", &state)
+        .current_dir(dir.path())
+        .args(["run", "--cgroup-parent", cg.arg(), "--user", "0", "--", "sh", "-c"])
+        .arg(format!("touch {}", planted.display()));
+    let out = cmd.output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(1), "touch must fail: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{}", describe(&out));
+    assert!(!planted.exists(), "the command wrote into sbx's state directory");
+    assert_eq!(std::fs::read_dir(&state).expect("the state directory").count(), 0, "run left a record");
+    assert_eq!(cg.children(), Vec::<std::path::PathBuf>::new(), "run left its cgroup behind");
 }

@@ -36,6 +36,10 @@ pub(super) struct Lifecycle {
     /// `cgroup.procs` before exec, rmdir after; what moving a process into
     /// a cgroup costs any sandbox (no sbx involved).
     pub(super) moved_true: Vec<f64>,
+    /// `sbx-user --version`: the binary started and ended, no work; the
+    /// floor under every `sbx-user` command (the dynamic loader, the page
+    /// faults of a 6 MiB binary, clap, the exit).
+    pub(super) version: Vec<f64>,
     /// `run -- /bin/true` as the first use on the host: it loads and
     /// verifies the program set.
     pub(super) first_run: Vec<f64>,
@@ -134,6 +138,7 @@ impl Lifecycle {
             "bin_true_ms": s(&self.bin_true),
             "run_bin_true_ms": s(&self.run),
             "bin_true_moved_into_new_cgroup_ms": s(&self.moved_true),
+            "sbx_user_version_ms": s(&self.version),
             "first_use_run_bin_true_ms": s(&self.first_run),
             "first_use_meminfo_delta_bytes": s(&self.first_mem),
             "first_use_note": self.first_note,
@@ -163,6 +168,7 @@ pub(super) fn lifecycle(ctx: &Ctx, plan: &Plan) -> Result<Lifecycle> {
         bin_true: vec![],
         run: vec![],
         moved_true: vec![],
+        version: vec![],
         first_run: vec![],
         first_mem: vec![],
         first_note: None,
@@ -181,9 +187,9 @@ pub(super) fn lifecycle(ctx: &Ctx, plan: &Plan) -> Result<Lifecycle> {
     for round in 0..plan.lifecycle_rounds {
         eprintln!("bench: lifecycle: round {}/{}", round + 1, plan.lifecycle_rounds);
         // 0: /bin/true, 1: run with the set loaded, 2: run as the first use
-        // on the host, 3: /bin/true moved into a new cgroup; rotated per
-        // round.
-        for which in interleaved(4, round) {
+        // on the host, 3: /bin/true moved into a new cgroup, 4: `sbx-user
+        // --version`; rotated per round.
+        for which in interleaved(5, round) {
             match which {
                 0 => {
                     for _ in 0..plan.lifecycle_reps {
@@ -194,6 +200,13 @@ pub(super) fn lifecycle(ctx: &Ctx, plan: &Plan) -> Result<Lifecycle> {
                 3 => {
                     for rep in 0..plan.lifecycle_reps {
                         l.moved_true.push(dur_ms(moved_true(&parent, &truth, round, rep)?));
+                    }
+                }
+                4 => {
+                    for _ in 0..plan.lifecycle_reps {
+                        let mut c = Command::new(&ctx.sbx);
+                        c.arg("--version");
+                        l.version.push(dur_ms(timed_quiet(&mut c, "sbx-user --version", None)?));
                     }
                 }
                 1 => {
@@ -280,8 +293,9 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### 3. Sandbox lifecycle\n\n{} rounds, the four kinds of start rotated per round ({} repetitions each of \
-         `/bin/true`, `/bin/true` moved into a new cgroup and `run` with the program set loaded; one first use, after \
+        "### 3. Sandbox lifecycle\n\n{} rounds, the five kinds of start rotated per round ({} repetitions each of \
+         `/bin/true`, `/bin/true` moved into a new cgroup, `sbx-user --version` and `run` with the program set \
+         loaded; one first use, after \
          removing the unused set); then {} attach, update (to a policy with one more rule and back: two per attach) \
          and detach; then, with one other sandbox attached (as on any host that runs one), {} `run` and the same \
          attach, update and detach. The program set's anchor cgroup keeps each cgroup-BPF hook switched on (without \
@@ -295,6 +309,7 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
     for (label, v) in [
         ("`/bin/true`", &l.bin_true),
         ("`/bin/true` moved into a new cgroup (mkdir, `cgroup.procs`, exec, rmdir; no sbx)", &l.moved_true),
+        ("`sbx-user --version` (the binary started and ended: the floor of every command)", &l.version),
         ("`sbx-user run -- /bin/true`, program set loaded", &l.run),
         ("`sbx-user run -- /bin/true`, first use on the host (loads the set)", &l.first_run),
         ("`sbx-user attach`", &l.attach),
