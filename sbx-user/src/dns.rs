@@ -551,9 +551,16 @@ impl Stub {
         self.halt();
     }
 
+    /// Tells the serving thread to stop, without waiting for it (`stop`
+    /// does): it ends while the caller goes on.
+    pub fn stop_soon(&mut self) {
+        if !self.stop.swap(true, Ordering::AcqRel) {
+            let _ = self.wake.write_all(b"x");
+        }
+    }
+
     fn halt(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.wake.write_all(b"x");
+        self.stop_soon();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -191,8 +191,10 @@ fn signal_set() -> libc::sigset_t {
     }
 }
 
-/// Takes the forwarded signals in a thread of its own and passes them to
-/// the command the way a shell or `sudo` does: once.
+/// Takes the forwarded signals through a signalfd, read by the thread that
+/// waits for the command (no thread of its own: one fewer to start, and to
+/// wake at exit), and passes them to the command the way a shell or `sudo`
+/// does: once.
 ///
 /// A signal the kernel generated (`si_code > 0`: ^C, ^\ or a window
 /// change typed at the terminal, a hangup) went to the whole foreground
@@ -200,81 +202,126 @@ fn signal_set() -> libc::sigset_t {
 /// already; forwarding it too would deliver a second ^C, which many tools
 /// take as "force quit". Signals a process sent to sbx alone (`kill`,
 /// `si_code <= 0`) are forwarded, except those the command sent itself.
+/// Before the command exists, a terminating signal is kept: the run stops
+/// before the command starts.
 struct Forwarder {
-    shared: std::sync::Arc<ForwarderState>,
-}
-
-struct ForwarderState {
-    /// The command's pid while it may be signalled; 0 before it exists and
-    /// once it has exited (held while signalling, so a reaped and reused
-    /// pid is never signalled).
-    child: std::sync::Mutex<i32>,
+    /// The forwarded signals' signalfd, non-blocking.
+    fd: std::os::fd::OwnedFd,
     /// A terminating signal that came before the command existed.
-    early: std::sync::atomic::AtomicI32,
+    early: std::cell::Cell<i32>,
 }
 
 impl Forwarder {
     /// Blocks the forwarded signals in the calling thread (so in every
-    /// thread created after it) and starts the forwarding thread.
-    fn start() -> Self {
+    /// thread created after it: they stay pending until read here) and
+    /// opens their signalfd.
+    fn start() -> io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
         let set = signal_set();
         // SAFETY: `set` is an initialised sigset; the old mask is not needed.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
-        let shared = std::sync::Arc::new(ForwarderState {
-            child: std::sync::Mutex::new(0),
-            early: std::sync::atomic::AtomicI32::new(0),
-        });
-        let state = std::sync::Arc::clone(&shared);
-        std::thread::spawn(move || loop {
-            // SAFETY: an all-zero siginfo_t is a valid out-buffer.
-            let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
-            // SAFETY: `set` is initialised and `info` is writable.
-            let sig = unsafe { libc::sigwaitinfo(&raw const set, &raw mut info) };
-            if sig <= 0 {
-                continue;
-            }
-            let child = state.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *child == 0 {
-                if TERMINATING.contains(&sig) {
-                    let _ = state.early.compare_exchange(
-                        0,
-                        sig,
-                        std::sync::atomic::Ordering::AcqRel,
-                        std::sync::atomic::Ordering::Acquire,
-                    );
+        // SAFETY: signalfd(2) with an initialised set; the new descriptor
+        // is owned below.
+        let fd = unsafe { libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        Ok(Self { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, early: std::cell::Cell::new(0) })
+    }
+
+    /// Reads every pending signal: before the command exists (`child`
+    /// `None`) a terminating one is kept as the early signal, the rest are
+    /// dropped; after, each is forwarded by the rule above.
+    fn take_pending(&self, child: Option<i32>) {
+        loop {
+            // SAFETY: an all-zero signalfd_siginfo is a valid out-buffer.
+            let mut info = unsafe { std::mem::zeroed::<libc::signalfd_siginfo>() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: read(2) of one record into `info`, which is `size` bytes.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut info).cast(), size) };
+            if usize::try_from(n).ok() != Some(size) {
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
-                continue;
+                return;
             }
-            // SAFETY: reading the sender's pid of a signal sent by a process.
-            let sender = unsafe { info.si_pid() };
-            if info.si_code > 0 || sender == *child {
-                continue;
+            let sig = i32::try_from(info.ssi_signo).unwrap_or(0);
+            match child {
+                None => {
+                    if TERMINATING.contains(&sig) && self.early.get() == 0 {
+                        self.early.set(sig);
+                    }
+                }
+                Some(pid) => {
+                    let sender = i32::try_from(info.ssi_pid).unwrap_or(0);
+                    if info.ssi_code > 0 || sender == pid {
+                        continue;
+                    }
+                    // SAFETY: kill(2) on the command, which is not reaped
+                    // before `forward_until_exit` returns.
+                    unsafe { libc::kill(pid, sig) };
+                }
             }
-            // SAFETY: kill(2) on the command, which has not been reaped
-            // while `child` is held and non-zero.
-            unsafe { libc::kill(*child, sig) };
-        });
-        Self { shared }
+        }
     }
 
     /// The terminating signal that arrived before the command existed.
     fn early_signal(&self) -> Option<i32> {
-        let sig = self.shared.early.load(std::sync::atomic::Ordering::Acquire);
+        self.take_pending(None);
+        let sig = self.early.get();
         (sig != 0).then_some(sig)
     }
 
-    /// From now on, signals go to `pid`; `None` if a terminating signal
-    /// came first (the caller kills the command instead of letting it run).
-    fn forward_to(&self, pid: i32) -> Option<i32> {
-        let mut child = self.shared.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *child = pid;
-        self.early_signal()
+    /// Forwards signals to the command `pid` until it has exited, leaving
+    /// it unreaped (so the pid it signals is never another process's). A
+    /// terminating signal that came first is sent to it at once.
+    fn forward_until_exit(&self, pid: i32) {
+        use std::os::fd::FromRawFd as _;
+        if let Some(sig) = self.early_signal() {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(pid, sig) };
+        }
+        // SAFETY: pidfd_open(2) of our own child, not yet reaped; the new
+        // descriptor is owned below.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a new descriptor nothing else owns.
+        let pidfd =
+            i32::try_from(raw).ok().filter(|&fd| fd >= 0).map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        loop {
+            // Without a pidfd (before Linux 5.3), the exit is looked for
+            // every 10 ms.
+            let mut fds = [
+                libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: pidfd.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds (a negative fd is ignored).
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, if pidfd.is_some() { -1 } else { 10 }) };
+            if fds[0].revents != 0 {
+                self.take_pending(Some(pid));
+            }
+            if fds[1].revents != 0 || (pidfd.is_none() && exited(pid)) {
+                return;
+            }
+        }
     }
+}
 
-    /// Stops signalling the command: it has exited and is about to be reaped.
-    fn forget_child(&self) {
-        *self.shared.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = 0;
-    }
+/// Whether child `pid` has exited (left unreaped).
+fn exited(pid: i32) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid out-buffer.
+    let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+    #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
+    // SAFETY: waitid(2) on our own child with a writable siginfo.
+    let rc = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    // SAFETY: si_pid is set (non-zero) only when a child has exited.
+    rc == 0 && unsafe { info.si_pid() } != 0
 }
 
 /// Runs `command` under `policy`; returns its exit status (128+N when
@@ -284,10 +331,10 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // -1`) is an EPIPE on a write, never a reason to skip the teardown.
     crate::diag::ignore_sigpipe();
     // Block the forwarded signals before any thread exists, so that every
-    // thread sbx starts (the forwarder, the denial logger) inherits the
-    // mask and a SIGTERM is taken by the forwarder's `sigwaitinfo`, never
-    // acted on by default in some other thread.
-    let forwarder = Forwarder::start();
+    // thread sbx starts (the DNS stub, the denial logger) inherits the mask
+    // and a SIGTERM waits for the forwarder's signalfd, never acted on by
+    // default in some other thread.
+    let forwarder = Forwarder::start().map_err(RunError::Confine)?;
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
     let unix = unix_guard(policy, opts)?;
@@ -299,7 +346,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // nothing: the host's resolvers answer, and each query the policy would
     // refuse is reported.
     let made = std::sync::Arc::new(std::sync::OnceLock::new());
-    let stub = match policy.dns {
+    let mut stub = match policy.dns {
         Dns::Pinned { .. } if policy.mode == Mode::Enforce => {
             Some(Stub::start(Names::of(policy), dns_report(&made, opts.log_denials), dns_refresh(paths, &made))?)
         }
@@ -356,6 +403,11 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     let result = spawn_and_wait(command, policy, &start, opts, unix, &forwarder, ready);
     if let Some(r) = readers {
         r.stop();
+    }
+    // The command has exited, and what it left is killed next: the stub's
+    // thread ends meanwhile (joined below).
+    if let Some(s) = stub.as_mut() {
+        s.stop_soon();
     }
     let torn = match &opts.agent {
         // The policy could not be installed: nothing to detach.
@@ -808,14 +860,9 @@ fn spawn_and_wait(
             return Err(RunError::Confine(e));
         }
     };
-    if let Some(sig) = forwarder.forward_to(child_pid) {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(child_pid, sig) };
-    }
-    // Wait without reaping, stop forwarding, then reap: the forwarder never
-    // signals a pid that has been reaped and may name another process.
-    wait_unreaped(child_pid);
-    forwarder.forget_child();
+    // Forward until it exits, then reap: a signal never goes to a pid that
+    // has been reaped and may name another process.
+    forwarder.forward_until_exit(child_pid);
     let status = child.wait().map_err(|source| RunError::Spawn { command: name, source });
     if let Some(s) = supervisor {
         s.stop();
@@ -990,20 +1037,6 @@ fn enter_of(cg: &Cgroup, dir: Option<&std::os::fd::OwnedFd>, opts: &RunOptions) 
     let procs = crate::sys::openat_file(dir.as_fd(), c"cgroup.procs", libc::O_WRONLY | libc::O_CLOEXEC)
         .map_err(io_err("opening", procs_path))?;
     Ok(Enter::Born { dir, procs })
-}
-
-/// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).
-fn wait_unreaped(pid: i32) {
-    loop {
-        // SAFETY: an all-zero siginfo_t is a valid out-buffer.
-        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
-        #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
-        // SAFETY: waitid(2) on our own child with a writable siginfo.
-        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
-        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
 }
 
 /// The errno `prove_enforced` fails the spawn with.
