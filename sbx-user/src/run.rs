@@ -203,7 +203,8 @@ fn signal_set() -> libc::sigset_t {
 /// take as "force quit". Signals a process sent to sbx alone (`kill`,
 /// `si_code <= 0`) are forwarded, except those the command sent itself.
 /// Before the command exists, a terminating signal is kept: the run stops
-/// before the command starts.
+/// before the command starts (of several pending at once, the
+/// lowest-numbered, the order a signalfd returns them in).
 struct Forwarder {
     /// The forwarded signals' signalfd, non-blocking.
     fd: std::os::fd::OwnedFd,
@@ -274,14 +275,14 @@ impl Forwarder {
     }
 
     /// Forwards signals to the command `pid` until it has exited, leaving
-    /// it unreaped (so the pid it signals is never another process's). A
-    /// terminating signal that came first is sent to it at once.
+    /// it unreaped (so the pid it signals is never another process's).
     fn forward_until_exit(&self, pid: i32) {
         use std::os::fd::FromRawFd as _;
-        if let Some(sig) = self.early_signal() {
-            // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe { libc::kill(pid, sig) };
-        }
+        // What came since `ready` last looked (the command existed then: a
+        // terminating signal before it stopped the run) is forwarded by the
+        // same rule as the rest: a ^C typed meanwhile reached the command
+        // with its process group, a `kill` of sbx did not.
+        self.take_pending(Some(pid));
         // SAFETY: pidfd_open(2) of our own child, not yet reaped; the new
         // descriptor is owned below.
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -300,7 +301,13 @@ impl Forwarder {
                 },
             ];
             // SAFETY: two valid pollfds (a negative fd is ignored).
-            unsafe { libc::poll(fds.as_mut_ptr(), 2, if pidfd.is_some() { -1 } else { 10 }) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, if pidfd.is_some() { -1 } else { 10 }) };
+            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // poll itself failing (ENOMEM): no more forwarding, only the
+                // exit is waited for.
+                wait_exited(pid);
+                return;
+            }
             if fds[0].revents != 0 {
                 self.take_pending(Some(pid));
             }
@@ -311,7 +318,9 @@ impl Forwarder {
     }
 }
 
-/// Whether child `pid` has exited (left unreaped).
+/// Whether child `pid` has exited (left unreaped). An error other than
+/// `EINTR` (`ECHILD`: nothing left to wait for) counts as exited: no pid
+/// is signalled that may no longer be the command's.
 fn exited(pid: i32) -> bool {
     // SAFETY: an all-zero siginfo_t is a valid out-buffer.
     let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
@@ -320,8 +329,25 @@ fn exited(pid: i32) -> bool {
     let rc = unsafe {
         libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
     };
+    if rc != 0 {
+        return io::Error::last_os_error().kind() != io::ErrorKind::Interrupted;
+    }
     // SAFETY: si_pid is set (non-zero) only when a child has exited.
-    rc == 0 && unsafe { info.si_pid() } != 0
+    unsafe { info.si_pid() != 0 }
+}
+
+/// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).
+fn wait_exited(pid: i32) {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid out-buffer.
+        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+        #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
+        // SAFETY: waitid(2) on our own child with a writable siginfo.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// Runs `command` under `policy`; returns its exit status (128+N when
@@ -334,7 +360,13 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // thread sbx starts (the DNS stub, the denial logger) inherits the mask
     // and a SIGTERM waits for the forwarder's signalfd, never acted on by
     // default in some other thread.
-    let forwarder = Forwarder::start().map_err(RunError::Confine)?;
+    // A SIGCHLD inherited as ignored would have the kernel reap the command
+    // by itself: its exit status lost, and nothing left to wait for.
+    // SAFETY: setting a signal disposition to its default.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    let forwarder = Forwarder::start().map_err(|e| {
+        RunError::Confine(io::Error::other(format!("opening a signalfd for the forwarded signals: {e}")))
+    })?;
     // Everything that can refuse comes first: nothing is attached if the
     // kernel cannot enforce what was asked.
     let unix = unix_guard(policy, opts)?;

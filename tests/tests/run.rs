@@ -82,16 +82,21 @@ fn run_cleans_up_its_cgroup_pins_and_record() {
 /// container runtimes install where the kernel's clone3 is too new for
 /// them to inspect), so it runs as on a kernel before 5.3.
 fn without_clone3(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt as _;
     // clone3 is 435 on x86_64 and aarch64.
-    const NR_CLONE3: u32 = 435;
+    refuse_syscall(cmd, 435);
+}
+
+/// Has system call `nr` fail with `ENOSYS` in the process `cmd` starts
+/// (and its children), as on a kernel without it.
+fn refuse_syscall(cmd: &mut Command, nr: u32) {
+    use std::os::unix::process::CommandExt as _;
     let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS.unsigned_abs();
     let op = |code: u32| u16::try_from(code).expect("classic BPF opcodes fit 16 bits");
     let stmt = |code: u32, k: u32| libc::sock_filter { code: op(code), jt: 0, jf: 0, k };
     let program = [
         // A = seccomp_data.nr
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        libc::sock_filter { code: op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K), jt: 0, jf: 1, k: NR_CLONE3 },
+        libc::sock_filter { code: op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K), jt: 0, jf: 1, k: nr },
         stmt(libc::BPF_RET | libc::BPF_K, enosys),
         stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
     ];
@@ -585,4 +590,38 @@ fn a_state_directory_made_by_this_run_is_read_only_for_the_command() {
     assert!(!planted.exists(), "the command wrote into sbx's state directory");
     assert_eq!(std::fs::read_dir(&state).expect("the state directory").count(), 0, "run left a record");
     assert_eq!(cg.children(), Vec::<std::path::PathBuf>::new(), "run left its cgroup behind");
+}
+
+#[test]
+fn run_started_with_sigchld_ignored_reports_the_commands_status() {
+    // An ignored SIGCHLD survives exec; the kernel would reap the command
+    // by itself, and its status would be lost. Also where no pidfd can be
+    // had (a kernel before 5.3, a container's seccomp profile), the wait
+    // must end.
+    use std::os::unix::process::CommandExt as _;
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let ignore = |cmd: &mut Command| {
+        // SAFETY: signal(2) between fork and exec, async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    };
+    let mut cmd = sbx.run_cmd(&cg, &[], &["sh", "-c", "exit 3"]);
+    ignore(&mut cmd);
+    let out = cmd.output().expect("running sbx-user run");
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+
+    // pidfd_open is 434 on x86_64 and aarch64.
+    let mut cmd = sbx.run_cmd(&cg, &[], &["sh", "-c", "sleep 0.1; exit 4"]);
+    refuse_syscall(&mut cmd, 434);
+    ignore(&mut cmd);
+    let started = Instant::now();
+    let out = cmd.output().expect("running sbx-user run without pidfd_open");
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(started.elapsed() < Duration::from_secs(20), "the wait did not end");
+    assert_cleaned_up(&sbx, &cg, None);
 }
