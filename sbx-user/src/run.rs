@@ -176,6 +176,10 @@ const FORWARDED: [libc::c_int; 8] = [
     libc::SIGCONT,
 ];
 
+/// Whether `run` found SIGCHLD ignored (and reset it): read by the
+/// command's child code, which restores it.
+static SIGCHLD_IGNORED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Forwarded signals that end a run that has no command yet.
 const TERMINATING: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
@@ -361,9 +365,11 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // and a SIGTERM waits for the forwarder's signalfd, never acted on by
     // default in some other thread.
     // A SIGCHLD inherited as ignored would have the kernel reap the command
-    // by itself: its exit status lost, and nothing left to wait for.
+    // by itself: its exit status lost, and nothing left to wait for. The
+    // command gets it back as it was (`CommandStart::setup`).
     // SAFETY: setting a signal disposition to its default.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    let was = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    SIGCHLD_IGNORED.store(was == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
     let forwarder = Forwarder::start().map_err(|e| {
         RunError::Confine(io::Error::other(format!("opening a signalfd for the forwarded signals: {e}")))
     })?;
@@ -975,13 +981,16 @@ impl CommandStart<'_> {
     fn setup(&self, born: spawn::Born, gate: spawn::Gate) -> io::Result<()> {
         let Self { signals, parent, procs_fd, handshake, confinement, ruleset, filter, unix, exec: _ } = self;
         // SAFETY: async-signal-safe system calls on values of `self`: the
-        // mask, the SIGPIPE disposition, the parent-death signal, one write
+        // mask, the SIGPIPE and SIGCHLD dispositions, the parent-death signal, one write
         // of a static byte.
         unsafe {
             // The runner blocks the forwarded signals and ignores SIGPIPE;
             // the command gets neither.
             libc::sigprocmask(libc::SIG_UNBLOCK, signals, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if SIGCHLD_IGNORED.load(std::sync::atomic::Ordering::Relaxed) {
+                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            }
             // Die with the runner, so nothing outlives cleanup unnoticed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != *parent {
                 return Err(io::Error::last_os_error());
