@@ -309,47 +309,37 @@ impl Forwarder {
             if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 // poll itself failing (ENOMEM): no more forwarding, only the
                 // exit is waited for.
-                wait_exited(pid);
+                exited(pid, true);
                 return;
             }
             if fds[0].revents != 0 {
                 self.take_pending(Some(pid));
             }
-            if fds[1].revents != 0 || (pidfd.is_none() && exited(pid)) {
+            if fds[1].revents != 0 || (pidfd.is_none() && exited(pid, false)) {
                 return;
             }
         }
     }
 }
 
-/// Whether child `pid` has exited (left unreaped). An error other than
-/// `EINTR` (`ECHILD`: nothing left to wait for) counts as exited: no pid
-/// is signalled that may no longer be the command's.
-fn exited(pid: i32) -> bool {
-    // SAFETY: an all-zero siginfo_t is a valid out-buffer.
-    let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
-    #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
-    // SAFETY: waitid(2) on our own child with a writable siginfo.
-    let rc = unsafe {
-        libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
-    };
-    if rc != 0 {
-        return io::Error::last_os_error().kind() != io::ErrorKind::Interrupted;
-    }
-    // SAFETY: si_pid is set (non-zero) only when a child has exited.
-    unsafe { info.si_pid() != 0 }
-}
-
-/// Waits until child `pid` has exited, leaving it unreaped (`WNOWAIT`).
-fn wait_exited(pid: i32) {
+/// Whether child `pid` has exited, left unreaped (`WNOWAIT`); with `block`,
+/// waits until it has. An error other than `EINTR` (`ECHILD`: nothing
+/// left to wait for) counts as exited: no pid is signalled that may no
+/// longer be the command's.
+fn exited(pid: i32, block: bool) -> bool {
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
     loop {
         // SAFETY: an all-zero siginfo_t is a valid out-buffer.
         let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
         #[expect(clippy::cast_sign_loss, reason = "a pid from spawn")]
         // SAFETY: waitid(2) on our own child with a writable siginfo.
-        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
-        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &raw mut info, flags) };
+        if rc == 0 {
+            // SAFETY: si_pid is set (non-zero) only when a child has exited.
+            return unsafe { info.si_pid() != 0 };
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return true;
         }
     }
 }
@@ -981,8 +971,8 @@ impl CommandStart<'_> {
     fn setup(&self, born: spawn::Born, gate: spawn::Gate) -> io::Result<()> {
         let Self { signals, parent, procs_fd, handshake, confinement, ruleset, filter, unix, exec: _ } = self;
         // SAFETY: async-signal-safe system calls on values of `self`: the
-        // mask, the SIGPIPE and SIGCHLD dispositions, the parent-death signal, one write
-        // of a static byte.
+        // mask, the SIGPIPE and SIGCHLD dispositions, the parent-death
+        // signal, one write of a static byte.
         unsafe {
             // The runner blocks the forwarded signals and ignores SIGPIPE;
             // the command gets neither.
