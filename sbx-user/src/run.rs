@@ -393,12 +393,6 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         })?;
         crate::loader::ensure_bpffs(paths).map_err(SandboxError::from)?;
     }
-    let (cg, dir) = match &opts.agent {
-        None => (make_sandbox(opts)?, None),
-        Some(agent) => sandbox_from_agent(agent, paths, opts.trace, stub.as_ref().map(Stub::addr))?,
-    };
-    let _ = made.set(cg.clone());
-    log::info!("sandbox cgroup {}", cg.path.display());
     let stubbed;
     let policy = match &stub {
         Some(s) => {
@@ -407,28 +401,56 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         }
         None => policy,
     };
+    // Through the agent, the sandbox is asked for now and received once the
+    // command's start is prepared (the agent makes it on the other CPU
+    // meanwhile); the direct path makes its cgroup at that point.
+    let mut in_flight = match &opts.agent {
+        None => None,
+        Some(agent) => Some(AgentRun::send(agent, opts.trace, stub.as_ref().map(Stub::addr))?),
+    };
+    let sandbox = std::cell::OnceCell::<Made>::new();
+    let make_sandbox_now = |in_flight: &mut Option<AgentRun>| -> Result<(), RunError> {
+        let made_now = match (in_flight.take(), &opts.agent) {
+            (Some(request), Some(agent)) => request.receive(agent, paths)?,
+            _ => (make_sandbox(opts)?, None),
+        };
+        log::info!("sandbox cgroup {}", made_now.0.path.display());
+        let _ = made.set(made_now.0.clone());
+        let _ = sandbox.set(made_now);
+        Ok(())
+    };
     // The command's process is started first and waits at its gate (its
     // own set-up, the mount namespace above all, runs on another CPU
     // meanwhile); the policy is put in place, and only then is it let on.
     // Through the agent the policy is already installed: the agent holds it.
     let mut installed = opts.agent.is_some();
     let mut readers = None;
-    let ready = || {
+    let ready = |cg: &Cgroup| {
         if opts.agent.is_none() {
             let mut attach = default_options(opts.max_entries, false);
             if opts.trace {
                 attach.config.flags |= sbx_common::FLAG_DEBUG;
             }
-            install(&cg, policy, attach, paths, Owner::Run(std::process::id()))?;
+            install(cg, policy, attach, paths, Owner::Run(std::process::id()))?;
             installed = true;
         }
-        readers = Some(Readers::start(&cg, paths, opts));
+        readers = Some(Readers::start(cg, paths, opts));
         // Asked to stop while the sandbox was being made: the command never
         // starts, and the sandbox is torn down as after any run.
         Ok(forwarder.early_signal())
     };
-    let start = Start { cg: &cg, dir: dir.as_ref(), workspace: &workspace, ruleset: &ruleset, filter: &filter };
-    let result = spawn_and_wait(command, policy, &start, opts, unix, &forwarder, ready);
+    let start = Start { workspace: &workspace, ruleset: &ruleset, filter: &filter };
+    let result = spawn_and_wait(
+        command,
+        policy,
+        &start,
+        opts,
+        unix,
+        &forwarder,
+        || make_sandbox_now(&mut in_flight),
+        &sandbox,
+        ready,
+    );
     if let Some(r) = readers {
         r.stop();
     }
@@ -437,17 +459,27 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     if let Some(s) = stub.as_mut() {
         s.stop_soon();
     }
-    let torn = match &opts.agent {
+    // Preparing the command's start failed while the agent was making the
+    // sandbox: it is received, to be removed.
+    if let (Some(request), Some(agent)) = (in_flight.take(), &opts.agent) {
+        if let Ok(made_now) = request.receive(agent, paths) {
+            let _ = sandbox.set(made_now);
+        }
+    }
+    let torn = match (sandbox.get(), &opts.agent) {
+        // Nothing was made.
+        (None, _) => Ok(()),
         // The policy could not be installed: nothing to detach.
-        None if !installed => {
+        (Some((cg, _)), None) if !installed => {
             drop(workspace);
             cg.remove().map_err(Into::into)
         }
-        None => teardown(&cg, paths, Some(workspace)),
-        Some(agent) => teardown_via_agent(agent, &cg, paths),
+        (Some((cg, _)), None) => teardown(cg, paths, Some(workspace)),
+        (Some((cg, _)), Some(agent)) => teardown_via_agent(agent, cg, paths),
     };
     if let Err(e) = torn {
-        crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
+        let path = sandbox.get().map(|(cg, _)| cg.path.display().to_string()).unwrap_or_default();
+        crate::warn_user!("cleaning up {path} failed: {e}");
     }
     if let Some(s) = stub {
         s.stop();
@@ -655,17 +687,41 @@ fn make_sandbox(opts: &RunOptions) -> Result<Cgroup, RunError> {
     Ok(Cgroup::create(&parent, &format!("run-{pid}-{nanos}"))?)
 }
 
-/// Has the agent make the sandbox (request `run`); returns it and the fd
-/// of its directory that came with the reply as `SCM_RIGHTS`.
-fn sandbox_from_agent(
+/// The sandbox, once made: its cgroup and, through the agent, the fd of
+/// its directory that came with the agent's reply.
+type Made = (Cgroup, Option<std::os::fd::OwnedFd>);
+
+/// A `run` request the agent is serving (it makes the cgroup and attaches
+/// the policy on another CPU while this process prepares the command's
+/// start); [`Self::receive`] reads its reply.
+struct AgentRun(crate::agent::client::Client);
+
+impl AgentRun {
+    /// Asks the agent to make the sandbox (request `run`).
+    fn send(agent: &AgentTarget, trace: bool, dns_stub: Option<std::net::Ipv4Addr>) -> Result<Self, RunError> {
+        use crate::agent::{client::Client, protocol::Request};
+        let mut client = Client::connect(&agent.socket, agent.timeout)?;
+        client.send(&Request::Run { policy: agent.policy.clone(), trace, dns_stub })?;
+        Ok(Self(client))
+    }
+
+    /// The sandbox the agent made, checked: the fd must be the cgroup it
+    /// names. Whatever is wrong with the reply, a sandbox it names is
+    /// removed again.
+    fn receive(self, agent: &AgentTarget, paths: &Paths) -> Result<Made, RunError> {
+        let Self(mut client) = self;
+        let (reply, fd) = client.reply_with_fd()?;
+        sandbox_from_reply(agent, paths, &reply, fd)
+    }
+}
+
+/// The sandbox the agent's reply to `run` describes.
+fn sandbox_from_reply(
     agent: &AgentTarget,
     paths: &Paths,
-    trace: bool,
-    dns_stub: Option<std::net::Ipv4Addr>,
-) -> Result<(Cgroup, Option<std::os::fd::OwnedFd>), RunError> {
-    use crate::agent::{client::Client, protocol::Request};
-    let mut client = Client::connect(&agent.socket, agent.timeout)?;
-    let (reply, fd) = client.call_with_fd(&Request::Run { policy: agent.policy.clone(), trace, dns_stub })?;
+    reply: &serde_json::Map<String, serde_json::Value>,
+    fd: Option<std::os::fd::OwnedFd>,
+) -> Result<Made, RunError> {
     let path = reply.get("cgroup").and_then(serde_json::Value::as_str).map(PathBuf::from);
     let id = reply.get("cgroup_id").and_then(serde_json::Value::as_u64);
     let by_pidfd = reply.get("enter").and_then(serde_json::Value::as_str) == Some("pidfd");
@@ -772,18 +828,17 @@ pub fn proxy_env(policy: &Policy) -> Vec<(&'static str, String)> {
 
 /// What `run` prepared for the command's start.
 struct Start<'a> {
-    cg: &'a Cgroup,
-    /// The agent's fd of the cgroup's directory, if the agent made it.
-    dir: Option<&'a std::os::fd::OwnedFd>,
     workspace: &'a crate::harden::workspace::Workspace,
     ruleset: &'a landlock::Prepared,
     filter: &'a seccomp::SeccompFilter,
 }
 
-/// Starts the command's process, which waits at its gate while `ready`
-/// puts the sandbox's policy in place; lets it on if `ready` succeeds and
-/// reports no early signal, and waits for it. On an early signal the
-/// command never runs, and the status is that signal's.
+/// Prepares the command's start, then has `make` make the sandbox (into
+/// `sandbox`), and starts the command's process in it, which waits at its
+/// gate while `ready` puts the sandbox's policy in place; lets it on if
+/// `ready` succeeds and reports no early signal, and waits for it. On an
+/// early signal the command never runs, and the status is that signal's.
+#[expect(clippy::too_many_arguments, reason = "run's one call; each is a part of the start")]
 fn spawn_and_wait(
     command: &[OsString],
     policy: &Policy,
@@ -791,9 +846,11 @@ fn spawn_and_wait(
     opts: &RunOptions,
     unix: Option<crate::harden::unix::Guard>,
     forwarder: &Forwarder,
-    ready: impl FnOnce() -> Result<Option<i32>, RunError>,
+    make: impl FnOnce() -> Result<(), RunError>,
+    sandbox: &std::cell::OnceCell<Made>,
+    ready: impl FnOnce(&Cgroup) -> Result<Option<i32>, RunError>,
 ) -> Result<ExitStatus, RunError> {
-    let Start { cg, dir, workspace, ruleset, filter } = *start;
+    let Start { workspace, ruleset, filter } = *start;
     let mut protect = vec![opts.state_dir.clone()];
     protect.extend(std::env::current_exe().ok());
     protect.extend(workspace.read_only().iter().cloned());
@@ -807,11 +864,6 @@ fn spawn_and_wait(
         confinement.bind_files(&binds).map_err(RunError::Confine)?;
     }
     let unix_child = unix.as_ref().map(crate::harden::unix::Guard::child_start);
-    let enter = enter_of(cg, dir, opts)?;
-    let (procs_fd, handshake) = match &enter {
-        Enter::Born { procs, .. } => (procs.as_raw_fd(), None),
-        Enter::Moved(entry) => (-1, Some(entry.child_end())),
-    };
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
 
@@ -822,6 +874,13 @@ fn spawn_and_wait(
     let search_path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.to_string_lossy().into_owned());
     let exec = Exec::new(program, args, &env).map_err(RunError::Confine)?;
     let searched = exec.searched();
+    make()?;
+    let (cg, dir) = sandbox.get().map(|(cg, dir)| (cg, dir.as_ref())).expect("make made the sandbox");
+    let enter = enter_of(cg, dir, opts)?;
+    let (procs_fd, handshake) = match &enter {
+        Enter::Born { procs, .. } => (procs.as_raw_fd(), None),
+        Enter::Moved(entry) => (-1, Some(entry.child_end())),
+    };
     let start = CommandStart {
         signals: signal_set(),
         parent: parent_pid,
@@ -850,7 +909,7 @@ fn spawn_and_wait(
             (unsafe { spawn::spawn(spawn::Start::Here, start_command) }, None, Some(mover))
         }
     };
-    let spawned = match through_gate(pending, mover, ready)? {
+    let spawned = match through_gate(pending, mover, || ready(cg))? {
         AtGate::Started(spawned) => spawned,
         AtGate::Stopped(status) => return Ok(status),
     };

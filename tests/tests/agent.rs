@@ -1052,3 +1052,38 @@ fn run_through_the_agent_serves_pinned_names_from_the_runners_stub() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dns host"), "{}", sbx_tests::describe(&out));
     assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
 }
+
+/// `run` asks the agent for its sandbox first and prepares the command's
+/// start while the agent makes it: a start that then fails (here
+/// `--keep-fd` of a descriptor that is not open) runs nothing, and the
+/// sandbox the agent made meanwhile is removed, cgroup and record.
+#[test]
+fn a_run_refused_while_the_agent_makes_its_sandbox_leaves_nothing() {
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let agent = Agent::start(&sbx, &[root.path()], "", &[]);
+    let marker = sbx.state_dir().join("ran");
+    let out = Command::new(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--dns", "host", "--keep-fd", "977", "--"])
+        .args(["touch"])
+        .arg(&marker)
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sbx-user run");
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--keep-fd 977: no such open file descriptor"),
+        "{}",
+        sbx_tests::describe(&out)
+    );
+    assert!(!marker.exists(), "the command ran");
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+    let left: Vec<_> = std::fs::read_dir(root.path())
+        .expect("the agent's root")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "cgroups left below the agent's root: {left:?}");
+}

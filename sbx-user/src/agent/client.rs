@@ -176,8 +176,21 @@ impl Client {
         &mut self,
         request: &Request,
     ) -> Result<(Map<String, Value>, Option<std::os::fd::OwnedFd>), ClientError> {
+        self.send(request)?;
+        self.reply_with_fd()
+    }
+
+    /// Sends one request without reading its reply: the caller does other
+    /// work while the agent serves it, then reads the reply with
+    /// [`Self::reply_with_fd`].
+    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let line = protocol::encode_request(request);
-        self.stream.write_all(&line).map_err(|e| self.io(e))?;
+        self.stream.write_all(&line).map_err(|e| self.io(e))
+    }
+
+    /// Reads the reply to the request [`Self::send`] sent, and the file
+    /// descriptor that came with it (`SCM_RIGHTS` on its first byte), if any.
+    pub fn reply_with_fd(&mut self) -> Result<(Map<String, Value>, Option<std::os::fd::OwnedFd>), ClientError> {
         let (first, fd) = recv_with_fd(&self.stream).map_err(|e| self.io(e))?;
         Ok((self.reply(first)?, fd))
     }
