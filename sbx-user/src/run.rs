@@ -459,28 +459,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     if let Some(s) = stub.as_mut() {
         s.stop_soon();
     }
-    // Preparing the command's start failed while the agent was making the
-    // sandbox: it is received, to be removed.
-    if let (Some(request), Some(agent)) = (in_flight.take(), &opts.agent) {
-        if let Ok(made_now) = request.receive(agent, paths) {
-            let _ = sandbox.set(made_now);
-        }
-    }
-    let torn = match (sandbox.get(), &opts.agent) {
-        // Nothing was made.
-        (None, _) => Ok(()),
-        // The policy could not be installed: nothing to detach.
-        (Some((cg, _)), None) if !installed => {
-            drop(workspace);
-            cg.remove().map_err(Into::into)
-        }
-        (Some((cg, _)), None) => teardown(cg, paths, Some(workspace)),
-        (Some((cg, _)), Some(agent)) => teardown_via_agent(agent, cg, paths),
-    };
-    if let Err(e) = torn {
-        let path = sandbox.get().map(|(cg, _)| cg.path.display().to_string()).unwrap_or_default();
-        crate::warn_user!("cleaning up {path} failed: {e}");
-    }
+    finish(in_flight, &sandbox, installed, workspace, opts, paths);
     if let Some(s) = stub {
         s.stop();
     }
@@ -690,6 +669,39 @@ fn make_sandbox(opts: &RunOptions) -> Result<Cgroup, RunError> {
 /// The sandbox, once made: its cgroup and, through the agent, the fd of
 /// its directory that came with the agent's reply.
 type Made = (Cgroup, Option<std::os::fd::OwnedFd>);
+
+/// Removes what `run` made, once its command has ended (or never started).
+fn finish(
+    in_flight: Option<AgentRun>,
+    sandbox: &std::cell::OnceCell<Made>,
+    installed: bool,
+    workspace: crate::harden::workspace::Workspace,
+    opts: &RunOptions,
+    paths: &Paths,
+) {
+    // Preparing the command's start failed while the agent was making the
+    // sandbox: it is received, to be removed.
+    if let (Some(request), Some(agent)) = (in_flight, &opts.agent) {
+        if let Ok(made_now) = request.receive(agent, paths) {
+            let _ = sandbox.set(made_now);
+        }
+    }
+    let torn = match (sandbox.get(), &opts.agent) {
+        // Nothing was made.
+        (None, _) => Ok(()),
+        // The policy could not be installed: nothing to detach.
+        (Some((cg, _)), None) if !installed => {
+            drop(workspace);
+            cg.remove().map_err(Into::into)
+        }
+        (Some((cg, _)), None) => teardown(cg, paths, Some(workspace)),
+        (Some((cg, _)), Some(agent)) => teardown_via_agent(agent, cg, paths),
+    };
+    if let Err(e) = torn {
+        let path = sandbox.get().map(|(cg, _)| cg.path.display().to_string()).unwrap_or_default();
+        crate::warn_user!("cleaning up {path} failed: {e}");
+    }
+}
 
 /// A `run` request the agent is serving (it makes the cgroup and attaches
 /// the policy on another CPU while this process prepares the command's
