@@ -409,15 +409,14 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         Some(agent) => Some(AgentRun::send(agent, opts.trace, stub.as_ref().map(Stub::addr))?),
     };
     let sandbox = std::cell::OnceCell::<Made>::new();
-    let make_sandbox_now = |in_flight: &mut Option<AgentRun>| -> Result<(), RunError> {
-        let made_now = match (in_flight.take(), &opts.agent) {
-            (Some(request), Some(agent)) => request.receive(agent, paths)?,
-            _ => (make_sandbox(opts)?, None),
+    let make_sandbox_now = |in_flight: &mut Option<AgentRun<'_>>| -> Result<&Made, RunError> {
+        let made_now = match in_flight.take() {
+            Some(request) => request.receive(paths)?,
+            None => (make_sandbox(opts)?, None),
         };
         log::info!("sandbox cgroup {}", made_now.0.path.display());
         let _ = made.set(made_now.0.clone());
-        let _ = sandbox.set(made_now);
-        Ok(())
+        Ok(sandbox.get_or_init(|| made_now))
     };
     // The command's process is started first and waits at its gate (its
     // own set-up, the mount namespace above all, runs on another CPU
@@ -440,17 +439,8 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         Ok(forwarder.early_signal())
     };
     let start = Start { workspace: &workspace, ruleset: &ruleset, filter: &filter };
-    let result = spawn_and_wait(
-        command,
-        policy,
-        &start,
-        opts,
-        unix,
-        &forwarder,
-        || make_sandbox_now(&mut in_flight),
-        &sandbox,
-        ready,
-    );
+    let result =
+        spawn_and_wait(command, policy, &start, opts, unix, &forwarder, || make_sandbox_now(&mut in_flight), ready);
     if let Some(r) = readers {
         r.stop();
     }
@@ -459,7 +449,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     if let Some(s) = stub.as_mut() {
         s.stop_soon();
     }
-    finish(in_flight, &sandbox, installed, workspace, opts, paths);
+    finish(in_flight, sandbox, installed, workspace, opts, paths);
     if let Some(s) = stub {
         s.stop();
     }
@@ -672,8 +662,8 @@ type Made = (Cgroup, Option<std::os::fd::OwnedFd>);
 
 /// Removes what `run` made, once its command has ended (or never started).
 fn finish(
-    in_flight: Option<AgentRun>,
-    sandbox: &std::cell::OnceCell<Made>,
+    in_flight: Option<AgentRun<'_>>,
+    sandbox: std::cell::OnceCell<Made>,
     installed: bool,
     workspace: crate::harden::workspace::Workspace,
     opts: &RunOptions,
@@ -681,47 +671,45 @@ fn finish(
 ) {
     // Preparing the command's start failed while the agent was making the
     // sandbox: it is received, to be removed.
-    if let (Some(request), Some(agent)) = (in_flight, &opts.agent) {
-        if let Ok(made_now) = request.receive(agent, paths) {
-            let _ = sandbox.set(made_now);
-        }
-    }
-    let torn = match (sandbox.get(), &opts.agent) {
-        // Nothing was made.
-        (None, _) => Ok(()),
+    let made = sandbox.into_inner().or_else(|| in_flight.and_then(|request| request.receive(paths).ok()));
+    // Nothing was made.
+    let Some((cg, _)) = made else { return };
+    let torn = match &opts.agent {
         // The policy could not be installed: nothing to detach.
-        (Some((cg, _)), None) if !installed => {
+        None if !installed => {
             drop(workspace);
             cg.remove().map_err(Into::into)
         }
-        (Some((cg, _)), None) => teardown(cg, paths, Some(workspace)),
-        (Some((cg, _)), Some(agent)) => teardown_via_agent(agent, cg, paths),
+        None => teardown(&cg, paths, Some(workspace)),
+        Some(agent) => teardown_via_agent(agent, &cg, paths),
     };
     if let Err(e) = torn {
-        let path = sandbox.get().map(|(cg, _)| cg.path.display().to_string()).unwrap_or_default();
-        crate::warn_user!("cleaning up {path} failed: {e}");
+        crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
     }
 }
 
 /// A `run` request the agent is serving (it makes the cgroup and attaches
 /// the policy on another CPU while this process prepares the command's
 /// start); [`Self::receive`] reads its reply.
-struct AgentRun(crate::agent::client::Client);
+struct AgentRun<'a> {
+    agent: &'a AgentTarget,
+    client: crate::agent::client::Client,
+}
 
-impl AgentRun {
+impl<'a> AgentRun<'a> {
     /// Asks the agent to make the sandbox (request `run`).
-    fn send(agent: &AgentTarget, trace: bool, dns_stub: Option<std::net::Ipv4Addr>) -> Result<Self, RunError> {
+    fn send(agent: &'a AgentTarget, trace: bool, dns_stub: Option<std::net::Ipv4Addr>) -> Result<Self, RunError> {
         use crate::agent::{client::Client, protocol::Request};
         let mut client = Client::connect(&agent.socket, agent.timeout)?;
         client.send(&Request::Run { policy: agent.policy.clone(), trace, dns_stub })?;
-        Ok(Self(client))
+        Ok(Self { agent, client })
     }
 
     /// The sandbox the agent made, checked: the fd must be the cgroup it
     /// names. Whatever is wrong with the reply, a sandbox it names is
     /// removed again.
-    fn receive(self, agent: &AgentTarget, paths: &Paths) -> Result<Made, RunError> {
-        let Self(mut client) = self;
+    fn receive(self, paths: &Paths) -> Result<Made, RunError> {
+        let Self { agent, mut client } = self;
         let (reply, fd) = client.reply_with_fd()?;
         sandbox_from_reply(agent, paths, &reply, fd)
     }
@@ -845,21 +833,20 @@ struct Start<'a> {
     filter: &'a seccomp::SeccompFilter,
 }
 
-/// Prepares the command's start, then has `make` make the sandbox (into
-/// `sandbox`), and starts the command's process in it, which waits at its
+/// Prepares the command's start, then has `make` make the sandbox, and
+/// starts the command's process in it, which waits at its
 /// gate while `ready` puts the sandbox's policy in place; lets it on if
 /// `ready` succeeds and reports no early signal, and waits for it. On an
 /// early signal the command never runs, and the status is that signal's.
 #[expect(clippy::too_many_arguments, reason = "run's one call; each is a part of the start")]
-fn spawn_and_wait(
+fn spawn_and_wait<'s>(
     command: &[OsString],
     policy: &Policy,
     start: &Start<'_>,
     opts: &RunOptions,
     unix: Option<crate::harden::unix::Guard>,
     forwarder: &Forwarder,
-    make: impl FnOnce() -> Result<(), RunError>,
-    sandbox: &std::cell::OnceCell<Made>,
+    make: impl FnOnce() -> Result<&'s Made, RunError>,
     ready: impl FnOnce(&Cgroup) -> Result<Option<i32>, RunError>,
 ) -> Result<ExitStatus, RunError> {
     let Start { workspace, ruleset, filter } = *start;
@@ -886,9 +873,8 @@ fn spawn_and_wait(
     let search_path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.to_string_lossy().into_owned());
     let exec = Exec::new(program, args, &env).map_err(RunError::Confine)?;
     let searched = exec.searched();
-    make()?;
-    let (cg, dir) = sandbox.get().map(|(cg, dir)| (cg, dir.as_ref())).expect("make made the sandbox");
-    let enter = enter_of(cg, dir, opts)?;
+    let (cg, dir) = make()?;
+    let enter = enter_of(cg, dir.as_ref(), opts)?;
     let (procs_fd, handshake) = match &enter {
         Enter::Born { procs, .. } => (procs.as_raw_fd(), None),
         Enter::Moved(entry) => (-1, Some(entry.child_end())),

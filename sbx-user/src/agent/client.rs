@@ -170,16 +170,6 @@ impl Client {
         self.reply(Vec::new())
     }
 
-    /// Sends one request and reads its reply and the file descriptor that
-    /// came with it (`SCM_RIGHTS` on the reply's first byte), if any.
-    pub fn call_with_fd(
-        &mut self,
-        request: &Request,
-    ) -> Result<(Map<String, Value>, Option<std::os::fd::OwnedFd>), ClientError> {
-        self.send(request)?;
-        self.reply_with_fd()
-    }
-
     /// Sends one request without reading its reply: the caller does other
     /// work while the agent serves it, then reads the reply with
     /// [`Self::reply_with_fd`].
