@@ -404,14 +404,22 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // Through the agent, the sandbox is asked for now and received once the
     // command's start is prepared (the agent makes it on the other CPU
     // meanwhile); the direct path makes its cgroup at that point.
-    let mut in_flight = match &opts.agent {
+    // The agent replies twice: the cgroup, which the command's process is
+    // created in, then, while that process makes its mounts, the attach.
+    let in_flight = std::cell::RefCell::new(match &opts.agent {
         None => None,
         Some(agent) => Some(AgentRun::send(agent, opts.trace, stub.as_ref().map(Stub::addr))?),
-    };
+    });
     let sandbox = std::cell::OnceCell::<Made>::new();
-    let make_sandbox_now = |in_flight: &mut Option<AgentRun<'_>>| -> Result<&Made, RunError> {
-        let made_now = match in_flight.take() {
-            Some(request) => request.receive(paths)?,
+    let make_sandbox_now = || -> Result<&Made, RunError> {
+        // A first reply that fails ends the request (nothing more comes).
+        let request = in_flight.borrow_mut().take();
+        let made_now = match request {
+            Some(request) => {
+                let (made_now, request) = request.made(paths)?;
+                *in_flight.borrow_mut() = Some(request);
+                made_now
+            }
             None => (make_sandbox(opts)?, None),
         };
         log::info!("sandbox cgroup {}", made_now.0.path.display());
@@ -421,7 +429,8 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // The command's process is started first and waits at its gate (its
     // own set-up, the mount namespace above all, runs on another CPU
     // meanwhile); the policy is put in place, and only then is it let on.
-    // Through the agent the policy is already installed: the agent holds it.
+    // Through the agent the agent installs the policy (its second reply
+    // says so); a refusal there means it removed the sandbox again.
     let mut installed = opts.agent.is_some();
     let mut readers = None;
     let ready = |cg: &Cgroup| {
@@ -432,6 +441,11 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
             }
             install(cg, policy, attach, paths, Owner::Run(std::process::id()))?;
             installed = true;
+        } else if let Some(request) = in_flight.borrow_mut().take() {
+            request.attached().map_err(|refused| {
+                installed = !refused.removed;
+                refused.error
+            })?;
         }
         readers = Some(Readers::start(cg, paths, opts));
         // Asked to stop while the sandbox was being made: the command never
@@ -439,8 +453,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         Ok(forwarder.early_signal())
     };
     let start = Start { workspace: &workspace, ruleset: &ruleset, filter: &filter };
-    let result =
-        spawn_and_wait(command, policy, &start, opts, unix, &forwarder, || make_sandbox_now(&mut in_flight), ready);
+    let result = spawn_and_wait(command, policy, &start, opts, unix, &forwarder, make_sandbox_now, ready);
     if let Some(r) = readers {
         r.stop();
     }
@@ -449,11 +462,16 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     if let Some(s) = stub.as_mut() {
         s.stop_soon();
     }
-    finish(in_flight, sandbox, installed, workspace, opts, paths);
+    let refused = finish(in_flight.into_inner(), sandbox, installed, workspace, opts, paths);
     if let Some(s) = stub {
         s.stop();
     }
-    let status = result?;
+    // The agent's refusal to attach is why the start failed (it removed
+    // the cgroup the command's process was entering, say).
+    let status = match (result, refused) {
+        (Err(_), Some(refusal)) => return Err(refusal),
+        (result, _) => result?,
+    };
     Ok(status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt as _;
         128 + status.signal().unwrap_or(0)
@@ -660,7 +678,8 @@ fn make_sandbox(opts: &RunOptions) -> Result<Cgroup, RunError> {
 /// its directory that came with the agent's reply.
 type Made = (Cgroup, Option<std::os::fd::OwnedFd>);
 
-/// Removes what `run` made, once its command has ended (or never started).
+/// Removes what `run` made, once its command has ended (or never started);
+/// the agent's refusal to attach, if its last reply was read only here.
 fn finish(
     in_flight: Option<AgentRun<'_>>,
     sandbox: std::cell::OnceCell<Made>,
@@ -668,12 +687,17 @@ fn finish(
     workspace: crate::harden::workspace::Workspace,
     opts: &RunOptions,
     paths: &Paths,
-) {
+) -> Option<RunError> {
     // Preparing the command's start failed while the agent was making the
-    // sandbox: it is received, to be removed.
-    let made = sandbox.into_inner().or_else(|| in_flight.and_then(|request| request.receive(paths).ok()));
-    // Nothing was made.
-    let Some((cg, _)) = made else { return };
+    // sandbox, or the command's process could not be created: the agent's
+    // replies are read, and what it made is removed.
+    let made = sandbox.into_inner();
+    let (made, refused) = match in_flight {
+        Some(request) => request.settle(paths, made),
+        None => (made, None),
+    };
+    // Nothing was made, or nothing is left.
+    let Some((cg, _)) = made else { return refused };
     let torn = match &opts.agent {
         // The policy could not be installed: nothing to detach.
         None if !installed => {
@@ -681,37 +705,127 @@ fn finish(
             cg.remove().map_err(Into::into)
         }
         None => teardown(&cg, paths, Some(workspace)),
+        // The agent refused to attach, and removed the sandbox.
+        Some(_) if !installed => Ok(()),
         Some(agent) => teardown_via_agent(agent, &cg, paths),
     };
     if let Err(e) = torn {
         crate::warn_user!("cleaning up {} failed: {e}", cg.path.display());
     }
+    refused
 }
 
 /// A `run` request the agent is serving (it makes the cgroup and attaches
 /// the policy on another CPU while this process prepares the command's
-/// start); [`Self::receive`] reads its reply.
+/// start): [`Self::made`] reads the reply that names the cgroup,
+/// [`Self::attached`] the one that says the policy holds. An agent older
+/// than `staged` replies once, with both.
 struct AgentRun<'a> {
     agent: &'a AgentTarget,
     client: crate::agent::client::Client,
+    trace: bool,
+    dns_stub: Option<std::net::Ipv4Addr>,
+    /// The agent replies twice.
+    staged: bool,
+}
+
+/// The agent did not attach the policy.
+struct Refused {
+    error: RunError,
+    /// The agent said so, and removed the sandbox: nothing is left to
+    /// detach. Otherwise (the connection broke) the sandbox may be there.
+    removed: bool,
 }
 
 impl<'a> AgentRun<'a> {
-    /// Asks the agent to make the sandbox (request `run`).
+    /// Asks the agent to make the sandbox (request `run`, staged).
     fn send(agent: &'a AgentTarget, trace: bool, dns_stub: Option<std::net::Ipv4Addr>) -> Result<Self, RunError> {
-        use crate::agent::{client::Client, protocol::Request};
-        let mut client = Client::connect(&agent.socket, agent.timeout)?;
-        client.send(&Request::Run { policy: agent.policy.clone(), trace, dns_stub })?;
-        Ok(Self { agent, client })
+        let mut request = Self { agent, client: Self::connect(agent)?, trace, dns_stub, staged: true };
+        request.ask()?;
+        Ok(request)
+    }
+
+    fn connect(agent: &AgentTarget) -> Result<crate::agent::client::Client, RunError> {
+        Ok(crate::agent::client::Client::connect(&agent.socket, agent.timeout)?)
+    }
+
+    fn ask(&mut self) -> Result<(), RunError> {
+        let Self { agent, client, trace, dns_stub, staged } = self;
+        let request = crate::agent::protocol::Request::Run {
+            policy: agent.policy.clone(),
+            trace: *trace,
+            dns_stub: *dns_stub,
+            staged: *staged,
+        };
+        Ok(client.send(&request)?)
     }
 
     /// The sandbox the agent made, checked: the fd must be the cgroup it
     /// names. Whatever is wrong with the reply, a sandbox it names is
     /// removed again.
-    fn receive(self, paths: &Paths) -> Result<Made, RunError> {
-        let Self { agent, mut client } = self;
-        let (reply, fd) = client.reply_with_fd()?;
-        sandbox_from_reply(agent, paths, &reply, fd)
+    fn made(mut self, paths: &Paths) -> Result<(Made, Self), RunError> {
+        use crate::agent::client::ClientError;
+        let (reply, fd) = match self.client.reply_with_fd() {
+            Err(ClientError::Agent { code, message })
+                if self.staged && code == "invalid" && message.contains("`staged`") =>
+            {
+                // An agent older than this sbx-user: asked again, for one
+                // reply that comes once the policy is attached.
+                log::info!("the agent predates staged run replies; asking for one reply");
+                self.client = Self::connect(self.agent)?;
+                self.staged = false;
+                self.ask()?;
+                self.client.reply_with_fd()?
+            }
+            reply => reply?,
+        };
+        if self.staged && reply.get("stage").and_then(serde_json::Value::as_str) != Some("made") {
+            let made = sandbox_from_reply(self.agent, paths, &reply, fd);
+            if let Ok((cg, _)) = made {
+                let _ = teardown_via_agent(self.agent, &cg, paths);
+            }
+            return Err(RunError::Confine(io::Error::other(
+                "the agent's first reply to a staged run is not its \"made\" stage",
+            )));
+        }
+        Ok((sandbox_from_reply(self.agent, paths, &reply, fd)?, self))
+    }
+
+    /// Waits until the agent has attached the policy (its second reply).
+    fn attached(mut self) -> Result<(), Refused> {
+        use crate::agent::client::ClientError;
+        if !self.staged {
+            return Ok(());
+        }
+        match self.client.reply_with_fd() {
+            Ok((reply, _)) if reply.get("stage").and_then(serde_json::Value::as_str) == Some("attached") => Ok(()),
+            Ok(_) => Err(Refused {
+                error: RunError::Confine(io::Error::other(
+                    "the agent's second reply to a staged run is not its \"attached\" stage",
+                )),
+                removed: false,
+            }),
+            Err(e) => Err(Refused { removed: matches!(e, ClientError::Agent { .. }), error: e.into() }),
+        }
+    }
+
+    /// What is left to remove of a request whose replies were not all
+    /// read (`made`: the sandbox its first reply named, if read): both are
+    /// read now, so the agent is done with the sandbox. If the agent
+    /// refused to attach, nothing is left, and its error comes back.
+    fn settle(self, paths: &Paths, made: Option<Made>) -> (Option<Made>, Option<RunError>) {
+        // A first reply that is wrong removes what it names.
+        let (made, request) = match made {
+            Some(m) => (m, self),
+            None => match self.made(paths) {
+                Ok(m) => m,
+                Err(_) => return (None, None),
+            },
+        };
+        match request.attached() {
+            Err(Refused { removed: true, error }) => (None, Some(error)),
+            _ => (Some(made), None),
+        }
     }
 }
 

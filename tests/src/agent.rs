@@ -37,6 +37,15 @@ impl Agent {
     /// When it does not start.
     #[must_use]
     pub fn start(sbx: &Sbx, roots: &[&Path], config: &str, extra: &[&str]) -> Self {
+        Self::start_bin(&crate::sbx_user_bin(), sbx, roots, config, extra)
+    }
+
+    /// [`Self::start`] with another `sbx-user` binary (an older build).
+    ///
+    /// # Panics
+    /// When it does not start.
+    #[must_use]
+    pub fn start_bin(bin: &Path, sbx: &Sbx, roots: &[&Path], config: &str, extra: &[&str]) -> Self {
         let dir = TempDir::new("agent");
         // Other users' clients must reach the socket; its own mode decides.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod of the agent's directory");
@@ -53,7 +62,7 @@ impl Agent {
             args.push(r.display().to_string());
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let mut agent = Self { child: None, dir, args, state: sbx.state_dir().to_owned(), bin: crate::sbx_user_bin() };
+        let mut agent = Self { child: None, dir, args, state: sbx.state_dir().to_owned(), bin: bin.to_owned() };
         agent.spawn();
         agent
     }

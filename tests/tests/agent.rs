@@ -1087,3 +1087,144 @@ fn a_run_refused_while_the_agent_makes_its_sandbox_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "cgroups left below the agent's root: {left:?}");
 }
+
+/// A foreign client of a `staged` run: root gets the cgroup and its fd in
+/// a first reply, before any policy is attached, and creates its child in
+/// the cgroup meanwhile; the second reply says the policy holds, and only
+/// then does the child go on (its connect is refused by the policy). When
+/// the attach fails instead (a policy over its `max_rules`), the second
+/// reply is the error, the child waiting in the cgroup has been killed (or
+/// found it gone) and the cgroup is gone: nothing is left to detach.
+#[test]
+fn a_staged_run_replies_with_the_cgroup_then_the_attach() {
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let agent = Agent::start(&sbx, &[root.path()], "", &[]);
+    let py = r#"
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall((json.dumps({"v": 1, "id": 7, "op": "run", "staged": True, "policy": json.loads(sys.argv[2])}) + "\n").encode())
+buf, fds = b"", []
+while b"\n" not in buf:
+    data, got, _, _ = socket.recv_fds(s, 4096, 1)
+    if not data:
+        break
+    buf, fds = buf + data, fds + got
+line, buf = buf.split(b"\n", 1)
+first = json.loads(line)
+print(json.dumps({"first": first, "fds": len(fds)}), flush=True)
+if not first.get("ok"):
+    sys.exit(0)
+cg = first["cgroup"]
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(w)
+    try:
+        procs = os.open("cgroup.procs", os.O_WRONLY, dir_fd=fds[0])
+        os.write(procs, b"0")
+        os.close(procs)
+    except OSError:
+        os._exit(2)
+    if os.read(r, 1) != b"x":
+        os._exit(3)
+    t = socket.socket()
+    try:
+        t.connect(("127.0.0.1", int(sys.argv[3])))
+        os._exit(0)
+    except OSError as e:
+        os._exit(100 + e.errno if e.errno < 100 else 99)
+os.close(r)
+while b"\n" not in buf:
+    more = s.recv(4096)
+    if not more:
+        break
+    buf += more
+second = json.loads(buf.split(b"\n", 1)[0])
+print(json.dumps({"second": second}), flush=True)
+if second.get("ok"):
+    os.write(w, b"x")
+os.close(w)
+_, status = os.waitpid(child, 0)
+print(json.dumps({"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                  "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                  "cgroup_left": os.path.exists(cg)}), flush=True)
+if second.get("ok"):
+    s.sendall((json.dumps({"v": 1, "op": "detach", "cgroup": cg, "remove": True}) + "\n").encode())
+    print(s.makefile("rb").readline().decode().strip(), flush=True)
+"#;
+    // A loopback port nothing listens on: refused by the kernel (111)
+    // unless the policy denies it first (EPERM).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let client = |policy: &Value| -> Vec<Value> {
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", py])
+            .arg(agent.socket())
+            .arg(policy.to_string())
+            .arg(port.to_string())
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect()
+    };
+
+    let r = client(&json!({"default": "deny", "loopback": "none", "dns": "host"}));
+    let first = ok(&r[0]["first"]);
+    assert_eq!(first["id"], 7, "{first}");
+    assert_eq!(first["stage"], "made", "{first}");
+    assert_eq!(r[0]["fds"], 1, "root's first reply carries the cgroup's fd: {r:?}");
+    assert!(first.get("generation").is_none(), "the first reply comes before the attach: {first}");
+    let second = ok(&r[1]["second"]);
+    assert_eq!((second["id"].clone(), second["stage"].clone()), (json!(7), json!("attached")), "{second}");
+    assert!(second["generation"].as_u64().is_some(), "{second}");
+    assert_eq!(r[2]["exit"], 101, "the child let on after the attach is held (EPERM): {r:?}");
+    ok(&r[3]);
+
+    let many: Vec<String> = (0..12).map(|i| format!("198.18.{}.0/24", 2 * i)).collect();
+    let r = client(&json!({"default": "deny", "dns": "host", "max_rules": 16, "allow": many}));
+    assert_eq!(ok(&r[0]["first"])["stage"], "made", "{r:?}");
+    let second = &r[1]["second"];
+    assert_eq!(code(second), "failed", "{second}");
+    assert!(second["error"]["message"].as_str().is_some_and(|m| m.contains("max-rules")), "{second}");
+    assert_eq!(second["id"], 7, "{second}");
+    // The child never went on: killed in the cgroup, or, when the agent
+    // was faster, it found the cgroup removed before it could enter.
+    assert!(
+        r[2]["signal"] == libc::SIGKILL || r[2]["exit"] == 2,
+        "the child waiting for the attach was killed or never entered: {r:?}"
+    );
+    assert_eq!(r[2]["cgroup_left"], false, "{r:?}");
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+    assert!(root.children().iter().all(|c| !c.to_string_lossy().contains("/run-")), "{:?}", root.children());
+}
+
+/// `run` through the agent whose policy the agent cannot attach (over its
+/// `--max-rules`): the command's process, made in the cgroup meanwhile,
+/// never runs the command; the agent's refusal is the error, and nothing
+/// is left (no cleanup of a sandbox the agent already removed).
+#[test]
+fn a_run_whose_policy_the_agent_cannot_attach_runs_nothing() {
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let agent = Agent::start(&sbx, &[root.path()], "", &[]);
+    let dir = TempDir::new_in(std::path::Path::new("/var/tmp"), "staged");
+    let marker = dir.path().join("ran");
+    let many: Vec<String> = (0..12).map(|i| format!("198.18.{}.0/24", 2 * i)).collect();
+    let out = Command::new(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "run", "--dns", "host", "--max-rules", "16"])
+        .args(["--allow", &many.join(","), "--fs-write"])
+        .arg(dir.path())
+        .args(["--", "touch"])
+        .arg(&marker)
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sbx-user run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{}", sbx_tests::describe(&out));
+    assert!(err.contains("raise --max-rules"), "{}", sbx_tests::describe(&out));
+    assert!(!err.contains("cleaning up"), "{}", sbx_tests::describe(&out));
+    assert!(!marker.exists(), "the command ran although its policy could not be put in place");
+    assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
+    assert!(root.children().iter().all(|c| !c.to_string_lossy().contains("/run-")), "{:?}", root.children());
+}

@@ -272,3 +272,34 @@ fn a_map_element_larger_than_the_buffer_is_refused() {
     sys::map_update(map.as_fd(), &key, &enough, 0).expect("and written");
     assert!(sys::map_lookup(map.as_fd(), &[0u8; 2], &mut enough).is_err(), "a short key is refused");
 }
+
+/// `run` of this build through an agent of an older build, which predates
+/// the `staged` run request (it refuses the field): `run` asks again for
+/// the one reply the older agent gives, and the command runs held by the
+/// policy; the sandbox is removed after.
+#[test]
+fn run_through_an_agent_older_than_staged_replies_asks_again() {
+    let previous = previous_bin();
+    let fx = Fixture::new(probe!());
+    let n = &fx.net;
+    n.serve_tcp(8080);
+    let agent = Agent::start_bin(&previous, &fx.sbx, &[fx.cg.path()], "", &[]);
+    let connect = format!(
+        "import socket\nfor a in ('{}', '{}'):\n    s = socket.socket(); s.settimeout(5)\n    try:\n        \
+         s.connect((a, 8080)); print('ok')\n    except OSError as e: print(e.errno)\n",
+        n.ns_v4, n.ns_v4b
+    );
+    let out = Command::new(sbx_tests::sbx_user_bin())
+        .args(["--agent-socket", &agent.socket_arg(), "-v", "run", "--dns", "host"])
+        .args(["--allow", &format!("{}:8080", n.ns_v4), "--", "python3", "-c", &connect])
+        .env("SBX_STATE_DIR", fx.sbx.state_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sbx-user run");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n1\n", "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("predates staged run replies"), "{}", describe(&out));
+    let r = agent.call(&json!({"v": 1, "op": "list"}));
+    assert_eq!(r["sandboxes"], json!([]), "{r}");
+    assert!(fx.cg.children().iter().all(|c| !c.to_string_lossy().contains("/run-")), "{:?}", fx.cg.children());
+}

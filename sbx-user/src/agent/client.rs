@@ -4,7 +4,7 @@
 //! could otherwise answer "attached" for a sandbox that does not exist.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -57,16 +57,6 @@ fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, ClientEr
     }
     stream.set_nonblocking(false).map_err(err)?;
     Ok(stream)
-}
-
-/// Reads what is available (up to 4 KiB, at least one byte) and the one
-/// file descriptor sent with it as `SCM_RIGHTS`, if any.
-fn recv_with_fd(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<std::os::fd::OwnedFd>)> {
-    use std::os::fd::AsRawFd as _;
-    let mut buf = vec![0u8; 4096];
-    let (n, fd) = super::fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf)?;
-    buf.truncate(n);
-    Ok((buf, fd))
 }
 
 /// How long the CLI waits for the agent's reply to one request. Attaching
@@ -138,7 +128,8 @@ pub enum ClientError {
 pub struct Client {
     path: PathBuf,
     stream: UnixStream,
-    reader: BufReader<UnixStream>,
+    /// Bytes read past the last line taken.
+    read: Vec<u8>,
     timeout: Duration,
 }
 
@@ -153,8 +144,7 @@ impl Client {
         }
         stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
         stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
-        let reader = BufReader::new(stream.try_clone().map_err(io_err)?);
-        Ok(Self { path: path.to_owned(), stream, reader, timeout })
+        Ok(Self { path: path.to_owned(), stream, read: Vec::new(), timeout })
     }
 
     /// The socket path.
@@ -167,7 +157,7 @@ impl Client {
     pub fn call(&mut self, request: &Request) -> Result<Map<String, Value>, ClientError> {
         let line = protocol::encode_request(request);
         self.stream.write_all(&line).map_err(|e| self.io(e))?;
-        self.reply(Vec::new())
+        self.reply()
     }
 
     /// Sends one request without reading its reply: the caller does other
@@ -178,11 +168,12 @@ impl Client {
         self.stream.write_all(&line).map_err(|e| self.io(e))
     }
 
-    /// Reads the reply to the request [`Self::send`] sent, and the file
-    /// descriptor that came with it (`SCM_RIGHTS` on its first byte), if any.
+    /// Reads the next reply to the request [`Self::send`] sent (a staged
+    /// `run` has two), and the file descriptor that came with its bytes
+    /// (`SCM_RIGHTS` on its first byte), if any.
     pub fn reply_with_fd(&mut self) -> Result<(Map<String, Value>, Option<std::os::fd::OwnedFd>), ClientError> {
-        let (first, fd) = recv_with_fd(&self.stream).map_err(|e| self.io(e))?;
-        Ok((self.reply(first)?, fd))
+        let (line, fd) = self.line().map_err(|e| self.io(e))?;
+        Ok((self.decode(&line)?, fd))
     }
 
     /// Sends one request with `fd` as `SCM_RIGHTS` on its first byte
@@ -197,19 +188,48 @@ impl Client {
         let sent =
             super::fdpass::send_with_fd(self.stream.as_raw_fd(), &line, fd.as_raw_fd()).map_err(|e| self.io(e))?;
         self.stream.write_all(&line[sent..]).map_err(|e| self.io(e))?;
-        self.reply(Vec::new())
+        self.reply()
     }
 
-    /// Reads the rest of a reply line after `start` and decodes it.
-    fn reply(&mut self, start: Vec<u8>) -> Result<Map<String, Value>, ClientError> {
-        let mut reply = start;
-        if !reply.ends_with(b"\n") {
-            self.reader.read_until(b'\n', &mut reply).map_err(|e| self.io(e))?;
+    /// Reads the next reply line and decodes it; a descriptor sent with it
+    /// is closed.
+    fn reply(&mut self) -> Result<Map<String, Value>, ClientError> {
+        let (line, _) = self.line().map_err(|e| self.io(e))?;
+        self.decode(&line)
+    }
+
+    /// Reads one line (through its `\n`, or what came before the end of
+    /// the stream), with `recvmsg`, and the first descriptor that came with
+    /// the bytes read for it (any other is closed). The agent sends a
+    /// descriptor only with the first reply on a connection, so no earlier
+    /// line's bytes can come with it.
+    fn line(&mut self) -> io::Result<(Vec<u8>, Option<std::os::fd::OwnedFd>)> {
+        use std::os::fd::AsRawFd as _;
+        let mut fd = None;
+        loop {
+            if let Some(end) = self.read.iter().position(|&b| b == b'\n') {
+                let rest = self.read.split_off(end + 1);
+                return Ok((std::mem::replace(&mut self.read, rest), fd));
+            }
+            let mut chunk = [0u8; 4096];
+            let (n, got) = match super::fdpass::recv_with_fd(self.stream.as_raw_fd(), &mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
+            if n == 0 {
+                return Ok((std::mem::take(&mut self.read), fd));
+            }
+            fd = fd.or(got);
+            self.read.extend_from_slice(&chunk[..n]);
         }
-        if reply.is_empty() {
+    }
+
+    /// Decodes a reply line.
+    fn decode(&self, line: &[u8]) -> Result<Map<String, Value>, ClientError> {
+        if line.is_empty() {
             return Err(self.io(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection")));
         }
-        match protocol::decode_reply(&reply) {
+        match protocol::decode_reply(line) {
             Ok(Reply::Ok(map)) => Ok(map),
             Ok(Reply::Err { code, message }) => Err(ClientError::Agent { code, message }),
             Err(e) => Err(ClientError::Protocol { path: self.path.clone(), message: e.to_string() }),
@@ -227,9 +247,8 @@ impl Client {
         // Events come when they come: no reply timeout from here on.
         self.stream.set_read_timeout(None).map_err(|e| self.io(e))?;
         loop {
-            let mut line = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut line).map_err(|e| self.io(e))?;
-            if n == 0 {
+            let (line, _) = self.line().map_err(|e| self.io(e))?;
+            if line.is_empty() {
                 return Ok(());
             }
             // Event lines have no "ok": `{"v": 1, "event": {...}, "dropped": N}`.
@@ -251,5 +270,36 @@ impl Client {
         } else {
             ClientError::Io { path: self.path.clone(), source }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd as _;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Two replies that arrive in one read are two lines (a staged `run`),
+    /// and the descriptor sent with the first is the first's.
+    #[test]
+    fn replies_read_in_one_go_stay_apart_and_the_fd_goes_with_the_first() {
+        let (ours, agent) = UnixStream::pair().expect("socketpair");
+        let file = std::fs::File::open("/").expect("open /");
+        let mut both = protocol::ok_reply(Some(&json!(1)), json!({ "stage": "made" }));
+        both.extend(protocol::ok_reply(Some(&json!(1)), json!({ "stage": "attached" })));
+        let sent = super::super::fdpass::send_with_fd(agent.as_raw_fd(), &both, file.as_raw_fd()).expect("send");
+        (&agent).write_all(&both[sent..]).expect("send the rest");
+        drop(agent);
+        let mut client =
+            Client { path: "test".into(), stream: ours, read: Vec::new(), timeout: Duration::from_secs(5) };
+        let (first, fd) = client.reply_with_fd().expect("first reply");
+        assert_eq!(first["stage"], "made");
+        assert!(fd.is_some(), "the descriptor comes with the first reply");
+        let (second, fd) = client.reply_with_fd().expect("second reply");
+        assert_eq!(second["stage"], "attached");
+        assert!(fd.is_none());
+        assert!(matches!(client.reply(), Err(ClientError::Io { .. })), "then the end of the stream");
     }
 }

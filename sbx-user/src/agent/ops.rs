@@ -397,7 +397,8 @@ pub fn detach(ctx: &Context<'_>, caller: &Caller, cgroup: &str, remove: bool) ->
 /// `run`: a new cgroup under the first root, attached with the caller as
 /// its runner; the reply, and for root the cgroup's directory fd (the
 /// child enters by it). A caller that is not root gets no fd: its child
-/// enters by `enter` ([`enter`]).
+/// enters by `enter` ([`enter`]). The two stages a `staged` request
+/// replies to one by one ([`run_make`], [`RunMade::attach`]) in one call.
 pub fn run(
     ctx: &Context<'_>,
     caller: &Caller,
@@ -405,6 +406,34 @@ pub fn run(
     trace: bool,
     dns_stub: Option<std::net::Ipv4Addr>,
 ) -> Result<(Value, Option<std::os::fd::OwnedFd>), OpError> {
+    let (made, mut v, fd) = run_make(ctx, caller, src, trace, dns_stub)?;
+    let attached = made.attach(ctx)?;
+    if let (Value::Object(all), Value::Object(more)) = (&mut v, attached) {
+        all.extend(more);
+    }
+    Ok((v, fd))
+}
+
+/// A `run` sandbox whose cgroup exists (with its owner record) and whose
+/// policy is not attached yet: nothing holds a process in it, so the
+/// client's child must not exec before [`Self::attach`] has succeeded.
+pub struct RunMade {
+    cg: Cgroup,
+    policy: Policy,
+    opts: crate::loader::AttachOptions,
+    runner: u32,
+}
+
+/// The first stage of `run`: the policy built and checked, the cgroup made
+/// and its owner recorded; the reply's cgroup fields and, for root, the
+/// cgroup's directory fd.
+pub fn run_make(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    src: &PolicySource,
+    trace: bool,
+    dns_stub: Option<std::net::Ipv4Addr>,
+) -> Result<(RunMade, Value, Option<std::os::fd::OwnedFd>), OpError> {
     let (mut policy, max_rules) = build_policy(src, true)?;
     if let Some(addr) = dns_stub {
         let bad = |m: String| OpError::new(ErrorCode::Policy, m);
@@ -431,7 +460,7 @@ pub fn run(
     }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let resolved = ctx.roots.create(&format!("run-{}-{nanos}", caller.pid))?;
-    let cg = &resolved.cgroup;
+    let cg = resolved.cgroup;
     let owner = Owner { uid: caller.uid, cgroup: cg.path.clone(), created: true };
     if let Err(e) = save_owner(ctx.paths, cg.id, &owner) {
         let _ = cg.remove();
@@ -441,25 +470,40 @@ pub fn run(
     if trace {
         opts.config.flags |= sbx_common::FLAG_DEBUG;
     }
-    match install(cg, &policy, opts, ctx.paths, RecordOwner::Run(caller.pid)) {
-        Ok((_, record)) => {
-            let mut v = json!({
-                "cgroup": cg.path,
-                "cgroup_id": cg.id,
-                "generation": record.generation,
-                "summary": policy.summary(),
-            });
-            if caller.is_root() {
-                Ok((v, Some(resolved.fd)))
-            } else {
-                v["enter"] = json!("pidfd");
-                Ok((v, None))
+    let mut v = json!({ "cgroup": cg.path, "cgroup_id": cg.id });
+    let fd = if caller.is_root() {
+        Some(resolved.fd)
+    } else {
+        v["enter"] = json!("pidfd");
+        None
+    };
+    Ok((RunMade { cg, policy, opts, runner: caller.pid }, v, fd))
+}
+
+impl RunMade {
+    /// The second stage: attaches the policy; the reply's `generation` and
+    /// `summary`. If it fails, what the client put in the cgroup meanwhile
+    /// (its child, at its gate) is killed and the sandbox removed.
+    pub fn attach(self, ctx: &Context<'_>) -> Result<Value, OpError> {
+        match install(&self.cg, &self.policy, self.opts, ctx.paths, RecordOwner::Run(self.runner)) {
+            Ok((_, record)) => Ok(json!({ "generation": record.generation, "summary": self.policy.summary() })),
+            Err(e) => {
+                self.abandon(ctx);
+                Err(OpError::new(ErrorCode::Failed, format!("the policy could not be attached: {e}")))
             }
         }
-        Err(e) => {
-            let _ = cg.remove();
-            let _ = remove_owner(ctx.paths, cg.id);
-            Err(OpError::new(ErrorCode::Failed, format!("no sandbox was made for the command: {e}")))
+    }
+
+    /// Removes the sandbox before its policy was attached (the client went
+    /// away after the first reply, or the attach failed): what runs in it
+    /// is killed first, then the cgroup and its owner record go.
+    pub fn abandon(self, ctx: &Context<'_>) {
+        let removed = self.cg.kill_all(std::time::Duration::from_secs(5)).is_ok() && self.cg.remove().is_ok();
+        if removed {
+            let _ = remove_owner(ctx.paths, self.cg.id);
+        } else {
+            // The owner record stays: the next start's recovery finds it.
+            log::warn!("could not remove the unattached sandbox {}", self.cg.path.display());
         }
     }
 }

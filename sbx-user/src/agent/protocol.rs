@@ -195,6 +195,16 @@ pub enum Request {
     /// `"enter": "pidfd"`: the client forks, the child waits before exec,
     /// and the client sends `enter` with the child's pidfd; the agent moves
     /// the child in.
+    ///
+    /// With `staged`, the agent replies twice: first, as soon as the cgroup
+    /// exists and before any policy is attached, `"stage": "made"` with the
+    /// cgroup (and the descriptor or `"enter"`, as above), so the client can
+    /// create its child in the cgroup while the agent attaches; then, once
+    /// the policy holds, `"stage": "attached"` with the generation and the
+    /// summary. The child must not exec before the second reply. If the
+    /// second is an error, the agent has killed what runs in the cgroup and
+    /// removed it: the client has nothing to detach. An agent that predates
+    /// `staged` refuses the field (`invalid`).
     Run {
         /// The network policy (`[filesystem]` is the client's to enforce).
         #[serde(default)]
@@ -209,6 +219,9 @@ pub enum Request {
         /// there, and no other loopback port 53.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dns_stub: Option<std::net::Ipv4Addr>,
+        /// Two replies: the cgroup once made, then the attach's outcome.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        staged: bool,
     },
     /// Moves the client's child into the sandbox `run` made for the
     /// client. The request line carries, as `SCM_RIGHTS` ancillary data on
@@ -428,7 +441,7 @@ mod tests {
             // A client of the first version of `run` sends neither field.
             (
                 r#"{"v":1,"op":"run","policy":{}}"#,
-                Request::Run { policy: PolicySource::default(), trace: false, dns_stub: None },
+                Request::Run { policy: PolicySource::default(), trace: false, dns_stub: None, staged: false },
             ),
             (
                 r#"{"v":1,"op":"run","trace":true,"dns_stub":"127.53.1.2"}"#,
@@ -436,7 +449,12 @@ mod tests {
                     policy: PolicySource::default(),
                     trace: true,
                     dns_stub: Some(std::net::Ipv4Addr::new(127, 53, 1, 2)),
+                    staged: false,
                 },
+            ),
+            (
+                r#"{"v":1,"op":"run","staged":true}"#,
+                Request::Run { policy: PolicySource::default(), trace: false, dns_stub: None, staged: true },
             ),
             (r#"{"v":1,"op":"enter","cgroup":"run-1-2"}"#, Request::Enter { cgroup: "run-1-2".into() }),
         ];

@@ -455,6 +455,9 @@ async fn handle(
                     None => return Next::End,
                 }
             }
+            Ok(env) if matches!(env.request, Request::Run { staged: true, .. }) => {
+                return staged_run(shared, live, caller, env, wr, write_timeout).await;
+            }
             Ok(env) => {
                 let op = env.request.op();
                 let id = env.id;
@@ -488,6 +491,68 @@ async fn handle(
                     }
                 }
             }
+        }
+    })
+}
+
+/// A `staged` run ([`Request::Run`]): the first reply as soon as the
+/// cgroup exists (with its directory's fd, for root), so the client
+/// creates its child in it while the policy is attached; the second once
+/// the policy holds, or the error after which the sandbox is gone. The
+/// changes lock is held from the cgroup to the attach.
+async fn staged_run(
+    shared: &Shared,
+    live: Arc<Live>,
+    caller: &Caller,
+    env: protocol::Envelope,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    write_timeout: Duration,
+) -> Next {
+    let Request::Run { policy, trace, dns_stub, staged: _ } = env.request else {
+        unreachable!("staged_run serves run requests")
+    };
+    let id = env.id;
+    let (uid, pid) = (caller.uid, caller.pid);
+    let _turn = shared.changes.lock().await;
+    let asker = caller.clone();
+    let made = on_pool(shared, Arc::clone(&live), move |ctx| ops::run_make(ctx, &asker, &policy, trace, dns_stub));
+    let (made, mut v, fd) = match made.await {
+        Ok(m) => m,
+        Err(OpError { code, message }) => {
+            log::info!("uid {uid} pid {pid}: run: {message}");
+            return Next::Reply(protocol::error_reply(id.as_ref(), code, &message));
+        }
+    };
+    v["stage"] = json!("made");
+    let first = protocol::ok_reply(id.as_ref(), v);
+    let sent = match &fd {
+        Some(fd) => tokio::time::timeout(write_timeout, send_with_fd(wr, &first, fd)).await,
+        None => send(wr, write_timeout, first).await,
+    };
+    drop(fd);
+    if !matches!(sent, Ok(Ok(()))) {
+        log::warn!(
+            "dropping uid {uid} pid {pid}: the first reply to its run could not be sent; the sandbox is removed"
+        );
+        let _ = on_pool(shared, live, move |ctx| {
+            made.abandon(ctx);
+            Ok(())
+        })
+        .await;
+        shared.rescan();
+        return Next::End;
+    }
+    let attached = on_pool(shared, live, move |ctx| made.attach(ctx)).await;
+    shared.rescan();
+    Next::Reply(match attached {
+        Ok(mut v) => {
+            log::info!("uid {uid} pid {pid}: run: ok");
+            v["stage"] = json!("attached");
+            protocol::ok_reply(id.as_ref(), v)
+        }
+        Err(OpError { code, message }) => {
+            log::info!("uid {uid} pid {pid}: run: {message}");
+            protocol::error_reply(id.as_ref(), code, &message)
         }
     })
 }
@@ -595,31 +660,39 @@ async fn dispatch(
             | Request::Enter { .. }
     );
     let _turn = if changes { Some(shared.changes.lock().await) } else { None };
-    let paths = shared.paths.clone();
     let caller = caller.clone();
-    let work = move || {
-        let ctx = Context { config: &live.config, roots: &live.roots, paths: &paths };
+    let work = move |ctx: &Context<'_>| {
         let no_fd = |r: Result<serde_json::Value, OpError>| r.map(|v| (v, None));
         match &request {
             Request::Hello {} | Request::Events { .. } => unreachable!("answered before"),
             Request::Attach { cgroup, create, replace, policy } => {
-                no_fd(ops::attach(&ctx, &caller, cgroup, *create, *replace, policy))
+                no_fd(ops::attach(ctx, &caller, cgroup, *create, *replace, policy))
             }
-            Request::Update { cgroup, policy } => no_fd(ops::update(&ctx, &caller, cgroup, policy)),
-            Request::Detach { cgroup, remove } => no_fd(ops::detach(&ctx, &caller, cgroup, *remove)),
-            Request::Run { policy, trace, dns_stub } => ops::run(&ctx, &caller, policy, *trace, *dns_stub),
-            Request::Enter { cgroup } => no_fd(ops::enter(&ctx, &caller, cgroup, fd)),
-            Request::List {} => no_fd(ops::list(&ctx, &caller)),
-            Request::Status { cgroup } => no_fd(ops::status(&ctx, &caller, cgroup)),
+            Request::Update { cgroup, policy } => no_fd(ops::update(ctx, &caller, cgroup, policy)),
+            Request::Detach { cgroup, remove } => no_fd(ops::detach(ctx, &caller, cgroup, *remove)),
+            Request::Run { policy, trace, dns_stub, staged: _ } => ops::run(ctx, &caller, policy, *trace, *dns_stub),
+            Request::Enter { cgroup } => no_fd(ops::enter(ctx, &caller, cgroup, fd)),
+            Request::List {} => no_fd(ops::list(ctx, &caller)),
+            Request::Status { cgroup } => no_fd(ops::status(ctx, &caller, cgroup)),
         }
     };
-    let outcome = tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(OpError { code: ErrorCode::Failed, message: format!("internal error: {e}") }));
+    let outcome = on_pool(shared, live, work).await;
     if changes {
         shared.rescan();
     }
     outcome
+}
+
+/// Runs `work` on tokio's blocking pool with the context of `live`.
+async fn on_pool<T: Send + 'static>(
+    shared: &Shared,
+    live: Arc<Live>,
+    work: impl FnOnce(&Context<'_>) -> Result<T, OpError> + Send + 'static,
+) -> Result<T, OpError> {
+    let paths = shared.paths.clone();
+    tokio::task::spawn_blocking(move || work(&Context { config: &live.config, roots: &live.roots, paths: &paths }))
+        .await
+        .unwrap_or_else(|e| Err(OpError { code: ErrorCode::Failed, message: format!("internal error: {e}") }))
 }
 
 #[cfg(test)]
