@@ -182,29 +182,14 @@ pub struct Account {
 }
 
 impl Account {
-    /// Looks `uid` up with `getpwuid_r` (files, NSS). A uid without an
-    /// entry gets its number as name and no home.
+    /// Looks `uid` up in the password database ([`crate::names`]). A uid
+    /// without an entry gets its number as name and no home.
     #[must_use]
     pub fn lookup(uid: u32) -> Self {
-        use std::ffi::CStr;
-        let mut buf = vec![0u8; 16 * 1024];
-        // SAFETY: passwd is plain data; all zeroes is a valid value.
-        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call and `buf.len()` is the
-        // buffer's size; the strings it fills point into `buf`.
-        let rc = unsafe { libc::getpwuid_r(uid, &raw mut pw, buf.as_mut_ptr().cast(), buf.len(), &raw mut result) };
-        if rc != 0 || result.is_null() {
+        let Some(pw) = crate::names::user_by_uid(uid) else {
             return Self { name: uid.to_string(), home: None };
-        }
-        // SAFETY: on success pw_name and pw_dir are NUL-terminated strings
-        // in `buf`, which is alive here.
-        let (name, dir) = unsafe { (CStr::from_ptr(pw.pw_name), CStr::from_ptr(pw.pw_dir)) };
-        let home = std::path::Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
-        Self {
-            name: name.to_string_lossy().into_owned(),
-            home: (home.is_absolute() && home != std::path::Path::new("/")).then(|| home.to_path_buf()),
-        }
+        };
+        Self { name: pw.name, home: (pw.dir.is_absolute() && pw.dir != std::path::Path::new("/")).then_some(pw.dir) }
     }
 }
 

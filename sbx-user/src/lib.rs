@@ -40,6 +40,7 @@ pub(crate) mod fnv;
 pub mod gc;
 pub mod harden;
 pub mod loader;
+pub mod names;
 pub mod oci;
 pub mod policy;
 pub mod progress;

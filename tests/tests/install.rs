@@ -204,3 +204,97 @@ fn the_static_binary_needs_no_shared_library_and_attaches() {
     let out = run(&["agent", "--check", "--cgroup-root", roots.arg(), "--group", "sbx-no-such-group"]);
     assert!(!out.status.success(), "an unknown group is refused: {}", describe(&out));
 }
+
+/// `/etc/nsswitch.conf` and `/var/lib/extrausers/`, as they were before a
+/// test changed them, put back on drop.
+struct NssFiles(Vec<(PathBuf, Option<Vec<u8>>)>);
+
+impl NssFiles {
+    fn save(paths: &[&str]) -> Self {
+        Self(paths.iter().map(|p| (PathBuf::from(p), std::fs::read(p).ok())).collect())
+    }
+}
+
+impl Drop for NssFiles {
+    fn drop(&mut self) {
+        for (path, was) in &self.0 {
+            match was {
+                Some(bytes) => drop(std::fs::write(path, bytes)),
+                None => drop(std::fs::remove_file(path)),
+            }
+        }
+    }
+}
+
+/// The statically linked binary never has glibc load an NSS module (one
+/// built for another glibc could crash it): a user only an NSS module
+/// knows (libnss-extrausers here, as LDAP or sssd would) is found through
+/// the host's `getent`, and `run --user` gives the command its name, as
+/// the dynamically linked build does through glibc. Group names likewise.
+#[test]
+fn the_static_binary_finds_users_and_groups_only_an_nss_module_knows() {
+    let bin = static_bin();
+    let uid = 64_000 + std::process::id() % 1000;
+    let name = format!("sbxnss{}", std::process::id());
+    let _restore = NssFiles::save(&["/etc/nsswitch.conf", "/var/lib/extrausers/passwd", "/var/lib/extrausers/group"]);
+    std::fs::create_dir_all("/var/lib/extrausers").expect("mkdir /var/lib/extrausers");
+    std::fs::write("/var/lib/extrausers/passwd", format!("{name}:x:{uid}:{uid}::/nonexistent:/bin/sh\n"))
+        .expect("extrausers passwd");
+    std::fs::write("/var/lib/extrausers/group", format!("{name}:x:{uid}:\n")).expect("extrausers group");
+    let nsswitch = std::fs::read_to_string("/etc/nsswitch.conf").expect("nsswitch.conf");
+    let with_module: String = nsswitch
+        .lines()
+        .map(|l| {
+            if l.starts_with("passwd:") || l.starts_with("group:") {
+                format!("{l} extrausers\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write("/etc/nsswitch.conf", with_module).expect("nsswitch.conf");
+    let getent = Command::new("getent").args(["passwd", &name]).output().expect("getent");
+    assert!(
+        getent.status.success(),
+        "the extrausers module does not answer (libnss-extrausers; `cargo xtask test` installs it): {}",
+        describe(&getent)
+    );
+    assert!(!std::fs::read_to_string("/etc/passwd").expect("/etc/passwd").contains(&name));
+    let sbx = Sbx::new();
+    let user = format!("{uid}:{uid}");
+    let linked_statically = |b: &Path| {
+        let file = Command::new("file").arg(b).output().expect("running file");
+        !String::from_utf8_lossy(&file.stdout).contains("dynamically linked")
+    };
+    let Some(dynamic) = std::env::var_os("SBX_DYNAMIC_BIN").map(PathBuf::from) else {
+        panic!("SBX_DYNAMIC_BIN is not set: the dynamically linked sbx-user (`cargo xtask test` passes it)")
+    };
+    for b in [bin.clone(), dynamic] {
+        let out = Command::new("strace")
+            // sbx-user's main thread only: getent, its child, loads modules.
+            .args(["-qq", "-e", "trace=openat", "-o", "/dev/stderr", "--"])
+            .arg(&b)
+            .args(["run", "--dns", "host", "--user", &user, "--", "/bin/sh", "-c", "echo $USER"])
+            .env("SBX_STATE_DIR", sbx.state_dir())
+            .current_dir("/var/tmp")
+            .output()
+            .expect("strace sbx-user run");
+        assert!(out.status.success(), "{}: {}", b.display(), describe(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), name, "{}: {}", b.display(), describe(&out));
+        let opened_modules = String::from_utf8_lossy(&out.stderr).lines().any(|l| l.contains("libnss_"));
+        assert_eq!(
+            opened_modules,
+            !linked_statically(&b),
+            "{}: only a dynamically linked build loads NSS modules: {}",
+            b.display(),
+            describe(&out)
+        );
+    }
+    let roots = TestCgroup::new();
+    let out = Command::new(&bin)
+        .args(["agent", "--check", "--cgroup-root", roots.arg(), "--group", &name])
+        .env("SBX_STATE_DIR", sbx.state_dir())
+        .output()
+        .expect("sbx-user-static agent --check");
+    assert!(out.status.success(), "agent --check --group {name}: {}", describe(&out));
+}

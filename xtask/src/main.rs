@@ -143,7 +143,8 @@ fn setup() -> Result<toolchain::Toolchain> {
     toolchain::setup()
 }
 
-const TEST_TOOLS: [(&str, &str); 20] = [
+/// Programs (or, with a `/`, files) the tests use, and their packages.
+const TEST_TOOLS: [(&str, &str); 21] = [
     ("curl", "curl"),
     ("tinyproxy", "tinyproxy"),
     ("nc", "netcat-openbsd"),
@@ -175,6 +176,9 @@ const TEST_TOOLS: [(&str, &str); 20] = [
     ("file", "file"),
     // Kills an `sbx-user update` at an exact step (tests/tests/attach.rs).
     ("strace", "strace"),
+    // An NSS module that knows users /etc/passwd does not, as LDAP would,
+    // for the static binary's lookups (tests/tests/install.rs).
+    ("/usr/lib/libnss_extrausers.so.2", "libnss-extrausers"),
 ];
 
 /// Python packages the tests use, by import name and package name: the
@@ -184,7 +188,10 @@ const TEST_PYTHON: [(&str, &str); 1] = [("kubernetes_validate", "kubernetes-vali
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
     TEST_TOOLS
         .into_iter()
-        .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
+        .filter(|(bin, _)| {
+            let test = if bin.contains('/') { format!("test -e {bin}") } else { format!("command -v {bin}") };
+            output(Command::new("sh").args(["-c", &test])).is_none()
+        })
         .collect()
 }
 
@@ -286,20 +293,20 @@ fn test(extra: &[OsString]) -> Result<()> {
     eprintln!("xtask: unit tests");
     cargo(&["test", "-p", "sbx-common", "-p", "sbx-user", "-p", "xtask"])?;
     eprintln!("xtask: privileged tests against the running kernel");
+    // The suite runs the binary `dist` ships, linked statically (debug, to
+    // share no time with an optimised build); the dynamically linked one
+    // `cargo build` makes is compared with it where they differ (the NSS
+    // lookups, tests/tests/install.rs).
+    let bin = dist::build_static(true)?;
     cargo(&["build", "-p", "sbx-user"])?;
-    let bin = target_dir().join("debug/sbx-user");
-    // tests/tests/install.rs installs this package with dpkg. The debug
-    // build keeps the suite from compiling everything a second time with
-    // optimisations; the packaging is the same code as `dist`.
+    let dynamic = target_dir().join("debug/sbx-user");
+    // tests/tests/install.rs installs this package with dpkg; the packaging
+    // is the same code as `dist`.
     let deb = dist::package(&bin, &target_dir().join("dist-debug"), dist::Purpose::Test)?.deb;
     // tests/tests/upgrade.rs: sandboxes of an sbx from before program sets,
     // and of one from before the host's shared policy maps.
     let legacy = legacy::binary(legacy::CONTRACT_1)?;
     let previous = legacy::binary(legacy::CONTRACT_5)?;
-    // tests/tests/install.rs: the statically linked binary the DaemonSet
-    // installs, built as `dist` builds it (debug, to share no time with
-    // an optimised build).
-    let static_bin = dist::build_static(true)?;
     let out = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "--no-fail-fast", "-p", "sbx-tests", "--"])
         .args(extra)
@@ -308,7 +315,8 @@ fn test(extra: &[OsString]) -> Result<()> {
         .env("SBX_DEB", &deb)
         .env("SBX_LEGACY_BIN", &legacy)
         .env("SBX_PREVIOUS_BIN", &previous)
-        .env("SBX_STATIC_BIN", &static_bin)
+        .env("SBX_STATIC_BIN", &bin)
+        .env("SBX_DYNAMIC_BIN", &dynamic)
         .env("SBX_REQUIRE_PRIVILEGED", "1")
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -184,21 +184,11 @@ pub fn resolve(file: FileConfig, flags: &Overrides) -> Result<Config, ConfigErro
     Ok(Config { cgroup_roots, group, limits })
 }
 
-/// The gid of group `name`, from the system's group database.
+/// The gid of group `name`, from the system's group database
+/// ([`crate::names`]).
 #[must_use]
 pub fn gid_of(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    let mut grp = std::mem::MaybeUninit::<libc::group>::zeroed();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; `buf` is writable for
-    // its length; getgrnam_r writes only into `grp` and `buf`.
-    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), grp.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &raw mut out) };
-    if rc != 0 || out.is_null() {
-        return None;
-    }
-    // SAFETY: getgrnam_r succeeded and `out` points at `grp`.
-    Some(unsafe { grp.assume_init() }.gr_gid)
+    crate::names::gid_by_name(name)
 }
 
 #[cfg(test)]

@@ -292,10 +292,10 @@ pub(super) fn loopback_rule_denying(rules: &[Rule], addr: SocketAddr) -> Option<
     best.filter(|(_, r)| r.action == Action::Deny).map(|(_, r)| r)
 }
 
-/// Resolves a name with getaddrinfo (the system resolver, /etc/hosts first).
+/// Resolves a name with the system resolver, /etc/hosts first
+/// ([`crate::names::resolve_host`]).
 pub(super) fn system_resolve(host: &str) -> std::io::Result<Vec<IpAddr>> {
-    use std::net::ToSocketAddrs as _;
-    Ok((host, 0).to_socket_addrs()?.map(|a| a.ip()).collect())
+    crate::names::resolve_host(host)
 }
 
 /// Resolves a pinned-domain rule once; its addresses are fixed from then

@@ -37,8 +37,8 @@ pub(super) struct Lifecycle {
     /// a cgroup costs any sandbox (no sbx involved).
     pub(super) moved_true: Vec<f64>,
     /// `sbx-user --version`: the binary started and ended, no work; the
-    /// floor under every `sbx-user` command (the dynamic loader, the page
-    /// faults of a 6 MiB binary, clap, the exit).
+    /// floor under every `sbx-user` command (the page faults of a 6 MiB
+    /// binary, statically linked as shipped, clap, the exit).
     pub(super) version: Vec<f64>,
     /// `run -- /bin/true` as the first use on the host: it loads and
     /// verifies the program set.

@@ -208,11 +208,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let plan = Plan::new(args);
     let target = target_dir();
-    if !args.no_build {
-        crate::cargo(&["build", "--release", "-p", "sbx-user"])?;
+    // The binary measured is the one `cargo xtask dist` ships: linked
+    // statically.
+    let sbx = if args.no_build {
+        crate::dist::static_bin_path(false)
+    } else {
+        let sbx = crate::dist::build_static(false)?;
         crate::cargo(&["build", "--release", "-p", "xtask", "--bin", "sbx-bench-worker"])?;
-    }
-    let sbx = target.join("release/sbx-user");
+        sbx
+    };
     let worker = target.join("release/sbx-bench-worker");
     for b in [&sbx, &worker] {
         if !b.exists() {
