@@ -280,7 +280,10 @@ fn statfs_magic(path: &Path) -> io::Result<i64> {
     }
     // SAFETY: statfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_type)
+    // `f_type` is an `i64` for glibc and a `u64` for musl; magic numbers
+    // fit either.
+    #[allow(clippy::useless_conversion, reason = "i64 to i64 on glibc, u64 to i64 on musl")]
+    i64::try_from(st.f_type).map_err(|_| io::Error::other("a file system magic number out of range"))
 }
 
 /// Filesystem magic of `path`, for checking bpffs.

@@ -616,11 +616,11 @@ impl Confinement {
             let mut first = 3u32;
             for &fd in keep_fds {
                 if fd > first {
-                    check(libc::close_range(first, fd - 1, cloexec).into())?;
+                    check(crate::sys::close_range(first, fd - 1, cloexec))?;
                 }
                 first = fd + 1;
             }
-            check(libc::close_range(first, u32::MAX, cloexec).into())?;
+            check(crate::sys::close_range(first, u32::MAX, cloexec))?;
         }
         Ok(())
     }

@@ -55,3 +55,6 @@ pub mod verify;
 
 // Used by the `sbx-user` binary only.
 use env_logger as _;
+
+#[cfg(target_env = "musl")]
+use dlmalloc as _;

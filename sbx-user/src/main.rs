@@ -11,6 +11,96 @@ use std::io::{IsTerminal as _, Write as _};
 
 use sbx_user::cli::{self, Command};
 
+/// `memcpy` and `memmove` for the musl build: `rep movsb`, which CPUs
+/// with fast short string moves (FSRM, ERMS) run at the speed of glibc's
+/// vector copies, where musl's `rep movsq` with a byte tail is several
+/// times slower on the short copies Rust makes by the million (loading
+/// 100,000 rules: 25% of the time in `memcpy`).
+#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+mod mem {
+    /// # Safety
+    /// As C's `memcpy`.
+    #[unsafe(no_mangle)]
+    pub(super) unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: the caller's, as for memcpy: `n` bytes readable at `src`,
+        // writable at `dest`, not overlapping; the direction flag is clear
+        // (the ABI's rule at every call).
+        unsafe {
+            std::arch::asm!(
+                "rep movsb",
+                inout("rcx") n => _,
+                inout("rdi") dest => _,
+                inout("rsi") src => _,
+                options(nostack, preserves_flags)
+            );
+        }
+        dest
+    }
+
+    /// # Safety
+    /// As C's `memmove`.
+    #[unsafe(no_mangle)]
+    pub(super) unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        if (dest as usize).wrapping_sub(src as usize) >= n {
+            // SAFETY: a forward copy never overwrites what it has still to
+            // read when `dest` is below `src` or past its end.
+            return unsafe { memcpy(dest, src, n) };
+        }
+        // SAFETY: backwards, from the last byte, with the direction flag
+        // set for the copy and cleared again (the ABI's rule).
+        unsafe {
+            std::arch::asm!(
+                "std",
+                "rep movsb",
+                "cld",
+                inout("rcx") n => _,
+                inout("rdi") dest.add(n - 1) => _,
+                inout("rsi") src.add(n - 1) => _,
+                options(nostack)
+            );
+        }
+        dest
+    }
+}
+
+#[cfg(all(test, target_env = "musl", target_arch = "x86_64"))]
+mod tests {
+    /// Every length up to 300 and a few large ones, at every offset in a
+    /// word, forwards and backwards over an overlap, against a plain copy.
+    #[test]
+    fn memcpy_and_memmove_copy_what_a_byte_loop_copies() {
+        let pattern: Vec<u8> = (0..70_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for n in (0..300).chain([4095, 4096, 65_536]) {
+            for off in 0..8 {
+                let mut dst = vec![0u8; n + 16];
+                // SAFETY: both buffers hold `n` bytes from their offsets.
+                unsafe { super::mem::memcpy(dst.as_mut_ptr().add(off), pattern.as_ptr().add(off), n) };
+                assert_eq!(&dst[off..off + n], &pattern[off..off + n], "memcpy {n} at {off}");
+                assert!(dst[..off].iter().chain(&dst[off + n..]).all(|&b| b == 0), "memcpy {n} wrote outside");
+                for shift in [1usize, 3, 8, 17] {
+                    let mut buf = pattern[..n + 40].to_vec();
+                    let mut want = buf.clone();
+                    want.copy_within(off..off + n, off + shift);
+                    // SAFETY: `buf` holds `off + shift + n` bytes.
+                    unsafe { super::mem::memmove(buf.as_mut_ptr().add(off + shift), buf.as_ptr().add(off), n) };
+                    assert_eq!(buf, want, "memmove {n} forward by {shift} at {off}");
+                    let mut buf = pattern[..n + 40].to_vec();
+                    let mut want = buf.clone();
+                    want.copy_within(off + shift..off + shift + n, off);
+                    // SAFETY: as above.
+                    unsafe { super::mem::memmove(buf.as_mut_ptr().add(off), buf.as_ptr().add(off + shift), n) };
+                    assert_eq!(buf, want, "memmove {n} backward by {shift} at {off}");
+                }
+            }
+        }
+    }
+}
+
+/// The musl build's allocator (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn main() {
     // Like other command-line tools, end quietly when stdout is a closed
     // pipe (`sbx-user status | head`) instead of panicking on the write.

@@ -4,15 +4,15 @@
 //! A dynamically linked `sbx-user` asks glibc (`getpwuid_r`,
 //! `getgrnam_r`, `getaddrinfo`), which follows `/etc/nsswitch.conf` and
 //! loads the NSS modules it names (LDAP, sssd, systemd-userdb, mDNS...).
-//! A statically linked glibc would load the same modules with `dlopen`,
-//! which is only safe with the very glibc it was linked with: on any other
-//! it may fail or crash. So the static build never lets glibc load a
-//! module. It reads `/etc/passwd` and `/etc/group` itself, and asks the
+//! The statically linked build (musl, as shipped) has no NSS, and a static
+//! glibc would load the same modules with `dlopen`, which is only safe with
+//! the very glibc it was linked with. So a static build never loads a
+//! module: it reads `/etc/passwd` and `/etc/group` itself, and asks the
 //! host's own `getent` (a dynamic program, with every module) for what
-//! those files lack; for host names it uses glibc's built-in `files` and
-//! `dns` sources when `nsswitch.conf` names no other, and `getent ahosts`
-//! otherwise. A host without `getent` (an image built `FROM scratch`) has
-//! the files only.
+//! those files lack; for host names it uses its libc's own `files` and
+//! `dns` resolver when `nsswitch.conf` names no other source, and `getent
+//! ahosts` otherwise. A host without `getent` (an image built `FROM
+//! scratch`) has the files only.
 
 use std::{
     io,
@@ -21,7 +21,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-/// This binary is linked statically (`-C target-feature=+crt-static`).
+/// This binary is linked statically (musl, or glibc with `+crt-static`).
 pub const STATIC: bool = cfg!(target_feature = "crt-static");
 
 /// Where the host's `getent` may be (never found by `$PATH`, which the
@@ -99,8 +99,8 @@ pub fn resolve_host(name: &str) -> io::Result<Vec<IpAddr>> {
 }
 
 /// Whether the `hosts` line of `nsswitch` names only the sources a static
-/// glibc has built in (`files`, `dns`); no line means glibc's default
-/// (`files dns`).
+/// libc resolves by itself (`files`, `dns`); no line means glibc's
+/// default (`files dns`).
 #[must_use]
 pub fn hosts_built_in(nsswitch: &str) -> bool {
     let line =

@@ -1,5 +1,7 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose: querying what is
-//! attached to a cgroup, and atomically replacing a link's program.
+//! attached to a cgroup, and atomically replacing a link's program; and the
+//! few system interfaces whose `libc` types differ between glibc and musl
+//! (the shipped static build links musl).
 
 use std::{
     io,
@@ -551,6 +553,39 @@ pub fn openat_file(dir: BorrowedFd<'_>, name: &std::ffi::CStr, flags: i32) -> io
     }
     // SAFETY: openat returned a new fd that nothing else owns.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// `close_range(2)` by its system call (musl has no wrapper); returns what
+/// the system call does. Async-signal-safe.
+///
+/// # Safety
+/// Closing descriptors others still use is the caller's concern.
+#[must_use]
+pub unsafe fn close_range(first: u32, last: u32, flags: i32) -> libc::c_long {
+    // SAFETY: close_range takes two unsigned ints and an int.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }
+}
+
+/// A control buffer's or message's length as `msghdr.msg_controllen` and
+/// `cmsghdr.cmsg_len` take it (`size_t` for glibc, `socklen_t` for musl).
+#[must_use]
+pub fn control_len<T: TryFrom<u32>>(bytes: usize) -> T {
+    u32::try_from(bytes).ok().and_then(|n| T::try_from(n).ok()).expect("a control buffer of a few bytes")
+}
+
+/// The bytes of data after the header of control message `h`.
+///
+/// # Safety
+/// `h` points at a control message the kernel filled in.
+#[must_use]
+pub unsafe fn cmsg_payload(h: *const libc::cmsghdr) -> usize {
+    // SAFETY: the caller's: `h` is readable. `cmsg_len` is a `size_t` for
+    // glibc, a `socklen_t` for musl.
+    #[allow(clippy::unnecessary_fallible_conversions, reason = "from a usize on glibc, a u32 on musl")]
+    let len = u64::try_from(unsafe { (*h).cmsg_len }).unwrap_or(0);
+    // SAFETY: CMSG_LEN is arithmetic.
+    let header = u64::from(unsafe { libc::CMSG_LEN(0) });
+    usize::try_from(len.saturating_sub(header)).unwrap_or(0)
 }
 
 #[cfg(test)]

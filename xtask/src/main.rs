@@ -293,11 +293,13 @@ fn test(extra: &[OsString]) -> Result<()> {
     eprintln!("xtask: unit tests");
     cargo(&["test", "-p", "sbx-common", "-p", "sbx-user", "-p", "xtask"])?;
     eprintln!("xtask: privileged tests against the running kernel");
-    // The suite runs the binary `dist` ships, linked statically (debug, to
-    // share no time with an optimised build); the dynamically linked one
-    // `cargo build` makes is compared with it where they differ (the NSS
-    // lookups, tests/tests/install.rs).
+    // The suite runs the binary `dist` ships, linked statically (musl;
+    // debug, to share no time with an optimised build), whose own memcpy
+    // and memmove are tested first; the dynamically linked one `cargo
+    // build` makes is compared with it where they differ (the NSS lookups,
+    // tests/tests/install.rs).
     let bin = dist::build_static(true)?;
+    cargo(&["test", "-p", "sbx-user", "--bin", "sbx-user", "--target", &dist::musl_triple()])?;
     cargo(&["build", "-p", "sbx-user"])?;
     let dynamic = target_dir().join("debug/sbx-user");
     // tests/tests/install.rs installs this package with dpkg; the packaging

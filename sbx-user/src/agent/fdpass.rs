@@ -20,14 +20,14 @@ pub fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> io::Result<usize> {
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(four) } as usize;
+    msg.msg_controllen = crate::sys::control_len(unsafe { libc::CMSG_SPACE(four) } as usize);
     // SAFETY: `control` (32 bytes) has room for one cmsghdr with an int
     // (CMSG_SPACE(4) is 24 on 64-bit); header and data are written in place.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&raw const msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(four) as usize;
+        (*c).cmsg_len = crate::sys::control_len(libc::CMSG_LEN(four) as usize);
         libc::CMSG_DATA(c).cast::<[u8; 4]>().write_unaligned(fd.to_ne_bytes());
     }
     // SAFETY: `msg` points at live buffers of the sizes it states.
@@ -48,7 +48,7 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
+    msg.msg_controllen = crate::sys::control_len(size_of_val(&control));
     // SAFETY: `msg` points at live buffers of the sizes it states.
     let n = unsafe { libc::recvmsg(sock, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
@@ -60,7 +60,7 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c);
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
+                let count = crate::sys::cmsg_payload(c) / size_of::<i32>();
                 for i in 0..count {
                     let raw = data.add(i * size_of::<i32>()).cast::<[u8; 4]>().read_unaligned();
                     let owned = OwnedFd::from_raw_fd(i32::from_ne_bytes(raw));

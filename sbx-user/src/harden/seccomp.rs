@@ -203,7 +203,8 @@ const SET_ID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
 const CREATING: u32 = k(libc::O_CREAT | (libc::O_TMPFILE & !libc::O_DIRECTORY));
 
 /// `RLIMIT_CORE` as the filter compares it.
-const RLIMIT_CORE: u32 = libc::RLIMIT_CORE;
+#[allow(clippy::cast_sign_loss, clippy::unnecessary_cast, reason = "a u32 on glibc, an i32 on musl; the value is 4")]
+const RLIMIT_CORE: u32 = libc::RLIMIT_CORE as u32;
 
 /// Offset of the high 32 bits of argument `i`.
 const fn off_arg_hi(i: u32) -> u32 {

@@ -486,8 +486,8 @@ impl Supervisor {
 }
 
 /// A receive timeout of `seconds` on socket `fd`.
-fn set_timeout(fd: RawFd, seconds: libc::time_t) {
-    let timeout = libc::timeval { tv_sec: seconds, tv_usec: 0 };
+fn set_timeout(fd: RawFd, seconds: u8) {
+    let timeout = libc::timeval { tv_sec: seconds.into(), tv_usec: 0 };
     // SAFETY: setsockopt from a timeval whose size is passed.
     unsafe {
         libc::setsockopt(
@@ -524,14 +524,14 @@ fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
         // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
         let (space, len) = unsafe { (libc::CMSG_SPACE(bytes), libc::CMSG_LEN(bytes)) };
         msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = space as usize;
+        msg.msg_controllen = crate::sys::control_len(space as usize);
         // SAFETY: the control buffer (64 bytes) holds one header and up
         // to four descriptors; CMSG_FIRSTHDR points into it.
         unsafe {
             let h = libc::CMSG_FIRSTHDR(&raw const msg);
             (*h).cmsg_level = libc::SOL_SOCKET;
             (*h).cmsg_type = libc::SCM_RIGHTS;
-            (*h).cmsg_len = len as usize;
+            (*h).cmsg_len = crate::sys::control_len(len as usize);
             let data = libc::CMSG_DATA(h);
             for (i, fd) in fds.iter().enumerate() {
                 std::ptr::write_unaligned(data.add(i * std::mem::size_of::<RawFd>()).cast::<RawFd>(), *fd);
@@ -555,7 +555,7 @@ fn recv_fds_raw(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, [RawFd; 4], u
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    msg.msg_controllen = crate::sys::control_len(std::mem::size_of_val(&cmsg));
     // SAFETY: `msg` points at live buffers.
     let n = unsafe { libc::recvmsg(sock, &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
@@ -569,7 +569,7 @@ fn recv_fds_raw(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, [RawFd; 4], u
         while !h.is_null() {
             if (*h).cmsg_level == libc::SOL_SOCKET && (*h).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(h);
-                let n = ((*h).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let n = crate::sys::cmsg_payload(h) / std::mem::size_of::<RawFd>();
                 for i in 0..n {
                     let fd = std::ptr::read_unaligned(data.add(i * std::mem::size_of::<RawFd>()).cast::<RawFd>());
                     if count < out.len() {
@@ -606,9 +606,9 @@ unsafe fn helper_main(sock: RawFd) -> ! {
         // Nothing else of the command's: std's exec-error pipe above all,
         // whose writer must close when the command execs.
         if sock > 0 {
-            libc::close_range(0, u32::try_from(sock - 1).unwrap_or(0), 0);
+            let _ = crate::sys::close_range(0, u32::try_from(sock - 1).unwrap_or(0), 0);
         }
-        libc::close_range(u32::try_from(sock + 1).unwrap_or(u32::MAX), u32::MAX, 0);
+        let _ = crate::sys::close_range(u32::try_from(sock + 1).unwrap_or(u32::MAX), u32::MAX, 0);
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         libc::prctl(libc::PR_SET_NAME, c"sbx-unix".as_ptr(), 0, 0, 0);
         let pid = libc::getpid();
