@@ -36,6 +36,9 @@ pub struct Collected {
     pub members: Vec<u64>,
     /// Half-written records (`*.json.tmp`) a killed `sbx-user` left behind.
     pub partial_records: Vec<PathBuf>,
+    /// Private HOME and /tmp directories of killed `sbx-user run`s
+    /// (`/var/tmp/sbx-run-<pid>-*`, no process with that pid, a minute old).
+    pub workspaces: Vec<PathBuf>,
 }
 
 /// How old a half-written record must be before `gc` takes it for one a
@@ -134,6 +137,11 @@ pub fn collect(paths: &Paths, dry_run: bool) -> Result<Collected, LoaderError> {
                 let _ = fs::remove_file(&path);
             }
             out.partial_records.push(path);
+        }
+    }
+    for dir in crate::harden::workspace::abandoned() {
+        if dry_run || fs::remove_dir_all(&dir).is_ok() {
+            out.workspaces.push(dir);
         }
     }
     Ok(out)

@@ -625,3 +625,39 @@ fn run_started_with_sigchld_ignored_reports_the_commands_status() {
     assert!(started.elapsed() < Duration::from_secs(20), "the wait did not end");
     assert_cleaned_up(&sbx, &cg, None);
 }
+
+/// A `run` killed during its teardown (after its cgroup and record went)
+/// leaves its private HOME and /tmp, which nothing else names: `gc`
+/// removes such a directory once no process has its pid and it is a
+/// minute old, and leaves a young one, a live run's, and any directory
+/// not made as `run` makes them.
+#[test]
+fn gc_removes_the_private_home_and_tmp_of_a_killed_run() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sbx = Sbx::new();
+    let mut gone = Command::new("true").spawn().expect("true");
+    let dead = gone.id();
+    gone.wait().expect("wait");
+    let live = std::process::id();
+    let make = |name: String, mode: u32, age: &str| {
+        let dir = Path::new("/var/tmp").join(name);
+        std::fs::create_dir_all(dir.join("home")).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let touched = Command::new("touch").args(["-d", age]).arg(&dir).status().expect("touch");
+        assert!(touched.success());
+        dir
+    };
+    let abandoned = make(format!("sbx-run-{dead}-11"), 0o711, "2 minutes ago");
+    let young = make(format!("sbx-run-{dead}-22"), 0o711, "now");
+    let running = make(format!("sbx-run-{live}-33"), 0o711, "2 minutes ago");
+    let not_ours = make(format!("sbx-run-{dead}-44"), 0o755, "2 minutes ago");
+    let out = sbx.ok(&["gc", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gc --json");
+    let listed = v["workspaces"].to_string();
+    assert!(listed.contains(&abandoned.display().to_string()), "{v}");
+    assert!(!abandoned.exists(), "gc removed {}", abandoned.display());
+    for kept in [&young, &running, &not_ours] {
+        assert!(kept.exists() && !listed.contains(&kept.display().to_string()), "{} kept: {v}", kept.display());
+        std::fs::remove_dir_all(kept).expect("cleanup");
+    }
+}

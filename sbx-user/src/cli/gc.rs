@@ -37,6 +37,9 @@ pub fn run(args: &GcArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     for path in &got.partial_records {
         println!("{verb} {}, a record a killed sbx-user left half-written", path.display());
     }
+    for dir in &got.workspaces {
+        println!("{verb} {}, the private HOME and /tmp of a killed `sbx-user run`", dir.display());
+    }
     if got.policies + got.events > 0 {
         println!("{verb} {} policy and {} event indices no sandbox names", got.policies, got.events);
     }
@@ -44,6 +47,7 @@ pub fn run(args: &GcArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         && got.sets.is_empty()
         && got.members.is_empty()
         && got.partial_records.is_empty()
+        && got.workspaces.is_empty()
         && got.policies + got.events == 0
     {
         println!("nothing to collect");

@@ -345,28 +345,46 @@ impl Drop for Workspace {
 /// while any process has that pid: it may be a new run that reused it.
 #[must_use = "the caller reports what was removed"]
 pub fn remove_leftovers(pid: u32) -> Vec<PathBuf> {
-    if Path::new("/proc").join(pid.to_string()).exists() {
-        return Vec::new();
-    }
-    let prefix = format!("sbx-run-{pid}-");
+    leftovers(|p, _| p == pid).into_iter().filter(|d| std::fs::remove_dir_all(d).is_ok()).collect()
+}
+
+/// The per-run directories of every `sbx-user run` that is gone (killed
+/// before or during its teardown), at least [`ABANDONED_AGE`] old, for
+/// `gc`: a directory that young may be a new run's whose pid a dead run
+/// had (its process is looked up again, but the age closes the window).
+#[must_use]
+pub fn abandoned() -> Vec<PathBuf> {
+    leftovers(|_, age| age >= ABANDONED_AGE)
+}
+
+/// How old a per-run directory of a gone run must be for [`abandoned`].
+pub const ABANDONED_AGE: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// The per-run directories under [`BASE`] (`sbx-run-<pid>-<nanos>`, made
+/// by root with mode 0711, as [`make_base`] makes them) whose pid no
+/// process has, and that `keep` takes (by pid and age).
+fn leftovers(keep: impl Fn(u32, std::time::Duration) -> bool) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir(BASE) else { return Vec::new() };
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
-        let ours = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()));
-        // Only directories root made (0711, root's), as make_base does.
-        let made_by_run = e.metadata().is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt as _;
-            m.is_dir() && m.uid() == 0 && m.mode() & 0o7777 == 0o711
-        });
-        if ours && made_by_run && std::fs::remove_dir_all(e.path()).is_ok() {
-            removed.push(e.path());
+        let Some(pid) = name.to_str().and_then(run_dir_pid) else { continue };
+        let Ok(meta) = e.metadata() else { continue };
+        let made_by_run = meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o7777 == 0o711;
+        let age = meta.modified().ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
+        if made_by_run && keep(pid, age) && !Path::new("/proc").join(pid.to_string()).exists() {
+            found.push(e.path());
         }
     }
-    removed
+    found
+}
+
+/// The pid in a per-run directory's name, `sbx-run-<pid>-<nanos>`.
+fn run_dir_pid(name: &str) -> Option<u32> {
+    let (pid, nanos) = name.strip_prefix("sbx-run-")?.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(nanos)).then(|| pid.parse().ok()).flatten()
 }
 
 /// Creates `/var/tmp/sbx-run-<pid>-<nanos>` (0711, root's). `mkdir` fails
@@ -617,6 +635,14 @@ fn add_existing(to: &mut Vec<PathBuf>, paths: impl IntoIterator<Item = PathBuf>)
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn per_run_directories_name_their_pid() {
+        assert_eq!(super::run_dir_pid("sbx-run-4242-1796284082522139280"), Some(4242));
+        for other in ["sbx-run-4242", "sbx-run--1", "sbx-run-42x-1", "sbx-run-42-", "sbx-st", "sbx-run-42-1-2"] {
+            assert_eq!(super::run_dir_pid(other), None, "{other}");
+        }
+    }
+
     #[test]
     fn every_repository_in_the_writable_directories_is_found() {
         let root = std::env::temp_dir().join(format!("sbx-git-dirs-{}", std::process::id()));
