@@ -139,9 +139,14 @@ pub fn collect(paths: &Paths, dry_run: bool) -> Result<Collected, LoaderError> {
             out.partial_records.push(path);
         }
     }
-    for dir in crate::harden::workspace::abandoned() {
-        if dry_run || fs::remove_dir_all(&dir).is_ok() {
-            out.workspaces.push(dir);
+    // Only when the records can be read: a run's directory is never taken
+    // while its sandbox is recorded.
+    if let Ok(records) = Record::load_all(paths) {
+        let runners: Vec<u32> = records.iter().filter_map(|r| r.runner_pid).collect();
+        for dir in crate::harden::workspace::abandoned(&runners) {
+            if dry_run || fs::remove_dir_all(&dir).is_ok() {
+                out.workspaces.push(dir);
+            }
         }
     }
     Ok(out)

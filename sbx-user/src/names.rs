@@ -50,11 +50,12 @@ pub fn user_by_uid(uid: u32) -> Option<Passwd> {
 /// The static build's [`user_by_uid`]: `/etc/passwd`, then `getent`.
 #[must_use]
 pub fn user_without_nss(uid: u32) -> Option<Passwd> {
-    let key = uid.to_string();
-    std::fs::read_to_string("/etc/passwd")
+    // Only the line of that uid counts (from getent too).
+    let of_uid = |text: &[u8]| text.split(|&b| b == b'\n').find_map(|l| passwd_line(l).filter(|(_, u, _)| *u == uid));
+    std::fs::read("/etc/passwd")
         .ok()
-        .and_then(|text| text.lines().find_map(|l| passwd_line(l).filter(|(_, u, _)| *u == uid)))
-        .or_else(|| getent("passwd", &key).and_then(|out| out.lines().find_map(passwd_line)))
+        .and_then(|text| of_uid(&text))
+        .or_else(|| getent("passwd", &uid.to_string()).and_then(|out| of_uid(&out)))
         .map(|(p, _, _)| p)
 }
 
@@ -71,10 +72,14 @@ pub fn gid_by_name(name: &str) -> Option<u32> {
 /// The static build's [`gid_by_name`]: `/etc/group`, then `getent`.
 #[must_use]
 pub fn gid_without_nss(name: &str) -> Option<u32> {
-    std::fs::read_to_string("/etc/group")
+    // getent also takes a number for a gid: only the line of that name counts.
+    let named = |text: &[u8]| {
+        text.split(|&b| b == b'\n').find_map(|l| group_line(l).filter(|(n, _)| n.as_bytes() == name.as_bytes()))
+    };
+    std::fs::read("/etc/group")
         .ok()
-        .and_then(|text| text.lines().find_map(|l| group_line(l).filter(|(n, _)| n == name)))
-        .or_else(|| getent("group", name).and_then(|out| out.lines().find_map(group_line)))
+        .and_then(|text| named(&text))
+        .or_else(|| getent("group", name).and_then(|out| named(&out)))
         .map(|(_, gid)| gid)
 }
 
@@ -90,8 +95,10 @@ pub fn resolve_host(name: &str) -> io::Result<Vec<IpAddr>> {
         return Ok((name, 0).to_socket_addrs()?.map(|a| a.ip()).collect());
     }
     // A name getent would take for an option is not a host name.
+    // getent ahosts asks with AI_ADDRCONFIG: a host with no IPv6 address of
+    // its own gets only IPv4 answers (fewer addresses: fails closed).
     let found = (!name.starts_with('-')).then(|| getent("ahosts", name)).flatten();
-    let addrs = found.as_deref().map(ahosts).unwrap_or_default();
+    let addrs = found.as_deref().map(|out| ahosts(&String::from_utf8_lossy(out))).unwrap_or_default();
     if addrs.is_empty() {
         return Err(io::Error::new(io::ErrorKind::NotFound, format!("{name}: no address (getent ahosts)")));
     }
@@ -123,26 +130,41 @@ pub fn hosts_built_in(nsswitch: &str) -> bool {
     sources.iter().all(|s| matches!(*s, "files" | "dns"))
 }
 
-/// One `/etc/passwd` line: the account, its uid and gid.
+/// One `/etc/passwd` line (bytes: a home directory need not be UTF-8):
+/// the account, its uid and gid.
 #[must_use]
-pub fn passwd_line(line: &str) -> Option<(Passwd, u32, u32)> {
-    let f: Vec<&str> = line.trim_end_matches(['\r', '\n']).split(':').collect();
+pub fn passwd_line(line: &[u8]) -> Option<(Passwd, u32, u32)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let f = fields(line);
     let [name, _pw, uid, gid, _gecos, dir, _shell] = f.as_slice() else { return None };
-    if name.is_empty() || name.starts_with(['+', '-', '#']) {
-        return None;
-    }
-    Some((Passwd { name: (*name).to_owned(), dir: PathBuf::from(dir) }, uid.parse().ok()?, gid.parse().ok()?))
+    let name = account_name(name)?;
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(dir));
+    Some((Passwd { name, dir }, number(uid)?, number(gid)?))
 }
 
 /// One `/etc/group` line: the group's name and gid.
 #[must_use]
-pub fn group_line(line: &str) -> Option<(String, u32)> {
-    let f: Vec<&str> = line.trim_end_matches(['\r', '\n']).split(':').collect();
+pub fn group_line(line: &[u8]) -> Option<(String, u32)> {
+    let f = fields(line);
     let [name, _pw, gid, _members] = f.as_slice() else { return None };
-    if name.is_empty() || name.starts_with(['+', '-', '#']) {
-        return None;
-    }
-    Some(((*name).to_owned(), gid.parse().ok()?))
+    Some((account_name(name)?, number(gid)?))
+}
+
+/// A line's `:`-separated fields, without its line ending.
+fn fields(line: &[u8]) -> Vec<&[u8]> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line).split(|&b| b == b':').collect()
+}
+
+/// A user or group name; not NIS's `+`/`-` entries or a comment.
+fn account_name(name: &[u8]) -> Option<String> {
+    (!name.is_empty() && !name.starts_with(b"+") && !name.starts_with(b"-") && !name.starts_with(b"#"))
+        .then(|| String::from_utf8_lossy(name).into_owned())
+}
+
+/// A decimal uid or gid.
+fn number(field: &[u8]) -> Option<u32> {
+    std::str::from_utf8(field).ok()?.parse().ok()
 }
 
 /// The addresses of `getent ahosts` output (`ADDR  STREAM name`, each
@@ -159,10 +181,20 @@ pub fn ahosts(out: &str) -> Vec<IpAddr> {
 }
 
 /// `getent DATABASE KEY`'s output, if it found the key.
-fn getent(database: &str, key: &str) -> Option<String> {
+fn getent(database: &str, key: &str) -> Option<Vec<u8>> {
     let bin = GETENT.iter().map(Path::new).find(|p| p.is_file())?;
-    let out = Command::new(bin).args([database, "--", key]).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    // An ignored SIGCHLD (inherited) would have the kernel reap getent
+    // before it could be waited for: the default disposition meanwhile
+    // (the policy is read before `run` starts any thread).
+    // SAFETY: signal(2) with a valid signal and handler value.
+    let was = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    let out = Command::new(bin).args([database, "--", key]).stdin(Stdio::null()).stderr(Stdio::null()).output();
+    if was == libc::SIG_IGN {
+        // SAFETY: as above; the disposition it had.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    }
+    let out = out.ok()?;
+    out.status.success().then_some(out.stdout)
 }
 
 /// glibc's `getpwuid_r` (the dynamic build).
@@ -209,17 +241,24 @@ mod tests {
 
     #[test]
     fn reads_passwd_and_group_lines() {
-        let (p, uid, gid) = passwd_line("alice:x:1000:100:Alice,,,:/home/alice:/bin/bash").expect("valid");
+        use std::os::unix::ffi::OsStrExt as _;
+        let (p, uid, gid) = passwd_line(b"alice:x:1000:100:Alice,,,:/home/alice:/bin/bash").expect("valid");
         assert_eq!((p.name.as_str(), p.dir.as_path(), uid, gid), ("alice", Path::new("/home/alice"), 1000, 100));
         // An LDAP account as `getent passwd` prints it: the same format.
-        assert_eq!(passwd_line("bob:*:70001:70001::/nfs/bob:/bin/zsh\n").expect("valid").1, 70001);
-        for bad in ["", "alice:x:1000:100", "alice:x:uid:100::/h:/s", "+:::::::", "+nis:x:1:1::/:/s", ":x:1:1::/:/s"] {
-            assert_eq!(passwd_line(bad), None, "{bad:?}");
+        assert_eq!(passwd_line(b"bob:*:70001:70001::/nfs/bob:/bin/zsh\n").expect("valid").1, 70001);
+        // A home that is not UTF-8 keeps its bytes.
+        let (p, _, _) = passwd_line(b"eve:x:1001:1001::/home/\xe9ve:/bin/sh").expect("valid");
+        assert_eq!(p.dir.as_os_str().as_bytes(), b"/home/\xe9ve");
+        let bad: [&[u8]; 6] =
+            [b"", b"alice:x:1000:100", b"alice:x:uid:100::/h:/s", b"+:::::::", b"+nis:x:1:1::/:/s", b":x:1:1::/:/s"];
+        for line in bad {
+            assert_eq!(passwd_line(line), None, "{line:?}");
         }
-        assert_eq!(group_line("sbx:x:998:alice,bob"), Some(("sbx".to_owned(), 998)));
-        assert_eq!(group_line("sbx:x:998:"), Some(("sbx".to_owned(), 998)));
-        for bad in ["sbx:x:998", "sbx:x:g:", "+:::", ""] {
-            assert_eq!(group_line(bad), None, "{bad:?}");
+        assert_eq!(group_line(b"sbx:x:998:alice,bob"), Some(("sbx".to_owned(), 998)));
+        assert_eq!(group_line(b"sbx:x:998:\r\n"), Some(("sbx".to_owned(), 998)));
+        let bad: [&[u8]; 4] = [b"sbx:x:998", b"sbx:x:g:", b"+:::", b""];
+        for line in bad {
+            assert_eq!(group_line(line), None, "{line:?}");
         }
     }
 
@@ -249,5 +288,7 @@ mod tests {
         assert_eq!(user_without_nss(4_000_000_123), None);
         assert_eq!(gid_without_nss("no-such-group-sbx"), None);
         assert_eq!(gid_without_nss("--help"), None, "not an option to getent");
+        // getent takes a number for a gid; a group named by a number is not it.
+        assert_eq!(gid_without_nss("0"), None, "gid 0 is root's, not a group named 0");
     }
 }

@@ -416,7 +416,7 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
         let request = in_flight.borrow_mut().take();
         let made_now = match request {
             Some(request) => {
-                let (made_now, request) = request.made(paths)?;
+                let (made_now, request) = request.made(paths, true)?;
                 *in_flight.borrow_mut() = Some(request);
                 made_now
             }
@@ -441,8 +441,14 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
             }
             install(cg, policy, attach, paths, Owner::Run(std::process::id()))?;
             installed = true;
-        } else if let Some(request) = in_flight.borrow_mut().take() {
-            request.attached().map_err(|refused| {
+        } else {
+            // Fail closed: through the agent, only its second reply says
+            // the policy holds.
+            let request = in_flight
+                .borrow_mut()
+                .take()
+                .ok_or_else(|| RunError::Confine(io::Error::other("internal error: no agent request to wait for")))?;
+            request.attached(cg).map_err(|refused| {
                 installed = !refused.removed;
                 refused.error
             })?;
@@ -469,7 +475,10 @@ pub fn run(command: &[OsString], policy: &Policy, opts: &RunOptions, paths: &Pat
     // The agent's refusal to attach is why the start failed (it removed
     // the cgroup the command's process was entering, say).
     let status = match (result, refused) {
-        (Err(_), Some(refusal)) => return Err(refusal),
+        (Err(local), Some(refusal)) => {
+            log::info!("the command could not start: {local}");
+            return Err(refusal);
+        }
         (result, _) => result?,
     };
     Ok(status.code().unwrap_or_else(|| {
@@ -763,11 +772,12 @@ impl<'a> AgentRun<'a> {
     /// The sandbox the agent made, checked: the fd must be the cgroup it
     /// names. Whatever is wrong with the reply, a sandbox it names is
     /// removed again.
-    fn made(mut self, paths: &Paths) -> Result<(Made, Self), RunError> {
+    /// With `retry`, an agent that predates `staged` is asked again.
+    fn made(mut self, paths: &Paths, retry: bool) -> Result<(Made, Self), RunError> {
         use crate::agent::client::ClientError;
         let (reply, fd) = match self.client.reply_with_fd() {
             Err(ClientError::Agent { code, message })
-                if self.staged && code == "invalid" && message.contains("`staged`") =>
+                if retry && self.staged && code == "invalid" && message.contains("`staged`") =>
             {
                 // An agent older than this sbx-user: asked again, for one
                 // reply that comes once the policy is attached.
@@ -791,8 +801,9 @@ impl<'a> AgentRun<'a> {
         Ok((sandbox_from_reply(self.agent, paths, &reply, fd)?, self))
     }
 
-    /// Waits until the agent has attached the policy (its second reply).
-    fn attached(mut self) -> Result<(), Refused> {
+    /// Waits until the agent has attached the policy to `cg` (its second
+    /// reply).
+    fn attached(mut self, cg: &Cgroup) -> Result<(), Refused> {
         use crate::agent::client::ClientError;
         if !self.staged {
             return Ok(());
@@ -805,7 +816,11 @@ impl<'a> AgentRun<'a> {
                 )),
                 removed: false,
             }),
-            Err(e) => Err(Refused { removed: matches!(e, ClientError::Agent { .. }), error: e.into() }),
+            // The agent removes the sandbox when it refuses; if the cgroup
+            // is still there (its removal failed), it is detached here.
+            Err(e) => {
+                Err(Refused { removed: matches!(e, ClientError::Agent { .. }) && !cg.path.exists(), error: e.into() })
+            }
         }
     }
 
@@ -817,12 +832,13 @@ impl<'a> AgentRun<'a> {
         // A first reply that is wrong removes what it names.
         let (made, request) = match made {
             Some(m) => (m, self),
-            None => match self.made(paths) {
+            // Not asked again: that would make a sandbox only to remove it.
+            None => match self.made(paths, false) {
                 Ok(m) => m,
                 Err(_) => return (None, None),
             },
         };
-        match request.attached() {
+        match request.attached(&made.0) {
             Err(Refused { removed: true, error }) => (None, Some(error)),
             _ => (Some(made), None),
         }

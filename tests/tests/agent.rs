@@ -1228,3 +1228,63 @@ fn a_run_whose_policy_the_agent_cannot_attach_runs_nothing() {
     assert_eq!(ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"], json!([]));
     assert!(root.children().iter().all(|c| !c.to_string_lossy().contains("/run-")), "{:?}", root.children());
 }
+
+/// A `run` whose client is gone before the agent could say the policy
+/// holds (before the first reply of a staged run, after it, or before the
+/// only reply of one that is not): that client never let a command on, so
+/// the agent removes the sandbox again instead of leaving it attached.
+/// The client stops reading (`shutdown(SHUT_RD)`) at that point, so the
+/// agent's reply fails at once with `EPIPE`; the policy of the middle case
+/// is large enough that its attach outlasts the client's shutdown.
+#[test]
+fn a_run_whose_client_leaves_before_the_attach_is_removed() {
+    let root = TestCgroup::new();
+    let sbx = Sbx::new();
+    let agent = Agent::start(&sbx, &[root.path()], "", &[]);
+    let py = r#"
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+mode = sys.argv[2]
+policy = {"dns": "host"}
+if mode == "second":
+    policy["allow"] = ["198.18.%d.%d:443" % (i // 250, i % 250) for i in range(5000)]
+if mode != "second":
+    s.shutdown(socket.SHUT_RD)
+s.sendall((json.dumps({"v": 1, "op": "run", "staged": mode != "only", "policy": policy}) + "\n").encode())
+if mode == "second":
+    data = b""
+    while b"\n" not in data:
+        data += socket.recv_fds(s, 4096, 1)[0]
+    s.shutdown(socket.SHUT_RD)
+    print(data.split(b"\n")[0].decode(), flush=True)
+time.sleep(0.5)
+"#;
+    for (mode, says) in [
+        ("first", "the first reply to its run could not be sent"),
+        ("second", "the reply to its run could not be sent"),
+        ("only", "the reply to its run could not be sent"),
+    ] {
+        let before = agent.log_text().matches(says).count();
+        let out =
+            Command::new("/usr/bin/python3").args(["-c", py]).arg(agent.socket()).arg(mode).output().expect("python3");
+        assert!(out.status.success(), "{}", sbx_tests::describe(&out));
+        if mode == "second" {
+            let first: Value = serde_json::from_slice(&out.stdout).expect("the first reply");
+            assert_eq!(ok(&first)["stage"], "made", "{first}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sandboxes = ok(&agent.call(&json!({"v": 1, "op": "list"})))["sandboxes"].clone();
+            let cgroups = root.children().iter().filter(|c| c.to_string_lossy().contains("/run-")).count();
+            if sandboxes == json!([]) && cgroups == 0 && agent.log_text().matches(says).count() > before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: left {sandboxes} and {cgroups} cgroups; the agent's log:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

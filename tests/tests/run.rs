@@ -162,16 +162,7 @@ fn run_forwards_sigterm_to_the_command_and_cleans_up() {
     let mut cmd = sbx.run_cmd(&cg, &[], &["sleep", "100"]);
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning sbx-user run");
     let pid = i32::try_from(child.id()).expect("pid");
-    // Wait until the command is inside its sandbox cgroup.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cg
-        .children()
-        .iter()
-        .any(|c| std::fs::read_to_string(c.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()))
-    {
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_started(&cg);
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let out = child.wait_with_output().expect("waiting for sbx-user run");
@@ -330,14 +321,23 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     assert!(sbx.records().is_empty());
 }
 
-/// Waits until a command runs inside a sandbox cgroup under `parent`.
+/// Waits until a command runs inside a sandbox cgroup under `parent`: a
+/// process there has executed something other than `sbx-user` (the
+/// command's process is in the cgroup from its clone, before the policy
+/// is in place and the command executed; the first `run` on a host also
+/// loads the program set meanwhile).
 fn wait_started(parent: &TestCgroup) {
+    let sbx = std::fs::canonicalize(sbx_tests::sbx_user_bin()).expect("the sbx-user binary");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !parent
-        .children()
-        .iter()
-        .any(|c| std::fs::read_to_string(c.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()))
-    {
+    let started = || {
+        parent.children().iter().any(|c| {
+            std::fs::read_to_string(c.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .any(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe != sbx))
+        })
+    };
+    while !started() {
         assert!(Instant::now() < deadline, "the command never started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -505,6 +505,14 @@ fn status_reports_and_detach_removes_what_a_killed_run_left() {
             .count()
     };
     assert_eq!(run_dirs(), 1, "the killed run left its private HOME and /tmp");
+    // `gc` leaves them, however old: the sandbox is still recorded, and
+    // what the run started may still use them (`sleep` here).
+    let prefix = format!("/var/tmp/sbx-run-{}-*", child.id());
+    let aged = Command::new("sh").args(["-c", &format!("touch -d '2 minutes ago' {prefix}")]).status();
+    assert!(aged.is_ok_and(|s| s.success()), "touch -d");
+    let gc = sbx.ok(&["gc", "--json"]);
+    assert!(!stdout(&gc).contains(&format!("sbx-run-{}-", child.id())), "{}", describe(&gc));
+    assert_eq!(run_dirs(), 1, "gc kept the recorded run's HOME and /tmp: {}", describe(&gc));
     let out = sbx.ok(&["detach", "--cgroup", left[0].to_str().expect("UTF-8")]);
     assert!(stdout(&out).contains("left behind"), "{}", describe(&out));
     assert!(stdout(&out).contains("its private HOME and /tmp"), "{}", describe(&out));

@@ -394,34 +394,39 @@ pub fn detach(ctx: &Context<'_>, caller: &Caller, cgroup: &str, remove: bool) ->
     Ok(json!({ "cgroup": cg.path, "cgroup_id": cg.id, "removed": remove }))
 }
 
-/// `run`: a new cgroup under the first root, attached with the caller as
-/// its runner; the reply, and for root the cgroup's directory fd (the
-/// child enters by it). A caller that is not root gets no fd: its child
-/// enters by `enter` ([`enter`]). The two stages a `staged` request
-/// replies to one by one ([`run_make`], [`RunMade::attach`]) in one call.
-pub fn run(
-    ctx: &Context<'_>,
-    caller: &Caller,
-    src: &PolicySource,
-    trace: bool,
-    dns_stub: Option<std::net::Ipv4Addr>,
-) -> Result<(Value, Option<std::os::fd::OwnedFd>), OpError> {
-    let (made, mut v, fd) = run_make(ctx, caller, src, trace, dns_stub)?;
-    let attached = made.attach(ctx)?;
-    if let (Value::Object(all), Value::Object(more)) = (&mut v, attached) {
-        all.extend(more);
-    }
-    Ok((v, fd))
-}
-
+/// `run`, in two stages (the server replies after each for a `staged`
+/// request, after the second only otherwise): [`run_make`] makes a new
+/// cgroup under the first root, [`RunMade::attach`] attaches the policy
+/// with the caller as its runner. For root the first stage also gives the
+/// cgroup's directory fd (the child enters by it); a caller that is not
+/// root gets none, and its child enters by `enter` ([`enter`]).
 /// A `run` sandbox whose cgroup exists (with its owner record) and whose
 /// policy is not attached yet: nothing holds a process in it, so the
 /// client's child must not exec before [`Self::attach`] has succeeded.
+/// Dropped unattached (the attach failed or panicked, the client went
+/// away), it kills what entered the cgroup and removes it.
 pub struct RunMade {
     cg: Cgroup,
     policy: Policy,
     opts: crate::loader::AttachOptions,
     runner: u32,
+    paths: Paths,
+    attached: bool,
+}
+
+/// A `run` sandbox whose policy is attached, for undoing it when its
+/// client cannot be told ([`Self::remove`]).
+#[derive(Debug)]
+pub struct RunAttached {
+    cgroup: String,
+}
+
+impl RunAttached {
+    /// Removes the sandbox as `detach` with `remove` does (what runs in it
+    /// first): its client never learnt that it may let its command on.
+    pub fn remove(&self, ctx: &Context<'_>, caller: &Caller) -> Result<Value, OpError> {
+        detach(ctx, caller, &self.cgroup, true)
+    }
 }
 
 /// The first stage of `run`: the policy built and checked, the cgroup made
@@ -477,30 +482,33 @@ pub fn run_make(
         v["enter"] = json!("pidfd");
         None
     };
-    Ok((RunMade { cg, policy, opts, runner: caller.pid }, v, fd))
+    Ok((RunMade { cg, policy, opts, runner: caller.pid, paths: ctx.paths.clone(), attached: false }, v, fd))
 }
 
 impl RunMade {
     /// The second stage: attaches the policy; the reply's `generation` and
     /// `summary`. If it fails, what the client put in the cgroup meanwhile
     /// (its child, at its gate) is killed and the sandbox removed.
-    pub fn attach(self, ctx: &Context<'_>) -> Result<Value, OpError> {
+    pub fn attach(mut self, ctx: &Context<'_>) -> Result<(Value, RunAttached), OpError> {
         match install(&self.cg, &self.policy, self.opts, ctx.paths, RecordOwner::Run(self.runner)) {
-            Ok((_, record)) => Ok(json!({ "generation": record.generation, "summary": self.policy.summary() })),
-            Err(e) => {
-                self.abandon(ctx);
-                Err(OpError::new(ErrorCode::Failed, format!("the policy could not be attached: {e}")))
+            Ok((_, record)) => {
+                self.attached = true;
+                let v = json!({ "generation": record.generation, "summary": self.policy.summary() });
+                Ok((v, RunAttached { cgroup: self.cg.path.display().to_string() }))
             }
+            Err(e) => Err(OpError::new(ErrorCode::Failed, format!("the policy could not be attached: {e}"))),
         }
     }
+}
 
-    /// Removes the sandbox before its policy was attached (the client went
-    /// away after the first reply, or the attach failed): what runs in it
-    /// is killed first, then the cgroup and its owner record go.
-    pub fn abandon(self, ctx: &Context<'_>) {
+impl Drop for RunMade {
+    fn drop(&mut self) {
+        if self.attached {
+            return;
+        }
         let removed = self.cg.kill_all(std::time::Duration::from_secs(5)).is_ok() && self.cg.remove().is_ok();
         if removed {
-            let _ = remove_owner(ctx.paths, self.cg.id);
+            let _ = remove_owner(&self.paths, self.cg.id);
         } else {
             // The owner record stays: the next start's recovery finds it.
             log::warn!("could not remove the unattached sandbox {}", self.cg.path.display());

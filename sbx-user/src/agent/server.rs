@@ -455,8 +455,8 @@ async fn handle(
                     None => return Next::End,
                 }
             }
-            Ok(env) if matches!(env.request, Request::Run { staged: true, .. }) => {
-                return staged_run(shared, live, caller, env, wr, write_timeout).await;
+            Ok(env) if matches!(env.request, Request::Run { .. }) => {
+                return serve_run(shared, live, caller, env, wr, write_timeout).await;
             }
             Ok(env) => {
                 let op = env.request.op();
@@ -495,12 +495,15 @@ async fn handle(
     })
 }
 
-/// A `staged` run ([`Request::Run`]): the first reply as soon as the
-/// cgroup exists (with its directory's fd, for root), so the client
+/// A `run` request ([`Request::Run`]). `staged`: the first reply as soon
+/// as the cgroup exists (with its directory's fd, for root), so the client
 /// creates its child in it while the policy is attached; the second once
-/// the policy holds, or the error after which the sandbox is gone. The
-/// changes lock is held from the cgroup to the attach.
-async fn staged_run(
+/// the policy holds, or the error after which the sandbox is gone.
+/// Otherwise one reply, after the attach. The changes lock is held from
+/// the cgroup to the attach. A sandbox whose client cannot be told that
+/// its policy holds is removed again: that client never let its command
+/// on, and nobody else would remove it.
+async fn serve_run(
     shared: &Shared,
     live: Arc<Live>,
     caller: &Caller,
@@ -508,53 +511,82 @@ async fn staged_run(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     write_timeout: Duration,
 ) -> Next {
-    let Request::Run { policy, trace, dns_stub, staged: _ } = env.request else {
-        unreachable!("staged_run serves run requests")
+    let Request::Run { policy, trace, dns_stub, staged } = env.request else {
+        unreachable!("serve_run serves run requests")
     };
     let id = env.id;
     let (uid, pid) = (caller.uid, caller.pid);
-    let _turn = shared.changes.lock().await;
+    let turn = shared.changes.lock().await;
     let asker = caller.clone();
     let made = on_pool(shared, Arc::clone(&live), move |ctx| ops::run_make(ctx, &asker, &policy, trace, dns_stub));
-    let (made, mut v, fd) = match made.await {
+    let (made, mut v, mut fd) = match made.await {
         Ok(m) => m,
         Err(OpError { code, message }) => {
             log::info!("uid {uid} pid {pid}: run: {message}");
             return Next::Reply(protocol::error_reply(id.as_ref(), code, &message));
         }
     };
-    v["stage"] = json!("made");
-    let first = protocol::ok_reply(id.as_ref(), v);
-    let sent = match &fd {
-        Some(fd) => tokio::time::timeout(write_timeout, send_with_fd(wr, &first, fd)).await,
-        None => send(wr, write_timeout, first).await,
-    };
-    drop(fd);
-    if !matches!(sent, Ok(Ok(()))) {
-        log::warn!(
-            "dropping uid {uid} pid {pid}: the first reply to its run could not be sent; the sandbox is removed"
-        );
-        let _ = on_pool(shared, live, move |ctx| {
-            made.abandon(ctx);
-            Ok(())
-        })
-        .await;
-        shared.rescan();
-        return Next::End;
-    }
-    let attached = on_pool(shared, live, move |ctx| made.attach(ctx)).await;
-    shared.rescan();
-    Next::Reply(match attached {
-        Ok(mut v) => {
-            log::info!("uid {uid} pid {pid}: run: ok");
-            v["stage"] = json!("attached");
-            protocol::ok_reply(id.as_ref(), v)
+    if staged {
+        let mut first = v.clone();
+        first["stage"] = json!("made");
+        if !send_reply(wr, write_timeout, protocol::ok_reply(id.as_ref(), first), fd.take()).await {
+            log::warn!(
+                "dropping uid {uid} pid {pid}: the first reply to its run could not be sent; the sandbox is removed"
+            );
+            // Dropped unattached: killed and removed (on the pool: it waits
+            // for the cgroup to empty).
+            let _ = on_pool(shared, Arc::clone(&live), move |_| {
+                drop(made);
+                Ok(())
+            })
+            .await;
+            shared.rescan();
+            return Next::End;
         }
+    }
+    let attached = on_pool(shared, Arc::clone(&live), move |ctx| made.attach(ctx)).await;
+    shared.rescan();
+    drop(turn);
+    let (more, undo) = match attached {
+        Ok(a) => a,
         Err(OpError { code, message }) => {
             log::info!("uid {uid} pid {pid}: run: {message}");
-            protocol::error_reply(id.as_ref(), code, &message)
+            return Next::Reply(protocol::error_reply(id.as_ref(), code, &message));
         }
-    })
+    };
+    if staged {
+        v = json!({ "stage": "attached" });
+    }
+    if let (serde_json::Value::Object(all), serde_json::Value::Object(more)) = (&mut v, more) {
+        all.extend(more);
+    }
+    if send_reply(wr, write_timeout, protocol::ok_reply(id.as_ref(), v), fd).await {
+        log::info!("uid {uid} pid {pid}: run: ok");
+        return Next::Sent;
+    }
+    log::warn!("dropping uid {uid} pid {pid}: the reply to its run could not be sent; the sandbox is removed");
+    let _turn = shared.changes.lock().await;
+    let asker = caller.clone();
+    if let Err(e) = on_pool(shared, live, move |ctx| undo.remove(ctx, &asker)).await {
+        log::warn!("removing the sandbox of uid {uid} pid {pid}: {}", e.message);
+    }
+    shared.rescan();
+    Next::End
+}
+
+/// Sends a reply line, with `fd` if there is one, within `limit`; whether
+/// it went out whole.
+async fn send_reply(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    limit: Duration,
+    reply: Vec<u8>,
+    fd: Option<std::os::fd::OwnedFd>,
+) -> bool {
+    let sent = match &fd {
+        Some(fd) => tokio::time::timeout(limit, send_with_fd(wr, &reply, fd)).await,
+        None => send(wr, limit, reply).await,
+    };
+    matches!(sent, Ok(Ok(())))
 }
 
 /// Sends `reply` with `fd` as `SCM_RIGHTS` on its first bytes, then the
@@ -670,7 +702,7 @@ async fn dispatch(
             }
             Request::Update { cgroup, policy } => no_fd(ops::update(ctx, &caller, cgroup, policy)),
             Request::Detach { cgroup, remove } => no_fd(ops::detach(ctx, &caller, cgroup, *remove)),
-            Request::Run { policy, trace, dns_stub, staged: _ } => ops::run(ctx, &caller, policy, *trace, *dns_stub),
+            Request::Run { .. } => unreachable!("served by serve_run"),
             Request::Enter { cgroup } => no_fd(ops::enter(ctx, &caller, cgroup, fd)),
             Request::List {} => no_fd(ops::list(ctx, &caller)),
             Request::Status { cgroup } => no_fd(ops::status(ctx, &caller, cgroup)),

@@ -656,7 +656,8 @@ mod tests {
         let pretend = ret_errno(0);
         assert_eq!(call(SYS_SETRLIMIT, [core, 0x1000, 0, 0, 0, 0]), pretend);
         assert_eq!(call(SYS_SETRLIMIT, [(1 << 32) | core, 0x1000, 0, 0, 0, 0]), pretend);
-        assert_eq!(call(SYS_SETRLIMIT, [u64::from(libc::RLIMIT_NOFILE), 0x1000, 0, 0, 0, 0]), ALLOW);
+        // RLIMIT_NOFILE (7; an i32 for musl, a u32 for glibc).
+        assert_eq!(call(SYS_SETRLIMIT, [u64::from(RLIMIT_CORE + 3), 0x1000, 0, 0, 0, 0]), ALLOW);
         // prlimit64(pid, resource, new, old).
         assert_eq!(call(SYS_PRLIMIT64, [0, core, 0, 0x1000, 0, 0]), ALLOW, "reading");
         assert_eq!(call(SYS_PRLIMIT64, [0, core, 0x1000, 0, 0, 0]), pretend, "setting");

@@ -352,9 +352,12 @@ pub fn remove_leftovers(pid: u32) -> Vec<PathBuf> {
 /// before or during its teardown), at least [`ABANDONED_AGE`] old, for
 /// `gc`: a directory that young may be a new run's whose pid a dead run
 /// had (its process is looked up again, but the age closes the window).
+/// Not those of the runs in `recorded`: a run killed before its teardown
+/// leaves its sandbox recorded, and what it started may still run there
+/// and use its HOME and /tmp, until `detach` kills it and removes both.
 #[must_use]
-pub fn abandoned() -> Vec<PathBuf> {
-    leftovers(|_, age| age >= ABANDONED_AGE)
+pub fn abandoned(recorded: &[u32]) -> Vec<PathBuf> {
+    leftovers(|pid, age| age >= ABANDONED_AGE && !recorded.contains(&pid))
 }
 
 /// How old a per-run directory of a gone run must be for [`abandoned`].
