@@ -5,7 +5,8 @@
 //! requests that change sandboxes take one lock in turn (the loader holds a
 //! host-wide lock as well, shared with the CLI), and a request whose client
 //! has vanished still runs to its end, so no sandbox is left half-made by a
-//! client going away.
+//! client going away (a `run` whose client cannot be told that its policy
+//! holds is then removed again: see `serve_run`).
 
 use std::{
     io,
