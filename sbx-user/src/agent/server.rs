@@ -467,24 +467,9 @@ async fn handle(
                     .then(|| passed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
                     .flatten();
                 match dispatch(shared, live, caller, env.request, fd).await {
-                    Ok((v, fd)) => {
+                    Ok(v) => {
                         log::info!("uid {} pid {}: {op}: ok", caller.uid, caller.pid);
-                        let reply = protocol::ok_reply(id.as_ref(), v);
-                        match fd {
-                            None => reply,
-                            Some(fd) => {
-                                let sent = tokio::time::timeout(write_timeout, send_with_fd(wr, &reply, &fd)).await;
-                                if matches!(sent, Ok(Ok(()))) {
-                                    return Next::Sent;
-                                }
-                                log::warn!(
-                                    "dropping uid {} pid {}: its reply could not be sent",
-                                    caller.uid,
-                                    caller.pid
-                                );
-                                return Next::End;
-                            }
-                        }
+                        protocol::ok_reply(id.as_ref(), v)
                     }
                     Err(OpError { code, message }) => {
                         log::info!("uid {} pid {}: {op}: {message}", caller.uid, caller.pid);
@@ -658,19 +643,15 @@ impl tokio::io::AsyncRead for FdReader {
     }
 }
 
-/// A request's result: the reply's fields and, for `run`, the fd to send.
-type Outcome = Result<(serde_json::Value, Option<std::os::fd::OwnedFd>), OpError>;
-
 async fn dispatch(
     shared: &Shared,
     live: Arc<Live>,
     caller: &Caller,
     request: Request,
     fd: Option<std::os::fd::OwnedFd>,
-) -> Outcome {
+) -> Result<serde_json::Value, OpError> {
     if let Request::Hello {} = request {
-        return Ok((
-            json!({
+        return Ok(json!({
                 "agent": format!("sbx-user {}", env!("CARGO_PKG_VERSION")),
                 "protocol": VERSION,
                 "uid": caller.uid,
@@ -680,34 +661,25 @@ async fn dispatch(
                 "cgroup_roots": live.roots.paths().collect::<Vec<_>>(),
                 "bpffs": shared.paths.bpffs,
                 "state_dir": shared.paths.state_dir,
-            }),
-            None,
-        ));
+        }));
     }
     let changes = matches!(
         request,
-        Request::Attach { .. }
-            | Request::Update { .. }
-            | Request::Detach { .. }
-            | Request::Run { .. }
-            | Request::Enter { .. }
+        Request::Attach { .. } | Request::Update { .. } | Request::Detach { .. } | Request::Enter { .. }
     );
     let _turn = if changes { Some(shared.changes.lock().await) } else { None };
     let caller = caller.clone();
-    let work = move |ctx: &Context<'_>| {
-        let no_fd = |r: Result<serde_json::Value, OpError>| r.map(|v| (v, None));
-        match &request {
-            Request::Hello {} | Request::Events { .. } => unreachable!("answered before"),
-            Request::Attach { cgroup, create, replace, policy } => {
-                no_fd(ops::attach(ctx, &caller, cgroup, *create, *replace, policy))
-            }
-            Request::Update { cgroup, policy } => no_fd(ops::update(ctx, &caller, cgroup, policy)),
-            Request::Detach { cgroup, remove } => no_fd(ops::detach(ctx, &caller, cgroup, *remove)),
-            Request::Run { .. } => unreachable!("served by serve_run"),
-            Request::Enter { cgroup } => no_fd(ops::enter(ctx, &caller, cgroup, fd)),
-            Request::List {} => no_fd(ops::list(ctx, &caller)),
-            Request::Status { cgroup } => no_fd(ops::status(ctx, &caller, cgroup)),
+    let work = move |ctx: &Context<'_>| match &request {
+        Request::Hello {} | Request::Events { .. } => unreachable!("answered before"),
+        Request::Attach { cgroup, create, replace, policy } => {
+            ops::attach(ctx, &caller, cgroup, *create, *replace, policy)
         }
+        Request::Update { cgroup, policy } => ops::update(ctx, &caller, cgroup, policy),
+        Request::Detach { cgroup, remove } => ops::detach(ctx, &caller, cgroup, *remove),
+        Request::Run { .. } => unreachable!("served by serve_run"),
+        Request::Enter { cgroup } => ops::enter(ctx, &caller, cgroup, fd),
+        Request::List {} => ops::list(ctx, &caller),
+        Request::Status { cgroup } => ops::status(ctx, &caller, cgroup),
     };
     let outcome = on_pool(shared, live, work).await;
     if changes {
