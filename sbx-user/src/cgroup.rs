@@ -152,7 +152,7 @@ impl Cgroup {
     /// Checks that `path` is a directory on a cgroup2 filesystem.
     pub fn open(path: &Path) -> Result<Self, CgroupError> {
         let not = |reason: String| CgroupError::NotCgroup2 { path: path.to_owned(), reason };
-        let canonical = fs::canonicalize(path).map_err(|e| not(e.to_string()))?;
+        let canonical = crate::sys::canonicalize(path).map_err(|e| not(e.to_string()))?;
         let meta = fs::metadata(&canonical).map_err(|e| not(e.to_string()))?;
         if !meta.is_dir() {
             return Err(not("not a directory".into()));

@@ -588,9 +588,83 @@ pub unsafe fn cmsg_payload(h: *const libc::cmsghdr) -> usize {
     usize::try_from(len.saturating_sub(header)).unwrap_or(0)
 }
 
+/// `path` with every symbolic link, `.` and `..` resolved, as
+/// [`std::fs::canonicalize`] gives it: the kernel resolves the path once
+/// (`open` with `O_PATH`) and names what it found (`/proc/self/fd`), a
+/// handful of system calls whatever the depth. `realpath(3)` reads every
+/// component's link instead, and musl's then maps and unmaps a page for
+/// its result. The name is used only if it is absolute and names the same
+/// file (not a pipe's `pipe:[N]`, a deleted file's ` (deleted)`, or a
+/// path outside this process's root); otherwise, and without `/proc`,
+/// `std::fs::canonicalize` decides.
+pub fn canonicalize(path: impl AsRef<std::path::Path>) -> io::Result<std::path::PathBuf> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _, unix::fs::MetadataExt as _};
+    let path = path.as_ref();
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: `c` is a C string; O_PATH opens nothing for reading.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a new fd that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let named = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+    if let (Ok(name), Ok(opened)) = (named, file.metadata()) {
+        let same = |m: std::fs::Metadata| m.dev() == opened.dev() && m.ino() == opened.ino();
+        if name.is_absolute() && std::fs::metadata(&name).is_ok_and(same) {
+            return Ok(name);
+        }
+    }
+    std::fs::canonicalize(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonicalize_agrees_with_std() {
+        let dir = std::env::temp_dir().join(format!("sbx-canonical-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a/b")).expect("mkdir");
+        std::fs::write(dir.join("a/b/f"), "x").expect("write");
+        std::os::unix::fs::symlink("a/b", dir.join("link")).expect("symlink");
+        std::os::unix::fs::symlink("missing", dir.join("dangling")).expect("symlink");
+        for p in [
+            dir.join("a/b/f"),
+            dir.join("link/f"),
+            dir.join("link/../b/./f"),
+            dir.join("a//b/"),
+            dir.clone(),
+            std::path::PathBuf::from("/"),
+            std::path::PathBuf::from("/dev/null"),
+            std::path::PathBuf::from("."),
+        ] {
+            assert_eq!(
+                canonicalize(&p).expect("canonical"),
+                std::fs::canonicalize(&p).expect("std"),
+                "{}",
+                p.display()
+            );
+        }
+        for p in [dir.join("dangling"), dir.join("nothing"), dir.join("a/b/f/x"), std::path::PathBuf::new()] {
+            let (ours, std) = (canonicalize(&p).unwrap_err(), std::fs::canonicalize(&p).unwrap_err());
+            assert_eq!(ours.raw_os_error(), std.raw_os_error(), "{}", p.display());
+        }
+        // A pipe has no path: neither finds one.
+        let mut fds = [0; 2];
+        // SAFETY: pipe into a two-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let p = std::path::PathBuf::from(format!("/proc/self/fd/{}", fds[0]));
+        assert!(canonicalize(&p).is_err() && std::fs::canonicalize(&p).is_err());
+        // SAFETY: closing the pipe made above.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 
     #[test]
     fn per_cpu_values_are_rounded_and_counted_per_possible_cpu() {

@@ -171,7 +171,7 @@ where
     let mut out: Vec<PathBuf> = Vec::new();
     for path in paths {
         let path = path.as_ref();
-        let canonical = std::fs::canonicalize(path).map_err(|source| {
+        let canonical = crate::sys::canonicalize(path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 LandlockError::Missing { path: path.to_path_buf() }
             } else {

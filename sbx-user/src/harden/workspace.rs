@@ -169,7 +169,7 @@ impl Workspace {
         git_writable: bool,
     ) -> Result<Self, WorkspaceError> {
         let home = home
-            .map(|h| match std::fs::canonicalize(h) {
+            .map(|h| match crate::sys::canonicalize(h) {
                 Ok(p) if p.is_dir() => Ok(p),
                 Ok(_) => Err(WorkspaceError::Home { path: h.to_owned(), source: io::Error::other("not a directory") }),
                 Err(source) => Err(WorkspaceError::Home { path: h.to_owned(), source }),
@@ -198,12 +198,13 @@ impl Workspace {
         // private /tmp (one mount for nested ones).
         let mut wanted: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
         wanted.extend(command.filter(|c| c.components().count() > 1).and_then(|c| {
-            let dir = std::fs::canonicalize(c).ok()?.parent()?.to_path_buf();
+            let dir = crate::sys::canonicalize(c).ok()?.parent()?.to_path_buf();
             Some(dir)
         }));
         if let Some(FsPolicy { read, write }) = fs {
-            wanted
-                .extend(read.iter().chain(write).filter_map(|p| std::fs::canonicalize(p).ok()).filter(|p| p.is_dir()));
+            wanted.extend(
+                read.iter().chain(write).filter_map(|p| crate::sys::canonicalize(p).ok()).filter(|p| p.is_dir()),
+            );
         }
         let carried = carry_under_tmp(&wanted, &tmp);
         for (_, inside) in &carried {
@@ -219,7 +220,7 @@ impl Workspace {
         let mut granted_cwd = None;
         let mut writable: Vec<PathBuf> = Vec::new();
         let mut rules = if let Some(FsPolicy { read, write }) = fs {
-            writable = write.iter().filter_map(|w| std::fs::canonicalize(w).ok()).filter(|w| w.is_dir()).collect();
+            writable = write.iter().filter_map(|w| crate::sys::canonicalize(w).ok()).filter(|w| w.is_dir()).collect();
             if let Ok(cwd) = std::env::current_dir() {
                 if writable.iter().any(|w| cwd.starts_with(w)) {
                     granted_cwd = Some(cwd);
@@ -568,7 +569,7 @@ fn protected_homes(identity: Identity) -> Vec<PathBuf> {
     let mut homes: Vec<PathBuf> = uids
         .into_iter()
         .filter_map(|u| Account::lookup(u).home)
-        .map(|h| std::fs::canonicalize(&h).unwrap_or(h))
+        .map(|h| crate::sys::canonicalize(&h).unwrap_or(h))
         .collect();
     homes.dedup();
     homes
@@ -615,7 +616,7 @@ fn add_stdio_files(rules: &mut FsRules) {
         if unsafe { libc::fstat(fd, &raw mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
             continue;
         }
-        let Ok(path) = std::fs::canonicalize(format!("/proc/self/fd/{fd}")) else { continue };
+        let Ok(path) = crate::sys::canonicalize(format!("/proc/self/fd/{fd}")) else { continue };
         let same = std::fs::metadata(&path).is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino);
         let list = if fd == 0 { &mut rules.read } else { &mut rules.write };
         if same && !list.contains(&path) {
@@ -628,7 +629,7 @@ fn add_stdio_files(rules: &mut FsRules) {
 /// duplicates.
 fn add_existing(to: &mut Vec<PathBuf>, paths: impl IntoIterator<Item = PathBuf>) {
     for p in paths {
-        if let Ok(c) = std::fs::canonicalize(&p) {
+        if let Ok(c) = crate::sys::canonicalize(&p) {
             if !to.contains(&c) {
                 to.push(c);
             }

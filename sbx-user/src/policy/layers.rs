@@ -355,7 +355,7 @@ pub(super) fn fs_path(raw: &str, origin: &Origin) -> Result<PathBuf, PolicyError
     if raw.trim().is_empty() {
         return Err(invalid(origin, raw, "empty path"));
     }
-    std::fs::canonicalize(raw)
+    crate::sys::canonicalize(raw)
         .map_err(|e| invalid(origin, raw, format!("{e}; filesystem rules must name existing paths")))
 }
 
