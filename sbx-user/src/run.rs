@@ -1187,18 +1187,22 @@ impl CommandStart<'_> {
             }
         }
         confinement.apply()?;
+        if confinement.private_shm() {
+            ruleset.grant_write(c"/dev/shm")?;
+        }
+        // The seccomp filter forbids the mount calls `apply` made; it is
+        // loaded while the runner still attaches the policy (the kernel's
+        // translation of the filter then costs the command nothing).
+        filter.apply()?;
         // The runner lets the child on once the sandbox's policy is in
         // place: nothing below runs before it (and `prove_enforced` checks
         // that the hooks do fire).
         gate.wait()?;
         prove_enforced()?;
-        if confinement.private_shm() {
-            ruleset.grant_write(c"/dev/shm")?;
-        }
-        // Landlock needs no_new_privs, which `apply` set; seccomp goes last
-        // because it forbids the mount calls `apply` made.
+        // Landlock (it needs no_new_privs, which `apply` set) after the
+        // proof: its TCP rules (--landlock-tcp) would refuse the proof's
+        // connect before the programs see it.
         ruleset.restrict_self()?;
-        filter.apply()?;
         // The UNIX socket helper and notification filter last: the helper
         // gets everything above, and nothing after this point may connect
         // or bind on the supervisor's behalf.
