@@ -40,6 +40,9 @@ pub(super) struct Lifecycle {
     /// floor under every `sbx-user` command (the page faults of a 6 MiB
     /// binary, statically linked as shipped, clap, the exit).
     pub(super) version: Vec<f64>,
+    /// `sandlock run -- /bin/true` (`--sandlock`), the issue's comparison:
+    /// Landlock, seccomp and a seccomp-notify supervisor, no cgroup.
+    pub(super) sandlock: Vec<f64>,
     /// `run -- /bin/true` as the first use on the host: it loads and
     /// verifies the program set.
     pub(super) first_run: Vec<f64>,
@@ -139,6 +142,7 @@ impl Lifecycle {
             "run_bin_true_ms": s(&self.run),
             "bin_true_moved_into_new_cgroup_ms": s(&self.moved_true),
             "sbx_user_version_ms": s(&self.version),
+            "sandlock_run_bin_true_ms": s(&self.sandlock),
             "first_use_run_bin_true_ms": s(&self.first_run),
             "first_use_meminfo_delta_bytes": s(&self.first_mem),
             "first_use_note": self.first_note,
@@ -169,6 +173,7 @@ pub(super) fn lifecycle(ctx: &Ctx, plan: &Plan) -> Result<Lifecycle> {
         run: vec![],
         moved_true: vec![],
         version: vec![],
+        sandlock: vec![],
         first_run: vec![],
         first_mem: vec![],
         first_note: None,
@@ -188,8 +193,9 @@ pub(super) fn lifecycle(ctx: &Ctx, plan: &Plan) -> Result<Lifecycle> {
         eprintln!("bench: lifecycle: round {}/{}", round + 1, plan.lifecycle_rounds);
         // 0: /bin/true, 1: run with the set loaded, 2: run as the first use
         // on the host, 3: /bin/true moved into a new cgroup, 4: `sbx-user
-        // --version`; rotated per round.
-        for which in interleaved(5, round) {
+        // --version`, 5: `sandlock run -- /bin/true` (with --sandlock);
+        // rotated per round.
+        for which in interleaved(6, round) {
             match which {
                 0 => {
                     for _ in 0..plan.lifecycle_reps {
@@ -214,7 +220,15 @@ pub(super) fn lifecycle(ctx: &Ctx, plan: &Plan) -> Result<Lifecycle> {
                         l.run.push(dur_ms(sbx::run(ctx, &parent, &small, &truth)?));
                     }
                 }
-                _ => first_use(ctx, &parent, &small, &truth, &mut l)?,
+                5 => {
+                    let Some((sandlock, _)) = &plan.sandlock else { continue };
+                    for _ in 0..plan.lifecycle_reps {
+                        let mut c = sandlock_run(sandlock, &truth);
+                        l.sandlock.push(dur_ms(timed_quiet(&mut c, "sandlock run -- /bin/true", None)?));
+                    }
+                }
+                2 => first_use(ctx, &parent, &small, &truth, &mut l)?,
+                _ => unreachable!("six kinds"),
             }
         }
         let cycle = |attach: &mut Vec<f64>, update: &mut Vec<f64>, detach: &mut Vec<f64>| -> Result<()> {
@@ -285,6 +299,48 @@ fn first_use(ctx: &Ctx, parent: &Path, policy: &[String], truth: &Path, l: &mut 
     Ok(())
 }
 
+/// `sandlock run -- /bin/true` with what a dynamically linked `/bin/true`
+/// reads (sandlock grants no path by default) and one allowed destination
+/// of the small policy (the rest of it cannot be said: `--net-allow` takes
+/// hosts, not CIDRs).
+fn sandlock_run(sandlock: &Path, truth: &Path) -> Command {
+    let mut c = Command::new(sandlock);
+    c.arg("run");
+    for dir in ["/usr", "/lib", "/lib64", "/bin", "/etc"] {
+        c.args(["-r", dir]);
+    }
+    c.args(["--net-allow", "10.1.2.3:5432", "--"]).arg(truth);
+    c
+}
+
+/// The version line of the sandlock binary `--sandlock` names, once it has
+/// run `/bin/true` here: a binary that cannot is refused before the
+/// benchmark starts, never silently left out.
+pub(super) fn check_sandlock(sandlock: &Path) -> Result<String> {
+    let out = Command::new(sandlock)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("--sandlock {}: cannot run it", sandlock.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || version.is_empty() {
+        anyhow::bail!(
+            "--sandlock {}: `--version` failed ({}): is it sandlock's command line?",
+            sandlock.display(),
+            out.status
+        );
+    }
+    let out = sandlock_run(sandlock, &which_true()?).output().context("running sandlock")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "--sandlock {}: `sandlock run -- /bin/true` failed ({}): {}",
+            sandlock.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(version)
+}
+
 pub(super) fn which_true() -> Result<PathBuf> {
     ["/bin/true", "/usr/bin/true"].iter().map(PathBuf::from).find(|p| p.exists()).context("no /bin/true")
 }
@@ -305,12 +361,16 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
         plan.lifecycle_rounds, plan.lifecycle_reps, plan.lifecycle_reps, plan.lifecycle_reps
     );
     let base = Stat::of(&l.bin_true);
+    let sandlock_label = &plan.sandlock.as_ref().map_or_else(String::new, |(_, v)| {
+        format!("`sandlock run -- /bin/true` ({v}: Landlock, seccomp, a seccomp-notify supervisor; no cgroup)")
+    });
     let mut t = Table::new(&["operation", "median", "min", "vs /bin/true (median)", "added (median)"]);
     for (label, v) in [
         ("`/bin/true`", &l.bin_true),
         ("`/bin/true` moved into a new cgroup (mkdir, `cgroup.procs`, exec, rmdir; no sbx)", &l.moved_true),
         ("`sbx-user --version` (the binary started and ended: the floor of every command)", &l.version),
         ("`sbx-user run -- /bin/true`, program set loaded", &l.run),
+        (sandlock_label, &l.sandlock),
         ("`sbx-user run -- /bin/true`, first use on the host (loads the set)", &l.first_run),
         ("`sbx-user attach`", &l.attach),
         ("`sbx-user update`", &l.update),

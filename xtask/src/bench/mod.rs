@@ -122,6 +122,13 @@ pub(crate) struct BenchArgs {
     /// to BENCHMARKS.md; with --quick, next to the JSON].
     #[arg(long, value_name = "DIR")]
     pub(crate) charts: Option<PathBuf>,
+    /// A sandlock command-line binary (the comparison, e.g.
+    /// `cargo install sandlock-cli --version 0.8.6 --root /opt/sandlock`)
+    /// whose `sandlock run -- /bin/true` the lifecycle section times in the
+    /// same rounds as `sbx-user run -- /bin/true`. The benchmark never
+    /// installs it.
+    #[arg(long, value_name = "BINARY")]
+    pub(crate) sandlock: Option<PathBuf>,
 }
 
 /// A part of the suite.
@@ -159,6 +166,8 @@ struct Plan {
     lifecycle_rounds: u32,
     lifecycle_reps: u32,
     sandboxes: u32,
+    /// The sandlock binary `run` is compared with, and its version line.
+    sandlock: Option<(PathBuf, String)>,
 }
 
 impl Plan {
@@ -174,6 +183,7 @@ impl Plan {
                 lifecycle_rounds: 3,
                 lifecycle_reps: 2,
                 sandboxes: 100,
+                sandlock: None,
             }
         } else {
             // Many short rounds rather than a few long ones: on a shared
@@ -189,6 +199,7 @@ impl Plan {
                 lifecycle_rounds: 15,
                 lifecycle_reps: 4,
                 sandboxes: 10_000,
+                sandlock: None,
             }
         };
         if let Some(r) = args.rounds {
@@ -201,12 +212,43 @@ impl Plan {
     }
 }
 
+/// `cargo xtask` runs the benchmark with cargo's `LD_LIBRARY_PATH` (the
+/// target directory, its `deps` of hundreds of files, the toolchain's
+/// libraries) in front of the user's: every dynamically linked program it
+/// times would look for each library there first. That costs `/bin/true`
+/// little, but a sandbox that traps `openat` to a supervisor (sandlock) a
+/// round trip per miss: 3.5 ms became 5.0 ms here. The entries cargo added
+/// go; the user's own stay.
+fn drop_cargo_library_path() {
+    let Some(path) = env::var_os("LD_LIBRARY_PATH") else { return };
+    let ours: Vec<PathBuf> = [
+        Some(target_dir()),
+        env::var_os("RUSTUP_HOME").map(PathBuf::from),
+        env::var_os("CARGO_HOME").map(PathBuf::from),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let kept: Vec<PathBuf> = env::split_paths(&path).filter(|p| !ours.iter().any(|o| p.starts_with(o))).collect();
+    // SAFETY: called first thing in `run`, before the benchmark starts a
+    // thread, so nothing reads the environment concurrently.
+    if kept.is_empty() {
+        env::remove_var("LD_LIBRARY_PATH");
+    } else if let Ok(joined) = env::join_paths(kept) {
+        env::set_var("LD_LIBRARY_PATH", joined);
+    }
+}
+
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks attach BPF programs to real cgroups; they need root\nHint: sudo -E cargo xtask bench");
     }
-    let plan = Plan::new(args);
+    drop_cargo_library_path();
+    let mut plan = Plan::new(args);
+    if let Some(bin) = &args.sandlock {
+        plan.sandlock = Some((bin.clone(), lifecycle::check_sandlock(bin)?));
+    }
     let target = target_dir();
     // The binary measured is the one `cargo xtask dist` ships: linked
     // statically.
