@@ -349,8 +349,8 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### 3. Sandbox lifecycle\n\n{} rounds, the five kinds of start rotated per round ({} repetitions each of \
-         `/bin/true`, `/bin/true` moved into a new cgroup, `sbx-user --version` and `run` with the program set \
+        "### 3. Sandbox lifecycle\n\n{} rounds, the {} kinds of start rotated per round ({} repetitions each of \
+         `/bin/true`, `/bin/true` moved into a new cgroup, `sbx-user --version`{} and `run` with the program set \
          loaded; one first use, after \
          removing the unused set); then {} attach, update (to a policy with one more rule and back: two per attach) \
          and detach; then, with one other sandbox attached (as on any host that runs one), {} `run` and the same \
@@ -358,7 +358,12 @@ pub(super) fn lifecycle_table(l: &Lifecycle, plan: &Plan) -> String {
          it, a host's first link of each attach type flips a static key, which patches kernel text on every CPU, and \
          its last detach flips it back), so the two kinds should agree. Small policy; every `sbx-user` command is a \
          whole process, started from the benchmark.\n",
-        plan.lifecycle_rounds, plan.lifecycle_reps, plan.lifecycle_reps, plan.lifecycle_reps
+        plan.lifecycle_rounds,
+        if plan.sandlock.is_some() { "six" } else { "five" },
+        plan.lifecycle_reps,
+        if plan.sandlock.is_some() { ", `sandlock run -- /bin/true`" } else { "" },
+        plan.lifecycle_reps,
+        plan.lifecycle_reps
     );
     let base = Stat::of(&l.bin_true);
     let sandlock_label = &plan.sandlock.as_ref().map_or_else(String::new, |(_, v)| {
