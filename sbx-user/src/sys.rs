@@ -1,7 +1,8 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose: querying what is
-//! attached to a cgroup, and atomically replacing a link's program; and the
+//! attached to a cgroup, and atomically replacing a link's program; the
 //! few system interfaces whose `libc` types differ between glibc and musl
-//! (the shipped static build links musl).
+//! (the shipped static build links musl); and [`canonicalize`], which lets
+//! the kernel resolve a path once instead of `realpath(3)`'s walk.
 
 use std::{
     io,
@@ -596,7 +597,9 @@ pub unsafe fn cmsg_payload(h: *const libc::cmsghdr) -> usize {
 /// its result. The name is used only if it is absolute and names the same
 /// file (not a pipe's `pipe:[N]`, a deleted file's ` (deleted)`, or a
 /// path outside this process's root); otherwise, and without `/proc`,
-/// `std::fs::canonicalize` decides.
+/// `std::fs::canonicalize` walks the path, and its answer too must name
+/// the file opened: a path that leads into another mount namespace
+/// (`/proc/PID/root/...`) is an error, never a name for another file.
 pub fn canonicalize(path: impl AsRef<std::path::Path>) -> io::Result<std::path::PathBuf> {
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _, unix::fs::MetadataExt as _};
     let path = path.as_ref();
@@ -609,14 +612,28 @@ pub fn canonicalize(path: impl AsRef<std::path::Path>) -> io::Result<std::path::
     }
     // SAFETY: open returned a new fd that nothing else owns.
     let file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let named = std::fs::read_link(format!("/proc/self/fd/{fd}"));
-    if let (Ok(name), Ok(opened)) = (named, file.metadata()) {
-        let same = |m: std::fs::Metadata| m.dev() == opened.dev() && m.ino() == opened.ino();
-        if name.is_absolute() && std::fs::metadata(&name).is_ok_and(same) {
+    let opened = file.metadata().ok();
+    let same = |p: &std::path::Path| {
+        opened.as_ref().is_none_or(|o| std::fs::metadata(p).is_ok_and(|m| m.dev() == o.dev() && m.ino() == o.ino()))
+    };
+    if let Ok(name) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        if name.is_absolute() && opened.is_some() && same(&name) {
             return Ok(name);
         }
     }
-    std::fs::canonicalize(path)
+    // The walk's answer must name the file opened too: through
+    // `/proc/PID/root` of a process in another mount namespace, realpath
+    // strips the prefix and names whatever this process has at the rest.
+    let walked = std::fs::canonicalize(path)?;
+    if same(&walked) {
+        Ok(walked)
+    } else {
+        Err(io::Error::other(format!(
+            "no path from this process's root names the file it leads to ({} is another file; a path through \
+             another mount namespace, such as /proc/PID/root/...?)",
+            walked.display()
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -321,6 +321,44 @@ fn run_setup_failures_have_their_exit_codes_and_leave_nothing() {
     assert!(sbx.records().is_empty());
 }
 
+/// A filesystem rule that leads into another mount namespace
+/// (`/proc/PID/root/...`) names no file this process can name: refused,
+/// not turned into a rule for the host's file at the same path (which is
+/// what `realpath` answers).
+#[test]
+fn a_filesystem_rule_through_another_mount_namespace_is_refused() {
+    let sbx = Sbx::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "mntns");
+    let inner = dir.path().join("ns");
+    std::fs::create_dir(&inner).expect("mkdir");
+    std::fs::write(inner.join("f"), "host\n").expect("write");
+    // A process of its own mount namespace, with a tmpfs over `inner`.
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!("mount -t tmpfs sbx-test {0} && echo ns > {0}/f && exec sleep 60", inner.display()))
+        .spawn()
+        .expect("running unshare");
+    let through = std::path::PathBuf::from(format!("/proc/{}/root{}", holder.id(), inner.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(through.join("f")).map_or(true, |t| t.trim() != "ns") {
+        if Instant::now() > deadline {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            panic!("the other mount namespace's tmpfs did not appear at {}", through.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = sbx.run_output(&cg, &["--fs-write", through.to_str().expect("UTF-8")], &["true"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no path from this process's root names the file it leads to"), "{}", describe(&out));
+    assert!(!err.contains("must name existing paths"), "the path exists: {}", describe(&out));
+    assert_cleaned_up(&sbx, &cg, None);
+}
+
 /// Waits until a command runs inside a sandbox cgroup under `parent`: a
 /// process there has executed something other than `sbx-user` (the
 /// command's process is in the cgroup from its clone, before the policy

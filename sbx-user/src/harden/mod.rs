@@ -24,8 +24,13 @@
 //! [`landlock::Prepared::restrict_self`]), which are async-signal-safe and
 //! do not allocate, as `Command::pre_exec` requires.
 //!
-//! Order in the child: enter the cgroup, then Landlock, then seccomp last
-//! (so the filter can never get in the way of the other steps), then exec.
+//! Order in the child: enter the cgroup, make the mounts, load the seccomp
+//! filter (after the mounts, which it forbids; before the gate, while the
+//! runner still attaches the policy: every call after it, the gate's read,
+//! the start-up proof's socket and connect, `landlock_restrict_self`, the
+//! UNIX socket helper's fork and listener, is one the filter allows), wait
+//! at the gate, prove the hooks fire, then Landlock (after the proof, whose
+//! connect its TCP rules would refuse), then exec.
 //! Both set `PR_SET_NO_NEW_PRIVS`, so the command cannot regain privileges
 //! through set-user-ID programs.
 //!

@@ -355,8 +355,13 @@ pub(super) fn fs_path(raw: &str, origin: &Origin) -> Result<PathBuf, PolicyError
     if raw.trim().is_empty() {
         return Err(invalid(origin, raw, "empty path"));
     }
-    crate::sys::canonicalize(raw)
-        .map_err(|e| invalid(origin, raw, format!("{e}; filesystem rules must name existing paths")))
+    crate::sys::canonicalize(raw).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{e}; filesystem rules must name existing paths"),
+            _ => e.to_string(),
+        };
+        invalid(origin, raw, why)
+    })
 }
 
 /// Command-line policy flags, already split into their raw values.
