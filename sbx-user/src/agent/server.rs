@@ -513,7 +513,9 @@ async fn serve_run(
         }
     };
     if staged {
-        let mut first = v.clone();
+        // The first reply takes what `run_make` said; the second says only
+        // that the policy holds (with the attach's fields, below).
+        let mut first = std::mem::replace(&mut v, json!({ "stage": "attached" }));
         first["stage"] = json!("made");
         if !send_reply(wr, write_timeout, protocol::ok_reply(id.as_ref(), first), fd.take()).await {
             log::warn!(
@@ -540,9 +542,6 @@ async fn serve_run(
             return Next::Reply(protocol::error_reply(id.as_ref(), code, &message));
         }
     };
-    if staged {
-        v = json!({ "stage": "attached" });
-    }
     if let (serde_json::Value::Object(all), serde_json::Value::Object(more)) = (&mut v, more) {
         all.extend(more);
     }
